@@ -1,0 +1,344 @@
+//! `stamp-relay bench`: the initial-load benchmark. Every figure is printed
+//! next to a baseline measured in the same run, as a ratio, because this
+//! machine is shared and absolute numbers drift.
+//!
+//! - throughput: N simulator records loaded by the relay into a fresh Redis,
+//!   against a raw pipelined `XADD` of the same payloads; and into the
+//!   embedded store.
+//! - rss: the relay's resident memory while it loads M records with keyset
+//!   paging, sampled as the stream grows (the simulator runs in its own process).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::Relay,
+    config::{Paging, RawConfig, SourceConfig, StoreConfig},
+    record::parse_record,
+    store::{self, Target},
+    upstream::Upstream,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Records for the throughput comparison.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: usize,
+    /// Records for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rss_records: usize,
+    /// A Redis to use; by default a fresh `redis-server` on a free port.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Run only the memory part (used by the benchmark itself).
+    #[arg(long, hide = true)]
+    pub rss_only: bool,
+}
+
+/// A child process killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not start listening on port {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The simulator as a separate process holding `n` stamp-ordered patients.
+async fn simulator(n: usize) -> anyhow::Result<(Guard, String)> {
+    let port = free_port()?;
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--order",
+            "stamp",
+        ])
+        .args([
+            "--patients",
+            &n.to_string(),
+            "--assessments",
+            "0",
+            "--users",
+            "0",
+        ])
+        .args(["--sites", "0", "--comments", "0", "--max-page-size", "1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the simulator")?;
+    let guard = Guard(child);
+    wait_for_port(port, "the simulator").await?;
+    Ok((guard, format!("http://127.0.0.1:{port}/api")))
+}
+
+async fn redis(
+    url: &Option<String>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Option<Guard>, String)> {
+    if let Some(url) = url {
+        return Ok((None, url.clone()));
+    }
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap_or(".")])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start redis-server; install it or pass --redis-url")?;
+    let guard = Guard(child);
+    wait_for_port(port, "redis-server").await?;
+    Ok((Some(guard), format!("redis://127.0.0.1:{port}")))
+}
+
+fn source(base_url: &str, page_size: u32) -> anyhow::Result<SourceConfig> {
+    let mut s: SourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "bench", "base_url": base_url, "resources": ["patients"], "page_size": page_size,
+    }))?;
+    s.paging = Paging::Keyset;
+    Ok(s)
+}
+
+/// Loads everything once with the relay; returns (events, seconds).
+async fn relay_load(store: StoreConfig, base_url: &str) -> anyhow::Result<(u64, f64)> {
+    let config = RawConfig {
+        store: store.clone(),
+        sources: vec![source(base_url, 1000)?],
+        ..RawConfig::default()
+    }
+    .validate(&|_| None)?;
+    let mut relay = Relay::with_store(config, store::open(&store).await?)?;
+    let started = Instant::now();
+    let report = relay.pollers[0]
+        .poll_once(&CancellationToken::new())
+        .await?;
+    Ok((report.outcome.appended(), started.elapsed().as_secs_f64()))
+}
+
+fn rss_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    if args.rss_only {
+        return rss(&args, &dir).await;
+    }
+    println!(
+        "stamp-relay bench: initial load of {} records (release build recommended)",
+        args.records
+    );
+    let (_sim, base_url) = simulator(args.records).await?;
+    let (_redis, redis_url) = redis(&args.redis_url, &dir).await?;
+
+    // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
+    let payloads = fetch_all(&base_url).await?;
+    let client = redis::Client::open(redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    for chunk in payloads.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (id, stamp, data) in chunk {
+            pipe.cmd("XADD")
+                .arg("bench-raw")
+                .arg(format!("{stamp}-0"))
+                .arg(&[
+                    ("op", "created"),
+                    ("record", id),
+                    ("stamp", &stamp.to_string()),
+                ])
+                .arg(&[
+                    ("prev", ""),
+                    ("snapshot", "1"),
+                    ("observed", "0"),
+                    ("data", data),
+                ])
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await?;
+    }
+    let raw_secs = started.elapsed().as_secs_f64();
+    let raw_rate = payloads.len() as f64 / raw_secs;
+
+    let prefix = format!("bench-{}", std::process::id());
+    let redis_store = StoreConfig {
+        redis_url: Some(redis_url.clone()),
+        key_prefix: prefix,
+        ..StoreConfig::default()
+    };
+    let (n, secs) = relay_load(redis_store, &base_url).await?;
+    let relay_rate = n as f64 / secs;
+    let sqlite_store = StoreConfig {
+        data_dir: dir.join("embedded"),
+        ..StoreConfig::default()
+    };
+    let (m, secs2) = relay_load(sqlite_store, &base_url).await?;
+    let sqlite_rate = m as f64 / secs2;
+
+    println!("{:<44} {:>12} {:>10}", "", "events/s", "ratio");
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "raw pipelined XADD (baseline)", raw_rate, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "relay -> redis (fetch + classify + append)",
+        relay_rate,
+        relay_rate / raw_rate
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "relay -> embedded store",
+        sqlite_rate,
+        sqlite_rate / raw_rate
+    );
+    anyhow::ensure!(
+        n as usize == args.records && m as usize == args.records,
+        "the loads appended {n} and {m} events, expected {}",
+        args.records
+    );
+
+    if args.rss_records > 0 {
+        let status = Command::new(std::env::current_exe()?)
+            .args([
+                "bench",
+                "--rss-only",
+                "--records",
+                "0",
+                "--rss-records",
+                &args.rss_records.to_string(),
+            ])
+            .args(["--redis-url", &redis_url])
+            .status()?;
+        anyhow::ensure!(status.success(), "the memory benchmark failed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("stamp-relay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Every record of the simulator as (id, stamp, raw JSON), outside any timing.
+async fn fetch_all(base_url: &str) -> anyhow::Result<Vec<(String, u64, String)>> {
+    let config = RawConfig {
+        sources: vec![source(base_url, 1000)?],
+        ..RawConfig::default()
+    }
+    .validate(&|_| None)?;
+    let upstream = Upstream::new(config.sources[0].clone())?;
+    let fields = config.sources[0].settings.fields.clone();
+    let mut out = Vec::new();
+    let mut sync = 0;
+    loop {
+        let page = upstream
+            .page("patients", sync, 1, &CancellationToken::new())
+            .await?;
+        let more = page.next.is_some();
+        for raw in page.results {
+            let r = parse_record(raw, &fields).map_err(|r| anyhow::anyhow!(r.reason))?;
+            sync = r.stamp;
+            out.push((r.id, r.stamp, r.raw.get().to_string()));
+        }
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
+/// The memory part: RSS while a keyset load of `rss_records` runs.
+async fn rss(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    let (_sim, base_url) = simulator(args.rss_records).await?;
+    let (_redis, redis_url) = redis(&args.redis_url, dir).await?;
+    let store = StoreConfig {
+        redis_url: Some(redis_url),
+        key_prefix: format!("bench-rss-{}", std::process::id()),
+        ..StoreConfig::default()
+    };
+    let target = Target::new("bench", "patients");
+    let baseline = rss_kb("VmRSS:");
+    let probe = store::open(&store).await?;
+    let load = tokio::spawn({
+        let (store, url) = (store.clone(), base_url.clone());
+        async move { relay_load(store, &url).await }
+    });
+    let total = args.rss_records as u64;
+    let mut next_mark = total / 4;
+    println!(
+        "relay memory during a keyset load of {total} records (the simulator runs in its own process)"
+    );
+    println!("{:>12} {:>12} {:>12}", "events", "RSS MB", "peak MB");
+    println!(
+        "{:>12} {:>12.1} {:>12.1}",
+        0,
+        baseline as f64 / 1024.0,
+        rss_kb("VmHWM:") as f64 / 1024.0
+    );
+    while !load.is_finished() {
+        let len = probe.stream_len(&target).await.unwrap_or(0);
+        if len >= next_mark {
+            println!(
+                "{:>12} {:>12.1} {:>12.1}",
+                len,
+                rss_kb("VmRSS:") as f64 / 1024.0,
+                rss_kb("VmHWM:") as f64 / 1024.0
+            );
+            next_mark += total / 4;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (n, secs) = load.await??;
+    println!(
+        "{:>12} {:>12.1} {:>12.1}   ({:.0} events/s; peak {:.1} MB above the idle process)",
+        n,
+        rss_kb("VmRSS:") as f64 / 1024.0,
+        rss_kb("VmHWM:") as f64 / 1024.0,
+        n as f64 / secs,
+        rss_kb("VmHWM:").saturating_sub(baseline) as f64 / 1024.0
+    );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The `stamp-relay` command line: parsing and the small commands.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::Relay,
+    config::Config,
+    demo::DemoArgs,
+    simulator::SimArgs,
+    store::{self, Target},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "stamp-relay",
+    version,
+    about = "Update-stamp delta feeds to exactly-once change events"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll every target continuously and serve the HTTP API.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Poll every target once, print a summary, exit non-zero on failure.
+    Sync {
+        /// Required: `sync` always runs one pass (use `serve` to keep polling).
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the simulator and the relay together and show events as they land.
+    Demo(DemoArgs),
+    /// Serve a PainChek-compatible upstream for tests, demos and benchmarks.
+    Simulate(SimArgs),
+    /// Show each target's cursor and stream length from the store.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print what is wrong, or "ok".
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Measure load throughput against a raw baseline and print the figures.
+    Bench(crate::bench::BenchArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::CheckConfig { .. });
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A token cancelled by Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        let term = async {
+            #[cfg(unix)]
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                return;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        tracing::info!("stopping: finishing the current chunk and in-flight work");
+        c.cancel();
+    });
+    cancel
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { config } => Ok(match Config::load(Some(&config)) {
+            Ok(c) => {
+                println!(
+                    "ok: {} source(s), {} target(s)",
+                    c.sources.len(),
+                    c.sources
+                        .iter()
+                        .map(|s| s.settings.resources.len())
+                        .sum::<usize>()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::FAILURE
+            }
+        }),
+        Command::Serve { config } => {
+            let config = Config::load(Some(&config))?;
+            let listener = tokio::net::TcpListener::bind(config.api.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
+            let relay = Relay::build(config).await?;
+            tracing::info!(store = %relay.store.describe(), listen = %listener.local_addr()?,
+                targets = relay.pollers.len(), "stamp-relay serving");
+            relay.run(listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { once, config } => {
+            if !once {
+                anyhow::bail!("sync runs one pass and needs --once; use `serve` to keep polling");
+            }
+            sync_once(Config::load(Some(&config))?).await
+        }
+        Command::Status { config } => status(Config::load(Some(&config))?).await,
+        Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => {
+            crate::simulator::run(args, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
+    let mut relay = Relay::build(config).await?;
+    let cancel = shutdown_signal();
+    let bars = progress_bars(&relay);
+    let results = relay.sync_once(&cancel).await;
+    if let Some((stop, task)) = bars {
+        stop.cancel();
+        let _ = task.await;
+    }
+    println!(
+        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {}",
+        "target", "fetched", "created", "updated", "deleted", "restored", "walks", "cursor / error"
+    );
+    let mut failed = false;
+    for (t, r) in &results {
+        match r {
+            Ok(r) => println!(
+                "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {}",
+                t.to_string(),
+                r.fetched,
+                r.outcome.created,
+                r.outcome.updated,
+                r.outcome.deleted,
+                r.outcome.restored,
+                r.walks,
+                if r.leased {
+                    r.after.to_string()
+                } else {
+                    "skipped: another instance holds the lease".into()
+                }
+            ),
+            Err(e) => {
+                failed = true;
+                println!(
+                    "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  error: {e}",
+                    t.to_string(),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A spinner per target while `sync --once` runs, only on a terminal.
+fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<32} {msg}").ok()?;
+    let bars: Vec<_> = relay
+        .pollers
+        .iter()
+        .map(|p| {
+            let bar = multi.add(indicatif::ProgressBar::new_spinner().with_style(style.clone()));
+            bar.set_prefix(p.target.to_string());
+            (bar, p.status.clone())
+        })
+        .collect();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            for (bar, st) in &bars {
+                bar.set_message(format!(
+                    "{} pages, {} records fetched, {} events appended",
+                    st.pages.load(Relaxed),
+                    st.fetched.load(Relaxed),
+                    st.appended.load(Relaxed)
+                ));
+                bar.tick();
+            }
+            tokio::select! {
+                _ = s.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        for (bar, _) in &bars {
+            bar.finish_and_clear();
+        }
+    });
+    Some((stop, task))
+}
+
+async fn status(config: Config) -> anyhow::Result<ExitCode> {
+    let store = store::open(&config.store).await?;
+    println!("store: {}", store.describe());
+    println!(
+        "{:<32} {:>14} {:>10} {:>10}",
+        "target", "cursor", "events", "records"
+    );
+    for s in &config.sources {
+        for r in &s.settings.resources {
+            let t = Target::new(s.name(), r);
+            println!(
+                "{:<32} {:>14} {:>10} {:>10}",
+                t.to_string(),
+                store.last_id(&t).await?.to_string(),
+                store.stream_len(&t).await?,
+                store.index_len(&t).await?
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

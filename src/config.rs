@@ -1,0 +1,573 @@
+//! Typed configuration: a TOML file overridden by `STAMP_RELAY__SECTION__KEY`
+//! environment variables, validated once at startup.
+//!
+//! Secrets never live in the file: it names environment variables, and
+//! [`Config::load`] resolves them into [`Secret`]s whose `Debug` hides them.
+//! Every error names the key that is wrong and says what to do.
+
+use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// A value read from the environment that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Omit for the embedded SQLite store.
+    pub redis_url: Option<String>,
+    pub key_prefix: String,
+    pub data_dir: PathBuf,
+    /// How long a poll lease outlives its last renewal: the time another
+    /// instance waits before taking over a target whose poller died.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "stamp-relay".into(),
+            data_dir: PathBuf::from("./stamp-relay-data"),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Admin,
+    Read,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub scope: Scope,
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Paging {
+    /// Walk `page=1..`, sort, commit; safe for any result order.
+    #[default]
+    Pages,
+    /// `sync=<highest stamp so far>` per page; only for upstreams sorted by stamp.
+    Keyset,
+}
+
+/// How the relay authenticates to the upstream, as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    OAuth {
+        client_id_env: String,
+        client_secret_env: String,
+        /// Defaults to `{base_url}/integration/auth/`.
+        token_url: Option<String>,
+    },
+    Basic {
+        username_env: String,
+        password_env: String,
+    },
+    Bearer {
+        token_env: String,
+    },
+    #[default]
+    None,
+}
+
+/// The upstream credentials, resolved from the environment.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    OAuth {
+        client_id: Secret,
+        client_secret: Secret,
+        token_url: Url,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    Bearer {
+        token: Secret,
+    },
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryNames {
+    pub sync: String,
+    pub page: String,
+    pub page_size: String,
+}
+
+impl Default for QueryNames {
+    fn default() -> Self {
+        Self {
+            sync: "sync".into(),
+            page: "page".into(),
+            page_size: "page_size".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldNames {
+    pub id: String,
+    pub stamp: String,
+    pub deleted_at: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        Self {
+            id: "uuid".into(),
+            stamp: "update_stamp".into(),
+            deleted_at: "deleted_at".into(),
+        }
+    }
+}
+
+/// Stamps re-read below the cursor on every poll. Size it to the number of
+/// stamps one table issues during the longest upstream commit delay or page
+/// walk; re-reading is cheap because duplicates are dropped by the index.
+pub const DEFAULT_OVERLAP: u64 = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub base_url: String,
+    pub resources: Vec<String>,
+    #[serde(with = "humantime_serde", default = "defaults::poll_interval")]
+    pub poll_interval: Duration,
+    #[serde(default = "defaults::page_size")]
+    pub page_size: u32,
+    #[serde(default)]
+    pub paging: Paging,
+    #[serde(default = "defaults::overlap")]
+    pub overlap: u64,
+    /// Walks of the `pages` strategy before a poll gives up on a fast-changing set.
+    #[serde(default = "defaults::max_walks")]
+    pub max_walks: u32,
+    /// Records one `pages` poll may hold in memory.
+    #[serde(default = "defaults::max_delta_records")]
+    pub max_delta_records: usize,
+    #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// Attempts per upstream request before the poll fails.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter, up to `retry_max`.
+    #[serde(with = "humantime_serde", default = "defaults::retry_base")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde", default = "defaults::retry_max")]
+    pub retry_max: Duration,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub query: QueryNames,
+    #[serde(default)]
+    pub fields: FieldNames,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn page_size() -> u32 {
+        500
+    }
+    pub fn overlap() -> u64 {
+        super::DEFAULT_OVERLAP
+    }
+    pub fn max_walks() -> u32 {
+        5
+    }
+    pub fn max_delta_records() -> usize {
+        2_000_000
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_attempts() -> u32 {
+        6
+    }
+    pub fn retry_base() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn retry_max() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub allow_private_targets: bool,
+    #[serde(with = "humantime_serde_vec")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let h = 3600;
+        Self {
+            allow_private_targets: false,
+            retry_schedule: [5, 300, 1800, 2 * h, 5 * h, 10 * h, 10 * h]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// `humantime_serde` for a list of durations.
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+/// The file as written, before secrets are resolved.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+    pub sources: Vec<SourceConfig>,
+    pub delivery: DeliveryConfig,
+}
+
+/// One validated upstream source.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub settings: SourceConfig,
+    pub base_url: Url,
+    pub auth: Auth,
+}
+
+impl Source {
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+}
+
+/// The validated configuration every component is built from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub api: ApiConfig,
+    pub api_tokens: Vec<(TokenConfig, Secret)>,
+    pub sources: Vec<Source>,
+    pub delivery: DeliveryConfig,
+}
+
+/// Everything wrong with a configuration, one problem per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(p: String) -> Self {
+        Self { problems: vec![p] }
+    }
+}
+
+/// Reads a variable through the lookup (the process environment in production).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Loads `path` (if any) plus `STAMP_RELAY__…` overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw = RawConfig::load(path)?;
+        raw.validate(&|k| std::env::var(k).ok())
+    }
+}
+
+impl RawConfig {
+    pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::one(format!(
+                    "config file {} does not exist; pass an existing file to --config",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed("STAMP_RELAY__").split("__"));
+        fig.extract().map_err(|e| ConfigError {
+            problems: e.into_iter().map(describe_figment_error).collect(),
+        })
+    }
+
+    /// Checks every value and resolves secrets through `env`.
+    pub fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut api_tokens = Vec::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let s = secret(
+                env,
+                &mut problems,
+                format!("api.tokens[{i}].token_env"),
+                &t.token_env,
+            );
+            api_tokens.push((t.clone(), s));
+        }
+        let mut validated = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(source) = validate_source(i, s, env, &mut problems) {
+                validated.push(source);
+            }
+        }
+        let mut names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("sources: two sources share a name; names must be unique".into());
+        }
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            if t.name.is_empty() {
+                problems.push(format!("api.tokens[{i}].name: must not be empty"));
+            }
+        }
+        if let Some(url) = &self.store.redis_url
+            && let Err(e) = url::Url::parse(url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| match u.scheme() {
+                    "redis" | "rediss" | "unix" | "redis+unix" => Ok(()),
+                    s => Err(format!("scheme {s:?} is not redis:// or rediss://")),
+                })
+        {
+            problems.push(format!("store.redis_url: {e}"));
+        }
+        check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
+        if self.store.lease_ttl < Duration::from_millis(100) {
+            problems.push("store.lease_ttl: must be at least 100ms".into());
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            problems.push("delivery.retry_schedule: list at least one delay".into());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            store: self.store,
+            api: self.api,
+            api_tokens,
+            sources: validated,
+            delivery: self.delivery,
+        })
+    }
+}
+
+fn secret(env: EnvLookup<'_>, problems: &mut Vec<String>, key: String, var: &str) -> Secret {
+    match env(var) {
+        Some(v) if !v.is_empty() => Secret(v),
+        _ => {
+            problems.push(format!(
+                "{key}: environment variable {var} is not set; export it with the secret"
+            ));
+            Secret(String::new())
+        }
+    }
+}
+
+fn validate_source(
+    i: usize,
+    s: &SourceConfig,
+    env: EnvLookup<'_>,
+    problems: &mut Vec<String>,
+) -> Option<Source> {
+    let key = |k: &str| format!("sources[{i}].{k}");
+    check_name(problems, &key("name"), &s.name);
+    if s.resources.is_empty() {
+        problems.push(format!("{}: list at least one resource", key("resources")));
+    }
+    for (j, r) in s.resources.iter().enumerate() {
+        check_name(problems, &key(&format!("resources[{j}]")), r);
+    }
+    let base_url = parse_http_url(&s.base_url)
+        .map_err(|e| problems.push(format!("{}: {e}", key("base_url"))))
+        .ok();
+    if s.page_size == 0 || s.page_size > 10_000 {
+        problems.push(format!("{}: must be between 1 and 10000", key("page_size")));
+    }
+    if s.poll_interval.is_zero() {
+        problems.push(format!(
+            "{}: must be greater than zero",
+            key("poll_interval")
+        ));
+    }
+    if s.max_walks == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_walks")));
+    }
+    if s.max_attempts == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_attempts")));
+    }
+    let auth = match &s.auth {
+        AuthConfig::None => Some(Auth::None),
+        AuthConfig::Bearer { token_env } => Some(Auth::Bearer {
+            token: secret(env, problems, key("auth.token_env"), token_env),
+        }),
+        AuthConfig::Basic {
+            username_env,
+            password_env,
+        } => Some(Auth::Basic {
+            username: secret(env, problems, key("auth.username_env"), username_env),
+            password: secret(env, problems, key("auth.password_env"), password_env),
+        }),
+        AuthConfig::OAuth {
+            client_id_env,
+            client_secret_env,
+            token_url,
+        } => {
+            let client_id = secret(env, problems, key("auth.client_id_env"), client_id_env);
+            let client_secret = secret(
+                env,
+                problems,
+                key("auth.client_secret_env"),
+                client_secret_env,
+            );
+            let token_url = match (token_url, &base_url) {
+                (Some(u), _) => parse_http_url(u)
+                    .map_err(|e| problems.push(format!("{}: {e}", key("auth.token_url"))))
+                    .ok(),
+                (None, Some(b)) => Some(join(b, "integration/auth/")),
+                (None, None) => None,
+            };
+            token_url.map(|token_url| Auth::OAuth {
+                client_id,
+                client_secret,
+                token_url,
+            })
+        }
+    };
+    Some(Source {
+        settings: s.clone(),
+        base_url: base_url?,
+        auth: auth?,
+    })
+}
+
+/// Names end up in Redis keys and hash tags, so they must not contain
+/// the characters that structure those keys.
+fn check_name(problems: &mut Vec<String>, key: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        problems.push(format!(
+            "{key}: {name:?} must be 1-64 characters of letters, digits, '_', '-' or '.'"
+        ));
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    if s.is_empty() {
+        return Err(
+            "missing; set the upstream's base URL, e.g. https://ua.ap.painchek.com/api".into(),
+        );
+    }
+    let u = Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    match u.scheme() {
+        "http" | "https" => Ok(u),
+        other => Err(format!("{s:?} has scheme {other:?}; use http or https")),
+    }
+}
+
+/// Joins a path below a base URL, keeping the base's own path.
+pub fn join(base: &Url, rest: &str) -> Url {
+    let mut u = base.clone();
+    let path = format!("{}/{}", u.path().trim_end_matches('/'), rest);
+    u.set_path(&path);
+    u
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let key = e.path.join(".");
+    let kind = e.kind.to_string();
+    let key = key.strip_prefix("default.").unwrap_or(&key).to_string();
+    let hint = match &e.kind {
+        figment::error::Kind::UnknownVariant(..) => "; pick one of the listed values",
+        figment::error::Kind::MissingField(_) => "; add it to the file",
+        figment::error::Kind::UnknownField(..) => "; remove it or fix its spelling",
+        _ => "",
+    };
+    if key.is_empty() {
+        format!("{kind}{hint}")
+    } else {
+        format!("{key}: {kind}{hint}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

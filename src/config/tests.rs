@@ -1,0 +1,124 @@
+use super::*;
+
+fn parse(toml: &str) -> RawConfig {
+    Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string(toml))
+        .extract()
+        .unwrap()
+}
+
+fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |k| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+const OAUTH: &str = r#"
+[[sources]]
+name = "painchek"
+base_url = "https://ua.ap.painchek.com/api"
+resources = ["patients", "assessments"]
+poll_interval = "5s"
+[sources.auth]
+kind = "oauth"
+client_id_env = "PC_ID"
+client_secret_env = "PC_SECRET"
+"#;
+
+#[test]
+fn the_design_example_validates_with_defaults() {
+    let c = parse(OAUTH)
+        .validate(&env(&[("PC_ID", "id"), ("PC_SECRET", "shh")]))
+        .unwrap();
+    let s = &c.sources[0];
+    assert_eq!(s.settings.page_size, 500);
+    assert_eq!(s.settings.paging, Paging::Pages);
+    assert_eq!(s.settings.overlap, DEFAULT_OVERLAP);
+    assert_eq!(c.store.key_prefix, "stamp-relay");
+    match &s.auth {
+        Auth::OAuth {
+            token_url,
+            client_secret,
+            ..
+        } => {
+            assert_eq!(
+                token_url.as_str(),
+                "https://ua.ap.painchek.com/api/integration/auth/"
+            );
+            assert_eq!(client_secret.expose(), "shh");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.delivery.retry_schedule.len(), 7);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let c = parse(OAUTH)
+        .validate(&env(&[("PC_ID", "id"), ("PC_SECRET", "hunter2")]))
+        .unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let raw = parse(
+        r#"
+[store]
+key_prefix = "a:b"
+[[sources]]
+name = "x"
+base_url = "not a url"
+resources = []
+page_size = 0
+[sources.auth]
+kind = "basic"
+username_env = "U"
+password_env = "P"
+"#,
+    );
+    let err = raw.validate(&env(&[("U", "me")])).unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "store.key_prefix",
+        "sources[0].base_url",
+        "sources[0].resources",
+        "sources[0].page_size",
+        "sources[0].auth.password_env: environment variable P is not set",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(!text.contains("sources[0].auth.username_env"), "{text}");
+}
+
+#[test]
+fn duplicate_source_names_are_refused() {
+    let raw = parse(
+        r#"
+[[sources]]
+name = "a"
+base_url = "http://x/api"
+resources = ["patients"]
+[[sources]]
+name = "a"
+base_url = "http://y/api"
+resources = ["users"]
+"#,
+    );
+    assert!(
+        raw.validate(&env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("unique")
+    );
+}
+
+#[test]
+fn join_keeps_the_base_path() {
+    let base = Url::parse("https://h/api").unwrap();
+    assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
+    let base = Url::parse("https://h/api/").unwrap();
+    assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
+}

@@ -1,0 +1,259 @@
+//! Change events: the operation set, stream IDs, the record index entry,
+//! and the classification rule of DESIGN §2 step 3.
+//!
+//! The Redis store runs the same rule inside its Lua script (so the check
+//! and the append are atomic); the embedded store calls [`classify`].
+
+use std::{fmt, str::FromStr};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Created,
+    Updated,
+    Deleted,
+    Restored,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Created, Op::Updated, Op::Deleted, Op::Restored];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Created => "created",
+            Op::Updated => "updated",
+            Op::Deleted => "deleted",
+            Op::Restored => "restored",
+        }
+    }
+}
+
+impl FromStr for Op {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Op::ALL
+            .into_iter()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| format!("unknown op {s:?}"))
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stream entry ID `<stamp>-<seq>`: `seq` is 0 for an event appended in
+/// stamp order and counts up for late events appended under the top stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId {
+    pub stamp: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { stamp: 0, seq: 0 };
+
+    pub fn new(stamp: u64, seq: u64) -> Self {
+        Self { stamp, seq }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.stamp, self.seq)
+    }
+}
+
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = String;
+    /// Accepts `<stamp>` (meaning `<stamp>-0`) or `<stamp>-<seq>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a stamp or a stream ID like 1234-0");
+        let (a, b) = s.split_once('-').unwrap_or((s, "0"));
+        Ok(StreamId {
+            stamp: a.parse().map_err(|_| bad())?,
+            seq: b.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What the record index holds per record: the last emitted stamp and
+/// whether that version was deleted. Stored as `<stamp>` or `<stamp>:deleted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub stamp: u64,
+    pub deleted: bool,
+}
+
+impl IndexEntry {
+    pub fn encode(&self) -> String {
+        if self.deleted {
+            format!("{}:deleted", self.stamp)
+        } else {
+            self.stamp.to_string()
+        }
+    }
+
+    pub fn decode(s: &str) -> Option<IndexEntry> {
+        let (stamp, deleted) = match s.strip_suffix(":deleted") {
+            Some(stamp) => (stamp, true),
+            None => (s, false),
+        };
+        Some(IndexEntry {
+            stamp: stamp.parse().ok()?,
+            deleted,
+        })
+    }
+}
+
+/// The op for a record version seen with `stamp`, or `None` when the index
+/// already holds this stamp or a newer one (a duplicate, dropped).
+pub fn classify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<Op> {
+    match prev {
+        None => Some(Op::Created),
+        Some(p) if stamp <= p.stamp => None,
+        Some(p) => Some(match (p.deleted, deleted) {
+            (false, true) => Op::Deleted,
+            (true, false) => Op::Restored,
+            _ => Op::Updated,
+        }),
+    }
+}
+
+/// The ID for the next appended event: `<stamp>-0` when the stamp is above
+/// the stream's top, else a late event `<top stamp>-<top seq + 1>`.
+pub fn next_id(top: StreamId, stamp: u64) -> StreamId {
+    if stamp > top.stamp {
+        StreamId::new(stamp, 0)
+    } else {
+        StreamId::new(top.stamp, top.seq + 1)
+    }
+}
+
+/// One stored change event, as both stores return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub id: StreamId,
+    pub op: Op,
+    pub record: String,
+    pub stamp: u64,
+    pub prev: Option<u64>,
+    pub snapshot: bool,
+    /// Relay time of observation, unix milliseconds.
+    pub observed: u64,
+    /// The record JSON exactly as the upstream sent it.
+    pub data: String,
+}
+
+/// A record the relay could not turn into an event, kept with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub raw: String,
+    pub reason: String,
+    pub observed: u64,
+}
+
+/// Counts of one append call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AppendOutcome {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub restored: u64,
+    /// Versions already in the index (re-reads, replays after a crash).
+    pub duplicates: u64,
+    /// Events appended below the stream's top as `<top>-<seq>`.
+    pub late: u64,
+}
+
+impl AppendOutcome {
+    pub fn appended(&self) -> u64 {
+        self.created + self.updated + self.deleted + self.restored
+    }
+
+    pub fn count(&mut self, op: Op) {
+        match op {
+            Op::Created => self.created += 1,
+            Op::Updated => self.updated += 1,
+            Op::Deleted => self.deleted += 1,
+            Op::Restored => self.restored += 1,
+        }
+    }
+
+    pub fn add(&mut self, o: &AppendOutcome) {
+        self.created += o.created;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.restored += o.restored;
+        self.duplicates += o.duplicates;
+        self.late += o.late;
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(stamp: u64, deleted: bool) -> Option<IndexEntry> {
+        Some(IndexEntry { stamp, deleted })
+    }
+
+    #[test]
+    fn classification_follows_the_index() {
+        assert_eq!(classify(None, 5, false), Some(Op::Created));
+        assert_eq!(classify(None, 5, true), Some(Op::Created));
+        assert_eq!(classify(entry(3, false), 4, false), Some(Op::Updated));
+        assert_eq!(classify(entry(3, false), 4, true), Some(Op::Deleted));
+        assert_eq!(classify(entry(3, true), 4, false), Some(Op::Restored));
+        assert_eq!(classify(entry(3, true), 4, true), Some(Op::Updated));
+        assert_eq!(classify(entry(4, false), 4, false), None);
+        assert_eq!(classify(entry(9, false), 4, true), None);
+    }
+
+    #[test]
+    fn ids_are_stamps_then_late_sequence() {
+        let top = StreamId::new(10, 0);
+        assert_eq!(next_id(top, 12), StreamId::new(12, 0));
+        assert_eq!(next_id(top, 7), StreamId::new(10, 1));
+        assert_eq!(next_id(StreamId::new(10, 1), 10), StreamId::new(10, 2));
+        assert_eq!("12".parse::<StreamId>(), Ok(StreamId::new(12, 0)));
+        assert_eq!("12-3".parse::<StreamId>(), Ok(StreamId::new(12, 3)));
+        assert!("x-3".parse::<StreamId>().is_err());
+        assert!("-1".parse::<StreamId>().is_err());
+    }
+
+    #[test]
+    fn index_entries_round_trip() {
+        for e in [
+            IndexEntry {
+                stamp: 7,
+                deleted: true,
+            },
+            IndexEntry {
+                stamp: 8,
+                deleted: false,
+            },
+        ] {
+            assert_eq!(IndexEntry::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(IndexEntry::decode("7:deleted").unwrap().stamp, 7);
+        assert_eq!(IndexEntry::decode("junk"), None);
+    }
+}

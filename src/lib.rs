@@ -1,0 +1,15 @@
+//! stamp-relay: turns an update-stamp delta feed into exactly-once change
+//! events on Redis streams (or an embedded SQLite store). See ARCHITECTURE.md.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod events;
+pub mod poller;
+pub mod record;
+pub mod simulator;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,285 @@
+//! The poller: one per (source, resource) target, following DESIGN §2.
+//!
+//! A poll takes the target's lease, reads the cursor from the stream, fetches
+//! the delta since `cursor - overlap` with the source's paging strategy
+//! (see [`paging`]), and appends sorted chunks atomically. Nothing here
+//! stores a cursor: a failed or interrupted poll leaves the stream as the
+//! last committed chunk left it, and the next poll resumes from there.
+
+use std::{
+    collections::HashSet,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Paging,
+    events::{AppendOutcome, StreamId, now_ms},
+    record::{RejectedRecord, UpstreamRecord},
+    store::{AppendBatch, Store, StoreError, Target},
+    upstream::{Upstream, UpstreamError, backoff},
+};
+
+mod paging;
+
+/// Records per atomic append.
+pub const CHUNK: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "page {page} of sync={sync} is not in ascending stamp order (stamp {stamp} follows {prev}); \
+         the upstream does not sort by stamp, so set paging = \"pages\" for this source"
+    )]
+    NotAscending {
+        sync: u64,
+        page: u32,
+        stamp: u64,
+        prev: u64,
+    },
+    #[error(
+        "the delta since stamp {sync} holds more than {limit} records (sources.max_delta_records); \
+         raise the limit, or use paging = \"keyset\" if the upstream sorts by stamp"
+    )]
+    TooLarge { sync: u64, limit: usize },
+    #[error(
+        "after {walks} walks the pages showed {seen} of the {count} records the upstream counted; \
+         it changes faster than it can be paged: raise sources.max_walks or sources.page_size"
+    )]
+    Unstable { walks: u32, seen: u64, count: u64 },
+    #[error("stopped before the poll finished; committed chunks are kept")]
+    Cancelled,
+}
+
+impl PollError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Upstream(e) => e.kind(),
+            PollError::Store(_) => "store",
+            PollError::NotAscending { .. } => "not_ascending",
+            PollError::TooLarge { .. } => "too_large",
+            PollError::Unstable { .. } => "unstable",
+            PollError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What one poll did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PollReport {
+    /// False when another instance held the lease and nothing was fetched.
+    pub leased: bool,
+    pub sync: u64,
+    pub before: StreamId,
+    pub after: StreamId,
+    pub pages: u32,
+    pub walks: u32,
+    pub fetched: u64,
+    pub rejected: u64,
+    pub outcome: AppendOutcome,
+    pub duration_ms: u64,
+}
+
+/// Live facts about a target, shared with the status surfaces.
+#[derive(Debug, Default)]
+pub struct TargetStatus {
+    pub pages: AtomicU64,
+    pub fetched: AtomicU64,
+    pub appended: AtomicU64,
+    pub polls: AtomicU64,
+    pub last: Mutex<LastPoll>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LastPoll {
+    pub finished_ms: Option<u64>,
+    pub ok_ms: Option<u64>,
+    pub error: Option<String>,
+    pub cursor: Option<String>,
+    pub walks: u32,
+}
+
+pub struct Poller {
+    pub target: Target,
+    store: Arc<dyn Store>,
+    upstream: Arc<Upstream>,
+    holder: String,
+    /// Renewed on every page and chunk.
+    lease_ttl: Duration,
+    pub status: Arc<TargetStatus>,
+    /// Hashes of rejected records already written, so a bad record that
+    /// the upstream keeps returning is recorded once per process.
+    rejected: HashSet<u64>,
+}
+
+impl Poller {
+    pub fn new(
+        target: Target,
+        store: Arc<dyn Store>,
+        upstream: Arc<Upstream>,
+        holder: &str,
+        lease_ttl: Duration,
+    ) -> Self {
+        Poller {
+            target,
+            store,
+            upstream,
+            holder: holder.to_string(),
+            lease_ttl,
+            status: Arc::default(),
+            rejected: HashSet::new(),
+        }
+    }
+
+    /// One poll of the target. Public so tests and `sync --once` drive it.
+    pub async fn poll_once(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
+        let started = Instant::now();
+        let mut report = PollReport::default();
+        if !self.renew_lease().await? {
+            return Ok(report);
+        }
+        report.leased = true;
+        report.before = self.store.last_id(&self.target).await?;
+        let settings = &self.upstream.source().settings;
+        report.sync = report.before.stamp.saturating_sub(settings.overlap);
+        // A new stream is the initial load: its events say `snapshot=1`.
+        let snapshot = report.before == StreamId::ZERO;
+        let result = match settings.paging {
+            Paging::Keyset => self.keyset(&mut report, snapshot, cancel).await,
+            Paging::Pages => self.pages(&mut report, snapshot, cancel).await,
+        };
+        report.after = self
+            .store
+            .last_id(&self.target)
+            .await
+            .unwrap_or(report.before);
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        self.status.polls.fetch_add(1, Ordering::Relaxed);
+        result.map(|()| report)
+    }
+
+    /// Takes or extends the lease; false while another instance holds it.
+    async fn renew_lease(&self) -> Result<bool, PollError> {
+        Ok(self
+            .store
+            .lease(&self.target, &self.holder, self.lease_ttl)
+            .await?)
+    }
+
+    async fn keep_lease(&self) -> Result<(), PollError> {
+        if self.renew_lease().await? {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(self.target.to_string()).into())
+        }
+    }
+
+    /// Appends stamp-sorted records in atomic chunks, stopping between
+    /// chunks when cancelled (every committed prefix is a valid cursor).
+    async fn commit(
+        &self,
+        records: &[UpstreamRecord],
+        snapshot: bool,
+        report: &mut PollReport,
+        cancel: &CancellationToken,
+    ) -> Result<(), PollError> {
+        for chunk in records.chunks(CHUNK) {
+            if cancel.is_cancelled() {
+                return Err(PollError::Cancelled);
+            }
+            self.keep_lease().await?;
+            let batch = AppendBatch {
+                holder: &self.holder,
+                snapshot,
+                observed: now_ms(),
+                records: chunk,
+            };
+            let out = self.store.append(&self.target, batch).await?;
+            self.status
+                .appended
+                .fetch_add(out.appended(), Ordering::Relaxed);
+            report.outcome.add(&out);
+        }
+        Ok(())
+    }
+
+    async fn reject(
+        &mut self,
+        r: RejectedRecord,
+        report: &mut PollReport,
+    ) -> Result<(), PollError> {
+        let mut h = DefaultHasher::new();
+        r.raw.hash(&mut h);
+        if self.rejected.insert(h.finish()) {
+            tracing::warn!(target = %self.target, reason = %r.reason, "record rejected; kept in the reject stream");
+            self.store
+                .reject(&self.target, &r.raw, &r.reason, now_ms())
+                .await?;
+            report.rejected += 1;
+        }
+        Ok(())
+    }
+
+    /// Notes a poll's result in the shared status and the log.
+    fn record(&self, result: &Result<PollReport, PollError>) {
+        let mut last = self.status.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.finished_ms = Some(now_ms());
+        match result {
+            Ok(r) => {
+                last.ok_ms = last.finished_ms;
+                last.error = None;
+                last.cursor = Some(r.after.to_string());
+                last.walks = r.walks;
+                if r.outcome.appended() > 0 || r.rejected > 0 {
+                    tracing::info!(target = %self.target, appended = r.outcome.appended(),
+                        late = r.outcome.late, rejected = r.rejected, cursor = %r.after, "poll appended events");
+                }
+            }
+            Err(e) => {
+                last.error = Some(e.to_string());
+                tracing::warn!(target = %self.target, error = %e, "poll failed; the cursor did not move");
+            }
+        }
+    }
+
+    /// Polls until cancelled: every `poll_interval`, or sooner after a
+    /// poll that failed (with backoff), never moving the cursor on failure.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let interval = self.upstream.source().settings.poll_interval;
+        let mut failures = 0u32;
+        while !cancel.is_cancelled() {
+            let result = self.poll_once(&cancel).await;
+            if let Err(PollError::Cancelled) = result {
+                break;
+            }
+            self.record(&result);
+            failures = if result.is_ok() { 0 } else { failures + 1 };
+            let wait = if failures == 0 {
+                interval
+            } else {
+                backoff(
+                    interval,
+                    Duration::from_secs(300),
+                    failures,
+                    &mut rand::rng(),
+                )
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let _ = self.store.release(&self.target, &self.holder).await;
+    }
+}

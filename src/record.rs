@@ -1,0 +1,167 @@
+//! Upstream pages and records: parsing the DRF envelope and pulling the id,
+//! stamp and deleted flag out of each record while keeping its raw JSON.
+
+use std::{borrow::Cow, collections::HashMap};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::FieldNames;
+
+/// One page of a Django REST Framework list response.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    pub count: u64,
+    pub next: Option<String>,
+    pub results: Vec<Box<RawValue>>,
+}
+
+impl Page {
+    /// Parses a body; the error carries the start of the body so the
+    /// upstream's own words reach the operator.
+    pub fn parse(body: &[u8]) -> Result<Page, String> {
+        serde_json::from_slice(body).map_err(|e| {
+            format!(
+                "the upstream answered with a body that is not a list page ({e}): {}",
+                excerpt(body)
+            )
+        })
+    }
+}
+
+/// The first few hundred characters of a body, for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut s: String = text.chars().take(300).collect();
+    if text.chars().count() > 300 {
+        s.push('…');
+    }
+    s
+}
+
+/// A record version as the upstream showed it.
+#[derive(Debug, Clone)]
+pub struct UpstreamRecord {
+    pub id: String,
+    pub stamp: u64,
+    pub deleted: bool,
+    /// Exactly the bytes received, never re-serialised.
+    pub raw: Box<RawValue>,
+}
+
+/// A record that cannot become an event, with the reason.
+#[derive(Debug, Clone)]
+pub struct RejectedRecord {
+    pub raw: String,
+    pub reason: String,
+}
+
+pub fn parse_record(
+    raw: Box<RawValue>,
+    fields: &FieldNames,
+) -> Result<UpstreamRecord, RejectedRecord> {
+    let reject = |reason: String| RejectedRecord {
+        raw: raw.get().to_string(),
+        reason,
+    };
+    // Borrowed keys are the fast path; keys with escapes need owned ones.
+    let map: HashMap<Cow<'_, str>, &RawValue> =
+        match serde_json::from_str::<HashMap<&str, &RawValue>>(raw.get()) {
+            Ok(m) => m.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect(),
+            Err(_) => match serde_json::from_str::<HashMap<String, &RawValue>>(raw.get()) {
+                Ok(m) => m.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
+                Err(_) => return Err(reject("record is not a JSON object".into())),
+            },
+        };
+    let field = |name: &str| map.get(name).copied();
+    let id = match field(&fields.id).map(scalar) {
+        Some(Some(id)) if !id.is_empty() => id,
+        _ => {
+            return Err(reject(format!(
+                "record has no usable id field {:?}",
+                fields.id
+            )));
+        }
+    };
+    let stamp = match field(&fields.stamp)
+        .and_then(scalar)
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        Some(s) if s > 0 => s,
+        _ => {
+            return Err(reject(format!(
+                "record {id} has no positive integer stamp field {:?}",
+                fields.stamp
+            )));
+        }
+    };
+    let deleted = field(&fields.deleted_at).is_some_and(|v| v.get() != "null");
+    Ok(UpstreamRecord {
+        id,
+        stamp,
+        deleted,
+        raw,
+    })
+}
+
+/// A string or integer JSON value as text; anything else is not an id/stamp.
+fn scalar(v: &RawValue) -> Option<String> {
+    let s = v.get();
+    if s.starts_with('"') {
+        serde_json::from_str::<String>(s).ok()
+    } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        Some(s.to_string())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<UpstreamRecord, RejectedRecord> {
+        parse_record(
+            RawValue::from_string(json.into()).unwrap(),
+            &FieldNames::default(),
+        )
+    }
+
+    #[test]
+    fn keeps_raw_bytes_and_reads_fields() {
+        let r = parse(r#"{"uuid":"a","update_stamp":760,"deleted_at":null, "x": 1.50}"#).unwrap();
+        assert_eq!((r.id.as_str(), r.stamp, r.deleted), ("a", 760, false));
+        assert_eq!(
+            r.raw.get(),
+            r#"{"uuid":"a","update_stamp":760,"deleted_at":null, "x": 1.50}"#
+        );
+        let d =
+            parse(r#"{"uuid":7,"update_stamp":"8","deleted_at":"2024-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!((d.id.as_str(), d.stamp, d.deleted), ("7", 8, true));
+    }
+
+    #[test]
+    fn rejects_records_without_id_or_stamp() {
+        assert!(
+            parse(r#"{"update_stamp":3}"#)
+                .unwrap_err()
+                .reason
+                .contains("id")
+        );
+        assert!(
+            parse(r#"{"uuid":"a"}"#)
+                .unwrap_err()
+                .reason
+                .contains("stamp")
+        );
+        assert!(parse(r#"{"uuid":"a","update_stamp":-1}"#).is_err());
+        assert!(parse(r#"[1]"#).unwrap_err().reason.contains("object"));
+        assert_eq!(parse(r#"{"uuid":"a"}"#).unwrap_err().raw, r#"{"uuid":"a"}"#);
+    }
+
+    #[test]
+    fn page_errors_quote_the_body() {
+        let e = Page::parse(br#"{"count": 3, "results": [{"uuid""#).unwrap_err();
+        assert!(e.contains(r#"{"count": 3"#), "{e}");
+    }
+}

@@ -1,0 +1,64 @@
+-- Atomic append of one sorted chunk for one target (DESIGN §2 step 4).
+-- KEYS: events stream, record index hash, lease string (one hash tag).
+-- ARGV: holder, snapshot (0/1), observed (unix ms), then per record:
+--       id, stamp, deleted (0/1), data.
+-- Returns {created, updated, deleted, restored, duplicates, late}.
+-- Re-running a chunk is a no-op: every version is checked against the index.
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return redis.error_reply('LEASELOST the lease is held by another instance')
+end
+local top_stamp, top_seq = '0', 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local id = last[1][1]
+  local dash = string.find(id, '-', 1, true)
+  top_stamp = string.sub(id, 1, dash - 1)
+  top_seq = tonumber(string.sub(id, dash + 1))
+end
+local n = {created = 0, updated = 0, deleted = 0, restored = 0}
+local dups, late = 0, 0
+for i = 4, #ARGV, 4 do
+  local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local prev = redis.call('HGET', KEYS[2], rid)
+  local op, prev_stamp = nil, ''
+  if not prev then
+    op = 'created'
+  else
+    local was_deleted = false
+    prev_stamp = prev
+    local colon = string.find(prev, ':', 1, true)
+    if colon then
+      prev_stamp = string.sub(prev, 1, colon - 1)
+      was_deleted = true
+    end
+    if tonumber(stamp) > tonumber(prev_stamp) then
+      if del == '1' and not was_deleted then
+        op = 'deleted'
+      elseif del == '0' and was_deleted then
+        op = 'restored'
+      else
+        op = 'updated'
+      end
+    end
+  end
+  if op then
+    if tonumber(stamp) > tonumber(top_stamp) then
+      top_stamp, top_seq = stamp, 0
+    else
+      top_seq = top_seq + 1
+      late = late + 1
+    end
+    redis.call('XADD', KEYS[1], top_stamp .. '-' .. string.format('%d', top_seq),
+      'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
+      'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data)
+    if del == '1' then
+      redis.call('HSET', KEYS[2], rid, stamp .. ':deleted')
+    else
+      redis.call('HSET', KEYS[2], rid, stamp)
+    end
+    n[op] = n[op] + 1
+  else
+    dups = dups + 1
+  end
+end
+return {n.created, n.updated, n.deleted, n.restored, dups, late}

@@ -1,0 +1,108 @@
+//! Where events live. Two backends keep one contract (DESIGN §3, §7):
+//! Redis streams for production and several instances, and an embedded
+//! SQLite file for a single instance with nothing installed.
+//!
+//! Invariant: the cursor of a target is the stamp part of its last event ID;
+//! no other state says how far a target has synced, so the two can never
+//! disagree.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+use crate::{
+    config::StoreConfig,
+    events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
+    record::UpstreamRecord,
+};
+
+pub mod redis;
+pub mod sqlite;
+
+/// One poll target: a resource of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub source: String,
+    pub resource: String,
+}
+
+impl Target {
+    pub fn new(source: impl Into<String>, resource: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.source, self.resource)
+    }
+}
+
+/// A sorted chunk of record versions to append atomically.
+#[derive(Debug)]
+pub struct AppendBatch<'a> {
+    /// The lease holder; the append is refused if another instance holds the lease.
+    pub holder: &'a str,
+    pub snapshot: bool,
+    pub observed: u64,
+    pub records: &'a [UpstreamRecord],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("lease on {0} is held by another instance; this append was not made")]
+    LeaseLost(String),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short description for logs and banners, without credentials.
+    fn describe(&self) -> String;
+
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// The ID of the last event of the target, or `0-0` for a new stream.
+    async fn last_id(&self, t: &Target) -> StoreResult<StreamId>;
+
+    /// Classifies each record against the index, appends the new versions
+    /// and updates the index, all in one atomic step. Re-running a batch is
+    /// a no-op.
+    async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome>;
+
+    async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()>;
+
+    /// Events with IDs strictly after `after`, in order, at most `limit`.
+    async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>>;
+
+    async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>>;
+
+    async fn stream_len(&self, t: &Target) -> StoreResult<u64>;
+
+    async fn index_len(&self, t: &Target) -> StoreResult<u64>;
+
+    async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>>;
+
+    /// Takes the lease for `holder`, or extends it if `holder` has it.
+    /// Returns false while another holder's lease is alive.
+    async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
+
+    async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+}
+
+/// Opens the backend the configuration names: Redis when `redis_url` is
+/// set, else the embedded store in `data_dir`.
+pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &cfg.redis_url {
+        Some(url) => Arc::new(redis::RedisStore::connect(url, &cfg.key_prefix).await?),
+        None => Arc::new(sqlite::SqliteStore::open(&cfg.data_dir)?),
+    })
+}

@@ -1,0 +1,353 @@
+//! The embedded backend: one SQLite file (WAL mode) holding the same
+//! contract as the Redis layout, for a single instance with nothing installed.
+//!
+//! `synchronous = NORMAL` survives a process crash completely; after a power
+//! loss the newest commits may vanish, but since the cursor lives in the same
+//! file it rolls back with them and the relay simply fetches them again.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    op TEXT NOT NULL, record TEXT NOT NULL, record_stamp INTEGER NOT NULL,
+    prev INTEGER, snapshot INTEGER NOT NULL, observed INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (source, resource, stamp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_index (
+    source TEXT NOT NULL, resource TEXT NOT NULL, record TEXT NOT NULL,
+    stamp INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    PRIMARY KEY (source, resource, record)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, resource TEXT NOT NULL,
+    raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create data directory {} (store.data_dir): {e}; choose a writable folder",
+                dir.display()
+            )
+        })?;
+        let path = dir.join("stamp-relay.sqlite3");
+        let bad = |e: rusqlite::Error| {
+            anyhow::anyhow!(
+                "cannot use the embedded store {} (store.data_dir): {e}; \
+                 fix the file's permissions, or move a damaged file away to start afresh",
+                path.display()
+            )
+        };
+        let conn = Connection::open(&path).map_err(bad)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(bad)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(bad)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(bad)?;
+        conn.execute_batch(SCHEMA).map_err(bad)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// Runs blocking SQLite work off the async threads.
+    async fn with<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, Some(m)) if m.starts_with("LEASELOST") => {
+                let _ = f;
+                StoreError::LeaseLost(m.trim_start_matches("LEASELOST ").to_string())
+            }
+            e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
+        })
+    }
+}
+
+fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
+    c.query_row(
+        "SELECT stamp, seq FROM events WHERE source = ?1 AND resource = ?2
+         ORDER BY stamp DESC, seq DESC LIMIT 1",
+        params![t.source, t.resource],
+        |r| {
+            Ok(StreamId::new(
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u64,
+            ))
+        },
+    )
+    .optional()
+    .map(|o| o.unwrap_or(StreamId::ZERO))
+}
+
+fn lease_lost(t: &Target) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(format!("LEASELOST {t}")),
+    )
+}
+
+fn append(
+    c: &mut Connection,
+    t: &Target,
+    holder: &str,
+    snapshot: bool,
+    observed: u64,
+    records: &[crate::record::UpstreamRecord],
+) -> rusqlite::Result<AppendOutcome> {
+    let tx = c.transaction()?;
+    let owner: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
+            params![t.source, t.resource],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if !owner.is_some_and(|(h, exp)| h == holder && exp as u64 > events::now_ms()) {
+        return Err(lease_lost(t));
+    }
+    let mut top = last_id(&tx, t)?;
+    let mut out = AppendOutcome::default();
+    {
+        let mut get = tx.prepare_cached(
+            "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
+        )?;
+        let mut add = tx.prepare_cached(
+            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        let mut put = tx.prepare_cached(
+            "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (source, resource, record) DO UPDATE SET stamp = excluded.stamp, deleted = excluded.deleted",
+        )?;
+        for r in records {
+            let prev = get
+                .query_row(params![t.source, t.resource, r.id], |row| {
+                    Ok(IndexEntry {
+                        stamp: row.get::<_, i64>(0)? as u64,
+                        deleted: row.get(1)?,
+                    })
+                })
+                .optional()?;
+            let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
+                out.duplicates += 1;
+                continue;
+            };
+            let id = events::next_id(top, r.stamp);
+            if id.seq > 0 {
+                out.late += 1;
+            }
+            add.execute(params![
+                t.source,
+                t.resource,
+                id.stamp as i64,
+                id.seq as i64,
+                op.as_str(),
+                r.id,
+                r.stamp as i64,
+                prev.map(|p| p.stamp as i64),
+                snapshot,
+                observed as i64,
+                r.raw.get(),
+            ])?;
+            put.execute(params![
+                t.source,
+                t.resource,
+                r.id,
+                r.stamp as i64,
+                r.deleted
+            ])?;
+            top = id;
+            out.count(op);
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let op: String = r.get(2)?;
+    Ok(Event {
+        id: StreamId::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+        op: op.parse().map_err(|e: String| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?,
+        record: r.get(3)?,
+        stamp: r.get::<_, i64>(4)? as u64,
+        prev: r.get::<_, Option<i64>>(5)?.map(|p| p as u64),
+        snapshot: r.get(6)?,
+        observed: r.get::<_, i64>(7)? as u64,
+        data: r.get(8)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("embedded store {}", self.path.display())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    async fn last_id(&self, t: &Target) -> StoreResult<StreamId> {
+        let t = t.clone();
+        self.with(move |c| last_id(c, &t)).await
+    }
+
+    async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
+        let t = t.clone();
+        let holder = batch.holder.to_string();
+        let (snapshot, observed) = (batch.snapshot, batch.observed);
+        let records = batch.records.to_vec();
+        self.with(move |c| append(c, &t, &holder, snapshot, observed, &records))
+            .await
+    }
+
+    async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
+        let (t, raw, reason) = (t.clone(), raw.to_string(), reason.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO rejects (source, resource, raw, reason, observed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![t.source, t.resource, raw, reason, observed as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
+        let t = t.clone();
+        self.with(move |c| {
+            let mut q = c.prepare_cached(
+                "SELECT stamp, seq, op, record, record_stamp, prev, snapshot, observed, data FROM events
+                 WHERE source = ?1 AND resource = ?2 AND (stamp > ?3 OR (stamp = ?3 AND seq > ?4))
+                 ORDER BY stamp, seq LIMIT ?5",
+            )?;
+            q.query_map(
+                params![t.source, t.resource, after.stamp as i64, after.seq as i64, limit as i64],
+                event_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
+        let t = t.clone();
+        self.with(move |c| {
+            let mut q = c.prepare_cached(
+                "SELECT raw, reason, observed FROM rejects WHERE source = ?1 AND resource = ?2 ORDER BY id LIMIT ?3",
+            )?;
+            q.query_map(params![t.source, t.resource, limit as i64], |r| {
+                Ok(Rejected {
+                    raw: r.get(0)?,
+                    reason: r.get(1)?,
+                    observed: r.get::<_, i64>(2)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn stream_len(&self, t: &Target) -> StoreResult<u64> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM events WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
+        })
+        .await
+    }
+
+    async fn index_len(&self, t: &Target) -> StoreResult<u64> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM record_index WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
+        })
+        .await
+    }
+
+    async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
+        let (t, record) = (t.clone(), record.to_string());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
+                params![t.source, t.resource, record],
+                |r| {
+                    Ok(IndexEntry {
+                        stamp: r.get::<_, i64>(0)? as u64,
+                        deleted: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
+        let (t, holder) = (t.clone(), holder.to_string());
+        self.with(move |c| {
+            let now = events::now_ms() as i64;
+            let n = c.execute(
+                "INSERT INTO leases (source, resource, holder, expires_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, resource) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?5",
+                params![t.source, t.resource, holder, now + ttl.as_millis() as i64, now],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, t: &Target, holder: &str) -> StoreResult<()> {
+        let (t, holder) = (t.clone(), holder.to_string());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM leases WHERE source = ?1 AND resource = ?2 AND holder = ?3",
+                params![t.source, t.resource, holder],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}

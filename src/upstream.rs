@@ -1,0 +1,385 @@
+//! The upstream client: one per source. Authenticates (OAuth client
+//! credentials, basic, static bearer or none), fetches list pages, and
+//! retries transient failures with backoff, jitter and `Retry-After`.
+
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::{StatusCode, header};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::{
+    config::{Auth, Secret, Source, join},
+    record::{Page, excerpt},
+};
+
+/// The longest `Retry-After` honoured inside one poll; a longer one fails
+/// the poll, and the poll loop tries again later.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{url} answered HTTP {status}: {detail}")]
+    Status {
+        url: String,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("{url}: {detail}")]
+    Malformed { url: String, detail: String },
+    #[error("authentication at {url} failed: {detail}; check the source's credentials")]
+    Auth { url: String, detail: String },
+    #[error("stopped while waiting for the upstream")]
+    Cancelled,
+}
+
+impl UpstreamError {
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
+            UpstreamError::Transport { .. } | UpstreamError::Malformed { .. } => true,
+            UpstreamError::Auth { .. } | UpstreamError::Cancelled => false,
+        }
+    }
+
+    /// A label for metrics and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Status { status: 429, .. } => "rate_limited",
+            UpstreamError::Status { status, .. } if *status >= 500 => "server_error",
+            UpstreamError::Status { .. } => "client_error",
+            UpstreamError::Transport { .. } => "transport",
+            UpstreamError::Malformed { .. } => "malformed",
+            UpstreamError::Auth { .. } => "auth",
+            UpstreamError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Delay before retry number `attempt` (1-based): exponential from `base`,
+/// capped at `max`, with "equal jitter" so retries of many relays spread out.
+pub fn backoff(base: Duration, max: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(max);
+    let half = d / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
+/// Parses `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+struct Token {
+    value: Secret,
+    refresh_at: Instant,
+}
+
+pub struct Upstream {
+    http: reqwest::Client,
+    source: Source,
+    token: Mutex<Option<Token>>,
+}
+
+impl Upstream {
+    pub fn new(source: Source) -> anyhow::Result<Upstream> {
+        let http = reqwest::Client::builder()
+            .timeout(source.settings.request_timeout)
+            .connect_timeout(Duration::from_secs(10).min(source.settings.request_timeout))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Upstream {
+            http,
+            source,
+            token: Mutex::new(None),
+        })
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The list URL of one page.
+    pub fn page_url(&self, resource: &str, sync: u64, page: u32) -> Url {
+        let s = &self.source.settings;
+        let mut url = join(&self.source.base_url, &format!("{resource}/"));
+        url.query_pairs_mut()
+            .append_pair(&s.query.sync, &sync.to_string())
+            .append_pair(&s.query.page, &page.to_string())
+            .append_pair(&s.query.page_size, &s.page_size.to_string());
+        url
+    }
+
+    /// Fetches one page, retrying transient failures; fetches a fresh token
+    /// once on a 401.
+    pub async fn page(
+        &self,
+        resource: &str,
+        sync: u64,
+        page: u32,
+        cancel: &CancellationToken,
+    ) -> Result<Page, UpstreamError> {
+        let url = self.page_url(resource, sync, page);
+        let s = &self.source.settings;
+        let mut attempt = 0;
+        let mut fresh_token = false;
+        loop {
+            attempt += 1;
+            let err = match self.get_page(&url).await {
+                Ok(p) => return Ok(p),
+                Err(e) => e,
+            };
+            if let UpstreamError::Status { status: 401, .. } = err
+                && !fresh_token
+                && matches!(self.source.auth, Auth::OAuth { .. })
+            {
+                *self.token.lock().await = None;
+                fresh_token = true;
+                continue;
+            }
+            if !err.retryable() || attempt >= s.max_attempts {
+                return Err(err);
+            }
+            let delay = match &err {
+                UpstreamError::Status {
+                    retry_after: Some(d),
+                    ..
+                } if *d > MAX_RETRY_AFTER => return Err(err),
+                UpstreamError::Status {
+                    retry_after: Some(d),
+                    ..
+                } => *d,
+                _ => backoff(s.retry_base, s.retry_max, attempt, &mut rand::rng()),
+            };
+            tracing::debug!(%url, attempt, ?delay, error = %err, "upstream request failed; retrying");
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(UpstreamError::Cancelled),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn get_page(&self, url: &Url) -> Result<Page, UpstreamError> {
+        let shown = url.to_string();
+        let transport = |e: reqwest::Error| UpstreamError::Transport {
+            url: shown.clone(),
+            detail: describe_transport(&e),
+        };
+        let mut req = self
+            .http
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json");
+        req = match &self.source.auth {
+            Auth::None => req,
+            Auth::Basic { username, password } => {
+                req.basic_auth(username.expose(), Some(password.expose()))
+            }
+            Auth::Bearer { token } => req.bearer_auth(token.expose()),
+            Auth::OAuth { .. } => req.bearer_auth(self.oauth_token().await?.expose()),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        let after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
+        let body = resp.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(UpstreamError::Status {
+                url: shown,
+                status: status.as_u16(),
+                detail: error_detail(status, &body),
+                retry_after: after,
+            });
+        }
+        Page::parse(&body).map_err(|detail| UpstreamError::Malformed { url: shown, detail })
+    }
+
+    /// The current OAuth token, fetched anew shortly before it expires.
+    async fn oauth_token(&self) -> Result<Secret, UpstreamError> {
+        let Auth::OAuth {
+            client_id,
+            client_secret,
+            token_url,
+        } = &self.source.auth
+        else {
+            unreachable!("oauth_token is only called for oauth sources");
+        };
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref()
+            && Instant::now() < t.refresh_at
+        {
+            return Ok(t.value.clone());
+        }
+        let shown = token_url.to_string();
+        let fail = |detail: String| UpstreamError::Auth {
+            url: shown.clone(),
+            detail,
+        };
+        let resp = self
+            .http
+            .post(token_url.clone())
+            .form(&[
+                ("client_id", client_id.expose()),
+                ("client_secret", client_secret.expose()),
+            ])
+            .send()
+            .await
+            .map_err(|e| fail(describe_transport(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(describe_transport(&e)))?;
+        if !status.is_success() {
+            let err = fail(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                error_detail(status, &body)
+            ));
+            // A token endpoint that is down is transient; a refusal is not.
+            return Err(if status.is_server_error() || status.as_u16() == 429 {
+                UpstreamError::Status {
+                    url: shown.clone(),
+                    status: status.as_u16(),
+                    detail: err.to_string(),
+                    retry_after: None,
+                }
+            } else {
+                err
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Grant {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let grant: Grant = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("the token answer has no access_token ({e})")))?;
+        let ttl = Duration::from_secs(grant.expires_in.unwrap_or(300));
+        // Refresh with a tenth of the lifetime (at most a minute) to spare.
+        let margin = (ttl / 10).min(Duration::from_secs(60));
+        let value = Secret::new(grant.access_token);
+        *guard = Some(Token {
+            value: value.clone(),
+            refresh_at: Instant::now() + ttl - margin,
+        });
+        Ok(value)
+    }
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "request timed out (sources.request_timeout)".into()
+    } else if e.is_connect() {
+        format!("cannot connect: {}", root_cause(e))
+    } else {
+        format!("request failed: {}", root_cause(e))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The upstream's own words from a DRF error body
+/// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt.
+pub fn error_detail(status: StatusCode, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct FieldError {
+        field: Option<String>,
+        detail: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        code: Option<String>,
+        detail: Option<String>,
+        #[serde(default)]
+        errors: Vec<FieldError>,
+    }
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(p) if p.detail.is_some() || !p.errors.is_empty() => {
+            let mut s = p.detail.unwrap_or_default();
+            if let Some(code) = p.code {
+                s = format!("{s} ({code})");
+            }
+            for e in p.errors {
+                s.push_str(&format!(
+                    "; {}: {}",
+                    e.field.as_deref().unwrap_or("error"),
+                    e.detail.unwrap_or_default()
+                ));
+            }
+            s
+        }
+        _ if body.is_empty() => status.canonical_reason().unwrap_or("no body").to_string(),
+        _ => excerpt(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 1..10 {
+            let d = backoff(base, max, attempt, &mut rng);
+            let full = (base * 2u32.pow(attempt - 1)).min(max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn error_detail_prefers_the_upstreams_words() {
+        let body = br#"{"code":"bad","detail":"Invalid sync.","errors":[{"field":"sync","detail":"must be an integer"}]}"#;
+        assert_eq!(
+            error_detail(StatusCode::BAD_REQUEST, body),
+            "Invalid sync. (bad); sync: must be an integer"
+        );
+        assert_eq!(error_detail(StatusCode::BAD_GATEWAY, b""), "Bad Gateway");
+        assert_eq!(
+            error_detail(StatusCode::BAD_GATEWAY, b"<html>oops"),
+            "<html>oops"
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! The binary as a user runs it: configuration errors name the key, the
+//! embedded store names its path, and `demo` works with nothing installed.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::harness::{bin, free_port};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("panicked"), "{args:?} panicked:\n{text}");
+    (out.status.success(), text)
+}
+
+fn config_file(body: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(f.path(), body).unwrap();
+    f
+}
+
+const GOOD: &str = "[[sources]]\nname = \"pc\"\nbase_url = \"http://127.0.0.1:9/api\"\nresources = [\"patients\"]\n";
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let f = config_file(GOOD);
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{text}");
+    assert!(text.starts_with("ok"), "{text}");
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let cases = [
+        (
+            "[[sources]]\nname = \"pc\"\nresources = [\"patients\"]\n",
+            "base_url",
+        ),
+        (
+            "[[sources]]\nname = \"pc\"\nbase_url = \"http://x/api\"\nresources = [\"patients\"]\n[sources.auth]\nkind = \"kerberos\"\n",
+            "kerberos",
+        ),
+        (
+            "[[sources]]\nname = \"pc\"\nbase_url = \"http://x/api\"\nresources = [\"patients\"]\n[sources.auth]\nkind = \"oauth\"\nclient_id_env = \"SR_TEST_UNSET_ID\"\nclient_secret_env = \"SR_TEST_UNSET_SECRET\"\n",
+            "sources[0].auth.client_secret_env: environment variable SR_TEST_UNSET_SECRET is not set",
+        ),
+        (
+            "[[sources]]\nname = \"pc\"\nbase_url = \"ftp://x\"\nresources = [\"patients\"]\n",
+            "sources[0].base_url",
+        ),
+        ("[store]\nredis_urll = \"redis://x\"\n", "redis_urll"),
+        (
+            "[[sources]]\nname = \"p{c}\"\nbase_url = \"http://x/api\"\nresources = [\"patients\"]\n",
+            "sources[0].name",
+        ),
+    ];
+    for (body, needle) in cases {
+        let f = config_file(body);
+        let (ok, text) = run(
+            &["check-config", "--config", f.path().to_str().unwrap()],
+            &[],
+        );
+        assert!(!ok, "accepted:\n{body}");
+        assert!(
+            text.contains(needle),
+            "error for\n{body}\ndoes not name {needle:?}:\n{text}"
+        );
+    }
+    let (ok, text) = run(
+        &["check-config", "--config", "/nonexistent/relay.toml"],
+        &[],
+    );
+    assert!(!ok && text.contains("/nonexistent/relay.toml"), "{text}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let f = config_file(GOOD);
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &[("STAMP_RELAY__STORE__KEY_PREFIX", "bad{prefix}")],
+    );
+    assert!(!ok && text.contains("store.key_prefix"), "{text}");
+}
+
+#[test]
+fn unreachable_redis_names_the_address() {
+    let port = free_port();
+    let body = format!("[store]\nredis_url = \"redis://:hunter2@127.0.0.1:{port}\"\n{GOOD}");
+    let f = config_file(&body);
+    let (ok, text) = run(
+        &["sync", "--once", "--config", f.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("store.redis_url"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "the Redis password leaked:\n{text}"
+    );
+}
+
+#[test]
+fn unusable_data_dir_names_the_path() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // A file where the folder should be.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let body = format!("[store]\ndata_dir = \"{}\"\n{GOOD}", file.display());
+    let f = config_file(&body);
+    let (ok, text) = run(&["status", "--config", f.path().to_str().unwrap()], &[]);
+    assert!(!ok && text.contains(file.to_str().unwrap()), "{text}");
+    // A damaged database file.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("stamp-relay.sqlite3"), vec![0x42u8; 8192]).unwrap();
+    let body = format!("[store]\ndata_dir = \"{}\"\n{GOOD}", data.display());
+    let f = config_file(&body);
+    let (ok, text) = run(&["status", "--config", f.path().to_str().unwrap()], &[]);
+    assert!(!ok && text.contains("stamp-relay.sqlite3"), "{text}");
+}
+
+/// `demo` with no Redis, no config and no network shows events within
+/// seconds and stops cleanly on SIGINT.
+#[test]
+fn demo_shows_events_and_stops_on_sigint() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = Command::new(bin())
+        .arg("demo")
+        .current_dir(dir.path())
+        .env_remove("STAMP_RELAY__STORE__REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut banner, mut events, mut live) = (false, 0, 0);
+    while live == 0 || events < 5 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo printed no events within 60 s");
+        banner |= line.contains("stamp-relay demo");
+        if line.contains("stamp ") {
+            events += 1;
+            live += usize::from(!line.contains("initial load"));
+        }
+    }
+    assert!(banner);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(status.success(), "demo exited with {status}");
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
+}

@@ -1,0 +1,182 @@
+//! Crashes: SIGKILL of the relay process at random points of a large
+//! initial load, and a Redis restart (AOF on) mid-load, lose nothing and
+//! duplicate nothing.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use stamp_relay::{
+    config::Paging,
+    simulator::{Order, SimConfig},
+    store::Target,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{Backend, Sim, TestStore, assert_rebuilds, bin, relay, seeds, source};
+use crate::on_both_stores;
+
+on_both_stores!(sigkill_during_keyset_load, sigkill_during_pages_load);
+
+fn write_config(ts: &TestStore, base_url: &str, paging: Paging, path: &Path) {
+    let store = match &ts.config.redis_url {
+        Some(url) => format!("redis_url = \"{url}\""),
+        None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
+    };
+    let paging = match paging {
+        Paging::Keyset => "keyset",
+        Paging::Pages => "pages",
+    };
+    std::fs::write(
+        path,
+        format!(
+            "[store]\n{store}\nkey_prefix = \"test\"\nlease_ttl = \"300ms\"\n\n\
+             [[sources]]\nname = \"sim\"\nbase_url = \"{base_url}\"\nresources = [\"patients\", \"assessments\"]\n\
+             page_size = 100\npaging = \"{paging}\"\nretry_base = \"20ms\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+async fn stream_total(ts: &TestStore) -> u64 {
+    let mut len = 0;
+    for table in ["patients", "assessments"] {
+        len += ts
+            .store
+            .stream_len(&Target::new("sim", table))
+            .await
+            .unwrap();
+    }
+    len
+}
+
+async fn sigkill_during_load(ts: TestStore, paging: Paging) {
+    let order = if paging == Paging::Keyset {
+        Order::Stamp
+    } else {
+        Order::Name
+    };
+    let total: u64 = 30_000;
+    let sim = Sim::start(SimConfig {
+        order,
+        initial: vec![("patients".into(), 20_000), ("assessments".into(), 10_000)],
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = ts.dir.path().join("relay.toml");
+    write_config(&ts, &sim.base_url, paging, &cfg);
+    let mut rng = StdRng::seed_from_u64(paging as u64);
+    let run = || {
+        Command::new(bin())
+            .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut interrupted = 0;
+    for round in 0..seeds() + 2 {
+        // Kill once the stream has grown by a random amount: mid-commit for
+        // both strategies (a `pages` poll commits only after its walk).
+        let start = stream_total(&ts).await;
+        let kill_at = start + rng.random_range(1..total.saturating_sub(start).max(2));
+        let mut child = run();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if stream_total(&ts).await >= kill_at {
+                child.kill().unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        child.wait().unwrap();
+        let len = stream_total(&ts).await;
+        interrupted += usize::from(len > start && len < total);
+        // Writes keep arriving between crashes.
+        sim.sim.random_writes(None, 20 + round as usize);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert!(
+        interrupted > 0,
+        "no SIGKILL landed mid-load; the test proves nothing"
+    );
+    // Then run to completion twice: the second run picks up nothing new.
+    for _ in 0..2 {
+        let out = run().wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "sync failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("skipped"), "{stdout}");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    for table in ["patients", "assessments"] {
+        assert_rebuilds(ts.store.as_ref(), &Target::new("sim", table), &sim.sim).await;
+    }
+}
+
+async fn sigkill_during_keyset_load(ts: TestStore) {
+    sigkill_during_load(ts, Paging::Keyset).await;
+}
+
+async fn sigkill_during_pages_load(ts: TestStore) {
+    sigkill_during_load(ts, Paging::Pages).await;
+}
+
+/// Redis killed and restarted (AOF, fsync always) while the relay loads:
+/// the pollers retry until Redis is back and the stream ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_load() {
+    let Some(mut ts) = TestStore::open_with(Backend::Redis, true).await else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), 10000)],
+        ..SimConfig::default()
+    })
+    .await;
+    let relay = relay(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Keyset, 50)],
+    );
+    let cancel = CancellationToken::new();
+    let store = ts.store.clone();
+    let t = Target::new("sim", "patients");
+    let run = tokio::spawn(relay.run(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        cancel.clone(),
+    ));
+    // Wait until the load is under way, then crash Redis twice.
+    for want in [1500, 4000] {
+        while store.stream_len(&t).await.unwrap_or(0) < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            store.stream_len(&t).await.unwrap() < 10000,
+            "the load finished before Redis was killed"
+        );
+        let redis = ts.redis.as_mut().unwrap();
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.restart();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while store.stream_len(&t).await.unwrap_or(0) < 10000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load did not finish after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    run.await.unwrap().unwrap();
+    assert_rebuilds(store.as_ref(), &t, &sim.sim).await;
+}

@@ -1,0 +1,361 @@
+//! The shared test harness: a real `redis-server` per test on a free port
+//! (killable and restartable), the in-process simulator on port 0, and the
+//! relay built exactly as production builds it.
+//!
+//! Without `redis-server` on the PATH the Redis tests are skipped with a
+//! message, unless `STAMP_RELAY_REQUIRE_REDIS=1` (set by `.ci/run`), which
+//! turns a missing Redis into a failure.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use stamp_relay::{
+    app::Relay,
+    config::{Config, Paging, RawConfig, SourceConfig, StoreConfig},
+    events::Event,
+    simulator::{SimConfig, Simulator},
+    store::{self, Store, Target},
+};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Sqlite,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How many seeds randomized suites run (`STAMP_RELAY_SEEDS`, default 4).
+pub fn seeds() -> u64 {
+    std::env::var("STAMP_RELAY_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+}
+
+fn redis_required() -> bool {
+    std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: TempDir,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server, or returns None (skip) when redis-server is
+    /// missing and not required.
+    pub fn start(aof: bool) -> Option<RedisServer> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            assert!(
+                !redis_required(),
+                "redis-server is not installed but STAMP_RELAY_REQUIRE_REDIS=1; install it (apt-get install redis-server)"
+            );
+            eprintln!(
+                "skipping: redis-server is not installed (set STAMP_RELAY_REQUIRE_REDIS=1 to fail instead)"
+            );
+            return None;
+        }
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: TempDir::new().unwrap(),
+            aof,
+            child: None,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", self.dir.path().to_str().unwrap(), "--save", ""])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always", "--logfile", "redis.log"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+/// A store of either backend, with what keeps it alive.
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub config: StoreConfig,
+    pub redis: Option<RedisServer>,
+    pub dir: TempDir,
+}
+
+impl TestStore {
+    pub async fn open(backend: Backend) -> Option<TestStore> {
+        Self::open_with(backend, false).await
+    }
+
+    pub async fn open_with(backend: Backend, aof: bool) -> Option<TestStore> {
+        let dir = TempDir::new().unwrap();
+        let redis = match backend {
+            Backend::Redis => Some(RedisServer::start(aof)?),
+            Backend::Sqlite => None,
+        };
+        let config = StoreConfig {
+            redis_url: redis.as_ref().map(|r| r.url()),
+            key_prefix: "test".into(),
+            data_dir: dir.path().join("data"),
+            lease_ttl: Duration::from_millis(500),
+        };
+        let store = store::open(&config).await.unwrap();
+        Some(TestStore {
+            store,
+            config,
+            redis,
+            dir,
+        })
+    }
+}
+
+pub struct Sim {
+    pub sim: Arc<Simulator>,
+    pub base_url: String,
+    pub cancel: CancellationToken,
+}
+
+impl Sim {
+    pub async fn start(config: SimConfig) -> Sim {
+        let sim = Simulator::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}/api", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        tokio::spawn(sim.clone().serve(listener, cancel.clone()));
+        Sim {
+            sim,
+            base_url,
+            cancel,
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A source named `sim` over the given tables, with fast retries for tests.
+pub fn source(base_url: &str, resources: &[&str], paging: Paging, page_size: u32) -> SourceConfig {
+    let mut s: SourceConfig = serde_json::from_value(serde_json::json!({
+        "name": "sim",
+        "base_url": base_url,
+        "resources": resources,
+        "poll_interval": "50ms",
+        "page_size": page_size,
+        "retry_base": "20ms",
+        "retry_max": "200ms",
+        "request_timeout": "5s",
+    }))
+    .unwrap();
+    s.paging = paging;
+    s
+}
+
+pub fn config(store: &StoreConfig, sources: Vec<SourceConfig>) -> Config {
+    RawConfig {
+        store: store.clone(),
+        sources,
+        ..RawConfig::default()
+    }
+    .validate(&|k| std::env::var(k).ok())
+    .unwrap()
+}
+
+pub fn relay(ts: &TestStore, sources: Vec<SourceConfig>) -> Relay {
+    Relay::with_store(config(&ts.config, sources), ts.store.clone()).unwrap()
+}
+
+pub async fn all_events(store: &dyn Store, t: &Target) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::new();
+    loop {
+        let after = out.last().map(|e| e.id).unwrap_or_default();
+        let page = store.read(t, after, 5000).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Checks the exactly-once contract for one target against the simulator's
+/// ground truth: no (record, stamp) twice, stamps rising per record, and the
+/// last event per record carrying exactly the record's current JSON.
+pub async fn assert_rebuilds(store: &dyn Store, t: &Target, sim: &Simulator) {
+    let events = all_events(store, t).await;
+    let mut pairs = HashSet::new();
+    let mut last: HashMap<&str, &Event> = HashMap::new();
+    for e in &events {
+        assert!(
+            pairs.insert((e.record.as_str(), e.stamp)),
+            "{t}: duplicate event {} @ {}",
+            e.record,
+            e.stamp
+        );
+        if let Some(prev) = last.get(e.record.as_str()) {
+            assert!(
+                e.stamp > prev.stamp,
+                "{t}: record {} went from stamp {} back to {}",
+                e.record,
+                prev.stamp,
+                e.stamp
+            );
+            assert_eq!(
+                e.prev,
+                Some(prev.stamp),
+                "{t}: prev of {} @ {}",
+                e.record,
+                e.stamp
+            );
+        } else {
+            assert_eq!(e.prev, None);
+        }
+        last.insert(&e.record, e);
+    }
+    let truth = sim.state(&t.resource);
+    let with_ids: Vec<&Value> = truth
+        .iter()
+        .filter(|r| r.get("uuid").is_some_and(Value::is_string))
+        .collect();
+    assert_eq!(
+        last.len(),
+        with_ids.len(),
+        "{t}: records in the stream vs upstream"
+    );
+    for rec in with_ids {
+        let id = rec["uuid"].as_str().unwrap();
+        let e = last
+            .get(id)
+            .unwrap_or_else(|| panic!("{t}: record {id} never reached the stream"));
+        let data: Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(
+            &data, rec,
+            "{t}: record {id} differs from the upstream's final state"
+        );
+    }
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "{t}: stream IDs not ascending"
+    );
+}
+
+/// Polls until a poll appends nothing, failing after `max` polls.
+pub async fn poll_until_quiet(relay: &mut Relay, max: usize) {
+    let cancel = CancellationToken::new();
+    for _ in 0..max {
+        let mut appended = 0;
+        for p in relay.pollers.iter_mut() {
+            let r = p
+                .poll_once(&cancel)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", p.target));
+            appended += r.outcome.appended();
+        }
+        if appended == 0 {
+            return;
+        }
+    }
+    panic!("still appending after {max} polls");
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stamp-relay"))
+}
+
+/// Runs a test body on both stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::harness::{Backend, TestStore};
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn redis() {
+                    if let Some(ts) = TestStore::open(Backend::Redis).await {
+                        super::$name(ts).await;
+                    }
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(TestStore::open(Backend::Sqlite).await.unwrap()).await;
+                }
+            }
+        )*
+    };
+}
