@@ -12,7 +12,18 @@ pub fn router(shared: Shared) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/openapi.yaml", get(openapi))
         .with_state(shared)
+}
+
+/// The API description, compiled in so it always matches this binary.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI,
+    )
 }
 
 /// Ready when the store answers; the body lists each target's last poll.

@@ -154,12 +154,26 @@ pub fn feed_line(resource: &str, e: &Event) -> String {
     let at = std::time::UNIX_EPOCH + Duration::from_millis(e.observed);
     let ts = humantime::format_rfc3339_millis(at).to_string();
     format!(
-        "{}  {:<8}  {:<11}  {}  stamp {}{}",
+        "{}  {:<8}  {:<11}  {}  stamp {:<5} {}{}",
         &ts[11..23],
         e.op.as_str(),
         resource,
         e.record,
         e.stamp,
+        label(&e.data),
         if e.snapshot { "  (initial load)" } else { "" }
     )
+}
+
+/// A human name for the record when it has one: "Last, First" or "name".
+fn label(data: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+        return String::new();
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("");
+    match (s("last_name"), s("first_name"), s("name")) {
+        ("", _, "") => String::new(),
+        ("", _, name) => name.to_string(),
+        (last, first, _) => format!("{last}, {first}"),
+    }
 }

@@ -5,4 +5,5 @@ mod harness;
 mod cli;
 mod crash;
 mod faults;
+mod serve;
 mod sync;
