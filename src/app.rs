@@ -8,10 +8,12 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    api,
-    config::Config,
+    api::{self, ApiState, auth::ApiToken},
+    cloudevents::EventSource,
+    config::{Config, join},
     poller::{PollError, PollReport, Poller, TargetStatus},
     store::{self, Store, Target},
+    tail::Tails,
     upstream::Upstream,
 };
 
@@ -84,6 +86,46 @@ impl Relay {
         }
     }
 
+    /// The HTTP layer's view of this relay; starts the live tails.
+    pub fn api_state(&self, cancel: &CancellationToken) -> ApiState {
+        let shared = self.shared();
+        let tokens: Vec<ApiToken> = self
+            .config
+            .api_tokens
+            .iter()
+            .map(|(t, secret)| ApiToken::new(&t.name, t.scope, secret.expose()))
+            .collect();
+        if tokens.is_empty() {
+            tracing::warn!("no api.tokens configured: every /v1 route answers 401");
+        }
+        let mut sources = std::collections::HashMap::new();
+        for src in &self.config.sources {
+            for r in &src.settings.resources {
+                let target = Target::new(src.name(), r);
+                let event_source = EventSource {
+                    target: target.clone(),
+                    source_url: join(&src.base_url, r).to_string(),
+                    type_prefix: self.config.api.event_type_prefix.clone(),
+                };
+                sources.insert(target, Arc::new(event_source));
+            }
+        }
+        let wakes: Vec<_> = shared
+            .targets
+            .iter()
+            .map(|(t, st)| (t.clone(), st.wake.clone()))
+            .collect();
+        ApiState {
+            tails: Tails::start(self.store.clone(), &wakes, cancel),
+            shared,
+            tokens: Arc::new(tokens),
+            sources: Arc::new(sources),
+            secret_grace: self.config.delivery.secret_grace,
+            request_timeout: self.config.api.request_timeout,
+            cancel: cancel.clone(),
+        }
+    }
+
     /// One poll of every target, concurrently; used by `sync --once`.
     pub async fn sync_once(
         &mut self,
@@ -101,11 +143,11 @@ impl Relay {
     /// within [`SHUTDOWN_DEADLINE`].
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
-        let shared = self.shared();
+        let state = self.api_state(&cancel);
         for poller in self.pollers {
             tracker.spawn(poller.run(cancel.clone()));
         }
-        let server = tracker.spawn(api::serve(listener, shared, cancel.clone()));
+        let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();
         cancel.cancelled().await;
         if tokio::time::timeout(SHUTDOWN_DEADLINE, tracker.wait())

@@ -77,6 +77,11 @@ pub struct TokenConfig {
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub tokens: Vec<TokenConfig>,
+    /// CloudEvents `type` is `<prefix>.<resource>.<op>`.
+    pub event_type_prefix: String,
+    /// Longest time a request may take to answer (not a live stream's life).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -84,6 +89,8 @@ impl Default for ApiConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
+            event_type_prefix: "io.stamp-relay".into(),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -255,6 +262,9 @@ pub struct DeliveryConfig {
     pub retry_schedule: Vec<Duration>,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a rotated-out webhook secret still signs deliveries.
+    #[serde(with = "humantime_serde")]
+    pub secret_grace: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -267,6 +277,7 @@ impl Default for DeliveryConfig {
                 .map(Duration::from_secs)
                 .collect(),
             request_timeout: Duration::from_secs(15),
+            secret_grace: Duration::from_secs(24 * 3600),
         }
     }
 }

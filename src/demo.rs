@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::{
     app::Relay,
     cli::shutdown_signal,
-    config::{Paging, RawConfig, SourceConfig, StoreConfig},
+    config::{Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
     events::{Event, StreamId},
     simulator::{SimConfig, Simulator},
     store::{self, Store, Target},
@@ -85,9 +85,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         ..StoreConfig::default()
     };
-    let config = demo_config(&base_url, store_cfg)
+    let mut config = demo_config(&base_url, store_cfg)
         .validate(&|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // A fresh admin token per run, so the API can be tried at once.
+    let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
+    config.api_tokens.push((
+        TokenConfig {
+            name: "demo".into(),
+            scope: Scope::Admin,
+            token_env: "STAMP_RELAY_DEMO_TOKEN".into(),
+        },
+        Secret::new(token.clone()),
+    ));
     let store = store::open(&config.store).await?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -103,6 +113,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  store      {}", store.describe());
     println!("  health     curl http://{api}/readyz");
+    println!(
+        "  replay     curl -H 'Authorization: Bearer {token}' 'http://{api}/v1/resources/demo/patients/events?after=0&limit=5'"
+    );
+    println!(
+        "  live       curl -N -H 'Authorization: Bearer {token}' -H 'Accept: text/event-stream' http://{api}/v1/resources/demo/patients/events"
+    );
     println!("  upstream   curl '{base_url}/patients/?sync=0&page_size=2'");
     println!("Events follow as they land (time, op, resource, record, stamp). Ctrl-C stops.\n");
 

@@ -94,6 +94,8 @@ pub struct PollReport {
 /// Live facts about a target, shared with the status surfaces.
 #[derive(Debug, Default)]
 pub struct TargetStatus {
+    /// Poked after every append, so live tails need not wait for their tick.
+    pub wake: Arc<tokio::sync::Notify>,
     pub pages: AtomicU64,
     pub fetched: AtomicU64,
     pub appended: AtomicU64,

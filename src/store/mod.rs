@@ -14,6 +14,7 @@ use crate::{
     config::StoreConfig,
     events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
     record::UpstreamRecord,
+    subscription::Subscription,
 };
 
 pub mod redis;
@@ -96,6 +97,32 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+
+    async fn put_subscription(&self, s: &Subscription) -> StoreResult<()>;
+
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;
+
+    /// Every subscription, ordered by creation.
+    async fn subscriptions(&self) -> StoreResult<Vec<Subscription>>;
+
+    /// Returns false when there was no such subscription.
+    async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
+}
+
+/// Subscriptions are stored as JSON documents in both backends.
+pub(crate) fn decode_subscription(json: &str) -> StoreResult<Subscription> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("stored subscription is unreadable: {e}")))
+}
+
+/// Decodes stored documents, oldest subscription first.
+pub(crate) fn decode_subscriptions(docs: &[String]) -> StoreResult<Vec<Subscription>> {
+    let mut v = docs
+        .iter()
+        .map(|d| decode_subscription(d))
+        .collect::<StoreResult<Vec<_>>>()?;
+    v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+    Ok(v)
 }
 
 /// Opens the backend the configuration names: Redis when `redis_url` is

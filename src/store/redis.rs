@@ -13,8 +13,13 @@ use redis::{
     streams::StreamRangeReply,
 };
 
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
-use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
+use super::{
+    AppendBatch, Store, StoreError, StoreResult, Target, decode_subscription, decode_subscriptions,
+};
+use crate::{
+    events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
+    subscription::Subscription,
+};
 
 /// The key names of one target, defined in one place.
 #[derive(Debug, Clone)]
@@ -59,6 +64,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// `P:subscriptions`, a hash of subscription id -> JSON document.
+fn subscriptions_key(prefix: &str) -> String {
+    format!("{prefix}:subscriptions")
+}
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -335,5 +345,42 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _: i64 = c
+            .hset(subscriptions_key(&self.prefix), &s.id, json)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c
+            .hget(subscriptions_key(&self.prefix), id)
+            .await
+            .map_err(|e| self.err(e))?;
+        v.as_deref().map(decode_subscription).transpose()
+    }
+
+    async fn subscriptions(&self) -> StoreResult<Vec<Subscription>> {
+        let mut c = self.conn.clone();
+        let all: Vec<String> = c
+            .hvals(subscriptions_key(&self.prefix))
+            .await
+            .map_err(|e| self.err(e))?;
+        decode_subscriptions(&all)
+    }
+
+    async fn delete_subscription(&self, id: &str) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let n: i64 = c
+            .hdel(subscriptions_key(&self.prefix), id)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
     }
 }

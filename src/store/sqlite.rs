@@ -14,8 +14,13 @@ use std::{
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
-use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
+use super::{
+    AppendBatch, Store, StoreError, StoreResult, Target, decode_subscription, decode_subscriptions,
+};
+use crate::{
+    events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId},
+    subscription::Subscription,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -31,6 +36,8 @@ CREATE TABLE IF NOT EXISTS record_index (
 CREATE TABLE IF NOT EXISTS rejects (
     id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, resource TEXT NOT NULL,
     raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
@@ -347,6 +354,55 @@ impl Store for SqliteStore {
                 params![t.source, t.resource, holder],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = s.id.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO subscriptions (id, body) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                params![id, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        let id = id.to_string();
+        let json = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT body FROM subscriptions WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.as_deref().map(decode_subscription).transpose()
+    }
+
+    async fn subscriptions(&self) -> StoreResult<Vec<Subscription>> {
+        let all = self
+            .with(|c| {
+                let mut q = c.prepare_cached("SELECT body FROM subscriptions")?;
+                q.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        decode_subscriptions(&all)
+    }
+
+    async fn delete_subscription(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])
+                .map(|n| n == 1)
         })
         .await
     }

@@ -359,3 +359,97 @@ macro_rules! on_both_stores {
         )*
     };
 }
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const READ_TOKEN: &str = "test-read-token";
+
+/// The relay as production runs it (pollers + HTTP on port 0), with an
+/// admin and a read token.
+pub struct App {
+    pub base: String,
+    pub cancel: CancellationToken,
+    pub http: reqwest::Client,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl App {
+    pub async fn spawn(ts: &TestStore, sources: Vec<SourceConfig>) -> App {
+        use stamp_relay::config::{Scope, Secret, TokenConfig};
+        let mut config = config(&ts.config, sources);
+        for (name, scope, secret) in [
+            ("ops", Scope::Admin, ADMIN_TOKEN),
+            ("dash", Scope::Read, READ_TOKEN),
+        ] {
+            let t = TokenConfig {
+                name: name.into(),
+                scope,
+                token_env: "UNUSED".into(),
+            };
+            config.api_tokens.push((t, Secret::new(secret)));
+        }
+        let relay = Relay::with_store(config, ts.store.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(relay.run(listener, cancel.clone()));
+        App {
+            base,
+            cancel,
+            http: reqwest::Client::new(),
+            task: Some(task),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+    }
+
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("the relay did not stop within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Waits until every target of `sim` is fully in the stream.
+pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let top = sim
+            .state(&t.resource)
+            .iter()
+            .filter_map(|r| r["update_stamp"].as_u64())
+            .max()
+            .unwrap_or(0);
+        if store.last_id(t).await.unwrap().stamp >= top
+            && store.index_len(t).await.unwrap() as usize >= sim.state(&t.resource).len()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{t} did not catch up with the simulator"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -2,8 +2,10 @@
 
 mod harness;
 
+mod api;
 mod cli;
 mod crash;
 mod faults;
+mod openapi;
 mod serve;
 mod sync;

@@ -1,0 +1,144 @@
+//! The HTTP surface (DESIGN §6): health, readiness and the OpenAPI document
+//! unauthenticated; everything under `/v1` behind bearer tokens. Every
+//! error is an RFC 9457 problem. `openapi.yaml` describes exactly these
+//! routes; a test walks both and fails on any difference.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    middleware,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+
+use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
+
+pub mod auth;
+pub mod problem;
+mod resources;
+mod subscriptions;
+
+use problem::Problem;
+
+/// Everything a handler may need, cloned per request (all `Arc`s).
+#[derive(Clone)]
+pub struct ApiState {
+    pub shared: Shared,
+    pub tokens: Arc<Vec<auth::ApiToken>>,
+    pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
+    pub tails: Tails,
+    pub secret_grace: Duration,
+    pub request_timeout: Duration,
+    /// Ends live streams when the server stops.
+    pub cancel: CancellationToken,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let read = Router::new()
+        .route("/v1/resources", get(resources::list))
+        .route(
+            "/v1/resources/{source}/{resource}/events",
+            get(resources::events),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_read,
+        ));
+    let admin = Router::new()
+        .route(
+            "/v1/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(subscriptions::get)
+                .patch(subscriptions::patch)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/subscriptions/{id}/rotate-secret",
+            post(subscriptions::rotate_secret),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_admin,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.yaml", get(openapi))
+        .merge(read)
+        .merge(admin)
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "no such route; see /openapi.yaml",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; see /openapi.yaml",
+            )
+        })
+        .layer(DefaultBodyLimit::max(problem::BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The API description, compiled in so it always matches this binary.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        OPENAPI,
+    )
+}
+
+/// Ready when the store answers; the body lists each target's last poll.
+async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
+    let targets: Vec<_> = s
+        .shared
+        .targets
+        .iter()
+        .map(|(t, st)| {
+            let last = st.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json!({"target": t.to_string(), "last_ok_ms": last.ok_ms, "last_error": last.error})
+        })
+        .collect();
+    match s.shared.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "targets": targets})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "store unavailable", "error": e.to_string()})),
+        ),
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await?;
+    Ok(())
+}

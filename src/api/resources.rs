@@ -1,0 +1,236 @@
+//! `GET /v1/resources`, and replay plus live stream of one target's events:
+//! `GET /v1/resources/{source}/{resource}/events`.
+
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use futures_util::stream::{self, Stream};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{
+    ApiState,
+    problem::{ApiResult, Problem},
+};
+use crate::{
+    cloudevents::{CloudEvent, EventSource},
+    events::{Event, StreamId},
+    store::Target,
+};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Serialize)]
+pub struct ResourceView {
+    pub source: String,
+    pub resource: String,
+    /// The stamp part of the last stream ID; the upstream `sync` position.
+    pub cursor: u64,
+    pub last_id: String,
+    pub stream_length: u64,
+    pub records: u64,
+    pub last_poll_ms: Option<u64>,
+    pub last_ok_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let mut out = Vec::new();
+    for (t, status) in s.shared.targets.iter() {
+        let last_id = s.shared.store.last_id(t).await?;
+        let last = status
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        out.push(ResourceView {
+            source: t.source.clone(),
+            resource: t.resource.clone(),
+            cursor: last_id.stamp,
+            last_id: last_id.to_string(),
+            stream_length: s.shared.store.stream_len(t).await?,
+            records: s.shared.store.index_len(t).await?,
+            last_poll_ms: last.finished_ms,
+            last_ok_ms: last.ok_ms,
+            last_error: last.error,
+        });
+    }
+    Ok(Json(serde_json::json!({ "resources": out })))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EventsPage<'a> {
+    events: Vec<CloudEvent<'a>>,
+    /// Pass as `after` for the next page.
+    next_after: String,
+    has_more: bool,
+}
+
+fn target_of(
+    s: &ApiState,
+    source: String,
+    resource: String,
+) -> ApiResult<(Target, Arc<EventSource>)> {
+    let t = Target { source, resource };
+    match s.sources.get(&t) {
+        Some(src) => Ok((t, src.clone())),
+        None => Err(Problem::not_found(format!(
+            "{t} is not a configured source/resource; see GET /v1/resources"
+        ))),
+    }
+}
+
+fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
+    raw.map(|a| {
+        a.parse::<StreamId>()
+            .map_err(|e| Problem::invalid(field, e))
+    })
+    .transpose()
+}
+
+pub async fn events(
+    State(s): State<ApiState>,
+    Path((source, resource)): Path<(String, String)>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (t, src) = target_of(&s, source, resource)?;
+    let after = parse_after(q.after.as_deref(), "after")?;
+    let wants_sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_sse {
+        let resume = parse_after(
+            headers.get("last-event-id").and_then(|v| v.to_str().ok()),
+            "Last-Event-ID",
+        )?;
+        return live(s, t, src, resume.or(after)).await;
+    }
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Problem::invalid(
+                    "limit",
+                    format!("{l:?} must be an integer from 1 to {MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    let after = after.unwrap_or(StreamId::ZERO);
+    let mut page = s.shared.store.read(&t, after, limit + 1).await?;
+    let has_more = page.len() > limit;
+    page.truncate(limit);
+    let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
+    let body = EventsPage {
+        events: page.iter().map(|e| src.event(e)).collect(),
+        next_after,
+        has_more,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// The state of one live stream between items.
+struct Live {
+    s: ApiState,
+    t: Target,
+    src: Arc<EventSource>,
+    cursor: StreamId,
+    rx: broadcast::Receiver<Arc<Event>>,
+    pending: VecDeque<Arc<Event>>,
+    catching_up: bool,
+    done: bool,
+}
+
+/// Sends what is after the cursor from the store, then follows the shared
+/// tail; after a lag it catches up from the store again, so a client sees
+/// every event once, in order, however slow it is.
+async fn live(
+    s: ApiState,
+    t: Target,
+    src: Arc<EventSource>,
+    after: Option<StreamId>,
+) -> ApiResult<Response> {
+    let rx = s
+        .tails
+        .subscribe(&t)
+        .ok_or_else(|| Problem::not_found(format!("{t} has no live tail")))?;
+    let cursor = match after {
+        Some(c) => c,
+        None => s.shared.store.last_id(&t).await?,
+    };
+    let state = Live {
+        s,
+        t,
+        src,
+        cursor,
+        rx,
+        pending: VecDeque::new(),
+        catching_up: true,
+        done: false,
+    };
+    let stream = live_stream(state);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some(e) = st.pending.pop_front() {
+                if e.id <= st.cursor {
+                    continue;
+                }
+                st.cursor = e.id;
+                let ev = SseEvent::default()
+                    .id(e.id.to_string())
+                    .data(st.src.to_json(&e));
+                return Some((Ok(ev), st));
+            }
+            if st.catching_up {
+                match st.s.shared.store.read(&st.t, st.cursor, 500).await {
+                    Ok(page) if page.is_empty() => st.catching_up = false,
+                    Ok(page) => st.pending.extend(page.into_iter().map(Arc::new)),
+                    Err(e) => {
+                        st.done = true;
+                        let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": st.cursor.to_string()});
+                        return Some((
+                            Ok(SseEvent::default().event("error").data(msg.to_string())),
+                            st,
+                        ));
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = st.s.cancel.cancelled() => return None,
+                r = st.rx.recv() => match r {
+                    Ok(e) => st.pending.push_back(e),
+                    Err(RecvError::Lagged(_)) => st.catching_up = true,
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    })
+}

@@ -1,0 +1,214 @@
+//! Subscription CRUD and secret rotation (admin scope).
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use super::{
+    ApiState,
+    problem::{ApiResult, JsonBody, Problem},
+};
+use crate::{
+    events::{Op, now_ms},
+    store::Target,
+    subscription::{self as sub, CreateRequest, PatchRequest, Subscription},
+};
+
+/// A subscription as the API shows it: everything but the secrets.
+#[derive(Serialize)]
+pub struct View<'a> {
+    pub id: &'a str,
+    pub url: &'a str,
+    pub resources: &'a [String],
+    pub ops: &'a [Op],
+    pub start: &'a std::collections::BTreeMap<String, String>,
+    pub headers: &'a std::collections::BTreeMap<String, String>,
+    pub batch_size: u32,
+    pub rate_limit: Option<u32>,
+    pub enabled: bool,
+    pub description: &'a str,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl<'a> From<&'a Subscription> for View<'a> {
+    fn from(s: &'a Subscription) -> View<'a> {
+        View {
+            id: &s.id,
+            url: &s.url,
+            resources: &s.resources,
+            ops: &s.ops,
+            start: &s.start,
+            headers: &s.headers,
+            batch_size: s.batch_size,
+            rate_limit: s.rate_limit,
+            enabled: s.enabled,
+            description: &s.description,
+            created_ms: s.created_ms,
+            updated_ms: s.updated_ms,
+        }
+    }
+}
+
+fn known_targets(s: &ApiState) -> Vec<Target> {
+    s.shared.targets.iter().map(|(t, _)| t.clone()).collect()
+}
+
+/// The targets a resource list names (`*` is all of them).
+fn covered(resources: &[String], known: &[Target]) -> Vec<Target> {
+    known
+        .iter()
+        .filter(|t| resources.iter().any(|r| r == "*" || *r == t.to_string()))
+        .cloned()
+        .collect()
+}
+
+async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {
+    s.shared
+        .store
+        .subscription(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no subscription {id:?}")))
+}
+
+pub async fn create(
+    State(s): State<ApiState>,
+    JsonBody(req): JsonBody<CreateRequest>,
+) -> ApiResult<Response> {
+    let known = known_targets(&s);
+    sub::validate_url(&req.url)?;
+    sub::validate_resources(&req.resources, &known)?;
+    let ops = sub::parse_ops(&req.ops)?;
+    sub::validate_headers(&req.headers)?;
+    let batch_size = req.batch_size.unwrap_or(1);
+    sub::validate_batch(batch_size)?;
+    sub::validate_rate(req.rate_limit)?;
+    let description = req.description.unwrap_or_default();
+    sub::validate_description(&description)?;
+    let targets = covered(&req.resources, &known);
+    let mut now = HashMap::new();
+    for t in &targets {
+        now.insert(t.clone(), s.shared.store.last_id(t).await?);
+    }
+    let start = sub::resolve_start(req.start.as_ref(), &targets, &now)?;
+    let at = now_ms();
+    let subscription = Subscription {
+        id: sub::new_id(),
+        url: req.url,
+        resources: req.resources,
+        ops,
+        start,
+        headers: req.headers,
+        batch_size,
+        rate_limit: req.rate_limit,
+        enabled: req.enabled.unwrap_or(true),
+        description,
+        secret: sub::new_secret(),
+        previous_secret: None,
+        created_ms: at,
+        updated_ms: at,
+    };
+    s.shared.store.put_subscription(&subscription).await?;
+    tracing::info!(subscription = %subscription.id, url = %subscription.url, "subscription created");
+    let mut body = serde_json::to_value(View::from(&subscription)).map_err(Problem::internal)?;
+    body["secret"] = subscription.secret.clone().into();
+    let location = format!("/v1/subscriptions/{}", subscription.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let all = s.shared.store.subscriptions().await?;
+    let views: Vec<View> = all.iter().map(View::from).collect();
+    Ok(Json(serde_json::json!({ "subscriptions": views })))
+}
+
+pub async fn get(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let found = load(&s, &id).await?;
+    Ok(Json(View::from(&found)).into_response())
+}
+
+pub async fn patch(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<PatchRequest>,
+) -> ApiResult<Response> {
+    let mut found = load(&s, &id).await?;
+    let known = known_targets(&s);
+    if let Some(url) = req.url {
+        sub::validate_url(&url)?;
+        found.url = url;
+    }
+    if let Some(resources) = req.resources {
+        sub::validate_resources(&resources, &known)?;
+        // Newly covered targets start now; kept ones keep their position.
+        for t in covered(&resources, &known) {
+            if !found.start.contains_key(&t.to_string()) {
+                let now = s.shared.store.last_id(&t).await?;
+                found.start.insert(t.to_string(), now.to_string());
+            }
+        }
+        found.resources = resources;
+    }
+    if let Some(ops) = req.ops {
+        found.ops = sub::parse_ops(&ops)?;
+    }
+    if let Some(headers) = req.headers {
+        sub::validate_headers(&headers)?;
+        found.headers = headers;
+    }
+    if let Some(b) = req.batch_size {
+        sub::validate_batch(b)?;
+        found.batch_size = b;
+    }
+    if let Some(rate) = req.rate_limit {
+        sub::validate_rate(rate)?;
+        found.rate_limit = rate;
+    }
+    if let Some(e) = req.enabled {
+        found.enabled = e;
+    }
+    if let Some(d) = req.description {
+        sub::validate_description(&d)?;
+        found.description = d;
+    }
+    found.updated_ms = now_ms();
+    s.shared.store.put_subscription(&found).await?;
+    Ok(Json(View::from(&found)).into_response())
+}
+
+pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if s.shared.store.delete_subscription(&id).await? {
+        tracing::info!(subscription = %id, "subscription deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no subscription {id:?}")))
+    }
+}
+
+/// A new secret; the old one keeps being signed with for the grace period.
+pub async fn rotate_secret(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let mut found = load(&s, &id).await?;
+    let until = now_ms() + s.secret_grace.as_millis() as u64;
+    let old = std::mem::replace(&mut found.secret, sub::new_secret());
+    found.previous_secret = Some((old, until));
+    found.updated_ms = now_ms();
+    s.shared.store.put_subscription(&found).await?;
+    tracing::info!(subscription = %id, "subscription secret rotated");
+    Ok(Json(
+        serde_json::json!({ "id": found.id, "secret": found.secret, "previous_secret_valid_until_ms": until }),
+    ))
+}

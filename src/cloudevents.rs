@@ -1,0 +1,103 @@
+//! Events as downstream systems see them: CloudEvents 1.0 JSON (DESIGN §4),
+//! the same for webhook bodies, REST replay and the live stream.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::{events::Event, store::Target};
+
+/// What an event needs from its target's configuration.
+#[derive(Debug, Clone)]
+pub struct EventSource {
+    pub target: Target,
+    /// Upstream base URL + resource, the CloudEvents `source`.
+    pub source_url: String,
+    pub type_prefix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CloudEvent<'a> {
+    pub specversion: &'static str,
+    /// `<source>:<resource>:<record>:<stamp>`: stable across retries and replays.
+    pub id: String,
+    pub source: &'a str,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub subject: &'a str,
+    pub time: String,
+    pub datacontenttype: &'static str,
+    pub updatestamp: u64,
+    pub snapshot: bool,
+    /// The stream ID: where a consumer resumes.
+    pub streamid: String,
+    pub data: &'a RawValue,
+}
+
+impl EventSource {
+    pub fn event<'a>(&'a self, e: &'a Event) -> CloudEvent<'a> {
+        let data: &RawValue = serde_json::from_str(&e.data).unwrap_or_else(|_| {
+            // Stored data is always the upstream's JSON object; never fails in practice.
+            serde_json::from_str("null").expect("null is JSON")
+        });
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.observed);
+        CloudEvent {
+            specversion: "1.0",
+            id: format!(
+                "{}:{}:{}:{}",
+                self.target.source, self.target.resource, e.record, e.stamp
+            ),
+            source: &self.source_url,
+            ty: format!("{}.{}.{}", self.type_prefix, self.target.resource, e.op),
+            subject: &e.record,
+            time: humantime::format_rfc3339_millis(time).to_string(),
+            datacontenttype: "application/json",
+            updatestamp: e.stamp,
+            snapshot: e.snapshot,
+            streamid: e.id.to_string(),
+            data,
+        }
+    }
+
+    pub fn to_json(&self, e: &Event) -> String {
+        serde_json::to_string(&self.event(e)).expect("cloud events serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Op, StreamId};
+
+    #[test]
+    fn carries_the_contract_fields_and_raw_data() {
+        let src = EventSource {
+            target: Target::new("pc", "patients"),
+            source_url: "https://h/api/patients".into(),
+            type_prefix: "com.example".into(),
+        };
+        let e = Event {
+            id: StreamId::new(12, 1),
+            op: Op::Deleted,
+            record: "abc".into(),
+            stamp: 9,
+            prev: Some(4),
+            snapshot: false,
+            observed: 1_700_000_000_123,
+            data: r#"{"uuid":"abc","score":1.50}"#.into(),
+        };
+        let json = src.to_json(&e);
+        assert!(
+            json.contains(r#""data":{"uuid":"abc","score":1.50}"#),
+            "{json}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["id"], "pc:patients:abc:9");
+        assert_eq!(v["type"], "com.example.patients.deleted");
+        assert_eq!(v["subject"], "abc");
+        assert_eq!(v["updatestamp"], 9);
+        assert_eq!(v["streamid"], "12-1");
+        assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["source"], "https://h/api/patients");
+    }
+}

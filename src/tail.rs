@@ -1,0 +1,97 @@
+//! The live tail: one reader per stream fans new events out to every live
+//! client (SSE today, delivery workers later), instead of one blocking
+//! store connection per client.
+//!
+//! Each target's tail task reads the store only while someone listens,
+//! wakes on a local append notification or every `TICK`, and broadcasts
+//! events in stream order. A receiver that lags behind the channel's buffer
+//! is told so and catches up from the store itself, so a slow client never
+//! slows the tail or the other clients.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    events::{Event, StreamId},
+    store::{Store, Target},
+};
+
+/// How often a tail looks for events appended by other instances.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Events a receiver may fall behind before it must catch up from the store.
+pub const BUFFER: usize = 4096;
+
+pub struct Tail {
+    pub sender: broadcast::Sender<Arc<Event>>,
+    /// Poked after a local append so live clients see it at once.
+    pub wake: Arc<Notify>,
+}
+
+#[derive(Clone, Default)]
+pub struct Tails {
+    tails: Arc<HashMap<Target, Arc<Tail>>>,
+}
+
+impl Tails {
+    /// Starts one tail task per target, woken by its notifier; they stop with `cancel`.
+    pub fn start(
+        store: Arc<dyn Store>,
+        targets: &[(Target, Arc<Notify>)],
+        cancel: &CancellationToken,
+    ) -> Tails {
+        let mut tails = HashMap::new();
+        for (t, wake) in targets {
+            let (sender, _) = broadcast::channel(BUFFER);
+            let wake = wake.clone();
+            let tail = Arc::new(Tail { sender, wake });
+            tokio::spawn(run(store.clone(), t.clone(), tail.clone(), cancel.clone()));
+            tails.insert(t.clone(), tail);
+        }
+        Tails {
+            tails: Arc::new(tails),
+        }
+    }
+
+    pub fn subscribe(&self, t: &Target) -> Option<broadcast::Receiver<Arc<Event>>> {
+        self.tails.get(t).map(|tail| tail.sender.subscribe())
+    }
+
+    pub fn clients(&self) -> usize {
+        self.tails.values().map(|t| t.sender.receiver_count()).sum()
+    }
+}
+
+async fn run(store: Arc<dyn Store>, t: Target, tail: Arc<Tail>, cancel: CancellationToken) {
+    let mut after = store.last_id(&t).await.unwrap_or(StreamId::ZERO);
+    while !cancel.is_cancelled() {
+        if tail.sender.receiver_count() == 0 {
+            // Nobody listens: just keep the position fresh.
+            if let Ok(id) = store.last_id(&t).await {
+                after = id;
+            }
+        } else {
+            loop {
+                match store.read(&t, after, 1000).await {
+                    Ok(events) if events.is_empty() => break,
+                    Ok(events) => {
+                        for e in events {
+                            after = e.id;
+                            let _ = tail.sender.send(Arc::new(e));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tail.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
