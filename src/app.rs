@@ -2,7 +2,7 @@
 //! source, one poller per target, and the HTTP server, started together and
 //! stopped by one cancellation token. Tests start exactly this.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -11,6 +11,7 @@ use crate::{
     api::{self, ApiState, auth::ApiToken},
     cloudevents::EventSource,
     config::{Config, join},
+    delivery::{Deliverer, Schedule, sender::Sender},
     poller::{PollError, PollReport, Poller, TargetStatus},
     store::{self, Store, Target},
     tail::Tails,
@@ -25,6 +26,7 @@ pub struct Relay {
     pub store: Arc<dyn Store>,
     pub pollers: Vec<Poller>,
     pub holder: String,
+    pub sender: Arc<Sender>,
 }
 
 /// What the HTTP layer and status surfaces can see.
@@ -66,11 +68,14 @@ impl Relay {
                 ));
             }
         }
+        let policy = Deliverer::policy(&config.delivery)?;
+        let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
         Ok(Relay {
             config,
             store,
             pollers,
             holder,
+            sender,
         })
     }
 
@@ -86,6 +91,41 @@ impl Relay {
         }
     }
 
+    /// How each target's events look to downstream systems.
+    pub fn event_sources(&self) -> Arc<HashMap<Target, Arc<EventSource>>> {
+        let mut sources = HashMap::new();
+        for src in &self.config.sources {
+            for r in &src.settings.resources {
+                let target = Target::new(src.name(), r);
+                let event_source = EventSource {
+                    target: target.clone(),
+                    source_url: join(&src.base_url, r).to_string(),
+                    type_prefix: self.config.api.event_type_prefix.clone(),
+                };
+                sources.insert(target, Arc::new(event_source));
+            }
+        }
+        Arc::new(sources)
+    }
+
+    /// Webhook delivery for every subscription.
+    pub fn deliverer(&self) -> Deliverer {
+        Deliverer {
+            store: self.store.clone(),
+            sender: self.sender.clone(),
+            schedule: Arc::new(Schedule::from_config(&self.config.delivery)),
+            sources: self.event_sources(),
+            wakes: Arc::new(
+                self.pollers
+                    .iter()
+                    .map(|p| (p.target.clone(), p.status.wake.clone()))
+                    .collect(),
+            ),
+            holder: self.holder.clone(),
+            lease_ttl: self.config.store.lease_ttl,
+        }
+    }
+
     /// The HTTP layer's view of this relay; starts the live tails.
     pub fn api_state(&self, cancel: &CancellationToken) -> ApiState {
         let shared = self.shared();
@@ -98,18 +138,6 @@ impl Relay {
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
         }
-        let mut sources = std::collections::HashMap::new();
-        for src in &self.config.sources {
-            for r in &src.settings.resources {
-                let target = Target::new(src.name(), r);
-                let event_source = EventSource {
-                    target: target.clone(),
-                    source_url: join(&src.base_url, r).to_string(),
-                    type_prefix: self.config.api.event_type_prefix.clone(),
-                };
-                sources.insert(target, Arc::new(event_source));
-            }
-        }
         let wakes: Vec<_> = shared
             .targets
             .iter()
@@ -119,7 +147,9 @@ impl Relay {
             tails: Tails::start(self.store.clone(), &wakes, cancel),
             shared,
             tokens: Arc::new(tokens),
-            sources: Arc::new(sources),
+            sources: self.event_sources(),
+            sender: self.sender.clone(),
+            type_prefix: self.config.api.event_type_prefix.clone(),
             secret_grace: self.config.delivery.secret_grace,
             request_timeout: self.config.api.request_timeout,
             cancel: cancel.clone(),
@@ -144,6 +174,7 @@ impl Relay {
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let state = self.api_state(&cancel);
+        tracker.spawn(self.deliverer().run(cancel.clone()));
         for poller in self.pollers {
             tracker.spawn(poller.run(cancel.clone()));
         }

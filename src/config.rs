@@ -265,6 +265,14 @@ pub struct DeliveryConfig {
     /// How long a rotated-out webhook secret still signs deliveries.
     #[serde(with = "humantime_serde")]
     pub secret_grace: Duration,
+    /// Private address blocks webhooks may reach despite the SSRF guard.
+    pub allowed_cidrs: Vec<String>,
+    /// A receiver's `Retry-After` is honoured up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// A subscription whose deliveries all fail for this long is disabled.
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -278,6 +286,9 @@ impl Default for DeliveryConfig {
                 .collect(),
             request_timeout: Duration::from_secs(15),
             secret_grace: Duration::from_secs(24 * 3600),
+            allowed_cidrs: Vec::new(),
+            max_retry_after: Duration::from_secs(6 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -421,6 +432,19 @@ impl RawConfig {
         check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
         if self.store.lease_ttl < Duration::from_millis(100) {
             problems.push("store.lease_ttl: must be at least 100ms".into());
+        }
+        if self.store.lease_ttl <= self.delivery.request_timeout {
+            problems.push(format!(
+                "store.lease_ttl ({}) must be longer than delivery.request_timeout ({}): \
+                 otherwise another instance may take over a delivery still in flight",
+                humantime::format_duration(self.store.lease_ttl),
+                humantime::format_duration(self.delivery.request_timeout)
+            ));
+        }
+        for (i, c) in self.delivery.allowed_cidrs.iter().enumerate() {
+            if let Err(e) = c.parse::<crate::delivery::ssrf::Cidr>() {
+                problems.push(format!("delivery.allowed_cidrs[{i}]: {e}"));
+            }
         }
         if self.delivery.retry_schedule.is_empty() {
             problems.push("delivery.retry_schedule: list at least one delay".into());

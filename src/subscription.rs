@@ -46,6 +46,9 @@ pub struct Subscription {
     pub secret: String,
     /// The secret before the last rotation and when it stops being signed with (unix ms).
     pub previous_secret: Option<(String, u64)>,
+    /// Why delivery disabled it (410 Gone, continuous failure); cleared on re-enable.
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }

@@ -21,6 +21,7 @@ use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
 use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
 
 pub mod auth;
+mod deliveries;
 pub mod problem;
 mod resources;
 mod subscriptions;
@@ -35,6 +36,9 @@ pub struct ApiState {
     pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,
+    /// For `POST /v1/subscriptions/{id}/test`.
+    pub sender: Arc<crate::delivery::sender::Sender>,
+    pub type_prefix: String,
     pub request_timeout: Duration,
     /// Ends live streams when the server stops.
     pub cancel: CancellationToken,
@@ -65,6 +69,17 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/subscriptions/{id}/rotate-secret",
             post(subscriptions::rotate_secret),
+        )
+        .route("/v1/subscriptions/{id}/replay", post(deliveries::replay))
+        .route("/v1/subscriptions/{id}/test", post(deliveries::test))
+        .route("/v1/subscriptions/{id}/attempts", get(deliveries::attempts))
+        .route(
+            "/v1/subscriptions/{id}/dead-letters",
+            get(deliveries::dead_letters),
+        )
+        .route(
+            "/v1/subscriptions/{id}/dead-letters/redrive",
+            post(deliveries::redrive),
         )
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),

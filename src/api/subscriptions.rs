@@ -32,6 +32,7 @@ pub struct View<'a> {
     pub batch_size: u32,
     pub rate_limit: Option<u32>,
     pub enabled: bool,
+    pub disabled_reason: Option<&'a str>,
     pub description: &'a str,
     pub created_ms: u64,
     pub updated_ms: u64,
@@ -49,6 +50,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             batch_size: s.batch_size,
             rate_limit: s.rate_limit,
             enabled: s.enabled,
+            disabled_reason: s.disabled_reason.as_deref(),
             description: &s.description,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
@@ -56,12 +58,12 @@ impl<'a> From<&'a Subscription> for View<'a> {
     }
 }
 
-fn known_targets(s: &ApiState) -> Vec<Target> {
+pub(super) fn known_targets(s: &ApiState) -> Vec<Target> {
     s.shared.targets.iter().map(|(t, _)| t.clone()).collect()
 }
 
 /// The targets a resource list names (`*` is all of them).
-fn covered(resources: &[String], known: &[Target]) -> Vec<Target> {
+pub(super) fn covered(resources: &[String], known: &[Target]) -> Vec<Target> {
     known
         .iter()
         .filter(|t| resources.iter().any(|r| r == "*" || *r == t.to_string()))
@@ -69,7 +71,7 @@ fn covered(resources: &[String], known: &[Target]) -> Vec<Target> {
         .collect()
 }
 
-async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {
+pub(super) async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {
     s.shared
         .store
         .subscription(id)
@@ -111,6 +113,7 @@ pub async fn create(
         description,
         secret: sub::new_secret(),
         previous_secret: None,
+        disabled_reason: None,
         created_ms: at,
         updated_ms: at,
     };
@@ -177,6 +180,9 @@ pub async fn patch(
     }
     if let Some(e) = req.enabled {
         found.enabled = e;
+        if e {
+            found.disabled_reason = None;
+        }
     }
     if let Some(d) = req.description {
         sub::validate_description(&d)?;

@@ -149,6 +149,7 @@ impl Poller {
         let started = Instant::now();
         let mut report = PollReport::default();
         if !self.renew_lease().await? {
+            tracing::debug!(target = %self.target, "another instance holds the lease; not polling");
             return Ok(report);
         }
         report.leased = true;
@@ -167,6 +168,8 @@ impl Poller {
             .await
             .unwrap_or(report.before);
         report.duration_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
+            fetched = report.fetched, appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
         self.status.polls.fetch_add(1, Ordering::Relaxed);
         result.map(|()| report)
     }

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use crate::{
     config::StoreConfig,
+    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
     record::UpstreamRecord,
     subscription::Subscription,
@@ -107,6 +108,68 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns false when there was no such subscription.
     async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
+
+    // Delivery state of subscription `sub` on target `t` (DESIGN §5). Entries
+    // move from the stream, past the subscription's position, into its
+    // pending set; they leave it when delivered, filtered out, or dead.
+
+    /// Moves up to `count` entries after the position into the pending set
+    /// (no attempts yet, due now) and returns them; the position starts at
+    /// `start` when the subscription has none (or the store lost it).
+    async fn claim(
+        &self,
+        sub: &str,
+        t: &Target,
+        start: StreamId,
+        count: usize,
+    ) -> StoreResult<Vec<Event>>;
+
+    /// The pending set with retry states, in stream order (after a restart).
+    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>>;
+
+    async fn retry_later(
+        &self,
+        sub: &str,
+        t: &Target,
+        id: StreamId,
+        state: RetryState,
+    ) -> StoreResult<()>;
+
+    /// Removes entries from the pending set.
+    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+
+    /// Puts entries (back) into the pending set, due now: a redrive.
+    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+
+    /// Moves the position: the next claim returns entries after `after`.
+    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()>;
+
+    /// Forgets the subscription's position and pending set on `t`.
+    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()>;
+
+    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()>;
+
+    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
+
+    /// Removes and returns every dead letter (for a redrive).
+    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
+
+    /// Records an attempt; the newest [`ATTEMPTS_KEPT`] are kept.
+    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()>;
+
+    /// The newest attempts first.
+    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>>;
+}
+
+/// Attempts kept per subscription.
+pub const ATTEMPTS_KEPT: usize = 1000;
+
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    json: &str,
+) -> StoreResult<T> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("stored {what} is unreadable: {e}")))
 }
 
 /// Subscriptions are stored as JSON documents in both backends.

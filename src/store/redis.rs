@@ -14,9 +14,11 @@ use redis::{
 };
 
 use super::{
-    AppendBatch, Store, StoreError, StoreResult, Target, decode_subscription, decode_subscriptions,
+    ATTEMPTS_KEPT, AppendBatch, Store, StoreError, StoreResult, Target, decode_json,
+    decode_subscription, decode_subscriptions,
 };
 use crate::{
+    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
     subscription::Subscription,
 };
@@ -32,6 +34,7 @@ pub struct Keys {
     pub rejects: String,
     /// `P:{s:r}:lease`, the holder polling this target, with a TTL.
     pub lease: String,
+    base: String,
 }
 
 impl Keys {
@@ -42,8 +45,29 @@ impl Keys {
             index: format!("{base}:index"),
             rejects: format!("{base}:rejects"),
             lease: format!("{base}:lease"),
+            base,
         }
     }
+
+    /// `P:{s:r}:pending:<sub>`, a hash of stream ID -> `<attempts>:<next attempt ms>`.
+    pub fn pending(&self, sub: &str) -> String {
+        format!("{}:pending:{sub}", self.base)
+    }
+
+    /// The consumer group of a subscription on the events stream.
+    pub fn group(sub: &str) -> String {
+        format!("sub:{sub}")
+    }
+}
+
+/// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
+fn dead_key(prefix: &str, sub: &str) -> String {
+    format!("{prefix}:sub:{sub}:dead")
+}
+
+/// `P:sub:<id>:attempts`, a list of attempt JSON, newest first.
+fn attempts_key(prefix: &str, sub: &str) -> String {
+    format!("{prefix}:sub:{sub}:attempts")
 }
 
 const LEASE_LUA: &str = r#"
@@ -77,6 +101,7 @@ pub struct RedisStore {
     append: Script,
     lease: Script,
     release: Script,
+    claim: Script,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -117,6 +142,7 @@ impl RedisStore {
             append: Script::new(include_str!("append.lua")),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
+            claim: Script::new(include_str!("claim.lua")),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         store.warn_about_risky_settings().await;
@@ -170,6 +196,61 @@ fn field<T: redis::FromRedisValue>(e: &redis::streams::StreamId, name: &str) -> 
             e.id
         ))
     })
+}
+
+/// Parses an `XRANGE` reply straight from the wire values, moving each
+/// field's bytes into the event instead of going through a map per entry
+/// (the replay path reads thousands of entries per request).
+fn parse_entries(reply: redis::Value) -> StoreResult<Vec<Event>> {
+    use redis::Value;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("unexpected XRANGE reply: {what}"));
+    let text = |v: Value| match v {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|_| corrupt("field is not UTF-8")),
+        Value::SimpleString(s) => Ok(s),
+        _ => Err(corrupt("field is not a string")),
+    };
+    let Value::Array(entries) = reply else {
+        return Err(corrupt("not an array"));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(mut parts) = entry else {
+            return Err(corrupt("entry is not an array"));
+        };
+        let (Some(Value::Array(fields)), Some(id)) = (parts.pop(), parts.pop()) else {
+            return Err(corrupt("entry has no fields"));
+        };
+        let id = parse_id(&text(id)?)?;
+        let (mut op, mut record, mut stamp, mut prev, mut snapshot, mut observed, mut data) =
+            (None, None, None, None, false, 0, None);
+        let mut it = fields.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let v = text(v)?;
+            match text(k)?.as_str() {
+                "op" => op = Some(v.parse().map_err(StoreError::Corrupt)?),
+                "record" => record = Some(v),
+                "stamp" => stamp = v.parse().ok(),
+                "prev" => prev = v.parse().ok(),
+                "snapshot" => snapshot = v == "1",
+                "observed" => observed = v.parse().unwrap_or(0),
+                "data" => data = Some(v),
+                _ => {}
+            }
+        }
+        let missing =
+            || StoreError::Corrupt(format!("stream entry {id} lacks op, record, stamp or data"));
+        out.push(Event {
+            id,
+            op: op.ok_or_else(missing)?,
+            record: record.ok_or_else(missing)?,
+            stamp: stamp.ok_or_else(missing)?,
+            prev,
+            snapshot,
+            observed,
+            data: data.ok_or_else(missing)?,
+        });
+    }
+    Ok(out)
 }
 
 fn parse_id(s: &str) -> StoreResult<StreamId> {
@@ -259,29 +340,16 @@ impl Store for RedisStore {
 
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
         let mut c = self.conn.clone();
-        let reply: StreamRangeReply = c
-            .xrange_count(self.keys(t).events, format!("({after}"), "+", limit)
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(self.keys(t).events)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
-        reply
-            .ids
-            .iter()
-            .map(|e| {
-                let op: String = field(e, "op")?;
-                let prev: String = field(e, "prev")?;
-                let snapshot: String = field(e, "snapshot")?;
-                Ok(Event {
-                    id: parse_id(&e.id)?,
-                    op: op.parse().map_err(StoreError::Corrupt)?,
-                    record: field(e, "record")?,
-                    stamp: field(e, "stamp")?,
-                    prev: prev.parse().ok(),
-                    snapshot: snapshot == "1",
-                    observed: field(e, "observed")?,
-                    data: field(e, "data")?,
-                })
-            })
-            .collect()
+        parse_entries(reply)
     }
 
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
@@ -382,5 +450,208 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
+    }
+
+    async fn claim(
+        &self,
+        sub: &str,
+        t: &Target,
+        start: StreamId,
+        count: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let reply: redis::Value = self
+            .claim
+            .key(&keys.events)
+            .key(keys.pending(sub))
+            .arg(Keys::group(sub))
+            .arg(start.to_string())
+            .arg(count)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        parse_entries(reply)
+    }
+
+    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let all: Vec<(String, String)> = c
+            .hgetall(keys.pending(sub))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut states: Vec<(StreamId, RetryState)> = all
+            .iter()
+            .filter_map(|(id, st)| Some((id.parse().ok()?, RetryState::decode(st))))
+            .collect();
+        states.sort_by_key(|(id, _)| *id);
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (id, _) in &states {
+            pipe.cmd("XRANGE")
+                .arg(&keys.events)
+                .arg(id.to_string())
+                .arg(id.to_string());
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for ((id, st), reply) in states.into_iter().zip(replies) {
+            match parse_entries(reply)?.pop() {
+                Some(e) => out.push((e, st)),
+                // Trimmed from the stream: nothing left to deliver.
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            self.settle(sub, t, &gone).await?;
+        }
+        Ok(out)
+    }
+
+    async fn retry_later(
+        &self,
+        sub: &str,
+        t: &Target,
+        id: StreamId,
+        state: RetryState,
+    ) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: i64 = c
+            .hset(self.keys(t).pending(sub), id.to_string(), state.encode())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let fields: Vec<String> = ids.iter().map(StreamId::to_string).collect();
+        let _: i64 = c
+            .hdel(self.keys(t).pending(sub), fields)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.clone();
+        let items: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (id.to_string(), RetryState::default().encode()))
+            .collect();
+        let _: i64 = c
+            .hset_multiple(self.keys(t).pending(sub), &items)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let group = Keys::group(sub);
+        let set: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("SETID")
+            .arg(&keys.events)
+            .arg(&group)
+            .arg(after.to_string())
+            .query_async(&mut c)
+            .await;
+        if set.is_err() {
+            redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&keys.events)
+                .arg(&group)
+                .arg(after.to_string())
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(&keys.events)
+            .arg(Keys::group(sub))
+            .query_async(&mut c)
+            .await;
+        let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _: i64 = c
+            .hset(dead_key(&self.prefix, sub), d.key(), json)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let mut c = self.conn.clone();
+        let all: Vec<String> = c
+            .hvals(dead_key(&self.prefix, sub))
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut v = all
+            .iter()
+            .map(|j| decode_json("dead letter", j))
+            .collect::<StoreResult<Vec<DeadLetter>>>()?;
+        v.sort_by_key(|d| d.at_ms);
+        Ok(v)
+    }
+
+    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let key = dead_key(&self.prefix, sub);
+        let mut c = self.conn.clone();
+        let (all, _): (Vec<String>, i64) = redis::pipe()
+            .atomic()
+            .hvals(&key)
+            .del(&key)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        all.iter().map(|j| decode_json("dead letter", j)).collect()
+    }
+
+    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
+        let key = attempts_key(&self.prefix, sub);
+        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.conn.clone();
+        let _: () = redis::pipe()
+            .lpush(&key, json)
+            .ignore()
+            .ltrim(&key, 0, ATTEMPTS_KEPT as isize - 1)
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+        let mut c = self.conn.clone();
+        let all: Vec<String> = c
+            .lrange(attempts_key(&self.prefix, sub), 0, limit as isize - 1)
+            .await
+            .map_err(|e| self.err(e))?;
+        all.iter().map(|j| decode_json("attempt", j)).collect()
     }
 }

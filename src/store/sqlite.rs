@@ -15,9 +15,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    AppendBatch, Store, StoreError, StoreResult, Target, decode_subscription, decode_subscriptions,
+    ATTEMPTS_KEPT, AppendBatch, Store, StoreError, StoreResult, Target, decode_json,
+    decode_subscription, decode_subscriptions,
 };
 use crate::{
+    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId},
     subscription::Subscription,
 };
@@ -38,6 +40,19 @@ CREATE TABLE IF NOT EXISTS rejects (
     raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_position (
+    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (sub, source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_pending (
+    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, next_at INTEGER NOT NULL,
+    PRIMARY KEY (sub, source, resource, stamp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sub TEXT NOT NULL, key TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (sub, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
@@ -202,6 +217,71 @@ fn append(
     Ok(out)
 }
 
+const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data";
+
+fn read_after(
+    c: &Connection,
+    t: &Target,
+    after: StreamId,
+    limit: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let mut q = c.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE source = ?1 AND resource = ?2 AND (stamp > ?3 OR (stamp = ?3 AND seq > ?4))
+         ORDER BY stamp, seq LIMIT ?5"
+    ))?;
+    q.query_map(
+        params![
+            t.source,
+            t.resource,
+            after.stamp as i64,
+            after.seq as i64,
+            limit as i64
+        ],
+        event_row,
+    )?
+    .collect()
+}
+
+fn claim(
+    c: &mut Connection,
+    sub: &str,
+    t: &Target,
+    start: StreamId,
+    count: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let tx = c.transaction()?;
+    let pos = tx
+        .query_row(
+            "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
+            params![sub, t.source, t.resource],
+            |r| Ok(StreamId::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )
+        .optional()?
+        .unwrap_or(start);
+    let events = read_after(&tx, t, pos, count)?;
+    let last = events.last().map(|e| e.id).unwrap_or(pos);
+    tx.execute(
+        "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+        params![sub, t.source, t.resource, last.stamp as i64, last.seq as i64],
+    )?;
+    for e in &events {
+        add_pending(&tx, sub, t, e.id)?;
+    }
+    tx.commit()?;
+    Ok(events)
+}
+
+fn add_pending(c: &Connection, sub: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO delivery_pending (sub, source, resource, stamp, seq, attempts, next_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
+         ON CONFLICT (sub, source, resource, stamp, seq) DO UPDATE SET attempts = 0, next_at = 0",
+    )?
+    .execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])
+    .map(|_| ())
+}
+
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let op: String = r.get(2)?;
     Ok(Event {
@@ -256,19 +336,7 @@ impl Store for SqliteStore {
 
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
         let t = t.clone();
-        self.with(move |c| {
-            let mut q = c.prepare_cached(
-                "SELECT stamp, seq, op, record, record_stamp, prev, snapshot, observed, data FROM events
-                 WHERE source = ?1 AND resource = ?2 AND (stamp > ?3 OR (stamp = ?3 AND seq > ?4))
-                 ORDER BY stamp, seq LIMIT ?5",
-            )?;
-            q.query_map(
-                params![t.source, t.resource, after.stamp as i64, after.seq as i64, limit as i64],
-                event_row,
-            )?
-            .collect()
-        })
-        .await
+        self.with(move |c| read_after(c, &t, after, limit)).await
     }
 
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
@@ -405,5 +473,203 @@ impl Store for SqliteStore {
                 .map(|n| n == 1)
         })
         .await
+    }
+
+    async fn claim(
+        &self,
+        sub: &str,
+        t: &Target,
+        start: StreamId,
+        count: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| claim(c, &sub, &t, start, count)).await
+    }
+
+    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            let cols: Vec<String> = EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect();
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {}, p.attempts, p.next_at FROM delivery_pending p
+                 JOIN events e ON e.source = p.source AND e.resource = p.resource AND e.stamp = p.stamp AND e.seq = p.seq
+                 WHERE p.sub = ?1 AND p.source = ?2 AND p.resource = ?3 ORDER BY p.stamp, p.seq",
+                cols.join(", ")
+            ))?;
+            q.query_map(params![sub, t.source, t.resource], |r| {
+                let state = RetryState {
+                    attempts: r.get::<_, i64>(9)? as u32,
+                    next_at_ms: r.get::<_, i64>(10)? as u64,
+                };
+                Ok((event_row(r)?, state))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn retry_later(
+        &self,
+        sub: &str,
+        t: &Target,
+        id: StreamId,
+        state: RetryState,
+    ) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE delivery_pending SET attempts = ?6, next_at = ?7
+                 WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
+                params![
+                    sub,
+                    t.source,
+                    t.resource,
+                    id.stamp as i64,
+                    id.seq as i64,
+                    state.attempts as i64,
+                    state.next_at_ms as i64
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut q = tx.prepare_cached(
+                    "DELETE FROM delivery_pending WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
+                )?;
+                for id in &ids {
+                    q.execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for id in &ids {
+                add_pending(&tx, &sub, &t, *id)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+                params![sub, t.source, t.resource, after.stamp as i64, after.seq as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            for table in ["delivery_position", "delivery_pending"] {
+                c.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE sub = ?1 AND source = ?2 AND resource = ?3"
+                    ),
+                    params![sub, t.source, t.resource],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (sub, key, at) = (sub.to_string(), d.key(), d.at_ms as i64);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO dead_letters (sub, key, at_ms, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (sub, key) DO UPDATE SET at_ms = excluded.at_ms, body = excluded.body",
+                params![sub, key, at, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
+                )?;
+                q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        all.iter().map(|j| decode_json("dead letter", j)).collect()
+    }
+
+    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let all = {
+                    let mut q = tx.prepare_cached(
+                        "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
+                    )?;
+                    q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                };
+                tx.execute("DELETE FROM dead_letters WHERE sub = ?1", params![sub])?;
+                tx.commit()?;
+                Ok(all)
+            })
+            .await?;
+        all.iter().map(|j| decode_json("dead letter", j)).collect()
+    }
+
+    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
+        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sub = sub.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO attempts (sub, body) VALUES (?1, ?2)",
+                params![sub, json],
+            )?;
+            let id = c.last_insert_rowid();
+            c.execute(
+                "DELETE FROM attempts WHERE sub = ?1 AND id <= ?2",
+                params![sub, id - ATTEMPTS_KEPT as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT body FROM attempts WHERE sub = ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                q.query_map(params![sub, limit as i64], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        all.iter().map(|j| decode_json("attempt", j)).collect()
     }
 }

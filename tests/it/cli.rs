@@ -65,6 +65,14 @@ fn bad_configuration_names_the_key() {
         ),
         ("[store]\nredis_urll = \"redis://x\"\n", "redis_urll"),
         (
+            "[store]\nlease_ttl = \"5s\"\n",
+            "store.lease_ttl (5s) must be longer than delivery.request_timeout (15s)",
+        ),
+        (
+            "[delivery]\nallowed_cidrs = [\"10.0.0.0/99\"]\n",
+            "delivery.allowed_cidrs[0]",
+        ),
+        (
             "[[sources]]\nname = \"p{c}\"\nbase_url = \"http://x/api\"\nresources = [\"patients\"]\n",
             "sources[0].name",
         ),

@@ -33,7 +33,7 @@ fn write_config(ts: &TestStore, base_url: &str, paging: Paging, path: &Path) {
     std::fs::write(
         path,
         format!(
-            "[store]\n{store}\nkey_prefix = \"test\"\nlease_ttl = \"300ms\"\n\n\
+            "[store]\n{store}\nkey_prefix = \"test\"\nlease_ttl = \"300ms\"\n\n[delivery]\nrequest_timeout = \"200ms\"\n\n\
              [[sources]]\nname = \"sim\"\nbase_url = \"{base_url}\"\nresources = [\"patients\", \"assessments\"]\n\
              page_size = 100\npaging = \"{paging}\"\nretry_base = \"20ms\"\n"
         ),

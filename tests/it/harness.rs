@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 use stamp_relay::{
     app::Relay,
-    config::{Config, Paging, RawConfig, SourceConfig, StoreConfig},
+    config::{Config, DeliveryConfig, Paging, RawConfig, SourceConfig, StoreConfig},
     events::Event,
     simulator::{SimConfig, Simulator},
     store::{self, Store, Target},
@@ -227,10 +227,24 @@ pub fn source(base_url: &str, resources: &[&str], paging: Paging, page_size: u32
     s
 }
 
+/// Test delivery settings: loopback receivers allowed, a millisecond retry
+/// schedule, and a request timeout below the test lease time.
+pub fn delivery() -> DeliveryConfig {
+    DeliveryConfig {
+        allow_private_targets: true,
+        retry_schedule: [10, 20, 40, 80, 100, 100, 100, 100]
+            .map(Duration::from_millis)
+            .to_vec(),
+        request_timeout: Duration::from_millis(300),
+        ..DeliveryConfig::default()
+    }
+}
+
 pub fn config(store: &StoreConfig, sources: Vec<SourceConfig>) -> Config {
     RawConfig {
         store: store.clone(),
         sources,
+        delivery: delivery(),
         ..RawConfig::default()
     }
     .validate(&|k| std::env::var(k).ok())
@@ -374,8 +388,18 @@ pub struct App {
 
 impl App {
     pub async fn spawn(ts: &TestStore, sources: Vec<SourceConfig>) -> App {
+        Self::spawn_with(ts, sources, |_| {}).await
+    }
+
+    /// Like `spawn`, with a chance to change the validated configuration.
+    pub async fn spawn_with(
+        ts: &TestStore,
+        sources: Vec<SourceConfig>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> App {
         use stamp_relay::config::{Scope, Secret, TokenConfig};
         let mut config = config(&ts.config, sources);
+        tweak(&mut config);
         for (name, scope, secret) in [
             ("ops", Scope::Admin, ADMIN_TOKEN),
             ("dash", Scope::Read, READ_TOKEN),
@@ -389,6 +413,10 @@ impl App {
         }
         let relay = Relay::with_store(config, ts.store.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(relay, listener).await
+    }
+
+    async fn serve(relay: Relay, listener: tokio::net::TcpListener) -> App {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(relay.run(listener, cancel.clone()));

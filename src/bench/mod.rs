@@ -16,6 +16,8 @@ use std::{
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+mod api;
+
 use crate::{
     app::Relay,
     config::{Paging, RawConfig, SourceConfig, StoreConfig},
@@ -35,6 +37,9 @@ pub struct BenchArgs {
     /// A Redis to use; by default a fresh `redis-server` on a free port.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Live-stream clients for the fan-out measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub sse_clients: usize,
     /// Run only the memory part (used by the benchmark itself).
     #[arg(long, hide = true)]
     pub rss_only: bool,
@@ -143,9 +148,13 @@ async fn relay_load(store: StoreConfig, base_url: &str) -> anyhow::Result<(u64, 
     .validate(&|_| None)?;
     let mut relay = Relay::with_store(config, store::open(&store).await?)?;
     let started = Instant::now();
-    let report = relay.pollers[0]
-        .poll_once(&CancellationToken::new())
-        .await?;
+    // sync_once releases the lease, so the next relay on this store polls at once.
+    let (_, report) = relay
+        .sync_once(&CancellationToken::new())
+        .await
+        .pop()
+        .expect("one target");
+    let report = report?;
     Ok((report.outcome.appended(), started.elapsed().as_secs_f64()))
 }
 
@@ -207,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_prefix: prefix,
         ..StoreConfig::default()
     };
-    let (n, secs) = relay_load(redis_store, &base_url).await?;
+    let (n, secs) = relay_load(redis_store.clone(), &base_url).await?;
     let relay_rate = n as f64 / secs;
     let sqlite_store = StoreConfig {
         data_dir: dir.join("embedded"),
@@ -253,6 +262,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .status()?;
         anyhow::ensure!(status.success(), "the memory benchmark failed");
     }
+    api::run(redis_store, &base_url, args.sse_clients).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

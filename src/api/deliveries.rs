@@ -1,0 +1,161 @@
+//! Delivery operations on a subscription (admin scope): replay from a
+//! stamp, a signed test ping, the attempt log, dead letters and redrive.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ApiState,
+    problem::{ApiResult, JsonBody, Problem},
+    subscriptions::{covered, known_targets, load},
+};
+use crate::{
+    delivery::sender::Message,
+    events::{StreamId, now_ms},
+    store::Target,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// `"beginning"` or `{"source/resource": stamp}`: delivery restarts after these stamps.
+    from: crate::subscription::StartSpec,
+}
+
+pub async fn replay(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ReplayRequest>,
+) -> ApiResult<Json<Value>> {
+    let sub = load(&s, &id).await?;
+    let targets = covered(&sub.resources, &known_targets(&s));
+    let positions: BTreeMap<String, StreamId> = match req.from {
+        crate::subscription::StartSpec::Named(n) if n == "beginning" => targets
+            .iter()
+            .map(|t| (t.to_string(), StreamId::ZERO))
+            .collect(),
+        crate::subscription::StartSpec::Named(_) => {
+            return Err(Problem::invalid(
+                "from",
+                "must be \"beginning\" or {\"source/resource\": stamp, ...}",
+            ));
+        }
+        crate::subscription::StartSpec::Stamps(m) => {
+            let mut out = BTreeMap::new();
+            for (name, stamp) in m {
+                if !targets.iter().any(|t| t.to_string() == name) {
+                    return Err(Problem::invalid(
+                        format!("from.{name}"),
+                        "is not one of the subscription's resources",
+                    ));
+                }
+                out.insert(name, StreamId::new(stamp, 0));
+            }
+            out
+        }
+    };
+    for t in &targets {
+        if let Some(after) = positions.get(&t.to_string()) {
+            s.shared.store.reposition(&sub.id, t, *after).await?;
+        }
+    }
+    let shown: BTreeMap<&String, String> =
+        positions.iter().map(|(k, v)| (k, v.to_string())).collect();
+    tracing::info!(subscription = %id, "delivery replay requested");
+    Ok(Json(json!({ "id": sub.id, "replaying_after": shown })))
+}
+
+/// Sends a signed ping now and answers with what the receiver said.
+pub async fn test(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let sub = load(&s, &id).await?;
+    let ping_id = format!("ping:{}", uuid::Uuid::new_v4().simple());
+    let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let body = json!({
+        "specversion": "1.0", "id": ping_id, "source": "stamp-relay", "type": format!("{}.ping", s.type_prefix),
+        "subject": sub.id, "time": time, "datacontenttype": "application/json", "data": {"subscription": sub.id},
+    });
+    let mut secrets = vec![sub.secret.as_str()];
+    if let Some((old, until)) = &sub.previous_secret
+        && *until > now_ms()
+    {
+        secrets.push(old);
+    }
+    let sent = s
+        .sender
+        .send(Message {
+            url: &sub.url,
+            headers: &sub.headers,
+            id: &ping_id,
+            body: serde_json::to_vec(&body).map_err(Problem::internal)?,
+            content_type: "application/cloudevents+json",
+            secrets,
+        })
+        .await;
+    Ok(Json(json!({
+        "outcome": sent.outcome, "status": sent.status, "latency_ms": sent.latency.as_millis() as u64,
+        "response": sent.response, "error": sent.error,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct AttemptsQuery {
+    limit: Option<String>,
+}
+
+pub async fn attempts(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<AttemptsQuery>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &id).await?;
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                Problem::invalid("limit", format!("{l:?} must be an integer from 1 to 1000"))
+            })?,
+    };
+    let all = s.shared.store.attempts(&id, limit).await?;
+    Ok(Json(json!({ "attempts": all })))
+}
+
+pub async fn dead_letters(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    load(&s, &id).await?;
+    let all = s.shared.store.dead_letters(&id).await?;
+    Ok(Json(json!({ "dead_letters": all })))
+}
+
+/// Puts every dead letter back into the pending set, due now.
+pub async fn redrive(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    load(&s, &id).await?;
+    let dead = s.shared.store.take_dead_letters(&id).await?;
+    let mut by_target: BTreeMap<String, Vec<StreamId>> = BTreeMap::new();
+    for d in &dead {
+        if let Ok(sid) = d.id.parse() {
+            by_target.entry(d.target.clone()).or_default().push(sid);
+        }
+    }
+    for (name, ids) in &by_target {
+        let Some((source, resource)) = name.split_once('/') else {
+            continue;
+        };
+        s.shared
+            .store
+            .add_pending(&id, &Target::new(source, resource), ids)
+            .await?;
+    }
+    tracing::info!(subscription = %id, count = dead.len(), "dead letters redriven");
+    Ok(Json(json!({ "redriven": dead.len() })))
+}

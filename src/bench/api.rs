@@ -1,0 +1,252 @@
+//! The API part of the benchmark: REST replay against a raw `XRANGE` of the
+//! same stream, and SSE fan-out to many clients with the delivery lag.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redis::{AsyncCommands, streams::StreamRangeReply};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::Relay,
+    config::{RawConfig, Scope, Secret, StoreConfig, TokenConfig},
+    events::now_ms,
+    store::{self, Target, redis::Keys},
+};
+
+const TOKEN: &str = "bench-token";
+
+/// Open files this process may hold, from /proc/self/limits.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyhow::Result<()> {
+    if let Some(limit) = open_file_limit() {
+        anyhow::ensure!(
+            limit > 2 * clients + 200,
+            "{clients} SSE clients need about {} open files but the limit is {limit}; raise `ulimit -n` or pass a smaller --sse-clients",
+            2 * clients + 200
+        );
+    }
+    let mut source = super::source(sim_url, 1000)?;
+    source.poll_interval = Duration::from_millis(100);
+    let mut config = RawConfig {
+        store: store_cfg.clone(),
+        sources: vec![source],
+        ..RawConfig::default()
+    }
+    .validate(&|_| None)?;
+    let token = TokenConfig {
+        name: "bench".into(),
+        scope: Scope::Admin,
+        token_env: "UNUSED".into(),
+    };
+    config.api_tokens.push((token, Secret::new(TOKEN)));
+    let relay = Relay::with_store(config, store::open(&store_cfg).await?)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(relay.run(listener, cancel.clone()));
+
+    // Raw baseline: XRANGE the whole stream, 1000 entries a call.
+    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
+    let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let (mut after, mut raw_n) = ("0-0".to_string(), 0usize);
+    loop {
+        let page: StreamRangeReply = conn
+            .xrange_count(&key, format!("({after}"), "+", 1000)
+            .await?;
+        let Some(last) = page.ids.last() else { break };
+        after = last.id.clone();
+        raw_n += page.ids.len();
+    }
+    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
+
+    // REST replay of the same stream, 1000 CloudEvents a page.
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    /// What a consumer reads of a page to go on: the events stay unparsed.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        events: Vec<serde::de::IgnoredAny>,
+        next_after: String,
+        has_more: bool,
+    }
+    let (mut after, mut rest_n) = ("0".to_string(), 0usize);
+    loop {
+        let page: Page = http
+            .get(format!(
+                "{base}/v1/resources/bench/patients/events?after={after}&limit=1000"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        rest_n += page.events.len();
+        after = page.next_after;
+        if !page.has_more {
+            break;
+        }
+    }
+    let rest_rate = rest_n as f64 / started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "replay of the same stream", "events/s", "ratio"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "raw XRANGE, 1000 per call (baseline)", raw_rate, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "REST replay, 1000 CloudEvents per page",
+        rest_rate,
+        rest_rate / raw_rate
+    );
+    anyhow::ensure!(
+        rest_n == raw_n,
+        "REST replay returned {rest_n} events, the stream holds {raw_n}"
+    );
+
+    fan_out(&http, &base, sim_url, clients).await?;
+    cancel.cancel();
+    server.await??;
+    Ok(())
+}
+
+/// `clients` live streams on one target while the simulator writes; prints
+/// how long each event took from append to each client.
+async fn fan_out(
+    http: &reqwest::Client,
+    base: &str,
+    sim_url: &str,
+    clients: usize,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/v1/resources/bench/patients/events");
+    let connected = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64)>();
+    for i in 0..clients {
+        let (http, url, connected, stop, tx) = (
+            http.clone(),
+            url.clone(),
+            connected.clone(),
+            stop.clone(),
+            tx.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(mut resp) = http
+                .get(&url)
+                .bearer_auth(TOKEN)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+            else {
+                return;
+            };
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut buf = String::new();
+            loop {
+                let chunk = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    c = resp.chunk() => match c { Ok(Some(c)) => c, _ => break },
+                };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..end + 2).collect();
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let Ok(ev) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
+                    let observed = ev["time"]
+                        .as_str()
+                        .and_then(|t| humantime::parse_rfc3339(t).ok());
+                    if let Some(at) = observed {
+                        let at_ms = at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0);
+                        let _ = tx.send((i, now_ms().saturating_sub(at_ms)));
+                    }
+                }
+            }
+        });
+    }
+    drop(tx);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connected.load(Ordering::Relaxed) < clients {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {clients} SSE clients connected",
+            connected.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writes = reqwest::Client::new();
+    for _ in 0..10 {
+        writes
+            .post(format!(
+                "{}/_sim/random-writes",
+                sim_url.trim_end_matches("/api")
+            ))
+            .json(&serde_json::json!({"table": "patients", "count": 20}))
+            .send()
+            .await?
+            .error_for_status()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut lags = Vec::new();
+    let mut per_client = vec![0usize; clients];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+            Ok(Some((i, lag))) => {
+                per_client[i] += 1;
+                lags.push(lag);
+            }
+            _ => break,
+        }
+    }
+    stop.cancel();
+    lags.sort_unstable();
+    let (min, max) = (
+        per_client.iter().min().copied().unwrap_or(0),
+        per_client.iter().max().copied().unwrap_or(0),
+    );
+    println!();
+    println!("SSE fan-out: {clients} clients on one stream, 200 upstream writes over 2 s");
+    println!(
+        "  deliveries {}  events per client {min}..{max}  lag from append p50 {} ms  p99 {} ms  max {} ms",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or(0)
+    );
+    anyhow::ensure!(
+        min == max && min > 0,
+        "clients received different event counts ({min}..{max})"
+    );
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Webhook delivery (DESIGN §5): at-least-once, signed (Standard Webhooks),
+//! retried on a schedule, in stamp order per record, with dead letters.
+//!
+//! The supervisor ([`Deliverer::run`]) keeps one [`worker::Worker`] per
+//! (enabled subscription, covered target), restarting and stopping them as
+//! subscriptions change. Workers hold a lease each, so with several relay
+//! instances every pair is served by exactly one of them at a time.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use rand::Rng;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cloudevents::EventSource,
+    config::DeliveryConfig,
+    store::{Store, Target},
+    subscription::Subscription,
+};
+
+pub mod model;
+pub mod sender;
+pub mod signing;
+pub mod ssrf;
+pub mod worker;
+
+/// The retry schedule as data: delays after the 1st, 2nd, … failure.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub delays: Vec<Duration>,
+    /// A receiver's `Retry-After` is honoured up to this.
+    pub max_retry_after: Duration,
+    /// A subscription failing without a success for this long is disabled.
+    pub disable_after: Duration,
+}
+
+impl Schedule {
+    pub fn from_config(c: &DeliveryConfig) -> Schedule {
+        Schedule {
+            delays: c.retry_schedule.clone(),
+            max_retry_after: c.max_retry_after,
+            disable_after: c.disable_after,
+        }
+    }
+
+    /// The wait before retry `attempts` (after that many failures), or None
+    /// when the schedule is exhausted. ±20 % jitter; a `Retry-After` longer
+    /// than the scheduled delay wins, within `max_retry_after`.
+    pub fn delay(&self, attempts: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        let base = *self.delays.get(attempts.checked_sub(1)? as usize)?;
+        let jittered = base.mul_f64(rand::rng().random_range(0.8..=1.2));
+        Some(match retry_after {
+            Some(ra) if ra > jittered => ra.min(self.max_retry_after),
+            _ => jittered,
+        })
+    }
+}
+
+/// What workers share.
+#[derive(Clone)]
+pub struct Deliverer {
+    pub store: Arc<dyn Store>,
+    pub sender: Arc<sender::Sender>,
+    pub schedule: Arc<Schedule>,
+    pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
+    pub wakes: Arc<HashMap<Target, Arc<Notify>>>,
+    pub holder: String,
+    pub lease_ttl: Duration,
+}
+
+/// How often the supervisor looks at the subscription list.
+pub const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+struct Running {
+    cancel: CancellationToken,
+    sub: watch::Sender<Subscription>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Deliverer {
+    pub fn policy(c: &DeliveryConfig) -> anyhow::Result<ssrf::Policy> {
+        let allowed = c
+            .allowed_cidrs
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| anyhow::anyhow!("delivery.allowed_cidrs: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ssrf::Policy {
+            allow_private: c.allow_private_targets,
+            allowed,
+        })
+    }
+
+    /// Keeps workers in line with the subscriptions until cancelled, then
+    /// lets each finish its current request.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut running: HashMap<(String, Target), Running> = HashMap::new();
+        while !cancel.is_cancelled() {
+            match self.store.subscriptions().await {
+                Ok(subs) => self.reconcile(&subs, &mut running, &cancel),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
+                }
+            }
+            running.retain(|_, r| !r.handle.is_finished());
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+            }
+        }
+        for (_, r) in running {
+            r.cancel.cancel();
+            let _ = r.handle.await;
+        }
+    }
+
+    fn reconcile(
+        &self,
+        subs: &[Subscription],
+        running: &mut HashMap<(String, Target), Running>,
+        cancel: &CancellationToken,
+    ) {
+        let mut wanted = HashMap::new();
+        for s in subs.iter().filter(|s| s.enabled) {
+            for t in self.sources.keys().filter(|t| s.covers(t)) {
+                wanted.insert((s.id.clone(), t.clone()), s);
+            }
+        }
+        running.retain(|key, r| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                r.cancel.cancel();
+            }
+            keep
+        });
+        for (key, s) in wanted {
+            if let Some(r) = running.get(&key) {
+                if *r.sub.borrow() != *s {
+                    let _ = r.sub.send(s.clone());
+                }
+                continue;
+            }
+            let (tx, rx) = watch::channel(s.clone());
+            let t = key.1.clone();
+            let w = worker::Worker {
+                sub: rx,
+                source: self.sources[&t].clone(),
+                wake: self.wakes.get(&t).cloned().unwrap_or_default(),
+                target: t,
+                store: self.store.clone(),
+                sender: self.sender.clone(),
+                schedule: self.schedule.clone(),
+                holder: self.holder.clone(),
+                lease_ttl: self.lease_ttl,
+            };
+            let child = cancel.child_token();
+            let handle = tokio::spawn(w.run(child.clone()));
+            running.insert(
+                key,
+                Running {
+                    cancel: child,
+                    sub: tx,
+                    handle,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_jitters_honours_retry_after_and_ends() {
+        let s = Schedule {
+            delays: vec![Duration::from_secs(5), Duration::from_secs(300)],
+            max_retry_after: Duration::from_secs(3600),
+            disable_after: Duration::from_secs(86400),
+        };
+        for _ in 0..100 {
+            let d = s.delay(1, None).unwrap();
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+                "{d:?}"
+            );
+        }
+        assert!(s.delay(2, None).unwrap() >= Duration::from_secs(240));
+        assert_eq!(s.delay(3, None), None, "exhausted after the last delay");
+        assert_eq!(s.delay(0, None), None);
+        assert_eq!(
+            s.delay(1, Some(Duration::from_secs(60))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            s.delay(1, Some(Duration::from_secs(99999))),
+            Some(Duration::from_secs(3600))
+        );
+        let short = s.delay(1, Some(Duration::from_secs(1))).unwrap();
+        assert!(
+            short >= Duration::from_secs(4),
+            "a shorter Retry-After does not hurry the schedule"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! One signed webhook POST and what came of it. Redirects are never
+//! followed (a 3xx is a failure), the SSRF guard checks every resolved and
+//! literal address, and at most 4 KiB of the answer is kept.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::{
+    model::Outcome,
+    signing,
+    ssrf::{GuardedResolver, Policy},
+};
+
+/// Bytes of a receiver's answer kept with an attempt.
+pub const RESPONSE_KEPT: usize = 4096;
+
+pub struct Sender {
+    http: reqwest::Client,
+    policy: Arc<Policy>,
+}
+
+/// What to send.
+pub struct Message<'a> {
+    pub url: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+    /// `webhook-id`: stable across retries of the same events.
+    pub id: &'a str,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    /// Every secret currently signing (two during a rotation).
+    pub secrets: Vec<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub latency: Duration,
+    pub response: String,
+    pub error: Option<String>,
+}
+
+impl Sender {
+    pub fn new(policy: Policy, timeout: Duration) -> anyhow::Result<Sender> {
+        let policy = Arc::new(policy);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }))
+            .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(32)
+            .build()?;
+        Ok(Sender { http, policy })
+    }
+
+    pub async fn send(&self, m: Message<'_>) -> Sent {
+        let started = Instant::now();
+        let fail = |outcome, error: String| Sent {
+            outcome,
+            status: None,
+            retry_after: None,
+            latency: started.elapsed(),
+            response: String::new(),
+            error: Some(error),
+        };
+        let url = match url::Url::parse(m.url) {
+            Ok(u) => u,
+            Err(e) => return fail(Outcome::Failed, format!("bad target URL: {e}")),
+        };
+        if let Err(e) = self.policy.check_url(&url) {
+            return fail(Outcome::Refused, e);
+        }
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut headers = HeaderMap::new();
+        for (k, v) in m.headers {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let sig = signing::header(&m.secrets, m.id, timestamp, &m.body);
+        let fixed = [
+            ("webhook-id", m.id.to_string()),
+            ("webhook-timestamp", timestamp.to_string()),
+            ("webhook-signature", sig),
+        ];
+        for (k, v) in fixed {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(k, v);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(m.content_type));
+        let resp = match self
+            .http
+            .post(url)
+            .headers(headers)
+            .body(m.body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = if e.is_timeout() {
+                    "timed out (delivery.request_timeout)".to_string()
+                } else {
+                    chain(&e)
+                };
+                // The guard speaks through the resolver's error.
+                let refused = msg.contains("SSRF guard");
+                return fail(
+                    if refused {
+                        Outcome::Refused
+                    } else {
+                        Outcome::Failed
+                    },
+                    msg,
+                );
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::upstream::retry_after);
+        let body = resp.bytes().await.unwrap_or_default();
+        let kept = &body[..body.len().min(RESPONSE_KEPT)];
+        Sent {
+            outcome: classify(status),
+            status: Some(status),
+            retry_after,
+            latency: started.elapsed(),
+            response: String::from_utf8_lossy(kept).into_owned(),
+            error: None,
+        }
+    }
+}
+
+/// DESIGN §5: 2xx delivered, 410 gone, 429/502/503/504 throttled, anything
+/// else (3xx included: redirects are not followed) failed.
+pub fn classify(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        410 => Outcome::Gone,
+        429 | 502 | 503 | 504 => Outcome::Throttled,
+        _ => Outcome::Failed,
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(classify(200), Outcome::Delivered);
+        assert_eq!(classify(204), Outcome::Delivered);
+        assert_eq!(classify(302), Outcome::Failed);
+        assert_eq!(classify(410), Outcome::Gone);
+        assert_eq!(classify(429), Outcome::Throttled);
+        assert_eq!(classify(503), Outcome::Throttled);
+        assert_eq!(classify(500), Outcome::Failed);
+        assert_eq!(classify(404), Outcome::Failed);
+    }
+}

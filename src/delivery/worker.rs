@@ -1,0 +1,395 @@
+//! One delivery worker per (subscription, target): it claims entries from
+//! the stream into the subscription's pending set, sends due ones in stream
+//! order, and keeps every later event of a record behind that record's
+//! waiting retry, while other records keep flowing.
+//!
+//! Invariant: every state change goes to the store before the next send,
+//! so a crash or a takeover by another instance resumes from the store's
+//! pending set (at-least-once: a request in flight at a crash is sent again).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Schedule,
+    model::{Attempt, DeadLetter, Outcome, RetryState},
+    sender::{Message, Sender},
+};
+use crate::{
+    cloudevents::EventSource,
+    events::{Event, StreamId, now_ms},
+    store::{Store, StoreResult, Target},
+    subscription::Subscription,
+};
+
+/// Entries a worker holds pending at most; more wait in the stream.
+pub const WINDOW: usize = 500;
+/// How often an idle worker looks for new entries and redriven ones.
+pub const TICK: Duration = Duration::from_millis(250);
+
+pub struct Worker {
+    pub sub: watch::Receiver<Subscription>,
+    pub target: Target,
+    pub source: Arc<EventSource>,
+    pub store: Arc<dyn Store>,
+    pub sender: Arc<Sender>,
+    pub schedule: Arc<Schedule>,
+    pub holder: String,
+    pub lease_ttl: Duration,
+    pub wake: Arc<Notify>,
+}
+
+struct Pending {
+    event: Arc<Event>,
+    state: RetryState,
+}
+
+/// The lease of a delivery worker: a name of its own beside the target's poll lease.
+pub fn lease_target(t: &Target, sub: &str) -> Target {
+    Target::new(&t.source, format!("{}:sub:{sub}", t.resource))
+}
+
+impl Worker {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let lease = lease_target(&self.target, &self.sub.borrow().id);
+        let mut queue: Option<BTreeMap<StreamId, Pending>> = None;
+        let mut failing_since: Option<u64> = None;
+        let mut last_send = Instant::now() - Duration::from_secs(3600);
+        let mut last_reload = Instant::now();
+        while !cancel.is_cancelled() {
+            match self.store.lease(&lease, &self.holder, self.lease_ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    queue = None;
+                    if sleep_or_cancel(&cancel, self.lease_ttl / 2).await {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(target = %self.target, error = %e, "delivery cannot reach the store");
+                    queue = None;
+                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            let step = self
+                .step(
+                    &mut queue,
+                    &mut failing_since,
+                    &mut last_send,
+                    &mut last_reload,
+                )
+                .await;
+            match step {
+                Ok(Step::Sent) => {}
+                Ok(Step::Idle(wait)) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Ok(Step::Disabled) => break,
+                Err(e) => {
+                    tracing::warn!(target = %self.target, subscription = %self.sub.borrow().id, error = %e, "delivery step failed; retrying");
+                    queue = None;
+                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = self.store.release(&lease, &self.holder).await;
+    }
+
+    /// Loads, claims, sends one request. Public in spirit: one unit of work.
+    async fn step(
+        &mut self,
+        queue: &mut Option<BTreeMap<StreamId, Pending>>,
+        failing_since: &mut Option<u64>,
+        last_send: &mut Instant,
+        last_reload: &mut Instant,
+    ) -> StoreResult<Step> {
+        let sub = self.sub.borrow().clone();
+        if queue.is_none() || last_reload.elapsed() > Duration::from_secs(2) {
+            // The store is authoritative: reload after a (re)start, and now
+            // and then to pick up redriven dead letters.
+            let loaded = self.store.pending(&sub.id, &self.target).await?;
+            *queue = Some(
+                loaded
+                    .into_iter()
+                    .map(|(e, state)| {
+                        (
+                            e.id,
+                            Pending {
+                                event: Arc::new(e),
+                                state,
+                            },
+                        )
+                    })
+                    .collect(),
+            );
+            *last_reload = Instant::now();
+        }
+        let q = queue.as_mut().expect("loaded above");
+        if q.len() < WINDOW {
+            let start = sub
+                .start
+                .get(&self.target.to_string())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(StreamId::ZERO);
+            for e in self
+                .store
+                .claim(&sub.id, &self.target, start, WINDOW - q.len())
+                .await?
+            {
+                q.insert(
+                    e.id,
+                    Pending {
+                        event: Arc::new(e),
+                        state: RetryState::default(),
+                    },
+                );
+            }
+        }
+        // Events of ops the subscription does not want are settled unsent.
+        if !sub.ops.is_empty() {
+            let skip: Vec<StreamId> = q
+                .values()
+                .filter(|p| !sub.ops.contains(&p.event.op))
+                .map(|p| p.event.id)
+                .collect();
+            if !skip.is_empty() {
+                self.store.settle(&sub.id, &self.target, &skip).await?;
+                for id in skip {
+                    q.remove(&id);
+                }
+            }
+        }
+        let now = now_ms();
+        let (batch, next_due) = due_batch(q, now, sub.batch_size as usize);
+        if batch.is_empty() {
+            let wait = next_due.map_or(TICK, |at| {
+                Duration::from_millis(at.saturating_sub(now)).min(TICK)
+            });
+            return Ok(Step::Idle(wait.max(Duration::from_millis(5))));
+        }
+        if let Some(rate) = sub.rate_limit {
+            let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let since = last_send.elapsed();
+            if since < gap {
+                tokio::time::sleep(gap - since).await;
+            }
+        }
+        *last_send = Instant::now();
+        let events: Vec<Arc<Event>> = batch.iter().map(|id| q[id].event.clone()).collect();
+        let sent = self.send(&sub, &events).await;
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            target: self.target.to_string(),
+            event_ids: events.iter().map(|e| self.source.event(e).id).collect(),
+            outcome: sent.outcome,
+            status: sent.status,
+            latency_ms: sent.latency.as_millis() as u64,
+            response: sent.response.clone(),
+            error: sent.error.clone(),
+        };
+        self.store.log_attempt(&sub.id, &attempt).await?;
+        match sent.outcome {
+            Outcome::Delivered => {
+                self.store.settle(&sub.id, &self.target, &batch).await?;
+                for id in &batch {
+                    q.remove(id);
+                }
+                *failing_since = None;
+                Ok(Step::Sent)
+            }
+            Outcome::Gone => {
+                tracing::warn!(subscription = %sub.id, url = %sub.url, "receiver answered 410 Gone; disabling the subscription");
+                self.disable(&sub, "the receiver answered 410 Gone").await?;
+                Ok(Step::Disabled)
+            }
+            _ => {
+                let why = sent
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("HTTP {}", sent.status.unwrap_or(0)));
+                for id in &batch {
+                    let p = q.get_mut(id).expect("batch ids are queued");
+                    p.state.attempts += 1;
+                    match self.schedule.delay(p.state.attempts, sent.retry_after) {
+                        Some(d) => {
+                            p.state.next_at_ms = now_ms() + d.as_millis() as u64;
+                            self.store
+                                .retry_later(&sub.id, &self.target, *id, p.state)
+                                .await?;
+                        }
+                        None => {
+                            let dead = DeadLetter {
+                                target: self.target.to_string(),
+                                id: id.to_string(),
+                                event_id: self.source.event(&p.event).id,
+                                attempts: p.state.attempts,
+                                last_error: why.clone(),
+                                at_ms: now_ms(),
+                            };
+                            self.store.dead_letter(&sub.id, &dead).await?;
+                            self.store.settle(&sub.id, &self.target, &[*id]).await?;
+                            q.remove(id);
+                        }
+                    }
+                }
+                let since = *failing_since.get_or_insert(now);
+                if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
+                    self.disable(
+                        &sub,
+                        "every delivery failed for longer than delivery.disable_after",
+                    )
+                    .await?;
+                    return Ok(Step::Disabled);
+                }
+                Ok(Step::Sent)
+            }
+        }
+    }
+
+    async fn send(&self, sub: &Subscription, events: &[Arc<Event>]) -> super::sender::Sent {
+        let (body, content_type, id) = if events.len() == 1 && sub.batch_size == 1 {
+            let ce = self.source.event(&events[0]);
+            let id = ce.id.clone();
+            (
+                serde_json::to_vec(&ce).unwrap_or_default(),
+                "application/cloudevents+json",
+                id,
+            )
+        } else {
+            let all: Vec<_> = events.iter().map(|e| self.source.event(e)).collect();
+            let id = format!("{}+{}", all[0].id, all.len() - 1);
+            (
+                serde_json::to_vec(&all).unwrap_or_default(),
+                "application/cloudevents-batch+json",
+                id,
+            )
+        };
+        let mut secrets = vec![sub.secret.as_str()];
+        if let Some((old, until)) = &sub.previous_secret
+            && *until > now_ms()
+        {
+            secrets.push(old);
+        }
+        self.sender
+            .send(Message {
+                url: &sub.url,
+                headers: &sub.headers,
+                id: &id,
+                body,
+                content_type,
+                secrets,
+            })
+            .await
+    }
+
+    async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
+        if let Some(mut current) = self.store.subscription(&sub.id).await? {
+            current.enabled = false;
+            current.disabled_reason = Some(why.to_string());
+            current.updated_ms = now_ms();
+            self.store.put_subscription(&current).await?;
+        }
+        Ok(())
+    }
+}
+
+enum Step {
+    Sent,
+    Idle(Duration),
+    Disabled,
+}
+
+/// Up to `max` due entries in stream order, skipping every entry of a record
+/// that has an earlier entry still pending (per-record order); also the
+/// earliest time a blocked-free entry becomes due.
+fn due_batch(
+    q: &BTreeMap<StreamId, Pending>,
+    now: u64,
+    max: usize,
+) -> (Vec<StreamId>, Option<u64>) {
+    let mut seen_records = HashSet::new();
+    let mut batch = Vec::new();
+    let mut next_due: Option<u64> = None;
+    for (id, p) in q {
+        if !seen_records.insert(p.event.record.as_str()) {
+            continue;
+        }
+        if p.state.next_at_ms <= now {
+            if batch.len() < max {
+                batch.push(*id);
+            }
+        } else {
+            next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));
+        }
+    }
+    (batch, next_due)
+}
+
+async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Op;
+
+    fn pending(stamp: u64, record: &str, next_at: u64) -> (StreamId, Pending) {
+        let e = Event {
+            id: StreamId::new(stamp, 0),
+            op: Op::Updated,
+            record: record.into(),
+            stamp,
+            prev: None,
+            snapshot: false,
+            observed: 0,
+            data: "{}".into(),
+        };
+        (
+            e.id,
+            Pending {
+                event: Arc::new(e),
+                state: RetryState {
+                    attempts: 0,
+                    next_at_ms: next_at,
+                },
+            },
+        )
+    }
+
+    #[test]
+    fn a_waiting_record_holds_back_only_itself() {
+        let q: BTreeMap<_, _> = [
+            pending(1, "a", 500),
+            pending(2, "b", 0),
+            pending(3, "a", 0),
+            pending(4, "c", 0),
+        ]
+        .into_iter()
+        .collect();
+        let (batch, next) = due_batch(&q, 100, 10);
+        assert_eq!(batch, vec![StreamId::new(2, 0), StreamId::new(4, 0)]);
+        assert_eq!(next, Some(500));
+        let (batch, _) = due_batch(&q, 600, 2);
+        assert_eq!(batch, vec![StreamId::new(1, 0), StreamId::new(2, 0)]);
+    }
+}

@@ -1,0 +1,549 @@
+//! Webhook delivery (DESIGN §5) against a real receiver: signatures (also
+//! during a rotation), retries through a flaky receiver with per-record
+//! order, 410, redirects, timeouts, dead letters, the SSRF guard, and
+//! crashes of the relay and of Redis.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use stamp_relay::{
+    config::Paging,
+    simulator::{Order, SimConfig},
+    store::Target,
+};
+
+use crate::harness::{App, Backend, Sim, TestStore, all_events, source, wait_synced};
+use crate::on_both_stores;
+use crate::receiver::{Mode, TestReceiver};
+
+on_both_stores!(
+    signed_deliveries_survive_a_secret_rotation,
+    flaky_receiver_gets_everything_in_record_order
+);
+
+async fn app(ts: &TestStore, sim: &Sim) -> App {
+    App::spawn(
+        ts,
+        vec![source(
+            &sim.base_url,
+            &["patients", "users"],
+            Paging::Pages,
+            100,
+        )],
+    )
+    .await
+}
+
+async fn subscribe(app: &App, body: Value) -> (String, String) {
+    let r = app.post("/v1/subscriptions", &body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Creates a subscription disabled, gives the receiver its secret, then
+/// enables it, so no request arrives before the receiver can verify it.
+async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> String {
+    body["url"] = rx.url.clone().into();
+    body["enabled"] = false.into();
+    let (id, secret) = subscribe(app, body).await;
+    rx.set_secrets(&[&secret]);
+    let r = app
+        .http
+        .patch(format!("{}/v1/subscriptions/{id}", app.base))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    id
+}
+
+/// Waits until the receiver holds every event of the targets at least once.
+async fn wait_delivered(ts: &TestStore, rx: &TestReceiver, targets: &[Target], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
+        let mut missing = 0;
+        for t in targets {
+            for e in all_events(ts.store.as_ref(), t).await {
+                missing += usize::from(!got.contains(&format!(
+                    "{}:{}:{}:{}",
+                    t.source, t.resource, e.record, e.stamp
+                )));
+            }
+        }
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} events never reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// For every record, the stamps in order of first receipt only rise.
+fn assert_record_order(events: &[Value]) {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
+        let id = e["id"].as_str().unwrap().to_string();
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let record = format!("{}/{}", e["source"], e["subject"]);
+        let stamp = e["updatestamp"].as_u64().unwrap();
+        if let Some(prev) = last.insert(record.clone(), stamp) {
+            assert!(
+                stamp > prev,
+                "record {record} received stamp {stamp} after {prev}"
+            );
+        }
+    }
+}
+
+async fn signed_deliveries_survive_a_secret_rotation(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 40), ("users".into(), 5)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(1).await;
+    let app = app(&ts, &sim).await;
+    let id = subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
+    let secret = rx.inner.lock().unwrap().secrets[0].clone();
+    let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
+    wait_delivered(&ts, &rx, &targets, Duration::from_secs(30)).await;
+
+    let r = app
+        .post(&format!("/v1/subscriptions/{id}/rotate-secret"), &json!({}))
+        .send()
+        .await
+        .unwrap();
+    let new: Value = r.json().await.unwrap();
+    let new = new["secret"].as_str().unwrap().to_string();
+    // During the grace period every request carries both signatures (from
+    // the supervisor's next look at the subscription on).
+    tokio::time::sleep(stamp_relay::delivery::SUPERVISE_EVERY * 3).await;
+    rx.set_secrets(&[&new, &secret]);
+    sim.sim.random_writes(Some("patients"), 15);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_delivered(&ts, &rx, &targets, Duration::from_secs(30)).await;
+    assert_eq!(
+        rx.bad_signatures(),
+        0,
+        "a request was not signed with every valid secret"
+    );
+    assert_record_order(&rx.events());
+    let batches: Vec<String> = rx
+        .inner
+        .lock()
+        .unwrap()
+        .received
+        .iter()
+        .map(|r| r.webhook_id.clone())
+        .collect();
+    assert!(
+        batches.iter().all(|b| b.starts_with("sim:")),
+        "webhook-id is the CloudEvents id"
+    );
+    app.stop().await;
+}
+
+async fn flaky_receiver_gets_everything_in_record_order(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 30)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(7).await;
+    rx.set_mode(Mode::Flaky(0.3));
+    let app = app(&ts, &sim).await;
+    subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    // Records keep changing while deliveries fail and retry.
+    for _ in 0..10 {
+        sim.sim.random_writes(Some("patients"), 10);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    wait_delivered(&ts, &rx, &[t], Duration::from_secs(60)).await;
+    let requests = rx.inner.lock().unwrap().requests;
+    assert!(
+        requests > rx.event_ids().len(),
+        "the receiver never failed; the test proves nothing"
+    );
+    assert_record_order(&rx.events());
+    assert_eq!(rx.bad_signatures(), 0);
+    app.stop().await;
+}
+
+async fn sqlite_app(sim: &Sim) -> (TestStore, App) {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = app(&ts, sim).await;
+    (ts, app)
+}
+
+async fn attempts(app: &App, id: &str) -> Vec<Value> {
+    let v: Value = app
+        .get(&format!("/v1/subscriptions/{id}/attempts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["attempts"].as_array().unwrap().clone()
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_disables_redirects_fail_and_hangs_time_out() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 3)],
+        ..SimConfig::default()
+    })
+    .await;
+    let (_ts, app) = sqlite_app(&sim).await;
+
+    let gone = TestReceiver::start(2).await;
+    gone.set_mode(Mode::Gone);
+    let (id, _) = subscribe(
+        &app,
+        json!({"url": gone.url, "resources": ["*"], "start": "beginning"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = app
+            .get(&format!("/v1/subscriptions/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["enabled"] == false {
+            assert!(v["disabled_reason"].as_str().unwrap().contains("410"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "410 did not disable the subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let requests = gone.inner.lock().unwrap().requests;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        gone.inner.lock().unwrap().requests,
+        requests,
+        "a disabled subscription kept sending"
+    );
+
+    let moved = TestReceiver::start(3).await;
+    moved.set_mode(Mode::Redirect);
+    let (id, _) = subscribe(
+        &app,
+        json!({"url": moved.url, "resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while attempts(&app, &id).await.len() < 2 {
+        assert!(Instant::now() < deadline, "no redirect attempts recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = attempts(&app, &id).await;
+    assert!(
+        a.iter()
+            .all(|x| x["status"] == 302 && x["outcome"] == "failed"),
+        "{a:?}"
+    );
+    assert_eq!(
+        moved.inner.lock().unwrap().redirects_followed,
+        0,
+        "a redirect was followed"
+    );
+
+    let hang = TestReceiver::start(4).await;
+    hang.set_mode(Mode::Hang);
+    let (id, _) = subscribe(
+        &app,
+        json!({"url": hang.url, "resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = attempts(&app, &id).await;
+        if let Some(x) = a.first() {
+            assert!(x["error"].as_str().unwrap().contains("timed out"), "{x}");
+            assert!(x["latency_ms"].as_u64().unwrap() < 5000);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hanging receiver produced no attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("users".into(), 4)],
+        ..SimConfig::default()
+    })
+    .await;
+    let (ts, app) = sqlite_app(&sim).await;
+    let rx = TestReceiver::start(5).await;
+    rx.set_mode(Mode::Flaky(1.0));
+    let id = subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/users"], "start": "beginning"}),
+    )
+    .await;
+    let path = format!("/v1/subscriptions/{id}/dead-letters");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let v: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+        if v["dead_letters"].as_array().unwrap().len() == 4 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events did not reach the dead letters: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let schedule_len = crate::harness::delivery().retry_schedule.len() as u64;
+    assert!(
+        dead["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attempts"] == schedule_len + 1)
+    );
+    crate::openapi::check_response(
+        "GET",
+        "/v1/subscriptions/{id}/dead-letters",
+        200,
+        "application/json",
+        &dead,
+    );
+    assert!(rx.event_ids().is_empty());
+
+    rx.set_mode(Mode::Ok);
+    let r: Value = app
+        .post(&format!("{path}/redrive"), &json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["redriven"], 4);
+    wait_delivered(
+        &ts,
+        &rx,
+        &[Target::new("sim", "users")],
+        Duration::from_secs(30),
+    )
+    .await;
+    let v: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+    assert!(v["dead_letters"].as_array().unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_guard_refuses_internal_targets() {
+    let sim = Sim::start(SimConfig::default()).await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = App::spawn_with(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
+        |c| {
+            c.delivery.allow_private_targets = false;
+        },
+    )
+    .await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://10.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/hook",
+        "http://[::ffff:127.0.0.1]:9/hook",
+        "http://localhost:9/hook",
+    ] {
+        let (id, _) = subscribe(
+            &app,
+            json!({"url": url, "resources": ["*"], "enabled": false}),
+        )
+        .await;
+        let r = app
+            .post(&format!("/v1/subscriptions/{id}/test"), &json!({}))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        crate::openapi::check_response(
+            "POST",
+            "/v1/subscriptions/{id}/test",
+            200,
+            "application/json",
+            &v,
+        );
+        assert_eq!(v["outcome"], "refused", "{url}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("SSRF guard"),
+            "{url}: {v}"
+        );
+    }
+    app.stop().await;
+}
+
+/// SIGKILL of the relay while it delivers, then a restart: every event
+/// arrives at least once, in per-record order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_delivery_loses_nothing() {
+    use std::process::{Command, Stdio};
+    let sim = Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), 400)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(9).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = crate::harness::free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndata_dir = \"{}\"\nlease_ttl = \"500ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TEST_ADMIN\"\n\
+             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\"]\n\
+             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
+            dir.path().join("data").display(),
+            sim.base_url
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(crate::harness::bin())
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("SR_TEST_ADMIN", "admin-secret")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created: Value = loop {
+        if let Ok(r) = http
+            .post(format!("{base}/v1/subscriptions"))
+            .bearer_auth("admin-secret")
+            .json(&json!({"url": rx.url, "resources": ["*"], "start": "beginning"}))
+            .send()
+            .await
+        {
+            break r.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    rx.set_secrets(&[created["secret"].as_str().unwrap()]);
+    rx.set_mode(Mode::Flaky(0.2));
+    let mut kills = 0;
+    for _ in 0..3 {
+        let before = rx.event_ids().len();
+        wait_for("deliveries to start", || rx.event_ids().len() > before).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        sim.sim.random_writes(Some("patients"), 30);
+        child = spawn();
+    }
+    let store = stamp_relay::store::sqlite::SqliteStore::open(&dir.path().join("data")).unwrap();
+    let t = Target::new("sim", "patients");
+    wait_synced(&store, &t, &sim.sim).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
+        let all = all_events(&store, &t).await;
+        let missing = all
+            .iter()
+            .filter(|e| !got.contains(&format!("sim:patients:{}:{}", e.record, e.stamp)))
+            .count();
+        if missing == 0 && all.len() >= 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} events undelivered after {kills} kills"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_record_order(&rx.events());
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// Redis killed and restarted (AOF) while deliveries run: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_delivery_loses_nothing() {
+    let Some(mut ts) = TestStore::open_with(Backend::Redis, true).await else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 300)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(11).await;
+    let app = app(&ts, &sim).await;
+    subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    wait_for("deliveries to start", || !rx.event_ids().is_empty()).await;
+    let redis = ts.redis.as_mut().unwrap();
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    sim.sim.random_writes(Some("patients"), 20);
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    wait_delivered(&ts, &rx, &[t], Duration::from_secs(60)).await;
+    assert_record_order(&rx.events());
+    app.stop().await;
+}

@@ -1,0 +1,186 @@
+//! `TestReceiver`: a webhook target on port 0 that verifies every request's
+//! Standard Webhooks signature and records what arrived; it can fail a share
+//! of requests, answer 410, redirect, or hang.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::Value;
+use stamp_relay::delivery::signing;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Ok,
+    /// Fail this share of requests with 500.
+    Flaky(f64),
+    Gone,
+    Redirect,
+    Hang,
+}
+
+#[derive(Debug)]
+pub struct Received {
+    pub webhook_id: String,
+    pub events: Vec<Value>,
+}
+
+pub struct Inner {
+    pub secrets: Vec<String>,
+    pub mode: Mode,
+    pub received: Vec<Received>,
+    pub requests: usize,
+    pub bad_signatures: usize,
+    pub redirects_followed: usize,
+    rng: StdRng,
+}
+
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub url: String,
+    pub inner: Arc<Mutex<Inner>>,
+    cancel: CancellationToken,
+}
+
+impl TestReceiver {
+    pub async fn start(seed: u64) -> TestReceiver {
+        let inner = Arc::new(Mutex::new(Inner {
+            secrets: Vec::new(),
+            mode: Mode::Ok,
+            received: Vec::new(),
+            requests: 0,
+            bad_signatures: 0,
+            redirects_followed: 0,
+            rng: StdRng::seed_from_u64(seed),
+        }));
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .route("/elsewhere", post(elsewhere))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+                .unwrap();
+        });
+        TestReceiver { url, inner, cancel }
+    }
+
+    pub fn set_secrets(&self, secrets: &[&str]) {
+        self.inner.lock().unwrap().secrets = secrets.iter().map(|s| s.to_string()).collect();
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.inner.lock().unwrap().mode = mode;
+    }
+
+    /// Every CloudEvents id received, in order of receipt (with repeats).
+    pub fn event_ids(&self) -> Vec<String> {
+        let g = self.inner.lock().unwrap();
+        g.received
+            .iter()
+            .flat_map(|r| {
+                r.events
+                    .iter()
+                    .map(|e| e["id"].as_str().unwrap().to_string())
+            })
+            .collect()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        let g = self.inner.lock().unwrap();
+        g.received
+            .iter()
+            .flat_map(|r| r.events.iter().cloned())
+            .collect()
+    }
+
+    pub fn bad_signatures(&self) -> usize {
+        self.inner.lock().unwrap().bad_signatures
+    }
+}
+
+impl Drop for TestReceiver {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.inner) <= 2 {
+            self.cancel.cancel();
+        }
+    }
+}
+
+async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, ts, sig) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let mode = {
+        let mut g = inner.lock().unwrap();
+        g.requests += 1;
+        let ts: i64 = ts.parse().unwrap_or(0);
+        let valid = !g.secrets.is_empty()
+            && g.secrets
+                .iter()
+                .all(|s| signing::verify(s, &id, ts, &body, &sig));
+        if !valid {
+            g.bad_signatures += 1;
+        }
+        let fail = match g.mode {
+            Mode::Flaky(p) => g.rng.random::<f64>() < p,
+            _ => false,
+        };
+        if fail {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "flaky").into_response();
+        }
+        if g.mode == Mode::Ok || matches!(g.mode, Mode::Flaky(_)) {
+            let parsed: Value = serde_json::from_slice(&body).unwrap();
+            let events = match parsed {
+                Value::Array(a) => a,
+                one => vec![one],
+            };
+            g.received.push(Received {
+                webhook_id: id,
+                events,
+            });
+        }
+        g.mode
+    };
+    match mode {
+        Mode::Gone => (StatusCode::GONE, "gone").into_response(),
+        Mode::Redirect => {
+            (StatusCode::FOUND, [("location", "/elsewhere")], "moved").into_response()
+        }
+        Mode::Hang => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::OK.into_response()
+        }
+        _ => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+async fn elsewhere(State(inner): State<Arc<Mutex<Inner>>>) -> StatusCode {
+    inner.lock().unwrap().redirects_followed += 1;
+    StatusCode::OK
+}
