@@ -29,7 +29,7 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(super) fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -52,6 +52,8 @@ pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyho
         ..RawConfig::default()
     }
     .validate(&|_| None)?;
+    // The receiver is on loopback.
+    config.delivery.allow_private_targets = true;
     let token = TokenConfig {
         name: "bench".into(),
         scope: Scope::Admin,
@@ -130,6 +132,12 @@ pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyho
     );
 
     fan_out(&http, &base, sim_url, clients).await?;
+    let top = store::open(&store_cfg)
+        .await?
+        .last_id(&Target::new("bench", "patients"))
+        .await?
+        .stamp;
+    super::delivery::run(&http, &base, TOKEN, sim_url, top).await?;
     cancel.cancel();
     server.await??;
     Ok(())

@@ -17,6 +17,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 mod api;
+mod delivery;
 
 use crate::{
     app::Relay,

@@ -155,6 +155,7 @@ impl Deliverer {
                 schedule: self.schedule.clone(),
                 holder: self.holder.clone(),
                 lease_ttl: self.lease_ttl,
+                log: None,
             };
             let child = cancel.child_token();
             let handle = tokio::spawn(w.run(child.clone()));

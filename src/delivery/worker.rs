@@ -43,6 +43,8 @@ pub struct Worker {
     pub holder: String,
     pub lease_ttl: Duration,
     pub wake: Arc<Notify>,
+    /// Set while running: the ordered writer of settles and attempts.
+    pub log: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
 }
 
 struct Pending {
@@ -62,23 +64,34 @@ impl Worker {
         let mut failing_since: Option<u64> = None;
         let mut last_send = Instant::now() - Duration::from_secs(3600);
         let mut last_reload = Instant::now();
+        let mut leased_at: Option<Instant> = None;
+        let (log, writes) = tokio::sync::mpsc::unbounded_channel::<Write>();
+        let logger = tokio::spawn(writer(self.store.clone(), self.target.clone(), writes));
+        self.log = Some(log);
         while !cancel.is_cancelled() {
-            match self.store.lease(&lease, &self.holder, self.lease_ttl).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    queue = None;
-                    if sleep_or_cancel(&cancel, self.lease_ttl / 2).await {
-                        break;
+            // Renew at a third of the lease time, not on every request.
+            if leased_at.is_some_and(|at| at.elapsed() < self.lease_ttl / 3) {
+                // still ours
+            } else {
+                match self.store.lease(&lease, &self.holder, self.lease_ttl).await {
+                    Ok(true) => leased_at = Some(Instant::now()),
+                    Ok(false) => {
+                        queue = None;
+                        leased_at = None;
+                        if sleep_or_cancel(&cancel, self.lease_ttl / 2).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(target = %self.target, error = %e, "delivery cannot reach the store");
-                    queue = None;
-                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
-                        break;
+                    Err(e) => {
+                        tracing::warn!(target = %self.target, error = %e, "delivery cannot reach the store");
+                        queue = None;
+                        leased_at = None;
+                        if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
                 }
             }
             let step = self
@@ -108,6 +121,8 @@ impl Worker {
                 }
             }
         }
+        self.log = None;
+        let _ = logger.await;
         let _ = self.store.release(&lease, &self.holder).await;
     }
 
@@ -120,9 +135,10 @@ impl Worker {
         last_reload: &mut Instant,
     ) -> StoreResult<Step> {
         let sub = self.sub.borrow().clone();
-        if queue.is_none() || last_reload.elapsed() > Duration::from_secs(2) {
-            // The store is authoritative: reload after a (re)start, and now
-            // and then to pick up redriven dead letters.
+        if queue.is_none() {
+            // The store is authoritative: load after a (re)start or takeover,
+            // once every settle sent to the writer has landed.
+            self.flush().await;
             let loaded = self.store.pending(&sub.id, &self.target).await?;
             *queue = Some(
                 loaded
@@ -141,7 +157,7 @@ impl Worker {
             *last_reload = Instant::now();
         }
         let q = queue.as_mut().expect("loaded above");
-        if q.len() < WINDOW {
+        if q.len() <= WINDOW / 2 {
             let start = sub
                 .start
                 .get(&self.target.to_string())
@@ -178,6 +194,10 @@ impl Worker {
         let now = now_ms();
         let (batch, next_due) = due_batch(q, now, sub.batch_size as usize);
         if batch.is_empty() {
+            if last_reload.elapsed() > Duration::from_secs(2) {
+                // Idle: reload now and then to pick up redriven dead letters.
+                *queue = None;
+            }
             let wait = next_due.map_or(TICK, |at| {
                 Duration::from_millis(at.saturating_sub(now)).min(TICK)
             });
@@ -203,10 +223,12 @@ impl Worker {
             response: sent.response.clone(),
             error: sent.error.clone(),
         };
-        self.store.log_attempt(&sub.id, &attempt).await?;
+        self.write(Write::Attempt(sub.id.clone(), attempt));
         match sent.outcome {
             Outcome::Delivered => {
-                self.store.settle(&sub.id, &self.target, &batch).await?;
+                // Off the delivery path: a crash before it lands re-sends
+                // these events (at-least-once), nothing is lost.
+                self.write(Write::Settle(sub.id.clone(), batch.clone()));
                 for id in &batch {
                     q.remove(id);
                 }
@@ -262,6 +284,19 @@ impl Worker {
         }
     }
 
+    fn write(&self, w: Write) {
+        if let Some(log) = &self.log {
+            let _ = log.send(w);
+        }
+    }
+
+    /// Waits until the writer has stored everything sent to it so far.
+    async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write(Write::Flush(tx));
+        let _ = rx.await;
+    }
+
     async fn send(&self, sub: &Subscription, events: &[Arc<Event>]) -> super::sender::Sent {
         let (body, content_type, id) = if events.len() == 1 && sub.batch_size == 1 {
             let ce = self.source.event(&events[0]);
@@ -309,6 +344,33 @@ impl Worker {
     }
 }
 
+/// Store writes taken off the delivery path, applied in order.
+pub enum Write {
+    Settle(String, Vec<StreamId>),
+    Attempt(String, Attempt),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    t: Target,
+    mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
+) {
+    while let Some(w) = writes.recv().await {
+        let result = match w {
+            Write::Settle(sub, ids) => store.settle(&sub, &t, &ids).await,
+            Write::Attempt(sub, a) => store.log_attempt(&sub, &a).await,
+            Write::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(target = %t, error = %e, "cannot record delivery state; affected events may be sent again");
+        }
+    }
+}
+
 enum Step {
     Sent,
     Idle(Duration),
@@ -331,8 +393,10 @@ fn due_batch(
             continue;
         }
         if p.state.next_at_ms <= now {
-            if batch.len() < max {
-                batch.push(*id);
+            batch.push(*id);
+            if batch.len() == max {
+                // Full: when to wake next only matters for an empty batch.
+                break;
             }
         } else {
             next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));

@@ -211,6 +211,10 @@ impl Poller {
                 records: chunk,
             };
             let out = self.store.append(&self.target, batch).await?;
+            if out.appended() > 0 {
+                // Live tails and delivery workers need not wait for their tick.
+                self.status.wake.notify_waiters();
+            }
             self.status
                 .appended
                 .fetch_add(out.appended(), Ordering::Relaxed);

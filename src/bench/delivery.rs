@@ -1,0 +1,189 @@
+//! The webhook part of the benchmark: events per second to a local
+//! receiver, unbatched and in batches of 100, against a plain HTTP client
+//! loop posting the same bodies to the same receiver; and the latency from
+//! append to receipt while the upstream changes.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use serde_json::{Value, json};
+
+use crate::events::now_ms;
+
+#[derive(Default)]
+struct Counts {
+    events: AtomicUsize,
+    lags: Mutex<Vec<u64>>,
+}
+
+/// Counts events; records the lag of each from its `time` (relay append).
+async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let events = match v {
+        Value::Array(a) => a,
+        one => vec![one],
+    };
+    let now = now_ms();
+    let mut lags = c.lags.lock().unwrap_or_else(|p| p.into_inner());
+    for e in &events {
+        if let Some(at) = e["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+        {
+            let at = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            lags.push(now.saturating_sub(at));
+        }
+    }
+    c.events.fetch_add(events.len(), Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+async fn wait_count(c: &Counts, n: usize, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while c.events.load(Ordering::Relaxed) < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: only {} of {n} events arrived",
+            c.events.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    sim_url: &str,
+    top: u64,
+) -> anyhow::Result<()> {
+    let counts = Arc::new(Counts::default());
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(counts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // Baseline: the same kind of body, posted one by one by a plain client.
+    let n = 3000usize;
+    let page: Value = http
+        .get(format!(
+            "{base}/v1/resources/bench/patients/events?after=0&limit=1000"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let bodies: Vec<Vec<u8>> = page["events"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|e| e.to_string().into_bytes())
+        .collect();
+    anyhow::ensure!(!bodies.is_empty(), "no events to post");
+    let started = Instant::now();
+    for i in 0..n {
+        http.post(&hook)
+            .header("content-type", "application/cloudevents+json")
+            .body(bodies[i % bodies.len()].clone())
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let raw_rate = n as f64 / started.elapsed().as_secs_f64();
+
+    let subscribe = |batch: u32, from: u64| {
+        http.post(format!("{base}/v1/subscriptions"))
+            .bearer_auth(token)
+            .json(&json!({"url": hook, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
+            .send()
+    };
+    let mut rates = Vec::new();
+    for (batch, events) in [(1u32, n), (100, 50_000usize)] {
+        let before = counts.events.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let created: Value = subscribe(batch, top - events as u64)
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        wait_count(&counts, before + events, "webhook delivery").await?;
+        rates.push((batch, events as f64 / started.elapsed().as_secs_f64()));
+        let id = created["id"].as_str().unwrap_or_default();
+        http.delete(format!("{base}/v1/subscriptions/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+    }
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "webhooks to a local receiver", "events/s", "ratio"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "plain HTTP client loop, 1 per POST (baseline)", raw_rate, "1.00"
+    );
+    for (batch, rate) in &rates {
+        println!(
+            "{:<44} {:>12.0} {:>10.2}",
+            format!("relay, signed, batch_size {batch}"),
+            rate,
+            rate / raw_rate
+        );
+    }
+
+    // Latency from append to receipt while the upstream changes.
+    let created: Value = subscribe(1, top).await?.error_for_status()?.json().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counts
+        .lags
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+    let before = counts.events.load(Ordering::Relaxed);
+    let writes = reqwest::Client::new();
+    for _ in 0..10 {
+        writes
+            .post(format!(
+                "{}/_sim/random-writes",
+                sim_url.trim_end_matches("/api")
+            ))
+            .json(&json!({"table": "patients", "count": 20}))
+            .send()
+            .await?
+            .error_for_status()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut lags = counts
+        .lags
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    lags.sort_unstable();
+    let got = counts.events.load(Ordering::Relaxed) - before;
+    println!(
+        "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
+        super::api::percentile(&lags, 0.5),
+        super::api::percentile(&lags, 0.99)
+    );
+    let id = created["id"].as_str().unwrap_or_default();
+    http.delete(format!("{base}/v1/subscriptions/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    Ok(())
+}
