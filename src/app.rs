@@ -138,16 +138,17 @@ impl Relay {
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
         }
+        let sources = self.event_sources();
         let wakes: Vec<_> = shared
             .targets
             .iter()
-            .map(|(t, st)| (t.clone(), st.wake.clone()))
+            .filter_map(|(t, st)| Some((sources.get(t)?.clone(), st.wake.clone())))
             .collect();
         ApiState {
             tails: Tails::start(self.store.clone(), &wakes, cancel),
             shared,
             tokens: Arc::new(tokens),
-            sources: self.event_sources(),
+            sources,
             sender: self.sender.clone(),
             type_prefix: self.config.api.event_type_prefix.clone(),
             secret_grace: self.config.delivery.secret_grace,

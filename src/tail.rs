@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cloudevents::EventSource,
     events::{Event, StreamId},
     store::{Store, Target},
 };
@@ -23,8 +24,14 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// Events a receiver may fall behind before it must catch up from the store.
 pub const BUFFER: usize = 4096;
 
+/// An event with its CloudEvents JSON, made once for every client.
+pub struct LiveEvent {
+    pub event: Event,
+    pub json: String,
+}
+
 pub struct Tail {
-    pub sender: broadcast::Sender<Arc<Event>>,
+    pub sender: broadcast::Sender<Arc<LiveEvent>>,
     /// Poked after a local append so live clients see it at once.
     pub wake: Arc<Notify>,
 }
@@ -38,15 +45,21 @@ impl Tails {
     /// Starts one tail task per target, woken by its notifier; they stop with `cancel`.
     pub fn start(
         store: Arc<dyn Store>,
-        targets: &[(Target, Arc<Notify>)],
+        targets: &[(Arc<EventSource>, Arc<Notify>)],
         cancel: &CancellationToken,
     ) -> Tails {
         let mut tails = HashMap::new();
-        for (t, wake) in targets {
+        for (src, wake) in targets {
             let (sender, _) = broadcast::channel(BUFFER);
             let wake = wake.clone();
             let tail = Arc::new(Tail { sender, wake });
-            tokio::spawn(run(store.clone(), t.clone(), tail.clone(), cancel.clone()));
+            let t = &src.target;
+            tokio::spawn(run(
+                store.clone(),
+                src.clone(),
+                tail.clone(),
+                cancel.clone(),
+            ));
             tails.insert(t.clone(), tail);
         }
         Tails {
@@ -54,7 +67,7 @@ impl Tails {
         }
     }
 
-    pub fn subscribe(&self, t: &Target) -> Option<broadcast::Receiver<Arc<Event>>> {
+    pub fn subscribe(&self, t: &Target) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
         self.tails.get(t).map(|tail| tail.sender.subscribe())
     }
 
@@ -63,7 +76,13 @@ impl Tails {
     }
 }
 
-async fn run(store: Arc<dyn Store>, t: Target, tail: Arc<Tail>, cancel: CancellationToken) {
+async fn run(
+    store: Arc<dyn Store>,
+    src: Arc<EventSource>,
+    tail: Arc<Tail>,
+    cancel: CancellationToken,
+) {
+    let t = src.target.clone();
     let mut after = store.last_id(&t).await.unwrap_or(StreamId::ZERO);
     while !cancel.is_cancelled() {
         if tail.sender.receiver_count() == 0 {
@@ -78,7 +97,8 @@ async fn run(store: Arc<dyn Store>, t: Target, tail: Arc<Tail>, cancel: Cancella
                     Ok(events) => {
                         for e in events {
                             after = e.id;
-                            let _ = tail.sender.send(Arc::new(e));
+                            let json = src.to_json(&e);
+                            let _ = tail.sender.send(Arc::new(LiveEvent { event: e, json }));
                         }
                     }
                     Err(e) => {

@@ -22,8 +22,9 @@ use super::{
 };
 use crate::{
     cloudevents::{CloudEvent, EventSource},
-    events::{Event, StreamId},
+    events::StreamId,
     store::Target,
+    tail::LiveEvent,
 };
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -153,8 +154,8 @@ struct Live {
     t: Target,
     src: Arc<EventSource>,
     cursor: StreamId,
-    rx: broadcast::Receiver<Arc<Event>>,
-    pending: VecDeque<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<LiveEvent>>,
+    pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
     done: bool,
 }
@@ -198,20 +199,24 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             if st.done {
                 return None;
             }
-            if let Some(e) = st.pending.pop_front() {
+            if let Some(live) = st.pending.pop_front() {
+                let e = &live.event;
                 if e.id <= st.cursor {
                     continue;
                 }
                 st.cursor = e.id;
                 let ev = SseEvent::default()
                     .id(e.id.to_string())
-                    .data(st.src.to_json(&e));
+                    .data(live.json.as_str());
                 return Some((Ok(ev), st));
             }
             if st.catching_up {
                 match st.s.shared.store.read(&st.t, st.cursor, 500).await {
                     Ok(page) if page.is_empty() => st.catching_up = false,
-                    Ok(page) => st.pending.extend(page.into_iter().map(Arc::new)),
+                    Ok(page) => st.pending.extend(page.into_iter().map(|event| {
+                        let json = st.src.to_json(&event);
+                        Arc::new(LiveEvent { event, json })
+                    })),
                     Err(e) => {
                         st.done = true;
                         let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": st.cursor.to_string()});
