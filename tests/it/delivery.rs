@@ -547,3 +547,95 @@ async fn redis_restart_mid_delivery_loses_nothing() {
     assert_record_order(&rx.events());
     app.stop().await;
 }
+
+/// Batches, custom headers, the ops filter and the rate limit shape what
+/// the receiver gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_headers_ops_and_rate_limit() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 60)],
+        ..SimConfig::default()
+    })
+    .await;
+    let (ts, app) = sqlite_app(&sim).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+
+    let batched = TestReceiver::start(21).await;
+    subscribe_to(
+        &app,
+        &batched,
+        json!({"resources": ["sim/patients"], "start": "beginning", "batch_size": 25,
+        "headers": {"X-Team": "care"}}),
+    )
+    .await;
+    wait_delivered(
+        &ts,
+        &batched,
+        std::slice::from_ref(&t),
+        Duration::from_secs(30),
+    )
+    .await;
+    {
+        let g = batched.inner.lock().unwrap();
+        assert!(
+            g.received
+                .iter()
+                .all(|r| r.content_type == "application/cloudevents-batch+json")
+        );
+        assert!(g.received.iter().all(|r| r.team.as_deref() == Some("care")));
+        assert!(g.received.iter().all(|r| r.events.len() <= 25));
+        assert!(
+            g.received.len() < 60,
+            "60 events in {} requests: not batched",
+            g.received.len()
+        );
+    }
+
+    let deletes = TestReceiver::start(22).await;
+    subscribe_to(
+        &app,
+        &deletes,
+        json!({"resources": ["sim/patients"], "ops": ["deleted"], "rate_limit": 20}),
+    )
+    .await;
+    tokio::time::sleep(stamp_relay::delivery::SUPERVISE_EVERY * 2).await;
+    let deleted: Vec<String> = (0..6)
+        .map(|_| {
+            sim.sim
+                .apply(stamp_relay::simulator::Change::new(
+                    "patients",
+                    stamp_relay::simulator::Op::Delete,
+                ))
+                .unwrap()
+                .id
+        })
+        .collect();
+    sim.sim.random_writes(Some("patients"), 10);
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    wait_for("the deletes to arrive", || deletes.event_ids().len() >= 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = deletes.events();
+    assert!(
+        got.iter()
+            .all(|e| e["type"].as_str().unwrap().ends_with(".deleted")),
+        "{got:?}"
+    );
+    for id in &deleted {
+        assert!(
+            got.iter().any(|e| e["subject"] == id.as_str()),
+            "delete of {id} missing"
+        );
+    }
+    let g = deletes.inner.lock().unwrap();
+    let times: Vec<_> = g.received.iter().map(|r| r.at).collect();
+    let span = times.last().unwrap().duration_since(times[0]);
+    // 20 requests per second: n requests need at least (n - 1) * 50 ms.
+    assert!(
+        span >= Duration::from_millis(45 * (times.len() as u64 - 1)),
+        "{} requests in {span:?}",
+        times.len()
+    );
+    drop(g);
+    app.stop().await;
+}

@@ -33,6 +33,10 @@ pub enum Mode {
 #[derive(Debug)]
 pub struct Received {
     pub webhook_id: String,
+    pub content_type: String,
+    /// The custom header `x-team`, when sent.
+    pub team: Option<String>,
+    pub at: std::time::Instant,
     pub events: Vec<Value>,
 }
 
@@ -162,6 +166,12 @@ async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: 
             };
             g.received.push(Received {
                 webhook_id: id,
+                content_type: header("content-type"),
+                team: headers
+                    .get("x-team")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                at: std::time::Instant::now(),
                 events,
             });
         }
