@@ -92,7 +92,7 @@ async fn wait_delivered(ts: &TestStore, rx: &TestReceiver, targets: &[Target], w
 }
 
 /// For every record, the stamps in order of first receipt only rise.
-fn assert_record_order(events: &[Value]) {
+pub fn assert_record_order(events: &[Value]) {
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for e in events {

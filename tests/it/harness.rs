@@ -469,14 +469,17 @@ pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
             .filter_map(|r| r["update_stamp"].as_u64())
             .max()
             .unwrap_or(0);
-        if store.last_id(t).await.unwrap().stamp >= top
-            && store.index_len(t).await.unwrap() as usize >= sim.state(&t.resource).len()
-        {
+        let (last, indexed) = (
+            store.last_id(t).await.unwrap(),
+            store.index_len(t).await.unwrap(),
+        );
+        let upstream = sim.state(&t.resource).len();
+        if last.stamp >= top && indexed as usize >= upstream {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{t} did not catch up with the simulator"
+            "{t} did not catch up with the simulator: stream at {last}, upstream top {top}, {indexed} of {upstream} records indexed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod faults;
+mod instances;
 mod openapi;
 mod receiver;
 mod serve;

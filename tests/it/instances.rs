@@ -1,0 +1,196 @@
+//! Several relay instances on one Redis: leases pick one poller per table
+//! and one deliverer per (subscription, table); when an instance is killed
+//! another takes over within the lease time. Secrets never reach the logs.
+
+use std::{
+    io::Read,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use stamp_relay::{
+    simulator::{SimAuth, SimConfig},
+    store::Target,
+};
+
+use crate::harness::{Backend, Sim, TestStore, assert_rebuilds, bin, free_port, wait_synced};
+use crate::receiver::{Mode, TestReceiver};
+
+const ADMIN: &str = "instances-admin-token-4711";
+const CLIENT_SECRET: &str = "upstream-client-secret-0815";
+
+fn write_config(
+    dir: &std::path::Path,
+    name: &str,
+    redis: &str,
+    sim: &str,
+    port: u16,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\nredis_url = \"{redis}\"\nkey_prefix = \"test\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_INST_ADMIN\"\n\
+             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\"]\n\
+             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\", \"users\"]\npoll_interval = \"100ms\"\npage_size = 50\n\
+             [sources.auth]\nkind = \"oauth\"\nclient_id_env = \"SR_INST_ID\"\nclient_secret_env = \"SR_INST_SECRET\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn(cfg: &std::path::Path) -> Child {
+    Command::new(bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("SR_INST_ADMIN", ADMIN)
+        .env("SR_INST_ID", "relay")
+        .env("SR_INST_SECRET", CLIENT_SECRET)
+        .env("RUST_LOG", "debug,hyper=info,reqwest=info,h2=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Everything a (killed) child wrote.
+fn output(mut c: Child) -> String {
+    let mut s = String::new();
+    c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+    c.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_work_and_survive_a_kill() {
+    let Some(ts) = TestStore::open_with(Backend::Redis, true).await else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        auth: SimAuth::OAuth {
+            client_id: "relay".into(),
+            client_secret: CLIENT_SECRET.into(),
+            token_ttl: Duration::from_secs(60),
+        },
+        initial: vec![("patients".into(), 300), ("users".into(), 40)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(31).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let redis = ts.redis.as_ref().unwrap().url();
+    let (pa, pb) = (free_port(), free_port());
+    let a = spawn(&write_config(dir.path(), "a", &redis, &sim.base_url, pa));
+    let b = spawn(&write_config(dir.path(), "b", &redis, &sim.base_url, pb));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created: Value = loop {
+        let r = http
+            .post(format!("http://127.0.0.1:{pa}/v1/subscriptions"))
+            .bearer_auth(ADMIN)
+            .json(
+                &json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false}),
+            )
+            .send()
+            .await;
+        if let Ok(r) = r {
+            break r.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "instance a did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let secret = created["secret"].as_str().unwrap();
+    rx.set_secrets(&[secret]);
+    rx.set_mode(Mode::Flaky(0.1));
+    let id = created["id"].as_str().unwrap();
+    let r = http
+        .patch(format!("http://127.0.0.1:{pb}/v1/subscriptions/{id}"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "both instances serve the same subscriptions"
+    );
+
+    // Let both work, then kill whichever holds the patients lease.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.event_ids().len() < 50 {
+        assert!(Instant::now() < deadline, "no deliveries");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Kill the instance polling patients, so the other must take over.
+    let client = redis::Client::open(redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let holder: String = redis::cmd("GET")
+        .arg("test:{sim:patients}:lease")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pid_of = |c: &Child| format!("-{}-", c.id());
+    let (victim, survivor) = if holder.contains(&pid_of(&a)) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        holder.contains(&pid_of(&victim)),
+        "lease holder {holder} is neither instance"
+    );
+    let mut b = survivor;
+    let killed = {
+        let mut victim = victim;
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        output(victim)
+    };
+    for _ in 0..5 {
+        sim.sim.random_writes(None, 20);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let patients = Target::new("sim", "patients");
+    let users = Target::new("sim", "users");
+    wait_synced(ts.store.as_ref(), &patients, &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &users, &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &patients, &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &users, &sim.sim).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
+        let mut missing = 0;
+        for t in [&patients, &users] {
+            for e in crate::harness::all_events(ts.store.as_ref(), t).await {
+                missing += usize::from(
+                    !got.contains(&format!("sim:{}:{}:{}", t.resource, e.record, e.stamp)),
+                );
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} events never delivered after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::delivery::assert_record_order(&rx.events());
+    assert_eq!(rx.bad_signatures(), 0);
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
+    assert!(b.wait().unwrap().success());
+    let logs = format!("{killed}{}", output(b));
+    assert!(
+        logs.contains("poll finished"),
+        "debug logs were not captured"
+    );
+    for secret in [ADMIN, CLIENT_SECRET, secret] {
+        assert!(!logs.contains(secret), "a secret appeared in the logs");
+    }
+}
