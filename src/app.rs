@@ -12,6 +12,7 @@ use crate::{
     cloudevents::EventSource,
     config::{Config, join},
     delivery::{Deliverer, Schedule, sender::Sender},
+    metrics::Metrics,
     poller::{PollError, PollReport, Poller, TargetStatus},
     store::{self, Store, Target},
     tail::Tails,
@@ -27,6 +28,7 @@ pub struct Relay {
     pub pollers: Vec<Poller>,
     pub holder: String,
     pub sender: Arc<Sender>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the HTTP layer and status surfaces can see.
@@ -54,6 +56,7 @@ impl Relay {
 
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Relay> {
         let holder = instance_id();
+        let metrics = Arc::new(Metrics::new());
         let mut pollers = Vec::new();
         for source in &config.sources {
             let upstream = Arc::new(Upstream::new(source.clone())?);
@@ -65,6 +68,7 @@ impl Relay {
                     upstream.clone(),
                     &holder,
                     config.store.lease_ttl,
+                    metrics.clone(),
                 ));
             }
         }
@@ -76,6 +80,7 @@ impl Relay {
             pollers,
             holder,
             sender,
+            metrics,
         })
     }
 
@@ -123,6 +128,7 @@ impl Relay {
             ),
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -150,6 +156,7 @@ impl Relay {
             tokens: Arc::new(tokens),
             sources,
             sender: self.sender.clone(),
+            metrics: self.metrics.clone(),
             type_prefix: self.config.api.event_type_prefix.clone(),
             secret_grace: self.config.delivery.secret_grace,
             request_timeout: self.config.api.request_timeout,

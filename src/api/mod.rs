@@ -39,6 +39,7 @@ pub struct ApiState {
     /// For `POST /v1/subscriptions/{id}/test`.
     pub sender: Arc<crate::delivery::sender::Sender>,
     pub type_prefix: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub request_timeout: Duration,
     /// Ends live streams when the server stops.
     pub cancel: CancellationToken,
@@ -89,6 +90,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(middleware::from_fn_with_state(
+                state.tokens.clone(),
+                auth::require_read,
+            )),
+        )
         .merge(read)
         .merge(admin)
         .fallback(|| async {
@@ -122,6 +130,28 @@ async fn openapi() -> impl IntoResponse {
         [(axum::http::header::CONTENT_TYPE, "application/yaml")],
         OPENAPI,
     )
+}
+
+/// Prometheus text; store-derived gauges are refreshed per scrape.
+async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem> {
+    use crate::metrics::SubLabels;
+    let m = &s.metrics;
+    for sub in s.shared.store.subscriptions().await? {
+        let l = SubLabels {
+            subscription: sub.id.clone(),
+        };
+        let dead = s.shared.store.dead_letters(&sub.id).await?.len() as i64;
+        m.disabled.get_or_create(&l).set(i64::from(!sub.enabled));
+        m.dead_letters.get_or_create(&l).set(dead);
+    }
+    m.live_clients.set(s.tails.clients() as i64);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.encode(),
+    ))
 }
 
 /// Ready when the store answers; the body lists each target's last poll.

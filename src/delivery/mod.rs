@@ -67,6 +67,7 @@ pub struct Deliverer {
     pub wakes: Arc<HashMap<Target, Arc<Notify>>>,
     pub holder: String,
     pub lease_ttl: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How often the supervisor looks at the subscription list.
@@ -155,6 +156,7 @@ impl Deliverer {
                 schedule: self.schedule.clone(),
                 holder: self.holder.clone(),
                 lease_ttl: self.lease_ttl,
+                metrics: self.metrics.clone(),
                 log: None,
             };
             let child = cancel.child_token();

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     cloudevents::EventSource,
     events::{Event, StreamId, now_ms},
+    metrics::{OutcomeLabels, SubLabels, SubTargetLabels},
     store::{Store, StoreResult, Target},
     subscription::Subscription,
 };
@@ -43,6 +44,7 @@ pub struct Worker {
     pub holder: String,
     pub lease_ttl: Duration,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set while running: the ordered writer of settles and attempts.
     pub log: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
 }
@@ -192,6 +194,20 @@ impl Worker {
             }
         }
         let now = now_ms();
+        let labels = SubTargetLabels {
+            subscription: sub.id.clone(),
+            source: self.target.source.clone(),
+            resource: self.target.resource.clone(),
+        };
+        self.metrics
+            .pending
+            .get_or_create(&labels)
+            .set(q.len() as i64);
+        let waiting = q.values().filter(|p| p.state.attempts > 0).count();
+        self.metrics
+            .waiting_retry
+            .get_or_create(&labels)
+            .set(waiting as i64);
         let (batch, next_due) = due_batch(q, now, sub.batch_size as usize);
         if batch.is_empty() {
             if last_reload.elapsed() > Duration::from_secs(2) {
@@ -224,6 +240,22 @@ impl Worker {
             error: sent.error.clone(),
         };
         self.write(Write::Attempt(sub.id.clone(), attempt));
+        let outcome = serde_json::to_value(sent.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let m = &self.metrics;
+        m.attempts
+            .get_or_create(&OutcomeLabels {
+                subscription: sub.id.clone(),
+                outcome,
+            })
+            .inc();
+        m.delivery_latency
+            .get_or_create(&SubLabels {
+                subscription: sub.id.clone(),
+            })
+            .observe(sent.latency.as_secs_f64());
         match sent.outcome {
             Outcome::Delivered => {
                 // Off the delivery path: a crash before it lands re-sends

@@ -120,6 +120,7 @@ pub struct Poller {
     /// Renewed on every page and chunk.
     lease_ttl: Duration,
     pub status: Arc<TargetStatus>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Hashes of rejected records already written, so a bad record that
     /// the upstream keeps returning is recorded once per process.
     rejected: HashSet<u64>,
@@ -132,8 +133,10 @@ impl Poller {
         upstream: Arc<Upstream>,
         holder: &str,
         lease_ttl: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Poller {
+            metrics,
             target,
             store,
             upstream,
@@ -168,10 +171,52 @@ impl Poller {
             .await
             .unwrap_or(report.before);
         report.duration_ms = started.elapsed().as_millis() as u64;
+        self.observe(&report, &result);
         tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
             fetched = report.fetched, appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
         self.status.polls.fetch_add(1, Ordering::Relaxed);
         result.map(|()| report)
+    }
+
+    fn observe(&self, report: &PollReport, result: &Result<(), PollError>) {
+        use crate::metrics::{ErrorLabels, OpLabels, target_labels};
+        let m = &self.metrics;
+        let labels = target_labels(&self.target);
+        m.cursor
+            .get_or_create(&labels)
+            .set(report.after.stamp as i64);
+        m.poll_duration
+            .get_or_create(&labels)
+            .observe(report.duration_ms as f64 / 1000.0);
+        let o = &report.outcome;
+        for (op, n) in [
+            ("created", o.created),
+            ("updated", o.updated),
+            ("deleted", o.deleted),
+            ("restored", o.restored),
+        ] {
+            if n > 0 {
+                let l = OpLabels {
+                    source: labels.source.clone(),
+                    resource: labels.resource.clone(),
+                    op: op.into(),
+                };
+                m.appended.get_or_create(&l).inc_by(n);
+            }
+        }
+        if report.rejected > 0 {
+            m.rejected.get_or_create(&labels).inc_by(report.rejected);
+        }
+        if let Err(e) = result
+            && !matches!(e, PollError::Cancelled)
+        {
+            let l = ErrorLabels {
+                source: labels.source.clone(),
+                resource: labels.resource.clone(),
+                kind: e.kind().into(),
+            };
+            m.upstream_errors.get_or_create(&l).inc();
+        }
     }
 
     /// Takes or extends the lease; false while another instance holds it.

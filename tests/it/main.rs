@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod instances;
+mod metrics;
 mod openapi;
 mod receiver;
 mod serve;

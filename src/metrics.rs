@@ -1,0 +1,172 @@
+//! Prometheus metrics, one registry per relay, handed to the pollers, the
+//! delivery workers and the HTTP layer. Names follow Prometheus conventions:
+//! units in the name, counters end in `_total`.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub source: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub source: String,
+    pub resource: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub source: String,
+    pub resource: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubLabels {
+    pub subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub subscription: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubTargetLabels {
+    pub subscription: String,
+    pub source: String,
+    pub resource: String,
+}
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub cursor: Family<TargetLabels, Gauge>,
+    pub appended: Family<OpLabels, Counter>,
+    pub poll_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub upstream_errors: Family<ErrorLabels, Counter>,
+    pub rejected: Family<TargetLabels, Counter>,
+    pub attempts: Family<OutcomeLabels, Counter>,
+    pub delivery_latency: Family<SubLabels, Histogram, fn() -> Histogram>,
+    pub pending: Family<SubTargetLabels, Gauge>,
+    pub waiting_retry: Family<SubTargetLabels, Gauge>,
+    pub dead_letters: Family<SubLabels, Gauge>,
+    pub disabled: Family<SubLabels, Gauge>,
+    pub live_clients: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("stamp_relay");
+        let m = Metrics {
+            cursor: Family::default(),
+            appended: Family::default(),
+            poll_duration: Family::new_with_constructor(seconds_histogram),
+            upstream_errors: Family::default(),
+            rejected: Family::default(),
+            attempts: Family::default(),
+            delivery_latency: Family::new_with_constructor(seconds_histogram),
+            pending: Family::default(),
+            waiting_retry: Family::default(),
+            dead_letters: Family::default(),
+            disabled: Family::default(),
+            live_clients: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "cursor_stamp",
+            "Stamp of the last event of each target",
+            m.cursor.clone(),
+        );
+        r.register(
+            "events_appended",
+            "Events appended, by op",
+            m.appended.clone(),
+        );
+        r.register(
+            "poll_duration_seconds",
+            "Time one poll of a target took",
+            m.poll_duration.clone(),
+        );
+        r.register(
+            "upstream_errors",
+            "Failed polls, by kind of failure",
+            m.upstream_errors.clone(),
+        );
+        r.register(
+            "records_rejected",
+            "Upstream records sent to the reject stream",
+            m.rejected.clone(),
+        );
+        r.register(
+            "delivery_attempts",
+            "Webhook requests, by outcome",
+            m.attempts.clone(),
+        );
+        r.register(
+            "delivery_latency_seconds",
+            "Webhook request duration",
+            m.delivery_latency.clone(),
+        );
+        r.register(
+            "delivery_pending",
+            "Events claimed by a subscription but not yet delivered",
+            m.pending.clone(),
+        );
+        r.register(
+            "delivery_waiting_retry",
+            "Pending events waiting for a retry",
+            m.waiting_retry.clone(),
+        );
+        r.register(
+            "delivery_dead_letters",
+            "Events in a subscription's dead letters",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "subscription_disabled",
+            "1 when a subscription is disabled",
+            m.disabled.clone(),
+        );
+        r.register(
+            "live_stream_clients",
+            "Connected live-stream (SSE) clients",
+            m.live_clients.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+pub fn target_labels(t: &crate::store::Target) -> TargetLabels {
+    TargetLabels {
+        source: t.source.clone(),
+        resource: t.resource.clone(),
+    }
+}

@@ -1,0 +1,127 @@
+//! `/metrics` parses as Prometheus text and its counters match what happened.
+
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::json;
+use stamp_relay::{config::Paging, simulator::SimConfig, store::Target};
+
+use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, source, wait_synced};
+use crate::receiver::TestReceiver;
+
+/// `name{labels}` -> value, for every sample line; panics on a malformed line.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix('#') {
+            let kind = rest.split_whitespace().next().unwrap();
+            assert!(
+                kind == "HELP" || kind == "TYPE",
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(series.starts_with("stamp_relay_"), "{line:?}");
+        if let Some((_, labels)) = series.split_once('{') {
+            assert!(labels.ends_with('}'), "{line:?}");
+        }
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_what_happened() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 25)],
+        ..SimConfig::default()
+    })
+    .await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
+    )
+    .await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(41).await;
+    let created: serde_json::Value = app
+        .post(
+            "/v1/subscriptions",
+            &json!({"url": rx.url, "resources": ["*"], "start": "beginning"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    rx.set_secrets(&[created["secret"].as_str().unwrap()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while rx.event_ids().len() < 25 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let anon = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+    let r = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .bearer_auth(READ_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let m = parse(&r.text().await.unwrap());
+    let last = ts.store.last_id(&t).await.unwrap();
+    assert_eq!(
+        m[r#"stamp_relay_cursor_stamp{source="sim",resource="patients"}"#],
+        last.stamp as f64
+    );
+    assert_eq!(
+        m[r#"stamp_relay_events_appended_total{source="sim",resource="patients",op="created"}"#],
+        25.0
+    );
+    let requests = rx.inner.lock().unwrap().requests as f64;
+    let delivered = format!(
+        r#"stamp_relay_delivery_attempts_total{{subscription="{id}",outcome="delivered"}}"#
+    );
+    assert_eq!(m[&delivered], requests);
+    assert_eq!(
+        m[&format!(r#"stamp_relay_subscription_disabled{{subscription="{id}"}}"#)],
+        0.0
+    );
+    assert_eq!(
+        m[&format!(r#"stamp_relay_delivery_dead_letters{{subscription="{id}"}}"#)],
+        0.0
+    );
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("stamp_relay_poll_duration_seconds_bucket"))
+    );
+    assert_eq!(m["stamp_relay_live_stream_clients"], 0.0);
+    app.stop().await;
+}
