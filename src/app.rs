@@ -184,6 +184,11 @@ impl Relay {
         let state = self.api_state(&cancel);
         tracker.spawn(self.deliverer().run(cancel.clone()));
         for poller in self.pollers {
+            // Ready from the start: readiness must not race the task's first step.
+            poller
+                .status
+                .running
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tracker.spawn(poller.run(cancel.clone()));
         }
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));

@@ -284,5 +284,32 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let subs = store.subscriptions().await?;
+    println!(
+        "\n{:<38} {:<9} {:>8} {:>12}  url",
+        "subscription", "state", "pending", "dead letters"
+    );
+    for sub in &subs {
+        let mut pending = 0;
+        for s in &config.sources {
+            for r in &s.settings.resources {
+                let t = Target::new(s.name(), r);
+                if sub.covers(&t) {
+                    pending += store.pending(&sub.id, &t).await?.len();
+                }
+            }
+        }
+        println!(
+            "{:<38} {:<9} {:>8} {:>12}  {}",
+            sub.id,
+            if sub.enabled { "enabled" } else { "disabled" },
+            pending,
+            store.dead_letters(&sub.id).await?.len(),
+            sub.url
+        );
+    }
+    if subs.is_empty() {
+        println!("(none)");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -32,6 +32,24 @@ impl ApiToken {
     }
 }
 
+/// The token of `Bearer <token>`, or the password of `Basic` credentials
+/// (so a browser can open the status page with the token as password).
+fn presented_token(header: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, value) = header.split_once(' ')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Some(value.trim().to_string()),
+        "basic" => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            Some(text.split_once(':')?.1.to_string())
+        }
+        _ => None,
+    }
+}
+
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -43,11 +61,7 @@ pub fn authorize(
     needed: Scope,
 ) -> Result<Scope, Problem> {
     let presented = authorization
-        .and_then(|h| {
-            h.strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(presented_token)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             Problem::new(

@@ -24,6 +24,7 @@ pub mod auth;
 mod deliveries;
 pub mod problem;
 mod resources;
+mod status;
 mod subscriptions;
 
 use problem::Problem;
@@ -91,6 +92,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.yaml", get(openapi))
         .route(
+            "/",
+            get(status::page).route_layer(middleware::from_fn_with_state(
+                state.tokens.clone(),
+                auth::require_read,
+            )),
+        )
+        .route(
             "/metrics",
             get(metrics).route_layer(middleware::from_fn_with_state(
                 state.tokens.clone(),
@@ -154,17 +162,35 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem
     ))
 }
 
-/// Ready when the store answers; the body lists each target's last poll.
+/// Ready when the store answers and every poll loop runs; the body lists
+/// each target's last poll.
 async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering;
     let targets: Vec<_> = s
         .shared
         .targets
         .iter()
         .map(|(t, st)| {
             let last = st.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            json!({"target": t.to_string(), "last_ok_ms": last.ok_ms, "last_error": last.error})
+            let running = st.running.load(Ordering::Relaxed);
+            json!({"target": t.to_string(), "running": running, "last_ok_ms": last.ok_ms, "last_error": last.error})
         })
         .collect();
+    let stopped: Vec<String> = s
+        .shared
+        .targets
+        .iter()
+        .filter(|(_, st)| !st.running.load(Ordering::Relaxed))
+        .map(|(t, _)| t.to_string())
+        .collect();
+    if !stopped.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "pollers stopped", "error": format!("not polling: {}", stopped.join(", "))}),
+            ),
+        );
+    }
     match s.shared.store.ping().await {
         Ok(()) => (
             StatusCode::OK,

@@ -96,6 +96,8 @@ pub struct PollReport {
 pub struct TargetStatus {
     /// Poked after every append, so live tails need not wait for their tick.
     pub wake: Arc<tokio::sync::Notify>,
+    /// True while the poll loop runs; a loop that ended (or panicked) is not ready.
+    pub running: std::sync::atomic::AtomicBool,
     pub pages: AtomicU64,
     pub fetched: AtomicU64,
     pub appended: AtomicU64,
@@ -310,6 +312,15 @@ impl Poller {
     /// Polls until cancelled: every `poll_interval`, or sooner after a
     /// poll that failed (with backoff), never moving the cursor on failure.
     pub async fn run(mut self, cancel: CancellationToken) {
+        /// Clears `running` however the loop ends, a panic included.
+        struct Running(Arc<TargetStatus>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.running.store(false, Ordering::Relaxed);
+            }
+        }
+        self.status.running.store(true, Ordering::Relaxed);
+        let _running = Running(self.status.clone());
         let interval = self.upstream.source().settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {

@@ -12,4 +12,5 @@ mod metrics;
 mod openapi;
 mod receiver;
 mod serve;
+mod status;
 mod sync;

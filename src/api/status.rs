@@ -1,0 +1,98 @@
+//! `GET /`: one server-rendered page (no build step) with each target and
+//! each subscription, refreshing itself. Behind a read token; a browser
+//! sends it as the password of the Basic prompt.
+
+use std::fmt::Write;
+
+use axum::{extract::State, response::Html};
+
+use super::{ApiState, problem::Problem};
+use crate::events::now_ms;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(at) => format!("{} s ago", now_ms().saturating_sub(at) / 1000),
+    }
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin-bottom:2em}\
+th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+.bad{color:#b00020}.ok{color:#1b5e20}";
+
+pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
+    let store = &s.shared.store;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
+         <title>stamp-relay</title><style>{STYLE}</style></head><body><h1>stamp-relay</h1>\
+         <p>{} &middot; refreshes every 5 s</p><h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
+         <th>events</th><th>records</th><th>appended since start</th><th>last poll</th><th>state</th></tr>",
+        esc(&store.describe())
+    );
+    let mut tops = std::collections::HashMap::new();
+    for (t, st) in s.shared.targets.iter() {
+        let last_id = store.last_id(t).await?;
+        tops.insert(t.to_string(), last_id.stamp);
+        let last = st.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = match &last.error {
+            Some(e) => format!("<span class=bad>{}</span>", esc(e)),
+            None if last.ok_ms.is_some() => "<span class=ok>in sync</span>".into(),
+            None => "starting".into(),
+        };
+        let _ = write!(
+            h,
+            "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
+             <td class=n>{}</td><td>{}</td><td>{state}</td></tr>",
+            last_id.stamp,
+            store.stream_len(t).await?,
+            store.index_len(t).await?,
+            st.appended.load(std::sync::atomic::Ordering::Relaxed),
+            age(last.finished_ms),
+        );
+    }
+    h.push_str(
+        "</table><h2>Subscriptions</h2><table id=subscriptions><tr><th>id</th><th>url</th><th>state</th>\
+         <th>lag (stamps)</th><th>dead letters</th></tr>",
+    );
+    for sub in store.subscriptions().await? {
+        let mut lag = 0;
+        for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
+            let top = tops.get(&t.to_string()).copied().unwrap_or(0);
+            // The oldest pending entry is the subscription's position: the
+            // worker keeps its window full while it is behind.
+            let oldest = store
+                .pending(&sub.id, t)
+                .await?
+                .first()
+                .map(|(e, _)| e.id.stamp);
+            lag = lag.max(oldest.map_or(0, |o| top.saturating_sub(o) + 1));
+        }
+        let state = if sub.enabled {
+            "<span class=ok>enabled</span>".to_string()
+        } else {
+            format!(
+                "<span class=bad>disabled</span> {}",
+                esc(sub.disabled_reason.as_deref().unwrap_or(""))
+            )
+        };
+        let _ = write!(
+            h,
+            "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{lag}</td>\
+             <td class=n data-dead>{}</td></tr>",
+            esc(&sub.url),
+            store.dead_letters(&sub.id).await?.len(),
+            id = esc(&sub.id),
+        );
+    }
+    h.push_str("</table></body></html>");
+    Ok(Html(h))
+}
