@@ -86,9 +86,16 @@ impl IntoResponse for Problem {
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
+            // Basic first: browsers answer only a challenge they know,
+            // which lets a person open the status page with the token.
+            let h = resp.headers_mut();
+            h.append(
                 header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer, Basic realm=\"stamp-relay\""),
+                header::HeaderValue::from_static("Basic realm=\"stamp-relay\""),
+            );
+            h.append(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
             );
         }
         resp

@@ -189,3 +189,58 @@ fn demo_shows_events_and_stops_on_sigint() {
         "{rest:?}"
     );
 }
+
+/// docker-compose.yml is valid YAML with Redis (AOF, noeviction), the relay
+/// and the simulator, and the relay's mounted configuration validates.
+#[test]
+fn compose_file_is_consistent() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
+    let compose: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let services = compose["services"].as_object().unwrap();
+    for s in ["redis", "relay", "simulator"] {
+        assert!(services.contains_key(s), "service {s} missing");
+    }
+    let redis = compose["services"]["redis"]["command"].to_string();
+    assert!(
+        redis.contains("--appendonly") && redis.contains("noeviction"),
+        "{redis}"
+    );
+    let mount = compose["services"]["relay"]["volumes"][0].as_str().unwrap();
+    let local = mount.split(':').next().unwrap().trim_start_matches("./");
+    let (ok, text) = run(
+        &["check-config", "--config", &format!("{root}/{local}")],
+        &[],
+    );
+    assert!(ok, "{local}: {text}");
+}
+
+/// `--log-format json` writes one JSON object per line.
+#[test]
+fn json_logs_are_json() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let body = format!(
+        "[store]\ndata_dir = \"{}\"\n{GOOD}max_attempts = 1\n",
+        dir.path().join("d").display()
+    );
+    let f = config_file(&body);
+    let out = Command::new(bin())
+        .args([
+            "--log-format",
+            "json",
+            "sync",
+            "--once",
+            "--config",
+            f.path().to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "no logs");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
+    }
+}

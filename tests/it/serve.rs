@@ -102,3 +102,115 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
     );
     assert_rebuilds(&store, &t, &sim.sim).await;
 }
+
+/// SIGTERM in the middle of a large load and of deliveries to a slow
+/// receiver: the process exits 0 within the deadline, and a restart
+/// finishes both with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_and_mid_delivery_then_restart() {
+    use crate::receiver::{Mode, TestReceiver};
+    let sim = Sim::start(SimConfig {
+        order: stamp_relay::simulator::Order::Stamp,
+        initial: vec![("patients".into(), 30_000)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(51).await;
+    rx.set_mode(Mode::Ok);
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndata_dir = \"{}\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TERM_ADMIN\"\n\
+             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\n\
+             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n\
+             paging = \"keyset\"\npage_size = 100\n",
+            dir.path().join("data").display(),
+            sim.base_url
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(bin())
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("SR_TERM_ADMIN", "term-admin")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let term = |child: &mut std::process::Child| {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "shutdown took {:?}",
+            started.elapsed()
+        );
+    };
+    let store = SqliteStore::open(&dir.path().join("data")).unwrap();
+    let t = Target::new("sim", "patients");
+
+    // 1. SIGTERM while the initial load is under way.
+    let mut child = spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stream_len(&t).await.unwrap() < 2000 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    term(&mut child);
+    assert!(
+        store.stream_len(&t).await.unwrap() < 30_000,
+        "the load finished before SIGTERM"
+    );
+
+    // 2. A restart finishes the load; then SIGTERM while delivering.
+    let mut child = spawn();
+    wait_until_synced(&store, &t, &sim.sim).await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{port}/v1/subscriptions"))
+        .bearer_auth("term-admin")
+        .json(&serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    rx.set_secrets(&[created["secret"].as_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.event_ids().len() < 50 {
+        assert!(Instant::now() < deadline, "deliveries did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    term(&mut child);
+    assert!(
+        rx.event_ids().len() < 1000,
+        "deliveries finished before SIGTERM"
+    );
+
+    // 3. A restart delivers the rest.
+    let mut child = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
+        if (29_001..=30_000).all(|s| got.iter().any(|id| id.ends_with(&format!(":{s}")))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    term(&mut child);
+    assert_rebuilds(&store, &t, &sim.sim).await;
+    crate::delivery::assert_record_order(&rx.events());
+}

@@ -105,3 +105,75 @@ async fn status_page_matches_the_api() {
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
     app.stop().await;
 }
+
+/// Headless Chromium, as a person would open it: the browser answers the
+/// Basic challenge with the token, and the rendered page shows the cursors
+/// the API reports. Needs Debian's `chromium` (`.ci/run` installs it); skipped
+/// without it unless `STAMP_RELAY_REQUIRE_CHROMIUM=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_in_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        std::process::Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        assert!(
+            std::env::var("STAMP_RELAY_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "chromium is not installed but STAMP_RELAY_REQUIRE_CHROMIUM=1; apt-get install chromium"
+        );
+        eprintln!("skipping: chromium is not installed");
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 12)],
+        ..SimConfig::default()
+    })
+    .await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
+    )
+    .await;
+    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    let profile = tempfile::TempDir::new().unwrap();
+    let url = app
+        .base
+        .replace("http://", &format!("http://viewer:{READ_TOKEN}@"))
+        + "/";
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", &url])
+        .output()
+        .await
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).replace("data-cursor=\"\"", "data-cursor");
+    assert!(
+        dom.contains("<h1>stamp-relay</h1>"),
+        "chromium did not render the page:\n{dom}"
+    );
+    let api: Value = app
+        .get("/v1/resources")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = api["resources"][0]["cursor"].to_string();
+    assert_eq!(cell(&dom, "target", "sim/patients", "cursor"), cursor);
+    app.stop().await;
+}
