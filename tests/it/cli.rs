@@ -167,13 +167,15 @@ fn demo_shows_events_and_stops_on_sigint() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (mut banner, mut events, mut live) = (false, 0, 0);
-    while live == 0 || events < 5 {
+    let (mut banner, mut events, mut live, mut hooks) = (false, 0, 0, 0);
+    while live == 0 || events < 5 || hooks == 0 {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("demo printed no events within 60 s");
         banner |= line.contains("stamp-relay demo");
-        if line.contains("stamp ") {
+        assert!(!line.contains("signature INVALID"), "{line}");
+        hooks += usize::from(line.contains("webhook") && line.contains("signature verified"));
+        if line.contains("stamp ") && !line.contains("webhook") {
             events += 1;
             live += usize::from(!line.contains("initial load"));
         }

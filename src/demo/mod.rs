@@ -16,6 +16,8 @@ use crate::{
     store::{self, Store, Target},
 };
 
+mod receiver;
+
 pub const TABLES: [&str; 5] = ["patients", "assessments", "users", "sites", "comments"];
 
 #[derive(clap::Args, Debug)]
@@ -98,6 +100,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         Secret::new(token.clone()),
     ));
+    // Webhooks go to the built-in receiver on loopback; the SSRF guard
+    // stays on for everything else.
+    config.delivery.allowed_cidrs = vec!["127.0.0.1/32".into()];
+    let hooks = receiver::start(cancel.clone()).await?;
     let store = store::open(&config.store).await?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -120,9 +126,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "  live       curl -N -H 'Authorization: Bearer {token}' -H 'Accept: text/event-stream' http://{api}/v1/resources/demo/patients/events"
     );
     println!("  upstream   curl '{base_url}/patients/?sync=0&page_size=2'");
-    println!("Events follow as they land (time, op, resource, record, stamp). Ctrl-C stops.\n");
+    println!(
+        "  webhooks   a built-in receiver at {} is subscribed to every resource",
+        hooks.url
+    );
+    println!(
+        "Events follow as they land (time, op, resource, record, stamp), then their webhooks. Ctrl-C stops.\n"
+    );
 
     let relay_task = tokio::spawn(relay.run(listener, cancel.clone()));
+    subscribe(&format!("http://{api}"), &token, &hooks).await?;
     let seen = feed(store.as_ref(), &targets, &cancel).await;
     relay_task.await??;
     sim_task.await??;
@@ -131,6 +144,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("\nstopped cleanly after {seen} events");
     Ok(())
+}
+
+/// Subscribes the built-in receiver to everything through the API, as a
+/// user would.
+async fn subscribe(api: &str, token: &str, hooks: &receiver::Receiver) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"url": hooks.url, "resources": ["*"], "start": "beginning", "description": "demo receiver"});
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .post(format!("{api}/v1/subscriptions"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+        {
+            let created: serde_json::Value = r.error_for_status()?.json().await?;
+            *hooks.secret.lock().unwrap_or_else(|p| p.into_inner()) =
+                created["secret"].as_str().map(str::to_string);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the relay's API at {api} did not come up")
 }
 
 /// Prints events of every target as they land, until cancelled.
