@@ -66,7 +66,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DeliveryStore + Send + Sync + 'static {
     /// A short description for logs and banners, without credentials.
     fn describe(&self) -> String;
 
@@ -98,7 +98,11 @@ pub trait Store: Send + Sync + 'static {
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+}
 
+/// Subscriptions and their delivery state, kept by the same backends.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
     async fn put_subscription(&self, s: &Subscription) -> StoreResult<()>;
 
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;

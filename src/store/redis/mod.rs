@@ -13,15 +13,8 @@ use redis::{
     streams::StreamRangeReply,
 };
 
-use super::{
-    ATTEMPTS_KEPT, AppendBatch, Store, StoreError, StoreResult, Target, decode_json,
-    decode_subscription, decode_subscriptions,
-};
-use crate::{
-    delivery::model::{Attempt, DeadLetter, RetryState},
-    events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
-    subscription::Subscription,
-};
+use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 /// The key names of one target, defined in one place.
 #[derive(Debug, Clone)]
@@ -60,16 +53,6 @@ impl Keys {
     }
 }
 
-/// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
-fn dead_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:dead")
-}
-
-/// `P:sub:<id>:attempts`, a list of attempt JSON, newest first.
-fn attempts_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:attempts")
-}
-
 const LEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -88,11 +71,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
-
-/// `P:subscriptions`, a hash of subscription id -> JSON document.
-fn subscriptions_key(prefix: &str) -> String {
-    format!("{prefix}:subscriptions")
-}
 
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -414,244 +392,6 @@ impl Store for RedisStore {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
-
-    async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _: i64 = c
-            .hset(subscriptions_key(&self.prefix), &s.id, json)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
-        let mut c = self.conn.clone();
-        let v: Option<String> = c
-            .hget(subscriptions_key(&self.prefix), id)
-            .await
-            .map_err(|e| self.err(e))?;
-        v.as_deref().map(decode_subscription).transpose()
-    }
-
-    async fn subscriptions(&self) -> StoreResult<Vec<Subscription>> {
-        let mut c = self.conn.clone();
-        let all: Vec<String> = c
-            .hvals(subscriptions_key(&self.prefix))
-            .await
-            .map_err(|e| self.err(e))?;
-        decode_subscriptions(&all)
-    }
-
-    async fn delete_subscription(&self, id: &str) -> StoreResult<bool> {
-        let mut c = self.conn.clone();
-        let n: i64 = c
-            .hdel(subscriptions_key(&self.prefix), id)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
-    }
-
-    async fn claim(
-        &self,
-        sub: &str,
-        t: &Target,
-        start: StreamId,
-        count: usize,
-    ) -> StoreResult<Vec<Event>> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        let reply: redis::Value = self
-            .claim
-            .key(&keys.events)
-            .key(keys.pending(sub))
-            .arg(Keys::group(sub))
-            .arg(start.to_string())
-            .arg(count)
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        parse_entries(reply)
-    }
-
-    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        let all: Vec<(String, String)> = c
-            .hgetall(keys.pending(sub))
-            .await
-            .map_err(|e| self.err(e))?;
-        let mut states: Vec<(StreamId, RetryState)> = all
-            .iter()
-            .filter_map(|(id, st)| Some((id.parse().ok()?, RetryState::decode(st))))
-            .collect();
-        states.sort_by_key(|(id, _)| *id);
-        if states.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for (id, _) in &states {
-            pipe.cmd("XRANGE")
-                .arg(&keys.events)
-                .arg(id.to_string())
-                .arg(id.to_string());
-        }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        let mut gone = Vec::new();
-        for ((id, st), reply) in states.into_iter().zip(replies) {
-            match parse_entries(reply)?.pop() {
-                Some(e) => out.push((e, st)),
-                // Trimmed from the stream: nothing left to deliver.
-                None => gone.push(id),
-            }
-        }
-        if !gone.is_empty() {
-            self.settle(sub, t, &gone).await?;
-        }
-        Ok(out)
-    }
-
-    async fn retry_later(
-        &self,
-        sub: &str,
-        t: &Target,
-        id: StreamId,
-        state: RetryState,
-    ) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let _: i64 = c
-            .hset(self.keys(t).pending(sub), id.to_string(), state.encode())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut c = self.conn.clone();
-        let fields: Vec<String> = ids.iter().map(StreamId::to_string).collect();
-        let _: i64 = c
-            .hdel(self.keys(t).pending(sub), fields)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut c = self.conn.clone();
-        let items: Vec<(String, String)> = ids
-            .iter()
-            .map(|id| (id.to_string(), RetryState::default().encode()))
-            .collect();
-        let _: i64 = c
-            .hset_multiple(self.keys(t).pending(sub), &items)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        let group = Keys::group(sub);
-        let set: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("SETID")
-            .arg(&keys.events)
-            .arg(&group)
-            .arg(after.to_string())
-            .query_async(&mut c)
-            .await;
-        if set.is_err() {
-            redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&keys.events)
-                .arg(&group)
-                .arg(after.to_string())
-                .arg("MKSTREAM")
-                .query_async::<()>(&mut c)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
-    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
-            .arg("DESTROY")
-            .arg(&keys.events)
-            .arg(Keys::group(sub))
-            .query_async(&mut c)
-            .await;
-        let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _: i64 = c
-            .hset(dead_key(&self.prefix, sub), d.key(), json)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let mut c = self.conn.clone();
-        let all: Vec<String> = c
-            .hvals(dead_key(&self.prefix, sub))
-            .await
-            .map_err(|e| self.err(e))?;
-        let mut v = all
-            .iter()
-            .map(|j| decode_json("dead letter", j))
-            .collect::<StoreResult<Vec<DeadLetter>>>()?;
-        v.sort_by_key(|d| d.at_ms);
-        Ok(v)
-    }
-
-    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let key = dead_key(&self.prefix, sub);
-        let mut c = self.conn.clone();
-        let (all, _): (Vec<String>, i64) = redis::pipe()
-            .atomic()
-            .hvals(&key)
-            .del(&key)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        all.iter().map(|j| decode_json("dead letter", j)).collect()
-    }
-
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
-        let key = attempts_key(&self.prefix, sub);
-        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut c = self.conn.clone();
-        let _: () = redis::pipe()
-            .lpush(&key, json)
-            .ignore()
-            .ltrim(&key, 0, ATTEMPTS_KEPT as isize - 1)
-            .ignore()
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
-        let mut c = self.conn.clone();
-        let all: Vec<String> = c
-            .lrange(attempts_key(&self.prefix, sub), 0, limit as isize - 1)
-            .await
-            .map_err(|e| self.err(e))?;
-        all.iter().map(|j| decode_json("attempt", j)).collect()
-    }
 }
+
+mod delivery;

@@ -1,0 +1,198 @@
+//! Validation of the configuration file into [`Config`]: every problem is
+//! collected, each naming its key and the fix.
+
+use std::time::Duration;
+
+use url::Url;
+
+use super::*;
+
+impl RawConfig {
+    /// Checks every value and resolves secrets through `env`.
+    pub fn validate(self, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut api_tokens = Vec::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let s = secret(
+                env,
+                &mut problems,
+                format!("api.tokens[{i}].token_env"),
+                &t.token_env,
+            );
+            api_tokens.push((t.clone(), s));
+        }
+        let mut validated = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(source) = validate_source(i, s, env, &mut problems) {
+                validated.push(source);
+            }
+        }
+        let mut names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            problems.push("sources: two sources share a name; names must be unique".into());
+        }
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            if t.name.is_empty() {
+                problems.push(format!("api.tokens[{i}].name: must not be empty"));
+            }
+        }
+        if let Some(url) = &self.store.redis_url
+            && let Err(e) = url::Url::parse(url)
+                .map_err(|e| e.to_string())
+                .and_then(|u| match u.scheme() {
+                    "redis" | "rediss" | "unix" | "redis+unix" => Ok(()),
+                    s => Err(format!("scheme {s:?} is not redis:// or rediss://")),
+                })
+        {
+            problems.push(format!("store.redis_url: {e}"));
+        }
+        check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
+        if self.store.lease_ttl < Duration::from_millis(100) {
+            problems.push("store.lease_ttl: must be at least 100ms".into());
+        }
+        if self.store.lease_ttl <= self.delivery.request_timeout {
+            problems.push(format!(
+                "store.lease_ttl ({}) must be longer than delivery.request_timeout ({}): \
+                 otherwise another instance may take over a delivery still in flight",
+                humantime::format_duration(self.store.lease_ttl),
+                humantime::format_duration(self.delivery.request_timeout)
+            ));
+        }
+        for (i, c) in self.delivery.allowed_cidrs.iter().enumerate() {
+            if let Err(e) = c.parse::<crate::delivery::ssrf::Cidr>() {
+                problems.push(format!("delivery.allowed_cidrs[{i}]: {e}"));
+            }
+        }
+        if self.delivery.retry_schedule.is_empty() {
+            problems.push("delivery.retry_schedule: list at least one delay".into());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            store: self.store,
+            api: self.api,
+            api_tokens,
+            sources: validated,
+            delivery: self.delivery,
+        })
+    }
+}
+
+fn secret(env: EnvLookup<'_>, problems: &mut Vec<String>, key: String, var: &str) -> Secret {
+    match env(var) {
+        Some(v) if !v.is_empty() => Secret(v),
+        _ => {
+            problems.push(format!(
+                "{key}: environment variable {var} is not set; export it with the secret"
+            ));
+            Secret(String::new())
+        }
+    }
+}
+
+fn validate_source(
+    i: usize,
+    s: &SourceConfig,
+    env: EnvLookup<'_>,
+    problems: &mut Vec<String>,
+) -> Option<Source> {
+    let key = |k: &str| format!("sources[{i}].{k}");
+    check_name(problems, &key("name"), &s.name);
+    if s.resources.is_empty() {
+        problems.push(format!("{}: list at least one resource", key("resources")));
+    }
+    for (j, r) in s.resources.iter().enumerate() {
+        check_name(problems, &key(&format!("resources[{j}]")), r);
+    }
+    let base_url = parse_http_url(&s.base_url)
+        .map_err(|e| problems.push(format!("{}: {e}", key("base_url"))))
+        .ok();
+    if s.page_size == 0 || s.page_size > 10_000 {
+        problems.push(format!("{}: must be between 1 and 10000", key("page_size")));
+    }
+    if s.poll_interval.is_zero() {
+        problems.push(format!(
+            "{}: must be greater than zero",
+            key("poll_interval")
+        ));
+    }
+    if s.max_walks == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_walks")));
+    }
+    if s.max_attempts == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_attempts")));
+    }
+    let auth = match &s.auth {
+        AuthConfig::None => Some(Auth::None),
+        AuthConfig::Bearer { token_env } => Some(Auth::Bearer {
+            token: secret(env, problems, key("auth.token_env"), token_env),
+        }),
+        AuthConfig::Basic {
+            username_env,
+            password_env,
+        } => Some(Auth::Basic {
+            username: secret(env, problems, key("auth.username_env"), username_env),
+            password: secret(env, problems, key("auth.password_env"), password_env),
+        }),
+        AuthConfig::OAuth {
+            client_id_env,
+            client_secret_env,
+            token_url,
+        } => {
+            let client_id = secret(env, problems, key("auth.client_id_env"), client_id_env);
+            let client_secret = secret(
+                env,
+                problems,
+                key("auth.client_secret_env"),
+                client_secret_env,
+            );
+            let token_url = match (token_url, &base_url) {
+                (Some(u), _) => parse_http_url(u)
+                    .map_err(|e| problems.push(format!("{}: {e}", key("auth.token_url"))))
+                    .ok(),
+                (None, Some(b)) => Some(join(b, "integration/auth/")),
+                (None, None) => None,
+            };
+            token_url.map(|token_url| Auth::OAuth {
+                client_id,
+                client_secret,
+                token_url,
+            })
+        }
+    };
+    Some(Source {
+        settings: s.clone(),
+        base_url: base_url?,
+        auth: auth?,
+    })
+}
+
+/// Names end up in Redis keys and hash tags, so they must not contain
+/// the characters that structure those keys.
+fn check_name(problems: &mut Vec<String>, key: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        problems.push(format!(
+            "{key}: {name:?} must be 1-64 characters of letters, digits, '_', '-' or '.'"
+        ));
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    if s.is_empty() {
+        return Err(
+            "missing; set the upstream's base URL, e.g. https://ua.ap.painchek.com/api".into(),
+        );
+    }
+    let u = Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    match u.scheme() {
+        "http" | "https" => Ok(u),
+        other => Err(format!("{s:?} has scheme {other:?}; use http or https")),
+    }
+}

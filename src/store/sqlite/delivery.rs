@@ -1,0 +1,265 @@
+//! Subscriptions and delivery state in the embedded store.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use super::{EVENT_COLUMNS, SqliteStore, add_pending, claim, event_row};
+use crate::{
+    delivery::model::{Attempt, DeadLetter, RetryState},
+    events::{Event, StreamId},
+    store::{
+        ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
+        decode_subscription, decode_subscriptions,
+    },
+    subscription::Subscription,
+};
+
+#[async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = s.id.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO subscriptions (id, body) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                params![id, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
+        let id = id.to_string();
+        let json = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT body FROM subscriptions WHERE id = ?1",
+                    params![id],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.as_deref().map(decode_subscription).transpose()
+    }
+
+    async fn subscriptions(&self) -> StoreResult<Vec<Subscription>> {
+        let all = self
+            .with(|c| {
+                let mut q = c.prepare_cached("SELECT body FROM subscriptions")?;
+                q.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        decode_subscriptions(&all)
+    }
+
+    async fn delete_subscription(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            c.execute("DELETE FROM subscriptions WHERE id = ?1", params![id])
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        sub: &str,
+        t: &Target,
+        start: StreamId,
+        count: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| claim(c, &sub, &t, start, count)).await
+    }
+
+    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            let cols: Vec<String> = EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect();
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {}, p.attempts, p.next_at FROM delivery_pending p
+                 JOIN events e ON e.source = p.source AND e.resource = p.resource AND e.stamp = p.stamp AND e.seq = p.seq
+                 WHERE p.sub = ?1 AND p.source = ?2 AND p.resource = ?3 ORDER BY p.stamp, p.seq",
+                cols.join(", ")
+            ))?;
+            q.query_map(params![sub, t.source, t.resource], |r| {
+                let state = RetryState {
+                    attempts: r.get::<_, i64>(9)? as u32,
+                    next_at_ms: r.get::<_, i64>(10)? as u64,
+                };
+                Ok((event_row(r)?, state))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn retry_later(
+        &self,
+        sub: &str,
+        t: &Target,
+        id: StreamId,
+        state: RetryState,
+    ) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            c.execute(
+                "UPDATE delivery_pending SET attempts = ?6, next_at = ?7
+                 WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
+                params![
+                    sub,
+                    t.source,
+                    t.resource,
+                    id.stamp as i64,
+                    id.seq as i64,
+                    state.attempts as i64,
+                    state.next_at_ms as i64
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut q = tx.prepare_cached(
+                    "DELETE FROM delivery_pending WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
+                )?;
+                for id in &ids {
+                    q.execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for id in &ids {
+                add_pending(&tx, &sub, &t, *id)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+                params![sub, t.source, t.resource, after.stamp as i64, after.seq as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            for table in ["delivery_position", "delivery_pending"] {
+                c.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE sub = ?1 AND source = ?2 AND resource = ?3"
+                    ),
+                    params![sub, t.source, t.resource],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+        let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (sub, key, at) = (sub.to_string(), d.key(), d.at_ms as i64);
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO dead_letters (sub, key, at_ms, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (sub, key) DO UPDATE SET at_ms = excluded.at_ms, body = excluded.body",
+                params![sub, key, at, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
+                )?;
+                q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        all.iter().map(|j| decode_json("dead letter", j)).collect()
+    }
+
+    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let tx = c.transaction()?;
+                let all = {
+                    let mut q = tx.prepare_cached(
+                        "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
+                    )?;
+                    q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                };
+                tx.execute("DELETE FROM dead_letters WHERE sub = ?1", params![sub])?;
+                tx.commit()?;
+                Ok(all)
+            })
+            .await?;
+        all.iter().map(|j| decode_json("dead letter", j)).collect()
+    }
+
+    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
+        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sub = sub.to_string();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO attempts (sub, body) VALUES (?1, ?2)",
+                params![sub, json],
+            )?;
+            let id = c.last_insert_rowid();
+            c.execute(
+                "DELETE FROM attempts WHERE sub = ?1 AND id <= ?2",
+                params![sub, id - ATTEMPTS_KEPT as i64],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+        let sub = sub.to_string();
+        let all = self
+            .with(move |c| {
+                let mut q = c.prepare_cached(
+                    "SELECT body FROM attempts WHERE sub = ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                q.query_map(params![sub, limit as i64], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        all.iter().map(|j| decode_json("attempt", j)).collect()
+    }
+}
