@@ -57,6 +57,8 @@ pub struct Metrics {
     pub cursor: Family<TargetLabels, Gauge>,
     pub appended: Family<OpLabels, Counter>,
     pub poll_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    /// Page walks of the `pages` strategy; above `polls` means rows shifted.
+    pub walks: Family<TargetLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub rejected: Family<TargetLabels, Counter>,
     pub attempts: Family<OutcomeLabels, Counter>,
@@ -81,6 +83,7 @@ impl Metrics {
             cursor: Family::default(),
             appended: Family::default(),
             poll_duration: Family::new_with_constructor(seconds_histogram),
+            walks: Family::default(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
             attempts: Family::default(),

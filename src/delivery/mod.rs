@@ -20,10 +20,12 @@ use crate::{
 };
 
 pub mod model;
+mod queue;
 pub mod sender;
 pub mod signing;
 pub mod ssrf;
 pub mod worker;
+mod writer;
 
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.
 #[derive(Debug, Clone)]

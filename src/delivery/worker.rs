@@ -8,7 +8,7 @@
 //! pending set (at-least-once: a request in flight at a crash is sent again).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Schedule,
     model::{Attempt, DeadLetter, Outcome, RetryState},
+    queue::{Pending, due_batch},
     sender::{Message, Sender},
+    writer::{Write, writer},
 };
 use crate::{
     cloudevents::EventSource,
@@ -47,11 +49,6 @@ pub struct Worker {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set while running: the ordered writer of settles and attempts.
     pub log: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
-}
-
-struct Pending {
-    event: Arc<Event>,
-    state: RetryState,
 }
 
 /// The lease of a delivery worker: a name of its own beside the target's poll lease.
@@ -376,116 +373,15 @@ impl Worker {
     }
 }
 
-/// Store writes taken off the delivery path, applied in order.
-pub enum Write {
-    Settle(String, Vec<StreamId>),
-    Attempt(String, Attempt),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-async fn writer(
-    store: Arc<dyn Store>,
-    t: Target,
-    mut writes: tokio::sync::mpsc::UnboundedReceiver<Write>,
-) {
-    while let Some(w) = writes.recv().await {
-        let result = match w {
-            Write::Settle(sub, ids) => store.settle(&sub, &t, &ids).await,
-            Write::Attempt(sub, a) => store.log_attempt(&sub, &a).await,
-            Write::Flush(done) => {
-                let _ = done.send(());
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(target = %t, error = %e, "cannot record delivery state; affected events may be sent again");
-        }
-    }
-}
-
 enum Step {
     Sent,
     Idle(Duration),
     Disabled,
 }
 
-/// Up to `max` due entries in stream order, skipping every entry of a record
-/// that has an earlier entry still pending (per-record order); also the
-/// earliest time a blocked-free entry becomes due.
-fn due_batch(
-    q: &BTreeMap<StreamId, Pending>,
-    now: u64,
-    max: usize,
-) -> (Vec<StreamId>, Option<u64>) {
-    let mut seen_records = HashSet::new();
-    let mut batch = Vec::new();
-    let mut next_due: Option<u64> = None;
-    for (id, p) in q {
-        if !seen_records.insert(p.event.record.as_str()) {
-            continue;
-        }
-        if p.state.next_at_ms <= now {
-            batch.push(*id);
-            if batch.len() == max {
-                // Full: when to wake next only matters for an empty batch.
-                break;
-            }
-        } else {
-            next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));
-        }
-    }
-    (batch, next_due)
-}
-
 async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::events::Op;
-
-    fn pending(stamp: u64, record: &str, next_at: u64) -> (StreamId, Pending) {
-        let e = Event {
-            id: StreamId::new(stamp, 0),
-            op: Op::Updated,
-            record: record.into(),
-            stamp,
-            prev: None,
-            snapshot: false,
-            observed: 0,
-            data: "{}".into(),
-        };
-        (
-            e.id,
-            Pending {
-                event: Arc::new(e),
-                state: RetryState {
-                    attempts: 0,
-                    next_at_ms: next_at,
-                },
-            },
-        )
-    }
-
-    #[test]
-    fn a_waiting_record_holds_back_only_itself() {
-        let q: BTreeMap<_, _> = [
-            pending(1, "a", 500),
-            pending(2, "b", 0),
-            pending(3, "a", 0),
-            pending(4, "c", 0),
-        ]
-        .into_iter()
-        .collect();
-        let (batch, next) = due_batch(&q, 100, 10);
-        assert_eq!(batch, vec![StreamId::new(2, 0), StreamId::new(4, 0)]);
-        assert_eq!(next, Some(500));
-        let (batch, _) = due_batch(&q, 600, 2);
-        assert_eq!(batch, vec![StreamId::new(1, 0), StreamId::new(2, 0)]);
     }
 }

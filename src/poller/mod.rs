@@ -187,6 +187,11 @@ impl Poller {
         m.cursor
             .get_or_create(&labels)
             .set(report.after.stamp as i64);
+        if report.walks > 0 {
+            m.walks
+                .get_or_create(&labels)
+                .inc_by(u64::from(report.walks));
+        }
         m.poll_duration
             .get_or_create(&labels)
             .observe(report.duration_ms as f64 / 1000.0);
