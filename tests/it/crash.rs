@@ -16,7 +16,9 @@ use stamp_relay::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Backend, Sim, TestStore, assert_rebuilds, bin, relay, seeds, source};
+use crate::harness::{
+    Backend, Sim, TestStore, assert_rebuilds, bin, eventually, relay, seeds, source,
+};
 use crate::on_both_stores;
 
 on_both_stores!(sigkill_during_keyset_load, sigkill_during_pages_load);
@@ -168,14 +170,12 @@ async fn redis_restart_mid_load() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         redis.restart();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while store.stream_len(&t).await.unwrap_or(0) < 10000 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the load did not finish after Redis came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the load to finish after Redis came back",
+        Duration::from_secs(60),
+        async || store.stream_len(&t).await.unwrap_or(0) >= 10000,
+    )
+    .await;
     cancel.cancel();
     run.await.unwrap().unwrap();
     assert_rebuilds(store.as_ref(), &t, &sim.sim).await;

@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
     simulator::{Order, SimConfig},
-    store::Target,
+    store::{Store, Target},
 };
 
-use crate::harness::{App, Backend, Sim, TestStore, all_events, source, wait_synced};
+use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
@@ -67,13 +67,18 @@ async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> String {
 }
 
 /// Waits until the receiver holds every event of the targets at least once.
-async fn wait_delivered(ts: &TestStore, rx: &TestReceiver, targets: &[Target], within: Duration) {
+pub async fn wait_delivered(
+    store: &dyn Store,
+    rx: &TestReceiver,
+    targets: &[Target],
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
         let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
         let mut missing = 0;
         for t in targets {
-            for e in all_events(ts.store.as_ref(), t).await {
+            for e in all_events(store, t).await {
                 missing += usize::from(!got.contains(&format!(
                     "{}:{}:{}:{}",
                     t.source, t.resource, e.record, e.stamp
@@ -122,7 +127,7 @@ async fn signed_deliveries_survive_a_secret_rotation(ts: TestStore) {
     let id = subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
     let secret = rx.inner.lock().unwrap().secrets[0].clone();
     let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
-    wait_delivered(&ts, &rx, &targets, Duration::from_secs(30)).await;
+    wait_delivered(ts.store.as_ref(), &rx, &targets, Duration::from_secs(30)).await;
 
     let r = app
         .post(&format!("/v1/subscriptions/{id}/rotate-secret"), &json!({}))
@@ -137,7 +142,7 @@ async fn signed_deliveries_survive_a_secret_rotation(ts: TestStore) {
     rx.set_secrets(&[&new, &secret]);
     sim.sim.random_writes(Some("patients"), 15);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    wait_delivered(&ts, &rx, &targets, Duration::from_secs(30)).await;
+    wait_delivered(ts.store.as_ref(), &rx, &targets, Duration::from_secs(30)).await;
     assert_eq!(
         rx.bad_signatures(),
         0,
@@ -181,7 +186,7 @@ async fn flaky_receiver_gets_everything_in_record_order(ts: TestStore) {
     }
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    wait_delivered(&ts, &rx, &[t], Duration::from_secs(60)).await;
+    wait_delivered(ts.store.as_ref(), &rx, &[t], Duration::from_secs(60)).await;
     let requests = rx.inner.lock().unwrap().requests;
     assert!(
         requests > rx.event_ids().len(),
@@ -208,14 +213,6 @@ async fn attempts(app: &App, id: &str) -> Vec<Value> {
         .await
         .unwrap();
     v["attempts"].as_array().unwrap().clone()
-}
-
-async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,11 +266,12 @@ async fn gone_disables_redirects_fail_and_hangs_time_out() {
         json!({"url": moved.url, "resources": ["sim/patients"], "start": "beginning"}),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while attempts(&app, &id).await.len() < 2 {
-        assert!(Instant::now() < deadline, "no redirect attempts recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "two redirect attempts to be recorded",
+        Duration::from_secs(20),
+        async || attempts(&app, &id).await.len() >= 2,
+    )
+    .await;
     let a = attempts(&app, &id).await;
     assert!(
         a.iter()
@@ -367,7 +365,7 @@ async fn dead_letters_are_listed_and_redriven() {
         .unwrap();
     assert_eq!(r["redriven"], 4);
     wait_delivered(
-        &ts,
+        ts.store.as_ref(),
         &rx,
         &[Target::new("sim", "users")],
         Duration::from_secs(30),
@@ -483,7 +481,10 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let mut kills = 0;
     for _ in 0..3 {
         let before = rx.event_ids().len();
-        wait_for("deliveries to start", || rx.event_ids().len() > before).await;
+        eventually("deliveries to start", Duration::from_secs(20), async || {
+            rx.event_ids().len() > before
+        })
+        .await;
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
@@ -493,23 +494,17 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let store = stamp_relay::store::sqlite::SqliteStore::open(&dir.path().join("data")).unwrap();
     let t = Target::new("sim", "patients");
     wait_synced(&store, &t, &sim.sim).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        let all = all_events(&store, &t).await;
-        let missing = all
-            .iter()
-            .filter(|e| !got.contains(&format!("sim:patients:{}:{}", e.record, e.stamp)))
-            .count();
-        if missing == 0 && all.len() >= 400 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} events undelivered after {kills} kills"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_delivered(
+        &store,
+        &rx,
+        std::slice::from_ref(&t),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        all_events(&store, &t).await.len() >= 400,
+        "after {kills} kills"
+    );
     assert_record_order(&rx.events());
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -535,7 +530,10 @@ async fn redis_restart_mid_delivery_loses_nothing() {
         json!({"resources": ["sim/patients"], "start": "beginning"}),
     )
     .await;
-    wait_for("deliveries to start", || !rx.event_ids().is_empty()).await;
+    eventually("deliveries to start", Duration::from_secs(20), async || {
+        !rx.event_ids().is_empty()
+    })
+    .await;
     let redis = ts.redis.as_mut().unwrap();
     redis.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -543,7 +541,7 @@ async fn redis_restart_mid_delivery_loses_nothing() {
     sim.sim.random_writes(Some("patients"), 20);
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    wait_delivered(&ts, &rx, &[t], Duration::from_secs(60)).await;
+    wait_delivered(ts.store.as_ref(), &rx, &[t], Duration::from_secs(60)).await;
     assert_record_order(&rx.events());
     app.stop().await;
 }
@@ -570,7 +568,7 @@ async fn batches_headers_ops_and_rate_limit() {
     )
     .await;
     wait_delivered(
-        &ts,
+        ts.store.as_ref(),
         &batched,
         std::slice::from_ref(&t),
         Duration::from_secs(30),
@@ -613,7 +611,12 @@ async fn batches_headers_ops_and_rate_limit() {
         .collect();
     sim.sim.random_writes(Some("patients"), 10);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    wait_for("the deletes to arrive", || deletes.event_ids().len() >= 6).await;
+    eventually(
+        "the deletes to arrive",
+        Duration::from_secs(20),
+        async || deletes.event_ids().len() >= 6,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = deletes.events();
     assert!(

@@ -459,6 +459,18 @@ impl Drop for App {
     }
 }
 
+/// Waits until `check` holds, failing after `within` with `what` it waited for.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until every target of `sim` is fully in the stream.
 pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
     let deadline = Instant::now() + Duration::from_secs(60);

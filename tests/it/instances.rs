@@ -14,7 +14,9 @@ use stamp_relay::{
     store::Target,
 };
 
-use crate::harness::{Backend, Sim, TestStore, assert_rebuilds, bin, free_port, wait_synced};
+use crate::harness::{
+    Backend, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
+};
 use crate::receiver::{Mode, TestReceiver};
 
 const ADMIN: &str = "instances-admin-token-4711";
@@ -119,11 +121,10 @@ async fn two_instances_share_work_and_survive_a_kill() {
     );
 
     // Let both work, then kill whichever holds the patients lease.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rx.event_ids().len() < 50 {
-        assert!(Instant::now() < deadline, "no deliveries");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("50 deliveries", Duration::from_secs(30), async || {
+        rx.event_ids().len() >= 50
+    })
+    .await;
     // Kill the instance polling patients, so the other must take over.
     let client = redis::Client::open(redis.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -159,26 +160,8 @@ async fn two_instances_share_work_and_survive_a_kill() {
     wait_synced(ts.store.as_ref(), &users, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &patients, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &users, &sim.sim).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        let mut missing = 0;
-        for t in [&patients, &users] {
-            for e in crate::harness::all_events(ts.store.as_ref(), t).await {
-                missing += usize::from(
-                    !got.contains(&format!("sim:{}:{}:{}", t.resource, e.record, e.stamp)),
-                );
-            }
-        }
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} events never delivered after the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let both = [patients.clone(), users.clone()];
+    crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &both, Duration::from_secs(60)).await;
     crate::delivery::assert_record_order(&rx.events());
     assert_eq!(rx.bad_signatures(), 0);
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::json;
 use stamp_relay::{config::Paging, simulator::SimConfig, store::Target};
 
-use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, source, wait_synced};
+use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
 use crate::receiver::TestReceiver;
 
 /// `name{labels}` -> value, for every sample line; panics on a malformed line.
@@ -64,14 +64,10 @@ async fn metrics_parse_and_count_what_happened() {
         .unwrap();
     let id = created["id"].as_str().unwrap();
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while rx.event_ids().len() < 25 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("25 deliveries", Duration::from_secs(20), async || {
+        rx.event_ids().len() >= 25
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let anon = app

@@ -7,11 +7,11 @@ use std::{
 };
 
 use stamp_relay::{
-    simulator::{SimConfig, Simulator},
+    simulator::SimConfig,
     store::{Store, Target, sqlite::SqliteStore},
 };
 
-use crate::harness::{Sim, assert_rebuilds, bin, free_port};
+use crate::harness::{Sim, assert_rebuilds, bin, eventually, free_port, wait_synced};
 
 async fn wait_for(url: &str) -> reqwest::Response {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -20,15 +20,6 @@ async fn wait_for(url: &str) -> reqwest::Response {
             return r;
         }
         assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_until_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
-    let want = sim.state(&t.resource).len() as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store.index_len(t).await.unwrap() < want {
-        assert!(Instant::now() < deadline, "{t} did not sync");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -70,25 +61,10 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
 
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
     let t = Target::new("sim", "patients");
-    wait_until_synced(&store, &t, &sim.sim).await;
+    wait_synced(&store, &t, &sim.sim).await;
     // Changes keep flowing while it serves.
     sim.sim.random_writes(Some("patients"), 25);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = store.last_id(&t).await.unwrap();
-        let top = sim
-            .sim
-            .state("patients")
-            .iter()
-            .filter_map(|r| r["update_stamp"].as_u64())
-            .max()
-            .unwrap();
-        if last.stamp >= top {
-            break;
-        }
-        assert!(Instant::now() < deadline, "serve stopped following changes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_synced(&store, &t, &sim.sim).await;
 
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -159,11 +135,10 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
 
     // 1. SIGTERM while the initial load is under way.
     let mut child = spawn();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while store.stream_len(&t).await.unwrap() < 2000 {
-        assert!(Instant::now() < deadline, "the load did not start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("the load to start", Duration::from_secs(30), async || {
+        store.stream_len(&t).await.unwrap() >= 2000
+    })
+    .await;
     term(&mut child);
     assert!(
         store.stream_len(&t).await.unwrap() < 30_000,
@@ -172,7 +147,7 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
 
     // 2. A restart finishes the load; then SIGTERM while delivering.
     let mut child = spawn();
-    wait_until_synced(&store, &t, &sim.sim).await;
+    wait_synced(&store, &t, &sim.sim).await;
     let http = reqwest::Client::new();
     let created: serde_json::Value = http
         .post(format!("http://127.0.0.1:{port}/v1/subscriptions"))
@@ -185,11 +160,10 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
         .await
         .unwrap();
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rx.event_ids().len() < 50 {
-        assert!(Instant::now() < deadline, "deliveries did not start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually("deliveries to start", Duration::from_secs(30), async || {
+        rx.event_ids().len() >= 50
+    })
+    .await;
     term(&mut child);
     assert!(
         rx.event_ids().len() < 1000,
