@@ -132,12 +132,9 @@ pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyho
     );
 
     fan_out(&http, &base, sim_url, clients).await?;
-    let top = store::open(&store_cfg)
-        .await?
-        .last_id(&Target::new("bench", "patients"))
-        .await?
-        .stamp;
-    super::delivery::run(&http, &base, TOKEN, sim_url, top).await?;
+    let store = store::open(&store_cfg).await?;
+    let target = Target::new("bench", "patients");
+    super::delivery::run(&http, &base, TOKEN, sim_url, store.as_ref(), &target).await?;
     cancel.cancel();
     server.await??;
     Ok(())
@@ -189,15 +186,8 @@ async fn fan_out(
                     let Ok(ev) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
                         continue;
                     };
-                    let observed = ev["time"]
-                        .as_str()
-                        .and_then(|t| humantime::parse_rfc3339(t).ok());
-                    if let Some(at) = observed {
-                        let at_ms = at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_millis() as u64)
-                            .unwrap_or(0);
-                        let _ = tx.send((i, now_ms().saturating_sub(at_ms)));
+                    if let Some(lag) = super::lag_ms(&ev, now_ms()) {
+                        let _ = tx.send((i, lag));
                     }
                 }
             }
@@ -213,19 +203,7 @@ async fn fan_out(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let writes = reqwest::Client::new();
-    for _ in 0..10 {
-        writes
-            .post(format!(
-                "{}/_sim/random-writes",
-                sim_url.trim_end_matches("/api")
-            ))
-            .json(&serde_json::json!({"table": "patients", "count": 20}))
-            .send()
-            .await?
-            .error_for_status()?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    super::upstream_writes(sim_url).await?;
     let mut lags = Vec::new();
     let mut per_client = vec![0usize; clients];
     loop {

@@ -14,7 +14,10 @@ use std::{
 use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
 use serde_json::{Value, json};
 
-use crate::events::now_ms;
+use crate::{
+    events::{StreamId, now_ms},
+    store::{Store, Target},
+};
 
 #[derive(Default)]
 struct Counts {
@@ -31,20 +34,21 @@ async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
     };
     let now = now_ms();
     let mut lags = c.lags.lock().unwrap_or_else(|p| p.into_inner());
-    for e in &events {
-        if let Some(at) = e["time"]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-        {
-            let at = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            lags.push(now.saturating_sub(at));
-        }
-    }
+    lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
     c.events.fetch_add(events.len(), Ordering::Relaxed);
     StatusCode::NO_CONTENT
+}
+
+async fn count_after(store: &dyn Store, t: &Target, mut after: StreamId) -> anyhow::Result<usize> {
+    let mut n = 0;
+    loop {
+        let page = store.read(t, after, 1000).await?;
+        let Some(last) = page.last() else {
+            return Ok(n);
+        };
+        after = last.id;
+        n += page.len();
+    }
 }
 
 async fn wait_count(c: &Counts, n: usize, what: &str) -> anyhow::Result<()> {
@@ -65,8 +69,10 @@ pub async fn run(
     base: &str,
     token: &str,
     sim_url: &str,
-    top: u64,
+    store: &dyn Store,
+    target: &Target,
 ) -> anyhow::Result<()> {
+    let top = store.last_id(target).await?.stamp;
     let counts = Arc::new(Counts::default());
     let app = Router::new()
         .route("/hook", post(receive))
@@ -113,8 +119,12 @@ pub async fn run(
     let mut rates = Vec::new();
     for (batch, events) in [(1u32, n), (100, 50_000usize)] {
         let before = counts.events.load(Ordering::Relaxed);
+        // Stamps count upstream writes, events only the versions the relay
+        // saw: count the events after the start point instead of assuming.
+        let from = top.saturating_sub(events as u64);
+        let events = count_after(store, target, StreamId::new(from, 0)).await?;
         let started = Instant::now();
-        let created: Value = subscribe(batch, top - events as u64)
+        let created: Value = subscribe(batch, from)
             .await?
             .error_for_status()?
             .json()
@@ -154,19 +164,7 @@ pub async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .clear();
     let before = counts.events.load(Ordering::Relaxed);
-    let writes = reqwest::Client::new();
-    for _ in 0..10 {
-        writes
-            .post(format!(
-                "{}/_sim/random-writes",
-                sim_url.trim_end_matches("/api")
-            ))
-            .json(&json!({"table": "patients", "count": 20}))
-            .send()
-            .await?
-            .error_for_status()?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    super::upstream_writes(sim_url).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut lags = counts
         .lags

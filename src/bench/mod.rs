@@ -159,6 +159,29 @@ async fn relay_load(store: StoreConfig, base_url: &str) -> anyhow::Result<(u64, 
     Ok((report.outcome.appended(), started.elapsed().as_secs_f64()))
 }
 
+/// 200 upstream changes over 2 s: the live traffic the latency figures measure.
+async fn upstream_writes(sim_url: &str) -> anyhow::Result<()> {
+    let writes = reqwest::Client::new();
+    let url = format!("{}/_sim/random-writes", sim_url.trim_end_matches("/api"));
+    for _ in 0..10 {
+        writes
+            .post(&url)
+            .json(&serde_json::json!({"table": "patients", "count": 20}))
+            .send()
+            .await?
+            .error_for_status()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Milliseconds from an event's append (its CloudEvents `time`) to `now_ms`.
+fn lag_ms(event: &serde_json::Value, now_ms: u64) -> Option<u64> {
+    let at = humantime::parse_rfc3339(event["time"].as_str()?).ok()?;
+    let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+    Some(now_ms.saturating_sub(at_ms))
+}
+
 fn rss_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
