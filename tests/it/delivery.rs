@@ -76,22 +76,34 @@ pub async fn wait_delivered(
     let deadline = Instant::now() + within;
     loop {
         let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        let mut missing = 0;
+        let mut missing = Vec::new();
         for t in targets {
             for e in all_events(store, t).await {
-                missing += usize::from(!got.contains(&format!(
-                    "{}:{}:{}:{}",
-                    t.source, t.resource, e.record, e.stamp
-                )));
+                let key = format!("{}:{}:{}:{}", t.source, t.resource, e.record, e.stamp);
+                if !got.contains(&key) {
+                    missing.push(key);
+                }
             }
         }
-        if missing == 0 {
+        if missing.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} events never reached the receiver"
-        );
+        if Instant::now() >= deadline {
+            // Name what is missing and whether it was dead-lettered: a test
+            // whose retry schedule is too short for its failure rate shows
+            // here, not as a mystery.
+            let mut dead = Vec::new();
+            for s in store.subscriptions().await.unwrap() {
+                for d in store.dead_letters(&s.id).await.unwrap() {
+                    dead.push(format!("{} ({} attempts: {})", d.event_id, d.attempts, d.last_error));
+                }
+            }
+            panic!(
+                "{} events never reached the receiver, first {:?}; dead letters: {dead:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -438,12 +450,15 @@ async fn sigkill_mid_delivery_loses_nothing() {
     let dir = tempfile::TempDir::new().unwrap();
     let port = crate::harness::free_port();
     let cfg = dir.path().join("relay.toml");
+    // Ten retries: with 20 % of requests failing, an event is dead-lettered
+    // with odds 0.2^11 (about 2e-8), not the 0.2^5 (3e-4 per event, one run
+    // in six for ~500 events) that four retries gave.
     std::fs::write(
         &cfg,
         format!(
             "[store]\ndata_dir = \"{}\"\nlease_ttl = \"500ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
              [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TEST_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\"]\n\
+             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]\n\
              [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
             dir.path().join("data").display(),
             sim.base_url
