@@ -269,18 +269,32 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
     println!("store: {}", store.describe());
     println!(
-        "{:<32} {:>14} {:>10} {:>10}",
-        "target", "cursor", "events", "records"
+        "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  state",
+        "target", "cursor", "events", "records", "events/min", "last poll"
     );
+    let now = crate::events::now_ms();
     for s in &config.sources {
         for r in &s.settings.resources {
             let t = Target::new(s.name(), r);
+            let last = store.poll_status(&t).await?.unwrap_or_default();
+            let polled = if last.finished_ms == 0 {
+                "never".to_string()
+            } else {
+                format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
+            };
+            let state = match (&last.error, last.ok_ms) {
+                (Some(e), _) => format!("failing: {e}"),
+                (None, Some(_)) => format!("in sync (polled by {})", last.holder),
+                (None, None) => "not polled yet".to_string(),
+            };
             println!(
-                "{:<32} {:>14} {:>10} {:>10}",
+                "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
                 t.to_string(),
                 store.last_id(&t).await?.to_string(),
                 store.stream_len(&t).await?,
-                store.index_len(&t).await?
+                store.index_len(&t).await?,
+                last.rate_shown(),
+                polled,
             );
         }
     }

@@ -42,17 +42,18 @@ pub struct ResourceView {
     pub last_poll_ms: Option<u64>,
     pub last_ok_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Events appended per minute over about the last minute.
+    pub rate_per_min: f64,
+    /// The instance that made the last poll.
+    pub polled_by: Option<String>,
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
     let mut out = Vec::new();
-    for (t, status) in s.shared.targets.iter() {
+    for (t, _) in s.shared.targets.iter() {
         let last_id = s.shared.store.last_id(t).await?;
-        let last = status
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // From the store: whichever instance polls, every instance shows it.
+        let last = s.shared.store.poll_status(t).await?.unwrap_or_default();
         out.push(ResourceView {
             source: t.source.clone(),
             resource: t.resource.clone(),
@@ -60,9 +61,11 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
             last_id: last_id.to_string(),
             stream_length: s.shared.store.stream_len(t).await?,
             records: s.shared.store.index_len(t).await?,
-            last_poll_ms: last.finished_ms,
+            last_poll_ms: (last.finished_ms > 0).then_some(last.finished_ms),
             last_ok_ms: last.ok_ms,
+            rate_per_min: last.rate_shown(),
             last_error: last.error,
+            polled_by: (!last.holder.is_empty()).then_some(last.holder),
         });
     }
     Ok(Json(serde_json::json!({ "resources": out })))

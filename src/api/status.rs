@@ -35,14 +35,15 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
          <title>stamp-relay</title><style>{STYLE}</style></head><body><h1>stamp-relay</h1>\
          <p>{} &middot; refreshes every 5 s</p><h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
-         <th>events</th><th>records</th><th>appended since start</th><th>last poll</th><th>state</th></tr>",
+         <th>events</th><th>records</th><th>events/min</th><th>last poll</th><th>polled by</th><th>state</th></tr>",
         esc(&store.describe())
     );
     let mut tops = std::collections::HashMap::new();
-    for (t, st) in s.shared.targets.iter() {
+    for (t, _) in s.shared.targets.iter() {
         let last_id = store.last_id(t).await?;
         tops.insert(t.to_string(), last_id.stamp);
-        let last = st.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The stored status: the same whichever instance polls the target.
+        let last = store.poll_status(t).await?.unwrap_or_default();
         let state = match &last.error {
             Some(e) => format!("<span class=bad>{}</span>", esc(e)),
             None if last.ok_ms.is_some() => "<span class=ok>in sync</span>".into(),
@@ -51,12 +52,13 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
         let _ = write!(
             h,
             "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
-             <td class=n>{}</td><td>{}</td><td>{state}</td></tr>",
+             <td class=n data-rate>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
             last_id.stamp,
             store.stream_len(t).await?,
             store.index_len(t).await?,
-            st.appended.load(std::sync::atomic::Ordering::Relaxed),
-            age(last.finished_ms),
+            last.rate_shown(),
+            age((last.finished_ms > 0).then_some(last.finished_ms)),
+            esc(&last.holder),
         );
     }
     h.push_str(

@@ -23,7 +23,7 @@ use crate::{
     config::Paging,
     events::{AppendOutcome, StreamId, now_ms},
     record::{RejectedRecord, UpstreamRecord},
-    store::{AppendBatch, Store, StoreError, Target},
+    store::{AppendBatch, PollStatus, Store, StoreError, Target},
     upstream::{Upstream, UpstreamError, backoff},
 };
 
@@ -126,6 +126,11 @@ pub struct Poller {
     /// Hashes of rejected records already written, so a bad record that
     /// the upstream keeps returning is recorded once per process.
     rejected: HashSet<u64>,
+    /// (time, events appended so far) after each poll, over about a minute:
+    /// the append rate shown on the status surfaces.
+    samples: std::collections::VecDeque<(u64, u64)>,
+    /// The last poll that succeeded while this instance held the lease.
+    last_ok_ms: Option<u64>,
 }
 
 impl Poller {
@@ -146,6 +151,8 @@ impl Poller {
             lease_ttl,
             status: Arc::default(),
             rejected: HashSet::new(),
+            samples: Default::default(),
+            last_ok_ms: None,
         }
     }
 
@@ -292,8 +299,50 @@ impl Poller {
         Ok(())
     }
 
-    /// Notes a poll's result in the shared status and the log.
-    fn record(&self, result: &Result<PollReport, PollError>) {
+    /// Notes a poll's result in the shared status, the log, and (when this
+    /// instance polled) the store, where every instance's status surfaces
+    /// read it.
+    async fn record(&mut self, result: &Result<PollReport, PollError>) {
+        self.note(result);
+        if matches!(result, Ok(r) if !r.leased) {
+            // Another instance polls this target and writes its status.
+            self.samples.clear();
+            return;
+        }
+        let now = now_ms();
+        if result.is_ok() {
+            self.last_ok_ms = Some(now);
+        }
+        let status = PollStatus {
+            holder: self.holder.clone(),
+            finished_ms: now,
+            ok_ms: self.last_ok_ms,
+            error: result.as_ref().err().map(|e| e.to_string()),
+            rate_per_min: self.rate(now),
+        };
+        if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
+            tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");
+        }
+    }
+
+    /// Events appended per minute over about the last minute, from the
+    /// samples this instance took while it held the lease.
+    fn rate(&mut self, now: u64) -> f64 {
+        const WINDOW_MS: u64 = 60_000;
+        let total = self.status.appended.load(Ordering::Relaxed);
+        self.samples.push_back((now, total));
+        // Keep one sample at or before the window's start as the baseline.
+        while self.samples.len() > 2 && self.samples[1].0 + WINDOW_MS <= now {
+            self.samples.pop_front();
+        }
+        let (t0, a0) = self.samples[0];
+        // Over a full minute even when the samples span less: a first poll
+        // that loads 30 records in 4 ms shows 30/min, not 450,000.
+        (total - a0) as f64 * 60_000.0 / now.saturating_sub(t0).max(WINDOW_MS) as f64
+    }
+
+    /// Notes a poll's result in this process's status and the log.
+    fn note(&self, result: &Result<PollReport, PollError>) {
         let mut last = self.status.last.lock().unwrap_or_else(|p| p.into_inner());
         last.finished_ms = Some(now_ms());
         match result {
@@ -329,11 +378,16 @@ impl Poller {
         let interval = self.upstream.source().settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
+            if self.samples.is_empty() {
+                // The baseline of the append rate: before this poll's appends.
+                let appended = self.status.appended.load(Ordering::Relaxed);
+                self.samples.push_back((now_ms(), appended));
+            }
             let result = self.poll_once(&cancel).await;
             if let Err(PollError::Cancelled) = result {
                 break;
             }
-            self.record(&result);
+            self.record(&result).await;
             failures = if result.is_ok() { 0 } else { failures + 1 };
             let wait = if failures == 0 {
                 interval

@@ -43,6 +43,29 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The last poll of a target as its lease holder saw it, kept in the store
+/// so every instance, the status page and `stamp-relay status` show the
+/// same facts whichever instance polls.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PollStatus {
+    /// The instance that polled (its lease holder name).
+    pub holder: String,
+    pub finished_ms: u64,
+    /// The last poll that succeeded, possibly before `finished_ms`.
+    pub ok_ms: Option<u64>,
+    /// Why the last poll failed; none when it succeeded.
+    pub error: Option<String>,
+    /// Events appended per minute, over about the last minute.
+    pub rate_per_min: f64,
+}
+
+impl PollStatus {
+    /// The rate as the status surfaces show it, to one decimal.
+    pub fn rate_shown(&self) -> f64 {
+        (self.rate_per_min * 10.0).round() / 10.0
+    }
+}
+
 /// A sorted chunk of record versions to append atomically.
 #[derive(Debug)]
 pub struct AppendBatch<'a> {
@@ -98,6 +121,12 @@ pub trait Store: DeliveryStore + Send + Sync + 'static {
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+
+    /// Records the last poll of a target (written by its lease holder).
+    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;
+
+    /// The last poll of a target, by whichever instance made it.
+    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>>;
 }
 
 /// Subscriptions and their delivery state, kept by the same backends.

@@ -95,7 +95,10 @@ pub async fn wait_delivered(
             let mut dead = Vec::new();
             for s in store.subscriptions().await.unwrap() {
                 for d in store.dead_letters(&s.id).await.unwrap() {
-                    dead.push(format!("{} ({} attempts: {})", d.event_id, d.attempts, d.last_error));
+                    dead.push(format!(
+                        "{} ({} attempts: {})",
+                        d.event_id, d.attempts, d.last_error
+                    ));
                 }
             }
             panic!(

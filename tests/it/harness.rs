@@ -434,6 +434,11 @@ impl App {
             .bearer_auth(ADMIN_TOKEN)
     }
 
+    /// GET with the admin token, expecting a JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

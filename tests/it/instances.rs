@@ -5,7 +5,7 @@
 use std::{
     io::Read,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -57,6 +57,18 @@ fn spawn(cfg: &std::path::Path) -> Child {
         .unwrap()
 }
 
+/// `GET /v1/resources` of the instance on `port`.
+async fn resources(http: &reqwest::Client, port: u16) -> Value {
+    http.get(format!("http://127.0.0.1:{port}/v1/resources"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Everything a (killed) child wrote.
 fn output(mut c: Child) -> String {
     let mut s = String::new();
@@ -87,22 +99,31 @@ async fn two_instances_share_work_and_survive_a_kill() {
     let a = spawn(&write_config(dir.path(), "a", &redis, &sim.base_url, pa));
     let b = spawn(&write_config(dir.path(), "b", &redis, &sim.base_url, pb));
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let created: Value = loop {
-        let r = http
-            .post(format!("http://127.0.0.1:{pa}/v1/subscriptions"))
-            .bearer_auth(ADMIN)
-            .json(
-                &json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false}),
-            )
-            .send()
-            .await;
-        if let Ok(r) = r {
-            break r.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "instance a did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Both must listen before the test talks to them: b starts a little
+    // after a, and a PATCH to b that races its startup is refused.
+    for port in [pa, pb] {
+        eventually(
+            "an instance to listen",
+            Duration::from_secs(30),
+            async || {
+                http.get(format!("http://127.0.0.1:{port}/healthz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+    }
+    let created: Value = http
+        .post(format!("http://127.0.0.1:{pa}/v1/subscriptions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let secret = created["secret"].as_str().unwrap();
     rx.set_secrets(&[secret]);
     rx.set_mode(Mode::Flaky(0.1));
@@ -134,10 +155,26 @@ async fn two_instances_share_work_and_survive_a_kill() {
         .await
         .unwrap();
     let pid_of = |c: &Child| format!("-{}-", c.id());
-    let (victim, survivor) = if holder.contains(&pid_of(&a)) {
-        (a, b)
+    // Both instances show the holder as who polls patients: the poll
+    // status lives in the store, not in the instance that polled.
+    for port in [pa, pb] {
+        let r = resources(&http, port).await;
+        let patients = r["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["resource"] == "patients")
+            .unwrap();
+        let by = patients["polled_by"].as_str().unwrap_or_default();
+        assert!(
+            by == holder || by.is_empty(),
+            "instance on {port} says {by} polls patients; the lease says {holder}"
+        );
+    }
+    let (victim, survivor, survivor_port) = if holder.contains(&pid_of(&a)) {
+        (a, b, pb)
     } else {
-        (b, a)
+        (b, a, pa)
     };
     assert!(
         holder.contains(&pid_of(&victim)),
@@ -164,6 +201,22 @@ async fn two_instances_share_work_and_survive_a_kill() {
     crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &both, Duration::from_secs(60)).await;
     crate::delivery::assert_record_order(&rx.events());
     assert_eq!(rx.bad_signatures(), 0);
+    // The survivor took over patients, and says so.
+    let survivor_pid = pid_of(&b);
+    eventually(
+        "the survivor to report its polls",
+        Duration::from_secs(10),
+        async || {
+            let r = resources(&http, survivor_port).await;
+            r["resources"].as_array().unwrap().iter().all(|x| {
+                x["polled_by"]
+                    .as_str()
+                    .is_some_and(|h| h.contains(&survivor_pid))
+                    && x["last_error"].is_null()
+            })
+        },
+    )
+    .await;
 
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };

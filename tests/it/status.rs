@@ -78,14 +78,7 @@ async fn status_page_matches_the_api() {
         "the page must refresh itself"
     );
 
-    let api: Value = app
-        .get("/v1/resources")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: Value = app.get_json("/v1/resources").await;
     for r in api["resources"].as_array().unwrap() {
         let name = format!(
             "{}/{}",
@@ -103,7 +96,83 @@ async fn status_page_matches_the_api() {
         html[html.find(&format!("data-subscription=\"{id}\"")).unwrap()..].contains("disabled")
     );
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
+
+    // The rate and who polls come from the store, so every instance (and
+    // the `status` command) shows the same. The initial load happened within
+    // the last minute, so the rate is above zero; a poll may land between
+    // two reads, so the page matches the API read before or after it.
+    let before: Value = app.get_json("/v1/resources").await;
+    let html = app
+        .http
+        .get(format!("{}/", app.base))
+        .basic_auth("me", Some(READ_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let after: Value = app.get_json("/v1/resources").await;
+    for (i, r) in before["resources"].as_array().unwrap().iter().enumerate() {
+        let name = format!(
+            "{}/{}",
+            r["source"].as_str().unwrap(),
+            r["resource"].as_str().unwrap()
+        );
+        assert!(r["rate_per_min"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        assert!(
+            r["polled_by"].as_str().is_some_and(|h| !h.is_empty()),
+            "{name}: {r}"
+        );
+        assert!(r["last_error"].is_null(), "{name}: {r}");
+        let shown: f64 = cell(&html, "target", &name, "rate").parse().unwrap();
+        let before = r["rate_per_min"].as_f64().unwrap();
+        let later = after["resources"][i]["rate_per_min"].as_f64().unwrap();
+        assert!(
+            shown == before || shown == later,
+            "{name}: page {shown}, API {before} then {later}"
+        );
+    }
     app.stop().await;
+
+    // `stamp-relay status` reads the same facts from the store.
+    let cfg = ts.dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\ndata_dir = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\", \"users\"]\n",
+            ts.config.data_dir.display(),
+            sim.base_url
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["status", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for r in api["resources"].as_array().unwrap() {
+        let name = format!(
+            "{}/{}",
+            r["source"].as_str().unwrap(),
+            r["resource"].as_str().unwrap()
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .unwrap_or_else(|| panic!("no line for {name} in\n{text}"));
+        assert!(
+            line.contains(&r["last_id"].as_str().unwrap().to_string()),
+            "{line}"
+        );
+        assert!(line.contains("in sync (polled by "), "{line}");
+    }
+    assert!(text.contains(id) && text.contains("disabled"), "{text}");
 }
 
 /// Headless Chromium, as a person would open it: the browser answers the
@@ -165,14 +234,7 @@ async fn status_page_renders_in_chromium() {
         dom.contains("<h1>stamp-relay</h1>"),
         "chromium did not render the page:\n{dom}"
     );
-    let api: Value = app
-        .get("/v1/resources")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: Value = app.get_json("/v1/resources").await;
     let cursor = api["resources"][0]["cursor"].to_string();
     assert_eq!(cell(&dom, "target", "sim/patients", "cursor"), cursor);
     app.stop().await;

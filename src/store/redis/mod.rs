@@ -13,7 +13,7 @@ use redis::{
     streams::StreamRangeReply,
 };
 
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, PollStatus, Store, StoreError, StoreResult, Target, decode_json};
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 /// The key names of one target, defined in one place.
@@ -27,6 +27,8 @@ pub struct Keys {
     pub rejects: String,
     /// `P:{s:r}:lease`, the holder polling this target, with a TTL.
     pub lease: String,
+    /// `P:{s:r}:status`, the last poll (JSON), written by the lease holder.
+    pub status: String,
     base: String,
 }
 
@@ -38,6 +40,7 @@ impl Keys {
             index: format!("{base}:index"),
             rejects: format!("{base}:rejects"),
             lease: format!("{base}:lease"),
+            status: format!("{base}:status"),
             base,
         }
     }
@@ -391,6 +394,20 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.conn.clone();
+        c.set(self.keys(t).status, json)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
+        let mut c = self.conn.clone();
+        let json: Option<String> = c.get(self.keys(t).status).await.map_err(|e| self.err(e))?;
+        json.map(|j| decode_json("poll status", &j)).transpose()
     }
 }
 

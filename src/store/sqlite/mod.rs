@@ -14,7 +14,7 @@ use std::{
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, PollStatus, Store, StoreError, StoreResult, Target, decode_json};
 use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 const SCHEMA: &str = "
@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
+CREATE TABLE IF NOT EXISTS poll_status (
+    source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
@@ -417,6 +420,35 @@ impl Store for SqliteStore {
             .map(|_| ())
         })
         .await
+    }
+
+    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO poll_status (source, resource, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source, resource) DO UPDATE SET body = excluded.body",
+                params![t.source, t.resource, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
+        let t = t.clone();
+        let json = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT body FROM poll_status WHERE source = ?1 AND resource = ?2",
+                    params![t.source, t.resource],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.map(|j| decode_json("poll status", &j)).transpose()
     }
 }
 
