@@ -189,7 +189,12 @@ impl Relay {
                 .status
                 .running
                 .store(true, std::sync::atomic::Ordering::Relaxed);
-            tracker.spawn(poller.run(cancel.clone()));
+            // Every log line of a poll carries its source and resource.
+            let span = tracing::info_span!("poll", source = %poller.target.source, resource = %poller.target.resource);
+            tracker.spawn(tracing::Instrument::instrument(
+                poller.run(cancel.clone()),
+                span,
+            ));
         }
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();

@@ -162,7 +162,9 @@ impl Deliverer {
                 log: None,
             };
             let child = cancel.child_token();
-            let handle = tokio::spawn(w.run(child.clone()));
+            // Every log line of a worker carries its subscription and target.
+            let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.target.source, resource = %w.target.resource);
+            let handle = tokio::spawn(tracing::Instrument::instrument(w.run(child.clone()), span));
             running.insert(
                 key,
                 Running {

@@ -350,16 +350,24 @@ impl Worker {
         {
             secrets.push(old);
         }
-        self.sender
-            .send(Message {
+        // The attempt's log lines carry the event (or first event of a batch).
+        let span = tracing::debug_span!("attempt", event_id = %id, events = events.len());
+        let sent = tracing::Instrument::instrument(
+            self.sender.send(Message {
                 url: &sub.url,
                 headers: &sub.headers,
                 id: &id,
                 body,
                 content_type,
                 secrets,
-            })
-            .await
+            }),
+            span.clone(),
+        )
+        .await;
+        span.in_scope(|| {
+            tracing::debug!(outcome = ?sent.outcome, status = sent.status, latency_ms = sent.latency.as_millis() as u64, "delivery attempt");
+        });
+        sent
     }
 
     async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {

@@ -3,7 +3,6 @@
 //! another takes over within the lease time. Secrets never reach the logs.
 
 use std::{
-    io::Read,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -45,14 +44,23 @@ fn write_config(
 }
 
 fn spawn(cfg: &std::path::Path) -> Child {
+    let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
     Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
         .env("SR_INST_ADMIN", ADMIN)
         .env("SR_INST_ID", "relay")
         .env("SR_INST_SECRET", CLIENT_SECRET)
         .env("RUST_LOG", "debug,hyper=info,reqwest=info,h2=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // To a file, not a pipe: debug JSON logs fill a pipe's buffer long
+        // before the test reads it, and the relay would block on its logging.
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
 }
@@ -69,11 +77,15 @@ async fn resources(http: &reqwest::Client, port: u16) -> Value {
         .unwrap()
 }
 
-/// Everything a (killed) child wrote.
-fn output(mut c: Child) -> String {
+/// Everything the relays in `dir` wrote.
+fn all_logs(dir: &std::path::Path) -> String {
     let mut s = String::new();
-    c.stdout.take().unwrap().read_to_string(&mut s).unwrap();
-    c.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let path = f.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            s += &std::fs::read_to_string(path).unwrap();
+        }
+    }
     s
 }
 
@@ -181,12 +193,11 @@ async fn two_instances_share_work_and_survive_a_kill() {
         "lease holder {holder} is neither instance"
     );
     let mut b = survivor;
-    let killed = {
+    {
         let mut victim = victim;
         victim.kill().unwrap();
         victim.wait().unwrap();
-        output(victim)
-    };
+    }
     for _ in 0..5 {
         sim.sim.random_writes(None, 20);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -221,12 +232,46 @@ async fn two_instances_share_work_and_survive_a_kill() {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(b.id() as i32, libc::SIGTERM) };
     assert!(b.wait().unwrap().success());
-    let logs = format!("{killed}{}", output(b));
+    let logs = all_logs(dir.path());
     assert!(
         logs.contains("poll finished"),
         "debug logs were not captured"
     );
     for secret in [ADMIN, CLIENT_SECRET, secret] {
         assert!(!logs.contains(secret), "a secret appeared in the logs");
+    }
+    // JSON lines whose spans say what they are about: each poll line names
+    // its source and resource, each attempt its subscription and event.
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let about = |message: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    };
+    let polls = about("poll finished");
+    assert!(!polls.is_empty(), "no poll lines in the JSON logs");
+    for l in polls {
+        assert_eq!(l["span"]["source"], "sim", "{l}");
+        assert!(l["span"]["resource"].is_string(), "{l}");
+    }
+    let attempts = about("delivery attempt");
+    assert!(!attempts.is_empty(), "no attempt lines in the JSON logs");
+    for l in attempts {
+        let deliver = l["spans"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "deliver"))
+            .unwrap_or_else(|| panic!("no deliver span in {l}"));
+        assert_eq!(deliver["subscription"], id, "{l}");
+        assert!(
+            l["span"]["event_id"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("sim:")),
+            "{l}"
+        );
     }
 }
