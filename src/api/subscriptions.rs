@@ -156,9 +156,9 @@ pub async fn patch(
         sub::validate_resources(&resources, &known)?;
         // Newly covered targets start now; kept ones keep their position.
         for t in covered(&resources, &known) {
-            if !found.start.contains_key(&t.to_string()) {
-                let now = s.shared.store.last_id(&t).await?;
-                found.start.insert(t.to_string(), now.to_string());
+            if let std::collections::btree_map::Entry::Vacant(e) = found.start.entry(t.to_string())
+            {
+                e.insert(s.shared.store.last_id(&t).await?.to_string());
             }
         }
         found.resources = resources;

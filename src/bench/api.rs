@@ -206,14 +206,10 @@ async fn fan_out(
     super::upstream_writes(sim_url).await?;
     let mut lags = Vec::new();
     let mut per_client = vec![0usize; clients];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
-            Ok(Some((i, lag))) => {
-                per_client[i] += 1;
-                lags.push(lag);
-            }
-            _ => break,
-        }
+    // Until three quiet seconds pass.
+    while let Ok(Some((i, lag))) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+        per_client[i] += 1;
+        lags.push(lag);
     }
     stop.cancel();
     lags.sort_unstable();

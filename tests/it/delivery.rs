@@ -648,8 +648,14 @@ async fn batches_headers_ops_and_rate_limit() {
             "delete of {id} missing"
         );
     }
-    let g = deletes.inner.lock().unwrap();
-    let times: Vec<_> = g.received.iter().map(|r| r.at).collect();
+    let times: Vec<_> = deletes
+        .inner
+        .lock()
+        .unwrap()
+        .received
+        .iter()
+        .map(|r| r.at)
+        .collect();
     let span = times.last().unwrap().duration_since(times[0]);
     // 20 requests per second: n requests need at least (n - 1) * 50 ms.
     assert!(
@@ -657,6 +663,5 @@ async fn batches_headers_ops_and_rate_limit() {
         "{} requests in {span:?}",
         times.len()
     );
-    drop(g);
     app.stop().await;
 }
