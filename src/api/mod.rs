@@ -122,12 +122,26 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(problem::BODY_LIMIT))
+        .layer(middleware::map_response(close_after_too_large))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             state.request_timeout,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A 413 leaves the request body unread, so the connection cannot carry
+/// another request: say so, or a client's pool sends its next request on a
+/// connection the server is closing (and it fails with no answer).
+async fn close_after_too_large(mut r: axum::response::Response) -> axum::response::Response {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    r
 }
 
 /// The API description, compiled in so it always matches this binary.

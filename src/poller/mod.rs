@@ -131,6 +131,8 @@ pub struct Poller {
     samples: std::collections::VecDeque<(u64, u64)>,
     /// The last poll that succeeded while this instance held the lease.
     last_ok_ms: Option<u64>,
+    /// The initial load is known to have completed (see `loaded`).
+    loaded: bool,
 }
 
 impl Poller {
@@ -153,11 +155,38 @@ impl Poller {
             rejected: HashSet::new(),
             samples: Default::default(),
             last_ok_ms: None,
+            loaded: false,
         }
     }
 
-    /// One poll of the target. Public so tests and `sync --once` drive it.
+    /// One poll of the target, its result recorded in the status surfaces.
+    /// Public so tests and `sync --once` drive it.
     pub async fn poll_once(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
+        if self.samples.is_empty() {
+            // The baseline of the append rate: before this poll's appends.
+            let appended = self.status.appended.load(Ordering::Relaxed);
+            self.samples.push_back((now_ms(), appended));
+        }
+        let result = self.poll(cancel).await;
+        if !matches!(result, Err(PollError::Cancelled)) {
+            self.record(&result).await;
+        }
+        result
+    }
+
+    /// Whether the initial load has completed: a poll of this target
+    /// succeeded once (by any instance). Until then every event is part of
+    /// the load and says `snapshot=1`, also after a crash mid-load, when the
+    /// stream is no longer empty.
+    async fn loaded(&mut self) -> Result<bool, PollError> {
+        if !self.loaded {
+            let stored = self.store.poll_status(&self.target).await?;
+            self.loaded = stored.and_then(|s| s.ok_ms).is_some();
+        }
+        Ok(self.loaded)
+    }
+
+    async fn poll(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
         let started = Instant::now();
         let mut report = PollReport::default();
         if !self.renew_lease().await? {
@@ -166,10 +195,11 @@ impl Poller {
         }
         report.leased = true;
         report.before = self.store.last_id(&self.target).await?;
+        // The initial load says `snapshot=1`: a new stream, or one whose
+        // load never completed (a crash mid-load).
+        let snapshot = report.before == StreamId::ZERO || !self.loaded().await?;
         let settings = &self.upstream.source().settings;
         report.sync = report.before.stamp.saturating_sub(settings.overlap);
-        // A new stream is the initial load: its events say `snapshot=1`.
-        let snapshot = report.before == StreamId::ZERO;
         let result = match settings.paging {
             Paging::Keyset => self.keyset(&mut report, snapshot, cancel).await,
             Paging::Pages => self.pages(&mut report, snapshot, cancel).await,
@@ -312,6 +342,16 @@ impl Poller {
         let now = now_ms();
         if result.is_ok() {
             self.last_ok_ms = Some(now);
+            self.loaded = true;
+        } else if self.last_ok_ms.is_none() {
+            // Keep the last success another instance (or run) recorded.
+            self.last_ok_ms = self
+                .store
+                .poll_status(&self.target)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|s| s.ok_ms);
         }
         let status = PollStatus {
             holder: self.holder.clone(),
@@ -378,16 +418,10 @@ impl Poller {
         let interval = self.upstream.source().settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
-            if self.samples.is_empty() {
-                // The baseline of the append rate: before this poll's appends.
-                let appended = self.status.appended.load(Ordering::Relaxed);
-                self.samples.push_back((now_ms(), appended));
-            }
             let result = self.poll_once(&cancel).await;
             if let Err(PollError::Cancelled) = result {
                 break;
             }
-            self.record(&result).await;
             failures = if result.is_ok() { 0 } else { failures + 1 };
             let wait = if failures == 0 {
                 interval

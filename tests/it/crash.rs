@@ -17,7 +17,7 @@ use stamp_relay::{
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, Sim, TestStore, assert_rebuilds, bin, eventually, relay, seeds, source,
+    Backend, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, relay, seeds, source,
 };
 use crate::on_both_stores;
 
@@ -68,6 +68,19 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         ..SimConfig::default()
     })
     .await;
+    let initial: std::collections::HashMap<&str, std::collections::HashSet<String>> =
+        ["patients", "assessments"]
+            .into_iter()
+            .map(|table| {
+                let ids = sim
+                    .sim
+                    .state(table)
+                    .iter()
+                    .filter_map(|r| r["uuid"].as_str().map(str::to_string))
+                    .collect();
+                (table, ids)
+            })
+            .collect();
     let cfg = ts.dir.path().join("relay.toml");
     write_config(&ts, &sim.base_url, paging, &cfg);
     let mut rng = StdRng::seed_from_u64(paging as u64);
@@ -120,7 +133,25 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
     for table in ["patients", "assessments"] {
-        assert_rebuilds(ts.store.as_ref(), &Target::new("sim", table), &sim.sim).await;
+        let t = Target::new("sim", table);
+        assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+        // Each initial record first reached the stream in the initial load,
+        // which the kills interrupted: a restart mid-load (the stream no
+        // longer empty) must not turn the rest of the load into changes.
+        let mut seen = std::collections::HashSet::new();
+        let not_snapshot: Vec<_> = all_events(ts.store.as_ref(), &t)
+            .await
+            .into_iter()
+            .filter(|e| seen.insert(e.record.clone()) && initial[table].contains(&e.record))
+            .filter(|e| !e.snapshot)
+            .map(|e| e.id.to_string())
+            .collect();
+        assert!(
+            not_snapshot.is_empty(),
+            "{t}: {} initial records first appeared with snapshot=0, first {:?}",
+            not_snapshot.len(),
+            &not_snapshot[..not_snapshot.len().min(5)]
+        );
     }
 }
 
