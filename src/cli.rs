@@ -300,24 +300,26 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
     }
     let subs = store.subscriptions().await?;
     println!(
-        "\n{:<38} {:<9} {:>8} {:>12}  url",
-        "subscription", "state", "pending", "dead letters"
+        "\n{:<38} {:<9} {:>8} {:>12} {:>12}  url",
+        "subscription", "state", "pending", "lag (stamps)", "dead letters"
     );
     for sub in &subs {
-        let mut pending = 0;
+        let (mut pending, mut lag) = (0, 0);
         for s in &config.sources {
             for r in &s.settings.resources {
                 let t = Target::new(s.name(), r);
                 if sub.covers(&t) {
                     pending += store.pending(&sub.id, &t).await?.len();
+                    lag = lag.max(crate::delivery::lag(store.as_ref(), sub, &t).await?);
                 }
             }
         }
         println!(
-            "{:<38} {:<9} {:>8} {:>12}  {}",
+            "{:<38} {:<9} {:>8} {:>12} {:>12}  {}",
             sub.id,
             if sub.enabled { "enabled" } else { "disabled" },
             pending,
+            lag,
             store.dead_letters(&sub.id).await?.len(),
             sub.url
         );

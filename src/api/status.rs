@@ -38,10 +38,8 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
          <th>events</th><th>records</th><th>events/min</th><th>last poll</th><th>polled by</th><th>state</th></tr>",
         esc(&store.describe())
     );
-    let mut tops = std::collections::HashMap::new();
     for (t, _) in s.shared.targets.iter() {
         let last_id = store.last_id(t).await?;
-        tops.insert(t.to_string(), last_id.stamp);
         // The stored status: the same whichever instance polls the target.
         let last = store.poll_status(t).await?.unwrap_or_default();
         let state = match &last.error {
@@ -68,15 +66,7 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
     for sub in store.subscriptions().await? {
         let mut lag = 0;
         for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
-            let top = tops.get(&t.to_string()).copied().unwrap_or(0);
-            // The oldest pending entry is the subscription's position: the
-            // worker keeps its window full while it is behind.
-            let oldest = store
-                .pending(&sub.id, t)
-                .await?
-                .first()
-                .map(|(e, _)| e.id.stamp);
-            lag = lag.max(oldest.map_or(0, |o| top.saturating_sub(o) + 1));
+            lag = lag.max(crate::delivery::lag(store.as_ref(), &sub, t).await?);
         }
         let state = if sub.enabled {
             "<span class=ok>enabled</span>".to_string()

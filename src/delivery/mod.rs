@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cloudevents::EventSource,
     config::DeliveryConfig,
-    store::{Store, Target},
+    events::StreamId,
+    store::{Store, StoreResult, Target},
     subscription::Subscription,
 };
 
@@ -26,6 +27,30 @@ pub mod signing;
 pub mod ssrf;
 pub mod worker;
 mod writer;
+
+/// How far a subscription trails a target, in stamps: from its oldest
+/// undelivered event (pending, or the first after its position) to the
+/// target's last stamp; 0 when it has everything. Also right for a disabled
+/// subscription or one that has not started: its backlog is what it lacks.
+pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<u64> {
+    let top = store.last_id(t).await?;
+    if let Some((oldest, _)) = store.pending(&sub.id, t).await?.first() {
+        return Ok(top.stamp.saturating_sub(oldest.id.stamp) + 1);
+    }
+    let position = match store.position(&sub.id, t).await? {
+        Some(p) => p,
+        None => sub
+            .start
+            .get(&t.to_string())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(StreamId::ZERO),
+    };
+    Ok(if position < top {
+        top.stamp.saturating_sub(position.stamp).max(1)
+    } else {
+        0
+    })
+}
 
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.
 #[derive(Debug, Clone)]

@@ -177,6 +177,9 @@ pub trait DeliveryStore: Send + Sync {
     /// Moves the position: the next claim returns entries after `after`.
     async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()>;
 
+    /// The position: the last entry claimed, none before the first claim.
+    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>>;
+
     /// Forgets the subscription's position and pending set on `t`.
     async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()>;
 

@@ -49,7 +49,7 @@ async fn subscribe(app: &App, body: Value) -> (String, String) {
 
 /// Creates a subscription disabled, gives the receiver its secret, then
 /// enables it, so no request arrives before the receiver can verify it.
-async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> String {
+pub async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> String {
     body["url"] = rx.url.clone().into();
     body["enabled"] = false.into();
     let (id, secret) = subscribe(app, body).await;

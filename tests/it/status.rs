@@ -3,7 +3,10 @@
 use serde_json::{Value, json};
 use stamp_relay::{config::Paging, simulator::SimConfig, store::Target};
 
-use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, source, wait_synced};
+use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
+use crate::on_both_stores;
+use crate::receiver::TestReceiver;
+use std::time::Duration;
 
 /// The text of `data-<attr>` in the row whose `data-<key>` is `id`.
 fn cell(html: &str, key: &str, id: &str, attr: &str) -> String {
@@ -19,14 +22,14 @@ fn cell(html: &str, key: &str, id: &str, attr: &str) -> String {
     row[at..at + row[at..].find('<').unwrap()].to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_page_matches_the_api() {
+on_both_stores!(status_page_matches_the_api);
+
+async fn status_page_matches_the_api(ts: TestStore) {
     let sim = Sim::start(SimConfig {
         initial: vec![("patients".into(), 30), ("users".into(), 7)],
         ..SimConfig::default()
     })
     .await;
-    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
     let app = App::spawn(
         &ts,
         vec![source(
@@ -48,6 +51,30 @@ async fn status_page_matches_the_api() {
         .json()
         .await
         .unwrap();
+    // One that delivers everything, so its lag falls to 0.
+    let rx = TestReceiver::start(51).await;
+    let on =
+        crate::delivery::subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"}))
+            .await;
+    let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
+    crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &targets, Duration::from_secs(20))
+        .await;
+    // Deliveries settle through the worker's writer just after receipt.
+    eventually(
+        "the deliveries to settle",
+        Duration::from_secs(10),
+        async || {
+            let mut lag = 0;
+            for t in &targets {
+                let sub = ts.store.subscription(&on).await.unwrap().unwrap();
+                lag += stamp_relay::delivery::lag(ts.store.as_ref(), &sub, t)
+                    .await
+                    .unwrap();
+            }
+            lag == 0
+        },
+    )
+    .await;
 
     let anon = app.http.get(format!("{}/", app.base)).send().await.unwrap();
     assert_eq!(anon.status(), 401);
@@ -96,6 +123,16 @@ async fn status_page_matches_the_api() {
         html[html.find(&format!("data-subscription=\"{id}\"")).unwrap()..].contains("disabled")
     );
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
+    // Disabled from the beginning, it lacks every stamp of the longest table.
+    let lag = api["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cursor"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(cell(&html, "subscription", id, "lag"), lag.to_string());
+    assert_eq!(cell(&html, "subscription", &on, "lag"), "0");
 
     // The rate and who polls come from the store, so every instance (and
     // the `status` command) shows the same. The initial load happened within
@@ -140,8 +177,12 @@ async fn status_page_matches_the_api() {
     std::fs::write(
         &cfg,
         format!(
-            "[store]\ndata_dir = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\", \"users\"]\n",
-            ts.config.data_dir.display(),
+            "[store]\n{}\nkey_prefix = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\", \"users\"]\n",
+            match &ts.config.redis_url {
+                Some(url) => format!("redis_url = \"{url}\""),
+                None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
+            },
+            ts.config.key_prefix,
             sim.base_url
         ),
     )
@@ -172,7 +213,17 @@ async fn status_page_matches_the_api() {
         );
         assert!(line.contains("in sync (polled by "), "{line}");
     }
-    assert!(text.contains(id) && text.contains("disabled"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("no line for {id} in\n{text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // id, state, pending, lag, dead letters, url
+    assert_eq!(
+        cols[1..5],
+        ["disabled", "0", &lag.to_string(), "0"],
+        "{line}"
+    );
 }
 
 /// Headless Chromium, as a person would open it: the browser answers the

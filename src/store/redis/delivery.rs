@@ -197,6 +197,28 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
+    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+        let mut c = self.conn.clone();
+        let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+            c.xinfo_groups(self.keys(t).events).await;
+        let groups = match reply {
+            Ok(r) => r.groups,
+            // No stream yet: nothing claimed.
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        let group = Keys::group(sub);
+        groups
+            .into_iter()
+            .find(|g| g.name == group)
+            .map(|g| {
+                g.last_delivered_id
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("group {group}: {e}")))
+            })
+            .transpose()
+    }
+
     async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
