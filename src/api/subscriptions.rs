@@ -118,7 +118,7 @@ pub async fn create(
         updated_ms: at,
     };
     s.shared.store.put_subscription(&subscription).await?;
-    tracing::info!(subscription = %subscription.id, url = %subscription.url, "subscription created");
+    tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
     let mut body = serde_json::to_value(View::from(&subscription)).map_err(Problem::internal)?;
     body["secret"] = subscription.secret.clone().into();
     let location = format!("/v1/subscriptions/{}", subscription.id);

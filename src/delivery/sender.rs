@@ -117,7 +117,9 @@ impl Sender {
                 let msg = if e.is_timeout() {
                     "timed out (delivery.request_timeout)".to_string()
                 } else {
-                    chain(&e)
+                    // The subscription's URL is known; repeating it here would
+                    // copy any token in it into attempts and dead letters.
+                    chain(&e.without_url())
                 };
                 // The guard speaks through the resolver's error.
                 let refused = msg.contains("SSRF guard");
