@@ -62,14 +62,16 @@ impl Relay {
             let upstream = Arc::new(Upstream::new(source.clone())?);
             for resource in &source.settings.resources {
                 let target = Target::new(source.name(), resource);
-                pollers.push(Poller::new(
+                let mut poller = Poller::new(
                     target,
                     store.clone(),
                     upstream.clone(),
                     &holder,
                     config.store.lease_ttl,
                     metrics.clone(),
-                ));
+                );
+                poller.retention = config.store.retention.clone();
+                pollers.push(poller);
             }
         }
         let policy = Deliverer::policy(&config.delivery)?;

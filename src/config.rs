@@ -44,6 +44,7 @@ pub struct StoreConfig {
     /// instance waits before taking over a target whose poller died.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    pub retention: RetentionConfig,
 }
 
 impl Default for StoreConfig {
@@ -53,7 +54,44 @@ impl Default for StoreConfig {
             key_prefix: "stamp-relay".into(),
             data_dir: PathBuf::from("./stamp-relay-data"),
             lease_ttl: Duration::from_secs(30),
+            retention: RetentionConfig::default(),
         }
+    }
+}
+
+/// How long events stay in a table's stream (DESIGN §3): trimmed by age or
+/// length, never past what an enabled subscription has yet to deliver,
+/// unless the hard cap says so. Nothing set: events are kept forever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Remove events observed longer ago than this.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Keep at most this many events per table.
+    pub max_events: Option<u64>,
+    /// Keep at most this many events per table even if a subscription has
+    /// not delivered them (it then skips what was removed).
+    pub hard_max_events: Option<u64>,
+    /// How often the poller of a table trims it.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age: None,
+            max_events: None,
+            hard_max_events: None,
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn enabled(&self) -> bool {
+        self.max_age.is_some() || self.max_events.is_some() || self.hard_max_events.is_some()
     }
 }
 

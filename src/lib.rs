@@ -13,6 +13,7 @@ pub mod events;
 pub mod metrics;
 pub mod poller;
 pub mod record;
+pub mod retention;
 pub mod simulator;
 pub mod store;
 pub mod subscription;

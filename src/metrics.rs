@@ -61,6 +61,8 @@ pub struct Metrics {
     pub walks: Family<TargetLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub rejected: Family<TargetLabels, Counter>,
+    /// Events removed by retention.
+    pub trimmed: Family<TargetLabels, Counter>,
     pub attempts: Family<OutcomeLabels, Counter>,
     pub delivery_latency: Family<SubLabels, Histogram, fn() -> Histogram>,
     pub pending: Family<SubTargetLabels, Gauge>,
@@ -86,6 +88,7 @@ impl Metrics {
             walks: Family::default(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
+            trimmed: Family::default(),
             attempts: Family::default(),
             delivery_latency: Family::new_with_constructor(seconds_histogram),
             pending: Family::default(),
@@ -119,6 +122,11 @@ impl Metrics {
             "records_rejected",
             "Upstream records sent to the reject stream",
             m.rejected.clone(),
+        );
+        r.register(
+            "events_trimmed",
+            "Events removed from the stream by store.retention",
+            m.trimmed.clone(),
         );
         r.register(
             "delivery_attempts",

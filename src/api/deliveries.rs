@@ -60,6 +60,13 @@ pub async fn replay(
             out
         }
     };
+    let explicit = !positions.values().all(|p| *p == StreamId::ZERO);
+    if explicit {
+        for t in &targets {
+            let after = positions.get(&t.to_string()).copied();
+            super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
+        }
+    }
     for t in &targets {
         if let Some(after) = positions.get(&t.to_string()) {
             s.shared.store.reposition(&sub.id, t, *after).await?;

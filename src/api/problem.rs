@@ -45,6 +45,25 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not_found", what)
     }
 
+    /// A cursor before what retention removed: following it would skip
+    /// events without saying so.
+    pub fn trimmed(
+        field: impl Into<String>,
+        t: &crate::store::Target,
+        after: crate::events::StreamId,
+        through: crate::events::StreamId,
+    ) -> Problem {
+        let field = field.into();
+        Problem {
+            detail: format!(
+                "{field} {after} is older than what {t} keeps: store.retention removed the events up to \
+                 {through}; start from {through} (or omit it for the oldest event kept)"
+            ),
+            field: Some(field),
+            ..Problem::new(StatusCode::GONE, "events_trimmed", "")
+        }
+    }
+
     pub fn internal(e: impl std::fmt::Display) -> Problem {
         tracing::error!(error = %e, "request failed");
         Problem::new(

@@ -99,6 +99,23 @@ fn target_of(
     }
 }
 
+/// Refuses a cursor before what retention removed (410): following it
+/// would skip events without saying so.
+pub async fn check_kept(
+    s: &ApiState,
+    t: &Target,
+    after: Option<StreamId>,
+    field: &str,
+) -> ApiResult<()> {
+    if let Some(after) = after {
+        let through = s.shared.store.trimmed_through(t).await?;
+        if after < through {
+            return Err(Problem::trimmed(field, t, after, through));
+        }
+    }
+    Ok(())
+}
+
 fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
     raw.map(|a| {
         a.parse::<StreamId>()
@@ -115,6 +132,7 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let (t, src) = target_of(&s, source, resource)?;
     let after = parse_after(q.after.as_deref(), "after")?;
+    check_kept(&s, &t, after, "after").await?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -124,6 +142,7 @@ pub async fn events(
             headers.get("last-event-id").and_then(|v| v.to_str().ok()),
             "Last-Event-ID",
         )?;
+        check_kept(&s, &t, resume, "Last-Event-ID").await?;
         return live(s, t, src, resume.or(after)).await;
     }
     let limit = match q.limit.as_deref() {

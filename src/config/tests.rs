@@ -94,6 +94,40 @@ password_env = "P"
 }
 
 #[test]
+fn retention_is_parsed_and_checked() {
+    let raw = parse(&format!(
+        "[store.retention]\nmax_age = \"30d\"\nmax_events = 1000\n{}",
+        OAUTH
+    ));
+    let r = &raw.store.retention;
+    assert_eq!(r.max_age, Some(Duration::from_secs(30 * 86_400)));
+    assert_eq!((r.max_events, r.hard_max_events), (Some(1000), None));
+    assert!(r.enabled());
+    let bad = parse(&format!("[store.retention]\nmax_events = 0\n{}", OAUTH));
+    let text = bad
+        .validate(&env(&[("PC_ID", "i"), ("PC_SECRET", "s")]))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("store.retention.max_events"), "{text}");
+    let below = parse(&format!(
+        "[store.retention]\nmax_events = 100\nhard_max_events = 10\n{}",
+        OAUTH
+    ));
+    let text = below
+        .validate(&env(&[("PC_ID", "i"), ("PC_SECRET", "s")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("store.retention.hard_max_events (10)"),
+        "{text}"
+    );
+    assert!(
+        !RetentionConfig::default().enabled(),
+        "keeps everything unless asked"
+    );
+}
+
+#[test]
 fn duplicate_source_names_are_refused() {
     let raw = parse(
         r#"

@@ -48,6 +48,27 @@ impl RawConfig {
             problems.push(format!("store.redis_url: {e}"));
         }
         check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
+        let r = &self.store.retention;
+        for (key, v) in [
+            ("store.retention.max_events", r.max_events),
+            ("store.retention.hard_max_events", r.hard_max_events),
+        ] {
+            if v == Some(0) {
+                problems.push(format!(
+                    "{key}: must be at least 1 (omit it to keep every event)"
+                ));
+            }
+        }
+        if let (Some(soft), Some(hard)) = (r.max_events, r.hard_max_events)
+            && hard < soft
+        {
+            problems.push(format!(
+                "store.retention.hard_max_events ({hard}) must not be below store.retention.max_events ({soft})"
+            ));
+        }
+        if r.interval < Duration::from_millis(10) {
+            problems.push("store.retention.interval: must be at least 10ms".into());
+        }
         if self.store.lease_ttl < Duration::from_millis(100) {
             problems.push("store.lease_ttl: must be at least 100ms".into());
         }

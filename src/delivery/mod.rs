@@ -28,14 +28,18 @@ pub mod ssrf;
 pub mod worker;
 mod writer;
 
-/// How far a subscription trails a target, in stamps: from its oldest
-/// undelivered event (pending, or the first after its position) to the
-/// target's last stamp; 0 when it has everything. Also right for a disabled
-/// subscription or one that has not started: its backlog is what it lacks.
-pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<u64> {
-    let top = store.last_id(t).await?;
+/// Where a subscription stands on a target.
+pub enum Standing {
+    /// Its oldest event claimed but not yet delivered.
+    Pending(StreamId),
+    /// Nothing pending: it claims next after this ID (its position, or its
+    /// start point before its first claim).
+    After(StreamId),
+}
+
+pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<Standing> {
     if let Some((oldest, _)) = store.pending(&sub.id, t).await?.first() {
-        return Ok(top.stamp.saturating_sub(oldest.id.stamp) + 1);
+        return Ok(Standing::Pending(oldest.id));
     }
     let position = match store.position(&sub.id, t).await? {
         Some(p) => p,
@@ -45,10 +49,19 @@ pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResu
             .and_then(|s| s.parse().ok())
             .unwrap_or(StreamId::ZERO),
     };
-    Ok(if position < top {
-        top.stamp.saturating_sub(position.stamp).max(1)
-    } else {
-        0
+    Ok(Standing::After(position))
+}
+
+/// How far a subscription trails a target, in stamps: from its oldest
+/// undelivered event to the target's last stamp; 0 when it has everything.
+/// Also right for a disabled subscription or one that has not started: its
+/// backlog is what it lacks.
+pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<u64> {
+    let top = store.last_id(t).await?;
+    Ok(match standing(store, sub, t).await? {
+        Standing::Pending(oldest) => top.stamp.saturating_sub(oldest.stamp) + 1,
+        Standing::After(p) if p < top => top.stamp.saturating_sub(p.stamp).max(1),
+        Standing::After(_) => 0,
     })
 }
 

@@ -133,6 +133,9 @@ pub struct Poller {
     last_ok_ms: Option<u64>,
     /// The initial load is known to have completed (see `loaded`).
     loaded: bool,
+    /// Trimming of this table's stream, done by whoever polls it.
+    pub retention: crate::config::RetentionConfig,
+    last_trim: Option<Instant>,
 }
 
 impl Poller {
@@ -156,6 +159,8 @@ impl Poller {
             samples: Default::default(),
             last_ok_ms: None,
             loaded: false,
+            retention: Default::default(),
+            last_trim: None,
         }
     }
 
@@ -403,6 +408,39 @@ impl Poller {
         }
     }
 
+    /// Applies `store.retention` at most every `retention.interval`, while
+    /// this instance holds the table's lease.
+    async fn maybe_trim(&mut self) {
+        if !self.retention.enabled()
+            || self
+                .last_trim
+                .is_some_and(|at| at.elapsed() < self.retention.interval)
+        {
+            return;
+        }
+        self.last_trim = Some(Instant::now());
+        match crate::retention::trim_target(
+            self.store.as_ref(),
+            &self.target,
+            &self.retention,
+            now_ms(),
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(removed = n, "retention trimmed the stream");
+                self.metrics
+                    .trimmed
+                    .get_or_create(&crate::metrics::target_labels(&self.target))
+                    .inc_by(n);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not trim the stream; it tries again later")
+            }
+        }
+    }
+
     /// Polls until cancelled: every `poll_interval`, or sooner after a
     /// poll that failed (with backoff), never moving the cursor on failure.
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -419,6 +457,9 @@ impl Poller {
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let result = self.poll_once(&cancel).await;
+            if matches!(&result, Ok(r) if r.leased) {
+                self.maybe_trim().await;
+            }
             if let Err(PollError::Cancelled) = result {
                 break;
             }

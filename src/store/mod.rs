@@ -122,6 +122,14 @@ pub trait Store: DeliveryStore + Send + Sync + 'static {
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
 
+    /// Removes every event before `first_kept` and remembers the last one
+    /// removed; returns how many went. Callers never pass an ID past the
+    /// last event: the cursor is the last event's stamp.
+    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64>;
+
+    /// The ID of the last event retention removed; `0-0` if none was.
+    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId>;
+
     /// Records the last poll of a target (written by its lease holder).
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;
 

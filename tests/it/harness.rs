@@ -172,6 +172,7 @@ impl TestStore {
             key_prefix: "test".into(),
             data_dir: dir.path().join("data"),
             lease_ttl: Duration::from_millis(500),
+            ..StoreConfig::default()
         };
         let store = store::open(&config).await.unwrap();
         Some(TestStore {

@@ -11,6 +11,7 @@ mod instances;
 mod metrics;
 mod openapi;
 mod receiver;
+mod retention;
 mod serve;
 mod status;
 mod sync;

@@ -29,6 +29,8 @@ pub struct Keys {
     pub lease: String,
     /// `P:{s:r}:status`, the last poll (JSON), written by the lease holder.
     pub status: String,
+    /// `P:{s:r}:trimmed`, the ID of the last event retention removed.
+    pub trimmed: String,
     base: String,
 }
 
@@ -41,6 +43,7 @@ impl Keys {
             rejects: format!("{base}:rejects"),
             lease: format!("{base}:lease"),
             status: format!("{base}:status"),
+            trimmed: format!("{base}:trimmed"),
             base,
         }
     }
@@ -394,6 +397,43 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        // The entry just before the first kept one is the last to go.
+        let reply: redis::Value = redis::cmd("XREVRANGE")
+            .arg(&keys.events)
+            .arg(format!("({first_kept}"))
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        let Some(last_removed) = parse_entries(reply)?.pop().map(|e| e.id) else {
+            return Ok(0);
+        };
+        // The marker first: a crash between the two leaves readers refused
+        // a replay that could still have been served, never the reverse.
+        let (_, removed): ((), u64) = redis::pipe()
+            .atomic()
+            .set(&keys.trimmed, last_removed.to_string())
+            .cmd("XTRIM")
+            .arg(&keys.events)
+            .arg("MINID")
+            .arg(first_kept.to_string())
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(removed)
+    }
+
+    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c.get(self.keys(t).trimmed).await.map_err(|e| self.err(e))?;
+        v.map_or(Ok(StreamId::ZERO), |v| parse_id(&v))
     }
 
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
+CREATE TABLE IF NOT EXISTS trimmed (
+    source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS poll_status (
     source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
@@ -418,6 +421,57 @@ impl Store for SqliteStore {
                 params![t.source, t.resource, holder],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
+        let t = t.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (k_stamp, k_seq) = (first_kept.stamp as i64, first_kept.seq as i64);
+            let last_removed = tx
+                .query_row(
+                    "SELECT stamp, seq FROM events WHERE source = ?1 AND resource = ?2
+                     AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4)) ORDER BY stamp DESC, seq DESC LIMIT 1",
+                    params![t.source, t.resource, k_stamp, k_seq],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            let Some((stamp, seq)) = last_removed else {
+                return Ok(0);
+            };
+            let removed = tx.execute(
+                "DELETE FROM events WHERE source = ?1 AND resource = ?2
+                 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))",
+                params![t.source, t.resource, k_stamp, k_seq],
+            )?;
+            tx.execute(
+                "INSERT INTO trimmed (source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+                params![t.source, t.resource, stamp, seq],
+            )?;
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT stamp, seq FROM trimmed WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| {
+                    Ok(StreamId::new(
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
         })
         .await
     }

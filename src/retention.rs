@@ -1,0 +1,114 @@
+//! Retention (DESIGN §3): trims a table's stream by age or length, never
+//! past what an enabled subscription has yet to deliver unless the hard cap
+//! says so, and never its last event, whose stamp is the cursor.
+//!
+//! The poller of a table runs it under the table's lease, so one instance
+//! trims. Readers learn what was removed from `Store::trimmed_through`.
+
+use crate::{
+    config::RetentionConfig,
+    delivery::{Standing, standing},
+    events::StreamId,
+    store::{Store, StoreResult, Target},
+};
+
+/// Events read per pass at most: a first pass over a long stream removes
+/// this many, later passes go on from there.
+pub const SCAN: usize = 10_000;
+/// The age scan reads the oldest events in chunks of this many.
+const AGE_CHUNK: usize = 500;
+
+/// Trims `t` once; returns how many events went.
+pub async fn trim_target(
+    store: &dyn Store,
+    t: &Target,
+    cfg: &RetentionConfig,
+    now_ms: u64,
+) -> StoreResult<u64> {
+    if !cfg.enabled() {
+        return Ok(0);
+    }
+    let len = store.stream_len(t).await?;
+    if len <= 1 {
+        return Ok(0);
+    }
+    let last = store.last_id(t).await?;
+    let mut soft = None;
+    if let Some(max) = cfg.max_events {
+        soft = soft.max(first_kept_by_count(store, t, len, max).await?);
+    }
+    if let Some(age) = cfg.max_age {
+        let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
+        soft = soft.max(first_kept_by_age(store, t, cutoff).await?);
+    }
+    let soft = match soft {
+        Some(k) => Some(k.min(undelivered_floor(store, t).await?.unwrap_or(k))),
+        None => None,
+    };
+    let hard = match cfg.hard_max_events {
+        Some(max) => first_kept_by_count(store, t, len, max).await?,
+        None => None,
+    };
+    match soft.max(hard) {
+        // Never the last event: the cursor is its stamp.
+        Some(keep_from) => store.trim(t, keep_from.min(last)).await,
+        None => Ok(0),
+    }
+}
+
+/// The first event to keep so that at most `max` remain.
+async fn first_kept_by_count(
+    store: &dyn Store,
+    t: &Target,
+    len: u64,
+    max: u64,
+) -> StoreResult<Option<StreamId>> {
+    let excess = len.saturating_sub(max) as usize;
+    if excess == 0 {
+        return Ok(None);
+    }
+    let head = store
+        .read(t, StreamId::ZERO, (excess + 1).min(SCAN))
+        .await?;
+    Ok(head.last().map(|e| e.id))
+}
+
+/// The first event observed at or after `cutoff`, or, when every event
+/// scanned is older, the last one scanned (the next pass goes on from it).
+async fn first_kept_by_age(
+    store: &dyn Store,
+    t: &Target,
+    cutoff: u64,
+) -> StoreResult<Option<StreamId>> {
+    let mut after = StreamId::ZERO;
+    let mut scanned = 0;
+    loop {
+        let chunk = store.read(t, after, AGE_CHUNK).await?;
+        if let Some(young) = chunk.iter().find(|e| e.observed >= cutoff) {
+            return Ok(Some(young.id));
+        }
+        scanned += chunk.len();
+        match chunk.last() {
+            Some(e) if chunk.len() == AGE_CHUNK && scanned < SCAN => after = e.id,
+            last => return Ok(last.map(|e| e.id)),
+        }
+    }
+}
+
+/// The oldest event an enabled subscription covering `t` has yet to
+/// deliver; none when no enabled subscription covers `t`.
+pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Option<StreamId>> {
+    let mut floor: Option<StreamId> = None;
+    for sub in store.subscriptions().await? {
+        if !sub.enabled || !sub.covers(t) {
+            continue;
+        }
+        let oldest = match standing(store, &sub, t).await? {
+            Standing::Pending(id) => id,
+            // Trimming keeps IDs at or above this: everything after it.
+            Standing::After(p) => StreamId::new(p.stamp, p.seq + 1),
+        };
+        floor = Some(floor.map_or(oldest, |f| f.min(oldest)));
+    }
+    Ok(floor)
+}
