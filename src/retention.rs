@@ -82,32 +82,45 @@ async fn first_kept_by_age(
 ) -> StoreResult<Option<StreamId>> {
     let mut after = StreamId::ZERO;
     let mut scanned = 0;
+    let mut last_old = None;
     loop {
         let chunk = store.read(t, after, AGE_CHUNK).await?;
         if let Some(young) = chunk.iter().find(|e| e.observed >= cutoff) {
             return Ok(Some(young.id));
         }
         scanned += chunk.len();
-        match chunk.last() {
-            Some(e) if chunk.len() == AGE_CHUNK && scanned < SCAN => after = e.id,
-            last => return Ok(last.map(|e| e.id)),
+        if let Some(e) = chunk.last() {
+            last_old = Some(e.id);
+            after = e.id;
+        }
+        if chunk.len() < AGE_CHUNK || scanned >= SCAN {
+            return Ok(last_old);
         }
     }
 }
 
 /// The oldest event an enabled subscription covering `t` has yet to
-/// deliver; none when no enabled subscription covers `t`.
+/// deliver, dead letters included; none when no enabled subscription covers `t`.
 pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Option<StreamId>> {
     let mut floor: Option<StreamId> = None;
     for sub in store.subscriptions().await? {
         if !sub.enabled || !sub.covers(t) {
             continue;
         }
-        let oldest = match standing(store, &sub, t).await? {
+        let mut oldest = match standing(store, &sub, t).await? {
             Standing::Pending(id) => id,
             // Trimming keeps IDs at or above this: everything after it.
             Standing::After(p) => StreamId::new(p.stamp, p.seq + 1),
         };
+        // Dead letters stay redrivable: they hold the floor too.
+        let name = t.to_string();
+        for d in store.dead_letters(&sub.id).await? {
+            if d.target == name
+                && let Ok(id) = d.id.parse::<StreamId>()
+            {
+                oldest = oldest.min(id);
+            }
+        }
         floor = Some(floor.map_or(oldest, |f| f.min(oldest)));
     }
     Ok(floor)

@@ -60,12 +60,9 @@ pub async fn replay(
             out
         }
     };
-    let explicit = !positions.values().all(|p| *p == StreamId::ZERO);
-    if explicit {
-        for t in &targets {
-            let after = positions.get(&t.to_string()).copied();
-            super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
-        }
+    for t in &targets {
+        let after = positions.get(&t.to_string()).copied();
+        super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
     }
     for t in &targets {
         if let Some(after) = positions.get(&t.to_string()) {
@@ -154,15 +151,20 @@ pub async fn redrive(State(s): State<ApiState>, Path(id): Path<String>) -> ApiRe
             by_target.entry(d.target.clone()).or_default().push(sid);
         }
     }
+    let (mut redriven, mut trimmed) = (0, Vec::new());
     for (name, ids) in &by_target {
         let Some((source, resource)) = name.split_once('/') else {
             continue;
         };
-        s.shared
-            .store
-            .add_pending(&id, &Target::new(source, resource), ids)
-            .await?;
+        let t = Target::new(source, resource);
+        // Only a hard retention cap removes dead letters' events; say which.
+        let through = s.shared.store.trimmed_through(&t).await?;
+        let (gone, kept): (Vec<StreamId>, Vec<StreamId>) =
+            ids.iter().partition(|sid| **sid <= through);
+        s.shared.store.add_pending(&id, &t, &kept).await?;
+        redriven += kept.len();
+        trimmed.extend(gone.iter().map(|sid| format!("{name}@{sid}")));
     }
-    tracing::info!(subscription = %id, count = dead.len(), "dead letters redriven");
-    Ok(Json(json!({ "redriven": dead.len() })))
+    tracing::info!(subscription = %id, count = redriven, trimmed = trimmed.len(), "dead letters redriven");
+    Ok(Json(json!({ "redriven": redriven, "trimmed": trimmed })))
 }

@@ -57,7 +57,7 @@ impl Problem {
         Problem {
             detail: format!(
                 "{field} {after} is older than what {t} keeps: store.retention removed the events up to \
-                 {through}; start from {through} (or omit it for the oldest event kept)"
+                 {through}; start from {through}, or from 0 for the oldest event kept"
             ),
             field: Some(field),
             ..Problem::new(StatusCode::GONE, "events_trimmed", "")

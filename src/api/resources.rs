@@ -100,14 +100,15 @@ fn target_of(
 }
 
 /// Refuses a cursor before what retention removed (410): following it
-/// would skip events without saying so.
+/// would skip events without saying so. `0` (nothing seen yet, "from the
+/// beginning") is never refused: it starts at the oldest event kept.
 pub async fn check_kept(
     s: &ApiState,
     t: &Target,
     after: Option<StreamId>,
     field: &str,
 ) -> ApiResult<()> {
-    if let Some(after) = after {
+    if let Some(after) = after.filter(|a| *a != StreamId::ZERO) {
         let through = s.shared.store.trimmed_through(t).await?;
         if after < through {
             return Err(Problem::trimmed(field, t, after, through));
@@ -132,7 +133,6 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let (t, src) = target_of(&s, source, resource)?;
     let after = parse_after(q.after.as_deref(), "after")?;
-    check_kept(&s, &t, after, "after").await?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -142,8 +142,16 @@ pub async fn events(
             headers.get("last-event-id").and_then(|v| v.to_str().ok()),
             "Last-Event-ID",
         )?;
-        check_kept(&s, &t, resume, "Last-Event-ID").await?;
-        return live(s, t, src, resume.or(after)).await;
+        // The position actually followed: a reconnect's Last-Event-ID
+        // replaces a stale `after` in the URL.
+        let field = if resume.is_some() {
+            "Last-Event-ID"
+        } else {
+            "after"
+        };
+        let from = resume.or(after);
+        check_kept(&s, &t, from, field).await?;
+        return live(s, t, src, from).await;
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -157,8 +165,14 @@ pub async fn events(
             }
         },
     };
+    let mut page = s
+        .shared
+        .store
+        .read(&t, after.unwrap_or(StreamId::ZERO), limit + 1)
+        .await?;
+    // After the read: the marker only grows, so a trim racing the read shows.
+    check_kept(&s, &t, after, "after").await?;
     let after = after.unwrap_or(StreamId::ZERO);
-    let mut page = s.shared.store.read(&t, after, limit + 1).await?;
     let has_more = page.len() > limit;
     page.truncate(limit);
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
@@ -233,9 +247,32 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                 return Some((Ok(ev), st));
             }
             if st.catching_up {
-                match st.s.shared.store.read(&st.t, st.cursor, 500).await {
-                    Ok(page) if page.is_empty() => st.catching_up = false,
-                    Ok(page) => st.pending.extend(page.into_iter().map(|event| {
+                let read = match st.s.shared.store.read(&st.t, st.cursor, 500).await {
+                    // Checked after the read: the marker only grows, so a
+                    // trim racing this read is seen here.
+                    Ok(page) => {
+                        st.s.shared
+                            .store
+                            .trimmed_through(&st.t)
+                            .await
+                            .map(|t| (page, t))
+                    }
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok((_, through)) if st.cursor != StreamId::ZERO && st.cursor < through => {
+                        // Fell behind what retention keeps: say so and stop,
+                        // rather than skip events.
+                        st.done = true;
+                        let p = Problem::trimmed("Last-Event-ID", &st.t, st.cursor, through);
+                        let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string()});
+                        return Some((
+                            Ok(SseEvent::default().event("error").data(msg.to_string())),
+                            st,
+                        ));
+                    }
+                    Ok((page, _)) if page.is_empty() => st.catching_up = false,
+                    Ok((page, _)) => st.pending.extend(page.into_iter().map(|event| {
                         let json = st.src.to_json(&event);
                         Arc::new(LiveEvent { event, json })
                     })),

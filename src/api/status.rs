@@ -80,7 +80,8 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
             h,
             "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{lag}</td>\
              <td class=n data-dead>{}</td></tr>",
-            esc(&sub.url),
+            // The page needs only a read token; a token in the URL stays admin-only.
+            esc(&crate::subscription::url_for_logs(&sub.url)),
             store.dead_letters(&sub.id).await?.len(),
             id = esc(&sub.id),
         );

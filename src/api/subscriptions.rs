@@ -99,6 +99,10 @@ pub async fn create(
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
     }
     let start = sub::resolve_start(req.start.as_ref(), &targets, &now)?;
+    for t in &targets {
+        let from = start.get(&t.to_string()).and_then(|s| s.parse().ok());
+        super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
+    }
     let at = now_ms();
     let subscription = Subscription {
         id: sub::new_id(),

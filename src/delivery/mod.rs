@@ -38,9 +38,8 @@ pub enum Standing {
 }
 
 pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<Standing> {
-    if let Some((oldest, _)) = store.pending(&sub.id, t).await?.first() {
-        return Ok(Standing::Pending(oldest.id));
-    }
+    // The position first: a claim landing between the two reads moves
+    // entries after it into pending, so they are never missed between reads.
     let position = match store.position(&sub.id, t).await? {
         Some(p) => p,
         None => sub
@@ -49,7 +48,10 @@ pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> Stor
             .and_then(|s| s.parse().ok())
             .unwrap_or(StreamId::ZERO),
     };
-    Ok(Standing::After(position))
+    Ok(match store.pending(&sub.id, t).await?.first() {
+        Some((oldest, _)) if oldest.id <= position => Standing::Pending(oldest.id),
+        _ => Standing::After(position),
+    })
 }
 
 /// How far a subscription trails a target, in stamps: from its oldest

@@ -131,8 +131,8 @@ pub struct Poller {
     samples: std::collections::VecDeque<(u64, u64)>,
     /// The last poll that succeeded while this instance held the lease.
     last_ok_ms: Option<u64>,
-    /// The initial load is known to have completed (see `loaded`).
-    loaded: bool,
+    /// Whether the initial load runs, once known (see `loading`).
+    loading: Option<bool>,
     /// Trimming of this table's stream, done by whoever polls it.
     pub retention: crate::config::RetentionConfig,
     last_trim: Option<Instant>,
@@ -158,7 +158,7 @@ impl Poller {
             rejected: HashSet::new(),
             samples: Default::default(),
             last_ok_ms: None,
-            loaded: false,
+            loading: None,
             retention: Default::default(),
             last_trim: None,
         }
@@ -179,16 +179,21 @@ impl Poller {
         result
     }
 
-    /// Whether the initial load has completed: a poll of this target
-    /// succeeded once (by any instance). Until then every event is part of
-    /// the load and says `snapshot=1`, also after a crash mid-load, when the
-    /// stream is no longer empty.
-    async fn loaded(&mut self) -> Result<bool, PollError> {
-        if !self.loaded {
-            let stored = self.store.poll_status(&self.target).await?;
-            self.loaded = stored.and_then(|s| s.ok_ms).is_some();
+    /// Whether the target's initial load is still running: its stream was
+    /// empty when a poll began, and no poll of it (by any instance) has
+    /// succeeded since. Until then every event says `snapshot=1`, also after
+    /// a crash mid-load, when the stream is no longer empty.
+    async fn loading(&mut self, before: StreamId) -> Result<bool, PollError> {
+        // Once this instance saw a poll succeed, an empty stream is an empty
+        // table, and its first records are changes.
+        if before == StreamId::ZERO && self.loading.is_none() {
+            self.store.set_loading(&self.target, true).await?;
+            self.loading = Some(true);
         }
-        Ok(self.loaded)
+        if self.loading.is_none() {
+            self.loading = Some(self.store.loading(&self.target).await?);
+        }
+        Ok(self.loading == Some(true))
     }
 
     async fn poll(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
@@ -202,7 +207,7 @@ impl Poller {
         report.before = self.store.last_id(&self.target).await?;
         // The initial load says `snapshot=1`: a new stream, or one whose
         // load never completed (a crash mid-load).
-        let snapshot = report.before == StreamId::ZERO || !self.loaded().await?;
+        let snapshot = self.loading(report.before).await?;
         let settings = &self.upstream.source().settings;
         report.sync = report.before.stamp.saturating_sub(settings.overlap);
         let result = match settings.paging {
@@ -340,23 +345,30 @@ impl Poller {
     async fn record(&mut self, result: &Result<PollReport, PollError>) {
         self.note(result);
         if matches!(result, Ok(r) if !r.leased) {
-            // Another instance polls this target and writes its status.
+            // Another instance polls this target and writes its status; what
+            // this one knew of the load may be stale when the lease returns.
             self.samples.clear();
+            self.loading = None;
             return;
         }
         let now = now_ms();
         if result.is_ok() {
             self.last_ok_ms = Some(now);
-            self.loaded = true;
+            if self.loading != Some(false) {
+                // The load (if one ran) is complete.
+                if let Err(e) = self.store.set_loading(&self.target, false).await {
+                    tracing::warn!(error = %e, "cannot record that the initial load completed; the next poll tries again");
+                } else {
+                    self.loading = Some(false);
+                }
+            }
         } else if self.last_ok_ms.is_none() {
-            // Keep the last success another instance (or run) recorded.
-            self.last_ok_ms = self
-                .store
-                .poll_status(&self.target)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|s| s.ok_ms);
+            // Keep the last success another instance (or run) recorded; if
+            // that cannot be read, write nothing rather than erase it.
+            match self.store.poll_status(&self.target).await {
+                Ok(stored) => self.last_ok_ms = stored.and_then(|s| s.ok_ms),
+                Err(_) => return,
+            }
         }
         let status = PollStatus {
             holder: self.holder.clone(),

@@ -47,6 +47,7 @@ impl std::fmt::Display for Target {
 /// so every instance, the status page and `stamp-relay status` show the
 /// same facts whichever instance polls.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PollStatus {
     /// The instance that polled (its lease holder name).
     pub holder: String,
@@ -129,6 +130,13 @@ pub trait Store: DeliveryStore + Send + Sync + 'static {
 
     /// The ID of the last event retention removed; `0-0` if none was.
     async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId>;
+
+    /// Marks a target's initial load as running (set before its first
+    /// append) or done (cleared by the first poll that succeeds), so a load
+    /// a crash interrupted still says `snapshot=1` after the restart.
+    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()>;
+
+    async fn loading(&self, t: &Target) -> StoreResult<bool>;
 
     /// Records the last poll of a target (written by its lease holder).
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;

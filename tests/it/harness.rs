@@ -440,6 +440,17 @@ impl App {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// POST with the admin token, expecting a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
+        self.post(path, body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

@@ -52,16 +52,11 @@ async fn metrics_parse_and_count_what_happened() {
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(41).await;
     let created: serde_json::Value = app
-        .post(
+        .post_json(
             "/v1/subscriptions",
             &json!({"url": rx.url, "resources": ["*"], "start": "beginning"}),
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let id = created["id"].as_str().unwrap();
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
     eventually("25 deliveries", Duration::from_secs(20), async || {

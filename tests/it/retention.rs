@@ -20,6 +20,7 @@ use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(
     retention_waits_for_subscriptions,
+    dead_letters_hold_retention,
     hard_cap_and_age_trim_but_keep_the_cursor
 );
 
@@ -34,7 +35,14 @@ struct Setup {
     sub: String,
 }
 
-async fn setup(ts: &TestStore, retention: RetentionConfig, seed: u64) -> Setup {
+/// With `retry_forever`, failed events are retried every 50 ms instead of
+/// going to the dead letters after the test schedule's eight quick retries.
+async fn setup(
+    ts: &TestStore,
+    retention: RetentionConfig,
+    seed: u64,
+    retry_forever: bool,
+) -> Setup {
     let sim = Sim::start(SimConfig {
         order: Order::Stamp,
         initial: vec![("patients".into(), 0)],
@@ -44,7 +52,12 @@ async fn setup(ts: &TestStore, retention: RetentionConfig, seed: u64) -> Setup {
     let app = App::spawn_with(
         ts,
         vec![source(&sim.base_url, &["patients"], Paging::Keyset, 50)],
-        |c| c.store.retention = retention,
+        |c| {
+            c.store.retention = retention;
+            if retry_forever {
+                c.delivery.retry_schedule = vec![Duration::from_millis(50); 1000];
+            }
+        },
     )
     .await;
     let rx = TestReceiver::start(seed).await;
@@ -92,7 +105,7 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     };
     let Setup {
         sim, app, t, rx, ..
-    } = setup(&ts, retention, 61).await;
+    } = setup(&ts, retention, 61, true).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         len(&ts, &t).await,
@@ -142,6 +155,21 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(sse.status(), 410);
+    // A reconnect follows its Last-Event-ID, not a stale `after` in its URL.
+    let reconnect = app
+        .get("/v1/resources/sim/patients/events?after=1")
+        .header("accept", "text/event-stream")
+        .header("last-event-id", kept[0].id.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reconnect.status(), 200);
+    drop(reconnect);
+    // 0 means "nothing seen yet": the oldest event kept, not a 410.
+    let from_zero = app
+        .get_json("/v1/resources/sim/patients/events?after=0")
+        .await;
+    assert_eq!(from_zero["events"][0]["streamid"], kept[0].id.to_string());
     // From the last removed ID, replay has exactly what is kept.
     let page = app
         .get_json(&format!(
@@ -164,6 +192,63 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     app.stop().await;
 }
 
+async fn dead_letters_hold_retention(ts: TestStore) {
+    let retention = RetentionConfig {
+        max_events: Some(10),
+        interval: Duration::from_millis(50),
+        ..RetentionConfig::default()
+    };
+    // `_sim` keeps the upstream alive; `..` would drop it here.
+    let Setup {
+        sim: _sim,
+        app,
+        t,
+        rx,
+        sub: id,
+        ..
+    } = setup(&ts, retention, 63, false).await;
+    eventually("40 dead letters", Duration::from_secs(10), async || {
+        ts.store.dead_letters(&id).await.unwrap().len() == 40
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(len(&ts, &t).await, 40, "trimmed dead letters' events");
+    // A disabled subscription holds nothing back.
+    let patch = |enabled: bool| {
+        app.http
+            .patch(format!("{}/v1/subscriptions/{id}", app.base))
+            .bearer_auth(crate::harness::ADMIN_TOKEN)
+            .json(&json!({ "enabled": enabled }))
+            .send()
+    };
+    assert_eq!(patch(false).await.unwrap().status(), 200);
+    eventually(
+        "the stream to be trimmed",
+        Duration::from_secs(10),
+        async || len(&ts, &t).await == 10,
+    )
+    .await;
+    // Enabled again, a redrive sends what is kept and names what is gone.
+    rx.set_mode(Mode::Ok);
+    assert_eq!(patch(true).await.unwrap().status(), 200);
+    let r: Value = app
+        .post_json(
+            &format!("/v1/subscriptions/{id}/dead-letters/redrive"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r["redriven"], 10, "{r}");
+    assert_eq!(r["trimmed"].as_array().unwrap().len(), 30, "{r}");
+    wait_delivered(
+        ts.store.as_ref(),
+        &rx,
+        std::slice::from_ref(&t),
+        Duration::from_secs(30),
+    )
+    .await;
+    app.stop().await;
+}
+
 async fn hard_cap_and_age_trim_but_keep_the_cursor(ts: TestStore) {
     let retention = RetentionConfig {
         max_age: Some(Duration::from_millis(1)),
@@ -177,7 +262,7 @@ async fn hard_cap_and_age_trim_but_keep_the_cursor(ts: TestStore) {
         t,
         sub: id,
         ..
-    } = setup(&ts, retention, 62).await;
+    } = setup(&ts, retention, 62, false).await;
     // The hard cap trims past the failing subscription.
     eventually("the hard cap", Duration::from_secs(10), async || {
         len(&ts, &t).await == 15

@@ -43,14 +43,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
     for r in ["patients", "users"] {
         wait_synced(ts.store.as_ref(), &Target::new("sim", r), &sim.sim).await;
     }
-    let off: Value = app
-        .post("/v1/subscriptions", &json!({"url": "https://hooks.example.com/x", "resources": ["*"], "start": "beginning", "enabled": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let off: Value = app.post_json("/v1/subscriptions", &json!({"url": "https://hooks.example.com/x", "resources": ["*"], "start": "beginning", "enabled": false})).await;
     // One that delivers everything, so its lag falls to 0.
     let rx = TestReceiver::start(51).await;
     let on =

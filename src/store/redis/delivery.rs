@@ -165,7 +165,8 @@ impl DeliveryStore for RedisStore {
             .iter()
             .map(|id| (id.to_string(), RetryState::default().encode()))
             .collect();
-        let _: i64 = c
+        // HSET or HMSET by version: an integer or OK, either is success.
+        let _: redis::Value = c
             .hset_multiple(self.keys(t).pending(sub), &items)
             .await
             .map_err(|e| self.err(e))?;

@@ -31,6 +31,8 @@ pub struct Keys {
     pub status: String,
     /// `P:{s:r}:trimmed`, the ID of the last event retention removed.
     pub trimmed: String,
+    /// `P:{s:r}:loading`, present while the initial load has not completed.
+    pub loading: String,
     base: String,
 }
 
@@ -44,6 +46,7 @@ impl Keys {
             lease: format!("{base}:lease"),
             status: format!("{base}:status"),
             trimmed: format!("{base}:trimmed"),
+            loading: format!("{base}:loading"),
             base,
         }
     }
@@ -86,6 +89,7 @@ pub struct RedisStore {
     lease: Script,
     release: Script,
     claim: Script,
+    trim: Script,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -127,6 +131,7 @@ impl RedisStore {
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             claim: Script::new(include_str!("claim.lua")),
+            trim: Script::new(include_str!("trim.lua")),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         store.warn_about_risky_settings().await;
@@ -402,32 +407,31 @@ impl Store for RedisStore {
     async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
-        // The entry just before the first kept one is the last to go.
-        let reply: redis::Value = redis::cmd("XREVRANGE")
-            .arg(&keys.events)
-            .arg(format!("({first_kept}"))
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        let Some(last_removed) = parse_entries(reply)?.pop().map(|e| e.id) else {
-            return Ok(0);
-        };
-        // The marker first: a crash between the two leaves readers refused
-        // a replay that could still have been served, never the reverse.
-        let (_, removed): ((), u64) = redis::pipe()
-            .atomic()
-            .set(&keys.trimmed, last_removed.to_string())
-            .cmd("XTRIM")
-            .arg(&keys.events)
-            .arg("MINID")
+        self.trim
+            .key(&keys.events)
+            .key(&keys.trimmed)
             .arg(first_kept.to_string())
-            .query_async(&mut c)
+            .invoke_async(&mut c)
             .await
-            .map_err(|e| self.err(e))?;
-        Ok(removed)
+            .map_err(|e| self.err(e))
+    }
+
+    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let key = self.keys(t).loading;
+        if loading {
+            c.set(key, "1").await
+        } else {
+            c.del(key).await
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    async fn loading(&self, t: &Target) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        c.exists(self.keys(t).loading)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
+CREATE TABLE IF NOT EXISTS loading (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trimmed (
     source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
@@ -448,11 +451,37 @@ impl Store for SqliteStore {
             )?;
             tx.execute(
                 "INSERT INTO trimmed (source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+                 ON CONFLICT (source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq
+                 WHERE (excluded.stamp, excluded.seq) > (trimmed.stamp, trimmed.seq)",
                 params![t.source, t.resource, stamp, seq],
             )?;
             tx.commit()?;
             Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
+        let t = t.clone();
+        self.with(move |c| {
+            let sql = if loading {
+                "INSERT OR IGNORE INTO loading (source, resource) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM loading WHERE source = ?1 AND resource = ?2"
+            };
+            c.execute(sql, params![t.source, t.resource]).map(|_| ())
+        })
+        .await
+    }
+
+    async fn loading(&self, t: &Target) -> StoreResult<bool> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM loading WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
         })
         .await
     }
