@@ -156,8 +156,9 @@ fn demo_shows_events_and_stops_on_sigint() {
         .current_dir(dir.path())
         .env_remove("STAMP_RELAY__STORE__REDIS_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
+        .map(crate::harness::Proc)
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();

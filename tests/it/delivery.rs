@@ -475,6 +475,7 @@ async fn sigkill_mid_delivery_loses_nothing() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(crate::harness::Proc)
             .unwrap()
     };
     let mut child = spawn();

@@ -14,7 +14,7 @@ use stamp_relay::{
 };
 
 use crate::harness::{
-    Backend, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
+    Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
 };
 use crate::receiver::{Mode, TestReceiver};
 
@@ -43,7 +43,7 @@ fn write_config(
     path
 }
 
-fn spawn(cfg: &std::path::Path) -> Child {
+fn spawn(cfg: &std::path::Path) -> Proc {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
     Command::new(bin())
         .args([
@@ -62,6 +62,7 @@ fn spawn(cfg: &std::path::Path) -> Child {
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
+        .map(Proc)
         .unwrap()
 }
 

@@ -49,6 +49,7 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(crate::harness::Proc)
         .unwrap();
     let health = wait_for(&format!("http://127.0.0.1:{port}/healthz")).await;
     assert_eq!(health.status(), 200);
@@ -116,6 +117,7 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(crate::harness::Proc)
             .unwrap()
     };
     let term = |child: &mut std::process::Child| {
