@@ -112,7 +112,10 @@ pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Opt
             // Trimming keeps IDs at or above this: everything after it.
             Standing::After(p) => StreamId::new(p.stamp, p.seq + 1),
         };
-        // Dead letters stay redrivable: they hold the floor too.
+        // Dead letters stay redrivable: they hold the floor too. Pending is
+        // read again after them: an event the worker moves to the dead
+        // letters is written there first, one a redrive moves back is
+        // written to pending first, so one of the three reads sees it.
         let name = t.to_string();
         for d in store.dead_letters(&sub.id).await? {
             if d.target == name
@@ -120,6 +123,9 @@ pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Opt
             {
                 oldest = oldest.min(id);
             }
+        }
+        if let Some((e, _)) = store.pending(&sub.id, t).await?.first() {
+            oldest = oldest.min(e.id);
         }
         floor = Some(floor.map_or(oldest, |f| f.min(oldest)));
     }

@@ -99,6 +99,14 @@ fn target_of(
     }
 }
 
+/// Whether a read after `after` whose first event is `first` skipped events
+/// retention removed (the last of them `through`): only when the removed
+/// ones lie between the cursor and what was read. A trim that ran after the
+/// read removed events the reader already has.
+fn skipped(after: StreamId, through: StreamId, first: Option<StreamId>) -> bool {
+    after != StreamId::ZERO && after < through && first.is_some_and(|f| through < f)
+}
+
 /// Refuses a cursor before what retention removed (410): following it
 /// would skip events without saying so. `0` (nothing seen yet, "from the
 /// beginning") is never refused: it starts at the oldest event kept.
@@ -171,7 +179,12 @@ pub async fn events(
         .read(&t, after.unwrap_or(StreamId::ZERO), limit + 1)
         .await?;
     // After the read: the marker only grows, so a trim racing the read shows.
-    check_kept(&s, &t, after, "after").await?;
+    if let Some(a) = after {
+        let through = s.shared.store.trimmed_through(&t).await?;
+        if skipped(a, through, page.first().map(|e| e.id)) {
+            return Err(Problem::trimmed("after", &t, a, through));
+        }
+    }
     let after = after.unwrap_or(StreamId::ZERO);
     let has_more = page.len() > limit;
     page.truncate(limit);
@@ -260,7 +273,9 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     Err(e) => Err(e),
                 };
                 match read {
-                    Ok((_, through)) if st.cursor != StreamId::ZERO && st.cursor < through => {
+                    Ok((page, through))
+                        if skipped(st.cursor, through, page.first().map(|e| e.id)) =>
+                    {
                         // Fell behind what retention keeps: say so and stop,
                         // rather than skip events.
                         st.done = true;
@@ -297,4 +312,24 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skipped;
+    use crate::events::StreamId;
+
+    #[test]
+    fn a_gap_only_where_removed_events_lie_between_cursor_and_read() {
+        let id = |s| StreamId::new(s, 0);
+        // Removed up to 50 before the read: the page starts at 51, 6..50 are gone.
+        assert!(skipped(id(5), id(50), Some(id(51))));
+        // Removed up to 50 after the read: the reader has 6.. already.
+        assert!(!skipped(id(5), id(50), Some(id(6))));
+        // Nothing removed after the cursor.
+        assert!(!skipped(id(60), id(50), Some(id(61))));
+        // "From the beginning" is never a gap; neither is an empty read.
+        assert!(!skipped(StreamId::ZERO, id(50), Some(id(51))));
+        assert!(!skipped(id(5), id(50), None));
+    }
 }

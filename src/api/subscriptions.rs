@@ -99,9 +99,12 @@ pub async fn create(
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
     }
     let start = sub::resolve_start(req.start.as_ref(), &targets, &now)?;
-    for t in &targets {
-        let from = start.get(&t.to_string()).and_then(|s| s.parse().ok());
-        super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
+    // Only stamps the caller chose can be older than what is kept.
+    if matches!(req.start, Some(sub::StartSpec::Stamps(_))) {
+        for t in &targets {
+            let from = start.get(&t.to_string()).and_then(|s| s.parse().ok());
+            super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
+        }
     }
     let at = now_ms();
     let subscription = Subscription {
@@ -194,7 +197,30 @@ pub async fn patch(
     }
     found.updated_ms = now_ms();
     s.shared.store.put_subscription(&found).await?;
-    Ok(Json(View::from(&found)).into_response())
+    let mut view = serde_json::to_value(View::from(&found)).map_err(Problem::internal)?;
+    if found.enabled {
+        // Disabled (or not covering a table), it held no events back; say
+        // so if retention removed some it had not received.
+        let mut warnings = Vec::new();
+        for t in covered(&found.resources, &known) {
+            let through = s.shared.store.trimmed_through(&t).await?;
+            if let crate::delivery::Standing::After(p) =
+                crate::delivery::standing(s.shared.store.as_ref(), &found, &t).await?
+                && p != crate::events::StreamId::ZERO
+                && p < through
+            {
+                tracing::warn!(subscription = %found.id, target = %t, %through, "subscription resumes past events retention removed");
+                warnings.push(format!(
+                    "{t}: store.retention removed the events up to {through} while this subscription \
+                     did not hold them back; delivery resumes after them"
+                ));
+            }
+        }
+        if !warnings.is_empty() {
+            view["warnings"] = warnings.into();
+        }
+    }
+    Ok(Json(view).into_response())
 }
 
 pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -80,6 +80,8 @@ impl PollError {
 pub struct PollReport {
     /// False when another instance held the lease and nothing was fetched.
     pub leased: bool,
+    /// This poll was (part of) the initial load: its events say `snapshot=1`.
+    pub loading: bool,
     pub sync: u64,
     pub before: StreamId,
     pub after: StreamId,
@@ -131,8 +133,8 @@ pub struct Poller {
     samples: std::collections::VecDeque<(u64, u64)>,
     /// The last poll that succeeded while this instance held the lease.
     last_ok_ms: Option<u64>,
-    /// Whether the initial load runs, once known (see `loading`).
-    loading: Option<bool>,
+    /// A poll of this target succeeded in this process (see `loading`).
+    saw_success: bool,
     /// Trimming of this table's stream, done by whoever polls it.
     pub retention: crate::config::RetentionConfig,
     last_trim: Option<Instant>,
@@ -158,7 +160,7 @@ impl Poller {
             rejected: HashSet::new(),
             samples: Default::default(),
             last_ok_ms: None,
-            loading: None,
+            saw_success: false,
             retention: Default::default(),
             last_trim: None,
         }
@@ -182,18 +184,17 @@ impl Poller {
     /// Whether the target's initial load is still running: its stream was
     /// empty when a poll began, and no poll of it (by any instance) has
     /// succeeded since. Until then every event says `snapshot=1`, also after
-    /// a crash mid-load, when the stream is no longer empty.
+    /// a crash mid-load, when the stream is no longer empty. Read from the
+    /// store on every poll: another instance may have started or finished
+    /// the load while this one did not hold the lease.
     async fn loading(&mut self, before: StreamId) -> Result<bool, PollError> {
         // Once this instance saw a poll succeed, an empty stream is an empty
         // table, and its first records are changes.
-        if before == StreamId::ZERO && self.loading.is_none() {
+        if before == StreamId::ZERO && !self.saw_success {
             self.store.set_loading(&self.target, true).await?;
-            self.loading = Some(true);
+            return Ok(true);
         }
-        if self.loading.is_none() {
-            self.loading = Some(self.store.loading(&self.target).await?);
-        }
-        Ok(self.loading == Some(true))
+        Ok(self.store.loading(&self.target).await?)
     }
 
     async fn poll(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
@@ -208,6 +209,7 @@ impl Poller {
         // The initial load says `snapshot=1`: a new stream, or one whose
         // load never completed (a crash mid-load).
         let snapshot = self.loading(report.before).await?;
+        report.loading = snapshot;
         let settings = &self.upstream.source().settings;
         report.sync = report.before.stamp.saturating_sub(settings.overlap);
         let result = match settings.paging {
@@ -345,21 +347,18 @@ impl Poller {
     async fn record(&mut self, result: &Result<PollReport, PollError>) {
         self.note(result);
         if matches!(result, Ok(r) if !r.leased) {
-            // Another instance polls this target and writes its status; what
-            // this one knew of the load may be stale when the lease returns.
+            // Another instance polls this target and writes its status.
             self.samples.clear();
-            self.loading = None;
             return;
         }
         let now = now_ms();
-        if result.is_ok() {
+        if let Ok(r) = result {
             self.last_ok_ms = Some(now);
-            if self.loading != Some(false) {
-                // The load (if one ran) is complete.
+            self.saw_success = true;
+            if r.loading {
+                // The load is complete.
                 if let Err(e) = self.store.set_loading(&self.target, false).await {
                     tracing::warn!(error = %e, "cannot record that the initial load completed; the next poll tries again");
-                } else {
-                    self.loading = Some(false);
                 }
             }
         } else if self.last_ok_ms.is_none() {

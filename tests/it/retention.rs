@@ -106,6 +106,14 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     let Setup {
         sim, app, t, rx, ..
     } = setup(&ts, retention, 61, true).await;
+    // Disabled, from stamp 5: it holds nothing back.
+    let idle = app
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"url": "https://hooks.example.com/x", "resources": ["*"],
+                    "start": {"sim/patients": 5}, "enabled": false}),
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         len(&ts, &t).await,
@@ -189,6 +197,29 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     sim.sim.random_writes(Some("patients"), 15);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_index_kept(&ts, &t, kept[0].id).await;
+    // Enabling it resumes past what retention removed: the answer says so.
+    let r = app
+        .http
+        .patch(format!(
+            "{}/v1/subscriptions/{}",
+            app.base,
+            idle["id"].as_str().unwrap()
+        ))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let warnings = body["warnings"].as_array().expect("a warning");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .starts_with("sim/patients: store.retention removed"),
+        "{body}"
+    );
     app.stop().await;
 }
 
