@@ -54,14 +54,7 @@ pub async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> Stri
     body["enabled"] = false.into();
     let (id, secret) = subscribe(app, body).await;
     rx.set_secrets(&[&secret]);
-    let r = app
-        .http
-        .patch(format!("{}/v1/subscriptions/{id}", app.base))
-        .bearer_auth(crate::harness::ADMIN_TOKEN)
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.set_enabled(&id, true).await;
     assert_eq!(r.status(), 200);
     id
 }

@@ -466,6 +466,17 @@ impl App {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// Enables or disables a subscription with the admin token.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> reqwest::Response {
+        self.http
+            .patch(format!("{}/v1/subscriptions/{id}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&serde_json::json!({ "enabled": enabled }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// POST with the admin token, expecting a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> Value {
         self.post(path, body)

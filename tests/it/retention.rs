@@ -198,18 +198,7 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_index_kept(&ts, &t, kept[0].id).await;
     // Enabling it resumes past what retention removed: the answer says so.
-    let r = app
-        .http
-        .patch(format!(
-            "{}/v1/subscriptions/{}",
-            app.base,
-            idle["id"].as_str().unwrap()
-        ))
-        .bearer_auth(crate::harness::ADMIN_TOKEN)
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.set_enabled(idle["id"].as_str().unwrap(), true).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let warnings = body["warnings"].as_array().expect("a warning");
@@ -245,14 +234,7 @@ async fn dead_letters_hold_retention(ts: TestStore) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(len(&ts, &t).await, 40, "trimmed dead letters' events");
     // A disabled subscription holds nothing back.
-    let patch = |enabled: bool| {
-        app.http
-            .patch(format!("{}/v1/subscriptions/{id}", app.base))
-            .bearer_auth(crate::harness::ADMIN_TOKEN)
-            .json(&json!({ "enabled": enabled }))
-            .send()
-    };
-    assert_eq!(patch(false).await.unwrap().status(), 200);
+    assert_eq!(app.set_enabled(&id, false).await.status(), 200);
     eventually(
         "the stream to be trimmed",
         Duration::from_secs(10),
@@ -261,7 +243,7 @@ async fn dead_letters_hold_retention(ts: TestStore) {
     .await;
     // Enabled again, a redrive sends what is kept and names what is gone.
     rx.set_mode(Mode::Ok);
-    assert_eq!(patch(true).await.unwrap().status(), 200);
+    assert_eq!(app.set_enabled(&id, true).await.status(), 200);
     let r: Value = app
         .post_json(
             &format!("/v1/subscriptions/{id}/dead-letters/redrive"),
@@ -301,14 +283,7 @@ async fn hard_cap_and_age_trim_but_keep_the_cursor(ts: TestStore) {
     .await;
     // Without an enabled subscription, age alone keeps only the last
     // event: its stamp is the cursor, so it never goes.
-    let r = app
-        .http
-        .patch(format!("{}/v1/subscriptions/{id}", app.base))
-        .bearer_auth(crate::harness::ADMIN_TOKEN)
-        .json(&json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.set_enabled(&id, false).await;
     assert_eq!(r.status(), 200);
     eventually(
         "age to trim all but the last",
