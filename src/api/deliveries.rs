@@ -64,12 +64,25 @@ pub async fn replay(
         let after = positions.get(&t.to_string()).copied();
         super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
     }
+    let mut moved = Vec::new();
     for t in &targets {
         if let Some(after) = positions.get(&t.to_string()) {
+            let old = s.shared.store.position(&sub.id, t).await?;
             s.shared.store.reposition(&sub.id, t, *after).await?;
+            moved.push((t, old));
             // Again after the move: a trim that read the old position just
-            // before it may have removed what the new one needs.
-            super::resources::check_kept(&s, t, Some(*after), &format!("from.{t}")).await?;
+            // before it may have removed what the new one needs. Then the
+            // replay is refused as a whole, with every position put back.
+            if let Err(gone) =
+                super::resources::check_kept(&s, t, Some(*after), &format!("from.{t}")).await
+            {
+                for (t, old) in moved {
+                    if let Some(old) = old {
+                        s.shared.store.reposition(&sub.id, t, old).await?;
+                    }
+                }
+                return Err(gone);
+            }
         }
     }
     let shown: BTreeMap<&String, String> =

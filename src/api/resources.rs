@@ -99,6 +99,24 @@ fn target_of(
     }
 }
 
+/// Reads up to `limit` events after `after`, and the last ID retention
+/// removed if it removed events the reader has not seen: the marker is read
+/// before the read (a trim that already ran) and after it (one that raced
+/// it), since it only ever rises.
+async fn read_checked(
+    store: &dyn crate::store::Store,
+    t: &Target,
+    after: StreamId,
+    limit: usize,
+) -> crate::store::StoreResult<(Vec<crate::events::Event>, Option<StreamId>)> {
+    let before = store.trimmed_through(t).await?;
+    let page = store.read(t, after, limit).await?;
+    let later = store.trimmed_through(t).await?;
+    let gap = after != StreamId::ZERO
+        && (after < before || skipped(after, later, page.first().map(|e| e.id)));
+    Ok((page, gap.then_some(later)))
+}
+
 /// Whether a read after `after` whose first event is `first` skipped events
 /// retention removed (the last of them `through`): only when the removed
 /// ones lie between the cursor and what was read. A trim that ran after the
@@ -173,19 +191,11 @@ pub async fn events(
             }
         },
     };
-    let mut page = s
-        .shared
-        .store
-        .read(&t, after.unwrap_or(StreamId::ZERO), limit + 1)
-        .await?;
-    // After the read: the marker only grows, so a trim racing the read shows.
-    if let Some(a) = after {
-        let through = s.shared.store.trimmed_through(&t).await?;
-        if skipped(a, through, page.first().map(|e| e.id)) {
-            return Err(Problem::trimmed("after", &t, a, through));
-        }
-    }
     let after = after.unwrap_or(StreamId::ZERO);
+    let (mut page, gap) = read_checked(s.shared.store.as_ref(), &t, after, limit + 1).await?;
+    if let Some(through) = gap {
+        return Err(Problem::trimmed("after", &t, after, through));
+    }
     let has_more = page.len() > limit;
     page.truncate(limit);
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
@@ -260,22 +270,8 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                 return Some((Ok(ev), st));
             }
             if st.catching_up {
-                let read = match st.s.shared.store.read(&st.t, st.cursor, 500).await {
-                    // Checked after the read: the marker only grows, so a
-                    // trim racing this read is seen here.
-                    Ok(page) => {
-                        st.s.shared
-                            .store
-                            .trimmed_through(&st.t)
-                            .await
-                            .map(|t| (page, t))
-                    }
-                    Err(e) => Err(e),
-                };
-                match read {
-                    Ok((page, through))
-                        if skipped(st.cursor, through, page.first().map(|e| e.id)) =>
-                    {
+                match read_checked(st.s.shared.store.as_ref(), &st.t, st.cursor, 500).await {
+                    Ok((_, Some(through))) => {
                         // Fell behind what retention keeps: say so and stop,
                         // rather than skip events.
                         st.done = true;

@@ -155,6 +155,7 @@ pub async fn patch(
 ) -> ApiResult<Response> {
     let mut found = load(&s, &id).await?;
     let known = known_targets(&s);
+    let before = (found.enabled, covered(&found.resources, &known));
     if let Some(url) = req.url {
         sub::validate_url(&url)?;
         found.url = url;
@@ -198,29 +199,50 @@ pub async fn patch(
     found.updated_ms = now_ms();
     s.shared.store.put_subscription(&found).await?;
     let mut view = serde_json::to_value(View::from(&found)).map_err(Problem::internal)?;
-    if found.enabled {
-        // Disabled (or not covering a table), it held no events back; say
-        // so if retention removed some it had not received.
-        let mut warnings = Vec::new();
-        for t in covered(&found.resources, &known) {
-            let through = s.shared.store.trimmed_through(&t).await?;
-            if let crate::delivery::Standing::After(p) =
-                crate::delivery::standing(s.shared.store.as_ref(), &found, &t).await?
-                && p != crate::events::StreamId::ZERO
-                && p < through
-            {
-                tracing::warn!(subscription = %found.id, target = %t, %through, "subscription resumes past events retention removed");
-                warnings.push(format!(
-                    "{t}: store.retention removed the events up to {through} while this subscription \
-                     did not hold them back; delivery resumes after them"
-                ));
-            }
-        }
-        if !warnings.is_empty() {
-            view["warnings"] = warnings.into();
-        }
+    let warnings = resume_warnings(&s, &found, before, &known).await;
+    if !warnings.is_empty() {
+        view["warnings"] = warnings.into();
     }
     Ok(Json(view).into_response())
+}
+
+/// When a PATCH enables a subscription or covers a table again, it held no
+/// events back until now: names each table where retention removed events
+/// past its position. Best effort: the change is saved whatever this finds.
+async fn resume_warnings(
+    s: &ApiState,
+    sub: &Subscription,
+    (was_enabled, was_covered): (bool, Vec<Target>),
+    known: &[Target],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !sub.enabled {
+        return warnings;
+    }
+    for t in covered(&sub.resources, known) {
+        if was_enabled && was_covered.contains(&t) {
+            continue;
+        }
+        let store = s.shared.store.as_ref();
+        let (Ok(through), Ok(position)) = (
+            store.trimmed_through(&t).await,
+            store.position(&sub.id, &t).await,
+        ) else {
+            continue;
+        };
+        // Before its first claim it starts at its start point.
+        let p = position
+            .or_else(|| sub.start.get(&t.to_string()).and_then(|s| s.parse().ok()))
+            .unwrap_or_default();
+        if p != crate::events::StreamId::ZERO && p < through {
+            tracing::warn!(subscription = %sub.id, target = %t, %through, "subscription resumes past events retention removed");
+            warnings.push(format!(
+                "{t}: store.retention removed the events up to {through} while this subscription \
+                 did not hold them back; delivery resumes after them"
+            ));
+        }
+    }
+    warnings
 }
 
 pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
