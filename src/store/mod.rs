@@ -90,7 +90,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: DeliveryStore + Send + Sync + 'static {
+pub trait Store: DeliveryStore + TableState + Send + Sync + 'static {
     /// A short description for logs and banners, without credentials.
     fn describe(&self) -> String;
 
@@ -122,7 +122,12 @@ pub trait Store: DeliveryStore + Send + Sync + 'static {
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+}
 
+/// What the store keeps about a table besides its events: the last poll,
+/// whether its initial load still runs, and what retention removed.
+#[async_trait]
+pub trait TableState: Send + Sync {
     /// Removes every event before `first_kept` and remembers the last one
     /// removed; returns how many went. Callers never pass an ID past the
     /// last event: the cursor is the last event's stamp.

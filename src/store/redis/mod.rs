@@ -13,7 +13,7 @@ use redis::{
     streams::StreamRangeReply,
 };
 
-use super::{AppendBatch, PollStatus, Store, StoreError, StoreResult, Target, decode_json};
+use super::{AppendBatch, Store, StoreError, StoreResult, Target};
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 /// The key names of one target, defined in one place.
@@ -403,56 +403,7 @@ impl Store for RedisStore {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
-
-    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        self.trim
-            .key(&keys.events)
-            .key(&keys.trimmed)
-            .arg(first_kept.to_string())
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))
-    }
-
-    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let key = self.keys(t).loading;
-        if loading {
-            c.set(key, "1").await
-        } else {
-            c.del(key).await
-        }
-        .map_err(|e| self.err(e))
-    }
-
-    async fn loading(&self, t: &Target) -> StoreResult<bool> {
-        let mut c = self.conn.clone();
-        c.exists(self.keys(t).loading)
-            .await
-            .map_err(|e| self.err(e))
-    }
-
-    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
-        let mut c = self.conn.clone();
-        let v: Option<String> = c.get(self.keys(t).trimmed).await.map_err(|e| self.err(e))?;
-        v.map_or(Ok(StreamId::ZERO), |v| parse_id(&v))
-    }
-
-    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
-        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut c = self.conn.clone();
-        c.set(self.keys(t).status, json)
-            .await
-            .map_err(|e| self.err(e))
-    }
-
-    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
-        let mut c = self.conn.clone();
-        let json: Option<String> = c.get(self.keys(t).status).await.map_err(|e| self.err(e))?;
-        json.map(|j| decode_json("poll status", &j)).transpose()
-    }
 }
 
 mod delivery;
+mod table_state;

@@ -1,0 +1,121 @@
+//! What a poll leaves behind besides events: the status every surface
+//! shows (kept in the store by the lease holder), the append rate, the log
+//! line, and retention's trim of the table.
+
+use std::{sync::atomic::Ordering, time::Instant};
+
+use super::{PollError, PollReport, Poller};
+use crate::{events::now_ms, store::PollStatus};
+
+impl Poller {
+    /// Notes a poll's result in the shared status, the log, and (when this
+    /// instance polled) the store, where every instance's status surfaces
+    /// read it.
+    pub(super) async fn record(&mut self, result: &Result<PollReport, PollError>) {
+        self.note(result);
+        if matches!(result, Ok(r) if !r.leased) {
+            // Another instance polls this target and writes its status.
+            self.samples.clear();
+            return;
+        }
+        let now = now_ms();
+        if let Ok(r) = result {
+            self.last_ok_ms = Some(now);
+            self.saw_success = true;
+            if r.loading {
+                // The load is complete.
+                if let Err(e) = self.store.set_loading(&self.target, false).await {
+                    tracing::warn!(error = %e, "cannot record that the initial load completed; the next poll tries again");
+                }
+            }
+        } else if self.last_ok_ms.is_none() {
+            // Keep the last success another instance (or run) recorded; if
+            // that cannot be read, write nothing rather than erase it.
+            match self.store.poll_status(&self.target).await {
+                Ok(stored) => self.last_ok_ms = stored.and_then(|s| s.ok_ms),
+                Err(_) => return,
+            }
+        }
+        let status = PollStatus {
+            holder: self.holder.clone(),
+            finished_ms: now,
+            ok_ms: self.last_ok_ms,
+            error: result.as_ref().err().map(|e| e.to_string()),
+            rate_per_min: self.rate(now),
+        };
+        if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
+            tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");
+        }
+    }
+
+    /// Events appended per minute over about the last minute, from the
+    /// samples this instance took while it held the lease.
+    fn rate(&mut self, now: u64) -> f64 {
+        const WINDOW_MS: u64 = 60_000;
+        let total = self.status.appended.load(Ordering::Relaxed);
+        self.samples.push_back((now, total));
+        // Keep one sample at or before the window's start as the baseline.
+        while self.samples.len() > 2 && self.samples[1].0 + WINDOW_MS <= now {
+            self.samples.pop_front();
+        }
+        let (t0, a0) = self.samples[0];
+        // Over a full minute even when the samples span less: a first poll
+        // that loads 30 records in 4 ms shows 30/min, not 450,000.
+        (total - a0) as f64 * 60_000.0 / now.saturating_sub(t0).max(WINDOW_MS) as f64
+    }
+
+    /// Notes a poll's result in this process's status and the log.
+    fn note(&self, result: &Result<PollReport, PollError>) {
+        let mut last = self.status.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.finished_ms = Some(now_ms());
+        match result {
+            Ok(r) => {
+                last.ok_ms = last.finished_ms;
+                last.error = None;
+                last.cursor = Some(r.after.to_string());
+                last.walks = r.walks;
+                if r.outcome.appended() > 0 || r.rejected > 0 {
+                    tracing::info!(target = %self.target, appended = r.outcome.appended(),
+                        late = r.outcome.late, rejected = r.rejected, cursor = %r.after, "poll appended events");
+                }
+            }
+            Err(e) => {
+                last.error = Some(e.to_string());
+                tracing::warn!(target = %self.target, error = %e, "poll failed; the cursor did not move");
+            }
+        }
+    }
+
+    /// Applies `store.retention` at most every `retention.interval`, while
+    /// this instance holds the table's lease.
+    pub(super) async fn maybe_trim(&mut self) {
+        if !self.retention.enabled()
+            || self
+                .last_trim
+                .is_some_and(|at| at.elapsed() < self.retention.interval)
+        {
+            return;
+        }
+        self.last_trim = Some(Instant::now());
+        match crate::retention::trim_target(
+            self.store.as_ref(),
+            &self.target,
+            &self.retention,
+            now_ms(),
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(removed = n, "retention trimmed the stream");
+                self.metrics
+                    .trimmed
+                    .get_or_create(&crate::metrics::target_labels(&self.target))
+                    .inc_by(n);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention could not trim the stream; it tries again later")
+            }
+        }
+    }
+}

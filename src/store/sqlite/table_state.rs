@@ -1,0 +1,120 @@
+//! The tables of the embedded store about a table besides its events:
+//! `poll_status`, `loading` and `trimmed`, and retention's delete.
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use crate::{
+    events::StreamId,
+    store::{PollStatus, StoreError, StoreResult, TableState, Target, decode_json},
+};
+
+#[async_trait]
+impl TableState for SqliteStore {
+    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
+        let t = t.clone();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (k_stamp, k_seq) = (first_kept.stamp as i64, first_kept.seq as i64);
+            let last_removed = tx
+                .query_row(
+                    "SELECT stamp, seq FROM events WHERE source = ?1 AND resource = ?2
+                     AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4)) ORDER BY stamp DESC, seq DESC LIMIT 1",
+                    params![t.source, t.resource, k_stamp, k_seq],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            let Some((stamp, seq)) = last_removed else {
+                return Ok(0);
+            };
+            let removed = tx.execute(
+                "DELETE FROM events WHERE source = ?1 AND resource = ?2
+                 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))",
+                params![t.source, t.resource, k_stamp, k_seq],
+            )?;
+            tx.execute(
+                "INSERT INTO trimmed (source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq
+                 WHERE (excluded.stamp, excluded.seq) > (trimmed.stamp, trimmed.seq)",
+                params![t.source, t.resource, stamp, seq],
+            )?;
+            tx.commit()?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+
+    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
+        let t = t.clone();
+        self.with(move |c| {
+            let sql = if loading {
+                "INSERT OR IGNORE INTO loading (source, resource) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM loading WHERE source = ?1 AND resource = ?2"
+            };
+            c.execute(sql, params![t.source, t.resource]).map(|_| ())
+        })
+        .await
+    }
+
+    async fn loading(&self, t: &Target) -> StoreResult<bool> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM loading WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
+        })
+        .await
+    }
+
+    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT stamp, seq FROM trimmed WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+                |r| {
+                    Ok(StreamId::new(
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                    ))
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
+    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO poll_status (source, resource, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (source, resource) DO UPDATE SET body = excluded.body",
+                params![t.source, t.resource, json],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
+        let t = t.clone();
+        let json = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT body FROM poll_status WHERE source = ?1 AND resource = ?2",
+                    params![t.source, t.resource],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.map(|j| decode_json("poll status", &j)).transpose()
+    }
+}
