@@ -169,15 +169,7 @@ impl DeliveryStore for SqliteStore {
 
     async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
         let (sub, t) = (sub.to_string(), t.clone());
-        self.with(move |c| {
-            c.query_row(
-                "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
-                params![sub, t.source, t.resource],
-                |r| Ok(StreamId::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
-            .optional()
-        })
-        .await
+        self.with(move |c| super::position(c, &sub, &t)).await
     }
 
     async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {

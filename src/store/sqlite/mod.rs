@@ -123,15 +123,10 @@ fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
         "SELECT stamp, seq FROM events WHERE source = ?1 AND resource = ?2
          ORDER BY stamp DESC, seq DESC LIMIT 1",
         params![t.source, t.resource],
-        |r| {
-            Ok(StreamId::new(
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-            ))
-        },
+        |r| id_at(r, 0),
     )
     .optional()
-    .map(|o| o.unwrap_or(StreamId::ZERO))
+    .map(Option::unwrap_or_default)
 }
 
 fn lease_lost(t: &Target) -> rusqlite::Error {
@@ -245,6 +240,24 @@ fn read_after(
     .collect()
 }
 
+/// A subscription's delivery position on a target, none before its first claim.
+fn position(c: &Connection, sub: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
+    c.query_row(
+        "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
+        params![sub, t.source, t.resource],
+        |r| id_at(r, 0),
+    )
+    .optional()
+}
+
+/// The stream ID held in columns `i` (stamp) and `i + 1` (seq).
+fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<StreamId> {
+    Ok(StreamId::new(
+        r.get::<_, i64>(i)? as u64,
+        r.get::<_, i64>(i + 1)? as u64,
+    ))
+}
+
 fn claim(
     c: &mut Connection,
     sub: &str,
@@ -253,14 +266,7 @@ fn claim(
     count: usize,
 ) -> rusqlite::Result<Vec<Event>> {
     let tx = c.transaction()?;
-    let pos = tx
-        .query_row(
-            "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
-            params![sub, t.source, t.resource],
-            |r| Ok(StreamId::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-        )
-        .optional()?
-        .unwrap_or(start);
+    let pos = position(&tx, sub, t)?.unwrap_or(start);
     let events = read_after(&tx, t, pos, count)?;
     let last = events.last().map(|e| e.id).unwrap_or(pos);
     tx.execute(
@@ -287,7 +293,7 @@ fn add_pending(c: &Connection, sub: &str, t: &Target, id: StreamId) -> rusqlite:
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let op: String = r.get(2)?;
     Ok(Event {
-        id: StreamId::new(r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+        id: id_at(r, 0)?,
         op: op.parse().map_err(|e: String| {
             rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
         })?,

@@ -76,12 +76,7 @@ impl TableState for SqliteStore {
             c.query_row(
                 "SELECT stamp, seq FROM trimmed WHERE source = ?1 AND resource = ?2",
                 params![t.source, t.resource],
-                |r| {
-                    Ok(StreamId::new(
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, i64>(1)? as u64,
-                    ))
-                },
+                |r| super::id_at(r, 0),
             )
             .optional()
             .map(Option::unwrap_or_default)
