@@ -54,6 +54,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Where delivery of `target` begins before the first claim: after this ID.
+    pub fn start_of(&self, target: &Target) -> StreamId {
+        self.start
+            .get(&target.to_string())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(StreamId::ZERO)
+    }
+
     /// Whether this subscription receives events of `target`.
     pub fn covers(&self, target: &Target) -> bool {
         let name = target.to_string();

@@ -224,16 +224,12 @@ async fn resume_warnings(
             continue;
         }
         let store = s.shared.store.as_ref();
-        let (Ok(through), Ok(position)) = (
+        let (Ok(through), Ok(p)) = (
             store.trimmed_through(&t).await,
-            store.position(&sub.id, &t).await,
+            crate::delivery::position_or_start(store, sub, &t).await,
         ) else {
             continue;
         };
-        // Before its first claim it starts at its start point.
-        let p = position
-            .or_else(|| sub.start.get(&t.to_string()).and_then(|s| s.parse().ok()))
-            .unwrap_or_default();
         if p != crate::events::StreamId::ZERO && p < through {
             tracing::warn!(subscription = %sub.id, target = %t, %through, "subscription resumes past events retention removed");
             warnings.push(format!(

@@ -37,17 +37,23 @@ pub enum Standing {
     After(StreamId),
 }
 
+/// Where a subscription claims next on a target: after its position, or
+/// after its start point before its first claim.
+pub async fn position_or_start(
+    store: &dyn Store,
+    sub: &Subscription,
+    t: &Target,
+) -> StoreResult<StreamId> {
+    Ok(match store.position(&sub.id, t).await? {
+        Some(p) => p,
+        None => sub.start_of(t),
+    })
+}
+
 pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<Standing> {
     // The position first: a claim landing between the two reads moves
     // entries after it into pending, so they are never missed between reads.
-    let position = match store.position(&sub.id, t).await? {
-        Some(p) => p,
-        None => sub
-            .start
-            .get(&t.to_string())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(StreamId::ZERO),
-    };
+    let position = position_or_start(store, sub, t).await?;
     Ok(match store.pending(&sub.id, t).await?.first() {
         Some((oldest, _)) if oldest.id <= position => Standing::Pending(oldest.id),
         _ => Standing::After(position),

@@ -157,11 +157,7 @@ impl Worker {
         }
         let q = queue.as_mut().expect("loaded above");
         if q.len() <= WINDOW / 2 {
-            let start = sub
-                .start
-                .get(&self.target.to_string())
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(StreamId::ZERO);
+            let start = sub.start_of(&self.target);
             for e in self
                 .store
                 .claim(&sub.id, &self.target, start, WINDOW - q.len())
