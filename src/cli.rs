@@ -52,7 +52,7 @@ enum Command {
     /// Run the simulator and the relay together and show events as they land.
     Demo(DemoArgs),
     /// Serve a PainChek-compatible upstream for tests, demos and benchmarks.
-    Simulate(SimArgs),
+    Simulate(Box<SimArgs>),
     /// Show each target's cursor and stream length from the store.
     Status {
         #[arg(long)]
@@ -163,7 +163,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config } => status(Config::load(Some(&config))?).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
-            crate::simulator::run(args, shutdown_signal()).await?;
+            crate::simulator::run(*args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -180,8 +180,8 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     println!(
-        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {}",
-        "target", "fetched", "created", "updated", "deleted", "restored", "walks", "cursor / error"
+        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  cursor / error",
+        "target", "fetched", "created", "updated", "deleted", "restored", "walks"
     );
     let mut failed = false;
     for (t, r) in &results {
