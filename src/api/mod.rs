@@ -205,10 +205,30 @@ async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
             ),
         );
     }
+    // Tables whose store lost their data under this relay (poller/epoch.rs):
+    // not ready while they reload, and named afterwards too.
+    let resets: Vec<_> = s
+        .shared
+        .targets
+        .iter()
+        .filter(|(_, st)| st.resets.load(Ordering::Relaxed) > 0)
+        .map(|(t, st)| {
+            json!({"target": t.to_string(), "at_ms": st.last_reset_ms.load(Ordering::Relaxed),
+                "reloading": st.reloading.load(Ordering::Relaxed)})
+        })
+        .collect();
+    if resets.iter().any(|r| r["reloading"] == true) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "store reset", "part": "store", "store_resets": resets, "targets": targets}),
+            ),
+        );
+    }
     match s.shared.store.ping().await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "targets": targets})),
+            Json(json!({"status": "ready", "targets": targets, "store_resets": resets})),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -72,6 +72,9 @@ impl PollStatus {
 pub struct AppendBatch<'a> {
     /// The lease holder; the append is refused if another instance holds the lease.
     pub holder: &'a str,
+    /// The table's epoch when the poll began; the append is refused if the
+    /// store holds another one (or none): it lost the table's data meanwhile.
+    pub epoch: &'a str,
     pub snapshot: bool,
     pub observed: u64,
     pub records: &'a [UpstreamRecord],
@@ -85,6 +88,10 @@ pub enum StoreError {
     LeaseLost(String),
     #[error("{0}")]
     Corrupt(String),
+    #[error(
+        "the store lost the data of {0} (its epoch changed) during this poll; this append was not made and the table reloads"
+    )]
+    Reset(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -142,6 +149,14 @@ pub trait TableState: Send + Sync {
     async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()>;
 
     async fn loading(&self, t: &Target) -> StoreResult<bool>;
+
+    /// The table's epoch: a random value written at its first use (none
+    /// before). A store that lost its data shows none, or another one.
+    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
+
+    /// Writes `fresh` as the table's epoch unless it has one; returns the
+    /// epoch the store holds afterwards (another instance may have won).
+    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String>;
 
     /// Records the last poll of a target (written by its lease holder).
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;

@@ -55,14 +55,42 @@ CREATE TABLE IF NOT EXISTS trimmed (
 CREATE TABLE IF NOT EXISTS poll_status (
     source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (
+    source TEXT NOT NULL, resource TEXT NOT NULL, epoch TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
 ";
 
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Open>>,
     path: PathBuf,
+}
+
+/// The connection and the identity (device, inode) of the file it opened:
+/// a file replaced or removed under the relay is noticed on the next call,
+/// which reopens the path, so the epoch check sees what is there now.
+struct Open {
+    conn: Connection,
+    file: Option<(u64, u64)>,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Open> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(Open {
+        conn,
+        file: file_id(path),
+    })
 }
 
 impl SqliteStore {
@@ -81,13 +109,7 @@ impl SqliteStore {
                 path.display()
             )
         };
-        let conn = Connection::open(&path).map_err(bad)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(bad)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(bad)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(bad)?;
-        conn.execute_batch(SCHEMA).map_err(bad)?;
+        let conn = connect(&path).map_err(bad)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -102,16 +124,26 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         let path = self.path.clone();
+        let file = path.clone();
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c)
+            let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
+            if file_id(&file) != open.file {
+                tracing::error!(path = %file.display(), "the embedded store's file was replaced or removed; reopening it");
+                // Close the old file first: closing removes its -wal and -shm files.
+                let placeholder = Connection::open_in_memory()?;
+                drop(std::mem::replace(&mut open.conn, placeholder));
+                *open = connect(&file)?;
+            }
+            f(&mut open.conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
         .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, Some(m)) if m.starts_with("LEASELOST") => {
-                let _ = f;
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("LEASELOST") => {
                 StoreError::LeaseLost(m.trim_start_matches("LEASELOST ").to_string())
+            }
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("EPOCHCHANGED") => {
+                StoreError::Reset(m.trim_start_matches("EPOCHCHANGED ").to_string())
             }
             e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
         })
@@ -129,6 +161,15 @@ fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
     .map(Option::unwrap_or_default)
 }
 
+/// An [`AppendBatch`] owned, to move into the blocking task.
+struct Batch {
+    holder: String,
+    epoch: String,
+    snapshot: bool,
+    observed: u64,
+    records: Vec<crate::record::UpstreamRecord>,
+}
+
 fn lease_lost(t: &Target) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
@@ -136,14 +177,23 @@ fn lease_lost(t: &Target) -> rusqlite::Error {
     )
 }
 
-fn append(
-    c: &mut Connection,
-    t: &Target,
-    holder: &str,
-    snapshot: bool,
-    observed: u64,
-    records: &[crate::record::UpstreamRecord],
-) -> rusqlite::Result<AppendOutcome> {
+fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
+        params![t.source, t.resource],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+    let Batch {
+        holder,
+        epoch: want,
+        snapshot,
+        observed,
+        records,
+    } = batch;
     let tx = c.transaction()?;
     let owner: Option<(String, i64)> = tx
         .query_row(
@@ -152,8 +202,14 @@ fn append(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if !owner.is_some_and(|(h, exp)| h == holder && exp as u64 > events::now_ms()) {
+    if !owner.is_some_and(|(h, exp)| h == *holder && exp as u64 > events::now_ms()) {
         return Err(lease_lost(t));
+    }
+    if epoch(&tx, t)?.as_deref() != Some(want.as_str()) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(format!("EPOCHCHANGED {t}")),
+        ));
     }
     let mut top = last_id(&tx, t)?;
     let mut out = AppendOutcome::default();
@@ -196,7 +252,7 @@ fn append(
                 r.stamp as i64,
                 prev.map(|p| p.stamp as i64),
                 snapshot,
-                observed as i64,
+                *observed as i64,
                 r.raw.get(),
             ])?;
             put.execute(params![
@@ -323,11 +379,14 @@ impl Store for SqliteStore {
 
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
         let t = t.clone();
-        let holder = batch.holder.to_string();
-        let (snapshot, observed) = (batch.snapshot, batch.observed);
-        let records = batch.records.to_vec();
-        self.with(move |c| append(c, &t, &holder, snapshot, observed, &records))
-            .await
+        let batch = Batch {
+            holder: batch.holder.to_string(),
+            epoch: batch.epoch.to_string(),
+            snapshot: batch.snapshot,
+            observed: batch.observed,
+            records: batch.records.to_vec(),
+        };
+        self.with(move |c| append(c, &t, &batch)).await
     }
 
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {

@@ -1,5 +1,5 @@
 //! The tables of the embedded store about a table besides its events:
-//! `poll_status`, `loading` and `trimmed`, and retention's delete.
+//! `poll_status`, `loading`, `trimmed` and `epochs`, and retention's delete.
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
@@ -66,6 +66,23 @@ impl TableState for SqliteStore {
                 params![t.source, t.resource],
                 |r| r.get::<_, i64>(0).map(|n| n > 0),
             )
+        })
+        .await
+    }
+
+    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
+        let t = t.clone();
+        self.with(move |c| super::epoch(c, &t)).await
+    }
+
+    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
+        let (t, fresh) = (t.clone(), fresh.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO epochs (source, resource, epoch) VALUES (?1, ?2, ?3)",
+                params![t.source, t.resource, fresh],
+            )?;
+            Ok(super::epoch(c, &t)?.unwrap_or(fresh))
         })
         .await
     }
