@@ -193,14 +193,22 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     println!(
-        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  cursor / error",
-        "target", "fetched", "created", "updated", "deleted", "restored", "walks"
+        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>7}  cursor / error",
+        "target",
+        "fetched",
+        "created",
+        "updated",
+        "deleted",
+        "restored",
+        "walks",
+        "pages",
+        "settle"
     );
     let mut failed = false;
     for (t, r) in &results {
         match r {
             Ok(r) => println!(
-                "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {}",
+                "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>7}  {}",
                 t.to_string(),
                 r.fetched,
                 r.outcome.created,
@@ -208,6 +216,8 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
                 r.outcome.deleted,
                 r.outcome.restored,
                 r.walks,
+                r.pages,
+                r.settle_pages,
                 if r.leased {
                     r.after.to_string()
                 } else {
@@ -216,7 +226,7 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
             ),
             Err(e) => {
                 failed = true;
-                error_row(t, &[8, 8, 9, 8, 8, 6], e);
+                error_row(t, &[8, 8, 9, 8, 8, 6, 6, 7], e);
             }
         }
     }
@@ -255,13 +265,22 @@ async fn reconcile_once(config: Config) -> anyhow::Result<ExitCode> {
                 r.compared,
                 r.repaired
             ),
-            Ok(_) => println!(
-                "{:<32} {:>6} {:>9} {:>9}  skipped: another instance holds the lease, or the initial load has not completed",
-                t.to_string(),
-                "-",
-                "-",
-                "-"
-            ),
+            Ok(r) => {
+                let note = if r.leased {
+                    "skipped: the initial load has not completed"
+                } else {
+                    // A serving relay holds the lease: it sweeps after its next poll.
+                    relay.store.request_reconcile(t).await?;
+                    "requested: the instance polling it sweeps after its next poll"
+                };
+                println!(
+                    "{:<32} {:>6} {:>9} {:>9}  {note}",
+                    t.to_string(),
+                    "-",
+                    "-",
+                    "-"
+                );
+            }
             Err(e) => {
                 failed = true;
                 error_row(t, &[6, 9, 9], e);

@@ -1,4 +1,4 @@
-//! The poller: one per (source, resource) target, following DESIGN §2.
+//! The poller: one per (source, resource) target (see ARCHITECTURE.md).
 //!
 //! A poll takes the target's lease, reads the cursor from the stream, fetches
 //! the delta since `cursor - overlap` with the source's paging strategy
@@ -267,18 +267,14 @@ impl Poller {
         result
     }
 
-    /// Takes or extends the lease; false while another instance holds it.
-    async fn renew_lease(&self) -> Result<bool, PollError> {
-        Ok(self
+    /// Takes (or extends) the lease and keeps it renewed in the background
+    /// until `self.lease` is cleared; false while another instance holds it.
+    async fn take_lease(&mut self) -> Result<bool, PollError> {
+        let taken = self
             .store
             .lease(&self.target, &self.holder, self.lease_ttl)
-            .await?)
-    }
-
-    /// Takes the lease and keeps it renewed in the background until
-    /// `self.lease` is cleared; false while another instance holds it.
-    async fn take_lease(&mut self) -> Result<bool, PollError> {
-        if !self.renew_lease().await? {
+            .await?;
+        if !taken {
             return Ok(false);
         }
         self.lease = Some(lease::LeaseKeeper::start(

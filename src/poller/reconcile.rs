@@ -24,6 +24,8 @@ use crate::{
 /// What one sweep did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReconcileReport {
+    /// False when another instance held the lease.
+    pub leased: bool,
     /// False when another instance held the lease, or the initial load runs.
     pub swept: bool,
     pub pages: u32,
@@ -46,6 +48,7 @@ impl Poller {
         if !self.take_lease().await? {
             return Ok(out);
         }
+        out.leased = true;
         let result = self.sweep(&mut out, cancel).await;
         self.lease = None;
         if out.repaired > 0 {
@@ -99,19 +102,26 @@ impl Poller {
     }
 
     /// Whether `reconcile_interval` has passed since the last sweep (the
-    /// first comes one interval after start).
-    pub(super) fn reconcile_due(&mut self) -> bool {
+    /// first comes one interval after start), or `sync --reconcile` asked.
+    async fn reconcile_due(&mut self) -> bool {
+        let requested = match self.store.take_reconcile_request(&self.target).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(target = %self.target, error = %e, "cannot read the reconcile request");
+                false
+            }
+        };
         let Some(every) = self.upstream.source().settings.reconcile_interval else {
-            return false;
+            return requested;
         };
         let last = *self.last_reconcile.get_or_insert_with(Instant::now);
-        last.elapsed() >= every
+        requested || last.elapsed() >= every
     }
 
     /// Runs a due sweep from the poll loop; failures are logged and the
     /// next sweep comes an interval later.
     pub(super) async fn maybe_reconcile(&mut self, cancel: &CancellationToken) {
-        if !self.reconcile_due() {
+        if !self.reconcile_due().await {
             return;
         }
         match self.reconcile_once(cancel).await {

@@ -179,68 +179,100 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<WalkSet, PollError> {
-        let settings = self.upstream.source().settings.clone();
-        let (mut seen, mut sightings) = (Seen::new(), Sightings::default());
-        let mut tally = RejectTally::default();
+        let max_walks = self.upstream.source().settings.max_walks;
+        let mut progress = Progress::default();
         let mut walks = 0;
         loop {
             walks += 1;
             report.walks += 1;
-            let mut page_no = 1;
-            let count = loop {
-                let page = self.fetch(sync, page_no, cancel).await?;
-                report.pages += 1;
-                let (count, more) = (page.count, page.next.is_some() && !page.results.is_empty());
-                let mut records = Vec::with_capacity(page.results.len());
-                for raw in page.results {
-                    match parse_record(raw, &settings.fields) {
-                        Ok(r) => records.push(r),
-                        Err(rej) => {
-                            tally.see(&rej);
-                            self.reject(rej, report).await?;
-                        }
+            let (count, pages) = self
+                .walk(sync, &mut progress, seen_max, report, cancel)
+                .await?;
+            progress.tally.end_walk();
+            let seen = progress.seen();
+            if seen >= count {
+                return Ok(progress.into_set(sync, pages == 1));
+            }
+            if walks >= max_walks {
+                return Err(PollError::Unstable { walks, seen, count });
+            }
+            tracing::info!(target = %self.target, walk = walks, seen, count,
+                "rows shifted during the page walk; walking again");
+        }
+    }
+
+    /// One walk from page 1 to the last; returns the last page's `count`
+    /// and the number of pages.
+    async fn walk(
+        &mut self,
+        sync: u64,
+        progress: &mut Progress,
+        seen_max: &mut u64,
+        report: &mut PollReport,
+        cancel: &CancellationToken,
+    ) -> Result<(u64, u32), PollError> {
+        let settings = self.upstream.source().settings.clone();
+        let mut page_no = 1;
+        loop {
+            let page = self.fetch(sync, page_no, cancel).await?;
+            report.pages += 1;
+            let (count, more) = (page.count, page.next.is_some() && !page.results.is_empty());
+            let mut records = Vec::with_capacity(page.results.len());
+            for raw in page.results {
+                match parse_record(raw, &settings.fields) {
+                    Ok(r) => records.push(r),
+                    Err(rej) => {
+                        progress.tally.see(&rej);
+                        self.reject(rej, report).await?;
                     }
                 }
-                *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
-                let at = sightings.page(*seen_max, count);
-                for r in records {
-                    sight(&mut seen, r, at);
-                }
-                if seen.len() > settings.max_delta_records {
-                    return Err(PollError::TooLarge {
-                        sync,
-                        limit: settings.max_delta_records,
-                    });
-                }
-                if !more {
-                    break count;
-                }
-                page_no += 1;
-            };
-            tally.end_walk();
-            let seen_n = seen.len() as u64 + tally.count();
-            if seen_n >= count {
-                let rejected = tally.count();
-                let floor = seen
-                    .values()
-                    .map(|&(_, at)| sightings.bound(at, sync, rejected))
-                    .min()
-                    .unwrap_or(sync);
-                return Ok(WalkSet {
-                    union: seen.into_iter().map(|(id, (r, _))| (id, r)).collect(),
-                    floor,
-                    one_page: page_no == 1,
+            }
+            *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
+            let at = progress.sightings.page(*seen_max, count);
+            for r in records {
+                sight(&mut progress.seen, r, at);
+            }
+            if progress.seen.len() > settings.max_delta_records {
+                return Err(PollError::TooLarge {
+                    sync,
+                    limit: settings.max_delta_records,
                 });
             }
-            if walks >= settings.max_walks {
-                return Err(PollError::Unstable {
-                    walks,
-                    seen: seen_n,
-                    count,
-                });
+            if !more {
+                return Ok((count, page_no));
             }
-            tracing::info!(target = %self.target, walk = walks, seen = seen_n, count,
-                "rows shifted during the page walk; walking again");
+            page_no += 1;
+        }
+    }
+}
+
+/// What the walks from one `sync` have seen so far.
+#[derive(Default)]
+struct Progress {
+    seen: Seen,
+    sightings: Sightings,
+    tally: RejectTally,
+}
+
+impl Progress {
+    /// Records and rejected records seen, for the completeness check.
+    fn seen(&self) -> u64 {
+        self.seen.len() as u64 + self.tally.count()
+    }
+
+    /// The complete walks as a set, with their floor.
+    fn into_set(self, sync: u64, one_page: bool) -> WalkSet {
+        let rejected = self.tally.count();
+        let floor = self
+            .seen
+            .values()
+            .map(|&(_, at)| self.sightings.bound(at, sync, rejected))
+            .min()
+            .unwrap_or(sync);
+        WalkSet {
+            union: self.seen.into_iter().map(|(id, (r, _))| (id, r)).collect(),
+            floor,
+            one_page,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Where events live. Two backends keep one contract (DESIGN §3, §7):
+//! Where events live. Two backends keep one contract (README.md, "The Redis layout"):
 //! Redis streams for production and several instances, and an embedded
 //! SQLite file for a single instance with nothing installed.
 //!
@@ -157,6 +157,13 @@ pub trait TableState: Send + Sync {
     /// Writes `fresh` as the table's epoch unless it has one; returns the
     /// epoch the store holds afterwards (another instance may have won).
     async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String>;
+
+    /// Asks whichever instance polls the table for a reconcile sweep after
+    /// its next poll (`sync --reconcile` while a relay serves the table).
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()>;
+
+    /// Whether a sweep was requested, clearing the request.
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool>;
 
     /// Records the last poll of a target (written by its lease holder).
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;

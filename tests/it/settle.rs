@@ -2,6 +2,8 @@
 //! settle walks over a slow upstream that edits records in place while the
 //! relay pages, reconcile sweeps, and keyset pages with repeated rows.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use stamp_relay::{
     config::Paging,
@@ -12,13 +14,15 @@ use stamp_relay::{
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Sim, TestStore, all_events, assert_rebuilds, poll_until_quiet, relay, seeds, source,
+    App, Sim, TestStore, all_events, assert_rebuilds, eventually, poll_until_quiet, relay, seeds,
+    source, wait_synced,
 };
 use crate::on_both_stores;
 
 on_both_stores!(
     edits_in_place_during_slow_walks,
     reconcile_repairs_what_the_polls_missed,
+    a_requested_sweep_runs_in_the_serving_relay,
     keyset_pages_with_a_repeated_row,
 );
 
@@ -103,15 +107,7 @@ async fn reconcile_repairs_what_the_polls_missed(ts: TestStore) {
     src.overlap = 0;
     let mut relay = relay(&ts, vec![src]);
     poll_until_quiet(&mut relay, 5).await;
-    sim.sim.set_faults(Faults {
-        late_rate: 1.0,
-        late_after: 1000,
-        ..Faults::default()
-    });
-    let hidden = sim.sim.random_writes(Some("assessments"), 3);
-    assert!(hidden.iter().all(|w| w.late));
-    sim.sim.set_faults(Faults::default());
-    sim.sim.random_writes(Some("assessments"), 5);
+    hide_writes(&sim.sim, "assessments", 3);
     poll_until_quiet(&mut relay, 5).await;
     assert_eq!(sim.sim.flush_late(), 3);
     poll_until_quiet(&mut relay, 5).await;
@@ -136,6 +132,48 @@ async fn reconcile_repairs_what_the_polls_missed(ts: TestStore) {
         ),
         "{metrics}"
     );
+}
+
+/// Hides `n` writes to `table` until `flush_late`: their stamps are issued
+/// now, and the polls' cursor passes them meanwhile.
+fn hide_writes(sim: &Simulator, table: &str, n: usize) {
+    sim.set_faults(Faults {
+        late_rate: 1.0,
+        late_after: 1000,
+        ..Faults::default()
+    });
+    let hidden = sim.random_writes(Some(table), n);
+    assert!(hidden.iter().all(|w| w.late));
+    sim.set_faults(Faults::default());
+    sim.random_writes(Some(table), 5);
+}
+
+/// `sync --reconcile` while a relay serves the table cannot take its lease;
+/// it leaves a request the serving relay picks up after its next poll.
+async fn a_requested_sweep_runs_in_the_serving_relay(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        seed: 6,
+        initial: vec![("comments".into(), 15)],
+        ..SimConfig::default()
+    })
+    .await;
+    let mut src = source(&sim.base_url, &["comments"], Paging::Pages, 10);
+    src.overlap = 0;
+    let app = App::spawn(&ts, vec![src]).await;
+    let t = Target::new("sim", "comments");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    hide_writes(&sim.sim, "comments", 2);
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    sim.sim.flush_late();
+    ts.store.request_reconcile(&t).await.unwrap();
+    eventually("the requested sweep", Duration::from_secs(20), async || {
+        let events = all_events(ts.store.as_ref(), &t).await;
+        events.iter().filter(|e| e.id.seq > 0).count() == 2
+    })
+    .await;
+    assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+    assert!(!ts.store.take_reconcile_request(&t).await.unwrap());
+    app.stop().await;
 }
 
 /// A keyset page that lists a record twice at one stamp (a join upstream)

@@ -1,4 +1,4 @@
--- Atomic append of one sorted chunk for one target (DESIGN §2 step 4).
+-- Atomic append of one sorted chunk for one target (see ARCHITECTURE.md).
 -- KEYS: events stream, record index hash, lease string, epoch string (one hash tag).
 -- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, then per record:
 --       id, stamp, deleted (0/1), data.

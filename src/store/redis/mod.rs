@@ -1,4 +1,4 @@
-//! The Redis backend: the public layout of DESIGN §3.
+//! The Redis backend: the public layout of README.md ("The Redis layout").
 //!
 //! Every key of a target carries the hash tag `{source:resource}`, so a
 //! target's stream, index, rejects and lease live in one cluster slot and
@@ -36,6 +36,8 @@ pub struct Keys {
     /// `P:{s:r}:epoch`, a random value written at the table's first use; a
     /// store that lost its data has none, or another one.
     pub epoch: String,
+    /// `P:{s:r}:reconcile`, present while a reconcile sweep is requested.
+    pub reconcile: String,
     base: String,
 }
 
@@ -51,6 +53,7 @@ impl Keys {
             trimmed: format!("{base}:trimmed"),
             loading: format!("{base}:loading"),
             epoch: format!("{base}:epoch"),
+            reconcile: format!("{base}:reconcile"),
             base,
         }
     }

@@ -1,5 +1,5 @@
 //! The Redis keys of a table besides its events: `P:{s:r}:status`,
-//! `P:{s:r}:loading`, `P:{s:r}:trimmed` and `P:{s:r}:epoch`, and the trim script.
+//! `P:{s:r}:loading`, `P:{s:r}:trimmed`, `P:{s:r}:epoch` and `P:{s:r}:reconcile`, and the trim script.
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -59,6 +59,22 @@ impl TableState for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(now)
+    }
+
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.set(self.keys(t).reconcile, "1")
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c
+            .get_del(self.keys(t).reconcile)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(v.is_some())
     }
 
     async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {

@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS trimmed (
 CREATE TABLE IF NOT EXISTS poll_status (
     source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reconcile_requests (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
     source TEXT NOT NULL, resource TEXT NOT NULL, epoch TEXT NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;

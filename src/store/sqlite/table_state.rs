@@ -1,5 +1,5 @@
 //! The tables of the embedded store about a table besides its events:
-//! `poll_status`, `loading`, `trimmed` and `epochs`, and retention's delete.
+//! `poll_status`, `loading`, `trimmed`, `epochs` and `reconcile_requests`, and retention's delete.
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
@@ -83,6 +83,30 @@ impl TableState for SqliteStore {
                 params![t.source, t.resource, fresh],
             )?;
             Ok(super::epoch(c, &t)?.unwrap_or(fresh))
+        })
+        .await
+    }
+
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO reconcile_requests (source, resource) VALUES (?1, ?2)",
+                params![t.source, t.resource],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM reconcile_requests WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+            )
+            .map(|n| n > 0)
         })
         .await
     }
