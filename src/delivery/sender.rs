@@ -53,6 +53,9 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from HTTP(S)_PROXY would resolve the target itself,
+            // past the guarded resolver below: never use one.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
             }))
