@@ -12,16 +12,35 @@ use crate::{
     store::Target,
 };
 
-/// Headers the relay sets itself; a subscription may not override them.
-const RESERVED_HEADERS: [&str; 7] = [
-    "content-type",
-    "content-length",
-    "host",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "user-agent",
+/// Headers the relay sets itself: a subscription may not override them.
+const SET_BY_RELAY: [&str; 4] = ["content-type", "content-length", "host", "user-agent"];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and their kin: they steer the
+/// connection or the message framing, not the receiver, and set by hand
+/// they would corrupt the request (`transfer-encoding`) or talk to a proxy.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
 ];
+
+/// Why a custom header name may not be used, or None when it may.
+fn reserved(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    if SET_BY_RELAY.contains(&name.as_str()) {
+        Some("is set by the relay and cannot be overridden")
+    } else if name.starts_with("webhook-") {
+        Some("is reserved for the Standard Webhooks signature headers")
+    } else if HOP_BY_HOP.contains(&name.as_str()) || name.starts_with("proxy-") {
+        Some("is a hop-by-hop or proxy header and cannot be sent to a receiver")
+    } else {
+        None
+    }
+}
 
 pub const MAX_BATCH: u32 = 1000;
 
@@ -51,6 +70,10 @@ pub struct Subscription {
     pub disabled_reason: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Raised by every update; a write names the version it read, so two
+    /// updates at once cannot lose one another (see `store::update_subscription`).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Subscription {
@@ -222,11 +245,8 @@ pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invali
         if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
             return Err(invalid(field, "is not a valid header name"));
         }
-        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
-            return Err(invalid(
-                field,
-                "is set by the relay and cannot be overridden",
-            ));
+        if let Some(why) = reserved(k) {
+            return Err(invalid(field, format!("{k} {why}")));
         }
         if reqwest::header::HeaderValue::from_str(v).is_err() {
             return Err(invalid(field, "is not a valid header value"));
@@ -369,6 +389,25 @@ mod tests {
             validate_headers(&h).unwrap_err().field,
             "headers.Webhook-Signature"
         );
+        for name in [
+            "Transfer-Encoding",
+            "connection",
+            "TE",
+            "upgrade",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Host",
+            "content-length",
+            "keep-alive",
+            "trailer",
+            "webhook-anything",
+            "Content-Type",
+        ] {
+            let one = BTreeMap::from([(name.to_string(), "x".to_string())]);
+            let e = validate_headers(&one).unwrap_err();
+            assert_eq!(e.field, format!("headers.{name}"));
+            assert!(e.message.starts_with(name), "{}", e.message);
+        }
         assert!(
             validate_batch(0).is_err()
                 && validate_batch(1001).is_err()
