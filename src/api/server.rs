@@ -31,7 +31,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1 only (and no upgrades, which would ignore that): the auto
+    // builder would first wait, with no time limit, for enough bytes to tell
+    // HTTP/2 from HTTP/1, a slow client's way around the header timeout.
+    // The API's clients speak HTTP/1.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -56,7 +60,7 @@ pub async fn run(
         };
         let service = TowerToHyperService::new(router.clone());
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
