@@ -12,35 +12,8 @@ use crate::{
     store::Target,
 };
 
-/// Headers the relay sets itself: a subscription may not override them.
-const SET_BY_RELAY: [&str; 4] = ["content-type", "content-length", "host", "user-agent"];
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and their kin: they steer the
-/// connection or the message framing, not the receiver, and set by hand
-/// they would corrupt the request (`transfer-encoding`) or talk to a proxy.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-];
-
-/// Why a custom header name may not be used, or None when it may.
-fn reserved(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    if SET_BY_RELAY.contains(&name.as_str()) {
-        Some("is set by the relay and cannot be overridden")
-    } else if name.starts_with("webhook-") {
-        Some("is reserved for the Standard Webhooks signature headers")
-    } else if HOP_BY_HOP.contains(&name.as_str()) || name.starts_with("proxy-") {
-        Some("is a hop-by-hop or proxy header and cannot be sent to a receiver")
-    } else {
-        None
-    }
-}
+mod headers;
+pub use headers::validate_headers;
 
 pub const MAX_BATCH: u32 = 1000;
 
@@ -114,7 +87,8 @@ pub enum StartSpec {
     Stamps(BTreeMap<String, u64>),
 }
 
-/// The body of `POST /v1/subscriptions`.
+/// The body of `POST /v1/subscriptions`. An optional field may be left out
+/// but not sent as `null` (openapi.yaml gives none of them a null).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
@@ -122,38 +96,50 @@ pub struct CreateRequest {
     pub resources: Vec<String>,
     #[serde(default)]
     pub ops: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub start: Option<StartSpec>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
 }
 
-/// The body of `PATCH /v1/subscriptions/{id}`: every field optional.
+/// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
+/// `null` but `rate_limit`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
+    #[serde(default, deserialize_with = "present")]
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub resources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub ops: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
     /// `null` removes the limit; absent leaves it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
 }
 
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+/// A field that is there: `Some` of its value, which for a plain `T` may
+/// not be `null` (absent fields get `None` from `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A field that failed validation, for a problem answer naming it.
@@ -236,25 +222,6 @@ pub fn parse_ops(ops: &[String]) -> Result<Vec<Op>, Invalid> {
         .collect()
 }
 
-pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invalid> {
-    if headers.len() > 32 {
-        return Err(invalid("headers", "at most 32 custom headers"));
-    }
-    for (k, v) in headers {
-        let field = format!("headers.{k}");
-        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(invalid(field, "is not a valid header name"));
-        }
-        if let Some(why) = reserved(k) {
-            return Err(invalid(field, format!("{k} {why}")));
-        }
-        if reqwest::header::HeaderValue::from_str(v).is_err() {
-            return Err(invalid(field, "is not a valid header value"));
-        }
-    }
-    Ok(())
-}
-
 pub fn validate_batch(batch: u32) -> Result<(), Invalid> {
     if batch == 0 || batch > MAX_BATCH {
         return Err(invalid(
@@ -276,7 +243,7 @@ pub fn validate_rate(rate: Option<u32>) -> Result<(), Invalid> {
 }
 
 pub fn validate_description(d: &str) -> Result<(), Invalid> {
-    if d.len() > 1000 {
+    if d.chars().count() > 1000 {
         return Err(invalid("description", "at most 1000 characters"));
     }
     Ok(())
@@ -376,38 +343,11 @@ mod tests {
     }
 
     #[test]
-    fn urls_headers_and_limits_are_checked() {
+    fn urls_and_limits_are_checked() {
         assert!(validate_url("https://example.com/hook").is_ok());
         assert_eq!(validate_url("ftp://x").unwrap_err().field, "url");
         assert!(validate_url("https://u:p@example.com").is_err());
         assert!(validate_url("not a url").is_err());
-        let mut h = BTreeMap::new();
-        h.insert("X-Team".to_string(), "care".to_string());
-        assert!(validate_headers(&h).is_ok());
-        h.insert("Webhook-Signature".to_string(), "x".to_string());
-        assert_eq!(
-            validate_headers(&h).unwrap_err().field,
-            "headers.Webhook-Signature"
-        );
-        for name in [
-            "Transfer-Encoding",
-            "connection",
-            "TE",
-            "upgrade",
-            "Proxy-Authorization",
-            "proxy-connection",
-            "Host",
-            "content-length",
-            "keep-alive",
-            "trailer",
-            "webhook-anything",
-            "Content-Type",
-        ] {
-            let one = BTreeMap::from([(name.to_string(), "x".to_string())]);
-            let e = validate_headers(&one).unwrap_err();
-            assert_eq!(e.field, format!("headers.{name}"));
-            assert!(e.message.starts_with(name), "{}", e.message);
-        }
         assert!(
             validate_batch(0).is_err()
                 && validate_batch(1001).is_err()
@@ -416,6 +356,25 @@ mod tests {
         assert!(validate_rate(Some(0)).is_err() && validate_rate(None).is_ok());
         assert_eq!(parse_ops(&["deleted".into()]).unwrap(), vec![Op::Deleted]);
         assert_eq!(parse_ops(&["x".into()]).unwrap_err().field, "ops[0]");
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_but_not_null() {
+        let create = |extra: &str| {
+            serde_json::from_str::<CreateRequest>(&format!(
+                r#"{{"url":"https://x.example","resources":["*"]{extra}}}"#
+            ))
+        };
+        assert!(create("").is_ok());
+        assert!(create(r#","description":null"#).is_err());
+        assert!(create(r#","batch_size":null"#).is_err());
+        let patch = |body: &str| serde_json::from_str::<PatchRequest>(body);
+        assert!(patch(r#"{"resources":null}"#).is_err());
+        assert_eq!(
+            patch(r#"{"rate_limit":null}"#).unwrap().rate_limit,
+            Some(None)
+        );
+        assert_eq!(patch("{}").unwrap().rate_limit, None);
     }
 
     #[test]
