@@ -155,3 +155,57 @@ pub async fn problem_for_bare_errors(r: Response) -> Response {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn converted(r: Response) -> (StatusCode, serde_json::Value, Option<String>) {
+        let r = problem_for_bare_errors(r).await;
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let connection = r
+            .headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), BODY_LIMIT)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap(), connection)
+    }
+
+    #[tokio::test]
+    async fn bare_error_answers_become_problems() {
+        let too_large = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONNECTION, "close")],
+            "length limit exceeded",
+        )
+            .into_response();
+        let (status, body, connection) = converted(too_large).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+        );
+        assert_eq!(connection.as_deref(), Some("close"));
+        let (status, body, _) = converted(StatusCode::REQUEST_TIMEOUT.into_response()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::REQUEST_TIMEOUT, Some("timeout"))
+        );
+        let (_, body, _) = converted(StatusCode::IM_A_TEAPOT.into_response()).await;
+        assert_eq!(body["status"], 418);
+        // A problem already, or no error: untouched.
+        let p = Problem::not_found("no such thing").into_response();
+        let (_, body, _) = converted(p).await;
+        assert_eq!(body["detail"], "no such thing");
+        let ok = problem_for_bare_errors("fine".into_response()).await;
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+}
