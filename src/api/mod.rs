@@ -207,37 +207,3 @@ pub async fn serve(
     let limits = state.limits;
     server::run(listener, router(state), limits, cancel).await
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn an_answer_past_the_request_timeout_is_a_503_problem() {
-        let app = Router::new()
-            .route("/never", get(std::future::pending::<&'static str>))
-            .layer(middleware::from_fn_with_state(
-                Duration::from_millis(50),
-                time_limit,
-            ));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cancel = CancellationToken::new();
-        let limits = server::Limits {
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 4,
-        };
-        tokio::spawn(server::run(listener, app, limits, cancel.clone()));
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let r = http
-            .get(format!("http://{addr}/never"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["code"], "timeout");
-        cancel.cancel();
-    }
-}
