@@ -271,10 +271,8 @@ async fn environment_proxy_is_never_used() {
         .await
         .unwrap();
     // Direct, the name does not resolve; through the proxy it would have
-    // been the proxy's to fetch.
+    // been the proxy's to fetch (and the proxy would have seen it).
     assert_ne!(sent["outcome"], "delivered", "{sent}");
-    let error = sent["error"].as_str().unwrap_or_default();
-    assert!(!error.contains("timed out"), "{sent}");
     assert_eq!(
         proxied.load(Ordering::SeqCst),
         0,
