@@ -13,7 +13,7 @@ use crate::{
 };
 
 mod headers;
-pub use headers::validate_headers;
+pub use headers::{reserved_header, validate_headers};
 
 pub const MAX_BATCH: u32 = 1000;
 

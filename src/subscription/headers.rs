@@ -22,7 +22,7 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Why a custom header name may not be used, or None when it may.
-fn reserved(name: &str) -> Option<&'static str> {
+pub fn reserved_header(name: &str) -> Option<&'static str> {
     let name = name.to_ascii_lowercase();
     if SET_BY_RELAY.contains(&name.as_str()) {
         Some("is set by the relay and cannot be overridden")
@@ -44,7 +44,7 @@ pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invali
         if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
             return Err(invalid(field, "is not a valid header name"));
         }
-        if let Some(why) = reserved(k) {
+        if let Some(why) = reserved_header(k) {
             return Err(invalid(field, format!("{k} {why}")));
         }
         // Visible ASCII and spaces: other bytes are obsolete in header
