@@ -162,6 +162,11 @@ impl Relay {
             type_prefix: self.config.api.event_type_prefix.clone(),
             secret_grace: self.config.delivery.secret_grace,
             request_timeout: self.config.api.request_timeout,
+            live_slots: Arc::new(tokio::sync::Semaphore::new(self.config.api.max_sse_clients)),
+            limits: api::server::Limits {
+                header_read_timeout: self.config.api.header_read_timeout,
+                max_connections: self.config.api.max_connections,
+            },
             cancel: cancel.clone(),
         }
     }

@@ -120,6 +120,14 @@ pub struct ApiConfig {
     /// Longest time a request may take to answer (not a live stream's life).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's headers; slow
+    /// senders are cut off before they reach authentication.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open connections served at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// Live event streams (SSE) at once; past it a stream request gets 503.
+    pub max_sse_clients: usize,
 }
 
 impl Default for ApiConfig {
@@ -129,6 +137,9 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             event_type_prefix: "io.stamp-relay".into(),
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_sse_clients: 256,
         }
     }
 }
@@ -264,6 +275,10 @@ pub struct SourceConfig {
     pub query: QueryNames,
     #[serde(default)]
     pub fields: FieldNames,
+    /// The proxy the upstream is reached through; environment proxy
+    /// variables are ignored.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 mod defaults {

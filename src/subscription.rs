@@ -12,16 +12,8 @@ use crate::{
     store::Target,
 };
 
-/// Headers the relay sets itself; a subscription may not override them.
-const RESERVED_HEADERS: [&str; 7] = [
-    "content-type",
-    "content-length",
-    "host",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "user-agent",
-];
+mod headers;
+pub use headers::{reserved_header, validate_headers};
 
 pub const MAX_BATCH: u32 = 1000;
 
@@ -51,6 +43,10 @@ pub struct Subscription {
     pub disabled_reason: Option<String>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Raised by every update; a write names the version it read, so two
+    /// updates at once cannot lose one another (see `store::update_subscription`).
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl Subscription {
@@ -91,7 +87,8 @@ pub enum StartSpec {
     Stamps(BTreeMap<String, u64>),
 }
 
-/// The body of `POST /v1/subscriptions`.
+/// The body of `POST /v1/subscriptions`. An optional field may be left out
+/// but not sent as `null` (openapi.yaml gives none of them a null).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
@@ -99,38 +96,50 @@ pub struct CreateRequest {
     pub resources: Vec<String>,
     #[serde(default)]
     pub ops: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub start: Option<StartSpec>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
 }
 
-/// The body of `PATCH /v1/subscriptions/{id}`: every field optional.
+/// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
+/// `null` but `rate_limit`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
+    #[serde(default, deserialize_with = "present")]
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub resources: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub ops: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
     /// `null` removes the limit; absent leaves it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
 }
 
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+/// A field that is there: `Some` of its value, which for a plain `T` may
+/// not be `null` (absent fields get `None` from `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// A field that failed validation, for a problem answer naming it.
@@ -213,28 +222,6 @@ pub fn parse_ops(ops: &[String]) -> Result<Vec<Op>, Invalid> {
         .collect()
 }
 
-pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), Invalid> {
-    if headers.len() > 32 {
-        return Err(invalid("headers", "at most 32 custom headers"));
-    }
-    for (k, v) in headers {
-        let field = format!("headers.{k}");
-        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(invalid(field, "is not a valid header name"));
-        }
-        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
-            return Err(invalid(
-                field,
-                "is set by the relay and cannot be overridden",
-            ));
-        }
-        if reqwest::header::HeaderValue::from_str(v).is_err() {
-            return Err(invalid(field, "is not a valid header value"));
-        }
-    }
-    Ok(())
-}
-
 pub fn validate_batch(batch: u32) -> Result<(), Invalid> {
     if batch == 0 || batch > MAX_BATCH {
         return Err(invalid(
@@ -256,7 +243,7 @@ pub fn validate_rate(rate: Option<u32>) -> Result<(), Invalid> {
 }
 
 pub fn validate_description(d: &str) -> Result<(), Invalid> {
-    if d.len() > 1000 {
+    if d.chars().count() > 1000 {
         return Err(invalid("description", "at most 1000 characters"));
     }
     Ok(())
@@ -356,19 +343,11 @@ mod tests {
     }
 
     #[test]
-    fn urls_headers_and_limits_are_checked() {
+    fn urls_and_limits_are_checked() {
         assert!(validate_url("https://example.com/hook").is_ok());
         assert_eq!(validate_url("ftp://x").unwrap_err().field, "url");
         assert!(validate_url("https://u:p@example.com").is_err());
         assert!(validate_url("not a url").is_err());
-        let mut h = BTreeMap::new();
-        h.insert("X-Team".to_string(), "care".to_string());
-        assert!(validate_headers(&h).is_ok());
-        h.insert("Webhook-Signature".to_string(), "x".to_string());
-        assert_eq!(
-            validate_headers(&h).unwrap_err().field,
-            "headers.Webhook-Signature"
-        );
         assert!(
             validate_batch(0).is_err()
                 && validate_batch(1001).is_err()
@@ -377,6 +356,25 @@ mod tests {
         assert!(validate_rate(Some(0)).is_err() && validate_rate(None).is_ok());
         assert_eq!(parse_ops(&["deleted".into()]).unwrap(), vec![Op::Deleted]);
         assert_eq!(parse_ops(&["x".into()]).unwrap_err().field, "ops[0]");
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_but_not_null() {
+        let create = |extra: &str| {
+            serde_json::from_str::<CreateRequest>(&format!(
+                r#"{{"url":"https://x.example","resources":["*"]{extra}}}"#
+            ))
+        };
+        assert!(create("").is_ok());
+        assert!(create(r#","description":null"#).is_err());
+        assert!(create(r#","batch_size":null"#).is_err());
+        let patch = |body: &str| serde_json::from_str::<PatchRequest>(body);
+        assert!(patch(r#"{"resources":null}"#).is_err());
+        assert_eq!(
+            patch(r#"{"rate_limit":null}"#).unwrap().rate_limit,
+            Some(None)
+        );
+        assert_eq!(patch("{}").unwrap().rate_limit, None);
     }
 
     #[test]

@@ -97,12 +97,17 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(source: Source) -> anyhow::Result<Upstream> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(source.settings.request_timeout)
             .connect_timeout(Duration::from_secs(10).min(source.settings.request_timeout))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+            .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")));
+        // Only the configured proxy, never one from the environment.
+        let http = match &source.settings.proxy {
+            Some(p) => builder.proxy(reqwest::Proxy::all(p)?),
+            None => builder.no_proxy(),
+        }
+        .build()?;
         Ok(Upstream {
             http,
             source,

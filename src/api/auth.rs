@@ -2,12 +2,19 @@
 //! and `read` (resources, events, live stream). Tokens are compared through
 //! their SHA-256 digests in constant time, and every configured token is
 //! checked, so timing reveals neither a prefix nor which token matched.
+//!
+//! Basic credentials (the token as password) are accepted for reading
+//! only, GET and HEAD. A browser that has logged in to the status page
+//! sends them on its own with every request to this origin, also on a form
+//! a hostile page posts here; a write therefore needs the Bearer header,
+//! which no cross-site form can set. Reads stay open to Basic because their
+//! answers cannot be read cross-site and change nothing.
 
 use std::sync::Arc;
 
 use axum::{
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -32,19 +39,26 @@ impl ApiToken {
     }
 }
 
+/// How a token came: only a Bearer token may authorize a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    Bearer,
+    Basic,
+}
+
 /// The token of `Bearer <token>`, or the password of `Basic` credentials
 /// (so a browser can open the status page with the token as password).
-fn presented_token(header: &str) -> Option<String> {
+fn presented_token(header: &str) -> Option<(Presented, String)> {
     use base64::Engine;
     let (scheme, value) = header.split_once(' ')?;
     match scheme.to_ascii_lowercase().as_str() {
-        "bearer" => Some(value.trim().to_string()),
+        "bearer" => Some((Presented::Bearer, value.trim().to_string())),
         "basic" => {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(value.trim())
                 .ok()?;
             let text = String::from_utf8(decoded).ok()?;
-            Some(text.split_once(':')?.1.to_string())
+            Some((Presented::Basic, text.split_once(':')?.1.to_string()))
         }
         _ => None,
     }
@@ -55,14 +69,17 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// The scope of the presented token, or the problem to answer with.
+/// `read_only` says whether the request is a GET or HEAD, the only ones
+/// Basic credentials may authorize.
 pub fn authorize(
     tokens: &[ApiToken],
     authorization: Option<&str>,
     needed: Scope,
+    read_only: bool,
 ) -> Result<Scope, Problem> {
-    let presented = authorization
+    let (how, presented) = authorization
         .and_then(presented_token)
-        .filter(|t| !t.is_empty())
+        .filter(|(_, t)| !t.is_empty())
         .ok_or_else(|| {
             Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -70,6 +87,14 @@ pub fn authorize(
                 "send Authorization: Bearer <token> with a configured API token",
             )
         })?;
+    if how == Presented::Basic && !read_only {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "bearer_required",
+            "Basic credentials are accepted for reading only; \
+             send Authorization: Bearer <token> to change anything",
+        ));
+    }
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = None;
     for t in tokens {
@@ -99,7 +124,8 @@ async fn require(tokens: &[ApiToken], needed: Scope, req: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match authorize(tokens, auth, needed) {
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
+    match authorize(tokens, auth, needed, read_only) {
         Ok(_) => next.run(req).await,
         Err(p) => p.into_response(),
     }
@@ -132,40 +158,60 @@ mod tests {
             ApiToken::new("dash", Scope::Read, "rd"),
         ];
         assert_eq!(
-            authorize(&tokens, Some("Bearer adm"), Scope::Admin).unwrap(),
+            authorize(&tokens, Some("Bearer adm"), Scope::Admin, true).unwrap(),
             Scope::Admin
         );
         assert_eq!(
-            authorize(&tokens, Some("Bearer rd"), Scope::Read).unwrap(),
+            authorize(&tokens, Some("Bearer rd"), Scope::Read, true).unwrap(),
             Scope::Read
         );
         assert_eq!(
-            authorize(&tokens, Some("Bearer rd"), Scope::Admin)
+            authorize(&tokens, Some("Bearer rd"), Scope::Admin, true)
                 .unwrap_err()
                 .status,
             403
         );
         assert_eq!(
-            authorize(&tokens, Some("Bearer nope"), Scope::Read)
+            authorize(&tokens, Some("Bearer nope"), Scope::Read, true)
                 .unwrap_err()
                 .status,
             401
         );
         assert_eq!(
-            authorize(&tokens, None, Scope::Read).unwrap_err().status,
-            401
-        );
-        assert_eq!(
-            authorize(&tokens, Some("Basic adm"), Scope::Read)
+            authorize(&tokens, None, Scope::Read, true)
                 .unwrap_err()
                 .status,
             401
         );
         assert_eq!(
-            authorize(&[], Some("Bearer adm"), Scope::Read)
+            authorize(&tokens, Some("Basic adm"), Scope::Read, true)
                 .unwrap_err()
                 .status,
             401
+        );
+        assert_eq!(
+            authorize(&[], Some("Bearer adm"), Scope::Read, true)
+                .unwrap_err()
+                .status,
+            401
+        );
+        use base64::Engine;
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("x:adm")
+        );
+        assert_eq!(
+            authorize(&tokens, Some(&basic), Scope::Admin, true).unwrap(),
+            Scope::Admin
+        );
+        let refused = authorize(&tokens, Some(&basic), Scope::Admin, false).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (401, "bearer_required")
+        );
+        assert_eq!(
+            authorize(&tokens, Some("Bearer adm"), Scope::Admin, false).unwrap(),
+            Scope::Admin
         );
     }
 }

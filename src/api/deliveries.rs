@@ -3,16 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Json,
-    extract::{Path, Query, State},
-};
+use axum::{Json, extract::State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
     ApiState,
-    problem::{ApiResult, JsonBody, Problem},
+    extract::{JsonBody, PathParams, QueryParams},
+    problem::{ApiResult, Problem},
     subscriptions::{covered, known_targets, load},
 };
 use crate::{
@@ -30,7 +28,7 @@ pub struct ReplayRequest {
 
 pub async fn replay(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Value>> {
     let sub = load(&s, &id).await?;
@@ -92,7 +90,10 @@ pub async fn replay(
 }
 
 /// Sends a signed ping now and answers with what the receiver said.
-pub async fn test(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn test(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
     let sub = load(&s, &id).await?;
     let ping_id = format!("ping:{}", uuid::Uuid::new_v4().simple());
     let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
@@ -130,8 +131,8 @@ pub struct AttemptsQuery {
 
 pub async fn attempts(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<AttemptsQuery>,
+    PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<AttemptsQuery>,
 ) -> ApiResult<Json<Value>> {
     load(&s, &id).await?;
     let limit = match q.limit.as_deref() {
@@ -150,7 +151,7 @@ pub async fn attempts(
 
 pub async fn dead_letters(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
     load(&s, &id).await?;
     let all = s.shared.store.dead_letters(&id).await?;
@@ -158,7 +159,10 @@ pub async fn dead_letters(
 }
 
 /// Puts every dead letter back into the pending set, due now.
-pub async fn redrive(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn redrive(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
     load(&s, &id).await?;
     let store = &s.shared.store;
     // Back into pending before they leave the dead letters, so an event is

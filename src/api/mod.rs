@@ -1,29 +1,34 @@
-//! The HTTP surface (DESIGN §6): health, readiness and the OpenAPI document
-//! unauthenticated; everything under `/v1` behind bearer tokens. Every
-//! error is an RFC 9457 problem. `openapi.yaml` describes exactly these
-//! routes; a test walks both and fails on any difference.
+//! The HTTP surface: health, readiness and the OpenAPI document
+//! unauthenticated; everything under `/v1` behind bearer tokens (see
+//! `auth.rs` for why writes need the Bearer header). Every error is an
+//! RFC 9457 problem, also those of layers and extractors (`problem.rs`).
+//! `openapi.yaml` describes exactly these routes; a test walks both and
+//! fails on any difference.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::StatusCode,
-    middleware,
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
 
 pub mod auth;
 mod deliveries;
+pub mod extract;
+mod health;
 pub mod problem;
 mod resources;
+pub mod server;
 mod status;
 mod subscriptions;
 
@@ -42,6 +47,9 @@ pub struct ApiState {
     pub type_prefix: String,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub request_timeout: Duration,
+    /// One permit per open live stream (`api.max_sse_clients`).
+    pub live_slots: Arc<Semaphore>,
+    pub limits: server::Limits,
     /// Ends live streams when the server stops.
     pub cancel: CancellationToken,
 }
@@ -89,7 +97,7 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(health::readyz))
         .route("/openapi.yaml", get(openapi))
         .route(
             "/",
@@ -122,19 +130,34 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(problem::BODY_LIMIT))
+        .layer(middleware::map_response(problem::problem_for_bare_errors))
         .layer(middleware::map_response(close_after_too_large))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(middleware::from_fn_with_state(
             state.request_timeout,
+            time_limit,
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
+/// `api.request_timeout` on producing an answer (a live stream's body is
+/// not timed), answered as a problem.
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took longer than api.request_timeout; try again",
+        )
+        .into_response(),
+    }
+}
+
 /// A 413 leaves the request body unread, so the connection cannot carry
 /// another request: say so, or a client's pool sends its next request on a
 /// connection the server is closing (and it fails with no answer).
-async fn close_after_too_large(mut r: axum::response::Response) -> axum::response::Response {
+async fn close_after_too_large(mut r: Response) -> Response {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         r.headers_mut().insert(
             axum::http::header::CONNECTION,
@@ -176,74 +199,11 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem
     ))
 }
 
-/// Ready when the store answers and every poll loop runs; the body lists
-/// each target's last poll.
-async fn readyz(State(s): State<ApiState>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering;
-    let targets: Vec<_> = s
-        .shared
-        .targets
-        .iter()
-        .map(|(t, st)| {
-            let last = st.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let running = st.running.load(Ordering::Relaxed);
-            json!({"target": t.to_string(), "running": running, "last_ok_ms": last.ok_ms, "last_error": last.error})
-        })
-        .collect();
-    let stopped: Vec<String> = s
-        .shared
-        .targets
-        .iter()
-        .filter(|(_, st)| !st.running.load(Ordering::Relaxed))
-        .map(|(t, _)| t.to_string())
-        .collect();
-    if !stopped.is_empty() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "pollers stopped", "error": format!("not polling: {}", stopped.join(", "))}),
-            ),
-        );
-    }
-    // Tables whose store lost their data under this relay (poller/epoch.rs):
-    // not ready while they reload, and named afterwards too.
-    let resets: Vec<_> = s
-        .shared
-        .targets
-        .iter()
-        .filter(|(_, st)| st.resets.load(Ordering::Relaxed) > 0)
-        .map(|(t, st)| {
-            json!({"target": t.to_string(), "at_ms": st.last_reset_ms.load(Ordering::Relaxed),
-                "reloading": st.reloading.load(Ordering::Relaxed)})
-        })
-        .collect();
-    if resets.iter().any(|r| r["reloading"] == true) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "store reset", "part": "store", "store_resets": resets, "targets": targets}),
-            ),
-        );
-    }
-    match s.shared.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "targets": targets, "store_resets": resets})),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "store unavailable", "error": e.to_string()})),
-        ),
-    }
-}
-
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
-    Ok(())
+    let limits = state.limits;
+    server::run(listener, router(state), limits, cancel).await
 }

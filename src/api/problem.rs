@@ -1,13 +1,12 @@
-//! RFC 9457 problem answers, and a JSON body extractor whose every
-//! rejection is a problem naming the field.
+//! RFC 9457 problem answers. Handlers and extractors (`extract.rs`) answer
+//! with a [`Problem`]; [`problem_for_bare_errors`] turns any other error
+//! answer (a layer's timeout, a rejection from outside the router) into one,
+//! so every error the API gives is `application/problem+json`.
 
 use axum::{
-    body::Bytes,
-    extract::{FromRequest, Request},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 /// Bodies larger than this are refused with 413.
@@ -121,62 +120,92 @@ impl IntoResponse for Problem {
     }
 }
 
-/// `Json<T>` with problem answers: 415 without a JSON content type, 413
-/// past [`BODY_LIMIT`], 400 for malformed JSON, 422 naming the field for a
-/// wrong type, missing or unknown field.
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-        if !is_json {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/json",
-            ));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|_| {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body is larger than {BODY_LIMIT} bytes"),
-            )
-        })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(de) {
-            Ok(v) => Ok(JsonBody(v)),
-            Err(e) => {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                if inner.is_syntax() || inner.is_eof() {
-                    Err(Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "malformed_json",
-                        format!("the body is not valid JSON: {inner}"),
-                    ))
-                } else {
-                    let field = if path == "." {
-                        unknown_field(&inner.to_string()).unwrap_or(path)
-                    } else {
-                        path
-                    };
-                    Err(Problem::invalid(field, inner.to_string()))
-                }
-            }
-        }
+/// The problem for an error answer that is not one already: the status
+/// stays, the body says what it means. A no-op for every other answer.
+pub async fn problem_for_bare_errors(r: Response) -> Response {
+    let is_problem = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    let status = r.status();
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return r;
     }
+    let (code, detail) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            format!("the body is larger than {BODY_LIMIT} bytes"),
+        ),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => (
+            "timeout",
+            "the request took longer than api.request_timeout; try again".into(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this route does not take that method; see /openapi.yaml".into(),
+        ),
+        StatusCode::NOT_FOUND => ("route_not_found", "no such route; see /openapi.yaml".into()),
+        s if s.is_client_error() => ("bad_request", "the request is not valid".into()),
+        _ => ("internal", "the server failed to answer; try again".into()),
+    };
+    let mut out = Problem::new(status, code, detail).into_response();
+    // Keep what the original answer told the connection (e.g. close after 413).
+    if let Some(c) = r.headers().get(header::CONNECTION) {
+        out.headers_mut().insert(header::CONNECTION, c.clone());
+    }
+    out
 }
 
-/// serde names an unknown or missing field only in its message.
-fn unknown_field(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    Some(msg[start..end].to_string())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn converted(r: Response) -> (StatusCode, serde_json::Value, Option<String>) {
+        let r = problem_for_bare_errors(r).await;
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let connection = r
+            .headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), BODY_LIMIT)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap(), connection)
+    }
+
+    #[tokio::test]
+    async fn bare_error_answers_become_problems() {
+        let too_large = (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            [(header::CONNECTION, "close")],
+            "length limit exceeded",
+        )
+            .into_response();
+        let (status, body, connection) = converted(too_large).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+        );
+        assert_eq!(connection.as_deref(), Some("close"));
+        let (status, body, _) = converted(StatusCode::REQUEST_TIMEOUT.into_response()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::REQUEST_TIMEOUT, Some("timeout"))
+        );
+        let (_, body, _) = converted(StatusCode::IM_A_TEAPOT.into_response()).await;
+        assert_eq!(body["status"], 418);
+        // A problem already, or no error: untouched.
+        let p = Problem::not_found("no such thing").into_response();
+        let (_, body, _) = converted(p).await;
+        assert_eq!(body["detail"], "no such thing");
+        let ok = problem_for_bare_errors("fine".into_response()).await;
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
 }

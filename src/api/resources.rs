@@ -10,7 +10,7 @@ use std::{
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, header},
     response::{
         IntoResponse, Response,
@@ -23,6 +23,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
     ApiState,
+    extract::{PathParams, QueryParams},
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -168,8 +169,8 @@ fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
 
 pub async fn events(
     State(s): State<ApiState>,
-    Path((source, resource)): Path<(String, String)>,
-    Query(q): Query<EventsQuery>,
+    PathParams((source, resource)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (t, src) = target_of(&s, source, resource)?;
@@ -232,6 +233,8 @@ struct Live {
     pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
     done: bool,
+    /// One of `api.max_sse_clients`, given back when the stream ends.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Sends what is after the cursor from the store, then follows the shared
@@ -243,6 +246,13 @@ async fn live(
     src: Arc<EventSource>,
     after: Option<StreamId>,
 ) -> ApiResult<Response> {
+    let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
+        Problem::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "api.max_sse_clients live streams are open; try again later or page with limit",
+        )
+    })?;
     let rx = s
         .tails
         .subscribe(&t)
@@ -260,6 +270,7 @@ async fn live(
         pending: VecDeque::new(),
         catching_up: true,
         done: false,
+        _slot: slot,
     };
     let stream = live_stream(state);
     Ok(Sse::new(stream)

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -12,11 +12,12 @@ use serde::Serialize;
 
 use super::{
     ApiState,
-    problem::{ApiResult, JsonBody, Problem},
+    extract::{JsonBody, PathParams},
+    problem::{ApiResult, Problem},
 };
 use crate::{
-    events::{Op, now_ms},
-    store::Target,
+    events::{Op, StreamId, now_ms},
+    store::{Target, update_subscription},
     subscription::{self as sub, CreateRequest, PatchRequest, Subscription},
 };
 
@@ -123,6 +124,7 @@ pub async fn create(
         disabled_reason: None,
         created_ms: at,
         updated_ms: at,
+        version: 0,
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
@@ -143,40 +145,73 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
     Ok(Json(serde_json::json!({ "subscriptions": views })))
 }
 
-pub async fn get(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn get(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Response> {
     let found = load(&s, &id).await?;
     Ok(Json(View::from(&found)).into_response())
 }
 
 pub async fn patch(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<PatchRequest>,
 ) -> ApiResult<Response> {
-    let mut found = load(&s, &id).await?;
     let known = known_targets(&s);
-    let before = (found.enabled, covered(&found.resources, &known));
-    if let Some(url) = req.url {
-        sub::validate_url(&url)?;
-        found.url = url;
-    }
-    if let Some(resources) = req.resources {
-        sub::validate_resources(&resources, &known)?;
-        // Newly covered targets start now; kept ones keep their position.
-        for t in covered(&resources, &known) {
-            if let std::collections::btree_map::Entry::Vacant(e) = found.start.entry(t.to_string())
-            {
-                e.insert(s.shared.store.last_id(&t).await?.to_string());
-            }
+    // Where newly covered targets start: their last ID, read up front so
+    // the update itself is one checked write (retried on a conflict).
+    let mut now = HashMap::new();
+    if req.resources.is_some() {
+        for t in &known {
+            now.insert(t.clone(), s.shared.store.last_id(t).await?);
         }
-        found.resources = resources;
     }
-    if let Some(ops) = req.ops {
-        found.ops = sub::parse_ops(&ops)?;
+    let mut before = None;
+    let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
+        before = Some((found.enabled, covered(&found.resources, &known)));
+        apply_patch(found, &req, &now, &known)
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found(format!("no subscription {id:?}")))?;
+    let before = before.expect("the update saw the subscription");
+    let mut view = serde_json::to_value(View::from(&found)).map_err(Problem::internal)?;
+    let warnings = resume_warnings(&s, &found, before, &known).await;
+    if !warnings.is_empty() {
+        view["warnings"] = warnings.into();
     }
-    if let Some(headers) = req.headers {
-        sub::validate_headers(&headers)?;
-        found.headers = headers;
+    Ok(Json(view).into_response())
+}
+
+/// The PATCH body applied to the stored subscription, every field checked.
+fn apply_patch(
+    found: &mut Subscription,
+    req: &PatchRequest,
+    now: &HashMap<Target, StreamId>,
+    known: &[Target],
+) -> ApiResult<()> {
+    if let Some(url) = &req.url {
+        sub::validate_url(url)?;
+        found.url = url.clone();
+    }
+    if let Some(resources) = &req.resources {
+        sub::validate_resources(resources, known)?;
+        // Newly covered targets start now; kept ones keep their position.
+        for t in covered(resources, known) {
+            let last = now.get(&t).copied().unwrap_or_default();
+            found
+                .start
+                .entry(t.to_string())
+                .or_insert_with(|| last.to_string());
+        }
+        found.resources = resources.clone();
+    }
+    if let Some(ops) = &req.ops {
+        found.ops = sub::parse_ops(ops)?;
+    }
+    if let Some(headers) = &req.headers {
+        sub::validate_headers(headers)?;
+        found.headers = headers.clone();
     }
     if let Some(b) = req.batch_size {
         sub::validate_batch(b)?;
@@ -192,18 +227,12 @@ pub async fn patch(
             found.disabled_reason = None;
         }
     }
-    if let Some(d) = req.description {
-        sub::validate_description(&d)?;
-        found.description = d;
+    if let Some(d) = &req.description {
+        sub::validate_description(d)?;
+        found.description = d.clone();
     }
     found.updated_ms = now_ms();
-    s.shared.store.put_subscription(&found).await?;
-    let mut view = serde_json::to_value(View::from(&found)).map_err(Problem::internal)?;
-    let warnings = resume_warnings(&s, &found, before, &known).await;
-    if !warnings.is_empty() {
-        view["warnings"] = warnings.into();
-    }
-    Ok(Json(view).into_response())
+    Ok(())
 }
 
 /// When a PATCH enables a subscription or covers a table again, it held no
@@ -241,7 +270,10 @@ async fn resume_warnings(
     warnings
 }
 
-pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<StatusCode> {
     if s.shared.store.delete_subscription(&id).await? {
         tracing::info!(subscription = %id, "subscription deleted");
         Ok(StatusCode::NO_CONTENT)
@@ -253,14 +285,17 @@ pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiRes
 /// A new secret; the old one keeps being signed with for the grace period.
 pub async fn rotate_secret(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let mut found = load(&s, &id).await?;
     let until = now_ms() + s.secret_grace.as_millis() as u64;
-    let old = std::mem::replace(&mut found.secret, sub::new_secret());
-    found.previous_secret = Some((old, until));
-    found.updated_ms = now_ms();
-    s.shared.store.put_subscription(&found).await?;
+    let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
+        let old = std::mem::replace(&mut found.secret, sub::new_secret());
+        found.previous_secret = Some((old, until));
+        found.updated_ms = now_ms();
+        Ok::<_, Problem>(())
+    })
+    .await?
+    .ok_or_else(|| Problem::not_found(format!("no subscription {id:?}")))?;
     tracing::info!(subscription = %id, "subscription secret rotated");
     Ok(Json(
         serde_json::json!({ "id": found.id, "secret": found.secret, "previous_secret_valid_until_ms": until }),

@@ -37,6 +37,18 @@ impl RawConfig {
                 problems.push(format!("api.tokens[{i}].name: must not be empty"));
             }
         }
+        for (key, zero) in [
+            ("api.max_connections", self.api.max_connections == 0),
+            ("api.max_sse_clients", self.api.max_sse_clients == 0),
+            (
+                "api.header_read_timeout",
+                self.api.header_read_timeout.is_zero(),
+            ),
+        ] {
+            if zero {
+                problems.push(format!("{key}: must be greater than zero"));
+            }
+        }
         if let Some(url) = &self.store.redis_url
             && let Err(e) = url::Url::parse(url)
                 .map_err(|e| e.to_string())
@@ -130,6 +142,11 @@ fn validate_source(
     let base_url = parse_http_url(&s.base_url)
         .map_err(|e| problems.push(format!("{}: {e}", key("base_url"))))
         .ok();
+    if let Some(p) = &s.proxy
+        && reqwest::Proxy::all(p.as_str()).is_err()
+    {
+        problems.push(format!("{}: {p:?} is not a proxy URL", key("proxy")));
+    }
     if s.page_size == 0 || s.page_size > 10_000 {
         problems.push(format!("{}: must be between 1 and 10000", key("page_size")));
     }

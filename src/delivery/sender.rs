@@ -53,6 +53,9 @@ impl Sender {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy from HTTP(S)_PROXY would resolve the target itself,
+            // past the guarded resolver below: never use one.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
             }))
@@ -85,6 +88,10 @@ impl Sender {
             .unwrap_or(0);
         let mut headers = HeaderMap::new();
         for (k, v) in m.headers {
+            // The API refuses these; a document stored before it did may hold one.
+            if crate::subscription::reserved_header(k).is_some() {
+                continue;
+            }
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.as_bytes()),
                 HeaderValue::from_str(v),

@@ -67,56 +67,70 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Blocks refused whatever their use, each with the reason logged.
+/// IPv4-mapped addresses are judged as IPv4 (see [`canonical`]) and
+/// `64:ff9b::/96` (well-known NAT64) as the IPv4 address it carries.
+const BLOCKED: [(&str, &str); 28] = [
+    ("0.0.0.0/8", "unspecified"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared (carrier-grade NAT)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local or cloud metadata"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignment"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved or broadcast"),
+    // IPv4-compatible (deprecated), with :: and ::1.
+    ("::/96", "unspecified, loopback or IPv4-compatible"),
+    ("64:ff9b:1::/48", "local-use NAT64"),
+    ("100::/64", "discard-only"),
+    // Teredo and 6to4 tunnel to an IPv4 address the guard cannot vouch for.
+    ("2001::/32", "Teredo tunnel"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4 tunnel"),
+    ("fc00::/7", "unique-local or cloud metadata"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+    // Blocks inside 2001::/23 that are not Teredo but still special.
+    ("2001:2::/48", "benchmarking"),
+    ("2001:10::/28", "ORCHID"),
+    ("2001:20::/28", "ORCHIDv2"),
+    ("3fff::/20", "documentation"),
+];
+
+static BLOCKS: std::sync::LazyLock<Vec<(Cidr, &'static str)>> = std::sync::LazyLock::new(|| {
+    BLOCKED
+        .iter()
+        .map(|(c, why)| (c.parse().expect("a valid built-in block"), *why))
+        .collect()
+});
+
 /// Why an address is refused, or None when it is a public address.
 pub fn refused(ip: IpAddr) -> Option<&'static str> {
-    match canonical(ip) {
-        IpAddr::V4(v4) => refused_v4(v4),
-        IpAddr::V6(v6) => refused_v6(v6),
-    }
+    let ip = match canonical(ip) {
+        IpAddr::V6(v6) => nat64_embedded(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    BLOCKS
+        .iter()
+        .find(|(c, _)| c.contains(ip))
+        .map(|(_, why)| *why)
 }
 
-fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
-        Some("private")
-    } else if ip.is_link_local() {
-        Some("link-local or cloud metadata")
-    } else if ip.is_multicast() || ip.is_broadcast() {
-        Some("multicast or broadcast")
-    } else if ip.is_unspecified() || o[0] == 0 {
-        Some("unspecified")
-    } else if o[0] >= 240 {
-        Some("reserved")
-    } else {
-        None
-    }
-}
-
-fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
-    let seg = ip.segments();
-    if ip.is_loopback() {
-        Some("loopback")
-    } else if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_multicast() {
-        Some("multicast")
-    } else if (seg[0] & 0xfe00) == 0xfc00 {
-        Some("unique-local or cloud metadata")
-    } else if (seg[0] & 0xffc0) == 0xfe80 {
-        Some("link-local")
-    } else if seg[0] == 0x64 && seg[1] == 0xff9b {
-        // NAT64 carries an IPv4 address in the last 32 bits.
-        refused_v4(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ))
-    } else {
-        None
-    }
+/// The IPv4 address a well-known-prefix NAT64 address (`64:ff9b::/96`)
+/// reaches: the gateway forwards to it, so it is judged as that address.
+fn nat64_embedded(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| {
+        let [.., a, b, c, d] = ip.octets();
+        Ipv4Addr::new(a, b, c, d)
+    })
 }
 
 /// Which addresses delivery may reach.
@@ -215,6 +229,21 @@ mod tests {
             "224.0.0.1",
             "255.255.255.255",
             "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b:1::808:808",
+            "::808:808",
+            "::1.2.3.4",
+            "2002:a00:1::1",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.170",
+            "100.127.255.255",
+            "240.0.0.1",
+            "2001:db8::1",
         ] {
             assert!(refused(ip(a)).is_some(), "{a} must be refused");
         }
@@ -223,6 +252,11 @@ mod tests {
             "2606:2800:220:1:248:1893:25c8:1946",
             "8.8.8.8",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "198.20.0.1",
+            "100.128.0.1",
+            "2001:4860:4860::8888",
+            "192.0.1.1",
         ] {
             assert!(refused(ip(a)).is_none(), "{a} must be allowed");
         }

@@ -367,12 +367,13 @@ impl Worker {
     }
 
     async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
-        if let Some(mut current) = self.store.subscription(&sub.id).await? {
+        crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
             current.enabled = false;
             current.disabled_reason = Some(why.to_string());
             current.updated_ms = now_ms();
-            self.store.put_subscription(&current).await?;
-        }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await?;
         Ok(())
     }
 }

@@ -175,7 +175,13 @@ pub trait TableState: Send + Sync {
 /// Subscriptions and their delivery state, kept by the same backends.
 #[async_trait]
 pub trait DeliveryStore: Send + Sync {
+    /// Stores a new subscription (or overwrites one unconditionally).
     async fn put_subscription(&self, s: &Subscription) -> StoreResult<()>;
+
+    /// Stores `s` only if the stored document still has version `expected`:
+    /// false when another write came first or the subscription is gone.
+    /// Use [`update_subscription`], which retries.
+    async fn replace_subscription(&self, s: &Subscription, expected: u64) -> StoreResult<bool>;
 
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>>;
 
@@ -238,6 +244,40 @@ pub trait DeliveryStore: Send + Sync {
 
     /// The newest attempts first.
     async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>>;
+}
+
+/// Writes checked against a version, retried this often before giving up.
+const UPDATE_TRIES: usize = 16;
+
+/// Reads a subscription, applies `change` and writes it back with its
+/// version raised, if no other write came in between; otherwise starts
+/// over from the newer document, so concurrent updates of different fields
+/// (PATCH, rotate-secret, delivery's disable) never lose one another.
+/// `Ok(None)` when there is no such subscription; `change` may refuse.
+pub async fn update_subscription<S, E>(
+    store: &S,
+    id: &str,
+    mut change: impl FnMut(&mut Subscription) -> Result<(), E>,
+) -> Result<Option<Subscription>, E>
+where
+    S: DeliveryStore + ?Sized,
+    E: From<StoreError>,
+{
+    for _ in 0..UPDATE_TRIES {
+        let Some(mut s) = store.subscription(id).await? else {
+            return Ok(None);
+        };
+        let expected = s.version;
+        change(&mut s)?;
+        s.version = expected + 1;
+        if store.replace_subscription(&s, expected).await? {
+            return Ok(Some(s));
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "subscription {id} changed under {UPDATE_TRIES} updates in a row; try again"
+    ))
+    .into())
 }
 
 /// Attempts kept per subscription.

@@ -41,6 +41,17 @@ async fn wipe(ts: &TestStore) {
     }
 }
 
+/// The `store_reset:` parts of a `/readyz` answer.
+fn reset_parts(ready: &serde_json::Value) -> Vec<serde_json::Value> {
+    ready["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"].as_str().unwrap().starts_with("store_reset:"))
+        .cloned()
+        .collect()
+}
+
 fn ids(sim: &Simulator, table: &str) -> HashSet<String> {
     sim.state(table)
         .iter()
@@ -64,8 +75,7 @@ async fn a_store_that_loses_its_data_is_reloaded_as_a_snapshot(ts: TestStore) {
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     sim.sim.random_writes(Some("patients"), 10);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    let ready = app.get_json("/readyz").await;
-    assert_eq!(ready["store_resets"], serde_json::json!([]), "{ready}");
+    assert!(reset_parts(&app.get_json("/readyz").await).is_empty());
 
     wipe(&ts).await;
     let known = ids(&sim.sim, "patients");
@@ -105,13 +115,9 @@ async fn a_store_that_loses_its_data_is_reloaded_as_a_snapshot(ts: TestStore) {
     assert_eq!(ready.status(), 200);
     let ready: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(
-        ready["store_resets"][0]["target"], "sim/patients",
+        reset_parts(&ready),
+        [serde_json::json!({"name": "store_reset:sim/patients", "ready": true})],
         "{ready}"
-    );
-    let body = ready.to_string();
-    assert!(
-        !body.contains("EPOCH") && !body.contains("redis://"),
-        "{body}"
     );
     let metrics = app
         .get("/metrics")

@@ -58,7 +58,11 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body["targets"][0]["target"], "sim/patients");
+    assert_eq!(body["status"], "ready");
+    let parts = body["parts"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["store", "poller:sim/patients"]);
+    assert!(parts.iter().all(|p| p["ready"] == true), "{body}");
 
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
     let t = Target::new("sim", "patients");

@@ -29,6 +29,10 @@ fn subscriptions_key(prefix: &str) -> String {
     format!("{prefix}:subscriptions")
 }
 
+/// Compare-and-set of one subscription document on its `version`.
+static REPLACE_SUBSCRIPTION: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("replace_subscription.lua")));
+
 #[async_trait]
 impl DeliveryStore for RedisStore {
     async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
@@ -39,6 +43,20 @@ impl DeliveryStore for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn replace_subscription(&self, s: &Subscription, expected: u64) -> StoreResult<bool> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut c = self.conn.clone();
+        let replaced: i64 = REPLACE_SUBSCRIPTION
+            .key(subscriptions_key(&self.prefix))
+            .arg(&s.id)
+            .arg(expected)
+            .arg(json)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(replaced == 1)
     }
 
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {

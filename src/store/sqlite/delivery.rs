@@ -30,6 +30,22 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn replace_subscription(&self, s: &Subscription, expected: u64) -> StoreResult<bool> {
+        let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let id = s.id.clone();
+        let expected = i64::try_from(expected).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.with(move |c| {
+            // Documents written before versions existed count as version 0.
+            c.execute(
+                "UPDATE subscriptions SET body = ?2
+                 WHERE id = ?1 AND coalesce(json_extract(body, '$.version'), 0) = ?3",
+                params![id, json, expected],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
     async fn subscription(&self, id: &str) -> StoreResult<Option<Subscription>> {
         let id = id.to_string();
         let json = self

@@ -1,0 +1,116 @@
+//! The accept loop, written out instead of `axum::serve` for the two limits
+//! it lacks: a header-read timeout (hyper enforces one only with a timer)
+//! and a cap on open connections. Each connection task holds a semaphore
+//! permit, so the cap needs no counter; past it, connections wait in the
+//! listen backlog until one closes.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// The `[api]` limits the accept loop enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` until `cancel`, then lets open requests
+/// finish (live streams end on the same token).
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // HTTP/1 only (and no upgrades, which would ignore that): the auto
+    // builder would first wait, with no time limit, for enough bytes to tell
+    // HTTP/2 from HTTP/1, a slow client's way around the header timeout.
+    // The API's clients speak HTTP/1.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p?,
+            () = cancel.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{Router, middleware, routing::get};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::api::{server, time_limit};
+
+    #[tokio::test]
+    async fn an_answer_past_the_request_timeout_is_a_503_problem() {
+        let app = Router::new()
+            .route("/never", get(std::future::pending::<&'static str>))
+            .layer(middleware::from_fn_with_state(
+                Duration::from_millis(50),
+                time_limit,
+            ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let limits = server::Limits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4,
+        };
+        tokio::spawn(server::run(listener, app, limits, cancel.clone()));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = http
+            .get(format!("http://{addr}/never"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "timeout");
+        cancel.cancel();
+    }
+}
