@@ -13,7 +13,7 @@ use crate::{
     config::{Config, join},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, Poller, TargetStatus},
+    poller::{PollError, PollReport, Poller, ReconcileReport, TargetStatus},
     store::{self, Store, Target},
     tail::Tails,
     upstream::Upstream,
@@ -182,6 +182,20 @@ impl Relay {
             (p.target.clone(), r)
         });
         futures_util::future::join_all(polls).await
+    }
+
+    /// One reconcile sweep of every target, concurrently; used by
+    /// `sync --reconcile`. Like `sync_once`, it releases each lease after.
+    pub async fn reconcile_once(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Vec<(Target, Result<ReconcileReport, PollError>)> {
+        let sweeps = self.pollers.iter_mut().map(|p| async {
+            let r = p.reconcile_once(cancel).await;
+            let _ = self.store.release(&p.target, &self.holder).await;
+            (p.target.clone(), r)
+        });
+        futures_util::future::join_all(sweeps).await
     }
 
     /// Runs pollers and the HTTP server until `cancel`, then drains them

@@ -46,6 +46,10 @@ enum Command {
         /// Required: `sync` always runs one pass (use `serve` to keep polling).
         #[arg(long)]
         once: bool,
+        /// Run one reconcile sweep per target instead: a full `sync=0` walk
+        /// compared with the record index, appending what the polls missed.
+        #[arg(long)]
+        reconcile: bool,
         #[arg(long)]
         config: PathBuf,
     },
@@ -154,9 +158,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             relay.run(listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { once, config } => {
+        Command::Sync {
+            once,
+            reconcile,
+            config,
+        } => {
+            if reconcile {
+                return reconcile_once(Config::load(Some(&config))?).await;
+            }
             if !once {
-                anyhow::bail!("sync runs one pass and needs --once; use `serve` to keep polling");
+                anyhow::bail!(
+                    "sync runs one pass and needs --once (or --reconcile); use `serve` to keep polling"
+                );
             }
             sync_once(Config::load(Some(&config))?).await
         }
@@ -180,14 +193,22 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
         let _ = task.await;
     }
     println!(
-        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  cursor / error",
-        "target", "fetched", "created", "updated", "deleted", "restored", "walks"
+        "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>7}  cursor / error",
+        "target",
+        "fetched",
+        "created",
+        "updated",
+        "deleted",
+        "restored",
+        "walks",
+        "pages",
+        "settle"
     );
     let mut failed = false;
     for (t, r) in &results {
         match r {
             Ok(r) => println!(
-                "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  {}",
+                "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6} {:>6} {:>7}  {}",
                 t.to_string(),
                 r.fetched,
                 r.outcome.created,
@@ -195,6 +216,8 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
                 r.outcome.deleted,
                 r.outcome.restored,
                 r.walks,
+                r.pages,
+                r.settle_pages,
                 if r.leased {
                     r.after.to_string()
                 } else {
@@ -203,24 +226,68 @@ async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
             ),
             Err(e) => {
                 failed = true;
+                error_row(t, &[8, 8, 9, 8, 8, 6, 6, 7], e);
+            }
+        }
+    }
+    Ok(exit_code(failed))
+}
+
+/// A summary row for a target that failed: dashes in columns of `widths`.
+fn error_row(t: &crate::store::Target, widths: &[usize], e: &dyn std::fmt::Display) {
+    let dashes: Vec<String> = widths.iter().map(|w| format!("{:>w$}", "-")).collect();
+    println!("{:<32} {}  error: {e}", t.to_string(), dashes.join(" "));
+}
+
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `sync --reconcile`: one reconcile sweep of every target.
+async fn reconcile_once(config: Config) -> anyhow::Result<ExitCode> {
+    let mut relay = Relay::build(config).await?;
+    let results = relay.reconcile_once(&shutdown_signal()).await;
+    println!(
+        "{:<32} {:>6} {:>9} {:>9}  note",
+        "target", "pages", "compared", "repaired"
+    );
+    let mut failed = false;
+    for (t, r) in &results {
+        match r {
+            Ok(r) if r.swept => println!(
+                "{:<32} {:>6} {:>9} {:>9}",
+                t.to_string(),
+                r.pages,
+                r.compared,
+                r.repaired
+            ),
+            Ok(r) => {
+                let note = if r.leased {
+                    "skipped: the initial load has not completed"
+                } else {
+                    // A serving relay holds the lease: it sweeps after its next poll.
+                    relay.store.request_reconcile(t).await?;
+                    "requested: the instance polling it sweeps after its next poll"
+                };
                 println!(
-                    "{:<32} {:>8} {:>8} {:>9} {:>8} {:>8} {:>6}  error: {e}",
+                    "{:<32} {:>6} {:>9} {:>9}  {note}",
                     t.to_string(),
-                    "-",
-                    "-",
-                    "-",
                     "-",
                     "-",
                     "-"
                 );
             }
+            Err(e) => {
+                failed = true;
+                error_row(t, &[6, 9, 9], e);
+            }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code(failed))
 }
 
 /// A spinner per target while `sync --once` runs, only on a terminal.

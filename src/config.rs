@@ -251,6 +251,11 @@ pub struct SourceConfig {
     /// Walks of the `pages` strategy before a poll gives up on a fast-changing set.
     #[serde(default = "defaults::max_walks")]
     pub max_walks: u32,
+    /// How often a full `sync=0` walk compares the upstream with the record
+    /// index and appends what the polls missed (see poller/reconcile.rs);
+    /// off when absent.
+    #[serde(with = "humantime_serde", default)]
+    pub reconcile_interval: Option<Duration>,
     /// Records one `pages` poll may hold in memory.
     #[serde(default = "defaults::max_delta_records")]
     pub max_delta_records: usize,

@@ -59,6 +59,14 @@ pub struct Metrics {
     pub poll_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
     /// Page walks of the `pages` strategy; above `polls` means rows shifted.
     pub walks: Family<TargetLabels, Counter>,
+    /// Pages fetched by settle walks (see poller/walk.rs).
+    pub settle_pages: Family<TargetLabels, Counter>,
+    /// Polls that could not settle and committed up to the floor only.
+    pub unsettled: Family<TargetLabels, Counter>,
+    /// Missed versions the reconcile sweep appended.
+    pub reconcile_repaired: Family<TargetLabels, Counter>,
+    /// Store resets noticed (the table's epoch gone or changed).
+    pub store_resets: Family<TargetLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub rejected: Family<TargetLabels, Counter>,
     /// Events removed by retention.
@@ -86,6 +94,10 @@ impl Metrics {
             appended: Family::default(),
             poll_duration: Family::new_with_constructor(seconds_histogram),
             walks: Family::default(),
+            settle_pages: Family::default(),
+            unsettled: Family::default(),
+            reconcile_repaired: Family::default(),
+            store_resets: Family::default(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
             trimmed: Family::default(),
@@ -112,6 +124,26 @@ impl Metrics {
             "poll_duration_seconds",
             "Time one poll of a target took",
             m.poll_duration.clone(),
+        );
+        r.register(
+            "settle_pages",
+            "Pages fetched by settle walks after a pages walk",
+            m.settle_pages.clone(),
+        );
+        r.register(
+            "polls_unsettled",
+            "Polls whose upstream changed too fast to settle (committed up to the floor)",
+            m.unsettled.clone(),
+        );
+        r.register(
+            "reconcile_repaired",
+            "Missed versions the reconcile sweep appended as late events",
+            m.reconcile_repaired.clone(),
+        );
+        r.register(
+            "store_resets",
+            "Times the store was found to have lost a table's data (its epoch gone or changed)",
+            m.store_resets.clone(),
         );
         r.register(
             "upstream_errors",

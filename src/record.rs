@@ -52,6 +52,8 @@ pub struct UpstreamRecord {
 /// A record that cannot become an event, with the reason.
 #[derive(Debug, Clone)]
 pub struct RejectedRecord {
+    /// The record's id, when it has one (a bad stamp).
+    pub id: Option<String>,
     pub raw: String,
     pub reason: String,
 }
@@ -60,7 +62,8 @@ pub fn parse_record(
     raw: Box<RawValue>,
     fields: &FieldNames,
 ) -> Result<UpstreamRecord, RejectedRecord> {
-    let reject = |reason: String| RejectedRecord {
+    let reject = |id: Option<&str>, reason: String| RejectedRecord {
+        id: id.map(str::to_string),
         raw: raw.get().to_string(),
         reason,
     };
@@ -70,17 +73,17 @@ pub fn parse_record(
             Ok(m) => m.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect(),
             Err(_) => match serde_json::from_str::<HashMap<String, &RawValue>>(raw.get()) {
                 Ok(m) => m.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect(),
-                Err(_) => return Err(reject("record is not a JSON object".into())),
+                Err(_) => return Err(reject(None, "record is not a JSON object".into())),
             },
         };
     let field = |name: &str| map.get(name).copied();
     let id = match field(&fields.id).map(scalar) {
         Some(Some(id)) if !id.is_empty() => id,
         _ => {
-            return Err(reject(format!(
-                "record has no usable id field {:?}",
-                fields.id
-            )));
+            return Err(reject(
+                None,
+                format!("record has no usable id field {:?}", fields.id),
+            ));
         }
     };
     let stamp = match field(&fields.stamp)
@@ -89,10 +92,13 @@ pub fn parse_record(
     {
         Some(s) if s > 0 => s,
         _ => {
-            return Err(reject(format!(
-                "record {id} has no positive integer stamp field {:?}",
-                fields.stamp
-            )));
+            return Err(reject(
+                Some(&id),
+                format!(
+                    "record {id} has no positive integer stamp field {:?}",
+                    fields.stamp
+                ),
+            ));
         }
     };
     let deleted = field(&fields.deleted_at).is_some_and(|v| v.get() != "null");
@@ -157,6 +163,11 @@ mod tests {
         assert!(parse(r#"{"uuid":"a","update_stamp":-1}"#).is_err());
         assert!(parse(r#"[1]"#).unwrap_err().reason.contains("object"));
         assert_eq!(parse(r#"{"uuid":"a"}"#).unwrap_err().raw, r#"{"uuid":"a"}"#);
+        assert_eq!(
+            parse(r#"{"uuid":"a"}"#).unwrap_err().id.as_deref(),
+            Some("a")
+        );
+        assert_eq!(parse(r#"{"update_stamp":3}"#).unwrap_err().id, None);
     }
 
     #[test]

@@ -277,16 +277,25 @@ impl Upstream {
         }
         let grant: Grant = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the token answer has no access_token ({e})")))?;
-        let ttl = Duration::from_secs(grant.expires_in.unwrap_or(300));
-        // Refresh with a tenth of the lifetime (at most a minute) to spare.
-        let margin = (ttl / 10).min(Duration::from_secs(60));
         let value = Secret::new(grant.access_token);
         *guard = Some(Token {
             value: value.clone(),
-            refresh_at: Instant::now() + ttl - margin,
+            refresh_at: refresh_at(Instant::now(), grant.expires_in.unwrap_or(300)),
         });
         Ok(value)
     }
+}
+
+/// The longest token lifetime believed: an `expires_in` beyond it (up to
+/// `u64::MAX` seconds, more than `Instant` can hold) is read as a day.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// When to fetch a new token: a tenth of its lifetime (at most a minute)
+/// before it expires.
+fn refresh_at(now: Instant, expires_in_secs: u64) -> Instant {
+    let ttl = Duration::from_secs(expires_in_secs).min(MAX_TOKEN_TTL);
+    let margin = (ttl / 10).min(Duration::from_secs(60));
+    now.checked_add(ttl - margin).unwrap_or(now)
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {
@@ -360,6 +369,17 @@ mod tests {
                 "attempt {attempt}: {d:?} vs {full:?}"
             );
         }
+    }
+
+    #[test]
+    fn any_expires_in_gives_a_refresh_time() {
+        let now = Instant::now();
+        assert_eq!(
+            refresh_at(now, u64::MAX),
+            now + MAX_TOKEN_TTL - Duration::from_secs(60)
+        );
+        assert_eq!(refresh_at(now, 300), now + Duration::from_secs(270));
+        assert_eq!(refresh_at(now, 0), now);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use super::ApiState;
 /// list [`parts`] builds.
 #[derive(Debug, Serialize)]
 pub struct Part {
-    /// `store`, or `poller:<source>/<resource>`.
+    /// `store`, `poller:<source>/<resource>`, or `store_reset:<source>/<resource>`
+    /// for a table reloaded after its store lost its data.
     pub name: String,
     pub ready: bool,
 }
@@ -34,6 +35,18 @@ async fn parts(s: &ApiState) -> Vec<Part> {
         name: format!("poller:{t}"),
         ready: st.running.load(Ordering::Relaxed),
     }));
+    // A table whose store lost its data under this relay (poller/epoch.rs):
+    // not ready while it reloads, and still named afterwards.
+    parts.extend(
+        s.shared
+            .targets
+            .iter()
+            .filter(|(_, st)| st.resets.load(Ordering::Relaxed) > 0)
+            .map(|(t, st)| Part {
+                name: format!("store_reset:{t}"),
+                ready: !st.reloading.load(Ordering::Relaxed),
+            }),
+    );
     parts
 }
 

@@ -1,7 +1,12 @@
 //! `GET /v1/resources`, and replay plus live stream of one target's events:
 //! `GET /v1/resources/{source}/{resource}/events`.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -47,11 +52,17 @@ pub struct ResourceView {
     pub rate_per_min: f64,
     /// The instance that made the last poll.
     pub polled_by: Option<String>,
+    /// Store resets this instance noticed on the table (its data lost
+    /// under the relay; see poller/epoch.rs), the last one's time, and
+    /// whether the table is still reloading since.
+    pub store_resets: u64,
+    pub last_store_reset_ms: Option<u64>,
+    pub reloading: bool,
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
     let mut out = Vec::new();
-    for (t, _) in s.shared.targets.iter() {
+    for (t, st) in s.shared.targets.iter() {
         let last_id = s.shared.store.last_id(t).await?;
         // From the store: whichever instance polls, every instance shows it.
         let last = s.shared.store.poll_status(t).await?.unwrap_or_default();
@@ -67,6 +78,10 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
             rate_per_min: last.rate_shown(),
             last_error: last.error,
             polled_by: (!last.holder.is_empty()).then_some(last.holder),
+            store_resets: st.resets.load(Ordering::Relaxed),
+            last_store_reset_ms: Some(st.last_reset_ms.load(Ordering::Relaxed))
+                .filter(|&ms| ms > 0),
+            reloading: st.reloading.load(Ordering::Relaxed),
         });
     }
     Ok(Json(serde_json::json!({ "resources": out })))

@@ -44,7 +44,7 @@ pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyho
             2 * clients + 200
         );
     }
-    let mut source = super::source(sim_url, 1000)?;
+    let mut source = super::source(sim_url, 1000, crate::config::Paging::Keyset)?;
     source.poll_interval = Duration::from_millis(100);
     let mut config = RawConfig {
         store: store_cfg.clone(),

@@ -3,8 +3,9 @@
 //! machine is shared and absolute numbers drift.
 //!
 //! - throughput: N simulator records loaded by the relay into a fresh Redis,
-//!   against a raw pipelined `XADD` of the same payloads; and into the
-//!   embedded store.
+//!   against a raw pipelined `XADD` of the same payloads; into the embedded
+//!   store; and with `paging = "pages"`, whose settle walks' extra upstream
+//!   requests are printed as a share of the plain walk (settle.rs).
 //! - rss: the relay's resident memory while it loads M records with keyset
 //!   paging, sampled as the stream grows (the simulator runs in its own process).
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 mod api;
 mod delivery;
+mod settle;
 
 use crate::{
     app::Relay,
@@ -131,11 +133,11 @@ async fn redis(
     Ok((Some(guard), format!("redis://127.0.0.1:{port}")))
 }
 
-fn source(base_url: &str, page_size: u32) -> anyhow::Result<SourceConfig> {
+fn source(base_url: &str, page_size: u32, paging: Paging) -> anyhow::Result<SourceConfig> {
     let mut s: SourceConfig = serde_json::from_value(serde_json::json!({
         "name": "bench", "base_url": base_url, "resources": ["patients"], "page_size": page_size,
     }))?;
-    s.paging = Paging::Keyset;
+    s.paging = paging;
     Ok(s)
 }
 
@@ -143,7 +145,7 @@ fn source(base_url: &str, page_size: u32) -> anyhow::Result<SourceConfig> {
 async fn relay_load(store: StoreConfig, base_url: &str) -> anyhow::Result<(u64, f64)> {
     let config = RawConfig {
         store: store.clone(),
-        sources: vec![source(base_url, 1000)?],
+        sources: vec![source(base_url, 1000, Paging::Keyset)?],
         ..RawConfig::default()
     }
     .validate(&|_| None)?;
@@ -266,6 +268,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         sqlite_rate,
         sqlite_rate / raw_rate
     );
+    let pages_store = StoreConfig {
+        key_prefix: format!("bench-pages-{}", std::process::id()),
+        ..redis_store.clone()
+    };
+    settle::run(pages_store, &base_url, raw_rate).await?;
     anyhow::ensure!(
         n as usize == args.records && m as usize == args.records,
         "the loads appended {n} and {m} events, expected {}",
@@ -300,7 +307,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 /// Every record of the simulator as (id, stamp, raw JSON), outside any timing.
 async fn fetch_all(base_url: &str) -> anyhow::Result<Vec<(String, u64, String)>> {
     let config = RawConfig {
-        sources: vec![source(base_url, 1000)?],
+        sources: vec![source(base_url, 1000, Paging::Keyset)?],
         ..RawConfig::default()
     }
     .validate(&|_| None)?;

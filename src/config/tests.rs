@@ -36,6 +36,10 @@ fn the_design_example_validates_with_defaults() {
     assert_eq!(s.settings.page_size, 500);
     assert_eq!(s.settings.paging, Paging::Pages);
     assert_eq!(s.settings.overlap, DEFAULT_OVERLAP);
+    assert_eq!(
+        s.settings.reconcile_interval, None,
+        "sweeps are off by default"
+    );
     assert_eq!(c.store.key_prefix, "stamp-relay");
     match &s.auth {
         Auth::OAuth {
@@ -155,4 +159,22 @@ fn join_keeps_the_base_path() {
     assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
     let base = Url::parse("https://h/api/").unwrap();
     assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
+}
+
+#[test]
+fn reconcile_interval_reads_a_duration_and_refuses_one_below_the_poll_interval() {
+    let vars = env(&[("PC_ID", "id"), ("PC_SECRET", "shh")]);
+    let with = |v: &str| {
+        OAUTH.replace(
+            "poll_interval = \"5s\"",
+            &format!("poll_interval = \"5s\"\nreconcile_interval = \"{v}\""),
+        )
+    };
+    let c = parse(&with("6h")).validate(&vars).unwrap();
+    assert_eq!(
+        c.sources[0].settings.reconcile_interval,
+        Some(std::time::Duration::from_secs(6 * 3600))
+    );
+    let err = parse(&with("1s")).validate(&vars).unwrap_err().to_string();
+    assert!(err.contains("reconcile_interval"), "{err}");
 }

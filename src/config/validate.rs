@@ -159,6 +159,12 @@ fn validate_source(
     if s.max_walks == 0 {
         problems.push(format!("{}: must be at least 1", key("max_walks")));
     }
+    if s.reconcile_interval.is_some_and(|d| d < s.poll_interval) {
+        problems.push(format!(
+            "{}: must be at least poll_interval (a sweep walks the whole table); omit it to turn sweeps off",
+            key("reconcile_interval")
+        ));
+    }
     if s.max_attempts == 0 {
         problems.push(format!("{}: must be at least 1", key("max_attempts")));
     }

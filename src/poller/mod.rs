@@ -1,4 +1,4 @@
-//! The poller: one per (source, resource) target, following DESIGN §2.
+//! The poller: one per (source, resource) target (see ARCHITECTURE.md).
 //!
 //! A poll takes the target's lease, reads the cursor from the stream, fetches
 //! the delta since `cursor - overlap` with the source's paging strategy
@@ -27,8 +27,14 @@ use crate::{
     upstream::{Upstream, UpstreamError, backoff},
 };
 
+mod epoch;
+mod lease;
 mod paging;
+mod reconcile;
 mod status;
+mod walk;
+
+pub use reconcile::ReconcileReport;
 
 /// Records per atomic append.
 pub const CHUNK: usize = 500;
@@ -88,6 +94,12 @@ pub struct PollReport {
     pub after: StreamId,
     pub pages: u32,
     pub walks: u32,
+    /// Settle walks (see walk.rs) and the pages they took.
+    pub settles: u32,
+    pub settle_pages: u32,
+    /// The upstream changed too fast to settle; the poll committed up to
+    /// the last floor only.
+    pub unsettled: bool,
     pub fetched: u64,
     pub rejected: u64,
     pub outcome: AppendOutcome,
@@ -106,6 +118,11 @@ pub struct TargetStatus {
     pub appended: AtomicU64,
     pub polls: AtomicU64,
     pub last: Mutex<LastPoll>,
+    /// Store resets noticed on this table (see epoch.rs), the time of the
+    /// last one (unix ms, 0 for none), and whether its reload still runs.
+    pub resets: AtomicU64,
+    pub last_reset_ms: AtomicU64,
+    pub reloading: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -122,8 +139,12 @@ pub struct Poller {
     store: Arc<dyn Store>,
     upstream: Arc<Upstream>,
     holder: String,
-    /// Renewed on every page and chunk.
+    /// Renewed in the background while a poll runs (see lease.rs).
     lease_ttl: Duration,
+    lease: Option<lease::LeaseKeeper>,
+    /// The table's epoch as this poller first saw it (see epoch.rs).
+    epoch: Option<String>,
+    last_reconcile: Option<Instant>,
     pub status: Arc<TargetStatus>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Hashes of rejected records already written, so a bad record that
@@ -157,6 +178,9 @@ impl Poller {
             upstream,
             holder: holder.to_string(),
             lease_ttl,
+            lease: None,
+            epoch: None,
+            last_reconcile: None,
             status: Arc::default(),
             rejected: HashSet::new(),
             samples: Default::default(),
@@ -201,11 +225,29 @@ impl Poller {
     async fn poll(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
         let started = Instant::now();
         let mut report = PollReport::default();
-        if !self.renew_lease().await? {
+        if !self.take_lease().await? {
             tracing::debug!(target = %self.target, "another instance holds the lease; not polling");
             return Ok(report);
         }
         report.leased = true;
+        let result = self.leased_poll(&mut report, cancel).await;
+        self.lease = None;
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        self.observe(&report, &result);
+        tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
+            settle_pages = report.settle_pages, fetched = report.fetched,
+            appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
+        self.status.polls.fetch_add(1, Ordering::Relaxed);
+        result.map(|()| report)
+    }
+
+    /// A poll while this instance holds the lease.
+    async fn leased_poll(
+        &mut self,
+        report: &mut PollReport,
+        cancel: &CancellationToken,
+    ) -> Result<(), PollError> {
+        self.check_epoch().await?;
         report.before = self.store.last_id(&self.target).await?;
         // The initial load says `snapshot=1`: a new stream, or one whose
         // load never completed (a crash mid-load).
@@ -214,81 +256,41 @@ impl Poller {
         let settings = &self.upstream.source().settings;
         report.sync = report.before.stamp.saturating_sub(settings.overlap);
         let result = match settings.paging {
-            Paging::Keyset => self.keyset(&mut report, snapshot, cancel).await,
-            Paging::Pages => self.pages(&mut report, snapshot, cancel).await,
+            Paging::Keyset => self.keyset(report, snapshot, cancel).await,
+            Paging::Pages => self.pages(report, snapshot, cancel).await,
         };
         report.after = self
             .store
             .last_id(&self.target)
             .await
             .unwrap_or(report.before);
-        report.duration_ms = started.elapsed().as_millis() as u64;
-        self.observe(&report, &result);
-        tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
-            fetched = report.fetched, appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
-        self.status.polls.fetch_add(1, Ordering::Relaxed);
-        result.map(|()| report)
+        result
     }
 
-    fn observe(&self, report: &PollReport, result: &Result<(), PollError>) {
-        use crate::metrics::{ErrorLabels, OpLabels, target_labels};
-        let m = &self.metrics;
-        let labels = target_labels(&self.target);
-        m.cursor
-            .get_or_create(&labels)
-            .set(report.after.stamp as i64);
-        if report.walks > 0 {
-            m.walks
-                .get_or_create(&labels)
-                .inc_by(u64::from(report.walks));
-        }
-        m.poll_duration
-            .get_or_create(&labels)
-            .observe(report.duration_ms as f64 / 1000.0);
-        let o = &report.outcome;
-        for (op, n) in [
-            ("created", o.created),
-            ("updated", o.updated),
-            ("deleted", o.deleted),
-            ("restored", o.restored),
-        ] {
-            if n > 0 {
-                let l = OpLabels {
-                    source: labels.source.clone(),
-                    resource: labels.resource.clone(),
-                    op: op.into(),
-                };
-                m.appended.get_or_create(&l).inc_by(n);
-            }
-        }
-        if report.rejected > 0 {
-            m.rejected.get_or_create(&labels).inc_by(report.rejected);
-        }
-        if let Err(e) = result
-            && !matches!(e, PollError::Cancelled)
-        {
-            let l = ErrorLabels {
-                source: labels.source.clone(),
-                resource: labels.resource.clone(),
-                kind: e.kind().into(),
-            };
-            m.upstream_errors.get_or_create(&l).inc();
-        }
-    }
-
-    /// Takes or extends the lease; false while another instance holds it.
-    async fn renew_lease(&self) -> Result<bool, PollError> {
-        Ok(self
+    /// Takes (or extends) the lease and keeps it renewed in the background
+    /// until `self.lease` is cleared; false while another instance holds it.
+    async fn take_lease(&mut self) -> Result<bool, PollError> {
+        let taken = self
             .store
             .lease(&self.target, &self.holder, self.lease_ttl)
-            .await?)
+            .await?;
+        if !taken {
+            return Ok(false);
+        }
+        self.lease = Some(lease::LeaseKeeper::start(
+            self.store.clone(),
+            self.target.clone(),
+            self.holder.clone(),
+            self.lease_ttl,
+        ));
+        Ok(true)
     }
 
-    async fn keep_lease(&self) -> Result<(), PollError> {
-        if self.renew_lease().await? {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(self.target.to_string()).into())
+    /// Ok while the lease taken at the start of this poll is held.
+    fn keep_lease(&self) -> Result<(), PollError> {
+        match &self.lease {
+            Some(lease) => Ok(lease.check()?),
+            None => Err(StoreError::LeaseLost(self.target.to_string()).into()),
         }
     }
 
@@ -305,9 +307,10 @@ impl Poller {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
             }
-            self.keep_lease().await?;
+            self.keep_lease()?;
             let batch = AppendBatch {
                 holder: &self.holder,
+                epoch: self.epoch.as_deref().unwrap_or_default(),
                 snapshot,
                 observed: now_ms(),
                 records: chunk,
@@ -360,6 +363,7 @@ impl Poller {
             let result = self.poll_once(&cancel).await;
             if matches!(&result, Ok(r) if r.leased) {
                 self.maybe_trim().await;
+                self.maybe_reconcile(&cancel).await;
             }
             if let Err(PollError::Cancelled) = result {
                 break;

@@ -14,13 +14,17 @@ impl Poller {
     pub(super) async fn record(&mut self, result: &Result<PollReport, PollError>) {
         self.note(result);
         if matches!(result, Ok(r) if !r.leased) {
-            // Another instance polls this target and writes its status.
+            // Another instance polls this target and writes its status, and
+            // reloads it after a reset.
             self.samples.clear();
+            self.status.reloading.store(false, Ordering::Relaxed);
             return;
         }
         let now = now_ms();
         if let Ok(r) = result {
             self.last_ok_ms = Some(now);
+            // A reset table's reload is done once a poll of it succeeds.
+            self.status.reloading.store(false, Ordering::Relaxed);
             self.saw_success = true;
             if r.loading {
                 // The load is complete.
@@ -116,6 +120,60 @@ impl Poller {
             Err(e) => {
                 tracing::warn!(error = %e, "retention could not trim the stream; it tries again later")
             }
+        }
+    }
+
+    pub(super) fn observe(&self, report: &PollReport, result: &Result<(), PollError>) {
+        use crate::metrics::{ErrorLabels, OpLabels, target_labels};
+        let m = &self.metrics;
+        let labels = target_labels(&self.target);
+        m.cursor
+            .get_or_create(&labels)
+            .set(report.after.stamp as i64);
+        if report.walks > 0 {
+            m.walks
+                .get_or_create(&labels)
+                .inc_by(u64::from(report.walks));
+        }
+        if report.settle_pages > 0 {
+            m.settle_pages
+                .get_or_create(&labels)
+                .inc_by(u64::from(report.settle_pages));
+        }
+        if report.unsettled {
+            m.unsettled.get_or_create(&labels).inc();
+        }
+        m.poll_duration
+            .get_or_create(&labels)
+            .observe(report.duration_ms as f64 / 1000.0);
+        let o = &report.outcome;
+        for (op, n) in [
+            ("created", o.created),
+            ("updated", o.updated),
+            ("deleted", o.deleted),
+            ("restored", o.restored),
+        ] {
+            if n > 0 {
+                let l = OpLabels {
+                    source: labels.source.clone(),
+                    resource: labels.resource.clone(),
+                    op: op.into(),
+                };
+                m.appended.get_or_create(&l).inc_by(n);
+            }
+        }
+        if report.rejected > 0 {
+            m.rejected.get_or_create(&labels).inc_by(report.rejected);
+        }
+        if let Err(e) = result
+            && !matches!(e, PollError::Cancelled)
+        {
+            let l = ErrorLabels {
+                source: labels.source.clone(),
+                resource: labels.resource.clone(),
+                kind: e.kind().into(),
+            };
+            m.upstream_errors.get_or_create(&l).inc();
         }
     }
 }

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::simulator::faults::{Draw, Failure, HANG};
-use crate::simulator::{Kind, RequestLog, SimConfig, Simulator, auth, lock};
+use crate::simulator::{Change, Kind, Op, RequestLog, SimConfig, Simulator, auth, lock};
 
 pub(super) fn routes() -> Router<Arc<Simulator>> {
     Router::new()
@@ -201,6 +201,12 @@ impl Simulator {
         (log.sync, log.page, log.page_size) = (params.sync, params.page, params.page_size);
         if params.page > 1 && draw.writes_per_page > 0 {
             self.random_writes(Some(table), draw.writes_per_page);
+        }
+        for _ in 0..draw.edits_per_page {
+            // No fields to change but `modified_at`: the record keeps its
+            // place in the listing and takes a new stamp. An empty table
+            // has nothing to edit.
+            let _ = self.apply(Change::new(table, Op::Update).with_fields(json!({})));
         }
         let host = headers
             .get(header::HOST)

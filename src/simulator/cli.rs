@@ -94,6 +94,9 @@ pub struct SimArgs {
     /// Random writes to the table before answering each page after the first.
     #[arg(long, default_value_t = 0)]
     pub writes_per_page: usize,
+    /// Updates in place to random records of the table before answering every page.
+    #[arg(long, default_value_t = 0)]
+    pub edits_per_page: usize,
     /// Share of writes that become visible only after --late-after more writes.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub late_rate: f64,
@@ -155,6 +158,7 @@ impl SimArgs {
                 slow_ms: self.slow_ms,
                 truncate_rate: self.truncate_rate,
                 writes_per_page: self.writes_per_page,
+                edits_per_page: self.edits_per_page,
                 late_rate: self.late_rate,
                 late_after: self.late_after,
                 ..Faults::default()

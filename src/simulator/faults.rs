@@ -26,6 +26,10 @@ pub struct Faults {
     pub truncate_rate: f64,
     /// Random writes to the table before answering any page after the first.
     pub writes_per_page: usize,
+    /// Updates in place before answering every page: random records of the
+    /// table take a new stamp (and `modified_at`) but keep their place in
+    /// the listing, as a record edited while a client walks past it.
+    pub edits_per_page: usize,
     /// Share of writes that take their stamp now but become visible only
     /// after `late_after` further writes to the table (or a flush).
     pub late_rate: f64,
@@ -48,6 +52,7 @@ impl Default for Faults {
             slow_ms: 1000,
             truncate_rate: 0.0,
             writes_per_page: 0,
+            edits_per_page: 0,
             late_rate: 0.0,
             late_after: 5,
             fail_next: 0,
@@ -98,6 +103,8 @@ pub(super) struct Draw {
     pub truncate: bool,
     /// Random writes to make first, if the request asks for a page after the first.
     pub writes_per_page: usize,
+    /// Updates in place to make first, whatever the page.
+    pub edits_per_page: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,6 +145,7 @@ impl FaultState {
         let rng = &mut self.rng;
         let mut draw = Draw {
             writes_per_page: f.writes_per_page,
+            edits_per_page: f.edits_per_page,
             ..Draw::default()
         };
         if f.hang_next > 0 {

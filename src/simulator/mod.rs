@@ -1,6 +1,6 @@
 //! A PainChek-compatible upstream for tests, the demo and benchmarks.
 //!
-//! It serves the update-stamp delta feed the relay polls (DESIGN.md §1):
+//! It serves the update-stamp delta feed the relay polls (docs/upstream.md):
 //! five tables with their own stamp sequences, soft deletes and restores, DRF
 //! paging under `/api/{table}/`, the OAuth token endpoint, and a chosen result
 //! order. On top of that it injects the trouble a real upstream causes:

@@ -1,4 +1,4 @@
-//! Where events live. Two backends keep one contract (DESIGN §3, §7):
+//! Where events live. Two backends keep one contract (README.md, "The Redis layout"):
 //! Redis streams for production and several instances, and an embedded
 //! SQLite file for a single instance with nothing installed.
 //!
@@ -72,6 +72,9 @@ impl PollStatus {
 pub struct AppendBatch<'a> {
     /// The lease holder; the append is refused if another instance holds the lease.
     pub holder: &'a str,
+    /// The table's epoch when the poll began; the append is refused if the
+    /// store holds another one (or none): it lost the table's data meanwhile.
+    pub epoch: &'a str,
     pub snapshot: bool,
     pub observed: u64,
     pub records: &'a [UpstreamRecord],
@@ -85,6 +88,10 @@ pub enum StoreError {
     LeaseLost(String),
     #[error("{0}")]
     Corrupt(String),
+    #[error(
+        "the store lost the data of {0} (its epoch changed) during this poll; this append was not made and the table reloads"
+    )]
+    Reset(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -142,6 +149,21 @@ pub trait TableState: Send + Sync {
     async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()>;
 
     async fn loading(&self, t: &Target) -> StoreResult<bool>;
+
+    /// The table's epoch: a random value written at its first use (none
+    /// before). A store that lost its data shows none, or another one.
+    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
+
+    /// Writes `fresh` as the table's epoch unless it has one; returns the
+    /// epoch the store holds afterwards (another instance may have won).
+    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String>;
+
+    /// Asks whichever instance polls the table for a reconcile sweep after
+    /// its next poll (`sync --reconcile` while a relay serves the table).
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()>;
+
+    /// Whether a sweep was requested, clearing the request.
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool>;
 
     /// Records the last poll of a target (written by its lease holder).
     async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;

@@ -9,13 +9,15 @@ use std::{
 
 use serde_json::{Value, json};
 use stamp_relay::{
-    simulator::{SimAuth, SimConfig},
+    config::Paging,
+    simulator::{Faults, SimAuth, SimConfig},
     store::Target,
 };
 
 use crate::harness::{
-    Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
+    App, Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
 };
+use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
 const ADMIN: &str = "instances-admin-token-4711";
@@ -275,4 +277,36 @@ async fn two_instances_share_work_and_survive_a_kill() {
             "{l}"
         );
     }
+}
+
+on_both_stores!(two_instances_load_through_pages_slower_than_the_lease);
+
+/// Every page takes longer than the lease: the holder renews it in the
+/// background, so neither instance takes the table mid-walk and throws the
+/// walk away, and the load completes.
+async fn two_instances_load_through_pages_slower_than_the_lease(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 300)],
+        faults: Faults {
+            slow_rate: 1.0,
+            slow_ms: 400,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let src = crate::harness::source(&sim.base_url, &["patients"], Paging::Pages, 100);
+    let short_lease = |c: &mut stamp_relay::config::Config| {
+        c.store.lease_ttl = Duration::from_millis(250);
+    };
+    let a = App::spawn_with(&ts, vec![src.clone()], short_lease).await;
+    let b = App::spawn_with(&ts, vec![src], short_lease).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+    let events = crate::harness::all_events(ts.store.as_ref(), &t).await;
+    assert_eq!(events.len(), 300);
+    assert!(events.iter().all(|e| e.snapshot));
+    a.stop().await;
+    b.stop().await;
 }

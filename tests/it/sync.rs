@@ -1,4 +1,4 @@
-//! The sync algorithm's behaviour suite (DESIGN §2), on both stores.
+//! The sync algorithm's behaviour suite (ARCHITECTURE.md, poller/), on both stores.
 
 use serde_json::json;
 use stamp_relay::{

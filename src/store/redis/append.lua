@@ -1,11 +1,16 @@
--- Atomic append of one sorted chunk for one target (DESIGN §2 step 4).
--- KEYS: events stream, record index hash, lease string (one hash tag).
--- ARGV: holder, snapshot (0/1), observed (unix ms), then per record:
+-- Atomic append of one sorted chunk for one target (see ARCHITECTURE.md).
+-- KEYS: events stream, record index hash, lease string, epoch string (one hash tag).
+-- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, then per record:
 --       id, stamp, deleted (0/1), data.
 -- Returns {created, updated, deleted, restored, duplicates, late}.
 -- Re-running a chunk is a no-op: every version is checked against the index.
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LEASELOST the lease is held by another instance')
+end
+-- A table whose epoch is gone or new lost its data (see poller/epoch.rs):
+-- appending the poll's records would invent changes.
+if redis.call('GET', KEYS[4]) ~= ARGV[4] then
+  return redis.error_reply('EPOCHCHANGED the store lost this table since the poll began')
 end
 local top_stamp, top_seq = '0', 0
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -17,7 +22,7 @@ if #last > 0 then
 end
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp = nil, ''

@@ -1,4 +1,4 @@
-//! The Redis backend: the public layout of DESIGN §3.
+//! The Redis backend: the public layout of README.md ("The Redis layout").
 //!
 //! Every key of a target carries the hash tag `{source:resource}`, so a
 //! target's stream, index, rejects and lease live in one cluster slot and
@@ -33,6 +33,11 @@ pub struct Keys {
     pub trimmed: String,
     /// `P:{s:r}:loading`, present while the initial load has not completed.
     pub loading: String,
+    /// `P:{s:r}:epoch`, a random value written at the table's first use; a
+    /// store that lost its data has none, or another one.
+    pub epoch: String,
+    /// `P:{s:r}:reconcile`, present while a reconcile sweep is requested.
+    pub reconcile: String,
     base: String,
 }
 
@@ -47,6 +52,8 @@ impl Keys {
             status: format!("{base}:status"),
             trimmed: format!("{base}:trimmed"),
             loading: format!("{base}:loading"),
+            epoch: format!("{base}:epoch"),
+            reconcile: format!("{base}:reconcile"),
             base,
         }
     }
@@ -174,6 +181,9 @@ impl RedisStore {
         if e.to_string().contains("LEASELOST") {
             return StoreError::LeaseLost("target".into());
         }
+        if e.to_string().contains("EPOCHCHANGED") {
+            return StoreError::Reset("target".into());
+        }
         StoreError::Unavailable(format!("redis at {}: {e}", self.shown_url))
     }
 }
@@ -279,10 +289,14 @@ impl Store for RedisStore {
         }
         let keys = self.keys(t);
         let mut inv = self.append.prepare_invoke();
-        inv.key(&keys.events).key(&keys.index).key(&keys.lease);
+        inv.key(&keys.events)
+            .key(&keys.index)
+            .key(&keys.lease)
+            .key(&keys.epoch);
         inv.arg(batch.holder)
             .arg(if batch.snapshot { "1" } else { "0" })
-            .arg(batch.observed);
+            .arg(batch.observed)
+            .arg(batch.epoch);
         for r in batch.records {
             inv.arg(&r.id)
                 .arg(r.stamp)
@@ -295,6 +309,7 @@ impl Store for RedisStore {
             .await
             .map_err(|e| match self.err(e) {
                 StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
+                StoreError::Reset(_) => StoreError::Reset(t.to_string()),
                 other => other,
             })?;
         let [created, updated, deleted, restored, duplicates, late] = n[..] else {

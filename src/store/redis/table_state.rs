@@ -1,5 +1,5 @@
 //! The Redis keys of a table besides its events: `P:{s:r}:status`,
-//! `P:{s:r}:loading` and `P:{s:r}:trimmed`, and the trim script.
+//! `P:{s:r}:loading`, `P:{s:r}:trimmed`, `P:{s:r}:epoch` and `P:{s:r}:reconcile`, and the trim script.
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -40,6 +40,41 @@ impl TableState for RedisStore {
         c.exists(self.keys(t).loading)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
+        let mut c = self.conn.clone();
+        c.get(self.keys(t).epoch).await.map_err(|e| self.err(e))
+    }
+
+    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
+        let mut c = self.conn.clone();
+        let key = self.keys(t).epoch;
+        let (now,): (String,) = redis::pipe()
+            .atomic()
+            .set_nx(&key, fresh)
+            .ignore()
+            .get(&key)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(now)
+    }
+
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        c.set(self.keys(t).reconcile, "1")
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let v: Option<String> = c
+            .get_del(self.keys(t).reconcile)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(v.is_some())
     }
 
     async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {

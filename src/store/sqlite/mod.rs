@@ -17,51 +17,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{AppendBatch, Store, StoreError, StoreResult, Target};
 use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    source TEXT NOT NULL, resource TEXT NOT NULL,
-    stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
-    op TEXT NOT NULL, record TEXT NOT NULL, record_stamp INTEGER NOT NULL,
-    prev INTEGER, snapshot INTEGER NOT NULL, observed INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (source, resource, stamp, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS record_index (
-    source TEXT NOT NULL, resource TEXT NOT NULL, record TEXT NOT NULL,
-    stamp INTEGER NOT NULL, deleted INTEGER NOT NULL,
-    PRIMARY KEY (source, resource, record)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rejects (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, resource TEXT NOT NULL,
-    raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS delivery_position (
-    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (sub, source, resource)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS delivery_pending (
-    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
-    attempts INTEGER NOT NULL, next_at INTEGER NOT NULL,
-    PRIMARY KEY (sub, source, resource, stamp, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    sub TEXT NOT NULL, key TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (sub, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
-CREATE TABLE IF NOT EXISTS loading (
-    source TEXT NOT NULL, resource TEXT NOT NULL,
-    PRIMARY KEY (source, resource)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trimmed (
-    source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (source, resource)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS poll_status (
-    source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (source, resource)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS leases (
-    source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
-    PRIMARY KEY (source, resource)) WITHOUT ROWID;
-";
-
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Open>>,
     path: PathBuf,
 }
 
@@ -81,13 +38,7 @@ impl SqliteStore {
                 path.display()
             )
         };
-        let conn = Connection::open(&path).map_err(bad)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(bad)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(bad)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(bad)?;
-        conn.execute_batch(SCHEMA).map_err(bad)?;
+        let conn = connect(&path).map_err(bad)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -102,16 +53,23 @@ impl SqliteStore {
     {
         let conn = self.conn.clone();
         let path = self.path.clone();
+        let file = path.clone();
         tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut c)
+            let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let now = file_id(&file);
+            if now != open.file {
+                reopen(&mut open, &file, now)?;
+            }
+            f(&mut open.conn)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
         .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, Some(m)) if m.starts_with("LEASELOST") => {
-                let _ = f;
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("LEASELOST") => {
                 StoreError::LeaseLost(m.trim_start_matches("LEASELOST ").to_string())
+            }
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("EPOCHCHANGED") => {
+                StoreError::Reset(m.trim_start_matches("EPOCHCHANGED ").to_string())
             }
             e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
         })
@@ -129,6 +87,15 @@ fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
     .map(Option::unwrap_or_default)
 }
 
+/// An [`AppendBatch`] owned, to move into the blocking task.
+struct Batch {
+    holder: String,
+    epoch: String,
+    snapshot: bool,
+    observed: u64,
+    records: Vec<crate::record::UpstreamRecord>,
+}
+
 fn lease_lost(t: &Target) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
@@ -136,14 +103,23 @@ fn lease_lost(t: &Target) -> rusqlite::Error {
     )
 }
 
-fn append(
-    c: &mut Connection,
-    t: &Target,
-    holder: &str,
-    snapshot: bool,
-    observed: u64,
-    records: &[crate::record::UpstreamRecord],
-) -> rusqlite::Result<AppendOutcome> {
+fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
+        params![t.source, t.resource],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+    let Batch {
+        holder,
+        epoch: want,
+        snapshot,
+        observed,
+        records,
+    } = batch;
     let tx = c.transaction()?;
     let owner: Option<(String, i64)> = tx
         .query_row(
@@ -152,8 +128,14 @@ fn append(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if !owner.is_some_and(|(h, exp)| h == holder && exp as u64 > events::now_ms()) {
+    if !owner.is_some_and(|(h, exp)| h == *holder && exp as u64 > events::now_ms()) {
         return Err(lease_lost(t));
+    }
+    if epoch(&tx, t)?.as_deref() != Some(want.as_str()) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(format!("EPOCHCHANGED {t}")),
+        ));
     }
     let mut top = last_id(&tx, t)?;
     let mut out = AppendOutcome::default();
@@ -196,7 +178,7 @@ fn append(
                 r.stamp as i64,
                 prev.map(|p| p.stamp as i64),
                 snapshot,
-                observed as i64,
+                *observed as i64,
                 r.raw.get(),
             ])?;
             put.execute(params![
@@ -323,11 +305,14 @@ impl Store for SqliteStore {
 
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
         let t = t.clone();
-        let holder = batch.holder.to_string();
-        let (snapshot, observed) = (batch.snapshot, batch.observed);
-        let records = batch.records.to_vec();
-        self.with(move |c| append(c, &t, &holder, snapshot, observed, &records))
-            .await
+        let batch = Batch {
+            holder: batch.holder.to_string(),
+            epoch: batch.epoch.to_string(),
+            snapshot: batch.snapshot,
+            observed: batch.observed,
+            records: batch.records.to_vec(),
+        };
+        self.with(move |c| append(c, &t, &batch)).await
     }
 
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
@@ -436,4 +421,7 @@ impl Store for SqliteStore {
 }
 
 mod delivery;
+mod open;
 mod table_state;
+
+use open::{Open, connect, file_id, reopen};

@@ -1,5 +1,5 @@
 //! The tables of the embedded store about a table besides its events:
-//! `poll_status`, `loading` and `trimmed`, and retention's delete.
+//! `poll_status`, `loading`, `trimmed`, `epochs` and `reconcile_requests`, and retention's delete.
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
@@ -66,6 +66,47 @@ impl TableState for SqliteStore {
                 params![t.source, t.resource],
                 |r| r.get::<_, i64>(0).map(|n| n > 0),
             )
+        })
+        .await
+    }
+
+    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
+        let t = t.clone();
+        self.with(move |c| super::epoch(c, &t)).await
+    }
+
+    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
+        let (t, fresh) = (t.clone(), fresh.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO epochs (source, resource, epoch) VALUES (?1, ?2, ?3)",
+                params![t.source, t.resource, fresh],
+            )?;
+            Ok(super::epoch(c, &t)?.unwrap_or(fresh))
+        })
+        .await
+    }
+
+    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO reconcile_requests (source, resource) VALUES (?1, ?2)",
+                params![t.source, t.resource],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+        let t = t.clone();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM reconcile_requests WHERE source = ?1 AND resource = ?2",
+                params![t.source, t.resource],
+            )
+            .map(|n| n > 0)
         })
         .await
     }

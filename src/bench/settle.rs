@@ -1,0 +1,46 @@
+//! The settle cost (poller/walk.rs): a `pages` initial load of the same
+//! records, whose settle walks add upstream requests to the plain walk. The
+//! share is printed next to the load's rate, in the throughput table.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::source;
+use crate::{
+    app::Relay,
+    config::{Paging, RawConfig, StoreConfig},
+    store,
+};
+
+/// Loads everything with `paging = "pages"` into a fresh key prefix and
+/// prints the rate against `raw_rate` and the settle walks' requests as a
+/// share of the walk's.
+pub async fn run(store: StoreConfig, base_url: &str, raw_rate: f64) -> anyhow::Result<()> {
+    let config = RawConfig {
+        store: store.clone(),
+        sources: vec![source(base_url, 1000, Paging::Pages)?],
+        ..RawConfig::default()
+    }
+    .validate(&|_| None)?;
+    let mut relay = Relay::with_store(config, store::open(&store).await?)?;
+    let started = Instant::now();
+    let (_, report) = relay
+        .sync_once(&CancellationToken::new())
+        .await
+        .pop()
+        .expect("one target");
+    let report = report?;
+    let rate = report.outcome.appended() as f64 / started.elapsed().as_secs_f64();
+    let walk = report.pages - report.settle_pages;
+    println!(
+        "{:<44} {:>12.0} {:>10.2}   settle: +{} of {} requests ({:.2} %)",
+        "relay -> redis, paging = pages (walk + settle)",
+        rate,
+        rate / raw_rate,
+        report.settle_pages,
+        walk,
+        100.0 * f64::from(report.settle_pages) / f64::from(walk.max(1))
+    );
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Store resets: a store that lost a table's data under a running relay.
+//!
+//! Redis restarted without persistence, a failover to an empty replica, a
+//! mistaken `FLUSHALL`, or the embedded file replaced: the stream and the
+//! record index are gone, so the next poll would see every record as a
+//! fresh `created` change. Each table holds an epoch, a random value written
+//! at its first use (`P:{s:r}:epoch`, or the `epochs` table of the embedded
+//! store), which the poller keeps in memory. A poll that finds none, or
+//! another one, says so loudly (an error log, `store_resets`, `/readyz`,
+//! `GET /v1/resources`) and reloads the table as an initial load, whose
+//! events say `snapshot=1`. Every append carries the epoch the poll began
+//! with and the store refuses it under another one, so a poll that was
+//! running when the data went cannot append changes it invented.
+
+use std::sync::atomic::Ordering;
+
+use super::{PollError, Poller};
+use crate::events::now_ms;
+
+impl Poller {
+    /// Compares the table's epoch in the store with the one this poller
+    /// knows, writing one at first use; handles a reset when they differ.
+    pub(super) async fn check_epoch(&mut self) -> Result<(), PollError> {
+        let stored = self.store.epoch(&self.target).await?;
+        if stored.is_some() && stored == self.epoch {
+            return Ok(());
+        }
+        let now = match &stored {
+            Some(e) => e.clone(),
+            None => {
+                let fresh = uuid::Uuid::new_v4().simple().to_string();
+                self.store.init_epoch(&self.target, &fresh).await?
+            }
+        };
+        if let Some(known) = self.epoch.replace(now.clone()) {
+            self.reset(&known, stored.is_none(), &now);
+        }
+        Ok(())
+    }
+
+    /// The table lost its data: say so, and reload it as an initial load.
+    fn reset(&mut self, known: &str, empty: bool, now: &str) {
+        let what = if empty {
+            "has no epoch (it is empty)"
+        } else {
+            "holds another epoch"
+        };
+        tracing::error!(target = %self.target, known, now, store = %self.store.describe(),
+            "STORE RESET: the store {what} for this table; it lost the events and the record index \
+             this relay wrote. Reloading the table as an initial load (snapshot=1); subscribers \
+             should treat it as a fresh snapshot");
+        self.metrics
+            .store_resets
+            .get_or_create(&crate::metrics::target_labels(&self.target))
+            .inc();
+        self.status.resets.fetch_add(1, Ordering::Relaxed);
+        self.status.last_reset_ms.store(now_ms(), Ordering::Relaxed);
+        self.status.reloading.store(true, Ordering::Relaxed);
+        // An empty stream is now a table to load, not an empty table.
+        self.saw_success = false;
+    }
+}

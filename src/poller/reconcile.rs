@@ -1,0 +1,138 @@
+//! The reconcile sweep: a full `sync=0` walk compared with the record index.
+//!
+//! Settling and the overlap window keep every version in the stream as far
+//! as the upstream keeps its contract; the sweep is the safety net for when
+//! it does not (a stamp committed later than `overlap` covers, a record
+//! restored from a backup with an old stamp). Every version at or below the
+//! cursor that the index lacks is appended as a late event
+//! (`<top stamp>-<top seq + 1>`); versions above the cursor are left to the
+//! polls, so the cursor never passes a stamp the polls have not settled.
+//! Pages are committed as they arrive, so memory stays flat. Rows that shift
+//! during the sweep may be missed by it; the next sweep sees them.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{PollError, PollReport, Poller};
+use crate::{
+    events::AppendOutcome,
+    record::{UpstreamRecord, parse_record},
+};
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileReport {
+    /// False when another instance held the lease.
+    pub leased: bool,
+    /// False when another instance held the lease, or the initial load runs.
+    pub swept: bool,
+    pub pages: u32,
+    /// Records the upstream showed at or below the cursor.
+    pub compared: u64,
+    /// Missed versions appended as late events.
+    pub repaired: u64,
+    pub outcome: AppendOutcome,
+}
+
+impl Poller {
+    /// One reconcile sweep of the target. Public so `sync --reconcile` and
+    /// tests run it on demand.
+    pub async fn reconcile_once(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<ReconcileReport, PollError> {
+        self.last_reconcile = Some(Instant::now());
+        let mut out = ReconcileReport::default();
+        if !self.take_lease().await? {
+            return Ok(out);
+        }
+        out.leased = true;
+        let result = self.sweep(&mut out, cancel).await;
+        self.lease = None;
+        if out.repaired > 0 {
+            tracing::warn!(target = %self.target, repaired = out.repaired,
+                "the reconcile sweep found versions the polls missed; appended them as late events");
+        }
+        self.metrics
+            .reconcile_repaired
+            .get_or_create(&crate::metrics::target_labels(&self.target))
+            .inc_by(out.repaired);
+        result.map(|()| out)
+    }
+
+    async fn sweep(
+        &mut self,
+        out: &mut ReconcileReport,
+        cancel: &CancellationToken,
+    ) -> Result<(), PollError> {
+        self.check_epoch().await?;
+        let top = self.store.last_id(&self.target).await?.stamp;
+        if top == 0 || self.store.loading(&self.target).await? {
+            return Ok(());
+        }
+        out.swept = true;
+        let fields = self.upstream.source().settings.fields.clone();
+        let mut report = PollReport::default();
+        let mut page_no = 1;
+        loop {
+            let page = self.fetch(0, page_no, cancel).await?;
+            out.pages += 1;
+            let more = page.next.is_some() && !page.results.is_empty();
+            let mut records: Vec<UpstreamRecord> = Vec::new();
+            for raw in page.results {
+                match parse_record(raw, &fields) {
+                    Ok(r) if r.stamp <= top => records.push(r),
+                    Ok(_) => {}
+                    Err(rej) => self.reject(rej, &mut report).await?,
+                }
+            }
+            records.sort_unstable_by_key(|r| r.stamp);
+            out.compared += records.len() as u64;
+            self.commit(&records, false, &mut report, cancel).await?;
+            if !more {
+                break;
+            }
+            page_no += 1;
+        }
+        out.outcome = report.outcome;
+        out.repaired = out.outcome.appended();
+        Ok(())
+    }
+
+    /// Whether `reconcile_interval` has passed since the last sweep (the
+    /// first comes one interval after start), or `sync --reconcile` asked.
+    async fn reconcile_due(&mut self) -> bool {
+        let requested = match self.store.take_reconcile_request(&self.target).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(target = %self.target, error = %e, "cannot read the reconcile request");
+                false
+            }
+        };
+        let Some(every) = self.upstream.source().settings.reconcile_interval else {
+            return requested;
+        };
+        let last = *self.last_reconcile.get_or_insert_with(Instant::now);
+        requested || last.elapsed() >= every
+    }
+
+    /// Runs a due sweep from the poll loop; failures are logged and the
+    /// next sweep comes an interval later.
+    pub(super) async fn maybe_reconcile(&mut self, cancel: &CancellationToken) {
+        if !self.reconcile_due().await {
+            return;
+        }
+        match self.reconcile_once(cancel).await {
+            Ok(r) if r.swept => {
+                tracing::info!(target = %self.target, pages = r.pages, compared = r.compared,
+                    repaired = r.repaired, "reconcile sweep finished");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(target = %self.target, error = %e, "the reconcile sweep failed; the next one tries again")
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Opening the embedded store's file: the schema, and noticing that the
+//! file at the path is no longer the one open (replaced or removed under the
+//! relay), which a store reset then reports (see poller/epoch.rs).
+
+use std::{path::Path, time::Duration};
+
+use rusqlite::Connection;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    op TEXT NOT NULL, record TEXT NOT NULL, record_stamp INTEGER NOT NULL,
+    prev INTEGER, snapshot INTEGER NOT NULL, observed INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (source, resource, stamp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS record_index (
+    source TEXT NOT NULL, resource TEXT NOT NULL, record TEXT NOT NULL,
+    stamp INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    PRIMARY KEY (source, resource, record)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, resource TEXT NOT NULL,
+    raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_position (
+    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (sub, source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_pending (
+    sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, next_at INTEGER NOT NULL,
+    PRIMARY KEY (sub, source, resource, stamp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sub TEXT NOT NULL, key TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (sub, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sub TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS attempts_by_sub ON attempts (sub, id);
+CREATE TABLE IF NOT EXISTS loading (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trimmed (
+    source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS poll_status (
+    source TEXT NOT NULL, resource TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reconcile_requests (
+    source TEXT NOT NULL, resource TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (
+    source TEXT NOT NULL, resource TEXT NOT NULL, epoch TEXT NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (source, resource)) WITHOUT ROWID;
+";
+
+/// The connection and the identity (device, inode) of the file it opened:
+/// a file replaced or removed under the relay is noticed on the next call,
+/// which reopens the path, so the epoch check sees what is there now.
+pub(super) struct Open {
+    pub conn: Connection,
+    pub file: Option<(u64, u64)>,
+}
+
+pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The file at `path` is no longer the one `open` holds (`now` is its
+/// identity, none when it is gone): reopen the path, so the epoch check sees
+/// what is there now. When its folder is gone too there is nothing to
+/// reopen; the open file is kept and the change noted once.
+pub(super) fn reopen(
+    open: &mut Open,
+    path: &Path,
+    now: Option<(u64, u64)>,
+) -> rusqlite::Result<()> {
+    if !path.parent().is_some_and(Path::exists) {
+        tracing::error!(path = %path.display(), "the embedded store's folder was removed; the open file is kept until restart");
+        open.file = now;
+        return Ok(());
+    }
+    tracing::error!(path = %path.display(), "the embedded store's file was replaced or removed; reopening it");
+    // Close the old file first: closing removes the -wal and -shm files by name.
+    drop(std::mem::replace(
+        &mut open.conn,
+        Connection::open_in_memory()?,
+    ));
+    *open = connect(path)?;
+    Ok(())
+}
+
+pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(Open {
+        conn,
+        file: file_id(path),
+    })
+}
