@@ -30,6 +30,7 @@ pub struct View<'a> {
     pub start: &'a std::collections::BTreeMap<String, String>,
     pub headers: &'a std::collections::BTreeMap<String, String>,
     pub batch_size: u32,
+    pub max_in_flight: u32,
     pub rate_limit: Option<u32>,
     pub enabled: bool,
     pub disabled_reason: Option<&'a str>,
@@ -48,6 +49,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             start: &s.start,
             headers: &s.headers,
             batch_size: s.batch_size,
+            max_in_flight: s.max_in_flight,
             rate_limit: s.rate_limit,
             enabled: s.enabled,
             disabled_reason: s.disabled_reason.as_deref(),
@@ -90,6 +92,8 @@ pub async fn create(
     sub::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
     sub::validate_batch(batch_size)?;
+    let max_in_flight = req.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT);
+    sub::validate_in_flight(max_in_flight)?;
     sub::validate_rate(req.rate_limit)?;
     let description = req.description.unwrap_or_default();
     sub::validate_description(&description)?;
@@ -115,6 +119,7 @@ pub async fn create(
         start,
         headers: req.headers,
         batch_size,
+        max_in_flight,
         rate_limit: req.rate_limit,
         enabled: req.enabled.unwrap_or(true),
         description,
@@ -181,6 +186,10 @@ pub async fn patch(
     if let Some(b) = req.batch_size {
         sub::validate_batch(b)?;
         found.batch_size = b;
+    }
+    if let Some(n) = req.max_in_flight {
+        sub::validate_in_flight(n)?;
+        found.max_in_flight = n;
     }
     if let Some(rate) = req.rate_limit {
         sub::validate_rate(rate)?;

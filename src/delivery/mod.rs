@@ -20,6 +20,7 @@ use crate::{
     subscription::Subscription,
 };
 
+mod attempt;
 pub mod model;
 mod queue;
 pub mod sender;
@@ -205,7 +206,6 @@ impl Deliverer {
                 holder: self.holder.clone(),
                 lease_ttl: self.lease_ttl,
                 metrics: self.metrics.clone(),
-                log: None,
             };
             let child = cancel.child_token();
             // Every log line of a worker carries its subscription and target.

@@ -22,6 +22,7 @@ pub const RESPONSE_KEPT: usize = 4096;
 pub struct Sender {
     http: reqwest::Client,
     policy: Arc<Policy>,
+    timeout: Duration,
 }
 
 /// What to send.
@@ -57,9 +58,18 @@ impl Sender {
                 policy: policy.clone(),
             }))
             .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(crate::subscription::MAX_IN_FLIGHT as usize)
             .build()?;
-        Ok(Sender { http, policy })
+        Ok(Sender {
+            http,
+            policy,
+            timeout,
+        })
+    }
+
+    /// `delivery.request_timeout`: no request takes longer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub async fn send(&self, m: Message<'_>) -> Sent {
