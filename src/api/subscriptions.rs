@@ -252,6 +252,12 @@ async fn resume_warnings(
 
 pub async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     if s.shared.store.delete_subscription(&id).await? {
+        // Delivery state too; a worker still stopping cleans up after itself
+        // (delivery::Deliverer), so nothing is left behind either way.
+        s.shared
+            .store
+            .forget_subscription(&id, &known_targets(&s))
+            .await?;
         tracing::info!(subscription = %id, "subscription deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -161,9 +161,25 @@ impl Deliverer {
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
             }
         }
-        for (_, r) in running {
+        for r in running.values() {
             r.cancel.cancel();
+        }
+        let subs = self.store.subscriptions().await.ok();
+        for ((sub, t), r) in running {
             let _ = r.handle.await;
+            // Deleted since the last look: clean up after the worker here.
+            if subs
+                .as_ref()
+                .is_some_and(|all| !all.iter().any(|s| s.id == sub))
+            {
+                self.forget(&sub, t).await;
+            }
+        }
+    }
+
+    async fn forget(&self, sub: &str, t: Target) {
+        if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
+            tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
         }
     }
 
@@ -179,13 +195,20 @@ impl Deliverer {
                 wanted.insert((s.id.clone(), t.clone()), s);
             }
         }
-        running.retain(|key, r| {
-            let keep = wanted.contains_key(key);
-            if !keep {
-                r.cancel.cancel();
+        let stopping: Vec<(String, Target)> = running
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in stopping {
+            let Some(r) = running.remove(&key) else {
+                continue;
+            };
+            r.cancel.cancel();
+            if !subs.iter().any(|s| s.id == key.0) {
+                self.forget_when_stopped(key, r.handle);
             }
-            keep
-        });
+        }
         for (key, s) in wanted {
             if let Some(r) = running.get(&key) {
                 if *r.sub.borrow() != *s {
@@ -193,20 +216,7 @@ impl Deliverer {
                 }
                 continue;
             }
-            let (tx, rx) = watch::channel(s.clone());
-            let t = key.1.clone();
-            let w = worker::Worker {
-                sub: rx,
-                source: self.sources[&t].clone(),
-                wake: self.wakes.get(&t).cloned().unwrap_or_default(),
-                target: t,
-                store: self.store.clone(),
-                sender: self.sender.clone(),
-                schedule: self.schedule.clone(),
-                holder: self.holder.clone(),
-                lease_ttl: self.lease_ttl,
-                metrics: self.metrics.clone(),
-            };
+            let (w, tx) = self.worker(s, &key.1);
             let child = cancel.child_token();
             // Every log line of a worker carries its subscription and target.
             let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.target.source, resource = %w.target.resource);
@@ -220,6 +230,41 @@ impl Deliverer {
                 },
             );
         }
+    }
+}
+
+impl Deliverer {
+    /// The worker of `sub` on `t`, and the sender that passes it changes
+    /// of the subscription.
+    pub fn worker(
+        &self,
+        sub: &Subscription,
+        t: &Target,
+    ) -> (worker::Worker, watch::Sender<Subscription>) {
+        let (tx, rx) = watch::channel(sub.clone());
+        let w = worker::Worker {
+            sub: rx,
+            source: self.sources[t].clone(),
+            wake: self.wakes.get(t).cloned().unwrap_or_default(),
+            target: t.clone(),
+            store: self.store.clone(),
+            sender: self.sender.clone(),
+            schedule: self.schedule.clone(),
+            holder: self.holder.clone(),
+            lease_ttl: self.lease_ttl,
+            metrics: self.metrics.clone(),
+        };
+        (w, tx)
+    }
+
+    /// Once the worker of a deleted subscription has stopped, removes what
+    /// it may have written since the API removed the subscription's state.
+    fn forget_when_stopped(&self, (sub, t): (String, Target), worker: tokio::task::JoinHandle<()>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _ = worker.await;
+            this.forget(&sub, t).await;
+        });
     }
 }
 

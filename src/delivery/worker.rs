@@ -61,11 +61,6 @@ pub struct Worker {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The lease of a delivery worker: a name of its own beside the target's poll lease.
-pub fn lease_target(t: &Target, sub: &str) -> Target {
-    Target::new(&t.source, format!("{}:sub:{sub}", t.resource))
-}
-
 /// The time a step runs at: the wall clock for retry times (stored), the
 /// monotonic one for the lease. Tests pass times of their own.
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +128,7 @@ impl State {
 
 impl Worker {
     fn lease(&self) -> Target {
-        lease_target(&self.target, &self.sub.borrow().id)
+        self.target.delivery_lease(&self.sub.borrow().id)
     }
 
     /// A fresh state with its writer running; `close` it when done.

@@ -37,6 +37,14 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The lease of subscription `sub`'s delivery on this target: a name of
+    /// its own beside the target's poll lease.
+    pub fn delivery_lease(&self, sub: &str) -> Target {
+        Target::new(&self.source, format!("{}:sub:{sub}", self.resource))
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.source, self.resource)
@@ -189,6 +197,9 @@ pub trait DeliveryStore: Send + Sync {
         state: RetryState,
     ) -> StoreResult<()>;
 
+    /// How many pending entries wait for a retry (failed at least once).
+    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64>;
+
     /// Removes entries from the pending set.
     async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
 
@@ -201,8 +212,10 @@ pub trait DeliveryStore: Send + Sync {
     /// The position: the last entry claimed, none before the first claim.
     async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>>;
 
-    /// Forgets the subscription's position and pending set on `t`.
-    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()>;
+    /// Removes what a deleted subscription left: its position and pending
+    /// set on each of `targets`, its delivery leases there, its dead
+    /// letters and its attempt log. Idempotent.
+    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()>;
 
     async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()>;
 

@@ -10,6 +10,7 @@ mod faults;
 mod instances;
 mod metrics;
 mod openapi;
+mod pace;
 mod receiver;
 mod retention;
 mod serve;
