@@ -1,7 +1,8 @@
 //! The webhook part of the benchmark: events per second to a local
 //! receiver, unbatched and in batches of 100, against a plain HTTP client
-//! loop posting the same bodies to the same receiver; and the latency from
-//! append to receipt while the upstream changes.
+//! loop posting the same bodies to the same receiver; to slow receivers
+//! (50 and 200 ms a request) against the most `max_in_flight` requests
+//! allow; and the latency from append to receipt while the upstream changes.
 
 use std::{
     sync::{
@@ -11,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::post,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -37,6 +44,16 @@ async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
     lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
     c.events.fetch_add(events.len(), Ordering::Relaxed);
     StatusCode::NO_CONTENT
+}
+
+/// A receiver that takes `ms` milliseconds over each request.
+async fn receive_slowly(
+    State(c): State<Arc<Counts>>,
+    Path(ms): Path<u64>,
+    body: Bytes,
+) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    receive(State(c), body).await
 }
 
 async fn count_after(store: &dyn Store, t: &Target, mut after: StreamId) -> anyhow::Result<usize> {
@@ -76,6 +93,7 @@ pub async fn run(
     let counts = Arc::new(Counts::default());
     let app = Router::new()
         .route("/hook", post(receive))
+        .route("/slow/{ms}", post(receive_slowly))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = format!("http://{}/hook", listener.local_addr()?);
@@ -110,12 +128,13 @@ pub async fn run(
     }
     let raw_rate = n as f64 / started.elapsed().as_secs_f64();
 
-    let subscribe = |batch: u32, from: u64| {
+    let subscribe_to = |url: String, batch: u32, from: u64| {
         http.post(format!("{base}/v1/subscriptions"))
             .bearer_auth(token)
-            .json(&json!({"url": hook, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
+            .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
             .send()
     };
+    let subscribe = |batch: u32, from: u64| subscribe_to(hook.clone(), batch, from);
     let mut rates = Vec::new();
     for (batch, events) in [(1u32, n), (100, 50_000usize)] {
         let before = counts.events.load(Ordering::Relaxed);
@@ -153,6 +172,42 @@ pub async fn run(
             rate,
             rate / raw_rate
         );
+    }
+
+    // Slow receivers: one unbatched subscription against what its window
+    // allows at most, max_in_flight requests per latency.
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "webhooks to a slow receiver, batch_size 1", "events/s", "of limit"
+    );
+    let window = crate::subscription::DEFAULT_IN_FLIGHT as f64;
+    for ms in [50u64, 200] {
+        let limit = window * 1000.0 / ms as f64;
+        // About eight seconds' worth at the limit.
+        let from = top.saturating_sub((limit * 8.0) as u64);
+        let events = count_after(store, target, StreamId::new(from, 0)).await?;
+        let before = counts.events.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let url = hook.replace("/hook", &format!("/slow/{ms}"));
+        let created: Value = subscribe_to(url, 1, from)
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        wait_count(&counts, before + events, "slow webhook delivery").await?;
+        let rate = events as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{:<44} {:>12.0} {:>10.2}",
+            format!("{ms} ms a request (limit {limit:.0}/s = {window:.0} / {ms} ms)"),
+            rate,
+            rate / limit
+        );
+        let id = created["id"].as_str().unwrap_or_default();
+        http.delete(format!("{base}/v1/subscriptions/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
     }
 
     // Latency from append to receipt while the upstream changes.

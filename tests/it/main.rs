@@ -16,3 +16,4 @@ mod retention;
 mod serve;
 mod status;
 mod sync;
+mod takeover;

@@ -233,3 +233,51 @@ async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
         "the delivery lease is gone"
     );
 }
+
+/// A receiver slower than the delivery lease, with two instances: every
+/// request is cut off by its timeout, within the lease it was fenced with,
+/// and when the receiver speeds up everything arrives in record order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_slower_than_the_lease() {
+    let Some(ts) = TestStore::open(crate::harness::Backend::Redis).await else {
+        return;
+    };
+    let sim = patients(40).await;
+    let a = App::spawn(&ts, patients_source(&sim)).await;
+    let b = App::spawn(&ts, patients_source(&sim)).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(71).await;
+    rx.set_delay(ts.config.lease_ttl * 2);
+    let id = subscribe_to(
+        &a,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning", "max_in_flight": 4}),
+    )
+    .await;
+    let store = ts.store.as_ref();
+    eventually("requests cut off", Duration::from_secs(20), async || {
+        store.attempts(&id, 10).await.unwrap().len() >= 4
+    })
+    .await;
+    sim.sim.random_writes(Some("patients"), 20);
+    rx.set_delay(Duration::ZERO);
+    wait_synced(store, &t, &sim.sim).await;
+    wait_delivered(
+        store,
+        &rx,
+        std::slice::from_ref(&t),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_record_order(&rx.events());
+    let lease_ms = ts.config.lease_ttl.as_millis() as u64;
+    for attempt in store.attempts(&id, 1000).await.unwrap() {
+        assert!(
+            attempt.latency_ms < lease_ms,
+            "a request outlived the lease: {attempt:?}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
