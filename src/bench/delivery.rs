@@ -26,14 +26,26 @@ use crate::{
     store::{Store, Target},
 };
 
+/// The phase measuring latency from append to receipt.
+const LIVE: usize = 5;
+
+/// Events received, per phase of the benchmark: each phase's subscription
+/// posts to a path of its own, so stragglers of a deleted one (still in
+/// flight when it was deleted) never count for the next.
 #[derive(Default)]
 struct Counts {
-    events: AtomicUsize,
+    events: [AtomicUsize; 8],
     lags: Mutex<Vec<u64>>,
 }
 
-/// Counts events; records the lag of each from its `time` (relay append).
-async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
+/// Counts events of `phase`; records the lag of each from its `time`
+/// (relay append).
+async fn receive(
+    State(c): State<Arc<Counts>>,
+    Path((phase, ms)): Path<(usize, u64)>,
+    body: Bytes,
+) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let events = match v {
         Value::Array(a) => a,
@@ -41,19 +53,11 @@ async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
     };
     let now = now_ms();
     let mut lags = c.lags.lock().unwrap_or_else(|p| p.into_inner());
-    lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
-    c.events.fetch_add(events.len(), Ordering::Relaxed);
+    if phase == LIVE {
+        lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
+    }
+    c.events[phase % 8].fetch_add(events.len(), Ordering::Relaxed);
     StatusCode::NO_CONTENT
-}
-
-/// A receiver that takes `ms` milliseconds over each request.
-async fn receive_slowly(
-    State(c): State<Arc<Counts>>,
-    Path(ms): Path<u64>,
-    body: Bytes,
-) -> StatusCode {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    receive(State(c), body).await
 }
 
 async fn count_after(store: &dyn Store, t: &Target, mut after: StreamId) -> anyhow::Result<usize> {
@@ -68,13 +72,14 @@ async fn count_after(store: &dyn Store, t: &Target, mut after: StreamId) -> anyh
     }
 }
 
-async fn wait_count(c: &Counts, n: usize, what: &str) -> anyhow::Result<()> {
+async fn wait_count(c: &Counts, phase: usize, n: usize, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while c.events.load(Ordering::Relaxed) < n {
+    let got = || c.events[phase].load(Ordering::Relaxed);
+    while got() < n {
         anyhow::ensure!(
             Instant::now() < deadline,
             "{what}: only {} of {n} events arrived",
-            c.events.load(Ordering::Relaxed)
+            got()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -92,11 +97,11 @@ pub async fn run(
     let top = store.last_id(target).await?.stamp;
     let counts = Arc::new(Counts::default());
     let app = Router::new()
-        .route("/hook", post(receive))
-        .route("/slow/{ms}", post(receive_slowly))
+        .route("/hook/{phase}/{ms}", post(receive))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let hook = format!("http://{}/hook", listener.local_addr()?);
+    let receiver = format!("http://{}/hook", listener.local_addr()?);
+    let hook = |phase: usize, ms: u64| format!("{receiver}/{phase}/{ms}");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     // Baseline: the same kind of body, posted one by one by a plain client.
@@ -119,7 +124,7 @@ pub async fn run(
     anyhow::ensure!(!bodies.is_empty(), "no events to post");
     let started = Instant::now();
     for i in 0..n {
-        http.post(&hook)
+        http.post(hook(0, 0))
             .header("content-type", "application/cloudevents+json")
             .body(bodies[i % bodies.len()].clone())
             .send()
@@ -134,21 +139,20 @@ pub async fn run(
             .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
             .send()
     };
-    let subscribe = |batch: u32, from: u64| subscribe_to(hook.clone(), batch, from);
+
     let mut rates = Vec::new();
-    for (batch, events) in [(1u32, n), (100, 50_000usize)] {
-        let before = counts.events.load(Ordering::Relaxed);
+    for (phase, batch, events) in [(1, 1u32, n), (2, 100, 50_000usize)] {
         // Stamps count upstream writes, events only the versions the relay
         // saw: count the events after the start point instead of assuming.
         let from = top.saturating_sub(events as u64);
         let events = count_after(store, target, StreamId::new(from, 0)).await?;
         let started = Instant::now();
-        let created: Value = subscribe(batch, from)
+        let created: Value = subscribe_to(hook(phase, 0), batch, from)
             .await?
             .error_for_status()?
             .json()
             .await?;
-        wait_count(&counts, before + events, "webhook delivery").await?;
+        wait_count(&counts, phase, events, "webhook delivery").await?;
         rates.push((batch, events as f64 / started.elapsed().as_secs_f64()));
         let id = created["id"].as_str().unwrap_or_default();
         http.delete(format!("{base}/v1/subscriptions/{id}"))
@@ -182,20 +186,18 @@ pub async fn run(
         "webhooks to a slow receiver, batch_size 1", "events/s", "of limit"
     );
     let window = crate::subscription::DEFAULT_IN_FLIGHT as f64;
-    for ms in [50u64, 200] {
+    for (phase, ms) in [(3, 50u64), (4, 200)] {
         let limit = window * 1000.0 / ms as f64;
         // About eight seconds' worth at the limit.
         let from = top.saturating_sub((limit * 8.0) as u64);
         let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let before = counts.events.load(Ordering::Relaxed);
         let started = Instant::now();
-        let url = hook.replace("/hook", &format!("/slow/{ms}"));
-        let created: Value = subscribe_to(url, 1, from)
+        let created: Value = subscribe_to(hook(phase, ms), 1, from)
             .await?
             .error_for_status()?
             .json()
             .await?;
-        wait_count(&counts, before + events, "slow webhook delivery").await?;
+        wait_count(&counts, phase, events, "slow webhook delivery").await?;
         let rate = events as f64 / started.elapsed().as_secs_f64();
         println!(
             "{:<44} {:>12.0} {:>10.2}",
@@ -211,14 +213,18 @@ pub async fn run(
     }
 
     // Latency from append to receipt while the upstream changes.
-    let created: Value = subscribe(1, top).await?.error_for_status()?.json().await?;
+    let created: Value = subscribe_to(hook(LIVE, 0), 1, top)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     counts
         .lags
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
-    let before = counts.events.load(Ordering::Relaxed);
+    let before = counts.events[LIVE].load(Ordering::Relaxed);
     super::upstream_writes(sim_url).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut lags = counts
@@ -227,7 +233,7 @@ pub async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     lags.sort_unstable();
-    let got = counts.events.load(Ordering::Relaxed) - before;
+    let got = counts.events[LIVE].load(Ordering::Relaxed) - before;
     println!(
         "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
         super::api::percentile(&lags, 0.5),

@@ -156,3 +156,15 @@ fn join_keeps_the_base_path() {
     let base = Url::parse("https://h/api/").unwrap();
     assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
 }
+
+#[test]
+fn the_delivery_lease_must_outlive_a_whole_request() {
+    let s = std::time::Duration::from_secs;
+    assert!(validate::delivery_fence(s(30), s(15)).is_ok());
+    let e = validate::delivery_fence(s(16), s(15)).unwrap_err();
+    assert!(
+        e.contains("store.lease_ttl (16s) must be at least 18s 750ms"),
+        "{e}"
+    );
+    assert!(e.contains("still in flight"), "the error says why: {e}");
+}

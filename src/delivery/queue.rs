@@ -103,6 +103,9 @@ impl Queue {
     /// (per-record order); also the earliest time a record held back only
     /// by its retry time becomes due.
     pub fn due_batch(&self, now: u64, max: usize) -> (Vec<StreamId>, Option<u64>) {
+        if max == 0 {
+            return (Vec::new(), None);
+        }
         let mut seen_records = HashSet::new();
         let mut batch = Vec::new();
         let mut next_due: Option<u64> = None;

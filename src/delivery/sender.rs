@@ -162,7 +162,7 @@ impl Sender {
     }
 }
 
-/// DESIGN §5: 2xx delivered, 410 gone, 429/502/503/504 throttled, anything
+/// 2xx delivered, 410 gone, 429/502/503/504 throttled, anything
 /// else (3xx included: redirects are not followed) failed.
 pub fn classify(status: u16) -> Outcome {
     match status {

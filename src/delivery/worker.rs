@@ -298,22 +298,29 @@ impl Worker {
         sub: &Subscription,
         now: Now,
     ) -> StoreResult<(usize, Duration)> {
+        let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
+        let per_request = sub.batch_size.max(1) as usize;
+        if free == 0 {
+            return Ok((0, TICK));
+        }
+        let q = st.queue.as_ref().expect("filled before sending");
+        // One pass for every free slot: the entries are of distinct records,
+        // so no batch holds two events of one record.
+        let (due, next_due) = q.due_batch(now.wall_ms, free * per_request);
+        if due.is_empty() {
+            let wait = next_due.map_or(TICK, |due| {
+                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
+            });
+            return Ok((0, wait));
+        }
         let gap = sub
             .rate_limit
             .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
         let mut started = 0;
-        while st.sends.len() < sub.max_in_flight as usize {
+        for batch in due.chunks(per_request) {
             let at = now.at.max(Instant::now());
             if let Some(next) = st.next_send.filter(|n| *n > at) {
                 return Ok((started, (next - at).min(TICK)));
-            }
-            let q = st.queue.as_ref().expect("filled before sending");
-            let (batch, next_due) = q.due_batch(now.wall_ms, sub.batch_size as usize);
-            if batch.is_empty() {
-                let wait = next_due.map_or(TICK, |due| {
-                    Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
-                });
-                return Ok((started, wait));
             }
             // The fence, checked before every request.
             if !self.fence(st, at).await? {
@@ -321,7 +328,7 @@ impl Worker {
             }
             let until = st.lease_until.expect("fenced above");
             st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
-            self.start_send(st, sub, batch, until);
+            self.start_send(st, sub, batch.to_vec(), until);
             started += 1;
         }
         Ok((started, TICK))

@@ -171,7 +171,7 @@ pub trait DeliveryStore: Send + Sync {
     /// Returns false when there was no such subscription.
     async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
 
-    // Delivery state of subscription `sub` on target `t` (DESIGN §5). Entries
+    // Delivery state of subscription `sub` on target `t`. Entries
     // move from the stream, past the subscription's position, into its
     // pending set; they leave it when delivered, filtered out, or dead.
 
@@ -224,8 +224,8 @@ pub trait DeliveryStore: Send + Sync {
     /// Removes and returns every dead letter (for a redrive).
     async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
 
-    /// Records an attempt; the newest [`ATTEMPTS_KEPT`] are kept.
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()>;
+    /// Records attempts, oldest first; the newest [`ATTEMPTS_KEPT`] are kept.
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()>;
 
     /// The newest attempts first.
     async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>>;

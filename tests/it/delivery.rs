@@ -1,4 +1,4 @@
-//! Webhook delivery (DESIGN §5) against a real receiver: signatures (also
+//! Webhook delivery against a real receiver: signatures (also
 //! during a rotation), retries through a flaky receiver with per-record
 //! order, 410, redirects, timeouts, dead letters, the SSRF guard, and a
 //! crash of Redis (relay crashes are in takeover.rs).

@@ -16,4 +16,5 @@ mod retention;
 mod serve;
 mod status;
 mod sync;
+mod tail;
 mod takeover;

@@ -1,4 +1,4 @@
-//! Subscriptions and delivery state in Redis (DESIGN §3, §5).
+//! Subscriptions and delivery state in Redis (the layout in README.md).
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -303,10 +303,18 @@ impl DeliveryStore for RedisStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
         let key = attempts_key(&self.prefix, sub);
-        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = attempts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut c = self.conn.clone();
+        // LPUSH of several values leaves the last one first: newest first.
         let _: () = redis::pipe()
             .lpush(&key, json)
             .ignore()

@@ -257,20 +257,25 @@ impl DeliveryStore for SqliteStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
-        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+        let json = attempts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sub = sub.to_string();
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO attempts (sub, body) VALUES (?1, ?2)",
-                params![sub, json],
-            )?;
-            let id = c.last_insert_rowid();
-            c.execute(
+            let tx = c.transaction()?;
+            for body in &json {
+                tx.prepare_cached("INSERT INTO attempts (sub, body) VALUES (?1, ?2)")?
+                    .execute(params![sub, body])?;
+            }
+            let id = tx.last_insert_rowid();
+            tx.execute(
                 "DELETE FROM attempts WHERE sub = ?1 AND id <= ?2",
                 params![sub, id - ATTEMPTS_KEPT as i64],
-            )
-            .map(|_| ())
+            )?;
+            tx.commit()
         })
         .await
     }
