@@ -25,7 +25,7 @@ use crate::{
 
 /// A request about to go out.
 pub struct Request {
-    pub sub: Subscription,
+    pub sub: Arc<Subscription>,
     pub source: Arc<EventSource>,
     pub sender: Arc<Sender>,
     pub ids: Vec<StreamId>,

@@ -78,6 +78,16 @@ impl Queue {
     }
 
     pub fn counts(&self) -> Counts {
+        let in_flight = self.in_flight.len();
+        if self.entries.values().all(|p| p.state.attempts == 0) {
+            // Nothing failed: no set of records to build.
+            let sendable = self.entries.len();
+            return Counts {
+                sendable,
+                waiting: 0,
+                in_flight,
+            };
+        }
         let mut seen = HashSet::new();
         let mut held = HashSet::new();
         let mut waiting = 0;

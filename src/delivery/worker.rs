@@ -45,6 +45,8 @@ pub const WINDOW: usize = 500;
 /// Entries held back behind a waiting retry at most; while this many wait,
 /// the worker claims nothing new (and says so in the metrics).
 pub const WAITING_LIMIT: usize = 5000;
+/// How often a worker publishes its queue figures at most.
+const SHOW_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle worker looks for new entries and redriven ones.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -106,6 +108,11 @@ pub struct State {
     pub(super) finished: Vec<Finished>,
     /// Reload the queue from the store as soon as nothing is in flight.
     pub(super) stale: bool,
+    /// The subscription as last seen, shared with the requests out.
+    sub: Arc<Subscription>,
+    changes: watch::Receiver<Subscription>,
+    /// When the queue figures were last published.
+    shown_at: Option<Instant>,
     /// The ordered writer of settles and attempts.
     pub(super) log: mpsc::UnboundedSender<Write>,
     logger: tokio::task::JoinHandle<()>,
@@ -143,6 +150,9 @@ impl Worker {
             sends: JoinSet::new(),
             finished: Vec::new(),
             stale: false,
+            sub: Arc::new(self.sub.borrow().clone()),
+            changes: self.sub.clone(),
+            shown_at: None,
             log,
             logger: tokio::spawn(writer(self.store.clone(), self.target.clone(), writes)),
         }
@@ -202,7 +212,10 @@ impl Worker {
     /// the lease, (re)loads and claims, and starts every request the window,
     /// the rate limit and per-record order allow. Never waits for an answer.
     pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
-        let sub = self.sub.borrow().clone();
+        if st.changes.has_changed().unwrap_or(false) {
+            st.sub = Arc::new(st.changes.borrow_and_update().clone());
+        }
+        let sub = st.sub.clone();
         while let Some(done) = st.sends.try_join_next() {
             st.finished.push(done);
         }
@@ -218,8 +231,11 @@ impl Worker {
             return Ok(Step::LeaseLost);
         }
         self.fill(st, &sub).await?;
-        let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
-        self.show(&sub, &counts);
+        if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
+            let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
+            self.show(&sub, &counts);
+            st.shown_at = Some(Instant::now());
+        }
         let (started, wait) = self.start_sends(st, &sub, now).await?;
         if started > 0 || applied.answers > 0 {
             return Ok(Step::Busy);
@@ -295,7 +311,7 @@ impl Worker {
     async fn start_sends(
         &self,
         st: &mut State,
-        sub: &Subscription,
+        sub: &Arc<Subscription>,
         now: Now,
     ) -> StoreResult<(usize, Duration)> {
         let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
@@ -353,7 +369,13 @@ impl Worker {
     }
 
     /// Spawns one request; its answer is applied by a later step.
-    fn start_send(&self, st: &mut State, sub: &Subscription, batch: Vec<StreamId>, until: Instant) {
+    fn start_send(
+        &self,
+        st: &mut State,
+        sub: &Arc<Subscription>,
+        batch: Vec<StreamId>,
+        until: Instant,
+    ) {
         let q = st.queue.as_mut().expect("filled before sending");
         let events = batch
             .iter()
