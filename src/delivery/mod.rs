@@ -148,14 +148,25 @@ impl Deliverer {
     /// lets each finish its current request.
     pub async fn run(self, cancel: CancellationToken) {
         let mut running: HashMap<(String, Target), Running> = HashMap::new();
+        // Clean-ups after the workers of deleted subscriptions.
+        let mut forgetting = tokio::task::JoinSet::new();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
-                Ok(subs) => self.reconcile(&subs, &mut running, &cancel),
+                Ok(subs) => {
+                    for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
+                        let this = self.clone();
+                        forgetting.spawn(async move {
+                            let _ = handle.await;
+                            this.forget(&key.0, key.1).await;
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
                 }
             }
             running.retain(|_, r| !r.handle.is_finished());
+            while forgetting.try_join_next().is_some() {}
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
@@ -175,6 +186,7 @@ impl Deliverer {
                 self.forget(&sub, t).await;
             }
         }
+        while forgetting.join_next().await.is_some() {}
     }
 
     async fn forget(&self, sub: &str, t: Target) {
@@ -188,7 +200,8 @@ impl Deliverer {
         subs: &[Subscription],
         running: &mut HashMap<(String, Target), Running>,
         cancel: &CancellationToken,
-    ) {
+    ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {
+        let mut deleted = Vec::new();
         let mut wanted = HashMap::new();
         for s in subs.iter().filter(|s| s.enabled) {
             for t in self.sources.keys().filter(|t| s.covers(t)) {
@@ -205,8 +218,10 @@ impl Deliverer {
                 continue;
             };
             r.cancel.cancel();
+            // Deleted: once the worker has stopped, remove what it may have
+            // written since the API removed the subscription's state.
             if !subs.iter().any(|s| s.id == key.0) {
-                self.forget_when_stopped(key, r.handle);
+                deleted.push((key, r.handle));
             }
         }
         for (key, s) in wanted {
@@ -230,6 +245,7 @@ impl Deliverer {
                 },
             );
         }
+        deleted
     }
 }
 
@@ -255,16 +271,6 @@ impl Deliverer {
             metrics: self.metrics.clone(),
         };
         (w, tx)
-    }
-
-    /// Once the worker of a deleted subscription has stopped, removes what
-    /// it may have written since the API removed the subscription's state.
-    fn forget_when_stopped(&self, (sub, t): (String, Target), worker: tokio::task::JoinHandle<()>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _ = worker.await;
-            this.forget(&sub, t).await;
-        });
     }
 }
 

@@ -390,7 +390,9 @@ impl Worker {
             events,
             until,
         };
-        st.sends.spawn(request.send());
+        // The request's log lines stay inside the worker's `deliver` span.
+        let send = tracing::Instrument::in_current_span(request.send());
+        st.sends.spawn(send);
     }
 }
 

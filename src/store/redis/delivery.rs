@@ -252,7 +252,7 @@ impl DeliveryStore for RedisStore {
                 .await;
             // No stream yet means no group either.
             if let Err(e) = destroyed
-                && !e.to_string().contains("no such key")
+                && !e.to_string().contains("requires the key to exist")
             {
                 return Err(self.err(e));
             }
