@@ -75,6 +75,7 @@ pub struct Metrics {
     pub delivery_latency: Family<SubLabels, Histogram, fn() -> Histogram>,
     pub pending: Family<SubTargetLabels, Gauge>,
     pub waiting_retry: Family<SubTargetLabels, Gauge>,
+    pub in_flight: Family<SubTargetLabels, Gauge>,
     pub dead_letters: Family<SubLabels, Gauge>,
     pub disabled: Family<SubLabels, Gauge>,
     pub live_clients: Gauge,
@@ -105,6 +106,7 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(seconds_histogram),
             pending: Family::default(),
             waiting_retry: Family::default(),
+            in_flight: Family::default(),
             dead_letters: Family::default(),
             disabled: Family::default(),
             live_clients: Gauge::default(),
@@ -177,8 +179,13 @@ impl Metrics {
         );
         r.register(
             "delivery_waiting_retry",
-            "Pending events waiting for a retry",
+            "Pending events held back by a waiting retry (claiming pauses at delivery::worker::WAITING_LIMIT)",
             m.waiting_retry.clone(),
+        );
+        r.register(
+            "delivery_in_flight",
+            "Pending events in requests not yet answered (at most the subscription's max_in_flight requests)",
+            m.in_flight.clone(),
         );
         r.register(
             "delivery_dead_letters",

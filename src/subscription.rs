@@ -16,6 +16,14 @@ mod headers;
 pub use headers::{reserved_header, validate_headers};
 
 pub const MAX_BATCH: u32 = 1000;
+/// Requests in flight per subscription and table at most.
+pub const MAX_IN_FLIGHT: u32 = 256;
+/// Requests in flight per subscription and table unless the subscription says.
+pub const DEFAULT_IN_FLIGHT: u32 = 32;
+
+fn default_in_flight() -> u32 {
+    DEFAULT_IN_FLIGHT
+}
 
 /// A subscription as stored. `secret` never leaves the relay except in the
 /// answer to creation and rotation.
@@ -31,6 +39,10 @@ pub struct Subscription {
     pub start: BTreeMap<String, String>,
     pub headers: BTreeMap<String, String>,
     pub batch_size: u32,
+    /// Requests in flight at once per table; never two of one record, so 1
+    /// sends one request at a time.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
     /// Requests per second at most; none means unlimited.
     pub rate_limit: Option<u32>,
     pub enabled: bool,
@@ -103,6 +115,8 @@ pub struct CreateRequest {
     #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
     #[serde(default, deserialize_with = "present")]
+    pub max_in_flight: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<u32>,
     #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,
@@ -125,6 +139,8 @@ pub struct PatchRequest {
     pub headers: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "present")]
     pub batch_size: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    pub max_in_flight: Option<u32>,
     /// `null` removes the limit; absent leaves it.
     #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<u32>>,
@@ -223,11 +239,16 @@ pub fn parse_ops(ops: &[String]) -> Result<Vec<Op>, Invalid> {
 }
 
 pub fn validate_batch(batch: u32) -> Result<(), Invalid> {
-    if batch == 0 || batch > MAX_BATCH {
-        return Err(invalid(
-            "batch_size",
-            format!("must be between 1 and {MAX_BATCH}"),
-        ));
+    between_1_and("batch_size", batch, MAX_BATCH, "")
+}
+
+pub fn validate_in_flight(n: u32) -> Result<(), Invalid> {
+    between_1_and("max_in_flight", n, MAX_IN_FLIGHT, " requests")
+}
+
+fn between_1_and(field: &str, n: u32, max: u32, unit: &str) -> Result<(), Invalid> {
+    if n == 0 || n > max {
+        return Err(invalid(field, format!("must be between 1 and {max}{unit}")));
     }
     Ok(())
 }
@@ -353,6 +374,8 @@ mod tests {
                 && validate_batch(1001).is_err()
                 && validate_batch(100).is_ok()
         );
+        assert!(validate_in_flight(0).is_err() && validate_in_flight(257).is_err());
+        assert!(validate_in_flight(1).is_ok() && validate_in_flight(256).is_ok());
         assert!(validate_rate(Some(0)).is_err() && validate_rate(None).is_ok());
         assert_eq!(parse_ops(&["deleted".into()]).unwrap(), vec![Op::Deleted]);
         assert_eq!(parse_ops(&["x".into()]).unwrap_err().field, "ops[0]");

@@ -82,36 +82,57 @@ async fn run(
     tail: Arc<Tail>,
     cancel: CancellationToken,
 ) {
-    let t = src.target.clone();
-    let mut after = store.last_id(&t).await.unwrap_or(StreamId::ZERO);
+    let mut after = store.last_id(&src.target).await.unwrap_or(StreamId::ZERO);
     while !cancel.is_cancelled() {
-        if tail.sender.receiver_count() == 0 {
-            // Nobody listens: just keep the position fresh.
-            if let Ok(id) = store.last_id(&t).await {
-                after = id;
-            }
-        } else {
-            loop {
-                match store.read(&t, after, 1000).await {
-                    Ok(events) if events.is_empty() => break,
-                    Ok(events) => {
-                        for e in events {
-                            after = e.id;
-                            let json = src.to_json(&e);
-                            let _ = tail.sender.send(Arc::new(LiveEvent { event: e, json }));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
-                        break;
-                    }
-                }
-            }
-        }
+        after = round(store.as_ref(), &src, &tail.sender, after).await;
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tail.wake.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
     }
+}
+
+/// One look at the store: broadcasts every event after `after` while
+/// someone listens; returns the new position.
+///
+/// Invariant: the top of the stream is read before the listeners are
+/// counted. A client that subscribes later catches up from the store past
+/// that top itself; had the count come first, a client subscribing (and
+/// catching up) while the top was read would miss the events appended in
+/// between, as the tail would skip them unsent.
+pub async fn round(
+    store: &dyn Store,
+    src: &EventSource,
+    sender: &broadcast::Sender<Arc<LiveEvent>>,
+    mut after: StreamId,
+) -> StreamId {
+    let t = &src.target;
+    let top = match store.last_id(t).await {
+        Ok(top) => top,
+        Err(e) => {
+            tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+            return after;
+        }
+    };
+    if sender.receiver_count() == 0 {
+        return top;
+    }
+    while after < top {
+        match store.read(t, after, 1000).await {
+            Ok(events) if events.is_empty() => break,
+            Ok(events) => {
+                for e in events {
+                    after = e.id;
+                    let json = src.to_json(&e);
+                    let _ = sender.send(Arc::new(LiveEvent { event: e, json }));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+                break;
+            }
+        }
+    }
+    after
 }

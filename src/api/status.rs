@@ -59,14 +59,19 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
             esc(&last.holder),
         );
     }
-    h.push_str(
+    let _ = write!(
+        h,
         "</table><h2>Subscriptions</h2><table id=subscriptions><tr><th>id</th><th>url</th><th>state</th>\
-         <th>lag (stamps)</th><th>dead letters</th></tr>",
+         <th>lag (stamps)</th><th title=\"events that failed and wait for their next attempt; \
+         with {limit} held back on a table, delivery claims nothing new there\">waiting retries</th>\
+         <th>dead letters</th></tr>",
+        limit = crate::delivery::worker::WAITING_LIMIT,
     );
     for sub in store.subscriptions().await? {
-        let mut lag = 0;
+        let (mut lag, mut waiting) = (0, 0);
         for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
             lag = lag.max(crate::delivery::lag(store.as_ref(), &sub, t).await?);
+            waiting += store.waiting_retries(&sub.id, t).await?;
         }
         let state = if sub.enabled {
             "<span class=ok>enabled</span>".to_string()
@@ -79,7 +84,7 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
         let _ = write!(
             h,
             "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{lag}</td>\
-             <td class=n data-dead>{}</td></tr>",
+             <td class=n data-waiting>{waiting}</td><td class=n data-dead>{}</td></tr>",
             // The page needs only a read token; a token in the URL stays admin-only.
             esc(&crate::subscription::url_for_logs(&sub.url)),
             store.dead_letters(&sub.id).await?.len(),

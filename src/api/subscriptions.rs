@@ -31,6 +31,7 @@ pub struct View<'a> {
     pub start: &'a std::collections::BTreeMap<String, String>,
     pub headers: &'a std::collections::BTreeMap<String, String>,
     pub batch_size: u32,
+    pub max_in_flight: u32,
     pub rate_limit: Option<u32>,
     pub enabled: bool,
     pub disabled_reason: Option<&'a str>,
@@ -49,6 +50,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             start: &s.start,
             headers: &s.headers,
             batch_size: s.batch_size,
+            max_in_flight: s.max_in_flight,
             rate_limit: s.rate_limit,
             enabled: s.enabled,
             disabled_reason: s.disabled_reason.as_deref(),
@@ -91,6 +93,8 @@ pub async fn create(
     sub::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
     sub::validate_batch(batch_size)?;
+    let max_in_flight = req.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT);
+    sub::validate_in_flight(max_in_flight)?;
     sub::validate_rate(req.rate_limit)?;
     let description = req.description.unwrap_or_default();
     sub::validate_description(&description)?;
@@ -116,6 +120,7 @@ pub async fn create(
         start,
         headers: req.headers,
         batch_size,
+        max_in_flight,
         rate_limit: req.rate_limit,
         enabled: req.enabled.unwrap_or(true),
         description,
@@ -217,6 +222,10 @@ fn apply_patch(
         sub::validate_batch(b)?;
         found.batch_size = b;
     }
+    if let Some(n) = req.max_in_flight {
+        sub::validate_in_flight(n)?;
+        found.max_in_flight = n;
+    }
     if let Some(rate) = req.rate_limit {
         sub::validate_rate(rate)?;
         found.rate_limit = rate;
@@ -275,6 +284,12 @@ pub async fn delete(
     PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     if s.shared.store.delete_subscription(&id).await? {
+        // Delivery state too; a worker still stopping cleans up after itself
+        // (delivery::Deliverer), so nothing is left behind either way.
+        s.shared
+            .store
+            .forget_subscription(&id, &known_targets(&s))
+            .await?;
         tracing::info!(subscription = %id, "subscription deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

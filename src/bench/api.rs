@@ -36,7 +36,14 @@ pub(super) fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyhow::Result<()> {
+/// Replay, SSE fan-out and webhooks over a running relay; only the
+/// webhooks with `delivery_only`.
+pub async fn run(
+    store_cfg: StoreConfig,
+    sim_url: &str,
+    clients: usize,
+    delivery_only: bool,
+) -> anyhow::Result<()> {
     if let Some(limit) = open_file_limit() {
         anyhow::ensure!(
             limit > 2 * clients + 200,
@@ -66,72 +73,11 @@ pub async fn run(store_cfg: StoreConfig, sim_url: &str, clients: usize) -> anyho
     let cancel = CancellationToken::new();
     let server = tokio::spawn(relay.run(listener, cancel.clone()));
 
-    // Raw baseline: XRANGE the whole stream, 1000 entries a call.
-    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
-    let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let started = Instant::now();
-    let (mut after, mut raw_n) = ("0-0".to_string(), 0usize);
-    loop {
-        let page: StreamRangeReply = conn
-            .xrange_count(&key, format!("({after}"), "+", 1000)
-            .await?;
-        let Some(last) = page.ids.last() else { break };
-        after = last.id.clone();
-        raw_n += page.ids.len();
-    }
-    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
-
-    // REST replay of the same stream, 1000 CloudEvents a page.
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    /// What a consumer reads of a page to go on: the events stay unparsed.
-    #[derive(serde::Deserialize)]
-    struct Page {
-        events: Vec<serde::de::IgnoredAny>,
-        next_after: String,
-        has_more: bool,
+    if !delivery_only {
+        replay(&store_cfg, &http, &base).await?;
+        fan_out(&http, &base, sim_url, clients).await?;
     }
-    let (mut after, mut rest_n) = ("0".to_string(), 0usize);
-    loop {
-        let page: Page = http
-            .get(format!(
-                "{base}/v1/resources/bench/patients/events?after={after}&limit=1000"
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        rest_n += page.events.len();
-        after = page.next_after;
-        if !page.has_more {
-            break;
-        }
-    }
-    let rest_rate = rest_n as f64 / started.elapsed().as_secs_f64();
-    println!();
-    println!(
-        "{:<44} {:>12} {:>10}",
-        "replay of the same stream", "events/s", "ratio"
-    );
-    println!(
-        "{:<44} {:>12.0} {:>10}",
-        "raw XRANGE, 1000 per call (baseline)", raw_rate, "1.00"
-    );
-    println!(
-        "{:<44} {:>12.0} {:>10.2}",
-        "REST replay, 1000 CloudEvents per page",
-        rest_rate,
-        rest_rate / raw_rate
-    );
-    anyhow::ensure!(
-        rest_n == raw_n,
-        "REST replay returned {rest_n} events, the stream holds {raw_n}"
-    );
-
-    fan_out(&http, &base, sim_url, clients).await?;
     let store = store::open(&store_cfg).await?;
     let target = Target::new("bench", "patients");
     super::delivery::run(&http, &base, TOKEN, sim_url, store.as_ref(), &target).await?;
@@ -230,5 +176,74 @@ async fn fan_out(
         min == max && min > 0,
         "clients received different event counts ({min}..{max})"
     );
+    Ok(())
+}
+
+/// REST replay of the whole stream against raw `XRANGE`.
+async fn replay(store_cfg: &StoreConfig, http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    // Raw baseline: XRANGE the whole stream, 1000 entries a call.
+    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
+    let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let (mut after, mut raw_n) = ("0-0".to_string(), 0usize);
+    loop {
+        let page: StreamRangeReply = conn
+            .xrange_count(&key, format!("({after}"), "+", 1000)
+            .await?;
+        let Some(last) = page.ids.last() else { break };
+        after = last.id.clone();
+        raw_n += page.ids.len();
+    }
+    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
+
+    // REST replay of the same stream, 1000 CloudEvents a page.
+    let started = Instant::now();
+    /// What a consumer reads of a page to go on: the events stay unparsed.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        events: Vec<serde::de::IgnoredAny>,
+        next_after: String,
+        has_more: bool,
+    }
+    let (mut after, mut rest_n) = ("0".to_string(), 0usize);
+    loop {
+        let page: Page = http
+            .get(format!(
+                "{base}/v1/resources/bench/patients/events?after={after}&limit=1000"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        rest_n += page.events.len();
+        after = page.next_after;
+        if !page.has_more {
+            break;
+        }
+    }
+    let rest_rate = rest_n as f64 / started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "replay of the same stream", "events/s", "ratio"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10}",
+        "raw XRANGE, 1000 per call (baseline)", raw_rate, "1.00"
+    );
+    println!(
+        "{:<44} {:>12.0} {:>10.2}",
+        "REST replay, 1000 CloudEvents per page",
+        rest_rate,
+        rest_rate / raw_rate
+    );
+    anyhow::ensure!(
+        rest_n == raw_n,
+        "REST replay returned {rest_n} events, the stream holds {raw_n}"
+    );
+
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The webhook part of the benchmark: events per second to a local
 //! receiver, unbatched and in batches of 100, against a plain HTTP client
-//! loop posting the same bodies to the same receiver; and the latency from
-//! append to receipt while the upstream changes.
+//! loop posting the same bodies to the same receiver; to slow receivers
+//! (50 and 200 ms a request) against the most `max_in_flight` requests
+//! allow; and the latency from append to receipt while the upstream changes.
 
 use std::{
     sync::{
@@ -11,7 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::post,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -19,14 +26,44 @@ use crate::{
     store::{Store, Target},
 };
 
+/// The phase measuring latency from append to receipt.
+const LIVE: usize = 5;
+
+/// Events received, per phase of the benchmark: each phase's subscription
+/// posts to a path of its own, so stragglers of a deleted one (still in
+/// flight when it was deleted) never count for the next.
 #[derive(Default)]
 struct Counts {
-    events: AtomicUsize,
+    events: [AtomicUsize; 8],
+    /// When each phase's first event arrived.
+    first: [std::sync::OnceLock<Instant>; 8],
     lags: Mutex<Vec<u64>>,
 }
 
-/// Counts events; records the lag of each from its `time` (relay append).
-async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
+impl Counts {
+    /// Events per second of a phase, from its first event on: the supervisor
+    /// starts a new subscription's workers within `SUPERVISE_EVERY`, a delay
+    /// that is not delivery.
+    fn rate(&self, phase: usize, events: usize) -> f64 {
+        let since = self.first[phase]
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now);
+        events as f64 / since.elapsed().as_secs_f64()
+    }
+}
+
+/// Counts events of `phase`; records the lag of each from its `time`
+/// (relay append).
+async fn receive(
+    State(c): State<Arc<Counts>>,
+    Path((phase, ms)): Path<(usize, u64)>,
+    body: Bytes,
+) -> StatusCode {
+    if ms > 0 {
+        // Even a zero sleep waits for the timer's next millisecond tick.
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let events = match v {
         Value::Array(a) => a,
@@ -34,8 +71,11 @@ async fn receive(State(c): State<Arc<Counts>>, body: Bytes) -> StatusCode {
     };
     let now = now_ms();
     let mut lags = c.lags.lock().unwrap_or_else(|p| p.into_inner());
-    lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
-    c.events.fetch_add(events.len(), Ordering::Relaxed);
+    if phase == LIVE {
+        lags.extend(events.iter().filter_map(|e| super::lag_ms(e, now)));
+    }
+    c.first[phase % 8].get_or_init(Instant::now);
+    c.events[phase % 8].fetch_add(events.len(), Ordering::Relaxed);
     StatusCode::NO_CONTENT
 }
 
@@ -51,13 +91,14 @@ async fn count_after(store: &dyn Store, t: &Target, mut after: StreamId) -> anyh
     }
 }
 
-async fn wait_count(c: &Counts, n: usize, what: &str) -> anyhow::Result<()> {
+async fn wait_count(c: &Counts, phase: usize, n: usize, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while c.events.load(Ordering::Relaxed) < n {
+    let got = || c.events[phase].load(Ordering::Relaxed);
+    while got() < n {
         anyhow::ensure!(
             Instant::now() < deadline,
             "{what}: only {} of {n} events arrived",
-            c.events.load(Ordering::Relaxed)
+            got()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -75,14 +116,15 @@ pub async fn run(
     let top = store.last_id(target).await?.stamp;
     let counts = Arc::new(Counts::default());
     let app = Router::new()
-        .route("/hook", post(receive))
+        .route("/hook/{phase}/{ms}", post(receive))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let hook = format!("http://{}/hook", listener.local_addr()?);
+    let receiver = format!("http://{}/hook", listener.local_addr()?);
+    let hook = |phase: usize, ms: u64| format!("{receiver}/{phase}/{ms}");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     // Baseline: the same kind of body, posted one by one by a plain client.
-    let n = 3000usize;
+    let n = 10_000usize;
     let page: Value = http
         .get(format!(
             "{base}/v1/resources/bench/patients/events?after=0&limit=1000"
@@ -101,7 +143,7 @@ pub async fn run(
     anyhow::ensure!(!bodies.is_empty(), "no events to post");
     let started = Instant::now();
     for i in 0..n {
-        http.post(&hook)
+        http.post(hook(0, 0))
             .header("content-type", "application/cloudevents+json")
             .body(bodies[i % bodies.len()].clone())
             .send()
@@ -110,27 +152,26 @@ pub async fn run(
     }
     let raw_rate = n as f64 / started.elapsed().as_secs_f64();
 
-    let subscribe = |batch: u32, from: u64| {
+    let subscribe_to = |url: String, batch: u32, from: u64| {
         http.post(format!("{base}/v1/subscriptions"))
             .bearer_auth(token)
-            .json(&json!({"url": hook, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
+            .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
             .send()
     };
+
     let mut rates = Vec::new();
-    for (batch, events) in [(1u32, n), (100, 50_000usize)] {
-        let before = counts.events.load(Ordering::Relaxed);
+    for (phase, batch, events) in [(1, 1u32, n), (2, 100, 50_000usize)] {
         // Stamps count upstream writes, events only the versions the relay
         // saw: count the events after the start point instead of assuming.
         let from = top.saturating_sub(events as u64);
         let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let started = Instant::now();
-        let created: Value = subscribe(batch, from)
+        let created: Value = subscribe_to(hook(phase, 0), batch, from)
             .await?
             .error_for_status()?
             .json()
             .await?;
-        wait_count(&counts, before + events, "webhook delivery").await?;
-        rates.push((batch, events as f64 / started.elapsed().as_secs_f64()));
+        wait_count(&counts, phase, events, "webhook delivery").await?;
+        rates.push((batch, counts.rate(phase, events)));
         let id = created["id"].as_str().unwrap_or_default();
         http.delete(format!("{base}/v1/subscriptions/{id}"))
             .bearer_auth(token)
@@ -155,15 +196,52 @@ pub async fn run(
         );
     }
 
+    // Slow receivers: one unbatched subscription against what its window
+    // allows at most, max_in_flight requests per latency.
+    println!();
+    println!(
+        "{:<44} {:>12} {:>10}",
+        "webhooks to a slow receiver, batch_size 1", "events/s", "of limit"
+    );
+    let window = crate::subscription::DEFAULT_IN_FLIGHT as f64;
+    for (phase, ms) in [(3, 50u64), (4, 200)] {
+        let limit = window * 1000.0 / ms as f64;
+        // About eight seconds' worth at the limit.
+        let from = top.saturating_sub((limit * 8.0) as u64);
+        let events = count_after(store, target, StreamId::new(from, 0)).await?;
+        let created: Value = subscribe_to(hook(phase, ms), 1, from)
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        wait_count(&counts, phase, events, "slow webhook delivery").await?;
+        let rate = counts.rate(phase, events);
+        println!(
+            "{:<44} {:>12.0} {:>10.2}",
+            format!("{ms} ms a request (limit {limit:.0}/s = {window:.0} / {ms} ms)"),
+            rate,
+            rate / limit
+        );
+        let id = created["id"].as_str().unwrap_or_default();
+        http.delete(format!("{base}/v1/subscriptions/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+    }
+
     // Latency from append to receipt while the upstream changes.
-    let created: Value = subscribe(1, top).await?.error_for_status()?.json().await?;
+    let created: Value = subscribe_to(hook(LIVE, 0), 1, top)
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     counts
         .lags
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
-    let before = counts.events.load(Ordering::Relaxed);
+    let before = counts.events[LIVE].load(Ordering::Relaxed);
     super::upstream_writes(sim_url).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut lags = counts
@@ -172,7 +250,7 @@ pub async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     lags.sort_unstable();
-    let got = counts.events.load(Ordering::Relaxed) - before;
+    let got = counts.events[LIVE].load(Ordering::Relaxed) - before;
     println!(
         "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
         super::api::percentile(&lags, 0.5),

@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Live-stream clients for the fan-out measurement.
     #[arg(long, default_value_t = 1000)]
     pub sse_clients: usize,
+    /// Run only the webhook part, after loading --records into Redis.
+    #[arg(long)]
+    pub delivery_only: bool,
     /// Run only the memory part (used by the benchmark itself).
     #[arg(long, hide = true)]
     pub rss_only: bool,
@@ -207,6 +210,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (_sim, base_url) = simulator(args.records).await?;
     let (_redis, redis_url) = redis(&args.redis_url, &dir).await?;
 
+    let prefix = format!("bench-{}", std::process::id());
+    let redis_store = StoreConfig {
+        redis_url: Some(redis_url.clone()),
+        key_prefix: prefix,
+        ..StoreConfig::default()
+    };
+    if args.delivery_only {
+        relay_load(redis_store.clone(), &base_url).await?;
+        api::run(redis_store, &base_url, args.sse_clients, true).await?;
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+
     // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
     let payloads = fetch_all(&base_url).await?;
     let client = redis::Client::open(redis_url.as_str())?;
@@ -236,12 +252,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let raw_secs = started.elapsed().as_secs_f64();
     let raw_rate = payloads.len() as f64 / raw_secs;
 
-    let prefix = format!("bench-{}", std::process::id());
-    let redis_store = StoreConfig {
-        redis_url: Some(redis_url.clone()),
-        key_prefix: prefix,
-        ..StoreConfig::default()
-    };
     let (n, secs) = relay_load(redis_store.clone(), &base_url).await?;
     let relay_rate = n as f64 / secs;
     let sqlite_store = StoreConfig {
@@ -293,7 +303,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .status()?;
         anyhow::ensure!(status.success(), "the memory benchmark failed");
     }
-    api::run(redis_store, &base_url, args.sse_clients).await?;
+    api::run(redis_store, &base_url, args.sse_clients, false).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

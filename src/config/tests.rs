@@ -178,3 +178,15 @@ fn reconcile_interval_reads_a_duration_and_refuses_one_below_the_poll_interval()
     let err = parse(&with("1s")).validate(&vars).unwrap_err().to_string();
     assert!(err.contains("reconcile_interval"), "{err}");
 }
+
+#[test]
+fn the_delivery_lease_must_outlive_a_whole_request() {
+    let s = std::time::Duration::from_secs;
+    assert!(validate::delivery_fence(s(30), s(15)).is_ok());
+    let e = validate::delivery_fence(s(16), s(15)).unwrap_err();
+    assert!(
+        e.contains("store.lease_ttl (16s) must be at least 18s 750ms"),
+        "{e}"
+    );
+    assert!(e.contains("still in flight"), "the error says why: {e}");
+}

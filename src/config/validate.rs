@@ -84,13 +84,8 @@ impl RawConfig {
         if self.store.lease_ttl < Duration::from_millis(100) {
             problems.push("store.lease_ttl: must be at least 100ms".into());
         }
-        if self.store.lease_ttl <= self.delivery.request_timeout {
-            problems.push(format!(
-                "store.lease_ttl ({}) must be longer than delivery.request_timeout ({}): \
-                 otherwise another instance may take over a delivery still in flight",
-                humantime::format_duration(self.store.lease_ttl),
-                humantime::format_duration(self.delivery.request_timeout)
-            ));
+        if let Err(e) = delivery_fence(self.store.lease_ttl, self.delivery.request_timeout) {
+            problems.push(e);
         }
         for (i, c) in self.delivery.allowed_cidrs.iter().enumerate() {
             if let Err(e) = c.parse::<crate::delivery::ssrf::Cidr>() {
@@ -239,4 +234,24 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
         "http" | "https" => Ok(u),
         other => Err(format!("{s:?} has scheme {other:?}; use http or https")),
     }
+}
+
+/// A webhook request starts only while the delivery lease has at least
+/// `request_timeout` left (the rate-limit wait comes before that check) and
+/// is cut off when the lease ends, so the lease must outlive a whole request
+/// with room to renew it: a quarter of the timeout on top.
+pub fn delivery_fence(lease_ttl: Duration, request_timeout: Duration) -> Result<(), String> {
+    let least = request_timeout + request_timeout / 4;
+    if lease_ttl < least {
+        return Err(format!(
+            "store.lease_ttl ({}) must be at least {} (delivery.request_timeout ({}) plus a quarter): \
+             a webhook request starts only while the delivery lease has request_timeout left, \
+             so another instance never takes over a request still in flight; \
+             raise store.lease_ttl or lower delivery.request_timeout",
+            humantime::format_duration(lease_ttl),
+            humantime::format_duration(least),
+            humantime::format_duration(request_timeout)
+        ));
+    }
+    Ok(())
 }

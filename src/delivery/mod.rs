@@ -1,4 +1,4 @@
-//! Webhook delivery (DESIGN §5): at-least-once, signed (Standard Webhooks),
+//! Webhook delivery (README.md, "Webhooks"): at-least-once, signed (Standard Webhooks),
 //! retried on a schedule, in stamp order per record, with dead letters.
 //!
 //! The supervisor ([`Deliverer::run`]) keeps one [`worker::Worker`] per
@@ -20,6 +20,7 @@ use crate::{
     subscription::Subscription,
 };
 
+mod attempt;
 pub mod model;
 mod queue;
 pub mod sender;
@@ -147,22 +148,50 @@ impl Deliverer {
     /// lets each finish its current request.
     pub async fn run(self, cancel: CancellationToken) {
         let mut running: HashMap<(String, Target), Running> = HashMap::new();
+        // Clean-ups after the workers of deleted subscriptions.
+        let mut forgetting = tokio::task::JoinSet::new();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
-                Ok(subs) => self.reconcile(&subs, &mut running, &cancel),
+                Ok(subs) => {
+                    for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
+                        let this = self.clone();
+                        forgetting.spawn(async move {
+                            let _ = handle.await;
+                            this.forget(&key.0, key.1).await;
+                        });
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
                 }
             }
             running.retain(|_, r| !r.handle.is_finished());
+            while forgetting.try_join_next().is_some() {}
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
             }
         }
-        for (_, r) in running {
+        for r in running.values() {
             r.cancel.cancel();
+        }
+        let subs = self.store.subscriptions().await.ok();
+        for ((sub, t), r) in running {
             let _ = r.handle.await;
+            // Deleted since the last look: clean up after the worker here.
+            if subs
+                .as_ref()
+                .is_some_and(|all| !all.iter().any(|s| s.id == sub))
+            {
+                self.forget(&sub, t).await;
+            }
+        }
+        while forgetting.join_next().await.is_some() {}
+    }
+
+    async fn forget(&self, sub: &str, t: Target) {
+        if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
+            tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
         }
     }
 
@@ -171,20 +200,30 @@ impl Deliverer {
         subs: &[Subscription],
         running: &mut HashMap<(String, Target), Running>,
         cancel: &CancellationToken,
-    ) {
+    ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {
+        let mut deleted = Vec::new();
         let mut wanted = HashMap::new();
         for s in subs.iter().filter(|s| s.enabled) {
             for t in self.sources.keys().filter(|t| s.covers(t)) {
                 wanted.insert((s.id.clone(), t.clone()), s);
             }
         }
-        running.retain(|key, r| {
-            let keep = wanted.contains_key(key);
-            if !keep {
-                r.cancel.cancel();
+        let stopping: Vec<(String, Target)> = running
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in stopping {
+            let Some(r) = running.remove(&key) else {
+                continue;
+            };
+            r.cancel.cancel();
+            // Deleted: once the worker has stopped, remove what it may have
+            // written since the API removed the subscription's state.
+            if !subs.iter().any(|s| s.id == key.0) {
+                deleted.push((key, r.handle));
             }
-            keep
-        });
+        }
         for (key, s) in wanted {
             if let Some(r) = running.get(&key) {
                 if *r.sub.borrow() != *s {
@@ -192,21 +231,7 @@ impl Deliverer {
                 }
                 continue;
             }
-            let (tx, rx) = watch::channel(s.clone());
-            let t = key.1.clone();
-            let w = worker::Worker {
-                sub: rx,
-                source: self.sources[&t].clone(),
-                wake: self.wakes.get(&t).cloned().unwrap_or_default(),
-                target: t,
-                store: self.store.clone(),
-                sender: self.sender.clone(),
-                schedule: self.schedule.clone(),
-                holder: self.holder.clone(),
-                lease_ttl: self.lease_ttl,
-                metrics: self.metrics.clone(),
-                log: None,
-            };
+            let (w, tx) = self.worker(s, &key.1);
             let child = cancel.child_token();
             // Every log line of a worker carries its subscription and target.
             let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.target.source, resource = %w.target.resource);
@@ -220,6 +245,32 @@ impl Deliverer {
                 },
             );
         }
+        deleted
+    }
+}
+
+impl Deliverer {
+    /// The worker of `sub` on `t`, and the sender that passes it changes
+    /// of the subscription.
+    pub fn worker(
+        &self,
+        sub: &Subscription,
+        t: &Target,
+    ) -> (worker::Worker, watch::Sender<Subscription>) {
+        let (tx, rx) = watch::channel(sub.clone());
+        let w = worker::Worker {
+            sub: rx,
+            source: self.sources[t].clone(),
+            wake: self.wakes.get(t).cloned().unwrap_or_default(),
+            target: t.clone(),
+            store: self.store.clone(),
+            sender: self.sender.clone(),
+            schedule: self.schedule.clone(),
+            holder: self.holder.clone(),
+            lease_ttl: self.lease_ttl,
+            metrics: self.metrics.clone(),
+        };
+        (w, tx)
     }
 }
 

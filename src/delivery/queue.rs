@@ -1,6 +1,12 @@
-//! The pending queue of one worker and the rule that picks what to send:
-//! stream order, and only the oldest pending entry of each record, so a
-//! record waiting for a retry holds back itself and nothing else.
+//! The pending queue of one worker and the rules that pick what to send:
+//! stream order, only the oldest pending entry of each record, and never an
+//! entry of a record already in flight, so a record waiting for a retry (or
+//! for its answer) holds back itself and nothing else.
+//!
+//! The queue also splits its entries in two for the claim window: sendable
+//! ones, and those held back behind a waiting retry. Only sendable entries
+//! count against the window, so records that keep failing never stop the
+//! worker from claiming more; the held-back ones have a limit of their own.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -15,32 +21,120 @@ pub struct Pending {
     pub state: RetryState,
 }
 
-/// Up to `max` due entries in stream order, skipping every entry of a record
-/// that has an earlier entry still pending (per-record order); also the
-/// earliest time a blocked-free entry becomes due.
-pub fn due_batch(
-    q: &BTreeMap<StreamId, Pending>,
-    now: u64,
-    max: usize,
-) -> (Vec<StreamId>, Option<u64>) {
-    let mut seen_records = HashSet::new();
-    let mut batch = Vec::new();
-    let mut next_due: Option<u64> = None;
-    for (id, p) in q {
-        if !seen_records.insert(p.event.record.as_str()) {
-            continue;
-        }
-        if p.state.next_at_ms <= now {
-            batch.push(*id);
-            if batch.len() == max {
-                // Full: when to wake next only matters for an empty batch.
-                break;
-            }
-        } else {
-            next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));
+/// A worker's in-memory copy of its pending set, plus what is in flight.
+#[derive(Default)]
+pub struct Queue {
+    entries: BTreeMap<StreamId, Pending>,
+    in_flight: HashSet<StreamId>,
+}
+
+/// How the queue's entries split, for the claim window and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Entries not held back by a waiting retry (in flight included).
+    pub sendable: usize,
+    /// Entries of records whose oldest entry waits for a retry.
+    pub waiting: usize,
+    pub in_flight: usize,
+}
+
+impl Queue {
+    pub fn insert(&mut self, event: Event, state: RetryState) {
+        let event = Arc::new(event);
+        self.entries.insert(event.id, Pending { event, state });
+    }
+
+    pub fn get(&self, id: &StreamId) -> Option<&Pending> {
+        self.entries.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &StreamId) -> Option<&mut Pending> {
+        self.entries.get_mut(id)
+    }
+
+    /// Forgets a settled entry (delivered, filtered out or dead).
+    pub fn remove(&mut self, id: &StreamId) {
+        self.entries.remove(id);
+        self.in_flight.remove(id);
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Pending> {
+        self.entries.values()
+    }
+
+    pub fn is_in_flight(&self, id: &StreamId) -> bool {
+        self.in_flight.contains(id)
+    }
+
+    pub fn start(&mut self, ids: &[StreamId]) {
+        self.in_flight.extend(ids.iter().copied());
+    }
+
+    /// The answer came back: the entries are settled or wait for a retry.
+    pub fn finish(&mut self, ids: &[StreamId]) {
+        for id in ids {
+            self.in_flight.remove(id);
         }
     }
-    (batch, next_due)
+
+    pub fn counts(&self) -> Counts {
+        let in_flight = self.in_flight.len();
+        if self.entries.values().all(|p| p.state.attempts == 0) {
+            // Nothing failed: no set of records to build.
+            let sendable = self.entries.len();
+            return Counts {
+                sendable,
+                waiting: 0,
+                in_flight,
+            };
+        }
+        let mut seen = HashSet::new();
+        let mut held = HashSet::new();
+        let mut waiting = 0;
+        for p in self.entries.values() {
+            let record = p.event.record.as_str();
+            if seen.insert(record) && p.state.attempts > 0 && !self.in_flight.contains(&p.event.id)
+            {
+                held.insert(record);
+            }
+            if held.contains(record) {
+                waiting += 1;
+            }
+        }
+        Counts {
+            sendable: self.entries.len() - waiting,
+            waiting,
+            in_flight: self.in_flight.len(),
+        }
+    }
+
+    /// Up to `max` due entries in stream order, at most one per record and
+    /// none of a record with an earlier entry still pending or in flight
+    /// (per-record order); also the earliest time a record held back only
+    /// by its retry time becomes due.
+    pub fn due_batch(&self, now: u64, max: usize) -> (Vec<StreamId>, Option<u64>) {
+        if max == 0 {
+            return (Vec::new(), None);
+        }
+        let mut seen_records = HashSet::new();
+        let mut batch = Vec::new();
+        let mut next_due: Option<u64> = None;
+        for (id, p) in &self.entries {
+            if !seen_records.insert(p.event.record.as_str()) || self.in_flight.contains(id) {
+                continue;
+            }
+            if p.state.next_at_ms <= now {
+                batch.push(*id);
+                if batch.len() == max {
+                    // Full: when to wake next only matters for an empty batch.
+                    break;
+                }
+            } else {
+                next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));
+            }
+        }
+        (batch, next_due)
+    }
 }
 
 #[cfg(test)]
@@ -48,43 +142,83 @@ mod tests {
     use super::*;
     use crate::events::Op;
 
-    fn pending(stamp: u64, record: &str, next_at: u64) -> (StreamId, Pending) {
-        let e = Event {
-            id: StreamId::new(stamp, 0),
-            op: Op::Updated,
-            record: record.into(),
-            stamp,
-            prev: None,
-            snapshot: false,
-            observed: 0,
-            data: "{}".into(),
-        };
-        (
-            e.id,
-            Pending {
-                event: Arc::new(e),
-                state: RetryState {
-                    attempts: 0,
-                    next_at_ms: next_at,
+    fn queue(entries: &[(u64, &str, u32, u64)]) -> Queue {
+        let mut q = Queue::default();
+        for &(stamp, record, attempts, next_at_ms) in entries {
+            let e = Event {
+                id: StreamId::new(stamp, 0),
+                op: Op::Updated,
+                record: record.into(),
+                stamp,
+                prev: None,
+                snapshot: false,
+                observed: 0,
+                data: "{}".into(),
+            };
+            q.insert(
+                e,
+                RetryState {
+                    attempts,
+                    next_at_ms,
                 },
-            },
-        )
+            );
+        }
+        q
+    }
+
+    fn ids(stamps: &[u64]) -> Vec<StreamId> {
+        stamps.iter().map(|s| StreamId::new(*s, 0)).collect()
     }
 
     #[test]
     fn a_waiting_record_holds_back_only_itself() {
-        let q: BTreeMap<_, _> = [
-            pending(1, "a", 500),
-            pending(2, "b", 0),
-            pending(3, "a", 0),
-            pending(4, "c", 0),
-        ]
-        .into_iter()
-        .collect();
-        let (batch, next) = due_batch(&q, 100, 10);
-        assert_eq!(batch, vec![StreamId::new(2, 0), StreamId::new(4, 0)]);
+        let q = queue(&[
+            (1, "a", 1, 500),
+            (2, "b", 0, 0),
+            (3, "a", 0, 0),
+            (4, "c", 0, 0),
+        ]);
+        let (batch, next) = q.due_batch(100, 10);
+        assert_eq!(batch, ids(&[2, 4]));
         assert_eq!(next, Some(500));
-        let (batch, _) = due_batch(&q, 600, 2);
-        assert_eq!(batch, vec![StreamId::new(1, 0), StreamId::new(2, 0)]);
+        let (batch, _) = q.due_batch(600, 2);
+        assert_eq!(batch, ids(&[1, 2]));
+    }
+
+    #[test]
+    fn a_record_in_flight_sends_nothing_else_until_it_is_back() {
+        let mut q = queue(&[
+            (1, "a", 0, 0),
+            (2, "b", 0, 0),
+            (3, "a", 0, 0),
+            (4, "c", 0, 0),
+        ]);
+        q.start(&ids(&[1]));
+        assert_eq!(q.due_batch(0, 10).0, ids(&[2, 4]));
+        q.start(&ids(&[2, 4]));
+        assert_eq!(q.due_batch(0, 10).0, ids(&[]), "3 waits for 1");
+        q.finish(&ids(&[1]));
+        q.remove(&StreamId::new(1, 0));
+        assert_eq!(q.due_batch(0, 10).0, ids(&[3]));
+    }
+
+    #[test]
+    fn entries_behind_a_waiting_retry_do_not_count_against_the_window() {
+        let mut q = queue(&[
+            (1, "a", 2, 900),
+            (2, "b", 0, 0),
+            (3, "a", 0, 0),
+            (4, "c", 1, 0),
+        ]);
+        q.start(&ids(&[4]));
+        assert_eq!(
+            q.counts(),
+            Counts {
+                sendable: 2,
+                waiting: 2,
+                in_flight: 1
+            },
+            "a's two entries wait; c's retry is in flight, so it is sendable"
+        );
     }
 }

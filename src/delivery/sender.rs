@@ -22,6 +22,7 @@ pub const RESPONSE_KEPT: usize = 4096;
 pub struct Sender {
     http: reqwest::Client,
     policy: Arc<Policy>,
+    timeout: Duration,
 }
 
 /// What to send.
@@ -60,9 +61,18 @@ impl Sender {
                 policy: policy.clone(),
             }))
             .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(crate::subscription::MAX_IN_FLIGHT as usize)
             .build()?;
-        Ok(Sender { http, policy })
+        Ok(Sender {
+            http,
+            policy,
+            timeout,
+        })
+    }
+
+    /// `delivery.request_timeout`: no request takes longer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub async fn send(&self, m: Message<'_>) -> Sent {
@@ -159,7 +169,7 @@ impl Sender {
     }
 }
 
-/// DESIGN §5: 2xx delivered, 410 gone, 429/502/503/504 throttled, anything
+/// 2xx delivered, 410 gone, 429/502/503/504 throttled, anything
 /// else (3xx included: redirects are not followed) failed.
 pub fn classify(status: u16) -> Outcome {
     match status {

@@ -1,38 +1,52 @@
 //! One delivery worker per (subscription, target): it claims entries from
-//! the stream into the subscription's pending set, sends due ones in stream
-//! order, and keeps every later event of a record behind that record's
-//! waiting retry, while other records keep flowing.
+//! the stream into the subscription's pending set and keeps up to the
+//! subscription's `max_in_flight` requests out at once, never two of one
+//! record, so each record's events still arrive in stamp order while slow
+//! receivers are served at their pace.
 //!
-//! Invariant: every state change goes to the store before the next send,
-//! so a crash or a takeover by another instance resumes from the store's
-//! pending set (at-least-once: a request in flight at a crash is sent again).
+//! Invariants:
+//! - Every state change goes to the store before the entry can be sent
+//!   again, so a crash or a takeover by another instance resumes from the
+//!   store's pending set (at-least-once: only what was in flight, or
+//!   delivered but not yet settled, is sent again).
+//! - Sends are fenced: one starts only while the worker's delivery lease has
+//!   at least `request_timeout` left, and is cut off when the lease would
+//!   run out, so another instance never takes over a request still in flight.
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Notify, watch};
+use tokio::{
+    sync::{Notify, mpsc, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Schedule,
-    model::{Attempt, DeadLetter, Outcome, RetryState},
-    queue::{Pending, due_batch},
-    sender::{Message, Sender},
+    attempt::{Done, Finished},
+    model::RetryState,
+    queue::{Counts, Queue},
+    sender::Sender,
     writer::{Write, writer},
 };
 use crate::{
     cloudevents::EventSource,
-    events::{Event, StreamId, now_ms},
-    metrics::{OutcomeLabels, SubLabels, SubTargetLabels},
+    events::{StreamId, now_ms},
+    metrics::SubTargetLabels,
     store::{Store, StoreResult, Target},
     subscription::Subscription,
 };
 
-/// Entries a worker holds pending at most; more wait in the stream.
+/// Sendable entries a worker holds pending at most; more wait in the stream.
 pub const WINDOW: usize = 500;
+/// Entries held back behind a waiting retry at most; while this many wait,
+/// the worker claims nothing new (and says so in the metrics).
+pub const WAITING_LIMIT: usize = 5000;
+/// How often a worker publishes its queue figures at most.
+const SHOW_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle worker looks for new entries and redriven ones.
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -47,136 +61,239 @@ pub struct Worker {
     pub lease_ttl: Duration,
     pub wake: Arc<Notify>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Set while running: the ordered writer of settles and attempts.
-    pub log: Option<tokio::sync::mpsc::UnboundedSender<Write>>,
 }
 
-/// The lease of a delivery worker: a name of its own beside the target's poll lease.
-pub fn lease_target(t: &Target, sub: &str) -> Target {
-    Target::new(&t.source, format!("{}:sub:{sub}", t.resource))
+/// The time a step runs at: the wall clock for retry times (stored), the
+/// monotonic one for the lease. Tests pass times of their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub wall_ms: u64,
+    pub at: Instant,
+}
+
+impl Now {
+    pub fn current() -> Now {
+        Now {
+            wall_ms: now_ms(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// What one step came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Requests started or answers applied: step again at once.
+    Busy,
+    /// Nothing to do until an answer comes back, a wake, or this long.
+    Idle(Duration),
+    /// The subscription was disabled (410 Gone, or failing too long).
+    Disabled,
+    /// Another instance holds the delivery lease: nothing was claimed or sent.
+    LeaseLost,
+}
+
+/// A worker's state between steps.
+pub struct State {
+    /// The pending set as loaded from the store, none until (re)loaded.
+    /// Invariant: none only while nothing is in flight.
+    pub(super) queue: Option<Queue>,
+    pub(super) failing_since: Option<u64>,
+    /// The rate limit: no request starts before this.
+    next_send: Option<Instant>,
+    last_reload: Instant,
+    /// Until when the delivery lease is surely ours (renewal time + TTL).
+    lease_until: Option<Instant>,
+    sends: JoinSet<Done>,
+    pub(super) finished: Vec<Finished>,
+    /// Reload the queue from the store as soon as nothing is in flight.
+    pub(super) stale: bool,
+    /// The subscription as last seen, shared with the requests out.
+    sub: Arc<Subscription>,
+    changes: watch::Receiver<Subscription>,
+    /// When the queue figures were last published.
+    shown_at: Option<Instant>,
+    /// The ordered writer of settles and attempts.
+    pub(super) log: mpsc::UnboundedSender<Write>,
+    logger: tokio::task::JoinHandle<()>,
+}
+
+impl State {
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.sends.len()
+    }
+
+    /// Waits for the next answer of a request in flight (forever if none).
+    async fn next_answer(&mut self) {
+        match self.sends.join_next().await {
+            Some(done) => self.finished.push(done),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Worker {
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let lease = lease_target(&self.target, &self.sub.borrow().id);
-        let mut queue: Option<BTreeMap<StreamId, Pending>> = None;
-        let mut failing_since: Option<u64> = None;
-        let mut last_send = Instant::now() - Duration::from_secs(3600);
-        let mut last_reload = Instant::now();
-        let mut leased_at: Option<Instant> = None;
-        let (log, writes) = tokio::sync::mpsc::unbounded_channel::<Write>();
-        let logger = tokio::spawn(writer(self.store.clone(), self.target.clone(), writes));
-        self.log = Some(log);
+    fn lease(&self) -> Target {
+        self.target.delivery_lease(&self.sub.borrow().id)
+    }
+
+    /// A fresh state with its writer running; `close` it when done.
+    pub fn state(&self) -> State {
+        let (log, writes) = mpsc::unbounded_channel::<Write>();
+        State {
+            queue: None,
+            failing_since: None,
+            next_send: None,
+            last_reload: Instant::now(),
+            lease_until: None,
+            sends: JoinSet::new(),
+            finished: Vec::new(),
+            stale: false,
+            sub: Arc::new(self.sub.borrow().clone()),
+            changes: self.sub.clone(),
+            shown_at: None,
+            log,
+            logger: tokio::spawn(writer(self.store.clone(), self.target.clone(), writes)),
+        }
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut st = self.state();
         while !cancel.is_cancelled() {
-            // Renew at a third of the lease time, not on every request.
-            if leased_at.is_some_and(|at| at.elapsed() < self.lease_ttl / 3) {
-                // still ours
-            } else {
-                match self.store.lease(&lease, &self.holder, self.lease_ttl).await {
-                    Ok(true) => leased_at = Some(Instant::now()),
-                    Ok(false) => {
-                        queue = None;
-                        leased_at = None;
-                        if sleep_or_cancel(&cancel, self.lease_ttl / 2).await {
-                            break;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(target = %self.target, error = %e, "delivery cannot reach the store");
-                        queue = None;
-                        leased_at = None;
-                        if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let step = self
-                .step(
-                    &mut queue,
-                    &mut failing_since,
-                    &mut last_send,
-                    &mut last_reload,
-                )
-                .await;
-            match step {
-                Ok(Step::Sent) => {}
+            let pause = match self.step(&mut st, Now::current()).await {
+                Ok(Step::Busy) => continue,
                 Ok(Step::Idle(wait)) => {
                     tokio::select! {
                         _ = cancel.cancelled() => break,
+                        _ = st.next_answer() => {}
                         _ = self.wake.notified() => {}
                         _ = tokio::time::sleep(wait) => {}
                     }
+                    continue;
                 }
                 Ok(Step::Disabled) => break,
+                Ok(Step::LeaseLost) => self.lease_ttl / 2,
                 Err(e) => {
                     tracing::warn!(target = %self.target, subscription = %self.sub.borrow().id, error = %e, "delivery step failed; retrying");
-                    queue = None;
-                    if sleep_or_cancel(&cancel, Duration::from_secs(1)).await {
-                        break;
-                    }
+                    Duration::from_secs(1)
                 }
+            };
+            // Start again from the store, once the answers still out are in.
+            self.drain(&mut st).await;
+            st.queue = None;
+            if sleep_or_cancel(&cancel, pause).await {
+                break;
             }
         }
-        self.log = None;
-        let _ = logger.await;
-        let _ = self.store.release(&lease, &self.holder).await;
+        self.drain(&mut st).await;
+        self.close(st).await;
+        let _ = self.store.release(&self.lease(), &self.holder).await;
     }
 
-    /// Loads, claims, sends one request. Public in spirit: one unit of work.
-    async fn step(
-        &mut self,
-        queue: &mut Option<BTreeMap<StreamId, Pending>>,
-        failing_since: &mut Option<u64>,
-        last_send: &mut Instant,
-        last_reload: &mut Instant,
-    ) -> StoreResult<Step> {
+    /// Waits for every request in flight and applies its answer.
+    pub async fn drain(&self, st: &mut State) {
+        while !st.sends.is_empty() {
+            st.next_answer().await;
+        }
         let sub = self.sub.borrow().clone();
-        if queue.is_none() {
+        if let Err(e) = self.apply_finished(st, &sub).await {
+            tracing::warn!(target = %self.target, subscription = %sub.id, error = %e, "cannot record delivery answers; those events will be sent again");
+        }
+    }
+
+    /// Stops the state's writer once everything sent to it is stored.
+    pub async fn close(&self, st: State) {
+        drop(st.log);
+        let _ = st.logger.await;
+    }
+
+    /// One unit of work: applies the answers that came back, makes sure of
+    /// the lease, (re)loads and claims, and starts every request the window,
+    /// the rate limit and per-record order allow. Never waits for an answer.
+    pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
+        if st.changes.has_changed().unwrap_or(false) {
+            st.sub = Arc::new(st.changes.borrow_and_update().clone());
+        }
+        let sub = st.sub.clone();
+        while let Some(done) = st.sends.try_join_next() {
+            st.finished.push(done);
+        }
+        let applied = self.apply_finished(st, &sub).await?;
+        if applied.disabled {
+            return Ok(Step::Disabled);
+        }
+        if st.stale && st.sends.is_empty() {
+            st.queue = None;
+            st.stale = false;
+        }
+        if !self.fence(st, now.at).await? {
+            return Ok(Step::LeaseLost);
+        }
+        self.fill(st, &sub).await?;
+        if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
+            let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
+            self.show(&sub, &counts);
+            st.shown_at = Some(Instant::now());
+        }
+        let (started, wait) = self.start_sends(st, &sub, now).await?;
+        if started > 0 || applied.answers > 0 {
+            return Ok(Step::Busy);
+        }
+        if st.last_reload.elapsed() > Duration::from_secs(2) {
+            // Idle: reload now and then to pick up redriven dead letters.
+            st.stale = true;
+        }
+        Ok(Step::Idle(wait.max(Duration::from_millis(5))))
+    }
+
+    /// Makes sure the delivery lease is ours for at least `request_timeout`
+    /// from `at`, renewing it if not. False when another instance holds it.
+    async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
+        if st
+            .lease_until
+            .is_some_and(|until| until >= at + self.sender.timeout())
+        {
+            return Ok(true);
+        }
+        // Taken before the call: the store's TTL starts later, never earlier.
+        let asked = at.min(Instant::now());
+        let ours = self
+            .store
+            .lease(&self.lease(), &self.holder, self.lease_ttl)
+            .await?;
+        st.lease_until = ours.then(|| asked + self.lease_ttl);
+        Ok(ours)
+    }
+
+    /// Loads the pending set if needed, claims new entries while the window
+    /// has room, and settles entries of ops the subscription does not want.
+    async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<()> {
+        if st.queue.is_none() {
+            debug_assert!(st.sends.is_empty(), "a reload while requests are out");
             // The store is authoritative: load after a (re)start or takeover,
             // once every settle sent to the writer has landed.
-            self.flush().await;
-            let loaded = self.store.pending(&sub.id, &self.target).await?;
-            *queue = Some(
-                loaded
-                    .into_iter()
-                    .map(|(e, state)| {
-                        (
-                            e.id,
-                            Pending {
-                                event: Arc::new(e),
-                                state,
-                            },
-                        )
-                    })
-                    .collect(),
-            );
-            *last_reload = Instant::now();
+            flush(&st.log).await;
+            let mut q = Queue::default();
+            for (e, state) in self.store.pending(&sub.id, &self.target).await? {
+                q.insert(e, state);
+            }
+            st.queue = Some(q);
+            st.last_reload = Instant::now();
         }
-        let q = queue.as_mut().expect("loaded above");
-        if q.len() <= WINDOW / 2 {
+        let q = st.queue.as_mut().expect("loaded above");
+        let counts = q.counts();
+        if counts.sendable <= WINDOW / 2 && counts.waiting < WAITING_LIMIT {
             let start = sub.start_of(&self.target);
-            for e in self
-                .store
-                .claim(&sub.id, &self.target, start, WINDOW - q.len())
-                .await?
-            {
-                q.insert(
-                    e.id,
-                    Pending {
-                        event: Arc::new(e),
-                        state: RetryState::default(),
-                    },
-                );
+            let room = WINDOW - counts.sendable;
+            for e in self.store.claim(&sub.id, &self.target, start, room).await? {
+                q.insert(e, RetryState::default());
             }
         }
-        // Events of ops the subscription does not want are settled unsent.
         if !sub.ops.is_empty() {
             let skip: Vec<StreamId> = q
                 .values()
-                .filter(|p| !sub.ops.contains(&p.event.op))
+                .filter(|p| !sub.ops.contains(&p.event.op) && !q.is_in_flight(&p.event.id))
                 .map(|p| p.event.id)
                 .collect();
             if !skip.is_empty() {
@@ -186,202 +303,105 @@ impl Worker {
                 }
             }
         }
-        let now = now_ms();
+        Ok(())
+    }
+
+    /// Starts requests while the window, the rate limit and per-record order
+    /// allow; returns how many started and how long until one more might.
+    async fn start_sends(
+        &self,
+        st: &mut State,
+        sub: &Arc<Subscription>,
+        now: Now,
+    ) -> StoreResult<(usize, Duration)> {
+        let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
+        let per_request = sub.batch_size.max(1) as usize;
+        if free == 0 {
+            return Ok((0, TICK));
+        }
+        let q = st.queue.as_ref().expect("filled before sending");
+        // One pass for every free slot: the entries are of distinct records,
+        // so no batch holds two events of one record.
+        let (due, next_due) = q.due_batch(now.wall_ms, free * per_request);
+        if due.is_empty() {
+            let wait = next_due.map_or(TICK, |due| {
+                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
+            });
+            return Ok((0, wait));
+        }
+        let gap = sub
+            .rate_limit
+            .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+        let mut started = 0;
+        for batch in due.chunks(per_request) {
+            let at = now.at.max(Instant::now());
+            if let Some(next) = st.next_send.filter(|n| *n > at) {
+                return Ok((started, (next - at).min(TICK)));
+            }
+            // The fence, checked before every request.
+            if !self.fence(st, at).await? {
+                return Ok((started, self.lease_ttl / 2));
+            }
+            let until = st.lease_until.expect("fenced above");
+            st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
+            self.start_send(st, sub, batch.to_vec(), until);
+            started += 1;
+        }
+        Ok((started, TICK))
+    }
+
+    /// Publishes the worker's queue figures.
+    fn show(&self, sub: &Subscription, counts: &Counts) {
         let labels = SubTargetLabels {
             subscription: sub.id.clone(),
             source: self.target.source.clone(),
             resource: self.target.resource.clone(),
         };
-        self.metrics
-            .pending
-            .get_or_create(&labels)
-            .set(q.len() as i64);
-        let waiting = q.values().filter(|p| p.state.attempts > 0).count();
-        self.metrics
-            .waiting_retry
-            .get_or_create(&labels)
-            .set(waiting as i64);
-        let (batch, next_due) = due_batch(q, now, sub.batch_size as usize);
-        if batch.is_empty() {
-            if last_reload.elapsed() > Duration::from_secs(2) {
-                // Idle: reload now and then to pick up redriven dead letters.
-                *queue = None;
-            }
-            let wait = next_due.map_or(TICK, |at| {
-                Duration::from_millis(at.saturating_sub(now)).min(TICK)
-            });
-            return Ok(Step::Idle(wait.max(Duration::from_millis(5))));
-        }
-        if let Some(rate) = sub.rate_limit {
-            let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
-            let since = last_send.elapsed();
-            if since < gap {
-                tokio::time::sleep(gap - since).await;
-            }
-        }
-        *last_send = Instant::now();
-        let events: Vec<Arc<Event>> = batch.iter().map(|id| q[id].event.clone()).collect();
-        let sent = self.send(&sub, &events).await;
-        let attempt = Attempt {
-            at_ms: now_ms(),
-            target: self.target.to_string(),
-            event_ids: events.iter().map(|e| self.source.event(e).id).collect(),
-            outcome: sent.outcome,
-            status: sent.status,
-            latency_ms: sent.latency.as_millis() as u64,
-            response: sent.response.clone(),
-            error: sent.error.clone(),
-        };
-        self.write(Write::Attempt(sub.id.clone(), attempt));
-        let outcome = serde_json::to_value(sent.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
         let m = &self.metrics;
-        m.attempts
-            .get_or_create(&OutcomeLabels {
-                subscription: sub.id.clone(),
-                outcome,
-            })
-            .inc();
-        m.delivery_latency
-            .get_or_create(&SubLabels {
-                subscription: sub.id.clone(),
-            })
-            .observe(sent.latency.as_secs_f64());
-        match sent.outcome {
-            Outcome::Delivered => {
-                // Off the delivery path: a crash before it lands re-sends
-                // these events (at-least-once), nothing is lost.
-                self.write(Write::Settle(sub.id.clone(), batch.clone()));
-                for id in &batch {
-                    q.remove(id);
-                }
-                *failing_since = None;
-                Ok(Step::Sent)
-            }
-            Outcome::Gone => {
-                tracing::warn!(subscription = %sub.id, url = %crate::subscription::url_for_logs(&sub.url), "receiver answered 410 Gone; disabling the subscription");
-                self.disable(&sub, "the receiver answered 410 Gone").await?;
-                Ok(Step::Disabled)
-            }
-            _ => {
-                let why = sent
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| format!("HTTP {}", sent.status.unwrap_or(0)));
-                for id in &batch {
-                    let p = q.get_mut(id).expect("batch ids are queued");
-                    p.state.attempts += 1;
-                    match self.schedule.delay(p.state.attempts, sent.retry_after) {
-                        Some(d) => {
-                            p.state.next_at_ms = now_ms() + d.as_millis() as u64;
-                            self.store
-                                .retry_later(&sub.id, &self.target, *id, p.state)
-                                .await?;
-                        }
-                        None => {
-                            let dead = DeadLetter {
-                                target: self.target.to_string(),
-                                id: id.to_string(),
-                                event_id: self.source.event(&p.event).id,
-                                attempts: p.state.attempts,
-                                last_error: why.clone(),
-                                at_ms: now_ms(),
-                            };
-                            self.store.dead_letter(&sub.id, &dead).await?;
-                            self.store.settle(&sub.id, &self.target, &[*id]).await?;
-                            q.remove(id);
-                        }
-                    }
-                }
-                let since = *failing_since.get_or_insert(now);
-                if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
-                    self.disable(
-                        &sub,
-                        "every delivery failed for longer than delivery.disable_after",
-                    )
-                    .await?;
-                    return Ok(Step::Disabled);
-                }
-                Ok(Step::Sent)
-            }
-        }
+        let pending = counts.sendable + counts.waiting;
+        m.pending.get_or_create(&labels).set(pending as i64);
+        m.waiting_retry
+            .get_or_create(&labels)
+            .set(counts.waiting as i64);
+        m.in_flight
+            .get_or_create(&labels)
+            .set(counts.in_flight as i64);
     }
 
-    fn write(&self, w: Write) {
-        if let Some(log) = &self.log {
-            let _ = log.send(w);
-        }
-    }
-
-    /// Waits until the writer has stored everything sent to it so far.
-    async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.write(Write::Flush(tx));
-        let _ = rx.await;
-    }
-
-    async fn send(&self, sub: &Subscription, events: &[Arc<Event>]) -> super::sender::Sent {
-        let (body, content_type, id) = if events.len() == 1 && sub.batch_size == 1 {
-            let ce = self.source.event(&events[0]);
-            let id = ce.id.clone();
-            (
-                serde_json::to_vec(&ce).unwrap_or_default(),
-                "application/cloudevents+json",
-                id,
-            )
-        } else {
-            let all: Vec<_> = events.iter().map(|e| self.source.event(e)).collect();
-            let id = format!("{}+{}", all[0].id, all.len() - 1);
-            (
-                serde_json::to_vec(&all).unwrap_or_default(),
-                "application/cloudevents-batch+json",
-                id,
-            )
+    /// Spawns one request; its answer is applied by a later step.
+    fn start_send(
+        &self,
+        st: &mut State,
+        sub: &Arc<Subscription>,
+        batch: Vec<StreamId>,
+        until: Instant,
+    ) {
+        let q = st.queue.as_mut().expect("filled before sending");
+        let events = batch
+            .iter()
+            .map(|id| q.get(id).expect("batch ids are queued").event.clone())
+            .collect();
+        q.start(&batch);
+        let request = super::attempt::Request {
+            sub: sub.clone(),
+            source: self.source.clone(),
+            sender: self.sender.clone(),
+            ids: batch,
+            events,
+            until,
         };
-        let mut secrets = vec![sub.secret.as_str()];
-        if let Some((old, until)) = &sub.previous_secret
-            && *until > now_ms()
-        {
-            secrets.push(old);
-        }
-        // The attempt's log lines carry the event (or first event of a batch).
-        let span = tracing::debug_span!("attempt", event_id = %id, events = events.len());
-        let sent = tracing::Instrument::instrument(
-            self.sender.send(Message {
-                url: &sub.url,
-                headers: &sub.headers,
-                id: &id,
-                body,
-                content_type,
-                secrets,
-            }),
-            span.clone(),
-        )
-        .await;
-        span.in_scope(|| {
-            tracing::debug!(outcome = ?sent.outcome, status = sent.status, latency_ms = sent.latency.as_millis() as u64, "delivery attempt");
-        });
-        sent
-    }
-
-    async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
-        crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
-            current.enabled = false;
-            current.disabled_reason = Some(why.to_string());
-            current.updated_ms = now_ms();
-            Ok::<_, crate::store::StoreError>(())
-        })
-        .await?;
-        Ok(())
+        // The request's log lines stay inside the worker's `deliver` span.
+        let send = tracing::Instrument::in_current_span(request.send());
+        st.sends.spawn(send);
     }
 }
 
-enum Step {
-    Sent,
-    Idle(Duration),
-    Disabled,
+/// Waits until the writer has stored everything sent to it so far.
+async fn flush(log: &mpsc::UnboundedSender<Write>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if log.send(Write::Flush(tx)).is_ok() {
+        let _ = rx.await;
+    }
 }
 
 async fn sleep_or_cancel(cancel: &CancellationToken, d: Duration) -> bool {

@@ -37,6 +37,14 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The lease of subscription `sub`'s delivery on this target: a name of
+    /// its own beside the target's poll lease.
+    pub fn delivery_lease(&self, sub: &str) -> Target {
+        Target::new(&self.source, format!("{}:sub:{sub}", self.resource))
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.source, self.resource)
@@ -191,7 +199,7 @@ pub trait DeliveryStore: Send + Sync {
     /// Returns false when there was no such subscription.
     async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
 
-    // Delivery state of subscription `sub` on target `t` (DESIGN §5). Entries
+    // Delivery state of subscription `sub` on target `t`. Entries
     // move from the stream, past the subscription's position, into its
     // pending set; they leave it when delivered, filtered out, or dead.
 
@@ -217,6 +225,9 @@ pub trait DeliveryStore: Send + Sync {
         state: RetryState,
     ) -> StoreResult<()>;
 
+    /// How many pending entries wait for a retry (failed at least once).
+    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64>;
+
     /// Removes entries from the pending set.
     async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
 
@@ -229,8 +240,10 @@ pub trait DeliveryStore: Send + Sync {
     /// The position: the last entry claimed, none before the first claim.
     async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>>;
 
-    /// Forgets the subscription's position and pending set on `t`.
-    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()>;
+    /// Removes what a deleted subscription left: its position and pending
+    /// set on each of `targets`, its delivery leases there, its dead
+    /// letters and its attempt log. Idempotent.
+    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()>;
 
     async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()>;
 
@@ -239,8 +252,8 @@ pub trait DeliveryStore: Send + Sync {
     /// Removes and returns every dead letter (for a redrive).
     async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
 
-    /// Records an attempt; the newest [`ATTEMPTS_KEPT`] are kept.
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()>;
+    /// Records attempts, oldest first; the newest [`ATTEMPTS_KEPT`] are kept.
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()>;
 
     /// The newest attempts first.
     async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>>;

@@ -66,7 +66,7 @@ fn bad_configuration_names_the_key() {
         ("[store]\nredis_urll = \"redis://x\"\n", "redis_urll"),
         (
             "[store]\nlease_ttl = \"5s\"\n",
-            "store.lease_ttl (5s) must be longer than delivery.request_timeout (15s)",
+            "store.lease_ttl (5s) must be at least 18s 750ms (delivery.request_timeout (15s) plus a quarter)",
         ),
         (
             "[delivery]\nallowed_cidrs = [\"10.0.0.0/99\"]\n",

@@ -1,6 +1,7 @@
 //! `TestReceiver`: a webhook target on port 0 that verifies every request's
 //! Standard Webhooks signature and records what arrived; it can fail a share
-//! of requests, answer 410, redirect, or hang.
+//! of requests, refuse a share of records for good, answer 410, redirect,
+//! hang, or take its time over every request.
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,6 +26,9 @@ pub enum Mode {
     Ok,
     /// Fail this share of requests with 500.
     Flaky(f64),
+    /// Fail every request holding an event of this share of records (by
+    /// subject, see [`refused`]) with 500.
+    Refuse(f64),
     Gone,
     Redirect,
     Hang,
@@ -47,7 +51,24 @@ pub struct Inner {
     pub requests: usize,
     pub bad_signatures: usize,
     pub redirects_followed: usize,
+    /// How long each request takes before it is answered.
+    pub delay: Duration,
+    /// Requests not answered yet, by record (`source subject`).
+    out: std::collections::HashMap<String, usize>,
+    requests_out: usize,
+    /// The most requests that were out at once.
+    pub most_out: usize,
+    /// Requests that arrived while one for the same record was still out.
+    pub overlaps: usize,
     rng: StdRng,
+}
+
+/// Whether `Mode::Refuse(share)` refuses the record with this subject.
+pub fn refused(share: f64, subject: &str) -> bool {
+    let h = subject.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % 1000) as f64 / 1000.0 < share
 }
 
 #[derive(Clone)]
@@ -66,6 +87,11 @@ impl TestReceiver {
             requests: 0,
             bad_signatures: 0,
             redirects_followed: 0,
+            delay: Duration::ZERO,
+            out: Default::default(),
+            requests_out: 0,
+            most_out: 0,
+            overlaps: 0,
             rng: StdRng::seed_from_u64(seed),
         }));
         let app = Router::new()
@@ -87,6 +113,10 @@ impl TestReceiver {
 
     pub fn set_secrets(&self, secrets: &[&str]) {
         self.inner.lock().unwrap().secrets = secrets.iter().map(|s| s.to_string()).collect();
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner.lock().unwrap().delay = delay;
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -127,6 +157,54 @@ impl Drop for TestReceiver {
     }
 }
 
+/// A request's records while it is out; leaves on drop, so an abandoned
+/// request leaves too.
+struct Out {
+    inner: Arc<Mutex<Inner>>,
+    records: Vec<String>,
+}
+
+impl Out {
+    /// Counts the request in and returns how long to take over it.
+    fn enter(inner: &Arc<Mutex<Inner>>, body: &[u8]) -> (Duration, Out) {
+        let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let records: Vec<String> = match parsed {
+            Value::Array(a) => a,
+            one => vec![one],
+        }
+        .iter()
+        .map(|e| format!("{} {}", e["source"], e["subject"]))
+        .collect();
+        let mut g = inner.lock().unwrap();
+        for r in &records {
+            let n = g.out.entry(r.clone()).or_default();
+            *n += 1;
+            if *n > 1 {
+                g.overlaps += 1;
+            }
+        }
+        g.requests_out += 1;
+        g.most_out = g.most_out.max(g.requests_out);
+        let out = Out {
+            inner: inner.clone(),
+            records,
+        };
+        (g.delay, out)
+    }
+}
+
+impl Drop for Out {
+    fn drop(&mut self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.requests_out -= 1;
+        for r in &self.records {
+            if let Some(n) = g.out.get_mut(r) {
+                *n -= 1;
+            }
+        }
+    }
+}
+
 async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
     let header = |k: &str| {
         headers
@@ -140,6 +218,8 @@ async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: 
         header("webhook-timestamp"),
         header("webhook-signature"),
     );
+    let (delay, _out) = Out::enter(&inner, &body);
+    tokio::time::sleep(delay).await;
     let mode = {
         let mut g = inner.lock().unwrap();
         g.requests += 1;
@@ -151,19 +231,22 @@ async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: 
         if !valid {
             g.bad_signatures += 1;
         }
+        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let events = match parsed {
+            Value::Array(a) => a,
+            one => vec![one],
+        };
         let fail = match g.mode {
             Mode::Flaky(p) => g.rng.random::<f64>() < p,
+            Mode::Refuse(p) => events
+                .iter()
+                .any(|e| refused(p, e["subject"].as_str().unwrap_or(""))),
             _ => false,
         };
         if fail {
             return (StatusCode::INTERNAL_SERVER_ERROR, "flaky").into_response();
         }
-        if g.mode == Mode::Ok || matches!(g.mode, Mode::Flaky(_)) {
-            let parsed: Value = serde_json::from_slice(&body).unwrap();
-            let events = match parsed {
-                Value::Array(a) => a,
-                one => vec![one],
-            };
+        if matches!(g.mode, Mode::Ok | Mode::Flaky(_) | Mode::Refuse(_)) {
             g.received.push(Received {
                 webhook_id: id,
                 content_type: header("content-type"),

@@ -1,4 +1,4 @@
-//! Subscriptions and delivery state in Redis (DESIGN §3, §5).
+//! Subscriptions and delivery state in Redis (the layout in README.md).
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -153,12 +153,31 @@ impl DeliveryStore for RedisStore {
         id: StreamId,
         state: RetryState,
     ) -> StoreResult<()> {
+        // Only while still pending: an answer applied after another instance
+        // settled the entry must not bring it back.
+        let script = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end return 0",
+        );
         let mut c = self.conn.clone();
-        let _: i64 = c
-            .hset(self.keys(t).pending(sub), id.to_string(), state.encode())
+        let _: i64 = script
+            .key(self.keys(t).pending(sub))
+            .arg(id.to_string())
+            .arg(state.encode())
+            .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
+        let mut c = self.conn.clone();
+        let states: Vec<String> = c
+            .hvals(self.keys(t).pending(sub))
+            .await
+            .map_err(|e| self.err(e))?;
+        let waiting = states.iter().filter(|s| RetryState::decode(s).attempts > 0);
+        Ok(waiting.count() as u64)
     }
 
     async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
@@ -238,16 +257,30 @@ impl DeliveryStore for RedisStore {
             .transpose()
     }
 
-    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
-        let keys = self.keys(t);
+    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {
         let mut c = self.conn.clone();
-        let _: redis::RedisResult<i64> = redis::cmd("XGROUP")
-            .arg("DESTROY")
-            .arg(&keys.events)
-            .arg(Keys::group(sub))
-            .query_async(&mut c)
-            .await;
-        let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
+        // One key per command: on a cluster they live in different slots.
+        for t in targets {
+            let keys = self.keys(t);
+            let destroyed: redis::RedisResult<i64> = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(&keys.events)
+                .arg(Keys::group(sub))
+                .query_async(&mut c)
+                .await;
+            // No stream yet means no group either.
+            if let Err(e) = destroyed
+                && !e.to_string().contains("requires the key to exist")
+            {
+                return Err(self.err(e));
+            }
+            let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
+            let lease = self.keys(&t.delivery_lease(sub)).lease;
+            let _: i64 = c.del(lease).await.map_err(|e| self.err(e))?;
+        }
+        for key in [dead_key(&self.prefix, sub), attempts_key(&self.prefix, sub)] {
+            let _: i64 = c.del(key).await.map_err(|e| self.err(e))?;
+        }
         Ok(())
     }
 
@@ -288,10 +321,18 @@ impl DeliveryStore for RedisStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
         let key = attempts_key(&self.prefix, sub);
-        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = attempts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut c = self.conn.clone();
+        // LPUSH of several values leaves the last one first: newest first.
         let _: () = redis::pipe()
             .lpush(&key, json)
             .ignore()

@@ -141,6 +141,20 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM delivery_pending
+                 WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0",
+                params![sub, t.source, t.resource],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+        })
+        .await
+    }
+
     async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
         let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
         self.with(move |c| {
@@ -188,18 +202,25 @@ impl DeliveryStore for SqliteStore {
         self.with(move |c| super::position(c, &sub, &t)).await
     }
 
-    async fn drop_delivery(&self, sub: &str, t: &Target) -> StoreResult<()> {
-        let (sub, t) = (sub.to_string(), t.clone());
+    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {
+        let (sub, targets) = (sub.to_string(), targets.to_vec());
         self.with(move |c| {
-            for table in ["delivery_position", "delivery_pending"] {
-                c.execute(
-                    &format!(
-                        "DELETE FROM {table} WHERE sub = ?1 AND source = ?2 AND resource = ?3"
-                    ),
-                    params![sub, t.source, t.resource],
+            let tx = c.transaction()?;
+            for table in [
+                "delivery_position",
+                "delivery_pending",
+                "dead_letters",
+                "attempts",
+            ] {
+                tx.execute(&format!("DELETE FROM {table} WHERE sub = ?1"), params![sub])?;
+            }
+            for t in targets.iter().map(|t| t.delivery_lease(&sub)) {
+                tx.execute(
+                    "DELETE FROM leases WHERE source = ?1 AND resource = ?2",
+                    params![t.source, t.resource],
                 )?;
             }
-            Ok(())
+            tx.commit()
         })
         .await
     }
@@ -252,20 +273,25 @@ impl DeliveryStore for SqliteStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn log_attempt(&self, sub: &str, a: &Attempt) -> StoreResult<()> {
-        let json = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+        let json = attempts
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let sub = sub.to_string();
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO attempts (sub, body) VALUES (?1, ?2)",
-                params![sub, json],
-            )?;
-            let id = c.last_insert_rowid();
-            c.execute(
+            let tx = c.transaction()?;
+            for body in &json {
+                tx.prepare_cached("INSERT INTO attempts (sub, body) VALUES (?1, ?2)")?
+                    .execute(params![sub, body])?;
+            }
+            let id = tx.last_insert_rowid();
+            tx.execute(
                 "DELETE FROM attempts WHERE sub = ?1 AND id <= ?2",
                 params![sub, id - ATTEMPTS_KEPT as i64],
-            )
-            .map(|_| ())
+            )?;
+            tx.commit()
         })
         .await
     }

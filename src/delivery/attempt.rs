@@ -1,0 +1,266 @@
+//! One request of a worker, from its signed body to what its answer
+//! changes: the entries settle, wait for a retry or go to the dead letters,
+//! the attempt is logged, and the subscription may be disabled.
+//!
+//! Requests run as tasks of their own, so a worker keeps several out at
+//! once; each is cut off at the end of the lease it was fenced with.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::task::JoinError;
+
+use super::{
+    model::{Attempt, DeadLetter, Outcome},
+    sender::{Message, Sender, Sent},
+    worker::{State, Worker},
+    writer::Write,
+};
+use crate::{
+    cloudevents::EventSource,
+    events::{Event, StreamId, now_ms},
+    metrics::{OutcomeLabels, SubLabels},
+    store::StoreResult,
+    subscription::Subscription,
+};
+
+/// A request about to go out.
+pub struct Request {
+    pub sub: Arc<Subscription>,
+    pub source: Arc<EventSource>,
+    pub sender: Arc<Sender>,
+    pub ids: Vec<StreamId>,
+    pub events: Vec<Arc<Event>>,
+    /// The end of the delivery lease: the request is abandoned then.
+    pub until: Instant,
+}
+
+/// A request that came back (or was cut off).
+pub struct Done {
+    pub ids: Vec<StreamId>,
+    pub sent: Sent,
+}
+
+/// What the answers applied in one step came to.
+pub struct Applied {
+    pub answers: usize,
+    pub disabled: bool,
+}
+
+impl Request {
+    pub async fn send(self) -> Done {
+        let started = Instant::now();
+        let (body, content_type, id) = self.body();
+        let mut secrets = vec![self.sub.secret.as_str()];
+        if let Some((old, until)) = &self.sub.previous_secret
+            && *until > now_ms()
+        {
+            secrets.push(old);
+        }
+        // The attempt's log lines carry the event (or first event of a batch).
+        let span = tracing::debug_span!("attempt", event_id = %id, events = self.events.len());
+        let message = Message {
+            url: &self.sub.url,
+            headers: &self.sub.headers,
+            id: &id,
+            body,
+            content_type,
+            secrets,
+        };
+        let sending = tracing::Instrument::instrument(self.sender.send(message), span.clone());
+        let deadline = tokio::time::Instant::from_std(self.until);
+        let sent = match tokio::time::timeout_at(deadline, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Sent {
+                outcome: Outcome::Failed,
+                status: None,
+                retry_after: None,
+                latency: started.elapsed(),
+                response: String::new(),
+                error: Some("cut off: the delivery lease was running out".into()),
+            },
+        };
+        span.in_scope(|| {
+            tracing::debug!(outcome = ?sent.outcome, status = sent.status, latency_ms = sent.latency.as_millis() as u64, "delivery attempt");
+        });
+        Done {
+            ids: self.ids,
+            sent,
+        }
+    }
+
+    /// The body, its content type and its `webhook-id`.
+    fn body(&self) -> (Vec<u8>, &'static str, String) {
+        if self.events.len() == 1 && self.sub.batch_size == 1 {
+            let ce = self.source.event(&self.events[0]);
+            let id = ce.id.clone();
+            let body = serde_json::to_vec(&ce).unwrap_or_default();
+            (body, "application/cloudevents+json", id)
+        } else {
+            let all: Vec<_> = self.events.iter().map(|e| self.source.event(e)).collect();
+            let id = format!("{}+{}", all[0].id, all.len() - 1);
+            let body = serde_json::to_vec(&all).unwrap_or_default();
+            (body, "application/cloudevents-batch+json", id)
+        }
+    }
+}
+
+impl Worker {
+    /// Applies every answer that came back since the last step.
+    pub(super) async fn apply_finished(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+    ) -> StoreResult<Applied> {
+        let mut applied = Applied {
+            answers: 0,
+            disabled: false,
+        };
+        while let Some(done) = st.finished.pop() {
+            applied.answers += 1;
+            match done {
+                Ok(done) => applied.disabled |= self.apply(st, sub, done).await?,
+                Err(e) => {
+                    // A send task that panicked: its entries stay pending in
+                    // the store and are sent again after the next reload,
+                    // once nothing else is in flight.
+                    tracing::error!(error = %e, "a delivery request failed unexpectedly");
+                    st.stale = true;
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies one answer; true when it disabled the subscription.
+    async fn apply(&self, st: &mut State, sub: &Subscription, done: Done) -> StoreResult<bool> {
+        let Some(q) = st.queue.as_mut() else {
+            return Ok(false);
+        };
+        q.finish(&done.ids);
+        let events: Vec<Arc<Event>> = done
+            .ids
+            .iter()
+            .filter_map(|id| q.get(id).map(|p| p.event.clone()))
+            .collect();
+        self.record(st, sub, &events, &done.sent);
+        let q = st.queue.as_mut().expect("checked above");
+        let now = now_ms();
+        match done.sent.outcome {
+            Outcome::Delivered => {
+                // Off the delivery path: a crash before it lands re-sends
+                // these events (at-least-once), nothing is lost.
+                let _ = st.log.send(Write::Settle(sub.id.clone(), done.ids.clone()));
+                for id in &done.ids {
+                    q.remove(id);
+                }
+                st.failing_since = None;
+                Ok(false)
+            }
+            Outcome::Gone => {
+                tracing::warn!(subscription = %sub.id, url = %crate::subscription::url_for_logs(&sub.url), "receiver answered 410 Gone; disabling the subscription");
+                self.disable(sub, "the receiver answered 410 Gone").await?;
+                Ok(true)
+            }
+            _ => {
+                self.retry_or_bury(st, sub, &done).await?;
+                let since = *st.failing_since.get_or_insert(now);
+                if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
+                    self.disable(
+                        sub,
+                        "every delivery failed for longer than delivery.disable_after",
+                    )
+                    .await?;
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// After a failure: each entry waits for its next retry, or goes to the
+    /// dead letters when the schedule is exhausted.
+    async fn retry_or_bury(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+        done: &Done,
+    ) -> StoreResult<()> {
+        let q = st.queue.as_mut().expect("checked by the caller");
+        let why = done
+            .sent
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("HTTP {}", done.sent.status.unwrap_or(0)));
+        for id in &done.ids {
+            let Some(p) = q.get_mut(id) else { continue };
+            p.state.attempts += 1;
+            match self.schedule.delay(p.state.attempts, done.sent.retry_after) {
+                Some(d) => {
+                    p.state.next_at_ms = now_ms() + d.as_millis() as u64;
+                    self.store
+                        .retry_later(&sub.id, &self.target, *id, p.state)
+                        .await?;
+                }
+                None => {
+                    let dead = DeadLetter {
+                        target: self.target.to_string(),
+                        id: id.to_string(),
+                        event_id: self.source.event(&p.event).id,
+                        attempts: p.state.attempts,
+                        last_error: why.clone(),
+                        at_ms: now_ms(),
+                    };
+                    self.store.dead_letter(&sub.id, &dead).await?;
+                    self.store.settle(&sub.id, &self.target, &[*id]).await?;
+                    q.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs the attempt (off the delivery path) and counts it.
+    fn record(&self, st: &State, sub: &Subscription, events: &[Arc<Event>], sent: &Sent) {
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            target: self.target.to_string(),
+            event_ids: events.iter().map(|e| self.source.event(e).id).collect(),
+            outcome: sent.outcome,
+            status: sent.status,
+            latency_ms: sent.latency.as_millis() as u64,
+            response: sent.response.clone(),
+            error: sent.error.clone(),
+        };
+        let _ = st.log.send(Write::Attempt(sub.id.clone(), attempt));
+        let outcome = serde_json::to_value(sent.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let m = &self.metrics;
+        m.attempts
+            .get_or_create(&OutcomeLabels {
+                subscription: sub.id.clone(),
+                outcome,
+            })
+            .inc();
+        m.delivery_latency
+            .get_or_create(&SubLabels {
+                subscription: sub.id.clone(),
+            })
+            .observe(sent.latency.as_secs_f64());
+    }
+
+    async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
+        crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
+            current.enabled = false;
+            current.disabled_reason = Some(why.to_string());
+            current.updated_ms = now_ms();
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// A send task's result as the worker keeps it until the next step.
+pub type Finished = Result<Done, JoinError>;

@@ -1,0 +1,283 @@
+//! Delivery at the receiver's pace: many requests in flight but never two
+//! of one record, records refused for good holding back nothing else,
+//! fenced sends, and the clean-up after a subscription is deleted.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stamp_relay::{
+    config::Paging,
+    delivery::worker::{Now, Step},
+    simulator::SimConfig,
+    store::Target,
+    subscription::Subscription,
+};
+
+use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
+use crate::harness::{
+    App, Sim, TestStore, all_events, eventually, poll_until_quiet, relay, source, wait_synced,
+};
+use crate::on_both_stores;
+use crate::receiver::{Mode, TestReceiver, refused};
+
+on_both_stores!(
+    slow_receiver_gets_many_requests_but_one_per_record,
+    refused_records_hold_back_nothing_else,
+    a_lost_lease_stops_sends_before_they_start,
+    deleting_a_subscription_leaves_nothing_behind
+);
+
+async fn patients(n: usize) -> Sim {
+    Sim::start(SimConfig {
+        initial: vec![("patients".into(), n)],
+        ..SimConfig::default()
+    })
+    .await
+}
+
+fn patients_source(sim: &Sim) -> Vec<stamp_relay::config::SourceConfig> {
+    vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)]
+}
+
+async fn slow_receiver_gets_many_requests_but_one_per_record(ts: TestStore) {
+    let sim = patients(30).await;
+    let app = App::spawn(&ts, patients_source(&sim)).await;
+    let t = Target::new("sim", "patients");
+    // Records change again, so several records have more than one event.
+    for _ in 0..2 {
+        sim.sim.random_writes(Some("patients"), 15);
+    }
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    for (max_in_flight, seed) in [(8u32, 31), (1, 32)] {
+        let rx = TestReceiver::start(seed).await;
+        rx.set_delay(Duration::from_millis(40));
+        let body = json!({"resources": ["sim/patients"], "start": "beginning", "max_in_flight": max_in_flight});
+        subscribe_to(&app, &rx, body).await;
+        let within = Duration::from_secs(60);
+        wait_delivered(ts.store.as_ref(), &rx, std::slice::from_ref(&t), within).await;
+        assert_record_order(&rx.events());
+        let g = rx.inner.lock().unwrap();
+        assert_eq!(g.overlaps, 0, "two requests of one record were out at once");
+        assert!(
+            g.most_out <= max_in_flight as usize,
+            "{} requests out with max_in_flight {max_in_flight}",
+            g.most_out
+        );
+        if max_in_flight > 1 {
+            assert!(g.most_out > 1, "never more than one request out");
+        }
+    }
+    app.stop().await;
+}
+
+async fn refused_records_hold_back_nothing_else(ts: TestStore) {
+    // More records refused than half the claim window (250): before, the
+    // waiting ones filled the window and the healthy ones stalled.
+    let sim = patients(1000).await;
+    let app = App::spawn_with(&ts, patients_source(&sim), |c| {
+        c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+    })
+    .await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(41).await;
+    rx.set_mode(Mode::Refuse(0.4));
+    let id = subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    let events = all_events(ts.store.as_ref(), &t).await;
+    let healthy: Vec<String> = events
+        .iter()
+        .filter(|e| !refused(0.4, &e.record))
+        .map(|e| format!("sim:patients:{}:{}", e.record, e.stamp))
+        .collect();
+    let refused_n = events.len() - healthy.len();
+    assert!(refused_n > 300, "only {refused_n} records refused");
+    eventually(
+        "every event of the healthy records",
+        Duration::from_secs(60),
+        async || {
+            let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
+            healthy.iter().all(|h| got.contains(h))
+        },
+    )
+    .await;
+    eventually(
+        "every refused record to wait for its retry",
+        Duration::from_secs(30),
+        async || ts.store.waiting_retries(&id, &t).await.unwrap() as usize == refused_n,
+    )
+    .await;
+    assert!(
+        rx.events()
+            .iter()
+            .all(|e| !refused(0.4, e["subject"].as_str().unwrap()))
+    );
+    app.stop().await;
+}
+
+/// A subscription as a test puts it straight into the store.
+fn subscription(id: &str, url: &str) -> Subscription {
+    serde_json::from_value(json!({
+        "id": id, "url": url, "resources": ["*"], "ops": [], "start": {}, "headers": {},
+        "batch_size": 1, "max_in_flight": 4, "rate_limit": null, "enabled": true,
+        "description": "", "secret": "whsec_dGVzdA==", "previous_secret": null,
+        "created_ms": 0, "updated_ms": 0
+    }))
+    .unwrap()
+}
+
+async fn a_lost_lease_stops_sends_before_they_start(ts: TestStore) {
+    let sim = patients(20).await;
+    let mut relay = relay(&ts, patients_source(&sim));
+    poll_until_quiet(&mut relay, 20).await;
+    let t = Target::new("sim", "patients");
+    let rx = TestReceiver::start(51).await;
+    rx.set_secrets(&["whsec_dGVzdA=="]);
+    let sub = subscription("sub_fenced", &rx.url);
+    ts.store.put_subscription(&sub).await.unwrap();
+    let deliverer = relay.deliverer();
+    let (worker, _changes) = deliverer.worker(&sub, &t);
+    let lease = t.delivery_lease(&sub.id);
+    let ttl = ts.config.lease_ttl;
+
+    // Another instance holds the lease: nothing is claimed or sent.
+    assert!(ts.store.lease(&lease, "other", ttl).await.unwrap());
+    let mut st = worker.state();
+    assert_eq!(
+        worker.step(&mut st, Now::current()).await.unwrap(),
+        Step::LeaseLost
+    );
+    assert_eq!(ts.store.position(&sub.id, &t).await.unwrap(), None);
+
+    // Ours: the first requests go out.
+    ts.store.release(&lease, "other").await.unwrap();
+    assert_eq!(
+        worker.step(&mut st, Now::current()).await.unwrap(),
+        Step::Busy
+    );
+    worker.drain(&mut st).await;
+    let sent = rx.inner.lock().unwrap().requests;
+    assert!(sent > 0);
+
+    // Later, with the lease at its end, another instance has taken it: the
+    // step checks before sending and sends nothing more.
+    ts.store.release(&lease, &relay.holder).await.unwrap();
+    assert!(ts.store.lease(&lease, "other", ttl).await.unwrap());
+    let later = Now {
+        wall_ms: stamp_relay::events::now_ms(),
+        at: Instant::now() + ttl,
+    };
+    assert_eq!(worker.step(&mut st, later).await.unwrap(), Step::LeaseLost);
+    assert_eq!(st.in_flight(), 0);
+    assert_eq!(rx.inner.lock().unwrap().requests, sent);
+    worker.close(st).await;
+}
+
+async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
+    let sim = patients(30).await;
+    let app = App::spawn(&ts, patients_source(&sim)).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(61).await;
+    // Half the records fail for good: pending entries, dead letters (after
+    // the test schedule) and attempts all exist when it is deleted.
+    rx.set_mode(Mode::Refuse(0.5));
+    let id = subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    let store = ts.store.as_ref();
+    eventually("dead letters", Duration::from_secs(30), async || {
+        !store.dead_letters(&id).await.unwrap().is_empty()
+    })
+    .await;
+    let r = app
+        .http
+        .delete(format!("{}/v1/subscriptions/{id}", app.base))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let clean = async || {
+        store.position(&id, &t).await.unwrap().is_none()
+            && store.pending(&id, &t).await.unwrap().is_empty()
+            && store.dead_letters(&id).await.unwrap().is_empty()
+            && store.attempts(&id, 10).await.unwrap().is_empty()
+    };
+    // A worker still stopping cleans up after itself.
+    sim.sim.random_writes(Some("patients"), 10);
+    eventually(
+        "the subscription's state to go",
+        Duration::from_secs(10),
+        clean,
+    )
+    .await;
+    app.stop().await;
+    assert!(
+        clean().await,
+        "the stopped relay left delivery state behind"
+    );
+    let lease = t.delivery_lease(&id);
+    assert!(
+        store
+            .lease(&lease, "someone else", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        "the delivery lease is gone"
+    );
+}
+
+/// A receiver slower than the delivery lease, with two instances: every
+/// request is cut off by its timeout, within the lease it was fenced with,
+/// and when the receiver speeds up everything arrives in record order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_slower_than_the_lease() {
+    let Some(ts) = TestStore::open(crate::harness::Backend::Redis).await else {
+        return;
+    };
+    let sim = patients(40).await;
+    let a = App::spawn(&ts, patients_source(&sim)).await;
+    let b = App::spawn(&ts, patients_source(&sim)).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(71).await;
+    rx.set_delay(ts.config.lease_ttl * 2);
+    let id = subscribe_to(
+        &a,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning", "max_in_flight": 4}),
+    )
+    .await;
+    let store = ts.store.as_ref();
+    eventually("requests cut off", Duration::from_secs(20), async || {
+        store.attempts(&id, 10).await.unwrap().len() >= 4
+    })
+    .await;
+    sim.sim.random_writes(Some("patients"), 20);
+    rx.set_delay(Duration::ZERO);
+    wait_synced(store, &t, &sim.sim).await;
+    wait_delivered(
+        store,
+        &rx,
+        std::slice::from_ref(&t),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_record_order(&rx.events());
+    let lease_ms = ts.config.lease_ttl.as_millis() as u64;
+    for attempt in store.attempts(&id, 1000).await.unwrap() {
+        assert!(
+            attempt.latency_ms < lease_ms,
+            "a request outlived the lease: {attempt:?}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,0 +1,150 @@
+//! Per-record order through crashes: relay processes killed with SIGKILL
+//! while they deliver to a slow receiver that fails 30 % of requests, with
+//! many requests in flight; alone on either store, and as two instances
+//! sharing Redis that take over from each other.
+
+use std::{
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use stamp_relay::{
+    simulator::{Order, SimConfig},
+    store::{Store, Target},
+};
+
+use crate::delivery::{assert_record_order, wait_delivered};
+use crate::harness::{
+    Backend, Proc, Sim, TestStore, all_events, bin, eventually, free_port, wait_synced,
+};
+use crate::receiver::{Mode, TestReceiver};
+
+/// Fourteen retries: with 30 % of requests failing, an event is
+/// dead-lettered with odds 0.3^15 (about 1e-8), negligible for ~500 events.
+const RETRIES: &str = "[\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \
+                       \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]";
+
+fn write_config(dir: &std::path::Path, store: &str, sim: &str, port: u16) -> std::path::PathBuf {
+    let path = dir.join(format!("relay-{port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\n{store}\nlease_ttl = \"500ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TEST_ADMIN\"\n\
+             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = {RETRIES}\n\
+             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn(cfg: &std::path::Path) -> Proc {
+    Command::new(bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("SR_TEST_ADMIN", "admin-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .unwrap()
+}
+
+/// Creates a subscription from the beginning through the first instance
+/// that answers.
+async fn subscribe(ports: &[u16], rx: &TestReceiver) -> Value {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = format!("http://127.0.0.1:{}/v1/subscriptions", ports[0]);
+        let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
+        if let Ok(r) = http
+            .post(url)
+            .bearer_auth("admin-secret")
+            .json(&body)
+            .send()
+            .await
+        {
+            return r.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `instances` relays on one store; three times, once deliveries are under
+/// way, one of them (in turn) is killed with SIGKILL and started again.
+async fn kills_keep_record_order(ts: &TestStore, instances: usize) {
+    let sim = Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), 400)],
+        ..SimConfig::default()
+    })
+    .await;
+    let rx = TestReceiver::start(9).await;
+    let store_cfg = match &ts.config.redis_url {
+        Some(url) => format!("redis_url = \"{url}\"\nkey_prefix = \"test\""),
+        None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
+    };
+    let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
+    let cfgs: Vec<_> = ports
+        .iter()
+        .map(|p| write_config(ts.dir.path(), &store_cfg, &sim.base_url, *p))
+        .collect();
+    let mut children: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
+    let created = subscribe(&ports, &rx).await;
+    rx.set_secrets(&[created["secret"].as_str().unwrap()]);
+    rx.set_mode(Mode::Flaky(0.3));
+    rx.set_delay(Duration::from_millis(20));
+    for kill in 0..3 {
+        let before = rx.event_ids().len();
+        eventually("deliveries to go on", Duration::from_secs(20), async || {
+            rx.event_ids().len() > before
+        })
+        .await;
+        let i = kill % instances;
+        children[i].kill().unwrap();
+        children[i].wait().unwrap();
+        sim.sim.random_writes(Some("patients"), 30);
+        children[i] = spawn(&cfgs[i]);
+    }
+    let store: Arc<dyn Store> = ts.store.clone();
+    let t = Target::new("sim", "patients");
+    wait_synced(store.as_ref(), &t, &sim.sim).await;
+    let within = Duration::from_secs(60);
+    wait_delivered(store.as_ref(), &rx, std::slice::from_ref(&t), within).await;
+    assert!(all_events(store.as_ref(), &t).await.len() >= 400);
+    let requests = rx.inner.lock().unwrap().requests;
+    assert!(
+        requests > rx.event_ids().len(),
+        "the receiver never failed; the test proves nothing"
+    );
+    assert_record_order(&rx.events());
+    for mut child in children {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_delivery_keeps_record_order_sqlite() {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    kills_keep_record_order(&ts, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_delivery_keeps_record_order_redis() {
+    if let Some(ts) = TestStore::open(Backend::Redis).await {
+        kills_keep_record_order(&ts, 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_take_over_deliveries_in_record_order() {
+    if let Some(ts) = TestStore::open(Backend::Redis).await {
+        kills_keep_record_order(&ts, 2).await;
+    }
+}
