@@ -1,4 +1,4 @@
-//! Events as downstream systems see them: CloudEvents 1.0 JSON (DESIGN §4),
+//! Events as downstream systems see them: CloudEvents 1.0 JSON (`docs/events.md`),
 //! the same for webhook bodies, REST replay and the live stream.
 
 use serde::Serialize;

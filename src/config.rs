@@ -59,7 +59,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// How long events stay in a table's stream (DESIGN §3): trimmed by age or
+/// How long events stay in a table's stream (README, "The Redis layout"): trimmed by age or
 /// length, never past what an enabled subscription has yet to deliver,
 /// unless the hard cap says so. Nothing set: events are kept forever.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! Change events: the operation set, stream IDs, the record index entry,
-//! and the classification rule of DESIGN §2 step 3.
+//! and the classification rule of `docs/events.md` ("What the ops mean").
 //!
 //! The Redis store runs the same rule inside its Lua script (so the check
 //! and the append are atomic); the embedded store calls [`classify`].

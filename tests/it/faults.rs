@@ -1,5 +1,5 @@
 //! Upstream failures never move the cursor, and the poll completes once
-//! the upstream recovers (DESIGN §2 step 6); authentication kinds work
+//! the upstream recovers (`docs/sync.md`); authentication kinds work
 //! across token expiry.
 
 use std::time::Duration;
