@@ -230,7 +230,9 @@ impl Worker {
         if !self.fence(st, now.at).await? {
             return Ok(Step::LeaseLost);
         }
-        self.fill(st, &sub).await?;
+        if !self.fill(st, &sub).await? {
+            return Ok(Step::Disabled);
+        }
         if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
             let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
             self.show(&sub, &counts);
@@ -268,7 +270,8 @@ impl Worker {
 
     /// Loads the pending set if needed, claims new entries while the window
     /// has room, and settles entries of ops the subscription does not want.
-    async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<()> {
+    /// False when the subscription was deleted meanwhile.
+    async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<bool> {
         if st.queue.is_none() {
             debug_assert!(st.sends.is_empty(), "a reload while requests are out");
             // The store is authoritative: load after a (re)start or takeover,
@@ -284,6 +287,12 @@ impl Worker {
         let q = st.queue.as_mut().expect("loaded above");
         let counts = q.counts();
         if counts.sendable <= WINDOW / 2 && counts.waiting < WAITING_LIMIT {
+            // A claim makes the consumer group when it is missing: one of a
+            // subscription deleted since the supervisor last looked would
+            // start over from the start point and send to a removed receiver.
+            if self.store.subscription(&sub.id).await?.is_none() {
+                return Ok(false);
+            }
             let start = sub.start_of(&self.target);
             let room = WINDOW - counts.sendable;
             for e in self.store.claim(&sub.id, &self.target, start, room).await? {
@@ -303,7 +312,7 @@ impl Worker {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Starts requests while the window, the rate limit and per-record order

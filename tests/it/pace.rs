@@ -205,6 +205,7 @@ async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    let top = store.last_id(&t).await.unwrap().stamp;
     let clean = async || {
         store.position(&id, &t).await.unwrap().is_none()
             && store.pending(&id, &t).await.unwrap().is_empty()
@@ -213,6 +214,10 @@ async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
     };
     // A worker still stopping cleans up after itself.
     sim.sim.random_writes(Some("patients"), 10);
+    wait_synced(store, &t, &sim.sim).await;
+    // Two supervisor rounds (500 ms each): a worker that missed the deletion
+    // would have claimed and sent the new writes by then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     eventually(
         "the subscription's state to go",
         Duration::from_secs(10),
@@ -223,6 +228,22 @@ async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
     assert!(
         clean().await,
         "the stopped relay left delivery state behind"
+    );
+    // A worker that had not yet seen the deletion never made its consumer
+    // group again, so nothing written after the deletion reached the receiver.
+    assert!(
+        store.last_id(&t).await.unwrap().stamp > top,
+        "new writes were appended"
+    );
+    let late: Vec<u64> = rx
+        .events()
+        .iter()
+        .filter_map(|e| e["updatestamp"].as_u64())
+        .filter(|s| *s > top)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "events written after the deletion were sent: {late:?}"
     );
     let lease = t.delivery_lease(&id);
     assert!(
