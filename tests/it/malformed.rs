@@ -118,8 +118,22 @@ fn path_for(template: &str, real_id: &str, rng: &mut StdRng) -> String {
         .replace("{id}", &pick(real_id))
 }
 
-async fn check(method: &str, template: &str, req: reqwest::RequestBuilder, what: &str) {
-    let r = req.send().await.unwrap();
+async fn check(
+    method: &str,
+    template: &str,
+    req: reqwest::RequestBuilder,
+    oversized: bool,
+    what: &str,
+) {
+    let r = match req.send().await {
+        Ok(r) => r,
+        // A server that answers before reading an oversized body closes the
+        // connection with the rest unread, and TCP may then reset it before
+        // the client reads the answer (RFC 9112, section 9.6): the one
+        // transport error an HTTP client must expect here.
+        Err(e) if oversized && e.is_request() => return,
+        Err(e) => panic!("{what}: {e}"),
+    };
     let status = r.status().as_u16();
     let ct = r
         .headers()
@@ -152,6 +166,13 @@ async fn every_route_answers_malformed_input_with_a_documented_problem() {
     let (_sim, app, created) = crate::security::app_with_subscription(&ts).await;
     let spec = spec();
     let real_id = created["id"].as_str().unwrap().to_string();
+    // A connection per request: the server closes a connection whose body it
+    // did not read, and a pooled client could reuse it in that instant.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     for seed in 0..seeds() {
         let mut rng = StdRng::seed_from_u64(seed);
         for (method, template) in documented() {
@@ -168,13 +189,15 @@ async fn every_route_answers_malformed_input_with_a_documented_problem() {
                     path = format!("{path}?{}", QUERIES[rng.random_range(0..QUERIES.len())]);
                 }
                 let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-                let mut req = app
-                    .http
+                let mut req = http
                     .request(m, format!("{}{path}", app.base))
                     .bearer_auth(ADMIN_TOKEN);
                 let ct = CONTENT_TYPES[rng.random_range(0..CONTENT_TYPES.len())];
+                let mut oversized = false;
                 if takes_body {
-                    req = req.header("content-type", ct).body(body(&mut rng));
+                    let body = body(&mut rng);
+                    oversized = body.len() > 64 * 1024;
+                    req = req.header("content-type", ct).body(body);
                 } else if rng.random_bool(0.2) {
                     // Small: a route without a body answers before reading it.
                     req = req
@@ -188,7 +211,7 @@ async fn every_route_answers_malformed_input_with_a_documented_problem() {
                     );
                 }
                 let what = format!("seed {seed} case {case}: {method} {path}");
-                check(&method, &template, req, &what).await;
+                check(&method, &template, req, oversized, &what).await;
             }
         }
     }
