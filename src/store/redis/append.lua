@@ -1,4 +1,4 @@
--- Atomic append of one sorted chunk for one target (DESIGN §2 step 4).
+-- Atomic append of one sorted chunk for one target (src/poller/mod.rs commits).
 -- KEYS: events stream, record index hash, lease string (one hash tag).
 -- ARGV: holder, snapshot (0/1), observed (unix ms), the stream's last ID as
 --       this writer last saw it ('' when unknown), then per record:
