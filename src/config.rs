@@ -36,8 +36,17 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Omit for the embedded SQLite store.
+    /// One Redis; omit this and `redis_cluster` for the embedded SQLite store.
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster, instead of `redis_url`.
+    pub redis_cluster: Vec<String>,
+    /// A PEM file of the CA that signed the Redis certificate (`rediss://`);
+    /// without it, the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// An environment variable holding the Redis ACL user name.
+    pub username_env: Option<String>,
+    /// An environment variable holding the Redis password.
+    pub password_env: Option<String>,
     pub key_prefix: String,
     pub data_dir: PathBuf,
     /// How long a poll lease outlives its last renewal: the time another
@@ -47,10 +56,21 @@ pub struct StoreConfig {
     pub retention: RetentionConfig,
 }
 
+impl StoreConfig {
+    /// Whether events live in Redis (one node or a cluster).
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_cluster.is_empty()
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_cluster: Vec::new(),
+            tls_ca_file: None,
+            username_env: None,
+            password_env: None,
             key_prefix: "stamp-relay".into(),
             data_dir: PathBuf::from("./stamp-relay-data"),
             lease_ttl: Duration::from_secs(30),

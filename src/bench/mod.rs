@@ -18,6 +18,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 mod api;
+mod cluster;
 mod delivery;
 mod settle;
 
@@ -40,6 +41,10 @@ pub struct BenchArgs {
     /// A Redis to use; by default a fresh `redis-server` on a free port.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Also load into a Redis Cluster: the seed nodes given (comma
+    /// separated), or three local masters started here when none are.
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    pub redis_cluster: Option<Vec<String>>,
     /// Live-stream clients for the fan-out measurement.
     #[arg(long, default_value_t = 1000)]
     pub sse_clients: usize,
@@ -226,31 +231,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
     let payloads = fetch_all(&base_url).await?;
     let client = redis::Client::open(redis_url.as_str())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let started = Instant::now();
-    for chunk in payloads.chunks(500) {
-        let mut pipe = redis::pipe();
-        for (id, stamp, data) in chunk {
-            pipe.cmd("XADD")
-                .arg("bench-raw")
-                .arg(format!("{stamp}-0"))
-                .arg(&[
-                    ("op", "created"),
-                    ("record", id),
-                    ("stamp", &stamp.to_string()),
-                ])
-                .arg(&[
-                    ("prev", ""),
-                    ("snapshot", "1"),
-                    ("observed", "0"),
-                    ("data", data),
-                ])
-                .ignore();
-        }
-        let () = pipe.query_async(&mut conn).await?;
-    }
-    let raw_secs = started.elapsed().as_secs_f64();
-    let raw_rate = payloads.len() as f64 / raw_secs;
+    let raw_rate = raw_xadd(
+        &mut client.get_multiplexed_async_connection().await?,
+        &payloads,
+    )
+    .await?;
 
     let (n, secs) = relay_load(redis_store.clone(), &base_url).await?;
     let relay_rate = n as f64 / secs;
@@ -289,6 +274,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.records
     );
 
+    if let Some(nodes) = &args.redis_cluster {
+        let single = (raw_rate, relay_rate);
+        cluster::run(nodes, &dir, &base_url, &payloads, single).await?;
+    }
     if args.rss_records > 0 {
         let status = Command::new(std::env::current_exe()?)
             .args([
@@ -306,6 +295,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     api::run(redis_store, &base_url, args.sse_clients, false).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The raw baseline: the same payloads, pipelined XADDs, 500 per round
+/// trip, into one stream; returns entries per second.
+async fn raw_xadd(
+    conn: &mut impl redis::aio::ConnectionLike,
+    payloads: &[(String, u64, String)],
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for chunk in payloads.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (id, stamp, data) in chunk {
+            pipe.cmd("XADD")
+                .arg("bench-raw")
+                .arg(format!("{stamp}-0"))
+                .arg(&[
+                    ("op", "created"),
+                    ("record", id),
+                    ("stamp", &stamp.to_string()),
+                ])
+                .arg(&[
+                    ("prev", ""),
+                    ("snapshot", "1"),
+                    ("observed", "0"),
+                    ("data", data),
+                ])
+                .ignore();
+        }
+        let () = pipe.query_async(conn).await?;
+    }
+    Ok(payloads.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -49,16 +49,7 @@ impl RawConfig {
                 problems.push(format!("{key}: must be greater than zero"));
             }
         }
-        if let Some(url) = &self.store.redis_url
-            && let Err(e) = url::Url::parse(url)
-                .map_err(|e| e.to_string())
-                .and_then(|u| match u.scheme() {
-                    "redis" | "rediss" | "unix" | "redis+unix" => Ok(()),
-                    s => Err(format!("scheme {s:?} is not redis:// or rediss://")),
-                })
-        {
-            problems.push(format!("store.redis_url: {e}"));
-        }
+        check_redis(&mut problems, &self.store);
         check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
         let r = &self.store.retention;
         for (key, v) in [
@@ -254,4 +245,56 @@ pub fn delivery_fence(lease_ttl: Duration, request_timeout: Duration) -> Result<
         ));
     }
     Ok(())
+}
+
+/// One Redis or a cluster, never both; every URL parses with a Redis scheme
+/// (a cluster has no Unix sockets); the credential variables are names.
+fn check_redis(problems: &mut Vec<String>, store: &crate::config::StoreConfig) {
+    if store.redis_url.is_some() && !store.redis_cluster.is_empty() {
+        problems.push(
+            "store.redis_cluster: give either store.redis_url (one Redis) or store.redis_cluster (seed nodes of a cluster), not both"
+                .into(),
+        );
+    }
+    let cluster = store
+        .redis_cluster
+        .iter()
+        .map(|u| ("store.redis_cluster", u, true));
+    for (key, url, in_cluster) in store
+        .redis_url
+        .iter()
+        .map(|u| ("store.redis_url", u, false))
+        .chain(cluster)
+    {
+        let checked = url::Url::parse(url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| match u.scheme() {
+                "redis" | "rediss" => Ok(()),
+                "unix" | "redis+unix" if !in_cluster => Ok(()),
+                s => Err(format!("scheme {s:?} is not redis:// or rediss://")),
+            });
+        if let Err(e) = checked {
+            problems.push(format!("{key}: {e}"));
+        }
+    }
+    let schemes: std::collections::HashSet<_> = store
+        .redis_cluster
+        .iter()
+        .filter_map(|u| url::Url::parse(u).ok().map(|u| u.scheme().to_string()))
+        .collect();
+    if schemes.len() > 1 {
+        problems
+            .push("store.redis_cluster: mixes redis:// and rediss:// seed nodes; use one".into());
+    }
+    for (key, var) in [
+        ("store.username_env", &store.username_env),
+        ("store.password_env", &store.password_env),
+    ] {
+        if var
+            .as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains('='))
+        {
+            problems.push(format!("{key}: must name an environment variable"));
+        }
+    }
 }

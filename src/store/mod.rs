@@ -320,11 +320,12 @@ pub(crate) fn decode_subscriptions(docs: &[String]) -> StoreResult<Vec<Subscript
     Ok(v)
 }
 
-/// Opens the backend the configuration names: Redis when `redis_url` is
-/// set, else the embedded store in `data_dir`.
+/// Opens the backend the configuration names: Redis when `redis_url` or
+/// `redis_cluster` is set, else the embedded store in `data_dir`.
 pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &cfg.redis_url {
-        Some(url) => Arc::new(redis::RedisStore::connect(url, &cfg.key_prefix).await?),
-        None => Arc::new(sqlite::SqliteStore::open(&cfg.data_dir)?),
+    Ok(if cfg.uses_redis() {
+        Arc::new(redis::RedisStore::connect(cfg).await?)
+    } else {
+        Arc::new(sqlite::SqliteStore::open(&cfg.data_dir)?)
     })
 }

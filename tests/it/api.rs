@@ -15,14 +15,15 @@ use stamp_relay::{
 use crate::harness::{
     ADMIN_TOKEN, App, READ_TOKEN, Sim, TestStore, all_events, source, wait_synced,
 };
-use crate::on_both_stores;
 use crate::openapi::{check_response, documented};
+use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
     replay_pages_match_the_stream,
     subscriptions_crud_and_persistence,
     live_stream_resumes_exactly
 );
+on_cluster!(replay_pages_match_the_stream, live_stream_resumes_exactly);
 
 /// A concrete URL for a documented path template.
 fn concrete(path: &str) -> String {

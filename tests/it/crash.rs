@@ -19,15 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{
     Backend, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, relay, seeds, source,
 };
-use crate::on_both_stores;
+use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(sigkill_during_keyset_load, sigkill_during_pages_load);
+on_cluster!(sigkill_during_keyset_load);
 
 fn write_config(ts: &TestStore, base_url: &str, paging: Paging, path: &Path) {
-    let store = match &ts.config.redis_url {
-        Some(url) => format!("redis_url = \"{url}\""),
-        None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
-    };
+    let store = ts.store_toml();
     let paging = match paging {
         Paging::Keyset => "keyset",
         Paging::Pages => "pages",

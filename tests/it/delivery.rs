@@ -16,13 +16,14 @@ use stamp_relay::{
 };
 
 use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
-use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
+use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
     signed_deliveries_survive_a_secret_rotation,
     flaky_receiver_gets_everything_in_record_order
 );
+on_cluster!(flaky_receiver_gets_everything_in_record_order);
 
 async fn app(ts: &TestStore, sim: &Sim) -> App {
     App::spawn(

@@ -27,10 +27,14 @@ use stamp_relay::{
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+use crate::redis_cluster::RedisCluster;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Redis,
     Sqlite,
+    /// Three masters of a local Redis Cluster, no replicas.
+    Cluster,
 }
 
 pub fn free_port() -> u16 {
@@ -53,6 +57,26 @@ fn redis_required() -> bool {
     std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
 }
 
+/// Whether `redis-server` is installed; false (skip) only when it is not
+/// required.
+pub fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            !redis_required(),
+            "redis-server is not installed but STAMP_RELAY_REQUIRE_REDIS=1; install it (apt-get install redis-server)"
+        );
+        eprintln!(
+            "skipping: redis-server is not installed (set STAMP_RELAY_REQUIRE_REDIS=1 to fail instead)"
+        );
+    }
+    found
+}
+
 pub struct RedisServer {
     pub port: u16,
     pub dir: TempDir,
@@ -64,19 +88,7 @@ impl RedisServer {
     /// Starts a fresh server, or returns None (skip) when redis-server is
     /// missing and not required.
     pub fn start(aof: bool) -> Option<RedisServer> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            assert!(
-                !redis_required(),
-                "redis-server is not installed but STAMP_RELAY_REQUIRE_REDIS=1; install it (apt-get install redis-server)"
-            );
-            eprintln!(
-                "skipping: redis-server is not installed (set STAMP_RELAY_REQUIRE_REDIS=1 to fail instead)"
-            );
+        if !redis_available() {
             return None;
         }
         let mut server = RedisServer {
@@ -153,6 +165,7 @@ pub struct TestStore {
     pub store: Arc<dyn Store>,
     pub config: StoreConfig,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
     pub dir: TempDir,
 }
 
@@ -165,10 +178,15 @@ impl TestStore {
         let dir = TempDir::new().unwrap();
         let redis = match backend {
             Backend::Redis => Some(RedisServer::start(aof)?),
-            Backend::Sqlite => None,
+            Backend::Sqlite | Backend::Cluster => None,
+        };
+        let cluster = match backend {
+            Backend::Cluster => Some(RedisCluster::start(0)?),
+            Backend::Redis | Backend::Sqlite => None,
         };
         let config = StoreConfig {
             redis_url: redis.as_ref().map(|r| r.url()),
+            redis_cluster: cluster.as_ref().map(|c| c.urls()).unwrap_or_default(),
             key_prefix: "test".into(),
             data_dir: dir.path().join("data"),
             lease_ttl: Duration::from_millis(500),
@@ -179,8 +197,18 @@ impl TestStore {
             store,
             config,
             redis,
+            cluster,
             dir,
         })
+    }
+
+    /// The `[store]` line naming this store, for a configuration file.
+    pub fn store_toml(&self) -> String {
+        match (&self.config.redis_url, &self.config.redis_cluster) {
+            (Some(url), _) => format!("redis_url = \"{url}\""),
+            (None, nodes) if !nodes.is_empty() => format!("redis_cluster = {nodes:?}"),
+            _ => format!("data_dir = \"{}\"", self.config.data_dir.display()),
+        }
     }
 }
 

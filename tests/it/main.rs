@@ -1,9 +1,11 @@
 //! One integration-test binary with a shared harness (see harness.rs).
 
 mod harness;
+mod redis_cluster;
 
 mod api;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod faults;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{
     Sim, TestStore, all_events, assert_rebuilds, poll_until_quiet, relay, seeds, source,
 };
-use crate::on_both_stores;
+use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
     seed_example,
@@ -21,6 +21,11 @@ on_both_stores!(
     late_commits_with_overlap,
     keyset_paging_commits_each_page,
     rejects_keep_raw_json,
+);
+on_cluster!(
+    seed_example,
+    deletes_restores_and_gaps,
+    late_commits_with_overlap
 );
 
 fn create(sim: &simulator::Simulator, table: &str, id: &str) -> u64 {

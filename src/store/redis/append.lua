@@ -1,9 +1,15 @@
--- Atomic append of one sorted chunk for one target (see ARCHITECTURE.md).
+-- Atomic append of one sorted chunk for one target (src/poller/mod.rs commits;
+-- see ARCHITECTURE.md).
 -- KEYS: events stream, record index hash, lease string, epoch string (one hash tag).
--- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, then per record:
+-- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the stream's last
+--       ID as this writer last saw it ('' when unknown), then per record:
 --       id, stamp, deleted (0/1), data.
--- Returns {created, updated, deleted, restored, duplicates, late}.
+-- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
 -- Re-running a chunk is a no-op: every version is checked against the index.
+-- A last ID other than the writer's means writes it saw acknowledged are
+-- gone (a replica took over before receiving them): appending after the
+-- gap would skip them for good, so refuse, and the poller starts over from
+-- the stream's real last ID.
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LEASELOST the lease is held by another instance')
 end
@@ -14,6 +20,13 @@ if redis.call('GET', KEYS[4]) ~= ARGV[4] then
 end
 local top_stamp, top_seq = '0', 0
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local top_id = '0-0'
+if #last > 0 then
+  top_id = last[1][1]
+end
+if ARGV[5] ~= '' and ARGV[5] ~= top_id then
+  return redis.error_reply('STREAMMOVED the stream ends at ' .. top_id .. ', not ' .. ARGV[5] .. ' as this writer last saw it')
+end
 if #last > 0 then
   local id = last[1][1]
   local dash = string.find(id, '-', 1, true)
@@ -22,7 +35,7 @@ if #last > 0 then
 end
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp = nil, ''
@@ -53,7 +66,8 @@ for i = 5, #ARGV, 4 do
       top_seq = top_seq + 1
       late = late + 1
     end
-    redis.call('XADD', KEYS[1], top_stamp .. '-' .. string.format('%d', top_seq),
+    top_id = top_stamp .. '-' .. string.format('%d', top_seq)
+    redis.call('XADD', KEYS[1], top_id,
       'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
       'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data)
     if del == '1' then
@@ -66,4 +80,4 @@ for i = 5, #ARGV, 4 do
     dups = dups + 1
   end
 end
-return {n.created, n.updated, n.deleted, n.restored, dups, late}
+return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id}

@@ -1,4 +1,5 @@
-//! The Redis backend: the public layout of README.md ("The Redis layout").
+//! The Redis backend: the public layout README.md documents ("The Redis
+//! layout"), on one Redis or a Redis Cluster (`connection.rs`).
 //!
 //! Every key of a target carries the hash tag `{source:resource}`, so a
 //! target's stream, index, rejects and lease live in one cluster slot and
@@ -7,13 +8,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{
-    AsyncCommands, Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    streams::StreamRangeReply,
-};
+use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 
+use self::connection::RedisConn;
+use self::entries::{field, parse_entries, parse_id};
 use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 /// The key names of one target, defined in one place.
@@ -69,11 +69,12 @@ impl Keys {
     }
 }
 
+/// Returns 2 when the lease was free and is now taken, 1 when extended.
 const LEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return 2
 elseif v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
@@ -89,7 +90,7 @@ return 0
 "#;
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     shown_url: String,
     append: Script,
@@ -97,6 +98,11 @@ pub struct RedisStore {
     release: Script,
     claim: Script,
     trim: Script,
+    /// Per events key, the stream's last ID after this instance's last
+    /// append: `append.lua` refuses to write after a tail a failover lost.
+    /// Forgotten when the lease is taken afresh (another holder may have
+    /// appended since) and after a refusal.
+    last_written: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -112,24 +118,21 @@ pub fn redact(url: &str) -> String {
 }
 
 impl RedisStore {
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<RedisStore> {
-        let shown_url = redact(url);
-        let fail = |e: redis::RedisError| {
+    /// Connects to the Redis or Redis Cluster the configuration names.
+    pub async fn connect(cfg: &StoreConfig) -> anyhow::Result<RedisStore> {
+        let key = connection::config_key(cfg);
+        let urls = connection::node_urls(cfg)?;
+        let shown_url = urls
+            .iter()
+            .map(|u| redact(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let conn = connection::open(cfg, urls).await.map_err(|e| {
             anyhow::anyhow!(
-                "cannot reach Redis at {shown_url} (store.redis_url): {e}; \
-                 start Redis or fix store.redis_url"
+                "cannot reach Redis at {shown_url} ({key}): {e}; start Redis or fix {key}"
             )
-        };
-        let client = redis::Client::open(url).map_err(fail)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(fail)?;
+        })?;
+        let prefix = &cfg.key_prefix;
         let store = RedisStore {
             conn,
             prefix: prefix.to_string(),
@@ -139,6 +142,7 @@ impl RedisStore {
             release: Script::new(RELEASE_LUA),
             claim: Script::new(include_str!("claim.lua")),
             trim: Script::new(include_str!("trim.lua")),
+            last_written: Default::default(),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         store.warn_about_risky_settings().await;
@@ -177,6 +181,19 @@ impl RedisStore {
         }
     }
 
+    fn last_written(&self, events: &str) -> String {
+        let map = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(events).cloned().unwrap_or_default()
+    }
+
+    fn set_last_written(&self, events: &str, id: Option<String>) {
+        let mut map = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
+        match id {
+            Some(id) => map.insert(events.to_string(), id),
+            None => map.remove(events),
+        };
+    }
+
     fn err(&self, e: redis::RedisError) -> StoreError {
         if e.to_string().contains("LEASELOST") {
             return StoreError::LeaseLost("target".into());
@@ -186,74 +203,6 @@ impl RedisStore {
         }
         StoreError::Unavailable(format!("redis at {}: {e}", self.shown_url))
     }
-}
-
-fn field<T: redis::FromRedisValue>(e: &redis::streams::StreamId, name: &str) -> StoreResult<T> {
-    e.get(name).ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "stream entry {} has no readable field {name:?}",
-            e.id
-        ))
-    })
-}
-
-/// Parses an `XRANGE` reply straight from the wire values, moving each
-/// field's bytes into the event instead of going through a map per entry
-/// (the replay path reads thousands of entries per request).
-fn parse_entries(reply: redis::Value) -> StoreResult<Vec<Event>> {
-    use redis::Value;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("unexpected XRANGE reply: {what}"));
-    let text = |v: Value| match v {
-        Value::BulkString(b) => String::from_utf8(b).map_err(|_| corrupt("field is not UTF-8")),
-        Value::SimpleString(s) => Ok(s),
-        _ => Err(corrupt("field is not a string")),
-    };
-    let Value::Array(entries) = reply else {
-        return Err(corrupt("not an array"));
-    };
-    let mut out = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Value::Array(mut parts) = entry else {
-            return Err(corrupt("entry is not an array"));
-        };
-        let (Some(Value::Array(fields)), Some(id)) = (parts.pop(), parts.pop()) else {
-            return Err(corrupt("entry has no fields"));
-        };
-        let id = parse_id(&text(id)?)?;
-        let (mut op, mut record, mut stamp, mut prev, mut snapshot, mut observed, mut data) =
-            (None, None, None, None, false, 0, None);
-        let mut it = fields.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            let v = text(v)?;
-            match text(k)?.as_str() {
-                "op" => op = Some(v.parse().map_err(StoreError::Corrupt)?),
-                "record" => record = Some(v),
-                "stamp" => stamp = v.parse().ok(),
-                "prev" => prev = v.parse().ok(),
-                "snapshot" => snapshot = v == "1",
-                "observed" => observed = v.parse().unwrap_or(0),
-                "data" => data = Some(v),
-                _ => {}
-            }
-        }
-        let missing =
-            || StoreError::Corrupt(format!("stream entry {id} lacks op, record, stamp or data"));
-        out.push(Event {
-            id,
-            op: op.ok_or_else(missing)?,
-            record: record.ok_or_else(missing)?,
-            stamp: stamp.ok_or_else(missing)?,
-            prev,
-            snapshot,
-            observed,
-            data: data.ok_or_else(missing)?,
-        });
-    }
-    Ok(out)
-}
-
-fn parse_id(s: &str) -> StoreResult<StreamId> {
-    s.parse().map_err(StoreError::Corrupt)
 }
 
 #[async_trait]
@@ -296,7 +245,8 @@ impl Store for RedisStore {
         inv.arg(batch.holder)
             .arg(if batch.snapshot { "1" } else { "0" })
             .arg(batch.observed)
-            .arg(batch.epoch);
+            .arg(batch.epoch)
+            .arg(self.last_written(&keys.events));
         for r in batch.records {
             inv.arg(&r.id)
                 .arg(r.stamp)
@@ -304,17 +254,23 @@ impl Store for RedisStore {
                 .arg(r.raw.get());
         }
         let mut c = self.conn.clone();
-        let n: Vec<u64> = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| match self.err(e) {
-                StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
-                StoreError::Reset(_) => StoreError::Reset(t.to_string()),
-                other => other,
-            })?;
-        let [created, updated, deleted, restored, duplicates, late] = n[..] else {
-            return Err(StoreError::Corrupt(format!("append script returned {n:?}")));
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String)> =
+            inv.invoke_async(&mut c).await;
+        let (created, updated, deleted, restored, duplicates, late, last) = match reply {
+            Ok(n) => n,
+            Err(e) => {
+                if e.to_string().contains("STREAMMOVED") {
+                    tracing::warn!(target = %t, "the stream lost a tail it had acknowledged (a Redis failover?); polling again from its last ID");
+                    self.set_last_written(&keys.events, None);
+                }
+                return Err(match self.err(e) {
+                    StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
+                    StoreError::Reset(_) => StoreError::Reset(t.to_string()),
+                    other => other,
+                });
+            }
         };
+        self.set_last_written(&keys.events, Some(last));
         Ok(AppendOutcome {
             created,
             updated,
@@ -404,7 +360,10 @@ impl Store for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(got == 1)
+        if got == 2 {
+            self.set_last_written(&self.keys(t).events, None);
+        }
+        Ok(got >= 1)
     }
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()> {
@@ -420,5 +379,7 @@ impl Store for RedisStore {
     }
 }
 
+mod connection;
 mod delivery;
+mod entries;
 mod table_state;

@@ -1,0 +1,379 @@
+//! Redis Cluster and managed-Redis features on real servers: a master
+//! SIGKILLed mid-load and replaced by its replica, a tail a failover lost,
+//! TLS with a self-signed certificate and an ACL user from the environment,
+//! and the configuration checks. The shared suites run on a cluster through
+//! `on_cluster!` in their own files.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::value::RawValue;
+use stamp_relay::{
+    config::{Paging, StoreConfig},
+    record::UpstreamRecord,
+    simulator::{Order, SimConfig},
+    store::{self, AppendBatch, StoreError, Target},
+};
+use tempfile::TempDir;
+
+use crate::harness::{
+    App, Backend, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, redis_available,
+    source, wait_synced,
+};
+use crate::redis_cluster::RedisCluster;
+
+fn cluster_store_config(cluster: &RedisCluster, dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        redis_cluster: cluster.urls(),
+        key_prefix: "test".into(),
+        data_dir: dir.path().join("data"),
+        lease_ttl: Duration::from_millis(500),
+        ..StoreConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_killed_mid_load_is_replaced_and_the_stream_rebuilds_exactly() {
+    let Some(cluster) = RedisCluster::start(1) else {
+        return;
+    };
+    let dir = TempDir::new().unwrap();
+    let config = cluster_store_config(&cluster, &dir);
+    let store = store::open(&config).await.unwrap();
+    let mut ts = TestStore {
+        store,
+        config,
+        redis: None,
+        cluster: Some(cluster),
+        dir,
+    };
+    let sim = Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), 20_000)],
+        ..SimConfig::default()
+    })
+    .await;
+    let t = Target::new("sim", "patients");
+    let app = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Keyset, 100)],
+    )
+    .await;
+    let key = "test:{sim:patients}:events";
+    let master = tokio::task::block_in_place(|| ts.cluster.as_ref().unwrap().master_of(key));
+    eventually(
+        "the load is under way",
+        Duration::from_secs(60),
+        async || ts.store.stream_len(&t).await.unwrap() >= 3_000,
+    )
+    .await;
+    ts.cluster.as_mut().unwrap().kill(master);
+    let len_at_kill = ts.store.stream_len(&t).await.unwrap();
+    assert!(len_at_kill < 20_000, "the load finished before the kill");
+    let promoted = tokio::task::block_in_place(|| ts.cluster.as_ref().unwrap().master_of(key));
+    assert_ne!(promoted, master, "a replica took over the table's slot");
+    sim.sim.random_writes(Some("patients"), 200);
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+    app.stop().await;
+}
+
+fn record(id: &str, stamp: u64) -> UpstreamRecord {
+    UpstreamRecord {
+        id: id.into(),
+        stamp,
+        deleted: false,
+        raw: RawValue::from_string(format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#)).unwrap(),
+    }
+}
+
+async fn append(ts: &TestStore, t: &Target, records: &[UpstreamRecord]) -> Result<u64, StoreError> {
+    let epoch = ts.store.init_epoch(t, "test-epoch").await?;
+    let batch = AppendBatch {
+        holder: "me",
+        snapshot: false,
+        observed: 0,
+        epoch: &epoch,
+        records,
+    };
+    ts.store.append(t, batch).await.map(|o| o.created)
+}
+
+/// A failover can lose the newest entries the old master acknowledged (a
+/// replica is promoted before receiving them). Appending the next chunk
+/// after that gap would skip them for good: the store refuses once, and the
+/// poller's next attempt starts from the stream's real last ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_lost_in_a_failover_is_never_skipped() {
+    let Some(ts) = TestStore::open(Backend::Cluster).await else {
+        return;
+    };
+    let t = Target::new("sim", "patients");
+    assert!(
+        ts.store
+            .lease(&t, "me", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        append(&ts, &t, &[record("a", 1), record("b", 2)])
+            .await
+            .unwrap(),
+        2
+    );
+    // What a failover that lost `b` leaves: the stream and index without it.
+    let client = redis::cluster::ClusterClient::new(ts.config.redis_cluster.clone()).unwrap();
+    let mut c = client.get_async_connection().await.unwrap();
+    let tag = "test:{sim:patients}";
+    let events = format!("{tag}:events");
+    let () = redis::pipe()
+        .atomic()
+        .xdel(&events, &["2-0"])
+        .ignore()
+        .cmd("XSETID")
+        .arg(&events)
+        .arg("1-0")
+        .ignore()
+        .hdel(format!("{tag}:index"), "b")
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let refused = append(&ts, &t, &[record("c", 3)]).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("STREAMMOVED"),
+        "appending after the gap was not refused: {refused}"
+    );
+    assert_eq!(ts.store.stream_len(&t).await.unwrap(), 1);
+    // The poller starts over from the stream's last ID and fetches `b` again.
+    let again = [record("b", 2), record("c", 3)];
+    assert_eq!(append(&ts, &t, &again).await.unwrap(), 2);
+    assert_eq!(ts.store.stream_len(&t).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_url_and_redis_cluster_are_exclusive() {
+    let dir = TempDir::new().unwrap();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        "[store]\nredis_url = \"redis://127.0.0.1:1\"\nredis_cluster = [\"redis://127.0.0.1:2\"]\n\n\
+         [[sources]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:3/api\"\nresources = [\"patients\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("store.redis_cluster"), "{stderr}");
+}
+
+struct TlsRedis {
+    port: u16,
+    ca: std::path::PathBuf,
+    child: Child,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// `redis-server` on a TLS port only, with a certificate for 127.0.0.1
+/// signed by a self-signed CA made here, and an ACL user `relay` (the
+/// default user disabled).
+fn tls_redis(dir: &Path, password: &str) -> TlsRedis {
+    let days = ["-days", "1"];
+    openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=test-ca",
+            ][..],
+            &days,
+            &["-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+        ],
+        dir,
+    );
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &[
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "req.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+            ][..],
+            &days,
+            &["-extfile", "ext.cnf", "-out", "cert.pem"],
+        ]
+        .concat(),
+        dir,
+    );
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--user", "default", "off"])
+        .args([
+            "--user",
+            "relay",
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on its TLS port"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    TlsRedis {
+        port,
+        ca: dir.join("ca.pem"),
+        child,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_an_acl_user_from_the_environment() {
+    if !redis_available() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let password = "tls-test-secret";
+    let redis = tls_redis(dir.path(), password);
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 500)],
+        ..SimConfig::default()
+    })
+    .await;
+    let cfg = dir.path().join("relay.toml");
+    let write = |ca: bool| {
+        let ca = if ca {
+            format!("tls_ca_file = \"{}\"\n", redis.ca.display())
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\nredis_url = \"rediss://127.0.0.1:{}\"\n{ca}username_env = \"TEST_REDIS_USER\"\n\
+                 password_env = \"TEST_REDIS_PASSWORD\"\nkey_prefix = \"test\"\n\n\
+                 [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\n",
+                redis.port, sim.base_url
+            ),
+        )
+        .unwrap();
+    };
+    let sync = || {
+        Command::new(bin())
+            .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
+            .env("TEST_REDIS_USER", "relay")
+            .env("TEST_REDIS_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    // The system's roots do not know a self-signed certificate.
+    write(false);
+    let out = sync();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "connected without trusting the CA");
+    assert!(stderr.contains("store.redis_url"), "{stderr}");
+    assert!(!stderr.contains(password), "the password leaked: {stderr}");
+    write(true);
+    let out = sync();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = StoreConfig {
+        redis_url: Some(format!(
+            "rediss://relay:{password}@127.0.0.1:{}",
+            redis.port
+        )),
+        tls_ca_file: Some(redis.ca.clone()),
+        key_prefix: "test".into(),
+        ..StoreConfig::default()
+    };
+    let store: Arc<dyn stamp_relay::store::Store> = store::open(&config).await.unwrap();
+    assert!(!store.describe().contains(password), "{}", store.describe());
+    let t = Target::new("sim", "patients");
+    assert_eq!(store.stream_len(&t).await.unwrap(), 500);
+    assert_rebuilds(store.as_ref(), &t, &sim.sim).await;
+}
