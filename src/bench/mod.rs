@@ -151,22 +151,32 @@ fn source(base_url: &str, page_size: u32, paging: Paging) -> anyhow::Result<Sour
 
 /// Loads everything once with the relay; returns (events, seconds).
 async fn relay_load(store: StoreConfig, base_url: &str) -> anyhow::Result<(u64, f64)> {
+    let (report, secs) = load_once(&store, base_url, Paging::Keyset).await?;
+    Ok((report.outcome.appended(), secs))
+}
+
+/// One `sync_once` of a fresh relay with `paging`; returns its report and
+/// how long it took. `sync_once` releases the lease, so the next relay on
+/// this store polls at once.
+async fn load_once(
+    store: &StoreConfig,
+    base_url: &str,
+    paging: Paging,
+) -> anyhow::Result<(crate::poller::PollReport, f64)> {
     let config = RawConfig {
         store: store.clone(),
-        sources: vec![source(base_url, 1000, Paging::Keyset)?],
+        sources: vec![source(base_url, 1000, paging)?],
         ..RawConfig::default()
     }
     .validate(&|_| None)?;
-    let mut relay = Relay::with_store(config, store::open(&store).await?)?;
+    let mut relay = Relay::with_store(config, store::open(store).await?)?;
     let started = Instant::now();
-    // sync_once releases the lease, so the next relay on this store polls at once.
     let (_, report) = relay
         .sync_once(&CancellationToken::new())
         .await
         .pop()
         .expect("one target");
-    let report = report?;
-    Ok((report.outcome.appended(), started.elapsed().as_secs_f64()))
+    Ok((report?, started.elapsed().as_secs_f64()))
 }
 
 /// 200 upstream changes over 2 s: the live traffic the latency figures measure.

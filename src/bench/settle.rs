@@ -2,36 +2,15 @@
 //! records, whose settle walks add upstream requests to the plain walk. The
 //! share is printed next to the load's rate, in the throughput table.
 
-use std::time::Instant;
-
-use tokio_util::sync::CancellationToken;
-
-use super::source;
-use crate::{
-    app::Relay,
-    config::{Paging, RawConfig, StoreConfig},
-    store,
-};
+use super::load_once;
+use crate::config::{Paging, StoreConfig};
 
 /// Loads everything with `paging = "pages"` into a fresh key prefix and
 /// prints the rate against `raw_rate` and the settle walks' requests as a
 /// share of the walk's.
 pub async fn run(store: StoreConfig, base_url: &str, raw_rate: f64) -> anyhow::Result<()> {
-    let config = RawConfig {
-        store: store.clone(),
-        sources: vec![source(base_url, 1000, Paging::Pages)?],
-        ..RawConfig::default()
-    }
-    .validate(&|_| None)?;
-    let mut relay = Relay::with_store(config, store::open(&store).await?)?;
-    let started = Instant::now();
-    let (_, report) = relay
-        .sync_once(&CancellationToken::new())
-        .await
-        .pop()
-        .expect("one target");
-    let report = report?;
-    let rate = report.outcome.appended() as f64 / started.elapsed().as_secs_f64();
+    let (report, secs) = load_once(&store, base_url, Paging::Pages).await?;
+    let rate = report.outcome.appended() as f64 / secs;
     let walk = report.pages - report.settle_pages;
     println!(
         "{:<44} {:>12.0} {:>10.2}   settle: +{} of {} requests ({:.2} %)",
