@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod instances;
+mod layout;
 mod limits;
 mod malformed;
 mod metrics;
