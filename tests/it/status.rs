@@ -112,8 +112,23 @@ async fn status_page_matches_the_api(ts: TestStore) {
         );
     }
     let id = off["id"].as_str().unwrap();
+    // The state cell of each subscription's own row.
+    let row = |id: &str| {
+        let start = html
+            .find(&format!("data-subscription=\"{id}\""))
+            .unwrap_or_else(|| panic!("no row for {id}"));
+        let len = html[start..].find("</tr>").unwrap();
+        html[start..start + len].to_string()
+    };
+    let off_row = row(id);
     assert!(
-        html[html.find(&format!("data-subscription=\"{id}\"")).unwrap()..].contains("disabled")
+        off_row.contains("<span class=bad>disabled</span>"),
+        "{off_row}"
+    );
+    let on_row = row(&on);
+    assert!(
+        on_row.contains("<span class=ok>enabled</span>") && !on_row.contains("disabled"),
+        "{on_row}"
     );
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
     // Disabled from the beginning, it lacks every stamp of the longest table.
