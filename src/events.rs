@@ -255,5 +255,100 @@ mod tests {
         }
         assert_eq!(IndexEntry::decode("7:deleted").unwrap().stamp, 7);
         assert_eq!(IndexEntry::decode("junk"), None);
+        // The stored format is a public contract (README, "Redis layout").
+        let deleted = IndexEntry {
+            stamp: 7,
+            deleted: true,
+        };
+        let live = IndexEntry {
+            stamp: 8,
+            deleted: false,
+        };
+        assert_eq!(deleted.encode(), "7:deleted");
+        assert_eq!(live.encode(), "8");
+        assert_eq!(IndexEntry::decode("8"), Some(live));
+    }
+
+    #[test]
+    fn op_names_are_the_documented_ones() {
+        let names = ["created", "updated", "deleted", "restored"];
+        for (op, name) in Op::ALL.into_iter().zip(names) {
+            assert_eq!(op.as_str(), name);
+            assert_eq!(op.to_string(), name);
+            assert_eq!(name.parse::<Op>(), Ok(op));
+            assert_eq!(serde_json::to_string(&op).unwrap(), format!("\"{name}\""));
+        }
+        assert!("Created".parse::<Op>().is_err());
+        assert!("".parse::<Op>().is_err());
+    }
+
+    #[test]
+    fn stream_ids_print_as_stamp_dash_seq() {
+        assert_eq!(StreamId::new(12, 3).to_string(), "12-3");
+        assert_eq!(StreamId::ZERO.to_string(), "0-0");
+        assert_eq!(
+            serde_json::to_string(&StreamId::new(1700, 0)).unwrap(),
+            "\"1700-0\""
+        );
+    }
+
+    #[test]
+    fn append_outcome_counts_each_op_in_its_own_field() {
+        let mut o = AppendOutcome::default();
+        // Distinct counts per op, so a swapped or dropped arm shows.
+        for (op, n) in Op::ALL.into_iter().zip([1, 2, 3, 4]) {
+            for _ in 0..n {
+                o.count(op);
+            }
+        }
+        let want = AppendOutcome {
+            created: 1,
+            updated: 2,
+            deleted: 3,
+            restored: 4,
+            duplicates: 0,
+            late: 0,
+        };
+        assert_eq!(o, want);
+        assert_eq!(o.appended(), 10);
+
+        let mut sum = AppendOutcome {
+            created: 10,
+            updated: 20,
+            deleted: 30,
+            restored: 40,
+            duplicates: 50,
+            late: 60,
+        };
+        sum.add(&AppendOutcome {
+            duplicates: 5,
+            late: 6,
+            ..want
+        });
+        assert_eq!(
+            sum,
+            AppendOutcome {
+                created: 11,
+                updated: 22,
+                deleted: 33,
+                restored: 44,
+                duplicates: 55,
+                late: 66,
+            }
+        );
+        assert_eq!(sum.appended(), 110);
+        assert_eq!(AppendOutcome::default().appended(), 0);
+    }
+
+    #[test]
+    fn now_is_unix_milliseconds() {
+        let a = now_ms();
+        // 2020-09-13 in ms; seconds or 0 would be far below.
+        assert!(a > 1_600_000_000_000, "{a}");
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(a / 1000 <= secs && secs - a / 1000 < 60, "{a} vs {secs}");
     }
 }

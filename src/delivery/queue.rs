@@ -221,4 +221,57 @@ mod tests {
             "a's two entries wait; c's retry is in flight, so it is sendable"
         );
     }
+
+    #[test]
+    fn lookups_see_the_entries_and_what_is_in_flight() {
+        let mut q = queue(&[(1, "a", 0, 0), (2, "b", 3, 50)]);
+        let (one, two) = (StreamId::new(1, 0), StreamId::new(2, 0));
+        assert_eq!(q.get(&one).unwrap().event.record, "a");
+        assert!(q.get(&StreamId::new(9, 0)).is_none());
+        q.get_mut(&two).unwrap().state.attempts = 4;
+        assert_eq!(q.get(&two).unwrap().state.attempts, 4);
+        assert!(q.get_mut(&StreamId::new(9, 0)).is_none());
+        let records: Vec<&str> = q.values().map(|p| p.event.record.as_str()).collect();
+        assert_eq!(records, ["a", "b"]);
+        assert!(!q.is_in_flight(&one));
+        q.start(&[one]);
+        assert!(q.is_in_flight(&one) && !q.is_in_flight(&two));
+        q.finish(&[one]);
+        assert!(!q.is_in_flight(&one));
+    }
+
+    #[test]
+    fn counts_split_sendable_from_waiting() {
+        // Every record waits for a retry: nothing is sendable.
+        let q = queue(&[(1, "a", 1, 500), (2, "b", 2, 500)]);
+        assert_eq!(
+            q.counts(),
+            Counts {
+                sendable: 0,
+                waiting: 2,
+                in_flight: 0
+            }
+        );
+        // One of three waits.
+        let q = queue(&[(1, "a", 1, 0), (2, "b", 0, 0), (3, "c", 0, 0)]);
+        assert_eq!(
+            q.counts(),
+            Counts {
+                sendable: 2,
+                waiting: 1,
+                in_flight: 0
+            }
+        );
+        // Nothing failed: all sendable, in flight or not.
+        let mut q = queue(&[(1, "a", 0, 0), (2, "a", 0, 0), (3, "b", 0, 0)]);
+        q.start(&ids(&[1]));
+        assert_eq!(
+            q.counts(),
+            Counts {
+                sendable: 3,
+                waiting: 0,
+                in_flight: 1
+            }
+        );
+    }
 }

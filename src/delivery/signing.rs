@@ -76,6 +76,42 @@ mod tests {
         ));
     }
 
+    /// Verification compares every byte: a signature whose differences
+    /// cancel out under XOR (two differing characters swapped), a
+    /// truncated one, or one with a byte changed does not verify.
+    #[test]
+    fn verification_rejects_near_misses() {
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let good = sign(secret, "m", 1, b"{}");
+        assert!(verify(secret, "m", 1, b"{}", &good));
+        let b = good.as_bytes();
+        let (i, j) = (3..b.len())
+            .flat_map(|i| (i + 1..b.len()).map(move |j| (i, j)))
+            .find(|&(i, j)| b[i] != b[j])
+            .expect("a signature has two different characters");
+        let mut swapped = b.to_vec();
+        swapped.swap(i, j);
+        let swapped = String::from_utf8(swapped).unwrap();
+        assert!(!verify(secret, "m", 1, b"{}", &swapped), "{swapped}");
+        // Two bytes flipped by the same bit also cancel under XOR.
+        let mut flipped = b.to_vec();
+        flipped[3] ^= 1;
+        flipped[4] ^= 1;
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert!(!verify(secret, "m", 1, b"{}", &flipped), "{flipped}");
+        assert!(!verify(secret, "m", 1, b"{}", &good[..good.len() - 1]));
+        assert!(!verify(secret, "m", 1, b"{}", &format!("{good}A")));
+        assert!(!verify(secret, "m", 1, b"{}", ""));
+        assert!(!verify(secret, "m", 1, b"{}", "v1,"));
+    }
+
+    #[test]
+    fn key_is_the_base64_part_of_the_secret() {
+        assert_eq!(key("whsec_AAEC"), Some(vec![0, 1, 2]));
+        assert_eq!(key("AAEC"), Some(vec![0, 1, 2]));
+        assert_eq!(key("whsec_not base64!"), None);
+    }
+
     #[test]
     fn rotation_sends_both_signatures() {
         let (new, old) = (

@@ -62,12 +62,21 @@ pub(super) async fn issue_token(
         tokens.retain(|_, expiry| *expiry > now);
         tokens.insert(token.clone(), now + *token_ttl);
     }
+    sim.tokens_issued
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let body = json!({
         "access_token": token,
-        "expires_in": token_ttl.as_secs(),
+        "expires_in": expires_in(*token_ttl),
         "token_type": "Bearer",
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// `expires_in` for a token lifetime: whole seconds, rounded up, so a
+/// sub-second lifetime is not announced as already expired (`0`) and a
+/// client keeps its token until it meets the 401.
+fn expires_in(ttl: std::time::Duration) -> u64 {
+    ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)
 }
 
 /// A refused list request: the 401 to answer, with its challenge.
@@ -161,6 +170,15 @@ fn base64(input: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn expires_in_rounds_up_to_whole_seconds() {
+        use std::time::Duration;
+        assert_eq!(super::expires_in(Duration::ZERO), 0);
+        assert_eq!(super::expires_in(Duration::from_millis(400)), 1);
+        assert_eq!(super::expires_in(Duration::from_secs(3)), 3);
+        assert_eq!(super::expires_in(Duration::from_millis(3001)), 4);
+    }
+
     #[test]
     fn base64_matches_rfc_4648_vectors() {
         let cases = [

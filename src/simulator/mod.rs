@@ -213,6 +213,8 @@ pub struct Simulator {
     requests: Mutex<VecDeque<RequestLog>>,
     /// Issued OAuth tokens and when they expire.
     tokens: Mutex<HashMap<String, Instant>>,
+    /// How many OAuth tokens were issued (for tests counting refreshes).
+    tokens_issued: std::sync::atomic::AtomicU64,
     /// Cancelled when serving stops, so hanging and slow answers end early
     /// instead of holding up graceful shutdown.
     halt: CancellationToken,
@@ -234,6 +236,7 @@ impl Simulator {
             faults: Mutex::new(FaultState::new(config.faults.clone(), config.seed)),
             requests: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(HashMap::new()),
+            tokens_issued: std::sync::atomic::AtomicU64::new(0),
             halt: CancellationToken::new(),
             config,
         })
@@ -306,6 +309,18 @@ impl Simulator {
         let kind = Kind::parse(table).ok_or_else(|| SimError::UnknownTable(table.to_owned()))?;
         lock(&self.data).add_raw(kind, &record);
         Ok(())
+    }
+
+    /// How many OAuth tokens `POST /api/integration/auth/` issued so far.
+    pub fn tokens_issued(&self) -> u64 {
+        self.tokens_issued
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Revokes every issued OAuth token: list requests bearing one answer
+    /// 401 "Invalid token." until the client fetches a new one.
+    pub fn revoke_tokens(&self) {
+        lock(&self.tokens).clear();
     }
 
     /// The most recent list requests, oldest first.

@@ -240,6 +240,9 @@ fn json_logs_are_json() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The upstream (port 9) is down: the run fails, and says so in its
+    // exit code.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty(), "no logs");
     for l in lines {

@@ -100,9 +100,17 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         let start = stream_total(&ts).await;
         let kill_at = start + rng.random_range(1..(total.saturating_sub(start) * 3 / 4).max(2));
         let mut child = run();
+        // A stalled run fails the test instead of hanging it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!(
+                    "round {round}: sync --once neither finished nor reached {kill_at} events in 120 s"
+                );
             }
             if stream_total(&ts).await >= kill_at {
                 child.kill().unwrap();
@@ -122,7 +130,8 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         "no SIGKILL landed mid-load; the test proves nothing"
     );
     // Then run to completion twice: the second run picks up nothing new.
-    for _ in 0..2 {
+    let mut after_first = 0;
+    for pass in 0..2 {
         let out = run().wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -131,6 +140,15 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!stdout.contains("skipped"), "{stdout}");
+        let len = stream_total(&ts).await;
+        if pass == 0 {
+            after_first = len;
+        } else {
+            assert_eq!(
+                len, after_first,
+                "the second complete run appended events:\n{stdout}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
     for table in ["patients", "assessments"] {
@@ -189,14 +207,24 @@ async fn redis_restart_mid_load() {
         cancel.clone(),
     ));
     // Wait until the load is under way, then crash Redis twice.
+    let mut acknowledged = Vec::new();
     for want in [1500, 4000] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while store.stream_len(&t).await.unwrap_or(0) < want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never reached {want} events"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(
             store.stream_len(&t).await.unwrap() < 10000,
             "the load finished before Redis was killed"
         );
+        // What was acknowledged before the kill; with AOF it survives
+        // verbatim (a Redis that came back empty would be reloaded from 0
+        // with new `observed` times, and this would not match).
+        acknowledged.extend(all_events(store.as_ref(), &t).await);
         let redis = ts.redis.as_mut().unwrap();
         redis.kill();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -211,4 +239,17 @@ async fn redis_restart_mid_load() {
     cancel.cancel();
     run.await.unwrap().unwrap();
     assert_rebuilds(store.as_ref(), &t, &sim.sim).await;
+    let after: std::collections::HashMap<_, _> = all_events(store.as_ref(), &t)
+        .await
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect();
+    assert!(acknowledged.len() >= 1500);
+    for e in &acknowledged {
+        assert_eq!(
+            after.get(&e.id),
+            Some(e),
+            "an event read before a Redis kill changed or vanished"
+        );
+    }
 }

@@ -73,14 +73,28 @@ async fn failures_never_move_the_cursor(ts: TestStore) {
         // and must leave the stream untouched.
         let cursor = ts.store.last_id(&t).await.unwrap();
         let len = ts.store.stream_len(&t).await.unwrap();
+        let started = std::time::Instant::now();
         let err = relay.pollers[0].poll_once(&cancel).await.unwrap_err();
+        let first_took = started.elapsed();
         assert_eq!(ts.store.last_id(&t).await.unwrap(), cursor, "{name}: {err}");
         assert_eq!(ts.store.stream_len(&t).await.unwrap(), len, "{name}: {err}");
         // The second poll meets one more failure, retries, and completes.
+        let started = std::time::Instant::now();
         let r = relay.pollers[0]
             .poll_once(&cancel)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "429" {
+            // The simulator's 429 says `Retry-After: 1`; the test source's
+            // own backoff is at most 200 ms, so each poll's one wait before
+            // its retry lasting a second is the header honoured.
+            let min = Duration::from_millis(950);
+            let second_took = started.elapsed();
+            assert!(
+                first_took >= min && second_took >= min,
+                "Retry-After ignored: polls took {first_took:?} and {second_took:?}"
+            );
+        }
         assert!(
             r.outcome.appended() > 0,
             "{name}: the recovered poll appended nothing"
@@ -91,12 +105,19 @@ async fn failures_never_move_the_cursor(ts: TestStore) {
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
 }
 
+/// One token serves many pages; a token past its lifetime is replaced
+/// before use; a token the upstream revokes is replaced once on the 401.
+/// Token requests are counted by the simulator, list requests (with their
+/// status) in its request log.
 async fn oauth_tokens_refresh(ts: TestStore) {
+    // Long enough that one quick poll run never reaches the relay's
+    // refresh time (nine tenths of it), short enough to wait out.
+    const TTL: Duration = Duration::from_secs(4);
     let sim = Sim::start(SimConfig {
         auth: SimAuth::OAuth {
             client_id: "relay".into(),
             client_secret: "s3cret-value".into(),
-            token_ttl: Duration::from_millis(400),
+            token_ttl: TTL,
         },
         initial: vec![("users".into(), 12)],
         ..SimConfig::default()
@@ -114,11 +135,55 @@ async fn oauth_tokens_refresh(ts: TestStore) {
         token_url: None,
     };
     let mut relay = relay(&ts, vec![src]);
+    let refused = |sim: &Sim| {
+        sim.sim
+            .requests()
+            .iter()
+            .filter(|r| r.status == 401)
+            .count()
+    };
+
+    // Reuse: 12 records in pages of 5 is three pages and more, one token.
     poll_until_quiet(&mut relay, 3).await;
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        sim.sim.random_writes(Some("users"), 3);
-        poll_until_quiet(&mut relay, 3).await;
-    }
+    let pages = sim.sim.requests().len();
+    assert!(pages >= 3, "{pages} list requests");
+    assert_eq!(
+        sim.sim.tokens_issued(),
+        1,
+        "one token for {pages} list requests"
+    );
+    assert_eq!(refused(&sim), 0);
+
+    // Revoked mid-run: the first page meets a 401, the relay fetches one
+    // new token and the same page succeeds with it.
+    sim.sim.revoke_tokens();
+    sim.sim.random_writes(Some("users"), 3);
+    let before = sim.sim.requests().len();
+    poll_until_quiet(&mut relay, 3).await;
+    let log = sim.sim.requests();
+    assert_eq!(log[before].status, 401, "{:?}", log[before]);
+    assert!(
+        log[before + 1..].iter().all(|r| r.status == 200),
+        "{:?}",
+        &log[before..]
+    );
+    assert_eq!(refused(&sim), 1);
+    assert_eq!(sim.sim.tokens_issued(), 2, "one refresh on the 401");
+    assert_eq!(
+        log[before + 1].page,
+        log[before].page,
+        "the page is retried"
+    );
+
+    // Expiry: once the lifetime has passed, the relay fetches a new token
+    // before the next request instead of sending the old one.
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    sim.sim.random_writes(Some("users"), 3);
+    let before = sim.sim.requests().len();
+    poll_until_quiet(&mut relay, 3).await;
+    assert_eq!(sim.sim.tokens_issued(), 3, "one token after expiry");
+    assert_eq!(refused(&sim), 1, "no expired token sent");
+    assert!(sim.sim.requests().len() > before);
+
     assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "users"), &sim.sim).await;
 }

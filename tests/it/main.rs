@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod faults;
 mod instances;
+mod layout;
 mod limits;
 mod malformed;
 mod metrics;

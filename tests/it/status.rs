@@ -112,8 +112,23 @@ async fn status_page_matches_the_api(ts: TestStore) {
         );
     }
     let id = off["id"].as_str().unwrap();
+    // The state cell of each subscription's own row.
+    let row = |id: &str| {
+        let start = html
+            .find(&format!("data-subscription=\"{id}\""))
+            .unwrap_or_else(|| panic!("no row for {id}"));
+        let len = html[start..].find("</tr>").unwrap();
+        html[start..start + len].to_string()
+    };
+    let off_row = row(id);
     assert!(
-        html[html.find(&format!("data-subscription=\"{id}\"")).unwrap()..].contains("disabled")
+        off_row.contains("<span class=bad>disabled</span>"),
+        "{off_row}"
+    );
+    let on_row = row(&on);
+    assert!(
+        on_row.contains("<span class=ok>enabled</span>") && !on_row.contains("disabled"),
+        "{on_row}"
     );
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
     // Disabled from the beginning, it lacks every stamp of the longest table.
@@ -222,7 +237,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
 /// Headless Chromium, as a person would open it: the browser answers the
 /// Basic challenge with the token, and the rendered page shows the cursors
 /// the API reports. Needs Debian's `chromium` (`.ci/run` installs it); skipped
-/// without it unless `STAMP_RELAY_REQUIRE_CHROMIUM=1`.
+/// without it unless `STAMP_RELAY_REQUIRE_CHROMIUM` is `1` or `true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_chromium() {
     let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|b| {
@@ -232,7 +247,7 @@ async fn status_page_renders_in_chromium() {
             .is_ok_and(|o| o.status.success())
     }) else {
         assert!(
-            std::env::var("STAMP_RELAY_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            !std::env::var("STAMP_RELAY_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1" || v == "true"),
             "chromium is not installed but STAMP_RELAY_REQUIRE_CHROMIUM=1; apt-get install chromium"
         );
         eprintln!("skipping: chromium is not installed");

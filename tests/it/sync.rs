@@ -111,9 +111,11 @@ async fn deletes_restores_and_gaps(ts: TestStore) {
         ..SimConfig::default()
     })
     .await;
-    for id in ["p1", "p2", "p3"] {
-        create(&sim.sim, "patients", id);
-    }
+    // The stamps the patients table handed out, in order.
+    let mut stamps: Vec<u64> = ["p1", "p2", "p3"]
+        .into_iter()
+        .map(|id| create(&sim.sim, "patients", id))
+        .collect();
     create(&sim.sim, "users", "u1");
     let mut relay = relay(
         &ts,
@@ -126,19 +128,29 @@ async fn deletes_restores_and_gaps(ts: TestStore) {
     );
     poll_until_quiet(&mut relay, 5).await;
     let del = |id: &str| Change::new("patients", simulator::Op::Delete).with_id(id);
-    sim.sim.apply(del("p1")).unwrap();
-    sim.sim.apply(del("p2")).unwrap();
-    sim.sim
-        .apply(Change::new("patients", simulator::Op::Restore).with_id("p2"))
-        .unwrap();
+    stamps.push(sim.sim.apply(del("p1")).unwrap().stamp);
+    stamps.push(sim.sim.apply(del("p2")).unwrap().stamp);
+    stamps.push(
+        sim.sim
+            .apply(Change::new("patients", simulator::Op::Restore).with_id("p2"))
+            .unwrap()
+            .stamp,
+    );
     sim.sim
         .apply(Change::new("users", simulator::Op::Update).with_id("u1"))
         .unwrap();
     poll_until_quiet(&mut relay, 5).await;
-    sim.sim
-        .apply(Change::new("patients", simulator::Op::Restore).with_id("p1"))
-        .unwrap();
+    stamps.push(
+        sim.sim
+            .apply(Change::new("patients", simulator::Op::Restore).with_id("p1"))
+            .unwrap()
+            .stamp,
+    );
     poll_until_quiet(&mut relay, 5).await;
+    assert!(
+        stamps.windows(2).any(|w| w[1] > w[0] + 1),
+        "the test needs a stamp gap to prove anything: {stamps:?}"
+    );
 
     let t = Target::new("sim", "patients");
     let ops: Vec<_> = all_events(ts.store.as_ref(), &t)

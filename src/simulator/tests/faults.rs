@@ -215,7 +215,8 @@ async fn oauth_tokens_are_required_and_expire() {
             granted["token_type"].as_str(),
             granted["expires_in"].as_u64()
         ),
-        (Some("Bearer"), Some(0))
+        (Some("Bearer"), Some(1)),
+        "a 500 ms lifetime is announced rounded up"
     );
     let bearer = format!("Bearer {}", granted["access_token"].as_str().unwrap());
     let list = || {
