@@ -17,7 +17,8 @@ use stamp_relay::{
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, relay, seeds, source,
+    Backend, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, one_seed,
+    relay, seeds, source,
 };
 use crate::{on_both_stores, on_cluster};
 
@@ -81,7 +82,14 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
             .collect();
     let cfg = ts.dir.path().join("relay.toml");
     write_config(&ts, &sim.base_url, paging, &cfg);
-    let mut rng = StdRng::seed_from_u64(paging as u64);
+    // Where the kills land comes from a seed: `STAMP_RELAY_SEED`, else a
+    // fresh one each run (printed on failure), so runs try new kill points.
+    let seed = one_seed();
+    let _guard = SeedGuard {
+        what: format!("sigkill_during_load {paging:?}"),
+        seed,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
     let run = || {
         Command::new(bin())
             .args(["sync", "--once", "--config", cfg.to_str().unwrap()])

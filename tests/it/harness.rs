@@ -53,6 +53,45 @@ pub fn seeds() -> u64 {
         .unwrap_or(4)
 }
 
+/// The seeds a randomized suite runs: `STAMP_RELAY_SEED=k` reruns seed `k`
+/// alone (the one a failure printed); otherwise `0..STAMP_RELAY_SEEDS`.
+pub fn seed_list() -> Vec<u64> {
+    match std::env::var("STAMP_RELAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (0..seeds()).collect(),
+    }
+}
+
+/// The seed of a test that runs once: `STAMP_RELAY_SEED`, else a fresh
+/// random one (a [`SeedGuard`] prints it on failure).
+pub fn one_seed() -> u64 {
+    std::env::var("STAMP_RELAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// Prints which seed a randomized test was running when it panics, so the
+/// failure can be rerun alone with `STAMP_RELAY_SEED`.
+pub struct SeedGuard {
+    pub what: String,
+    pub seed: u64,
+}
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed with seed {}; rerun it alone with STAMP_RELAY_SEED={}",
+                self.what, self.seed, self.seed
+            );
+        }
+    }
+}
+
 fn redis_required() -> bool {
     std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
 }

@@ -16,6 +16,7 @@ mod malformed;
 mod metrics;
 mod openapi;
 mod pace;
+mod property;
 mod receiver;
 mod reset;
 mod retention;
