@@ -21,6 +21,7 @@ mod property;
 mod receiver;
 mod reset;
 mod retention;
+mod rules;
 mod security;
 mod serve;
 mod settle;
