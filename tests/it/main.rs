@@ -29,3 +29,4 @@ mod status;
 mod sync;
 mod tail;
 mod takeover;
+mod upstream;
