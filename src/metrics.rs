@@ -128,6 +128,11 @@ impl Metrics {
             m.poll_duration.clone(),
         );
         r.register(
+            "page_walks",
+            "Page walks of the pages strategy; more than polls means rows shifted",
+            m.walks.clone(),
+        );
+        r.register(
             "settle_pages",
             "Pages fetched by settle walks after a pages walk",
             m.settle_pages.clone(),

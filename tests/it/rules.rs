@@ -28,7 +28,7 @@ use stamp_relay::{
 use crate::harness::{App, Backend, Sim, TestStore, eventually, source, wait_synced};
 
 #[derive(Clone, Debug)]
-struct Request {
+pub struct Request {
     headers: HeaderMap,
     body: Bytes,
     at: Instant,
@@ -60,17 +60,17 @@ impl Request {
 }
 
 /// What the receiver answers: a status, an optional `Retry-After`, a body.
-type Reply = (u16, Option<&'static str>, String);
+pub type Reply = (u16, Option<&'static str>, String);
 
 #[derive(Clone)]
-struct Scripted {
-    url: String,
+pub struct Scripted {
+    pub url: String,
     requests: Arc<Mutex<Vec<Request>>>,
-    reply: Arc<Mutex<Reply>>,
+    pub reply: Arc<Mutex<Reply>>,
 }
 
 impl Scripted {
-    async fn start(reply: Reply) -> Scripted {
+    pub async fn start(reply: Reply) -> Scripted {
         let s = Scripted {
             url: String::new(),
             requests: Arc::default(),
@@ -85,7 +85,7 @@ impl Scripted {
         Scripted { url, ..s }
     }
 
-    fn requests(&self) -> Vec<Request> {
+    pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
 }
