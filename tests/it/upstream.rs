@@ -7,7 +7,7 @@ use stamp_relay::{
     app::Relay,
     config::{Auth, Paging, Secret},
     poller::PollError,
-    simulator::{Faults, Order, SimAuth, SimConfig},
+    simulator::{Change, Faults, Order, SimAuth, SimConfig},
     store::Target,
 };
 use tokio_util::sync::CancellationToken;
@@ -188,4 +188,78 @@ async fn simulate_serves_what_its_options_say() {
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     let anon = http.get(&url).send().await.unwrap();
     assert_eq!(anon.status(), 401);
+}
+
+/// The `sync --once` row of `target`, split into its columns.
+fn summary_row(stdout: &str, target: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{target} ")))
+        .unwrap_or_else(|| panic!("no row for {target} in\n{stdout}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `sync --once` prints one row per table with what the poll did, and exits
+/// 1 when a table failed (the others are still polled and shown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_prints_a_summary_and_exits_1_when_a_table_fails() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 12)],
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let live = format!(
+        "[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npage_size = 5\n",
+        sim.base_url
+    );
+    let dead = format!(
+        "[[sources]]\nname = \"dead\"\nbase_url = \"http://127.0.0.1:{}/api\"\nresources = [\"users\"]\n\
+         max_attempts = 1\n",
+        free_port()
+    );
+    let store = format!(
+        "[store]\ndata_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    let run = |sources: &str| {
+        let cfg = dir.path().join("once.toml");
+        std::fs::write(&cfg, format!("{store}{sources}")).unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, stdout) = run(&format!("{live}{dead}"));
+    assert_eq!(code, Some(1), "{stdout}");
+    let header = summary_row(&stdout, "target");
+    assert_eq!(
+        header[1..9],
+        [
+            "fetched", "created", "updated", "deleted", "restored", "walks", "pages", "settle"
+        ]
+    );
+    let row = summary_row(&stdout, "sim/patients");
+    assert_eq!(row[1..6], ["12", "12", "0", "0", "0"], "{stdout}");
+    assert_eq!(row[9], "12-0", "{stdout}");
+    assert!(summary_row(&stdout, "dead/users").contains(&"error:".to_string()));
+
+    let id = sim.sim.state("patients")[0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sim.sim
+        .apply(Change::new("patients", stamp_relay::simulator::Op::Update).with_id(&id))
+        .unwrap();
+    let (code, stdout) = run(&live);
+    assert_eq!(code, Some(0), "{stdout}");
+    let row = summary_row(&stdout, "sim/patients");
+    assert_eq!(row[2..6], ["0", "1", "0", "0"], "{stdout}");
+    assert_eq!(row[9], "13-0", "{stdout}");
 }
