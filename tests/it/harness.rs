@@ -468,6 +468,22 @@ macro_rules! on_both_stores {
     };
 }
 
+/// Adds the test's admin and read tokens to a configuration.
+pub fn with_tokens(config: &mut Config) {
+    use stamp_relay::config::{Scope, Secret, TokenConfig};
+    for (name, scope, secret) in [
+        ("ops", Scope::Admin, ADMIN_TOKEN),
+        ("dash", Scope::Read, READ_TOKEN),
+    ] {
+        let t = TokenConfig {
+            name: name.into(),
+            scope,
+            token_env: "UNUSED".into(),
+        };
+        config.api_tokens.push((t, Secret::new(secret)));
+    }
+}
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const READ_TOKEN: &str = "test-read-token";
 
@@ -491,20 +507,9 @@ impl App {
         sources: Vec<SourceConfig>,
         tweak: impl FnOnce(&mut Config),
     ) -> App {
-        use stamp_relay::config::{Scope, Secret, TokenConfig};
         let mut config = config(&ts.config, sources);
         tweak(&mut config);
-        for (name, scope, secret) in [
-            ("ops", Scope::Admin, ADMIN_TOKEN),
-            ("dash", Scope::Read, READ_TOKEN),
-        ] {
-            let t = TokenConfig {
-                name: name.into(),
-                scope,
-                token_env: "UNUSED".into(),
-            };
-            config.api_tokens.push((t, Secret::new(secret)));
-        }
+        with_tokens(&mut config);
         let relay = Relay::with_store(config, ts.store.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(relay, listener).await

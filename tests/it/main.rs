@@ -13,6 +13,7 @@ mod health;
 mod instances;
 mod layout;
 mod limits;
+mod live;
 mod malformed;
 mod metrics;
 mod openapi;
