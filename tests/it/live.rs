@@ -73,3 +73,56 @@ async fn appends_on_one_instance_reach_every_live_client_of_another() {
     cancel.cancel();
     a.stop().await;
 }
+
+/// A client that reads nothing while far more events than the tail's
+/// buffer (`tail::BUFFER`) and any socket buffers hold go past must lag
+/// behind the broadcast; it then catches up from the store and, like a
+/// client that keeps up, gets every event once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_client_catches_up_from_the_store() {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let total = 6 * stamp_relay::tail::BUFFER;
+    let sim = Sim::start(SimConfig {
+        order: stamp_relay::simulator::Order::Stamp,
+        initial: vec![("patients".into(), total)],
+        ..SimConfig::default()
+    })
+    .await;
+    let mut src = source(&sim.base_url, &["patients"], Paging::Keyset, 1000);
+    // No poll before the clients are connected.
+    src.poll_interval = Duration::from_millis(500);
+    let app = App::spawn(&ts, vec![src]).await;
+    let connect = async || {
+        let r = app
+            .get("/v1/resources/sim/patients/events")
+            .header("accept", "text/event-stream")
+            .header("last-event-id", "0-0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        (r, String::new())
+    };
+    let (mut lagging, mut lag_buf) = connect().await;
+    let (mut steady, mut steady_buf) = connect().await;
+    let t = Target::new("sim", "patients");
+    let read = read_sse(
+        &mut steady,
+        &mut steady_buf,
+        total,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(read.len(), total);
+    let want: Vec<String> = all_events(ts.store.as_ref(), &t)
+        .await
+        .into_iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    let ids: Vec<String> = read.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, want, "the client that kept up");
+    let late = read_sse(&mut lagging, &mut lag_buf, total, Duration::from_secs(120)).await;
+    let ids: Vec<String> = late.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, want, "the client that lagged");
+    app.stop().await;
+}
