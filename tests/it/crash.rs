@@ -233,41 +233,7 @@ async fn redis_restart_mid_load() {
         // verbatim (a Redis that came back empty would be reloaded from 0
         // with new `observed` times, and this would not match).
         let read = all_events(store.as_ref(), &t).await;
-        let epoch = store.epoch(&t).await.unwrap();
-        let redis = ts.redis.as_mut().unwrap();
-        redis.kill();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        redis.restart();
-        // Back with the stream and the index as they were (the AOF replayed
-        // before Redis answers), not empty: the epoch is the same, so the
-        // relay goes on from where it was instead of reloading from 0.
-        let r = async || -> stamp_relay::store::StoreResult<_> {
-            Ok((
-                store.stream_len(&t).await?,
-                store.index_len(&t).await?,
-                store.epoch(&t).await?,
-            ))
-        };
-        let mut after = None;
-        eventually(
-            "the store to answer again",
-            Duration::from_secs(30),
-            async || {
-                after = r().await.ok();
-                after.is_some()
-            },
-        )
-        .await;
-        let (len, indexed, epoch_after) = after.unwrap();
-        assert!(
-            len >= read.len() as u64 && indexed >= read.len() as u64,
-            "Redis came back with {len} events and {indexed} index entries; {} were acknowledged",
-            read.len()
-        );
-        assert_eq!(
-            epoch_after, epoch,
-            "the table's epoch changed across the restart"
-        );
+        restart_and_check_it_came_back_full(&mut ts, &t, read.len() as u64).await;
         acknowledged.extend(read);
     }
     eventually(
@@ -292,4 +258,43 @@ async fn redis_restart_mid_load() {
             "an event read before a Redis kill changed or vanished"
         );
     }
+}
+
+/// Kills and restarts the test's Redis, then checks it came back with the
+/// stream and the index as they were (the AOF replays before Redis
+/// answers), not empty: the epoch is the same, so the relay goes on from
+/// where it was instead of reloading from 0.
+async fn restart_and_check_it_came_back_full(ts: &mut TestStore, t: &Target, acknowledged: u64) {
+    let store = ts.store.clone();
+    let epoch = store.epoch(t).await.unwrap();
+    let redis = ts.redis.as_mut().unwrap();
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let r = async || -> stamp_relay::store::StoreResult<_> {
+        Ok((
+            store.stream_len(t).await?,
+            store.index_len(t).await?,
+            store.epoch(t).await?,
+        ))
+    };
+    let mut after = None;
+    eventually(
+        "the store to answer again",
+        Duration::from_secs(30),
+        async || {
+            after = r().await.ok();
+            after.is_some()
+        },
+    )
+    .await;
+    let (len, indexed, epoch_after) = after.unwrap();
+    assert!(
+        len >= acknowledged && indexed >= acknowledged,
+        "Redis came back with {len} events and {indexed} index entries; {acknowledged} were acknowledged"
+    );
+    assert_eq!(
+        epoch_after, epoch,
+        "the table's epoch changed across the restart"
+    );
 }

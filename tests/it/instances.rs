@@ -221,24 +221,7 @@ async fn two_instances_share_work_and_survive_a_kill() {
         victim.wait().unwrap();
     }
     let survivor_pid = pid_of(&b);
-    // Takeover within a few lease times (the lease is 1 s): the survivor
-    // holds the poll lease and the patients delivery lease.
-    let delivery_lease = format!("test:{{sim:patients:sub:{id}}}:lease");
-    for key in ["test:{sim:patients}:lease", delivery_lease.as_str()] {
-        eventually(
-            &format!("the survivor to take {key}"),
-            Duration::from_secs(5),
-            async || {
-                let h: Option<String> = redis::cmd("GET")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                h.is_some_and(|h| h.contains(&survivor_pid))
-            },
-        )
-        .await;
-    }
+    assert_takeover(&mut conn, id, &survivor_pid).await;
     for _ in 0..5 {
         sim.sim.random_writes(None, 20);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -357,4 +340,29 @@ async fn two_instances_load_through_pages_slower_than_the_lease(ts: TestStore) {
     assert!(events.iter().all(|e| e.snapshot));
     a.stop().await;
     b.stop().await;
+}
+
+/// Takeover within a few lease times (the lease is 1 s): the survivor
+/// holds the poll lease and the patients delivery lease of `sub`.
+async fn assert_takeover(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sub: &str,
+    survivor_pid: &str,
+) {
+    let delivery_lease = format!("test:{{sim:patients:sub:{sub}}}:lease");
+    for key in ["test:{sim:patients}:lease", delivery_lease.as_str()] {
+        eventually(
+            &format!("the survivor to take {key}"),
+            Duration::from_secs(5),
+            async || {
+                let h: Option<String> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut *conn)
+                    .await
+                    .unwrap();
+                h.is_some_and(|h| h.contains(survivor_pid))
+            },
+        )
+        .await;
+    }
 }

@@ -177,6 +177,13 @@ async fn metrics_count_failures_trims_and_gauges() {
     assert!(metric(app, "stamp_relay_page_walks_total").await >= 2.0);
     assert_eq!(metric(app, "stamp_relay_records_rejected_total").await, 1.0);
 
+    deliveries_to_a_failing_receiver(app, &sim).await;
+    live_client_gauge(app).await;
+}
+
+/// Throttled then failed answers: counted by outcome, with entries pending
+/// and waiting for a retry until the receiver recovers.
+async fn deliveries_to_a_failing_receiver(app: &App, sim: &Sim) {
     let rx = Scripted::start((503, None, String::new())).await;
     app.post_json(
         "/v1/subscriptions",
@@ -214,7 +221,10 @@ async fn metrics_count_failures_trims_and_gauges() {
             && metric(app, "stamp_relay_delivery_waiting_retry").await == 0.0
     })
     .await;
+}
 
+/// The live-clients gauge counts a connected client, and drops with it.
+async fn live_client_gauge(app: &App) {
     let live = app
         .get("/v1/resources/sim/patients/events")
         .header("accept", "text/event-stream")
