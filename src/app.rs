@@ -8,12 +8,12 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    api::{self, ApiState, auth::ApiToken},
+    api::{self, ApiState, Shared, auth::ApiToken},
     cloudevents::EventSource,
     config::{Config, join},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, Poller, ReconcileReport, TargetStatus},
+    poller::{PollError, PollReport, Poller, ReconcileReport},
     store::{self, Store, Target},
     tail::Tails,
     upstream::Upstream,
@@ -29,13 +29,6 @@ pub struct Relay {
     pub holder: String,
     pub sender: Arc<Sender>,
     pub metrics: Arc<Metrics>,
-}
-
-/// What the HTTP layer and status surfaces can see.
-#[derive(Clone)]
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
 }
 
 /// A name for this process in leases: unique per start.
@@ -74,7 +67,7 @@ impl Relay {
                 pollers.push(poller);
             }
         }
-        let policy = Deliverer::policy(&config.delivery)?;
+        let policy = Deliverer::policy(&config);
         let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
         Ok(Relay {
             config,

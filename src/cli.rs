@@ -10,6 +10,7 @@ use crate::{
     app::Relay,
     config::Config,
     demo::DemoArgs,
+    shutdown::shutdown_signal,
     simulator::SimArgs,
     store::{self, Target},
 };
@@ -101,31 +102,6 @@ fn init_logging(format: LogFormat, default: &str) {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// A token cancelled by Ctrl-C or SIGTERM.
-pub fn shutdown_signal() -> CancellationToken {
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let term = async {
-            #[cfg(unix)]
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                return;
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-        tracing::info!("stopping: finishing the current chunk and in-flight work");
-        c.cancel();
-    });
-    cancel
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -377,7 +353,7 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
                 let t = Target::new(s.name(), r);
                 if sub.covers(&t) {
                     pending += store.pending(&sub.id, &t).await?.len();
-                    lag = lag.max(crate::delivery::lag(store.as_ref(), sub, &t).await?);
+                    lag = lag.max(crate::store::lag(store.as_ref(), sub, &t).await?);
                 }
             }
         }

@@ -344,7 +344,7 @@ pub struct DeliveryConfig {
     #[serde(with = "humantime_serde")]
     pub secret_grace: Duration,
     /// Private address blocks webhooks may reach despite the SSRF guard.
-    pub allowed_cidrs: Vec<String>,
+    pub allowed_cidrs: Vec<Cidr>,
     /// A receiver's `Retry-After` is honoured up to this.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
@@ -478,7 +478,15 @@ pub fn join(base: &Url, rest: &str) -> Url {
 }
 
 fn describe_figment_error(e: figment::Error) -> String {
-    let key = e.path.join(".");
+    // List items as `sources[0]`, the way the validation names them.
+    let key = e
+        .path
+        .iter()
+        .fold(String::new(), |key, part| match part.parse::<usize>() {
+            Ok(i) => format!("{key}[{i}]"),
+            Err(_) if key.is_empty() => part.clone(),
+            Err(_) => format!("{key}.{part}"),
+        });
     let kind = e.kind.to_string();
     let key = key.strip_prefix("default.").unwrap_or(&key).to_string();
     let hint = match &e.kind {
@@ -494,7 +502,10 @@ fn describe_figment_error(e: figment::Error) -> String {
     }
 }
 
+mod cidr;
 mod validate;
+
+pub use cidr::{Cidr, canonical};
 
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@
 
 use crate::{
     config::RetentionConfig,
-    delivery::{Standing, standing},
     events::StreamId,
+    store::{Standing, standing},
     store::{Store, StoreResult, Target},
 };
 

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Op, StreamId},
-    store::Target,
+    target::Target,
 };
 
 mod headers;
+pub mod state;
 pub use headers::{reserved_header, validate_headers};
 
 pub const MAX_BATCH: u32 = 1000;

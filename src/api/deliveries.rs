@@ -14,9 +14,10 @@ use super::{
     subscriptions::{covered, known_targets, load},
 };
 use crate::{
-    delivery::{model::DeadLetter, sender::Message},
+    delivery::sender::Message,
     events::{StreamId, now_ms},
     store::Target,
+    subscription::state::DeadLetter,
 };
 
 #[derive(Deserialize)]

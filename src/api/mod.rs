@@ -20,7 +20,12 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
+use crate::{
+    cloudevents::EventSource,
+    poller::TargetStatus,
+    store::{Store, Target},
+    tail::Tails,
+};
 
 pub mod auth;
 mod deliveries;
@@ -33,6 +38,13 @@ mod status;
 mod subscriptions;
 
 use problem::Problem;
+
+/// What the HTTP layer and status surfaces can see.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
+}
 
 /// Everything a handler may need, cloned per request (all `Arc`s).
 #[derive(Clone)]

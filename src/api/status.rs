@@ -70,7 +70,7 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
     for sub in store.subscriptions().await? {
         let (mut lag, mut waiting) = (0, 0);
         for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
-            lag = lag.max(crate::delivery::lag(store.as_ref(), &sub, t).await?);
+            lag = lag.max(crate::store::lag(store.as_ref(), &sub, t).await?);
             waiting += store.waiting_retries(&sub.id, t).await?;
         }
         let state = if sub.enabled {

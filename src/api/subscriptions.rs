@@ -264,7 +264,7 @@ async fn resume_warnings(
         let store = s.shared.store.as_ref();
         let (Ok(through), Ok(p)) = (
             store.trimmed_through(&t).await,
-            crate::delivery::position_or_start(store, sub, &t).await,
+            crate::store::position_or_start(store, sub, &t).await,
         ) else {
             continue;
         };

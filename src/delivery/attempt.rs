@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Instant};
 use tokio::task::JoinError;
 
 use super::{
-    model::{Attempt, DeadLetter, Outcome},
     sender::{Message, Sender, Sent},
     worker::{State, Worker},
     writer::Write,
@@ -20,7 +19,10 @@ use crate::{
     events::{Event, StreamId, now_ms},
     metrics::{OutcomeLabels, SubLabels},
     store::StoreResult,
-    subscription::Subscription,
+    subscription::{
+        Subscription,
+        state::{Attempt, DeadLetter, Outcome},
+    },
 };
 
 /// A request about to go out.

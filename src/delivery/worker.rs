@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Schedule,
     attempt::{Done, Finished},
-    model::RetryState,
     queue::{Counts, Queue},
     sender::Sender,
     writer::{Write, writer},
@@ -37,7 +36,7 @@ use crate::{
     events::{StreamId, now_ms},
     metrics::SubTargetLabels,
     store::{Store, StoreResult, Target},
-    subscription::Subscription,
+    subscription::{Subscription, state::RetryState},
 };
 
 /// Sendable entries a worker holds pending at most; more wait in the stream.

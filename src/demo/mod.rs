@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 
 use crate::{
     app::Relay,
-    cli::shutdown_signal,
     config::{Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
     events::{Event, StreamId},
+    shutdown::shutdown_signal,
     simulator::{SimConfig, Simulator},
     store::{self, Store, Target},
 };
@@ -102,7 +102,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     // Webhooks go to the built-in receiver on loopback; the SSRF guard
     // stays on for everything else.
-    config.delivery.allowed_cidrs = vec!["127.0.0.1/32".into()];
+    config.delivery.allowed_cidrs = vec!["127.0.0.1/32".parse().expect("a valid block")];
     let hooks = receiver::start(cancel.clone()).await?;
     let store = store::open(&config.store).await?;
     let listener = TcpListener::bind(args.listen)

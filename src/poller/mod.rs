@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Paging,
     events::{AppendOutcome, StreamId, now_ms},
+    http::backoff,
     record::{RejectedRecord, UpstreamRecord},
     store::{AppendBatch, Store, StoreError, Target},
-    upstream::{Upstream, UpstreamError, backoff},
+    upstream::{Upstream, UpstreamError},
 };
 
 mod epoch;

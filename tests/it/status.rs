@@ -60,7 +60,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
             let mut lag = 0;
             for t in &targets {
                 let sub = ts.store.subscription(&on).await.unwrap().unwrap();
-                lag += stamp_relay::delivery::lag(ts.store.as_ref(), &sub, t)
+                lag += stamp_relay::store::lag(ts.store.as_ref(), &sub, t)
                     .await
                     .unwrap();
             }

@@ -5,13 +5,13 @@ use redis::AsyncCommands;
 
 use super::{Keys, RedisStore, parse_entries};
 use crate::{
-    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{Event, StreamId},
     store::{
         ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
         decode_subscription, decode_subscriptions,
     },
     subscription::Subscription,
+    subscription::state::{Attempt, DeadLetter, RetryState},
 };
 
 /// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
