@@ -22,3 +22,6 @@ pub mod subscription;
 pub mod tail;
 pub mod target;
 pub mod upstream;
+
+#[cfg(test)]
+mod layering;
