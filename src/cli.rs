@@ -4,6 +4,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use stamp_relay_simulator::SimArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -11,7 +12,6 @@ use crate::{
     config::Config,
     demo::DemoArgs,
     shutdown::shutdown_signal,
-    simulator::SimArgs,
     store::{self, Target},
 };
 
@@ -152,7 +152,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config } => status(Config::load(Some(&config))?).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
-            crate::simulator::run(*args, shutdown_signal()).await?;
+            stamp_relay_simulator::run(*args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),

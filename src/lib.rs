@@ -16,7 +16,6 @@ pub mod poller;
 pub mod record;
 pub mod retention;
 pub mod shutdown;
-pub mod simulator;
 pub mod store;
 pub mod subscription;
 pub mod tail;

@@ -5,6 +5,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
+use stamp_relay_simulator::{SimConfig, Simulator};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -12,7 +13,6 @@ use crate::{
     config::{Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
     events::{Event, StreamId},
     shutdown::shutdown_signal,
-    simulator::{SimConfig, Simulator},
     store::{self, Store, Target},
 };
 

@@ -8,10 +8,10 @@ use serde_json::json;
 use stamp_relay::{
     config::Paging,
     delivery::worker::{Now, Step},
-    simulator::SimConfig,
     store::Target,
     subscription::Subscription,
 };
+use stamp_relay_simulator::SimConfig;
 
 use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
 use crate::harness::{
