@@ -66,8 +66,9 @@ pub struct ApiState {
     pub cancel: CancellationToken,
 }
 
-pub fn router(state: ApiState) -> Router {
-    let read = Router::new()
+/// Everything under `/v1` that a read token may call.
+fn read_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route("/v1/resources", get(resources::list))
         .route(
             "/v1/resources/{source}/{resource}/events",
@@ -76,8 +77,12 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_read,
-        ));
-    let admin = Router::new()
+        ))
+}
+
+/// Everything under `/v1` that needs an admin token.
+fn admin_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route(
             "/v1/subscriptions",
             post(subscriptions::create).get(subscriptions::list),
@@ -106,7 +111,12 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_admin,
-        ));
+        ))
+}
+
+pub fn router(state: ApiState) -> Router {
+    let read = read_routes(&state);
+    let admin = admin_routes(&state);
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(health::readyz))
