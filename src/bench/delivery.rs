@@ -105,6 +105,176 @@ async fn wait_count(c: &Counts, phase: usize, n: usize, what: &str) -> anyhow::R
     Ok(())
 }
 
+/// What every phase needs: the relay's API, the receiver and the counts.
+struct Bench<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+    store: &'a dyn Store,
+    target: &'a Target,
+    receiver: String,
+    counts: Arc<Counts>,
+    /// The target's last stamp when the benchmark started.
+    top: u64,
+}
+
+impl Bench<'_> {
+    fn hook(&self, phase: usize, ms: u64) -> String {
+        format!("{}/{phase}/{ms}", self.receiver)
+    }
+
+    /// Subscribes `url` to the target from stamp `from`; returns its id.
+    async fn subscribe(&self, url: String, batch: u32, from: u64) -> anyhow::Result<String> {
+        let created: Value = self
+            .http
+            .post(format!("{}/v1/subscriptions", self.base))
+            .bearer_auth(self.token)
+            .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(created["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn unsubscribe(&self, id: &str) -> anyhow::Result<()> {
+        self.http
+            .delete(format!("{}/v1/subscriptions/{id}", self.base))
+            .bearer_auth(self.token)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Phase `phase`: events after `from` delivered to `url`; their rate.
+    async fn deliver(
+        &self,
+        phase: usize,
+        url: String,
+        batch: u32,
+        from: u64,
+    ) -> anyhow::Result<f64> {
+        // Stamps count upstream writes, events only the versions the relay
+        // saw: count the events after the start point instead of assuming.
+        let events = count_after(self.store, self.target, StreamId::new(from, 0)).await?;
+        let id = self.subscribe(url, batch, from).await?;
+        wait_count(&self.counts, phase, events, "webhook delivery").await?;
+        let rate = self.counts.rate(phase, events);
+        self.unsubscribe(&id).await?;
+        Ok(rate)
+    }
+
+    /// Baseline: the same kind of body, posted one by one by a plain client.
+    async fn plain_client_rate(&self, n: usize) -> anyhow::Result<f64> {
+        let page: Value = self
+            .http
+            .get(format!(
+                "{}/v1/resources/bench/patients/events?after=0&limit=1000",
+                self.base
+            ))
+            .bearer_auth(self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let bodies: Vec<Vec<u8>> = page["events"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|e| e.to_string().into_bytes())
+            .collect();
+        anyhow::ensure!(!bodies.is_empty(), "no events to post");
+        let started = Instant::now();
+        for i in 0..n {
+            self.http
+                .post(self.hook(0, 0))
+                .header("content-type", "application/cloudevents+json")
+                .body(bodies[i % bodies.len()].clone())
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// Unbatched and batched delivery against the plain client loop.
+    async fn local_receiver(&self) -> anyhow::Result<()> {
+        let n = 10_000usize;
+        let raw_rate = self.plain_client_rate(n).await?;
+        let mut rates = Vec::new();
+        for (phase, batch, events) in [(1, 1u32, n), (2, 100, 50_000usize)] {
+            let from = self.top.saturating_sub(events as u64);
+            let rate = self
+                .deliver(phase, self.hook(phase, 0), batch, from)
+                .await?;
+            rates.push((batch, rate));
+        }
+        println!();
+        println!(
+            "{:<44} {:>12} {:>10}",
+            "webhooks to a local receiver", "events/s", "ratio"
+        );
+        println!(
+            "{:<44} {:>12.0} {:>10}",
+            "plain HTTP client loop, 1 per POST (baseline)", raw_rate, "1.00"
+        );
+        for (batch, rate) in &rates {
+            println!(
+                "{:<44} {:>12.0} {:>10.2}",
+                format!("relay, signed, batch_size {batch}"),
+                rate,
+                rate / raw_rate
+            );
+        }
+        Ok(())
+    }
+
+    /// Slow receivers: one unbatched subscription against what its window
+    /// allows at most, max_in_flight requests per latency.
+    async fn slow_receivers(&self) -> anyhow::Result<()> {
+        println!();
+        println!(
+            "{:<44} {:>12} {:>10}",
+            "webhooks to a slow receiver, batch_size 1", "events/s", "of limit"
+        );
+        let window = crate::subscription::DEFAULT_IN_FLIGHT as f64;
+        for (phase, ms) in [(3, 50u64), (4, 200)] {
+            let limit = window * 1000.0 / ms as f64;
+            // About eight seconds' worth at the limit.
+            let from = self.top.saturating_sub((limit * 8.0) as u64);
+            let rate = self.deliver(phase, self.hook(phase, ms), 1, from).await?;
+            println!(
+                "{:<44} {:>12.0} {:>10.2}",
+                format!("{ms} ms a request (limit {limit:.0}/s = {window:.0} / {ms} ms)"),
+                rate,
+                rate / limit
+            );
+        }
+        Ok(())
+    }
+
+    /// Latency from append to receipt while the upstream changes.
+    async fn live_latency(&self, sim_url: &str) -> anyhow::Result<()> {
+        let id = self.subscribe(self.hook(LIVE, 0), 1, self.top).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let lags = || self.counts.lags.lock().unwrap_or_else(|p| p.into_inner());
+        lags().clear();
+        let before = self.counts.events[LIVE].load(Ordering::Relaxed);
+        super::upstream_writes(sim_url).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut seen = lags().clone();
+        seen.sort_unstable();
+        let got = self.counts.events[LIVE].load(Ordering::Relaxed) - before;
+        println!(
+            "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
+            super::api::percentile(&seen, 0.5),
+            super::api::percentile(&seen, 0.99)
+        );
+        self.unsubscribe(&id).await
+    }
+}
+
 pub async fn run(
     http: &reqwest::Client,
     base: &str,
@@ -113,153 +283,24 @@ pub async fn run(
     store: &dyn Store,
     target: &Target,
 ) -> anyhow::Result<()> {
-    let top = store.last_id(target).await?.stamp;
     let counts = Arc::new(Counts::default());
     let app = Router::new()
         .route("/hook/{phase}/{ms}", post(receive))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let receiver = format!("http://{}/hook", listener.local_addr()?);
-    let hook = |phase: usize, ms: u64| format!("{receiver}/{phase}/{ms}");
     tokio::spawn(async move { axum::serve(listener, app).await });
-
-    // Baseline: the same kind of body, posted one by one by a plain client.
-    let n = 10_000usize;
-    let page: Value = http
-        .get(format!(
-            "{base}/v1/resources/bench/patients/events?after=0&limit=1000"
-        ))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let bodies: Vec<Vec<u8>> = page["events"]
-        .as_array()
-        .unwrap_or(&Vec::new())
-        .iter()
-        .map(|e| e.to_string().into_bytes())
-        .collect();
-    anyhow::ensure!(!bodies.is_empty(), "no events to post");
-    let started = Instant::now();
-    for i in 0..n {
-        http.post(hook(0, 0))
-            .header("content-type", "application/cloudevents+json")
-            .body(bodies[i % bodies.len()].clone())
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    let raw_rate = n as f64 / started.elapsed().as_secs_f64();
-
-    let subscribe_to = |url: String, batch: u32, from: u64| {
-        http.post(format!("{base}/v1/subscriptions"))
-            .bearer_auth(token)
-            .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
-            .send()
+    let bench = Bench {
+        http,
+        base,
+        token,
+        store,
+        target,
+        receiver,
+        counts,
+        top: store.last_id(target).await?.stamp,
     };
-
-    let mut rates = Vec::new();
-    for (phase, batch, events) in [(1, 1u32, n), (2, 100, 50_000usize)] {
-        // Stamps count upstream writes, events only the versions the relay
-        // saw: count the events after the start point instead of assuming.
-        let from = top.saturating_sub(events as u64);
-        let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let created: Value = subscribe_to(hook(phase, 0), batch, from)
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        wait_count(&counts, phase, events, "webhook delivery").await?;
-        rates.push((batch, counts.rate(phase, events)));
-        let id = created["id"].as_str().unwrap_or_default();
-        http.delete(format!("{base}/v1/subscriptions/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
-    }
-    println!();
-    println!(
-        "{:<44} {:>12} {:>10}",
-        "webhooks to a local receiver", "events/s", "ratio"
-    );
-    println!(
-        "{:<44} {:>12.0} {:>10}",
-        "plain HTTP client loop, 1 per POST (baseline)", raw_rate, "1.00"
-    );
-    for (batch, rate) in &rates {
-        println!(
-            "{:<44} {:>12.0} {:>10.2}",
-            format!("relay, signed, batch_size {batch}"),
-            rate,
-            rate / raw_rate
-        );
-    }
-
-    // Slow receivers: one unbatched subscription against what its window
-    // allows at most, max_in_flight requests per latency.
-    println!();
-    println!(
-        "{:<44} {:>12} {:>10}",
-        "webhooks to a slow receiver, batch_size 1", "events/s", "of limit"
-    );
-    let window = crate::subscription::DEFAULT_IN_FLIGHT as f64;
-    for (phase, ms) in [(3, 50u64), (4, 200)] {
-        let limit = window * 1000.0 / ms as f64;
-        // About eight seconds' worth at the limit.
-        let from = top.saturating_sub((limit * 8.0) as u64);
-        let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let created: Value = subscribe_to(hook(phase, ms), 1, from)
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        wait_count(&counts, phase, events, "slow webhook delivery").await?;
-        let rate = counts.rate(phase, events);
-        println!(
-            "{:<44} {:>12.0} {:>10.2}",
-            format!("{ms} ms a request (limit {limit:.0}/s = {window:.0} / {ms} ms)"),
-            rate,
-            rate / limit
-        );
-        let id = created["id"].as_str().unwrap_or_default();
-        http.delete(format!("{base}/v1/subscriptions/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
-    }
-
-    // Latency from append to receipt while the upstream changes.
-    let created: Value = subscribe_to(hook(LIVE, 0), 1, top)
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    counts
-        .lags
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
-    let before = counts.events[LIVE].load(Ordering::Relaxed);
-    super::upstream_writes(sim_url).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut lags = counts
-        .lags
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    lags.sort_unstable();
-    let got = counts.events[LIVE].load(Ordering::Relaxed) - before;
-    println!(
-        "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
-        super::api::percentile(&lags, 0.5),
-        super::api::percentile(&lags, 0.99)
-    );
-    let id = created["id"].as_str().unwrap_or_default();
-    http.delete(format!("{base}/v1/subscriptions/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    Ok(())
+    bench.local_receiver().await?;
+    bench.slow_receivers().await?;
+    bench.live_latency(sim_url).await
 }
