@@ -310,65 +310,67 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
 
 async fn status(config: Config) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
-    println!("store: {}", store.describe());
+    let targets: Vec<Target> = config
+        .sources
+        .iter()
+        .flat_map(|s| {
+            s.settings
+                .resources
+                .iter()
+                .map(|r| Target::new(s.name(), r))
+        })
+        .collect();
+    let snap = crate::status::snapshot(store.as_ref(), &targets).await?;
+    print_status(&snap);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stamp-relay status` as text: one row per table, one per subscription.
+fn print_status(snap: &crate::status::Snapshot) {
+    println!("store: {}", snap.store);
     println!(
         "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  state",
         "target", "cursor", "events", "records", "events/min", "last poll"
     );
     let now = crate::events::now_ms();
-    for s in &config.sources {
-        for r in &s.settings.resources {
-            let t = Target::new(s.name(), r);
-            let last = store.poll_status(&t).await?.unwrap_or_default();
-            let polled = if last.finished_ms == 0 {
-                "never".to_string()
-            } else {
-                format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
-            };
-            let state = match (&last.error, last.ok_ms) {
-                (Some(e), _) => format!("failing: {e}"),
-                (None, Some(_)) => format!("in sync (polled by {})", last.holder),
-                (None, None) => "not polled yet".to_string(),
-            };
-            println!(
-                "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
-                t.to_string(),
-                store.last_id(&t).await?.to_string(),
-                store.stream_len(&t).await?,
-                store.index_len(&t).await?,
-                last.rate_shown(),
-                polled,
-            );
-        }
+    for v in &snap.tables {
+        let last = &v.poll;
+        let polled = if last.finished_ms == 0 {
+            "never".to_string()
+        } else {
+            format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
+        };
+        let state = match (&last.error, last.ok_ms) {
+            (Some(e), _) => format!("failing: {e}"),
+            (None, Some(_)) => format!("in sync (polled by {})", last.holder),
+            (None, None) => "not polled yet".to_string(),
+        };
+        println!(
+            "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
+            v.target.to_string(),
+            v.last_id.to_string(),
+            v.stream_length,
+            v.records,
+            last.rate_shown(),
+            polled,
+        );
     }
-    let subs = store.subscriptions().await?;
     println!(
         "\n{:<38} {:<9} {:>8} {:>12} {:>12}  url",
         "subscription", "state", "pending", "lag (stamps)", "dead letters"
     );
-    for sub in &subs {
-        let (mut pending, mut lag) = (0, 0);
-        for s in &config.sources {
-            for r in &s.settings.resources {
-                let t = Target::new(s.name(), r);
-                if sub.covers(&t) {
-                    pending += store.pending(&sub.id, &t).await?.len();
-                    lag = lag.max(crate::store::lag(store.as_ref(), sub, &t).await?);
-                }
-            }
-        }
+    for v in &snap.subscriptions {
         println!(
             "{:<38} {:<9} {:>8} {:>12} {:>12}  {}",
-            sub.id,
-            if sub.enabled { "enabled" } else { "disabled" },
-            pending,
-            lag,
-            store.dead_letters(&sub.id).await?.len(),
-            sub.url
+            v.sub.id,
+            if v.sub.enabled { "enabled" } else { "disabled" },
+            v.pending,
+            v.lag,
+            v.dead_letters,
+            v.sub.url
         );
     }
-    if subs.is_empty() {
+    if snap.subscriptions.is_empty() {
         println!("(none)");
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ pub mod poller;
 pub mod record;
 pub mod retention;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod subscription;
 pub mod tail;
