@@ -94,10 +94,6 @@ impl Upstream {
         })
     }
 
-    pub fn source(&self) -> &Source {
-        &self.source
-    }
-
     /// The list URL of one page.
     pub fn page_url(&self, resource: &str, sync: u64, page: u32) -> Url {
         let s = &self.source.settings;
