@@ -36,8 +36,10 @@ pub struct Subscription {
     pub resources: Vec<String>,
     /// Empty means every op.
     pub ops: Vec<Op>,
-    /// Where delivery starts, per target (`source/resource` -> stream ID).
-    pub start: BTreeMap<String, String>,
+    /// Where delivery starts, per target: after this ID. Stored as
+    /// `{"source/resource": "<stamp>-<seq>"}`.
+    #[serde(with = "start_map")]
+    pub start: BTreeMap<Target, StreamId>,
     pub headers: BTreeMap<String, String>,
     pub batch_size: u32,
     /// Requests in flight at once per table; never two of one record, so 1
@@ -65,10 +67,9 @@ pub struct Subscription {
 impl Subscription {
     /// Where delivery of `target` begins before the first claim: after this ID.
     pub fn start_of(&self, target: &Target) -> StreamId {
-        self.start
-            .get(&target.to_string())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(StreamId::ZERO)
+        // A target covered through "*" but configured after the
+        // subscription was made has no entry: it starts at the beginning.
+        self.start.get(target).copied().unwrap_or(StreamId::ZERO)
     }
 
     /// Whether this subscription receives events of `target`.
@@ -277,24 +278,24 @@ pub fn resolve_start(
     spec: Option<&StartSpec>,
     targets: &[Target],
     now: &HashMap<Target, StreamId>,
-) -> Result<BTreeMap<String, String>, Invalid> {
+) -> Result<BTreeMap<Target, StreamId>, Invalid> {
     let mut out = BTreeMap::new();
     match spec {
         None => resolve_named("now", targets, now, &mut out)?,
         Some(StartSpec::Named(name)) => resolve_named(name, targets, now, &mut out)?,
         Some(StartSpec::Stamps(map)) => {
             for (name, stamp) in map {
-                if !targets.iter().any(|t| t.to_string() == *name) {
+                let Some(t) = targets.iter().find(|t| t.to_string() == *name) else {
                     return Err(invalid(
                         format!("start.{name}"),
                         "is not one of the subscription's resources",
                     ));
-                }
-                out.insert(name.clone(), StreamId::new(*stamp, 0).to_string());
+                };
+                out.insert(t.clone(), StreamId::new(*stamp, 0));
             }
             for t in targets {
-                out.entry(t.to_string())
-                    .or_insert_with(|| now.get(t).copied().unwrap_or_default().to_string());
+                out.entry(t.clone())
+                    .or_insert_with(|| now.get(t).copied().unwrap_or_default());
             }
         }
     }
@@ -305,7 +306,7 @@ fn resolve_named(
     name: &str,
     targets: &[Target],
     now: &HashMap<Target, StreamId>,
-    out: &mut BTreeMap<String, String>,
+    out: &mut BTreeMap<Target, StreamId>,
 ) -> Result<(), Invalid> {
     for t in targets {
         let id = match name {
@@ -318,9 +319,41 @@ fn resolve_named(
                 ));
             }
         };
-        out.insert(t.to_string(), id.to_string());
+        out.insert(t.clone(), id);
     }
     Ok(())
+}
+
+/// `start` as stored and shown: `{"source/resource": "<stamp>-<seq>"}`,
+/// parsed into targets and stream IDs when read (a malformed entry is an
+/// error, never a start at the beginning).
+pub mod start_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::{events::StreamId, target::Target};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Target, StreamId>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(t, id)| (t.to_string(), id.to_string())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Target, StreamId>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(t, id)| {
+                Ok((
+                    t.parse().map_err(D::Error::custom)?,
+                    id.parse().map_err(D::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -405,15 +438,40 @@ mod tests {
     fn start_points_resolve_per_target() {
         let t = targets();
         let now: HashMap<Target, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
+        let at = |m: &BTreeMap<Target, StreamId>, name: &str| m[&name.parse::<Target>().unwrap()];
         let s = resolve_start(None, &t, &now).unwrap();
-        assert_eq!(s["pc/patients"], "9-0");
-        assert_eq!(s["pc/users"], "0-0");
+        assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
+        assert_eq!(at(&s, "pc/users"), StreamId::ZERO);
         let b = resolve_start(Some(&StartSpec::Named("beginning".into())), &t, &now).unwrap();
-        assert_eq!(b["pc/patients"], "0-0");
+        assert_eq!(at(&b, "pc/patients"), StreamId::ZERO);
         let m: BTreeMap<String, u64> = [("pc/users".to_string(), 4)].into();
         let s = resolve_start(Some(&StartSpec::Stamps(m)), &t, &now).unwrap();
-        assert_eq!(s["pc/users"], "4-0");
-        assert_eq!(s["pc/patients"], "9-0");
+        assert_eq!(at(&s, "pc/users"), StreamId::new(4, 0));
+        assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
         assert!(resolve_start(Some(&StartSpec::Named("later".into())), &t, &now).is_err());
+    }
+
+    #[test]
+    fn start_is_stored_as_names_and_ids_and_refused_when_malformed() {
+        let doc = |start: &str| {
+            format!(
+                r#"{{"id":"sub_1","url":"https://x.example","resources":["*"],"ops":[],"start":{start},"headers":{{}},"batch_size":1,"rate_limit":null,"enabled":true,"description":"","secret":"whsec_dGVzdA==","previous_secret":null,"created_ms":0,"updated_ms":0}}"#
+            )
+        };
+        let stored = doc(r#"{"pc/patients":"9-0","pc/users":"4-2"}"#);
+        let sub: Subscription = serde_json::from_str(&stored).unwrap();
+        let t: Target = "pc/users".parse().unwrap();
+        assert_eq!(sub.start_of(&t), StreamId::new(4, 2));
+        let back = serde_json::to_value(&sub).unwrap();
+        assert_eq!(
+            back["start"],
+            serde_json::json!({"pc/patients": "9-0", "pc/users": "4-2"})
+        );
+        for bad in [r#"{"pc/users":"soon"}"#, r#"{"pcusers":"4-0"}"#] {
+            assert!(
+                serde_json::from_str::<Subscription>(&doc(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -26,6 +26,19 @@ impl Target {
     }
 }
 
+/// `source/resource`, as subscriptions and the API name a target.
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        match s.split_once('/') {
+            Some((source, resource)) if !source.is_empty() && !resource.is_empty() => {
+                Ok(Target::new(source, resource))
+            }
+            _ => Err(format!("{s:?} is not a \"source/resource\" name")),
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.source, self.resource)

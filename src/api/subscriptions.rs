@@ -28,7 +28,8 @@ pub struct View<'a> {
     pub url: &'a str,
     pub resources: &'a [String],
     pub ops: &'a [Op],
-    pub start: &'a std::collections::BTreeMap<String, String>,
+    #[serde(with = "crate::subscription::start_map")]
+    pub start: &'a std::collections::BTreeMap<Target, StreamId>,
     pub headers: &'a std::collections::BTreeMap<String, String>,
     pub batch_size: u32,
     pub max_in_flight: u32,
@@ -107,7 +108,7 @@ pub async fn create(
     // Only stamps the caller chose can be older than what is kept.
     if matches!(req.start, Some(sub::StartSpec::Stamps(_))) {
         for t in &targets {
-            let from = start.get(&t.to_string()).and_then(|s| s.parse().ok());
+            let from = start.get(t).copied();
             super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
         }
     }
@@ -204,10 +205,7 @@ fn apply_patch(
         // Newly covered targets start now; kept ones keep their position.
         for t in covered(resources, known) {
             let last = now.get(&t).copied().unwrap_or_default();
-            found
-                .start
-                .entry(t.to_string())
-                .or_insert_with(|| last.to_string());
+            found.start.entry(t).or_insert(last);
         }
         found.resources = resources.clone();
     }
