@@ -32,8 +32,9 @@ fn default_in_flight() -> u32 {
 pub struct Subscription {
     pub id: String,
     pub url: String,
-    /// `source/resource` names, or `*` for every target.
-    pub resources: Vec<String>,
+    /// The targets it receives; stored and shown as `["*"]` or
+    /// `["source/resource", ...]`.
+    pub resources: Coverage,
     /// Empty means every op.
     pub ops: Vec<Op>,
     /// Where delivery starts, per target: after this ID. Stored as
@@ -74,8 +75,62 @@ impl Subscription {
 
     /// Whether this subscription receives events of `target`.
     pub fn covers(&self, target: &Target) -> bool {
-        let name = target.to_string();
-        self.resources.iter().any(|r| r == "*" || *r == name)
+        self.resources.covers(target)
+    }
+}
+
+/// Which targets a subscription covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Coverage {
+    /// `["*"]`: every configured target, also ones configured later.
+    All,
+    /// The targets named.
+    Only(Vec<Target>),
+}
+
+impl Coverage {
+    pub fn covers(&self, target: &Target) -> bool {
+        match self {
+            Coverage::All => true,
+            Coverage::Only(targets) => targets.contains(target),
+        }
+    }
+
+    /// The configured targets it covers.
+    pub fn of(&self, known: &[Target]) -> Vec<Target> {
+        known.iter().filter(|t| self.covers(t)).cloned().collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Coverage::All => vec!["*".into()],
+            Coverage::Only(targets) => targets.iter().map(Target::to_string).collect(),
+        }
+    }
+
+    /// A list with `*` anywhere in it covers everything.
+    fn from_names(names: &[String]) -> Result<Coverage, String> {
+        if names.iter().any(|n| n == "*") {
+            return Ok(Coverage::All);
+        }
+        names
+            .iter()
+            .map(|n| n.parse())
+            .collect::<Result<_, _>>()
+            .map(Coverage::Only)
+    }
+}
+
+impl Serialize for Coverage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Coverage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Coverage, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        Coverage::from_names(&names).map_err(serde::de::Error::custom)
     }
 }
 
@@ -204,7 +259,9 @@ pub fn validate_url(url: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub fn validate_resources(resources: &[String], known: &[Target]) -> Result<(), Invalid> {
+/// The coverage a client's `resources` names, every name a configured
+/// target or `*`.
+pub fn parse_resources(resources: &[String], known: &[Target]) -> Result<Coverage, Invalid> {
     if resources.is_empty() {
         return Err(invalid(
             "resources",
@@ -223,7 +280,7 @@ pub fn validate_resources(resources: &[String], known: &[Target]) -> Result<(), 
             ));
         }
     }
-    Ok(())
+    Coverage::from_names(resources).map_err(|e| invalid("resources", e))
 }
 
 pub fn parse_ops(ops: &[String]) -> Result<Vec<Op>, Invalid> {
@@ -389,12 +446,17 @@ mod tests {
 
     #[test]
     fn resources_must_be_configured() {
-        assert!(validate_resources(&["pc/patients".into()], &targets()).is_ok());
-        assert!(validate_resources(&["*".into()], &targets()).is_ok());
-        let e =
-            validate_resources(&["pc/patients".into(), "pc/nope".into()], &targets()).unwrap_err();
+        assert_eq!(
+            parse_resources(&["pc/patients".into()], &targets()),
+            Ok(Coverage::Only(vec![targets()[0].clone()]))
+        );
+        assert_eq!(
+            parse_resources(&["*".into(), "pc/users".into()], &targets()),
+            Ok(Coverage::All)
+        );
+        let e = parse_resources(&["pc/patients".into(), "pc/nope".into()], &targets()).unwrap_err();
         assert_eq!(e.field, "resources[1]");
-        assert!(validate_resources(&[], &targets()).is_err());
+        assert!(parse_resources(&[], &targets()).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{
     ApiState,
     extract::{JsonBody, PathParams, QueryParams},
     problem::{ApiResult, Problem},
-    subscriptions::{covered, known_targets, load},
+    subscriptions::{known_targets, load},
 };
 use crate::{
     delivery::sender::Message,
@@ -33,7 +33,7 @@ pub async fn replay(
     JsonBody(req): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Value>> {
     let sub = load(&s, &id).await?;
-    let targets = covered(&sub.resources, &known_targets(&s));
+    let targets = sub.resources.of(&known_targets(&s));
     let positions: BTreeMap<String, StreamId> = match req.from {
         crate::subscription::StartSpec::Named(n) if n == "beginning" => targets
             .iter()
