@@ -32,6 +32,7 @@ mod deliveries;
 pub mod extract;
 mod health;
 pub mod problem;
+mod requests;
 mod resources;
 pub mod server;
 mod status;

@@ -14,11 +14,12 @@ use super::{
     ApiState,
     extract::{JsonBody, PathParams},
     problem::{ApiResult, Problem},
+    requests::{CreateRequest, PatchRequest},
 };
 use crate::{
     events::{Op, StreamId, now_ms},
     store::{Target, update_subscription},
-    subscription::{self as sub, Coverage, CreateRequest, PatchRequest, Subscription},
+    subscription::{self as sub, Coverage, Subscription},
 };
 
 /// A subscription as the API shows it: everything but the secrets.
