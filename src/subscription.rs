@@ -148,12 +148,16 @@ pub fn new_id() -> String {
     format!("sub_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Where a new subscription starts reading.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum StartSpec {
-    Named(String),
-    Stamps(BTreeMap<String, u64>),
+/// Where a subscription starts reading on its targets (or a replay
+/// restarts).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// After each target's last event when the subscription is made.
+    Now,
+    /// Before each target's first event.
+    Beginning,
+    /// After these stamps; on creation, targets not named start now.
+    Stamps(BTreeMap<Target, u64>),
 }
 
 /// A field that failed validation, for a problem answer naming it.
@@ -270,56 +274,25 @@ pub fn validate_description(d: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Resolves the start point against the targets' current positions
-/// (`now` is each target's last ID at creation).
+/// The start point of each target (`now` is each target's last ID at
+/// creation).
 pub fn resolve_start(
-    spec: Option<&StartSpec>,
+    start: &Start,
     targets: &[Target],
     now: &HashMap<Target, StreamId>,
-) -> Result<BTreeMap<Target, StreamId>, Invalid> {
-    let mut out = BTreeMap::new();
-    match spec {
-        None => resolve_named("now", targets, now, &mut out)?,
-        Some(StartSpec::Named(name)) => resolve_named(name, targets, now, &mut out)?,
-        Some(StartSpec::Stamps(map)) => {
-            for (name, stamp) in map {
-                let Some(t) = targets.iter().find(|t| t.to_string() == *name) else {
-                    return Err(invalid(
-                        format!("start.{name}"),
-                        "is not one of the subscription's resources",
-                    ));
-                };
-                out.insert(t.clone(), StreamId::new(*stamp, 0));
-            }
-            for t in targets {
-                out.entry(t.clone())
-                    .or_insert_with(|| now.get(t).copied().unwrap_or_default());
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn resolve_named(
-    name: &str,
-    targets: &[Target],
-    now: &HashMap<Target, StreamId>,
-    out: &mut BTreeMap<Target, StreamId>,
-) -> Result<(), Invalid> {
-    for t in targets {
-        let id = match name {
-            "now" => now.get(t).copied().unwrap_or_default(),
-            "beginning" => StreamId::ZERO,
-            _ => {
-                return Err(invalid(
-                    "start",
-                    "must be \"now\", \"beginning\" or {\"source/resource\": stamp, ...}",
-                ));
-            }
-        };
-        out.insert(t.clone(), id);
-    }
-    Ok(())
+) -> BTreeMap<Target, StreamId> {
+    let now_of = |t: &Target| now.get(t).copied().unwrap_or_default();
+    targets
+        .iter()
+        .map(|t| {
+            let id = match start {
+                Start::Now => now_of(t),
+                Start::Beginning => StreamId::ZERO,
+                Start::Stamps(m) => m.get(t).map_or_else(|| now_of(t), |s| StreamId::new(*s, 0)),
+            };
+            (t.clone(), id)
+        })
+        .collect()
 }
 
 /// `start` as stored and shown: `{"source/resource": "<stamp>-<seq>"}`,
@@ -423,16 +396,15 @@ mod tests {
         let t = targets();
         let now: HashMap<Target, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
         let at = |m: &BTreeMap<Target, StreamId>, name: &str| m[&name.parse::<Target>().unwrap()];
-        let s = resolve_start(None, &t, &now).unwrap();
+        let s = resolve_start(&Start::Now, &t, &now);
         assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
         assert_eq!(at(&s, "pc/users"), StreamId::ZERO);
-        let b = resolve_start(Some(&StartSpec::Named("beginning".into())), &t, &now).unwrap();
+        let b = resolve_start(&Start::Beginning, &t, &now);
         assert_eq!(at(&b, "pc/patients"), StreamId::ZERO);
-        let m: BTreeMap<String, u64> = [("pc/users".to_string(), 4)].into();
-        let s = resolve_start(Some(&StartSpec::Stamps(m)), &t, &now).unwrap();
+        let m: BTreeMap<Target, u64> = [(t[1].clone(), 4)].into();
+        let s = resolve_start(&Start::Stamps(m), &t, &now);
         assert_eq!(at(&s, "pc/users"), StreamId::new(4, 0));
         assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
-        assert!(resolve_start(Some(&StartSpec::Named("later".into())), &t, &now).is_err());
     }
 
     #[test]

@@ -96,9 +96,13 @@ pub async fn create(
     for t in &targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
     }
-    let start = sub::resolve_start(req.start.as_ref(), &targets, &now)?;
+    let chosen = match req.start {
+        Some(spec) => spec.parse("start", &targets, true)?,
+        None => sub::Start::Now,
+    };
+    let start = sub::resolve_start(&chosen, &targets, &now);
     // Only stamps the caller chose can be older than what is kept.
-    if matches!(req.start, Some(sub::StartSpec::Stamps(_))) {
+    if matches!(chosen, sub::Start::Stamps(_)) {
         for t in &targets {
             let from = start.get(t).copied();
             super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
