@@ -3,6 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY openapi.yaml ./
 RUN cargo build --release --locked && cp target/release/stamp-relay /usr/local/bin/stamp-relay
 

@@ -4,16 +4,17 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    api::{self, ApiState, auth::ApiToken},
+    api::{self, ApiState, Shared, auth::ApiToken},
     cloudevents::EventSource,
     config::{Config, join},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, Poller, ReconcileReport, TargetStatus},
+    poller::{PollError, PollReport, PollSettings, Poller, ReconcileReport},
     store::{self, Store, Target},
     tail::Tails,
     upstream::Upstream,
@@ -29,13 +30,6 @@ pub struct Relay {
     pub holder: String,
     pub sender: Arc<Sender>,
     pub metrics: Arc<Metrics>,
-}
-
-/// What the HTTP layer and status surfaces can see.
-#[derive(Clone)]
-pub struct Shared {
-    pub store: Arc<dyn Store>,
-    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
 }
 
 /// A name for this process in leases: unique per start.
@@ -62,19 +56,17 @@ impl Relay {
             let upstream = Arc::new(Upstream::new(source.clone())?);
             for resource in &source.settings.resources {
                 let target = Target::new(source.name(), resource);
-                let mut poller = Poller::new(
+                pollers.push(Poller::new(
                     target,
                     store.clone(),
                     upstream.clone(),
                     &holder,
-                    config.store.lease_ttl,
+                    PollSettings::new(&source.settings, config.store.lease_ttl),
                     metrics.clone(),
-                );
-                poller.retention = config.store.retention.clone();
-                pollers.push(poller);
+                ));
             }
         }
-        let policy = Deliverer::policy(&config.delivery)?;
+        let policy = Deliverer::policy(&config);
         let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
         Ok(Relay {
             config,
@@ -177,26 +169,53 @@ impl Relay {
         &mut self,
         cancel: &CancellationToken,
     ) -> Vec<(Target, Result<PollReport, PollError>)> {
-        let polls = self.pollers.iter_mut().map(|p| async {
-            let r = p.poll_once(cancel).await;
-            let _ = self.store.release(&p.target, &self.holder).await;
-            (p.target.clone(), r)
-        });
-        futures_util::future::join_all(polls).await
+        self.each_target(cancel, |p, c| Box::pin(p.poll_once(c)))
+            .await
     }
 
     /// One reconcile sweep of every target, concurrently; used by
-    /// `sync --reconcile`. Like `sync_once`, it releases each lease after.
+    /// `sync --reconcile`.
     pub async fn reconcile_once(
         &mut self,
         cancel: &CancellationToken,
     ) -> Vec<(Target, Result<ReconcileReport, PollError>)> {
-        let sweeps = self.pollers.iter_mut().map(|p| async {
-            let r = p.reconcile_once(cancel).await;
-            let _ = self.store.release(&p.target, &self.holder).await;
+        self.each_target(cancel, |p, c| Box::pin(p.reconcile_once(c)))
+            .await
+    }
+
+    /// Runs `step` on every poller concurrently, then releases each lease,
+    /// so the next relay on this store (or a serving one) goes on at once.
+    async fn each_target<R>(
+        &mut self,
+        cancel: &CancellationToken,
+        step: for<'a> fn(
+            &'a mut Poller,
+            &'a CancellationToken,
+        ) -> BoxFuture<'a, Result<R, PollError>>,
+    ) -> Vec<(Target, Result<R, PollError>)> {
+        let (store, holder) = (&self.store, &self.holder);
+        let runs = self.pollers.iter_mut().map(|p| async move {
+            let r = step(p, cancel).await;
+            let _ = store.release(&p.target, holder).await;
             (p.target.clone(), r)
         });
-        futures_util::future::join_all(sweeps).await
+        futures_util::future::join_all(runs).await
+    }
+
+    /// Retention's task: trims the tables this instance polls under lease.
+    fn retention(&self, cancel: CancellationToken) -> impl Future<Output = ()> + use<> {
+        let tables = self
+            .pollers
+            .iter()
+            .map(|p| (p.target.clone(), p.status.holds_lease.clone()))
+            .collect();
+        crate::retention::run(
+            self.store.clone(),
+            tables,
+            self.config.store.retention.clone(),
+            self.metrics.clone(),
+            cancel,
+        )
     }
 
     /// Runs pollers and the HTTP server until `cancel`, then drains them
@@ -205,6 +224,7 @@ impl Relay {
         let tracker = TaskTracker::new();
         let state = self.api_state(&cancel);
         tracker.spawn(self.deliverer().run(cancel.clone()));
+        tracker.spawn(self.retention(cancel.clone()));
         for poller in self.pollers {
             // Ready from the start: readiness must not race the task's first step.
             poller

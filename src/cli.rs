@@ -4,13 +4,14 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use stamp_relay_simulator::SimArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Relay,
     config::Config,
     demo::DemoArgs,
-    simulator::SimArgs,
+    shutdown::shutdown_signal,
     store::{self, Target},
 };
 
@@ -103,31 +104,6 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
-/// A token cancelled by Ctrl-C or SIGTERM.
-pub fn shutdown_signal() -> CancellationToken {
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let term = async {
-            #[cfg(unix)]
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                return;
-            }
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-        tracing::info!("stopping: finishing the current chunk and in-flight work");
-        c.cancel();
-    });
-    cancel
-}
-
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig { config } => Ok(match Config::load(Some(&config)) {
@@ -176,7 +152,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { config } => status(Config::load(Some(&config))?).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
-            crate::simulator::run(*args, shutdown_signal()).await?;
+            stamp_relay_simulator::run(*args, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => crate::bench::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -334,85 +310,81 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
 
 async fn status(config: Config) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
-    println!("store: {}", store.describe());
+    let targets: Vec<Target> = config
+        .sources
+        .iter()
+        .flat_map(|s| {
+            s.settings
+                .resources
+                .iter()
+                .map(|r| Target::new(s.name(), r))
+        })
+        .collect();
+    let snap = crate::status::snapshot(
+        store.as_ref(),
+        &targets,
+        config.delivery.max_waiting_retries,
+    )
+    .await?;
+    print_status(&snap);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stamp-relay status` as text: one row per table, one per subscription.
+fn print_status(snap: &crate::status::Snapshot) {
+    println!("store: {}", snap.store);
     println!(
         "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  state",
         "target", "cursor", "events", "records", "events/min", "last poll"
     );
     let now = crate::events::now_ms();
-    for s in &config.sources {
-        for r in &s.settings.resources {
-            let t = Target::new(s.name(), r);
-            let last = store.poll_status(&t).await?.unwrap_or_default();
-            let polled = if last.finished_ms == 0 {
-                "never".to_string()
-            } else {
-                format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
-            };
-            let state = match (&last.error, last.ok_ms) {
-                (Some(e), _) => format!("failing: {e}"),
-                (None, Some(_)) => format!("in sync (polled by {})", last.holder),
-                (None, None) => "not polled yet".to_string(),
-            };
-            println!(
-                "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
-                t.to_string(),
-                store.last_id(&t).await?.to_string(),
-                store.stream_len(&t).await?,
-                store.index_len(&t).await?,
-                last.rate_shown(),
-                polled,
-            );
-        }
+    for v in &snap.tables {
+        let last = &v.poll;
+        let polled = if last.finished_ms == 0 {
+            "never".to_string()
+        } else {
+            format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
+        };
+        let state = match (&last.error, last.ok_ms) {
+            (Some(e), _) => format!("failing: {e}"),
+            (None, Some(_)) => format!("in sync (polled by {})", last.holder),
+            (None, None) => "not polled yet".to_string(),
+        };
+        println!(
+            "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
+            v.target.to_string(),
+            v.last_id.to_string(),
+            v.stream_length,
+            v.records,
+            last.rate_shown(),
+            polled,
+        );
     }
-    subscriptions_status(&config, store.as_ref()).await?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The subscriptions part of `status`: what each holds, how much of it
-/// waits for retries, and where the waiting-retry limit stops claiming.
-async fn subscriptions_status(config: &Config, store: &dyn store::Store) -> anyhow::Result<()> {
-    let subs = store.subscriptions().await?;
     println!(
         "\n{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  url",
         "subscription", "state", "pending", "waiting", "lag (stamps)", "dead letters"
     );
-    let limit = config.delivery.max_waiting_retries;
-    for sub in &subs {
-        let (mut pending, mut waiting, mut lag, mut paused) = (0, 0, 0, Vec::new());
-        for s in &config.sources {
-            for r in &s.settings.resources {
-                let t = Target::new(s.name(), r);
-                if sub.covers(&t) {
-                    let b = crate::delivery::backlog(store, &sub.id, &t).await?;
-                    pending += b.pending;
-                    waiting += b.waiting;
-                    if b.waiting >= limit {
-                        paused.push(t.to_string());
-                    }
-                    lag = lag.max(crate::delivery::lag(store, sub, &t).await?);
-                }
-            }
-        }
+    let limit = snap.max_waiting_retries;
+    for v in &snap.subscriptions {
         println!(
             "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
-            sub.id,
-            if sub.enabled { "enabled" } else { "disabled" },
-            pending,
-            waiting,
-            lag,
-            store.dead_letters(&sub.id).await?.len(),
-            sub.url
+            v.sub.id,
+            if v.sub.enabled { "enabled" } else { "disabled" },
+            v.pending,
+            v.waiting_retries,
+            v.lag,
+            v.dead_letters,
+            v.sub.url
         );
-        if !paused.is_empty() {
+        if !v.paused.is_empty() {
+            let paused: Vec<String> = v.paused.iter().map(|t| t.to_string()).collect();
             println!(
                 "  claiming paused on {}: {limit} events wait for retries there (delivery.max_waiting_retries)",
                 paused.join(", ")
             );
         }
     }
-    if subs.is_empty() {
+    if snap.subscriptions.is_empty() {
         println!("(none)");
     }
-    Ok(())
 }

@@ -164,174 +164,6 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Paging {
-    /// Walk `page=1..`, sort, commit; safe for any result order.
-    #[default]
-    Pages,
-    /// `sync=<highest stamp so far>` per page; only for upstreams sorted by stamp.
-    Keyset,
-}
-
-/// How the relay authenticates to the upstream, as written in the file.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum AuthConfig {
-    OAuth {
-        client_id_env: String,
-        client_secret_env: String,
-        /// Defaults to `{base_url}/integration/auth/`.
-        token_url: Option<String>,
-    },
-    Basic {
-        username_env: String,
-        password_env: String,
-    },
-    Bearer {
-        token_env: String,
-    },
-    #[default]
-    None,
-}
-
-/// The upstream credentials, resolved from the environment.
-#[derive(Debug, Clone)]
-pub enum Auth {
-    OAuth {
-        client_id: Secret,
-        client_secret: Secret,
-        token_url: Url,
-    },
-    Basic {
-        username: Secret,
-        password: Secret,
-    },
-    Bearer {
-        token: Secret,
-    },
-    None,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueryNames {
-    pub sync: String,
-    pub page: String,
-    pub page_size: String,
-}
-
-impl Default for QueryNames {
-    fn default() -> Self {
-        Self {
-            sync: "sync".into(),
-            page: "page".into(),
-            page_size: "page_size".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FieldNames {
-    pub id: String,
-    pub stamp: String,
-    pub deleted_at: String,
-}
-
-impl Default for FieldNames {
-    fn default() -> Self {
-        Self {
-            id: "uuid".into(),
-            stamp: "update_stamp".into(),
-            deleted_at: "deleted_at".into(),
-        }
-    }
-}
-
-/// Stamps re-read below the cursor on every poll. Size it to the number of
-/// stamps one table issues during the longest upstream commit delay or page
-/// walk; re-reading is cheap because duplicates are dropped by the index.
-pub const DEFAULT_OVERLAP: u64 = 500;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    pub name: String,
-    pub base_url: String,
-    pub resources: Vec<String>,
-    #[serde(with = "humantime_serde", default = "defaults::poll_interval")]
-    pub poll_interval: Duration,
-    #[serde(default = "defaults::page_size")]
-    pub page_size: u32,
-    #[serde(default)]
-    pub paging: Paging,
-    #[serde(default = "defaults::overlap")]
-    pub overlap: u64,
-    /// Walks of the `pages` strategy before a poll gives up on a fast-changing set.
-    #[serde(default = "defaults::max_walks")]
-    pub max_walks: u32,
-    /// How often a full `sync=0` walk compares the upstream with the record
-    /// index and appends what the polls missed (see poller/reconcile.rs);
-    /// off when absent.
-    #[serde(with = "humantime_serde", default)]
-    pub reconcile_interval: Option<Duration>,
-    /// Records one `pages` poll may hold in memory.
-    #[serde(default = "defaults::max_delta_records")]
-    pub max_delta_records: usize,
-    #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
-    pub request_timeout: Duration,
-    /// Attempts per upstream request before the poll fails.
-    #[serde(default = "defaults::max_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay; doubles per attempt, with jitter, up to `retry_max`.
-    #[serde(with = "humantime_serde", default = "defaults::retry_base")]
-    pub retry_base: Duration,
-    #[serde(with = "humantime_serde", default = "defaults::retry_max")]
-    pub retry_max: Duration,
-    #[serde(default)]
-    pub auth: AuthConfig,
-    #[serde(default)]
-    pub query: QueryNames,
-    #[serde(default)]
-    pub fields: FieldNames,
-    /// The proxy the upstream is reached through; environment proxy
-    /// variables are ignored.
-    #[serde(default)]
-    pub proxy: Option<String>,
-}
-
-mod defaults {
-    use std::time::Duration;
-    pub fn poll_interval() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn page_size() -> u32 {
-        500
-    }
-    pub fn overlap() -> u64 {
-        super::DEFAULT_OVERLAP
-    }
-    pub fn max_walks() -> u32 {
-        5
-    }
-    pub fn max_delta_records() -> usize {
-        2_000_000
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn max_attempts() -> u32 {
-        6
-    }
-    pub fn retry_base() -> Duration {
-        Duration::from_millis(500)
-    }
-    pub fn retry_max() -> Duration {
-        Duration::from_secs(30)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
@@ -344,7 +176,7 @@ pub struct DeliveryConfig {
     #[serde(with = "humantime_serde")]
     pub secret_grace: Duration,
     /// Private address blocks webhooks may reach despite the SSRF guard.
-    pub allowed_cidrs: Vec<String>,
+    pub allowed_cidrs: Vec<Cidr>,
     /// A receiver's `Retry-After` is honoured up to this.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
@@ -404,20 +236,6 @@ pub struct RawConfig {
     pub api: ApiConfig,
     pub sources: Vec<SourceConfig>,
     pub delivery: DeliveryConfig,
-}
-
-/// One validated upstream source.
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub settings: SourceConfig,
-    pub base_url: Url,
-    pub auth: Auth,
-}
-
-impl Source {
-    pub fn name(&self) -> &str {
-        &self.settings.name
-    }
 }
 
 /// The validated configuration every component is built from.
@@ -482,7 +300,15 @@ pub fn join(base: &Url, rest: &str) -> Url {
 }
 
 fn describe_figment_error(e: figment::Error) -> String {
-    let key = e.path.join(".");
+    // List items as `sources[0]`, the way the validation names them.
+    let key = e
+        .path
+        .iter()
+        .fold(String::new(), |key, part| match part.parse::<usize>() {
+            Ok(i) => format!("{key}[{i}]"),
+            Err(_) if key.is_empty() => part.clone(),
+            Err(_) => format!("{key}.{part}"),
+        });
     let kind = e.kind.to_string();
     let key = key.strip_prefix("default.").unwrap_or(&key).to_string();
     let hint = match &e.kind {
@@ -498,7 +324,14 @@ fn describe_figment_error(e: figment::Error) -> String {
     }
 }
 
+mod cidr;
+mod source;
 mod validate;
+
+pub use cidr::{Cidr, canonical};
+pub use source::{
+    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
+};
 
 #[cfg(test)]
 mod tests;

@@ -10,12 +10,18 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod record;
 pub mod retention;
-pub mod simulator;
+pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod subscription;
 pub mod tail;
+pub mod target;
 pub mod upstream;
+
+#[cfg(test)]
+mod layering;

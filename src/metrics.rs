@@ -115,106 +115,8 @@ impl Metrics {
             live_clients: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register(
-            "cursor_stamp",
-            "Stamp of the last event of each target",
-            m.cursor.clone(),
-        );
-        r.register(
-            "events_appended",
-            "Events appended, by op",
-            m.appended.clone(),
-        );
-        r.register(
-            "poll_duration_seconds",
-            "Time one poll of a target took",
-            m.poll_duration.clone(),
-        );
-        r.register(
-            "page_walks",
-            "Page walks of the pages strategy; more than polls means rows shifted",
-            m.walks.clone(),
-        );
-        r.register(
-            "settle_pages",
-            "Pages fetched by settle walks after a pages walk",
-            m.settle_pages.clone(),
-        );
-        r.register(
-            "polls_unsettled",
-            "Polls whose upstream changed too fast to settle (committed up to the floor)",
-            m.unsettled.clone(),
-        );
-        r.register(
-            "reconcile_repaired",
-            "Missed versions the reconcile sweep appended as late events",
-            m.reconcile_repaired.clone(),
-        );
-        r.register(
-            "store_resets",
-            "Times the store was found to have lost a table's data (its epoch gone or changed)",
-            m.store_resets.clone(),
-        );
-        r.register(
-            "upstream_errors",
-            "Failed polls, by kind of failure",
-            m.upstream_errors.clone(),
-        );
-        r.register(
-            "records_rejected",
-            "Upstream records sent to the reject stream",
-            m.rejected.clone(),
-        );
-        r.register(
-            "events_trimmed",
-            "Events removed from the stream by store.retention",
-            m.trimmed.clone(),
-        );
-        r.register(
-            "delivery_attempts",
-            "Webhook requests, by outcome",
-            m.attempts.clone(),
-        );
-        r.register(
-            "delivery_latency_seconds",
-            "Webhook request duration",
-            m.delivery_latency.clone(),
-        );
-        r.register(
-            "delivery_pending",
-            "Events claimed by a subscription but not yet delivered",
-            m.pending.clone(),
-        );
-        r.register(
-            "delivery_waiting_retry",
-            "Pending events held back by a waiting retry (claiming pauses at delivery.max_waiting_retries)",
-            m.waiting_retry.clone(),
-        );
-        r.register(
-            "delivery_claims_paused",
-            "1 while delivery.max_waiting_retries events wait for retries and nothing new is claimed",
-            m.claims_paused.clone(),
-        );
-        r.register(
-            "delivery_in_flight",
-            "Pending events in requests not yet answered (at most the subscription's max_in_flight requests)",
-            m.in_flight.clone(),
-        );
-        r.register(
-            "delivery_dead_letters",
-            "Events in a subscription's dead letters",
-            m.dead_letters.clone(),
-        );
-        r.register(
-            "subscription_disabled",
-            "1 when a subscription is disabled",
-            m.disabled.clone(),
-        );
-        r.register(
-            "live_stream_clients",
-            "Connected live-stream (SSE) clients",
-            m.live_clients.clone(),
-        );
+        register_polling(&mut r, &m);
+        register_delivery(&mut r, &m);
         Metrics { registry: r, ..m }
     }
 
@@ -232,4 +134,112 @@ pub fn target_labels(t: &crate::store::Target) -> TargetLabels {
         source: t.source.clone(),
         resource: t.resource.clone(),
     }
+}
+
+/// What the pollers and retention count.
+fn register_polling(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "cursor_stamp",
+        "Stamp of the last event of each target",
+        m.cursor.clone(),
+    );
+    r.register(
+        "events_appended",
+        "Events appended, by op",
+        m.appended.clone(),
+    );
+    r.register(
+        "poll_duration_seconds",
+        "Time one poll of a target took",
+        m.poll_duration.clone(),
+    );
+    r.register(
+        "page_walks",
+        "Page walks of the pages strategy; more than polls means rows shifted",
+        m.walks.clone(),
+    );
+    r.register(
+        "settle_pages",
+        "Pages fetched by settle walks after a pages walk",
+        m.settle_pages.clone(),
+    );
+    r.register(
+        "polls_unsettled",
+        "Polls whose upstream changed too fast to settle (committed up to the floor)",
+        m.unsettled.clone(),
+    );
+    r.register(
+        "reconcile_repaired",
+        "Missed versions the reconcile sweep appended as late events",
+        m.reconcile_repaired.clone(),
+    );
+    r.register(
+        "store_resets",
+        "Times the store was found to have lost a table's data (its epoch gone or changed)",
+        m.store_resets.clone(),
+    );
+    r.register(
+        "upstream_errors",
+        "Failed polls, by kind of failure",
+        m.upstream_errors.clone(),
+    );
+    r.register(
+        "records_rejected",
+        "Upstream records sent to the reject stream",
+        m.rejected.clone(),
+    );
+    r.register(
+        "events_trimmed",
+        "Events removed from the stream by store.retention",
+        m.trimmed.clone(),
+    );
+}
+
+/// What the delivery workers and the live streams count.
+fn register_delivery(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "delivery_attempts",
+        "Webhook requests, by outcome",
+        m.attempts.clone(),
+    );
+    r.register(
+        "delivery_latency_seconds",
+        "Webhook request duration",
+        m.delivery_latency.clone(),
+    );
+    r.register(
+        "delivery_pending",
+        "Events claimed by a subscription but not yet delivered",
+        m.pending.clone(),
+    );
+    r.register(
+        "delivery_waiting_retry",
+        "Pending events held back by a waiting retry (claiming pauses at delivery.max_waiting_retries)",
+        m.waiting_retry.clone(),
+    );
+    r.register(
+        "delivery_claims_paused",
+        "1 while delivery.max_waiting_retries events wait for retries and nothing new is claimed",
+        m.claims_paused.clone(),
+    );
+    r.register(
+        "delivery_in_flight",
+        "Pending events in requests not yet answered (at most the subscription's max_in_flight requests)",
+        m.in_flight.clone(),
+    );
+    r.register(
+        "delivery_dead_letters",
+        "Events in a subscription's dead letters",
+        m.dead_letters.clone(),
+    );
+    r.register(
+        "subscription_disabled",
+        "1 when a subscription is disabled",
+        m.disabled.clone(),
+    );
+    r.register(
+        "live_stream_clients",
+        "Connected live-stream (SSE) clients",
+        m.live_clients.clone(),
+    );
 }

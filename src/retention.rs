@@ -2,13 +2,22 @@
 //! past what an enabled subscription has yet to deliver unless the hard cap
 //! says so, and never its last event, whose stamp is the cursor.
 //!
-//! The poller of a table runs it under the table's lease, so one instance
-//! trims. Readers learn what was removed from `Store::trimmed_through`.
+//! It runs as a task of its own ([`run`]), trimming only the tables whose
+//! last poll by this instance held the lease, so one instance trims each.
+//! Readers learn what was removed from `Store::trimmed_through`.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::RetentionConfig,
-    delivery::{Standing, standing},
-    events::StreamId,
+    events::{StreamId, now_ms},
+    metrics::{Metrics, target_labels},
+    store::{Standing, standing},
     store::{Store, StoreResult, Target},
 };
 
@@ -17,6 +26,42 @@ use crate::{
 pub const SCAN: usize = 10_000;
 /// The age scan reads the oldest events in chunks of this many.
 const AGE_CHUNK: usize = 500;
+
+/// Trims every table whose flag says this instance holds its lease, every
+/// `cfg.interval`, until `cancel`. A failed trim is logged and tried again
+/// at the next interval.
+pub async fn run(
+    store: Arc<dyn Store>,
+    tables: Vec<(Target, Arc<AtomicBool>)>,
+    cfg: RetentionConfig,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    if !cfg.enabled() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(cfg.interval) => {}
+        }
+        for (t, held) in &tables {
+            if cancel.is_cancelled() || !held.load(Ordering::Relaxed) {
+                continue;
+            }
+            match trim_target(store.as_ref(), t, &cfg, now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(target = %t, removed = n, "retention trimmed the stream");
+                    metrics.trimmed.get_or_create(&target_labels(t)).inc_by(n);
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t, error = %e, "retention could not trim the stream; it tries again later")
+                }
+            }
+        }
+    }
+}
 
 /// Trims `t` once; returns how many events went.
 pub async fn trim_target(

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Op, StreamId},
-    store::Target,
+    target::Target,
 };
 
 mod headers;
+pub mod state;
 pub use headers::{reserved_header, validate_headers};
 
 pub const MAX_BATCH: u32 = 1000;
@@ -31,12 +32,15 @@ fn default_in_flight() -> u32 {
 pub struct Subscription {
     pub id: String,
     pub url: String,
-    /// `source/resource` names, or `*` for every target.
-    pub resources: Vec<String>,
+    /// The targets it receives; stored and shown as `["*"]` or
+    /// `["source/resource", ...]`.
+    pub resources: Coverage,
     /// Empty means every op.
     pub ops: Vec<Op>,
-    /// Where delivery starts, per target (`source/resource` -> stream ID).
-    pub start: BTreeMap<String, String>,
+    /// Where delivery starts, per target: after this ID. Stored as
+    /// `{"source/resource": "<stamp>-<seq>"}`.
+    #[serde(with = "start_map")]
+    pub start: BTreeMap<Target, StreamId>,
     pub headers: BTreeMap<String, String>,
     pub batch_size: u32,
     /// Requests in flight at once per table; never two of one record, so 1
@@ -64,16 +68,69 @@ pub struct Subscription {
 impl Subscription {
     /// Where delivery of `target` begins before the first claim: after this ID.
     pub fn start_of(&self, target: &Target) -> StreamId {
-        self.start
-            .get(&target.to_string())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(StreamId::ZERO)
+        // A target covered through "*" but configured after the
+        // subscription was made has no entry: it starts at the beginning.
+        self.start.get(target).copied().unwrap_or(StreamId::ZERO)
     }
 
     /// Whether this subscription receives events of `target`.
     pub fn covers(&self, target: &Target) -> bool {
-        let name = target.to_string();
-        self.resources.iter().any(|r| r == "*" || *r == name)
+        self.resources.covers(target)
+    }
+}
+
+/// Which targets a subscription covers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Coverage {
+    /// `["*"]`: every configured target, also ones configured later.
+    All,
+    /// The targets named.
+    Only(Vec<Target>),
+}
+
+impl Coverage {
+    pub fn covers(&self, target: &Target) -> bool {
+        match self {
+            Coverage::All => true,
+            Coverage::Only(targets) => targets.contains(target),
+        }
+    }
+
+    /// The configured targets it covers.
+    pub fn of(&self, known: &[Target]) -> Vec<Target> {
+        known.iter().filter(|t| self.covers(t)).cloned().collect()
+    }
+
+    fn names(&self) -> Vec<String> {
+        match self {
+            Coverage::All => vec!["*".into()],
+            Coverage::Only(targets) => targets.iter().map(Target::to_string).collect(),
+        }
+    }
+
+    /// A list with `*` anywhere in it covers everything.
+    fn from_names(names: &[String]) -> Result<Coverage, String> {
+        if names.iter().any(|n| n == "*") {
+            return Ok(Coverage::All);
+        }
+        names
+            .iter()
+            .map(|n| n.parse())
+            .collect::<Result<_, _>>()
+            .map(Coverage::Only)
+    }
+}
+
+impl Serialize for Coverage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Coverage {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Coverage, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        Coverage::from_names(&names).map_err(serde::de::Error::custom)
     }
 }
 
@@ -91,71 +148,16 @@ pub fn new_id() -> String {
     format!("sub_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Where a new subscription starts reading.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum StartSpec {
-    Named(String),
-    Stamps(BTreeMap<String, u64>),
-}
-
-/// The body of `POST /v1/subscriptions`. An optional field may be left out
-/// but not sent as `null` (openapi.yaml gives none of them a null).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRequest {
-    pub url: String,
-    pub resources: Vec<String>,
-    #[serde(default)]
-    pub ops: Vec<String>,
-    #[serde(default, deserialize_with = "present")]
-    pub start: Option<StartSpec>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "present")]
-    pub batch_size: Option<u32>,
-    #[serde(default, deserialize_with = "present")]
-    pub max_in_flight: Option<u32>,
-    #[serde(default, deserialize_with = "present")]
-    pub rate_limit: Option<u32>,
-    #[serde(default, deserialize_with = "present")]
-    pub enabled: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
-    pub description: Option<String>,
-}
-
-/// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
-/// `null` but `rate_limit`.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PatchRequest {
-    #[serde(default, deserialize_with = "present")]
-    pub url: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    pub resources: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub ops: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub headers: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub batch_size: Option<u32>,
-    #[serde(default, deserialize_with = "present")]
-    pub max_in_flight: Option<u32>,
-    /// `null` removes the limit; absent leaves it.
-    #[serde(default, deserialize_with = "present")]
-    pub rate_limit: Option<Option<u32>>,
-    #[serde(default, deserialize_with = "present")]
-    pub enabled: Option<bool>,
-    #[serde(default, deserialize_with = "present")]
-    pub description: Option<String>,
-}
-
-/// A field that is there: `Some` of its value, which for a plain `T` may
-/// not be `null` (absent fields get `None` from `default`).
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+/// Where a subscription starts reading on its targets (or a replay
+/// restarts).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// After each target's last event when the subscription is made.
+    Now,
+    /// Before each target's first event.
+    Beginning,
+    /// After these stamps; on creation, targets not named start now.
+    Stamps(BTreeMap<Target, u64>),
 }
 
 /// A field that failed validation, for a problem answer naming it.
@@ -202,7 +204,9 @@ pub fn validate_url(url: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-pub fn validate_resources(resources: &[String], known: &[Target]) -> Result<(), Invalid> {
+/// The coverage a client's `resources` names, every name a configured
+/// target or `*`.
+pub fn parse_resources(resources: &[String], known: &[Target]) -> Result<Coverage, Invalid> {
     if resources.is_empty() {
         return Err(invalid(
             "resources",
@@ -221,7 +225,7 @@ pub fn validate_resources(resources: &[String], known: &[Target]) -> Result<(), 
             ));
         }
     }
-    Ok(())
+    Coverage::from_names(resources).map_err(|e| invalid("resources", e))
 }
 
 pub fn parse_ops(ops: &[String]) -> Result<Vec<Op>, Invalid> {
@@ -270,56 +274,57 @@ pub fn validate_description(d: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Resolves the start point against the targets' current positions
-/// (`now` is each target's last ID at creation).
+/// The start point of each target (`now` is each target's last ID at
+/// creation).
 pub fn resolve_start(
-    spec: Option<&StartSpec>,
+    start: &Start,
     targets: &[Target],
     now: &HashMap<Target, StreamId>,
-) -> Result<BTreeMap<String, String>, Invalid> {
-    let mut out = BTreeMap::new();
-    match spec {
-        None => resolve_named("now", targets, now, &mut out)?,
-        Some(StartSpec::Named(name)) => resolve_named(name, targets, now, &mut out)?,
-        Some(StartSpec::Stamps(map)) => {
-            for (name, stamp) in map {
-                if !targets.iter().any(|t| t.to_string() == *name) {
-                    return Err(invalid(
-                        format!("start.{name}"),
-                        "is not one of the subscription's resources",
-                    ));
-                }
-                out.insert(name.clone(), StreamId::new(*stamp, 0).to_string());
-            }
-            for t in targets {
-                out.entry(t.to_string())
-                    .or_insert_with(|| now.get(t).copied().unwrap_or_default().to_string());
-            }
-        }
-    }
-    Ok(out)
+) -> BTreeMap<Target, StreamId> {
+    let now_of = |t: &Target| now.get(t).copied().unwrap_or_default();
+    targets
+        .iter()
+        .map(|t| {
+            let id = match start {
+                Start::Now => now_of(t),
+                Start::Beginning => StreamId::ZERO,
+                Start::Stamps(m) => m.get(t).map_or_else(|| now_of(t), |s| StreamId::new(*s, 0)),
+            };
+            (t.clone(), id)
+        })
+        .collect()
 }
 
-fn resolve_named(
-    name: &str,
-    targets: &[Target],
-    now: &HashMap<Target, StreamId>,
-    out: &mut BTreeMap<String, String>,
-) -> Result<(), Invalid> {
-    for t in targets {
-        let id = match name {
-            "now" => now.get(t).copied().unwrap_or_default(),
-            "beginning" => StreamId::ZERO,
-            _ => {
-                return Err(invalid(
-                    "start",
-                    "must be \"now\", \"beginning\" or {\"source/resource\": stamp, ...}",
-                ));
-            }
-        };
-        out.insert(t.to_string(), id.to_string());
+/// `start` as stored and shown: `{"source/resource": "<stamp>-<seq>"}`,
+/// parsed into targets and stream IDs when read (a malformed entry is an
+/// error, never a start at the beginning).
+pub mod start_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::{events::StreamId, target::Target};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Target, StreamId>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(t, id)| (t.to_string(), id.to_string())))
     }
-    Ok(())
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Target, StreamId>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(t, id)| {
+                Ok((
+                    t.parse().map_err(D::Error::custom)?,
+                    id.parse().map_err(D::Error::custom)?,
+                ))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -355,12 +360,17 @@ mod tests {
 
     #[test]
     fn resources_must_be_configured() {
-        assert!(validate_resources(&["pc/patients".into()], &targets()).is_ok());
-        assert!(validate_resources(&["*".into()], &targets()).is_ok());
-        let e =
-            validate_resources(&["pc/patients".into(), "pc/nope".into()], &targets()).unwrap_err();
+        assert_eq!(
+            parse_resources(&["pc/patients".into()], &targets()),
+            Ok(Coverage::Only(vec![targets()[0].clone()]))
+        );
+        assert_eq!(
+            parse_resources(&["*".into(), "pc/users".into()], &targets()),
+            Ok(Coverage::All)
+        );
+        let e = parse_resources(&["pc/patients".into(), "pc/nope".into()], &targets()).unwrap_err();
         assert_eq!(e.field, "resources[1]");
-        assert!(validate_resources(&[], &targets()).is_err());
+        assert!(parse_resources(&[], &targets()).is_err());
     }
 
     #[test]
@@ -382,37 +392,42 @@ mod tests {
     }
 
     #[test]
-    fn optional_fields_may_be_absent_but_not_null() {
-        let create = |extra: &str| {
-            serde_json::from_str::<CreateRequest>(&format!(
-                r#"{{"url":"https://x.example","resources":["*"]{extra}}}"#
-            ))
-        };
-        assert!(create("").is_ok());
-        assert!(create(r#","description":null"#).is_err());
-        assert!(create(r#","batch_size":null"#).is_err());
-        let patch = |body: &str| serde_json::from_str::<PatchRequest>(body);
-        assert!(patch(r#"{"resources":null}"#).is_err());
-        assert_eq!(
-            patch(r#"{"rate_limit":null}"#).unwrap().rate_limit,
-            Some(None)
-        );
-        assert_eq!(patch("{}").unwrap().rate_limit, None);
-    }
-
-    #[test]
     fn start_points_resolve_per_target() {
         let t = targets();
         let now: HashMap<Target, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
-        let s = resolve_start(None, &t, &now).unwrap();
-        assert_eq!(s["pc/patients"], "9-0");
-        assert_eq!(s["pc/users"], "0-0");
-        let b = resolve_start(Some(&StartSpec::Named("beginning".into())), &t, &now).unwrap();
-        assert_eq!(b["pc/patients"], "0-0");
-        let m: BTreeMap<String, u64> = [("pc/users".to_string(), 4)].into();
-        let s = resolve_start(Some(&StartSpec::Stamps(m)), &t, &now).unwrap();
-        assert_eq!(s["pc/users"], "4-0");
-        assert_eq!(s["pc/patients"], "9-0");
-        assert!(resolve_start(Some(&StartSpec::Named("later".into())), &t, &now).is_err());
+        let at = |m: &BTreeMap<Target, StreamId>, name: &str| m[&name.parse::<Target>().unwrap()];
+        let s = resolve_start(&Start::Now, &t, &now);
+        assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
+        assert_eq!(at(&s, "pc/users"), StreamId::ZERO);
+        let b = resolve_start(&Start::Beginning, &t, &now);
+        assert_eq!(at(&b, "pc/patients"), StreamId::ZERO);
+        let m: BTreeMap<Target, u64> = [(t[1].clone(), 4)].into();
+        let s = resolve_start(&Start::Stamps(m), &t, &now);
+        assert_eq!(at(&s, "pc/users"), StreamId::new(4, 0));
+        assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
+    }
+
+    #[test]
+    fn start_is_stored_as_names_and_ids_and_refused_when_malformed() {
+        let doc = |start: &str| {
+            format!(
+                r#"{{"id":"sub_1","url":"https://x.example","resources":["*"],"ops":[],"start":{start},"headers":{{}},"batch_size":1,"rate_limit":null,"enabled":true,"description":"","secret":"whsec_dGVzdA==","previous_secret":null,"created_ms":0,"updated_ms":0}}"#
+            )
+        };
+        let stored = doc(r#"{"pc/patients":"9-0","pc/users":"4-2"}"#);
+        let sub: Subscription = serde_json::from_str(&stored).unwrap();
+        let t: Target = "pc/users".parse().unwrap();
+        assert_eq!(sub.start_of(&t), StreamId::new(4, 2));
+        let back = serde_json::to_value(&sub).unwrap();
+        assert_eq!(
+            back["start"],
+            serde_json::json!({"pc/patients": "9-0", "pc/users": "4-2"})
+        );
+        for bad in [r#"{"pc/users":"soon"}"#, r#"{"pcusers":"4-0"}"#] {
+            assert!(
+                serde_json::from_str::<Subscription>(&doc(bad)).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

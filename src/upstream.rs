@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use reqwest::{StatusCode, header};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +11,7 @@ use url::Url;
 
 use crate::{
     config::{Auth, Secret, Source, join},
+    http::{backoff, retry_after, root_cause},
     record::{Page, excerpt},
 };
 
@@ -63,27 +63,6 @@ impl UpstreamError {
     }
 }
 
-/// Delay before retry number `attempt` (1-based): exponential from `base`,
-/// capped at `max`, with "equal jitter" so retries of many relays spread out.
-pub fn backoff(base: Duration, max: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let d = exp.min(max);
-    let half = d / 2;
-    half + half.mul_f64(rng.random::<f64>())
-}
-
-/// Parses `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(value: &str) -> Option<Duration> {
-    if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value.trim()).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
 struct Token {
     value: Secret,
     refresh_at: Instant,
@@ -113,10 +92,6 @@ impl Upstream {
             source,
             token: Mutex::new(None),
         })
-    }
-
-    pub fn source(&self) -> &Source {
-        &self.source
     }
 
     /// The list URL of one page.
@@ -308,14 +283,6 @@ fn describe_transport(e: &reqwest::Error) -> String {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// The upstream's own words from a DRF error body
 /// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt.
 pub fn error_detail(status: StatusCode, body: &[u8]) -> String {
@@ -354,22 +321,6 @@ pub fn error_detail(status: StatusCode, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{SeedableRng, rngs::StdRng};
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(1);
-        for attempt in 1..10 {
-            let d = backoff(base, max, attempt, &mut rng);
-            let full = (base * 2u32.pow(attempt - 1)).min(max);
-            assert!(
-                d >= full / 2 && d <= full,
-                "attempt {attempt}: {d:?} vs {full:?}"
-            );
-        }
-    }
 
     #[test]
     fn any_expires_in_gives_a_refresh_time() {
@@ -380,18 +331,6 @@ mod tests {
         );
         assert_eq!(refresh_at(now, 300), now + Duration::from_secs(270));
         assert_eq!(refresh_at(now, 0), now);
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
-        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
-        let d = retry_after(&httpdate::fmt_http_date(soon)).unwrap();
-        assert!(
-            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
-            "{d:?}"
-        );
-        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]

@@ -11,19 +11,21 @@ use super::{
     ApiState,
     extract::{JsonBody, PathParams, QueryParams},
     problem::{ApiResult, Problem},
-    subscriptions::{covered, known_targets, load},
+    requests::StartSpec,
+    subscriptions::{known_targets, load},
 };
 use crate::{
-    delivery::{model::DeadLetter, sender::Message},
+    delivery::sender::Message,
     events::{StreamId, now_ms},
     store::Target,
+    subscription::{Start, state::DeadLetter},
 };
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// `"beginning"` or `{"source/resource": stamp}`: delivery restarts after these stamps.
-    from: crate::subscription::StartSpec,
+    from: StartSpec,
 }
 
 pub async fn replay(
@@ -32,39 +34,26 @@ pub async fn replay(
     JsonBody(req): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Value>> {
     let sub = load(&s, &id).await?;
-    let targets = covered(&sub.resources, &known_targets(&s));
-    let positions: BTreeMap<String, StreamId> = match req.from {
-        crate::subscription::StartSpec::Named(n) if n == "beginning" => targets
+    let targets = sub.resources.of(&known_targets(&s));
+    let positions: BTreeMap<Target, StreamId> = match req.from.parse("from", &targets, false)? {
+        Start::Beginning => targets
             .iter()
-            .map(|t| (t.to_string(), StreamId::ZERO))
+            .map(|t| (t.clone(), StreamId::ZERO))
             .collect(),
-        crate::subscription::StartSpec::Named(_) => {
-            return Err(Problem::invalid(
-                "from",
-                "must be \"beginning\" or {\"source/resource\": stamp, ...}",
-            ));
-        }
-        crate::subscription::StartSpec::Stamps(m) => {
-            let mut out = BTreeMap::new();
-            for (name, stamp) in m {
-                if !targets.iter().any(|t| t.to_string() == name) {
-                    return Err(Problem::invalid(
-                        format!("from.{name}"),
-                        "is not one of the subscription's resources",
-                    ));
-                }
-                out.insert(name, StreamId::new(stamp, 0));
-            }
-            out
-        }
+        Start::Stamps(m) => m
+            .into_iter()
+            .map(|(t, s)| (t, StreamId::new(s, 0)))
+            .collect(),
+        // Not allowed in a replay: nothing moves.
+        Start::Now => BTreeMap::new(),
     };
     for t in &targets {
-        let after = positions.get(&t.to_string()).copied();
+        let after = positions.get(t).copied();
         super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
     }
     let mut moved = Vec::new();
     for t in &targets {
-        if let Some(after) = positions.get(&t.to_string()) {
+        if let Some(after) = positions.get(t) {
             let old = s.shared.store.position(&sub.id, t).await?;
             s.shared.store.reposition(&sub.id, t, *after).await?;
             moved.push((t, old));
@@ -83,8 +72,10 @@ pub async fn replay(
             }
         }
     }
-    let shown: BTreeMap<&String, String> =
-        positions.iter().map(|(k, v)| (k, v.to_string())).collect();
+    let shown: BTreeMap<String, String> = positions
+        .iter()
+        .map(|(t, id)| (t.to_string(), id.to_string()))
+        .collect();
     tracing::info!(subscription = %id, "delivery replay requested");
     Ok(Json(json!({ "id": sub.id, "replaying_after": shown })))
 }

@@ -20,19 +20,32 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
+use crate::{
+    cloudevents::EventSource,
+    poller::TargetStatus,
+    store::{Store, Target},
+    tail::Tails,
+};
 
 pub mod auth;
 mod deliveries;
 pub mod extract;
 mod health;
 pub mod problem;
+mod requests;
 mod resources;
 pub mod server;
 mod status;
 mod subscriptions;
 
 use problem::Problem;
+
+/// What the HTTP layer and status surfaces can see.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
+}
 
 /// Everything a handler may need, cloned per request (all `Arc`s).
 #[derive(Clone)]
@@ -56,8 +69,9 @@ pub struct ApiState {
     pub cancel: CancellationToken,
 }
 
-pub fn router(state: ApiState) -> Router {
-    let read = Router::new()
+/// Everything under `/v1` that a read token may call.
+fn read_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route("/v1/resources", get(resources::list))
         .route(
             "/v1/resources/{source}/{resource}/events",
@@ -66,8 +80,12 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_read,
-        ));
-    let admin = Router::new()
+        ))
+}
+
+/// Everything under `/v1` that needs an admin token.
+fn admin_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route(
             "/v1/subscriptions",
             post(subscriptions::create).get(subscriptions::list),
@@ -96,7 +114,12 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_admin,
-        ));
+        ))
+}
+
+pub fn router(state: ApiState) -> Router {
+    let read = read_routes(&state);
+    let admin = admin_routes(&state);
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(health::readyz))

@@ -29,6 +29,7 @@ use super::{
 use crate::{
     cloudevents::{CloudEvent, EventSource},
     events::StreamId,
+    status,
     store::Target,
     tail::LiveEvent,
 };
@@ -61,29 +62,30 @@ pub struct ResourceView {
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let mut out = Vec::new();
-    for (t, st) in s.shared.targets.iter() {
-        let last_id = s.shared.store.last_id(t).await?;
-        // From the store: whichever instance polls, every instance shows it.
-        let last = s.shared.store.poll_status(t).await?.unwrap_or_default();
-        out.push(ResourceView {
-            source: t.source.clone(),
-            resource: t.resource.clone(),
-            cursor: last_id.stamp,
-            last_id: last_id.to_string(),
-            stream_length: s.shared.store.stream_len(t).await?,
-            records: s.shared.store.index_len(t).await?,
-            last_poll_ms: (last.finished_ms > 0).then_some(last.finished_ms),
-            last_ok_ms: last.ok_ms,
-            rate_per_min: last.rate_shown(),
-            last_error: last.error,
-            polled_by: (!last.holder.is_empty()).then_some(last.holder),
+    let targets: Vec<_> = s.shared.targets.iter().map(|(t, _)| t.clone()).collect();
+    let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
+    let out: Vec<ResourceView> = tables
+        .into_iter()
+        .zip(s.shared.targets.iter())
+        .map(|(v, (_, st))| ResourceView {
+            source: v.target.source,
+            resource: v.target.resource,
+            cursor: v.last_id.stamp,
+            last_id: v.last_id.to_string(),
+            stream_length: v.stream_length,
+            records: v.records,
+            last_poll_ms: (v.poll.finished_ms > 0).then_some(v.poll.finished_ms),
+            last_ok_ms: v.poll.ok_ms,
+            rate_per_min: v.poll.rate_shown(),
+            last_error: v.poll.error,
+            polled_by: (!v.poll.holder.is_empty()).then_some(v.poll.holder),
+            // This instance's own count of the resets it found.
             store_resets: st.resets.load(Ordering::Relaxed),
             last_store_reset_ms: Some(st.last_reset_ms.load(Ordering::Relaxed))
                 .filter(|&ms| ms > 0),
             reloading: st.reloading.load(Ordering::Relaxed),
-        });
-    }
+        })
+        .collect();
     Ok(Json(serde_json::json!({ "resources": out })))
 }
 

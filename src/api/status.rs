@@ -7,7 +7,10 @@ use std::fmt::Write;
 use axum::{extract::State, response::Html};
 
 use super::{ApiState, problem::Problem};
-use crate::events::now_ms;
+use crate::{
+    events::now_ms,
+    status::{self, SubscriptionView, TableView},
+};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -28,7 +31,8 @@ th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}td.n{text-a
 .bad{color:#b00020}.ok{color:#1b5e20}";
 
 pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
-    let store = &s.shared.store;
+    let targets: Vec<_> = s.shared.targets.iter().map(|(t, _)| t.clone()).collect();
+    let snap = status::snapshot(s.shared.store.as_ref(), &targets, s.max_waiting_retries).await?;
     let mut h = String::new();
     let _ = write!(
         h,
@@ -36,39 +40,10 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
          <title>stamp-relay</title><style>{STYLE}</style></head><body><h1>stamp-relay</h1>\
          <p>{} &middot; refreshes every 5 s</p><h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
          <th>events</th><th>records</th><th>events/min</th><th>last poll</th><th>polled by</th><th>state</th></tr>",
-        esc(&store.describe())
+        esc(&snap.store)
     );
-    for (t, _) in s.shared.targets.iter() {
-        let last_id = store.last_id(t).await?;
-        // The stored status: the same whichever instance polls the target.
-        let last = store.poll_status(t).await?.unwrap_or_default();
-        let state = match &last.error {
-            Some(e) => format!("<span class=bad>{}</span>", esc(e)),
-            None if last.ok_ms.is_some() => "<span class=ok>in sync</span>".into(),
-            None => "starting".into(),
-        };
-        let _ = write!(
-            h,
-            "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
-             <td class=n data-rate>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
-            last_id.stamp,
-            store.stream_len(t).await?,
-            store.index_len(t).await?,
-            last.rate_shown(),
-            age((last.finished_ms > 0).then_some(last.finished_ms)),
-            esc(&last.holder),
-        );
-    }
-    subscriptions(&s, &mut h).await?;
-    h.push_str("</table></body></html>");
-    Ok(Html(h))
-}
-
-/// The subscriptions table: each one's lag, its events waiting for retries
-/// and the tables where `delivery.max_waiting_retries` stops claiming.
-async fn subscriptions(s: &ApiState, h: &mut String) -> Result<(), Problem> {
-    let store = &s.shared.store;
-    let limit = s.max_waiting_retries;
+    snap.tables.iter().for_each(|t| table_row(&mut h, t));
+    let limit = snap.max_waiting_retries;
     let _ = write!(
         h,
         "</table><h2>Subscriptions</h2><table id=subscriptions><tr><th>id</th><th>url</th><th>state</th>\
@@ -76,44 +51,63 @@ async fn subscriptions(s: &ApiState, h: &mut String) -> Result<(), Problem> {
          next attempt; with {limit} (delivery.max_waiting_retries) on a table, delivery claims nothing new \
          there\">waiting retries (limit {limit})</th><th>dead letters</th></tr>",
     );
-    for sub in store.subscriptions().await? {
-        let (mut lag, mut waiting, mut paused) = (0, 0, Vec::new());
-        for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
-            lag = lag.max(crate::delivery::lag(store.as_ref(), &sub, t).await?);
-            let held = crate::delivery::backlog(store.as_ref(), &sub.id, t)
-                .await?
-                .waiting;
-            waiting += held;
-            if held >= limit {
-                paused.push(t.to_string());
-            }
-        }
-        let paused = if paused.is_empty() {
-            String::new()
-        } else {
-            // The limit's effect: these tables claim nothing new for now.
-            format!(
-                " <span class=bad data-paused>claiming paused on {}</span>",
-                esc(&paused.join(", "))
-            )
-        };
-        let state = if sub.enabled {
-            "<span class=ok>enabled</span>".to_string()
-        } else {
-            format!(
-                "<span class=bad>disabled</span> {}",
-                esc(sub.disabled_reason.as_deref().unwrap_or(""))
-            )
-        };
-        let _ = write!(
-            h,
-            "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{lag}</td>\
-             <td class=n data-waiting>{waiting}{paused}</td><td class=n data-dead>{}</td></tr>",
-            // The page needs only a read token; a token in the URL stays admin-only.
-            esc(&crate::subscription::url_for_logs(&sub.url)),
-            store.dead_letters(&sub.id).await?.len(),
-            id = esc(&sub.id),
-        );
-    }
-    Ok(())
+    snap.subscriptions
+        .iter()
+        .for_each(|v| subscription_row(&mut h, v));
+    h.push_str("</table></body></html>");
+    Ok(Html(h))
+}
+
+fn table_row(h: &mut String, v: &TableView) {
+    let last = &v.poll;
+    let state = match &last.error {
+        Some(e) => format!("<span class=bad>{}</span>", esc(e)),
+        None if last.ok_ms.is_some() => "<span class=ok>in sync</span>".into(),
+        None => "starting".into(),
+    };
+    let _ = write!(
+        h,
+        "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
+         <td class=n data-rate>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
+        v.last_id.stamp,
+        v.stream_length,
+        v.records,
+        last.rate_shown(),
+        age((last.finished_ms > 0).then_some(last.finished_ms)),
+        esc(&last.holder),
+        t = v.target,
+    );
+}
+
+fn subscription_row(h: &mut String, v: &SubscriptionView) {
+    let sub = &v.sub;
+    let paused = if v.paused.is_empty() {
+        String::new()
+    } else {
+        // The limit's effect: these tables claim nothing new for now.
+        let tables: Vec<String> = v.paused.iter().map(|t| t.to_string()).collect();
+        format!(
+            " <span class=bad data-paused>claiming paused on {}</span>",
+            esc(&tables.join(", "))
+        )
+    };
+    let state = if sub.enabled {
+        "<span class=ok>enabled</span>".to_string()
+    } else {
+        format!(
+            "<span class=bad>disabled</span> {}",
+            esc(sub.disabled_reason.as_deref().unwrap_or(""))
+        )
+    };
+    let _ = write!(
+        h,
+        "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\
+         <td class=n data-waiting>{}{paused}</td><td class=n data-dead>{}</td></tr>",
+        // The page needs only a read token; a token in the URL stays admin-only.
+        esc(&crate::subscription::url_for_logs(&sub.url)),
+        v.lag,
+        v.waiting_retries,
+        v.dead_letters,
+        id = esc(&sub.id),
+    );
 }

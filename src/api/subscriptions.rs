@@ -14,11 +14,12 @@ use super::{
     ApiState,
     extract::{JsonBody, PathParams},
     problem::{ApiResult, Problem},
+    requests::{CreateRequest, PatchRequest},
 };
 use crate::{
     events::{Op, StreamId, now_ms},
     store::{Target, update_subscription},
-    subscription::{self as sub, CreateRequest, PatchRequest, Subscription},
+    subscription::{self as sub, Coverage, Subscription},
 };
 
 /// A subscription as the API shows it: everything but the secrets.
@@ -26,9 +27,10 @@ use crate::{
 pub struct View<'a> {
     pub id: &'a str,
     pub url: &'a str,
-    pub resources: &'a [String],
+    pub resources: &'a Coverage,
     pub ops: &'a [Op],
-    pub start: &'a std::collections::BTreeMap<String, String>,
+    #[serde(with = "crate::subscription::start_map")]
+    pub start: &'a std::collections::BTreeMap<Target, StreamId>,
     pub headers: &'a std::collections::BTreeMap<String, String>,
     pub batch_size: u32,
     pub max_in_flight: u32,
@@ -65,15 +67,6 @@ pub(super) fn known_targets(s: &ApiState) -> Vec<Target> {
     s.shared.targets.iter().map(|(t, _)| t.clone()).collect()
 }
 
-/// The targets a resource list names (`*` is all of them).
-pub(super) fn covered(resources: &[String], known: &[Target]) -> Vec<Target> {
-    known
-        .iter()
-        .filter(|t| resources.iter().any(|r| r == "*" || *r == t.to_string()))
-        .cloned()
-        .collect()
-}
-
 pub(super) async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {
     s.shared
         .store
@@ -88,7 +81,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
     sub::validate_url(&req.url)?;
-    sub::validate_resources(&req.resources, &known)?;
+    let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
@@ -98,16 +91,20 @@ pub async fn create(
     sub::validate_rate(req.rate_limit)?;
     let description = req.description.unwrap_or_default();
     sub::validate_description(&description)?;
-    let targets = covered(&req.resources, &known);
+    let targets = resources.of(&known);
     let mut now = HashMap::new();
     for t in &targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
     }
-    let start = sub::resolve_start(req.start.as_ref(), &targets, &now)?;
+    let chosen = match req.start {
+        Some(spec) => spec.parse("start", &targets, true)?,
+        None => sub::Start::Now,
+    };
+    let start = sub::resolve_start(&chosen, &targets, &now);
     // Only stamps the caller chose can be older than what is kept.
-    if matches!(req.start, Some(sub::StartSpec::Stamps(_))) {
+    if matches!(chosen, sub::Start::Stamps(_)) {
         for t in &targets {
-            let from = start.get(&t.to_string()).and_then(|s| s.parse().ok());
+            let from = start.get(t).copied();
             super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
         }
     }
@@ -115,7 +112,7 @@ pub async fn create(
     let subscription = Subscription {
         id: sub::new_id(),
         url: req.url,
-        resources: req.resources,
+        resources,
         ops,
         start,
         headers: req.headers,
@@ -174,7 +171,7 @@ pub async fn patch(
     }
     let mut before = None;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
-        before = Some((found.enabled, covered(&found.resources, &known)));
+        before = Some((found.enabled, found.resources.of(&known)));
         apply_patch(found, &req, &now, &known)
     })
     .await?
@@ -200,16 +197,13 @@ fn apply_patch(
         found.url = url.clone();
     }
     if let Some(resources) = &req.resources {
-        sub::validate_resources(resources, known)?;
+        let resources = sub::parse_resources(resources, known)?;
         // Newly covered targets start now; kept ones keep their position.
-        for t in covered(resources, known) {
+        for t in resources.of(known) {
             let last = now.get(&t).copied().unwrap_or_default();
-            found
-                .start
-                .entry(t.to_string())
-                .or_insert_with(|| last.to_string());
+            found.start.entry(t).or_insert(last);
         }
-        found.resources = resources.clone();
+        found.resources = resources;
     }
     if let Some(ops) = &req.ops {
         found.ops = sub::parse_ops(ops)?;
@@ -257,14 +251,14 @@ async fn resume_warnings(
     if !sub.enabled {
         return warnings;
     }
-    for t in covered(&sub.resources, known) {
+    for t in sub.resources.of(known) {
         if was_enabled && was_covered.contains(&t) {
             continue;
         }
         let store = s.shared.store.as_ref();
         let (Ok(through), Ok(p)) = (
             store.trimmed_through(&t).await,
-            crate::delivery::position_or_start(store, sub, &t).await,
+            crate::store::position_or_start(store, sub, &t).await,
         ) else {
             continue;
         };

@@ -86,6 +86,48 @@ pub async fn run(
     Ok(())
 }
 
+/// One live-stream client: sends (client, lag) for every event until
+/// `stop`.
+async fn live_client(
+    i: usize,
+    http: reqwest::Client,
+    url: String,
+    connected: Arc<AtomicUsize>,
+    stop: CancellationToken,
+    tx: mpsc::UnboundedSender<(usize, u64)>,
+) {
+    let Ok(mut resp) = http
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+    else {
+        return;
+    };
+    connected.fetch_add(1, Ordering::Relaxed);
+    let mut buf = String::new();
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = resp.chunk() => match c { Ok(Some(c)) => c, _ => break },
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let Ok(ev) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                continue;
+            };
+            if let Some(lag) = super::lag_ms(&ev, now_ms()) {
+                let _ = tx.send((i, lag));
+            }
+        }
+    }
+}
+
 /// `clients` live streams on one target while the simulator writes; prints
 /// how long each event took from append to each client.
 async fn fan_out(
@@ -106,38 +148,7 @@ async fn fan_out(
             stop.clone(),
             tx.clone(),
         );
-        tokio::spawn(async move {
-            let Ok(mut resp) = http
-                .get(&url)
-                .bearer_auth(TOKEN)
-                .header("accept", "text/event-stream")
-                .send()
-                .await
-            else {
-                return;
-            };
-            connected.fetch_add(1, Ordering::Relaxed);
-            let mut buf = String::new();
-            loop {
-                let chunk = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    c = resp.chunk() => match c { Ok(Some(c)) => c, _ => break },
-                };
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..end + 2).collect();
-                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
-                        continue;
-                    };
-                    let Ok(ev) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
-                        continue;
-                    };
-                    if let Some(lag) = super::lag_ms(&ev, now_ms()) {
-                        let _ = tx.send((i, lag));
-                    }
-                }
-            }
-        });
+        tokio::spawn(live_client(i, http, url, connected, stop, tx));
     }
     drop(tx);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -238,22 +238,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
     let payloads = fetch_all(&base_url).await?;
-    let client = redis::Client::open(redis_url.as_str())?;
+    let single = load_figures(&args, &base_url, &payloads, &redis_store, &dir).await?;
+    if let Some(nodes) = &args.redis_cluster {
+        cluster::run(nodes, &dir, &base_url, &payloads, single).await?;
+    }
+    if args.rss_records > 0 {
+        rss_in_a_process_of_its_own(&args, &redis_url)?;
+    }
+    api::run(redis_store, &base_url, args.sse_clients, false).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The load figures: raw pipelined `XADD` (the baseline, 500 per round
+/// trip), the relay into Redis and into the embedded store, and a `pages`
+/// load; returns (raw, relay) events per second into Redis.
+async fn load_figures(
+    args: &BenchArgs,
+    base_url: &str,
+    payloads: &[(String, u64, String)],
+    redis_store: &StoreConfig,
+    dir: &std::path::Path,
+) -> anyhow::Result<(f64, f64)> {
+    // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
+    let client = redis::Client::open(redis_store.redis_url.as_deref().unwrap_or_default())?;
     let raw_rate = raw_xadd(
         &mut client.get_multiplexed_async_connection().await?,
-        &payloads,
+        payloads,
     )
     .await?;
 
-    let (n, secs) = relay_load(redis_store.clone(), &base_url).await?;
+    let (n, secs) = relay_load(redis_store.clone(), base_url).await?;
     let relay_rate = n as f64 / secs;
     let sqlite_store = StoreConfig {
         data_dir: dir.join("embedded"),
         ..StoreConfig::default()
     };
-    let (m, secs2) = relay_load(sqlite_store, &base_url).await?;
+    let (m, secs2) = relay_load(sqlite_store, base_url).await?;
     let sqlite_rate = m as f64 / secs2;
 
     println!("{:<44} {:>12} {:>10}", "", "events/s", "ratio");
@@ -277,33 +299,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_prefix: format!("bench-pages-{}", std::process::id()),
         ..redis_store.clone()
     };
-    settle::run(pages_store, &base_url, raw_rate).await?;
+    settle::run(pages_store, base_url, raw_rate).await?;
     anyhow::ensure!(
         n as usize == args.records && m as usize == args.records,
         "the loads appended {n} and {m} events, expected {}",
         args.records
     );
+    Ok((raw_rate, relay_rate))
+}
 
-    if let Some(nodes) = &args.redis_cluster {
-        let single = (raw_rate, relay_rate);
-        cluster::run(nodes, &dir, &base_url, &payloads, single).await?;
-    }
-    if args.rss_records > 0 {
-        let status = Command::new(std::env::current_exe()?)
-            .args([
-                "bench",
-                "--rss-only",
-                "--records",
-                "0",
-                "--rss-records",
-                &args.rss_records.to_string(),
-            ])
-            .args(["--redis-url", &redis_url])
-            .status()?;
-        anyhow::ensure!(status.success(), "the memory benchmark failed");
-    }
-    api::run(redis_store, &base_url, args.sse_clients, false).await?;
-    let _ = std::fs::remove_dir_all(&dir);
+/// The memory figure, measured in a process of its own so the loads
+/// before it do not count.
+fn rss_in_a_process_of_its_own(args: &BenchArgs, redis_url: &str) -> anyhow::Result<()> {
+    let status = Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "--rss-only",
+            "--records",
+            "0",
+            "--rss-records",
+            &args.rss_records.to_string(),
+        ])
+        .args(["--redis-url", redis_url])
+        .status()?;
+    anyhow::ensure!(status.success(), "the memory benchmark failed");
     Ok(())
 }
 

@@ -32,68 +32,12 @@ impl RawConfig {
         if names.windows(2).any(|w| w[0] == w[1]) {
             problems.push("sources: two sources share a name; names must be unique".into());
         }
-        for (i, t) in self.api.tokens.iter().enumerate() {
-            if t.name.is_empty() {
-                problems.push(format!("api.tokens[{i}].name: must not be empty"));
-            }
-        }
-        for (key, zero) in [
-            ("api.max_connections", self.api.max_connections == 0),
-            ("api.max_sse_clients", self.api.max_sse_clients == 0),
-            (
-                "api.header_read_timeout",
-                self.api.header_read_timeout.is_zero(),
-            ),
-        ] {
-            if zero {
-                problems.push(format!("{key}: must be greater than zero"));
-            }
-        }
-        check_redis(&mut problems, &self.store);
-        check_name(&mut problems, "store.key_prefix", &self.store.key_prefix);
-        let r = &self.store.retention;
-        for (key, v) in [
-            ("store.retention.max_events", r.max_events),
-            ("store.retention.hard_max_events", r.hard_max_events),
-        ] {
-            if v == Some(0) {
-                problems.push(format!(
-                    "{key}: must be at least 1 (omit it to keep every event)"
-                ));
-            }
-        }
-        if let (Some(soft), Some(hard)) = (r.max_events, r.hard_max_events)
-            && hard < soft
-        {
-            problems.push(format!(
-                "store.retention.hard_max_events ({hard}) must not be below store.retention.max_events ({soft})"
-            ));
-        }
-        if r.interval < Duration::from_millis(10) {
-            problems.push("store.retention.interval: must be at least 10ms".into());
-        }
-        if self.store.lease_ttl < Duration::from_millis(100) {
-            problems.push("store.lease_ttl: must be at least 100ms".into());
-        }
+        check_api(&mut problems, &self.api);
+        check_store(&mut problems, &self.store);
         if let Err(e) = delivery_fence(self.store.lease_ttl, self.delivery.request_timeout) {
             problems.push(e);
         }
-        for (i, c) in self.delivery.allowed_cidrs.iter().enumerate() {
-            if let Err(e) = c.parse::<crate::delivery::ssrf::Cidr>() {
-                problems.push(format!("delivery.allowed_cidrs[{i}]: {e}"));
-            }
-        }
-        let waiting = self.delivery.max_waiting_retries;
-        if !(1..=MAX_WAITING_RETRIES).contains(&waiting) {
-            problems.push(format!(
-                "delivery.max_waiting_retries ({waiting}): must be between 1 and {MAX_WAITING_RETRIES}; \
-                 it bounds the events a delivery worker holds in memory behind waiting retries \
-                 (per subscription and table), and at the limit that table claims nothing new"
-            ));
-        }
-        if self.delivery.retry_schedule.is_empty() {
-            problems.push("delivery.retry_schedule: list at least one delay".into());
-        }
+        check_delivery(&mut problems, &self.delivery);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -104,6 +48,20 @@ impl RawConfig {
             sources: validated,
             delivery: self.delivery,
         })
+    }
+}
+
+fn check_delivery(problems: &mut Vec<String>, d: &super::DeliveryConfig) {
+    let waiting = d.max_waiting_retries;
+    if !(1..=MAX_WAITING_RETRIES).contains(&waiting) {
+        problems.push(format!(
+            "delivery.max_waiting_retries ({waiting}): must be between 1 and {MAX_WAITING_RETRIES}; \
+             it bounds the events a delivery worker holds in memory behind waiting retries \
+             (per subscription and table), and at the limit that table claims nothing new"
+        ));
+    }
+    if d.retry_schedule.is_empty() {
+        problems.push("delivery.retry_schedule: list at least one delay".into());
     }
 }
 
@@ -141,28 +99,25 @@ fn validate_source(
     {
         problems.push(format!("{}: {p:?} is not a proxy URL", key("proxy")));
     }
-    if s.page_size == 0 || s.page_size > 10_000 {
-        problems.push(format!("{}: must be between 1 and 10000", key("page_size")));
-    }
-    if s.poll_interval.is_zero() {
-        problems.push(format!(
-            "{}: must be greater than zero",
-            key("poll_interval")
-        ));
-    }
-    if s.max_walks == 0 {
-        problems.push(format!("{}: must be at least 1", key("max_walks")));
-    }
-    if s.reconcile_interval.is_some_and(|d| d < s.poll_interval) {
-        problems.push(format!(
-            "{}: must be at least poll_interval (a sweep walks the whole table); omit it to turn sweeps off",
-            key("reconcile_interval")
-        ));
-    }
-    if s.max_attempts == 0 {
-        problems.push(format!("{}: must be at least 1", key("max_attempts")));
-    }
-    let auth = match &s.auth {
+    check_source_limits(s, problems, &key);
+    let auth = resolve_auth(&s.auth, base_url.as_ref(), env, problems, &key);
+    Some(Source {
+        settings: s.clone(),
+        base_url: base_url?,
+        auth: auth?,
+    })
+}
+
+/// The upstream credentials, resolved from the environment; the OAuth
+/// token URL defaults to `{base_url}/integration/auth/`.
+fn resolve_auth(
+    auth: &AuthConfig,
+    base_url: Option<&Url>,
+    env: EnvLookup<'_>,
+    problems: &mut Vec<String>,
+    key: &dyn Fn(&str) -> String,
+) -> Option<Auth> {
+    match auth {
         AuthConfig::None => Some(Auth::None),
         AuthConfig::Bearer { token_env } => Some(Auth::Bearer {
             token: secret(env, problems, key("auth.token_env"), token_env),
@@ -186,7 +141,7 @@ fn validate_source(
                 key("auth.client_secret_env"),
                 client_secret_env,
             );
-            let token_url = match (token_url, &base_url) {
+            let token_url = match (token_url, base_url) {
                 (Some(u), _) => parse_http_url(u)
                     .map_err(|e| problems.push(format!("{}: {e}", key("auth.token_url"))))
                     .ok(),
@@ -199,12 +154,79 @@ fn validate_source(
                 token_url,
             })
         }
-    };
-    Some(Source {
-        settings: s.clone(),
-        base_url: base_url?,
-        auth: auth?,
-    })
+    }
+}
+
+/// A source's sizes and intervals.
+fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn Fn(&str) -> String) {
+    if s.page_size == 0 || s.page_size > 10_000 {
+        problems.push(format!("{}: must be between 1 and 10000", key("page_size")));
+    }
+    if s.poll_interval.is_zero() {
+        problems.push(format!(
+            "{}: must be greater than zero",
+            key("poll_interval")
+        ));
+    }
+    if s.max_walks == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_walks")));
+    }
+    if s.reconcile_interval.is_some_and(|d| d < s.poll_interval) {
+        problems.push(format!(
+            "{}: must be at least poll_interval (a sweep walks the whole table); omit it to turn sweeps off",
+            key("reconcile_interval")
+        ));
+    }
+    if s.max_attempts == 0 {
+        problems.push(format!("{}: must be at least 1", key("max_attempts")));
+    }
+}
+
+fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
+    for (i, t) in api.tokens.iter().enumerate() {
+        if t.name.is_empty() {
+            problems.push(format!("api.tokens[{i}].name: must not be empty"));
+        }
+    }
+    for (key, zero) in [
+        ("api.max_connections", api.max_connections == 0),
+        ("api.max_sse_clients", api.max_sse_clients == 0),
+        ("api.header_read_timeout", api.header_read_timeout.is_zero()),
+    ] {
+        if zero {
+            problems.push(format!("{key}: must be greater than zero"));
+        }
+    }
+}
+
+/// The store's own values: names, retention limits and the lease.
+fn check_store(problems: &mut Vec<String>, store: &StoreConfig) {
+    check_redis(problems, store);
+    check_name(problems, "store.key_prefix", &store.key_prefix);
+    let r = &store.retention;
+    for (key, v) in [
+        ("store.retention.max_events", r.max_events),
+        ("store.retention.hard_max_events", r.hard_max_events),
+    ] {
+        if v == Some(0) {
+            problems.push(format!(
+                "{key}: must be at least 1 (omit it to keep every event)"
+            ));
+        }
+    }
+    if let (Some(soft), Some(hard)) = (r.max_events, r.hard_max_events)
+        && hard < soft
+    {
+        problems.push(format!(
+            "store.retention.hard_max_events ({hard}) must not be below store.retention.max_events ({soft})"
+        ));
+    }
+    if r.interval < Duration::from_millis(10) {
+        problems.push("store.retention.interval: must be at least 10ms".into());
+    }
+    if store.lease_ttl < Duration::from_millis(100) {
+        problems.push("store.lease_ttl: must be at least 100ms".into());
+    }
 }
 
 /// Names end up in Redis keys and hash tags, so they must not contain

@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Instant};
 use tokio::task::JoinError;
 
 use super::{
-    model::{Attempt, DeadLetter, Outcome},
     sender::{Endpoint, Sender, Sent},
     worker::{State, Worker},
     writer::Write,
@@ -19,7 +18,10 @@ use crate::{
     cloudevents::EventSource,
     events::{Event, StreamId, now_ms},
     store::StoreResult,
-    subscription::Subscription,
+    subscription::{
+        Subscription,
+        state::{Attempt, DeadLetter, Outcome},
+    },
 };
 
 /// A request about to go out.

@@ -4,7 +4,8 @@
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
-use super::{model::Outcome, queue::Counts};
+use super::queue::Counts;
+use crate::subscription::state::Outcome;
 use crate::{
     metrics::{Metrics, OutcomeLabels, SubLabels, SubTargetLabels},
     store::Target,

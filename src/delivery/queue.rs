@@ -13,8 +13,8 @@ use std::{
     sync::Arc,
 };
 
-use super::model::RetryState;
 use crate::events::{Event, StreamId};
+use crate::subscription::state::RetryState;
 
 pub struct Pending {
     pub event: Arc<Event>,

@@ -11,10 +11,10 @@ use std::{
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::{
-    model::Outcome,
     signing,
     ssrf::{GuardedResolver, Policy},
 };
+use crate::subscription::state::Outcome;
 
 /// Bytes of a receiver's answer kept with an attempt.
 pub const RESPONSE_KEPT: usize = 4096;
@@ -192,7 +192,7 @@ impl Sender {
                 } else {
                     // The subscription's URL is known; repeating it here would
                     // copy any token in it into attempts and dead letters.
-                    chain(&e.without_url())
+                    crate::http::error_chain(&e.without_url())
                 };
                 // The guard speaks through the resolver's error.
                 let refused = msg.contains("SSRF guard");
@@ -215,7 +215,7 @@ async fn answer(resp: reqwest::Response, started: Instant) -> Sent {
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(crate::upstream::retry_after);
+        .and_then(crate::http::retry_after);
     let body = resp.bytes().await.unwrap_or_default();
     let kept = &body[..body.len().min(RESPONSE_KEPT)];
     Sent {
@@ -237,16 +237,6 @@ pub fn classify(status: u16) -> Outcome {
         429 | 502 | 503 | 504 => Outcome::Throttled,
         _ => Outcome::Failed,
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

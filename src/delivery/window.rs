@@ -8,11 +8,14 @@ use std::{
 };
 
 use super::{
-    model::RetryState,
     queue::Queue,
     worker::{Now, State, TICK, WINDOW, Worker, flush},
 };
-use crate::{events::StreamId, store::StoreResult, subscription::Subscription};
+use crate::{
+    events::StreamId,
+    store::StoreResult,
+    subscription::{Subscription, state::RetryState},
+};
 
 impl Worker {
     /// Loads the pending set if needed, claims new entries while the window

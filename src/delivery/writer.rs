@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::model::Attempt;
+use crate::subscription::state::Attempt;
 use crate::{
     events::StreamId,
     store::{Store, StoreResult, Target},

@@ -2,17 +2,18 @@
 //! against it (embedded store unless `--redis-url`), and a readable feed of
 //! events as they land. Needs nothing installed and no configuration.
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use stamp_relay_simulator::{SimConfig, Simulator};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::Relay,
-    cli::shutdown_signal,
-    config::{Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
+    config::{Config, Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
     events::{Event, StreamId},
-    simulator::{SimConfig, Simulator},
+    shutdown::shutdown_signal,
     store::{self, Store, Target},
 };
 
@@ -62,6 +63,44 @@ pub fn demo_config(base_url: &str, store: StoreConfig) -> RawConfig {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cancel = shutdown_signal();
+    let (base_url, sim_task) = start_simulator(&args, &cancel).await?;
+    let temp = args.data_dir.is_none() && args.redis_url.is_none();
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("stamp-relay-demo-{}", std::process::id()))
+    });
+    let store_cfg = StoreConfig {
+        redis_url: args.redis_url.clone(),
+        data_dir: data_dir.clone(),
+        ..StoreConfig::default()
+    };
+    let (config, token) = relay_config(&base_url, store_cfg)?;
+    let hooks = receiver::start(cancel.clone()).await?;
+    let store = store::open(&config.store).await?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let api = listener.local_addr()?;
+    let relay = Relay::with_store(config, store.clone())?;
+    let targets: Vec<Target> = relay.pollers.iter().map(|p| p.target.clone()).collect();
+    banner(&args, &base_url, &store.describe(), api, &token, &hooks.url);
+
+    let relay_task = tokio::spawn(relay.run(listener, cancel.clone()));
+    subscribe(&format!("http://{api}"), &token, &hooks).await?;
+    let seen = feed(store.as_ref(), &targets, &cancel).await;
+    relay_task.await??;
+    sim_task.await??;
+    if temp {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    println!("\nstopped cleanly after {seen} events");
+    Ok(())
+}
+
+/// The simulator on a free loopback port, with a steady change rate.
+async fn start_simulator(
+    args: &DemoArgs,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(String, JoinHandle<std::io::Result<()>>)> {
     let sim = Simulator::new(SimConfig {
         seed: 7,
         initial: vec![
@@ -78,19 +117,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let base_url = format!("http://{}/api", sim_listener.local_addr()?);
     let sim_task = tokio::spawn(sim.clone().serve(sim_listener, cancel.clone()));
 
-    let temp = args.data_dir.is_none() && args.redis_url.is_none();
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("stamp-relay-demo-{}", std::process::id()))
-    });
-    let store_cfg = StoreConfig {
-        redis_url: args.redis_url.clone(),
-        data_dir: data_dir.clone(),
-        ..StoreConfig::default()
-    };
-    let mut config = demo_config(&base_url, store_cfg)
+    Ok((base_url, sim_task))
+}
+
+/// The validated configuration, with a fresh admin token per run (so the
+/// API can be tried at once) and the receiver's loopback allowed.
+fn relay_config(base_url: &str, store: StoreConfig) -> anyhow::Result<(Config, String)> {
+    let mut config = demo_config(base_url, store)
         .validate(&|_| None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // A fresh admin token per run, so the API can be tried at once.
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
     config.api_tokens.push((
         TokenConfig {
@@ -102,22 +137,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ));
     // Webhooks go to the built-in receiver on loopback; the SSRF guard
     // stays on for everything else.
-    config.delivery.allowed_cidrs = vec!["127.0.0.1/32".into()];
-    let hooks = receiver::start(cancel.clone()).await?;
-    let store = store::open(&config.store).await?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
-    let api = listener.local_addr()?;
-    let relay = Relay::with_store(config, store.clone())?;
-    let targets: Vec<Target> = relay.pollers.iter().map(|p| p.target.clone()).collect();
+    config.delivery.allowed_cidrs = vec!["127.0.0.1/32".parse().expect("a valid block")];
+    Ok((config, token))
+}
 
+/// What runs where, with commands to try.
+fn banner(args: &DemoArgs, base_url: &str, store: &str, api: SocketAddr, token: &str, hooks: &str) {
     println!("stamp-relay demo");
     println!(
         "  upstream   {base_url}  (simulated PainChek, {} changes/s)",
         args.change_rate
     );
-    println!("  store      {}", store.describe());
+    println!("  store      {}", store);
     println!("  health     curl http://{api}/readyz");
     println!(
         "  replay     curl -H 'Authorization: Bearer {token}' 'http://{api}/v1/resources/demo/patients/events?after=0&limit=5'"
@@ -128,22 +159,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  upstream   curl '{base_url}/patients/?sync=0&page_size=2'");
     println!(
         "  webhooks   a built-in receiver at {} is subscribed to every resource",
-        hooks.url
+        hooks
     );
     println!(
         "Events follow as they land (time, op, resource, record, stamp), then their webhooks. Ctrl-C stops.\n"
     );
-
-    let relay_task = tokio::spawn(relay.run(listener, cancel.clone()));
-    subscribe(&format!("http://{api}"), &token, &hooks).await?;
-    let seen = feed(store.as_ref(), &targets, &cancel).await;
-    relay_task.await??;
-    sim_task.await??;
-    if temp {
-        let _ = std::fs::remove_dir_all(&data_dir);
-    }
-    println!("\nstopped cleanly after {seen} events");
-    Ok(())
 }
 
 /// Subscribes the built-in receiver to everything through the API, as a

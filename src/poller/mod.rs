@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Paging,
     events::{AppendOutcome, StreamId, now_ms},
+    http::backoff,
     record::{RejectedRecord, UpstreamRecord},
     store::{AppendBatch, Store, StoreError, Target},
-    upstream::{Upstream, UpstreamError, backoff},
+    upstream::{Upstream, UpstreamError},
 };
 
 mod epoch;
@@ -123,6 +124,9 @@ pub struct TargetStatus {
     pub resets: AtomicU64,
     pub last_reset_ms: AtomicU64,
     pub reloading: std::sync::atomic::AtomicBool,
+    /// This instance's last poll of the table held its lease: retention
+    /// trims only such tables, so one instance trims each.
+    pub holds_lease: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -134,13 +138,43 @@ pub struct LastPoll {
     pub walks: u32,
 }
 
+/// What a poller needs of its source's configuration, handed to it at
+/// construction rather than read back through the upstream client.
+#[derive(Debug, Clone)]
+pub struct PollSettings {
+    pub poll_interval: Duration,
+    pub paging: crate::config::Paging,
+    pub overlap: u64,
+    pub max_walks: u32,
+    pub max_delta_records: usize,
+    pub reconcile_interval: Option<Duration>,
+    pub fields: crate::config::FieldNames,
+    /// `store.lease_ttl`: the poll lease, renewed in the background while a
+    /// poll runs (see lease.rs).
+    pub lease_ttl: Duration,
+}
+
+impl PollSettings {
+    pub fn new(source: &crate::config::SourceConfig, lease_ttl: Duration) -> PollSettings {
+        PollSettings {
+            poll_interval: source.poll_interval,
+            paging: source.paging,
+            overlap: source.overlap,
+            max_walks: source.max_walks,
+            max_delta_records: source.max_delta_records,
+            reconcile_interval: source.reconcile_interval,
+            fields: source.fields.clone(),
+            lease_ttl,
+        }
+    }
+}
+
 pub struct Poller {
     pub target: Target,
     store: Arc<dyn Store>,
     upstream: Arc<Upstream>,
     holder: String,
-    /// Renewed in the background while a poll runs (see lease.rs).
-    lease_ttl: Duration,
+    settings: PollSettings,
     lease: Option<lease::LeaseKeeper>,
     /// The table's epoch as this poller first saw it (see epoch.rs).
     epoch: Option<String>,
@@ -157,9 +191,6 @@ pub struct Poller {
     last_ok_ms: Option<u64>,
     /// A poll of this target succeeded in this process (see `loading`).
     saw_success: bool,
-    /// Trimming of this table's stream, done by whoever polls it.
-    pub retention: crate::config::RetentionConfig,
-    last_trim: Option<Instant>,
 }
 
 impl Poller {
@@ -168,7 +199,7 @@ impl Poller {
         store: Arc<dyn Store>,
         upstream: Arc<Upstream>,
         holder: &str,
-        lease_ttl: Duration,
+        settings: PollSettings,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Poller {
@@ -177,7 +208,7 @@ impl Poller {
             store,
             upstream,
             holder: holder.to_string(),
-            lease_ttl,
+            settings,
             lease: None,
             epoch: None,
             last_reconcile: None,
@@ -186,8 +217,6 @@ impl Poller {
             samples: Default::default(),
             last_ok_ms: None,
             saw_success: false,
-            retention: Default::default(),
-            last_trim: None,
         }
     }
 
@@ -253,9 +282,8 @@ impl Poller {
         // load never completed (a crash mid-load).
         let snapshot = self.loading(report.before).await?;
         report.loading = snapshot;
-        let settings = &self.upstream.source().settings;
-        report.sync = report.before.stamp.saturating_sub(settings.overlap);
-        let result = match settings.paging {
+        report.sync = report.before.stamp.saturating_sub(self.settings.overlap);
+        let result = match self.settings.paging {
             Paging::Keyset => self.keyset(report, snapshot, cancel).await,
             Paging::Pages => self.pages(report, snapshot, cancel).await,
         };
@@ -272,7 +300,7 @@ impl Poller {
     async fn take_lease(&mut self) -> Result<bool, PollError> {
         let taken = self
             .store
-            .lease(&self.target, &self.holder, self.lease_ttl)
+            .lease(&self.target, &self.holder, self.settings.lease_ttl)
             .await?;
         if !taken {
             return Ok(false);
@@ -281,7 +309,7 @@ impl Poller {
             self.store.clone(),
             self.target.clone(),
             self.holder.clone(),
-            self.lease_ttl,
+            self.settings.lease_ttl,
         ));
         Ok(true)
     }
@@ -357,12 +385,13 @@ impl Poller {
         }
         self.status.running.store(true, Ordering::Relaxed);
         let _running = Running(self.status.clone());
-        let interval = self.upstream.source().settings.poll_interval;
+        let interval = self.settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let result = self.poll_once(&cancel).await;
-            if matches!(&result, Ok(r) if r.leased) {
-                self.maybe_trim().await;
+            let leased = matches!(&result, Ok(r) if r.leased);
+            self.status.holds_lease.store(leased, Ordering::Relaxed);
+            if leased {
                 self.maybe_reconcile(&cancel).await;
             }
             if let Err(PollError::Cancelled) = result {
@@ -384,6 +413,7 @@ impl Poller {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        self.status.holds_lease.store(false, Ordering::Relaxed);
         let _ = self.store.release(&self.target, &self.holder).await;
     }
 }

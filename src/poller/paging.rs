@@ -46,7 +46,7 @@ impl Poller {
         snapshot: bool,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        let fields = self.upstream.source().settings.fields.clone();
+        let fields = self.settings.fields.clone();
         let mut sync = report.sync;
         loop {
             let page = self.fetch(sync, 1, cancel).await?;

@@ -73,7 +73,7 @@ impl Poller {
             return Ok(());
         }
         out.swept = true;
-        let fields = self.upstream.source().settings.fields.clone();
+        let fields = self.settings.fields.clone();
         let mut report = PollReport::default();
         let mut page_no = 1;
         loop {
@@ -111,7 +111,7 @@ impl Poller {
                 false
             }
         };
-        let Some(every) = self.upstream.source().settings.reconcile_interval else {
+        let Some(every) = self.settings.reconcile_interval else {
             return requested;
         };
         let last = *self.last_reconcile.get_or_insert_with(Instant::now);

@@ -1,8 +1,8 @@
 //! What a poll leaves behind besides events: the status every surface
 //! shows (kept in the store by the lease holder), the append rate, the log
-//! line, and retention's trim of the table.
+//! line.
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::sync::atomic::Ordering;
 
 use super::{PollError, PollReport, Poller};
 use crate::{events::now_ms, store::PollStatus};
@@ -86,39 +86,6 @@ impl Poller {
             Err(e) => {
                 last.error = Some(e.to_string());
                 tracing::warn!(target = %self.target, error = %e, "poll failed; the cursor did not move");
-            }
-        }
-    }
-
-    /// Applies `store.retention` at most every `retention.interval`, while
-    /// this instance holds the table's lease.
-    pub(super) async fn maybe_trim(&mut self) {
-        if !self.retention.enabled()
-            || self
-                .last_trim
-                .is_some_and(|at| at.elapsed() < self.retention.interval)
-        {
-            return;
-        }
-        self.last_trim = Some(Instant::now());
-        match crate::retention::trim_target(
-            self.store.as_ref(),
-            &self.target,
-            &self.retention,
-            now_ms(),
-        )
-        .await
-        {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(removed = n, "retention trimmed the stream");
-                self.metrics
-                    .trimmed
-                    .get_or_create(&crate::metrics::target_labels(&self.target))
-                    .inc_by(n);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "retention could not trim the stream; it tries again later")
             }
         }
     }

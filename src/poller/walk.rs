@@ -120,7 +120,7 @@ impl Poller {
         snapshot: bool,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        let settings = self.upstream.source().settings.clone();
+        let settings = self.settings.clone();
         let mut all = Union::new();
         let (mut sync, mut seen_max) = (report.sync, 0);
         let mut unsettled = None;
@@ -179,7 +179,7 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<WalkSet, PollError> {
-        let max_walks = self.upstream.source().settings.max_walks;
+        let max_walks = self.settings.max_walks;
         let mut progress = Progress::default();
         let mut walks = 0;
         loop {
@@ -211,7 +211,7 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<(u64, u32), PollError> {
-        let settings = self.upstream.source().settings.clone();
+        let settings = self.settings.clone();
         let mut page_no = 1;
         loop {
             let page = self.fetch(sync, page_no, cancel).await?;

@@ -12,44 +12,21 @@ use async_trait::async_trait;
 
 use crate::{
     config::StoreConfig,
-    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId},
     record::UpstreamRecord,
-    subscription::Subscription,
+    subscription::{
+        Subscription,
+        state::{Attempt, DeadLetter, RetryState},
+    },
 };
 
 pub mod redis;
 pub mod sqlite;
+mod standing;
 
-/// One poll target: a resource of a source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Target {
-    pub source: String,
-    pub resource: String,
-}
-
-impl Target {
-    pub fn new(source: impl Into<String>, resource: impl Into<String>) -> Self {
-        Self {
-            source: source.into(),
-            resource: resource.into(),
-        }
-    }
-}
-
-impl Target {
-    /// The lease of subscription `sub`'s delivery on this target: a name of
-    /// its own beside the target's poll lease.
-    pub fn delivery_lease(&self, sub: &str) -> Target {
-        Target::new(&self.source, format!("{}:sub:{sub}", self.resource))
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.source, self.resource)
-    }
-}
+/// Every store call names its target; re-exported here for the callers.
+pub use crate::target::Target;
+pub use standing::{Standing, lag, position_or_start, standing};
 
 /// The last poll of a target as its lease holder saw it, kept in the store
 /// so every instance, the status page and `stamp-relay status` show the

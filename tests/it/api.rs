@@ -5,12 +5,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stamp_relay::{
-    config::Paging,
-    events::StreamId,
-    simulator::{Order, SimConfig},
-    store::Target,
-};
+use stamp_relay::{config::Paging, events::StreamId, store::Target};
+use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::harness::{
     ADMIN_TOKEN, App, READ_TOKEN, Sim, TestStore, all_events, source, wait_synced,

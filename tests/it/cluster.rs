@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 use stamp_relay::{
     config::{Paging, StoreConfig},
     record::UpstreamRecord,
-    simulator::{Order, SimConfig},
     store::{self, AppendBatch, StoreError, Target},
 };
+use stamp_relay_simulator::{Order, SimConfig};
 use tempfile::TempDir;
 
 use crate::harness::{

@@ -9,11 +9,8 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use stamp_relay::{
-    config::Paging,
-    simulator::{Order, SimConfig},
-    store::Target,
-};
+use stamp_relay::{config::Paging, store::Target};
+use stamp_relay_simulator::{Order, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{

@@ -11,9 +11,9 @@ use std::{
 use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
-    simulator::SimConfig,
     store::{Store, Target},
 };
+use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::receiver::{Mode, TestReceiver};
@@ -549,9 +549,9 @@ async fn batches_headers_ops_and_rate_limit() {
     let deleted: Vec<String> = (0..6)
         .map(|_| {
             sim.sim
-                .apply(stamp_relay::simulator::Change::new(
+                .apply(stamp_relay_simulator::Change::new(
                     "patients",
-                    stamp_relay::simulator::Op::Delete,
+                    stamp_relay_simulator::Op::Delete,
                 ))
                 .unwrap()
                 .id

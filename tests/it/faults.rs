@@ -7,9 +7,9 @@ use std::time::Duration;
 use stamp_relay::{
     config::{AuthConfig, Paging},
     events::StreamId,
-    simulator::{Faults, SimAuth, SimConfig},
     store::Target,
 };
+use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Sim, TestStore, assert_rebuilds, poll_until_quiet, relay, source};

@@ -21,9 +21,9 @@ use stamp_relay::{
     app::Relay,
     config::{Config, DeliveryConfig, Paging, RawConfig, SourceConfig, StoreConfig},
     events::Event,
-    simulator::{SimConfig, Simulator},
     store::{self, Store, Target},
 };
+use stamp_relay_simulator::{SimConfig, Simulator};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
     record::UpstreamRecord,
-    simulator::{Faults, SimConfig},
     store::{AppendBatch, StoreError, Target},
 };
+use stamp_relay_simulator::{Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{App, Backend, Sim, TestStore, bin, eventually, relay, source, wait_synced};

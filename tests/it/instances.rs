@@ -8,11 +8,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use stamp_relay::{
-    config::Paging,
-    simulator::{Faults, SimAuth, SimConfig},
-    store::Target,
-};
+use stamp_relay::{config::Paging, store::Target};
+use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 
 use crate::harness::{
     App, Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,

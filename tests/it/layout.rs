@@ -6,11 +6,8 @@
 
 use std::collections::HashMap;
 
-use stamp_relay::{
-    config::Paging,
-    simulator::{self, Change, Faults, SimConfig},
-    store::Target,
-};
+use stamp_relay::{config::Paging, store::Target};
+use stamp_relay_simulator::{self as simulator, Change, Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Backend, Sim, TestStore, all_events, poll_until_quiet, relay, source};

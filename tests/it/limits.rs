@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use stamp_relay::{config::Paging, simulator::SimConfig};
+use stamp_relay::config::Paging;
+use stamp_relay_simulator::SimConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{ADMIN_TOKEN, App, READ_TOKEN, Sim, TestStore, eventually, source};

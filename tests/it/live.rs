@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use stamp_relay::{app::Relay, config::Paging, simulator::SimConfig, store::Target};
+use stamp_relay::{app::Relay, config::Paging, store::Target};
+use stamp_relay_simulator::SimConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::read_sse;
@@ -83,7 +84,7 @@ async fn a_lagging_client_catches_up_from_the_store() {
     let ts = TestStore::open(Backend::Sqlite).await.unwrap();
     let total = 6 * stamp_relay::tail::BUFFER;
     let sim = Sim::start(SimConfig {
-        order: stamp_relay::simulator::Order::Stamp,
+        order: stamp_relay_simulator::Order::Stamp,
         initial: vec![("patients".into(), total)],
         ..SimConfig::default()
     })

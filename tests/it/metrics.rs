@@ -3,11 +3,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use serde_json::json;
-use stamp_relay::{
-    config::Paging,
-    simulator::{Faults, SimConfig},
-    store::Target,
-};
+use stamp_relay::{config::Paging, store::Target};
+use stamp_relay_simulator::{Faults, SimConfig};
 
 use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
 use crate::receiver::TestReceiver;

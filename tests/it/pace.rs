@@ -11,10 +11,10 @@ use stamp_relay::{
         backlog,
         worker::{Now, Step},
     },
-    simulator::SimConfig,
     store::Target,
     subscription::Subscription,
 };
+use stamp_relay_simulator::SimConfig;
 
 use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
 use crate::harness::{

@@ -18,9 +18,9 @@ use serde_json::Value;
 use stamp_relay::{
     app::Relay,
     config::{Paging, SourceConfig},
-    simulator::{Faults, Order, SimConfig, Simulator},
     store::Target,
 };
+use stamp_relay_simulator::{Faults, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{

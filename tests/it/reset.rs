@@ -5,12 +5,8 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use stamp_relay::{
-    config::Paging,
-    events::Op,
-    simulator::{SimConfig, Simulator},
-    store::Target,
-};
+use stamp_relay::{config::Paging, events::Op, store::Target};
+use stamp_relay_simulator::{SimConfig, Simulator};
 
 use crate::harness::{
     App, Sim, TestStore, all_events, assert_rebuilds, eventually, source, wait_synced,

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, RetentionConfig},
     events::StreamId,
-    simulator::{Change, Op, Order, SimConfig},
     store::Target,
 };
+use stamp_relay_simulator::{Change, Op, Order, SimConfig};
 
 use crate::delivery::{subscribe_to, wait_delivered};
 use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};

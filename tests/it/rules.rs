@@ -21,9 +21,9 @@ use stamp_relay::{
     config::{Config, Paging},
     delivery::signing,
     events::now_ms,
-    simulator::SimConfig,
     store::Target,
 };
+use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{App, Backend, Sim, TestStore, eventually, source, wait_synced};
 

@@ -14,7 +14,8 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, simulator::SimConfig, store::update_subscription};
+use stamp_relay::{config::Paging, store::update_subscription};
+use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{ADMIN_TOKEN, App, Sim, TestStore, bin, eventually, free_port, source};
 use crate::on_both_stores;

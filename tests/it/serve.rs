@@ -6,10 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stamp_relay::{
-    simulator::SimConfig,
-    store::{Store, Target, sqlite::SqliteStore},
-};
+use stamp_relay::store::{Store, Target, sqlite::SqliteStore};
+use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{Sim, assert_rebuilds, bin, eventually, free_port, wait_synced};
 
@@ -91,7 +89,7 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
 async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     use crate::receiver::{Mode, TestReceiver};
     let sim = Sim::start(SimConfig {
-        order: stamp_relay::simulator::Order::Stamp,
+        order: stamp_relay_simulator::Order::Stamp,
         initial: vec![("patients".into(), 30_000)],
         ..SimConfig::default()
     })

@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use stamp_relay::{
-    config::Paging,
-    poller::PollError,
-    simulator::{Faults, Order, SimConfig, Simulator},
-    store::Target,
-};
+use stamp_relay::{config::Paging, poller::PollError, store::Target};
+use stamp_relay_simulator::{Faults, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{

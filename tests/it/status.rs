@@ -1,7 +1,8 @@
 //! The status page shows what the API shows, behind a token a browser can send.
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, simulator::SimConfig, store::Target};
+use stamp_relay::{config::Paging, store::Target};
+use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
 use crate::on_both_stores;
@@ -60,7 +61,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
             let mut lag = 0;
             for t in &targets {
                 let sub = ts.store.subscription(&on).await.unwrap().unwrap();
-                lag += stamp_relay::delivery::lag(ts.store.as_ref(), &sub, t)
+                lag += stamp_relay::store::lag(ts.store.as_ref(), &sub, t)
                     .await
                     .unwrap();
             }

@@ -4,9 +4,9 @@ use serde_json::json;
 use stamp_relay::{
     config::Paging,
     events::{Op, StreamId},
-    simulator::{self, Change, Faults, Order, SimConfig},
     store::Target,
 };
+use stamp_relay_simulator::{self as simulator, Change, Faults, Order, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{

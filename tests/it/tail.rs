@@ -2,7 +2,8 @@
 //! moves past only what a later client's own catch-up from the store covers,
 //! and the next round broadcasts everything after it.
 
-use stamp_relay::{config::Paging, events::StreamId, simulator::SimConfig, store::Target, tail};
+use stamp_relay::{config::Paging, events::StreamId, store::Target, tail};
+use stamp_relay_simulator::SimConfig;
 use tokio::sync::broadcast;
 
 use crate::harness::{Sim, TestStore, poll_until_quiet, relay, source};

@@ -10,10 +10,8 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use stamp_relay::{
-    simulator::{Order, SimConfig},
-    store::{Store, Target},
-};
+use stamp_relay::store::{Store, Target};
+use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::delivery::{assert_record_order, wait_delivered};
 use crate::harness::{

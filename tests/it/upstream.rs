@@ -7,9 +7,9 @@ use stamp_relay::{
     app::Relay,
     config::{Auth, Paging, Secret},
     poller::PollError,
-    simulator::{Change, Faults, Order, SimAuth, SimConfig},
     store::Target,
 };
+use stamp_relay_simulator::{Change, Faults, Order, SimAuth, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
@@ -255,7 +255,7 @@ async fn sync_once_prints_a_summary_and_exits_1_when_a_table_fails() {
         .unwrap()
         .to_string();
     sim.sim
-        .apply(Change::new("patients", stamp_relay::simulator::Op::Update).with_id(&id))
+        .apply(Change::new("patients", stamp_relay_simulator::Op::Update).with_id(&id))
         .unwrap();
     let (code, stdout) = run(&live);
     assert_eq!(code, Some(0), "{stdout}");

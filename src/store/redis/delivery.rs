@@ -5,13 +5,13 @@ use redis::AsyncCommands;
 
 use super::{Keys, RedisStore, entries::parse_packed, parse_entries};
 use crate::{
-    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{Event, StreamId},
     store::{
         ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
         decode_subscription, decode_subscriptions,
     },
     subscription::Subscription,
+    subscription::state::{Attempt, DeadLetter, RetryState},
 };
 
 /// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
@@ -115,10 +115,10 @@ impl DeliveryStore for RedisStore {
             .hgetall(keys.pending(sub))
             .await
             .map_err(|e| self.err(e))?;
-        let mut states: Vec<(StreamId, RetryState)> = all
+        let mut states = all
             .iter()
-            .filter_map(|(id, st)| Some((id.parse().ok()?, RetryState::decode(st))))
-            .collect();
+            .map(|(id, st)| pending_entry(sub, t, id, st))
+            .collect::<StoreResult<Vec<(StreamId, RetryState)>>>()?;
         states.sort_by_key(|(id, _)| *id);
         if states.is_empty() {
             return Ok(Vec::new());
@@ -176,8 +176,14 @@ impl DeliveryStore for RedisStore {
             .hvals(self.keys(t).pending(sub))
             .await
             .map_err(|e| self.err(e))?;
-        let waiting = states.iter().filter(|s| RetryState::decode(s).attempts > 0);
-        Ok(waiting.count() as u64)
+        let mut waiting = 0;
+        for st in &states {
+            let st = RetryState::decode(st).map_err(|e| {
+                StoreError::Corrupt(format!("a pending entry of {sub} on {t}: {e}"))
+            })?;
+            waiting += u64::from(st.attempts > 0);
+        }
+        Ok(waiting)
     }
 
     async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
@@ -352,4 +358,14 @@ impl DeliveryStore for RedisStore {
             .map_err(|e| self.err(e))?;
         all.iter().map(|j| decode_json("attempt", j)).collect()
     }
+}
+
+/// One field of a pending hash: the entry's stream ID and its retry state.
+/// A field that does not read is an error naming it, never dropped or reset.
+fn pending_entry(sub: &str, t: &Target, id: &str, st: &str) -> StoreResult<(StreamId, RetryState)> {
+    let corrupt =
+        |what: String| StoreError::Corrupt(format!("pending entry {id:?} of {sub} on {t}: {what}"));
+    let id = id.parse().map_err(|_| corrupt("not a stream ID".into()))?;
+    let st = RetryState::decode(st).map_err(|e| corrupt(e.to_string()))?;
+    Ok((id, st))
 }

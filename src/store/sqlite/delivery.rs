@@ -5,13 +5,13 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{EVENT_COLUMNS, SqliteStore, add_pending, claim, event_row};
 use crate::{
-    delivery::model::{Attempt, DeadLetter, RetryState},
     events::{Event, StreamId},
     store::{
         ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
         decode_subscription, decode_subscriptions,
     },
     subscription::Subscription,
+    subscription::state::{Attempt, DeadLetter, RetryState},
 };
 
 #[async_trait]

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::simulator::faults::{Draw, Failure, HANG};
-use crate::simulator::{Change, Kind, Op, RequestLog, SimConfig, Simulator, auth, lock};
+use crate::faults::{Draw, Failure, HANG};
+use crate::{Change, Kind, Op, RequestLog, SimConfig, Simulator, auth, lock};
 
 pub(super) fn routes() -> Router<Arc<Simulator>> {
     Router::new()

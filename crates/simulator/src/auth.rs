@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::simulator::api::error_response;
-use crate::simulator::{SimAuth, Simulator, lock};
+use crate::api::error_response;
+use crate::{SimAuth, Simulator, lock};
 
 #[derive(Deserialize)]
 pub(super) struct TokenForm {

@@ -7,9 +7,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value};
 
-use crate::simulator::records::{self, Kind, Refs};
-use crate::simulator::table::{Table, Version};
-use crate::simulator::{Applied, Change, Op, Order, SimConfig, SimError};
+use crate::records::{self, Kind, Refs};
+use crate::table::{Table, Version};
+use crate::{Applied, Change, Op, Order, SimConfig, SimError};
 
 /// Share of initial records that start out soft deleted.
 const INITIAL_DELETED: f64 = 0.03;

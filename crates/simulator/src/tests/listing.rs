@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use super::{spawn, stamps, text, with_tables};
-use crate::simulator::{Change, Faults, Op, Order, SimConfig};
+use crate::{Change, Faults, Op, Order, SimConfig};
 
 #[tokio::test]
 async fn each_table_has_its_own_stamp_sequence_and_writes_take_top_plus_one() {

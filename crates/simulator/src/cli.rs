@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::simulator::{Faults, Order, SimAuth, SimConfig, Simulator};
+use crate::{Faults, Order, SimAuth, SimConfig, Simulator};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthKind {

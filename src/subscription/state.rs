@@ -16,14 +16,23 @@ impl RetryState {
         format!("{}:{}", self.attempts, self.next_at_ms)
     }
 
-    pub fn decode(s: &str) -> RetryState {
-        let (a, n) = s.split_once(':').unwrap_or((s, "0"));
-        RetryState {
-            attempts: a.parse().unwrap_or(0),
-            next_at_ms: n.parse().unwrap_or(0),
-        }
+    /// Reads what [`encode`](Self::encode) wrote; anything else is an
+    /// error, never a fresh state (that would retry at once and forget the
+    /// attempts made).
+    pub fn decode(s: &str) -> Result<RetryState, CorruptRetryState> {
+        let corrupt = || CorruptRetryState(s.to_string());
+        let (a, n) = s.split_once(':').ok_or_else(corrupt)?;
+        Ok(RetryState {
+            attempts: a.parse().map_err(|_| corrupt())?,
+            next_at_ms: n.parse().map_err(|_| corrupt())?,
+        })
     }
 }
+
+/// A stored retry state that is not `<attempts>:<next_at_ms>`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("retry state {0:?} is not <attempts>:<next_at_ms>")]
+pub struct CorruptRetryState(pub String);
 
 /// An event that exhausted its retries, kept until redriven.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,4 +81,25 @@ pub enum Outcome {
     Gone,
     /// The SSRF guard refused the target.
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_state_reads_what_it_wrote_and_refuses_anything_else() {
+        let st = RetryState {
+            attempts: 3,
+            next_at_ms: 1_700_000_000_123,
+        };
+        assert_eq!(RetryState::decode(&st.encode()), Ok(st));
+        for bad in ["", "3", "3:", ":5", "x:5", "3:y", "-1:5", "3:5:7"] {
+            assert_eq!(
+                RetryState::decode(bad),
+                Err(CorruptRetryState(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::simulator::Order;
-use crate::simulator::index::StampIndex;
+use crate::Order;
+use crate::index::StampIndex;
 
 /// One version of a record as the upstream shows it.
 pub(super) struct Version {

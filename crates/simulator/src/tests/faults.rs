@@ -7,7 +7,7 @@ use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use serde_json::Value;
 
 use super::{spawn, stamps, text, with_tables};
-use crate::simulator::{Change, Faults, Op, Order, SimAuth, SimConfig};
+use crate::{Change, Faults, Op, Order, SimAuth, SimConfig};
 
 #[tokio::test]
 async fn one_shot_failures_answer_the_configured_status_then_recover() {

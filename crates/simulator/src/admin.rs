@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::simulator::api::error_response;
-use crate::simulator::{Applied, Change, Faults, Kind, RequestLog, SimError, Simulator, lock};
+use crate::api::error_response;
+use crate::{Applied, Change, Faults, Kind, RequestLog, SimError, Simulator, lock};
 
 pub(super) fn routes() -> Router<Arc<Simulator>> {
     Router::new()

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::{TestSim, spawn, with_tables};
-use crate::simulator::{Faults, Order, SimConfig};
+use crate::{Faults, Order, SimConfig};
 
 #[tokio::test]
 async fn changes_apply_in_order_and_report_their_stamps() {

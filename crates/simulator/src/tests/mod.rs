@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::simulator::{SimConfig, Simulator};
+use crate::{SimConfig, Simulator};
 
 /// A served simulator; dropping it stops the server.
 struct TestSim {

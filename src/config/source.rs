@@ -1,0 +1,191 @@
+//! The `[[sources]]` section: one upstream, how it pages, how the relay
+//! authenticates to it, and the field and query names it uses.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Paging {
+    /// Walk `page=1..`, sort, commit; safe for any result order.
+    #[default]
+    Pages,
+    /// `sync=<highest stamp so far>` per page; only for upstreams sorted by stamp.
+    Keyset,
+}
+
+/// How the relay authenticates to the upstream, as written in the file.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthConfig {
+    OAuth {
+        client_id_env: String,
+        client_secret_env: String,
+        /// Defaults to `{base_url}/integration/auth/`.
+        token_url: Option<String>,
+    },
+    Basic {
+        username_env: String,
+        password_env: String,
+    },
+    Bearer {
+        token_env: String,
+    },
+    #[default]
+    None,
+}
+
+/// The upstream credentials, resolved from the environment.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    OAuth {
+        client_id: Secret,
+        client_secret: Secret,
+        token_url: Url,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    Bearer {
+        token: Secret,
+    },
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryNames {
+    pub sync: String,
+    pub page: String,
+    pub page_size: String,
+}
+
+impl Default for QueryNames {
+    fn default() -> Self {
+        Self {
+            sync: "sync".into(),
+            page: "page".into(),
+            page_size: "page_size".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FieldNames {
+    pub id: String,
+    pub stamp: String,
+    pub deleted_at: String,
+}
+
+impl Default for FieldNames {
+    fn default() -> Self {
+        Self {
+            id: "uuid".into(),
+            stamp: "update_stamp".into(),
+            deleted_at: "deleted_at".into(),
+        }
+    }
+}
+
+/// Stamps re-read below the cursor on every poll. Size it to the number of
+/// stamps one table issues during the longest upstream commit delay or page
+/// walk; re-reading is cheap because duplicates are dropped by the index.
+pub const DEFAULT_OVERLAP: u64 = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub base_url: String,
+    pub resources: Vec<String>,
+    #[serde(with = "humantime_serde", default = "defaults::poll_interval")]
+    pub poll_interval: Duration,
+    #[serde(default = "defaults::page_size")]
+    pub page_size: u32,
+    #[serde(default)]
+    pub paging: Paging,
+    #[serde(default = "defaults::overlap")]
+    pub overlap: u64,
+    /// Walks of the `pages` strategy before a poll gives up on a fast-changing set.
+    #[serde(default = "defaults::max_walks")]
+    pub max_walks: u32,
+    /// How often a full `sync=0` walk compares the upstream with the record
+    /// index and appends what the polls missed (see poller/reconcile.rs);
+    /// off when absent.
+    #[serde(with = "humantime_serde", default)]
+    pub reconcile_interval: Option<Duration>,
+    /// Records one `pages` poll may hold in memory.
+    #[serde(default = "defaults::max_delta_records")]
+    pub max_delta_records: usize,
+    #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
+    pub request_timeout: Duration,
+    /// Attempts per upstream request before the poll fails.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter, up to `retry_max`.
+    #[serde(with = "humantime_serde", default = "defaults::retry_base")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde", default = "defaults::retry_max")]
+    pub retry_max: Duration,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub query: QueryNames,
+    #[serde(default)]
+    pub fields: FieldNames,
+    /// The proxy the upstream is reached through; environment proxy
+    /// variables are ignored.
+    #[serde(default)]
+    pub proxy: Option<String>,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn poll_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn page_size() -> u32 {
+        500
+    }
+    pub fn overlap() -> u64 {
+        super::DEFAULT_OVERLAP
+    }
+    pub fn max_walks() -> u32 {
+        5
+    }
+    pub fn max_delta_records() -> usize {
+        2_000_000
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_attempts() -> u32 {
+        6
+    }
+    pub fn retry_base() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn retry_max() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// One validated upstream source.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub settings: SourceConfig,
+    pub base_url: Url,
+    pub auth: Auth,
+}
+
+impl Source {
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+}

@@ -1,0 +1,80 @@
+//! HTTP helpers both clients share, the upstream poller's and the webhook
+//! sender's: the retry delay, `Retry-After`, and error chains in words.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// Delay before retry number `attempt` (1-based): exponential from `base`,
+/// capped at `max`, with "equal jitter" so retries of many relays spread out.
+pub fn backoff(base: Duration, max: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(max);
+    let half = d / 2;
+    half + half.mul_f64(rng.random::<f64>())
+}
+
+/// Parses `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+/// The innermost source of an error: what actually went wrong.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// An error and its sources, outermost first, joined by ": ".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        parts.push(s.to_string());
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for attempt in 1..10 {
+            let d = backoff(base, max, attempt, &mut rng);
+            let full = (base * 2u32.pow(attempt - 1)).min(max);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(retry_after("7"), Some(Duration::from_secs(7)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+}

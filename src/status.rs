@@ -1,0 +1,106 @@
+//! The status view, read once from the store for every surface that shows
+//! it: `GET /v1/resources` (JSON), the status page at `/` (HTML) and
+//! `stamp-relay status` (text) each format the same snapshot. Everything
+//! here comes from the store, so every instance shows the same facts
+//! whichever one polls a table or delivers to a subscription.
+
+use crate::{
+    delivery::backlog,
+    events::StreamId,
+    store::{PollStatus, Store, StoreResult, Target, lag},
+    subscription::Subscription,
+};
+
+/// One table as the store has it.
+pub struct TableView {
+    pub target: Target,
+    /// The stream's last ID; its stamp is the cursor.
+    pub last_id: StreamId,
+    pub stream_length: u64,
+    /// Records in the index.
+    pub records: u64,
+    /// The last poll as its lease holder wrote it.
+    pub poll: PollStatus,
+}
+
+/// One subscription with its delivery state over the tables it covers.
+pub struct SubscriptionView {
+    pub sub: Subscription,
+    /// The most any covered table trails, in stamps (`store::lag`).
+    pub lag: u64,
+    /// Claimed but not yet delivered.
+    pub pending: usize,
+    /// Pending events held back by a waiting retry: failed events and the
+    /// later events of their records, counted as the worker counts them.
+    pub waiting_retries: usize,
+    /// Tables where the waiting retries reached `delivery.max_waiting_retries`,
+    /// so the worker claims nothing new there for now.
+    pub paused: Vec<Target>,
+    pub dead_letters: usize,
+}
+
+/// Everything the status surfaces show.
+pub struct Snapshot {
+    /// The store, described without secrets.
+    pub store: String,
+    /// `delivery.max_waiting_retries`, the limit `paused` is measured against.
+    pub max_waiting_retries: usize,
+    pub tables: Vec<TableView>,
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+pub async fn tables(store: &dyn Store, targets: &[Target]) -> StoreResult<Vec<TableView>> {
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        out.push(TableView {
+            target: t.clone(),
+            last_id: store.last_id(t).await?,
+            stream_length: store.stream_len(t).await?,
+            records: store.index_len(t).await?,
+            poll: store.poll_status(t).await?.unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+pub async fn subscriptions(
+    store: &dyn Store,
+    targets: &[Target],
+    max_waiting_retries: usize,
+) -> StoreResult<Vec<SubscriptionView>> {
+    let mut out = Vec::new();
+    for sub in store.subscriptions().await? {
+        let mut view = SubscriptionView {
+            lag: 0,
+            pending: 0,
+            waiting_retries: 0,
+            paused: Vec::new(),
+            dead_letters: store.dead_letters(&sub.id).await?.len(),
+            sub,
+        };
+        for t in targets.iter().filter(|t| view.sub.covers(t)) {
+            view.lag = view.lag.max(lag(store, &view.sub, t).await?);
+            let held = backlog(store, &view.sub.id, t).await?;
+            view.pending += held.pending;
+            view.waiting_retries += held.waiting;
+            if held.waiting >= max_waiting_retries {
+                view.paused.push(t.clone());
+            }
+        }
+        out.push(view);
+    }
+    Ok(out)
+}
+
+pub async fn snapshot(
+    store: &dyn Store,
+    targets: &[Target],
+    max_waiting_retries: usize,
+) -> StoreResult<Snapshot> {
+    Ok(Snapshot {
+        store: store.describe(),
+        max_waiting_retries,
+        tables: tables(store, targets).await?,
+        subscriptions: subscriptions(store, targets, max_waiting_retries).await?,
+    })
+}
