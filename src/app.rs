@@ -62,6 +62,7 @@ impl Relay {
             let upstream = Arc::new(Upstream::new(source.clone())?);
             for resource in &source.settings.resources {
                 let target = Target::new(source.name(), resource);
+                store.keep_records(&target, source.settings.keep_records);
                 let mut poller = Poller::new(
                     target,
                     store.clone(),
@@ -168,6 +169,7 @@ impl Relay {
                 max_connections: self.config.api.max_connections,
             },
             cancel: cancel.clone(),
+            compat: api::compat::Tables::from_config(&self.config),
         }
     }
 

@@ -148,6 +148,9 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Live event streams (SSE) at once; past it a stream request gets 503.
     pub max_sse_clients: usize,
+    /// The relay's URL as clients reach it (behind a proxy), for the links
+    /// of the compatible API; absent: from the request's Host.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -160,6 +163,7 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_sse_clients: 256,
+            public_url: None,
         }
     }
 }
@@ -299,6 +303,13 @@ pub struct SourceConfig {
     /// variables are ignored.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// Keep each record's latest version (record lookup, the compatible
+    /// `?sync=` API, previous values; see src/store/records.rs).
+    #[serde(default = "defaults::keep_records")]
+    pub keep_records: bool,
+    /// The upstream's largest page size, which the compatible API caps at.
+    #[serde(default = "defaults::max_page_size")]
+    pub max_page_size: u32,
 }
 
 mod defaults {
@@ -329,6 +340,12 @@ mod defaults {
     }
     pub fn retry_max() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn keep_records() -> bool {
+        true
+    }
+    pub fn max_page_size() -> u32 {
+        1000
     }
 }
 

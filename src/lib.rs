@@ -12,6 +12,7 @@ pub mod demo;
 pub mod events;
 pub mod metrics;
 pub mod poller;
+pub mod previous;
 pub mod record;
 pub mod retention;
 pub mod simulator;

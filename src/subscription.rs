@@ -59,6 +59,9 @@ pub struct Subscription {
     /// updates at once cannot lose one another (see `store::update_subscription`).
     #[serde(default)]
     pub version: u64,
+    /// Events carry the old values of the fields that changed (src/previous.rs).
+    #[serde(default)]
+    pub previous: bool,
 }
 
 impl Subscription {
@@ -122,6 +125,8 @@ pub struct CreateRequest {
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub previous: Option<bool>,
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
@@ -148,6 +153,8 @@ pub struct PatchRequest {
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub previous: Option<bool>,
 }
 
 /// A field that is there: `Some` of its value, which for a plain `T` may

@@ -23,10 +23,12 @@ use tower_http::trace::TraceLayer;
 use crate::{app::Shared, cloudevents::EventSource, store::Target, tail::Tails};
 
 pub mod auth;
+pub mod compat;
 mod deliveries;
 pub mod extract;
 mod health;
 pub mod problem;
+mod records;
 mod resources;
 pub mod server;
 mod status;
@@ -52,6 +54,8 @@ pub struct ApiState {
     pub limits: server::Limits,
     /// Ends live streams when the server stops.
     pub cancel: CancellationToken,
+    /// Per table: the record store's setting and the upstream's API shape.
+    pub compat: Arc<compat::Tables>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -61,6 +65,11 @@ pub fn router(state: ApiState) -> Router {
             "/v1/resources/{source}/{resource}/events",
             get(resources::events),
         )
+        .route(
+            "/v1/resources/{source}/{resource}/records/{id}",
+            get(records::get),
+        )
+        .route("/compat/{source}/api/{resource}/", get(compat::list))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_read,

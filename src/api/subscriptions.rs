@@ -36,6 +36,7 @@ pub struct View<'a> {
     pub enabled: bool,
     pub disabled_reason: Option<&'a str>,
     pub description: &'a str,
+    pub previous: bool,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -55,6 +56,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             enabled: s.enabled,
             disabled_reason: s.disabled_reason.as_deref(),
             description: &s.description,
+            previous: s.previous,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
         }
@@ -99,6 +101,11 @@ pub async fn create(
     let description = req.description.unwrap_or_default();
     sub::validate_description(&description)?;
     let targets = covered(&req.resources, &known);
+    if req.previous == Some(true) {
+        for t in &targets {
+            s.compat.kept(t)?;
+        }
+    }
     let mut now = HashMap::new();
     for t in &targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
@@ -130,6 +137,7 @@ pub async fn create(
         created_ms: at,
         updated_ms: at,
         version: 0,
+        previous: req.previous.unwrap_or(false),
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
@@ -239,6 +247,9 @@ fn apply_patch(
     if let Some(d) = &req.description {
         sub::validate_description(d)?;
         found.description = d.clone();
+    }
+    if let Some(p) = req.previous {
+        found.previous = p;
     }
     found.updated_ms = now_ms();
     Ok(())

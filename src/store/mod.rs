@@ -18,6 +18,7 @@ use crate::{
     subscription::Subscription,
 };
 
+pub mod records;
 pub mod redis;
 pub mod sqlite;
 
@@ -105,7 +106,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: DeliveryStore + TableState + Send + Sync + 'static {
+pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync + 'static {
     /// A short description for logs and banners, without credentials.
     fn describe(&self) -> String;
 

@@ -40,6 +40,7 @@ pub(super) fn parse_entries(reply: redis::Value) -> StoreResult<Vec<Event>> {
         let id = parse_id(&text(id)?)?;
         let (mut op, mut record, mut stamp, mut prev, mut snapshot, mut observed, mut data) =
             (None, None, None, None, false, 0, None);
+        let mut before = None;
         let mut it = fields.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
             let v = text(v)?;
@@ -51,6 +52,7 @@ pub(super) fn parse_entries(reply: redis::Value) -> StoreResult<Vec<Event>> {
                 "snapshot" => snapshot = v == "1",
                 "observed" => observed = v.parse().unwrap_or(0),
                 "data" => data = Some(v),
+                "before" => before = Some(v),
                 _ => {}
             }
         }
@@ -65,6 +67,7 @@ pub(super) fn parse_entries(reply: redis::Value) -> StoreResult<Vec<Event>> {
             snapshot,
             observed,
             data: data.ok_or_else(missing)?,
+            before,
         });
     }
     Ok(out)

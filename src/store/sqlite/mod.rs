@@ -20,6 +20,8 @@ use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 pub struct SqliteStore {
     conn: Arc<Mutex<Open>>,
     path: PathBuf,
+    /// Which tables keep the latest-record store (`records.rs`).
+    keep: super::records::KeepSet,
 }
 
 impl SqliteStore {
@@ -42,6 +44,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            keep: Default::default(),
         })
     }
 
@@ -94,6 +97,10 @@ struct Batch {
     snapshot: bool,
     observed: u64,
     records: Vec<crate::record::UpstreamRecord>,
+    /// Whether the table keeps the latest-record store, and whether this
+    /// is the process's first append to it (fill or drop it first).
+    keep: bool,
+    first: bool,
 }
 
 fn lease_lost(t: &Target) -> rusqlite::Error {
@@ -119,8 +126,13 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
         snapshot,
         observed,
         records,
+        keep,
+        first,
     } = batch;
     let tx = c.transaction()?;
+    if *first {
+        records::fill_or_drop(&tx, t, *keep)?;
+    }
     let owner: Option<(String, i64)> = tx
         .query_row(
             "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
@@ -144,8 +156,8 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
             "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
         )?;
         let mut add = tx.prepare_cached(
-            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         let mut put = tx.prepare_cached(
             "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -162,7 +174,14 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 .optional()?;
             let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
                 out.duplicates += 1;
+                if *keep && prev.is_some_and(|p| p.stamp == r.stamp) {
+                    records::fill_duplicate(&tx, t, r)?;
+                }
                 continue;
+            };
+            let before = match prev {
+                Some(_) if *keep => records::before(&tx, t, &r.id)?,
+                _ => None,
             };
             let id = events::next_id(top, r.stamp);
             if id.seq > 0 {
@@ -180,6 +199,7 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 snapshot,
                 *observed as i64,
                 r.raw.get(),
+                before,
             ])?;
             put.execute(params![
                 t.source,
@@ -188,6 +208,9 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 r.stamp as i64,
                 r.deleted
             ])?;
+            if *keep {
+                records::put(&tx, t, r)?;
+            }
             top = id;
             out.count(op);
         }
@@ -196,7 +219,8 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
     Ok(out)
 }
 
-const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data";
+const EVENT_COLUMNS: &str =
+    "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before";
 
 fn read_after(
     c: &Connection,
@@ -285,6 +309,7 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         snapshot: r.get(6)?,
         observed: r.get::<_, i64>(7)? as u64,
         data: r.get(8)?,
+        before: r.get(9)?,
     })
 }
 
@@ -304,15 +329,22 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
-        let t = t.clone();
+        let (t, target) = (t.clone(), t.clone());
         let batch = Batch {
             holder: batch.holder.to_string(),
             epoch: batch.epoch.to_string(),
             snapshot: batch.snapshot,
             observed: batch.observed,
             records: batch.records.to_vec(),
+            keep: self.keep.keeps(&target),
+            first: self.keep.first_use(&target),
         };
-        self.with(move |c| append(c, &t, &batch)).await
+        let (first, keep) = (batch.first, &self.keep);
+        let out = self.with(move |c| append(c, &t, &batch)).await;
+        if first && out.is_err() {
+            keep.not_ready(&target);
+        }
+        out
     }
 
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
@@ -422,6 +454,7 @@ impl Store for SqliteStore {
 
 mod delivery;
 mod open;
+mod records;
 mod table_state;
 
 use open::{Open, connect, file_id, reopen};
