@@ -103,22 +103,6 @@ struct Batch {
     first: bool,
 }
 
-fn lease_lost(t: &Target) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-        Some(format!("LEASELOST {t}")),
-    )
-}
-
-fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
-    c.query_row(
-        "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
-        params![t.source, t.resource],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
 fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
     let Batch {
         holder,
@@ -133,22 +117,7 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
     if *first {
         records::fill_or_drop(&tx, t, *keep)?;
     }
-    let owner: Option<(String, i64)> = tx
-        .query_row(
-            "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
-            params![t.source, t.resource],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if !owner.is_some_and(|(h, exp)| h == *holder && exp as u64 > events::now_ms()) {
-        return Err(lease_lost(t));
-    }
-    if epoch(&tx, t)?.as_deref() != Some(want.as_str()) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(format!("EPOCHCHANGED {t}")),
-        ));
-    }
+    check_fences(&tx, t, holder, want)?;
     let mut top = last_id(&tx, t)?;
     let mut out = AppendOutcome::default();
     {
@@ -174,15 +143,10 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 .optional()?;
             let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
                 out.duplicates += 1;
-                if *keep && prev.is_some_and(|p| p.stamp == r.stamp) {
-                    records::fill_duplicate(&tx, t, r)?;
-                }
+                records::fill_duplicate(&tx, t, r, prev, *keep)?;
                 continue;
             };
-            let before = match prev {
-                Some(_) if *keep => records::before(&tx, t, &r.id)?,
-                _ => None,
-            };
+            let before = records::before(&tx, t, &r.id, prev.is_some() && *keep)?;
             let id = events::next_id(top, r.stamp);
             if id.seq > 0 {
                 out.late += 1;
@@ -208,9 +172,7 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 r.stamp as i64,
                 r.deleted
             ])?;
-            if *keep {
-                records::put(&tx, t, r)?;
-            }
+            records::put(&tx, t, r, *keep)?;
             top = id;
             out.count(op);
         }
@@ -453,8 +415,10 @@ impl Store for SqliteStore {
 }
 
 mod delivery;
+mod fences;
 mod open;
 mod records;
 mod table_state;
 
+use fences::{check_fences, epoch};
 use open::{Open, connect, file_id, reopen};

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::events::StreamId;
+use crate::events::{IndexEntry, StreamId};
 use crate::record::UpstreamRecord;
 use crate::store::records::{RecordStore, RecordsPage, RecordsQuery, StoredRecord};
 use crate::store::{StoreResult, Target};
@@ -34,8 +34,17 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The kept version of a record, which an event replacing it carries.
-pub(super) fn before(c: &Connection, t: &Target, id: &str) -> rusqlite::Result<Option<String>> {
+/// The kept version of a record, which an event replacing it carries
+/// (none unless `kept`: the table keeps records and had this one).
+pub(super) fn before(
+    c: &Connection,
+    t: &Target,
+    id: &str,
+    kept: bool,
+) -> rusqlite::Result<Option<String>> {
+    if !kept {
+        return Ok(None);
+    }
     c.prepare_cached(
         "SELECT data FROM records WHERE source = ?1 AND resource = ?2 AND record = ?3",
     )?
@@ -43,7 +52,16 @@ pub(super) fn before(c: &Connection, t: &Target, id: &str) -> rusqlite::Result<O
     .optional()
 }
 
-pub(super) fn put(c: &Connection, t: &Target, r: &UpstreamRecord) -> rusqlite::Result<()> {
+/// Keeps `r` as its record's latest version, when the table keeps records.
+pub(super) fn put(
+    c: &Connection,
+    t: &Target,
+    r: &UpstreamRecord,
+    keep: bool,
+) -> rusqlite::Result<()> {
+    if !keep {
+        return Ok(());
+    }
     c.prepare_cached(
         "INSERT INTO records (source, resource, record, stamp, deleted, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (source, resource, record) DO UPDATE
@@ -59,7 +77,12 @@ pub(super) fn fill_duplicate(
     c: &Connection,
     t: &Target,
     r: &UpstreamRecord,
+    prev: Option<IndexEntry>,
+    keep: bool,
 ) -> rusqlite::Result<()> {
+    if !keep || prev.is_none_or(|p| p.stamp != r.stamp) {
+        return Ok(());
+    }
     c.prepare_cached(
         "INSERT OR IGNORE INTO records (source, resource, record, stamp, deleted, data)
          SELECT ?1, ?2, ?3, ?4, deleted, ?5 FROM record_index
