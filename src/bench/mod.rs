@@ -286,6 +286,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         sqlite_rate,
         sqlite_rate / raw_rate
     );
+    records::embedded(&dir, &base_url, raw_rate, sqlite_rate).await?;
     let pages_store = StoreConfig {
         key_prefix: format!("bench-pages-{}", std::process::id()),
         ..redis_store.clone()

@@ -1,5 +1,7 @@
 //! The latest-record store in the embedded file: the `records` table
-//! (latest version per record, indexed by stamp), written in the append's
+//! (latest version per record, indexed by id and by stamp; a rowid table,
+//! so its large rows land in insertion order rather than in a B-tree keyed
+//! by random ids), written in the append's
 //! transaction, and the `before` column of `events` (the version an event
 //! replaced; previous values).
 
@@ -15,8 +17,8 @@ use crate::store::{StoreResult, Target};
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     source TEXT NOT NULL, resource TEXT NOT NULL, record TEXT NOT NULL,
-    stamp INTEGER NOT NULL, deleted INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (source, resource, record)) WITHOUT ROWID;
+    stamp INTEGER NOT NULL, deleted INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_id ON records (source, resource, record);
 CREATE INDEX IF NOT EXISTS records_by_stamp ON records (source, resource, stamp);
 ";
 
