@@ -162,6 +162,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             type_prefix: self.config.api.event_type_prefix.clone(),
             secret_grace: self.config.delivery.secret_grace,
+            max_waiting_retries: self.config.delivery.max_waiting_retries,
             request_timeout: self.config.api.request_timeout,
             live_slots: Arc::new(tokio::sync::Semaphore::new(self.config.api.max_sse_clients)),
             limits: api::server::Limits {

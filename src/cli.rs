@@ -365,34 +365,54 @@ async fn status(config: Config) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    subscriptions_status(&config, store.as_ref()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The subscriptions part of `status`: what each holds, how much of it
+/// waits for retries, and where the waiting-retry limit stops claiming.
+async fn subscriptions_status(config: &Config, store: &dyn store::Store) -> anyhow::Result<()> {
     let subs = store.subscriptions().await?;
     println!(
-        "\n{:<38} {:<9} {:>8} {:>12} {:>12}  url",
-        "subscription", "state", "pending", "lag (stamps)", "dead letters"
+        "\n{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  url",
+        "subscription", "state", "pending", "waiting", "lag (stamps)", "dead letters"
     );
+    let limit = config.delivery.max_waiting_retries;
     for sub in &subs {
-        let (mut pending, mut lag) = (0, 0);
+        let (mut pending, mut waiting, mut lag, mut paused) = (0, 0, 0, Vec::new());
         for s in &config.sources {
             for r in &s.settings.resources {
                 let t = Target::new(s.name(), r);
                 if sub.covers(&t) {
-                    pending += store.pending(&sub.id, &t).await?.len();
-                    lag = lag.max(crate::delivery::lag(store.as_ref(), sub, &t).await?);
+                    let b = crate::delivery::backlog(store, &sub.id, &t).await?;
+                    pending += b.pending;
+                    waiting += b.waiting;
+                    if b.waiting >= limit {
+                        paused.push(t.to_string());
+                    }
+                    lag = lag.max(crate::delivery::lag(store, sub, &t).await?);
                 }
             }
         }
         println!(
-            "{:<38} {:<9} {:>8} {:>12} {:>12}  {}",
+            "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
             sub.id,
             if sub.enabled { "enabled" } else { "disabled" },
             pending,
+            waiting,
             lag,
             store.dead_letters(&sub.id).await?.len(),
             sub.url
         );
+        if !paused.is_empty() {
+            println!(
+                "  claiming paused on {}: {limit} events wait for retries there (delivery.max_waiting_retries)",
+                paused.join(", ")
+            );
+        }
     }
     if subs.is_empty() {
         println!("(none)");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -42,10 +42,7 @@ impl EventSource {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.observed);
         CloudEvent {
             specversion: "1.0",
-            id: format!(
-                "{}:{}:{}:{}",
-                self.target.source, self.target.resource, e.record, e.stamp
-            ),
+            id: self.id(e),
             source: &self.source_url,
             ty: format!("{}.{}.{}", self.type_prefix, self.target.resource, e.op),
             subject: &e.record,
@@ -56,6 +53,14 @@ impl EventSource {
             streamid: e.id.to_string(),
             data,
         }
+    }
+
+    /// The CloudEvents `id` alone: `<source>:<resource>:<record>:<stamp>`.
+    pub fn id(&self, e: &Event) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.target.source, self.target.resource, e.record, e.stamp
+        )
     }
 
     pub fn to_json(&self, e: &Event) -> String {

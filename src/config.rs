@@ -368,6 +368,9 @@ pub struct DeliveryConfig {
     /// A subscription whose deliveries all fail for this long is disabled.
     #[serde(with = "humantime_serde")]
     pub disable_after: Duration,
+    /// Events of one subscription and table held back by waiting retries
+    /// at most; at the limit that table claims nothing new for it.
+    pub max_waiting_retries: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -384,6 +387,7 @@ impl Default for DeliveryConfig {
             allowed_cidrs: Vec::new(),
             max_retry_after: Duration::from_secs(6 * 3600),
             disable_after: Duration::from_secs(5 * 24 * 3600),
+            max_waiting_retries: 5000,
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub pending: Family<SubTargetLabels, Gauge>,
     pub waiting_retry: Family<SubTargetLabels, Gauge>,
     pub in_flight: Family<SubTargetLabels, Gauge>,
+    /// 1 while `delivery.max_waiting_retries` keeps a worker from claiming.
+    pub claims_paused: Family<SubTargetLabels, Gauge>,
     pub dead_letters: Family<SubLabels, Gauge>,
     pub disabled: Family<SubLabels, Gauge>,
     pub live_clients: Gauge,
@@ -107,6 +109,7 @@ impl Metrics {
             pending: Family::default(),
             waiting_retry: Family::default(),
             in_flight: Family::default(),
+            claims_paused: Family::default(),
             dead_letters: Family::default(),
             disabled: Family::default(),
             live_clients: Gauge::default(),
@@ -126,6 +129,11 @@ impl Metrics {
             "poll_duration_seconds",
             "Time one poll of a target took",
             m.poll_duration.clone(),
+        );
+        r.register(
+            "page_walks",
+            "Page walks of the pages strategy; more than polls means rows shifted",
+            m.walks.clone(),
         );
         r.register(
             "settle_pages",
@@ -179,8 +187,13 @@ impl Metrics {
         );
         r.register(
             "delivery_waiting_retry",
-            "Pending events held back by a waiting retry (claiming pauses at delivery::worker::WAITING_LIMIT)",
+            "Pending events held back by a waiting retry (claiming pauses at delivery.max_waiting_retries)",
             m.waiting_retry.clone(),
+        );
+        r.register(
+            "delivery_claims_paused",
+            "1 while delivery.max_waiting_retries events wait for retries and nothing new is claimed",
+            m.claims_paused.clone(),
         );
         r.register(
             "delivery_in_flight",

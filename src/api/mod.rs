@@ -44,6 +44,8 @@ pub struct ApiState {
     pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,
+    /// `delivery.max_waiting_retries`, shown on the status page.
+    pub max_waiting_retries: usize,
     /// For `POST /v1/subscriptions/{id}/test`.
     pub sender: Arc<crate::delivery::sender::Sender>,
     pub type_prefix: String,

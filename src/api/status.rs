@@ -59,20 +59,44 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
             esc(&last.holder),
         );
     }
+    subscriptions(&s, &mut h).await?;
+    h.push_str("</table></body></html>");
+    Ok(Html(h))
+}
+
+/// The subscriptions table: each one's lag, its events waiting for retries
+/// and the tables where `delivery.max_waiting_retries` stops claiming.
+async fn subscriptions(s: &ApiState, h: &mut String) -> Result<(), Problem> {
+    let store = &s.shared.store;
+    let limit = s.max_waiting_retries;
     let _ = write!(
         h,
         "</table><h2>Subscriptions</h2><table id=subscriptions><tr><th>id</th><th>url</th><th>state</th>\
-         <th>lag (stamps)</th><th title=\"events that failed and wait for their next attempt; \
-         with {limit} held back on a table, delivery claims nothing new there\">waiting retries</th>\
-         <th>dead letters</th></tr>",
-        limit = crate::delivery::worker::WAITING_LIMIT,
+         <th>lag (stamps)</th><th title=\"events held back by a failed event of their record, waiting for its \
+         next attempt; with {limit} (delivery.max_waiting_retries) on a table, delivery claims nothing new \
+         there\">waiting retries (limit {limit})</th><th>dead letters</th></tr>",
     );
     for sub in store.subscriptions().await? {
-        let (mut lag, mut waiting) = (0, 0);
+        let (mut lag, mut waiting, mut paused) = (0, 0, Vec::new());
         for (t, _) in s.shared.targets.iter().filter(|(t, _)| sub.covers(t)) {
             lag = lag.max(crate::delivery::lag(store.as_ref(), &sub, t).await?);
-            waiting += store.waiting_retries(&sub.id, t).await?;
+            let held = crate::delivery::backlog(store.as_ref(), &sub.id, t)
+                .await?
+                .waiting;
+            waiting += held;
+            if held >= limit {
+                paused.push(t.to_string());
+            }
         }
+        let paused = if paused.is_empty() {
+            String::new()
+        } else {
+            // The limit's effect: these tables claim nothing new for now.
+            format!(
+                " <span class=bad data-paused>claiming paused on {}</span>",
+                esc(&paused.join(", "))
+            )
+        };
         let state = if sub.enabled {
             "<span class=ok>enabled</span>".to_string()
         } else {
@@ -84,13 +108,12 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
         let _ = write!(
             h,
             "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{lag}</td>\
-             <td class=n data-waiting>{waiting}</td><td class=n data-dead>{}</td></tr>",
+             <td class=n data-waiting>{waiting}{paused}</td><td class=n data-dead>{}</td></tr>",
             // The page needs only a read token; a token in the URL stays admin-only.
             esc(&crate::subscription::url_for_logs(&sub.url)),
             store.dead_letters(&sub.id).await?.len(),
             id = esc(&sub.id),
         );
     }
-    h.push_str("</table></body></html>");
-    Ok(Html(h))
+    Ok(())
 }

@@ -105,6 +105,130 @@ async fn wait_count(c: &Counts, phase: usize, n: usize, what: &str) -> anyhow::R
     Ok(())
 }
 
+/// CPU time this process (relay, receiver and client loop) has used, in
+/// µs, from `/proc/self/stat` (clock ticks of 10 ms: phases last seconds).
+fn cpu_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 10_000
+}
+
+/// The bench's view of the relay under test.
+struct Bench<'a> {
+    http: &'a reqwest::Client,
+    base: &'a str,
+    token: &'a str,
+    store: &'a dyn Store,
+    target: &'a Target,
+    counts: Arc<Counts>,
+    receiver: String,
+    top: u64,
+}
+
+impl Bench<'_> {
+    fn hook(&self, phase: usize, ms: u64) -> String {
+        format!("{}/{phase}/{ms}", self.receiver)
+    }
+
+    async fn subscribe(
+        &self,
+        phase: usize,
+        ms: u64,
+        batch: u32,
+        from: u64,
+    ) -> anyhow::Result<String> {
+        let body = json!({"url": self.hook(phase, ms), "resources": ["bench/patients"],
+            "start": {"bench/patients": from}, "batch_size": batch});
+        let created: Value = self
+            .http
+            .post(format!("{}/v1/subscriptions", self.base))
+            .bearer_auth(self.token)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(created["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn unsubscribe(&self, id: &str) -> anyhow::Result<()> {
+        self.http
+            .delete(format!("{}/v1/subscriptions/{id}", self.base))
+            .bearer_auth(self.token)
+            .send()
+            .await?;
+        Ok(())
+    }
+
+    /// Delivers the last `events` stamps' events to a receiver answering
+    /// after `ms`; returns events/s and the process's CPU µs per event.
+    async fn phase(
+        &self,
+        phase: usize,
+        ms: u64,
+        batch: u32,
+        events: u64,
+    ) -> anyhow::Result<(f64, f64)> {
+        // Stamps count upstream writes, events only the versions the relay
+        // saw: count the events after the start point instead of assuming.
+        let from = self.top.saturating_sub(events);
+        let events = count_after(self.store, self.target, StreamId::new(from, 0)).await?;
+        let cpu = cpu_us();
+        let id = self.subscribe(phase, ms, batch, from).await?;
+        wait_count(&self.counts, phase, events, "webhook delivery").await?;
+        let cpu = (cpu_us() - cpu) as f64 / events as f64;
+        let rate = self.counts.rate(phase, events);
+        self.unsubscribe(&id).await?;
+        Ok((rate, cpu))
+    }
+
+    /// The baseline: the same kind of body, posted one by one by a plain
+    /// client; returns events/s and CPU µs per event.
+    async fn plain_loop(&self, n: usize) -> anyhow::Result<(f64, f64)> {
+        let page: Value = self
+            .http
+            .get(format!(
+                "{}/v1/resources/bench/patients/events?after=0&limit=1000",
+                self.base
+            ))
+            .bearer_auth(self.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let bodies: Vec<Vec<u8>> = page["events"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|e| e.to_string().into_bytes())
+            .collect();
+        anyhow::ensure!(!bodies.is_empty(), "no events to post");
+        let (started, cpu) = (Instant::now(), cpu_us());
+        for i in 0..n {
+            self.http
+                .post(self.hook(0, 0))
+                .header("content-type", "application/cloudevents+json")
+                .body(bodies[i % bodies.len()].clone())
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        let cpu = (cpu_us() - cpu) as f64 / n as f64;
+        Ok((n as f64 / started.elapsed().as_secs_f64(), cpu))
+    }
+}
+
 pub async fn run(
     http: &reqwest::Client,
     base: &str,
@@ -113,91 +237,62 @@ pub async fn run(
     store: &dyn Store,
     target: &Target,
 ) -> anyhow::Result<()> {
-    let top = store.last_id(target).await?.stamp;
     let counts = Arc::new(Counts::default());
     let app = Router::new()
         .route("/hook/{phase}/{ms}", post(receive))
         .with_state(counts.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let receiver = format!("http://{}/hook", listener.local_addr()?);
-    let hook = |phase: usize, ms: u64| format!("{receiver}/{phase}/{ms}");
     tokio::spawn(async move { axum::serve(listener, app).await });
-
-    // Baseline: the same kind of body, posted one by one by a plain client.
-    let n = 10_000usize;
-    let page: Value = http
-        .get(format!(
-            "{base}/v1/resources/bench/patients/events?after=0&limit=1000"
-        ))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let bodies: Vec<Vec<u8>> = page["events"]
-        .as_array()
-        .unwrap_or(&Vec::new())
-        .iter()
-        .map(|e| e.to_string().into_bytes())
-        .collect();
-    anyhow::ensure!(!bodies.is_empty(), "no events to post");
-    let started = Instant::now();
-    for i in 0..n {
-        http.post(hook(0, 0))
-            .header("content-type", "application/cloudevents+json")
-            .body(bodies[i % bodies.len()].clone())
-            .send()
-            .await?
-            .error_for_status()?;
-    }
-    let raw_rate = n as f64 / started.elapsed().as_secs_f64();
-
-    let subscribe_to = |url: String, batch: u32, from: u64| {
-        http.post(format!("{base}/v1/subscriptions"))
-            .bearer_auth(token)
-            .json(&json!({"url": url, "resources": ["bench/patients"], "start": {"bench/patients": from}, "batch_size": batch}))
-            .send()
+    let b = Bench {
+        http,
+        base,
+        token,
+        store,
+        target,
+        counts,
+        receiver,
+        top: store.last_id(target).await?.stamp,
     };
+    local(&b).await?;
+    slow(&b).await?;
+    live(&b, sim_url).await
+}
 
+/// To a local receiver, unbatched and in batches of 100, against the plain
+/// client loop; with the CPU each used per event (relay, receiver and
+/// client share this process; Redis is not counted).
+async fn local(b: &Bench<'_>) -> anyhow::Result<()> {
+    let n = 10_000usize;
+    let (raw_rate, raw_cpu) = b.plain_loop(n).await?;
     let mut rates = Vec::new();
     for (phase, batch, events) in [(1, 1u32, n), (2, 100, 50_000usize)] {
-        // Stamps count upstream writes, events only the versions the relay
-        // saw: count the events after the start point instead of assuming.
-        let from = top.saturating_sub(events as u64);
-        let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let created: Value = subscribe_to(hook(phase, 0), batch, from)
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        wait_count(&counts, phase, events, "webhook delivery").await?;
-        rates.push((batch, counts.rate(phase, events)));
-        let id = created["id"].as_str().unwrap_or_default();
-        http.delete(format!("{base}/v1/subscriptions/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
+        rates.push((batch, b.phase(phase, 0, batch, events as u64).await?));
     }
     println!();
     println!(
-        "{:<44} {:>12} {:>10}",
-        "webhooks to a local receiver", "events/s", "ratio"
+        "{:<44} {:>12} {:>10} {:>12}",
+        "webhooks to a local receiver", "events/s", "ratio", "CPU µs/event"
     );
     println!(
-        "{:<44} {:>12.0} {:>10}",
-        "plain HTTP client loop, 1 per POST (baseline)", raw_rate, "1.00"
+        "{:<44} {:>12.0} {:>10} {:>12.1}",
+        "plain HTTP client loop, 1 per POST (baseline)", raw_rate, "1.00", raw_cpu
     );
-    for (batch, rate) in &rates {
+    for (batch, (rate, cpu)) in &rates {
         println!(
-            "{:<44} {:>12.0} {:>10.2}",
+            "{:<44} {:>12.0} {:>10.2} {:>12.1}",
             format!("relay, signed, batch_size {batch}"),
             rate,
-            rate / raw_rate
+            rate / raw_rate,
+            cpu
         );
     }
+    Ok(())
+}
 
-    // Slow receivers: one unbatched subscription against what its window
-    // allows at most, max_in_flight requests per latency.
+/// Slow receivers: one unbatched subscription against what its window
+/// allows at most, max_in_flight requests per latency.
+async fn slow(b: &Bench<'_>) -> anyhow::Result<()> {
     println!();
     println!(
         "{:<44} {:>12} {:>10}",
@@ -207,59 +302,33 @@ pub async fn run(
     for (phase, ms) in [(3, 50u64), (4, 200)] {
         let limit = window * 1000.0 / ms as f64;
         // About eight seconds' worth at the limit.
-        let from = top.saturating_sub((limit * 8.0) as u64);
-        let events = count_after(store, target, StreamId::new(from, 0)).await?;
-        let created: Value = subscribe_to(hook(phase, ms), 1, from)
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        wait_count(&counts, phase, events, "slow webhook delivery").await?;
-        let rate = counts.rate(phase, events);
+        let (rate, _) = b.phase(phase, ms, 1, (limit * 8.0) as u64).await?;
         println!(
             "{:<44} {:>12.0} {:>10.2}",
             format!("{ms} ms a request (limit {limit:.0}/s = {window:.0} / {ms} ms)"),
             rate,
             rate / limit
         );
-        let id = created["id"].as_str().unwrap_or_default();
-        http.delete(format!("{base}/v1/subscriptions/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await?;
     }
+    Ok(())
+}
 
-    // Latency from append to receipt while the upstream changes.
-    let created: Value = subscribe_to(hook(LIVE, 0), 1, top)
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+/// Latency from append to receipt while the upstream changes.
+async fn live(b: &Bench<'_>, sim_url: &str) -> anyhow::Result<()> {
+    let id = b.subscribe(LIVE, 0, 1, b.top).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    counts
-        .lags
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clear();
-    let before = counts.events[LIVE].load(Ordering::Relaxed);
+    let lags = || b.counts.lags.lock().unwrap_or_else(|p| p.into_inner());
+    lags().clear();
+    let before = b.counts.events[LIVE].load(Ordering::Relaxed);
     super::upstream_writes(sim_url).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut lags = counts
-        .lags
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    lags.sort_unstable();
-    let got = counts.events[LIVE].load(Ordering::Relaxed) - before;
+    let mut got_lags = lags().clone();
+    got_lags.sort_unstable();
+    let got = b.counts.events[LIVE].load(Ordering::Relaxed) - before;
     println!(
         "latency from append to receipt, {got} live events: p50 {} ms  p99 {} ms",
-        super::api::percentile(&lags, 0.5),
-        super::api::percentile(&lags, 0.99)
+        super::api::percentile(&got_lags, 0.5),
+        super::api::percentile(&got_lags, 0.99)
     );
-    let id = created["id"].as_str().unwrap_or_default();
-    http.delete(format!("{base}/v1/subscriptions/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    Ok(())
+    b.unsubscribe(&id).await
 }

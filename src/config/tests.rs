@@ -190,3 +190,22 @@ fn the_delivery_lease_must_outlive_a_whole_request() {
     );
     assert!(e.contains("still in flight"), "the error says why: {e}");
 }
+
+#[test]
+fn max_waiting_retries_is_read_and_bounded() {
+    let vars = env(&[("PC_ID", "id"), ("PC_SECRET", "shh")]);
+    let with = |v: &str| format!("[delivery]\nmax_waiting_retries = {v}\n{OAUTH}");
+    let c = parse(OAUTH).validate(&vars).unwrap();
+    assert_eq!(c.delivery.max_waiting_retries, 5000, "the default");
+    let c = parse(&with("20")).validate(&vars).unwrap();
+    assert_eq!(c.delivery.max_waiting_retries, 20);
+    for bad in ["0", "1000001"] {
+        let err = parse(&with(bad)).validate(&vars).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "delivery.max_waiting_retries ({bad}): must be between 1 and 1000000"
+            )),
+            "{err}"
+        );
+    }
+}

@@ -83,6 +83,14 @@ impl RawConfig {
                 problems.push(format!("delivery.allowed_cidrs[{i}]: {e}"));
             }
         }
+        let waiting = self.delivery.max_waiting_retries;
+        if !(1..=MAX_WAITING_RETRIES).contains(&waiting) {
+            problems.push(format!(
+                "delivery.max_waiting_retries ({waiting}): must be between 1 and {MAX_WAITING_RETRIES}; \
+                 it bounds the events a delivery worker holds in memory behind waiting retries \
+                 (per subscription and table), and at the limit that table claims nothing new"
+            ));
+        }
         if self.delivery.retry_schedule.is_empty() {
             problems.push("delivery.retry_schedule: list at least one delay".into());
         }
@@ -226,6 +234,10 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
         other => Err(format!("{s:?} has scheme {other:?}; use http or https")),
     }
 }
+
+/// The most `delivery.max_waiting_retries` may be: each held event stays in
+/// the worker's memory.
+pub const MAX_WAITING_RETRIES: usize = 1_000_000;
 
 /// A webhook request starts only while the delivery lease has at least
 /// `request_timeout` left (the rate-limit wait comes before that check) and

@@ -11,14 +11,13 @@ use tokio::task::JoinError;
 
 use super::{
     model::{Attempt, DeadLetter, Outcome},
-    sender::{Message, Sender, Sent},
+    sender::{Endpoint, Sender, Sent},
     worker::{State, Worker},
     writer::Write,
 };
 use crate::{
     cloudevents::EventSource,
     events::{Event, StreamId, now_ms},
-    metrics::{OutcomeLabels, SubLabels},
     store::StoreResult,
     subscription::Subscription,
 };
@@ -28,6 +27,8 @@ pub struct Request {
     pub sub: Arc<Subscription>,
     pub source: Arc<EventSource>,
     pub sender: Arc<Sender>,
+    /// The subscription's URL, headers and signing keys, made once.
+    pub endpoint: Arc<Endpoint>,
     pub ids: Vec<StreamId>,
     pub events: Vec<Arc<Event>>,
     /// The end of the delivery lease: the request is abandoned then.
@@ -50,23 +51,10 @@ impl Request {
     pub async fn send(self) -> Done {
         let started = Instant::now();
         let (body, content_type, id) = self.body();
-        let mut secrets = vec![self.sub.secret.as_str()];
-        if let Some((old, until)) = &self.sub.previous_secret
-            && *until > now_ms()
-        {
-            secrets.push(old);
-        }
         // The attempt's log lines carry the event (or first event of a batch).
         let span = tracing::debug_span!("attempt", event_id = %id, events = self.events.len());
-        let message = Message {
-            url: &self.sub.url,
-            headers: &self.sub.headers,
-            id: &id,
-            body,
-            content_type,
-            secrets,
-        };
-        let sending = tracing::Instrument::instrument(self.sender.send(message), span.clone());
+        let sending = self.sender.send_to(&self.endpoint, &id, body, content_type);
+        let sending = tracing::Instrument::instrument(sending, span.clone());
         let deadline = tokio::time::Instant::from_std(self.until);
         let sent = match tokio::time::timeout_at(deadline, sending).await {
             Ok(sent) => sent,
@@ -95,9 +83,8 @@ impl Request {
         }
         if self.events.len() == 1 && self.sub.batch_size == 1 {
             let ce = self.source.event(&self.events[0]);
-            let id = ce.id.clone();
             let body = serde_json::to_vec(&ce).unwrap_or_default();
-            (body, "application/cloudevents+json", id)
+            (body, "application/cloudevents+json", ce.id)
         } else {
             let all: Vec<_> = self.events.iter().map(|e| self.source.event(e)).collect();
             let id = format!("{}+{}", all[0].id, all.len() - 1);
@@ -208,7 +195,7 @@ impl Worker {
                     let dead = DeadLetter {
                         target: self.target.to_string(),
                         id: id.to_string(),
-                        event_id: self.source.event(&p.event).id,
+                        event_id: self.source.id(&p.event),
                         attempts: p.state.attempts,
                         last_error: why.clone(),
                         at_ms: now_ms(),
@@ -223,11 +210,11 @@ impl Worker {
     }
 
     /// Logs the attempt (off the delivery path) and counts it.
-    fn record(&self, st: &State, sub: &Subscription, events: &[Arc<Event>], sent: &Sent) {
+    fn record(&self, st: &mut State, sub: &Subscription, events: &[Arc<Event>], sent: &Sent) {
         let attempt = Attempt {
             at_ms: now_ms(),
             target: self.target.to_string(),
-            event_ids: events.iter().map(|e| self.source.event(e).id).collect(),
+            event_ids: events.iter().map(|e| self.source.id(e)).collect(),
             outcome: sent.outcome,
             status: sent.status,
             latency_ms: sent.latency.as_millis() as u64,
@@ -235,22 +222,7 @@ impl Worker {
             error: sent.error.clone(),
         };
         let _ = st.log.send(Write::Attempt(sub.id.clone(), attempt));
-        let outcome = serde_json::to_value(sent.outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let m = &self.metrics;
-        m.attempts
-            .get_or_create(&OutcomeLabels {
-                subscription: sub.id.clone(),
-                outcome,
-            })
-            .inc();
-        m.delivery_latency
-            .get_or_create(&SubLabels {
-                subscription: sub.id.clone(),
-            })
-            .observe(sent.latency.as_secs_f64());
+        st.meters.attempt(sent.outcome, sent.latency);
     }
 
     async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {

@@ -21,11 +21,13 @@ use crate::{
 };
 
 mod attempt;
+mod meters;
 pub mod model;
 mod queue;
 pub mod sender;
 pub mod signing;
 pub mod ssrf;
+mod window;
 pub mod worker;
 mod writer;
 
@@ -74,6 +76,29 @@ pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResu
     })
 }
 
+/// What a subscription holds on a target, counted as its worker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Claimed and not yet delivered.
+    pub pending: usize,
+    /// Held back by a waiting retry: failed events and the later events of
+    /// their records. At `delivery.max_waiting_retries` the target claims
+    /// nothing new for the subscription.
+    pub waiting: usize,
+}
+
+pub async fn backlog(store: &dyn Store, sub: &str, t: &Target) -> StoreResult<Backlog> {
+    let mut q = queue::Queue::default();
+    for (e, state) in store.pending(sub, t).await? {
+        q.insert(e, state);
+    }
+    let counts = q.counts();
+    Ok(Backlog {
+        pending: counts.sendable + counts.waiting,
+        waiting: counts.waiting,
+    })
+}
+
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -82,6 +107,9 @@ pub struct Schedule {
     pub max_retry_after: Duration,
     /// A subscription failing without a success for this long is disabled.
     pub disable_after: Duration,
+    /// Entries held back behind waiting retries at most, per worker; at
+    /// the limit the worker claims nothing new (`delivery.max_waiting_retries`).
+    pub max_waiting: usize,
 }
 
 impl Schedule {
@@ -90,6 +118,7 @@ impl Schedule {
             delays: c.retry_schedule.clone(),
             max_retry_after: c.max_retry_after,
             disable_after: c.disable_after,
+            max_waiting: c.max_waiting_retries,
         }
     }
 
@@ -284,6 +313,7 @@ mod tests {
             delays: vec![Duration::from_secs(5), Duration::from_secs(300)],
             max_retry_after: Duration::from_secs(3600),
             disable_after: Duration::from_secs(86400),
+            max_waiting: 5000,
         };
         for _ in 0..100 {
             let d = s.delay(1, None).unwrap();

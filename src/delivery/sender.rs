@@ -25,7 +25,7 @@ pub struct Sender {
     timeout: Duration,
 }
 
-/// What to send.
+/// What to send (the test ping's form; workers prepare an [`Endpoint`] once).
 pub struct Message<'a> {
     pub url: &'a str,
     pub headers: &'a BTreeMap<String, String>,
@@ -35,6 +35,84 @@ pub struct Message<'a> {
     pub content_type: &'static str,
     /// Every secret currently signing (two during a rotation).
     pub secrets: Vec<&'a str>,
+}
+
+/// Where and how a subscription's requests go, made once per change of the
+/// subscription rather than per request: the parsed URL, its custom
+/// headers and the signing keys with the time each stops signing.
+pub struct Endpoint {
+    url: Result<url::Url, String>,
+    headers: HeaderMap,
+    keys: Vec<(signing::Key, Option<u64>)>,
+}
+
+impl Endpoint {
+    pub fn new(
+        url: &str,
+        custom: &BTreeMap<String, String>,
+        secrets: &[(&str, Option<u64>)],
+    ) -> Endpoint {
+        let mut headers = HeaderMap::new();
+        for (k, v) in custom {
+            // The API refuses these; a document stored before it did may hold one.
+            if crate::subscription::reserved_header(k).is_some() {
+                continue;
+            }
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        Endpoint {
+            url: url::Url::parse(url).map_err(|e| format!("bad target URL: {e}")),
+            headers,
+            keys: secrets
+                .iter()
+                .map(|(s, until)| (signing::Key::new(s), *until))
+                .collect(),
+        }
+    }
+
+    /// A subscription's endpoint: its secret, and the previous one until its
+    /// grace period ends.
+    pub fn of(sub: &crate::subscription::Subscription) -> Endpoint {
+        let mut secrets = vec![(sub.secret.as_str(), None)];
+        if let Some((old, until)) = &sub.previous_secret {
+            secrets.push((old.as_str(), Some(*until)));
+        }
+        Endpoint::new(&sub.url, &sub.headers, &secrets)
+    }
+
+    /// The Standard Webhooks headers of one request, signed by every key
+    /// still valid at `now_ms`.
+    fn headers(&self, id: &str, body: &[u8], content_type: &'static str) -> HeaderMap {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let timestamp = now.as_secs() as i64;
+        let now_ms = now.as_millis() as u64;
+        let keys = self
+            .keys
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| u > now_ms))
+            .map(|(k, _)| k);
+        let sig = signing::header(keys, id, timestamp, body);
+        let mut headers = self.headers.clone();
+        let fixed = [
+            ("webhook-id", HeaderValue::from_str(id)),
+            ("webhook-timestamp", Ok(HeaderValue::from(timestamp))),
+            ("webhook-signature", HeaderValue::from_str(&sig)),
+        ];
+        for (k, v) in fixed {
+            if let Ok(v) = v {
+                headers.insert(k, v);
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +154,19 @@ impl Sender {
     }
 
     pub async fn send(&self, m: Message<'_>) -> Sent {
+        let secrets: Vec<(&str, Option<u64>)> = m.secrets.iter().map(|s| (*s, None)).collect();
+        let endpoint = Endpoint::new(m.url, m.headers, &secrets);
+        self.send_to(&endpoint, m.id, m.body, m.content_type).await
+    }
+
+    /// One signed POST of `body` to a prepared endpoint.
+    pub async fn send_to(
+        &self,
+        endpoint: &Endpoint,
+        id: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> Sent {
         let started = Instant::now();
         let fail = |outcome, error: String| Sent {
             outcome,
@@ -85,51 +176,16 @@ impl Sender {
             response: String::new(),
             error: Some(error),
         };
-        let url = match url::Url::parse(m.url) {
-            Ok(u) => u,
-            Err(e) => return fail(Outcome::Failed, format!("bad target URL: {e}")),
+        let url = match &endpoint.url {
+            Ok(u) => u.clone(),
+            Err(e) => return fail(Outcome::Failed, e.clone()),
         };
         if let Err(e) = self.policy.check_url(&url) {
             return fail(Outcome::Refused, e);
         }
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let mut headers = HeaderMap::new();
-        for (k, v) in m.headers {
-            // The API refuses these; a document stored before it did may hold one.
-            if crate::subscription::reserved_header(k).is_some() {
-                continue;
-            }
-            if let (Ok(k), Ok(v)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                headers.insert(k, v);
-            }
-        }
-        let sig = signing::header(&m.secrets, m.id, timestamp, &m.body);
-        let fixed = [
-            ("webhook-id", m.id.to_string()),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", sig),
-        ];
-        for (k, v) in fixed {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                headers.insert(k, v);
-            }
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(m.content_type));
-        let resp = match self
-            .http
-            .post(url)
-            .headers(headers)
-            .body(m.body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
+        let headers = endpoint.headers(id, &body, content_type);
+        match self.http.post(url).headers(headers).body(body).send().await {
+            Ok(resp) => answer(resp, started).await,
             Err(e) => {
                 let msg = if e.is_timeout() {
                     "timed out (delivery.request_timeout)".to_string()
@@ -140,32 +196,35 @@ impl Sender {
                 };
                 // The guard speaks through the resolver's error.
                 let refused = msg.contains("SSRF guard");
-                return fail(
-                    if refused {
-                        Outcome::Refused
-                    } else {
-                        Outcome::Failed
-                    },
-                    msg,
-                );
+                let outcome = if refused {
+                    Outcome::Refused
+                } else {
+                    Outcome::Failed
+                };
+                fail(outcome, msg)
             }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::upstream::retry_after);
-        let body = resp.bytes().await.unwrap_or_default();
-        let kept = &body[..body.len().min(RESPONSE_KEPT)];
-        Sent {
-            outcome: classify(status),
-            status: Some(status),
-            retry_after,
-            latency: started.elapsed(),
-            response: String::from_utf8_lossy(kept).into_owned(),
-            error: None,
         }
+    }
+}
+
+/// What a receiver's answer came to; at most `RESPONSE_KEPT` bytes of it
+/// are kept.
+async fn answer(resp: reqwest::Response, started: Instant) -> Sent {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::upstream::retry_after);
+    let body = resp.bytes().await.unwrap_or_default();
+    let kept = &body[..body.len().min(RESPONSE_KEPT)];
+    Sent {
+        outcome: classify(status),
+        status: Some(status),
+        retry_after,
+        latency: started.elapsed(),
+        response: String::from_utf8_lossy(kept).into_owned(),
+        error: None,
     }
 }
 

@@ -14,23 +14,41 @@ pub fn key(secret: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = key(secret).unwrap_or_else(|| secret.as_bytes().to_vec());
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+/// A secret's HMAC state with the key already absorbed: cloned for each
+/// signature instead of decoding and hashing the key again.
+#[derive(Clone)]
+pub struct Key(Hmac<Sha256>);
+
+impl Key {
+    pub fn new(secret: &str) -> Key {
+        let key = key(secret).unwrap_or_else(|| secret.as_bytes().to_vec());
+        Key(<Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length"))
+    }
+
+    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let mut mac = self.0.clone();
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
 }
 
-/// The header value for every currently valid secret.
-pub fn header(secrets: &[&str], id: &str, timestamp: i64, body: &[u8]) -> String {
-    secrets
-        .iter()
-        .map(|s| sign(s, id, timestamp, body))
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    Key::new(secret).sign(id, timestamp, body)
+}
+
+/// The header value for every currently valid key.
+pub fn header<'a>(
+    keys: impl IntoIterator<Item = &'a Key>,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    keys.into_iter()
+        .map(|k| k.sign(id, timestamp, body))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -118,7 +136,7 @@ mod tests {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
             "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         );
-        let h = header(&[new, old], "m", 1, b"{}");
+        let h = header(&[Key::new(new), Key::new(old)], "m", 1, b"{}");
         assert_eq!(h.split(' ').count(), 2);
         assert!(verify(new, "m", 1, b"{}", &h) && verify(old, "m", 1, b"{}", &h));
         assert!(!verify(

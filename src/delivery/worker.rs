@@ -27,24 +27,20 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Schedule,
     attempt::{Done, Finished},
-    model::RetryState,
-    queue::{Counts, Queue},
-    sender::Sender,
+    meters::Meters,
+    queue::Queue,
+    sender::{Endpoint, Sender},
     writer::{Write, writer},
 };
 use crate::{
     cloudevents::EventSource,
-    events::{StreamId, now_ms},
-    metrics::SubTargetLabels,
+    events::now_ms,
     store::{Store, StoreResult, Target},
     subscription::Subscription,
 };
 
 /// Sendable entries a worker holds pending at most; more wait in the stream.
 pub const WINDOW: usize = 500;
-/// Entries held back behind a waiting retry at most; while this many wait,
-/// the worker claims nothing new (and says so in the metrics).
-pub const WAITING_LIMIT: usize = 5000;
 /// How often a worker publishes its queue figures at most.
 const SHOW_EVERY: Duration = Duration::from_millis(250);
 /// How often an idle worker looks for new entries and redriven ones.
@@ -100,19 +96,24 @@ pub struct State {
     pub(super) queue: Option<Queue>,
     pub(super) failing_since: Option<u64>,
     /// The rate limit: no request starts before this.
-    next_send: Option<Instant>,
-    last_reload: Instant,
+    pub(super) next_send: Option<Instant>,
+    pub(super) last_reload: Instant,
     /// Until when the delivery lease is surely ours (renewal time + TTL).
-    lease_until: Option<Instant>,
-    sends: JoinSet<Done>,
+    pub(super) lease_until: Option<Instant>,
+    pub(super) sends: JoinSet<Done>,
     pub(super) finished: Vec<Finished>,
     /// Reload the queue from the store as soon as nothing is in flight.
     pub(super) stale: bool,
     /// The subscription as last seen, shared with the requests out.
     sub: Arc<Subscription>,
+    /// Its URL, headers and signing keys, made once per change.
+    pub(super) endpoint: Arc<Endpoint>,
     changes: watch::Receiver<Subscription>,
     /// When the queue figures were last published.
     shown_at: Option<Instant>,
+    pub(super) meters: Meters,
+    /// The waiting-retry limit keeps the worker from claiming.
+    pub(super) paused: bool,
     /// The ordered writer of settles and attempts.
     pub(super) log: mpsc::UnboundedSender<Write>,
     logger: tokio::task::JoinHandle<()>,
@@ -122,6 +123,11 @@ impl State {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.sends.len()
+    }
+
+    /// Whether `max_in_flight` requests are out: no step can start another.
+    fn full(&self) -> bool {
+        self.sends.len() >= self.sub.max_in_flight.max(1) as usize
     }
 
     /// Waits for the next answer of a request in flight (forever if none).
@@ -140,6 +146,7 @@ impl Worker {
 
     /// A fresh state with its writer running; `close` it when done.
     pub fn state(&self) -> State {
+        let sub = self.sub.borrow().clone();
         let (log, writes) = mpsc::unbounded_channel::<Write>();
         State {
             queue: None,
@@ -150,9 +157,12 @@ impl Worker {
             sends: JoinSet::new(),
             finished: Vec::new(),
             stale: false,
-            sub: Arc::new(self.sub.borrow().clone()),
+            endpoint: Arc::new(Endpoint::of(&sub)),
+            meters: Meters::new(self.metrics.clone(), &sub.id, &self.target),
+            sub: Arc::new(sub),
             changes: self.sub.clone(),
             shown_at: None,
+            paused: false,
             log,
             logger: tokio::spawn(writer(self.store.clone(), self.target.clone(), writes)),
         }
@@ -162,13 +172,17 @@ impl Worker {
         let mut st = self.state();
         while !cancel.is_cancelled() {
             let pause = match self.step(&mut st, Now::current()).await {
-                Ok(Step::Busy) => continue,
-                Ok(Step::Idle(wait)) => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = st.next_answer() => {}
-                        _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
+                Ok(Step::Busy) if !st.full() => continue,
+                // With the window full, another step could only find that
+                // out again: wait for an answer instead.
+                Ok(step @ (Step::Busy | Step::Idle(_))) => {
+                    let wait = if let Step::Idle(wait) = step {
+                        wait
+                    } else {
+                        TICK
+                    };
+                    if idle(&mut st, &cancel, &self.wake, wait).await {
+                        break;
                     }
                     continue;
                 }
@@ -214,6 +228,7 @@ impl Worker {
     pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
         if st.changes.has_changed().unwrap_or(false) {
             st.sub = Arc::new(st.changes.borrow_and_update().clone());
+            st.endpoint = Arc::new(Endpoint::of(&st.sub));
         }
         let sub = st.sub.clone();
         while let Some(done) = st.sends.try_join_next() {
@@ -235,7 +250,7 @@ impl Worker {
         }
         if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
             let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
-            self.show(&sub, &counts);
+            st.meters.show(&counts, st.paused);
             st.shown_at = Some(Instant::now());
         }
         let (started, wait) = self.start_sends(st, &sub, now).await?;
@@ -251,7 +266,7 @@ impl Worker {
 
     /// Makes sure the delivery lease is ours for at least `request_timeout`
     /// from `at`, renewing it if not. False when another instance holds it.
-    async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
+    pub(super) async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
         if st
             .lease_until
             .is_some_and(|until| until >= at + self.sender.timeout())
@@ -267,149 +282,23 @@ impl Worker {
         st.lease_until = ours.then(|| asked + self.lease_ttl);
         Ok(ours)
     }
-
-    /// Loads the pending set if needed, claims new entries while the window
-    /// has room, and settles entries of ops the subscription does not want.
-    /// False when the subscription was deleted meanwhile.
-    async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<bool> {
-        if st.queue.is_none() {
-            debug_assert!(st.sends.is_empty(), "a reload while requests are out");
-            // The store is authoritative: load after a (re)start or takeover,
-            // once every settle sent to the writer has landed.
-            flush(&st.log).await;
-            let mut q = Queue::default();
-            for (e, state) in self.store.pending(&sub.id, &self.target).await? {
-                q.insert(e, state);
-            }
-            st.queue = Some(q);
-            st.last_reload = Instant::now();
-        }
-        let q = st.queue.as_mut().expect("loaded above");
-        let counts = q.counts();
-        if counts.sendable <= WINDOW / 2 && counts.waiting < WAITING_LIMIT {
-            // A claim makes the consumer group when it is missing: one of a
-            // subscription deleted since the supervisor last looked would
-            // start over from the start point and send to a removed receiver.
-            if self.store.subscription(&sub.id).await?.is_none() {
-                return Ok(false);
-            }
-            let start = sub.start_of(&self.target);
-            let room = WINDOW - counts.sendable;
-            for e in self.store.claim(&sub.id, &self.target, start, room).await? {
-                q.insert(e, RetryState::default());
-            }
-        }
-        if !sub.ops.is_empty() {
-            let skip: Vec<StreamId> = q
-                .values()
-                .filter(|p| !sub.ops.contains(&p.event.op) && !q.is_in_flight(&p.event.id))
-                .map(|p| p.event.id)
-                .collect();
-            if !skip.is_empty() {
-                self.store.settle(&sub.id, &self.target, &skip).await?;
-                for id in skip {
-                    q.remove(&id);
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Starts requests while the window, the rate limit and per-record order
-    /// allow; returns how many started and how long until one more might.
-    async fn start_sends(
-        &self,
-        st: &mut State,
-        sub: &Arc<Subscription>,
-        now: Now,
-    ) -> StoreResult<(usize, Duration)> {
-        let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
-        let per_request = sub.batch_size.max(1) as usize;
-        if free == 0 {
-            return Ok((0, TICK));
-        }
-        let q = st.queue.as_ref().expect("filled before sending");
-        // One pass for every free slot: the entries are of distinct records,
-        // so no batch holds two events of one record.
-        let (due, next_due) = q.due_batch(now.wall_ms, free * per_request);
-        if due.is_empty() {
-            let wait = next_due.map_or(TICK, |due| {
-                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
-            });
-            return Ok((0, wait));
-        }
-        let gap = sub
-            .rate_limit
-            .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
-        let mut started = 0;
-        for batch in due.chunks(per_request) {
-            let at = now.at.max(Instant::now());
-            if let Some(next) = st.next_send.filter(|n| *n > at) {
-                return Ok((started, (next - at).min(TICK)));
-            }
-            // The fence, checked before every request.
-            if !self.fence(st, at).await? {
-                return Ok((started, self.lease_ttl / 2));
-            }
-            let until = st.lease_until.expect("fenced above");
-            st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
-            self.start_send(st, sub, batch.to_vec(), until);
-            started += 1;
-        }
-        Ok((started, TICK))
-    }
-
-    /// Publishes the worker's queue figures.
-    fn show(&self, sub: &Subscription, counts: &Counts) {
-        let labels = SubTargetLabels {
-            subscription: sub.id.clone(),
-            source: self.target.source.clone(),
-            resource: self.target.resource.clone(),
-        };
-        let m = &self.metrics;
-        let pending = counts.sendable + counts.waiting;
-        m.pending.get_or_create(&labels).set(pending as i64);
-        m.waiting_retry
-            .get_or_create(&labels)
-            .set(counts.waiting as i64);
-        m.in_flight
-            .get_or_create(&labels)
-            .set(counts.in_flight as i64);
-    }
-
-    /// Spawns one request; its answer is applied by a later step.
-    fn start_send(
-        &self,
-        st: &mut State,
-        sub: &Arc<Subscription>,
-        batch: Vec<StreamId>,
-        until: Instant,
-    ) {
-        let q = st.queue.as_mut().expect("filled before sending");
-        let events = batch
-            .iter()
-            .map(|id| q.get(id).expect("batch ids are queued").event.clone())
-            .collect();
-        q.start(&batch);
-        let request = super::attempt::Request {
-            sub: sub.clone(),
-            source: self.source.clone(),
-            sender: self.sender.clone(),
-            ids: batch,
-            events,
-            until,
-        };
-        // The request's log lines stay inside the worker's `deliver` span.
-        let send = tracing::Instrument::in_current_span(request.send());
-        st.sends.spawn(send);
-    }
 }
 
 /// Waits until the writer has stored everything sent to it so far.
-async fn flush(log: &mpsc::UnboundedSender<Write>) {
+pub(super) async fn flush(log: &mpsc::UnboundedSender<Write>) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if log.send(Write::Flush(tx)).is_ok() {
         let _ = rx.await;
+    }
+}
+
+/// Waits for an answer, a wake or `wait`; true when cancelled.
+async fn idle(st: &mut State, cancel: &CancellationToken, wake: &Notify, wait: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = st.next_answer() => false,
+        _ = wake.notified() => false,
+        _ = tokio::time::sleep(wait) => false,
     }
 }
 

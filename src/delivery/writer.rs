@@ -69,13 +69,21 @@ impl Group {
         }
     }
 
+    /// Settles and attempt logs go out together: on Redis they share one
+    /// connection, so they cost one round trip, not one each.
     async fn store(self, store: &dyn Store, t: &Target) -> StoreResult<()> {
-        for (sub, ids) in &self.settles {
-            store.settle(sub, t, ids).await?;
-        }
-        for (sub, attempts) in &self.attempts {
-            store.log_attempts(sub, attempts).await?;
-        }
-        Ok(())
+        let settles = async {
+            for (sub, ids) in &self.settles {
+                store.settle(sub, t, ids).await?;
+            }
+            Ok(())
+        };
+        let attempts = async {
+            for (sub, attempts) in &self.attempts {
+                store.log_attempts(sub, attempts).await?;
+            }
+            Ok(())
+        };
+        tokio::try_join!(settles, attempts).map(|_| ())
     }
 }

@@ -484,7 +484,7 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
 }
 
 /// Reads SSE frames until `want` events arrived or `within` passed.
-async fn read_sse(
+pub async fn read_sse(
     resp: &mut reqwest::Response,
     buf: &mut String,
     want: usize,

@@ -17,7 +17,8 @@ use stamp_relay::{
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, relay, seeds, source,
+    Backend, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, one_seed,
+    relay, seeds, source,
 };
 use crate::{on_both_stores, on_cluster};
 
@@ -81,7 +82,14 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
             .collect();
     let cfg = ts.dir.path().join("relay.toml");
     write_config(&ts, &sim.base_url, paging, &cfg);
-    let mut rng = StdRng::seed_from_u64(paging as u64);
+    // Where the kills land comes from a seed: `STAMP_RELAY_SEED`, else a
+    // fresh one each run (printed on failure), so runs try new kill points.
+    let seed = one_seed();
+    let _guard = SeedGuard {
+        what: format!("sigkill_during_load {paging:?}"),
+        seed,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
     let run = || {
         Command::new(bin())
             .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
@@ -224,11 +232,9 @@ async fn redis_restart_mid_load() {
         // What was acknowledged before the kill; with AOF it survives
         // verbatim (a Redis that came back empty would be reloaded from 0
         // with new `observed` times, and this would not match).
-        acknowledged.extend(all_events(store.as_ref(), &t).await);
-        let redis = ts.redis.as_mut().unwrap();
-        redis.kill();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        redis.restart();
+        let read = all_events(store.as_ref(), &t).await;
+        restart_and_check_it_came_back_full(&mut ts, &t, read.len() as u64).await;
+        acknowledged.extend(read);
     }
     eventually(
         "the load to finish after Redis came back",
@@ -252,4 +258,43 @@ async fn redis_restart_mid_load() {
             "an event read before a Redis kill changed or vanished"
         );
     }
+}
+
+/// Kills and restarts the test's Redis, then checks it came back with the
+/// stream and the index as they were (the AOF replays before Redis
+/// answers), not empty: the epoch is the same, so the relay goes on from
+/// where it was instead of reloading from 0.
+async fn restart_and_check_it_came_back_full(ts: &mut TestStore, t: &Target, acknowledged: u64) {
+    let store = ts.store.clone();
+    let epoch = store.epoch(t).await.unwrap();
+    let redis = ts.redis.as_mut().unwrap();
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart();
+    let r = async || -> stamp_relay::store::StoreResult<_> {
+        Ok((
+            store.stream_len(t).await?,
+            store.index_len(t).await?,
+            store.epoch(t).await?,
+        ))
+    };
+    let mut after = None;
+    eventually(
+        "the store to answer again",
+        Duration::from_secs(30),
+        async || {
+            after = r().await.ok();
+            after.is_some()
+        },
+    )
+    .await;
+    let (len, indexed, epoch_after) = after.unwrap();
+    assert!(
+        len >= acknowledged && indexed >= acknowledged,
+        "Redis came back with {len} events and {indexed} index entries; {acknowledged} were acknowledged"
+    );
+    assert_eq!(
+        epoch_after, epoch,
+        "the table's epoch changed across the restart"
+    );
 }

@@ -449,26 +449,48 @@ async fn redis_restart_mid_delivery_loses_nothing() {
     })
     .await;
     let rx = TestReceiver::start(11).await;
+    // One request at a time, 10 ms each: 300 events take at least 3 s, so
+    // the kill lands mid-delivery (checked below, not hoped).
+    rx.set_delay(Duration::from_millis(10));
     let app = app(&ts, &sim).await;
-    subscribe_to(
+    let id = subscribe_to(
         &app,
         &rx,
-        json!({"resources": ["sim/patients"], "start": "beginning"}),
+        json!({"resources": ["sim/patients"], "start": "beginning", "max_in_flight": 1}),
     )
     .await;
-    eventually("deliveries to start", Duration::from_secs(20), async || {
-        !rx.event_ids().is_empty()
+    let t = Target::new("sim", "patients");
+    eventually("20 deliveries", Duration::from_secs(20), async || {
+        rx.event_ids().len() >= 20
+    })
+    .await;
+    let mut position = None;
+    eventually("a settled position", Duration::from_secs(10), async || {
+        position = ts.store.position(&id, &t).await.unwrap();
+        position.is_some()
     })
     .await;
     let redis = ts.redis.as_mut().unwrap();
     redis.kill();
+    let at_kill = rx.event_ids().len();
+    assert!(
+        at_kill < 300,
+        "delivery finished before Redis was killed; the test proves nothing"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart();
+    // The position survived: delivery goes on, it does not start again.
+    assert!(ts.store.position(&id, &t).await.unwrap() >= position);
     sim.sim.random_writes(Some("patients"), 20);
-    let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     wait_delivered(ts.store.as_ref(), &rx, &[t], Duration::from_secs(60)).await;
     assert_record_order(&rx.events());
+    let ids = rx.event_ids();
+    let repeats = ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(
+        repeats <= 5,
+        "{repeats} events arrived twice: only what was in flight at the kill may be resent"
+    );
     app.stop().await;
 }
 

@@ -53,6 +53,45 @@ pub fn seeds() -> u64 {
         .unwrap_or(4)
 }
 
+/// The seeds a randomized suite runs: `STAMP_RELAY_SEED=k` reruns seed `k`
+/// alone (the one a failure printed); otherwise `0..STAMP_RELAY_SEEDS`.
+pub fn seed_list() -> Vec<u64> {
+    match std::env::var("STAMP_RELAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(seed) => vec![seed],
+        None => (0..seeds()).collect(),
+    }
+}
+
+/// The seed of a test that runs once: `STAMP_RELAY_SEED`, else a fresh
+/// random one (a [`SeedGuard`] prints it on failure).
+pub fn one_seed() -> u64 {
+    std::env::var("STAMP_RELAY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// Prints which seed a randomized test was running when it panics, so the
+/// failure can be rerun alone with `STAMP_RELAY_SEED`.
+pub struct SeedGuard {
+    pub what: String,
+    pub seed: u64,
+}
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed with seed {}; rerun it alone with STAMP_RELAY_SEED={}",
+                self.what, self.seed, self.seed
+            );
+        }
+    }
+}
+
 fn redis_required() -> bool {
     std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
 }
@@ -429,6 +468,22 @@ macro_rules! on_both_stores {
     };
 }
 
+/// Adds the test's admin and read tokens to a configuration.
+pub fn with_tokens(config: &mut Config) {
+    use stamp_relay::config::{Scope, Secret, TokenConfig};
+    for (name, scope, secret) in [
+        ("ops", Scope::Admin, ADMIN_TOKEN),
+        ("dash", Scope::Read, READ_TOKEN),
+    ] {
+        let t = TokenConfig {
+            name: name.into(),
+            scope,
+            token_env: "UNUSED".into(),
+        };
+        config.api_tokens.push((t, Secret::new(secret)));
+    }
+}
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const READ_TOKEN: &str = "test-read-token";
 
@@ -452,20 +507,9 @@ impl App {
         sources: Vec<SourceConfig>,
         tweak: impl FnOnce(&mut Config),
     ) -> App {
-        use stamp_relay::config::{Scope, Secret, TokenConfig};
         let mut config = config(&ts.config, sources);
         tweak(&mut config);
-        for (name, scope, secret) in [
-            ("ops", Scope::Admin, ADMIN_TOKEN),
-            ("dash", Scope::Read, READ_TOKEN),
-        ] {
-            let t = TokenConfig {
-                name: name.into(),
-                scope,
-                token_env: "UNUSED".into(),
-            };
-            config.api_tokens.push((t, Secret::new(secret)));
-        }
+        with_tokens(&mut config);
         let relay = Relay::with_store(config, ts.store.clone()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(relay, listener).await

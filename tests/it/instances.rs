@@ -80,6 +80,14 @@ async fn resources(http: &reqwest::Client, port: u16) -> Value {
         .unwrap()
 }
 
+/// Requests in flight per table for the test's subscription.
+const IN_FLIGHT: usize = 4;
+
+/// How many receipts repeat an event id received before.
+fn duplicates(ids: &[String]) -> usize {
+    ids.len() - ids.iter().collect::<std::collections::HashSet<_>>().len()
+}
+
 /// Everything the relays in `dir` wrote.
 fn all_logs(dir: &std::path::Path) -> String {
     let mut s = String::new();
@@ -132,7 +140,10 @@ async fn two_instances_share_work_and_survive_a_kill() {
     let created: Value = http
         .post(format!("http://127.0.0.1:{pa}/v1/subscriptions"))
         .bearer_auth(ADMIN)
-        .json(&json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false}))
+        .json(
+            &json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false,
+            "max_in_flight": IN_FLIGHT}),
+        )
         .send()
         .await
         .unwrap()
@@ -180,10 +191,10 @@ async fn two_instances_share_work_and_survive_a_kill() {
             .iter()
             .find(|x| x["resource"] == "patients")
             .unwrap();
-        let by = patients["polled_by"].as_str().unwrap_or_default();
-        assert!(
-            by == holder || by.is_empty(),
-            "instance on {port} says {by} polls patients; the lease says {holder}"
+        assert_eq!(
+            patients["polled_by"].as_str(),
+            Some(holder.as_str()),
+            "instance on {port}: who polls patients; the lease says {holder}"
         );
     }
     let (victim, survivor, survivor_port) = if holder.contains(&pid_of(&a)) {
@@ -196,11 +207,21 @@ async fn two_instances_share_work_and_survive_a_kill() {
         "lease holder {holder} is neither instance"
     );
     let mut b = survivor;
+    // One deliverer per (subscription, table): until the kill, no event
+    // arrived twice (failed answers are not recorded, so retries do not count).
+    let before_kill = rx.event_ids();
+    assert_eq!(
+        duplicates(&before_kill),
+        0,
+        "an event arrived twice with both instances up"
+    );
     {
         let mut victim = victim;
         victim.kill().unwrap();
         victim.wait().unwrap();
     }
+    let survivor_pid = pid_of(&b);
+    assert_takeover(&mut conn, id, &survivor_pid).await;
     for _ in 0..5 {
         sim.sim.random_writes(None, 20);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -215,8 +236,18 @@ async fn two_instances_share_work_and_survive_a_kill() {
     crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &both, Duration::from_secs(60)).await;
     crate::delivery::assert_record_order(&rx.events());
     assert_eq!(rx.bad_signatures(), 0);
+    // Only what the victim had sent but not yet settled arrives again: at
+    // most its requests in flight and one unwritten group of settles per
+    // table. Never two requests for one record at once.
+    let all = rx.event_ids();
+    assert!(
+        duplicates(&all) <= 2 * 4 * IN_FLIGHT,
+        "{} events arrived twice; the victim could leave at most {} unsettled",
+        duplicates(&all),
+        2 * 4 * IN_FLIGHT
+    );
+    assert_eq!(rx.inner.lock().unwrap().overlaps, 0);
     // The survivor took over patients, and says so.
-    let survivor_pid = pid_of(&b);
     eventually(
         "the survivor to report its polls",
         Duration::from_secs(10),
@@ -309,4 +340,29 @@ async fn two_instances_load_through_pages_slower_than_the_lease(ts: TestStore) {
     assert!(events.iter().all(|e| e.snapshot));
     a.stop().await;
     b.stop().await;
+}
+
+/// Takeover within a few lease times (the lease is 1 s): the survivor
+/// holds the poll lease and the patients delivery lease of `sub`.
+async fn assert_takeover(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sub: &str,
+    survivor_pid: &str,
+) {
+    let delivery_lease = format!("test:{{sim:patients:sub:{sub}}}:lease");
+    for key in ["test:{sim:patients}:lease", delivery_lease.as_str()] {
+        eventually(
+            &format!("the survivor to take {key}"),
+            Duration::from_secs(5),
+            async || {
+                let h: Option<String> = redis::cmd("GET")
+                    .arg(key)
+                    .query_async(&mut *conn)
+                    .await
+                    .unwrap();
+                h.is_some_and(|h| h.contains(survivor_pid))
+            },
+        )
+        .await;
+    }
 }

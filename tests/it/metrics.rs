@@ -3,10 +3,15 @@
 use std::{collections::HashMap, time::Duration};
 
 use serde_json::json;
-use stamp_relay::{config::Paging, simulator::SimConfig, store::Target};
+use stamp_relay::{
+    config::Paging,
+    simulator::{Faults, SimConfig},
+    store::Target,
+};
 
 use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
 use crate::receiver::TestReceiver;
+use crate::rules::Scripted;
 
 /// `name{labels}` -> value, for every sample line; panics on a malformed line.
 fn parse(text: &str) -> HashMap<String, f64> {
@@ -115,4 +120,125 @@ async fn metrics_parse_and_count_what_happened() {
     );
     assert_eq!(m["stamp_relay_live_stream_clients"], 0.0);
     app.stop().await;
+}
+
+/// The sum of every series of `name` (all label sets).
+fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+async fn metric(app: &App, name: &str) -> f64 {
+    total(&scrape(app).await, name)
+}
+
+async fn scrape(app: &App) -> HashMap<String, f64> {
+    let r = app.get("/metrics").send().await.unwrap();
+    parse(&r.text().await.unwrap())
+}
+
+/// What goes wrong is counted too: failed polls, page walks, rejects,
+/// trimmed events, throttled and failed deliveries, the pending and
+/// waiting-retry gauges while a receiver fails, and a live client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_failures_trims_and_gauges() {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 20)],
+        faults: Faults {
+            fail_next: 1,
+            fail_status: 418,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    sim.sim
+        .add_raw("patients", json!({"name": "no id", "update_stamp": 3}))
+        .unwrap();
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = App::spawn_with(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
+        |c| {
+            c.store.retention.max_events = Some(10);
+            c.store.retention.interval = Duration::from_millis(100);
+            c.delivery.retry_schedule = vec![Duration::from_millis(200); 20];
+        },
+    )
+    .await;
+    let app = &app;
+    eventually("a trim", Duration::from_secs(20), async || {
+        metric(app, "stamp_relay_events_trimmed_total").await >= 10.0
+    })
+    .await;
+    assert!(metric(app, "stamp_relay_upstream_errors_total").await >= 1.0);
+    assert!(metric(app, "stamp_relay_page_walks_total").await >= 2.0);
+    assert_eq!(metric(app, "stamp_relay_records_rejected_total").await, 1.0);
+
+    deliveries_to_a_failing_receiver(app, &sim).await;
+    live_client_gauge(app).await;
+}
+
+/// Throttled then failed answers: counted by outcome, with entries pending
+/// and waiting for a retry until the receiver recovers.
+async fn deliveries_to_a_failing_receiver(app: &App, sim: &Sim) {
+    let rx = Scripted::start((503, None, String::new())).await;
+    app.post_json(
+        "/v1/subscriptions",
+        &json!({"url": rx.url, "resources": ["*"]}),
+    )
+    .await;
+    sim.sim.random_writes(Some("patients"), 5);
+    eventually(
+        "throttled with retries waiting",
+        Duration::from_secs(20),
+        async || {
+            metric(app, "stamp_relay_delivery_attempts_total").await > 0.0
+                && metric(app, "stamp_relay_delivery_waiting_retry").await > 0.0
+                && metric(app, "stamp_relay_delivery_pending").await > 0.0
+        },
+    )
+    .await;
+    let throttled = scrape(app).await;
+    assert!(
+        throttled
+            .iter()
+            .any(|(k, v)| k.contains("outcome=\"throttled\"") && *v > 0.0)
+    );
+    *rx.reply.lock().unwrap() = (500, None, String::new());
+    eventually("a failed attempt", Duration::from_secs(20), async || {
+        scrape(app)
+            .await
+            .iter()
+            .any(|(k, v)| k.contains("outcome=\"failed\"") && *v > 0.0)
+    })
+    .await;
+    *rx.reply.lock().unwrap() = (204, None, String::new());
+    eventually("nothing pending", Duration::from_secs(20), async || {
+        metric(app, "stamp_relay_delivery_pending").await == 0.0
+            && metric(app, "stamp_relay_delivery_waiting_retry").await == 0.0
+    })
+    .await;
+}
+
+/// The live-clients gauge counts a connected client, and drops with it.
+async fn live_client_gauge(app: &App) {
+    let live = app
+        .get("/v1/resources/sim/patients/events")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    eventually("one live client", Duration::from_secs(10), async || {
+        metric(app, "stamp_relay_live_stream_clients").await == 1.0
+    })
+    .await;
+    drop(live);
+    eventually("no live client", Duration::from_secs(10), async || {
+        metric(app, "stamp_relay_live_stream_clients").await == 0.0
+    })
+    .await;
 }

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use stamp_relay::{
     config::Paging,
-    delivery::worker::{Now, Step},
+    delivery::{
+        backlog,
+        worker::{Now, Step},
+    },
     simulator::SimConfig,
     store::Target,
     subscription::Subscription,
@@ -24,7 +27,8 @@ on_both_stores!(
     slow_receiver_gets_many_requests_but_one_per_record,
     refused_records_hold_back_nothing_else,
     a_lost_lease_stops_sends_before_they_start,
-    deleting_a_subscription_leaves_nothing_behind
+    deleting_a_subscription_leaves_nothing_behind,
+    the_waiting_retry_limit_pauses_claims_where_it_shows
 );
 
 async fn patients(n: usize) -> Sim {
@@ -117,6 +121,99 @@ async fn refused_records_hold_back_nothing_else(ts: TestStore) {
             .all(|e| !refused(0.4, e["subject"].as_str().unwrap()))
     );
     app.stop().await;
+}
+
+/// `delivery.max_waiting_retries` at 20 and a receiver refusing 40 % of
+/// records: once 20 events wait for retries the table claims nothing new,
+/// so the claimed entries drain and the stream's tail stays unclaimed. The
+/// pause shows in `/metrics`, on the status page and in `stamp-relay status`.
+async fn the_waiting_retry_limit_pauses_claims_where_it_shows(ts: TestStore) {
+    let sim = patients(1000).await;
+    let app = App::spawn_with(&ts, patients_source(&sim), |c| {
+        c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+        c.delivery.max_waiting_retries = 20;
+    })
+    .await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let rx = TestReceiver::start(61).await;
+    rx.set_mode(Mode::Refuse(0.4));
+    let body = json!({"resources": ["sim/patients"], "start": "beginning"});
+    let id = subscribe_to(&app, &rx, body).await;
+    let paused = format!(
+        r#"stamp_relay_delivery_claims_paused{{subscription="{id}",source="sim",resource="patients"}} 1"#
+    );
+    // Settled: paused, and everything claimed is either delivered or waits.
+    eventually("claiming to pause", Duration::from_secs(60), async || {
+        let b = backlog(ts.store.as_ref(), &id, &t).await.unwrap();
+        let metrics = app
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().any(|l| l == paused) && b.waiting >= 20 && b.pending == b.waiting
+    })
+    .await;
+    let top = ts.store.last_id(&t).await.unwrap();
+    let position = ts.store.position(&id, &t).await.unwrap().unwrap();
+    assert!(
+        position < top,
+        "claimed up to {position} of {top} despite the limit"
+    );
+    let html = app.get("/").send().await.unwrap().text().await.unwrap();
+    let row = &html[html.find(&format!("data-subscription=\"{id}\"")).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains("<span class=bad data-paused>claiming paused on sim/patients</span>"),
+        "{row}"
+    );
+    assert!(html.contains("waiting retries (limit 20)"), "{html}");
+    app.stop().await;
+
+    // The CLI reads the same from the store.
+    let b = backlog(ts.store.as_ref(), &id, &t).await.unwrap();
+    let text = status_cli(&ts, &sim, "[delivery]\nmax_waiting_retries = 20\n");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // id, state, pending, waiting, lag, dead letters, url
+    let counts = [b.pending.to_string(), b.waiting.to_string()];
+    assert_eq!(cols[2..4], counts, "{line}");
+    assert!(
+        text.contains("claiming paused on sim/patients: 20 events wait for retries there"),
+        "{text}"
+    );
+    // With the default limit the same backlog is no pause.
+    let text = status_cli(&ts, &sim, "");
+    assert!(!text.contains("claiming paused"), "{text}");
+}
+
+/// `stamp-relay status` on the test's store, with `extra` configuration.
+fn status_cli(ts: &TestStore, sim: &Sim, extra: &str) -> String {
+    let cfg = ts.dir.path().join("status.toml");
+    let toml = format!(
+        "{extra}[store]\n{}\nkey_prefix = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\n",
+        ts.store_toml(),
+        ts.config.key_prefix,
+        sim.base_url
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["status", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 /// A subscription as a test puts it straight into the store.

@@ -98,6 +98,8 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     .await;
     let rx = TestReceiver::start(51).await;
     rx.set_mode(Mode::Ok);
+    // Slow for real: 20 ms a request, so SIGTERM meets requests in flight.
+    rx.set_delay(Duration::from_millis(20));
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
     let cfg = dir.path().join("relay.toml");

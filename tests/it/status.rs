@@ -226,10 +226,10 @@ async fn status_page_matches_the_api(ts: TestStore) {
         .find(|l| l.starts_with(id))
         .unwrap_or_else(|| panic!("no line for {id} in\n{text}"));
     let cols: Vec<&str> = line.split_whitespace().collect();
-    // id, state, pending, lag, dead letters, url
+    // id, state, pending, waiting, lag, dead letters, url
     assert_eq!(
-        cols[1..5],
-        ["disabled", "0", &lag.to_string(), "0"],
+        cols[1..6],
+        ["disabled", "0", "0", &lag.to_string(), "0"],
         "{line}"
     );
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::{Keys, RedisStore, parse_entries};
+use super::{Keys, RedisStore, entries::parse_packed, parse_entries};
 use crate::{
     delivery::model::{Attempt, DeadLetter, RetryState},
     events::{Event, StreamId},
@@ -105,7 +105,7 @@ impl DeliveryStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
-        parse_entries(reply)
+        parse_packed(reply)
     }
 
     async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {

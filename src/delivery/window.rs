@@ -1,0 +1,137 @@
+//! A worker's claim window and its sends: what is loaded and claimed from
+//! the store, and which requests may start now under the window, the rate
+//! limit, the fence and per-record order.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    model::RetryState,
+    queue::Queue,
+    worker::{Now, State, TICK, WINDOW, Worker, flush},
+};
+use crate::{events::StreamId, store::StoreResult, subscription::Subscription};
+
+impl Worker {
+    /// Loads the pending set if needed, claims new entries while the window
+    /// has room, and settles entries of ops the subscription does not want.
+    /// False when the subscription was deleted meanwhile.
+    pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<bool> {
+        if st.queue.is_none() {
+            debug_assert!(st.sends.is_empty(), "a reload while requests are out");
+            // The store is authoritative: load after a (re)start or takeover,
+            // once every settle sent to the writer has landed.
+            flush(&st.log).await;
+            let mut q = Queue::default();
+            for (e, state) in self.store.pending(&sub.id, &self.target).await? {
+                q.insert(e, state);
+            }
+            st.queue = Some(q);
+            st.last_reload = Instant::now();
+        }
+        let q = st.queue.as_mut().expect("loaded above");
+        let counts = q.counts();
+        st.paused = counts.waiting >= self.schedule.max_waiting;
+        if counts.sendable <= WINDOW / 2 && !st.paused {
+            // A claim makes the consumer group when it is missing: one of a
+            // subscription deleted since the supervisor last looked would
+            // start over from the start point and send to a removed receiver.
+            if self.store.subscription(&sub.id).await?.is_none() {
+                return Ok(false);
+            }
+            let start = sub.start_of(&self.target);
+            let room = WINDOW - counts.sendable;
+            for e in self.store.claim(&sub.id, &self.target, start, room).await? {
+                q.insert(e, RetryState::default());
+            }
+        }
+        if !sub.ops.is_empty() {
+            let skip: Vec<StreamId> = q
+                .values()
+                .filter(|p| !sub.ops.contains(&p.event.op) && !q.is_in_flight(&p.event.id))
+                .map(|p| p.event.id)
+                .collect();
+            if !skip.is_empty() {
+                self.store.settle(&sub.id, &self.target, &skip).await?;
+                for id in skip {
+                    q.remove(&id);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Starts requests while the window, the rate limit and per-record order
+    /// allow; returns how many started and how long until one more might.
+    pub(super) async fn start_sends(
+        &self,
+        st: &mut State,
+        sub: &Arc<Subscription>,
+        now: Now,
+    ) -> StoreResult<(usize, Duration)> {
+        let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
+        let per_request = sub.batch_size.max(1) as usize;
+        if free == 0 {
+            return Ok((0, TICK));
+        }
+        let q = st.queue.as_ref().expect("filled before sending");
+        // One pass for every free slot: the entries are of distinct records,
+        // so no batch holds two events of one record.
+        let (due, next_due) = q.due_batch(now.wall_ms, free * per_request);
+        if due.is_empty() {
+            let wait = next_due.map_or(TICK, |due| {
+                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
+            });
+            return Ok((0, wait));
+        }
+        let gap = sub
+            .rate_limit
+            .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
+        let mut started = 0;
+        for batch in due.chunks(per_request) {
+            let at = now.at.max(Instant::now());
+            if let Some(next) = st.next_send.filter(|n| *n > at) {
+                return Ok((started, (next - at).min(TICK)));
+            }
+            // The fence, checked before every request.
+            if !self.fence(st, at).await? {
+                return Ok((started, self.lease_ttl / 2));
+            }
+            let until = st.lease_until.expect("fenced above");
+            st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
+            self.start_send(st, sub, batch.to_vec(), until);
+            started += 1;
+        }
+        Ok((started, TICK))
+    }
+
+    /// Spawns one request; its answer is applied by a later step.
+    fn start_send(
+        &self,
+        st: &mut State,
+        sub: &Arc<Subscription>,
+        batch: Vec<StreamId>,
+        until: Instant,
+    ) {
+        let q = st.queue.as_mut().expect("filled before sending");
+        let events = batch
+            .iter()
+            .map(|id| q.get(id).expect("batch ids are queued").event.clone())
+            .collect();
+        q.start(&batch);
+        let request = super::attempt::Request {
+            sub: sub.clone(),
+            source: self.source.clone(),
+            sender: self.sender.clone(),
+            endpoint: st.endpoint.clone(),
+            ids: batch,
+            events,
+            until,
+        };
+        // The request's log lines stay inside the worker's `deliver` span.
+        let send = tracing::Instrument::in_current_span(request.send());
+        st.sends.spawn(send);
+    }
+}

@@ -1,0 +1,321 @@
+//! Delivery rules against a scripted receiver that answers what the test
+//! tells it and keeps every request: `Retry-After` capped by
+//! `max_retry_after`, `disable_after`, the end of `secret_grace`, the 4 KiB
+//! cap on stored answers, a replay, and a signed test ping.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+use stamp_relay::{
+    config::{Config, Paging},
+    delivery::signing,
+    events::now_ms,
+    simulator::SimConfig,
+    store::Target,
+};
+
+use crate::harness::{App, Backend, Sim, TestStore, eventually, source, wait_synced};
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Request {
+    fn header(&self, k: &str) -> &str {
+        self.headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// Whether `secret` is among the request's signatures.
+    fn signed_with(&self, secret: &str) -> bool {
+        let ts: i64 = self.header("webhook-timestamp").parse().unwrap();
+        signing::verify(
+            secret,
+            self.header("webhook-id"),
+            ts,
+            &self.body,
+            self.header("webhook-signature"),
+        )
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// What the receiver answers: a status, an optional `Retry-After`, a body.
+pub type Reply = (u16, Option<&'static str>, String);
+
+#[derive(Clone)]
+pub struct Scripted {
+    pub url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+    pub reply: Arc<Mutex<Reply>>,
+}
+
+impl Scripted {
+    pub async fn start(reply: Reply) -> Scripted {
+        let s = Scripted {
+            url: String::new(),
+            requests: Arc::default(),
+            reply: Arc::new(Mutex::new(reply)),
+        };
+        let app = Router::new()
+            .route("/hook", post(answer))
+            .with_state(s.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Scripted { url, ..s }
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn answer(State(s): State<Scripted>, headers: HeaderMap, body: Bytes) -> Response {
+    let at = Instant::now();
+    s.requests
+        .lock()
+        .unwrap()
+        .push(Request { headers, body, at });
+    let (status, retry_after, body) = s.reply.lock().unwrap().clone();
+    let status = StatusCode::from_u16(status).unwrap();
+    match retry_after {
+        Some(ra) => (status, [("retry-after", ra)], body).into_response(),
+        None => (status, body).into_response(),
+    }
+}
+
+/// A relay over 3 patients, with its delivery settings changed by `tweak`,
+/// and a subscription to them from the beginning; returns (id, secret).
+async fn setup(
+    rx: &Scripted,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestStore, Sim, App, String, String) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 3)],
+        ..SimConfig::default()
+    })
+    .await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
+    let app = App::spawn_with(&ts, vec![src], tweak).await;
+    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    let created = app
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"url": rx.url, "resources": ["*"], "start": "beginning", "max_in_flight": 1}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    (ts, sim, app, id, secret)
+}
+
+/// A receiver asking for an hour is retried after `max_retry_after` (300
+/// ms), not after the hour and not after the 10 ms schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_up_to_max_retry_after() {
+    let rx = Scripted::start((429, Some("3600"), String::new())).await;
+    let cap = Duration::from_millis(300);
+    let (_ts, _sim, app, _, _) = setup(&rx, |c| {
+        c.delivery.retry_schedule = vec![Duration::from_millis(10); 8];
+        c.delivery.max_retry_after = cap;
+    })
+    .await;
+    // Other records go on meanwhile; the first one's retry is what counts.
+    let retried = || -> Option<(Request, Request)> {
+        let r = rx.requests();
+        let first = r.first()?;
+        let again = r[1..]
+            .iter()
+            .find(|q| q.header("webhook-id") == first.header("webhook-id"))?;
+        Some((first.clone(), again.clone()))
+    };
+    eventually("a retry", Duration::from_secs(20), async || {
+        retried().is_some()
+    })
+    .await;
+    let (first, again) = retried().unwrap();
+    let waited = again.at - first.at;
+    assert!(waited >= cap.mul_f64(0.9), "retried after {waited:?}");
+    app.stop().await;
+}
+
+/// A subscription whose every delivery fails for longer than
+/// `disable_after` is disabled before its retry schedule runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_longer_than_disable_after_disables_the_subscription() {
+    let rx = Scripted::start((500, None, "down".into())).await;
+    let (_ts, _sim, app, id, _) = setup(&rx, |c| {
+        // 40 retries of 50 ms: two seconds before dead letters.
+        c.delivery.retry_schedule = vec![Duration::from_millis(50); 40];
+        c.delivery.disable_after = Duration::from_millis(300);
+    })
+    .await;
+    let mut sub = Value::Null;
+    eventually(
+        "the subscription disabled",
+        Duration::from_secs(20),
+        async || {
+            sub = app.get_json(&format!("/v1/subscriptions/{id}")).await;
+            sub["enabled"] == false
+        },
+    )
+    .await;
+    let reason = sub["disabled_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("disable_after"), "{sub}");
+    let dead = app
+        .get_json(&format!("/v1/subscriptions/{id}/dead-letters"))
+        .await;
+    assert_eq!(dead.to_string().matches("event_id").count(), 0, "{dead}");
+    app.stop().await;
+}
+
+/// After `secret_grace` the rotated-out secret no longer signs, neither
+/// deliveries nor test pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_secret_stops_signing_when_secret_grace_ends() {
+    let rx = Scripted::start((204, None, String::new())).await;
+    let (_ts, sim, app, id, old) = setup(&rx, |c| {
+        // Longer than the supervisor's look at the subscriptions (500 ms),
+        // which is how soon a worker learns of the rotation.
+        c.delivery.secret_grace = Duration::from_secs(2);
+    })
+    .await;
+    eventually("3 deliveries", Duration::from_secs(20), async || {
+        rx.requests().len() >= 3
+    })
+    .await;
+    let rotated = app
+        .post_json(&format!("/v1/subscriptions/{id}/rotate-secret"), &json!({}))
+        .await;
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    let until = rotated["previous_secret_valid_until_ms"].as_u64().unwrap();
+    eventually("the grace to pass", Duration::from_secs(10), async || {
+        now_ms() > until
+    })
+    .await;
+    let before = rx.requests().len();
+    sim.sim.random_writes(Some("patients"), 2);
+    let ping = app
+        .post_json(&format!("/v1/subscriptions/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(ping["outcome"], "delivered", "{ping}");
+    let is_ping = |r: &Request| r.json()["type"].as_str().unwrap().ends_with(".ping");
+    eventually(
+        "the new writes delivered",
+        Duration::from_secs(20),
+        async || rx.requests()[before..].iter().any(|r| !is_ping(r)),
+    )
+    .await;
+    let after = &rx.requests()[before..];
+    assert!(after.iter().any(is_ping));
+    for r in after {
+        assert!(r.signed_with(&new), "{:?}", r.headers);
+        assert!(
+            !r.signed_with(&old),
+            "still signed with the old secret: {:?}",
+            r.headers
+        );
+    }
+    app.stop().await;
+}
+
+/// A receiver's answer is kept up to 4 KiB in the attempt log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_answers_are_cut_at_4_kib() {
+    let long: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let rx = Scripted::start((500, None, long.clone())).await;
+    let (_ts, _sim, app, id, _) = setup(&rx, |_| {}).await;
+    let mut attempts = Value::Null;
+    eventually("an attempt logged", Duration::from_secs(20), async || {
+        attempts = app
+            .get_json(&format!("/v1/subscriptions/{id}/attempts"))
+            .await;
+        attempts["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let kept = attempts["attempts"][0]["response"].as_str().unwrap();
+    assert_eq!(kept.len(), 4096);
+    assert!(long.starts_with(kept));
+    app.stop().await;
+}
+
+/// `POST .../replay` from the beginning sends every event again, and
+/// `POST .../test` sends one signed ping and reports the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_resends_and_the_test_ping_is_signed() {
+    let rx = Scripted::start((204, None, String::new())).await;
+    let (_ts, _sim, app, id, secret) = setup(&rx, |_| {}).await;
+    eventually("3 deliveries", Duration::from_secs(20), async || {
+        rx.requests().len() >= 3
+    })
+    .await;
+    let first: Vec<String> = rx
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].to_string())
+        .collect();
+    let r = app
+        .post(
+            &format!("/v1/subscriptions/{id}/replay"),
+            &json!({"from": "beginning"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["replaying_after"]["sim/patients"], "0-0", "{body}");
+    eventually("3 more deliveries", Duration::from_secs(20), async || {
+        rx.requests().len() >= 6
+    })
+    .await;
+    let again: Vec<String> = rx.requests()[3..6]
+        .iter()
+        .map(|r| r.json()["id"].to_string())
+        .collect();
+    assert_eq!(again, first, "the replay sends the same events in order");
+
+    let ping = app
+        .post_json(&format!("/v1/subscriptions/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(
+        (&ping["outcome"], &ping["status"]),
+        (&json!("delivered"), &json!(204))
+    );
+    let sent = rx.requests().last().cloned().unwrap();
+    let event = sent.json();
+    assert!(
+        event["id"].as_str().unwrap().starts_with("ping:"),
+        "{event}"
+    );
+    assert_eq!(sent.header("webhook-id"), event["id"].as_str().unwrap());
+    assert_eq!(event["data"]["subscription"], id.as_str());
+    assert!(sent.signed_with(&secret), "{:?}", sent.headers);
+    assert!(!sent.signed_with("whsec_dGVzdA=="));
+    app.stop().await;
+}
