@@ -180,6 +180,15 @@ pub async fn patch(
             now.insert(t.clone(), s.shared.store.last_id(t).await?);
         }
     }
+    if req.previous == Some(true) {
+        let resources = match &req.resources {
+            Some(r) => r.clone(),
+            None => load(&s, &id).await?.resources,
+        };
+        for t in covered(&resources, &known) {
+            s.compat.kept(&t)?;
+        }
+    }
     let mut before = None;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
         before = Some((found.enabled, covered(&found.resources, &known)));

@@ -113,6 +113,20 @@ async fn without_keep_records_the_features_say_why(ts: TestStore) {
         json!({"url": "https://example.com/h", "resources": ["sim/patients"], "previous": true});
     let r = app.post("/v1/subscriptions", &body).send().await.unwrap();
     assert_eq!(r.status(), 409);
+    let body = json!({"url": "https://example.com/h", "resources": ["sim/patients"]});
+    let id = app.post_json("/v1/subscriptions", &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .http
+        .patch(format!("{}/v1/subscriptions/{id}", app.base))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&json!({"previous": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a PATCH asks the same");
     app.stop().await;
 }
 
