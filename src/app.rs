@@ -56,6 +56,7 @@ impl Relay {
             let upstream = Arc::new(Upstream::new(source.clone())?);
             for resource in &source.settings.resources {
                 let target = Target::new(source.name(), resource);
+                store.keep_records(&target, source.settings.keep_records);
                 pollers.push(Poller::new(
                     target,
                     store.clone(),
@@ -161,6 +162,7 @@ impl Relay {
                 max_connections: self.config.api.max_connections,
             },
             cancel: cancel.clone(),
+            compat: api::compat::Tables::from_config(&self.config),
         }
     }
 

@@ -89,6 +89,7 @@ mod tests {
             snapshot: false,
             observed: 1_700_000_000_123,
             data: r#"{"uuid":"abc","score":1.50}"#.into(),
+            before: None,
         };
         let json = src.to_json(&e);
         assert!(

@@ -148,6 +148,9 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Live event streams (SSE) at once; past it a stream request gets 503.
     pub max_sse_clients: usize,
+    /// The relay's URL as clients reach it (behind a proxy), for the links
+    /// of the compatible API; absent: from the request's Host.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -160,6 +163,7 @@ impl Default for ApiConfig {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_sse_clients: 256,
+            public_url: None,
         }
     }
 }

@@ -153,6 +153,10 @@ pub struct Event {
     pub observed: u64,
     /// The record JSON exactly as the upstream sent it.
     pub data: String,
+    /// The version this one replaced, exactly as received, when the table
+    /// kept it (`keep_records`): what previous values are made of.
+    #[serde(skip)]
+    pub before: Option<String>,
 }
 
 /// A record the relay could not turn into an event, kept with the reason.

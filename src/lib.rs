@@ -13,6 +13,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod poller;
+pub mod previous;
 pub mod record;
 pub mod retention;
 pub mod shutdown;

@@ -63,6 +63,9 @@ pub struct Subscription {
     /// updates at once cannot lose one another (see `store::update_subscription`).
     #[serde(default)]
     pub version: u64,
+    /// Events carry the old values of the fields that changed (src/previous.rs).
+    #[serde(default)]
+    pub previous: bool,
 }
 
 impl Subscription {

@@ -28,10 +28,12 @@ use crate::{
 };
 
 pub mod auth;
+pub mod compat;
 mod deliveries;
 pub mod extract;
 mod health;
 pub mod problem;
+mod records;
 mod requests;
 mod resources;
 pub mod server;
@@ -67,6 +69,8 @@ pub struct ApiState {
     pub limits: server::Limits,
     /// Ends live streams when the server stops.
     pub cancel: CancellationToken,
+    /// Per table: the record store's setting and the upstream's API shape.
+    pub compat: Arc<compat::Tables>,
 }
 
 /// Everything under `/v1` that a read token may call.
@@ -77,6 +81,11 @@ fn read_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/resources/{source}/{resource}/events",
             get(resources::events),
         )
+        .route(
+            "/v1/resources/{source}/{resource}/records/{id}",
+            get(records::get),
+        )
+        .route("/compat/{source}/api/{resource}/", get(compat::list))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_read,

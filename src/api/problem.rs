@@ -19,6 +19,8 @@ pub struct Problem {
     pub code: &'static str,
     pub detail: String,
     pub field: Option<String>,
+    /// Further members of the problem (RFC 9457 extensions).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 pub type ApiResult<T> = Result<T, Problem>;
@@ -30,6 +32,7 @@ impl Problem {
             code,
             detail: detail.into(),
             field: None,
+            extra: Default::default(),
         }
     }
 
@@ -53,12 +56,18 @@ impl Problem {
         through: crate::events::StreamId,
     ) -> Problem {
         let field = field.into();
+        let snapshot = crate::api::compat::snapshot_path(t);
         Problem {
             detail: format!(
                 "{field} {after} is older than what {t} keeps: store.retention removed the events up to \
-                 {through}; start from {through}, or from 0 for the oldest event kept"
+                 {through}; to see every change, rebuild from the snapshot {snapshot} (all pages) and \
+                 resume after the stream ID its first page names in Stamp-Relay-Resume-After \
+                 (docs/resync.md); or start from {through}, or from 0 for the oldest event kept"
             ),
             field: Some(field),
+            extra: [("snapshot".to_string(), json!(snapshot))]
+                .into_iter()
+                .collect(),
             ..Problem::new(StatusCode::GONE, "events_trimmed", "")
         }
     }
@@ -96,6 +105,9 @@ impl IntoResponse for Problem {
         });
         if let Some(f) = self.field {
             body["field"] = json!(f);
+        }
+        for (k, v) in self.extra {
+            body[k] = v;
         }
         let mut resp = (
             self.status,

@@ -34,6 +34,9 @@ pub struct CreateRequest {
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    /// Events carry the old values of the fields that changed.
+    #[serde(default, deserialize_with = "present")]
+    pub previous: Option<bool>,
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
@@ -60,6 +63,9 @@ pub struct PatchRequest {
     pub enabled: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
+    /// Events carry the old values of the fields that changed.
+    #[serde(default, deserialize_with = "present")]
+    pub previous: Option<bool>,
 }
 
 /// A field that is there: `Some` of its value, which for a plain `T` may

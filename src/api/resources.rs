@@ -93,11 +93,13 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
 pub struct EventsQuery {
     after: Option<String>,
     limit: Option<String>,
+    /// `true`: events carry previous values (src/previous.rs).
+    previous: Option<String>,
 }
 
 #[derive(Serialize)]
-struct EventsPage<'a> {
-    events: Vec<CloudEvent<'a>>,
+struct EventsPage<E> {
+    events: Vec<E>,
     /// Pass as `after` for the next page.
     next_after: String,
     has_more: bool,
@@ -177,6 +179,16 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let (t, src) = target_of(&s, source, resource)?;
     let after = parse_after(q.after.as_deref(), "after")?;
+    let previous = match q.previous.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(p) => {
+            return Err(Problem::invalid(
+                "previous",
+                format!("{p:?} must be true or false"),
+            ));
+        }
+    };
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -195,7 +207,7 @@ pub async fn events(
         };
         let from = resume.or(after);
         check_kept(&s, &t, from, field).await?;
-        return live(s, t, src, from).await;
+        return live(s, t, src, from, previous).await;
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -217,7 +229,16 @@ pub async fn events(
     let has_more = page.len() > limit;
     page.truncate(limit);
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
-    let body = EventsPage {
+    if previous {
+        let events = page.iter().map(|e| crate::previous::raw(&src, e)).collect();
+        let body: EventsPage<Box<serde_json::value::RawValue>> = EventsPage {
+            events,
+            next_after,
+            has_more,
+        };
+        return Ok(Json(body).into_response());
+    }
+    let body: EventsPage<CloudEvent> = EventsPage {
         events: page.iter().map(|e| src.event(e)).collect(),
         next_after,
         has_more,
@@ -235,6 +256,8 @@ struct Live {
     pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
     done: bool,
+    /// Events carry previous values (src/previous.rs).
+    previous: bool,
     /// One of `api.max_sse_clients`, given back when the stream ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -247,6 +270,7 @@ async fn live(
     t: Target,
     src: Arc<EventSource>,
     after: Option<StreamId>,
+    previous: bool,
 ) -> ApiResult<Response> {
     let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
         Problem::new(
@@ -272,6 +296,7 @@ async fn live(
         pending: VecDeque::new(),
         catching_up: true,
         done: false,
+        previous,
         _slot: slot,
     };
     let stream = live_stream(state);
@@ -292,9 +317,11 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     continue;
                 }
                 st.cursor = e.id;
-                let ev = SseEvent::default()
-                    .id(e.id.to_string())
-                    .data(live.json.as_str());
+                let json = match st.previous {
+                    true => std::borrow::Cow::Owned(crate::previous::to_json(&st.src, e)),
+                    false => std::borrow::Cow::Borrowed(live.json.as_str()),
+                };
+                let ev = SseEvent::default().id(e.id.to_string()).data(json);
                 return Some((Ok(ev), st));
             }
             if st.catching_up {
@@ -304,7 +331,7 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                         // rather than skip events.
                         st.done = true;
                         let p = Problem::trimmed("Last-Event-ID", &st.t, st.cursor, through);
-                        let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string()});
+                        let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
                         return Some((
                             Ok(SseEvent::default().event("error").data(msg.to_string())),
                             st,

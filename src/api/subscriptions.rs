@@ -38,6 +38,7 @@ pub struct View<'a> {
     pub enabled: bool,
     pub disabled_reason: Option<&'a str>,
     pub description: &'a str,
+    pub previous: bool,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -57,6 +58,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             enabled: s.enabled,
             disabled_reason: s.disabled_reason.as_deref(),
             description: &s.description,
+            previous: s.previous,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
         }
@@ -92,6 +94,11 @@ pub async fn create(
     let description = req.description.unwrap_or_default();
     sub::validate_description(&description)?;
     let targets = resources.of(&known);
+    if req.previous == Some(true) {
+        for t in &targets {
+            s.compat.kept(t)?;
+        }
+    }
     let mut now = HashMap::new();
     for t in &targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
@@ -127,6 +134,7 @@ pub async fn create(
         created_ms: at,
         updated_ms: at,
         version: 0,
+        previous: req.previous.unwrap_or(false),
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
@@ -167,6 +175,15 @@ pub async fn patch(
     if req.resources.is_some() {
         for t in &known {
             now.insert(t.clone(), s.shared.store.last_id(t).await?);
+        }
+    }
+    if req.previous == Some(true) {
+        let resources = match &req.resources {
+            Some(r) => sub::parse_resources(r, &known)?,
+            None => load(&s, &id).await?.resources,
+        };
+        for t in resources.of(&known) {
+            s.compat.kept(&t)?;
         }
     }
     let mut before = None;
@@ -233,6 +250,9 @@ fn apply_patch(
     if let Some(d) = &req.description {
         sub::validate_description(d)?;
         found.description = d.clone();
+    }
+    if let Some(p) = req.previous {
+        found.previous = p;
     }
     found.updated_ms = now_ms();
     Ok(())

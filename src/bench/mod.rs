@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 mod cluster;
 mod delivery;
+mod records;
 mod settle;
 
 use crate::{
@@ -35,6 +36,10 @@ pub struct BenchArgs {
     /// Records for the throughput comparison.
     #[arg(long, default_value_t = 200_000)]
     pub records: usize,
+    /// Records for the record store's cost: Redis bytes per record and ingest
+    /// rate with `keep_records` off and on (0 skips it).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub record_store_records: usize,
     /// Records for the memory measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     pub rss_records: usize,
@@ -163,9 +168,17 @@ async fn load_once(
     base_url: &str,
     paging: Paging,
 ) -> anyhow::Result<(crate::poller::PollReport, f64)> {
+    load_source(store, source(base_url, 1000, paging)?).await
+}
+
+/// [`load_once`] of a given source configuration.
+async fn load_source(
+    store: &StoreConfig,
+    src: SourceConfig,
+) -> anyhow::Result<(crate::poller::PollReport, f64)> {
     let config = RawConfig {
         store: store.clone(),
-        sources: vec![source(base_url, 1000, paging)?],
+        sources: vec![src],
         ..RawConfig::default()
     }
     .validate(&|_| None)?;
@@ -240,6 +253,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let payloads = fetch_all(&base_url).await?;
     let single = load_figures(&args, &base_url, &payloads, &redis_store, &dir).await?;
+    if args.record_store_records > 0 {
+        records::run(&redis_url, args.record_store_records, single.0).await?;
+    }
     if let Some(nodes) = &args.redis_cluster {
         cluster::run(nodes, &dir, &base_url, &payloads, single).await?;
     }
@@ -295,6 +311,7 @@ async fn load_figures(
         sqlite_rate,
         sqlite_rate / raw_rate
     );
+    records::embedded(&dir, &base_url, raw_rate, sqlite_rate).await?;
     let pages_store = StoreConfig {
         key_prefix: format!("bench-pages-{}", std::process::id()),
         ..redis_store.clone()

@@ -143,6 +143,13 @@ pub struct SourceConfig {
     /// variables are ignored.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// Keep each record's latest version (record lookup, the compatible
+    /// `?sync=` API, previous values; see src/store/records.rs).
+    #[serde(default = "defaults::keep_records")]
+    pub keep_records: bool,
+    /// The upstream's largest page size, which the compatible API caps at.
+    #[serde(default = "defaults::max_page_size")]
+    pub max_page_size: u32,
 }
 
 mod defaults {
@@ -173,6 +180,12 @@ mod defaults {
     }
     pub fn retry_max() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn keep_records() -> bool {
+        true
+    }
+    pub fn max_page_size() -> u32 {
+        1000
     }
 }
 

@@ -80,6 +80,9 @@ impl Request {
 
     /// The body, its content type and its `webhook-id`.
     fn body(&self) -> (Vec<u8>, &'static str, String) {
+        if self.sub.previous {
+            return crate::previous::body(&self.source, &self.events, self.sub.batch_size > 1);
+        }
         if self.events.len() == 1 && self.sub.batch_size == 1 {
             let ce = self.source.event(&self.events[0]);
             let body = serde_json::to_vec(&ce).unwrap_or_default();

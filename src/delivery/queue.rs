@@ -154,6 +154,7 @@ mod tests {
                 snapshot: false,
                 observed: 0,
                 data: "{}".into(),
+                before: None,
             };
             q.insert(
                 e,

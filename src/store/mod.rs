@@ -20,6 +20,7 @@ use crate::{
     },
 };
 
+pub mod records;
 pub mod redis;
 pub mod sqlite;
 mod standing;
@@ -82,7 +83,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: DeliveryStore + TableState + Send + Sync + 'static {
+pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync + 'static {
     /// A short description for logs and banners, without credentials.
     fn describe(&self) -> String;
 

@@ -100,8 +100,10 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
             assert_eq!(status, 403, "{method} {path} with a read token");
             assert_eq!(body["code"], "forbidden");
         } else {
+            // A record the table never had is a 404 past authorization.
+            let missing_record = path.contains("/records/") && read.status() == 404;
             assert!(
-                read.status().is_success(),
+                read.status().is_success() || missing_record,
                 "{method} {path} with a read token: {}",
                 read.status()
             );

@@ -95,9 +95,20 @@ async fn the_redis_layout_is_as_documented() {
     assert!(events.len() >= 4 + 4 + 3, "{}", events.len());
     let mut top = (0u64, 0u64);
     let mut last: HashMap<&str, (u64, &str)> = HashMap::new();
+    let mut latest: HashMap<&str, &str> = HashMap::new();
     for ((id, kv), e) in entries.iter().zip(&events) {
         let names: Vec<&str> = kv.iter().step_by(2).map(String::as_str).collect();
-        assert_eq!(names, FIELDS, "{id}: the fields or their order");
+        // A change of a kept record ends with `before`, the version it replaced.
+        let before = latest.get(kv[3].as_str()).copied();
+        let want: Vec<&str> = FIELDS
+            .iter()
+            .copied()
+            .chain(before.map(|_| "before"))
+            .collect();
+        assert_eq!(names, want, "{id}: the fields or their order");
+        if let Some(b) = before {
+            assert_eq!(kv[15], b, "{id}: before is the replaced version");
+        }
         let f: HashMap<&str, &str> = kv
             .chunks(2)
             .map(|p| (p[0].as_str(), p[1].as_str()))
@@ -124,6 +135,7 @@ async fn the_redis_layout_is_as_documented() {
         let data: serde_json::Value = serde_json::from_str(f["data"]).unwrap();
         assert_eq!(data["uuid"], f["record"]);
         last.insert(f["record"], (stamp, f["op"]));
+        latest.insert(f["record"], f["data"]);
     }
     assert_eq!(
         entries.iter().filter(|(id, _)| !id.ends_with("-0")).count(),
@@ -143,5 +155,25 @@ async fn the_redis_layout_is_as_documented() {
         assert_eq!(index[*record], want, "{record}");
     }
     assert!(index[&ids[0]].ends_with(":deleted"), "{}", index[&ids[0]]);
+
+    // The latest records: `<index entry> <JSON>`, and their stamps in order.
+    let records: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg("test:{sim:patients}:records")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let stamps: HashMap<String, u64> = redis::cmd("ZRANGE")
+        .arg("test:{sim:patients}:stamps")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), index.len());
+    for (record, data) in &latest {
+        assert_eq!(records[*record], format!("{} {data}", index[*record]));
+        assert_eq!(stamps[*record], last[record].0, "{record}");
+    }
     assert!(!index[&ids[1]].contains(':'), "{}", index[&ids[1]]);
 }

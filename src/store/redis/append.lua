@@ -1,9 +1,14 @@
 -- Atomic append of one sorted chunk for one target (src/poller/mod.rs commits;
 -- see ARCHITECTURE.md).
--- KEYS: events stream, record index hash, lease string, epoch string (one hash tag).
+-- KEYS: events stream, record index hash, lease string, epoch string, latest
+--       records hash, records-by-stamp sorted set (one hash tag).
 -- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the stream's last
---       ID as this writer last saw it ('' when unknown), then per record:
---       id, stamp, deleted (0/1), data.
+--       ID as this writer last saw it ('' when unknown), keep records (0/1),
+--       then per record: id, stamp, deleted (0/1), data.
+-- With keep records, the records hash holds each record's latest version as
+-- `<index entry> <record JSON>` and the sorted set its stamp (src/store/
+-- redis/records.rs reads them); an event replacing a kept version carries
+-- that version as its `before` field (previous values, src/previous.rs).
 -- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
 -- Re-running a chunk is a no-op: every version is checked against the index.
 -- A last ID other than the writer's means writes it saw acknowledged are
@@ -35,7 +40,8 @@ if #last > 0 then
 end
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
-for i = 6, #ARGV, 4 do
+local keep = ARGV[6] == '1'
+for i = 7, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp = nil, ''
@@ -67,17 +73,39 @@ for i = 6, #ARGV, 4 do
       late = late + 1
     end
     top_id = top_stamp .. '-' .. string.format('%d', top_seq)
-    redis.call('XADD', KEYS[1], top_id,
-      'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
-      'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data)
+    local entry = stamp
     if del == '1' then
-      redis.call('HSET', KEYS[2], rid, stamp .. ':deleted')
+      entry = stamp .. ':deleted'
+    end
+    local old = nil
+    if keep and prev then
+      old = redis.call('HGET', KEYS[5], rid)
+    end
+    if old then
+      local space = string.find(old, ' ', 1, true)
+      redis.call('XADD', KEYS[1], top_id,
+        'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
+        'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data,
+        'before', string.sub(old, space + 1))
     else
-      redis.call('HSET', KEYS[2], rid, stamp)
+      redis.call('XADD', KEYS[1], top_id,
+        'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
+        'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data)
+    end
+    redis.call('HSET', KEYS[2], rid, entry)
+    if keep then
+      redis.call('HSET', KEYS[5], rid, entry .. ' ' .. data)
+      redis.call('ZADD', KEYS[6], stamp, rid)
     end
     n[op] = n[op] + 1
   else
     dups = dups + 1
+    -- A version the index holds but the records hash lacks (its events were
+    -- trimmed before records were kept): a reconcile sweep fills it in.
+    if keep and tonumber(stamp) == tonumber(prev_stamp) and redis.call('HEXISTS', KEYS[5], rid) == 0 then
+      redis.call('HSET', KEYS[5], rid, prev .. ' ' .. data)
+      redis.call('ZADD', KEYS[6], stamp, rid)
+    end
   end
 end
 return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id}

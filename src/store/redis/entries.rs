@@ -55,6 +55,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
 ) -> StoreResult<Event> {
     let (mut op, mut record, mut stamp, mut prev, mut snapshot, mut observed, mut data) =
         (None, None, None, None, false, 0, None);
+    let mut before = None;
     for (k, v) in fields {
         let text = v.as_ref();
         match k.as_ref() {
@@ -65,6 +66,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
             "snapshot" => snapshot = text == "1",
             "observed" => observed = text.parse().unwrap_or(0),
             "data" => data = Some(v.into()),
+            "before" => before = Some(v.into()),
             _ => {}
         }
     }
@@ -79,6 +81,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
         snapshot,
         observed,
         data: data.ok_or_else(missing)?,
+        before,
     })
 }
 

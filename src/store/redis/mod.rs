@@ -38,6 +38,10 @@ pub struct Keys {
     pub epoch: String,
     /// `P:{s:r}:reconcile`, present while a reconcile sweep is requested.
     pub reconcile: String,
+    /// `P:{s:r}:records`, record id -> `<index entry> <latest record JSON>`.
+    pub records: String,
+    /// `P:{s:r}:stamps`, a sorted set of record ids by latest stamp.
+    pub stamps: String,
     base: String,
 }
 
@@ -54,6 +58,8 @@ impl Keys {
             loading: format!("{base}:loading"),
             epoch: format!("{base}:epoch"),
             reconcile: format!("{base}:reconcile"),
+            records: format!("{base}:records"),
+            stamps: format!("{base}:stamps"),
             base,
         }
     }
@@ -103,6 +109,8 @@ pub struct RedisStore {
     /// Forgotten when the lease is taken afresh (another holder may have
     /// appended since) and after a refusal.
     last_written: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Which tables keep the latest-record store (`records.rs`).
+    keep: super::records::KeepSet,
 }
 
 /// The URL with any password replaced, safe for logs and errors.
@@ -143,6 +151,7 @@ impl RedisStore {
             claim: Script::new(include_str!("claim.lua")),
             trim: Script::new(include_str!("trim.lua")),
             last_written: Default::default(),
+            keep: Default::default(),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         store.warn_about_risky_settings().await;
@@ -236,17 +245,21 @@ impl Store for RedisStore {
         if batch.records.is_empty() {
             return Ok(AppendOutcome::default());
         }
+        self.ready_records(t).await?;
         let keys = self.keys(t);
         let mut inv = self.append.prepare_invoke();
         inv.key(&keys.events)
             .key(&keys.index)
             .key(&keys.lease)
-            .key(&keys.epoch);
+            .key(&keys.epoch)
+            .key(&keys.records)
+            .key(&keys.stamps);
         inv.arg(batch.holder)
             .arg(if batch.snapshot { "1" } else { "0" })
             .arg(batch.observed)
             .arg(batch.epoch)
-            .arg(self.last_written(&keys.events));
+            .arg(self.last_written(&keys.events))
+            .arg(self.keep_arg(t));
         for r in batch.records {
             inv.arg(&r.id)
                 .arg(r.stamp)
@@ -382,4 +395,5 @@ impl Store for RedisStore {
 mod connection;
 mod delivery;
 mod entries;
+mod records;
 mod table_state;

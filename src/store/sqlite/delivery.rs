@@ -102,10 +102,12 @@ impl DeliveryStore for SqliteStore {
                  WHERE p.sub = ?1 AND p.source = ?2 AND p.resource = ?3 ORDER BY p.stamp, p.seq",
                 cols.join(", ")
             ))?;
+            // Attempts and next_at follow the event's columns.
+            let n = cols.len();
             q.query_map(params![sub, t.source, t.resource], |r| {
                 let state = RetryState {
-                    attempts: r.get::<_, i64>(9)? as u32,
-                    next_at_ms: r.get::<_, i64>(10)? as u64,
+                    attempts: r.get::<_, i64>(n)? as u32,
+                    next_at_ms: r.get::<_, i64>(n + 1)? as u64,
                 };
                 Ok((event_row(r)?, state))
             })?

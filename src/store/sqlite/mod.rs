@@ -20,6 +20,8 @@ use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 pub struct SqliteStore {
     conn: Arc<Mutex<Open>>,
     path: PathBuf,
+    /// Which tables keep the latest-record store (`records.rs`).
+    keep: super::records::KeepSet,
 }
 
 impl SqliteStore {
@@ -42,6 +44,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            keep: Default::default(),
         })
     }
 
@@ -94,22 +97,10 @@ struct Batch {
     snapshot: bool,
     observed: u64,
     records: Vec<crate::record::UpstreamRecord>,
-}
-
-fn lease_lost(t: &Target) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-        Some(format!("LEASELOST {t}")),
-    )
-}
-
-fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
-    c.query_row(
-        "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
-        params![t.source, t.resource],
-        |r| r.get(0),
-    )
-    .optional()
+    /// Whether the table keeps the latest-record store, and whether this
+    /// is the process's first append to it (fill or drop it first).
+    keep: bool,
+    first: bool,
 }
 
 fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
@@ -119,24 +110,14 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
         snapshot,
         observed,
         records,
+        keep,
+        first,
     } = batch;
     let tx = c.transaction()?;
-    let owner: Option<(String, i64)> = tx
-        .query_row(
-            "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
-            params![t.source, t.resource],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    if !owner.is_some_and(|(h, exp)| h == *holder && exp as u64 > events::now_ms()) {
-        return Err(lease_lost(t));
+    if *first {
+        records::fill_or_drop(&tx, t, *keep)?;
     }
-    if epoch(&tx, t)?.as_deref() != Some(want.as_str()) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(format!("EPOCHCHANGED {t}")),
-        ));
-    }
+    check_fences(&tx, t, holder, want)?;
     let mut top = last_id(&tx, t)?;
     let mut out = AppendOutcome::default();
     {
@@ -144,8 +125,8 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
             "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
         )?;
         let mut add = tx.prepare_cached(
-            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         let mut put = tx.prepare_cached(
             "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -162,8 +143,10 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 .optional()?;
             let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
                 out.duplicates += 1;
+                records::fill_duplicate(&tx, t, r, prev, *keep)?;
                 continue;
             };
+            let before = records::before(&tx, t, &r.id, prev.is_some() && *keep)?;
             let id = events::next_id(top, r.stamp);
             if id.seq > 0 {
                 out.late += 1;
@@ -180,6 +163,7 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 snapshot,
                 *observed as i64,
                 r.raw.get(),
+                before,
             ])?;
             put.execute(params![
                 t.source,
@@ -188,6 +172,7 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
                 r.stamp as i64,
                 r.deleted
             ])?;
+            records::put(&tx, t, r, *keep)?;
             top = id;
             out.count(op);
         }
@@ -196,7 +181,8 @@ fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<App
     Ok(out)
 }
 
-const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data";
+const EVENT_COLUMNS: &str =
+    "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before";
 
 fn read_after(
     c: &Connection,
@@ -285,6 +271,7 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         snapshot: r.get(6)?,
         observed: r.get::<_, i64>(7)? as u64,
         data: r.get(8)?,
+        before: r.get(9)?,
     })
 }
 
@@ -304,15 +291,22 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
-        let t = t.clone();
+        let (t, target) = (t.clone(), t.clone());
         let batch = Batch {
             holder: batch.holder.to_string(),
             epoch: batch.epoch.to_string(),
             snapshot: batch.snapshot,
             observed: batch.observed,
             records: batch.records.to_vec(),
+            keep: self.keep.keeps(&target),
+            first: self.keep.first_use(&target),
         };
-        self.with(move |c| append(c, &t, &batch)).await
+        let (first, keep) = (batch.first, &self.keep);
+        let out = self.with(move |c| append(c, &t, &batch)).await;
+        if first && out.is_err() {
+            keep.not_ready(&target);
+        }
+        out
     }
 
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
@@ -421,7 +415,10 @@ impl Store for SqliteStore {
 }
 
 mod delivery;
+mod fences;
 mod open;
+mod records;
 mod table_state;
 
+use fences::{check_fences, epoch};
 use open::{Open, connect, file_id, reopen};

@@ -98,6 +98,7 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    super::records::migrate(&conn)?;
     Ok(Open {
         conn,
         file: file_id(path),

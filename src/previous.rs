@@ -1,0 +1,172 @@
+//! Previous values (docs/events.md, "Previous values"): for a subscription
+//! with `"previous": true`, or replay and live stream with `previous=true`,
+//! an event's `data` is `{"record": <the record as received>, "previous":
+//! <the old values of the fields that changed>}` and the CloudEvent names
+//! [`DATASCHEMA`]. The old version comes with the event itself: the append
+//! stores the version it replaced (`before`, kept while the table keeps its
+//! latest records), so nothing is looked up or kept per subscriber.
+//!
+//! `previous` holds, for each top-level field whose value differs between
+//! the versions, its old value exactly as received (`null` for a field the
+//! old version lacked). It is `null` for `created` events and for events
+//! whose old version the relay does not have (appended before it kept
+//! records, or with `keep_records = false`).
+
+use std::{borrow::Borrow, collections::BTreeMap};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::{
+    cloudevents::{CloudEvent, EventSource},
+    events::Event,
+};
+
+/// The `dataschema` of events whose data carries previous values.
+pub const DATASCHEMA: &str = "urn:stamp-relay:schema:record-with-previous:1";
+
+type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+/// The old values of the top-level fields that changed from `before` to
+/// `after`, as a JSON object; none when either is not a JSON object.
+pub fn changed(before: &str, after: &str) -> Option<String> {
+    let old: Fields = serde_json::from_str(before).ok()?;
+    let new: Fields = serde_json::from_str(after).ok()?;
+    let same = |a: &RawValue, b: &RawValue| {
+        a.get() == b.get()
+            || serde_json::from_str::<serde_json::Value>(a.get()).ok()
+                == serde_json::from_str::<serde_json::Value>(b.get()).ok()
+    };
+    let null: &RawValue = serde_json::from_str("null").expect("null is JSON");
+    let mut out: BTreeMap<&str, &RawValue> = BTreeMap::new();
+    for (k, v) in &new {
+        match old.get(k) {
+            Some(o) if same(o, v) => {}
+            Some(o) => {
+                out.insert(k, o);
+            }
+            None => {
+                out.insert(k, null);
+            }
+        }
+    }
+    for (k, o) in &old {
+        if !new.contains_key(k) {
+            out.insert(k, o);
+        }
+    }
+    serde_json::to_string(&out).ok()
+}
+
+/// The `data` of an event with previous values.
+pub fn data(e: &Event) -> Box<RawValue> {
+    let previous = e
+        .before
+        .as_deref()
+        .and_then(|b| changed(b, &e.data))
+        .unwrap_or_else(|| "null".into());
+    let record = if serde_json::from_str::<&RawValue>(&e.data).is_ok() {
+        e.data.as_str()
+    } else {
+        "null"
+    };
+    let json = format!("{{\"record\":{record},\"previous\":{previous}}}");
+    RawValue::from_string(json)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+/// A CloudEvent whose data carries previous values.
+#[derive(Serialize)]
+pub struct WithPrevious<'a> {
+    #[serde(flatten)]
+    event: CloudEvent<'a>,
+    dataschema: &'static str,
+}
+
+/// The CloudEvent of `e` with previous values in its data; `data` is what
+/// [`data`] made of it (it must outlive the event).
+pub fn event<'a>(src: &'a EventSource, e: &'a Event, data: &'a RawValue) -> WithPrevious<'a> {
+    let mut event = src.event(e);
+    event.data = data;
+    WithPrevious {
+        event,
+        dataschema: DATASCHEMA,
+    }
+}
+
+/// One event with previous values, as JSON (replay pages, live stream).
+pub fn to_json(src: &EventSource, e: &Event) -> String {
+    let d = data(e);
+    serde_json::to_string(&event(src, e, &d)).expect("cloud events serialize")
+}
+
+/// One event with previous values, as raw JSON (replay pages).
+pub fn raw(src: &EventSource, e: &Event) -> Box<RawValue> {
+    RawValue::from_string(to_json(src, e)).expect("cloud events serialize")
+}
+
+/// A webhook body with previous values: one event, or a batch array.
+/// Returns the body, its content type and its `webhook-id`, like the plain
+/// body it replaces (src/delivery/attempt.rs).
+pub fn body<E: Borrow<Event>>(
+    src: &EventSource,
+    events: &[E],
+    batch: bool,
+) -> (Vec<u8>, &'static str, String) {
+    let datas: Vec<Box<RawValue>> = events.iter().map(|e| data(e.borrow())).collect();
+    let all: Vec<WithPrevious> = events
+        .iter()
+        .zip(&datas)
+        .map(|(e, d)| event(src, e.borrow(), d))
+        .collect();
+    let first = all.first().map(|e| e.event.id.clone()).unwrap_or_default();
+    if !batch && all.len() == 1 {
+        let body = serde_json::to_vec(&all[0]).unwrap_or_default();
+        (body, "application/cloudevents+json", first)
+    } else {
+        let id = format!("{first}+{}", all.len().saturating_sub(1));
+        let body = serde_json::to_vec(&all).unwrap_or_default();
+        (body, "application/cloudevents-batch+json", id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changed_fields_with_their_old_raw_values() {
+        let before = r#"{"uuid":"a","score":3,"note":"x","gone":1.50,"same":{"a": 1}}"#;
+        let after = r#"{"uuid":"a","score":8,"note":"x","new":true,"same":{"a":1}}"#;
+        assert_eq!(
+            changed(before, after).unwrap(),
+            r#"{"gone":1.50,"new":null,"score":3}"#
+        );
+        assert_eq!(changed("{}", "{}").unwrap(), "{}");
+        assert_eq!(changed("[1]", "{}"), None);
+    }
+
+    #[test]
+    fn data_wraps_the_record_and_null_without_a_known_version() {
+        let mut e = Event {
+            id: crate::events::StreamId::new(4, 0),
+            op: crate::events::Op::Updated,
+            record: "a".into(),
+            stamp: 4,
+            prev: Some(2),
+            snapshot: false,
+            observed: 0,
+            data: r#"{"uuid":"a","score":8}"#.into(),
+            before: None,
+        };
+        assert_eq!(
+            data(&e).get(),
+            r#"{"record":{"uuid":"a","score":8},"previous":null}"#
+        );
+        e.before = Some(r#"{"uuid":"a","score":3}"#.into());
+        assert_eq!(
+            data(&e).get(),
+            r#"{"record":{"uuid":"a","score":8},"previous":{"score":3}}"#
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! The latest-record store: per table, each record's latest version exactly
+//! as received (soft-deleted ones included) with its stamp, written in the
+//! same atomic append as its event. It answers "what does record X look
+//! like now" and "every record whose latest stamp is above N, in stamp
+//! order" (the compatible `?sync=` API, `src/api/compat.rs`), also after
+//! retention removed the events.
+//!
+//! Kept unless a source says `keep_records = false`. A table whose events
+//! predate the store fills it from its stream before the first append of
+//! each process (`fill`); versions whose events retention had already
+//! removed come in with the next reconcile sweep (the append fills a
+//! duplicate the store lacks).
+
+use async_trait::async_trait;
+
+use super::{StoreResult, Target};
+
+/// A record's latest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub id: String,
+    pub stamp: u64,
+    pub deleted: bool,
+    /// The record JSON exactly as the upstream sent it.
+    pub data: String,
+}
+
+/// Which records a listing wants: latest stamp in `(above, until]`, and of
+/// those the ones past `after` (a keyset position) or past `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordsQuery {
+    pub above: u64,
+    /// None: the table's top stamp now (answered in [`RecordsPage::until`]).
+    pub until: Option<u64>,
+    /// Records with a stamp above this (at least `above`); none: `above`.
+    pub after: Option<u64>,
+    /// Records skipped after `after` (offset paging).
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One page of a listing, read in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsPage {
+    /// Records with a latest stamp in `(above, until]`.
+    pub count: u64,
+    /// The top of the snapshot: the query's, or the table's top stamp.
+    pub until: u64,
+    /// The stream's last ID when read: a reader that rebuilt from this
+    /// snapshot resumes the event stream after it.
+    pub last_id: crate::events::StreamId,
+    /// In stamp order.
+    pub records: Vec<StoredRecord>,
+}
+
+#[async_trait]
+pub trait RecordStore: Send + Sync {
+    /// Whether appends to `t` keep the latest-record store (default: yes).
+    /// Turning it off drops what was kept at the next append, so turning it
+    /// on again fills it afresh rather than serving stale versions.
+    fn keep_records(&self, t: &Target, keep: bool);
+
+    /// The latest version of one record, none when the table never had it.
+    async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>>;
+
+    /// Records whose latest stamp is in the query's range, in stamp order.
+    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage>;
+}
+
+/// The `<index entry> <JSON>` a Redis records-hash value holds.
+pub(crate) fn decode_value(id: &str, v: &str) -> Option<StoredRecord> {
+    let (head, data) = v.split_once(' ')?;
+    let e = crate::events::IndexEntry::decode(head)?;
+    Some(StoredRecord {
+        id: id.to_string(),
+        stamp: e.stamp,
+        deleted: e.deleted,
+        data: data.to_string(),
+    })
+}
+
+/// Per store: which tables keep records, and which were made ready (filled
+/// or dropped) by this process.
+#[derive(Default)]
+pub(crate) struct KeepSet {
+    off: std::sync::Mutex<std::collections::HashSet<Target>>,
+    ready: std::sync::Mutex<std::collections::HashSet<Target>>,
+}
+
+impl KeepSet {
+    pub fn set(&self, t: &Target, keep: bool) {
+        let mut off = self.off.lock().unwrap_or_else(|e| e.into_inner());
+        if keep {
+            off.remove(t);
+        } else {
+            off.insert(t.clone());
+        }
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(t);
+    }
+
+    pub fn keeps(&self, t: &Target) -> bool {
+        !self
+            .off
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(t)
+    }
+
+    /// True the first time per table (and after [`KeepSet::set`]): the
+    /// caller fills or drops the table's records before appending.
+    pub fn first_use(&self, t: &Target) -> bool {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(t.clone())
+    }
+
+    /// Undoes [`KeepSet::first_use`] after a fill failed, so the next append tries again.
+    pub fn not_ready(&self, t: &Target) {
+        self.ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_split_at_the_first_space() {
+        let r = decode_value("a", r#"7:deleted {"x": "1 2"}"#).unwrap();
+        assert_eq!((r.stamp, r.deleted), (7, true));
+        assert_eq!(r.data, r#"{"x": "1 2"}"#);
+        let r = decode_value("a", "8 {}").unwrap();
+        assert_eq!((r.stamp, r.deleted, r.data.as_str()), (8, false, "{}"));
+        assert_eq!(decode_value("a", "junk"), None);
+    }
+
+    #[test]
+    fn keep_set_defaults_on_and_readies_once() {
+        let k = KeepSet::default();
+        let t = Target::new("s", "r");
+        assert!(k.keeps(&t));
+        assert!(k.first_use(&t));
+        assert!(!k.first_use(&t));
+        k.set(&t, false);
+        assert!(!k.keeps(&t));
+        assert!(
+            k.first_use(&t),
+            "a change of setting readies the table again"
+        );
+    }
+}

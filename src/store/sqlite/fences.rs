@@ -1,0 +1,50 @@
+//! The fences of an append in the embedded store: the poll lease and the
+//! table's epoch, checked inside the append's transaction.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::events;
+use crate::store::Target;
+
+pub(super) fn lease_lost(t: &Target) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(format!("LEASELOST {t}")),
+    )
+}
+
+pub(super) fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
+        params![t.source, t.resource],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Refuses an append by another lease holder than `holder`, or under
+/// another epoch than `want` (the store lost the table since the poll began).
+pub(super) fn check_fences(
+    c: &Connection,
+    t: &Target,
+    holder: &str,
+    want: &str,
+) -> rusqlite::Result<()> {
+    let owner: Option<(String, i64)> = c
+        .query_row(
+            "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
+            params![t.source, t.resource],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if !owner.is_some_and(|(h, exp)| h == holder && exp as u64 > events::now_ms()) {
+        return Err(lease_lost(t));
+    }
+    if epoch(c, t)?.as_deref() != Some(want) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(format!("EPOCHCHANGED {t}")),
+        ));
+    }
+    Ok(())
+}
