@@ -311,7 +311,7 @@ async fn load_figures(
         sqlite_rate,
         sqlite_rate / raw_rate
     );
-    records::embedded(&dir, &base_url, raw_rate, sqlite_rate).await?;
+    records::embedded(dir, base_url, raw_rate, sqlite_rate).await?;
     let pages_store = StoreConfig {
         key_prefix: format!("bench-pages-{}", std::process::id()),
         ..redis_store.clone()
