@@ -27,8 +27,9 @@ use super::{
     problem::{ApiResult, Problem},
 };
 use crate::{
-    cloudevents::{CloudEvent, EventSource},
+    cloudevents::EventSource,
     events::StreamId,
+    filter::{PageEvent, Selection},
     store::Target,
     tail::LiveEvent,
 };
@@ -91,11 +92,13 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
 pub struct EventsQuery {
     after: Option<String>,
     limit: Option<String>,
+    filter: Option<String>,
+    fields: Option<String>,
 }
 
 #[derive(Serialize)]
 struct EventsPage<'a> {
-    events: Vec<CloudEvent<'a>>,
+    events: Vec<PageEvent<'a>>,
     /// Pass as `after` for the next page.
     next_after: String,
     has_more: bool,
@@ -174,6 +177,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (t, src) = target_of(&s, source, resource)?;
+    let sel = crate::filter::from_query(q.filter.as_deref(), q.fields.as_deref(), &src.fields)?;
     let after = parse_after(q.after.as_deref(), "after")?;
     let wants_sse = headers
         .get(header::ACCEPT)
@@ -193,7 +197,7 @@ pub async fn events(
         };
         let from = resume.or(after);
         check_kept(&s, &t, from, field).await?;
-        return live(s, t, src, from).await;
+        return live(s, t, src, from, sel).await;
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -216,7 +220,7 @@ pub async fn events(
     page.truncate(limit);
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
     let body = EventsPage {
-        events: page.iter().map(|e| src.event(e)).collect(),
+        events: sel.page(&src, &page),
         next_after,
         has_more,
     };
@@ -229,6 +233,8 @@ struct Live {
     t: Target,
     src: Arc<EventSource>,
     cursor: StreamId,
+    /// What the client asked for (`filter`, `fields`).
+    sel: Selection,
     rx: broadcast::Receiver<Arc<LiveEvent>>,
     pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
@@ -245,6 +251,7 @@ async fn live(
     t: Target,
     src: Arc<EventSource>,
     after: Option<StreamId>,
+    sel: Selection,
 ) -> ApiResult<Response> {
     let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
         Problem::new(
@@ -266,6 +273,7 @@ async fn live(
         t,
         src,
         cursor,
+        sel,
         rx,
         pending: VecDeque::new(),
         catching_up: true,
@@ -290,9 +298,10 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     continue;
                 }
                 st.cursor = e.id;
-                let ev = SseEvent::default()
-                    .id(e.id.to_string())
-                    .data(live.json.as_str());
+                let Some(json) = st.sel.render_live(&st.src, &live) else {
+                    continue;
+                };
+                let ev = SseEvent::default().id(e.id.to_string()).data(json);
                 return Some((Ok(ev), st));
             }
             if st.catching_up {

@@ -21,6 +21,7 @@ mod render;
 pub use eval::EventView;
 pub use projection::Projection;
 pub use query::from_query;
+pub use render::PageEvent;
 
 /// A parsed filter: matches an event when its expression does.
 #[derive(Debug, Clone, PartialEq)]

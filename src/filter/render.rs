@@ -2,8 +2,15 @@
 
 use std::borrow::Cow;
 
+use serde::Serialize;
+use serde_json::value::RawValue;
+
 use super::{EventView, Selection};
-use crate::{cloudevents::EventSource, events::Event, tail::LiveEvent};
+use crate::{
+    cloudevents::{CloudEvent, EventSource},
+    events::Event,
+    tail::LiveEvent,
+};
 
 impl Selection {
     /// The record as this selection sends it: `None` for a thin event.
@@ -50,4 +57,31 @@ fn thin(src: &EventSource, e: &Event) -> String {
         obj.remove("datacontenttype");
     }
     v.to_string()
+}
+
+/// One event of a replay page: the CloudEvent itself when the selection
+/// takes everything, else the JSON it rendered.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum PageEvent<'a> {
+    Whole(CloudEvent<'a>),
+    Selected(Box<RawValue>),
+}
+
+impl Selection {
+    /// A replay page's events as this selection sends them, the ones its
+    /// filter passes over left out.
+    pub fn page<'a>(&self, src: &'a EventSource, events: &'a [Event]) -> Vec<PageEvent<'a>> {
+        if self.is_everything() {
+            return events
+                .iter()
+                .map(|e| PageEvent::Whole(src.event(e)))
+                .collect();
+        }
+        events
+            .iter()
+            .filter_map(|e| self.render(src, e))
+            .map(|json| PageEvent::Selected(RawValue::from_string(json).expect("rendered JSON")))
+            .collect()
+    }
 }

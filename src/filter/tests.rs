@@ -92,6 +92,11 @@ fn exact_prefix_and_suffix_over_context_attributes() {
         "patients",
         &e
     ));
+}
+
+#[test]
+fn the_other_context_attributes_and_extensions() {
+    let e = event(Op::Deleted, 760, patient("s1", "F", true));
     assert!(passes(
         r#"{"exact": {"id": "pc:patients:p1:760"}}"#,
         "patients",

@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod faults;
+mod filters;
 mod health;
 mod instances;
 mod layout;
