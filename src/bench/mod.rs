@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 mod cluster;
 mod delivery;
+mod filter;
 mod settle;
 
 use crate::{
@@ -240,6 +241,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The raw baseline: the same payloads, pipelined XADDs, 500 per round trip.
     let payloads = fetch_all(&base_url).await?;
+    filter::run(&payloads);
     let client = redis::Client::open(redis_url.as_str())?;
     let raw_rate = raw_xadd(
         &mut client.get_multiplexed_async_connection().await?,
