@@ -34,7 +34,7 @@ impl<'a> EventView<'a> {
     /// The record's value at `path`, when the record was read.
     pub(super) fn data(&self, path: &[String]) -> Option<&'a RawValue> {
         let fields = self.fields.get_or_init(|| {
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(32);
             for_each_entry(&self.event.data, |k, v| out.push((k, v)));
             out
         });
