@@ -1,6 +1,7 @@
-//! The `filter` and `fields` query parameters of replay and the live
-//! stream: `filter=<JSON>` (a filter, or a list that must all match) and
-//! `fields=a,b.c` (empty for thin events).
+//! Building a selection: from the `filter` and `fields` query parameters of
+//! replay and the live stream (`filter=<JSON>`, a filter or a list that
+//! must all match; `fields=a,b.c`, empty for thin events), or from the
+//! `filters` and `fields` members of a JSON document (a subscription).
 
 use super::{Filter, FilterError, Projection, Selection};
 use crate::{api::problem::Problem, config::FieldNames};
@@ -30,6 +31,24 @@ pub fn from_query(
         })
         .transpose()?;
     Ok(Selection { filter, fields })
+}
+
+impl Selection {
+    /// The selection of a JSON document's `filters` (a list that must all
+    /// match) and `fields` (an array of field paths), either absent; errors
+    /// are named from those members (`filters[0].any[1]`, `fields[2]`).
+    pub fn from_json(
+        filters: Option<&serde_json::Value>,
+        fields: Option<&serde_json::Value>,
+        names: &FieldNames,
+    ) -> Result<Selection, FilterError> {
+        Ok(Selection {
+            filter: filters.map(Filter::parse).transpose()?,
+            fields: fields
+                .map(|f| Projection::from_json(f, names, "fields"))
+                .transpose()?,
+        })
+    }
 }
 
 impl From<FilterError> for Problem {

@@ -361,3 +361,36 @@ fn query_faults_become_422_naming_the_parameter() {
     let p: crate::api::problem::Problem = e.into();
     assert_eq!(p.field.as_deref(), Some("fields"));
 }
+
+#[test]
+fn a_document_selection_names_its_members() {
+    let names = FieldNames::default();
+    let filters =
+        json!([{"any": [{"suffix": {"type": ".deleted"}}, {"exact": {"data.site": "s1"}}]}]);
+    let fields = json!(["gender"]);
+    let sel = Selection::from_json(Some(&filters), Some(&fields), &names).unwrap();
+    let src = source("patients");
+    let e = event(Op::Updated, 760, patient("s1", "F", false));
+    assert!(sel.matches(&EventView::new(&src, &e)));
+    let data = sel.project(&e.data).unwrap();
+    let data: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        data,
+        json!({"uuid": "p1", "update_stamp": 760, "gender": "F"})
+    );
+    let other = event(Op::Updated, 761, patient("s2", "F", false));
+    assert!(!sel.matches(&EventView::new(&src, &other)));
+    assert!(
+        Selection::from_json(None, None, &names)
+            .unwrap()
+            .is_everything()
+    );
+    let bad = json!([{"exact": {"type": 1}}]);
+    let e = Selection::from_json(Some(&bad), None, &names).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"filters[0].exact: value of "type" must be a string"#
+    );
+    let e = Selection::from_json(None, Some(&json!([true])), &names).unwrap_err();
+    assert_eq!(e.path, "fields[0]");
+}
