@@ -58,10 +58,7 @@ impl<'a> EventView<'a> {
     fn text(&self, attr: &Attr) -> Option<Cow<'_, str>> {
         let (src, e) = (self.src, self.event);
         Some(match attr {
-            Attr::Id => Cow::Owned(format!(
-                "{}:{}:{}:{}",
-                src.target.source, src.target.resource, e.record, e.stamp
-            )),
+            Attr::Id => Cow::Owned(src.id(e)),
             Attr::Type => {
                 Cow::Borrowed(self.ty.get_or_init(|| {
                     format!("{}.{}.{}", src.type_prefix, src.target.resource, e.op)
