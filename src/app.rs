@@ -101,6 +101,7 @@ impl Relay {
                     target: target.clone(),
                     source_url: join(&src.base_url, r).to_string(),
                     type_prefix: self.config.api.event_type_prefix.clone(),
+                    fields: src.settings.fields.clone(),
                 };
                 sources.insert(target, Arc::new(event_source));
             }

@@ -13,6 +13,8 @@ pub struct EventSource {
     /// Upstream base URL + resource, the CloudEvents `source`.
     pub source_url: String,
     pub type_prefix: String,
+    /// The record's id and stamp fields, which a projection always keeps.
+    pub fields: crate::config::FieldNames,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +81,7 @@ mod tests {
             target: Target::new("pc", "patients"),
             source_url: "https://h/api/patients".into(),
             type_prefix: "com.example".into(),
+            fields: Default::default(),
         };
         let e = Event {
             id: StreamId::new(12, 1),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod events;
+pub mod filter;
 pub mod http;
 pub mod metrics;
 pub mod poller;

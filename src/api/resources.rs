@@ -27,8 +27,9 @@ use super::{
     problem::{ApiResult, Problem},
 };
 use crate::{
-    cloudevents::{CloudEvent, EventSource},
+    cloudevents::EventSource,
     events::StreamId,
+    filter::{EventView, PageEvent, Selection},
     status,
     store::Target,
     tail::LiveEvent,
@@ -95,11 +96,13 @@ pub struct EventsQuery {
     limit: Option<String>,
     /// `true`: events carry previous values (src/previous.rs).
     previous: Option<String>,
+    filter: Option<String>,
+    fields: Option<String>,
 }
 
 #[derive(Serialize)]
-struct EventsPage<E> {
-    events: Vec<E>,
+struct EventsPage<'a> {
+    events: Vec<PageEvent<'a>>,
     /// Pass as `after` for the next page.
     next_after: String,
     has_more: bool,
@@ -171,15 +174,10 @@ fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
     .transpose()
 }
 
-pub async fn events(
-    State(s): State<ApiState>,
-    PathParams((source, resource)): PathParams<(String, String)>,
-    QueryParams(q): QueryParams<EventsQuery>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let (t, src) = target_of(&s, source, resource)?;
-    let after = parse_after(q.after.as_deref(), "after")?;
-    let previous = match q.previous.as_deref() {
+/// The `previous` query flag. Previous values and a field projection do
+/// not combine yet: the projection would have to apply to both versions.
+fn previous_flag(raw: Option<&str>, sel: &Selection) -> ApiResult<bool> {
+    let previous = match raw {
         None | Some("false") => false,
         Some("true") => true,
         Some(p) => {
@@ -189,6 +187,42 @@ pub async fn events(
             ));
         }
     };
+    if previous && sel.fields.is_some() {
+        return Err(Problem::invalid(
+            "fields",
+            "fields cannot be combined with previous=true; ask for one or the other",
+        ));
+    }
+    Ok(previous)
+}
+
+/// A replay page as the reader asked for it: filtered, then projected or
+/// with previous values.
+fn page_events<'a>(
+    src: &'a EventSource,
+    sel: &Selection,
+    previous: bool,
+    page: &'a [crate::events::Event],
+) -> Vec<PageEvent<'a>> {
+    if !previous {
+        return sel.page(src, page);
+    }
+    page.iter()
+        .filter(|e| sel.matches(&EventView::new(src, e)))
+        .map(|e| PageEvent::Selected(crate::previous::raw(src, e)))
+        .collect()
+}
+
+pub async fn events(
+    State(s): State<ApiState>,
+    PathParams((source, resource)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (t, src) = target_of(&s, source, resource)?;
+    let sel = crate::filter::from_query(q.filter.as_deref(), q.fields.as_deref(), &src.fields)?;
+    let after = parse_after(q.after.as_deref(), "after")?;
+    let previous = previous_flag(q.previous.as_deref(), &sel)?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -207,7 +241,7 @@ pub async fn events(
         };
         let from = resume.or(after);
         check_kept(&s, &t, from, field).await?;
-        return live(s, t, src, from, previous).await;
+        return live(s, t, src, from, sel, previous).await;
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -229,17 +263,8 @@ pub async fn events(
     let has_more = page.len() > limit;
     page.truncate(limit);
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
-    if previous {
-        let events = page.iter().map(|e| crate::previous::raw(&src, e)).collect();
-        let body: EventsPage<Box<serde_json::value::RawValue>> = EventsPage {
-            events,
-            next_after,
-            has_more,
-        };
-        return Ok(Json(body).into_response());
-    }
-    let body: EventsPage<CloudEvent> = EventsPage {
-        events: page.iter().map(|e| src.event(e)).collect(),
+    let body = EventsPage {
+        events: page_events(&src, &sel, previous, &page),
         next_after,
         has_more,
     };
@@ -252,6 +277,8 @@ struct Live {
     t: Target,
     src: Arc<EventSource>,
     cursor: StreamId,
+    /// What the client asked for (`filter`, `fields`).
+    sel: Selection,
     rx: broadcast::Receiver<Arc<LiveEvent>>,
     pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
@@ -270,6 +297,7 @@ async fn live(
     t: Target,
     src: Arc<EventSource>,
     after: Option<StreamId>,
+    sel: Selection,
     previous: bool,
 ) -> ApiResult<Response> {
     let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
@@ -292,6 +320,7 @@ async fn live(
         t,
         src,
         cursor,
+        sel,
         rx,
         pending: VecDeque::new(),
         catching_up: true,
@@ -317,9 +346,16 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
                     continue;
                 }
                 st.cursor = e.id;
-                let json = match st.previous {
-                    true => std::borrow::Cow::Owned(crate::previous::to_json(&st.src, e)),
-                    false => std::borrow::Cow::Borrowed(live.json.as_str()),
+                let json = if st.previous {
+                    if !st.sel.matches(&EventView::new(&st.src, e)) {
+                        continue;
+                    }
+                    std::borrow::Cow::Owned(crate::previous::to_json(&st.src, e))
+                } else {
+                    match st.sel.render_live(&st.src, &live) {
+                        Some(json) => json,
+                        None => continue,
+                    }
                 };
                 let ev = SseEvent::default().id(e.id.to_string()).data(json);
                 return Some((Ok(ev), st));

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 mod api;
 mod cluster;
 mod delivery;
+mod filter;
 mod records;
 mod settle;
 
@@ -252,6 +253,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let payloads = fetch_all(&base_url).await?;
+    filter::run(&payloads);
     let single = load_figures(&args, &base_url, &payloads, &redis_store, &dir).await?;
     if args.record_store_records > 0 {
         records::run(&redis_url, args.record_store_records, single.0).await?;

@@ -10,6 +10,7 @@ mod compat;
 mod crash;
 mod delivery;
 mod faults;
+mod filters;
 mod health;
 mod instances;
 mod layout;
