@@ -168,6 +168,14 @@ pub async fn problem_for_bare_errors(r: Response) -> Response {
     out
 }
 
+impl From<crate::filter::FilterError> for Problem {
+    /// 422 naming the parameter in `field` and the fault's path in `detail`.
+    fn from(e: crate::filter::FilterError) -> Problem {
+        let end = e.path.find(['[', '.']).unwrap_or(e.path.len());
+        Problem::invalid(&e.path[..end], e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +227,25 @@ mod tests {
             ok.headers()[header::CONTENT_TYPE],
             "text/plain; charset=utf-8"
         );
+    }
+
+    #[test]
+    fn filter_faults_become_422_naming_the_parameter() {
+        let names = crate::config::FieldNames::default();
+        let e = crate::filter::from_query(Some(r#"[{"regex":{}}]"#), None, &names).unwrap_err();
+        let p: Problem = e.into();
+        assert_eq!(
+            (p.status.as_u16(), p.field.as_deref()),
+            (422, Some("filter"))
+        );
+        assert!(
+            p.detail
+                .starts_with(r#"filter[0]: unknown dialect "regex""#),
+            "{}",
+            p.detail
+        );
+        let e = crate::filter::from_query(None, Some("a,,b"), &names).unwrap_err();
+        let p: Problem = e.into();
+        assert_eq!(p.field.as_deref(), Some("fields"));
     }
 }

@@ -4,7 +4,7 @@
 //! `filters` and `fields` members of a JSON document (a subscription).
 
 use super::{Filter, FilterError, Projection, Selection};
-use crate::{api::problem::Problem, config::FieldNames};
+use crate::config::FieldNames;
 
 /// The selection asked for by the query parameters.
 pub fn from_query(
@@ -48,13 +48,5 @@ impl Selection {
                 .map(|f| Projection::from_json(f, names, "fields"))
                 .transpose()?,
         })
-    }
-}
-
-impl From<FilterError> for Problem {
-    /// 422 naming the parameter in `field` and the fault's path in `detail`.
-    fn from(e: FilterError) -> Problem {
-        let end = e.path.find(['[', '.']).unwrap_or(e.path.len());
-        Problem::invalid(&e.path[..end], e.to_string())
     }
 }
