@@ -123,6 +123,52 @@ mod tests {
         assert!(!verify(secret, "m", 1, b"{}", "v1,"));
     }
 
+    /// A `Key` starts every signature from the key-only HMAC state: signing
+    /// something else in between, or signing with a clone, gives the same
+    /// bytes as the specification vector, and so does a one-key header.
+    #[test]
+    fn a_prepared_key_signs_each_message_afresh() {
+        let key = Key::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        let (id, ts) = ("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553);
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let want = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        assert_eq!(key.sign(id, ts, body), want);
+        assert_ne!(key.sign("m", 1, b"{}"), want);
+        assert_eq!(key.sign(id, ts, body), want);
+        assert_eq!(key.clone().sign(id, ts, body), want);
+        assert_eq!(header([&key], id, ts, body), want);
+    }
+
+    /// A secret that is not base64 keys the HMAC with its own bytes, over
+    /// `{id}.{timestamp}.{body}`.
+    #[test]
+    fn a_secret_that_is_not_base64_keys_with_its_bytes() {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"not base64!").unwrap();
+        mac.update(b"m.1.{}");
+        let want = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+        assert_eq!(sign("not base64!", "m", 1, b"{}"), want);
+        assert_eq!(Key::new("not base64!").sign("m", 1, b"{}"), want);
+        assert!(verify("not base64!", "m", 1, b"{}", &want));
+    }
+
+    /// A signature only verifies for the id, body and secret it was made
+    /// with.
+    #[test]
+    fn verification_rejects_a_tampered_message_or_another_secret() {
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let sig = sign(secret, "m", 1, b"{}");
+        assert!(verify(secret, "m", 1, b"{}", &sig));
+        assert!(!verify(secret, "n", 1, b"{}", &sig));
+        assert!(!verify(secret, "m", 1, b"{ }", &sig));
+        assert!(!verify(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "m",
+            1,
+            b"{}",
+            &sig
+        ));
+    }
+
     #[test]
     fn key_is_the_base64_part_of_the_secret() {
         assert_eq!(key("whsec_AAEC"), Some(vec![0, 1, 2]));
