@@ -193,6 +193,23 @@ impl Upstream {
 
     /// The current OAuth token, fetched anew shortly before it expires.
     async fn oauth_token(&self) -> Result<Secret, UpstreamError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref()
+            && Instant::now() < t.refresh_at
+        {
+            return Ok(t.value.clone());
+        }
+        let grant = self.grant().await?;
+        let value = Secret::new(grant.access_token);
+        *guard = Some(Token {
+            value: value.clone(),
+            refresh_at: refresh_at(Instant::now(), grant.expires_in.unwrap_or(300)),
+        });
+        Ok(value)
+    }
+
+    /// A client-credentials grant from the source's token endpoint.
+    async fn grant(&self) -> Result<Grant, UpstreamError> {
         let Auth::OAuth {
             client_id,
             client_secret,
@@ -201,12 +218,6 @@ impl Upstream {
         else {
             unreachable!("oauth_token is only called for oauth sources");
         };
-        let mut guard = self.token.lock().await;
-        if let Some(t) = guard.as_ref()
-            && Instant::now() < t.refresh_at
-        {
-            return Ok(t.value.clone());
-        }
         let shown = token_url.to_string();
         let fail = |detail: String| UpstreamError::Auth {
             url: shown.clone(),
@@ -245,20 +256,16 @@ impl Upstream {
                 err
             });
         }
-        #[derive(serde::Deserialize)]
-        struct Grant {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let grant: Grant = serde_json::from_slice(&body)
-            .map_err(|e| fail(format!("the token answer has no access_token ({e})")))?;
-        let value = Secret::new(grant.access_token);
-        *guard = Some(Token {
-            value: value.clone(),
-            refresh_at: refresh_at(Instant::now(), grant.expires_in.unwrap_or(300)),
-        });
-        Ok(value)
+        serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("the token answer has no access_token ({e})")))
     }
+}
+
+/// The token endpoint's answer.
+#[derive(serde::Deserialize)]
+struct Grant {
+    access_token: String,
+    expires_in: Option<u64>,
 }
 
 /// The longest token lifetime believed: an `expires_in` beyond it (up to

@@ -178,6 +178,24 @@ fn links(
     (next, previous)
 }
 
+/// The upstream's list answer: the kept records' JSON as stored, unparsed.
+fn body(page: &RecordsPage, next: &str, previous: &str) -> String {
+    let size: usize = page.records.iter().map(|r| r.data.len() + 1).sum();
+    let mut body = String::with_capacity(size + 300);
+    body.push_str(&format!(
+        "{{\"count\":{},\"next\":{next},\"previous\":{previous},\"results\":[",
+        page.count
+    ));
+    for (n, r) in page.records.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&r.data);
+    }
+    body.push_str("]}");
+    body
+}
+
 pub async fn list(
     State(s): State<ApiState>,
     PathParams((source, resource)): PathParams<(String, String)>,
@@ -213,19 +231,7 @@ pub async fn list(
     }
     let base = format!("{}{}", origin(&s.compat, &headers), uri.path());
     let (next, previous) = links(&base, table, &p, &page, more);
-    let size: usize = page.records.iter().map(|r| r.data.len() + 1).sum();
-    let mut body = String::with_capacity(size + 300);
-    body.push_str(&format!(
-        "{{\"count\":{},\"next\":{next},\"previous\":{previous},\"results\":[",
-        page.count
-    ));
-    for (n, r) in page.records.iter().enumerate() {
-        if n > 0 {
-            body.push(',');
-        }
-        body.push_str(&r.data);
-    }
-    body.push_str("]}");
+    let body = body(&page, &next, &previous);
     let resume = page.last_id.to_string();
     Ok((
         [

@@ -340,52 +340,12 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             if st.done {
                 return None;
             }
-            if let Some(live) = st.pending.pop_front() {
-                let e = &live.event;
-                if e.id <= st.cursor {
-                    continue;
-                }
-                st.cursor = e.id;
-                let json = if st.previous {
-                    if !st.sel.matches(&EventView::new(&st.src, e)) {
-                        continue;
-                    }
-                    std::borrow::Cow::Owned(crate::previous::to_json(&st.src, e))
-                } else {
-                    match st.sel.render_live(&st.src, &live) {
-                        Some(json) => json,
-                        None => continue,
-                    }
-                };
-                let ev = SseEvent::default().id(e.id.to_string()).data(json);
+            if let Some(ev) = st.next_pending() {
                 return Some((Ok(ev), st));
             }
             if st.catching_up {
-                match read_checked(st.s.shared.store.as_ref(), &st.t, st.cursor, 500).await {
-                    Ok((_, Some(through))) => {
-                        // Fell behind what retention keeps: say so and stop,
-                        // rather than skip events.
-                        st.done = true;
-                        let p = Problem::trimmed("Last-Event-ID", &st.t, st.cursor, through);
-                        let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
-                        return Some((
-                            Ok(SseEvent::default().event("error").data(msg.to_string())),
-                            st,
-                        ));
-                    }
-                    Ok((page, _)) if page.is_empty() => st.catching_up = false,
-                    Ok((page, _)) => st.pending.extend(page.into_iter().map(|event| {
-                        let json = st.src.to_json(&event);
-                        Arc::new(LiveEvent { event, json })
-                    })),
-                    Err(e) => {
-                        st.done = true;
-                        let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": st.cursor.to_string()});
-                        return Some((
-                            Ok(SseEvent::default().event("error").data(msg.to_string())),
-                            st,
-                        ));
-                    }
+                if let Some(ev) = st.catch_up().await {
+                    return Some((Ok(ev), st));
                 }
                 continue;
             }
@@ -399,6 +359,65 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             }
         }
     })
+}
+
+impl Live {
+    /// The next pending event past the cursor that the client's selection
+    /// lets through, moving the cursor over those it skips.
+    fn next_pending(&mut self) -> Option<SseEvent> {
+        while let Some(live) = self.pending.pop_front() {
+            let e = &live.event;
+            if e.id <= self.cursor {
+                continue;
+            }
+            self.cursor = e.id;
+            let json = if self.previous {
+                if !self.sel.matches(&EventView::new(&self.src, e)) {
+                    continue;
+                }
+                std::borrow::Cow::Owned(crate::previous::to_json(&self.src, e))
+            } else {
+                match self.sel.render_live(&self.src, &live) {
+                    Some(json) => json,
+                    None => continue,
+                }
+            };
+            return Some(SseEvent::default().id(e.id.to_string()).data(json));
+        }
+        None
+    }
+
+    /// Reads the next page after the cursor into `pending`, or ends catching
+    /// up when there is none. An `error` event, ending the stream, when the
+    /// store fails or retention trimmed past the cursor.
+    async fn catch_up(&mut self) -> Option<SseEvent> {
+        match read_checked(self.s.shared.store.as_ref(), &self.t, self.cursor, 500).await {
+            Ok((_, Some(through))) => {
+                // Fell behind what retention keeps: say so and stop,
+                // rather than skip events.
+                self.done = true;
+                let p = Problem::trimmed("Last-Event-ID", &self.t, self.cursor, through);
+                let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
+                Some(SseEvent::default().event("error").data(msg.to_string()))
+            }
+            Ok((page, _)) if page.is_empty() => {
+                self.catching_up = false;
+                None
+            }
+            Ok((page, _)) => {
+                self.pending.extend(page.into_iter().map(|event| {
+                    let json = self.src.to_json(&event);
+                    Arc::new(LiveEvent { event, json })
+                }));
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": self.cursor.to_string()});
+                Some(SseEvent::default().event("error").data(msg.to_string()))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -192,49 +192,10 @@ async fn fan_out(
 
 /// REST replay of the whole stream against raw `XRANGE`.
 async fn replay(store_cfg: &StoreConfig, http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    // Raw baseline: XRANGE the whole stream, 1000 entries a call.
-    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
-    let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let (raw_n, raw_secs) = raw_xrange(store_cfg).await?;
+    let raw_rate = raw_n as f64 / raw_secs;
     let started = Instant::now();
-    let (mut after, mut raw_n) = ("0-0".to_string(), 0usize);
-    loop {
-        let page: StreamRangeReply = conn
-            .xrange_count(&key, format!("({after}"), "+", 1000)
-            .await?;
-        let Some(last) = page.ids.last() else { break };
-        after = last.id.clone();
-        raw_n += page.ids.len();
-    }
-    let raw_rate = raw_n as f64 / started.elapsed().as_secs_f64();
-
-    // REST replay of the same stream, 1000 CloudEvents a page.
-    let started = Instant::now();
-    /// What a consumer reads of a page to go on: the events stay unparsed.
-    #[derive(serde::Deserialize)]
-    struct Page {
-        events: Vec<serde::de::IgnoredAny>,
-        next_after: String,
-        has_more: bool,
-    }
-    let (mut after, mut rest_n) = ("0".to_string(), 0usize);
-    loop {
-        let page: Page = http
-            .get(format!(
-                "{base}/v1/resources/bench/patients/events?after={after}&limit=1000"
-            ))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        rest_n += page.events.len();
-        after = page.next_after;
-        if !page.has_more {
-            break;
-        }
-    }
+    let rest_n = rest_replay(http, base).await?;
     let rest_rate = rest_n as f64 / started.elapsed().as_secs_f64();
     println!();
     println!(
@@ -257,4 +218,53 @@ async fn replay(store_cfg: &StoreConfig, http: &reqwest::Client, base: &str) -> 
     );
 
     Ok(())
+}
+
+/// The raw baseline: `XRANGE` the whole stream, 1000 entries a call;
+/// returns the entries read and the seconds taken (once connected).
+async fn raw_xrange(store_cfg: &StoreConfig) -> anyhow::Result<(usize, f64)> {
+    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
+    let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let started = Instant::now();
+    let (mut after, mut raw_n) = ("0-0".to_string(), 0usize);
+    loop {
+        let page: StreamRangeReply = conn
+            .xrange_count(&key, format!("({after}"), "+", 1000)
+            .await?;
+        let Some(last) = page.ids.last() else { break };
+        after = last.id.clone();
+        raw_n += page.ids.len();
+    }
+    Ok((raw_n, started.elapsed().as_secs_f64()))
+}
+
+/// REST replay of the same stream, 1000 CloudEvents a page; returns the
+/// events read.
+async fn rest_replay(http: &reqwest::Client, base: &str) -> anyhow::Result<usize> {
+    /// What a consumer reads of a page to go on: the events stay unparsed.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        events: Vec<serde::de::IgnoredAny>,
+        next_after: String,
+        has_more: bool,
+    }
+    let (mut after, mut rest_n) = ("0".to_string(), 0usize);
+    loop {
+        let page: Page = http
+            .get(format!(
+                "{base}/v1/resources/bench/patients/events?after={after}&limit=1000"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        rest_n += page.events.len();
+        after = page.next_after;
+        if !page.has_more {
+            return Ok(rest_n);
+        }
+    }
 }

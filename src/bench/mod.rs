@@ -22,13 +22,14 @@ mod cluster;
 mod delivery;
 mod filter;
 mod records;
+mod rss;
 mod settle;
 
 use crate::{
     app::Relay,
     config::{Paging, RawConfig, SourceConfig, StoreConfig},
     record::parse_record,
-    store::{self, Target},
+    store,
     upstream::Upstream,
 };
 
@@ -216,21 +217,10 @@ fn lag_ms(event: &serde_json::Value, now_ms: u64) -> Option<u64> {
     Some(now_ms.saturating_sub(at_ms))
 }
 
-fn rss_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     if args.rss_only {
-        return rss(&args, &dir).await;
+        return rss::run(&args, &dir).await;
     }
     println!(
         "stamp-relay bench: initial load of {} records (release build recommended)",
@@ -262,7 +252,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cluster::run(nodes, &dir, &base_url, &payloads, single).await?;
     }
     if args.rss_records > 0 {
-        rss_in_a_process_of_its_own(&args, &redis_url)?;
+        rss::in_a_process_of_its_own(&args, &redis_url)?;
     }
     api::run(redis_store, &base_url, args.sse_clients, false).await?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -327,24 +317,6 @@ async fn load_figures(
     Ok((raw_rate, relay_rate))
 }
 
-/// The memory figure, measured in a process of its own so the loads
-/// before it do not count.
-fn rss_in_a_process_of_its_own(args: &BenchArgs, redis_url: &str) -> anyhow::Result<()> {
-    let status = Command::new(std::env::current_exe()?)
-        .args([
-            "bench",
-            "--rss-only",
-            "--records",
-            "0",
-            "--rss-records",
-            &args.rss_records.to_string(),
-        ])
-        .args(["--redis-url", redis_url])
-        .status()?;
-    anyhow::ensure!(status.success(), "the memory benchmark failed");
-    Ok(())
-}
-
 /// The raw baseline: the same payloads, pipelined XADDs, 500 per round
 /// trip, into one stream; returns entries per second.
 async fn raw_xadd(
@@ -407,57 +379,4 @@ async fn fetch_all(base_url: &str) -> anyhow::Result<Vec<(String, u64, String)>>
             return Ok(out);
         }
     }
-}
-
-/// The memory part: RSS while a keyset load of `rss_records` runs.
-async fn rss(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
-    let (_sim, base_url) = simulator(args.rss_records).await?;
-    let (_redis, redis_url) = redis(&args.redis_url, dir).await?;
-    let store = StoreConfig {
-        redis_url: Some(redis_url),
-        key_prefix: format!("bench-rss-{}", std::process::id()),
-        ..StoreConfig::default()
-    };
-    let target = Target::new("bench", "patients");
-    let baseline = rss_kb("VmRSS:");
-    let probe = store::open(&store).await?;
-    let load = tokio::spawn({
-        let (store, url) = (store.clone(), base_url.clone());
-        async move { relay_load(store, &url).await }
-    });
-    let total = args.rss_records as u64;
-    let mut next_mark = total / 4;
-    println!(
-        "relay memory during a keyset load of {total} records (the simulator runs in its own process)"
-    );
-    println!("{:>12} {:>12} {:>12}", "events", "RSS MB", "peak MB");
-    println!(
-        "{:>12} {:>12.1} {:>12.1}",
-        0,
-        baseline as f64 / 1024.0,
-        rss_kb("VmHWM:") as f64 / 1024.0
-    );
-    while !load.is_finished() {
-        let len = probe.stream_len(&target).await.unwrap_or(0);
-        if len >= next_mark {
-            println!(
-                "{:>12} {:>12.1} {:>12.1}",
-                len,
-                rss_kb("VmRSS:") as f64 / 1024.0,
-                rss_kb("VmHWM:") as f64 / 1024.0
-            );
-            next_mark += total / 4;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (n, secs) = load.await??;
-    println!(
-        "{:>12} {:>12.1} {:>12.1}   ({:.0} events/s; peak {:.1} MB above the idle process)",
-        n,
-        rss_kb("VmRSS:") as f64 / 1024.0,
-        rss_kb("VmHWM:") as f64 / 1024.0,
-        n as f64 / secs,
-        rss_kb("VmHWM:").saturating_sub(baseline) as f64 / 1024.0
-    );
-    Ok(())
 }

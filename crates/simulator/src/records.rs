@@ -202,60 +202,12 @@ pub(super) fn generate(
     refs: &Refs,
     created: SystemTime,
 ) -> Map<String, Value> {
-    let gender = pick(&["female", "male", "female", "male", "other"], rng);
-    let names = if gender == "male" {
-        MALE_NAMES
-    } else {
-        FEMALE_NAMES
-    };
-    let (first, last) = (pick(names, rng), pick(LAST_NAMES, rng));
+    let person = Person::pick(rng);
     let mut map = match kind {
-        Kind::Patients => {
-            // Residents of aged care, born 1922-1962; day 28 at most keeps it a valid date.
-            let born = (
-                rng.random_range(1922..1962),
-                rng.random_range(1..=12),
-                rng.random_range(1..=28),
-            );
-            json!({
-                "first_name": first,
-                "last_name": last,
-                "date_of_birth": format!("{:04}-{:02}-{:02}", born.0, born.1, born.2),
-                "gender": gender,
-                "site": refs.site,
-                "room": format!("{}{}", rng.random_range(1..60), pick(&["", "A", "B"], rng)),
-                "external_id": format!("MRN-{:06}", rng.random_range(0..1_000_000)),
-                "deleted_reason": null,
-            })
-        }
-        Kind::Assessments => {
-            let score = rng.random_range(0..=42u32);
-            json!({
-                "patient": refs.patient,
-                "user": refs.user,
-                "score": score,
-                "pain_level": pain_level(score),
-                "assessment_type": pick(&["rest", "movement"], rng),
-                "assessed_at": rfc3339(created - Duration::from_secs(rng.random_range(0..7200))),
-            })
-        }
-        Kind::Users => json!({
-            "username": format!("{}.{}{}", first.to_lowercase(), last.to_lowercase(),
-                rng.random_range(1..100)),
-            "first_name": first,
-            "last_name": last,
-            "email": format!("{}.{}@example.org", first.to_lowercase(), last.to_lowercase()),
-            "role": pick(ROLES, rng),
-            "site": refs.site,
-        }),
-        Kind::Sites => {
-            let suburb = pick(SUBURBS, rng);
-            json!({
-                "name": format!("{suburb} {}", pick(&["Aged Care", "Lodge", "Gardens", "House"], rng)),
-                "timezone": pick(TIMEZONES, rng),
-                "address": format!("{} {last} Street, {suburb}", rng.random_range(1..300)),
-            })
-        }
+        Kind::Patients => patient(rng, refs, &person),
+        Kind::Assessments => assessment(rng, refs, created),
+        Kind::Users => user(rng, refs, &person),
+        Kind::Sites => site(rng, person.last),
         Kind::Comments => json!({
             "patient": refs.patient,
             "user": refs.user,
@@ -271,6 +223,84 @@ pub(super) fn generate(
     fields.insert("modified_at".into(), rfc3339(created).into());
     fields.insert("deleted_at".into(), Value::Null);
     fields
+}
+
+/// A gender and a name to match, drawn for every record (in this order, so
+/// the seeded RNG gives the same records) whether its kind uses them or not.
+struct Person {
+    gender: &'static str,
+    first: &'static str,
+    last: &'static str,
+}
+
+impl Person {
+    fn pick(rng: &mut StdRng) -> Person {
+        let gender = pick(&["female", "male", "female", "male", "other"], rng);
+        let names = if gender == "male" {
+            MALE_NAMES
+        } else {
+            FEMALE_NAMES
+        };
+        let (first, last) = (pick(names, rng), pick(LAST_NAMES, rng));
+        Person {
+            gender,
+            first,
+            last,
+        }
+    }
+}
+
+fn patient(rng: &mut StdRng, refs: &Refs, p: &Person) -> Value {
+    // Residents of aged care, born 1922-1962; day 28 at most keeps it a valid date.
+    let born = (
+        rng.random_range(1922..1962),
+        rng.random_range(1..=12),
+        rng.random_range(1..=28),
+    );
+    json!({
+        "first_name": p.first,
+        "last_name": p.last,
+        "date_of_birth": format!("{:04}-{:02}-{:02}", born.0, born.1, born.2),
+        "gender": p.gender,
+        "site": refs.site,
+        "room": format!("{}{}", rng.random_range(1..60), pick(&["", "A", "B"], rng)),
+        "external_id": format!("MRN-{:06}", rng.random_range(0..1_000_000)),
+        "deleted_reason": null,
+    })
+}
+
+fn assessment(rng: &mut StdRng, refs: &Refs, created: SystemTime) -> Value {
+    let score = rng.random_range(0..=42u32);
+    json!({
+        "patient": refs.patient,
+        "user": refs.user,
+        "score": score,
+        "pain_level": pain_level(score),
+        "assessment_type": pick(&["rest", "movement"], rng),
+        "assessed_at": rfc3339(created - Duration::from_secs(rng.random_range(0..7200))),
+    })
+}
+
+fn user(rng: &mut StdRng, refs: &Refs, p: &Person) -> Value {
+    let (first, last) = (p.first, p.last);
+    json!({
+        "username": format!("{}.{}{}", first.to_lowercase(), last.to_lowercase(),
+            rng.random_range(1..100)),
+        "first_name": first,
+        "last_name": last,
+        "email": format!("{}.{}@example.org", first.to_lowercase(), last.to_lowercase()),
+        "role": pick(ROLES, rng),
+        "site": refs.site,
+    })
+}
+
+fn site(rng: &mut StdRng, last: &str) -> Value {
+    let suburb = pick(SUBURBS, rng);
+    json!({
+        "name": format!("{suburb} {}", pick(&["Aged Care", "Lodge", "Gardens", "House"], rng)),
+        "timezone": pick(TIMEZONES, rng),
+        "address": format!("{} {last} Street, {suburb}", rng.random_range(1..300)),
+    })
 }
 
 /// Creation time of the `n`-th initial record: spread over the year after

@@ -172,15 +172,13 @@ impl DeliveryStore for RedisStore {
 
     async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
         let mut c = self.conn.clone();
-        let states: Vec<String> = c
-            .hvals(self.keys(t).pending(sub))
+        let all: Vec<(String, String)> = c
+            .hgetall(self.keys(t).pending(sub))
             .await
             .map_err(|e| self.err(e))?;
         let mut waiting = 0;
-        for st in &states {
-            let st = RetryState::decode(st).map_err(|e| {
-                StoreError::Corrupt(format!("a pending entry of {sub} on {t}: {e}"))
-            })?;
+        for (id, st) in &all {
+            let (_, st) = pending_entry(sub, t, id, st)?;
             waiting += u64::from(st.attempts > 0);
         }
         Ok(waiting)
@@ -368,4 +366,31 @@ fn pending_entry(sub: &str, t: &Target, id: &str, st: &str) -> StoreResult<(Stre
     let id = id.parse().map_err(|_| corrupt("not a stream ID".into()))?;
     let st = RetryState::decode(st).map_err(|e| corrupt(e.to_string()))?;
     Ok((id, st))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_field_that_does_not_read_is_an_error_naming_it() {
+        let t = Target::new("s", "patients");
+        let (id, st) = pending_entry("sub", &t, "5-1", "2:900").unwrap();
+        assert_eq!(id, StreamId { stamp: 5, seq: 1 });
+        assert_eq!(
+            st,
+            RetryState {
+                attempts: 2,
+                next_at_ms: 900
+            }
+        );
+        for (id, st) in [("5-1", "2"), ("x", "2:900")] {
+            match pending_entry("sub", &t, id, st) {
+                Err(StoreError::Corrupt(why)) => {
+                    assert!(why.contains(&format!("{id:?}")), "{why}")
+                }
+                other => panic!("{id} {st}: {other:?}"),
+            }
+        }
+    }
 }

@@ -104,81 +104,115 @@ struct Batch {
 }
 
 fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
-    let Batch {
-        holder,
-        epoch: want,
-        snapshot,
-        observed,
-        records,
-        keep,
-        first,
-    } = batch;
     let tx = c.transaction()?;
-    if *first {
-        records::fill_or_drop(&tx, t, *keep)?;
+    if batch.first {
+        records::fill_or_drop(&tx, t, batch.keep)?;
     }
-    check_fences(&tx, t, holder, want)?;
-    let mut top = last_id(&tx, t)?;
-    let mut out = AppendOutcome::default();
-    {
-        let mut get = tx.prepare_cached(
-            "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
-        )?;
-        let mut add = tx.prepare_cached(
-            "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
-        let mut put = tx.prepare_cached(
-            "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (source, resource, record) DO UPDATE SET stamp = excluded.stamp, deleted = excluded.deleted",
-        )?;
-        for r in records {
-            let prev = get
-                .query_row(params![t.source, t.resource, r.id], |row| {
-                    Ok(IndexEntry {
-                        stamp: row.get::<_, i64>(0)? as u64,
-                        deleted: row.get(1)?,
-                    })
-                })
-                .optional()?;
-            let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
-                out.duplicates += 1;
-                records::fill_duplicate(&tx, t, r, prev, *keep)?;
-                continue;
-            };
-            let before = records::before(&tx, t, &r.id, prev.is_some() && *keep)?;
-            let id = events::next_id(top, r.stamp);
-            if id.seq > 0 {
-                out.late += 1;
-            }
-            add.execute(params![
-                t.source,
-                t.resource,
-                id.stamp as i64,
-                id.seq as i64,
-                op.as_str(),
-                r.id,
-                r.stamp as i64,
-                prev.map(|p| p.stamp as i64),
-                snapshot,
-                *observed as i64,
-                r.raw.get(),
-                before,
-            ])?;
-            put.execute(params![
-                t.source,
-                t.resource,
-                r.id,
-                r.stamp as i64,
-                r.deleted
-            ])?;
-            records::put(&tx, t, r, *keep)?;
-            top = id;
-            out.count(op);
-        }
-    }
+    check_fences(&tx, t, &batch.holder, &batch.epoch)?;
+    let out = append_records(&tx, t, batch)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Appends each record of the batch that changes its record (the rest count
+/// as duplicates), inside the caller's transaction.
+fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+    let mut top = last_id(c, t)?;
+    let mut out = AppendOutcome::default();
+    for r in &batch.records {
+        let prev = index_entry(c, t, &r.id)?;
+        let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
+            out.duplicates += 1;
+            records::fill_duplicate(c, t, r, prev, batch.keep)?;
+            continue;
+        };
+        let before = records::before(c, t, &r.id, prev.is_some() && batch.keep)?;
+        let id = events::next_id(top, r.stamp);
+        if id.seq > 0 {
+            out.late += 1;
+        }
+        let event = NewEvent {
+            id,
+            op,
+            prev,
+            before,
+        };
+        insert_event(c, t, batch, r, &event)?;
+        put_index(c, t, r)?;
+        records::put(c, t, r, batch.keep)?;
+        top = id;
+        out.count(op);
+    }
+    Ok(out)
+}
+
+/// The index entry of `record`: its latest stamp and whether it is deleted.
+fn index_entry(c: &Connection, t: &Target, record: &str) -> rusqlite::Result<Option<IndexEntry>> {
+    c.prepare_cached(
+        "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
+    )?
+    .query_row(params![t.source, t.resource, record], |row| {
+        Ok(IndexEntry {
+            stamp: row.get::<_, i64>(0)? as u64,
+            deleted: row.get(1)?,
+        })
+    })
+    .optional()
+}
+
+/// What [`append_records`] decided for one record, to write as an event.
+struct NewEvent {
+    id: StreamId,
+    op: events::Op,
+    prev: Option<IndexEntry>,
+    before: Option<String>,
+}
+
+fn insert_event(
+    c: &Connection,
+    t: &Target,
+    batch: &Batch,
+    r: &crate::record::UpstreamRecord,
+    e: &NewEvent,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        t.source,
+        t.resource,
+        e.id.stamp as i64,
+        e.id.seq as i64,
+        e.op.as_str(),
+        r.id,
+        r.stamp as i64,
+        e.prev.map(|p| p.stamp as i64),
+        batch.snapshot,
+        batch.observed as i64,
+        r.raw.get(),
+        e.before,
+    ])?;
+    Ok(())
+}
+
+fn put_index(
+    c: &Connection,
+    t: &Target,
+    r: &crate::record::UpstreamRecord,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (source, resource, record) DO UPDATE SET stamp = excluded.stamp, deleted = excluded.deleted",
+    )?
+    .execute(params![
+        t.source,
+        t.resource,
+        r.id,
+        r.stamp as i64,
+        r.deleted
+    ])?;
+    Ok(())
 }
 
 const EVENT_COLUMNS: &str =
@@ -370,20 +404,7 @@ impl Store for SqliteStore {
 
     async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
         let (t, record) = (t.clone(), record.to_string());
-        self.with(move |c| {
-            c.query_row(
-                "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
-                params![t.source, t.resource, record],
-                |r| {
-                    Ok(IndexEntry {
-                        stamp: r.get::<_, i64>(0)? as u64,
-                        deleted: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-        })
-        .await
+        self.with(move |c| index_entry(c, &t, &record)).await
     }
 
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
