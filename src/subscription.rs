@@ -66,6 +66,14 @@ pub struct Subscription {
     /// Events carry the old values of the fields that changed (src/previous.rs).
     #[serde(default)]
     pub previous: bool,
+    /// Filters in the CloudEvents Subscriptions API dialects that must all
+    /// match (src/filter); absent: every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<serde_json::Value>,
+    /// The record fields events carry (the id and stamp fields always);
+    /// empty for thin events, absent for whole records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
 }
 
 impl Subscription {
