@@ -69,12 +69,15 @@ impl Worker {
         }
         if std::mem::take(&mut st.recheck) {
             fresh = q.values().map(|p| p.event.id).collect();
+        } else {
+            fresh.append(&mut st.unchecked);
         }
         self.pass_over(st, sub, fresh).await?;
         Ok(true)
     }
 
-    /// Settles the entries among `fresh` (newly loaded or claimed) that the
+    /// Settles the entries among `fresh` (newly loaded or claimed, or all
+    /// after the selection changed, or out when last checked) that the
     /// subscription's filters pass over, as for an unwanted op: its position
     /// moves past them and nothing is sent, retried or buried.
     async fn pass_over(
@@ -87,14 +90,17 @@ impl Worker {
             return Ok(());
         }
         let q = st.queue.as_mut().expect("filled before filtering");
+        // Entries out now are checked once answered, should they stay.
+        let (out, fresh): (Vec<StreamId>, Vec<StreamId>) =
+            fresh.into_iter().partition(|id| q.is_in_flight(id));
+        st.unchecked = out;
         let skip: Vec<StreamId> = fresh
             .into_iter()
             .filter(|id| {
-                !q.is_in_flight(id)
-                    && q.get(id).is_some_and(|p| {
-                        !st.selection
-                            .matches(&EventView::new(&self.source, &p.event))
-                    })
+                q.get(id).is_some_and(|p| {
+                    !st.selection
+                        .matches(&EventView::new(&self.source, &p.event))
+                })
             })
             .collect();
         if skip.is_empty() {

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     cloudevents::EventSource,
-    events::now_ms,
+    events::{StreamId, now_ms},
     filter::Selection,
     store::{Store, StoreResult, Target},
     subscription::Subscription,
@@ -113,6 +113,9 @@ pub struct State {
     pub(super) selection: Arc<Selection>,
     /// The selection changed: check every queued entry against it again.
     pub(super) recheck: bool,
+    /// Entries in flight when checked: checked again once answered, should
+    /// they stay pending (a failure).
+    pub(super) unchecked: Vec<StreamId>,
     changes: watch::Receiver<Subscription>,
     /// When the queue figures were last published.
     shown_at: Option<Instant>,
@@ -165,6 +168,7 @@ impl Worker {
             endpoint: Arc::new(Endpoint::of(&sub)),
             selection: Arc::new(selection_of(&sub, &self.source)),
             recheck: false,
+            unchecked: Vec::new(),
             meters: Meters::new(self.metrics.clone(), &sub.id, &self.target),
             sub: Arc::new(sub),
             changes: self.sub.clone(),

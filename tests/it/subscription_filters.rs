@@ -10,10 +10,11 @@ use serde_json::{Value, json};
 
 use crate::delivery::subscribe_to;
 use crate::filters::{synced_patients, three_clauses};
-use crate::harness::{App, TestStore, eventually};
+use crate::harness::{App, Sim, TestStore, all_events, eventually, wait_synced};
 use crate::on_both_stores;
 use crate::openapi::check_response;
 use crate::receiver::TestReceiver;
+use stamp_relay::{events::Event, store::Target};
 
 on_both_stores!(subscriptions_filter_and_project);
 
@@ -35,7 +36,7 @@ async fn filtered_count(app: &App, id: &str) -> Option<f64> {
 }
 
 async fn subscriptions_filter_and_project(ts: TestStore) {
-    let (_sim, app, stream) = synced_patients(&ts, 200, 100).await;
+    let (sim, app, stream) = synced_patients(&ts, 200, 100).await;
     let (filter, rule) = three_clauses();
     let want: BTreeSet<String> = stream
         .iter()
@@ -88,7 +89,69 @@ async fn subscriptions_filter_and_project(ts: TestStore) {
     assert!(thin.events().iter().all(|e| e.get("data").is_none()));
     assert_eq!(picky.bad_signatures() + thin.bad_signatures(), 0);
     refusals(&app, &picky_id).await;
+    let at = Moment {
+        seen: picky.events().len(),
+        events: stream.len(),
+        filtered: passed_over,
+    };
+    patched_filters_apply(&ts, &sim, &app, (&picky, &picky_id), at).await;
     app.stop().await;
+}
+
+/// How far the stream, the receiver and the filtered count were.
+struct Moment {
+    seen: usize,
+    events: usize,
+    filtered: f64,
+}
+
+/// A PATCH of `filters` applies to the events after it, whole records
+/// again once `fields` was removed.
+async fn patched_filters_apply(
+    ts: &TestStore,
+    sim: &Sim,
+    app: &App,
+    (rx, id): (&TestReceiver, &str),
+    at: Moment,
+) {
+    let male = json!([{"exact": {"data.gender": "male"}}]);
+    let r = app
+        .http
+        .patch(format!("{}/v1/subscriptions/{id}", app.base))
+        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .json(&json!({ "filters": male }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Workers see a change at their supervisor's next look.
+    tokio::time::sleep(stamp_relay::delivery::SUPERVISE_EVERY * 2).await;
+    let t = Target::new("sim", "patients");
+    sim.sim.random_writes(Some("patients"), 60);
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let new = all_events(ts.store.as_ref(), &t).await.split_off(at.events);
+    let is_male = |e: &&Event| serde_json::from_str::<Value>(&e.data).unwrap()["gender"] == "male";
+    let want: BTreeSet<String> = new
+        .iter()
+        .filter(is_male)
+        .map(|e| e.id.to_string())
+        .collect();
+    let filtered = at.filtered + (new.len() - want.len()) as f64;
+    eventually("the patched filters", Duration::from_secs(60), async || {
+        rx.events().len() >= at.seen + want.len() && filtered_count(app, id).await == Some(filtered)
+    })
+    .await;
+    let later = rx.events().split_off(at.seen);
+    let got: BTreeSet<String> = later
+        .iter()
+        .map(|e| e["streamid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!((got, later.len()), (want.clone(), want.len()));
+    assert!(
+        later
+            .iter()
+            .all(|e| e["data"].as_object().unwrap().len() > 4)
+    );
 }
 
 /// POSTs or PATCHes `body` and expects a 422 naming `field` whose detail
