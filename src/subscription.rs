@@ -430,6 +430,9 @@ mod tests {
         let t: Target = "pc/users".parse().unwrap();
         assert_eq!(sub.start_of(&t), StreamId::new(4, 2));
         let back = serde_json::to_value(&sub).unwrap();
+        // Documents from before filters: none, and stored as they were.
+        assert!(sub.filters.is_none() && sub.fields.is_none());
+        assert!(back.get("filters").is_none() && back.get("fields").is_none());
         assert_eq!(
             back["start"],
             serde_json::json!({"pc/patients": "9-0", "pc/users": "4-2"})
