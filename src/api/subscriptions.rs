@@ -174,6 +174,10 @@ fn check_selection(
     filters: Option<&serde_json::Value>,
     fields: Option<&serde_json::Value>,
 ) -> ApiResult<Option<Vec<String>>> {
+    if filters.is_some_and(|f| !f.is_array()) {
+        let detail = "filters: must be an array of filters, every one of which must match";
+        return Err(Problem::invalid("filters", detail));
+    }
     let names = crate::config::FieldNames::default();
     crate::filter::Selection::from_json(filters, fields, &names)?;
     Ok(fields.map(|f| {

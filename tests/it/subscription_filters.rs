@@ -179,6 +179,15 @@ async fn refusals(app: &App, id: &str) {
         b[k] = v;
         b
     };
+    let single = json!({"exact": {"type": "x"}});
+    refused(
+        app,
+        None,
+        with("filters", single),
+        "filters",
+        "filters: must be an array",
+    )
+    .await;
     let unknown = json!([{"regex": {"type": "x"}}]);
     refused(
         app,
