@@ -78,6 +78,8 @@ pub struct Metrics {
     pub in_flight: Family<SubTargetLabels, Gauge>,
     /// 1 while `delivery.max_waiting_retries` keeps a worker from claiming.
     pub claims_paused: Family<SubTargetLabels, Gauge>,
+    /// Events a subscription's filters passed over (settled, never sent).
+    pub filtered: Family<SubTargetLabels, Counter>,
     pub dead_letters: Family<SubLabels, Gauge>,
     pub disabled: Family<SubLabels, Gauge>,
     pub live_clients: Gauge,
@@ -110,6 +112,7 @@ impl Metrics {
             waiting_retry: Family::default(),
             in_flight: Family::default(),
             claims_paused: Family::default(),
+            filtered: Family::default(),
             dead_letters: Family::default(),
             disabled: Family::default(),
             live_clients: Gauge::default(),
@@ -221,6 +224,11 @@ fn register_delivery(r: &mut Registry, m: &Metrics) {
         "delivery_claims_paused",
         "1 while delivery.max_waiting_retries events wait for retries and nothing new is claimed",
         m.claims_paused.clone(),
+    );
+    r.register(
+        "delivery_filtered",
+        "Events a subscription's filters passed over: its position moves past them, nothing is sent",
+        m.filtered.clone(),
     );
     r.register(
         "delivery_in_flight",

@@ -66,6 +66,14 @@ pub struct Subscription {
     /// Events carry the old values of the fields that changed (src/previous.rs).
     #[serde(default)]
     pub previous: bool,
+    /// Filters in the CloudEvents Subscriptions API dialects that must all
+    /// match (src/filter); absent: every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<serde_json::Value>,
+    /// The record fields events carry (the id and stamp fields always);
+    /// empty for thin events, absent for whole records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
 }
 
 impl Subscription {
@@ -422,6 +430,9 @@ mod tests {
         let t: Target = "pc/users".parse().unwrap();
         assert_eq!(sub.start_of(&t), StreamId::new(4, 2));
         let back = serde_json::to_value(&sub).unwrap();
+        // Documents from before filters: none, and stored as they were.
+        assert!(sub.filters.is_none() && sub.fields.is_none());
+        assert!(back.get("filters").is_none() && back.get("fields").is_none());
         assert_eq!(
             back["start"],
             serde_json::json!({"pc/patients": "9-0", "pc/users": "4-2"})

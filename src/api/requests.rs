@@ -37,10 +37,16 @@ pub struct CreateRequest {
     /// Events carry the old values of the fields that changed.
     #[serde(default, deserialize_with = "present")]
     pub previous: Option<bool>,
+    /// Filters that must all match (CloudEvents Subscriptions API dialects).
+    #[serde(default, deserialize_with = "present")]
+    pub filters: Option<serde_json::Value>,
+    /// The record fields events carry; `[]` for thin events.
+    #[serde(default, deserialize_with = "present")]
+    pub fields: Option<serde_json::Value>,
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
-/// `null` but `rate_limit`.
+/// `null` but `rate_limit`, `filters` and `fields`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
@@ -66,6 +72,12 @@ pub struct PatchRequest {
     /// Events carry the old values of the fields that changed.
     #[serde(default, deserialize_with = "present")]
     pub previous: Option<bool>,
+    /// `null` removes the filters (every event); absent leaves them.
+    #[serde(default, deserialize_with = "present")]
+    pub filters: Option<Option<serde_json::Value>>,
+    /// `null` sends whole records again; absent leaves the choice.
+    #[serde(default, deserialize_with = "present")]
+    pub fields: Option<Option<serde_json::Value>>,
 }
 
 /// A field that is there: `Some` of its value, which for a plain `T` may
@@ -172,5 +184,10 @@ mod tests {
             Some(None)
         );
         assert_eq!(patch("{}").unwrap().rate_limit, None);
+        assert_eq!(patch(r#"{"filters":null}"#).unwrap().filters, Some(None));
+        assert_eq!(
+            patch(r#"{"fields":[]}"#).unwrap().fields,
+            Some(Some(serde_json::json!([])))
+        );
     }
 }

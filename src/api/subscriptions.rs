@@ -39,6 +39,8 @@ pub struct View<'a> {
     pub disabled_reason: Option<&'a str>,
     pub description: &'a str,
     pub previous: bool,
+    pub filters: Option<&'a serde_json::Value>,
+    pub fields: Option<&'a [String]>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -59,6 +61,8 @@ impl<'a> From<&'a Subscription> for View<'a> {
             disabled_reason: s.disabled_reason.as_deref(),
             description: &s.description,
             previous: s.previous,
+            filters: s.filters.as_ref(),
+            fields: s.fields.as_deref(),
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
         }
@@ -99,22 +103,9 @@ pub async fn create(
             s.compat.kept(t)?;
         }
     }
-    let mut now = HashMap::new();
-    for t in &targets {
-        now.insert(t.clone(), s.shared.store.last_id(t).await?);
-    }
-    let chosen = match req.start {
-        Some(spec) => spec.parse("start", &targets, true)?,
-        None => sub::Start::Now,
-    };
-    let start = sub::resolve_start(&chosen, &targets, &now);
-    // Only stamps the caller chose can be older than what is kept.
-    if matches!(chosen, sub::Start::Stamps(_)) {
-        for t in &targets {
-            let from = start.get(t).copied();
-            super::resources::check_kept(&s, t, from, &format!("start.{t}")).await?;
-        }
-    }
+    let fields = check_selection(req.filters.as_ref(), req.fields.as_ref())?;
+    check_fields_alone(req.previous.unwrap_or(false), &fields)?;
+    let start = start_points(&s, req.start.clone(), &targets).await?;
     let at = now_ms();
     let subscription = Subscription {
         id: sub::new_id(),
@@ -135,6 +126,8 @@ pub async fn create(
         updated_ms: at,
         version: 0,
         previous: req.previous.unwrap_or(false),
+        filters: req.filters,
+        fields,
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
@@ -147,6 +140,64 @@ pub async fn create(
         Json(body),
     )
         .into_response())
+}
+
+/// Where each target starts, as `start` names it; stamps the caller chose
+/// must still be kept.
+async fn start_points(
+    s: &ApiState,
+    spec: Option<super::requests::StartSpec>,
+    targets: &[Target],
+) -> ApiResult<std::collections::BTreeMap<Target, StreamId>> {
+    let mut now = HashMap::new();
+    for t in targets {
+        now.insert(t.clone(), s.shared.store.last_id(t).await?);
+    }
+    let chosen = match spec {
+        Some(spec) => spec.parse("start", targets, true)?,
+        None => sub::Start::Now,
+    };
+    let start = sub::resolve_start(&chosen, targets, &now);
+    // Only stamps the caller chose can be older than what is kept.
+    if matches!(chosen, sub::Start::Stamps(_)) {
+        for t in targets {
+            let from = start.get(t).copied();
+            super::resources::check_kept(s, t, from, &format!("start.{t}")).await?;
+        }
+    }
+    Ok(start)
+}
+
+/// `filters` and `fields` checked as delivery parses them (422 naming the
+/// path of a fault); the field paths as stored.
+fn check_selection(
+    filters: Option<&serde_json::Value>,
+    fields: Option<&serde_json::Value>,
+) -> ApiResult<Option<Vec<String>>> {
+    if filters.is_some_and(|f| !f.is_array()) {
+        let detail = "filters: must be an array of filters, every one of which must match";
+        return Err(Problem::invalid("filters", detail));
+    }
+    let names = crate::config::FieldNames::default();
+    crate::filter::Selection::from_json(filters, fields, &names)?;
+    Ok(fields.map(|f| {
+        let items = f.as_array().map(Vec::as_slice).unwrap_or_default();
+        items
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    }))
+}
+
+/// Previous values and a projection do not combine, as in replay.
+fn check_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> ApiResult<()> {
+    if previous && fields.is_some() {
+        return Err(Problem::invalid(
+            "fields",
+            "fields cannot be combined with previous: true; ask for one or the other",
+        ));
+    }
+    Ok(())
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
@@ -254,8 +305,21 @@ fn apply_patch(
     if let Some(p) = req.previous {
         found.previous = p;
     }
+    apply_selection(found, req)?;
     found.updated_ms = now_ms();
     Ok(())
+}
+
+/// The PATCH's `filters` and `fields` (`null` removes either).
+fn apply_selection(found: &mut Subscription, req: &PatchRequest) -> ApiResult<()> {
+    if let Some(filters) = &req.filters {
+        check_selection(filters.as_ref(), None)?;
+        found.filters = filters.clone();
+    }
+    if let Some(fields) = &req.fields {
+        found.fields = check_selection(None, fields.as_ref())?;
+    }
+    check_fields_alone(found.previous, &found.fields)
 }
 
 /// When a PATCH enables a subscription or covers a table again, it held no

@@ -20,6 +20,7 @@ pub struct Meters {
     waiting: Gauge,
     in_flight: Gauge,
     paused: Gauge,
+    filtered: Counter,
 }
 
 impl Meters {
@@ -37,6 +38,7 @@ impl Meters {
         let waiting = metrics.waiting_retry.get_or_create(&labels).clone();
         let in_flight = metrics.in_flight.get_or_create(&labels).clone();
         let paused = metrics.claims_paused.get_or_create(&labels).clone();
+        let filtered = metrics.filtered.get_or_create(&labels).clone();
         Meters {
             metrics,
             subscription: sub.subscription,
@@ -46,6 +48,7 @@ impl Meters {
             waiting,
             in_flight,
             paused,
+            filtered,
         }
     }
 
@@ -70,6 +73,11 @@ impl Meters {
             .clone();
         counter.inc();
         self.attempts.push((outcome, counter));
+    }
+
+    /// Counts events the subscription's filters passed over.
+    pub fn filtered(&self, n: usize) {
+        self.filtered.inc_by(n as u64);
     }
 
     /// Publishes the queue figures; `paused` while the waiting-retry limit

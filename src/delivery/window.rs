@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     events::StreamId,
+    filter::EventView,
     store::StoreResult,
     subscription::{Subscription, state::RetryState},
 };
@@ -22,6 +23,7 @@ impl Worker {
     /// has room, and settles entries of ops the subscription does not want.
     /// False when the subscription was deleted meanwhile.
     pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<bool> {
+        let mut fresh = Vec::new();
         if st.queue.is_none() {
             debug_assert!(st.sends.is_empty(), "a reload while requests are out");
             // The store is authoritative: load after a (re)start or takeover,
@@ -29,6 +31,7 @@ impl Worker {
             flush(&st.log).await;
             let mut q = Queue::default();
             for (e, state) in self.store.pending(&sub.id, &self.target).await? {
+                fresh.push(e.id);
                 q.insert(e, state);
             }
             st.queue = Some(q);
@@ -47,6 +50,7 @@ impl Worker {
             let start = sub.start_of(&self.target);
             let room = WINDOW - counts.sendable;
             for e in self.store.claim(&sub.id, &self.target, start, room).await? {
+                fresh.push(e.id);
                 q.insert(e, RetryState::default());
             }
         }
@@ -63,7 +67,51 @@ impl Worker {
                 }
             }
         }
+        if std::mem::take(&mut st.recheck) {
+            fresh = q.values().map(|p| p.event.id).collect();
+        } else {
+            fresh.append(&mut st.unchecked);
+        }
+        self.pass_over(st, sub, fresh).await?;
         Ok(true)
+    }
+
+    /// Settles the entries among `fresh` (newly loaded or claimed, or all
+    /// after the selection changed, or out when last checked) that the
+    /// subscription's filters pass over, as for an unwanted op: its position
+    /// moves past them and nothing is sent, retried or buried.
+    async fn pass_over(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+        fresh: Vec<StreamId>,
+    ) -> StoreResult<()> {
+        if st.selection.filter.is_none() || fresh.is_empty() {
+            return Ok(());
+        }
+        let q = st.queue.as_mut().expect("filled before filtering");
+        // Entries out now are checked once answered, should they stay.
+        let (out, fresh): (Vec<StreamId>, Vec<StreamId>) =
+            fresh.into_iter().partition(|id| q.is_in_flight(id));
+        st.unchecked = out;
+        let skip: Vec<StreamId> = fresh
+            .into_iter()
+            .filter(|id| {
+                q.get(id).is_some_and(|p| {
+                    !st.selection
+                        .matches(&EventView::new(&self.source, &p.event))
+                })
+            })
+            .collect();
+        if skip.is_empty() {
+            return Ok(());
+        }
+        self.store.settle(&sub.id, &self.target, &skip).await?;
+        for id in &skip {
+            q.remove(id);
+        }
+        st.meters.filtered(skip.len());
+        Ok(())
     }
 
     /// Starts requests while the window, the rate limit and per-record order
@@ -129,6 +177,7 @@ impl Worker {
             source: self.source.clone(),
             sender: self.sender.clone(),
             endpoint: st.endpoint.clone(),
+            selection: st.selection.clone(),
             ids: batch,
             events,
             until,

@@ -34,7 +34,8 @@ use super::{
 };
 use crate::{
     cloudevents::EventSource,
-    events::now_ms,
+    events::{StreamId, now_ms},
+    filter::Selection,
     store::{Store, StoreResult, Target},
     subscription::Subscription,
 };
@@ -108,6 +109,13 @@ pub struct State {
     sub: Arc<Subscription>,
     /// Its URL, headers and signing keys, made once per change.
     pub(super) endpoint: Arc<Endpoint>,
+    /// Its filters and fields for this target's source, made once per change.
+    pub(super) selection: Arc<Selection>,
+    /// The selection changed: check every queued entry against it again.
+    pub(super) recheck: bool,
+    /// Entries in flight when checked: checked again once answered, should
+    /// they stay pending (a failure).
+    pub(super) unchecked: Vec<StreamId>,
     changes: watch::Receiver<Subscription>,
     /// When the queue figures were last published.
     shown_at: Option<Instant>,
@@ -158,6 +166,9 @@ impl Worker {
             finished: Vec::new(),
             stale: false,
             endpoint: Arc::new(Endpoint::of(&sub)),
+            selection: Arc::new(selection_of(&sub, &self.source)),
+            recheck: false,
+            unchecked: Vec::new(),
             meters: Meters::new(self.metrics.clone(), &sub.id, &self.target),
             sub: Arc::new(sub),
             changes: self.sub.clone(),
@@ -229,6 +240,9 @@ impl Worker {
         if st.changes.has_changed().unwrap_or(false) {
             st.sub = Arc::new(st.changes.borrow_and_update().clone());
             st.endpoint = Arc::new(Endpoint::of(&st.sub));
+            let selection = selection_of(&st.sub, &self.source);
+            st.recheck = selection != *st.selection;
+            st.selection = Arc::new(selection);
         }
         let sub = st.sub.clone();
         while let Some(done) = st.sends.try_join_next() {
@@ -282,6 +296,17 @@ impl Worker {
         st.lease_until = ours.then(|| asked + self.lease_ttl);
         Ok(ours)
     }
+}
+
+/// A subscription's filters and fields over `src` (whose id and stamp
+/// fields projections keep). They were checked when stored; should one no
+/// longer parse, every whole event is sent rather than any lost.
+pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Selection {
+    let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
+    Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields).unwrap_or_else(|e| {
+        tracing::error!(subscription = %sub.id, error = %e, "stored filters or fields do not parse; sending every event whole");
+        Selection::default()
+    })
 }
 
 /// Waits until the writer has stored everything sent to it so far.

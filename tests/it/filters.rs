@@ -45,7 +45,7 @@ async fn replay(app: &App, params: &[(&str, &str)]) -> Vec<Value> {
 }
 
 /// The three-clause filter of the test, and the same rule in plain Rust.
-fn three_clauses() -> (String, impl Fn(&Event) -> bool) {
+pub fn three_clauses() -> (String, impl Fn(&Event) -> bool) {
     let filter = json!([
         {"exact": {"data.gender": "female"}},
         {"any": [{"suffix": {"type": ".created"}}, {"suffix": {"type": ".updated"}}]},
@@ -67,23 +67,34 @@ fn ids(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-async fn replay_and_live_stream_filter_and_project(ts: TestStore) {
+/// A relay over `initial` simulated patients and `writes` changes since,
+/// and the stream it holds once synced.
+pub async fn synced_patients(
+    ts: &TestStore,
+    initial: usize,
+    writes: usize,
+) -> (Sim, App, Vec<Event>) {
     let sim = Sim::start(SimConfig {
         order: Order::Stamp,
-        initial: vec![("patients".into(), 300)],
+        initial: vec![("patients".into(), initial)],
         ..SimConfig::default()
     })
     .await;
     let app = App::spawn(
-        &ts,
+        ts,
         vec![source(&sim.base_url, &["patients"], Paging::Keyset, 100)],
     )
     .await;
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    sim.sim.random_writes(Some("patients"), 150);
+    sim.sim.random_writes(Some("patients"), writes);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let stream = all_events(ts.store.as_ref(), &t).await;
+    (sim, app, stream)
+}
+
+async fn replay_and_live_stream_filter_and_project(ts: TestStore) {
+    let (_sim, app, stream) = synced_patients(&ts, 300, 150).await;
     let (filter, rule) = three_clauses();
     let want: Vec<String> = stream
         .iter()

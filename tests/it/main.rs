@@ -30,6 +30,7 @@ mod security;
 mod serve;
 mod settle;
 mod status;
+mod subscription_filters;
 mod sync;
 mod tail;
 mod takeover;

@@ -131,7 +131,7 @@ async fn metric(app: &App, name: &str) -> f64 {
     total(&scrape(app).await, name)
 }
 
-async fn scrape(app: &App) -> HashMap<String, f64> {
+pub async fn scrape(app: &App) -> HashMap<String, f64> {
     let r = app.get("/metrics").send().await.unwrap();
     parse(&r.text().await.unwrap())
 }
