@@ -258,7 +258,7 @@ impl Worker {
         st.meters.attempt(sent.outcome, sent.latency);
     }
 
-    async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
+    pub(super) async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
         crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
             current.enabled = false;
             current.disabled_reason = Some(why.to_string());

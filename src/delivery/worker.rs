@@ -113,6 +113,8 @@ pub struct State {
     pub(super) selection: Arc<Selection>,
     /// The selection changed: check every queued entry against it again.
     pub(super) recheck: bool,
+    /// `selection` was made from the subscription (by the first step).
+    selection_made: bool,
     /// Entries in flight when checked: checked again once answered, should
     /// they stay pending (a failure).
     pub(super) unchecked: Vec<StreamId>,
@@ -166,8 +168,10 @@ impl Worker {
             finished: Vec::new(),
             stale: false,
             endpoint: Arc::new(Endpoint::of(&sub)),
-            selection: Arc::new(selection_of(&sub, &self.source)),
+            selection: Arc::new(Selection::default()),
             recheck: false,
+            // Made by the first step, which may have to disable the subscription.
+            selection_made: false,
             unchecked: Vec::new(),
             meters: Meters::new(self.metrics.clone(), &sub.id, &self.target),
             sub: Arc::new(sub),
@@ -237,12 +241,26 @@ impl Worker {
     /// the lease, (re)loads and claims, and starts every request the window,
     /// the rate limit and per-record order allow. Never waits for an answer.
     pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
-        if st.changes.has_changed().unwrap_or(false) {
+        let changed = st.changes.has_changed().unwrap_or(false);
+        if changed {
             st.sub = Arc::new(st.changes.borrow_and_update().clone());
             st.endpoint = Arc::new(Endpoint::of(&st.sub));
-            let selection = selection_of(&st.sub, &self.source);
-            st.recheck = selection != *st.selection;
-            st.selection = Arc::new(selection);
+        }
+        if changed || !st.selection_made {
+            match selection_of(&st.sub, &self.source) {
+                Ok(selection) => {
+                    st.recheck |= st.selection_made && selection != *st.selection;
+                    st.selection = Arc::new(selection);
+                    st.selection_made = true;
+                }
+                Err(why) => {
+                    // Fail closed: neither whole records (the filter may be
+                    // what keeps health data from this receiver) nor a skip.
+                    tracing::error!(subscription = %st.sub.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
+                    self.disable(&st.sub, &why).await?;
+                    return Ok(Step::Disabled);
+                }
+            }
         }
         let sub = st.sub.clone();
         while let Some(done) = st.sends.try_join_next() {
@@ -299,14 +317,12 @@ impl Worker {
 }
 
 /// A subscription's filters and fields over `src` (whose id and stamp
-/// fields projections keep). They were checked when stored; should one no
-/// longer parse, every whole event is sent rather than any lost.
-pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Selection {
+/// fields projections keep). They were checked when stored; one that no
+/// longer parses is an error the worker disables the subscription for.
+pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
     let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
-    Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields).unwrap_or_else(|e| {
-        tracing::error!(subscription = %sub.id, error = %e, "stored filters or fields do not parse; sending every event whole");
-        Selection::default()
-    })
+    Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields)
+        .map_err(|e| format!("stored filters or fields do not parse ({e}); fix them with PATCH and enable the subscription"))
 }
 
 /// Waits until the writer has stored everything sent to it so far.

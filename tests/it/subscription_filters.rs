@@ -247,3 +247,38 @@ async fn refusals(app: &App, id: &str) {
     let v: Value = r.json().await.unwrap();
     assert!(v["filters"].is_null() && v["fields"].is_null(), "{v}");
 }
+
+on_both_stores!(a_stored_filter_that_no_longer_parses_disables_rather_than_sends);
+
+/// Fail closed: a filter may be what keeps health data from a receiver, so a
+/// stored one that no longer parses (a corrupt document) disables the
+/// subscription with the reason; nothing is sent whole, nothing skipped.
+async fn a_stored_filter_that_no_longer_parses_disables_rather_than_sends(ts: TestStore) {
+    let (_sim, app, stream) = synced_patients(&ts, 50, 0).await;
+    assert!(!stream.is_empty());
+    let rx = TestReceiver::start(33).await;
+    let body = json!({"resources": ["sim/patients"], "start": "beginning", "enabled": false,
+        "filters": [{"exact": {"data.gender": "female"}}]});
+    let id = subscribe_to(&app, &rx, body).await;
+    stamp_relay::store::update_subscription(ts.store.as_ref(), &id, |s| {
+        s.filters = Some(json!([{"regex": {"type": ".*"}}]));
+        Ok::<_, stamp_relay::store::StoreError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.set_enabled(&id, true).await.status(), 200);
+    eventually(
+        "the worker disables the subscription",
+        Duration::from_secs(30),
+        async || {
+            let shown: Value = app.get_json(&format!("/v1/subscriptions/{id}")).await;
+            shown["enabled"] == json!(false)
+                && shown["disabled_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("do not parse"))
+        },
+    )
+    .await;
+    assert_eq!(rx.events().len(), 0, "nothing sent whole");
+    app.stop().await;
+}
