@@ -5,9 +5,9 @@
 //! whichever one polls a table or delivers to a subscription.
 
 use crate::{
-    delivery::backlog,
+    delivery::Backlog,
     events::StreamId,
-    store::{PollStatus, Store, StoreResult, Target, lag},
+    store::{PollStatus, Standing, Store, StoreResult, Target, position_or_start},
     subscription::Subscription,
 };
 
@@ -26,7 +26,8 @@ pub struct TableView {
 /// One subscription with its delivery state over the tables it covers.
 pub struct SubscriptionView {
     pub sub: Subscription,
-    /// The most any covered table trails, in stamps (`store::lag`).
+    /// The most any covered table trails, in stamps (`store::lag`, from the
+    /// same reads).
     pub lag: u64,
     /// Claimed but not yet delivered.
     pub pending: usize,
@@ -79,8 +80,12 @@ pub async fn subscriptions(
             sub,
         };
         for t in targets.iter().filter(|t| view.sub.covers(t)) {
-            view.lag = view.lag.max(lag(store, &view.sub, t).await?);
-            let held = backlog(store, &view.sub.id, t).await?;
+            // One read of the pending set serves the lag and the counts.
+            let position = position_or_start(store, &view.sub, t).await?;
+            let pending = store.pending(&view.sub.id, t).await?;
+            let standing = Standing::of(position, pending.first().map(|(e, _)| e.id));
+            view.lag = view.lag.max(standing.lag(store.last_id(t).await?));
+            let held = Backlog::of(pending);
             view.pending += held.pending;
             view.waiting_retries += held.waiting;
             if held.waiting >= max_waiting_retries {

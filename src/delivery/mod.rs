@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cloudevents::EventSource,
     config::{Config, DeliveryConfig},
+    events::Event,
     store::{Store, StoreResult, Target},
-    subscription::Subscription,
+    subscription::{Subscription, state::RetryState},
 };
 
 mod attempt;
@@ -40,16 +41,23 @@ pub struct Backlog {
     pub waiting: usize,
 }
 
-pub async fn backlog(store: &dyn Store, sub: &str, t: &Target) -> StoreResult<Backlog> {
-    let mut q = queue::Queue::default();
-    for (e, state) in store.pending(sub, t).await? {
-        q.insert(e, state);
+impl Backlog {
+    /// Counts a pending set as read from the store.
+    pub fn of(pending: Vec<(Event, RetryState)>) -> Backlog {
+        let mut q = queue::Queue::default();
+        for (e, state) in pending {
+            q.insert(e, state);
+        }
+        let counts = q.counts();
+        Backlog {
+            pending: counts.sendable + counts.waiting,
+            waiting: counts.waiting,
+        }
     }
-    let counts = q.counts();
-    Ok(Backlog {
-        pending: counts.sendable + counts.waiting,
-        waiting: counts.waiting,
-    })
+}
+
+pub async fn backlog(store: &dyn Store, sub: &str, t: &Target) -> StoreResult<Backlog> {
+    Ok(Backlog::of(store.pending(sub, t).await?))
 }
 
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.

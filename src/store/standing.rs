@@ -29,14 +29,32 @@ pub async fn position_or_start(
     })
 }
 
+impl Standing {
+    /// From the position (read first) and the oldest pending entry (read
+    /// after it): a claim landing between the two reads moves entries after
+    /// the position into pending, so they are never missed between reads.
+    pub fn of(position: StreamId, oldest_pending: Option<StreamId>) -> Standing {
+        match oldest_pending {
+            Some(oldest) if oldest <= position => Standing::Pending(oldest),
+            _ => Standing::After(position),
+        }
+    }
+
+    /// How far this trails a target whose last ID is `top`, in stamps (see
+    /// [`lag`]).
+    pub fn lag(&self, top: StreamId) -> u64 {
+        match *self {
+            Standing::Pending(oldest) => top.stamp.saturating_sub(oldest.stamp) + 1,
+            Standing::After(p) if p < top => top.stamp.saturating_sub(p.stamp).max(1),
+            Standing::After(_) => 0,
+        }
+    }
+}
+
 pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<Standing> {
-    // The position first: a claim landing between the two reads moves
-    // entries after it into pending, so they are never missed between reads.
     let position = position_or_start(store, sub, t).await?;
-    Ok(match store.pending(&sub.id, t).await?.first() {
-        Some((oldest, _)) if oldest.id <= position => Standing::Pending(oldest.id),
-        _ => Standing::After(position),
-    })
+    let oldest = store.pending(&sub.id, t).await?.first().map(|(e, _)| e.id);
+    Ok(Standing::of(position, oldest))
 }
 
 /// How far a subscription trails a target, in stamps: from its oldest
@@ -45,9 +63,5 @@ pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> Stor
 /// backlog is what it lacks.
 pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<u64> {
     let top = store.last_id(t).await?;
-    Ok(match standing(store, sub, t).await? {
-        Standing::Pending(oldest) => top.stamp.saturating_sub(oldest.stamp) + 1,
-        Standing::After(p) if p < top => top.stamp.saturating_sub(p.stamp).max(1),
-        Standing::After(_) => 0,
-    })
+    Ok(standing(store, sub, t).await?.lag(top))
 }
