@@ -32,6 +32,7 @@ pub mod compat;
 mod deliveries;
 pub mod extract;
 mod health;
+mod live;
 pub mod problem;
 mod records;
 mod requests;

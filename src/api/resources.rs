@@ -1,25 +1,16 @@
-//! `GET /v1/resources`, and replay plus live stream of one target's events:
-//! `GET /v1/resources/{source}/{resource}/events`.
+//! `GET /v1/resources`, and replay of one target's events:
+//! `GET /v1/resources/{source}/{resource}/events` (with `Accept:
+//! text/event-stream` the live stream, `live.rs`).
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Json,
     extract::State,
     http::{HeaderMap, header},
-    response::{
-        IntoResponse, Response,
-        sse::{Event as SseEvent, KeepAlive, Sse},
-    },
+    response::{IntoResponse, Response},
 };
-use futures_util::stream::{self, Stream};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
     ApiState,
@@ -32,7 +23,6 @@ use crate::{
     filter::{EventView, PageEvent, Selection},
     status,
     store::Target,
-    tail::LiveEvent,
 };
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -126,7 +116,7 @@ fn target_of(
 /// removed if it removed events the reader has not seen: the marker is read
 /// before the read (a trim that already ran) and after it (one that raced
 /// it), since it only ever rises.
-async fn read_checked(
+pub(super) async fn read_checked(
     store: &dyn crate::store::Store,
     t: &Target,
     after: StreamId,
@@ -241,7 +231,7 @@ pub async fn events(
         };
         let from = resume.or(after);
         check_kept(&s, &t, from, field).await?;
-        return live(s, t, src, from, sel, previous).await;
+        return super::live::live(s, t, src, from, sel, previous).await;
     }
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -269,155 +259,6 @@ pub async fn events(
         has_more,
     };
     Ok(Json(body).into_response())
-}
-
-/// The state of one live stream between items.
-struct Live {
-    s: ApiState,
-    t: Target,
-    src: Arc<EventSource>,
-    cursor: StreamId,
-    /// What the client asked for (`filter`, `fields`).
-    sel: Selection,
-    rx: broadcast::Receiver<Arc<LiveEvent>>,
-    pending: VecDeque<Arc<LiveEvent>>,
-    catching_up: bool,
-    done: bool,
-    /// Events carry previous values (src/previous.rs).
-    previous: bool,
-    /// One of `api.max_sse_clients`, given back when the stream ends.
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Sends what is after the cursor from the store, then follows the shared
-/// tail; after a lag it catches up from the store again, so a client sees
-/// every event once, in order, however slow it is.
-async fn live(
-    s: ApiState,
-    t: Target,
-    src: Arc<EventSource>,
-    after: Option<StreamId>,
-    sel: Selection,
-    previous: bool,
-) -> ApiResult<Response> {
-    let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
-        Problem::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            "api.max_sse_clients live streams are open; try again later or page with limit",
-        )
-    })?;
-    let rx = s
-        .tails
-        .subscribe(&t)
-        .ok_or_else(|| Problem::not_found(format!("{t} has no live tail")))?;
-    let cursor = match after {
-        Some(c) => c,
-        None => s.shared.store.last_id(&t).await?,
-    };
-    let state = Live {
-        s,
-        t,
-        src,
-        cursor,
-        sel,
-        rx,
-        pending: VecDeque::new(),
-        catching_up: true,
-        done: false,
-        previous,
-        _slot: slot,
-    };
-    let stream = live_stream(state);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
-}
-
-fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold(state, |mut st| async move {
-        loop {
-            if st.done {
-                return None;
-            }
-            if let Some(ev) = st.next_pending() {
-                return Some((Ok(ev), st));
-            }
-            if st.catching_up {
-                if let Some(ev) = st.catch_up().await {
-                    return Some((Ok(ev), st));
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = st.s.cancel.cancelled() => return None,
-                r = st.rx.recv() => match r {
-                    Ok(e) => st.pending.push_back(e),
-                    Err(RecvError::Lagged(_)) => st.catching_up = true,
-                    Err(RecvError::Closed) => return None,
-                },
-            }
-        }
-    })
-}
-
-impl Live {
-    /// The next pending event past the cursor that the client's selection
-    /// lets through, moving the cursor over those it skips.
-    fn next_pending(&mut self) -> Option<SseEvent> {
-        while let Some(live) = self.pending.pop_front() {
-            let e = &live.event;
-            if e.id <= self.cursor {
-                continue;
-            }
-            self.cursor = e.id;
-            let json = if self.previous {
-                if !self.sel.matches(&EventView::new(&self.src, e)) {
-                    continue;
-                }
-                std::borrow::Cow::Owned(crate::previous::to_json(&self.src, e))
-            } else {
-                match self.sel.render_live(&self.src, &live) {
-                    Some(json) => json,
-                    None => continue,
-                }
-            };
-            return Some(SseEvent::default().id(e.id.to_string()).data(json));
-        }
-        None
-    }
-
-    /// Reads the next page after the cursor into `pending`, or ends catching
-    /// up when there is none. An `error` event, ending the stream, when the
-    /// store fails or retention trimmed past the cursor.
-    async fn catch_up(&mut self) -> Option<SseEvent> {
-        match read_checked(self.s.shared.store.as_ref(), &self.t, self.cursor, 500).await {
-            Ok((_, Some(through))) => {
-                // Fell behind what retention keeps: say so and stop,
-                // rather than skip events.
-                self.done = true;
-                let p = Problem::trimmed("Last-Event-ID", &self.t, self.cursor, through);
-                let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
-                Some(SseEvent::default().event("error").data(msg.to_string()))
-            }
-            Ok((page, _)) if page.is_empty() => {
-                self.catching_up = false;
-                None
-            }
-            Ok((page, _)) => {
-                self.pending.extend(page.into_iter().map(|event| {
-                    let json = self.src.to_json(&event);
-                    Arc::new(LiveEvent { event, json })
-                }));
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": self.cursor.to_string()});
-                Some(SseEvent::default().event("error").data(msg.to_string()))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
