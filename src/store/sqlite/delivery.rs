@@ -1,9 +1,9 @@
 //! Subscriptions and delivery state in the embedded store.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{EVENT_COLUMNS, SqliteStore, add_pending, claim, event_row};
+use super::{EVENT_COLUMNS, SqliteStore, event_row, id_at, read_after};
 use crate::{
     events::{Event, StreamId},
     store::{
@@ -13,6 +13,50 @@ use crate::{
     subscription::Subscription,
     subscription::state::{Attempt, DeadLetter, RetryState},
 };
+
+/// A subscription's delivery position on a target, none before its first claim.
+fn position(c: &Connection, sub: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
+    c.query_row(
+        "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
+        params![sub, t.source, t.resource],
+        |r| id_at(r, 0),
+    )
+    .optional()
+}
+
+/// Moves up to `count` entries after the position into the pending set,
+/// and the position past them, in one transaction.
+fn claim(
+    c: &mut Connection,
+    sub: &str,
+    t: &Target,
+    start: StreamId,
+    count: usize,
+) -> rusqlite::Result<Vec<Event>> {
+    let tx = c.transaction()?;
+    let pos = position(&tx, sub, t)?.unwrap_or(start);
+    let events = read_after(&tx, t, pos, count)?;
+    let last = events.last().map(|e| e.id).unwrap_or(pos);
+    tx.execute(
+        "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
+        params![sub, t.source, t.resource, last.stamp as i64, last.seq as i64],
+    )?;
+    for e in &events {
+        add_pending(&tx, sub, t, e.id)?;
+    }
+    tx.commit()?;
+    Ok(events)
+}
+
+fn add_pending(c: &Connection, sub: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO delivery_pending (sub, source, resource, stamp, seq, attempts, next_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
+         ON CONFLICT (sub, source, resource, stamp, seq) DO UPDATE SET attempts = 0, next_at = 0",
+    )?
+    .execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])
+    .map(|_| ())
+}
 
 #[async_trait]
 impl DeliveryStore for SqliteStore {
@@ -201,7 +245,7 @@ impl DeliveryStore for SqliteStore {
 
     async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
         let (sub, t) = (sub.to_string(), t.clone());
-        self.with(move |c| super::position(c, &sub, &t)).await
+        self.with(move |c| position(c, &sub, &t)).await
     }
 
     async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {

@@ -242,54 +242,12 @@ fn read_after(
     .collect()
 }
 
-/// A subscription's delivery position on a target, none before its first claim.
-fn position(c: &Connection, sub: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
-    c.query_row(
-        "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
-        params![sub, t.source, t.resource],
-        |r| id_at(r, 0),
-    )
-    .optional()
-}
-
 /// The stream ID held in columns `i` (stamp) and `i + 1` (seq).
 fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<StreamId> {
     Ok(StreamId::new(
         r.get::<_, i64>(i)? as u64,
         r.get::<_, i64>(i + 1)? as u64,
     ))
-}
-
-fn claim(
-    c: &mut Connection,
-    sub: &str,
-    t: &Target,
-    start: StreamId,
-    count: usize,
-) -> rusqlite::Result<Vec<Event>> {
-    let tx = c.transaction()?;
-    let pos = position(&tx, sub, t)?.unwrap_or(start);
-    let events = read_after(&tx, t, pos, count)?;
-    let last = events.last().map(|e| e.id).unwrap_or(pos);
-    tx.execute(
-        "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
-        params![sub, t.source, t.resource, last.stamp as i64, last.seq as i64],
-    )?;
-    for e in &events {
-        add_pending(&tx, sub, t, e.id)?;
-    }
-    tx.commit()?;
-    Ok(events)
-}
-
-fn add_pending(c: &Connection, sub: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO delivery_pending (sub, source, resource, stamp, seq, attempts, next_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
-         ON CONFLICT (sub, source, resource, stamp, seq) DO UPDATE SET attempts = 0, next_at = 0",
-    )?
-    .execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])
-    .map(|_| ())
 }
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
