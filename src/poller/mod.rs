@@ -9,10 +9,7 @@
 use std::{
     collections::HashSet,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -33,6 +30,7 @@ mod lease;
 mod paging;
 mod reconcile;
 mod status;
+pub use status::{LastPoll, TargetStatus};
 mod walk;
 
 pub use reconcile::ReconcileReport;
@@ -105,37 +103,6 @@ pub struct PollReport {
     pub rejected: u64,
     pub outcome: AppendOutcome,
     pub duration_ms: u64,
-}
-
-/// Live facts about a target, shared with the status surfaces.
-#[derive(Debug, Default)]
-pub struct TargetStatus {
-    /// Poked after every append, so live tails need not wait for their tick.
-    pub wake: Arc<tokio::sync::Notify>,
-    /// True while the poll loop runs; a loop that ended (or panicked) is not ready.
-    pub running: std::sync::atomic::AtomicBool,
-    pub pages: AtomicU64,
-    pub fetched: AtomicU64,
-    pub appended: AtomicU64,
-    pub polls: AtomicU64,
-    pub last: Mutex<LastPoll>,
-    /// Store resets noticed on this table (see epoch.rs), the time of the
-    /// last one (unix ms, 0 for none), and whether its reload still runs.
-    pub resets: AtomicU64,
-    pub last_reset_ms: AtomicU64,
-    pub reloading: std::sync::atomic::AtomicBool,
-    /// This instance's last poll of the table held its lease: retention
-    /// trims only such tables, so one instance trims each.
-    pub holds_lease: Arc<std::sync::atomic::AtomicBool>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct LastPoll {
-    pub finished_ms: Option<u64>,
-    pub ok_ms: Option<u64>,
-    pub error: Option<String>,
-    pub cursor: Option<String>,
-    pub walks: u32,
 }
 
 /// What a poller needs of its source's configuration, handed to it at

@@ -2,10 +2,46 @@
 //! shows (kept in the store by the lease holder), the append rate, the log
 //! line.
 
-use std::sync::atomic::Ordering;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use serde::Serialize;
 
 use super::{PollError, PollReport, Poller};
 use crate::{events::now_ms, store::PollStatus};
+
+/// Live facts about a target, shared with the status surfaces.
+#[derive(Debug, Default)]
+pub struct TargetStatus {
+    /// Poked after every append, so live tails need not wait for their tick.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// True while the poll loop runs; a loop that ended (or panicked) is not ready.
+    pub running: AtomicBool,
+    pub pages: AtomicU64,
+    pub fetched: AtomicU64,
+    pub appended: AtomicU64,
+    pub polls: AtomicU64,
+    pub last: Mutex<LastPoll>,
+    /// Store resets noticed on this table (see epoch.rs), the time of the
+    /// last one (unix ms, 0 for none), and whether its reload still runs.
+    pub resets: AtomicU64,
+    pub last_reset_ms: AtomicU64,
+    pub reloading: AtomicBool,
+    /// This instance's last poll of the table held its lease: retention
+    /// trims only such tables, so one instance trims each.
+    pub holds_lease: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct LastPoll {
+    pub finished_ms: Option<u64>,
+    pub ok_ms: Option<u64>,
+    pub error: Option<String>,
+    pub cursor: Option<String>,
+    pub walks: u32,
+}
 
 impl Poller {
     /// Notes a poll's result in the shared status, the log, and (when this
