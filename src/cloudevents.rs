@@ -92,6 +92,7 @@ mod tests {
             snapshot: false,
             observed: 1_700_000_000_123,
             data: r#"{"uuid":"abc","score":1.50}"#.into(),
+            prev_id: None,
             before: None,
         };
         let json = src.to_json(&e);

@@ -87,31 +87,57 @@ impl FromStr for StreamId {
     }
 }
 
-/// What the record index holds per record: the last emitted stamp and
-/// whether that version was deleted. Stored as `<stamp>` or `<stamp>:deleted`.
+/// What the record index holds per record: the last emitted stamp, whether
+/// that version was deleted, and where its event is. Stored as `<stamp>` or
+/// `<stamp>:deleted`, followed by `@<stream ID>` when the event's ID is not
+/// `<stamp>-0` (a late event), so the index points at every latest version
+/// (src/store/records.rs reads records through it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub stamp: u64,
     pub deleted: bool,
+    /// The event's ID when it is not `<stamp>-0`.
+    pub at: Option<StreamId>,
 }
 
 impl IndexEntry {
-    pub fn encode(&self) -> String {
-        if self.deleted {
-            format!("{}:deleted", self.stamp)
-        } else {
-            self.stamp.to_string()
+    pub fn new(stamp: u64, deleted: bool) -> IndexEntry {
+        IndexEntry {
+            stamp,
+            deleted,
+            at: None,
         }
     }
 
+    /// The ID of the event that holds this version.
+    pub fn event_id(&self) -> StreamId {
+        self.at.unwrap_or(StreamId::new(self.stamp, 0))
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = self.stamp.to_string();
+        if self.deleted {
+            s.push_str(":deleted");
+        }
+        if let Some(at) = self.at.filter(|at| *at != StreamId::new(self.stamp, 0)) {
+            s.push_str(&format!("@{at}"));
+        }
+        s
+    }
+
     pub fn decode(s: &str) -> Option<IndexEntry> {
-        let (stamp, deleted) = match s.strip_suffix(":deleted") {
+        let (head, at) = match s.split_once('@') {
+            Some((head, at)) => (head, Some(at.parse().ok()?)),
+            None => (s, None),
+        };
+        let (stamp, deleted) = match head.strip_suffix(":deleted") {
             Some(stamp) => (stamp, true),
-            None => (s, false),
+            None => (head, false),
         };
         Some(IndexEntry {
             stamp: stamp.parse().ok()?,
             deleted,
+            at,
         })
     }
 }
@@ -153,8 +179,13 @@ pub struct Event {
     pub observed: u64,
     /// The record JSON exactly as the upstream sent it.
     pub data: String,
-    /// The version this one replaced, exactly as received, when the table
-    /// kept it (`keep_records`): what previous values are made of.
+    /// The event of the version this one replaced, when it is not
+    /// `<prev>-0` (that version was a late event).
+    #[serde(skip)]
+    pub prev_id: Option<StreamId>,
+    /// The version this one replaced, exactly as received: what previous
+    /// values are made of, filled in by `RecordStore::fill_previous` for
+    /// readers that ask for them (or stored on the event by older builds).
     #[serde(skip)]
     pub before: Option<String>,
 }
@@ -216,7 +247,7 @@ mod tests {
     use super::*;
 
     fn entry(stamp: u64, deleted: bool) -> Option<IndexEntry> {
-        Some(IndexEntry { stamp, deleted })
+        Some(IndexEntry::new(stamp, deleted))
     }
 
     #[test]
@@ -245,32 +276,23 @@ mod tests {
 
     #[test]
     fn index_entries_round_trip() {
-        for e in [
-            IndexEntry {
-                stamp: 7,
-                deleted: true,
-            },
-            IndexEntry {
-                stamp: 8,
-                deleted: false,
-            },
-        ] {
+        let late = IndexEntry {
+            at: Some(StreamId::new(12, 3)),
+            ..IndexEntry::new(9, true)
+        };
+        for e in [IndexEntry::new(7, true), IndexEntry::new(8, false), late] {
             assert_eq!(IndexEntry::decode(&e.encode()), Some(e));
         }
         assert_eq!(IndexEntry::decode("7:deleted").unwrap().stamp, 7);
         assert_eq!(IndexEntry::decode("junk"), None);
+        assert_eq!(IndexEntry::decode("7@junk"), None);
         // The stored format is a public contract (README, "Redis layout").
-        let deleted = IndexEntry {
-            stamp: 7,
-            deleted: true,
-        };
-        let live = IndexEntry {
-            stamp: 8,
-            deleted: false,
-        };
-        assert_eq!(deleted.encode(), "7:deleted");
-        assert_eq!(live.encode(), "8");
-        assert_eq!(IndexEntry::decode("8"), Some(live));
+        assert_eq!(IndexEntry::new(7, true).encode(), "7:deleted");
+        assert_eq!(IndexEntry::new(8, false).encode(), "8");
+        assert_eq!(late.encode(), "9:deleted@12-3");
+        assert_eq!(IndexEntry::decode("8"), Some(IndexEntry::new(8, false)));
+        assert_eq!(late.event_id(), StreamId::new(12, 3));
+        assert_eq!(IndexEntry::new(8, false).event_id(), StreamId::new(8, 0));
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
             snapshot: false,
             observed: 0,
             data: r#"{"uuid":"a","score":8}"#.into(),
+            prev_id: None,
             before: None,
         };
         assert_eq!(

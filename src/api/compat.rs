@@ -6,7 +6,8 @@
 //! against the upstream points its base URL here instead.
 //!
 //! Paging is a snapshot: page 1 pins the table's top stamp, and `next`
-//! carries it (`until`) with the last stamp served (`after`), so a walk
+//! carries it (`until`) with the last stamp served (`after`) and the
+//! snapshot's `count` (counted once, on page 1), so a walk
 //! neither skips nor repeats records while appends land. A record changed
 //! during the walk leaves the snapshot (its new stamp is above `until`);
 //! the next `sync` (or the event stream after `until`) brings it.
@@ -65,6 +66,11 @@ impl Tables {
         })
     }
 
+    /// Whether `t` keeps its latest records (a snapshot to resync from).
+    pub fn keeps(&self, t: &Target) -> bool {
+        self.tables.get(t).is_some_and(|table| table.keep_records)
+    }
+
     /// The table's settings; 404 for an unknown table, 409 when it does not
     /// keep records (the features reading them cannot answer).
     pub fn kept(&self, t: &Target) -> ApiResult<&Table> {
@@ -108,6 +114,8 @@ struct ListParams {
     page_size: usize,
     until: Option<u64>,
     after: Option<u64>,
+    /// The snapshot's count, carried by the links (counted once per walk).
+    count: Option<u64>,
 }
 
 fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
@@ -131,6 +139,7 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
         page_size: size.min(table.max_page_size),
         until: num("until", 0)?,
         after: num("after", 0)?,
+        count: num("count", 0)?,
     })
 }
 
@@ -158,8 +167,8 @@ fn links(
     let q = &table.query;
     let link = |n: usize, after: Option<u64>| {
         let mut url = format!(
-            "{base}?{}={}&{}={n}&{}={}&until={}",
-            q.sync, p.sync, q.page, q.page_size, p.page_size, page.until
+            "{base}?{}={}&{}={n}&{}={}&until={}&count={}",
+            q.sync, p.sync, q.page, q.page_size, p.page_size, page.until, page.count
         );
         if let Some(a) = after {
             url.push_str(&format!("&after={a}"));
@@ -218,6 +227,7 @@ pub async fn list(
             (p.page - 1) * p.page_size
         },
         limit: p.page_size + 1,
+        count: p.count,
     };
     let mut page = s.shared.store.records(&t, q).await?;
     let more = page.records.len() > p.page_size;
@@ -283,7 +293,8 @@ mod tests {
                 page: 2,
                 page_size: 100,
                 until: Some(9),
-                after: None
+                after: None,
+                count: None,
             }
         );
         let p = parse(&pairs(&[("sync", "3")]), &table()).unwrap();
@@ -314,8 +325,11 @@ mod tests {
             records: vec![rec(7), rec(8)],
         };
         let (next, prev) = links("http://h/c/", &t, &p, &page, true);
-        assert_eq!(next, r#""http://h/c/?since=3&p=3&n=2&until=40&after=8""#);
-        assert_eq!(prev, r#""http://h/c/?since=3&p=1&n=2&until=40""#);
+        assert_eq!(
+            next,
+            r#""http://h/c/?since=3&p=3&n=2&until=40&count=9&after=8""#
+        );
+        assert_eq!(prev, r#""http://h/c/?since=3&p=1&n=2&until=40&count=9""#);
         let (next, _) = links("http://h/c/", &t, &p, &page, false);
         assert_eq!(next, "null");
     }

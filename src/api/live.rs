@@ -107,7 +107,10 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             tokio::select! {
                 _ = st.s.cancel.cancelled() => return None,
                 r = st.rx.recv() => match r {
-                    Ok(e) => st.pending.push_back(e),
+                    Ok(e) => match st.with_previous(e).await {
+                        Some(e) => st.pending.push_back(e),
+                        None => continue,
+                    },
                     Err(RecvError::Lagged(_)) => st.catching_up = true,
                     Err(RecvError::Closed) => return None,
                 },
@@ -151,7 +154,8 @@ impl Live {
                 // Fell behind what retention keeps: say so and stop,
                 // rather than skip events.
                 self.done = true;
-                let p = Problem::trimmed("Last-Event-ID", &self.t, self.cursor, through);
+                let keeps = self.s.compat.keeps(&self.t);
+                let p = Problem::trimmed("Last-Event-ID", &self.t, self.cursor, through, keeps);
                 let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
                 Some(SseEvent::default().event("error").data(msg.to_string()))
             }
@@ -159,18 +163,52 @@ impl Live {
                 self.catching_up = false;
                 None
             }
-            Ok((page, _)) => {
+            Ok((mut page, _)) => {
+                if self.previous
+                    && let Err(e) = self.s.shared.store.fill_previous(&self.t, &mut page).await
+                {
+                    return Some(self.store_failed(e));
+                }
                 self.pending.extend(page.into_iter().map(|event| {
                     let json = self.src.to_json(&event);
                     Arc::new(LiveEvent { event, json })
                 }));
                 None
             }
-            Err(e) => {
-                self.done = true;
-                let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": self.cursor.to_string()});
-                Some(SseEvent::default().event("error").data(msg.to_string()))
-            }
+            Err(e) => Some(self.store_failed(e)),
         }
+    }
+
+    /// The `error` event ending a stream whose store read failed.
+    fn store_failed(&mut self, e: crate::store::StoreError) -> SseEvent {
+        self.done = true;
+        let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": self.cursor.to_string()});
+        SseEvent::default().event("error").data(msg.to_string())
+    }
+
+    /// A tail event as this client sends it: with the version it replaced
+    /// when the client asked for previous values. None when that lookup
+    /// failed: the client catches up from the store instead.
+    async fn with_previous(&mut self, live: Arc<LiveEvent>) -> Option<Arc<LiveEvent>> {
+        if !self.previous || !crate::store::records::wants_previous(&live.event) {
+            return Some(live);
+        }
+        let mut events = [live.event.clone()];
+        if self
+            .s
+            .shared
+            .store
+            .fill_previous(&self.t, &mut events)
+            .await
+            .is_err()
+        {
+            self.catching_up = true;
+            return None;
+        }
+        let [event] = events;
+        Some(Arc::new(LiveEvent {
+            event,
+            json: live.json.clone(),
+        }))
     }
 }

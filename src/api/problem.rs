@@ -48,26 +48,44 @@ impl Problem {
     }
 
     /// A cursor before what retention removed: following it would skip
-    /// events without saying so.
+    /// events without saying so. Names the snapshot to rebuild from when
+    /// the table keeps its records (`keeps_records`).
     pub fn trimmed(
         field: impl Into<String>,
         t: &crate::store::Target,
         after: crate::events::StreamId,
         through: crate::events::StreamId,
+        keeps_records: bool,
     ) -> Problem {
         let field = field.into();
         let snapshot = crate::api::compat::snapshot_path(t);
+        let rebuild = if keeps_records {
+            format!(
+                "rebuild from the snapshot {snapshot} (all pages) and resume after the stream ID \
+                 its first page names in Stamp-Relay-Resume-After (docs/resync.md)"
+            )
+        } else {
+            format!(
+                "reload the table from the upstream (source {:?} sets keep_records = false, so \
+                 the relay has no snapshot) and resume after {through}",
+                t.source
+            )
+        };
+        let extra = if keeps_records {
+            [("snapshot".to_string(), json!(snapshot))]
+                .into_iter()
+                .collect()
+        } else {
+            Default::default()
+        };
         Problem {
             detail: format!(
                 "{field} {after} is older than what {t} keeps: store.retention removed the events up to \
-                 {through}; to see every change, rebuild from the snapshot {snapshot} (all pages) and \
-                 resume after the stream ID its first page names in Stamp-Relay-Resume-After \
-                 (docs/resync.md); or start from {through}, or from 0 for the oldest event kept"
+                 {through}; to see every change, {rebuild}; or start from {through}, or from 0 for \
+                 the oldest event kept"
             ),
             field: Some(field),
-            extra: [("snapshot".to_string(), json!(snapshot))]
-                .into_iter()
-                .collect(),
+            extra,
             ..Problem::new(StatusCode::GONE, "events_trimmed", "")
         }
     }

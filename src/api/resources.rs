@@ -150,7 +150,13 @@ pub async fn check_kept(
     if let Some(after) = after.filter(|a| *a != StreamId::ZERO) {
         let through = s.shared.store.trimmed_through(t).await?;
         if after < through {
-            return Err(Problem::trimmed(field, t, after, through));
+            return Err(Problem::trimmed(
+                field,
+                t,
+                after,
+                through,
+                s.compat.keeps(t),
+            ));
         }
     }
     Ok(())
@@ -248,10 +254,19 @@ pub async fn events(
     let after = after.unwrap_or(StreamId::ZERO);
     let (mut page, gap) = read_checked(s.shared.store.as_ref(), &t, after, limit + 1).await?;
     if let Some(through) = gap {
-        return Err(Problem::trimmed("after", &t, after, through));
+        return Err(Problem::trimmed(
+            "after",
+            &t,
+            after,
+            through,
+            s.compat.keeps(&t),
+        ));
     }
     let has_more = page.len() > limit;
     page.truncate(limit);
+    if previous {
+        s.shared.store.fill_previous(&t, &mut page).await?;
+    }
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
     let body = EventsPage {
         events: page_events(&src, &sel, previous, &page),

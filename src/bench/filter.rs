@@ -45,6 +45,7 @@ pub fn measure(payloads: &[(String, u64, String)]) -> Figures {
             snapshot: false,
             observed: 1_700_000_000_000,
             data: data.clone(),
+            prev_id: None,
             before: None,
         })
         .collect();

@@ -40,6 +40,8 @@ async fn load(redis_url: &str, base_url: &str, keep: bool, round: usize) -> anyh
         ("index", &keys.index),
         ("records", &keys.records),
         ("stamps", &keys.stamps),
+        ("late", &keys.late),
+        ("kept", &keys.kept),
     ] {
         let used: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
@@ -70,8 +72,16 @@ pub async fn run(redis_url: &str, n: usize, raw_rate: f64) -> anyhow::Result<()>
         "record store on Redis, keyset loads of {n} records, keep_records off and on alternately"
     );
     println!(
-        "{:<14} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
-        "keep_records", "events", "index", "records", "stamps", "B/record", "events/s", "ratio"
+        "{:<14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "keep_records",
+        "events",
+        "index",
+        "records",
+        "stamps",
+        "late",
+        "B/record",
+        "events/s",
+        "ratio"
     );
     let mut rates = [0.0f64; 2];
     for round in 0..ROUNDS {
@@ -87,12 +97,13 @@ pub async fn run(redis_url: &str, n: usize, raw_rate: f64) -> anyhow::Result<()>
             let rate = l.events as f64 / l.secs;
             rates[usize::from(keep)] += rate / ROUNDS as f64;
             println!(
-                "{:<14} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>10.0} {:>10.0} {:>8.2}",
+                "{:<14} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>10.0} {:>10.0} {:>8.2}",
                 keep,
                 per(0),
                 per(1),
                 per(2),
                 per(3),
+                per(4),
                 total as f64 / n as f64,
                 rate,
                 rate / raw_rate

@@ -154,6 +154,7 @@ mod tests {
                 snapshot: false,
                 observed: 0,
                 data: "{}".into(),
+                prev_id: None,
                 before: None,
             };
             q.insert(

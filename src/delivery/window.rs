@@ -12,7 +12,7 @@ use super::{
     worker::{Now, State, TICK, WINDOW, Worker, flush},
 };
 use crate::{
-    events::StreamId,
+    events::{Event, StreamId},
     filter::EventView,
     store::StoreResult,
     subscription::{Subscription, state::RetryState},
@@ -30,7 +30,14 @@ impl Worker {
             // once every settle sent to the writer has landed.
             flush(&st.log).await;
             let mut q = Queue::default();
-            for (e, state) in self.store.pending(&sub.id, &self.target).await? {
+            let (mut events, states): (Vec<_>, Vec<_>) = self
+                .store
+                .pending(&sub.id, &self.target)
+                .await?
+                .into_iter()
+                .unzip();
+            self.with_previous(sub, &mut events).await?;
+            for (e, state) in events.into_iter().zip(states) {
                 fresh.push(e.id);
                 q.insert(e, state);
             }
@@ -49,7 +56,9 @@ impl Worker {
             }
             let start = sub.start_of(&self.target);
             let room = WINDOW - counts.sendable;
-            for e in self.store.claim(&sub.id, &self.target, start, room).await? {
+            let mut claimed = self.store.claim(&sub.id, &self.target, start, room).await?;
+            self.with_previous(sub, &mut claimed).await?;
+            for e in claimed {
                 fresh.push(e.id);
                 q.insert(e, RetryState::default());
             }
@@ -74,6 +83,15 @@ impl Worker {
         }
         self.pass_over(st, sub, fresh).await?;
         Ok(true)
+    }
+
+    /// Gives `events` the versions they replaced, for a subscription that
+    /// wants previous values (looked up once, when loaded or claimed).
+    async fn with_previous(&self, sub: &Subscription, events: &mut [Event]) -> StoreResult<()> {
+        if sub.previous {
+            self.store.fill_previous(&self.target, events).await?;
+        }
+        Ok(())
     }
 
     /// Settles the entries among `fresh` (newly loaded or claimed, or all

@@ -29,6 +29,7 @@ fn event(op: Op, stamp: u64, data: Value) -> Event {
         snapshot: stamp < 10,
         observed: 1_700_000_000_123,
         data: data.to_string(),
+        prev_id: None,
         before: None,
     }
 }

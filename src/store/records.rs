@@ -1,19 +1,28 @@
 //! The latest-record store: per table, each record's latest version exactly
-//! as received (soft-deleted ones included) with its stamp, written in the
-//! same atomic append as its event. It answers "what does record X look
-//! like now" and "every record whose latest stamp is above N, in stamp
-//! order" (the compatible `?sync=` API, `src/api/compat.rs`), also after
-//! retention removed the events.
+//! as received (soft-deleted ones included) with its stamp. It answers
+//! "what does record X look like now" and "every record whose latest stamp
+//! is above N, in stamp order" (the compatible `?sync=` API,
+//! `src/api/compat.rs`), also after retention removed the events, and
+//! gives readers that ask for previous values the version an event
+//! replaced (`fill_previous`).
 //!
-//! Kept unless a source says `keep_records = false`. A table whose events
-//! predate the store fills it from its stream before the first append of
-//! each process (`fill`); versions whose events retention had already
-//! removed come in with the next reconcile sweep (the append fills a
-//! duplicate the store lacks).
+//! Nothing is copied on the append path: the index points at each record's
+//! latest version (`events::IndexEntry`), which the event stream holds;
+//! retention keeps a record's last removed version before it removes the
+//! event (the Redis layout: `store/redis/records.rs`; SQLite:
+//! `store/sqlite/records.rs`). **Invariant:** a record's latest version is
+//! the one its index entry names, found in the stream or, once its event
+//! was removed, in the kept copies.
+//!
+//! Kept unless a source says `keep_records = false`. A table whose records
+//! were not kept fills what it needs at the first append of each process;
+//! versions whose events retention had removed before come in with the
+//! next reconcile sweep (the append keeps a duplicate the store lacks).
 
 use async_trait::async_trait;
 
 use super::{StoreResult, Target};
+use crate::events::Event;
 
 /// A record's latest version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +46,15 @@ pub struct RecordsQuery {
     /// Records skipped after `after` (offset paging).
     pub offset: usize,
     pub limit: usize,
+    /// The count of an earlier page of the same snapshot; none: count now.
+    pub count: Option<u64>,
 }
 
 /// One page of a listing, read in one atomic step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordsPage {
-    /// Records with a latest stamp in `(above, until]`.
+    /// Records with a latest stamp in `(above, until]` (the query's count
+    /// when it gave one; counted after the page otherwise).
     pub count: u64,
     /// The top of the snapshot: the query's, or the table's top stamp.
     pub until: u64,
@@ -65,17 +77,28 @@ pub trait RecordStore: Send + Sync {
 
     /// Records whose latest stamp is in the query's range, in stamp order.
     async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage>;
+
+    /// Sets `before` on each event that replaced a version and lacks it:
+    /// the version its `prev` names, when the table keeps records and still
+    /// has it (none otherwise).
+    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()>;
 }
 
-/// The `<index entry> <JSON>` a Redis records-hash value holds.
-pub(crate) fn decode_value(id: &str, v: &str) -> Option<StoredRecord> {
-    let (head, data) = v.split_once(' ')?;
-    let e = crate::events::IndexEntry::decode(head)?;
+/// An event whose previous version is to be looked up: it has one, and
+/// does not carry it already (events appended by older builds carry theirs
+/// as `before`).
+pub(crate) fn wants_previous(e: &Event) -> bool {
+    e.op != crate::events::Op::Created && e.prev.is_some() && e.before.is_none()
+}
+
+/// A record's latest version from its index entry and its JSON.
+pub(crate) fn decode_value(id: &str, index_entry: &str, data: String) -> Option<StoredRecord> {
+    let e = crate::events::IndexEntry::decode(index_entry)?;
     Some(StoredRecord {
         id: id.to_string(),
         stamp: e.stamp,
         deleted: e.deleted,
-        data: data.to_string(),
+        data,
     })
 }
 
@@ -132,13 +155,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_split_at_the_first_space() {
-        let r = decode_value("a", r#"7:deleted {"x": "1 2"}"#).unwrap();
+    fn values_take_stamp_and_deletion_from_the_index_entry() {
+        let r = decode_value("a", "7:deleted@9-1", r#"{"x": "1 2"}"#.into()).unwrap();
         assert_eq!((r.stamp, r.deleted), (7, true));
         assert_eq!(r.data, r#"{"x": "1 2"}"#);
-        let r = decode_value("a", "8 {}").unwrap();
+        let r = decode_value("a", "8", "{}".into()).unwrap();
         assert_eq!((r.stamp, r.deleted, r.data.as_str()), (8, false, "{}"));
-        assert_eq!(decode_value("a", "junk"), None);
+        assert_eq!(decode_value("a", "junk", "{}".into()), None);
     }
 
     #[test]

@@ -168,7 +168,7 @@ async fn the_seed_example_through_the_relay(ts: TestStore) {
         p1.next.as_deref(),
         Some(
             format!(
-                "http://{host}/compat/sim/api/patients/?sync=0&page=2&page_size=2&until=5&after=3"
+                "http://{host}/compat/sim/api/patients/?sync=0&page=2&page_size=2&until=5&count=4&after=3"
             )
             .as_str()
         )

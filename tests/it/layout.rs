@@ -95,19 +95,24 @@ async fn the_redis_layout_is_as_documented() {
     assert!(events.len() >= 4 + 4 + 3, "{}", events.len());
     let mut top = (0u64, 0u64);
     let mut last: HashMap<&str, (u64, &str)> = HashMap::new();
-    let mut latest: HashMap<&str, &str> = HashMap::new();
+    // Each record's latest event ID.
+    let mut at: HashMap<&str, &str> = HashMap::new();
     for ((id, kv), e) in entries.iter().zip(&events) {
         let names: Vec<&str> = kv.iter().step_by(2).map(String::as_str).collect();
-        // A change of a kept record ends with `before`, the version it replaced.
-        let before = latest.get(kv[3].as_str()).copied();
+        // A change of a record whose last version was a late event ends
+        // with `previd`, that event's ID.
+        let previd = at
+            .get(kv[3].as_str())
+            .copied()
+            .filter(|a| !a.ends_with("-0"));
         let want: Vec<&str> = FIELDS
             .iter()
             .copied()
-            .chain(before.map(|_| "before"))
+            .chain(previd.map(|_| "previd"))
             .collect();
         assert_eq!(names, want, "{id}: the fields or their order");
-        if let Some(b) = before {
-            assert_eq!(kv[15], b, "{id}: before is the replaced version");
+        if let Some(p) = previd {
+            assert_eq!(kv[15], p, "{id}: previd names the replaced version's event");
         }
         let f: HashMap<&str, &str> = kv
             .chunks(2)
@@ -135,7 +140,7 @@ async fn the_redis_layout_is_as_documented() {
         let data: serde_json::Value = serde_json::from_str(f["data"]).unwrap();
         assert_eq!(data["uuid"], f["record"]);
         last.insert(f["record"], (stamp, f["op"]));
-        latest.insert(f["record"], f["data"]);
+        at.insert(f["record"], id);
     }
     assert_eq!(
         entries.iter().filter(|(id, _)| !id.ends_with("-0")).count(),
@@ -144,36 +149,51 @@ async fn the_redis_layout_is_as_documented() {
     );
 
     // The index: each record's last stamp, `:deleted` when that version
-    // is a delete.
+    // is a delete, `@<ID>` when its event is late.
     assert_eq!(index.len(), last.len());
     for (record, (stamp, op)) in &last {
-        let want = if *op == "deleted" {
+        let mut want = if *op == "deleted" {
             format!("{stamp}:deleted")
         } else {
             stamp.to_string()
         };
+        if !at[record].ends_with("-0") {
+            want.push_str(&format!("@{}", at[record]));
+        }
         assert_eq!(index[*record], want, "{record}");
     }
     assert!(index[&ids[0]].ends_with(":deleted"), "{}", index[&ids[0]]);
+    assert!(!index[&ids[1]].contains(':'), "{}", index[&ids[1]]);
 
-    // The latest records: `<index entry> <JSON>`, and their stamps in order.
-    let records: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg("test:{sim:patients}:records")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let stamps: HashMap<String, u64> = redis::cmd("ZRANGE")
-        .arg("test:{sim:patients}:stamps")
+    // The record store copies nothing while the events are there: the
+    // late set names the records whose latest version is a late event,
+    // and the records hash and stamps set (versions whose events
+    // retention removed) are empty.
+    let late: HashMap<String, u64> = redis::cmd("ZRANGE")
+        .arg("test:{sim:patients}:late")
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(records.len(), index.len());
-    for (record, data) in &latest {
-        assert_eq!(records[*record], format!("{} {data}", index[*record]));
-        assert_eq!(stamps[*record], last[record].0, "{record}");
+    let want: HashMap<String, u64> = last
+        .iter()
+        .filter(|(r, _)| !at[*r].ends_with("-0"))
+        .map(|(r, (stamp, _))| (r.to_string(), *stamp))
+        .collect();
+    assert_eq!(late, want);
+    assert_eq!(
+        late.len(),
+        1,
+        "the late event is its record's latest version"
+    );
+    for key in ["records", "stamps"] {
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(format!("test:{{sim:patients}}:{key}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{key}");
     }
-    assert!(!index[&ids[1]].contains(':'), "{}", index[&ids[1]]);
 }

@@ -35,3 +35,4 @@ mod sync;
 mod tail;
 mod takeover;
 mod upstream;
+mod versions;

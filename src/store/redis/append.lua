@@ -1,14 +1,21 @@
 -- Atomic append of one sorted chunk for one target (src/poller/mod.rs commits;
 -- see ARCHITECTURE.md).
--- KEYS: events stream, record index hash, lease string, epoch string, latest
---       records hash, records-by-stamp sorted set (one hash tag).
+-- KEYS: events stream, record index hash, lease string, epoch string,
+--       records hash, stamps sorted set, trimmed marker, late sorted set
+--       (one hash tag).
 -- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the stream's last
 --       ID as this writer last saw it ('' when unknown), keep records (0/1),
 --       then per record: id, stamp, deleted (0/1), data.
--- With keep records, the records hash holds each record's latest version as
--- `<index entry> <record JSON>` and the sorted set its stamp (src/store/
--- redis/records.rs reads them); an event replacing a kept version carries
--- that version as its `before` field (previous values, src/previous.rs).
+-- The index entry of a record points at its latest version's event:
+-- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
+-- `<stamp>-0` (a late event); an event whose previous version was late
+-- names it in `previd`. With keep records, the late set holds the records
+-- whose latest version is a late event (by stamp), and an update takes the
+-- record out of the stamps set when its old version's event was trimmed
+-- (trim.lua keeps such versions in the records hash and the stamps set):
+-- the record store (src/store/redis/records.rs) lists latest versions from
+-- the stream, the late set and the stamps set without the append copying
+-- a record or writing a set on the common path.
 -- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
 -- Re-running a chunk is a no-op: every version is checked against the index.
 -- A last ID other than the writer's means writes it saw acknowledged are
@@ -41,18 +48,36 @@ end
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
 local keep = ARGV[6] == '1'
+local trimmed = nil
+-- Whether the event `id` is at or below the trimmed marker (read once).
+local function gone(id)
+  if trimmed == nil then
+    local t = redis.call('GET', KEYS[7]) or '0-0'
+    local ts, tq = string.match(t, '^(%d+)-(%d+)$')
+    trimmed = {tonumber(ts), tonumber(tq)}
+  end
+  local is, iq = string.match(id, '^(%d+)-(%d+)$')
+  is, iq = tonumber(is), tonumber(iq)
+  return is < trimmed[1] or (is == trimmed[1] and iq <= trimmed[2])
+end
 for i = 7, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
-  local op, prev_stamp = nil, ''
+  local op, prev_stamp, prev_at = nil, '', nil
   if not prev then
     op = 'created'
   else
+    local at = string.find(prev, '@', 1, true)
+    local head = prev
+    if at then
+      prev_at = string.sub(prev, at + 1)
+      head = string.sub(prev, 1, at - 1)
+    end
     local was_deleted = false
-    prev_stamp = prev
-    local colon = string.find(prev, ':', 1, true)
+    prev_stamp = head
+    local colon = string.find(head, ':', 1, true)
     if colon then
-      prev_stamp = string.sub(prev, 1, colon - 1)
+      prev_stamp = string.sub(head, 1, colon - 1)
       was_deleted = true
     end
     if tonumber(stamp) > tonumber(prev_stamp) then
@@ -66,6 +91,7 @@ for i = 7, #ARGV, 4 do
     end
   end
   if op then
+    local entry = stamp
     if tonumber(stamp) > tonumber(top_stamp) then
       top_stamp, top_seq = stamp, 0
     else
@@ -73,20 +99,16 @@ for i = 7, #ARGV, 4 do
       late = late + 1
     end
     top_id = top_stamp .. '-' .. string.format('%d', top_seq)
-    local entry = stamp
     if del == '1' then
       entry = stamp .. ':deleted'
     end
-    local old = nil
-    if keep and prev then
-      old = redis.call('HGET', KEYS[5], rid)
+    if top_seq > 0 then
+      entry = entry .. '@' .. top_id
     end
-    if old then
-      local space = string.find(old, ' ', 1, true)
+    if prev_at then
       redis.call('XADD', KEYS[1], top_id,
         'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
-        'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data,
-        'before', string.sub(old, space + 1))
+        'snapshot', ARGV[2], 'observed', ARGV[3], 'data', data, 'previd', prev_at)
     else
       redis.call('XADD', KEYS[1], top_id,
         'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
@@ -94,17 +116,26 @@ for i = 7, #ARGV, 4 do
     end
     redis.call('HSET', KEYS[2], rid, entry)
     if keep then
-      redis.call('HSET', KEYS[5], rid, entry .. ' ' .. data)
-      redis.call('ZADD', KEYS[6], stamp, rid)
+      if prev and gone(prev_at or (prev_stamp .. '-0')) then
+        redis.call('ZREM', KEYS[6], rid)
+      end
+      if top_seq > 0 then
+        redis.call('ZADD', KEYS[8], stamp, rid)
+      elseif prev_at then
+        redis.call('ZREM', KEYS[8], rid)
+      end
     end
     n[op] = n[op] + 1
   else
     dups = dups + 1
-    -- A version the index holds but the records hash lacks (its events were
-    -- trimmed before records were kept): a reconcile sweep fills it in.
-    if keep and tonumber(stamp) == tonumber(prev_stamp) and redis.call('HEXISTS', KEYS[5], rid) == 0 then
+    -- The version the index holds, seen again, whose event retention
+    -- removed before the records hash kept such versions: a reconcile
+    -- sweep puts it there, so lookups and listings find it.
+    if keep and tonumber(stamp) == tonumber(prev_stamp) and gone(prev_at or (prev_stamp .. '-0'))
+        and redis.call('HEXISTS', KEYS[5], rid) == 0 then
       redis.call('HSET', KEYS[5], rid, prev .. ' ' .. data)
       redis.call('ZADD', KEYS[6], stamp, rid)
+      redis.call('ZREM', KEYS[8], rid)
     end
   end
 end

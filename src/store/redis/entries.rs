@@ -55,7 +55,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
 ) -> StoreResult<Event> {
     let (mut op, mut record, mut stamp, mut prev, mut snapshot, mut observed, mut data) =
         (None, None, None, None, false, 0, None);
-    let mut before = None;
+    let (mut before, mut prev_id) = (None, None);
     for (k, v) in fields {
         let text = v.as_ref();
         match k.as_ref() {
@@ -67,6 +67,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
             "observed" => observed = text.parse().unwrap_or(0),
             "data" => data = Some(v.into()),
             "before" => before = Some(v.into()),
+            "previd" => prev_id = text.parse().ok(),
             _ => {}
         }
     }
@@ -81,6 +82,7 @@ fn event<K: AsRef<str>, V: Into<String> + AsRef<str>>(
         snapshot,
         observed,
         data: data.ok_or_else(missing)?,
+        prev_id,
         before,
     })
 }

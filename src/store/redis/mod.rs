@@ -21,7 +21,8 @@ use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 pub struct Keys {
     /// `P:{s:r}:events`, a stream with one entry per change.
     pub events: String,
-    /// `P:{s:r}:index`, a hash of record id -> `<stamp>` or `<stamp>:deleted`.
+    /// `P:{s:r}:index`, a hash of record id -> `<stamp>[:deleted][@<stream ID>]`
+    /// (`events::IndexEntry`).
     pub index: String,
     /// `P:{s:r}:rejects`, a stream of records that could not become events.
     pub rejects: String,
@@ -38,10 +39,19 @@ pub struct Keys {
     pub epoch: String,
     /// `P:{s:r}:reconcile`, present while a reconcile sweep is requested.
     pub reconcile: String,
-    /// `P:{s:r}:records`, record id -> `<index entry> <latest record JSON>`.
+    /// `P:{s:r}:records`, record id -> `<stamp>[:deleted] <record JSON>`:
+    /// each record's last version whose event retention removed.
     pub records: String,
-    /// `P:{s:r}:stamps`, a sorted set of record ids by latest stamp.
+    /// `P:{s:r}:stamps`, record ids by stamp: the records whose latest
+    /// version's event retention removed (that version is in `records`).
     pub stamps: String,
+    /// `P:{s:r}:late`, record ids by stamp: the records whose latest version
+    /// is a late event still in the stream.
+    pub late: String,
+    /// `P:{s:r}:kept`, present once the record store's sets are complete
+    /// (see records.rs): absent after `keep_records = false`, or in a
+    /// table from before them.
+    pub kept: String,
     base: String,
 }
 
@@ -60,6 +70,8 @@ impl Keys {
             reconcile: format!("{base}:reconcile"),
             records: format!("{base}:records"),
             stamps: format!("{base}:stamps"),
+            late: format!("{base}:late"),
+            kept: format!("{base}:kept"),
             base,
         }
     }
@@ -253,7 +265,9 @@ impl Store for RedisStore {
             .key(&keys.lease)
             .key(&keys.epoch)
             .key(&keys.records)
-            .key(&keys.stamps);
+            .key(&keys.stamps)
+            .key(&keys.trimmed)
+            .key(&keys.late);
         inv.arg(batch.holder)
             .arg(if batch.snapshot { "1" } else { "0" })
             .arg(batch.observed)

@@ -1,9 +1,20 @@
-//! The latest-record store on Redis (README.md, "The Redis layout"):
-//! `P:{s:r}:records`, a hash of record id -> `<index entry> <record JSON>`,
-//! and `P:{s:r}:stamps`, a sorted set of record id by latest stamp, both
-//! written by `append.lua` beside the stream and the index (one hash tag,
-//! one slot on a cluster). Listings read both in one script, so a page is
-//! one consistent snapshot.
+//! The latest-record store on Redis (README.md, "The Redis layout"). The
+//! index already points at each record's latest version (`<stamp>`, or
+//! `<stamp>@<stream ID>` for a late event), and the stream holds it, so an
+//! append copies no record: it writes a set only for a late event, and
+//! for an update whose old version's event retention removed. Besides:
+//!
+//! - `P:{s:r}:records`, record id -> `<stamp>[:deleted] <JSON>`: the last
+//!   version of each record whose event retention removed (trim.lua), so
+//!   lookups, listings and previous values outlive the events;
+//! - `P:{s:r}:stamps`, the records whose latest version is only there, and
+//!   `P:{s:r}:late`, those whose latest version is a late event, each by
+//!   stamp: with the stream's `<stamp>-0` entries, three sources in stamp
+//!   order that a listing merges (records.lua);
+//! - `P:{s:r}:kept`, set once the two sets are complete for the table.
+//!
+//! All reads are one script (`records.lua`), so each answer is one
+//! consistent snapshot of the table.
 
 use std::sync::LazyLock;
 
@@ -11,123 +22,81 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
 use super::RedisStore;
-use crate::events::StreamId;
-use crate::store::records::{RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value};
+use crate::events::{Event, StreamId};
+use crate::store::records::{
+    RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value, wants_previous,
+};
 use crate::store::{StoreResult, Target};
 
-/// Fills the records of one chunk of the stream: each entry that is its
-/// record's latest version (the index holds its stamp) and is missing.
-/// KEYS: events, index, records, stamps. ARGV: after (exclusive ID), count.
-/// Returns {filled, last ID read ('' at the end)}.
-static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local filled = 0
-for _, e in ipairs(entries) do
-  local f = {}
-  for i = 1, #e[2], 2 do
-    f[e[2][i]] = e[2][i + 1]
-  end
-  local idx = redis.call('HGET', KEYS[2], f.record)
-  if idx then
-    local stamp = string.match(idx, '^(%d+)')
-    if stamp == f.stamp and redis.call('HEXISTS', KEYS[3], f.record) == 0 then
-      redis.call('HSET', KEYS[3], f.record, idx .. ' ' .. f.data)
-      redis.call('ZADD', KEYS[4], stamp, f.record)
-      filled = filled + 1
-    end
-  end
-end
-local last = ''
-if #entries > 0 then
-  last = entries[#entries][1]
-end
-return {filled, last}
-"#,
-    )
-});
+static READS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("records.lua")));
 
-/// One page of a listing. KEYS: stamps, records, events. ARGV: above,
-/// until ('' for the stream's top stamp), after, offset, limit.
-/// Returns {count, until, last ID, ids, values}.
-static PAGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-local last_id = '0-0'
-if #last > 0 then
-  last_id = last[1][1]
-end
-local untl = ARGV[2]
-if untl == '' then
-  untl = string.match(last_id, '^(%d+)')
-end
-local count = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], untl)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], untl, 'LIMIT', ARGV[4], ARGV[5])
-local values = {}
-if #ids > 0 then
-  values = redis.call('HMGET', KEYS[2], unpack(ids))
-end
-return {count, untl, last_id, ids, values}
-"#,
-    )
-});
-
-const FILL_CHUNK: usize = 1000;
+/// Index entries `complete` reads per call, and stream entries per count call.
+const CHUNK: usize = 1000;
 
 impl RedisStore {
-    /// Before the first append of this process to `t`: drops the records of
-    /// a table that no longer keeps them, or fills those of a table whose
-    /// events predate the store (fewer records than index entries).
+    /// The script with the table's keys, calling `function`.
+    fn reads(&self, t: &Target, function: &str) -> redis::ScriptInvocation<'static> {
+        let keys = self.keys(t);
+        let mut inv = READS.prepare_invoke();
+        inv.key(keys.events)
+            .key(keys.index)
+            .key(keys.records)
+            .key(keys.stamps)
+            .key(keys.late)
+            .key(keys.trimmed)
+            .key(keys.kept)
+            .arg(function);
+        inv
+    }
+
+    /// Before the first append of this process to `t`: drops the record
+    /// store of a table that no longer keeps records, or completes its sets
+    /// when they are not (records were off, or kept in an older layout).
     pub(super) async fn ready_records(&self, t: &Target) -> StoreResult<()> {
         if !self.keep.first_use(t) {
             return Ok(());
         }
-        let done = self.fill_or_drop(t).await;
+        let done = self.complete_or_drop(t).await;
         if done.is_err() {
             self.keep.not_ready(t);
         }
         done
     }
 
-    async fn fill_or_drop(&self, t: &Target) -> StoreResult<()> {
+    async fn complete_or_drop(&self, t: &Target) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         if !self.keep.keeps(t) {
             let _: () = c
-                .del(&[&keys.records, &keys.stamps])
+                .del(&[&keys.records, &keys.stamps, &keys.late, &keys.kept])
                 .await
                 .map_err(|e| self.err(e))?;
             return Ok(());
         }
-        let kept: u64 = c.hlen(&keys.records).await.map_err(|e| self.err(e))?;
-        let indexed: u64 = c.hlen(&keys.index).await.map_err(|e| self.err(e))?;
-        if kept >= indexed {
+        let kept: Option<String> = c.get(&keys.kept).await.map_err(|e| self.err(e))?;
+        if kept.is_some() {
             return Ok(());
         }
-        let (mut after, mut filled) = ("0-0".to_string(), 0u64);
+        let (mut at, mut missing) = ("0".to_string(), 0u64);
         loop {
-            let (n, last): (u64, String) = FILL
-                .key(&keys.events)
-                .key(&keys.index)
-                .key(&keys.records)
-                .key(&keys.stamps)
-                .arg(&after)
-                .arg(FILL_CHUNK)
+            let (next, lost): (String, u64) = self
+                .reads(t, "complete")
+                .arg(&at)
+                .arg(CHUNK)
                 .invoke_async(&mut c)
                 .await
                 .map_err(|e| self.err(e))?;
-            filled += n;
-            if last.is_empty() {
+            missing += lost;
+            if next == "0" {
                 break;
             }
-            after = last;
+            at = next;
         }
-        let short = indexed.saturating_sub(kept + filled);
-        tracing::info!(target = %t, filled, "filled the latest-record store from the stream");
-        if short > 0 {
-            tracing::warn!(target = %t, missing = short, "retention removed the events of some records before records were kept; `stamp-relay sync --reconcile` fills them in");
+        let state = if missing == 0 { "complete" } else { "partial" };
+        let _: () = c.set(&keys.kept, state).await.map_err(|e| self.err(e))?;
+        tracing::info!(target = %t, "the latest-record store is ready");
+        if missing > 0 {
+            tracing::warn!(target = %t, missing, "retention removed the events of some records before records were kept; `stamp-relay sync --reconcile` fills them in");
         }
         Ok(())
     }
@@ -136,9 +105,93 @@ impl RedisStore {
     pub(super) fn keep_arg(&self, t: &Target) -> &'static str {
         if self.keep.keeps(t) { "1" } else { "0" }
     }
+
+    /// Records whose latest stamp is in `(above, until]`, summed over
+    /// short script calls (a long count never blocks Redis for long).
+    async fn count(&self, t: &Target, above: u64, until: u64) -> StoreResult<u64> {
+        let mut c = self.conn.clone();
+        let (mut from, mut total) = (String::new(), 0u64);
+        loop {
+            let (n, next): (u64, String) = self
+                .reads(t, "count")
+                .arg(above)
+                .arg(until)
+                .arg(&from)
+                .arg(CHUNK)
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            total += n;
+            if next.is_empty() {
+                return Ok(total);
+            }
+            from = next;
+        }
+    }
 }
 
-type PageReply = (u64, u64, String, Vec<String>, Vec<Option<String>>);
+/// {until, last ID, frontier, position to go on from, ids, index entries, JSONs}.
+type PageReply = (
+    u64,
+    String,
+    u64,
+    String,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+);
+
+/// Stream entries one page call reads at most (superseded versions
+/// included), so a listing over a long history never blocks Redis long.
+const PAGE_BUDGET: usize = 5000;
+
+impl RedisStore {
+    /// A listing page from as many short calls as it takes: each reads the
+    /// three sources up to a frontier stamp, the next goes on from there.
+    async fn page(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+        let mut c = self.conn.clone();
+        let want = q.offset + q.limit;
+        let (mut after, mut from) = (q.after.unwrap_or(q.above).max(q.above), String::new());
+        let (mut until, mut last_id, mut records) = (q.until, None, Vec::new());
+        loop {
+            let (top, last, frontier, next, ids, idxs, datas): PageReply = self
+                .reads(t, "page")
+                .arg(until.map(|u| u.to_string()).unwrap_or_default())
+                .arg(after)
+                .arg(want - records.len())
+                .arg(&from)
+                .arg(PAGE_BUDGET)
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            last_id.get_or_insert_with(|| last.parse().unwrap_or(StreamId::ZERO));
+            until = Some(top);
+            records.extend(
+                ids.iter()
+                    .zip(idxs)
+                    .zip(datas)
+                    .filter_map(|((id, idx), data)| decode_value(id, &idx, data)),
+            );
+            if records.len() >= want || next.is_empty() {
+                break;
+            }
+            (after, from) = (frontier, next);
+        }
+        let until = until.unwrap_or_default();
+        let count = match q.count {
+            Some(n) => n,
+            None => self.count(t, q.above, until).await?,
+        };
+        records.drain(..q.offset.min(records.len()));
+        records.truncate(q.limit);
+        Ok(RecordsPage {
+            count,
+            until,
+            last_id: last_id.unwrap_or(StreamId::ZERO),
+            records,
+        })
+    }
+}
 
 #[async_trait]
 impl RecordStore for RedisStore {
@@ -147,39 +200,42 @@ impl RecordStore for RedisStore {
     }
 
     async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {
+        if !self.keep.keeps(t) {
+            return Ok(None);
+        }
         let mut c = self.conn.clone();
-        let v: Option<String> = c
-            .hget(self.keys(t).records, id)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| decode_value(id, &v)))
-    }
-
-    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
-        let keys = self.keys(t);
-        let mut c = self.conn.clone();
-        let (count, until, last, ids, values): PageReply = PAGE
-            .key(&keys.stamps)
-            .key(&keys.records)
-            .key(&keys.events)
-            .arg(q.above)
-            .arg(q.until.map(|u| u.to_string()).unwrap_or_default())
-            .arg(q.after.unwrap_or(q.above).max(q.above))
-            .arg(q.offset)
-            .arg(q.limit)
+        let v: Option<(String, String)> = self
+            .reads(t, "record")
+            .arg(id)
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
-        let records = ids
-            .iter()
-            .zip(values)
-            .filter_map(|(id, v)| decode_value(id, &v?))
+        Ok(v.and_then(|(idx, data)| decode_value(id, &idx, data)))
+    }
+
+    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+        self.page(t, q).await
+    }
+
+    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()> {
+        let wanted: Vec<usize> = (0..events.len())
+            .filter(|&i| wants_previous(&events[i]))
             .collect();
-        Ok(RecordsPage {
-            count,
-            until,
-            last_id: last.parse().unwrap_or(StreamId::ZERO),
-            records,
-        })
+        if wanted.is_empty() || !self.keep.keeps(t) {
+            return Ok(());
+        }
+        let mut inv = self.reads(t, "versions");
+        for &i in &wanted {
+            let e = &events[i];
+            let prev = e.prev.unwrap_or(0);
+            let at = e.prev_id.unwrap_or(StreamId::new(prev, 0));
+            inv.arg(&e.record).arg(prev).arg(at.to_string());
+        }
+        let mut c = self.conn.clone();
+        let found: Vec<Option<String>> = inv.invoke_async(&mut c).await.map_err(|e| self.err(e))?;
+        for (i, before) in wanted.into_iter().zip(found) {
+            events[i].before = before;
+        }
+        Ok(())
     }
 }

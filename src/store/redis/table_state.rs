@@ -10,18 +10,36 @@ use crate::{
     store::{PollStatus, StoreError, StoreResult, TableState, Target, decode_json},
 };
 
+/// Events trim.lua removes per call: a short script, so Redis serves
+/// others between chunks of a large trim.
+const TRIM_CHUNK: usize = 1000;
+
 #[async_trait]
 impl TableState for RedisStore {
     async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
-        self.trim
-            .key(&keys.events)
-            .key(&keys.trimmed)
-            .arg(first_kept.to_string())
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))
+        let mut total = 0;
+        loop {
+            let (removed, more): (u64, u8) = self
+                .trim
+                .key(&keys.events)
+                .key(&keys.trimmed)
+                .key(&keys.index)
+                .key(&keys.records)
+                .key(&keys.stamps)
+                .key(&keys.late)
+                .arg(first_kept.to_string())
+                .arg(self.keep_arg(t))
+                .arg(TRIM_CHUNK)
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            total += removed;
+            if more == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {

@@ -126,20 +126,13 @@ fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result
             records::fill_duplicate(c, t, r, prev, batch.keep)?;
             continue;
         };
-        let before = records::before(c, t, &r.id, prev.is_some() && batch.keep)?;
         let id = events::next_id(top, r.stamp);
         if id.seq > 0 {
             out.late += 1;
         }
-        let event = NewEvent {
-            id,
-            op,
-            prev,
-            before,
-        };
+        let event = NewEvent { id, op, prev };
         insert_event(c, t, batch, r, &event)?;
-        put_index(c, t, r)?;
-        records::put(c, t, r, batch.keep)?;
+        put_index(c, t, r, id)?;
         top = id;
         out.count(op);
     }
@@ -149,12 +142,17 @@ fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result
 /// The index entry of `record`: its latest stamp and whether it is deleted.
 fn index_entry(c: &Connection, t: &Target, record: &str) -> rusqlite::Result<Option<IndexEntry>> {
     c.prepare_cached(
-        "SELECT stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
+        "SELECT stamp, deleted, at_stamp, at_seq FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
     )?
     .query_row(params![t.source, t.resource, record], |row| {
+        let at = match (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?) {
+            (Some(s), Some(q)) => Some(StreamId::new(s as u64, q as u64)),
+            _ => None,
+        };
         Ok(IndexEntry {
             stamp: row.get::<_, i64>(0)? as u64,
             deleted: row.get(1)?,
+            at,
         })
     })
     .optional()
@@ -165,7 +163,6 @@ struct NewEvent {
     id: StreamId,
     op: events::Op,
     prev: Option<IndexEntry>,
-    before: Option<String>,
 }
 
 fn insert_event(
@@ -175,9 +172,11 @@ fn insert_event(
     r: &crate::record::UpstreamRecord,
     e: &NewEvent,
 ) -> rusqlite::Result<()> {
+    // Where the replaced version's event is, when it is not `<prev>-0`.
+    let prev_at = e.prev.and_then(|p| p.at).filter(|a| a.seq > 0);
     c.prepare_cached(
-        "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, prev_at_stamp, prev_at_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         t.source,
@@ -191,7 +190,8 @@ fn insert_event(
         batch.snapshot,
         batch.observed as i64,
         r.raw.get(),
-        e.before,
+        prev_at.map(|a| a.stamp as i64),
+        prev_at.map(|a| a.seq as i64),
     ])?;
     Ok(())
 }
@@ -200,23 +200,26 @@ fn put_index(
     c: &Connection,
     t: &Target,
     r: &crate::record::UpstreamRecord,
+    at: StreamId,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT INTO record_index (source, resource, record, stamp, deleted) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (source, resource, record) DO UPDATE SET stamp = excluded.stamp, deleted = excluded.deleted",
+        "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (source, resource, record) DO UPDATE
+         SET stamp = excluded.stamp, deleted = excluded.deleted, at_stamp = excluded.at_stamp, at_seq = excluded.at_seq",
     )?
     .execute(params![
         t.source,
         t.resource,
         r.id,
         r.stamp as i64,
-        r.deleted
+        r.deleted,
+        at.stamp as i64,
+        at.seq as i64
     ])?;
     Ok(())
 }
 
-const EVENT_COLUMNS: &str =
-    "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before";
+const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before, prev_at_stamp, prev_at_seq";
 
 fn read_after(
     c: &Connection,
@@ -264,6 +267,10 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
         observed: r.get::<_, i64>(7)? as u64,
         data: r.get(8)?,
         before: r.get(9)?,
+        prev_id: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<i64>>(11)?) {
+            (Some(s), Some(q)) => Some(StreamId::new(s as u64, q as u64)),
+            _ => None,
+        },
     })
 }
 

@@ -1,15 +1,16 @@
-//! The latest-record store in the embedded file: the `records` table
-//! (latest version per record, indexed by id and by stamp; a rowid table,
-//! so its large rows land in insertion order rather than in a B-tree keyed
-//! by random ids), written in the append's
-//! transaction, and the `before` column of `events` (the version an event
-//! replaced; previous values).
+//! The latest-record store in the embedded file. The index points at each
+//! record's latest version (`record_index.at_stamp`/`at_seq`, the event's
+//! ID; indexed by stamp for listings), which the `events` table holds, so
+//! an append copies no record. The `records` table keeps each record's
+//! last version whose event retention removed (`keep_trimmed`, in the
+//! trim's transaction): lookups, listings and previous values read the
+//! event, or that copy once the event is gone.
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::events::{IndexEntry, StreamId};
+use crate::events::{Event, IndexEntry, StreamId};
 use crate::record::UpstreamRecord;
 use crate::store::records::{RecordStore, RecordsPage, RecordsQuery, StoredRecord};
 use crate::store::{StoreResult, Target};
@@ -19,62 +20,71 @@ CREATE TABLE IF NOT EXISTS records (
     source TEXT NOT NULL, resource TEXT NOT NULL, record TEXT NOT NULL,
     stamp INTEGER NOT NULL, deleted INTEGER NOT NULL, data TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS records_by_id ON records (source, resource, record);
-CREATE INDEX IF NOT EXISTS records_by_stamp ON records (source, resource, stamp);
+DROP INDEX IF EXISTS records_by_stamp;
+CREATE INDEX IF NOT EXISTS record_index_by_stamp ON record_index (source, resource, stamp);
 ";
 
-/// Creates the table, and the `before` column in a file made before it.
+/// Columns added since the first schema: (table, column, type).
+const ADDED: [(&str, &str, &str); 5] = [
+    ("events", "before", "TEXT"),
+    ("events", "prev_at_stamp", "INTEGER"),
+    ("events", "prev_at_seq", "INTEGER"),
+    ("record_index", "at_stamp", "INTEGER"),
+    ("record_index", "at_seq", "INTEGER"),
+];
+
+/// Creates the table and the index by stamp, and the columns a file made
+/// before them lacks.
 pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    c.execute_batch(SCHEMA)?;
-    let has_before: bool = c.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('events') WHERE name = 'before'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if !has_before {
-        c.execute_batch("ALTER TABLE events ADD COLUMN before TEXT")?;
+    for (table, column, kind) in ADDED {
+        let has: bool = c.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
     }
-    Ok(())
+    c.execute_batch(SCHEMA)
 }
 
-/// The kept version of a record, which an event replacing it carries
-/// (none unless `kept`: the table keeps records and had this one).
-pub(super) fn before(
+/// Retention, before it removes the events before `first_kept`: each
+/// record's last version among them goes into `records` (with the index's
+/// deletion flag when it is the latest), over an older copy.
+pub(super) fn keep_trimmed(
     c: &Connection,
     t: &Target,
-    id: &str,
-    kept: bool,
-) -> rusqlite::Result<Option<String>> {
-    if !kept {
-        return Ok(None);
-    }
-    c.prepare_cached(
-        "SELECT data FROM records WHERE source = ?1 AND resource = ?2 AND record = ?3",
-    )?
-    .query_row(params![t.source, t.resource, id], |r| r.get(0))
-    .optional()
-}
-
-/// Keeps `r` as its record's latest version, when the table keeps records.
-pub(super) fn put(
-    c: &Connection,
-    t: &Target,
-    r: &UpstreamRecord,
+    first_kept: StreamId,
     keep: bool,
 ) -> rusqlite::Result<()> {
     if !keep {
         return Ok(());
     }
     c.prepare_cached(
-        "INSERT INTO records (source, resource, record, stamp, deleted, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO records (source, resource, record, stamp, deleted, data)
+         SELECT e.source, e.resource, e.record, e.record_stamp,
+                COALESCE(i.stamp = e.record_stamp AND i.deleted, 0), e.data
+         FROM events e LEFT JOIN record_index i
+           ON i.source = e.source AND i.resource = e.resource AND i.record = e.record
+         WHERE e.source = ?1 AND e.resource = ?2 AND (e.stamp < ?3 OR (e.stamp = ?3 AND e.seq < ?4))
+         ORDER BY e.stamp, e.seq
          ON CONFLICT (source, resource, record) DO UPDATE
-         SET stamp = excluded.stamp, deleted = excluded.deleted, data = excluded.data",
+         SET stamp = excluded.stamp, deleted = excluded.deleted, data = excluded.data
+         WHERE excluded.stamp >= records.stamp",
     )?
-    .execute(params![t.source, t.resource, r.id, r.stamp as i64, r.deleted, r.raw.get()])
+    .execute(params![
+        t.source,
+        t.resource,
+        first_kept.stamp as i64,
+        first_kept.seq as i64
+    ])
     .map(|_| ())
 }
 
-/// A duplicate whose version the index holds but the records lack (its
-/// events were trimmed before records were kept): a reconcile fills it in.
+/// A duplicate of the version the index holds whose event is gone and
+/// that `records` lacks (retention removed it before records were kept):
+/// a reconcile sweep fills it in.
 pub(super) fn fill_duplicate(
     c: &Connection,
     t: &Target,
@@ -82,56 +92,53 @@ pub(super) fn fill_duplicate(
     prev: Option<IndexEntry>,
     keep: bool,
 ) -> rusqlite::Result<()> {
-    if !keep || prev.is_none_or(|p| p.stamp != r.stamp) {
+    let Some(p) = prev.filter(|p| keep && p.stamp == r.stamp) else {
         return Ok(());
-    }
+    };
+    let at = p.event_id();
     c.prepare_cached(
-        "INSERT OR IGNORE INTO records (source, resource, record, stamp, deleted, data)
-         SELECT ?1, ?2, ?3, ?4, deleted, ?5 FROM record_index
-         WHERE source = ?1 AND resource = ?2 AND record = ?3 AND stamp = ?4",
+        "INSERT INTO records (source, resource, record, stamp, deleted, data)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6
+         WHERE NOT EXISTS (SELECT 1 FROM events WHERE source = ?1 AND resource = ?2 AND stamp = ?7 AND seq = ?8)
+         ON CONFLICT (source, resource, record) DO UPDATE
+         SET stamp = excluded.stamp, deleted = excluded.deleted, data = excluded.data
+         WHERE excluded.stamp > records.stamp",
     )?
     .execute(params![
         t.source,
         t.resource,
         r.id,
         r.stamp as i64,
-        r.raw.get()
+        p.deleted,
+        r.raw.get(),
+        at.stamp as i64,
+        at.seq as i64
     ])
     .map(|_| ())
 }
 
-/// Before the first append of this process: drops the records of a table
-/// that no longer keeps them, or fills them from the events when the table
-/// has fewer records than index entries (events older than the store).
+/// Before the first append of this process: drops the kept copies of a
+/// table that no longer keeps records.
 pub(super) fn fill_or_drop(c: &Connection, t: &Target, keep: bool) -> rusqlite::Result<()> {
     if !keep {
         c.execute(
             "DELETE FROM records WHERE source = ?1 AND resource = ?2",
             params![t.source, t.resource],
         )?;
-        return Ok(());
     }
-    let count = |table: &str| -> rusqlite::Result<i64> {
-        c.query_row(
-            &format!("SELECT COUNT(*) FROM {table} WHERE source = ?1 AND resource = ?2"),
-            params![t.source, t.resource],
-            |r| r.get(0),
-        )
-    };
-    if count("records")? >= count("record_index")? {
-        return Ok(());
-    }
-    let filled = c.execute(
-        "INSERT OR IGNORE INTO records (source, resource, record, stamp, deleted, data)
-         SELECT e.source, e.resource, e.record, e.record_stamp, i.deleted, e.data
-         FROM events e JOIN record_index i
-           ON i.source = e.source AND i.resource = e.resource AND i.record = e.record
-         WHERE e.source = ?1 AND e.resource = ?2 AND i.stamp = e.record_stamp",
-        params![t.source, t.resource],
-    )?;
-    tracing::info!(target = %t, filled, "filled the latest-record store from the events");
     Ok(())
 }
+
+/// Each index row with its version's JSON: the event the index points at
+/// (`<stamp>-0` for rows written before the pointer), else the kept copy.
+const LATEST: &str = "
+    SELECT i.record, i.stamp, i.deleted, COALESCE(e.data, r.data)
+    FROM record_index i
+    LEFT JOIN events e ON e.source = i.source AND e.resource = i.resource
+        AND e.stamp = COALESCE(i.at_stamp, i.stamp) AND e.seq = COALESCE(i.at_seq, 0) AND e.record = i.record
+    LEFT JOIN records r ON r.source = i.source AND r.resource = i.resource
+        AND r.record = i.record AND r.stamp = i.stamp
+    WHERE i.source = ?1 AND i.resource = ?2 AND COALESCE(e.data, r.data) IS NOT NULL";
 
 fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     Ok(StoredRecord {
@@ -146,18 +153,20 @@ fn page(c: &mut Connection, t: &Target, q: RecordsQuery) -> rusqlite::Result<Rec
     let tx = c.transaction()?;
     let last_id: StreamId = super::last_id(&tx, t)?;
     let until = q.until.unwrap_or(last_id.stamp);
-    let count: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM records WHERE source = ?1 AND resource = ?2 AND stamp > ?3 AND stamp <= ?4",
-        params![t.source, t.resource, q.above as i64, until as i64],
-        |r| r.get(0),
-    )?;
+    let count = match q.count {
+        Some(n) => n as i64,
+        None => tx.query_row(
+            "SELECT COUNT(*) FROM record_index WHERE source = ?1 AND resource = ?2 AND stamp > ?3 AND stamp <= ?4",
+            params![t.source, t.resource, q.above as i64, until as i64],
+            |r| r.get(0),
+        )?,
+    };
     let after = q.after.unwrap_or(q.above).max(q.above);
     let records = tx
-        .prepare_cached(
-            "SELECT record, stamp, deleted, data FROM records
-             WHERE source = ?1 AND resource = ?2 AND stamp > ?3 AND stamp <= ?4
-             ORDER BY stamp LIMIT ?5 OFFSET ?6",
-        )?
+        .prepare_cached(&format!(
+            "{LATEST} AND i.stamp > ?3 AND i.stamp <= ?4
+             ORDER BY i.stamp LIMIT ?5 OFFSET ?6"
+        ))?
         .query_map(
             params![
                 t.source,
@@ -186,11 +195,13 @@ impl RecordStore for SqliteStore {
     }
 
     async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {
+        if !self.keep.keeps(t) {
+            return Ok(None);
+        }
         let (t, id) = (t.clone(), id.to_string());
         self.with(move |c| {
             c.query_row(
-                "SELECT record, stamp, deleted, data FROM records
-                 WHERE source = ?1 AND resource = ?2 AND record = ?3",
+                &format!("{LATEST} AND i.record = ?3"),
                 params![t.source, t.resource, id],
                 stored,
             )
@@ -203,4 +214,62 @@ impl RecordStore for SqliteStore {
         let t = t.clone();
         self.with(move |c| page(c, &t, q)).await
     }
+
+    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()> {
+        let wanted: Vec<(usize, String, u64, StreamId)> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| crate::store::records::wants_previous(e))
+            .map(|(i, e)| {
+                let prev = e.prev.unwrap_or(0);
+                let at = e.prev_id.unwrap_or(StreamId::new(prev, 0));
+                (i, e.record.clone(), prev, at)
+            })
+            .collect();
+        if wanted.is_empty() || !self.keep.keeps(t) {
+            return Ok(());
+        }
+        let t = t.clone();
+        let found = self
+            .with(move |c| {
+                wanted
+                    .into_iter()
+                    .map(|(i, record, prev, at)| Ok((i, version(c, &t, &record, prev, at)?)))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        for (i, before) in found {
+            events[i].before = before;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON of `record`'s version `stamp`, whose event is `at`: the event,
+/// or the kept copy once retention removed it.
+fn version(
+    c: &Connection,
+    t: &Target,
+    record: &str,
+    stamp: u64,
+    at: StreamId,
+) -> rusqlite::Result<Option<String>> {
+    c.prepare_cached(
+        "SELECT data FROM events WHERE source = ?1 AND resource = ?2 AND stamp = ?3 AND seq = ?4 AND record = ?5
+         UNION ALL
+         SELECT data FROM records WHERE source = ?1 AND resource = ?2 AND record = ?5 AND stamp = ?6
+         LIMIT 1",
+    )?
+    .query_row(
+        params![
+            t.source,
+            t.resource,
+            at.stamp as i64,
+            at.seq as i64,
+            record,
+            stamp as i64
+        ],
+        |r| r.get(0),
+    )
+    .optional()
 }

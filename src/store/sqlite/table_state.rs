@@ -14,6 +14,7 @@ use crate::{
 impl TableState for SqliteStore {
     async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
         let t = t.clone();
+        let keep = self.keep.keeps(&t);
         self.with(move |c| {
             let tx = c.transaction()?;
             let (k_stamp, k_seq) = (first_kept.stamp as i64, first_kept.seq as i64);
@@ -28,6 +29,7 @@ impl TableState for SqliteStore {
             let Some((stamp, seq)) = last_removed else {
                 return Ok(0);
             };
+            super::records::keep_trimmed(&tx, &t, first_kept, keep)?;
             let removed = tx.execute(
                 "DELETE FROM events WHERE source = ?1 AND resource = ?2
                  AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))",
