@@ -240,6 +240,8 @@ pub struct RawConfig {
     pub api: ApiConfig,
     pub sources: Vec<SourceConfig>,
     pub delivery: DeliveryConfig,
+    /// Webhook subscriptions the file declares.
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 /// The validated configuration every component is built from.
@@ -250,6 +252,7 @@ pub struct Config {
     pub api_tokens: Vec<(TokenConfig, Secret)>,
     pub sources: Vec<Source>,
     pub delivery: DeliveryConfig,
+    pub subscriptions: Vec<SubscriptionDecl>,
 }
 
 /// Everything wrong with a configuration, one problem per line.
@@ -330,12 +333,14 @@ fn describe_figment_error(e: figment::Error) -> String {
 
 mod cidr;
 mod source;
+mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };
+pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,10 @@ use crate::{
 };
 
 mod headers;
+mod start;
 pub mod state;
 pub use headers::{reserved_header, validate_headers};
+pub use start::StartSpec;
 
 pub const MAX_BATCH: u32 = 1000;
 /// Requests in flight per subscription and table at most.
@@ -74,6 +76,18 @@ pub struct Subscription {
     /// empty for thin events, absent for whole records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
+    /// Declared in the configuration file (`[[subscriptions]]`): the API
+    /// neither deletes nor rewrites it (src/declared.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<ManagedBy>,
+}
+
+/// What owns a subscription other than the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// A `[[subscriptions]]` entry of the configuration file.
+    Config,
 }
 
 impl Subscription {
@@ -281,6 +295,17 @@ pub fn validate_rate(rate: Option<u32>) -> Result<(), Invalid> {
 pub fn validate_description(d: &str) -> Result<(), Invalid> {
     if d.chars().count() > 1000 {
         return Err(invalid("description", "at most 1000 characters"));
+    }
+    Ok(())
+}
+
+/// Previous values and a projection do not combine, as in replay.
+pub fn validate_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> Result<(), Invalid> {
+    if previous && fields.is_some() {
+        return Err(invalid(
+            "fields",
+            "fields cannot be combined with previous: true; ask for one or the other",
+        ));
     }
     Ok(())
 }
