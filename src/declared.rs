@@ -100,9 +100,7 @@ fn check(
     ] {
         r.unwrap_or_else(&mut note);
     }
-    let url = sub::validate_url(&c.url)
-        .map(|()| c.url.clone())
-        .map_err(&mut note);
+    let url = sub::WebhookUrl::parse(&c.url).map_err(&mut note);
     let resources = sub::parse_resources(&c.resources, &known).map_err(&mut note);
     let ops = sub::parse_ops(&c.ops).map_err(&mut note);
     let fields =
@@ -140,7 +138,7 @@ fn check(
 /// start points or times yet.
 fn model(
     c: &SubscriptionConfig,
-    url: String,
+    url: sub::WebhookUrl,
     resources: sub::Coverage,
     ops: Vec<crate::events::Op>,
     fields: Option<Vec<String>>,
@@ -269,7 +267,7 @@ async fn create(
     s.start = sub::resolve_start(&d.start, &s.resources.of(known), now);
     (s.created_ms, s.updated_ms) = (now_ms(), now_ms());
     store.put_subscription(&s).await?;
-    tracing::info!(subscription = %s.id, url = %sub::url_for_logs(&s.url), "subscription created from the configuration file");
+    tracing::info!(subscription = %s.id, url = %s.url.for_logs(), "subscription created from the configuration file");
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use crate::{
 #[derive(Serialize)]
 pub struct View<'a> {
     pub id: &'a str,
-    pub url: &'a str,
+    pub url: &'a sub::WebhookUrl,
     pub resources: &'a Coverage,
     pub ops: &'a [Op],
     #[serde(with = "crate::subscription::start_map")]
@@ -88,7 +88,7 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
-    sub::validate_url(&req.url)?;
+    let url = sub::WebhookUrl::parse(&req.url)?;
     let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
@@ -109,7 +109,7 @@ pub async fn create(
     let at = now_ms();
     let subscription = Subscription {
         id: sub::new_id(),
-        url: req.url,
+        url,
         resources,
         ops,
         start,
@@ -131,7 +131,7 @@ pub async fn create(
         managed_by: None,
     };
     s.shared.store.put_subscription(&subscription).await?;
-    tracing::info!(subscription = %subscription.id, url = %sub::url_for_logs(&subscription.url), "subscription created");
+    tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
     created(&subscription)
 }
 
@@ -251,8 +251,7 @@ fn apply_patch(
     known: &[Target],
 ) -> ApiResult<()> {
     if let Some(url) = &req.url {
-        sub::validate_url(url)?;
-        found.url = url.clone();
+        found.url = sub::WebhookUrl::parse(url)?;
     }
     if let Some(resources) = &req.resources {
         let resources = sub::parse_resources(resources, known)?;
