@@ -50,6 +50,16 @@ description = "female residents"
 const FEMALE: &str = r#"[{ exact = { "data.gender" = "female" } }]"#;
 const MALE: &str = r#"[{ exact = { "data.gender" = "male" } }]"#;
 
+/// A simulator holding `n` patients, answering in stamp order.
+async fn patients(n: usize) -> Sim {
+    Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), n)],
+        ..SimConfig::default()
+    })
+    .await
+}
+
 async fn start(ts: &TestStore, sim: &Sim, decls: Vec<SubscriptionDecl>) -> App {
     let sources = vec![source(&sim.base_url, &["patients"], Paging::Keyset, 100)];
     App::spawn_with(ts, sources, |c| c.subscriptions = decls).await
@@ -73,12 +83,7 @@ fn received(rx: &TestReceiver) -> Vec<String> {
 on_both_stores!(a_declared_subscription_delivers_and_follows_the_file);
 
 async fn a_declared_subscription_delivers_and_follows_the_file(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        order: Order::Stamp,
-        initial: vec![("patients".into(), 80)],
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = patients(80).await;
     let t = Target::new("sim", "patients");
     let rx = TestReceiver::start(41).await;
     rx.set_secrets(&[SECRET]);
@@ -206,12 +211,7 @@ async fn shown_and_refused(app: &App) {
 on_both_stores!(a_declared_subscription_comes_back_when_the_store_loses_it);
 
 async fn a_declared_subscription_comes_back_when_the_store_loses_it(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        order: Order::Stamp,
-        initial: vec![("patients".into(), 20)],
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = patients(20).await;
     let rx = TestReceiver::start(43).await;
     rx.set_secrets(&[SECRET]);
     let app = start(&ts, &sim, declare(&entry(&rx.url, FEMALE), SECRET)).await;
