@@ -315,3 +315,64 @@ fn adopt(
     }
     cur.updated_ms = now_ms();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(filters: &str) -> Subscription {
+        let c: SubscriptionConfig = serde_json::from_value(serde_json::json!({
+            "id": "care", "url": "https://care.example/hook", "resources": ["pc/patients", "pc/users"],
+            "secret_env": "X", "filters": serde_json::from_str::<serde_json::Value>(filters).unwrap(),
+        }))
+        .unwrap();
+        let source: SourceConfig = serde_json::from_value(serde_json::json!({
+            "name": "pc", "base_url": "https://pc.example/api", "resources": ["patients", "users"],
+        }))
+        .unwrap();
+        let mut d = check(0, &c, &[source]).unwrap();
+        d.sub.secret = "whsec_new".into();
+        d.sub
+    }
+
+    #[test]
+    fn the_file_is_adopted_keeping_positions_and_rotating_the_secret() {
+        let (patients, users) = (Target::new("pc", "patients"), Target::new("pc", "users"));
+        let mut stored = declared(r#"[{"exact": {"type": "a"}}]"#);
+        stored.resources = sub::Coverage::Only(vec![patients.clone()]);
+        stored.start = [(patients.clone(), StreamId::new(7, 0))].into();
+        stored.secret = "whsec_old".into();
+        (stored.enabled, stored.disabled_reason) = (false, Some(REMOVED.into()));
+        stored.managed_by = None;
+        let want = declared(r#"[{"exact": {"type": "b"}}]"#);
+        assert!(differs(&stored, &want));
+        let now = [(users.clone(), StreamId::new(40, 0))].into();
+        let mut cur = stored.clone();
+        adopt(
+            &mut cur,
+            &want,
+            &[patients.clone(), users.clone()],
+            &now,
+            99,
+        );
+        assert_eq!(cur.start_of(&patients), StreamId::new(7, 0), "kept");
+        assert_eq!(
+            cur.start_of(&users),
+            StreamId::new(40, 0),
+            "newly covered: now"
+        );
+        assert_eq!(cur.previous_secret, Some(("whsec_old".into(), 99)));
+        assert_eq!((cur.secret.as_str(), cur.enabled), ("whsec_new", true));
+        assert_eq!(
+            (cur.filters, cur.managed_by),
+            (want.filters.clone(), Some(ManagedBy::Config))
+        );
+        let mut same = want.clone();
+        same.start = [(patients, StreamId::new(3, 0))].into();
+        (same.version, same.updated_ms) = (4, 1);
+        assert!(
+            !differs(&same, &want),
+            "positions, versions and times are the store's"
+        );
+    }
+}

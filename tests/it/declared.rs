@@ -206,6 +206,8 @@ async fn shown_and_refused(app: &App) {
     }
     assert_eq!(app.set_enabled("care", false).await.status(), 200);
     assert_eq!(app.set_enabled("care", true).await.status(), 200);
+    let page = app.get("/").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("care <small>(config)</small>"), "{page}");
 }
 
 on_both_stores!(a_declared_subscription_comes_back_when_the_store_loses_it);
