@@ -218,6 +218,31 @@ fn compose_file_is_consistent() {
     assert!(ok, "{local}: {text}");
 }
 
+/// The README's GitOps example of `[[subscriptions]]` validates against
+/// a source with its tables.
+#[test]
+fn the_readme_subscriptions_example_validates() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```toml\n")
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains("[[subscriptions]]"))
+        .expect("a toml block with [[subscriptions]]");
+    let source = "[[sources]]\nname = \"painchek\"\nbase_url = \"https://ua.ap.painchek.com/api\"\nresources = [\"patients\", \"assessments\"]\n";
+    let f = config_file(&format!("{source}{example}"));
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let env = [
+        ("CARE_WEBHOOK_SECRET", secret),
+        ("RECORDS_WEBHOOK_SECRET", secret),
+    ];
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &env,
+    );
+    assert!(ok && text.contains("2 subscription(s)"), "{text}");
+}
+
 /// `--log-format json` writes one JSON object per line.
 #[test]
 fn json_logs_are_json() {
