@@ -2,7 +2,9 @@
 //! environment variables, validated once at startup.
 //!
 //! Secrets never live in the file: it names environment variables, and
-//! [`Config::load`] resolves them into [`Secret`]s whose `Debug` hides them.
+//! [`RawConfig::validate`] resolves them into [`Secret`]s whose `Debug` hides
+//! them. The `[[subscriptions]]` rules shared with the API are checked above
+//! this layer (`declared.rs`, whose `load_config` is what the commands use).
 //! Every error names the key that is wrong and says what to do.
 
 use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
@@ -270,14 +272,6 @@ impl ConfigError {
 
 /// Reads a variable through the lookup (the process environment in production).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-impl Config {
-    /// Loads `path` (if any) plus `STAMP_RELAY__…` overrides and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let raw = RawConfig::load(path)?;
-        raw.validate(&|k| std::env::var(k).ok())
-    }
-}
 
 impl RawConfig {
     pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
