@@ -12,6 +12,7 @@ use crate::{
     api::{self, ApiState, Shared, auth::ApiToken},
     cloudevents::EventSource,
     config::{Config, join},
+    declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
     poller::{PollError, PollReport, PollSettings, Poller, ReconcileReport},
@@ -30,6 +31,8 @@ pub struct Relay {
     pub holder: String,
     pub sender: Arc<Sender>,
     pub metrics: Arc<Metrics>,
+    /// The `[[subscriptions]]` of the configuration file, checked.
+    pub declared: Arc<Vec<Declared>>,
 }
 
 /// A name for this process in leases: unique per start.
@@ -67,6 +70,7 @@ impl Relay {
                 ));
             }
         }
+        let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
         Ok(Relay {
@@ -76,6 +80,7 @@ impl Relay {
             holder,
             sender,
             metrics,
+            declared,
         })
     }
 
@@ -125,7 +130,15 @@ impl Relay {
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
+            declared: self.declared.clone(),
+            apply_first: false,
+            secret_grace: self.config.delivery.secret_grace,
         }
+    }
+
+    /// The targets this relay polls.
+    fn targets(&self) -> Vec<Target> {
+        self.pollers.iter().map(|p| p.target.clone()).collect()
     }
 
     /// The HTTP layer's view of this relay; starts the live tails.
@@ -224,9 +237,19 @@ impl Relay {
     /// Runs pollers and the HTTP server until `cancel`, then drains them
     /// within [`SHUTDOWN_DEADLINE`].
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+        let grace = self.config.delivery.secret_grace;
+        let mut deliverer = self.deliverer();
+        // Before the API serves, so it shows the file's subscriptions; if
+        // the store does not answer yet, delivery's supervisor tries again.
+        let targets = self.targets();
+        let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
+        if let Err(e) = applied.await {
+            tracing::warn!(error = %e, "cannot write the [[subscriptions]] of the configuration file yet; delivery tries again");
+            deliverer.apply_first = true;
+        }
         let tracker = TaskTracker::new();
         let state = self.api_state(&cancel);
-        tracker.spawn(self.deliverer().run(cancel.clone()));
+        tracker.spawn(deliverer.run(cancel.clone()));
         tracker.spawn(self.retention(cancel.clone()));
         for poller in self.pollers {
             // Ready from the start: readiness must not race the task's first step.

@@ -104,27 +104,34 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
+/// `check-config`: "ok" with what the file declares, or every problem.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let c = match crate::declared::load_config(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let targets: usize = c.sources.iter().map(|s| s.settings.resources.len()).sum();
+    println!(
+        "ok: {} source(s), {targets} target(s), {} subscription(s) from the file",
+        c.sources.len(),
+        c.subscriptions.len()
+    );
+    for s in &c.subscriptions {
+        let url = crate::subscription::url_for_logs(&s.settings.url);
+        let resources = s.settings.resources.join(", ");
+        println!("  subscription {}: {url} ({resources})", s.settings.id);
+    }
+    ExitCode::SUCCESS
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::CheckConfig { config } => Ok(match Config::load(Some(&config)) {
-            Ok(c) => {
-                println!(
-                    "ok: {} source(s), {} target(s)",
-                    c.sources.len(),
-                    c.sources
-                        .iter()
-                        .map(|s| s.settings.resources.len())
-                        .sum::<usize>()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                println!("{e}");
-                ExitCode::FAILURE
-            }
-        }),
+        Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Serve { config } => {
-            let config = Config::load(Some(&config))?;
+            let config = crate::declared::load_config(Some(&config))?;
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
@@ -140,16 +147,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             if reconcile {
-                return reconcile_once(Config::load(Some(&config))?).await;
+                return reconcile_once(crate::declared::load_config(Some(&config))?).await;
             }
             if !once {
                 anyhow::bail!(
                     "sync runs one pass and needs --once (or --reconcile); use `serve` to keep polling"
                 );
             }
-            sync_once(Config::load(Some(&config))?).await
+            sync_once(crate::declared::load_config(Some(&config))?).await
         }
-        Command::Status { config } => status(Config::load(Some(&config))?).await,
+        Command::Status { config } => status(crate::declared::load_config(Some(&config))?).await,
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
             stamp_relay_simulator::run(*args, shutdown_signal()).await?;
@@ -360,6 +367,12 @@ fn print_status(snap: &crate::status::Snapshot) {
             polled,
         );
     }
+    print_subscriptions(snap);
+}
+
+/// The subscription rows of `stamp-relay status`; `(config)` marks those
+/// the configuration file declares.
+fn print_subscriptions(snap: &crate::status::Snapshot) {
     println!(
         "\n{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  url",
         "subscription", "state", "pending", "waiting", "lag (stamps)", "dead letters"
@@ -368,7 +381,10 @@ fn print_status(snap: &crate::status::Snapshot) {
     for v in &snap.subscriptions {
         println!(
             "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
-            v.sub.id,
+            match v.sub.managed_by {
+                Some(_) => format!("{} (config)", v.sub.id),
+                None => v.sub.id.clone(),
+            },
             if v.sub.enabled { "enabled" } else { "disabled" },
             v.pending,
             v.waiting_retries,

@@ -2,7 +2,9 @@
 //! environment variables, validated once at startup.
 //!
 //! Secrets never live in the file: it names environment variables, and
-//! [`Config::load`] resolves them into [`Secret`]s whose `Debug` hides them.
+//! [`RawConfig::validate`] resolves them into [`Secret`]s whose `Debug` hides
+//! them. The `[[subscriptions]]` rules shared with the API are checked above
+//! this layer (`declared.rs`, whose `load_config` is what the commands use).
 //! Every error names the key that is wrong and says what to do.
 
 use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
@@ -240,6 +242,8 @@ pub struct RawConfig {
     pub api: ApiConfig,
     pub sources: Vec<SourceConfig>,
     pub delivery: DeliveryConfig,
+    /// Webhook subscriptions the file declares.
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 /// The validated configuration every component is built from.
@@ -250,6 +254,7 @@ pub struct Config {
     pub api_tokens: Vec<(TokenConfig, Secret)>,
     pub sources: Vec<Source>,
     pub delivery: DeliveryConfig,
+    pub subscriptions: Vec<SubscriptionDecl>,
 }
 
 /// Everything wrong with a configuration, one problem per line.
@@ -267,14 +272,6 @@ impl ConfigError {
 
 /// Reads a variable through the lookup (the process environment in production).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-impl Config {
-    /// Loads `path` (if any) plus `STAMP_RELAY__…` overrides and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let raw = RawConfig::load(path)?;
-        raw.validate(&|k| std::env::var(k).ok())
-    }
-}
 
 impl RawConfig {
     pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
@@ -330,12 +327,14 @@ fn describe_figment_error(e: figment::Error) -> String {
 
 mod cidr;
 mod source;
+mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };
+pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod declared;
 pub mod delivery;
 pub mod demo;
 pub mod events;

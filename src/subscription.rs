@@ -13,8 +13,12 @@ use crate::{
 };
 
 mod headers;
+mod start;
 pub mod state;
+mod webhook_url;
 pub use headers::{reserved_header, validate_headers};
+pub use start::StartSpec;
+pub use webhook_url::WebhookUrl;
 
 pub const MAX_BATCH: u32 = 1000;
 /// Requests in flight per subscription and table at most.
@@ -31,7 +35,7 @@ fn default_in_flight() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Subscription {
     pub id: String,
-    pub url: String,
+    pub url: WebhookUrl,
     /// The targets it receives; stored and shown as `["*"]` or
     /// `["source/resource", ...]`.
     pub resources: Coverage,
@@ -74,6 +78,18 @@ pub struct Subscription {
     /// empty for thin events, absent for whole records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
+    /// Declared in the configuration file (`[[subscriptions]]`): the API
+    /// neither deletes nor rewrites it (src/declared.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<ManagedBy>,
+}
+
+/// What owns a subscription other than the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// A `[[subscriptions]]` entry of the configuration file.
+    Config,
 }
 
 impl Subscription {
@@ -191,28 +207,9 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 /// logs travel further than the API that shows the whole URL to admins.
 pub fn url_for_logs(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(u) if u.path() == "/" && u.query().is_none() => u.origin().ascii_serialization(),
-        Ok(u) => format!("{}/…", u.origin().ascii_serialization()),
+        Ok(u) => webhook_url::origin_for_logs(&u),
         Err(_) => "(not a URL)".into(),
     }
-}
-
-pub fn validate_url(url: &str) -> Result<(), Invalid> {
-    let u =
-        url::Url::parse(url).map_err(|e| invalid("url", format!("{url:?} is not a URL ({e})")))?;
-    if !matches!(u.scheme(), "http" | "https") {
-        return Err(invalid("url", "must be an http or https URL"));
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("url", "must name a host"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(invalid(
-            "url",
-            "must not carry credentials; use headers instead",
-        ));
-    }
-    Ok(())
 }
 
 /// The coverage a client's `resources` names, every name a configured
@@ -281,6 +278,17 @@ pub fn validate_rate(rate: Option<u32>) -> Result<(), Invalid> {
 pub fn validate_description(d: &str) -> Result<(), Invalid> {
     if d.chars().count() > 1000 {
         return Err(invalid("description", "at most 1000 characters"));
+    }
+    Ok(())
+}
+
+/// Previous values and a projection do not combine, as in replay.
+pub fn validate_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> Result<(), Invalid> {
+    if previous && fields.is_some() {
+        return Err(invalid(
+            "fields",
+            "fields cannot be combined with previous: true; ask for one or the other",
+        ));
     }
     Ok(())
 }
@@ -386,10 +394,6 @@ mod tests {
 
     #[test]
     fn urls_and_limits_are_checked() {
-        assert!(validate_url("https://example.com/hook").is_ok());
-        assert_eq!(validate_url("ftp://x").unwrap_err().field, "url");
-        assert!(validate_url("https://u:p@example.com").is_err());
-        assert!(validate_url("not a url").is_err());
         assert!(
             validate_batch(0).is_err()
                 && validate_batch(1001).is_err()

@@ -6,10 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::{
-    subscription::{Invalid, Start},
-    target::Target,
-};
+pub use crate::subscription::StartSpec;
 
 /// The body of `POST /v1/subscriptions`. An optional field may be left out
 /// but not sent as `null` (openapi.yaml gives none of them a null).
@@ -47,7 +44,7 @@ pub struct CreateRequest {
 
 /// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none
 /// `null` but `rate_limit`, `filters` and `fields`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PatchRequest {
     #[serde(default, deserialize_with = "present")]
@@ -88,84 +85,9 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
-/// `start` (creation) or `from` (replay) as sent: a name, or stamps per
-/// `source/resource`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum StartSpec {
-    Named(String),
-    Stamps(BTreeMap<String, u64>),
-}
-
-impl StartSpec {
-    /// The start this names over `targets`. `field` is its name in the body
-    /// (for errors); `now` whether `"now"` is allowed (on creation, not in a
-    /// replay).
-    pub fn parse(self, field: &str, targets: &[Target], now: bool) -> Result<Start, Invalid> {
-        match self {
-            StartSpec::Named(n) if n == "now" && now => Ok(Start::Now),
-            StartSpec::Named(n) if n == "beginning" => Ok(Start::Beginning),
-            StartSpec::Named(_) => Err(Invalid {
-                field: field.into(),
-                message: format!(
-                    "must be {}\"beginning\" or {{\"source/resource\": stamp, ...}}",
-                    if now { "\"now\", " } else { "" }
-                ),
-            }),
-            StartSpec::Stamps(m) => m
-                .into_iter()
-                .map(
-                    |(name, stamp)| match targets.iter().find(|t| t.to_string() == name) {
-                        Some(t) => Ok((t.clone(), stamp)),
-                        None => Err(Invalid {
-                            field: format!("{field}.{name}"),
-                            message: "is not one of the subscription's resources".into(),
-                        }),
-                    },
-                )
-                .collect::<Result<_, _>>()
-                .map(Start::Stamps),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_names_and_stamps_parse_against_the_targets() {
-        let t: Vec<Target> = vec!["pc/patients".parse().unwrap()];
-        let named = |n: &str| StartSpec::Named(n.into());
-        assert_eq!(named("now").parse("start", &t, true), Ok(Start::Now));
-        assert_eq!(
-            named("beginning").parse("from", &t, false),
-            Ok(Start::Beginning)
-        );
-        let e = named("now").parse("from", &t, false).unwrap_err();
-        assert_eq!(e.field, "from");
-        assert_eq!(
-            e.message,
-            "must be \"beginning\" or {\"source/resource\": stamp, ...}"
-        );
-        let e = named("later").parse("start", &t, true).unwrap_err();
-        assert_eq!(
-            e.message,
-            "must be \"now\", \"beginning\" or {\"source/resource\": stamp, ...}"
-        );
-        let stamps = |n: &str| StartSpec::Stamps([(n.to_string(), 4)].into());
-        assert_eq!(
-            stamps("pc/patients").parse("start", &t, true),
-            Ok(Start::Stamps([(t[0].clone(), 4)].into()))
-        );
-        assert_eq!(
-            stamps("pc/users")
-                .parse("start", &t, true)
-                .unwrap_err()
-                .field,
-            "start.pc/users"
-        );
-    }
 
     #[test]
     fn optional_fields_may_be_absent_but_not_null() {

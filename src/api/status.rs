@@ -101,13 +101,18 @@ fn subscription_row(h: &mut String, v: &SubscriptionView) {
     };
     let _ = write!(
         h,
-        "<tr data-subscription=\"{id}\"><td>{id}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\
+        "<tr data-subscription=\"{id}\"><td>{id}{managed}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\
          <td class=n data-waiting>{}{paused}</td><td class=n data-dead>{}</td></tr>",
         // The page needs only a read token; a token in the URL stays admin-only.
-        esc(&crate::subscription::url_for_logs(&sub.url)),
+        esc(&sub.url.for_logs()),
         v.lag,
         v.waiting_retries,
         v.dead_letters,
         id = esc(&sub.id),
+        managed = if sub.managed_by.is_some() {
+            " <small>(config)</small>"
+        } else {
+            ""
+        },
     );
 }

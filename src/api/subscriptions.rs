@@ -26,7 +26,7 @@ use crate::{
 #[derive(Serialize)]
 pub struct View<'a> {
     pub id: &'a str,
-    pub url: &'a str,
+    pub url: &'a sub::WebhookUrl,
     pub resources: &'a Coverage,
     pub ops: &'a [Op],
     #[serde(with = "crate::subscription::start_map")]
@@ -41,6 +41,7 @@ pub struct View<'a> {
     pub previous: bool,
     pub filters: Option<&'a serde_json::Value>,
     pub fields: Option<&'a [String]>,
+    pub managed_by: Option<sub::ManagedBy>,
     pub created_ms: u64,
     pub updated_ms: u64,
 }
@@ -63,6 +64,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
             previous: s.previous,
             filters: s.filters.as_ref(),
             fields: s.fields.as_deref(),
+            managed_by: s.managed_by,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
         }
@@ -86,7 +88,7 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
-    sub::validate_url(&req.url)?;
+    let url = sub::WebhookUrl::parse(&req.url)?;
     let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
@@ -99,17 +101,15 @@ pub async fn create(
     sub::validate_description(&description)?;
     let targets = resources.of(&known);
     if req.previous == Some(true) {
-        for t in &targets {
-            s.compat.kept(t)?;
-        }
+        all_kept(&s, &targets)?;
     }
-    let fields = check_selection(req.filters.as_ref(), req.fields.as_ref())?;
-    check_fields_alone(req.previous.unwrap_or(false), &fields)?;
+    let fields = crate::filter::subscription_fields(req.filters.as_ref(), req.fields.as_ref())?;
+    sub::validate_fields_alone(req.previous.unwrap_or(false), &fields)?;
     let start = start_points(&s, req.start.clone(), &targets).await?;
     let at = now_ms();
     let subscription = Subscription {
         id: sub::new_id(),
-        url: req.url,
+        url,
         resources,
         ops,
         start,
@@ -128,10 +128,16 @@ pub async fn create(
         previous: req.previous.unwrap_or(false),
         filters: req.filters,
         fields,
+        managed_by: None,
     };
     s.shared.store.put_subscription(&subscription).await?;
-    tracing::info!(subscription = %subscription.id, url = %crate::subscription::url_for_logs(&subscription.url), "subscription created");
-    let mut body = serde_json::to_value(View::from(&subscription)).map_err(Problem::internal)?;
+    tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
+    created(&subscription)
+}
+
+/// 201 with the new subscription and, this once, its secret.
+fn created(subscription: &Subscription) -> ApiResult<Response> {
+    let mut body = serde_json::to_value(View::from(subscription)).map_err(Problem::internal)?;
     body["secret"] = subscription.secret.clone().into();
     let location = format!("/v1/subscriptions/{}", subscription.id);
     Ok((
@@ -140,6 +146,14 @@ pub async fn create(
         Json(body),
     )
         .into_response())
+}
+
+/// `previous` needs the latest records of every table it covers.
+fn all_kept(s: &ApiState, targets: &[Target]) -> ApiResult<()> {
+    for t in targets {
+        s.compat.kept(t)?;
+    }
+    Ok(())
 }
 
 /// Where each target starts, as `start` names it; stamps the caller chose
@@ -166,38 +180,6 @@ async fn start_points(
         }
     }
     Ok(start)
-}
-
-/// `filters` and `fields` checked as delivery parses them (422 naming the
-/// path of a fault); the field paths as stored.
-fn check_selection(
-    filters: Option<&serde_json::Value>,
-    fields: Option<&serde_json::Value>,
-) -> ApiResult<Option<Vec<String>>> {
-    if filters.is_some_and(|f| !f.is_array()) {
-        let detail = "filters: must be an array of filters, every one of which must match";
-        return Err(Problem::invalid("filters", detail));
-    }
-    let names = crate::config::FieldNames::default();
-    crate::filter::Selection::from_json(filters, fields, &names)?;
-    Ok(fields.map(|f| {
-        let items = f.as_array().map(Vec::as_slice).unwrap_or_default();
-        items
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect()
-    }))
-}
-
-/// Previous values and a projection do not combine, as in replay.
-fn check_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> ApiResult<()> {
-    if previous && fields.is_some() {
-        return Err(Problem::invalid(
-            "fields",
-            "fields cannot be combined with previous: true; ask for one or the other",
-        ));
-    }
-    Ok(())
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
@@ -233,12 +215,20 @@ pub async fn patch(
             Some(r) => sub::parse_resources(r, &known)?,
             None => load(&s, &id).await?.resources,
         };
-        for t in resources.of(&known) {
-            s.compat.kept(&t)?;
-        }
+        all_kept(&s, &resources.of(&known))?;
     }
     let mut before = None;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
+        // Pausing and resuming is operations; the rest the file declares.
+        if req.enabled.is_none()
+            || req
+                != (PatchRequest {
+                    enabled: req.enabled,
+                    ..Default::default()
+                })
+        {
+            unmanaged(found)?;
+        }
         before = Some((found.enabled, found.resources.of(&known)));
         apply_patch(found, &req, &now, &known)
     })
@@ -261,8 +251,7 @@ fn apply_patch(
     known: &[Target],
 ) -> ApiResult<()> {
     if let Some(url) = &req.url {
-        sub::validate_url(url)?;
-        found.url = url.clone();
+        found.url = sub::WebhookUrl::parse(url)?;
     }
     if let Some(resources) = &req.resources {
         let resources = sub::parse_resources(resources, known)?;
@@ -313,13 +302,13 @@ fn apply_patch(
 /// The PATCH's `filters` and `fields` (`null` removes either).
 fn apply_selection(found: &mut Subscription, req: &PatchRequest) -> ApiResult<()> {
     if let Some(filters) = &req.filters {
-        check_selection(filters.as_ref(), None)?;
+        crate::filter::subscription_fields(filters.as_ref(), None)?;
         found.filters = filters.clone();
     }
     if let Some(fields) = &req.fields {
-        found.fields = check_selection(None, fields.as_ref())?;
+        found.fields = crate::filter::subscription_fields(None, fields.as_ref())?;
     }
-    check_fields_alone(found.previous, &found.fields)
+    Ok(sub::validate_fields_alone(found.previous, &found.fields)?)
 }
 
 /// When a PATCH enables a subscription or covers a table again, it held no
@@ -357,10 +346,27 @@ async fn resume_warnings(
     warnings
 }
 
+/// Refuses to change a subscription the configuration file declares.
+fn unmanaged(found: &Subscription) -> ApiResult<()> {
+    match found.managed_by {
+        None => Ok(()),
+        Some(sub::ManagedBy::Config) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "managed_by_config",
+            format!(
+                "subscription {:?} is declared in the configuration file ([[subscriptions]]); \
+                 change or remove it there and restart the relay (PATCH may only set enabled)",
+                found.id
+            ),
+        )),
+    }
+}
+
 pub async fn delete(
     State(s): State<ApiState>,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
+    unmanaged(&load(&s, &id).await?)?;
     if s.shared.store.delete_subscription(&id).await? {
         // Delivery state too; a worker still stopping cleans up after itself
         // (delivery::Deliverer), so nothing is left behind either way.
@@ -382,6 +388,7 @@ pub async fn rotate_secret(
 ) -> ApiResult<Json<serde_json::Value>> {
     let until = now_ms() + s.secret_grace.as_millis() as u64;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
+        unmanaged(found)?;
         let old = std::mem::replace(&mut found.secret, sub::new_secret());
         found.previous_secret = Some((old, until));
         found.updated_ms = now_ms();

@@ -38,6 +38,7 @@ impl RawConfig {
             problems.push(e);
         }
         check_delivery(&mut problems, &self.delivery);
+        let subscriptions = check_subscriptions(&self.subscriptions, env, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -47,8 +48,41 @@ impl RawConfig {
             api_tokens,
             sources: validated,
             delivery: self.delivery,
+            subscriptions,
         })
     }
+}
+
+/// What `[[subscriptions]]` needs of the file and the environment: ids fit
+/// for store keys and unique, secrets set and in the `whsec_` form.
+fn check_subscriptions(
+    subs: &[SubscriptionConfig],
+    env: EnvLookup<'_>,
+    problems: &mut Vec<String>,
+) -> Vec<SubscriptionDecl> {
+    let mut out = Vec::new();
+    for (i, s) in subs.iter().enumerate() {
+        check_name(problems, &format!("subscriptions[{i}].id"), &s.id);
+        if subs[..i].iter().any(|o| o.id == s.id) {
+            problems.push(format!(
+                "subscriptions[{i}].id: {:?} is the id of an earlier entry; ids must be unique",
+                s.id
+            ));
+        }
+        let key = format!("subscriptions[{i}].secret_env");
+        let secret = secret(env, problems, key.clone(), &s.secret_env);
+        if !secret.expose().is_empty()
+            && let Err(e) = check_webhook_secret(secret.expose())
+        {
+            let var = &s.secret_env;
+            problems.push(format!("{key}: the secret in {var} {e}"));
+        }
+        out.push(SubscriptionDecl {
+            settings: s.clone(),
+            secret,
+        });
+    }
+    out
 }
 
 fn check_delivery(problems: &mut Vec<String>, d: &super::DeliveryConfig) {

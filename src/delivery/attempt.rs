@@ -180,7 +180,7 @@ impl Worker {
                 Ok(false)
             }
             Outcome::Gone => {
-                tracing::warn!(subscription = %sub.id, url = %crate::subscription::url_for_logs(&sub.url), "receiver answered 410 Gone; disabling the subscription");
+                tracing::warn!(subscription = %sub.id, url = %sub.url.for_logs(), "receiver answered 410 Gone; disabling the subscription");
                 self.disable(sub, "the receiver answered 410 Gone").await?;
                 Ok(true)
             }

@@ -107,6 +107,14 @@ pub struct Deliverer {
     pub holder: String,
     pub lease_ttl: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The subscriptions of the configuration file, re-created should the
+    /// store lose them.
+    pub declared: Arc<Vec<crate::declared::Declared>>,
+    /// Write them (`declared::apply`) at the first look: the relay could
+    /// not when it started.
+    pub apply_first: bool,
+    /// How long a secret the file replaced still signs.
+    pub secret_grace: Duration,
 }
 
 /// How often the supervisor looks at the subscription list.
@@ -128,13 +136,14 @@ impl Deliverer {
 
     /// Keeps workers in line with the subscriptions until cancelled, then
     /// lets each finish its current request.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut running: HashMap<(String, Target), Running> = HashMap::new();
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
                 Ok(subs) => {
+                    self.restore(&subs).await;
                     for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
                         let this = self.clone();
                         forgetting.spawn(async move {
@@ -169,6 +178,26 @@ impl Deliverer {
             }
         }
         while forgetting.join_next().await.is_some() {}
+    }
+
+    /// Re-creates the configuration's subscriptions missing from `subs`;
+    /// the next look starts their workers.
+    async fn restore(&mut self, subs: &[Subscription]) {
+        let (store, declared) = (self.store.as_ref(), self.declared.as_slice());
+        let known: Vec<Target> = self.sources.keys().cloned().collect();
+        let done = if self.apply_first {
+            crate::declared::apply(store, declared, &known, self.secret_grace).await
+        } else if declared.is_empty() {
+            return;
+        } else {
+            crate::declared::restore(store, declared, subs, &known).await
+        };
+        match done {
+            Ok(()) => self.apply_first = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the subscriptions of the configuration file; trying again")
+            }
+        }
     }
 
     async fn forget(&self, sub: &str, t: Target) {

@@ -27,7 +27,7 @@ pub struct Sender {
 
 /// What to send (the test ping's form; workers prepare an [`Endpoint`] once).
 pub struct Message<'a> {
-    pub url: &'a str,
+    pub url: &'a crate::subscription::WebhookUrl,
     pub headers: &'a BTreeMap<String, String>,
     /// `webhook-id`: stable across retries of the same events.
     pub id: &'a str,
@@ -41,14 +41,14 @@ pub struct Message<'a> {
 /// subscription rather than per request: the parsed URL, its custom
 /// headers and the signing keys with the time each stops signing.
 pub struct Endpoint {
-    url: Result<url::Url, String>,
+    url: url::Url,
     headers: HeaderMap,
     keys: Vec<(signing::Key, Option<u64>)>,
 }
 
 impl Endpoint {
     pub fn new(
-        url: &str,
+        url: &crate::subscription::WebhookUrl,
         custom: &BTreeMap<String, String>,
         secrets: &[(&str, Option<u64>)],
     ) -> Endpoint {
@@ -66,7 +66,7 @@ impl Endpoint {
             }
         }
         Endpoint {
-            url: url::Url::parse(url).map_err(|e| format!("bad target URL: {e}")),
+            url: url.url().clone(),
             headers,
             keys: secrets
                 .iter()
@@ -176,10 +176,7 @@ impl Sender {
             response: String::new(),
             error: Some(error),
         };
-        let url = match &endpoint.url {
-            Ok(u) => u.clone(),
-            Err(e) => return fail(Outcome::Failed, e.clone()),
-        };
+        let url = endpoint.url.clone();
         if let Err(e) = self.policy.check_url(&url) {
             return fail(Outcome::Refused, e);
         }

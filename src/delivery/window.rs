@@ -18,11 +18,21 @@ use crate::{
     subscription::{Subscription, state::RetryState},
 };
 
+/// What filling the window came to.
+pub(super) enum Fill {
+    /// Loaded and claimed: requests may start.
+    Ready,
+    /// The subscription was deleted meanwhile.
+    Gone,
+    /// The stored subscription is another version than the one the step
+    /// holds: take it, then fill again.
+    Changed(Box<Subscription>),
+}
+
 impl Worker {
     /// Loads the pending set if needed, claims new entries while the window
     /// has room, and settles entries of ops the subscription does not want.
-    /// False when the subscription was deleted meanwhile.
-    pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<bool> {
+    pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<Fill> {
         let mut fresh = Vec::new();
         if st.queue.is_none() {
             debug_assert!(st.sends.is_empty(), "a reload while requests are out");
@@ -44,25 +54,16 @@ impl Worker {
             st.queue = Some(q);
             st.last_reload = Instant::now();
         }
-        let q = st.queue.as_mut().expect("loaded above");
-        let counts = q.counts();
+        let counts = st.queue.as_ref().expect("loaded above").counts();
         st.paused = counts.waiting >= self.schedule.max_waiting;
         if counts.sendable <= WINDOW / 2 && !st.paused {
-            // A claim makes the consumer group when it is missing: one of a
-            // subscription deleted since the supervisor last looked would
-            // start over from the start point and send to a removed receiver.
-            if self.store.subscription(&sub.id).await?.is_none() {
-                return Ok(false);
-            }
-            let start = sub.start_of(&self.target);
             let room = WINDOW - counts.sendable;
-            let mut claimed = self.store.claim(&sub.id, &self.target, start, room).await?;
-            self.with_previous(sub, &mut claimed).await?;
-            for e in claimed {
-                fresh.push(e.id);
-                q.insert(e, RetryState::default());
+            if let Some(other) = self.claim(st, sub, room, &mut fresh).await? {
+                st.unchecked.append(&mut fresh);
+                return Ok(other);
             }
         }
+        let q = st.queue.as_mut().expect("loaded above");
         if !sub.ops.is_empty() {
             let skip: Vec<StreamId> = q
                 .values()
@@ -82,7 +83,52 @@ impl Worker {
             fresh.append(&mut st.unchecked);
         }
         self.pass_over(st, sub, fresh).await?;
-        Ok(true)
+        Ok(Fill::Ready)
+    }
+
+    /// Claims up to `room` entries into the queue (their ids into `fresh`),
+    /// unless the stored subscription is gone or is no longer the version
+    /// `sub` is: then that, for the step to take before claiming again.
+    async fn claim(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+        room: usize,
+        fresh: &mut Vec<StreamId>,
+    ) -> StoreResult<Option<Fill>> {
+        // A claim makes the consumer group when it is missing: one of a
+        // subscription deleted since the supervisor last looked would
+        // start over from the start point and send to a removed receiver.
+        if let Some(other) = self.changed(sub).await? {
+            return Ok(Some(other));
+        }
+        let mut claimed = self
+            .store
+            .claim(&sub.id, &self.target, sub.start_of(&self.target), room)
+            .await?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        self.with_previous(sub, &mut claimed).await?;
+        let q = st.queue.as_mut().expect("loaded before claiming");
+        for e in claimed {
+            fresh.push(e.id);
+            q.insert(e, RetryState::default());
+        }
+        // Read again after the claim: a PATCH answered before any of these
+        // events was appended is seen, so none goes out under the filters,
+        // fields or URL it replaced.
+        self.changed(sub).await
+    }
+
+    /// The stored subscription when it differs from `sub` in version, or
+    /// `Gone`; None while `sub` is current.
+    async fn changed(&self, sub: &Subscription) -> StoreResult<Option<Fill>> {
+        Ok(match self.store.subscription(&sub.id).await? {
+            None => Some(Fill::Gone),
+            Some(stored) if stored.version != sub.version => Some(Fill::Changed(Box::new(stored))),
+            Some(_) => None,
+        })
     }
 
     /// Gives `events` the versions they replaced, for a subscription that

@@ -30,6 +30,7 @@ use super::{
     meters::Meters,
     queue::Queue,
     sender::{Endpoint, Sender},
+    window::Fill,
     writer::{Write, writer},
 };
 use crate::{
@@ -84,7 +85,8 @@ pub enum Step {
     Busy,
     /// Nothing to do until an answer comes back, a wake, or this long.
     Idle(Duration),
-    /// The subscription was disabled (410 Gone, or failing too long).
+    /// The subscription was disabled (410 Gone, failing too long, by the
+    /// API) or deleted: the worker stops.
     Disabled,
     /// Another instance holds the delivery lease: nothing was claimed or sent.
     LeaseLost,
@@ -241,26 +243,8 @@ impl Worker {
     /// the lease, (re)loads and claims, and starts every request the window,
     /// the rate limit and per-record order allow. Never waits for an answer.
     pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
-        let changed = st.changes.has_changed().unwrap_or(false);
-        if changed {
-            st.sub = Arc::new(st.changes.borrow_and_update().clone());
-            st.endpoint = Arc::new(Endpoint::of(&st.sub));
-        }
-        if changed || !st.selection_made {
-            match selection_of(&st.sub, &self.source) {
-                Ok(selection) => {
-                    st.recheck |= st.selection_made && selection != *st.selection;
-                    st.selection = Arc::new(selection);
-                    st.selection_made = true;
-                }
-                Err(why) => {
-                    // Fail closed: neither whole records (the filter may be
-                    // what keeps health data from this receiver) nor a skip.
-                    tracing::error!(subscription = %st.sub.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
-                    self.disable(&st.sub, &why).await?;
-                    return Ok(Step::Disabled);
-                }
-            }
+        if let Some(step) = self.follow(st).await? {
+            return Ok(step);
         }
         let sub = st.sub.clone();
         while let Some(done) = st.sends.try_join_next() {
@@ -277,8 +261,18 @@ impl Worker {
         if !self.fence(st, now.at).await? {
             return Ok(Step::LeaseLost);
         }
-        if !self.fill(st, &sub).await? {
-            return Ok(Step::Disabled);
+        let mut sub = sub;
+        loop {
+            match self.fill(st, &sub).await? {
+                Fill::Ready => break,
+                Fill::Gone => return Ok(Step::Disabled),
+                Fill::Changed(newer) => {
+                    if let Some(step) = self.adopt(st, *newer).await? {
+                        return Ok(step);
+                    }
+                    sub = st.sub.clone();
+                }
+            }
         }
         if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
             let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
@@ -294,6 +288,66 @@ impl Worker {
             st.stale = true;
         }
         Ok(Step::Idle(wait.max(Duration::from_millis(5))))
+    }
+
+    /// Takes the change the supervisor passed on, unless the worker has read
+    /// a newer version from the store itself (before a claim), and makes the
+    /// first selection. `Some` when the step must end there.
+    async fn follow(&self, st: &mut State) -> StoreResult<Option<Step>> {
+        if st.changes.has_changed().unwrap_or(false) {
+            let seen = st.changes.borrow_and_update().clone();
+            if seen.version >= st.sub.version {
+                return self.adopt(st, seen).await;
+            }
+        }
+        if st.selection_made {
+            return Ok(None);
+        }
+        self.reselect(st).await
+    }
+
+    /// Delivers for `newer` from now on: its endpoint, and its selection.
+    pub(super) async fn adopt(
+        &self,
+        st: &mut State,
+        newer: Subscription,
+    ) -> StoreResult<Option<Step>> {
+        if newer.previous != st.sub.previous {
+            // Queued events were loaded with or without the versions they
+            // replaced: load them again for the new setting.
+            if st.sends.is_empty() {
+                st.queue = None;
+            } else {
+                st.stale = true;
+            }
+        }
+        st.sub = Arc::new(newer);
+        if !st.sub.enabled {
+            return Ok(Some(Step::Disabled));
+        }
+        st.endpoint = Arc::new(Endpoint::of(&st.sub));
+        self.reselect(st).await
+    }
+
+    /// The selection of the subscription as last seen; every queued entry
+    /// is checked again when it changed. A stored one that no longer parses
+    /// disables the subscription.
+    async fn reselect(&self, st: &mut State) -> StoreResult<Option<Step>> {
+        match selection_of(&st.sub, &self.source) {
+            Ok(selection) => {
+                st.recheck |= st.selection_made && selection != *st.selection;
+                st.selection = Arc::new(selection);
+                st.selection_made = true;
+                Ok(None)
+            }
+            Err(why) => {
+                // Fail closed: neither whole records (the filter may be
+                // what keeps health data from this receiver) nor a skip.
+                tracing::error!(subscription = %st.sub.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
+                self.disable(&st.sub, &why).await?;
+                Ok(Some(Step::Disabled))
+            }
+        }
     }
 
     /// Makes sure the delivery lease is ours for at least `request_timeout`

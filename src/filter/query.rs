@@ -50,3 +50,26 @@ impl Selection {
         })
     }
 }
+
+/// A subscription's `filters` and `fields` checked as delivery parses them
+/// (`filters` must be an array, every one of which must match), for the API
+/// and the configuration file alike; the field paths as stored.
+pub fn subscription_fields(
+    filters: Option<&serde_json::Value>,
+    fields: Option<&serde_json::Value>,
+) -> Result<Option<Vec<String>>, FilterError> {
+    if filters.is_some_and(|f| !f.is_array()) {
+        return Err(FilterError {
+            path: "filters".into(),
+            message: "must be an array of filters, every one of which must match".into(),
+        });
+    }
+    Selection::from_json(filters, fields, &FieldNames::default())?;
+    Ok(fields.map(|f| {
+        let items = f.as_array().map(Vec::as_slice).unwrap_or_default();
+        items
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect()
+    }))
+}

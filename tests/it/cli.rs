@@ -218,6 +218,31 @@ fn compose_file_is_consistent() {
     assert!(ok, "{local}: {text}");
 }
 
+/// The README's GitOps example of `[[subscriptions]]` validates against
+/// a source with its tables.
+#[test]
+fn the_readme_subscriptions_example_validates() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```toml\n")
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains("[[subscriptions]]"))
+        .expect("a toml block with [[subscriptions]]");
+    let source = "[[sources]]\nname = \"painchek\"\nbase_url = \"https://ua.ap.painchek.com/api\"\nresources = [\"patients\", \"assessments\"]\n";
+    let f = config_file(&format!("{source}{example}"));
+    let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let env = [
+        ("CARE_WEBHOOK_SECRET", secret),
+        ("RECORDS_WEBHOOK_SECRET", secret),
+    ];
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &env,
+    );
+    assert!(ok && text.contains("2 subscription(s)"), "{text}");
+}
+
 /// `--log-format json` writes one JSON object per line.
 #[test]
 fn json_logs_are_json() {
@@ -249,4 +274,73 @@ fn json_logs_are_json() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
         assert!(v.get("level").is_some() && v.get("fields").is_some(), "{l}");
     }
+}
+
+/// `[[subscriptions]]` is checked with the rest of the file and by the
+/// API's rules: every problem at once, each naming its key, and a secret
+/// in the wrong form is described, never printed.
+#[test]
+fn declared_subscriptions_are_checked_naming_their_keys() {
+    let entry = |id: &str, url: &str, env: &str, filters: &str| {
+        format!(
+            "[[subscriptions]]\nid = \"{id}\"\nurl = \"{url}\"\nresources = [\"pc/patients\"]\nsecret_env = \"{env}\"\nfilters = {filters}\n"
+        )
+    };
+    let good = "[{ exact = { \"data.gender\" = \"female\" } }]";
+    let body = [
+        GOOD.to_string(),
+        entry("ok", "https://care.example/hook", "SR_TEST_WHSEC", good),
+        entry("bad-url", "ftp://care.example", "SR_TEST_WHSEC", good),
+        entry(
+            "no-secret",
+            "https://care.example/hook",
+            "SR_TEST_UNSET_WHSEC",
+            good,
+        ),
+        entry(
+            "bad-filter",
+            "https://care.example/hook",
+            "SR_TEST_WHSEC",
+            "[{ regex = { type = \".*\" } }]",
+        ),
+        entry("weak", "https://care.example/hook", "SR_TEST_PLAIN", good),
+    ]
+    .concat();
+    let f = config_file(&body);
+    let path = f.path().to_str().unwrap();
+    let whsec = ("SR_TEST_WHSEC", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+    let plain = ("SR_TEST_PLAIN", "hunter2-plain-password");
+    let (ok, text) = run(&["check-config", "--config", path], &[whsec, plain]);
+    assert!(!ok, "{text}");
+    for needle in [
+        "subscriptions[1].url: must be an http or https URL",
+        "subscriptions[2].secret_env: environment variable SR_TEST_UNSET_WHSEC is not set",
+        "subscriptions[3].filters[0]: unknown dialect \"regex\"",
+        "subscriptions[4].secret_env: the secret in SR_TEST_PLAIN must start with whsec_",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("hunter2") && !text.contains("C2FVsBQ"),
+        "{text}"
+    );
+    assert!(!text.contains("subscriptions[0]"), "{text}");
+
+    let f = config_file(
+        &[
+            GOOD.to_string(),
+            entry("ok", "https://care.example/hook", "SR_TEST_WHSEC", good),
+        ]
+        .concat(),
+    );
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &[whsec],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("1 subscription(s) from the file")
+            && text.contains("subscription ok: https://care.example/… (pc/patients)"),
+        "{text}"
+    );
 }

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod crash;
+mod declared;
 mod delivery;
 mod faults;
 mod filters;

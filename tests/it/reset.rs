@@ -16,7 +16,7 @@ use crate::on_both_stores;
 on_both_stores!(a_store_that_loses_its_data_is_reloaded_as_a_snapshot);
 
 /// Removes everything the store holds, as the backend would lose it.
-async fn wipe(ts: &TestStore) {
+pub async fn wipe(ts: &TestStore) {
     match &ts.redis {
         Some(redis) => {
             let client = redis::Client::open(redis.url()).unwrap();

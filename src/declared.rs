@@ -1,0 +1,378 @@
+//! Subscriptions declared in the configuration file (`[[subscriptions]]`,
+//! README "Subscriptions in the configuration file"): checked with the
+//! API's own rules, written to the store when the relay starts (created, or
+//! updated in place through [`update_subscription`], keeping the delivery
+//! position), re-created by the delivery supervisor when they vanish from
+//! the store, and marked [`ManagedBy::Config`] so the API leaves them be.
+//!
+//! One that was declared and is no longer in the file is not deleted:
+//! it is disabled with [`REMOVED`] as the reason and loses its mark, so an
+//! admin may delete it through the API.
+
+use std::{collections::HashMap, time::Duration};
+
+use crate::{
+    config::{Config, ConfigError, RawConfig, SourceConfig, SubscriptionConfig},
+    events::{StreamId, now_ms},
+    store::{DeliveryStore, Store, StoreResult, Target, update_subscription},
+    subscription::{self as sub, Invalid, ManagedBy, Start, StartSpec, Subscription},
+};
+
+/// The reason a subscription removed from the file is disabled with.
+pub const REMOVED: &str = "removed from the configuration file ([[subscriptions]]); \
+    delete it through the API, or add it back to the file and restart";
+
+/// A `[[subscriptions]]` entry checked into the model: the subscription as
+/// the file says (no start points or times yet) and where it starts when
+/// created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Declared {
+    pub sub: Subscription,
+    pub start: Start,
+}
+
+/// Every problem of the `[[subscriptions]]` entries that the API's rules
+/// find (ids and secrets are checked with the rest of the file), each
+/// naming its key: `subscriptions[1].url: ...`.
+pub fn problems(raw: &RawConfig) -> Vec<String> {
+    raw.subscriptions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| check(i, c, &raw.sources).err())
+        .flatten()
+        .collect()
+}
+
+/// The subscriptions a validated configuration declares.
+pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
+    let settings: Vec<SourceConfig> = config.sources.iter().map(|s| s.settings.clone()).collect();
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, decl) in config.subscriptions.iter().enumerate() {
+        match check(i, &decl.settings, &settings) {
+            Ok(mut d) => {
+                d.sub.secret = decl.secret.expose().to_string();
+                out.push(d);
+            }
+            Err(p) => problems.extend(p),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
+/// the subscriptions it declares included: every problem at once.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let raw = RawConfig::load(path)?;
+    let mut problems = problems(&raw);
+    match raw.validate(&|k| std::env::var(k).ok()) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(ConfigError { problems }),
+        Err(mut e) => {
+            e.problems.append(&mut problems);
+            Err(e)
+        }
+    }
+}
+
+/// One entry checked with the functions the API checks a request with.
+fn check(
+    i: usize,
+    c: &SubscriptionConfig,
+    sources: &[SourceConfig],
+) -> Result<Declared, Vec<String>> {
+    let known: Vec<Target> = sources
+        .iter()
+        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
+        .collect();
+    let mut p = Vec::new();
+    let mut note = |e: Invalid| p.push(format!("subscriptions[{i}].{}: {}", e.field, e.message));
+    for r in [
+        sub::validate_headers(&c.headers),
+        sub::validate_batch(c.batch_size.unwrap_or(1)),
+        sub::validate_in_flight(c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT)),
+        sub::validate_rate(c.rate_limit),
+        sub::validate_description(&c.description),
+    ] {
+        r.unwrap_or_else(&mut note);
+    }
+    let url = sub::WebhookUrl::parse(&c.url).map_err(&mut note);
+    let resources = sub::parse_resources(&c.resources, &known).map_err(&mut note);
+    let ops = sub::parse_ops(&c.ops).map_err(&mut note);
+    let fields =
+        crate::filter::subscription_fields(c.filters.as_ref(), c.fields.as_ref()).map_err(|e| {
+            note(Invalid {
+                field: e.path,
+                message: e.message,
+            })
+        });
+    if let Ok(f) = &fields {
+        sub::validate_fields_alone(c.previous, f).unwrap_or_else(&mut note);
+    }
+    let targets = resources.as_ref().map(|r| r.of(&known)).unwrap_or_default();
+    if c.previous {
+        for t in targets.iter().filter(|t| !keeps_records(sources, t)) {
+            note(Invalid {
+                field: "previous".into(),
+                message: format!(
+                    "{t} does not keep records (keep_records = false), so events cannot carry previous values"
+                ),
+            });
+        }
+    }
+    let start = start_of(c.start.as_ref(), &targets).map_err(&mut note);
+    match (url, resources, ops, fields, start) {
+        (Ok(url), Ok(resources), Ok(ops), Ok(fields), Ok(start)) if p.is_empty() => Ok(Declared {
+            sub: model(c, url, resources, ops, fields),
+            start,
+        }),
+        _ => Err(p),
+    }
+}
+
+/// The subscription an entry declares, its parts checked: no secret,
+/// start points or times yet.
+fn model(
+    c: &SubscriptionConfig,
+    url: sub::WebhookUrl,
+    resources: sub::Coverage,
+    ops: Vec<crate::events::Op>,
+    fields: Option<Vec<String>>,
+) -> Subscription {
+    Subscription {
+        id: c.id.clone(),
+        url,
+        resources,
+        ops,
+        start: Default::default(),
+        headers: c.headers.clone(),
+        batch_size: c.batch_size.unwrap_or(1),
+        max_in_flight: c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT),
+        rate_limit: c.rate_limit,
+        enabled: true,
+        description: c.description.clone(),
+        secret: String::new(),
+        previous_secret: None,
+        disabled_reason: None,
+        created_ms: 0,
+        updated_ms: 0,
+        version: 0,
+        previous: c.previous,
+        filters: c.filters.clone(),
+        fields,
+        managed_by: Some(ManagedBy::Config),
+    }
+}
+
+fn keeps_records(sources: &[SourceConfig], t: &Target) -> bool {
+    sources.iter().any(|s| s.name == t.source && s.keep_records)
+}
+
+fn start_of(spec: Option<&serde_json::Value>, targets: &[Target]) -> Result<Start, Invalid> {
+    let Some(v) = spec else {
+        return Ok(Start::Now);
+    };
+    let spec: StartSpec = serde_json::from_value(v.clone()).map_err(|_| Invalid {
+        field: "start".into(),
+        message: "must be \"now\", \"beginning\" or {\"source/resource\" = stamp, ...}".into(),
+    })?;
+    spec.parse("start", targets, true)
+}
+
+/// Writes the declared subscriptions to the store as the relay starts:
+/// each created if missing, or updated in place where it differs (its
+/// delivery position kept; a changed secret rotated as `rotate-secret`
+/// does, the old one signing for `grace`); stored ones the file no longer
+/// declares are disabled with [`REMOVED`] and released to the API.
+pub async fn apply(
+    store: &dyn Store,
+    declared: &[Declared],
+    known: &[Target],
+    grace: Duration,
+) -> StoreResult<()> {
+    let stored = store.subscriptions().await?;
+    let now = last_ids(store, known).await?;
+    for d in declared {
+        match stored.iter().find(|s| s.id == d.sub.id) {
+            None => create(store, d, known, &now).await?,
+            Some(s) if differs(s, &d.sub) => {
+                let until = now_ms() + grace.as_millis() as u64;
+                update_subscription(store, &d.sub.id, |cur| {
+                    adopt(cur, &d.sub, known, &now, until);
+                    Ok::<_, crate::store::StoreError>(())
+                })
+                .await?;
+                tracing::info!(subscription = %d.sub.id, "subscription updated from the configuration file");
+            }
+            Some(_) => {}
+        }
+    }
+    let gone = stored
+        .iter()
+        .filter(|s| s.managed_by == Some(ManagedBy::Config))
+        .filter(|s| !declared.iter().any(|d| d.sub.id == s.id));
+    for s in gone {
+        update_subscription(store, &s.id, |cur| {
+            cur.enabled = false;
+            cur.disabled_reason = Some(REMOVED.into());
+            cur.managed_by = None;
+            cur.updated_ms = now_ms();
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .await?;
+        tracing::warn!(subscription = %s.id, "subscription removed from the configuration file: disabled, not deleted; delete it through the API");
+    }
+    Ok(())
+}
+
+/// Re-creates the declared subscriptions missing from `stored` (the store
+/// lost them: a Redis `FLUSHALL`, a failover to an empty replica).
+pub async fn restore(
+    store: &dyn Store,
+    declared: &[Declared],
+    stored: &[Subscription],
+    known: &[Target],
+) -> StoreResult<()> {
+    for d in declared {
+        if stored.iter().any(|s| s.id == d.sub.id) || store.subscription(&d.sub.id).await?.is_some()
+        {
+            continue;
+        }
+        let now = last_ids(store, known).await?;
+        create(store, d, known, &now).await?;
+        tracing::warn!(subscription = %d.sub.id, "a subscription of the configuration file was missing from the store; re-created it");
+    }
+    Ok(())
+}
+
+async fn last_ids(store: &dyn Store, known: &[Target]) -> StoreResult<HashMap<Target, StreamId>> {
+    let mut now = HashMap::new();
+    for t in known {
+        now.insert(t.clone(), store.last_id(t).await?);
+    }
+    Ok(now)
+}
+
+async fn create(
+    store: &dyn DeliveryStore,
+    d: &Declared,
+    known: &[Target],
+    now: &HashMap<Target, StreamId>,
+) -> StoreResult<()> {
+    let mut s = d.sub.clone();
+    s.start = sub::resolve_start(&d.start, &s.resources.of(known), now);
+    (s.created_ms, s.updated_ms) = (now_ms(), now_ms());
+    store.put_subscription(&s).await?;
+    tracing::info!(subscription = %s.id, url = %s.url.for_logs(), "subscription created from the configuration file");
+    Ok(())
+}
+
+/// Whether the stored subscription differs from what the file says.
+fn differs(stored: &Subscription, want: &Subscription) -> bool {
+    let mut adopted = stored.clone();
+    adopt(&mut adopted, want, &[], &HashMap::new(), 0);
+    adopted.updated_ms = stored.updated_ms;
+    adopted.previous_secret = stored.previous_secret.clone();
+    adopted != *stored
+}
+
+/// The file's settings written over the stored subscription; newly covered
+/// targets start at their last event (`now`), covered ones keep their
+/// position, and an old secret signs until `until`.
+fn adopt(
+    cur: &mut Subscription,
+    want: &Subscription,
+    known: &[Target],
+    now: &HashMap<Target, StreamId>,
+    until: u64,
+) {
+    if cur.secret != want.secret {
+        let old = std::mem::replace(&mut cur.secret, want.secret.clone());
+        cur.previous_secret = Some((old, until));
+    }
+    for t in want.resources.of(known) {
+        let last = now.get(&t).copied().unwrap_or_default();
+        cur.start.entry(t).or_insert(last);
+    }
+    cur.url.clone_from(&want.url);
+    cur.resources = want.resources.clone();
+    cur.ops.clone_from(&want.ops);
+    cur.headers.clone_from(&want.headers);
+    (cur.batch_size, cur.max_in_flight) = (want.batch_size, want.max_in_flight);
+    cur.rate_limit = want.rate_limit;
+    cur.description.clone_from(&want.description);
+    cur.previous = want.previous;
+    cur.filters.clone_from(&want.filters);
+    cur.fields.clone_from(&want.fields);
+    cur.managed_by = Some(ManagedBy::Config);
+    if cur.disabled_reason.as_deref() == Some(REMOVED) {
+        cur.enabled = true;
+        cur.disabled_reason = None;
+    }
+    cur.updated_ms = now_ms();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(filters: &str) -> Subscription {
+        let c: SubscriptionConfig = serde_json::from_value(serde_json::json!({
+            "id": "care", "url": "https://care.example/hook", "resources": ["pc/patients", "pc/users"],
+            "secret_env": "X", "filters": serde_json::from_str::<serde_json::Value>(filters).unwrap(),
+        }))
+        .unwrap();
+        let source: SourceConfig = serde_json::from_value(serde_json::json!({
+            "name": "pc", "base_url": "https://pc.example/api", "resources": ["patients", "users"],
+        }))
+        .unwrap();
+        let mut d = check(0, &c, &[source]).unwrap();
+        d.sub.secret = "whsec_new".into();
+        d.sub
+    }
+
+    #[test]
+    fn the_file_is_adopted_keeping_positions_and_rotating_the_secret() {
+        let (patients, users) = (Target::new("pc", "patients"), Target::new("pc", "users"));
+        let mut stored = declared(r#"[{"exact": {"type": "a"}}]"#);
+        stored.resources = sub::Coverage::Only(vec![patients.clone()]);
+        stored.start = [(patients.clone(), StreamId::new(7, 0))].into();
+        stored.secret = "whsec_old".into();
+        (stored.enabled, stored.disabled_reason) = (false, Some(REMOVED.into()));
+        stored.managed_by = None;
+        let want = declared(r#"[{"exact": {"type": "b"}}]"#);
+        assert!(differs(&stored, &want));
+        let now = [(users.clone(), StreamId::new(40, 0))].into();
+        let mut cur = stored.clone();
+        adopt(
+            &mut cur,
+            &want,
+            &[patients.clone(), users.clone()],
+            &now,
+            99,
+        );
+        assert_eq!(cur.start_of(&patients), StreamId::new(7, 0), "kept");
+        assert_eq!(
+            cur.start_of(&users),
+            StreamId::new(40, 0),
+            "newly covered: now"
+        );
+        assert_eq!(cur.previous_secret, Some(("whsec_old".into(), 99)));
+        assert_eq!((cur.secret.as_str(), cur.enabled), ("whsec_new", true));
+        assert_eq!(
+            (cur.filters, cur.managed_by),
+            (want.filters.clone(), Some(ManagedBy::Config))
+        );
+        let mut same = want.clone();
+        same.start = [(patients, StreamId::new(3, 0))].into();
+        (same.version, same.updated_ms) = (4, 1);
+        assert!(
+            !differs(&same, &want),
+            "positions, versions and times are the store's"
+        );
+    }
+}
