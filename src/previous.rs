@@ -6,9 +6,10 @@
 //! stores the version it replaced (`before`, kept while the table keeps its
 //! latest records), so nothing is looked up or kept per subscriber.
 //!
-//! `previous` holds, for each top-level field whose value differs between
-//! the versions, its old value exactly as received (`null` for a field the
-//! old version lacked). It is `null` for `created` events and for events
+//! `previous` holds, for each field whose value differs between the
+//! versions, its old value exactly as received (`null` for a field the old
+//! version lacked); an object in both versions holds only its own changed
+//! fields. It is `null` for `created` events and for events
 //! whose old version the relay does not have (appended before it kept
 //! records, or with `keep_records = false`).
 
@@ -27,35 +28,47 @@ pub const DATASCHEMA: &str = "urn:stamp-relay:schema:record-with-previous:1";
 
 type Fields<'a> = BTreeMap<String, &'a RawValue>;
 
-/// The old values of the top-level fields that changed from `before` to
-/// `after`, as a JSON object; none when either is not a JSON object.
+/// The old values of the fields that changed from `before` to `after`, as
+/// a JSON object; none when either is not a JSON object. A field that is an
+/// object in both versions holds only its own changed fields (as Stripe's
+/// `previous_attributes` does), so a nested score that changed shows alone.
 pub fn changed(before: &str, after: &str) -> Option<String> {
     let old: Fields = serde_json::from_str(before).ok()?;
     let new: Fields = serde_json::from_str(after).ok()?;
-    let same = |a: &RawValue, b: &RawValue| {
-        a.get() == b.get()
-            || serde_json::from_str::<serde_json::Value>(a.get()).ok()
-                == serde_json::from_str::<serde_json::Value>(b.get()).ok()
-    };
-    let null: &RawValue = serde_json::from_str("null").expect("null is JSON");
-    let mut out: BTreeMap<&str, &RawValue> = BTreeMap::new();
-    for (k, v) in &new {
-        match old.get(k) {
-            Some(o) if same(o, v) => {}
-            Some(o) => {
-                out.insert(k, o);
-            }
-            None => {
-                out.insert(k, null);
-            }
-        }
+    serde_json::to_string(&diff(&old, &new)).ok()
+}
+
+/// A changed field's old value: raw, absent (`null`), or for an object in
+/// both versions that object's own changed fields.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Old<'a> {
+    Raw(&'a RawValue),
+    Absent(()),
+    Nested(BTreeMap<String, Old<'a>>),
+}
+
+fn diff<'a>(old: &Fields<'a>, new: &Fields<'a>) -> BTreeMap<String, Old<'a>> {
+    let value = |v: &RawValue| serde_json::from_str::<serde_json::Value>(v.get()).ok();
+    let object = |v: &'a RawValue| serde_json::from_str::<Fields<'a>>(v.get()).ok();
+    let mut out = BTreeMap::new();
+    for (k, v) in new {
+        let entry = match old.get(k) {
+            Some(o) if o.get() == v.get() || value(o) == value(v) => continue,
+            Some(o) => match (object(o), object(v)) {
+                (Some(o), Some(v)) => Old::Nested(diff(&o, &v)),
+                _ => Old::Raw(o),
+            },
+            None => Old::Absent(()),
+        };
+        out.insert(k.clone(), entry);
     }
-    for (k, o) in &old {
+    for (k, o) in old {
         if !new.contains_key(k) {
-            out.insert(k, o);
+            out.insert(k.clone(), Old::Raw(o));
         }
     }
-    serde_json::to_string(&out).ok()
+    out
 }
 
 /// The `data` of an event with previous values.
@@ -143,6 +156,18 @@ mod tests {
             r#"{"gone":1.50,"new":null,"score":3}"#
         );
         assert_eq!(changed("{}", "{}").unwrap(), "{}");
+        // Nested objects: only their changed fields, at any depth.
+        let before = r#"{"assessment":{"pain_score":3,"site":"a","face":{"x":1,"y":2}}}"#;
+        let after = r#"{"assessment":{"pain_score":8,"site":"a","face":{"x":1,"y":5}}}"#;
+        assert_eq!(
+            changed(before, after).unwrap(),
+            r#"{"assessment":{"face":{"y":2},"pain_score":3}}"#
+        );
+        // An object that replaced a scalar (or the reverse) is a plain value.
+        assert_eq!(
+            changed(r#"{"a":1}"#, r#"{"a":{"b":1}}"#).unwrap(),
+            r#"{"a":1}"#
+        );
         assert_eq!(changed("[1]", "{}"), None);
     }
 
