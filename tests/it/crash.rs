@@ -9,13 +9,16 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::Target,
+};
 use stamp_relay_simulator::{Order, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, one_seed,
-    relay, seeds, source,
+    Backend, ConfigBuilder, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin,
+    eventually, one_seed, relay, seeds, source, upstream,
 };
 use crate::{on_both_stores, on_cluster};
 
@@ -23,20 +26,17 @@ on_both_stores!(sigkill_during_keyset_load, sigkill_during_pages_load);
 on_cluster!(sigkill_during_keyset_load);
 
 fn write_config(ts: &TestStore, base_url: &str, paging: Paging, path: &Path) {
-    let store = ts.store_toml();
-    let paging = match paging {
-        Paging::Keyset => "keyset",
-        Paging::Pages => "pages",
+    let source = SourceConfig {
+        page_size: 100,
+        paging,
+        retry_base: Duration::from_millis(20),
+        ..upstream("sim", base_url, &["patients", "assessments"])
     };
-    std::fs::write(
-        path,
-        format!(
-            "[store]\n{store}\nkey_prefix = \"test\"\nlease_ttl = \"300ms\"\n\n[delivery]\nrequest_timeout = \"200ms\"\n\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{base_url}\"\nresources = [\"patients\", \"assessments\"]\n\
-             page_size = 100\npaging = \"{paging}\"\nretry_base = \"20ms\"\n"
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::on(&ts.config)
+        .store(|s| s.lease_ttl = Duration::from_millis(300))
+        .delivery(|d| d.request_timeout = Duration::from_millis(200))
+        .source(source)
+        .write(path);
 }
 
 async fn stream_total(ts: &TestStore) -> u64 {

@@ -19,7 +19,7 @@ use std::{
 use serde_json::Value;
 use stamp_relay::{
     app::Relay,
-    config::{Config, DeliveryConfig, Paging, RawConfig, SourceConfig, StoreConfig},
+    config::{Config, Paging, SourceConfig, StoreConfig},
     events::Event,
     store::{self, Store, Target},
 };
@@ -28,6 +28,10 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_cluster::RedisCluster;
+
+mod config;
+
+pub use config::{ConfigBuilder, delivery, upstream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -240,15 +244,6 @@ impl TestStore {
             dir,
         })
     }
-
-    /// The `[store]` line naming this store, for a configuration file.
-    pub fn store_toml(&self) -> String {
-        match (&self.config.redis_url, &self.config.redis_cluster) {
-            (Some(url), _) => format!("redis_url = \"{url}\""),
-            (None, nodes) if !nodes.is_empty() => format!("redis_cluster = {nodes:?}"),
-            _ => format!("data_dir = \"{}\"", self.config.data_dir.display()),
-        }
-    }
 }
 
 pub struct Sim {
@@ -280,43 +275,21 @@ impl Drop for Sim {
 
 /// A source named `sim` over the given tables, with fast retries for tests.
 pub fn source(base_url: &str, resources: &[&str], paging: Paging, page_size: u32) -> SourceConfig {
-    let mut s: SourceConfig = serde_json::from_value(serde_json::json!({
-        "name": "sim",
-        "base_url": base_url,
-        "resources": resources,
-        "poll_interval": "50ms",
-        "page_size": page_size,
-        "retry_base": "20ms",
-        "retry_max": "200ms",
-        "request_timeout": "5s",
-    }))
-    .unwrap();
-    s.paging = paging;
-    s
-}
-
-/// Test delivery settings: loopback receivers allowed, a millisecond retry
-/// schedule, and a request timeout below the test lease time.
-pub fn delivery() -> DeliveryConfig {
-    DeliveryConfig {
-        allow_private_targets: true,
-        retry_schedule: [10, 20, 40, 80, 100, 100, 100, 100]
-            .map(Duration::from_millis)
-            .to_vec(),
-        request_timeout: Duration::from_millis(300),
-        ..DeliveryConfig::default()
+    SourceConfig {
+        poll_interval: Duration::from_millis(50),
+        page_size,
+        paging,
+        retry_base: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..upstream("sim", base_url, resources)
     }
 }
 
+/// What the in-process relays run with: the test store and delivery
+/// settings and `sources`.
 pub fn config(store: &StoreConfig, sources: Vec<SourceConfig>) -> Config {
-    RawConfig {
-        store: store.clone(),
-        sources,
-        delivery: delivery(),
-        ..RawConfig::default()
-    }
-    .validate(&|k| std::env::var(k).ok())
-    .unwrap()
+    ConfigBuilder::on(store).sources(sources).build()
 }
 
 pub fn relay(ts: &TestStore, sources: Vec<SourceConfig>) -> Relay {

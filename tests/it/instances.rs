@@ -3,16 +3,21 @@
 //! another takes over within the lease time. Secrets never reach the logs.
 
 use std::{
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{
+    config::{AuthConfig, Paging, SourceConfig},
+    store::Target,
+};
 use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 
 use crate::harness::{
-    App, Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
+    App, Backend, ConfigBuilder, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port,
+    upstream, wait_synced,
 };
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
@@ -20,26 +25,27 @@ use crate::receiver::{Mode, TestReceiver};
 const ADMIN: &str = "instances-admin-token-4711";
 const CLIENT_SECRET: &str = "upstream-client-secret-0815";
 
-fn write_config(
-    dir: &std::path::Path,
-    name: &str,
-    redis: &str,
-    sim: &str,
-    port: u16,
-) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nredis_url = \"{redis}\"\nkey_prefix = \"test\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_INST_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\"]\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\", \"users\"]\npoll_interval = \"100ms\"\npage_size = 50\n\
-             [sources.auth]\nkind = \"oauth\"\nclient_id_env = \"SR_INST_ID\"\nclient_secret_env = \"SR_INST_SECRET\"\n"
-        ),
-    )
-    .unwrap();
-    path
+fn write_config(ts: &TestStore, dir: &Path, name: &str, sim: &str, port: u16) -> PathBuf {
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        page_size: 50,
+        auth: AuthConfig::OAuth {
+            client_id_env: "SR_INST_ID".into(),
+            client_secret_env: "SR_INST_SECRET".into(),
+            token_url: None,
+        },
+        ..upstream("sim", sim, &["patients", "users"])
+    };
+    ConfigBuilder::on(&ts.config)
+        .store(|s| s.lease_ttl = Duration::from_secs(1))
+        .listen(port)
+        .admin_token_env("SR_INST_ADMIN")
+        .delivery(|d| {
+            d.request_timeout = Duration::from_millis(500);
+            d.retry_schedule = [10, 20, 50, 100, 100].map(Duration::from_millis).to_vec();
+        })
+        .source(source)
+        .write(&dir.join(format!("{name}.toml")))
 }
 
 fn spawn(cfg: &std::path::Path) -> Proc {
@@ -116,8 +122,8 @@ async fn two_instances_share_work_and_survive_a_kill() {
     let dir = tempfile::TempDir::new().unwrap();
     let redis = ts.redis.as_ref().unwrap().url();
     let (pa, pb) = (free_port(), free_port());
-    let a = spawn(&write_config(dir.path(), "a", &redis, &sim.base_url, pa));
-    let b = spawn(&write_config(dir.path(), "b", &redis, &sim.base_url, pb));
+    let a = spawn(&write_config(&ts, dir.path(), "a", &sim.base_url, pa));
+    let b = spawn(&write_config(&ts, dir.path(), "b", &sim.base_url, pb));
     let http = reqwest::Client::new();
     // Both must listen before the test talks to them: b starts a little
     // after a, and a PATCH to b that races its startup is refused.

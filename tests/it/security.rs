@@ -14,10 +14,15 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::update_subscription};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::update_subscription,
+};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{ADMIN_TOKEN, App, Sim, TestStore, bin, eventually, free_port, source};
+use crate::harness::{
+    ADMIN_TOKEN, App, ConfigBuilder, Sim, TestStore, bin, eventually, free_port, source, upstream,
+};
 use crate::on_both_stores;
 
 on_both_stores!(concurrent_patches_lose_nothing);
@@ -203,19 +208,17 @@ async fn environment_proxy_is_never_used() {
     let (proxy_port, proxied) = counting_proxy().await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"RELAY_TEST_ADMIN\"\n\
-             [delivery]\nrequest_timeout = \"3s\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", &sim.base_url, &["patients"])
+    };
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .listen(port)
+        .admin_token_env("RELAY_TEST_ADMIN")
+        .delivery(|d| d.request_timeout = Duration::from_secs(3))
+        .source(source)
+        .write(&dir.path().join("relay.toml"));
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--config", cfg.to_str().unwrap()])

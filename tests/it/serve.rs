@@ -6,10 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stamp_relay::store::{Store, Target, sqlite::SqliteStore};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::{Store, Target, sqlite::SqliteStore},
+};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{Sim, assert_rebuilds, bin, eventually, free_port, wait_synced};
+use crate::harness::{
+    ConfigBuilder, Sim, assert_rebuilds, bin, eventually, free_port, upstream, wait_synced,
+};
 
 async fn wait_for(url: &str) -> reqwest::Response {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -22,6 +27,14 @@ async fn wait_for(url: &str) -> reqwest::Response {
     }
 }
 
+/// The simulator's patients, polled every 100 ms.
+fn polled_often(sim: &Sim) -> SourceConfig {
+    SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", &sim.base_url, &["patients"])
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_polls_reports_ready_and_stops_on_sigterm() {
     let sim = Sim::start(SimConfig {
@@ -31,17 +44,11 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
     .await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .listen(port)
+        .source(polled_often(&sim))
+        .write(&dir.path().join("relay.toml"));
     let mut child = Command::new(bin())
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -100,20 +107,21 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     rx.set_delay(Duration::from_millis(20));
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TERM_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n\
-             paging = \"keyset\"\npage_size = 100\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .store(|s| s.lease_ttl = Duration::from_secs(1))
+        .listen(port)
+        .admin_token_env("SR_TERM_ADMIN")
+        .delivery(|d| {
+            d.allow_private_targets = true;
+            d.request_timeout = Duration::from_millis(500);
+        })
+        .source(SourceConfig {
+            paging: Paging::Keyset,
+            page_size: 100,
+            ..polled_often(&sim)
+        })
+        .write(&dir.path().join("relay.toml"));
     let spawn = || {
         Command::new(bin())
             .args(["serve", "--config", cfg.to_str().unwrap()])

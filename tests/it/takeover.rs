@@ -4,39 +4,45 @@
 //! sharing Redis that take over from each other.
 
 use std::{
+    path::PathBuf,
     process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use stamp_relay::store::{Store, Target};
+use stamp_relay::{
+    config::SourceConfig,
+    store::{Store, Target},
+};
 use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::delivery::{assert_record_order, wait_delivered};
 use crate::harness::{
-    Backend, Proc, Sim, TestStore, all_events, bin, eventually, free_port, wait_synced,
+    Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, bin, eventually, free_port, upstream,
+    wait_synced,
 };
 use crate::receiver::{Mode, TestReceiver};
 
 /// Fourteen retries: with 30 % of requests failing, an event is
 /// dead-lettered with odds 0.3^15 (about 1e-8), negligible for ~500 events.
-const RETRIES: &str = "[\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \
-                       \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]";
+fn retries() -> Vec<Duration> {
+    let mut delays = [10, 20, 50].map(Duration::from_millis).to_vec();
+    delays.resize(14, Duration::from_millis(100));
+    delays
+}
 
-fn write_config(dir: &std::path::Path, store: &str, sim: &str, port: u16) -> std::path::PathBuf {
-    let path = dir.join(format!("relay-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\n{store}\nlease_ttl = \"500ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TEST_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = {RETRIES}\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n"
-        ),
-    )
-    .unwrap();
-    path
+fn write_config(ts: &TestStore, sim: &str, port: u16) -> PathBuf {
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", sim, &["patients"])
+    };
+    ConfigBuilder::on(&ts.config)
+        .listen(port)
+        .admin_token_env("SR_TEST_ADMIN")
+        .delivery(|d| d.retry_schedule = retries())
+        .source(source)
+        .write(&ts.dir.path().join(format!("relay-{port}.toml")))
 }
 
 fn spawn(cfg: &std::path::Path) -> Proc {
@@ -82,14 +88,10 @@ async fn kills_keep_record_order(ts: &TestStore, instances: usize) {
     })
     .await;
     let rx = TestReceiver::start(9).await;
-    let store_cfg = match &ts.config.redis_url {
-        Some(url) => format!("redis_url = \"{url}\"\nkey_prefix = \"test\""),
-        None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
-    };
     let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
     let cfgs: Vec<_> = ports
         .iter()
-        .map(|p| write_config(ts.dir.path(), &store_cfg, &sim.base_url, *p))
+        .map(|p| write_config(ts, &sim.base_url, *p))
         .collect();
     let mut children: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let created = subscribe(&ports, &rx).await;
