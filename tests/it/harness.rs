@@ -29,8 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::redis_cluster::RedisCluster;
 
+mod api;
 mod config;
 
+pub use api::{Api, serve};
 pub use config::{ConfigBuilder, delivery, upstream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,12 +463,18 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const READ_TOKEN: &str = "test-read-token";
 
 /// The relay as production runs it (pollers + HTTP on port 0), with an
-/// admin and a read token.
+/// admin and a read token; its requests ([`Api`]) go with the admin token.
 pub struct App {
-    pub base: String,
+    api: Api,
     pub cancel: CancellationToken,
-    pub http: reqwest::Client,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl App {
@@ -493,51 +501,10 @@ impl App {
         let cancel = CancellationToken::new();
         let task = tokio::spawn(relay.run(listener, cancel.clone()));
         App {
-            base,
+            api: Api::new(base, ADMIN_TOKEN),
             cancel,
-            http: reqwest::Client::new(),
             task: Some(task),
         }
-    }
-
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-    }
-
-    /// GET with the admin token, expecting a JSON body.
-    pub async fn get_json(&self, path: &str) -> Value {
-        self.get(path).send().await.unwrap().json().await.unwrap()
-    }
-
-    /// Enables or disables a subscription with the admin token.
-    pub async fn set_enabled(&self, id: &str, enabled: bool) -> reqwest::Response {
-        self.http
-            .patch(format!("{}/v1/subscriptions/{id}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({ "enabled": enabled }))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// POST with the admin token, expecting a JSON body.
-    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
-        self.post(path, body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
     }
 
     pub async fn stop(mut self) {

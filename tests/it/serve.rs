@@ -1,10 +1,7 @@
 //! `serve` as a user runs it: health and readiness on `api.listen`,
 //! continuous polling, and a clean exit on SIGTERM.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use stamp_relay::{
     config::{Paging, SourceConfig},
@@ -13,19 +10,9 @@ use stamp_relay::{
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{
-    ConfigBuilder, Sim, assert_rebuilds, bin, eventually, free_port, upstream, wait_synced,
+    Api, ConfigBuilder, Proc, Sim, assert_rebuilds, eventually, free_port, serve, upstream,
+    wait_synced,
 };
-
-async fn wait_for(url: &str) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(url).await {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The simulator's patients, polled every 100 ms.
 fn polled_often(sim: &Sim) -> SourceConfig {
@@ -49,18 +36,10 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
         .listen(port)
         .source(polled_often(&sim))
         .write(&dir.path().join("relay.toml"));
-    let mut child = Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(crate::harness::Proc)
-        .unwrap();
-    let health = wait_for(&format!("http://127.0.0.1:{port}/healthz")).await;
-    assert_eq!(health.status(), 200);
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .unwrap();
+    let mut child = serve(&cfg).spawn().map(Proc).unwrap();
+    let api = Api::local(port, "");
+    api.wait_healthy().await;
+    let ready = api.get("/readyz").send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "ready");
@@ -123,13 +102,10 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
         })
         .write(&dir.path().join("relay.toml"));
     let spawn = || {
-        Command::new(bin())
-            .args(["serve", "--config", cfg.to_str().unwrap()])
+        serve(&cfg)
             .env("SR_TERM_ADMIN", "term-admin")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .map(crate::harness::Proc)
+            .map(Proc)
             .unwrap()
     };
     let term = |child: &mut std::process::Child| {
@@ -162,17 +138,11 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     // 2. A restart finishes the load; then SIGTERM while delivering.
     let mut child = spawn();
     wait_synced(&store, &t, &sim.sim).await;
-    let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("http://127.0.0.1:{port}/v1/subscriptions"))
-        .bearer_auth("term-admin")
-        .json(&serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = Api::local(port, "term-admin");
+    api.wait_healthy().await;
+    let body =
+        serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}});
+    let created = api.post_json("/v1/subscriptions", &body).await;
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
     eventually("deliveries to start", Duration::from_secs(30), async || {
         rx.event_ids().len() >= 50

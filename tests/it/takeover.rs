@@ -3,12 +3,7 @@
 //! many requests in flight; alone on either store, and as two instances
 //! sharing Redis that take over from each other.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use stamp_relay::{
@@ -19,8 +14,8 @@ use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::delivery::{assert_record_order, wait_delivered};
 use crate::harness::{
-    Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, bin, eventually, free_port, upstream,
-    wait_synced,
+    Api, Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, eventually, free_port, serve,
+    upstream, wait_synced,
 };
 use crate::receiver::{Mode, TestReceiver};
 
@@ -46,36 +41,20 @@ fn write_config(ts: &TestStore, sim: &str, port: u16) -> PathBuf {
 }
 
 fn spawn(cfg: &std::path::Path) -> Proc {
-    Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
+    serve(cfg)
         .env("SR_TEST_ADMIN", "admin-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .map(Proc)
         .unwrap()
 }
 
-/// Creates a subscription from the beginning through the first instance
-/// that answers.
+/// Creates a subscription from the beginning through the first instance,
+/// once it listens.
 async fn subscribe(ports: &[u16], rx: &TestReceiver) -> Value {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = format!("http://127.0.0.1:{}/v1/subscriptions", ports[0]);
-        let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
-        if let Ok(r) = http
-            .post(url)
-            .bearer_auth("admin-secret")
-            .json(&body)
-            .send()
-            .await
-        {
-            return r.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let api = Api::local(ports[0], "admin-secret");
+    api.wait_healthy().await;
+    let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
+    api.post_json("/v1/subscriptions", &body).await
 }
 
 /// `instances` relays on one store; three times, once deliveries are under
