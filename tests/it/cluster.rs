@@ -8,7 +8,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::value::RawValue;
@@ -21,8 +21,8 @@ use stamp_relay_simulator::{Order, SimConfig};
 use tempfile::TempDir;
 
 use crate::harness::{
-    App, Backend, ConfigBuilder, Sim, TestStore, assert_rebuilds, bin, eventually, free_port,
-    redis_available, source, upstream, wait_synced,
+    App, Backend, ConfigBuilder, Sim, TestStore, assert_rebuilds, bin, eventually,
+    eventually_blocking, free_port, redis_available, source, upstream, wait_synced,
 };
 use crate::redis_cluster::RedisCluster;
 
@@ -294,14 +294,11 @@ fn tls_redis(dir: &Path, password: &str) -> TlsRedis {
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on its TLS port"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(
+        "redis-server to listen on its TLS port",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
     TlsRedis {
         port,
         ca: dir.join("ca.pem"),

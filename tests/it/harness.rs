@@ -13,14 +13,14 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
 use stamp_relay::{
     app::Relay,
     config::{Config, Paging, SourceConfig, StoreConfig},
-    events::Event,
+    events::{Event, StreamId},
     store::{self, Store, Target},
 };
 use stamp_relay_simulator::{SimConfig, Simulator};
@@ -31,9 +31,11 @@ use crate::redis_cluster::RedisCluster;
 
 mod api;
 mod config;
+mod wait;
 
 pub use api::{Api, serve};
 pub use config::{ConfigBuilder, delivery, upstream};
+pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -161,17 +163,9 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
+        let port = self.port;
+        let what = format!("redis-server on port {port} to answer PING");
+        eventually_blocking(&what, Duration::from_secs(10), || ping(port));
     }
 
     /// SIGKILL, as a crash would.
@@ -525,40 +519,30 @@ impl Drop for App {
     }
 }
 
-/// Waits until `check` holds, failing after `within` with `what` it waited for.
-pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// How far a stream is behind the simulator's table.
+#[derive(Debug)]
+struct Catching {
+    stream_at: StreamId,
+    upstream_top: u64,
+    indexed: u64,
+    upstream_records: usize,
 }
 
-/// Waits until every target of `sim` is fully in the stream.
+/// Waits until the target's table of `sim` is fully in the stream.
 pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let top = sim
-            .state(&t.resource)
-            .iter()
-            .filter_map(|r| r["update_stamp"].as_u64())
-            .max()
-            .unwrap_or(0);
-        let (last, indexed) = (
-            store.last_id(t).await.unwrap(),
-            store.index_len(t).await.unwrap(),
-        );
-        let upstream = sim.state(&t.resource).len();
-        if last.stamp >= top && indexed as usize >= upstream {
-            return;
+    let look = async || {
+        let state = sim.state(&t.resource);
+        let top = state.iter().filter_map(|r| r["update_stamp"].as_u64());
+        Catching {
+            stream_at: store.last_id(t).await.unwrap(),
+            upstream_top: top.max().unwrap_or(0),
+            indexed: store.index_len(t).await.unwrap(),
+            upstream_records: state.len(),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{t} did not catch up with the simulator: stream at {last}, upstream top {top}, {indexed} of {upstream} records indexed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let caught_up = |c: &Catching| {
+        c.stream_at.stamp >= c.upstream_top && c.indexed as usize >= c.upstream_records
+    };
+    let what = format!("{t} to catch up with the simulator");
+    wait_for(&what, Duration::from_secs(60), look, caught_up).await;
 }

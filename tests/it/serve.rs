@@ -1,7 +1,10 @@
 //! `serve` as a user runs it: health and readiness on `api.listen`,
 //! continuous polling, and a clean exit on SIGTERM.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use stamp_relay::{
     config::{Paging, SourceConfig},
@@ -11,7 +14,7 @@ use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{
     Api, ConfigBuilder, Proc, Sim, assert_rebuilds, eventually, free_port, serve, upstream,
-    wait_synced,
+    wait_for, wait_synced,
 };
 
 /// The simulator's patients, polled every 100 ms.
@@ -156,18 +159,16 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
 
     // 3. A restart delivers the rest.
     let mut child = spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        if (29_001..=30_000).all(|s| got.iter().any(|id| id.ends_with(&format!(":{s}")))) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries did not finish after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Event ids end in `:<stamp>`.
+    let missing = async || {
+        let ids = rx.event_ids();
+        let got: HashSet<&str> = ids.iter().filter_map(|id| id.rsplit(':').next()).collect();
+        (29_001..=30_000u64)
+            .filter(|s| !got.contains(s.to_string().as_str()))
+            .count()
+    };
+    let what = "the deliveries to finish after the restart (events missing)";
+    wait_for(what, Duration::from_secs(60), missing, |n| *n == 0).await;
     term(&mut child);
     assert_rebuilds(&store, &t, &sim.sim).await;
     crate::delivery::assert_record_order(&rx.events());
