@@ -34,7 +34,7 @@ mod config;
 mod wait;
 
 pub use api::{Api, serve};
-pub use config::{ConfigBuilder, delivery, upstream};
+pub use config::{ConfigBuilder, upstream};
 pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

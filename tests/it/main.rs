@@ -25,6 +25,7 @@ mod receiver;
 mod records;
 mod reset;
 mod retention;
+mod retries;
 mod rules;
 mod security;
 mod serve;

@@ -214,7 +214,7 @@ fn status_cli(ts: &TestStore, sim: &Sim, delivery: impl FnOnce(&mut DeliveryConf
 }
 
 /// A subscription as a test puts it straight into the store.
-fn subscription(id: &str, url: &str) -> Subscription {
+pub fn subscription(id: &str, url: &str) -> Subscription {
     serde_json::from_value(json!({
         "id": id, "url": url, "resources": ["*"], "ops": [], "start": {}, "headers": {},
         "batch_size": 1, "max_in_flight": 4, "rate_limit": null, "enabled": true,
