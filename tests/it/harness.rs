@@ -138,21 +138,30 @@ impl RedisServer {
         if !redis_available() {
             return None;
         }
-        let mut server = RedisServer {
-            port: free_port(),
-            dir: TempDir::new().unwrap(),
-            aof,
-            child: None,
-        };
-        server.spawn();
-        Some(server)
+        // A port found free may be taken by another process (another test
+        // suite on the machine) before redis-server binds it: then that
+        // process answers there, this server exits, and the next port is tried.
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: TempDir::new().unwrap(),
+                aof,
+                child: None,
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server found its free port taken five times over");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on the port; false when what answers there is
+    /// another server.
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.path().to_str().unwrap(), "--save", ""])
@@ -166,6 +175,7 @@ impl RedisServer {
         let port = self.port;
         let what = format!("redis-server on port {port} to answer PING");
         eventually_blocking(&what, Duration::from_secs(10), || ping(port));
+        works_in(port, self.dir.path())
     }
 
     /// SIGKILL, as a crash would.
@@ -178,7 +188,11 @@ impl RedisServer {
 
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "another server took port {} while Redis was down",
+            self.port
+        );
     }
 }
 
@@ -186,6 +200,20 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether the redis-server on `port` works in `dir`: it is the one started
+/// there, not another that held the port.
+fn works_in(port: u16, dir: &std::path::Path) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let dir = dir.canonicalize().unwrap();
+    let mut buf = [0u8; 1024];
+    s.write_all(b"CONFIG GET dir\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| String::from_utf8_lossy(&buf[..n]).contains(dir.to_str().unwrap()))
 }
 
 fn ping(port: u16) -> bool {
