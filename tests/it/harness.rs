@@ -1,6 +1,8 @@
 //! The shared test harness: a real `redis-server` per test on a free port
-//! (killable and restartable), the in-process simulator on port 0, and the
-//! relay built exactly as production builds it.
+//! (killable and restartable, `redis.rs`), the in-process simulator on port
+//! 0, and the relay built exactly as production builds it (`app.rs`), from
+//! a typed configuration (`config.rs`), asked over HTTP (`api.rs`) and
+//! waited for (`wait.rs`).
 //!
 //! Without `redis-server` on the PATH the Redis tests are skipped with a
 //! message, unless `STAMP_RELAY_REQUIRE_REDIS=1` (set by `.ci/run`), which
@@ -8,10 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{Read, Write},
-    net::TcpStream,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -30,11 +29,15 @@ use tokio_util::sync::CancellationToken;
 use crate::redis_cluster::RedisCluster;
 
 mod api;
+mod app;
 mod config;
+mod redis;
 mod wait;
 
 pub use api::{Api, serve};
+pub use app::{ADMIN_TOKEN, App, READ_TOKEN, with_tokens};
 pub use config::{ConfigBuilder, upstream};
+pub use redis::{RedisServer, redis_available};
 pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,133 +101,6 @@ impl Drop for SeedGuard {
             );
         }
     }
-}
-
-fn redis_required() -> bool {
-    std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
-}
-
-/// Whether `redis-server` is installed; false (skip) only when it is not
-/// required.
-pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            !redis_required(),
-            "redis-server is not installed but STAMP_RELAY_REQUIRE_REDIS=1; install it (apt-get install redis-server)"
-        );
-        eprintln!(
-            "skipping: redis-server is not installed (set STAMP_RELAY_REQUIRE_REDIS=1 to fail instead)"
-        );
-    }
-    found
-}
-
-pub struct RedisServer {
-    pub port: u16,
-    pub dir: TempDir,
-    aof: bool,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts a fresh server, or returns None (skip) when redis-server is
-    /// missing and not required.
-    pub fn start(aof: bool) -> Option<RedisServer> {
-        if !redis_available() {
-            return None;
-        }
-        // A port found free may be taken by another process (another test
-        // suite on the machine) before redis-server binds it: then that
-        // process answers there, this server exits, and the next port is tried.
-        for _ in 0..5 {
-            let mut server = RedisServer {
-                port: free_port(),
-                dir: TempDir::new().unwrap(),
-                aof,
-                child: None,
-            };
-            if server.spawn() {
-                return Some(server);
-            }
-        }
-        panic!("redis-server found its free port taken five times over");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts redis-server on the port; false when what answers there is
-    /// another server.
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.path().to_str().unwrap(), "--save", ""])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--logfile", "redis.log"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        let what = format!("redis-server on port {port} to answer PING");
-        eventually_blocking(&what, Duration::from_secs(10), || ping(port));
-        works_in(port, self.dir.path())
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.kill();
-        assert!(
-            self.spawn(),
-            "another server took port {} while Redis was down",
-            self.port
-        );
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Whether the redis-server on `port` works in `dir`: it is the one started
-/// there, not another that held the port.
-fn works_in(port: u16, dir: &std::path::Path) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let dir = dir.canonicalize().unwrap();
-    let mut buf = [0u8; 1024];
-    s.write_all(b"CONFIG GET dir\r\n").is_ok()
-        && s.read(&mut buf)
-            .is_ok_and(|n| String::from_utf8_lossy(&buf[..n]).contains(dir.to_str().unwrap()))
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok()
-        && s.read(&mut buf)
-            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
 }
 
 /// A store of either backend, with what keeps it alive.
@@ -463,88 +339,6 @@ macro_rules! on_both_stores {
             }
         )*
     };
-}
-
-/// Adds the test's admin and read tokens to a configuration.
-pub fn with_tokens(config: &mut Config) {
-    use stamp_relay::config::{Scope, Secret, TokenConfig};
-    for (name, scope, secret) in [
-        ("ops", Scope::Admin, ADMIN_TOKEN),
-        ("dash", Scope::Read, READ_TOKEN),
-    ] {
-        let t = TokenConfig {
-            name: name.into(),
-            scope,
-            token_env: "UNUSED".into(),
-        };
-        config.api_tokens.push((t, Secret::new(secret)));
-    }
-}
-
-pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const READ_TOKEN: &str = "test-read-token";
-
-/// The relay as production runs it (pollers + HTTP on port 0), with an
-/// admin and a read token; its requests ([`Api`]) go with the admin token.
-pub struct App {
-    api: Api,
-    pub cancel: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl std::ops::Deref for App {
-    type Target = Api;
-    fn deref(&self) -> &Api {
-        &self.api
-    }
-}
-
-impl App {
-    pub async fn spawn(ts: &TestStore, sources: Vec<SourceConfig>) -> App {
-        Self::spawn_with(ts, sources, |_| {}).await
-    }
-
-    /// Like `spawn`, with a chance to change the validated configuration.
-    pub async fn spawn_with(
-        ts: &TestStore,
-        sources: Vec<SourceConfig>,
-        tweak: impl FnOnce(&mut Config),
-    ) -> App {
-        let mut config = config(&ts.config, sources);
-        tweak(&mut config);
-        with_tokens(&mut config);
-        let relay = Relay::with_store(config, ts.store.clone()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(relay, listener).await
-    }
-
-    async fn serve(relay: Relay, listener: tokio::net::TcpListener) -> App {
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(relay.run(listener, cancel.clone()));
-        App {
-            api: Api::new(base, ADMIN_TOKEN),
-            cancel,
-            task: Some(task),
-        }
-    }
-
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("the relay did not stop within 30 s")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
 }
 
 /// How far a stream is behind the simulator's table.
