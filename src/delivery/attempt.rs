@@ -11,7 +11,7 @@ use tokio::task::JoinError;
 
 use super::{
     sender::{Endpoint, Sender, Sent},
-    worker::{State, Worker},
+    worker::{Now, State, Worker},
     writer::Write,
 };
 use crate::{
@@ -128,11 +128,14 @@ impl Request {
 }
 
 impl Worker {
-    /// Applies every answer that came back since the last step.
+    /// Applies every answer that came back since the last step, at `now`:
+    /// the time retries are scheduled from (the clock seam the retry tests
+    /// move, tests/it/retries.rs).
     pub(super) async fn apply_finished(
         &self,
         st: &mut State,
         sub: &Subscription,
+        now: Now,
     ) -> StoreResult<Applied> {
         let mut applied = Applied {
             answers: 0,
@@ -141,7 +144,7 @@ impl Worker {
         while let Some(done) = st.finished.pop() {
             applied.answers += 1;
             match done {
-                Ok(done) => applied.disabled |= self.apply(st, sub, done).await?,
+                Ok(done) => applied.disabled |= self.apply(st, sub, done, now.wall_ms).await?,
                 Err(e) => {
                     // A send task that panicked: its entries stay pending in
                     // the store and are sent again after the next reload,
@@ -154,8 +157,15 @@ impl Worker {
         Ok(applied)
     }
 
-    /// Applies one answer; true when it disabled the subscription.
-    async fn apply(&self, st: &mut State, sub: &Subscription, done: Done) -> StoreResult<bool> {
+    /// Applies one answer at `now` (unix ms); true when it disabled the
+    /// subscription.
+    async fn apply(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+        done: Done,
+        now: u64,
+    ) -> StoreResult<bool> {
         let Some(q) = st.queue.as_mut() else {
             return Ok(false);
         };
@@ -165,9 +175,8 @@ impl Worker {
             .iter()
             .filter_map(|id| q.get(id).map(|p| p.event.clone()))
             .collect();
-        self.record(st, sub, &events, &done.sent);
+        self.record(st, sub, &events, &done.sent, now);
         let q = st.queue.as_mut().expect("checked above");
-        let now = now_ms();
         match done.sent.outcome {
             Outcome::Delivered => {
                 // Off the delivery path: a crash before it lands re-sends
@@ -185,7 +194,7 @@ impl Worker {
                 Ok(true)
             }
             _ => {
-                self.retry_or_bury(st, sub, &done).await?;
+                self.retry_or_bury(st, sub, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
                 if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
                     self.disable(
@@ -200,13 +209,14 @@ impl Worker {
         }
     }
 
-    /// After a failure: each entry waits for its next retry, or goes to the
-    /// dead letters when the schedule is exhausted.
+    /// After a failure at `now` (unix ms): each entry waits for its next
+    /// retry, or goes to the dead letters when the schedule is exhausted.
     async fn retry_or_bury(
         &self,
         st: &mut State,
         sub: &Subscription,
         done: &Done,
+        now: u64,
     ) -> StoreResult<()> {
         let q = st.queue.as_mut().expect("checked by the caller");
         let why = done
@@ -219,7 +229,7 @@ impl Worker {
             p.state.attempts += 1;
             match self.schedule.delay(p.state.attempts, done.sent.retry_after) {
                 Some(d) => {
-                    p.state.next_at_ms = now_ms() + d.as_millis() as u64;
+                    p.state.next_at_ms = now + d.as_millis() as u64;
                     self.store
                         .retry_later(&sub.id, &self.target, *id, p.state)
                         .await?;
@@ -231,7 +241,7 @@ impl Worker {
                         event_id: self.source.id(&p.event),
                         attempts: p.state.attempts,
                         last_error: why.clone(),
-                        at_ms: now_ms(),
+                        at_ms: now,
                     };
                     self.store.dead_letter(&sub.id, &dead).await?;
                     self.store.settle(&sub.id, &self.target, &[*id]).await?;
@@ -242,10 +252,17 @@ impl Worker {
         Ok(())
     }
 
-    /// Logs the attempt (off the delivery path) and counts it.
-    fn record(&self, st: &mut State, sub: &Subscription, events: &[Arc<Event>], sent: &Sent) {
+    /// Logs the attempt made at `at_ms` (off the delivery path) and counts it.
+    fn record(
+        &self,
+        st: &mut State,
+        sub: &Subscription,
+        events: &[Arc<Event>],
+        sent: &Sent,
+        at_ms: u64,
+    ) {
         let attempt = Attempt {
-            at_ms: now_ms(),
+            at_ms,
             target: self.target.to_string(),
             event_ids: events.iter().map(|e| self.source.id(e)).collect(),
             outcome: sent.outcome,

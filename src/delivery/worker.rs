@@ -62,7 +62,10 @@ pub struct Worker {
 }
 
 /// The time a step runs at: the wall clock for retry times (stored), the
-/// monotonic one for the lease. Tests pass times of their own.
+/// monotonic one for the lease. This is the delivery's clock seam: a step
+/// schedules retries from `wall_ms` and sends those due by it, so tests
+/// pass times of their own and move through a retry schedule without
+/// waiting for it (tests/it/retries.rs).
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub wall_ms: u64,
@@ -140,6 +143,14 @@ impl State {
     /// Whether `max_in_flight` requests are out: no step can start another.
     fn full(&self) -> bool {
         self.sends.len() >= self.sub.max_in_flight.max(1) as usize
+    }
+
+    /// Waits for every request in flight; the next step applies the
+    /// answers (at the time it is given).
+    pub async fn answers(&mut self) {
+        while !self.sends.is_empty() {
+            self.next_answer().await;
+        }
     }
 
     /// Waits for the next answer of a request in flight (forever if none).
@@ -224,11 +235,9 @@ impl Worker {
 
     /// Waits for every request in flight and applies its answer.
     pub async fn drain(&self, st: &mut State) {
-        while !st.sends.is_empty() {
-            st.next_answer().await;
-        }
+        st.answers().await;
         let sub = self.sub.borrow().clone();
-        if let Err(e) = self.apply_finished(st, &sub).await {
+        if let Err(e) = self.apply_finished(st, &sub, Now::current()).await {
             tracing::warn!(target = %self.target, subscription = %sub.id, error = %e, "cannot record delivery answers; those events will be sent again");
         }
     }
@@ -250,7 +259,7 @@ impl Worker {
         while let Some(done) = st.sends.try_join_next() {
             st.finished.push(done);
         }
-        let applied = self.apply_finished(st, &sub).await?;
+        let applied = self.apply_finished(st, &sub, now).await?;
         if applied.disabled {
             return Ok(Step::Disabled);
         }

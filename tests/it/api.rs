@@ -428,8 +428,13 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     assert_eq!(all["subscriptions"].as_array().unwrap().len(), 2);
     assert_eq!(all["subscriptions"][0]["id"], id);
 
-    let r = app.http.patch(format!("{}{path}/{id}", app.base)).bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"enabled": false, "resources": ["sim/patients", "sim/users"], "rate_limit": null})).send().await.unwrap();
+    let body =
+        json!({"enabled": false, "resources": ["sim/patients", "sim/users"], "rate_limit": null});
+    let r = app
+        .patch(&format!("{path}/{id}"), &body)
+        .send()
+        .await
+        .unwrap();
     let (status, ct, patched) = json_of(r).await;
     check_response("PATCH", "/v1/subscriptions/{id}", status, &ct, &patched);
     assert_eq!(patched["enabled"], false);

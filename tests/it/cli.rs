@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::harness::{bin, free_port};
+use stamp_relay::config::SourceConfig;
+
+use crate::harness::{ConfigBuilder, bin, free_port, upstream};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(bin())
@@ -31,7 +33,18 @@ fn config_file(body: &str) -> tempfile::NamedTempFile {
     f
 }
 
+/// A good file as a user writes it, for the tests of the text itself.
 const GOOD: &str = "[[sources]]\nname = \"pc\"\nbase_url = \"http://127.0.0.1:9/api\"\nresources = [\"patients\"]\n";
+
+/// The source `GOOD` names.
+fn pc() -> SourceConfig {
+    upstream("pc", "http://127.0.0.1:9/api", &["patients"])
+}
+
+/// What `GOOD` says, built rather than written.
+fn good() -> ConfigBuilder {
+    ConfigBuilder::new().source(pc())
+}
 
 #[test]
 fn check_config_accepts_a_good_file() {
@@ -109,8 +122,11 @@ fn environment_overrides_the_file() {
 #[test]
 fn unreachable_redis_names_the_address() {
     let port = free_port();
-    let body = format!("[store]\nredis_url = \"redis://:hunter2@127.0.0.1:{port}\"\n{GOOD}");
-    let f = config_file(&body);
+    let f = config_file(
+        &good()
+            .store(|s| s.redis_url = Some(format!("redis://:hunter2@127.0.0.1:{port}")))
+            .toml(),
+    );
     let (ok, text) = run(
         &["sync", "--once", "--config", f.path().to_str().unwrap()],
         &[],
@@ -132,16 +148,14 @@ fn unusable_data_dir_names_the_path() {
     // A file where the folder should be.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
-    let body = format!("[store]\ndata_dir = \"{}\"\n{GOOD}", file.display());
-    let f = config_file(&body);
+    let f = config_file(&good().data_dir(&file).toml());
     let (ok, text) = run(&["status", "--config", f.path().to_str().unwrap()], &[]);
     assert!(!ok && text.contains(file.to_str().unwrap()), "{text}");
     // A damaged database file.
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("stamp-relay.sqlite3"), vec![0x42u8; 8192]).unwrap();
-    let body = format!("[store]\ndata_dir = \"{}\"\n{GOOD}", data.display());
-    let f = config_file(&body);
+    let f = config_file(&good().data_dir(&data).toml());
     let (ok, text) = run(&["status", "--config", f.path().to_str().unwrap()], &[]);
     assert!(!ok && text.contains("stamp-relay.sqlite3"), "{text}");
 }
@@ -247,11 +261,15 @@ fn the_readme_subscriptions_example_validates() {
 #[test]
 fn json_logs_are_json() {
     let dir = tempfile::TempDir::new().unwrap();
-    let body = format!(
-        "[store]\ndata_dir = \"{}\"\n{GOOD}max_attempts = 1\n",
-        dir.path().join("d").display()
+    let f = config_file(
+        &ConfigBuilder::new()
+            .data_dir(dir.path().join("d"))
+            .source(SourceConfig {
+                max_attempts: 1,
+                ..pc()
+            })
+            .toml(),
     );
-    let f = config_file(&body);
     let out = Command::new(bin())
         .args([
             "--log-format",

@@ -8,7 +8,7 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::value::RawValue;
@@ -21,8 +21,8 @@ use stamp_relay_simulator::{Order, SimConfig};
 use tempfile::TempDir;
 
 use crate::harness::{
-    App, Backend, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, redis_available,
-    source, wait_synced,
+    App, Backend, ConfigBuilder, Sim, TestStore, assert_rebuilds, bin, eventually,
+    eventually_blocking, free_port, redis_available, source, upstream, wait_synced,
 };
 use crate::redis_cluster::RedisCluster;
 
@@ -158,13 +158,13 @@ async fn a_tail_lost_in_a_failover_is_never_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_url_and_redis_cluster_are_exclusive() {
     let dir = TempDir::new().unwrap();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        "[store]\nredis_url = \"redis://127.0.0.1:1\"\nredis_cluster = [\"redis://127.0.0.1:2\"]\n\n\
-         [[sources]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:3/api\"\nresources = [\"patients\"]\n",
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::new()
+        .store(|s| {
+            s.redis_url = Some("redis://127.0.0.1:1".into());
+            s.redis_cluster = vec!["redis://127.0.0.1:2".into()];
+        })
+        .source(upstream("sim", "http://127.0.0.1:3/api", &["patients"]))
+        .write(&dir.path().join("relay.toml"));
     let out = Command::new(bin())
         .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
         .output()
@@ -294,14 +294,11 @@ fn tls_redis(dir: &Path, password: &str) -> TlsRedis {
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on its TLS port"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(
+        "redis-server to listen on its TLS port",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
     TlsRedis {
         port,
         ca: dir.join("ca.pem"),
@@ -324,21 +321,16 @@ async fn tls_with_a_private_ca_and_an_acl_user_from_the_environment() {
     .await;
     let cfg = dir.path().join("relay.toml");
     let write = |ca: bool| {
-        let ca = if ca {
-            format!("tls_ca_file = \"{}\"\n", redis.ca.display())
-        } else {
-            String::new()
-        };
-        std::fs::write(
-            &cfg,
-            format!(
-                "[store]\nredis_url = \"rediss://127.0.0.1:{}\"\n{ca}username_env = \"TEST_REDIS_USER\"\n\
-                 password_env = \"TEST_REDIS_PASSWORD\"\nkey_prefix = \"test\"\n\n\
-                 [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\n",
-                redis.port, sim.base_url
-            ),
-        )
-        .unwrap();
+        ConfigBuilder::new()
+            .store(|s| {
+                s.redis_url = Some(format!("rediss://127.0.0.1:{}", redis.port));
+                s.tls_ca_file = ca.then(|| redis.ca.clone());
+                s.username_env = Some("TEST_REDIS_USER".into());
+                s.password_env = Some("TEST_REDIS_PASSWORD".into());
+                s.key_prefix = "test".into();
+            })
+            .source(upstream("sim", &sim.base_url, &["patients"]))
+            .write(&cfg);
     };
     let sync = || {
         Command::new(bin())

@@ -9,13 +9,16 @@ use std::{
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::Target,
+};
 use stamp_relay_simulator::{Order, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin, eventually, one_seed,
-    relay, seeds, source,
+    Backend, ConfigBuilder, Proc, SeedGuard, Sim, TestStore, all_events, assert_rebuilds, bin,
+    eventually, one_seed, relay, seeds, source, upstream, wait_for_every,
 };
 use crate::{on_both_stores, on_cluster};
 
@@ -23,20 +26,17 @@ on_both_stores!(sigkill_during_keyset_load, sigkill_during_pages_load);
 on_cluster!(sigkill_during_keyset_load);
 
 fn write_config(ts: &TestStore, base_url: &str, paging: Paging, path: &Path) {
-    let store = ts.store_toml();
-    let paging = match paging {
-        Paging::Keyset => "keyset",
-        Paging::Pages => "pages",
+    let source = SourceConfig {
+        page_size: 100,
+        paging,
+        retry_base: Duration::from_millis(20),
+        ..upstream("sim", base_url, &["patients", "assessments"])
     };
-    std::fs::write(
-        path,
-        format!(
-            "[store]\n{store}\nkey_prefix = \"test\"\nlease_ttl = \"300ms\"\n\n[delivery]\nrequest_timeout = \"200ms\"\n\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{base_url}\"\nresources = [\"patients\", \"assessments\"]\n\
-             page_size = 100\npaging = \"{paging}\"\nretry_base = \"20ms\"\n"
-        ),
-    )
-    .unwrap();
+    ConfigBuilder::on(&ts.config)
+        .store(|s| s.lease_ttl = Duration::from_millis(300))
+        .delivery(|d| d.request_timeout = Duration::from_millis(200))
+        .source(source)
+        .write(path);
 }
 
 async fn stream_total(ts: &TestStore) -> u64 {
@@ -104,25 +104,16 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         // end before the kill lands.
         let start = stream_total(&ts).await;
         let kill_at = start + rng.random_range(1..(total.saturating_sub(start) * 3 / 4).max(2));
-        let mut child = run();
-        // A stalled run fails the test instead of hanging it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!(
-                    "round {round}: sync --once neither finished nor reached {kill_at} events in 120 s"
-                );
-            }
-            if stream_total(&ts).await >= kill_at {
-                child.kill().unwrap();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        // A stalled run fails the test instead of hanging it (and is killed
+        // as the `Proc` drops).
+        let mut child = Proc(run());
+        let what = format!("round {round}: sync --once to finish or reach {kill_at} events");
+        let ms = Duration::from_millis;
+        let look =
+            async || child.try_wait().unwrap().is_some() || stream_total(&ts).await >= kill_at;
+        wait_for_every(&what, Duration::from_secs(120), ms(2), look, |over| *over).await;
+        // A no-op when it finished by itself.
+        child.kill().unwrap();
         child.wait().unwrap();
         let len = stream_total(&ts).await;
         interrupted += usize::from(len > start && len < total);
@@ -214,14 +205,14 @@ async fn redis_restart_mid_load() {
     // Wait until the load is under way, then crash Redis twice.
     let mut acknowledged = Vec::new();
     for want in [1500, 4000] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while store.stream_len(&t).await.unwrap_or(0) < want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the load never reached {want} events"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_every(
+            &format!("the load to reach {want} events"),
+            Duration::from_secs(60),
+            Duration::from_millis(5),
+            async || store.stream_len(&t).await.unwrap_or(0),
+            |len| *len >= want,
+        )
+        .await;
         assert!(
             store.stream_len(&t).await.unwrap() < 10000,
             "the load finished before Redis was killed"

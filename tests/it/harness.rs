@@ -1,6 +1,8 @@
 //! The shared test harness: a real `redis-server` per test on a free port
-//! (killable and restartable), the in-process simulator on port 0, and the
-//! relay built exactly as production builds it.
+//! (killable and restartable, `redis.rs`), the in-process simulator on port
+//! 0, and the relay built exactly as production builds it (`app.rs`), from
+//! a typed configuration (`config.rs`), asked over HTTP (`api.rs`) and
+//! waited for (`wait.rs`).
 //!
 //! Without `redis-server` on the PATH the Redis tests are skipped with a
 //! message, unless `STAMP_RELAY_REQUIRE_REDIS=1` (set by `.ci/run`), which
@@ -8,19 +10,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{Read, Write},
-    net::TcpStream,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
 use stamp_relay::{
     app::Relay,
-    config::{Config, DeliveryConfig, Paging, RawConfig, SourceConfig, StoreConfig},
-    events::Event,
+    config::{Config, Paging, SourceConfig, StoreConfig},
+    events::{Event, StreamId},
     store::{self, Store, Target},
 };
 use stamp_relay_simulator::{SimConfig, Simulator};
@@ -28,6 +27,18 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use crate::redis_cluster::RedisCluster;
+
+mod api;
+mod app;
+mod config;
+mod redis;
+mod wait;
+
+pub use api::{Api, serve};
+pub use app::{ADMIN_TOKEN, App, READ_TOKEN, with_tokens};
+pub use config::{ConfigBuilder, upstream};
+pub use redis::{RedisServer, redis_available};
+pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -92,113 +103,6 @@ impl Drop for SeedGuard {
     }
 }
 
-fn redis_required() -> bool {
-    std::env::var("STAMP_RELAY_REQUIRE_REDIS").is_ok_and(|v| v == "1" || v == "true")
-}
-
-/// Whether `redis-server` is installed; false (skip) only when it is not
-/// required.
-pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            !redis_required(),
-            "redis-server is not installed but STAMP_RELAY_REQUIRE_REDIS=1; install it (apt-get install redis-server)"
-        );
-        eprintln!(
-            "skipping: redis-server is not installed (set STAMP_RELAY_REQUIRE_REDIS=1 to fail instead)"
-        );
-    }
-    found
-}
-
-pub struct RedisServer {
-    pub port: u16,
-    pub dir: TempDir,
-    aof: bool,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts a fresh server, or returns None (skip) when redis-server is
-    /// missing and not required.
-    pub fn start(aof: bool) -> Option<RedisServer> {
-        if !redis_available() {
-            return None;
-        }
-        let mut server = RedisServer {
-            port: free_port(),
-            dir: TempDir::new().unwrap(),
-            aof,
-            child: None,
-        };
-        server.spawn();
-        Some(server)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--dir", self.dir.path().to_str().unwrap(), "--save", ""])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--appendfsync", "always", "--logfile", "redis.log"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok()
-        && s.read(&mut buf)
-            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-}
-
 /// A store of either backend, with what keeps it alive.
 pub struct TestStore {
     pub store: Arc<dyn Store>,
@@ -240,15 +144,6 @@ impl TestStore {
             dir,
         })
     }
-
-    /// The `[store]` line naming this store, for a configuration file.
-    pub fn store_toml(&self) -> String {
-        match (&self.config.redis_url, &self.config.redis_cluster) {
-            (Some(url), _) => format!("redis_url = \"{url}\""),
-            (None, nodes) if !nodes.is_empty() => format!("redis_cluster = {nodes:?}"),
-            _ => format!("data_dir = \"{}\"", self.config.data_dir.display()),
-        }
-    }
 }
 
 pub struct Sim {
@@ -280,43 +175,21 @@ impl Drop for Sim {
 
 /// A source named `sim` over the given tables, with fast retries for tests.
 pub fn source(base_url: &str, resources: &[&str], paging: Paging, page_size: u32) -> SourceConfig {
-    let mut s: SourceConfig = serde_json::from_value(serde_json::json!({
-        "name": "sim",
-        "base_url": base_url,
-        "resources": resources,
-        "poll_interval": "50ms",
-        "page_size": page_size,
-        "retry_base": "20ms",
-        "retry_max": "200ms",
-        "request_timeout": "5s",
-    }))
-    .unwrap();
-    s.paging = paging;
-    s
-}
-
-/// Test delivery settings: loopback receivers allowed, a millisecond retry
-/// schedule, and a request timeout below the test lease time.
-pub fn delivery() -> DeliveryConfig {
-    DeliveryConfig {
-        allow_private_targets: true,
-        retry_schedule: [10, 20, 40, 80, 100, 100, 100, 100]
-            .map(Duration::from_millis)
-            .to_vec(),
-        request_timeout: Duration::from_millis(300),
-        ..DeliveryConfig::default()
+    SourceConfig {
+        poll_interval: Duration::from_millis(50),
+        page_size,
+        paging,
+        retry_base: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(5),
+        ..upstream("sim", base_url, resources)
     }
 }
 
+/// What the in-process relays run with: the test store and delivery
+/// settings and `sources`.
 pub fn config(store: &StoreConfig, sources: Vec<SourceConfig>) -> Config {
-    RawConfig {
-        store: store.clone(),
-        sources,
-        delivery: delivery(),
-        ..RawConfig::default()
-    }
-    .validate(&|k| std::env::var(k).ok())
-    .unwrap()
+    ConfigBuilder::on(store).sources(sources).build()
 }
 
 pub fn relay(ts: &TestStore, sources: Vec<SourceConfig>) -> Relay {
@@ -468,157 +341,30 @@ macro_rules! on_both_stores {
     };
 }
 
-/// Adds the test's admin and read tokens to a configuration.
-pub fn with_tokens(config: &mut Config) {
-    use stamp_relay::config::{Scope, Secret, TokenConfig};
-    for (name, scope, secret) in [
-        ("ops", Scope::Admin, ADMIN_TOKEN),
-        ("dash", Scope::Read, READ_TOKEN),
-    ] {
-        let t = TokenConfig {
-            name: name.into(),
-            scope,
-            token_env: "UNUSED".into(),
-        };
-        config.api_tokens.push((t, Secret::new(secret)));
-    }
+/// How far a stream is behind the simulator's table.
+#[derive(Debug)]
+struct Catching {
+    stream_at: StreamId,
+    upstream_top: u64,
+    indexed: u64,
+    upstream_records: usize,
 }
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
-pub const READ_TOKEN: &str = "test-read-token";
-
-/// The relay as production runs it (pollers + HTTP on port 0), with an
-/// admin and a read token.
-pub struct App {
-    pub base: String,
-    pub cancel: CancellationToken,
-    pub http: reqwest::Client,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl App {
-    pub async fn spawn(ts: &TestStore, sources: Vec<SourceConfig>) -> App {
-        Self::spawn_with(ts, sources, |_| {}).await
-    }
-
-    /// Like `spawn`, with a chance to change the validated configuration.
-    pub async fn spawn_with(
-        ts: &TestStore,
-        sources: Vec<SourceConfig>,
-        tweak: impl FnOnce(&mut Config),
-    ) -> App {
-        let mut config = config(&ts.config, sources);
-        tweak(&mut config);
-        with_tokens(&mut config);
-        let relay = Relay::with_store(config, ts.store.clone()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(relay, listener).await
-    }
-
-    async fn serve(relay: Relay, listener: tokio::net::TcpListener) -> App {
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(relay.run(listener, cancel.clone()));
-        App {
-            base,
-            cancel,
-            http: reqwest::Client::new(),
-            task: Some(task),
-        }
-    }
-
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-    }
-
-    /// GET with the admin token, expecting a JSON body.
-    pub async fn get_json(&self, path: &str) -> Value {
-        self.get(path).send().await.unwrap().json().await.unwrap()
-    }
-
-    /// Enables or disables a subscription with the admin token.
-    pub async fn set_enabled(&self, id: &str, enabled: bool) -> reqwest::Response {
-        self.http
-            .patch(format!("{}/v1/subscriptions/{id}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&serde_json::json!({ "enabled": enabled }))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// POST with the admin token, expecting a JSON body.
-    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
-        self.post(path, body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-    }
-
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), t)
-                .await
-                .expect("the relay did not stop within 30 s")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-/// Waits until `check` holds, failing after `within` with `what` it waited for.
-pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until every target of `sim` is fully in the stream.
+/// Waits until the target's table of `sim` is fully in the stream.
 pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let top = sim
-            .state(&t.resource)
-            .iter()
-            .filter_map(|r| r["update_stamp"].as_u64())
-            .max()
-            .unwrap_or(0);
-        let (last, indexed) = (
-            store.last_id(t).await.unwrap(),
-            store.index_len(t).await.unwrap(),
-        );
-        let upstream = sim.state(&t.resource).len();
-        if last.stamp >= top && indexed as usize >= upstream {
-            return;
+    let look = async || {
+        let state = sim.state(&t.resource);
+        let top = state.iter().filter_map(|r| r["update_stamp"].as_u64());
+        Catching {
+            stream_at: store.last_id(t).await.unwrap(),
+            upstream_top: top.max().unwrap_or(0),
+            indexed: store.index_len(t).await.unwrap(),
+            upstream_records: state.len(),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{t} did not catch up with the simulator: stream at {last}, upstream top {top}, {indexed} of {upstream} records indexed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    let caught_up = |c: &Catching| {
+        c.stream_at.stamp >= c.upstream_top && c.indexed as usize >= c.upstream_records
+    };
+    let what = format!("{t} to catch up with the simulator");
+    wait_for(&what, Duration::from_secs(60), look, caught_up).await;
 }

@@ -13,7 +13,10 @@ use stamp_relay::{
 use stamp_relay_simulator::{Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{App, Backend, Sim, TestStore, bin, eventually, relay, source, wait_synced};
+use crate::harness::{
+    App, Backend, ConfigBuilder, Sim, TestStore, bin, eventually, relay, source, upstream,
+    wait_synced,
+};
 use crate::on_both_stores;
 
 on_both_stores!(a_paused_instance_cannot_append_after_its_lease_was_taken);
@@ -176,16 +179,9 @@ async fn last_error_shows_on_the_api_the_status_page_and_the_cli() {
     assert!(row.contains("class=bad") && row.contains("418"), "{row}");
     app.stop().await;
 
-    let cfg = ts.dir.path().join("status.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\n{}\nkey_prefix = \"test\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\n",
-            ts.store_toml(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::on(&ts.config)
+        .source(upstream("sim", &sim.base_url, &["patients"]))
+        .write(&ts.dir.path().join("status.toml"));
     let out = std::process::Command::new(bin())
         .args(["status", "--config", cfg.to_str().unwrap()])
         .output()

@@ -3,16 +3,21 @@
 //! another takes over within the lease time. Secrets never reach the logs.
 
 use std::{
-    process::{Child, Command, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
     time::Duration,
 };
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{
+    config::{AuthConfig, Paging, SourceConfig},
+    store::Target,
+};
 use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 
 use crate::harness::{
-    App, Backend, Proc, Sim, TestStore, assert_rebuilds, bin, eventually, free_port, wait_synced,
+    Api, App, Backend, ConfigBuilder, Proc, Sim, TestStore, assert_rebuilds, eventually, free_port,
+    serve, upstream, wait_synced,
 };
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
@@ -20,38 +25,33 @@ use crate::receiver::{Mode, TestReceiver};
 const ADMIN: &str = "instances-admin-token-4711";
 const CLIENT_SECRET: &str = "upstream-client-secret-0815";
 
-fn write_config(
-    dir: &std::path::Path,
-    name: &str,
-    redis: &str,
-    sim: &str,
-    port: u16,
-) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nredis_url = \"{redis}\"\nkey_prefix = \"test\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_INST_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\nretry_schedule = [\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\"]\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\", \"users\"]\npoll_interval = \"100ms\"\npage_size = 50\n\
-             [sources.auth]\nkind = \"oauth\"\nclient_id_env = \"SR_INST_ID\"\nclient_secret_env = \"SR_INST_SECRET\"\n"
-        ),
-    )
-    .unwrap();
-    path
+fn write_config(ts: &TestStore, dir: &Path, name: &str, sim: &str, port: u16) -> PathBuf {
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        page_size: 50,
+        auth: AuthConfig::OAuth {
+            client_id_env: "SR_INST_ID".into(),
+            client_secret_env: "SR_INST_SECRET".into(),
+            token_url: None,
+        },
+        ..upstream("sim", sim, &["patients", "users"])
+    };
+    ConfigBuilder::on(&ts.config)
+        .store(|s| s.lease_ttl = Duration::from_secs(1))
+        .listen(port)
+        .admin_token_env("SR_INST_ADMIN")
+        .delivery(|d| {
+            d.request_timeout = Duration::from_millis(500);
+            d.retry_schedule = [10, 20, 50, 100, 100].map(Duration::from_millis).to_vec();
+        })
+        .source(source)
+        .write(&dir.join(format!("{name}.toml")))
 }
 
-fn spawn(cfg: &std::path::Path) -> Proc {
+fn spawn(cfg: &Path) -> Proc {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
-    Command::new(bin())
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
+    serve(cfg)
+        .args(["--log-format", "json"])
         .env("SR_INST_ADMIN", ADMIN)
         .env("SR_INST_ID", "relay")
         .env("SR_INST_SECRET", CLIENT_SECRET)
@@ -62,18 +62,6 @@ fn spawn(cfg: &std::path::Path) -> Proc {
         .stderr(Stdio::from(log))
         .spawn()
         .map(Proc)
-        .unwrap()
-}
-
-/// `GET /v1/resources` of the instance on `port`.
-async fn resources(http: &reqwest::Client, port: u16) -> Value {
-    http.get(format!("http://127.0.0.1:{port}/v1/resources"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
         .unwrap()
 }
 
@@ -116,48 +104,22 @@ async fn two_instances_share_work_and_survive_a_kill() {
     let dir = tempfile::TempDir::new().unwrap();
     let redis = ts.redis.as_ref().unwrap().url();
     let (pa, pb) = (free_port(), free_port());
-    let a = spawn(&write_config(dir.path(), "a", &redis, &sim.base_url, pa));
-    let b = spawn(&write_config(dir.path(), "b", &redis, &sim.base_url, pb));
-    let http = reqwest::Client::new();
+    let a = spawn(&write_config(&ts, dir.path(), "a", &sim.base_url, pa));
+    let b = spawn(&write_config(&ts, dir.path(), "b", &sim.base_url, pb));
+    let (api_a, api_b) = (Api::local(pa, ADMIN), Api::local(pb, ADMIN));
     // Both must listen before the test talks to them: b starts a little
     // after a, and a PATCH to b that races its startup is refused.
-    for port in [pa, pb] {
-        eventually(
-            "an instance to listen",
-            Duration::from_secs(30),
-            async || {
-                http.get(format!("http://127.0.0.1:{port}/healthz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            },
-        )
-        .await;
+    for api in [&api_a, &api_b] {
+        api.wait_healthy().await;
     }
-    let created: Value = http
-        .post(format!("http://127.0.0.1:{pa}/v1/subscriptions"))
-        .bearer_auth(ADMIN)
-        .json(
-            &json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false,
-            "max_in_flight": IN_FLIGHT}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning", "enabled": false,
+        "max_in_flight": IN_FLIGHT});
+    let created = api_a.post_json("/v1/subscriptions", &body).await;
     let secret = created["secret"].as_str().unwrap();
     rx.set_secrets(&[secret]);
     rx.set_mode(Mode::Flaky(0.1));
     let id = created["id"].as_str().unwrap();
-    let r = http
-        .patch(format!("http://127.0.0.1:{pb}/v1/subscriptions/{id}"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"enabled": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = api_b.set_enabled(id, true).await;
     assert_eq!(
         r.status(),
         200,
@@ -180,8 +142,8 @@ async fn two_instances_share_work_and_survive_a_kill() {
     let pid_of = |c: &Child| format!("-{}-", c.id());
     // Both instances show the holder as who polls patients: the poll
     // status lives in the store, not in the instance that polled.
-    for port in [pa, pb] {
-        let r = resources(&http, port).await;
+    for (port, api) in [(pa, &api_a), (pb, &api_b)] {
+        let r = api.get_json("/v1/resources").await;
         let patients = r["resources"]
             .as_array()
             .unwrap()
@@ -194,10 +156,10 @@ async fn two_instances_share_work_and_survive_a_kill() {
             "instance on {port}: who polls patients; the lease says {holder}"
         );
     }
-    let (victim, survivor, survivor_port) = if holder.contains(&pid_of(&a)) {
-        (a, b, pb)
+    let (victim, survivor, survivor_api) = if holder.contains(&pid_of(&a)) {
+        (a, b, api_b)
     } else {
-        (b, a, pa)
+        (b, a, api_a)
     };
     assert!(
         holder.contains(&pid_of(&victim)),
@@ -249,7 +211,7 @@ async fn two_instances_share_work_and_survive_a_kill() {
         "the survivor to report its polls",
         Duration::from_secs(10),
         async || {
-            let r = resources(&http, survivor_port).await;
+            let r = survivor_api.get_json("/v1/resources").await;
             r["resources"].as_array().unwrap().iter().all(|x| {
                 x["polled_by"]
                     .as_str()

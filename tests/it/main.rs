@@ -26,6 +26,7 @@ mod receiver;
 mod records;
 mod reset;
 mod retention;
+mod retries;
 mod rules;
 mod security;
 mod serve;

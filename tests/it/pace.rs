@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use stamp_relay::{
-    config::Paging,
+    config::{DeliveryConfig, Paging},
     delivery::{
         backlog,
         worker::{Now, Step},
@@ -18,7 +18,8 @@ use stamp_relay_simulator::SimConfig;
 
 use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
 use crate::harness::{
-    App, Sim, TestStore, all_events, eventually, poll_until_quiet, relay, source, wait_synced,
+    App, ConfigBuilder, Sim, TestStore, all_events, eventually, poll_until_quiet, relay, source,
+    upstream, wait_synced,
 };
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver, refused};
@@ -175,7 +176,7 @@ async fn the_waiting_retry_limit_pauses_claims_where_it_shows(ts: TestStore) {
 
     // The CLI reads the same from the store.
     let b = backlog(ts.store.as_ref(), &id, &t).await.unwrap();
-    let text = status_cli(&ts, &sim, "[delivery]\nmax_waiting_retries = 20\n");
+    let text = status_cli(&ts, &sim, |d| d.max_waiting_retries = 20);
     let line = text
         .lines()
         .find(|l| l.starts_with(&id))
@@ -189,20 +190,16 @@ async fn the_waiting_retry_limit_pauses_claims_where_it_shows(ts: TestStore) {
         "{text}"
     );
     // With the default limit the same backlog is no pause.
-    let text = status_cli(&ts, &sim, "");
+    let text = status_cli(&ts, &sim, |_| {});
     assert!(!text.contains("claiming paused"), "{text}");
 }
 
-/// `stamp-relay status` on the test's store, with `extra` configuration.
-fn status_cli(ts: &TestStore, sim: &Sim, extra: &str) -> String {
-    let cfg = ts.dir.path().join("status.toml");
-    let toml = format!(
-        "{extra}[store]\n{}\nkey_prefix = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\n",
-        ts.store_toml(),
-        ts.config.key_prefix,
-        sim.base_url
-    );
-    std::fs::write(&cfg, toml).unwrap();
+/// `stamp-relay status` on the test's store, with delivery settings tweaked.
+fn status_cli(ts: &TestStore, sim: &Sim, delivery: impl FnOnce(&mut DeliveryConfig)) -> String {
+    let cfg = ConfigBuilder::on(&ts.config)
+        .delivery(delivery)
+        .source(upstream("sim", &sim.base_url, &["patients"]))
+        .write(&ts.dir.path().join("status.toml"));
     let out = std::process::Command::new(crate::harness::bin())
         .args(["status", "--config", cfg.to_str().unwrap()])
         .output()
@@ -217,7 +214,7 @@ fn status_cli(ts: &TestStore, sim: &Sim, extra: &str) -> String {
 }
 
 /// A subscription as a test puts it straight into the store.
-fn subscription(id: &str, url: &str) -> Subscription {
+pub fn subscription(id: &str, url: &str) -> Subscription {
     serde_json::from_value(json!({
         "id": id, "url": url, "resources": ["*"], "ops": [], "start": {}, "headers": {},
         "batch_size": 1, "max_in_flight": 4, "rate_limit": null, "enabled": true,
@@ -295,9 +292,7 @@ async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
     })
     .await;
     let r = app
-        .http
-        .delete(format!("{}/v1/subscriptions/{id}", app.base))
-        .bearer_auth(crate::harness::ADMIN_TOKEN)
+        .delete(&format!("/v1/subscriptions/{id}"))
         .send()
         .await
         .unwrap();

@@ -6,12 +6,12 @@
 
 use std::{
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tempfile::TempDir;
 
-use crate::harness::{free_port, redis_available};
+use crate::harness::{eventually_blocking, free_port, redis_available};
 
 pub struct ClusterNode {
     pub port: u16,
@@ -43,15 +43,9 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what} within 30 s");
+/// Waits up to 30 s for what a starting cluster does.
+fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    eventually_blocking(what, Duration::from_secs(30), ok);
 }
 
 impl RedisCluster {

@@ -1,11 +1,11 @@
 //! Delivery rules against a scripted receiver that answers what the test
-//! tells it and keeps every request: `Retry-After` capped by
-//! `max_retry_after`, `disable_after`, the end of `secret_grace`, the 4 KiB
-//! cap on stored answers, a replay, and a signed test ping.
+//! tells it and keeps every request: the end of `secret_grace`, the 4 KiB
+//! cap on stored answers, a replay, and a signed test ping. (`Retry-After`
+//! and `disable_after` are in retries.rs, on a supplied clock.)
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -31,7 +31,6 @@ use crate::harness::{App, Backend, Sim, TestStore, eventually, source, wait_sync
 pub struct Request {
     headers: HeaderMap,
     body: Bytes,
-    at: Instant,
 }
 
 impl Request {
@@ -91,11 +90,7 @@ impl Scripted {
 }
 
 async fn answer(State(s): State<Scripted>, headers: HeaderMap, body: Bytes) -> Response {
-    let at = Instant::now();
-    s.requests
-        .lock()
-        .unwrap()
-        .push(Request { headers, body, at });
+    s.requests.lock().unwrap().push(Request { headers, body });
     let (status, retry_after, body) = s.reply.lock().unwrap().clone();
     let status = StatusCode::from_u16(status).unwrap();
     match retry_after {
@@ -128,66 +123,6 @@ async fn setup(
     let id = created["id"].as_str().unwrap().to_string();
     let secret = created["secret"].as_str().unwrap().to_string();
     (ts, sim, app, id, secret)
-}
-
-/// A receiver asking for an hour is retried after `max_retry_after` (300
-/// ms), not after the hour and not after the 10 ms schedule.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_is_honoured_up_to_max_retry_after() {
-    let rx = Scripted::start((429, Some("3600"), String::new())).await;
-    let cap = Duration::from_millis(300);
-    let (_ts, _sim, app, _, _) = setup(&rx, |c| {
-        c.delivery.retry_schedule = vec![Duration::from_millis(10); 8];
-        c.delivery.max_retry_after = cap;
-    })
-    .await;
-    // Other records go on meanwhile; the first one's retry is what counts.
-    let retried = || -> Option<(Request, Request)> {
-        let r = rx.requests();
-        let first = r.first()?;
-        let again = r[1..]
-            .iter()
-            .find(|q| q.header("webhook-id") == first.header("webhook-id"))?;
-        Some((first.clone(), again.clone()))
-    };
-    eventually("a retry", Duration::from_secs(20), async || {
-        retried().is_some()
-    })
-    .await;
-    let (first, again) = retried().unwrap();
-    let waited = again.at - first.at;
-    assert!(waited >= cap.mul_f64(0.9), "retried after {waited:?}");
-    app.stop().await;
-}
-
-/// A subscription whose every delivery fails for longer than
-/// `disable_after` is disabled before its retry schedule runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_longer_than_disable_after_disables_the_subscription() {
-    let rx = Scripted::start((500, None, "down".into())).await;
-    let (_ts, _sim, app, id, _) = setup(&rx, |c| {
-        // 40 retries of 50 ms: two seconds before dead letters.
-        c.delivery.retry_schedule = vec![Duration::from_millis(50); 40];
-        c.delivery.disable_after = Duration::from_millis(300);
-    })
-    .await;
-    let mut sub = Value::Null;
-    eventually(
-        "the subscription disabled",
-        Duration::from_secs(20),
-        async || {
-            sub = app.get_json(&format!("/v1/subscriptions/{id}")).await;
-            sub["enabled"] == false
-        },
-    )
-    .await;
-    let reason = sub["disabled_reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("disable_after"), "{sub}");
-    let dead = app
-        .get_json(&format!("/v1/subscriptions/{id}/dead-letters"))
-        .await;
-    assert_eq!(dead.to_string().matches("event_id").count(), 0, "{dead}");
-    app.stop().await;
 }
 
 /// After `secret_grace` the rotated-out secret no longer signs, neither

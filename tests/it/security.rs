@@ -4,7 +4,6 @@
 //! both land.
 
 use std::{
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -14,10 +13,16 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::update_subscription};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::update_subscription,
+};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{ADMIN_TOKEN, App, Sim, TestStore, bin, eventually, free_port, source};
+use crate::harness::{
+    ADMIN_TOKEN, Api, App, ConfigBuilder, Proc, Sim, TestStore, eventually, free_port, serve,
+    source, upstream,
+};
 use crate::on_both_stores;
 
 on_both_stores!(concurrent_patches_lose_nothing);
@@ -203,27 +208,22 @@ async fn environment_proxy_is_never_used() {
     let (proxy_port, proxied) = counting_proxy().await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"RELAY_TEST_ADMIN\"\n\
-             [delivery]\nrequest_timeout = \"3s\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", &sim.base_url, &["patients"])
+    };
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .listen(port)
+        .admin_token_env("RELAY_TEST_ADMIN")
+        .delivery(|d| d.request_timeout = Duration::from_secs(3))
+        .source(source)
+        .write(&dir.path().join("relay.toml"));
     let proxy = format!("http://127.0.0.1:{proxy_port}");
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RELAY_TEST_ADMIN", ADMIN_TOKEN)
+    let mut cmd = serve(&cfg);
+    cmd.env("RELAY_TEST_ADMIN", ADMIN_TOKEN)
         .env_remove("NO_PROXY")
-        .env_remove("no_proxy")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env_remove("no_proxy");
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -234,16 +234,15 @@ async fn environment_proxy_is_never_used() {
     ] {
         cmd.env(var, &proxy);
     }
-    let _child = cmd.spawn().map(crate::harness::Proc).unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(ADMIN_TOKEN);
+    let _child = cmd.spawn().map(Proc).unwrap();
+    // The test's own requests go direct too (`Api` reads no proxy variables).
+    let api = Api::local(port, ADMIN_TOKEN);
     // The upstream poll went direct: through the silent proxy it could not succeed.
     eventually(
         "the upstream is polled",
         Duration::from_secs(30),
         async || {
-            let Ok(r) = get("/v1/resources").send().await else {
+            let Ok(r) = api.get("/v1/resources").send().await else {
                 return false;
             };
             let body: Value = r.json().await.unwrap_or_default();
@@ -251,26 +250,12 @@ async fn environment_proxy_is_never_used() {
         },
     )
     .await;
-    let created: Value = http
-        .post(format!("{base}/v1/subscriptions"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"url": "http://metadata.internal.invalid/latest", "resources": ["*"], "enabled": false}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json!({"url": "http://metadata.internal.invalid/latest", "resources": ["*"], "enabled": false});
+    let created = api.post_json("/v1/subscriptions", &body).await;
     let id = created["id"].as_str().unwrap();
-    let sent: Value = http
-        .post(format!("{base}/v1/subscriptions/{id}/test"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = api
+        .post_json(&format!("/v1/subscriptions/{id}/test"), &json!({}))
+        .await;
     // Direct, the name does not resolve; through the proxy it would have
     // been the proxy's to fetch (and the proxy would have seen it).
     assert_ne!(sent["outcome"], "delivered", "{sent}");
@@ -287,14 +272,8 @@ async fn environment_proxy_is_never_used() {
 async fn concurrent_patches_lose_nothing(ts: TestStore) {
     let (_sim, app, created) = app_with_subscription(&ts).await;
     let id = created["id"].as_str().unwrap().to_string();
-    let path = format!("{}/v1/subscriptions/{id}", app.base);
-    let patch = |body: Value| {
-        app.http
-            .patch(&path)
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body)
-            .send()
-    };
+    let path = format!("/v1/subscriptions/{id}");
+    let patch = |body: Value| app.patch(&path, &body).send();
     for round in 1..=25u32 {
         let description = format!("round {round}");
         let (a, b) = tokio::join!(

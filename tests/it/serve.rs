@@ -2,23 +2,26 @@
 //! continuous polling, and a clean exit on SIGTERM.
 
 use std::{
-    process::{Command, Stdio},
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
-use stamp_relay::store::{Store, Target, sqlite::SqliteStore};
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    store::{Store, Target, sqlite::SqliteStore},
+};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{Sim, assert_rebuilds, bin, eventually, free_port, wait_synced};
+use crate::harness::{
+    Api, ConfigBuilder, Proc, Sim, assert_rebuilds, eventually, free_port, serve, upstream,
+    wait_for, wait_synced,
+};
 
-async fn wait_for(url: &str) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(url).await {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The simulator's patients, polled every 100 ms.
+fn polled_often(sim: &Sim) -> SourceConfig {
+    SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", &sim.base_url, &["patients"])
     }
 }
 
@@ -31,29 +34,15 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
     .await;
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map(crate::harness::Proc)
-        .unwrap();
-    let health = wait_for(&format!("http://127.0.0.1:{port}/healthz")).await;
-    assert_eq!(health.status(), 200);
-    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .unwrap();
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .listen(port)
+        .source(polled_often(&sim))
+        .write(&dir.path().join("relay.toml"));
+    let mut child = serve(&cfg).spawn().map(Proc).unwrap();
+    let api = Api::local(port, "");
+    api.wait_healthy().await;
+    let ready = api.get("/readyz").send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "ready");
@@ -100,28 +89,26 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     rx.set_delay(Duration::from_millis(20));
     let dir = tempfile::TempDir::new().unwrap();
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\ndata_dir = \"{}\"\nlease_ttl = \"1s\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TERM_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"500ms\"\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n\
-             paging = \"keyset\"\npage_size = 100\n",
-            dir.path().join("data").display(),
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .store(|s| s.lease_ttl = Duration::from_secs(1))
+        .listen(port)
+        .admin_token_env("SR_TERM_ADMIN")
+        .delivery(|d| {
+            d.allow_private_targets = true;
+            d.request_timeout = Duration::from_millis(500);
+        })
+        .source(SourceConfig {
+            paging: Paging::Keyset,
+            page_size: 100,
+            ..polled_often(&sim)
+        })
+        .write(&dir.path().join("relay.toml"));
     let spawn = || {
-        Command::new(bin())
-            .args(["serve", "--config", cfg.to_str().unwrap()])
+        serve(&cfg)
             .env("SR_TERM_ADMIN", "term-admin")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
-            .map(crate::harness::Proc)
+            .map(Proc)
             .unwrap()
     };
     let term = |child: &mut std::process::Child| {
@@ -154,17 +141,11 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     // 2. A restart finishes the load; then SIGTERM while delivering.
     let mut child = spawn();
     wait_synced(&store, &t, &sim.sim).await;
-    let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("http://127.0.0.1:{port}/v1/subscriptions"))
-        .bearer_auth("term-admin")
-        .json(&serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = Api::local(port, "term-admin");
+    api.wait_healthy().await;
+    let body =
+        serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}});
+    let created = api.post_json("/v1/subscriptions", &body).await;
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
     eventually("deliveries to start", Duration::from_secs(30), async || {
         rx.event_ids().len() >= 50
@@ -178,18 +159,16 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
 
     // 3. A restart delivers the rest.
     let mut child = spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        if (29_001..=30_000).all(|s| got.iter().any(|id| id.ends_with(&format!(":{s}")))) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deliveries did not finish after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Event ids end in `:<stamp>`.
+    let missing = async || {
+        let ids = rx.event_ids();
+        let got: HashSet<&str> = ids.iter().filter_map(|id| id.rsplit(':').next()).collect();
+        (29_001..=30_000u64)
+            .filter(|s| !got.contains(s.to_string().as_str()))
+            .count()
+    };
+    let what = "the deliveries to finish after the restart (events missing)";
+    wait_for(what, Duration::from_secs(60), missing, |n| *n == 0).await;
     term(&mut child);
     assert_rebuilds(&store, &t, &sim.sim).await;
     crate::delivery::assert_record_order(&rx.events());

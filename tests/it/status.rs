@@ -4,7 +4,10 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
+use crate::harness::{
+    App, Backend, ConfigBuilder, READ_TOKEN, Sim, TestStore, eventually, source, upstream,
+    wait_synced,
+};
 use crate::on_both_stores;
 use crate::receiver::TestReceiver;
 use std::time::Duration;
@@ -182,20 +185,9 @@ async fn status_page_matches_the_api(ts: TestStore) {
     app.stop().await;
 
     // `stamp-relay status` reads the same facts from the store.
-    let cfg = ts.dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\n{}\nkey_prefix = \"{}\"\n[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\", \"users\"]\n",
-            match &ts.config.redis_url {
-                Some(url) => format!("redis_url = \"{url}\""),
-                None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
-            },
-            ts.config.key_prefix,
-            sim.base_url
-        ),
-    )
-    .unwrap();
+    let cfg = ConfigBuilder::on(&ts.config)
+        .source(upstream("sim", &sim.base_url, &["patients", "users"]))
+        .write(&ts.dir.path().join("relay.toml"));
     let out = std::process::Command::new(crate::harness::bin())
         .args(["status", "--config", cfg.to_str().unwrap()])
         .output()

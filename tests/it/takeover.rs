@@ -3,73 +3,58 @@
 //! many requests in flight; alone on either store, and as two instances
 //! sharing Redis that take over from each other.
 
-use std::{
-    process::{Command, Stdio},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use stamp_relay::store::{Store, Target};
+use stamp_relay::{
+    config::SourceConfig,
+    store::{Store, Target},
+};
 use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::delivery::{assert_record_order, wait_delivered};
 use crate::harness::{
-    Backend, Proc, Sim, TestStore, all_events, bin, eventually, free_port, wait_synced,
+    Api, Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, eventually, free_port, serve,
+    upstream, wait_synced,
 };
 use crate::receiver::{Mode, TestReceiver};
 
 /// Fourteen retries: with 30 % of requests failing, an event is
 /// dead-lettered with odds 0.3^15 (about 1e-8), negligible for ~500 events.
-const RETRIES: &str = "[\"10ms\", \"20ms\", \"50ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \
-                       \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\", \"100ms\"]";
+fn retries() -> Vec<Duration> {
+    let mut delays = [10, 20, 50].map(Duration::from_millis).to_vec();
+    delays.resize(14, Duration::from_millis(100));
+    delays
+}
 
-fn write_config(dir: &std::path::Path, store: &str, sim: &str, port: u16) -> std::path::PathBuf {
-    let path = dir.join(format!("relay-{port}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\n{store}\nlease_ttl = \"500ms\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n\
-             [[api.tokens]]\nname = \"ops\"\nscope = \"admin\"\ntoken_env = \"SR_TEST_ADMIN\"\n\
-             [delivery]\nallow_private_targets = true\nrequest_timeout = \"300ms\"\nretry_schedule = {RETRIES}\n\
-             [[sources]]\nname = \"sim\"\nbase_url = \"{sim}\"\nresources = [\"patients\"]\npoll_interval = \"100ms\"\n"
-        ),
-    )
-    .unwrap();
-    path
+fn write_config(ts: &TestStore, sim: &str, port: u16) -> PathBuf {
+    let source = SourceConfig {
+        poll_interval: Duration::from_millis(100),
+        ..upstream("sim", sim, &["patients"])
+    };
+    ConfigBuilder::on(&ts.config)
+        .listen(port)
+        .admin_token_env("SR_TEST_ADMIN")
+        .delivery(|d| d.retry_schedule = retries())
+        .source(source)
+        .write(&ts.dir.path().join(format!("relay-{port}.toml")))
 }
 
 fn spawn(cfg: &std::path::Path) -> Proc {
-    Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
+    serve(cfg)
         .env("SR_TEST_ADMIN", "admin-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .map(Proc)
         .unwrap()
 }
 
-/// Creates a subscription from the beginning through the first instance
-/// that answers.
+/// Creates a subscription from the beginning through the first instance,
+/// once it listens.
 async fn subscribe(ports: &[u16], rx: &TestReceiver) -> Value {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = format!("http://127.0.0.1:{}/v1/subscriptions", ports[0]);
-        let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
-        if let Ok(r) = http
-            .post(url)
-            .bearer_auth("admin-secret")
-            .json(&body)
-            .send()
-            .await
-        {
-            return r.json().await.unwrap();
-        }
-        assert!(Instant::now() < deadline, "serve did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let api = Api::local(ports[0], "admin-secret");
+    api.wait_healthy().await;
+    let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
+    api.post_json("/v1/subscriptions", &body).await
 }
 
 /// `instances` relays on one store; three times, once deliveries are under
@@ -82,14 +67,10 @@ async fn kills_keep_record_order(ts: &TestStore, instances: usize) {
     })
     .await;
     let rx = TestReceiver::start(9).await;
-    let store_cfg = match &ts.config.redis_url {
-        Some(url) => format!("redis_url = \"{url}\"\nkey_prefix = \"test\""),
-        None => format!("data_dir = \"{}\"", ts.config.data_dir.display()),
-    };
     let ports: Vec<u16> = (0..instances).map(|_| free_port()).collect();
     let cfgs: Vec<_> = ports
         .iter()
-        .map(|p| write_config(ts.dir.path(), &store_cfg, &sim.base_url, *p))
+        .map(|p| write_config(ts, &sim.base_url, *p))
         .collect();
     let mut children: Vec<Proc> = cfgs.iter().map(|c| spawn(c)).collect();
     let created = subscribe(&ports, &rx).await;

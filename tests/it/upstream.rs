@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use stamp_relay::{
     app::Relay,
-    config::{Auth, Paging, Secret},
+    config::{Auth, Paging, Secret, SourceConfig},
     poller::PollError,
     store::Target,
 };
@@ -13,7 +13,8 @@ use stamp_relay_simulator::{Change, Faults, Order, SimAuth, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    Backend, Proc, Sim, TestStore, assert_rebuilds, bin, config, eventually, free_port, source,
+    Backend, ConfigBuilder, Proc, Sim, TestStore, assert_rebuilds, bin, config, eventually,
+    free_port, source, upstream,
 };
 
 /// A relay over the simulator's patients with `auth` and a source tweak.
@@ -211,22 +212,23 @@ async fn sync_once_prints_a_summary_and_exits_1_when_a_table_fails() {
     })
     .await;
     let dir = tempfile::TempDir::new().unwrap();
-    let live = format!(
-        "[[sources]]\nname = \"sim\"\nbase_url = \"{}\"\nresources = [\"patients\"]\npage_size = 5\n",
-        sim.base_url
-    );
-    let dead = format!(
-        "[[sources]]\nname = \"dead\"\nbase_url = \"http://127.0.0.1:{}/api\"\nresources = [\"users\"]\n\
-         max_attempts = 1\n",
-        free_port()
-    );
-    let store = format!(
-        "[store]\ndata_dir = \"{}\"\n",
-        dir.path().join("data").display()
-    );
-    let run = |sources: &str| {
-        let cfg = dir.path().join("once.toml");
-        std::fs::write(&cfg, format!("{store}{sources}")).unwrap();
+    let live = SourceConfig {
+        page_size: 5,
+        ..upstream("sim", &sim.base_url, &["patients"])
+    };
+    let dead = SourceConfig {
+        max_attempts: 1,
+        ..upstream(
+            "dead",
+            &format!("http://127.0.0.1:{}/api", free_port()),
+            &["users"],
+        )
+    };
+    let run = |sources: Vec<SourceConfig>| {
+        let cfg = ConfigBuilder::new()
+            .data_dir(dir.path().join("data"))
+            .sources(sources)
+            .write(&dir.path().join("once.toml"));
         let out = std::process::Command::new(bin())
             .args(["sync", "--once", "--config", cfg.to_str().unwrap()])
             .output()
@@ -236,7 +238,7 @@ async fn sync_once_prints_a_summary_and_exits_1_when_a_table_fails() {
             String::from_utf8_lossy(&out.stdout).to_string(),
         )
     };
-    let (code, stdout) = run(&format!("{live}{dead}"));
+    let (code, stdout) = run(vec![live.clone(), dead]);
     assert_eq!(code, Some(1), "{stdout}");
     let header = summary_row(&stdout, "target");
     assert_eq!(
@@ -257,7 +259,7 @@ async fn sync_once_prints_a_summary_and_exits_1_when_a_table_fails() {
     sim.sim
         .apply(Change::new("patients", stamp_relay_simulator::Op::Update).with_id(&id))
         .unwrap();
-    let (code, stdout) = run(&live);
+    let (code, stdout) = run(vec![live]);
     assert_eq!(code, Some(0), "{stdout}");
     let row = summary_row(&stdout, "sim/patients");
     assert_eq!(row[2..6], ["0", "1", "0", "0"], "{stdout}");

@@ -1,0 +1,93 @@
+//! The relay as production runs it, in the test process.
+
+use std::time::Duration;
+
+use stamp_relay::{
+    app::Relay,
+    config::{Config, SourceConfig},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Api, TestStore, config};
+
+/// Adds the test's admin and read tokens to a configuration.
+pub fn with_tokens(config: &mut Config) {
+    use stamp_relay::config::{Scope, Secret, TokenConfig};
+    for (name, scope, secret) in [
+        ("ops", Scope::Admin, ADMIN_TOKEN),
+        ("dash", Scope::Read, READ_TOKEN),
+    ] {
+        let t = TokenConfig {
+            name: name.into(),
+            scope,
+            token_env: "UNUSED".into(),
+        };
+        config.api_tokens.push((t, Secret::new(secret)));
+    }
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const READ_TOKEN: &str = "test-read-token";
+
+/// The relay as production runs it (pollers + HTTP on port 0), with an
+/// admin and a read token; its requests ([`Api`]) go with the admin token.
+pub struct App {
+    api: Api,
+    pub cancel: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl App {
+    pub async fn spawn(ts: &TestStore, sources: Vec<SourceConfig>) -> App {
+        Self::spawn_with(ts, sources, |_| {}).await
+    }
+
+    /// Like `spawn`, with a chance to change the validated configuration.
+    pub async fn spawn_with(
+        ts: &TestStore,
+        sources: Vec<SourceConfig>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> App {
+        let mut config = config(&ts.config, sources);
+        tweak(&mut config);
+        with_tokens(&mut config);
+        let relay = Relay::with_store(config, ts.store.clone()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(relay, listener).await
+    }
+
+    async fn serve(relay: Relay, listener: tokio::net::TcpListener) -> App {
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(relay.run(listener, cancel.clone()));
+        App {
+            api: Api::new(base, ADMIN_TOKEN),
+            cancel,
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("the relay did not stop within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
