@@ -311,6 +311,16 @@ pub(crate) fn decode_subscriptions(docs: &[String]) -> StoreResult<Vec<Subscript
     Ok(v)
 }
 
+/// Opens the backend the configuration names: Redis when `redis_url` or
+/// `redis_cluster` is set, else the embedded store in `data_dir`.
+pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(if cfg.uses_redis() {
+        Arc::new(redis::RedisStore::connect(cfg).await?)
+    } else {
+        Arc::new(sqlite::SqliteStore::open(&cfg.data_dir)?)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -321,14 +331,4 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].id, "a");
     }
-}
-
-/// Opens the backend the configuration names: Redis when `redis_url` or
-/// `redis_cluster` is set, else the embedded store in `data_dir`.
-pub async fn open(cfg: &StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(if cfg.uses_redis() {
-        Arc::new(redis::RedisStore::connect(cfg).await?)
-    } else {
-        Arc::new(sqlite::SqliteStore::open(&cfg.data_dir)?)
-    })
 }
