@@ -15,12 +15,14 @@ use stamp_relay_simulator::{self as simulator, Change, Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{Sim, TestStore, all_events, poll_until_quiet, relay, source};
-use crate::on_both_stores;
+use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
     late_and_trimmed_versions_are_found,
     a_long_history_lists_page_by_page
 );
+// The record store's scripts touch one table's keys only: one slot.
+on_cluster!(late_and_trimmed_versions_are_found);
 
 fn score(n: u64) -> Value {
     json!({"pain_score": n})
