@@ -51,7 +51,7 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
     for (i, decl) in config.subscriptions.iter().enumerate() {
         match check(i, &decl.settings, &settings) {
             Ok(mut d) => {
-                d.sub.secret = decl.secret.expose().to_string();
+                d.sub.secret = sub::SigningSecret::given(decl.secret.expose());
                 out.push(d);
             }
             Err(p) => problems.extend(p),
@@ -155,7 +155,7 @@ fn model(
         rate_limit: c.rate_limit,
         enabled: true,
         description: c.description.clone(),
-        secret: String::new(),
+        secret: sub::SigningSecret::given(""),
         previous_secret: None,
         disabled_reason: None,
         created_ms: 0,

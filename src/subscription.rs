@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use base64::Engine;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -13,10 +11,12 @@ use crate::{
 };
 
 mod headers;
+mod secret;
 mod start;
 pub mod state;
 mod webhook_url;
 pub use headers::{reserved_header, validate_headers};
+pub use secret::SigningSecret;
 pub use start::StartSpec;
 pub use webhook_url::WebhookUrl;
 
@@ -55,9 +55,9 @@ pub struct Subscription {
     pub rate_limit: Option<u32>,
     pub enabled: bool,
     pub description: String,
-    pub secret: String,
+    pub secret: SigningSecret,
     /// The secret before the last rotation and when it stops being signed with (unix ms).
-    pub previous_secret: Option<(String, u64)>,
+    pub previous_secret: Option<(SigningSecret, u64)>,
     /// Why delivery disabled it (410 Gone, continuous failure); cleared on re-enable.
     #[serde(default)]
     pub disabled_reason: Option<String>,
@@ -162,13 +162,8 @@ impl<'de> Deserialize<'de> for Coverage {
 }
 
 /// A fresh `whsec_` secret: base64 of 32 random bytes.
-pub fn new_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(bytes)
-    )
+pub fn new_secret() -> SigningSecret {
+    SigningSecret::generate()
 }
 
 pub fn new_id() -> String {
@@ -369,9 +364,10 @@ mod tests {
 
     #[test]
     fn secrets_are_whsec_and_32_bytes() {
+        use base64::Engine;
         let s = new_secret();
         let raw = base64::engine::general_purpose::STANDARD
-            .decode(s.strip_prefix("whsec_").unwrap())
+            .decode(s.as_str().strip_prefix("whsec_").unwrap())
             .unwrap();
         assert_eq!(raw.len(), 32);
         assert_ne!(s, new_secret());

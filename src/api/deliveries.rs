@@ -96,7 +96,7 @@ pub async fn test(
     if let Some((old, until)) = &sub.previous_secret
         && *until > now_ms()
     {
-        secrets.push(old);
+        secrets.push(old.as_str());
     }
     let sent = s
         .sender

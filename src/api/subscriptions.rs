@@ -138,7 +138,7 @@ pub async fn create(
 /// 201 with the new subscription and, this once, its secret.
 fn created(subscription: &Subscription) -> ApiResult<Response> {
     let mut body = serde_json::to_value(View::from(subscription)).map_err(Problem::internal)?;
-    body["secret"] = subscription.secret.clone().into();
+    body["secret"] = subscription.secret.as_str().into();
     let location = format!("/v1/subscriptions/{}", subscription.id);
     Ok((
         StatusCode::CREATED,

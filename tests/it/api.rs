@@ -462,7 +462,7 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     assert_ne!(rotated["secret"], created["secret"]);
     let stored = ts.store.subscription(&id).await.unwrap().unwrap();
     assert_eq!(
-        stored.previous_secret.as_ref().unwrap().0,
+        stored.previous_secret.as_ref().unwrap().0.as_str(),
         created["secret"].as_str().unwrap()
     );
     app.stop().await;

@@ -140,7 +140,11 @@ async fn a_declared_subscription_delivers_and_follows_the_file(ts: TestStore) {
     let (old, until) = stored
         .previous_secret
         .expect("rotated, as rotate-secret does");
-    assert_eq!(old, SECRET, "the old secret signs for the grace period");
+    assert_eq!(
+        old.as_str(),
+        SECRET,
+        "the old secret signs for the grace period"
+    );
     assert!(until > stamp_relay::events::now_ms());
     app.stop().await;
 

@@ -125,7 +125,7 @@ async fn cross_site_forms_are_refused_without_side_effects() {
     assert_eq!(subs[0]["url"], "https://hooks.example.com/h");
     assert_eq!(subs[0]["updated_ms"], created["updated_ms"]);
     let stored = ts.store.subscription(&id).await.unwrap().unwrap();
-    assert_eq!(stored.secret, created["secret"].as_str().unwrap());
+    assert_eq!(stored.secret.as_str(), created["secret"].as_str().unwrap());
     assert_eq!(stored.version, 0, "no write reached the store");
     app.stop().await;
 }
