@@ -49,12 +49,23 @@ enum Old<'a> {
 }
 
 fn diff<'a>(old: &Fields<'a>, new: &Fields<'a>) -> BTreeMap<String, Old<'a>> {
-    let value = |v: &RawValue| serde_json::from_str::<serde_json::Value>(v.get()).ok();
+    // Equal when the bytes are, or both parse to the same value (1.50 is
+    // 1.5); two values that do not parse differ unless their bytes agree.
+    let same = |a: &RawValue, b: &RawValue| {
+        a.get() == b.get()
+            || matches!(
+                (
+                    serde_json::from_str::<serde_json::Value>(a.get()),
+                    serde_json::from_str::<serde_json::Value>(b.get())
+                ),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
     let object = |v: &'a RawValue| serde_json::from_str::<Fields<'a>>(v.get()).ok();
     let mut out = BTreeMap::new();
     for (k, v) in new {
         let entry = match old.get(k) {
-            Some(o) if o.get() == v.get() || value(o) == value(v) => continue,
+            Some(o) if same(o, v) => continue,
             Some(o) => match (object(o), object(v)) {
                 (Some(o), Some(v)) => Old::Nested(diff(&o, &v)),
                 _ => Old::Raw(o),

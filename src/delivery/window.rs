@@ -188,7 +188,7 @@ impl Worker {
     ) -> StoreResult<(usize, Duration)> {
         let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
         let per_request = sub.batch_size.max(1) as usize;
-        if free == 0 {
+        if free == 0 || st.requeue {
             return Ok((0, TICK));
         }
         let q = st.queue.as_ref().expect("filled before sending");

@@ -109,6 +109,9 @@ pub struct State {
     pub(super) sends: JoinSet<Done>,
     pub(super) finished: Vec<Finished>,
     /// Reload the queue from the store as soon as nothing is in flight.
+    /// The queued events were loaded for another `previous` setting: none
+    /// is sent until they are loaded again (once the requests out are back).
+    pub(super) requeue: bool,
     pub(super) stale: bool,
     /// The subscription as last seen, shared with the requests out.
     sub: Arc<Subscription>,
@@ -180,6 +183,7 @@ impl Worker {
             sends: JoinSet::new(),
             finished: Vec::new(),
             stale: false,
+            requeue: false,
             endpoint: Arc::new(Endpoint::of(&sub)),
             selection: Arc::new(Selection::default()),
             recheck: false,
@@ -263,9 +267,10 @@ impl Worker {
         if applied.disabled {
             return Ok(Step::Disabled);
         }
-        if st.stale && st.sends.is_empty() {
+        if (st.stale || st.requeue) && st.sends.is_empty() {
             st.queue = None;
             st.stale = false;
+            st.requeue = false;
         }
         if !self.fence(st, now.at).await? {
             return Ok(Step::LeaseLost);
@@ -327,7 +332,7 @@ impl Worker {
             if st.sends.is_empty() {
                 st.queue = None;
             } else {
-                st.stale = true;
+                st.requeue = true;
             }
         }
         st.sub = Arc::new(newer);

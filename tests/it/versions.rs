@@ -119,7 +119,21 @@ async fn trim_all_but_last(store: &dyn Store, t: &Target) {
     assert_eq!(store.stream_len(t).await.unwrap(), 1);
 }
 
-async fn late_and_trimmed_versions_are_found(ts: TestStore) {
+fn update(sim: &Sim, id: &str, n: u64) {
+    sim.sim
+        .apply(
+            Change::new("patients", simulator::Op::Update)
+                .with_id(id)
+                .with_fields(score(n)),
+        )
+        .unwrap();
+}
+
+/// Six patients; ids[0] updated, ids[1] updated in a write that commits
+/// after the cursor passed it (a reconcile sweep appends it as a late
+/// event, its latest version), ids[2] updated. Returns the simulator, the
+/// relay and the ids.
+async fn with_a_late_event(ts: &TestStore) -> (Sim, stamp_relay::app::Relay, Vec<String>) {
     let sim = Sim::start(SimConfig {
         seed: 31,
         initial: vec![("patients".into(), 6)],
@@ -128,32 +142,19 @@ async fn late_and_trimmed_versions_are_found(ts: TestStore) {
     .await;
     let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 10);
     src.overlap = 0;
-    let mut relay = relay(&ts, vec![src]);
-    let t = Target::new("sim", "patients");
-    let store = ts.store.as_ref();
+    let mut relay = relay(ts, vec![src]);
     poll_until_quiet(&mut relay, 5).await;
     let ids: Vec<String> = upstream(&sim, 0).into_keys().collect();
-    let update = |id: &str, n| {
-        sim.sim
-            .apply(
-                Change::new("patients", simulator::Op::Update)
-                    .with_id(id)
-                    .with_fields(score(n)),
-            )
-            .unwrap();
-    };
-    update(&ids[0], 3);
+    update(&sim, &ids[0], 3);
     poll_until_quiet(&mut relay, 5).await;
-    // ids[1] changes in a write that commits after the cursor passed it:
-    // a reconcile sweep appends it as a late event, its latest version.
     sim.sim.set_faults(Faults {
         late_rate: 1.0,
         late_after: 1000,
         ..Faults::default()
     });
-    update(&ids[1], 5);
+    update(&sim, &ids[1], 5);
     sim.sim.set_faults(Faults::default());
-    update(&ids[2], 1);
+    update(&sim, &ids[2], 1);
     poll_until_quiet(&mut relay, 5).await;
     assert_eq!(sim.sim.flush_late(), 1);
     let swept = relay.pollers[0]
@@ -161,6 +162,14 @@ async fn late_and_trimmed_versions_are_found(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(swept.outcome.late, 1, "{swept:?}");
+    (sim, relay, ids)
+}
+
+async fn late_and_trimmed_versions_are_found(ts: TestStore) {
+    let (sim, mut relay, ids) = with_a_late_event(&ts).await;
+    let t = Target::new("sim", "patients");
+    let store = ts.store.as_ref();
+    let update = |id: &str, n| update(&sim, id, n);
     let late = store.index_entry(&t, &ids[1]).await.unwrap().unwrap();
     assert!(late.at.is_some(), "the index points at the late event");
     agrees(store, &t, &sim).await;
@@ -232,4 +241,56 @@ async fn a_long_history_lists_page_by_page(ts: TestStore) {
     poll_until_quiet(&mut relay, 5).await;
     assert!(ts.store.stream_len(&t).await.unwrap() > 5700);
     agrees(ts.store.as_ref(), &t, &sim).await;
+}
+
+/// A Redis table written by a build before the index pointed at versions
+/// (late events indexed as plain `<stamp>`, a full copy of every record in
+/// `records` and `stamps`, no `late` set): a relay of this build lists and
+/// finds every record, the late one included, and counts them right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_redis_layout_is_completed() {
+    let Some(ts) = TestStore::open(crate::harness::Backend::Redis).await else {
+        return;
+    };
+    let (sim, _relay, ids) = with_a_late_event(&ts).await;
+    let t = Target::new("sim", "patients");
+    let keys = stamp_relay::store::redis::Keys::new(&ts.config.key_prefix, &t);
+    let client = redis::Client::open(ts.redis.as_ref().unwrap().url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let index: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(&keys.index)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(index[&ids[1]].contains('@'), "{index:?}");
+    let latest = upstream(&sim, 0);
+    for (id, entry) in &index {
+        let old = entry.split('@').next().unwrap();
+        let stamp: u64 = old.split(':').next().unwrap().parse().unwrap();
+        let () = redis::pipe()
+            .hset(&keys.index, id, old)
+            .hset(&keys.records, id, format!("{old} {}", latest[id]))
+            .zadd(&keys.stamps, id, stamp)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    let () = redis::cmd("DEL")
+        .arg(&keys.late)
+        .arg(&keys.kept)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    // A new process reads it first: it completes the layout, then answers.
+    let store = stamp_relay::store::open(&ts.config).await.unwrap();
+    agrees(store.as_ref(), &t, &sim).await;
+    let late = store.index_entry(&t, &ids[1]).await.unwrap().unwrap();
+    assert!(late.at.is_some(), "the late event's pointer is restored");
+    let copies: u64 = redis::cmd("HLEN")
+        .arg(&keys.records)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(copies, 0, "copies of versions the stream holds are dropped");
 }

@@ -131,11 +131,13 @@ for i = 7, #ARGV, 4 do
     -- The version the index holds, seen again, whose event retention
     -- removed before the records hash kept such versions: a reconcile
     -- sweep puts it there, so lookups and listings find it.
-    if keep and tonumber(stamp) == tonumber(prev_stamp) and gone(prev_at or (prev_stamp .. '-0'))
-        and redis.call('HEXISTS', KEYS[5], rid) == 0 then
-      redis.call('HSET', KEYS[5], rid, prev .. ' ' .. data)
-      redis.call('ZADD', KEYS[6], stamp, rid)
-      redis.call('ZREM', KEYS[8], rid)
+    if keep and tonumber(stamp) == tonumber(prev_stamp) and gone(prev_at or (prev_stamp .. '-0')) then
+      local copy = redis.call('HGET', KEYS[5], rid)
+      if not copy or tonumber(string.match(copy, '^(%d+)')) ~= tonumber(stamp) then
+        redis.call('HSET', KEYS[5], rid, string.match(prev, '^[^@]+') .. ' ' .. data)
+        redis.call('ZADD', KEYS[6], stamp, rid)
+        redis.call('ZREM', KEYS[8], rid)
+      end
     end
   end
 end

@@ -158,18 +158,44 @@ function fn.page()
     from = d(ls) .. '-' .. d(lq + 1)
   end
   -- The late set and the stamps set, each in stamp order, to the frontier.
+  -- A set read cut off at its limit lowers the frontier below its last
+  -- score, so what lies past the cut is read by the next call.
+  local cut = frontier
+  local replies = {}
+  local limit = math.min(wanted, 1000)
   for _, set in ipairs({KEYS[5], KEYS[4]}) do
-    local ids = redis.call('ZRANGEBYSCORE', set, '(' .. d(after), d(frontier), 'LIMIT', 0, wanted)
-    for _, rid in ipairs(ids) do
+    local reply = redis.call('ZRANGEBYSCORE', set, '(' .. d(after), d(frontier), 'WITHSCORES', 'LIMIT', 0, limit)
+    if #reply / 2 >= limit then
+      local last = tonumber(reply[#reply])
+      -- Below the last score, so ties at it are read whole next time;
+      -- at it when nothing else would move on.
+      cut = math.min(cut, last - 1 > after and last - 1 or last)
+    end
+    replies[#replies + 1] = reply
+  end
+  for _, reply in ipairs(replies) do
+    for i = 1, #reply, 2 do
+      local rid = reply[i]
       local idx = redis.call('HGET', KEYS[2], rid)
-      if idx then
+      if idx and tonumber(reply[i + 1]) <= cut then
         local stamp, id = pointer(idx)
         local data = version(rid, stamp, id)
-        if data and stamp > after and stamp <= frontier then
+        if data and stamp > after and stamp <= cut then
           found[#found + 1] = {stamp, rid, idx, data}
         end
       end
     end
+  end
+  if cut < frontier then
+    local kept = {}
+    for _, f in ipairs(found) do
+      if f[1] <= cut then
+        kept[#kept + 1] = f
+      end
+    end
+    found = kept
+    frontier = cut
+    next_from = d(cut + 1) .. '-0'
   end
   table.sort(found, function(a, b)
     if a[1] ~= b[1] then
@@ -228,6 +254,34 @@ function fn.count()
   end
   local ls, lq = parts(entries[#entries][1])
   return {n, d(ls) .. '-' .. d(lq + 1)}
+end
+
+-- ARGV[2..3]: the stream position to go on from ('' to start), entries
+-- per call. Before `complete`: an index written before it pointed at late
+-- events says `<stamp>` for a version whose event is a late one; give such
+-- entries their `@<stream ID>`. Returns the position to go on from ('' at
+-- the end).
+function fn.point_late()
+  local from = ARGV[2]
+  if from == '' then
+    from = '-'
+  end
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
+  for _, e in ipairs(entries) do
+    local s, q = parts(e[1])
+    if q > 0 then
+      local rid = field(e, 'record')
+      local idx = redis.call('HGET', KEYS[2], rid)
+      if idx and not string.find(idx, '@', 1, true) and string.match(idx, '^(%d+)') == field(e, 'stamp') then
+        redis.call('HSET', KEYS[2], rid, idx .. '@' .. e[1])
+      end
+    end
+  end
+  if #entries < tonumber(ARGV[3]) then
+    return ''
+  end
+  local ls, lq = parts(entries[#entries][1])
+  return d(ls) .. '-' .. d(lq + 1)
 end
 
 -- ARGV[2..3]: the index position to go on from ('0' to start), entries

@@ -13,8 +13,13 @@
 //!   order that a listing merges (records.lua);
 //! - `P:{s:r}:kept`, set once the two sets are complete for the table.
 //!
-//! All reads are one script (`records.lua`), so each answer is one
-//! consistent snapshot of the table.
+//! The reads are one script (`records.lua`): a lookup is one call, a
+//! listing page as many short calls as it takes (each reading up to a
+//! frontier stamp). A page read while appends land is not one snapshot:
+//! a record that changes between two calls may be left out (its new stamp
+//! above `until`, as the compatible API's own snapshot rule says) or, when
+//! the change is a late event below `until`, come twice, older version
+//! first (readers keep the highest stamp, docs/resync.md).
 
 use std::sync::LazyLock;
 
@@ -76,6 +81,20 @@ impl RedisStore {
         let kept: Option<String> = c.get(&keys.kept).await.map_err(|e| self.err(e))?;
         if kept.is_some() {
             return Ok(());
+        }
+        let mut from = String::new();
+        loop {
+            let next: String = self
+                .reads(t, "point_late")
+                .arg(&from)
+                .arg(CHUNK)
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            if next.is_empty() {
+                break;
+            }
+            from = next;
         }
         let (mut at, mut missing) = ("0".to_string(), 0u64);
         loop {
@@ -150,7 +169,7 @@ impl RedisStore {
     /// three sources up to a frontier stamp, the next goes on from there.
     async fn page(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
         let mut c = self.conn.clone();
-        let want = q.offset + q.limit;
+        let want = q.offset + q.limit.max(1);
         let (mut after, mut from) = (q.after.unwrap_or(q.above).max(q.above), String::new());
         let (mut until, mut last_id, mut records) = (q.until, None, Vec::new());
         loop {
@@ -203,6 +222,7 @@ impl RecordStore for RedisStore {
         if !self.keep.keeps(t) {
             return Ok(None);
         }
+        self.ready_records(t).await?;
         let mut c = self.conn.clone();
         let v: Option<(String, String)> = self
             .reads(t, "record")
@@ -214,6 +234,7 @@ impl RecordStore for RedisStore {
     }
 
     async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+        self.ready_records(t).await?;
         self.page(t, q).await
     }
 
@@ -224,6 +245,7 @@ impl RecordStore for RedisStore {
         if wanted.is_empty() || !self.keep.keeps(t) {
             return Ok(());
         }
+        self.ready_records(t).await?;
         let mut inv = self.reads(t, "versions");
         for &i in &wanted {
             let e = &events[i];

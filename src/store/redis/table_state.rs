@@ -29,6 +29,7 @@ impl TableState for RedisStore {
                 .key(&keys.records)
                 .key(&keys.stamps)
                 .key(&keys.late)
+                .key(&keys.kept)
                 .arg(first_kept.to_string())
                 .arg(self.keep_arg(t))
                 .arg(TRIM_CHUNK)

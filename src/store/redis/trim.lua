@@ -7,8 +7,10 @@
 -- of the event after it), and a record's latest version moves from the
 -- late set to the stamps set, which lists latest versions whose events are
 -- gone (src/store/redis/records.rs).
+-- Without keep records, the `kept` marker goes: the copies and sets no
+-- longer follow the stream, so keeping records again rebuilds them.
 -- KEYS: events stream, trimmed marker, index, records hash, stamps set,
--- late set. ARGV: first kept ID, keep (0/1), entries per call.
+-- late set, kept marker. ARGV: first kept ID, keep (0/1), entries per call.
 -- Returns {removed, 1 when entries before ARGV[1] are left}.
 local function parts(id)
   local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -18,7 +20,9 @@ local entries = redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', ARGV
 if #entries == 0 then
   return {0, 0}
 end
-if ARGV[2] == '1' then
+if ARGV[2] ~= '1' then
+  redis.call('DEL', KEYS[7])
+else
   for _, e in ipairs(entries) do
     local rid, stamp, data
     for i = 1, #e[2], 2 do
@@ -28,7 +32,8 @@ if ARGV[2] == '1' then
     local idx = redis.call('HGET', KEYS[3], rid)
     local at = idx and (string.match(idx, '@(.+)$') or (string.match(idx, '^(%d+)') .. '-0'))
     if at == e[1] then
-      redis.call('HSET', KEYS[4], rid, idx .. ' ' .. data)
+      -- The index entry without its pointer: `<stamp>[:deleted]`.
+      redis.call('HSET', KEYS[4], rid, string.match(idx, '^[^@]+') .. ' ' .. data)
       redis.call('ZADD', KEYS[5], stamp, rid)
       redis.call('ZREM', KEYS[6], rid)
     else
@@ -38,7 +43,8 @@ if ARGV[2] == '1' then
 end
 local last = entries[#entries][1]
 local ls, lq = parts(last)
-local removed = redis.call('XTRIM', KEYS[1], 'MINID', ls .. '-' .. string.format('%d', lq + 1))
+-- The stamp as text: a number would print as 1.2e+14 past 14 digits.
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', string.match(last, '^(%d+)-') .. '-' .. string.format('%d', lq + 1))
 local old = redis.call('GET', KEYS[2])
 local raise = true
 if old then

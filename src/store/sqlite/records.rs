@@ -99,7 +99,7 @@ pub(super) fn fill_duplicate(
     c.prepare_cached(
         "INSERT INTO records (source, resource, record, stamp, deleted, data)
          SELECT ?1, ?2, ?3, ?4, ?5, ?6
-         WHERE NOT EXISTS (SELECT 1 FROM events WHERE source = ?1 AND resource = ?2 AND stamp = ?7 AND seq = ?8)
+         WHERE NOT EXISTS (SELECT 1 FROM events WHERE source = ?1 AND resource = ?2 AND stamp = ?7 AND seq = ?8 AND record = ?3)
          ON CONFLICT (source, resource, record) DO UPDATE
          SET stamp = excluded.stamp, deleted = excluded.deleted, data = excluded.data
          WHERE excluded.stamp > records.stamp",

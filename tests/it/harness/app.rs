@@ -64,6 +64,7 @@ impl App {
     }
 
     async fn serve(relay: Relay, listener: tokio::net::TcpListener) -> App {
+        init_logs();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(relay.run(listener, cancel.clone()));
@@ -90,4 +91,16 @@ impl Drop for App {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// The relay's warnings and errors in the output of a failing test (the
+/// test writer keeps them out of passing ones): what a flaky answer was.
+/// `RUST_LOG` overrides the level.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
