@@ -155,8 +155,10 @@ fn page(c: &mut Connection, t: &Target, q: RecordsQuery) -> rusqlite::Result<Rec
     let until = q.until.unwrap_or(last_id.stamp);
     let count = match q.count {
         Some(n) => n as i64,
+        // What the listing can serve: a record whose version is lost (its
+        // event removed while records were not kept) is not counted.
         None => tx.query_row(
-            "SELECT COUNT(*) FROM record_index WHERE source = ?1 AND resource = ?2 AND stamp > ?3 AND stamp <= ?4",
+            &format!("SELECT COUNT(*) FROM ({LATEST} AND i.stamp > ?3 AND i.stamp <= ?4)"),
             params![t.source, t.resource, q.above as i64, until as i64],
             |r| r.get(0),
         )?,
