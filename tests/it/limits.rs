@@ -11,22 +11,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{ADMIN_TOKEN, App, READ_TOKEN, Sim, TestStore, eventually, source};
 
-async fn app_with(sim: &Sim, tweak: impl FnOnce(&mut stamp_relay::config::Config)) -> App {
+/// A relay with `tweak`ed settings, and its store: the caller keeps the
+/// store (its temporary folder) for as long as the relay runs.
+async fn app_with(
+    sim: &Sim,
+    tweak: impl FnOnce(&mut stamp_relay::config::Config),
+) -> (TestStore, App) {
     let ts = TestStore::open(crate::harness::Backend::Sqlite)
         .await
         .unwrap();
-    App::spawn_with(
+    let app = App::spawn_with(
         &ts,
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
         tweak,
     )
-    .await
+    .await;
+    (ts, app)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_streams_past_the_cap_get_a_503_problem() {
     let sim = Sim::start(SimConfig::default()).await;
-    let app = app_with(&sim, |c| c.api.max_sse_clients = 1).await;
+    let (_ts, app) = app_with(&sim, |c| c.api.max_sse_clients = 1).await;
     let open = || {
         app.http
             .get(format!("{}/v1/resources/sim/patients/events", app.base))
@@ -79,7 +85,7 @@ async fn read_to_close(mut s: tokio::net::TcpStream, what: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     let sim = Sim::start(SimConfig::default()).await;
-    let app = app_with(&sim, |c| {
+    let (_ts, app) = app_with(&sim, |c| {
         c.api.header_read_timeout = Duration::from_millis(300)
     })
     .await;
@@ -103,7 +109,7 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait_for_a_free_one() {
     let sim = Sim::start(SimConfig::default()).await;
-    let app = app_with(&sim, |c| {
+    let (_ts, app) = app_with(&sim, |c| {
         c.api.max_connections = 1;
         c.api.header_read_timeout = Duration::from_secs(60);
     })

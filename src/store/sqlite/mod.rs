@@ -60,7 +60,7 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || {
             let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
             let now = file_id(&file);
-            if now != open.file {
+            if open.closed || now != open.file {
                 reopen(&mut open, &file, now)?;
             }
             f(&mut open.conn)

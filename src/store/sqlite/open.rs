@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS leases (
 pub(super) struct Open {
     pub conn: Connection,
     pub file: Option<(u64, u64)>,
+    /// The file was closed for a reopen that has not succeeded yet: `conn`
+    /// is an empty placeholder, never to be served from.
+    pub closed: bool,
 }
 
 pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -77,17 +80,23 @@ pub(super) fn reopen(
     path: &Path,
     now: Option<(u64, u64)>,
 ) -> rusqlite::Result<()> {
-    if !path.parent().is_some_and(Path::exists) {
-        tracing::error!(path = %path.display(), "the embedded store's folder was removed; the open file is kept until restart");
-        open.file = now;
-        return Ok(());
+    if !open.closed {
+        if !path.parent().is_some_and(Path::exists) {
+            tracing::error!(path = %path.display(), "the embedded store's folder was removed; the open file is kept until restart");
+            open.file = now;
+            return Ok(());
+        }
+        tracing::error!(path = %path.display(), "the embedded store's file was replaced or removed; reopening it");
+        // Close the old file first: closing removes the -wal and -shm files by name.
+        drop(std::mem::replace(
+            &mut open.conn,
+            Connection::open_in_memory()?,
+        ));
+        open.closed = true;
     }
-    tracing::error!(path = %path.display(), "the embedded store's file was replaced or removed; reopening it");
-    // Close the old file first: closing removes the -wal and -shm files by name.
-    drop(std::mem::replace(
-        &mut open.conn,
-        Connection::open_in_memory()?,
-    ));
+    // On failure `closed` stays set and the identity unchanged, so every
+    // call tries again and fails with the reason rather than serving an
+    // empty database.
     *open = connect(path)?;
     Ok(())
 }
@@ -102,5 +111,39 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
     Ok(Open {
         conn,
         file: file_id(path),
+        closed: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Store, Target, sqlite::SqliteStore};
+
+    /// A reopen that fails (a folder where the file was, then no folder at
+    /// all) answers with the reason on every call, never from an empty
+    /// database, and succeeds once the path can hold a file again.
+    #[tokio::test]
+    async fn a_failed_reopen_errs_until_the_file_can_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let t = Target::new("s", "r");
+        store.last_id(&t).await.unwrap();
+        let path = dir.path().join("stamp-relay.sqlite3");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        for _ in 0..2 {
+            let e = store.last_id(&t).await.unwrap_err().to_string();
+            assert!(e.contains("unable to open"), "{e}");
+        }
+        // The whole folder goes: still the reason, not an empty database.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let e = store.last_id(&t).await.unwrap_err().to_string();
+        assert!(e.contains("unable to open"), "{e}");
+        std::fs::create_dir_all(dir.path()).unwrap();
+        assert_eq!(
+            store.last_id(&t).await.unwrap(),
+            crate::events::StreamId::ZERO,
+            "a fresh file, with its tables"
+        );
+    }
 }
