@@ -190,7 +190,7 @@ impl Live {
     /// when the client asked for previous values. None when that lookup
     /// failed: the client catches up from the store instead.
     async fn with_previous(&mut self, live: Arc<LiveEvent>) -> Option<Arc<LiveEvent>> {
-        if !self.previous || !crate::store::records::wants_previous(&live.event) {
+        if !self.previous || crate::store::records::replaced(&live.event).is_none() {
             return Some(live);
         }
         let mut events = [live.event.clone()];

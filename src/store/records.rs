@@ -84,11 +84,19 @@ pub trait RecordStore: Send + Sync {
     async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()>;
 }
 
-/// An event whose previous version is to be looked up: it has one, and
-/// does not carry it already (events appended by older builds carry theirs
-/// as `before`).
-pub(crate) fn wants_previous(e: &Event) -> bool {
-    e.op != crate::events::Op::Created && e.prev.is_some() && e.before.is_none()
+/// The version an event replaced, to look up for previous values: its
+/// stamp and the ID of its event (`previd`, else `<prev>-0`). None when the
+/// event replaced nothing or carries the version already (events appended
+/// by older builds carry theirs as `before`).
+pub(crate) fn replaced(e: &Event) -> Option<(u64, crate::events::StreamId)> {
+    if e.op == crate::events::Op::Created || e.before.is_some() {
+        return None;
+    }
+    let prev = e.prev?;
+    Some((
+        prev,
+        e.prev_id.unwrap_or(crate::events::StreamId::new(prev, 0)),
+    ))
 }
 
 /// A record's latest version from its index entry and its JSON.

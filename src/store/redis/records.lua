@@ -66,6 +66,19 @@ local function version(rid, stamp, id)
   return nil
 end
 
+-- The stream position just past `id`.
+local function past(id)
+  local s, q = parts(id)
+  return d(s) .. '-' .. d(q + 1)
+end
+
+-- Whether stream entry `e`, `<s>-0`, is still its record's latest version
+-- (the index names that stamp and no late event).
+local function latest_here(e, s)
+  local idx = redis.call('HGET', KEYS[2], field(e, 'record'))
+  return idx and not string.find(idx, '@', 1, true) and tonumber(string.match(idx, '^(%d+)')) == s, idx
+end
+
 local function top()
   local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if #last > 0 then
@@ -137,16 +150,15 @@ function fn.page()
       end
       budget = budget - 1
       if q == 0 then
-        local rid = field(e, 'record')
-        local idx = redis.call('HGET', KEYS[2], rid)
-        if idx and not string.find(idx, '@', 1, true) and tonumber(string.match(idx, '^(%d+)')) == s then
-          found[#found + 1] = {s, rid, idx, field(e, 'data')}
+        local here, idx = latest_here(e, s)
+        if here then
+          found[#found + 1] = {s, field(e, 'record'), idx, field(e, 'data')}
           taken = taken + 1
         end
       end
       if taken >= wanted or budget <= 0 then
         frontier = s
-        next_from = d(s) .. '-' .. d(q + 1)
+        next_from = past(e[1])
         stop = true
         break
       end
@@ -154,8 +166,7 @@ function fn.page()
     if stop then
       break
     end
-    local ls, lq = parts(chunk[#chunk][1])
-    from = d(ls) .. '-' .. d(lq + 1)
+    from = past(chunk[#chunk][1])
   end
   -- The late set and the stamps set, each in stamp order, to the frontier.
   -- A set read cut off at its limit lowers the frontier below its last
@@ -242,18 +253,14 @@ function fn.count()
     if s > untl then
       return {n, ''}
     end
-    if q == 0 then
-      local idx = redis.call('HGET', KEYS[2], field(e, 'record'))
-      if idx and not string.find(idx, '@', 1, true) and tonumber(string.match(idx, '^(%d+)')) == s then
-        n = n + 1
-      end
+    if q == 0 and latest_here(e, s) then
+      n = n + 1
     end
   end
   if #entries < chunk then
     return {n, ''}
   end
-  local ls, lq = parts(entries[#entries][1])
-  return {n, d(ls) .. '-' .. d(lq + 1)}
+  return {n, past(entries[#entries][1])}
 end
 
 -- ARGV[2..3]: the stream position to go on from ('' to start), entries
@@ -268,7 +275,7 @@ function fn.point_late()
   end
   local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
   for _, e in ipairs(entries) do
-    local s, q = parts(e[1])
+    local _, q = parts(e[1])
     if q > 0 then
       local rid = field(e, 'record')
       local idx = redis.call('HGET', KEYS[2], rid)
@@ -280,8 +287,7 @@ function fn.point_late()
   if #entries < tonumber(ARGV[3]) then
     return ''
   end
-  local ls, lq = parts(entries[#entries][1])
-  return d(ls) .. '-' .. d(lq + 1)
+  return past(entries[#entries][1])
 end
 
 -- ARGV[2..3]: the index position to go on from ('0' to start), entries

@@ -29,7 +29,7 @@ use redis::{AsyncCommands, Script};
 use super::RedisStore;
 use crate::events::{Event, StreamId};
 use crate::store::records::{
-    RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value, wants_previous,
+    RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value, replaced,
 };
 use crate::store::{StoreResult, Target};
 
@@ -54,9 +54,10 @@ impl RedisStore {
         inv
     }
 
-    /// Before the first append of this process to `t`: drops the record
-    /// store of a table that no longer keeps records, or completes its sets
-    /// when they are not (records were off, or kept in an older layout).
+    /// Before the first append or read of this process on `t`: drops the
+    /// record store of a table that no longer keeps records, or completes
+    /// its sets when they are not (records were off, or kept in an older
+    /// layout).
     pub(super) async fn ready_records(&self, t: &Target) -> StoreResult<()> {
         if !self.keep.first_use(t) {
             return Ok(());
@@ -239,23 +240,20 @@ impl RecordStore for RedisStore {
     }
 
     async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()> {
-        let wanted: Vec<usize> = (0..events.len())
-            .filter(|&i| wants_previous(&events[i]))
+        let wanted: Vec<(usize, u64, StreamId)> = (events.iter().enumerate())
+            .filter_map(|(i, e)| replaced(e).map(|(stamp, at)| (i, stamp, at)))
             .collect();
         if wanted.is_empty() || !self.keep.keeps(t) {
             return Ok(());
         }
         self.ready_records(t).await?;
         let mut inv = self.reads(t, "versions");
-        for &i in &wanted {
-            let e = &events[i];
-            let prev = e.prev.unwrap_or(0);
-            let at = e.prev_id.unwrap_or(StreamId::new(prev, 0));
-            inv.arg(&e.record).arg(prev).arg(at.to_string());
+        for &(i, stamp, at) in &wanted {
+            inv.arg(&events[i].record).arg(stamp).arg(at.to_string());
         }
         let mut c = self.conn.clone();
         let found: Vec<Option<String>> = inv.invoke_async(&mut c).await.map_err(|e| self.err(e))?;
-        for (i, before) in wanted.into_iter().zip(found) {
+        for ((i, _, _), before) in wanted.into_iter().zip(found) {
             events[i].before = before;
         }
         Ok(())

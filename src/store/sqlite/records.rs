@@ -221,11 +221,9 @@ impl RecordStore for SqliteStore {
         let wanted: Vec<(usize, String, u64, StreamId)> = events
             .iter()
             .enumerate()
-            .filter(|(_, e)| crate::store::records::wants_previous(e))
-            .map(|(i, e)| {
-                let prev = e.prev.unwrap_or(0);
-                let at = e.prev_id.unwrap_or(StreamId::new(prev, 0));
-                (i, e.record.clone(), prev, at)
+            .filter_map(|(i, e)| {
+                let (stamp, at) = crate::store::records::replaced(e)?;
+                Some((i, e.record.clone(), stamp, at))
             })
             .collect();
         if wanted.is_empty() || !self.keep.keeps(t) {
