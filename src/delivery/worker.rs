@@ -109,10 +109,10 @@ pub struct State {
     pub(super) sends: JoinSet<Done>,
     pub(super) finished: Vec<Finished>,
     /// Reload the queue from the store as soon as nothing is in flight.
+    pub(super) stale: bool,
     /// The queued events were loaded for another `previous` setting: none
     /// is sent until they are loaded again (once the requests out are back).
     pub(super) requeue: bool,
-    pub(super) stale: bool,
     /// The subscription as last seen, shared with the requests out.
     sub: Arc<Subscription>,
     /// Its URL, headers and signing keys, made once per change.

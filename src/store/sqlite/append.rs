@@ -1,0 +1,138 @@
+//! The embedded store's append: one transaction per chunk that checks the
+//! fences, classifies each record against the index, inserts the events
+//! and moves the index entries to point at them (moved unchanged from
+//! `mod.rs`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Target, check_fences, last_id, records};
+use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
+
+/// An [`AppendBatch`] owned, to move into the blocking task.
+pub(super) struct Batch {
+    pub holder: String,
+    pub epoch: String,
+    pub snapshot: bool,
+    pub observed: u64,
+    pub records: Vec<crate::record::UpstreamRecord>,
+    /// Whether the table keeps the latest-record store, and whether this
+    /// is the process's first append to it (fill or drop it first).
+    pub keep: bool,
+    pub first: bool,
+}
+
+pub(super) fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+    let tx = c.transaction()?;
+    if batch.first {
+        records::fill_or_drop(&tx, t, batch.keep)?;
+    }
+    check_fences(&tx, t, &batch.holder, &batch.epoch)?;
+    let out = append_records(&tx, t, batch)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// Appends each record of the batch that changes its record (the rest count
+/// as duplicates), inside the caller's transaction.
+fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+    let mut top = last_id(c, t)?;
+    let mut out = AppendOutcome::default();
+    for r in &batch.records {
+        let prev = index_entry(c, t, &r.id)?;
+        let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
+            out.duplicates += 1;
+            records::fill_duplicate(c, t, r, prev, batch.keep)?;
+            continue;
+        };
+        let id = events::next_id(top, r.stamp);
+        if id.seq > 0 {
+            out.late += 1;
+        }
+        let event = NewEvent { id, op, prev };
+        insert_event(c, t, batch, r, &event)?;
+        put_index(c, t, r, id)?;
+        top = id;
+        out.count(op);
+    }
+    Ok(out)
+}
+
+/// The index entry of `record`: its latest stamp and whether it is deleted.
+pub(super) fn index_entry(c: &Connection, t: &Target, record: &str) -> rusqlite::Result<Option<IndexEntry>> {
+    c.prepare_cached(
+        "SELECT stamp, deleted, at_stamp, at_seq FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
+    )?
+    .query_row(params![t.source, t.resource, record], |row| {
+        let at = match (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?) {
+            (Some(s), Some(q)) => Some(StreamId::new(s as u64, q as u64)),
+            _ => None,
+        };
+        Ok(IndexEntry {
+            stamp: row.get::<_, i64>(0)? as u64,
+            deleted: row.get(1)?,
+            at,
+        })
+    })
+    .optional()
+}
+
+/// What [`append_records`] decided for one record, to write as an event.
+struct NewEvent {
+    id: StreamId,
+    op: events::Op,
+    prev: Option<IndexEntry>,
+}
+
+fn insert_event(
+    c: &Connection,
+    t: &Target,
+    batch: &Batch,
+    r: &crate::record::UpstreamRecord,
+    e: &NewEvent,
+) -> rusqlite::Result<()> {
+    // Where the replaced version's event is, when it is not `<prev>-0`.
+    let prev_at = e.prev.and_then(|p| p.at).filter(|a| a.seq > 0);
+    c.prepare_cached(
+        "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, prev_at_stamp, prev_at_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        t.source,
+        t.resource,
+        e.id.stamp as i64,
+        e.id.seq as i64,
+        e.op.as_str(),
+        r.id,
+        r.stamp as i64,
+        e.prev.map(|p| p.stamp as i64),
+        batch.snapshot,
+        batch.observed as i64,
+        r.raw.get(),
+        prev_at.map(|a| a.stamp as i64),
+        prev_at.map(|a| a.seq as i64),
+    ])?;
+    Ok(())
+}
+
+fn put_index(
+    c: &Connection,
+    t: &Target,
+    r: &crate::record::UpstreamRecord,
+    at: StreamId,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (source, resource, record) DO UPDATE
+         SET stamp = excluded.stamp, deleted = excluded.deleted, at_stamp = excluded.at_stamp, at_seq = excluded.at_seq",
+    )?
+    .execute(params![
+        t.source,
+        t.resource,
+        r.id,
+        r.stamp as i64,
+        r.deleted,
+        at.stamp as i64,
+        at.seq as i64
+    ])?;
+    Ok(())
+}
