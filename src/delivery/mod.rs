@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod attempt;
+mod follow;
 mod meters;
 mod queue;
 pub mod sender;

@@ -114,7 +114,7 @@ pub struct State {
     /// is sent until they are loaded again (once the requests out are back).
     pub(super) requeue: bool,
     /// The subscription as last seen, shared with the requests out.
-    sub: Arc<Subscription>,
+    pub(super) sub: Arc<Subscription>,
     /// Its URL, headers and signing keys, made once per change.
     pub(super) endpoint: Arc<Endpoint>,
     /// Its filters and fields for this target's source, made once per change.
@@ -122,11 +122,11 @@ pub struct State {
     /// The selection changed: check every queued entry against it again.
     pub(super) recheck: bool,
     /// `selection` was made from the subscription (by the first step).
-    selection_made: bool,
+    pub(super) selection_made: bool,
     /// Entries in flight when checked: checked again once answered, should
     /// they stay pending (a failure).
     pub(super) unchecked: Vec<StreamId>,
-    changes: watch::Receiver<Subscription>,
+    pub(super) changes: watch::Receiver<Subscription>,
     /// When the queue figures were last published.
     shown_at: Option<Instant>,
     pub(super) meters: Meters,
@@ -304,66 +304,6 @@ impl Worker {
         Ok(Step::Idle(wait.max(Duration::from_millis(5))))
     }
 
-    /// Takes the change the supervisor passed on, unless the worker has read
-    /// a newer version from the store itself (before a claim), and makes the
-    /// first selection. `Some` when the step must end there.
-    async fn follow(&self, st: &mut State) -> StoreResult<Option<Step>> {
-        if st.changes.has_changed().unwrap_or(false) {
-            let seen = st.changes.borrow_and_update().clone();
-            if seen.version >= st.sub.version {
-                return self.adopt(st, seen).await;
-            }
-        }
-        if st.selection_made {
-            return Ok(None);
-        }
-        self.reselect(st).await
-    }
-
-    /// Delivers for `newer` from now on: its endpoint, and its selection.
-    pub(super) async fn adopt(
-        &self,
-        st: &mut State,
-        newer: Subscription,
-    ) -> StoreResult<Option<Step>> {
-        if newer.previous != st.sub.previous {
-            // Queued events were loaded with or without the versions they
-            // replaced: load them again for the new setting.
-            if st.sends.is_empty() {
-                st.queue = None;
-            } else {
-                st.requeue = true;
-            }
-        }
-        st.sub = Arc::new(newer);
-        if !st.sub.enabled {
-            return Ok(Some(Step::Disabled));
-        }
-        st.endpoint = Arc::new(Endpoint::of(&st.sub));
-        self.reselect(st).await
-    }
-
-    /// The selection of the subscription as last seen; every queued entry
-    /// is checked again when it changed. A stored one that no longer parses
-    /// disables the subscription.
-    async fn reselect(&self, st: &mut State) -> StoreResult<Option<Step>> {
-        match selection_of(&st.sub, &self.source) {
-            Ok(selection) => {
-                st.recheck |= st.selection_made && selection != *st.selection;
-                st.selection = Arc::new(selection);
-                st.selection_made = true;
-                Ok(None)
-            }
-            Err(why) => {
-                // Fail closed: neither whole records (the filter may be
-                // what keeps health data from this receiver) nor a skip.
-                tracing::error!(subscription = %st.sub.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
-                self.disable(&st.sub, &why).await?;
-                Ok(Some(Step::Disabled))
-            }
-        }
-    }
-
     /// Makes sure the delivery lease is ours for at least `request_timeout`
     /// from `at`, renewing it if not. False when another instance holds it.
     pub(super) async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
@@ -382,15 +322,6 @@ impl Worker {
         st.lease_until = ours.then(|| asked + self.lease_ttl);
         Ok(ours)
     }
-}
-
-/// A subscription's filters and fields over `src` (whose id and stamp
-/// fields projections keep). They were checked when stored; one that no
-/// longer parses is an error the worker disables the subscription for.
-pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
-    let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
-    Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields)
-        .map_err(|e| format!("stored filters or fields do not parse ({e}); fix them with PATCH and enable the subscription"))
 }
 
 /// Waits until the writer has stored everything sent to it so far.

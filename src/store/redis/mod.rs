@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 
 use self::connection::RedisConn;
-pub use self::keys::Keys;
 use self::entries::{field, parse_entries, parse_id};
+pub use self::keys::Keys;
 use super::{AppendBatch, Store, StoreError, StoreResult, Target};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};

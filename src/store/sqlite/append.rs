@@ -21,7 +21,11 @@ pub(super) struct Batch {
     pub first: bool,
 }
 
-pub(super) fn append(c: &mut Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+pub(super) fn append(
+    c: &mut Connection,
+    t: &Target,
+    batch: &Batch,
+) -> rusqlite::Result<AppendOutcome> {
     let tx = c.transaction()?;
     if batch.first {
         records::fill_or_drop(&tx, t, batch.keep)?;
@@ -58,7 +62,11 @@ fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result
 }
 
 /// The index entry of `record`: its latest stamp and whether it is deleted.
-pub(super) fn index_entry(c: &Connection, t: &Target, record: &str) -> rusqlite::Result<Option<IndexEntry>> {
+pub(super) fn index_entry(
+    c: &Connection,
+    t: &Target,
+    record: &str,
+) -> rusqlite::Result<Option<IndexEntry>> {
     c.prepare_cached(
         "SELECT stamp, deleted, at_stamp, at_seq FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
     )?
