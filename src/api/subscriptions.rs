@@ -119,7 +119,7 @@ pub async fn create(
         rate_limit: req.rate_limit,
         enabled: req.enabled.unwrap_or(true),
         description,
-        secret: sub::new_secret(),
+        secret: sub::SigningSecret::generate(),
         previous_secret: None,
         disabled_reason: None,
         created_ms: at,
@@ -389,7 +389,7 @@ pub async fn rotate_secret(
     let until = now_ms() + s.secret_grace.as_millis() as u64;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
         unmanaged(found)?;
-        let old = std::mem::replace(&mut found.secret, sub::new_secret());
+        let old = std::mem::replace(&mut found.secret, sub::SigningSecret::generate());
         found.previous_secret = Some((old, until));
         found.updated_ms = now_ms();
         Ok::<_, Problem>(())

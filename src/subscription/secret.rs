@@ -49,6 +49,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_are_whsec_and_32_bytes() {
+        use base64::Engine;
+        let s = SigningSecret::generate();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(s.as_str().strip_prefix("whsec_").unwrap())
+            .unwrap();
+        assert_eq!(raw.len(), 32);
+        assert_ne!(s, SigningSecret::generate());
+    }
+
+    #[test]
     fn debug_never_shows_the_secret() {
         let s = SigningSecret::generate();
         assert!(s.as_str().starts_with("whsec_"));

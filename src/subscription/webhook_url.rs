@@ -52,6 +52,16 @@ impl WebhookUrl {
     }
 }
 
+/// A receiver URL as logs may show it: scheme, host and port only. Webhook
+/// URLs often carry a token in their path or query (or credentials), and
+/// logs travel further than the API that shows the whole URL to admins.
+pub fn url_for_logs(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => origin_for_logs(&u),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 /// Scheme, host and port only, and `/…` when there was more: webhook URLs
 /// often carry a token in their path or query, and logs travel further
 /// than the API.
@@ -86,6 +96,19 @@ impl<'de> Deserialize<'de> for WebhookUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_urls_keep_only_the_origin() {
+        assert_eq!(
+            url_for_logs("https://user:pw@hooks.example.com:8443/T1/B2/secret?token=abc"),
+            "https://hooks.example.com:8443/…"
+        );
+        assert_eq!(
+            url_for_logs("https://hooks.example.com/"),
+            "https://hooks.example.com"
+        );
+        assert_eq!(url_for_logs("nonsense"), "(not a URL)");
+    }
 
     #[test]
     fn urls_are_checked_and_kept_as_given() {
