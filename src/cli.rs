@@ -68,13 +68,18 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the configuration reference: every key with its default and meaning.
+    Defaults,
     /// Measure load throughput against a raw baseline and print the figures.
     Bench(crate::bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::CheckConfig { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::CheckConfig { .. } | Command::Defaults
+    );
     init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -130,6 +135,10 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Defaults => {
+            print!("{}", crate::config::REFERENCE);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { config } => {
             let config = crate::declared::load_config(Some(&config))?;
             let listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -81,7 +81,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// How long events stay in a table's stream (README, "The Redis layout"): trimmed by age or
+/// How long events stay in a table's stream (docs/redis-layout.md): trimmed by age or
 /// length, never past what an enabled subscription has yet to deliver,
 /// unless the hard cap says so. Nothing set: events are kept forever.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -326,11 +326,13 @@ fn describe_figment_error(e: figment::Error) -> String {
 }
 
 mod cidr;
+mod reference;
 mod source;
 mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
+pub use reference::REFERENCE;
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };

@@ -1,5 +1,5 @@
 //! Subscriptions declared in the configuration file (`[[subscriptions]]`,
-//! README "Subscriptions in the configuration file"): checked with the
+//! docs/webhooks.md, "Subscriptions in the configuration file"): checked with the
 //! API's own rules, written to the store when the relay starts (created, or
 //! updated in place through [`update_subscription`], keeping the delivery
 //! position), re-created by the delivery supervisor when they vanish from

@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(IndexEntry::decode("7:deleted").unwrap().stamp, 7);
         assert_eq!(IndexEntry::decode("junk"), None);
         assert_eq!(IndexEntry::decode("7@junk"), None);
-        // The stored format is a public contract (README, "Redis layout").
+        // The stored format is a public contract (docs/redis-layout.md).
         assert_eq!(IndexEntry::new(7, true).encode(), "7:deleted");
         assert_eq!(IndexEntry::new(8, false).encode(), "8");
         assert_eq!(late.encode(), "9:deleted@12-3");

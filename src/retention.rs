@@ -1,4 +1,4 @@
-//! Retention (README, "The Redis layout"): trims a table's stream by age or length, never
+//! Retention (docs/redis-layout.md): trims a table's stream by age or length, never
 //! past what an enabled subscription has yet to deliver unless the hard cap
 //! says so, and never its last event, whose stamp is the cursor.
 //!

@@ -1,5 +1,5 @@
 //! The `[[subscriptions]]` section: webhook subscriptions declared in the
-//! file (README, "Subscriptions in the configuration file"). This layer
+//! file (docs/webhooks.md, "Subscriptions in the configuration file"). This layer
 //! checks what needs nothing but the file and the environment (the id, the
 //! signing secret); the rules a subscription shares with the API are
 //! checked by `declared.rs` with the API's own functions.

@@ -1,4 +1,4 @@
-//! Webhook delivery (README.md, "Webhooks"): at-least-once, signed (Standard Webhooks),
+//! Webhook delivery (docs/webhooks.md): at-least-once, signed (Standard Webhooks),
 //! retried on a schedule, in stamp order per record, with dead letters.
 //!
 //! The supervisor ([`Deliverer::run`]) keeps one [`worker::Worker`] per

@@ -2,7 +2,7 @@
 //! Subscriptions API dialects (`exact`, `prefix`, `suffix`, `all`, `any`,
 //! `not`) over the context attributes and `data.<field>` paths into the
 //! record, and a projection of the record's fields (`fields`, empty for
-//! thin events). The grammar is in the README ("Filters and fields").
+//! thin events). The grammar is in docs/filters.md.
 //!
 //! A [`Selection`] is both, as replay and the live stream take them
 //! (`query.rs`) and as a subscription will: `matches` on an [`EventView`]

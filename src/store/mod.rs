@@ -1,4 +1,4 @@
-//! Where events live. Two backends keep one contract (README.md, "The Redis layout"):
+//! Where events live. Two backends keep one contract (docs/redis-layout.md):
 //! Redis streams for production and several instances, and an embedded
 //! SQLite file for a single instance with nothing installed.
 //!

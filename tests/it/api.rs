@@ -1,4 +1,4 @@
-//! The HTTP API (README "The HTTP API", `openapi.yaml`): auth on every route, problem answers for bad
+//! The HTTP API (docs/replay.md, `openapi.yaml`): auth on every route, problem answers for bad
 //! input, replay equal to the stream, subscriptions on both stores, and a
 //! live stream that survives reconnects.
 

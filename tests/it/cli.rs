@@ -232,13 +232,13 @@ fn compose_file_is_consistent() {
     assert!(ok, "{local}: {text}");
 }
 
-/// The README's GitOps example of `[[subscriptions]]` validates against
+/// The GitOps example of `[[subscriptions]]` in docs/webhooks.md validates against
 /// a source with its tables.
 #[test]
-fn the_readme_subscriptions_example_validates() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let example = readme
+fn the_documented_subscriptions_example_validates() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks.md")).unwrap();
+    let example = doc
         .split("```toml\n")
         .map(|block| block.split("```").next().unwrap())
         .find(|block| block.contains("[[subscriptions]]"))
@@ -255,6 +255,38 @@ fn the_readme_subscriptions_example_validates() {
         &env,
     );
     assert!(ok && text.contains("2 subscription(s)"), "{text}");
+}
+
+/// The README's configuration is complete: check-config passes with the
+/// variables it names, and `stamp-relay defaults` prints the reference.
+#[test]
+fn the_readme_configuration_validates() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a toml block in the README");
+    let f = config_file(example);
+    let env = [
+        (
+            "STAMP_RELAY_ADMIN_TOKEN",
+            "0123456789abcdef0123456789abcdef",
+        ),
+        ("PAINCHEK_CLIENT_ID", "id"),
+        ("PAINCHEK_CLIENT_SECRET", "secret"),
+    ];
+    let (ok, text) = run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        &env,
+    );
+    assert!(ok && text.contains("1 source(s)"), "{text}");
+    let (ok, text) = run(&["defaults"], &[]);
+    assert!(
+        ok && text.contains("[[sources]]") && text.contains("max_waiting_retries"),
+        "{text}"
+    );
 }
 
 /// `--log-format json` writes one JSON object per line.

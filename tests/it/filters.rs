@@ -1,5 +1,4 @@
-//! `filter=` and `fields=` on replay and the live stream (README "Filters
-//! and fields"): exactly the matching events, projected or thin, and 422
+//! `filter=` and `fields=` on replay and the live stream (docs/filters.md): exactly the matching events, projected or thin, and 422
 //! naming the fault of a filter that does not parse.
 
 use std::time::Duration;

@@ -1,5 +1,4 @@
-//! The Redis layout, which the README calls a public contract ("The Redis
-//! layout"), read with plain Redis commands as a consumer would: the
+//! The Redis layout, which docs/redis-layout.md calls a public contract, read with plain Redis commands as a consumer would: the
 //! stream entry IDs (`<stamp>-0`, a late event `<top stamp>-<seq>`), the
 //! entry fields in their documented order, and the record index
 //! (`<stamp>` or `<stamp>:deleted`).

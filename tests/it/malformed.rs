@@ -1,5 +1,5 @@
 //! Every documented route fed malformed input (a property test in the
-//! spirit of schemathesis, which README shows how to run by hand): bad
+//! spirit of schemathesis, which docs/testing.md shows how to run by hand): bad
 //! path encodings, repeated and garbled query fields, random and broken
 //! bodies under several content types. Whatever comes in, no answer is a
 //! 5xx, every error is problem+json, and every answer's status and body are

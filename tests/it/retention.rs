@@ -1,4 +1,4 @@
-//! Retention (README, "The Redis layout"): streams are trimmed by length or age, never past
+//! Retention (docs/redis-layout.md): streams are trimmed by length or age, never past
 //! what an enabled subscription has yet to deliver unless the hard cap says
 //! so, and never their last event (the cursor); a reader whose cursor is
 //! older than what was kept gets 410 instead of a silent gap.

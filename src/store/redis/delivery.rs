@@ -1,4 +1,4 @@
-//! Subscriptions and delivery state in Redis (the layout in README.md).
+//! Subscriptions and delivery state in Redis (the layout in docs/redis-layout.md).
 
 use async_trait::async_trait;
 use redis::AsyncCommands;

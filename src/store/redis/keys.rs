@@ -1,4 +1,4 @@
-//! The key names of one table (README.md, "The Redis layout"): every key
+//! The key names of one table (docs/redis-layout.md): every key
 //! carries the table's hash tag `{source:resource}` (moved unchanged from
 //! `mod.rs`).
 

@@ -1,5 +1,4 @@
-//! The Redis backend: the public layout README.md documents ("The Redis
-//! layout"), on one Redis or a Redis Cluster (`connection.rs`).
+//! The Redis backend: the public layout docs/redis-layout.md documents, on one Redis or a Redis Cluster (`connection.rs`).
 //!
 //! Every key of a target carries the hash tag `{source:resource}`, so a
 //! target's stream, index, rejects and lease live in one cluster slot and

@@ -1,4 +1,4 @@
-//! The latest-record store on Redis (README.md, "The Redis layout"). The
+//! The latest-record store on Redis (docs/redis-layout.md). The
 //! index already points at each record's latest version (`<stamp>`, or
 //! `<stamp>@<stream ID>` for a late event), and the stream holds it, so an
 //! append copies no record: it writes a set only for a late event, and
