@@ -61,6 +61,16 @@ pub async fn run(
     .validate(&|_| None)?;
     // The receiver is on loopback.
     config.delivery.allow_private_targets = true;
+    // The bench's own clients must never meet the relay's caps: it measures
+    // fan-out, not refusals (which a short count would report below).
+    config.api.max_sse_clients = config.api.max_sse_clients.max(clients + 16);
+    config.api.max_connections = config.api.max_connections.max(2 * clients + 64);
+    if !delivery_only {
+        println!(
+            "(the bench sets api.max_sse_clients = {} and api.max_connections = {} for its {clients} SSE clients)",
+            config.api.max_sse_clients, config.api.max_connections
+        );
+    }
     let token = TokenConfig {
         name: "bench".into(),
         scope: Scope::Admin,
@@ -152,14 +162,10 @@ async fn fan_out(
     }
     drop(tx);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while connected.load(Ordering::Relaxed) < clients {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {} of {clients} SSE clients connected",
-            connected.load(Ordering::Relaxed)
-        );
+    while connected.load(Ordering::Relaxed) < clients && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let refused = clients - connected.load(Ordering::Relaxed);
     super::upstream_writes(sim_url).await?;
     let mut lags = Vec::new();
     let mut per_client = vec![0usize; clients];
@@ -176,6 +182,9 @@ async fn fan_out(
     );
     println!();
     println!("SSE fan-out: {clients} clients on one stream, 200 upstream writes over 2 s");
+    if refused > 0 {
+        println!("  {refused} of {clients} clients were refused or did not connect within 60 s");
+    }
     println!(
         "  deliveries {}  events per client {min}..{max}  lag from append p50 {} ms  p99 {} ms  max {} ms",
         lags.len(),
@@ -183,10 +192,9 @@ async fn fan_out(
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(0)
     );
-    anyhow::ensure!(
-        min == max && min > 0,
-        "clients received different event counts ({min}..{max})"
-    );
+    if min != max || min == 0 {
+        println!("  clients received different event counts ({min}..{max}): some events were missed");
+    }
     Ok(())
 }
 
