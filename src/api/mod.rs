@@ -33,6 +33,7 @@ mod deliveries;
 pub mod extract;
 mod health;
 mod live;
+mod positions;
 pub mod problem;
 mod records;
 mod requests;

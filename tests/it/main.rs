@@ -21,6 +21,7 @@ mod malformed;
 mod metrics;
 mod openapi;
 mod pace;
+mod positions;
 mod property;
 mod receiver;
 mod records;
