@@ -67,15 +67,30 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
 /// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
 /// the subscriptions it declares included: every problem at once.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let raw = RawConfig::load(path)?;
-    let mut problems = problems(&raw);
+    let (raw, mut problems) = RawConfig::load_partly(path, std::env::vars().collect())?;
+    // A key found wrong is read as its default, so the rest is checked too.
+    let Some(raw) = raw else {
+        return Err(ConfigError { problems });
+    };
+    problems.append(&mut self::problems(&raw));
     match raw.validate(&|k| std::env::var(k).ok()) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigError { problems }),
         Err(mut e) => {
-            e.problems.append(&mut problems);
-            Err(e)
+            problems.append(&mut e.problems);
+            Err(ConfigError { problems })
         }
+    }
+}
+
+/// Loads the file for a command that only reads the store (`status`):
+/// the keys' types and the store's values are checked, but no upstream,
+/// API or webhook secret need be set.
+pub fn load_store_config(path: Option<&std::path::Path>) -> Result<RawConfig, ConfigError> {
+    let raw = RawConfig::load(path)?;
+    match raw.store_problems() {
+        problems if problems.is_empty() => Ok(raw),
+        problems => Err(ConfigError { problems }),
     }
 }
 

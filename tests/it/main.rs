@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod compat_auth;
+mod config_errors;
 mod crash;
 mod declared;
 mod delivery;
