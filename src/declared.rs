@@ -67,7 +67,7 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
 /// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
 /// the subscriptions it declares included: every problem at once.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let (raw, mut problems) = RawConfig::load_partly(path, std::env::vars().collect())?;
+    let (raw, mut problems) = RawConfig::load_partly(path, crate::config::env_vars())?;
     // A key found wrong is read as its default, so the rest is checked too.
     let Some(raw) = raw else {
         return Err(ConfigError { problems });

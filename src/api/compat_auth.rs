@@ -107,7 +107,8 @@ pub fn verify(tokens: &[ApiToken], presented: &str, now_secs: u64) -> bool {
     ) else {
         return false;
     };
-    let (Ok(expiry), Ok(name), Ok(tag)) = (expiry.parse::<u64>(), B64.decode(name), B64.decode(tag))
+    let (Ok(expiry), Ok(name), Ok(tag)) =
+        (expiry.parse::<u64>(), B64.decode(name), B64.decode(tag))
     else {
         return false;
     };

@@ -50,12 +50,14 @@ pub async fn check_position(
             s.compat.keeps(t),
         ));
     }
-    Ok((after == StreamId::ZERO && through > StreamId::ZERO).then(|| {
-        format!(
-            "{t}: store.retention removed the events up to {through}; {field} starts at the \
+    Ok(
+        (after == StreamId::ZERO && through > StreamId::ZERO).then(|| {
+            format!(
+                "{t}: store.retention removed the events up to {through}; {field} starts at the \
              oldest event kept, so records whose last change was removed are not sent"
-        )
-    }))
+            )
+        }),
+    )
 }
 
 /// Whether a position is before what retention removed (the last removed
@@ -86,6 +88,37 @@ pub(super) async fn read_checked(
     let accepted = after == StreamId::ZERO && oldest_kept;
     let gap = !accepted && (after < before || skipped(after, later, page.first().map(|e| e.id)));
     Ok((page, gap.then_some(later)))
+}
+
+/// A replay page: up to `limit` events after `after`, refused when `after`
+/// is past the last event or the read skipped what retention removed.
+pub(super) async fn read_page(
+    s: &ApiState,
+    t: &Target,
+    after: StreamId,
+    limit: usize,
+    oldest_kept: bool,
+) -> ApiResult<Vec<crate::events::Event>> {
+    let store = s.shared.store.as_ref();
+    let (page, gap) = read_checked(store, t, after, limit, oldest_kept).await?;
+    if page.is_empty() {
+        // Nothing after it: it may be past the last event, and the events
+        // stamped up to it would be passed over when they arrive.
+        let top = store.last_id(t).await?;
+        if after > top {
+            return Err(Problem::ahead("after", t, after, top));
+        }
+    }
+    match gap {
+        Some(through) => Err(Problem::trimmed(
+            "after",
+            t,
+            after,
+            through,
+            s.compat.keeps(t),
+        )),
+        None => Ok(page),
+    }
 }
 
 /// Whether a read after `after` whose first event is `first` skipped events

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiState,
     extract::{PathParams, QueryParams},
-    positions::{check_position, oldest_kept_flag, read_checked},
+    positions::{check_position, oldest_kept_flag, read_page},
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -163,6 +163,20 @@ fn page_events<'a>(
         .collect()
 }
 
+/// The `limit` query parameter.
+fn limit_of(raw: Option<&str>) -> ApiResult<usize> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(Problem::invalid(
+                "limit",
+                format!("{l:?} must be an integer from 1 to {MAX_LIMIT}"),
+            )),
+        },
+    }
+}
+
 pub async fn events(
     State(s): State<ApiState>,
     PathParams((source, resource)): PathParams<(String, String)>,
@@ -201,38 +215,9 @@ pub async fn events(
         };
         return super::live::live(s, t, src, from, read).await;
     }
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(Problem::invalid(
-                    "limit",
-                    format!("{l:?} must be an integer from 1 to {MAX_LIMIT}"),
-                ));
-            }
-        },
-    };
+    let limit = limit_of(q.limit.as_deref())?;
     let after = after.unwrap_or(StreamId::ZERO);
-    let store = s.shared.store.as_ref();
-    let (mut page, gap) = read_checked(store, &t, after, limit + 1, oldest_kept).await?;
-    if page.is_empty() {
-        // Nothing after it: it may be past the last event, which the
-        // events stamped up to it would be passed over for.
-        let top = store.last_id(&t).await?;
-        if after > top {
-            return Err(Problem::ahead("after", &t, after, top));
-        }
-    }
-    if let Some(through) = gap {
-        return Err(Problem::trimmed(
-            "after",
-            &t,
-            after,
-            through,
-            s.compat.keeps(&t),
-        ));
-    }
+    let mut page = read_page(&s, &t, after, limit + 1, oldest_kept).await?;
     let has_more = page.len() > limit;
     page.truncate(limit);
     if previous {

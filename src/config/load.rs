@@ -35,7 +35,7 @@ struct Override {
 impl RawConfig {
     /// Reads `path` (if any) and the process's `STAMP_RELAY__` variables.
     pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
-        RawConfig::load_with(path, std::env::vars().collect())
+        RawConfig::load_with(path, env_vars())
     }
 
     /// Reads `path` (if any) with `vars` as the environment.
@@ -81,6 +81,14 @@ impl RawConfig {
         let raw = read_all(tree, &origin, &mut problems);
         Ok((raw, problems))
     }
+}
+
+/// The process's variables that are text (`std::env::vars` would panic on
+/// any other, which are none of ours).
+pub fn env_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 /// Lays each `STAMP_RELAY__` variable over the tree, in name order.
@@ -264,11 +272,13 @@ mod tests {
         RawConfig::load_with(Some(f.path()), vars.collect()).map_err(|e| e.problems)
     }
 
-    const SOURCE: &str = "[[sources]]\nname = \"pc\"\nbase_url = \"http://a/api\"\nresources = [\"patients\"]\n";
+    const SOURCE: &str =
+        "[[sources]]\nname = \"pc\"\nbase_url = \"http://a/api\"\nresources = [\"patients\"]\n";
 
     #[test]
     fn every_type_and_unknown_key_problem_at_once_with_its_line() {
-        let file = "[store]\nlease_ttl = 5\nredis_urll = \"x\"\n[delivery]\nrequest_timeout = true\n";
+        let file =
+            "[store]\nlease_ttl = 5\nredis_urll = \"x\"\n[delivery]\nrequest_timeout = true\n";
         let problems = load(file, &[]).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         for (key, line) in [
@@ -311,8 +321,19 @@ mod tests {
         let problems = load(SOURCE, &vars).unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         let named = |var: &str| problems.iter().any(|p| p.contains(var));
-        assert!(named("(environment variable STAMP_RELAY__STORE__LEASE_TTL)"), "{problems:#?}");
-        assert!(named("STAMP_RELAY__SOURCES__2__NAME: index 2 skips items: the list has 1; set index 1 next"), "{problems:#?}");
-        assert!(named("(environment variable STAMP_RELAY__DELIVERY__NOPE)"), "{problems:#?}");
+        assert!(
+            named("(environment variable STAMP_RELAY__STORE__LEASE_TTL)"),
+            "{problems:#?}"
+        );
+        assert!(
+            named(
+                "STAMP_RELAY__SOURCES__2__NAME: index 2 skips items: the list has 1; set index 1 next"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            named("(environment variable STAMP_RELAY__DELIVERY__NOPE)"),
+            "{problems:#?}"
+        );
     }
 }

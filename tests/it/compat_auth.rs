@@ -36,7 +36,11 @@ async fn an_oauth_client_reads_compat_with_a_token_it_exchanged(ts: TestStore) {
     let first = App::spawn(&ts, vec![src]).await;
     wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
 
-    let (status, body) = token(&first, &[("client_id", "dash"), ("client_secret", READ_TOKEN)]).await;
+    let (status, body) = token(
+        &first,
+        &[("client_id", "dash"), ("client_secret", READ_TOKEN)],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["token_type"], "Bearer");
     assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0), "{body}");
@@ -47,7 +51,10 @@ async fn an_oauth_client_reads_compat_with_a_token_it_exchanged(ts: TestStore) {
             .get(format!("{}{path}", first.base))
             .bearer_auth(bearer)
     };
-    let r = listing("/compat/sim/api/patients/?sync=0").send().await.unwrap();
+    let r = listing("/compat/sim/api/patients/?sync=0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let page: Value = r.json().await.unwrap();
     assert_eq!(page["count"], 30, "{page}");
@@ -64,11 +71,23 @@ async fn an_oauth_client_reads_compat_with_a_token_it_exchanged(ts: TestStore) {
     assert_eq!(tampered.status(), 401);
     let wrong = [("client_id", "dash"), ("client_secret", "guess")];
     let (status, body) = token(&first, &wrong).await;
-    assert_eq!((status, body["code"].as_str()), (401, Some("invalid_client")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_client")),
+        "{body}"
+    );
     let other = [("client_id", "ops"), ("client_secret", READ_TOKEN)];
-    assert_eq!(token(&first, &other).await.0, 401, "the name must match the token");
+    assert_eq!(
+        token(&first, &other).await.0,
+        401,
+        "the name must match the token"
+    );
     let (status, body) = token(&first, &[("client_id", "dash")]).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_request")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
 
     // The relay's own OAuth client, pointed at the first relay's /compat.
     // SAFETY: tests only add variables with names no other test reads.

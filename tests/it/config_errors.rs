@@ -4,29 +4,15 @@
 //! index; no API token is a warning; `status` needs no secret but the
 //! store's.
 
-use std::process::Command;
-
-use crate::harness::bin;
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "{args:?} panicked:\n{text}");
-    (out.status.success(), text)
-}
+use crate::cli::run;
 
 fn check(body: &str, env: &[(&str, &str)]) -> (bool, String) {
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(f.path(), body).unwrap();
-    run(&["check-config", "--config", f.path().to_str().unwrap()], env)
+    run(
+        &["check-config", "--config", f.path().to_str().unwrap()],
+        env,
+    )
 }
 
 const SOURCE: &str = "[[sources]]\nname = \"pc\"\nbase_url = \"http://127.0.0.1:9/api\"\nresources = [\"patients\"]\n";
@@ -47,16 +33,25 @@ fn check_config_lists_every_problem_with_its_line_or_variable() {
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }
-    assert!(text.contains("(line 8 of "), "the unknown key's line:\n{text}");
+    assert!(
+        text.contains("(line 8 of "),
+        "the unknown key's line:\n{text}"
+    );
 }
 
 #[test]
 fn list_items_are_set_from_the_environment() {
     let env = [
-        ("STAMP_RELAY__SOURCES__0__BASE_URL", "http://127.0.0.1:9/other"),
+        (
+            "STAMP_RELAY__SOURCES__0__BASE_URL",
+            "http://127.0.0.1:9/other",
+        ),
         ("STAMP_RELAY__API__TOKENS__0__NAME", "ops"),
         ("STAMP_RELAY__API__TOKENS__0__SCOPE", "admin"),
-        ("STAMP_RELAY__API__TOKENS__0__TOKEN_ENV", "SR_TEST_OPS_TOKEN"),
+        (
+            "STAMP_RELAY__API__TOKENS__0__TOKEN_ENV",
+            "SR_TEST_OPS_TOKEN",
+        ),
         ("SR_TEST_OPS_TOKEN", "secret-value"),
     ];
     let (ok, text) = check(SOURCE, &env);
@@ -76,7 +71,10 @@ fn list_items_are_set_from_the_environment() {
 fn no_api_tokens_is_a_warning() {
     let (ok, text) = check(SOURCE, &[]);
     assert!(ok, "{text}");
-    assert!(text.contains("warning: api.tokens: no [[api.tokens]]"), "{text}");
+    assert!(
+        text.contains("warning: api.tokens: no [[api.tokens]]"),
+        "{text}"
+    );
 }
 
 #[test]

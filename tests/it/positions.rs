@@ -69,9 +69,15 @@ async fn positions_past_the_top_are_refused(ts: TestStore) {
         assert_eq!(body["field"], field, "{body}");
         assert_eq!(body["top"], top.to_string(), "{body}");
     };
-    ahead(answer(app.get(&format!("{EVENTS}?after={past}"))).await, "after");
+    ahead(
+        answer(app.get(&format!("{EVENTS}?after={past}"))).await,
+        "after",
+    );
     let sse = app.get(&format!("{EVENTS}?after={past}"));
-    ahead(answer(sse.header("accept", "text/event-stream")).await, "after");
+    ahead(
+        answer(sse.header("accept", "text/event-stream")).await,
+        "after",
+    );
     let sse = app.get(EVENTS).header("accept", "text/event-stream");
     let resumed = sse.header("last-event-id", format!("{past}-0"));
     ahead(answer(resumed).await, "Last-Event-ID");
@@ -81,7 +87,10 @@ async fn positions_past_the_top_are_refused(ts: TestStore) {
     let page = app.get_json(&format!("{EVENTS}?after={top}")).await;
     assert_eq!(page["next_after"], top.to_string(), "{page}");
     let made = app
-        .post_json("/v1/subscriptions", &sub(json!({"sim/patients": top.stamp})))
+        .post_json(
+            "/v1/subscriptions",
+            &sub(json!({"sim/patients": top.stamp})),
+        )
         .await;
     let id = made["id"].as_str().expect("created");
     let replay = app.post(
@@ -99,9 +108,11 @@ async fn the_beginning_of_a_trimmed_table_needs_consent(ts: TestStore) {
         ..RetentionConfig::default()
     };
     let (_sim, app, t) = synced(&ts, 40, retention).await;
-    eventually("the stream to be trimmed", Duration::from_secs(10), async || {
-        ts.store.stream_len(&t).await.unwrap() == 10
-    })
+    eventually(
+        "the stream to be trimmed",
+        Duration::from_secs(10),
+        async || ts.store.stream_len(&t).await.unwrap() == 10,
+    )
     .await;
     let oldest = all_events(ts.store.as_ref(), &t).await[0].id;
     let trimmed = |(status, body): (u16, Value), field: &str| {
@@ -114,7 +125,10 @@ async fn the_beginning_of_a_trimmed_table_needs_consent(ts: TestStore) {
     trimmed(answer(app.get(&format!("{EVENTS}?after=0"))).await, "after");
     trimmed(answer(app.get(EVENTS)).await, "after");
     let sse = app.get(&format!("{EVENTS}?after=0"));
-    trimmed(answer(sse.header("accept", "text/event-stream")).await, "after");
+    trimmed(
+        answer(sse.header("accept", "text/event-stream")).await,
+        "after",
+    );
     let create = app.post("/v1/subscriptions", &sub(json!("beginning")));
     trimmed(answer(create).await, "start.sim/patients");
 
@@ -129,9 +143,16 @@ async fn the_beginning_of_a_trimmed_table_needs_consent(ts: TestStore) {
     let mut body = sub(json!("beginning"));
     body["from_oldest_kept"] = json!(true);
     let made = app.post_json("/v1/subscriptions", &body).await;
-    assert_eq!(made["start"]["sim/patients"], StreamId::ZERO.to_string(), "{made}");
+    assert_eq!(
+        made["start"]["sim/patients"],
+        StreamId::ZERO.to_string(),
+        "{made}"
+    );
     let warning = made["warnings"][0].as_str().expect("a warning");
-    assert!(warning.starts_with("sim/patients: store.retention removed"), "{warning}");
+    assert!(
+        warning.starts_with("sim/patients: store.retention removed"),
+        "{warning}"
+    );
     let id = made["id"].as_str().unwrap();
     let replay = app.post(
         &format!("/v1/subscriptions/{id}/replay"),

@@ -92,7 +92,12 @@ async fn a_store_that_loses_its_data_is_reloaded_as_a_snapshot(ts: TestStore) {
     assert!(
         events.iter().all(|e| e.snapshot
             && e.prev.is_none()
-            && e.op == if archived(e) { Op::Deleted } else { Op::Created }),
+            && e.op
+                == if archived(e) {
+                    Op::Deleted
+                } else {
+                    Op::Created
+                }),
         "the reload is a snapshot, not invented changes"
     );
 

@@ -116,7 +116,10 @@ async fn archived_records_load_as_deleted(ts: TestStore) {
     create(&sim.sim, "patients", "B");
     let del = Change::new("patients", simulator::Op::Delete).with_id("B");
     sim.sim.apply(del).unwrap();
-    let mut relay = relay(&ts, vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)]);
+    let mut relay = relay(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
+    );
     let t = Target::new("sim", "patients");
     poll_until_quiet(&mut relay, 5).await;
     let ops = |events: Vec<stamp_relay::events::Event>| -> Vec<_> {
