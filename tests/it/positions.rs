@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stamp_relay::{
-    config::{Paging, RetentionConfig},
+    config::{Paging, RetentionConfig, Secret, SubscriptionDecl},
     events::StreamId,
     store::Target,
 };
@@ -19,7 +19,8 @@ use crate::on_both_stores;
 
 on_both_stores!(
     positions_past_the_top_are_refused,
-    the_beginning_of_a_trimmed_table_needs_consent
+    the_beginning_of_a_trimmed_table_needs_consent,
+    a_declared_beginning_on_a_trimmed_table_needs_consent
 );
 
 const EVENTS: &str = "/v1/resources/sim/patients/events";
@@ -166,5 +167,62 @@ async fn the_beginning_of_a_trimmed_table_needs_consent(ts: TestStore) {
         )
         .await;
     assert!(replay["warnings"][0].is_string(), "{replay}");
+    app.stop().await;
+}
+
+/// A `[[subscriptions]]` entry starting at the beginning of a trimmed table
+/// is created disabled, saying why, unless it says `from_oldest_kept`.
+async fn a_declared_beginning_on_a_trimmed_table_needs_consent(ts: TestStore) {
+    let retention = RetentionConfig {
+        max_events: Some(10),
+        interval: Duration::from_millis(50),
+        ..RetentionConfig::default()
+    };
+    let (sim, app, t) = synced(&ts, 40, retention.clone()).await;
+    eventually(
+        "the stream to be trimmed",
+        Duration::from_secs(10),
+        async || ts.store.stream_len(&t).await.unwrap() == 10,
+    )
+    .await;
+    app.stop().await;
+    let declare = |id: &str, oldest_kept: bool| SubscriptionDecl {
+        settings: serde_json::from_value(json!({
+            "id": id, "url": "https://hooks.example.com/x", "resources": ["*"],
+            "secret_env": "UNUSED", "start": "beginning", "from_oldest_kept": oldest_kept,
+        }))
+        .unwrap(),
+        secret: Secret::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+    };
+    let sources = vec![source(&sim.base_url, &["patients"], Paging::Keyset, 50)];
+    let app = App::spawn_with(&ts, sources, |c| {
+        c.store.retention = retention;
+        c.subscriptions = vec![declare("silent", false), declare("said", true)];
+    })
+    .await;
+    let look = async |id: &str| {
+        for _ in 0..500 {
+            let r = app
+                .get(&format!("/v1/subscriptions/{id}"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                return r.json::<Value>().await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{id} was never created");
+    };
+    let silent = look("silent").await;
+    assert_eq!(silent["enabled"], false, "{silent}");
+    let reason = silent["disabled_reason"].as_str().unwrap();
+    assert!(reason.contains("from_oldest_kept"), "{reason}");
+    let said = look("said").await;
+    assert_eq!(
+        (said["enabled"].as_bool(), said["disabled_reason"].is_null()),
+        (Some(true), true),
+        "{said}"
+    );
     app.stop().await;
 }
