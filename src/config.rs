@@ -285,7 +285,7 @@ mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
-pub use load::{ENV_PREFIX, env_vars};
+pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };

@@ -69,19 +69,22 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
 /// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
 /// the subscriptions it declares included: every problem at once.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let (raw, mut problems) = RawConfig::load_partly(path, crate::config::env_vars())?;
+    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
+    let mut problems = loaded.problems;
     // A key found wrong is read as its default, so the rest is checked too.
-    let Some(raw) = raw else {
+    let Some(raw) = loaded.raw else {
         return Err(ConfigError { problems });
     };
-    problems.append(&mut self::problems(&raw));
-    match raw.validate(&|k| std::env::var(k).ok()) {
+    let mut found = self::problems(&raw);
+    let config = raw.validate(&|k| std::env::var(k).ok());
+    if let Err(e) = &config {
+        found.splice(0..0, e.problems.iter().cloned());
+    }
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().map(|p| origins.annotate(p)));
+    match config {
         Ok(config) if problems.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigError { problems }),
-        Err(mut e) => {
-            problems.append(&mut e.problems);
-            Err(ConfigError { problems })
-        }
+        _ => Err(ConfigError { problems }),
     }
 }
 

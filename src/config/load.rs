@@ -44,8 +44,12 @@ impl RawConfig {
         vars: Vec<(String, String)>,
     ) -> Result<RawConfig, ConfigError> {
         match RawConfig::load_partly(path, vars)? {
-            (Some(raw), problems) if problems.is_empty() => Ok(raw),
-            (_, problems) => Err(ConfigError { problems }),
+            Loaded {
+                raw: Some(raw),
+                problems,
+                ..
+            } if problems.is_empty() => Ok(raw),
+            Loaded { problems, .. } => Err(ConfigError { problems }),
         }
     }
 
@@ -55,7 +59,7 @@ impl RawConfig {
     pub fn load_partly(
         path: Option<&Path>,
         vars: Vec<(String, String)>,
-    ) -> Result<(Option<RawConfig>, Vec<String>), ConfigError> {
+    ) -> Result<Loaded, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
         let mut text = String::new();
         if let Some(path) = path {
@@ -73,13 +77,17 @@ impl RawConfig {
         })?;
         let mut problems = Vec::new();
         let overrides = overlay(&mut tree, vars, &mut problems);
-        let origin = Origin {
-            file: path,
-            text: &text,
-            overrides: &overrides,
+        let origins = Origins {
+            file: path.map(Path::to_path_buf),
+            text,
+            overrides,
         };
-        let raw = read_all(tree, &origin, &mut problems);
-        Ok((raw, problems))
+        let raw = read_all(tree, &origins, &mut problems);
+        Ok(Loaded {
+            raw,
+            problems,
+            origins,
+        })
     }
 }
 
@@ -160,14 +168,43 @@ fn set(node: &mut Value, path: &[String], v: Value) -> Result<(), String> {
     }
 }
 
-/// Where a key's value came from, to name in its problem.
-struct Origin<'a> {
-    file: Option<&'a Path>,
-    text: &'a str,
-    overrides: &'a [Override],
+/// What [`RawConfig::load_partly`] read: the configuration (when one could
+/// be read), its problems, and where each key came from.
+pub struct Loaded {
+    pub raw: Option<RawConfig>,
+    pub problems: Vec<String>,
+    pub origins: Origins,
 }
 
-impl Origin<'_> {
+/// Where each key's value came from, to name in its problem.
+pub struct Origins {
+    file: Option<std::path::PathBuf>,
+    text: String,
+    overrides: Vec<Override>,
+}
+
+impl Origins {
+    /// A problem of the validation (`sources[0].base_url: …`) with where
+    /// the key it names came from.
+    pub fn annotate(&self, problem: String) -> String {
+        let key: String = problem
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'))
+            .collect();
+        let path: Vec<String> = key
+            .replace('[', ".")
+            .replace(']', "")
+            .split('.')
+            .map(String::from)
+            .collect();
+        let known = ["store", "api", "sources", "delivery", "subscriptions"];
+        if !known.contains(&path[0].as_str()) {
+            return problem;
+        }
+        let origin = self.of(&path);
+        format!("{problem}{origin}")
+    }
+
     /// ` (STAMP_RELAY__…)` or ` (line N of file)` for the key at `path`.
     fn of(&self, path: &[String]) -> String {
         let from_env = self
@@ -178,7 +215,7 @@ impl Origin<'_> {
         if let Some(o) = from_env.filter(|_| !path.is_empty()) {
             return format!(" (environment variable {})", o.var);
         }
-        match (self.file, lines::line_of(self.text, path)) {
+        match (&self.file, lines::line_of(&self.text, path)) {
             (Some(f), Some(n)) => format!(" (line {n} of {})", f.display()),
             _ => String::new(),
         }
@@ -187,7 +224,7 @@ impl Origin<'_> {
 
 /// Reads the tree into a `RawConfig`, stepping over each wrong key: every
 /// problem is noted; `None` when one could not be stepped over.
-fn read_all(mut tree: Value, origin: &Origin<'_>, problems: &mut Vec<String>) -> Option<RawConfig> {
+fn read_all(mut tree: Value, origin: &Origins, problems: &mut Vec<String>) -> Option<RawConfig> {
     for _ in 0..MAX_PROBLEMS {
         let e = match tree.deserialize::<RawConfig>() {
             Ok(raw) => return Some(raw),

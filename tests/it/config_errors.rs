@@ -22,7 +22,11 @@ fn check_config_lists_every_problem_with_its_line_or_variable() {
     let body = format!(
         "{SOURCE}page_size = \"big\"\n[store]\nlease_ttl = 5\nredis_urll = \"x\"\nkey_prefix = \"a{{b}}\"\n"
     );
-    let (ok, text) = check(&body, &[("STAMP_RELAY__DELIVERY__REQUEST_TIMEOUT", "true")]);
+    let env = [
+        ("STAMP_RELAY__DELIVERY__REQUEST_TIMEOUT", "true"),
+        ("STAMP_RELAY__API__MAX_CONNECTIONS", "0"),
+    ];
+    let (ok, text) = check(&body, &env);
     assert!(!ok, "{text}");
     for needle in [
         "sources[0].page_size: invalid type: found string \"big\", expected u32 (line 5 of ",
@@ -30,12 +34,21 @@ fn check_config_lists_every_problem_with_its_line_or_variable() {
         "redis_urll",
         "(environment variable STAMP_RELAY__DELIVERY__REQUEST_TIMEOUT)",
         "store.key_prefix",
+        "api.max_connections: must be greater than zero (environment variable STAMP_RELAY__API__MAX_CONNECTIONS)",
     ] {
         assert!(text.contains(needle), "no {needle:?} in\n{text}");
     }
     assert!(
         text.contains("(line 8 of "),
         "the unknown key's line:\n{text}"
+    );
+    let prefix = text
+        .lines()
+        .find(|l| l.contains("store.key_prefix"))
+        .unwrap();
+    assert!(
+        prefix.ends_with(".toml)") && prefix.contains("(line 9 of "),
+        "{prefix}"
     );
 }
 
