@@ -92,10 +92,14 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError
 /// the keys' types and the store's values are checked, but no upstream,
 /// API or webhook secret need be set.
 pub fn load_store_config(path: Option<&std::path::Path>) -> Result<RawConfig, ConfigError> {
-    let raw = RawConfig::load(path)?;
-    match raw.store_problems() {
-        problems if problems.is_empty() => Ok(raw),
-        problems => Err(ConfigError { problems }),
+    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
+    let mut problems = loaded.problems;
+    let found = loaded.raw.as_ref().map(RawConfig::store_problems);
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().flatten().map(|p| origins.annotate(p)));
+    match loaded.raw {
+        Some(raw) if problems.is_empty() => Ok(raw),
+        _ => Err(ConfigError { problems }),
     }
 }
 

@@ -33,27 +33,8 @@ struct Override {
 }
 
 impl RawConfig {
-    /// Reads `path` (if any) and the process's `STAMP_RELAY__` variables.
-    pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
-        RawConfig::load_with(path, env_vars())
-    }
-
-    /// Reads `path` (if any) with `vars` as the environment.
-    pub fn load_with(
-        path: Option<&Path>,
-        vars: Vec<(String, String)>,
-    ) -> Result<RawConfig, ConfigError> {
-        match RawConfig::load_partly(path, vars)? {
-            Loaded {
-                raw: Some(raw),
-                problems,
-                ..
-            } if problems.is_empty() => Ok(raw),
-            Loaded { problems, .. } => Err(ConfigError { problems }),
-        }
-    }
-
-    /// Like [`RawConfig::load_with`], but with the problems found also the
+    /// Reads `path` (if any) with `vars` as the environment (the process's
+    /// in production, [`env_vars`]): the problems found, and the
     /// configuration read without the keys they name (defaults instead),
     /// when one could be read, so its values can be checked too.
     pub fn load_partly(
@@ -306,7 +287,15 @@ mod tests {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         std::fs::write(f.path(), file).unwrap();
         let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        RawConfig::load_with(Some(f.path()), vars.collect()).map_err(|e| e.problems)
+        match RawConfig::load_partly(Some(f.path()), vars.collect()) {
+            Ok(Loaded {
+                raw: Some(raw),
+                problems,
+                ..
+            }) if problems.is_empty() => Ok(raw),
+            Ok(loaded) => Err(loaded.problems),
+            Err(e) => Err(e.problems),
+        }
     }
 
     const SOURCE: &str =
