@@ -124,6 +124,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         c.sources.len(),
         c.subscriptions.len()
     );
+    if c.api_tokens.is_empty() {
+        println!(
+            "warning: api.tokens: no [[api.tokens]], so every /v1 and /compat route and the \
+             status page answer 401; add one (name, scope = \"admin\" or \"read\", token_env)"
+        );
+    }
     for s in &c.subscriptions {
         let url = crate::subscription::url_for_logs(&s.settings.url);
         let resources = s.settings.resources.join(", ");
@@ -165,7 +171,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             sync_once(crate::declared::load_config(Some(&config))?).await
         }
-        Command::Status { config } => status(crate::declared::load_config(Some(&config))?).await,
+        Command::Status { config } => {
+            status(crate::declared::load_store_config(Some(&config))?).await
+        }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
             stamp_relay_simulator::run(*args, shutdown_signal()).await?;
@@ -324,17 +332,13 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
     Some((stop, task))
 }
 
-async fn status(config: Config) -> anyhow::Result<ExitCode> {
+/// Reads the store only: needs no upstream, API or webhook secret.
+async fn status(config: crate::config::RawConfig) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
     let targets: Vec<Target> = config
         .sources
         .iter()
-        .flat_map(|s| {
-            s.settings
-                .resources
-                .iter()
-                .map(|r| Target::new(s.name(), r))
-        })
+        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
         .collect();
     let snap = crate::status::snapshot(
         store.as_ref(),

@@ -7,12 +7,8 @@
 //! this layer (`declared.rs`, whose `load_config` is what the commands use).
 //! Every error names the key that is wrong and says what to do.
 
-use std::{fmt, net::SocketAddr, path::Path, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-use figment::{
-    Figment,
-    providers::{Env, Format, Serialized, Toml},
-};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -273,25 +269,6 @@ impl ConfigError {
 /// Reads a variable through the lookup (the process environment in production).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-impl RawConfig {
-    pub fn load(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
-        if let Some(path) = path {
-            if !path.exists() {
-                return Err(ConfigError::one(format!(
-                    "config file {} does not exist; pass an existing file to --config",
-                    path.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        fig = fig.merge(Env::prefixed("STAMP_RELAY__").split("__"));
-        fig.extract().map_err(|e| ConfigError {
-            problems: e.into_iter().map(describe_figment_error).collect(),
-        })
-    }
-}
-
 /// Joins a path below a base URL, keeping the base's own path.
 pub fn join(base: &Url, rest: &str) -> Url {
     let mut u = base.clone();
@@ -300,39 +277,17 @@ pub fn join(base: &Url, rest: &str) -> Url {
     u
 }
 
-fn describe_figment_error(e: figment::Error) -> String {
-    // List items as `sources[0]`, the way the validation names them.
-    let key = e
-        .path
-        .iter()
-        .fold(String::new(), |key, part| match part.parse::<usize>() {
-            Ok(i) => format!("{key}[{i}]"),
-            Err(_) if key.is_empty() => part.clone(),
-            Err(_) => format!("{key}.{part}"),
-        });
-    let kind = e.kind.to_string();
-    let key = key.strip_prefix("default.").unwrap_or(&key).to_string();
-    let hint = match &e.kind {
-        figment::error::Kind::UnknownVariant(..) => "; pick one of the listed values",
-        figment::error::Kind::MissingField(_) => "; add it to the file",
-        figment::error::Kind::UnknownField(..) => "; remove it or fix its spelling",
-        _ => "",
-    };
-    if key.is_empty() {
-        format!("{kind}{hint}")
-    } else {
-        format!("{key}: {kind}{hint}")
-    }
-}
-
 mod cidr;
 mod reference;
+mod lines;
+mod load;
 mod source;
 mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
 pub use reference::REFERENCE;
+pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };

@@ -14,7 +14,7 @@ use std::{collections::HashMap, time::Duration};
 use crate::{
     config::{Config, ConfigError, RawConfig, SourceConfig, SubscriptionConfig},
     events::{StreamId, now_ms},
-    store::{DeliveryStore, Store, StoreResult, Target, update_subscription},
+    store::{Store, StoreResult, Target, update_subscription},
     subscription::{self as sub, Invalid, ManagedBy, Start, StartSpec, Subscription},
 };
 
@@ -29,6 +29,8 @@ pub const REMOVED: &str = "removed from the configuration file ([[subscriptions]
 pub struct Declared {
     pub sub: Subscription,
     pub start: Start,
+    /// `from_oldest_kept`: a start at 0 on a trimmed table is accepted.
+    pub from_oldest_kept: bool,
 }
 
 /// Every problem of the `[[subscriptions]]` entries that the API's rules
@@ -67,15 +69,37 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
 /// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
 /// the subscriptions it declares included: every problem at once.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let raw = RawConfig::load(path)?;
-    let mut problems = problems(&raw);
-    match raw.validate(&|k| std::env::var(k).ok()) {
+    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
+    let mut problems = loaded.problems;
+    // A key found wrong is read as its default, so the rest is checked too.
+    let Some(raw) = loaded.raw else {
+        return Err(ConfigError { problems });
+    };
+    let mut found = self::problems(&raw);
+    let config = raw.validate(&|k| std::env::var(k).ok());
+    if let Err(e) = &config {
+        found.splice(0..0, e.problems.iter().cloned());
+    }
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().map(|p| origins.annotate(p)));
+    match config {
         Ok(config) if problems.is_empty() => Ok(config),
-        Ok(_) => Err(ConfigError { problems }),
-        Err(mut e) => {
-            e.problems.append(&mut problems);
-            Err(e)
-        }
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// Loads the file for a command that only reads the store (`status`):
+/// the keys' types and the store's values are checked, but no upstream,
+/// API or webhook secret need be set.
+pub fn load_store_config(path: Option<&std::path::Path>) -> Result<RawConfig, ConfigError> {
+    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
+    let mut problems = loaded.problems;
+    let found = loaded.raw.as_ref().map(RawConfig::store_problems);
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().flatten().map(|p| origins.annotate(p)));
+    match loaded.raw {
+        Some(raw) if problems.is_empty() => Ok(raw),
+        _ => Err(ConfigError { problems }),
     }
 }
 
@@ -129,6 +153,7 @@ fn check(
         (Ok(url), Ok(resources), Ok(ops), Ok(fields), Ok(start)) if p.is_empty() => Ok(Declared {
             sub: model(c, url, resources, ops, fields),
             start,
+            from_oldest_kept: c.from_oldest_kept,
         }),
         _ => Err(p),
     }
@@ -258,7 +283,7 @@ async fn last_ids(store: &dyn Store, known: &[Target]) -> StoreResult<HashMap<Ta
 }
 
 async fn create(
-    store: &dyn DeliveryStore,
+    store: &dyn Store,
     d: &Declared,
     known: &[Target],
     now: &HashMap<Target, StreamId>,
@@ -266,9 +291,42 @@ async fn create(
     let mut s = d.sub.clone();
     s.start = sub::resolve_start(&d.start, &s.resources.of(known), now);
     (s.created_ms, s.updated_ms) = (now_ms(), now_ms());
+    if let Some(reason) = trimmed_start(store, &s, d.from_oldest_kept).await? {
+        (s.enabled, s.disabled_reason) = (false, Some(reason));
+    }
     store.put_subscription(&s).await?;
     tracing::info!(subscription = %s.id, url = %s.url.for_logs(), "subscription created from the configuration file");
     Ok(())
+}
+
+/// The reason to create a subscription disabled when it starts at 0 on a
+/// table whose retention removed events, where it would begin at the
+/// oldest event kept without a word (docs/replay.md); with
+/// `from_oldest_kept` it does, and the log says so.
+async fn trimmed_start(
+    store: &dyn Store,
+    s: &Subscription,
+    oldest_kept: bool,
+) -> StoreResult<Option<String>> {
+    for (t, _) in s.start.iter().filter(|(_, f)| **f == StreamId::ZERO) {
+        let through = store.trimmed_through(t).await?;
+        if through == StreamId::ZERO {
+            continue;
+        }
+        if oldest_kept {
+            tracing::warn!(subscription = %s.id, target = %t, %through, "subscription starts at the oldest event kept: store.retention removed the events before it");
+            continue;
+        }
+        let reason = format!(
+            "start = \"beginning\" asks for every event of {t}, but store.retention removed \
+             the events up to {through}; to begin at the oldest event kept, enable it \
+             (PATCH enabled: true), or set from_oldest_kept = true before it is first created; \
+             to see every change, rebuild the receiver from the snapshot (docs/resync.md)"
+        );
+        tracing::error!(subscription = %s.id, target = %t, %through, "subscription from the configuration file created disabled: {reason}");
+        return Ok(Some(reason));
+    }
+    Ok(None)
 }
 
 /// Whether the stored subscription differs from what the file says.

@@ -143,9 +143,13 @@ impl IndexEntry {
 }
 
 /// The op for a record version seen with `stamp`, or `None` when the index
-/// already holds this stamp or a newer one (a duplicate, dropped).
+/// already holds this stamp or a newer one (a duplicate, dropped). A record
+/// first seen already deleted (an archived resident on an initial load) is
+/// `deleted`, never `created`: a receiver that inserts on `created` would
+/// add it as a new, live record.
 pub fn classify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<Op> {
     match prev {
+        None if deleted => Some(Op::Deleted),
         None => Some(Op::Created),
         Some(p) if stamp <= p.stamp => None,
         Some(p) => Some(match (p.deleted, deleted) {
@@ -253,7 +257,7 @@ mod tests {
     #[test]
     fn classification_follows_the_index() {
         assert_eq!(classify(None, 5, false), Some(Op::Created));
-        assert_eq!(classify(None, 5, true), Some(Op::Created));
+        assert_eq!(classify(None, 5, true), Some(Op::Deleted));
         assert_eq!(classify(entry(3, false), 4, false), Some(Op::Updated));
         assert_eq!(classify(entry(3, false), 4, true), Some(Op::Deleted));
         assert_eq!(classify(entry(3, true), 4, false), Some(Op::Restored));

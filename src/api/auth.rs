@@ -39,6 +39,21 @@ impl ApiToken {
     }
 }
 
+impl ApiToken {
+    /// Whether `secret` is this token, compared through digests in
+    /// constant time.
+    pub(super) fn is(&self, secret: &str) -> bool {
+        ct_eq(&self.digest, &Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// The key bearers issued for this token are signed with
+    /// (`compat_auth.rs`): its digest, so every instance with the same
+    /// configuration verifies them and removing the token revokes them.
+    pub(super) fn bearer_key(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
 /// How a token came: only a Bearer token may authorize a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Presented {
@@ -117,6 +132,27 @@ pub fn authorize(
         ));
     }
     Ok(scope)
+}
+
+/// Read scope for `/compat` routes: a configured token, or a bearer
+/// issued by `POST /compat/{source}/api/integration/auth/`.
+pub async fn require_compat(
+    State(tokens): State<Arc<Vec<ApiToken>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(presented_token)
+        .filter(|(how, _)| *how == Presented::Bearer);
+    if let Some((_, b)) = bearer
+        && super::compat_auth::verify(&tokens, &b, crate::events::now_ms() / 1000)
+    {
+        return next.run(req).await;
+    }
+    require(&tokens, Scope::Read, req, next).await
 }
 
 async fn require(tokens: &[ApiToken], needed: Scope, req: Request, next: Next) -> Response {

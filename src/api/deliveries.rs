@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState,
     extract::{JsonBody, PathParams, QueryParams},
+    positions::check_position,
     problem::{ApiResult, Problem},
     requests::StartSpec,
     subscriptions::{known_targets, load},
@@ -26,6 +27,9 @@ use crate::{
 pub struct ReplayRequest {
     /// `"beginning"` or `{"source/resource": stamp}`: delivery restarts after these stamps.
     from: StartSpec,
+    /// `from` 0 may begin at the oldest event kept (api/positions.rs).
+    #[serde(default)]
+    from_oldest_kept: bool,
 }
 
 pub async fn replay(
@@ -47,9 +51,11 @@ pub async fn replay(
         // Not allowed in a replay: nothing moves.
         Start::Now => BTreeMap::new(),
     };
-    for t in &targets {
-        let after = positions.get(t).copied();
-        super::resources::check_kept(&s, t, after, &format!("from.{t}")).await?;
+    let oldest_kept = req.from_oldest_kept;
+    let mut warnings = Vec::new();
+    for (t, after) in &positions {
+        let field = format!("from.{t}");
+        warnings.extend(check_position(&s, t, *after, &field, oldest_kept).await?);
     }
     let mut moved = Vec::new();
     for t in &targets {
@@ -61,7 +67,7 @@ pub async fn replay(
             // before it may have removed what the new one needs. Then the
             // replay is refused as a whole, with every position put back.
             if let Err(gone) =
-                super::resources::check_kept(&s, t, Some(*after), &format!("from.{t}")).await
+                check_position(&s, t, *after, &format!("from.{t}"), oldest_kept).await
             {
                 for (t, old) in moved {
                     if let Some(old) = old {
@@ -77,7 +83,11 @@ pub async fn replay(
         .map(|(t, id)| (t.to_string(), id.to_string()))
         .collect();
     tracing::info!(subscription = %id, "delivery replay requested");
-    Ok(Json(json!({ "id": sub.id, "replaying_after": shown })))
+    let mut body = json!({ "id": sub.id, "replaying_after": shown });
+    if !warnings.is_empty() {
+        body["warnings"] = warnings.into();
+    }
+    Ok(Json(body))
 }
 
 /// Sends a signed ping now and answers with what the receiver said.

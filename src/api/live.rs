@@ -15,8 +15,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
     ApiState,
+    positions::read_checked,
     problem::{ApiResult, Problem},
-    resources::read_checked,
 };
 use crate::{
     cloudevents::EventSource,
@@ -26,20 +26,27 @@ use crate::{
     tail::LiveEvent,
 };
 
+/// What a live stream's client asked for.
+pub(super) struct Reading {
+    /// `filter` and `fields`.
+    pub sel: Selection,
+    /// Events carry previous values (src/previous.rs).
+    pub previous: bool,
+    /// A stream from 0 may start at the oldest event kept (positions.rs).
+    pub oldest_kept: bool,
+}
+
 /// The state of one live stream between items.
 struct Live {
     s: ApiState,
     t: Target,
     src: Arc<EventSource>,
     cursor: StreamId,
-    /// What the client asked for (`filter`, `fields`).
-    sel: Selection,
+    read: Reading,
     rx: broadcast::Receiver<Arc<LiveEvent>>,
     pending: VecDeque<Arc<LiveEvent>>,
     catching_up: bool,
     done: bool,
-    /// Events carry previous values (src/previous.rs).
-    previous: bool,
     /// One of `api.max_sse_clients`, given back when the stream ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -52,8 +59,7 @@ pub(super) async fn live(
     t: Target,
     src: Arc<EventSource>,
     after: Option<StreamId>,
-    sel: Selection,
-    previous: bool,
+    read: Reading,
 ) -> ApiResult<Response> {
     let slot = s.live_slots.clone().try_acquire_owned().map_err(|_| {
         Problem::new(
@@ -75,12 +81,11 @@ pub(super) async fn live(
         t,
         src,
         cursor,
-        sel,
+        read,
         rx,
         pending: VecDeque::new(),
         catching_up: true,
         done: false,
-        previous,
         _slot: slot,
     };
     let stream = live_stream(state);
@@ -129,13 +134,13 @@ impl Live {
                 continue;
             }
             self.cursor = e.id;
-            let json = if self.previous {
-                if !self.sel.matches(&EventView::new(&self.src, e)) {
+            let json = if self.read.previous {
+                if !self.read.sel.matches(&EventView::new(&self.src, e)) {
                     continue;
                 }
                 std::borrow::Cow::Owned(crate::previous::to_json(&self.src, e))
             } else {
-                match self.sel.render_live(&self.src, &live) {
+                match self.read.sel.render_live(&self.src, &live) {
                     Some(json) => json,
                     None => continue,
                 }
@@ -149,7 +154,8 @@ impl Live {
     /// up when there is none. An `error` event, ending the stream, when the
     /// store fails or retention trimmed past the cursor.
     async fn catch_up(&mut self) -> Option<SseEvent> {
-        match read_checked(self.s.shared.store.as_ref(), &self.t, self.cursor, 500).await {
+        let store = self.s.shared.store.as_ref();
+        match read_checked(store, &self.t, self.cursor, 500, self.read.oldest_kept).await {
             Ok((_, Some(through))) => {
                 // Fell behind what retention keeps: say so and stop,
                 // rather than skip events.
@@ -164,7 +170,7 @@ impl Live {
                 None
             }
             Ok((mut page, _)) => {
-                if self.previous
+                if self.read.previous
                     && let Err(e) = self.s.shared.store.fill_previous(&self.t, &mut page).await
                 {
                     return Some(self.store_failed(e));
@@ -190,7 +196,7 @@ impl Live {
     /// when the client asked for previous values. None when that lookup
     /// failed: the client catches up from the store instead.
     async fn with_previous(&mut self, live: Arc<LiveEvent>) -> Option<Arc<LiveEvent>> {
-        if !self.previous || crate::store::records::replaced(&live.event).is_none() {
+        if !self.read.previous || crate::store::records::replaced(&live.event).is_none() {
             return Some(live);
         }
         let mut events = [live.event.clone()];

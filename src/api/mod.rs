@@ -29,10 +29,12 @@ use crate::{
 
 pub mod auth;
 pub mod compat;
+mod compat_auth;
 mod deliveries;
 pub mod extract;
 mod health;
 mod live;
+mod positions;
 pub mod problem;
 mod records;
 mod requests;
@@ -86,11 +88,26 @@ fn read_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/resources/{source}/{resource}/records/{id}",
             get(records::get),
         )
-        .route("/compat/{source}/api/{resource}/", get(compat::list))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_read,
         ))
+}
+
+/// The compatible API: read with a configured token or a bearer its own
+/// OAuth route issued (`compat_auth.rs`), which checks the credentials it
+/// is given itself.
+fn compat_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
+        .route("/compat/{source}/api/{resource}/", get(compat::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_compat,
+        ))
+        .route(
+            "/compat/{source}/api/integration/auth/",
+            post(compat_auth::issue),
+        )
 }
 
 /// Everything under `/v1` that needs an admin token.
@@ -130,6 +147,7 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
 pub fn router(state: ApiState) -> Router {
     let read = read_routes(&state);
     let admin = admin_routes(&state);
+    let compat = compat_routes(&state);
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(health::readyz))
@@ -149,6 +167,7 @@ pub fn router(state: ApiState) -> Router {
             )),
         )
         .merge(read)
+        .merge(compat)
         .merge(admin)
         .fallback(|| async {
             Problem::new(

@@ -78,15 +78,42 @@ impl Problem {
         } else {
             Default::default()
         };
+        let what = if after == crate::events::StreamId::ZERO {
+            format!("{field} 0 (the beginning) asks for every event of {t}, but")
+        } else {
+            format!("{field} {after} is older than what {t} keeps:")
+        };
         Problem {
             detail: format!(
-                "{field} {after} is older than what {t} keeps: store.retention removed the events up to \
-                 {through}; to see every change, {rebuild}; or start from {through}, or from 0 for \
-                 the oldest event kept"
+                "{what} store.retention removed the events up to {through}; to see every change, \
+                 {rebuild}; or start from {through}, or from 0 with from_oldest_kept=true for the \
+                 oldest event kept"
             ),
             field: Some(field),
             extra,
             ..Problem::new(StatusCode::GONE, "events_trimmed", "")
+        }
+    }
+
+    /// A position past the table's last event (`top`): following it would
+    /// pass over the events stamped up to it when they arrive.
+    pub fn ahead(
+        field: &str,
+        t: &crate::store::Target,
+        after: crate::events::StreamId,
+        top: crate::events::StreamId,
+    ) -> Problem {
+        Problem {
+            detail: format!(
+                "{field} {after} is past the last event of {t}, {top}: events stamped up to \
+                 {after} would be skipped when they arrive; start from {top} or earlier (each \
+                 table has its own stamps; see GET /v1/resources for its last_id)"
+            ),
+            field: Some(field.into()),
+            extra: [("top".to_string(), json!(top.to_string()))]
+                .into_iter()
+                .collect(),
+            ..Problem::new(StatusCode::CONFLICT, "position_ahead", "")
         }
     }
 

@@ -19,6 +19,10 @@ pub struct CreateRequest {
     pub ops: Vec<String>,
     #[serde(default, deserialize_with = "present")]
     pub start: Option<StartSpec>,
+    /// `start` at 0 may begin at the oldest event kept on a table whose
+    /// retention removed events (api/positions.rs).
+    #[serde(default, deserialize_with = "present")]
+    pub from_oldest_kept: Option<bool>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "present")]

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiState,
     extract::{PathParams, QueryParams},
+    positions::{check_position, oldest_kept_flag, read_page},
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -88,6 +89,9 @@ pub struct EventsQuery {
     previous: Option<String>,
     filter: Option<String>,
     fields: Option<String>,
+    /// `true`: `after=0` on a table whose retention removed events starts
+    /// at the oldest event kept instead of answering 410 (positions.rs).
+    from_oldest_kept: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -110,56 +114,6 @@ fn target_of(
             "{t} is not a configured source/resource; see GET /v1/resources"
         ))),
     }
-}
-
-/// Reads up to `limit` events after `after`, and the last ID retention
-/// removed if it removed events the reader has not seen: the marker is read
-/// before the read (a trim that already ran) and after it (one that raced
-/// it), since it only ever rises.
-pub(super) async fn read_checked(
-    store: &dyn crate::store::Store,
-    t: &Target,
-    after: StreamId,
-    limit: usize,
-) -> crate::store::StoreResult<(Vec<crate::events::Event>, Option<StreamId>)> {
-    let before = store.trimmed_through(t).await?;
-    let page = store.read(t, after, limit).await?;
-    let later = store.trimmed_through(t).await?;
-    let gap = after != StreamId::ZERO
-        && (after < before || skipped(after, later, page.first().map(|e| e.id)));
-    Ok((page, gap.then_some(later)))
-}
-
-/// Whether a read after `after` whose first event is `first` skipped events
-/// retention removed (the last of them `through`): only when the removed
-/// ones lie between the cursor and what was read. A trim that ran after the
-/// read removed events the reader already has.
-fn skipped(after: StreamId, through: StreamId, first: Option<StreamId>) -> bool {
-    after != StreamId::ZERO && after < through && first.is_some_and(|f| through < f)
-}
-
-/// Refuses a cursor before what retention removed (410): following it
-/// would skip events without saying so. `0` (nothing seen yet, "from the
-/// beginning") is never refused: it starts at the oldest event kept.
-pub async fn check_kept(
-    s: &ApiState,
-    t: &Target,
-    after: Option<StreamId>,
-    field: &str,
-) -> ApiResult<()> {
-    if let Some(after) = after.filter(|a| *a != StreamId::ZERO) {
-        let through = s.shared.store.trimmed_through(t).await?;
-        if after < through {
-            return Err(Problem::trimmed(
-                field,
-                t,
-                after,
-                through,
-                s.compat.keeps(t),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
@@ -209,6 +163,20 @@ fn page_events<'a>(
         .collect()
 }
 
+/// The `limit` query parameter.
+fn limit_of(raw: Option<&str>) -> ApiResult<usize> {
+    match raw {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(Problem::invalid(
+                "limit",
+                format!("{l:?} must be an integer from 1 to {MAX_LIMIT}"),
+            )),
+        },
+    }
+}
+
 pub async fn events(
     State(s): State<ApiState>,
     PathParams((source, resource)): PathParams<(String, String)>,
@@ -219,6 +187,7 @@ pub async fn events(
     let sel = crate::filter::from_query(q.filter.as_deref(), q.fields.as_deref(), &src.fields)?;
     let after = parse_after(q.after.as_deref(), "after")?;
     let previous = previous_flag(q.previous.as_deref(), &sel)?;
+    let oldest_kept = oldest_kept_flag(q.from_oldest_kept.as_deref())?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -236,32 +205,19 @@ pub async fn events(
             "after"
         };
         let from = resume.or(after);
-        check_kept(&s, &t, from, field).await?;
-        return super::live::live(s, t, src, from, sel, previous).await;
+        if let Some(from) = from {
+            check_position(&s, &t, from, field, oldest_kept).await?;
+        }
+        let read = super::live::Reading {
+            sel,
+            previous,
+            oldest_kept,
+        };
+        return super::live::live(s, t, src, from, read).await;
     }
-    let limit = match q.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(Problem::invalid(
-                    "limit",
-                    format!("{l:?} must be an integer from 1 to {MAX_LIMIT}"),
-                ));
-            }
-        },
-    };
+    let limit = limit_of(q.limit.as_deref())?;
     let after = after.unwrap_or(StreamId::ZERO);
-    let (mut page, gap) = read_checked(s.shared.store.as_ref(), &t, after, limit + 1).await?;
-    if let Some(through) = gap {
-        return Err(Problem::trimmed(
-            "after",
-            &t,
-            after,
-            through,
-            s.compat.keeps(&t),
-        ));
-    }
+    let mut page = read_page(&s, &t, after, limit + 1, oldest_kept).await?;
     let has_more = page.len() > limit;
     page.truncate(limit);
     if previous {
@@ -274,24 +230,4 @@ pub async fn events(
         has_more,
     };
     Ok(Json(body).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::skipped;
-    use crate::events::StreamId;
-
-    #[test]
-    fn a_gap_only_where_removed_events_lie_between_cursor_and_read() {
-        let id = |s| StreamId::new(s, 0);
-        // Removed up to 50 before the read: the page starts at 51, 6..50 are gone.
-        assert!(skipped(id(5), id(50), Some(id(51))));
-        // Removed up to 50 after the read: the reader has 6.. already.
-        assert!(!skipped(id(5), id(50), Some(id(6))));
-        // Nothing removed after the cursor.
-        assert!(!skipped(id(60), id(50), Some(id(61))));
-        // "From the beginning" is never a gap; neither is an empty read.
-        assert!(!skipped(StreamId::ZERO, id(50), Some(id(51))));
-        assert!(!skipped(id(5), id(50), None));
-    }
 }

@@ -105,7 +105,8 @@ pub async fn create(
     }
     let fields = crate::filter::subscription_fields(req.filters.as_ref(), req.fields.as_ref())?;
     sub::validate_fields_alone(req.previous.unwrap_or(false), &fields)?;
-    let start = start_points(&s, req.start.clone(), &targets).await?;
+    let oldest_kept = req.from_oldest_kept.unwrap_or(false);
+    let (start, warnings) = start_points(&s, req.start.clone(), &targets, oldest_kept).await?;
     let at = now_ms();
     let subscription = Subscription {
         id: sub::new_id(),
@@ -132,13 +133,16 @@ pub async fn create(
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
-    created(&subscription)
+    created(&subscription, warnings)
 }
 
 /// 201 with the new subscription and, this once, its secret.
-fn created(subscription: &Subscription) -> ApiResult<Response> {
+fn created(subscription: &Subscription, warnings: Vec<String>) -> ApiResult<Response> {
     let mut body = serde_json::to_value(View::from(subscription)).map_err(Problem::internal)?;
     body["secret"] = subscription.secret.as_str().into();
+    if !warnings.is_empty() {
+        body["warnings"] = warnings.into();
+    }
     let location = format!("/v1/subscriptions/{}", subscription.id);
     Ok((
         StatusCode::CREATED,
@@ -156,13 +160,15 @@ fn all_kept(s: &ApiState, targets: &[Target]) -> ApiResult<()> {
     Ok(())
 }
 
-/// Where each target starts, as `start` names it; stamps the caller chose
-/// must still be kept.
+/// Where each target starts, as `start` names it, and a warning per table
+/// where it begins at the oldest event kept. A start the caller chose
+/// (`beginning`, stamps) must be an honest position (positions.rs).
 async fn start_points(
     s: &ApiState,
     spec: Option<super::requests::StartSpec>,
     targets: &[Target],
-) -> ApiResult<std::collections::BTreeMap<Target, StreamId>> {
+    oldest_kept: bool,
+) -> ApiResult<(std::collections::BTreeMap<Target, StreamId>, Vec<String>)> {
     let mut now = HashMap::new();
     for t in targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
@@ -172,14 +178,15 @@ async fn start_points(
         None => sub::Start::Now,
     };
     let start = sub::resolve_start(&chosen, targets, &now);
-    // Only stamps the caller chose can be older than what is kept.
-    if matches!(chosen, sub::Start::Stamps(_)) {
-        for t in targets {
-            let from = start.get(t).copied();
-            super::resources::check_kept(s, t, from, &format!("start.{t}")).await?;
+    let mut warnings = Vec::new();
+    if !matches!(chosen, sub::Start::Now) {
+        for (t, from) in &start {
+            let field = format!("start.{t}");
+            let check = super::positions::check_position(s, t, *from, &field, oldest_kept);
+            warnings.extend(check.await?);
         }
     }
-    Ok(start)
+    Ok((start, warnings))
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {

@@ -46,6 +46,11 @@ pub struct SubscriptionConfig {
     /// `"beginning"` or `{"source/resource" = stamp}`.
     #[serde(default)]
     pub start: Option<serde_json::Value>,
+    /// A start at the beginning of a table whose retention removed events
+    /// begins at the oldest event kept (a warning in the log) instead of
+    /// leaving the subscription disabled (docs/replay.md).
+    #[serde(default)]
+    pub from_oldest_kept: bool,
 }
 
 /// A `[[subscriptions]]` entry with its secret read from the environment.

@@ -1,4 +1,8 @@
 use super::*;
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
 
 fn parse(toml: &str) -> RawConfig {
     Figment::from(Serialized::defaults(RawConfig::default()))

@@ -53,6 +53,16 @@ impl RawConfig {
     }
 }
 
+impl RawConfig {
+    /// The problems of the store's values alone, for commands that only
+    /// read the store.
+    pub fn store_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        check_store(&mut problems, &self.store);
+        problems
+    }
+}
+
 /// What `[[subscriptions]]` needs of the file and the environment: ids fit
 /// for store keys and unique, secrets set and in the `whsec_` form.
 fn check_subscriptions(

@@ -73,6 +73,19 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
             );
             continue;
         }
+        if path.ends_with("/integration/auth/") {
+            // The compatible OAuth route takes its credentials in the form
+            // (tests/it/compat_auth.rs): a token answers nothing there.
+            let (status, _, body) = json_of(anon).await;
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (400, Some("invalid_request"))
+            );
+            let wrong = [("client_id", "dash"), ("client_secret", "nope")];
+            let r = app.http.post(&url).form(&wrong).send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with wrong credentials");
+            continue;
+        }
         let (status, ct, body) = json_of(anon).await;
         assert_eq!(status, 401, "{method} {path} without a token");
         assert!(

@@ -12,7 +12,8 @@ use stamp_relay::config::SourceConfig;
 
 use crate::harness::{ConfigBuilder, bin, free_port, upstream};
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+/// Runs the binary; whether it succeeded, and what it printed.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(bin())
         .args(args)
         .envs(env.iter().copied())

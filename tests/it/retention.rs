@@ -173,9 +173,12 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
         .unwrap();
     assert_eq!(reconnect.status(), 200);
     drop(reconnect);
-    // 0 means "nothing seen yet": the oldest event kept, not a 410.
+    // 0 means "every event": a 410 too, unless the reader accepts the
+    // oldest event kept (tests/it/positions.rs).
+    let zero = app.get("/v1/resources/sim/patients/events?after=0");
+    assert_eq!(zero.send().await.unwrap().status(), 410);
     let from_zero = app
-        .get_json("/v1/resources/sim/patients/events?after=0")
+        .get_json("/v1/resources/sim/patients/events?after=0&from_oldest_kept=true")
         .await;
     assert_eq!(from_zero["events"][0]["streamid"], kept[0].id.to_string());
     // From the last removed ID, replay has exactly what is kept.

@@ -21,6 +21,7 @@ on_both_stores!(
     late_commits_with_overlap,
     keyset_paging_commits_each_page,
     rejects_keep_raw_json,
+    archived_records_load_as_deleted,
 );
 on_cluster!(
     seed_example,
@@ -99,6 +100,49 @@ async fn seed_example(ts: TestStore) {
     let r = p.poll_once(&cancel).await.unwrap();
     assert_eq!(r.outcome.appended(), 0);
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 5);
+    assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+}
+
+/// A record the initial load finds already deleted (an archived resident)
+/// is announced as `deleted` with `snapshot`, not `created`; restoring it
+/// later is a `restored` like any other (src/events.rs, classify).
+async fn archived_records_load_as_deleted(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        order: Order::Name,
+        ..SimConfig::default()
+    })
+    .await;
+    create(&sim.sim, "patients", "A");
+    create(&sim.sim, "patients", "B");
+    let del = Change::new("patients", simulator::Op::Delete).with_id("B");
+    sim.sim.apply(del).unwrap();
+    let mut relay = relay(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
+    );
+    let t = Target::new("sim", "patients");
+    poll_until_quiet(&mut relay, 5).await;
+    let ops = |events: Vec<stamp_relay::events::Event>| -> Vec<_> {
+        events
+            .into_iter()
+            .map(|e| (e.record, e.op, e.prev, e.snapshot))
+            .collect()
+    };
+    assert_eq!(
+        ops(all_events(ts.store.as_ref(), &t).await),
+        [
+            ("A".to_string(), Op::Created, None, true),
+            ("B".to_string(), Op::Deleted, None, true)
+        ]
+    );
+    let restore = Change::new("patients", simulator::Op::Restore).with_id("B");
+    sim.sim.apply(restore).unwrap();
+    poll_until_quiet(&mut relay, 5).await;
+    let events = all_events(ts.store.as_ref(), &t).await;
+    assert_eq!(
+        (events[2].op, events[2].prev, events[2].snapshot),
+        (Op::Restored, Some(events[1].stamp), false)
+    );
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
 }
 
@@ -282,7 +326,9 @@ async fn keyset_paging_commits_each_page(ts: TestStore) {
     );
     let cancel = CancellationToken::new();
     let r = relay.pollers[0].poll_once(&cancel).await.unwrap();
-    assert_eq!((r.outcome.created, r.pages), (95, 10));
+    // Records the load finds archived are `deleted` (src/events.rs).
+    let loaded = r.outcome.created + r.outcome.deleted;
+    assert_eq!((loaded, r.outcome.appended(), r.pages), (95, 95, 10));
     let syncs: Vec<u64> = sim.sim.requests().iter().map(|q| q.sync).collect();
     assert_eq!(syncs, [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]);
     sim.sim.random_writes(Some("patients"), 20);

@@ -64,7 +64,10 @@ for i = 7, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp, prev_at = nil, '', nil
-  if not prev then
+  if not prev and del == '1' then
+    -- First seen already deleted (archived): src/events.rs, classify.
+    op = 'deleted'
+  elseif not prev then
     op = 'created'
   else
     local at = string.find(prev, '@', 1, true)
