@@ -278,16 +278,16 @@ pub fn join(base: &Url, rest: &str) -> Url {
 }
 
 mod cidr;
-mod reference;
 mod lines;
 mod load;
+mod reference;
 mod source;
 mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
-pub use reference::REFERENCE;
 pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
+pub use reference::REFERENCE;
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
 };

@@ -193,7 +193,9 @@ async fn fan_out(
         lags.last().copied().unwrap_or(0)
     );
     if min != max || min == 0 {
-        println!("  clients received different event counts ({min}..{max}): some events were missed");
+        println!(
+            "  clients received different event counts ({min}..{max}): some events were missed"
+        );
     }
     Ok(())
 }
