@@ -145,6 +145,9 @@ pub struct Poller {
     lease: Option<lease::LeaseKeeper>,
     /// The table's epoch as this poller first saw it (see epoch.rs).
     epoch: Option<String>,
+    /// After a store failover, the stamp polls start from until one
+    /// completes (see epoch.rs).
+    resume: Option<u64>,
     last_reconcile: Option<Instant>,
     pub status: Arc<TargetStatus>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -178,6 +181,7 @@ impl Poller {
             settings,
             lease: None,
             epoch: None,
+            resume: None,
             last_reconcile: None,
             status: Arc::default(),
             rejected: HashSet::new(),
@@ -228,6 +232,9 @@ impl Poller {
         report.leased = true;
         let result = self.leased_poll(&mut report, cancel).await;
         self.lease = None;
+        if let Err(PollError::Store(StoreError::TailLost { top, highest, .. })) = &result {
+            self.failover(*top, *highest);
+        }
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.observe(&report, &result);
         tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
@@ -249,11 +256,17 @@ impl Poller {
         // load never completed (a crash mid-load).
         let snapshot = self.loading(report.before).await?;
         report.loading = snapshot;
-        report.sync = report.before.stamp.saturating_sub(self.settings.overlap);
+        let cursor = self
+            .resume
+            .map_or(report.before.stamp, |r| r.min(report.before.stamp));
+        report.sync = cursor.saturating_sub(self.settings.overlap);
         let result = match self.settings.paging {
             Paging::Keyset => self.keyset(report, snapshot, cancel).await,
             Paging::Pages => self.pages(report, snapshot, cancel).await,
         };
+        if result.is_ok() && !report.unsettled {
+            self.resume = None;
+        }
         report.after = self
             .store
             .last_id(&self.target)

@@ -20,6 +20,8 @@ use crate::{
     },
 };
 
+pub mod alerts;
+mod highest;
 pub mod records;
 pub mod redis;
 pub mod sqlite;
@@ -44,6 +46,9 @@ pub struct PollStatus {
     pub error: Option<String>,
     /// Events appended per minute, over about the last minute.
     pub rate_per_min: f64,
+    /// What the poller noticed that breaks an assumption of the sync.
+    #[serde(skip_serializing_if = "alerts::Marks::is_empty")]
+    pub alerts: alerts::Marks,
 }
 
 impl PollStatus {
@@ -78,6 +83,18 @@ pub enum StoreError {
         "the store lost the data of {0} (its epoch changed) during this poll; this append was not made and the table reloads"
     )]
     Reset(String),
+    #[error(
+        "the store lost the newest events of {target}: its stream ends at {top}, below {highest}, which this relay appended \
+         (a failover to a replica that was behind, or an older copy of the store); this append was not made, and the \
+         lost versions are fetched again and appended above {highest}"
+    )]
+    TailLost {
+        target: String,
+        /// The stream's last entry now.
+        top: StreamId,
+        /// The highest ID this process had appended, now gone.
+        highest: StreamId,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

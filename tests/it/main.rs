@@ -10,6 +10,7 @@ mod compat;
 mod crash;
 mod declared;
 mod delivery;
+mod failover;
 mod faults;
 mod filters;
 mod health;

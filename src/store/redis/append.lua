@@ -3,9 +3,9 @@
 -- KEYS: events stream, record index hash, lease string, epoch string,
 --       records hash, stamps sorted set, trimmed marker, late sorted set
 --       (one hash tag).
--- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the stream's last
---       ID as this writer last saw it ('' when unknown), keep records (0/1),
---       then per record: id, stamp, deleted (0/1), data.
+-- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the highest ID
+--       this writer appended under that epoch ('' when none), keep records
+--       (0/1), then per record: id, stamp, deleted (0/1), data.
 -- The index entry of a record points at its latest version's event:
 -- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
 -- `<stamp>-0` (a late event); an event whose previous version was late
@@ -18,10 +18,13 @@
 -- a record or writing a set on the common path.
 -- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
 -- Re-running a chunk is a no-op: every version is checked against the index.
--- A last ID other than the writer's means writes it saw acknowledged are
--- gone (a replica took over before receiving them): appending after the
--- gap would skip them for good, so refuse, and the poller starts over from
--- the stream's real last ID.
+-- A last entry below the writer's highest ID means writes it saw
+-- acknowledged are gone (a replica took over before receiving them). Their
+-- IDs must never be issued again (a reader may have read them), so the
+-- stream's last generated ID goes back up to the writer's highest and the
+-- append is refused: the poller fetches the lost versions again, and they
+-- come in as late events above every ID a reader may hold (docs/sync.md,
+-- "Store failovers").
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LEASELOST the lease is held by another instance')
 end
@@ -30,21 +33,43 @@ end
 if redis.call('GET', KEYS[4]) ~= ARGV[4] then
   return redis.error_reply('EPOCHCHANGED the store lost this table since the poll began')
 end
-local top_stamp, top_seq = '0', 0
+local function parse(id)
+  local s, q = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(s), tonumber(q)
+end
+-- Whether stream ID a is above b.
+local function above(a, b)
+  local as, aq = parse(a)
+  local bs, bq = parse(b)
+  return as > bs or (as == bs and aq > bq)
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local top_id = '0-0'
 if #last > 0 then
   top_id = last[1][1]
 end
-if ARGV[5] ~= '' and ARGV[5] ~= top_id then
-  return redis.error_reply('STREAMMOVED the stream ends at ' .. top_id .. ', not ' .. ARGV[5] .. ' as this writer last saw it')
+-- New IDs go above the last generated one, which stays above the last
+-- entry when the newest entries were deleted (or the ID was raised below).
+local issued = top_id
+if #last > 0 or redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' and above(info[i + 1], issued) then
+      issued = info[i + 1]
+    end
+  end
 end
-if #last > 0 then
-  local id = last[1][1]
-  local dash = string.find(id, '-', 1, true)
-  top_stamp = string.sub(id, 1, dash - 1)
-  top_seq = tonumber(string.sub(id, dash + 1))
+if ARGV[5] ~= '' and above(ARGV[5], top_id) then
+  if above(ARGV[5], issued) then
+    if redis.call('EXISTS', KEYS[1]) == 1 then
+      redis.call('XSETID', KEYS[1], ARGV[5])
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '0', ARGV[5], 'op', '')
+    end
+  end
+  return redis.error_reply('TAILLOST ' .. top_id .. ' ' .. ARGV[5])
 end
+local top_stamp, top_seq = parse(issued)
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
 local keep = ARGV[6] == '1'
@@ -92,13 +117,13 @@ for i = 7, #ARGV, 4 do
   end
   if op then
     local entry = stamp
-    if tonumber(stamp) > tonumber(top_stamp) then
-      top_stamp, top_seq = stamp, 0
+    if tonumber(stamp) > top_stamp then
+      top_stamp, top_seq = tonumber(stamp), 0
     else
       top_seq = top_seq + 1
       late = late + 1
     end
-    top_id = top_stamp .. '-' .. string.format('%d', top_seq)
+    top_id = string.format('%d-%d', top_stamp, top_seq)
     if del == '1' then
       entry = stamp .. ':deleted'
     end

@@ -19,13 +19,19 @@ pub(super) struct Batch {
     /// is the process's first append to it (fill or drop it first).
     pub keep: bool,
     pub first: bool,
+    /// The highest ID this process appended to the table (store/highest.rs),
+    /// and the highest it issued that the file lost: no new ID goes at or
+    /// below it, as a reader may hold it.
+    pub highest: Option<StreamId>,
+    pub issued: Option<StreamId>,
 }
 
+/// Appends the batch; returns what it did and the stream's last ID.
 pub(super) fn append(
     c: &mut Connection,
     t: &Target,
     batch: &Batch,
-) -> rusqlite::Result<AppendOutcome> {
+) -> rusqlite::Result<(AppendOutcome, StreamId)> {
     let tx = c.transaction()?;
     if batch.first {
         records::fill_or_drop(&tx, t, batch.keep)?;
@@ -37,9 +43,23 @@ pub(super) fn append(
 }
 
 /// Appends each record of the batch that changes its record (the rest count
-/// as duplicates), inside the caller's transaction.
-fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+/// as duplicates), inside the caller's transaction. Refuses when the file
+/// lost events this process appended (an older copy put in its place),
+/// like `append.lua` after a failover.
+fn append_records(
+    c: &Connection,
+    t: &Target,
+    batch: &Batch,
+) -> rusqlite::Result<(AppendOutcome, StreamId)> {
     let mut top = last_id(c, t)?;
+    if let Some(highest) = batch.highest.filter(|h| *h > top) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(format!("TAILLOST {top} {highest}")),
+        ));
+    }
+    let mut last = top;
+    top = top.max(batch.issued.unwrap_or_default());
     let mut out = AppendOutcome::default();
     for r in &batch.records {
         let prev = index_entry(c, t, &r.id)?;
@@ -55,10 +75,10 @@ fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result
         let event = NewEvent { id, op, prev };
         insert_event(c, t, batch, r, &event)?;
         put_index(c, t, r, id)?;
-        top = id;
+        (top, last) = (id, id);
         out.count(op);
     }
-    Ok(out)
+    Ok((out, last))
 }
 
 /// The index entry of `record`: its latest stamp and whether it is deleted.
