@@ -156,6 +156,22 @@ pub fn classify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<O
     }
 }
 
+/// The op for a version seen by a reload after an upstream reset: the
+/// upstream's version wins whatever its stamp, so a version whose stamp or
+/// deleted flag differs from the index entry is appended; `None` when the
+/// index holds exactly this version.
+pub fn reclassify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<Op> {
+    match prev {
+        Some(p) if p.stamp == stamp && p.deleted == deleted => None,
+        Some(p) => Some(match (p.deleted, deleted) {
+            (false, true) => Op::Deleted,
+            (true, false) => Op::Restored,
+            _ => Op::Updated,
+        }),
+        None => Some(Op::Created),
+    }
+}
+
 /// The ID for the next appended event: `<stamp>-0` when the stamp is above
 /// the stream's top, else a late event `<top stamp>-<top seq + 1>`.
 pub fn next_id(top: StreamId, stamp: u64) -> StreamId {

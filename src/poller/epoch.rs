@@ -68,8 +68,10 @@ impl Poller {
         self.status.resets.fetch_add(1, Ordering::Relaxed);
         self.status.last_reset_ms.store(now_ms(), Ordering::Relaxed);
         self.status.reloading.store(true, Ordering::Relaxed);
-        // An empty stream is now a table to load, not an empty table.
+        // An empty stream is now a table to load, not an empty table, and
+        // its cursor is the stream's again.
         self.saw_success = false;
+        (self.era, self.era_loaded, self.resume) = (None, true, None);
     }
 }
 

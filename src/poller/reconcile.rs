@@ -76,9 +76,11 @@ impl Poller {
         let fields = self.settings.fields.clone();
         let mut report = PollReport::default();
         let mut page_no = 1;
+        let (mut count, mut seen_max) = (None, 0);
         loop {
             let page = self.fetch(0, page_no, cancel).await?;
             out.pages += 1;
+            count.get_or_insert(page.count);
             let more = page.next.is_some() && !page.results.is_empty();
             let mut records: Vec<UpstreamRecord> = Vec::new();
             for raw in page.results {
@@ -89,6 +91,7 @@ impl Poller {
                 }
             }
             records.sort_unstable_by_key(|r| r.stamp);
+            seen_max = records.last().map_or(seen_max, |r| r.stamp.max(seen_max));
             out.compared += records.len() as u64;
             self.commit(&records, false, &mut report, cancel).await?;
             if !more {
@@ -98,7 +101,31 @@ impl Poller {
         }
         out.outcome = report.outcome;
         out.repaired = out.outcome.appended();
-        Ok(())
+        self.sweep_evidence(top, count.unwrap_or(0), seen_max, cancel)
+            .await
+    }
+
+    /// The sweep's answers are evidence of an upstream reset as a poll's
+    /// are (rebase.rs): above all, a `sync=0` count well below the records
+    /// held. Only stamps at or below the cursor were appended, which a
+    /// reset upstream's versions are not above, so nothing was invented.
+    async fn sweep_evidence(
+        &mut self,
+        top: u64,
+        count: u64,
+        seen_max: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), PollError> {
+        let mut report = PollReport {
+            cursor: self.cursor(top).await,
+            ..PollReport::default()
+        };
+        match self.check_upstream(&report, count, seen_max).await {
+            Err(PollError::UpstreamReset(evidence)) => {
+                self.upstream_reset(evidence, &mut report, cancel).await
+            }
+            other => other,
+        }
     }
 
     /// Whether `reconcile_interval` has passed since the last sweep (the

@@ -92,6 +92,7 @@ impl Poller {
             error: result.as_ref().err().map(|e| e.to_string()),
             rate_per_min: self.rate(now),
             alerts: self.alerts().clone(),
+            upstream_cursor: self.era,
         };
         if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
             tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");

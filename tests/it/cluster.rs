@@ -100,6 +100,7 @@ async fn append(ts: &TestStore, t: &Target, records: &[UpstreamRecord]) -> Resul
         observed: 0,
         epoch: &epoch,
         records,
+        rebase: false,
     };
     ts.store.append(t, batch).await.map(|o| o.created)
 }

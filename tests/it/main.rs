@@ -38,4 +38,5 @@ mod sync;
 mod tail;
 mod takeover;
 mod upstream;
+mod upstream_reset;
 mod versions;

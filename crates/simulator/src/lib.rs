@@ -246,6 +246,13 @@ impl Simulator {
         &self.config
     }
 
+    /// Starts over with the same seed, as a restarted simulator would: the
+    /// records as generated, every write since gone, stamps back at the
+    /// initial top. The upstream reset of a UAT refresh or a restore.
+    pub fn restart(&self) {
+        *lock(&self.data) = Dataset::new(&self.config);
+    }
+
     fn late(&self) -> Late {
         let faults = &lock(&self.faults).faults;
         Late {

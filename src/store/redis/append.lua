@@ -5,7 +5,8 @@
 --       (one hash tag).
 -- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the highest ID
 --       this writer appended under that epoch ('' when none), keep records
---       (0/1), then per record: id, stamp, deleted (0/1), data.
+--       (0/1), rebase (0/1: events.rs `reclassify` instead of `classify`),
+--       then per record: id, stamp, deleted (0/1), data.
 -- The index entry of a record points at its latest version's event:
 -- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
 -- `<stamp>-0` (a late event); an event whose previous version was late
@@ -73,6 +74,7 @@ local top_stamp, top_seq = parse(issued)
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late = 0, 0
 local keep = ARGV[6] == '1'
+local rebase = ARGV[7] == '1'
 local trimmed = nil
 -- Whether the event `id` is at or below the trimmed marker (read once).
 local function gone(id)
@@ -85,7 +87,7 @@ local function gone(id)
   is, iq = tonumber(is), tonumber(iq)
   return is < trimmed[1] or (is == trimmed[1] and iq <= trimmed[2])
 end
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp, prev_at = nil, '', nil
@@ -105,7 +107,8 @@ for i = 7, #ARGV, 4 do
       prev_stamp = string.sub(head, 1, colon - 1)
       was_deleted = true
     end
-    if tonumber(stamp) > tonumber(prev_stamp) then
+    local differs = tonumber(stamp) ~= tonumber(prev_stamp) or (del == '1') ~= was_deleted
+    if tonumber(stamp) > tonumber(prev_stamp) or (rebase and differs) then
       if del == '1' and not was_deleted then
         op = 'deleted'
       elseif del == '0' and was_deleted then

@@ -194,7 +194,8 @@ impl Store for RedisStore {
                     .map(|id| id.to_string())
                     .unwrap_or_default(),
             )
-            .arg(self.keep_arg(t));
+            .arg(self.keep_arg(t))
+            .arg(if batch.rebase { "1" } else { "0" });
         for r in batch.records {
             inv.arg(&r.id)
                 .arg(r.stamp)
@@ -300,6 +301,18 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(v.as_deref().and_then(IndexEntry::decode))
+    }
+
+    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+        let mut c = self.conn.clone();
+        let all: Vec<(String, String)> = c
+            .hgetall(self.keys(t).index)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, v)| Some((id, IndexEntry::decode(&v)?)))
+            .collect())
     }
 
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {

@@ -24,6 +24,7 @@ pub(super) struct Batch {
     /// below it, as a reader may hold it.
     pub highest: Option<StreamId>,
     pub issued: Option<StreamId>,
+    pub rebase: bool,
 }
 
 /// Appends the batch; returns what it did and the stream's last ID.
@@ -63,7 +64,12 @@ fn append_records(
     let mut out = AppendOutcome::default();
     for r in &batch.records {
         let prev = index_entry(c, t, &r.id)?;
-        let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
+        let op = if batch.rebase {
+            events::reclassify(prev, r.stamp, r.deleted)
+        } else {
+            events::classify(prev, r.stamp, r.deleted)
+        };
+        let Some(op) = op else {
             out.duplicates += 1;
             records::fill_duplicate(c, t, r, prev, batch.keep)?;
             continue;
@@ -102,6 +108,18 @@ pub(super) fn index_entry(
         })
     })
     .optional()
+}
+
+/// Every entry of the table's index, with its record id.
+pub(super) fn index_all(c: &Connection, t: &Target) -> rusqlite::Result<Vec<(String, IndexEntry)>> {
+    let mut q = c.prepare_cached(
+        "SELECT record, stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2",
+    )?;
+    q.query_map(params![t.source, t.resource], |row| {
+        let entry = IndexEntry::new(row.get::<_, i64>(1)? as u64, row.get(2)?);
+        Ok((row.get(0)?, entry))
+    })?
+    .collect()
 }
 
 /// What [`append_records`] decided for one record, to write as an event.

@@ -182,6 +182,7 @@ impl Store for SqliteStore {
             first: self.keep.first_use(&target),
             highest: self.highest.get(&target, batch.epoch),
             issued: self.issued.get(&target, batch.epoch),
+            rebase: batch.rebase,
         };
         let (first, keep, epoch) = (batch.first, &self.keep, batch.epoch.clone());
         let out = self.with(move |c| append(c, &t, &batch)).await;
@@ -270,6 +271,11 @@ impl Store for SqliteStore {
     async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
         let (t, record) = (t.clone(), record.to_string());
         self.with(move |c| index_entry(c, &t, &record)).await
+    }
+
+    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+        let t = t.clone();
+        self.with(move |c| append::index_all(c, &t)).await
     }
 
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
