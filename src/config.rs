@@ -332,8 +332,8 @@ mod validate;
 
 pub use cidr::{Cidr, canonical};
 pub use source::{
-    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, OnUpstreamReset, Paging, QueryNames, Source,
-    SourceConfig,
+    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, HardDeletes, OnUpstreamReset, Paging,
+    QueryNames, Source, SourceConfig,
 };
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 

@@ -223,6 +223,9 @@ pub struct AppendOutcome {
     pub restored: u64,
     /// Versions already in the index (re-reads, replays after a crash).
     pub duplicates: u64,
+    /// Versions with a stamp below the record's indexed one: against the
+    /// contract (stamps from clocks), dropped too but counted apart.
+    pub regressions: u64,
     /// Events appended below the stream's top as `<top>-<seq>`.
     pub late: u64,
 }
@@ -247,6 +250,7 @@ impl AppendOutcome {
         self.deleted += o.deleted;
         self.restored += o.restored;
         self.duplicates += o.duplicates;
+        self.regressions += o.regressions;
         self.late += o.late;
     }
 }
@@ -349,6 +353,7 @@ mod tests {
             deleted: 3,
             restored: 4,
             duplicates: 0,
+            regressions: 0,
             late: 0,
         };
         assert_eq!(o, want);
@@ -360,10 +365,12 @@ mod tests {
             deleted: 30,
             restored: 40,
             duplicates: 50,
+            regressions: 70,
             late: 60,
         };
         sum.add(&AppendOutcome {
             duplicates: 5,
+            regressions: 7,
             late: 6,
             ..want
         });
@@ -375,6 +382,7 @@ mod tests {
                 deleted: 33,
                 restored: 44,
                 duplicates: 55,
+                regressions: 77,
                 late: 66,
             }
         );

@@ -32,6 +32,18 @@ pub enum OnUpstreamReset {
     Pause,
 }
 
+/// What the reconcile sweep does with records the upstream no longer
+/// returns (hard deletes, against the contract; see poller/breaks.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HardDeletes {
+    /// Log, count and mark them; append nothing.
+    #[default]
+    Report,
+    /// Also append a `deleted` event with stamp 0 for each (docs/events.md).
+    Emit,
+}
+
 /// How the relay authenticates to the upstream, as written in the file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -140,6 +152,9 @@ pub struct SourceConfig {
     /// `resnapshot` (default) or `pause`, when the upstream went back in time.
     #[serde(default)]
     pub on_upstream_reset: OnUpstreamReset,
+    /// `report` (default) or `emit`: records a reconcile sweep finds gone.
+    #[serde(default)]
+    pub hard_deletes: HardDeletes,
     #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
     pub request_timeout: Duration,
     /// Attempts per upstream request before the poll fails.

@@ -25,6 +25,7 @@ use crate::{
     upstream::{Upstream, UpstreamError},
 };
 
+mod breaks;
 mod epoch;
 mod lease;
 mod paging;
@@ -127,6 +128,7 @@ pub struct PollSettings {
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
     pub on_upstream_reset: crate::config::OnUpstreamReset,
+    pub hard_deletes: crate::config::HardDeletes,
     pub fields: crate::config::FieldNames,
     /// `store.lease_ttl`: the poll lease, renewed in the background while a
     /// poll runs (see lease.rs).
@@ -143,6 +145,7 @@ impl PollSettings {
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
             on_upstream_reset: source.on_upstream_reset,
+            hard_deletes: source.hard_deletes,
             fields: source.fields.clone(),
             lease_ttl,
         }
@@ -365,6 +368,15 @@ impl Poller {
             self.status
                 .appended
                 .fetch_add(out.appended(), Ordering::Relaxed);
+            if out.regressions > 0 {
+                tracing::warn!(target = %self.target, regressions = out.regressions,
+                    "the upstream showed records with a stamp below their last one (stamps from clocks? \
+                     docs/sync.md, \"What the relay detects\"); those versions were not appended");
+                self.alert(
+                    crate::store::alerts::Alert::StampRegression,
+                    out.regressions,
+                );
+            }
             report.outcome.add(&out);
             // Chunks are in stamp order; stamp 0 marks records found gone.
             report.top = report.top.max(chunk.last().map_or(0, |r| r.stamp));

@@ -125,6 +125,9 @@ impl Poller {
         }
         self.rebasing = false;
         result?;
+        if !gone.is_empty() {
+            self.alert(Alert::HardDeletes, gone.len() as u64);
+        }
         tracing::warn!(target = %self.target, reloaded = report.outcome.appended(), gone = gone.len(),
             cursor = set.floor, "reloaded the table after an upstream reset (snapshot=1)");
         self.era = Some(set.floor);
@@ -134,7 +137,10 @@ impl Poller {
 
     /// Records the index holds (not deleted) that the upstream no longer
     /// returns, as `deleted` versions with stamp 0 and their last data.
-    async fn gone(&self, returned: &HashSet<String>) -> Result<Vec<UpstreamRecord>, PollError> {
+    pub(super) async fn gone(
+        &self,
+        returned: &HashSet<String>,
+    ) -> Result<Vec<UpstreamRecord>, PollError> {
         let mut out = Vec::new();
         for (id, entry) in self.store.index_all(&self.target).await? {
             if entry.deleted || returned.contains(&id) {

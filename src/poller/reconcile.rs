@@ -33,6 +33,9 @@ pub struct ReconcileReport {
     pub compared: u64,
     /// Missed versions appended as late events.
     pub repaired: u64,
+    /// Records the index holds that the upstream no longer returns (hard
+    /// deletes; see breaks.rs).
+    pub gone: u64,
     pub outcome: AppendOutcome,
 }
 
@@ -77,6 +80,7 @@ impl Poller {
         let mut report = PollReport::default();
         let mut page_no = 1;
         let (mut count, mut seen_max) = (None, 0);
+        let mut ids = std::collections::HashSet::new();
         loop {
             let page = self.fetch(0, page_no, cancel).await?;
             out.pages += 1;
@@ -85,8 +89,12 @@ impl Poller {
             let mut records: Vec<UpstreamRecord> = Vec::new();
             for raw in page.results {
                 match parse_record(raw, &fields) {
-                    Ok(r) if r.stamp <= top => records.push(r),
-                    Ok(_) => {}
+                    Ok(r) => {
+                        ids.insert(r.id.clone());
+                        if r.stamp <= top {
+                            records.push(r);
+                        }
+                    }
                     Err(rej) => self.reject(rej, &mut report).await?,
                 }
             }
@@ -101,8 +109,13 @@ impl Poller {
         }
         out.outcome = report.outcome;
         out.repaired = out.outcome.appended();
-        self.sweep_evidence(top, count.unwrap_or(0), seen_max, cancel)
-            .await
+        let count = count.unwrap_or(0);
+        self.sweep_evidence(top, count, seen_max, cancel).await?;
+        if ids.len() as u64 >= count {
+            // A complete sweep: an id it lacks is gone from the upstream.
+            out.gone = self.hard_deletes(&ids, cancel).await?;
+        }
+        Ok(())
     }
 
     /// The sweep's answers are evidence of an upstream reset as a poll's

@@ -142,6 +142,7 @@ impl Poller {
             };
             if sync == report.sync {
                 self.check_upstream(report, set.count, seen_max).await?;
+                self.check_density(sync, seen_max, set.count);
             }
             set.union
                 .into_values()
@@ -233,6 +234,11 @@ impl Poller {
                 }
             }
             *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
+            if count < progress.most_count && !progress.shrank {
+                progress.shrank = true;
+                self.count_shrank(sync, count, progress.most_count);
+            }
+            progress.most_count = progress.most_count.max(count);
             let at = progress.sightings.page(*seen_max, count);
             for r in records {
                 sight(&mut progress.seen, r, at);
@@ -257,6 +263,10 @@ struct Progress {
     seen: Seen,
     sightings: Sightings,
     tally: RejectTally,
+    /// The highest `count` answered for this `sync`, and whether a lower
+    /// one was seen since (rows removed: see breaks.rs).
+    most_count: u64,
+    shrank: bool,
 }
 
 impl Progress {

@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod cluster;
 mod compat;
+mod contract;
 mod crash;
 mod declared;
 mod delivery;

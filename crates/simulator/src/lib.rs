@@ -21,6 +21,7 @@
 mod admin;
 mod api;
 mod auth;
+mod breaks;
 mod cli;
 mod dataset;
 mod faults;
@@ -244,13 +245,6 @@ impl Simulator {
 
     pub fn config(&self) -> &SimConfig {
         &self.config
-    }
-
-    /// Starts over with the same seed, as a restarted simulator would: the
-    /// records as generated, every write since gone, stamps back at the
-    /// initial top. The upstream reset of a UAT refresh or a restore.
-    pub fn restart(&self) {
-        *lock(&self.data) = Dataset::new(&self.config);
     }
 
     fn late(&self) -> Late {

@@ -17,7 +17,9 @@
 -- the record store (src/store/redis/records.rs) lists latest versions from
 -- the stream, the late set and the stamps set without the append copying
 -- a record or writing a set on the common path.
--- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
+-- Returns {created, updated, deleted, restored, duplicates, late, last ID,
+-- regressions} (versions below the indexed stamp, counted apart from
+-- duplicates: src/events.rs, AppendOutcome).
 -- Re-running a chunk is a no-op: every version is checked against the index.
 -- A last entry below the writer's highest ID means writes it saw
 -- acknowledged are gone (a replica took over before receiving them). Their
@@ -72,7 +74,7 @@ if ARGV[5] ~= '' and above(ARGV[5], top_id) then
 end
 local top_stamp, top_seq = parse(issued)
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
-local dups, late = 0, 0
+local dups, late, regressions = 0, 0, 0
 local keep = ARGV[6] == '1'
 local rebase = ARGV[7] == '1'
 local trimmed = nil
@@ -154,6 +156,8 @@ for i = 8, #ARGV, 4 do
       end
     end
     n[op] = n[op] + 1
+  elseif tonumber(stamp) < tonumber(prev_stamp) then
+    regressions = regressions + 1
   else
     dups = dups + 1
     -- The version the index holds, seen again, whose event retention
@@ -169,4 +173,4 @@ for i = 8, #ARGV, 4 do
     end
   end
 end
-return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id}
+return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id, regressions}

@@ -203,9 +203,10 @@ impl Store for RedisStore {
                 .arg(r.raw.get());
         }
         let mut c = self.conn.clone();
-        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String)> =
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String, u64)> =
             inv.invoke_async(&mut c).await;
-        let (created, updated, deleted, restored, duplicates, late, last) = match reply {
+        let (created, updated, deleted, restored, duplicates, late, last, regressions) = match reply
+        {
             Ok(n) => n,
             Err(e) => {
                 if let Some(lost) = super::highest::tail_lost(&e.to_string(), t) {
@@ -230,6 +231,7 @@ impl Store for RedisStore {
             deleted,
             restored,
             duplicates,
+            regressions,
             late,
         })
     }

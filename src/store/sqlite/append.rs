@@ -70,7 +70,11 @@ fn append_records(
             events::classify(prev, r.stamp, r.deleted)
         };
         let Some(op) = op else {
-            out.duplicates += 1;
+            // Not appended: the same version again, or an older one.
+            match prev {
+                Some(p) if r.stamp < p.stamp => out.regressions += 1,
+                _ => out.duplicates += 1,
+            }
             records::fill_duplicate(c, t, r, prev, batch.keep)?;
             continue;
         };
