@@ -192,10 +192,7 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "Times the store was found to have lost a table's data (its epoch gone or changed)",
         m.store_resets.clone(),
     );
-    for (alert, family) in Alert::ALL.iter().zip(&m.alerts) {
-        let (name, help) = alert.metric();
-        r.register(name, help, family.clone());
-    }
+    register_alerts(r, m);
     r.register(
         "upstream_errors",
         "Failed polls, by kind of failure",
@@ -211,6 +208,14 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "Events removed from the stream by store.retention",
         m.trimmed.clone(),
     );
+}
+
+/// One counter per [`Alert`], each under its own name.
+fn register_alerts(r: &mut Registry, m: &Metrics) {
+    for (alert, family) in Alert::ALL.iter().zip(&m.alerts) {
+        let (name, help) = alert.metric();
+        r.register(name, help, family.clone());
+    }
 }
 
 /// What the delivery workers and the live streams count.

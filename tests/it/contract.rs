@@ -92,22 +92,6 @@ async fn alert_count(app: &App, kind: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn metric(app: &App, name: &str) -> String {
-    let text = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = format!(r#"stamp_relay_{name}_total{{source="sim",resource="patients"}}"#);
-    text.lines()
-        .find(|l| l.starts_with(&line))
-        .unwrap_or_else(|| panic!("no {line} in {text}"))
-        .to_string()
-}
-
 async fn a_record_shown_with_a_lower_stamp_is_reported(ts: TestStore) {
     let (sim, app) = relay(&ts, |_| {}).await;
     let state = sim.sim.state("patients");
@@ -123,7 +107,7 @@ async fn a_record_shown_with_a_lower_stamp_is_reported(ts: TestStore) {
         async || alert_count(&app, "stamp_regression").await >= 1,
     )
     .await;
-    assert!(metric(&app, "stamp_regressions").await.ends_with(" 1"));
+    assert!(app.table_counter("stamp_regressions").await.ends_with(" 1"));
     let entry = ts
         .store
         .index_entry(&Target::new("sim", "patients"), id)
@@ -160,7 +144,7 @@ async fn removed_rows_are_reported_and_emitted_as_deleted(ts: TestStore) {
         async || alert_count(&app, "count_shrank").await >= 1,
     )
     .await;
-    metric(&app, "upstream_count_shrinks").await;
+    app.table_counter("upstream_count_shrinks").await;
     eventually("the sweep's deletes", Duration::from_secs(30), async || {
         let events = all_events(ts.store.as_ref(), &t).await;
         before.iter().all(|id| {
@@ -177,7 +161,7 @@ async fn removed_rows_are_reported_and_emitted_as_deleted(ts: TestStore) {
         async || alert_count(&app, "hard_deletes").await >= 3,
     )
     .await;
-    metric(&app, "hard_deletes").await;
+    app.table_counter("hard_deletes").await;
     app.stop().await;
 }
 
@@ -191,6 +175,6 @@ async fn a_shared_counter_is_reported(ts: TestStore) {
         async || alert_count(&app, "sparse_stamps").await >= 1,
     )
     .await;
-    metric(&app, "sparse_stamps").await;
+    app.table_counter("sparse_stamps").await;
     app.stop().await;
 }

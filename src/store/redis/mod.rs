@@ -131,6 +131,23 @@ impl RedisStore {
         }
     }
 
+    /// What a refused or failed append means, naming the table.
+    fn append_error(&self, e: redis::RedisError, t: &Target, epoch: &str) -> StoreError {
+        if let Some(lost) = super::highest::tail_lost(&e.to_string(), t) {
+            // The stream's ID is raised again; from now on the stream's
+            // last entry is what this process appended.
+            if let StoreError::TailLost { top, .. } = &lost {
+                self.highest.set(t, epoch, *top);
+            }
+            return lost;
+        }
+        match self.err(e) {
+            StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
+            StoreError::Reset(_) => StoreError::Reset(t.to_string()),
+            other => other,
+        }
+    }
+
     fn err(&self, e: redis::RedisError) -> StoreError {
         if e.to_string().contains("LEASELOST") {
             return StoreError::LeaseLost("target".into());
@@ -208,21 +225,7 @@ impl Store for RedisStore {
         let (created, updated, deleted, restored, duplicates, late, last, regressions) = match reply
         {
             Ok(n) => n,
-            Err(e) => {
-                if let Some(lost) = super::highest::tail_lost(&e.to_string(), t) {
-                    // The stream's ID is raised again; from now on the
-                    // stream's last entry is what this process appended.
-                    if let StoreError::TailLost { top, .. } = &lost {
-                        self.highest.set(t, batch.epoch, *top);
-                    }
-                    return Err(lost);
-                }
-                return Err(match self.err(e) {
-                    StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
-                    StoreError::Reset(_) => StoreError::Reset(t.to_string()),
-                    other => other,
-                });
-            }
+            Err(e) => return Err(self.append_error(e, t, batch.epoch)),
         };
         self.highest.raise(t, batch.epoch, parse_id(&last)?);
         Ok(AppendOutcome {

@@ -82,7 +82,7 @@ impl SqliteStore {
             }
             rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("TAILLOST") => {
                 super::highest::tail_lost(&m, &Target::new("", ""))
-                    .unwrap_or_else(|| StoreError::Corrupt(m))
+                    .unwrap_or(StoreError::Corrupt(m))
             }
             e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
         })
