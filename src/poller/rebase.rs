@@ -41,6 +41,11 @@ impl Poller {
             self.era_loaded = true;
             if let Ok(Some(s)) = self.store.poll_status(&self.target).await {
                 self.era = s.upstream_cursor;
+                // The marks another instance (or run) raised stay shown.
+                let mut marks = self.alerts();
+                for (alert, mark) in s.alerts {
+                    marks.entry(alert).or_insert(mark);
+                }
             }
         }
         self.era = self.era.filter(|&e| e < stream);

@@ -1,10 +1,10 @@
 //! A store that loses its newest events (poller/epoch.rs, docs/sync.md
 //! "Store failovers"): a Redis failover to a replica that was behind, or the
 //! embedded file replaced by an older copy. The stream and the index roll
-//! back together while a live reader and a webhook receiver have already
-//! read past the new end. The relay says so, never issues a lost stream ID
-//! again, and appends the lost versions as late events above it: both
-//! readers get every version, none skipped.
+//! back together while a live reader, a replay client and a webhook
+//! receiver have already read past the new end. The relay says so, never
+//! issues a lost stream ID again, and appends the lost versions as late
+//! events above it: every reader gets every version, none skipped.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -98,6 +98,25 @@ async fn roll_back(ts: &TestStore, copy: Copy) {
     }
 }
 
+/// A replay client: pages `GET .../events` from `after` to the end, adding
+/// the versions (CloudEvent ids) it reads; returns where it stopped.
+async fn replay(app: &App, mut after: String, got: &mut HashSet<String>) -> String {
+    loop {
+        let page = app
+            .get_json(&format!(
+                "/v1/resources/sim/patients/events?after={after}&limit=50"
+            ))
+            .await;
+        for e in page["events"].as_array().unwrap() {
+            got.insert(e["id"].as_str().unwrap().to_string());
+        }
+        after = page["next_after"].as_str().unwrap().to_string();
+        if !page["has_more"].as_bool().unwrap() {
+            return after;
+        }
+    }
+}
+
 /// The versions (CloudEvent ids) of the table's stream now.
 async fn versions(ts: &TestStore, t: &Target) -> HashSet<String> {
     all_events(ts.store.as_ref(), t)
@@ -164,6 +183,8 @@ async fn a_lost_tail_reaches_every_reader_again(ts: TestStore) {
     let before = ts.store.stream_len(&t).await.unwrap() as usize;
     seen.extend(read_sse(&mut sse, &mut buf, before, Duration::from_secs(30)).await);
     assert_eq!(seen.len(), before, "the live reader read the stream");
+    let mut replayed = HashSet::new();
+    let position = replay(&app, "0".into(), &mut replayed).await;
 
     roll_back(&ts, older).await;
     assert_eq!(sim.sim.flush_late(), 1);
@@ -201,6 +222,13 @@ async fn a_lost_tail_reaches_every_reader_again(ts: TestStore) {
             .map(|(_, e)| e["id"].as_str().unwrap().to_string())
             .collect();
     }
+    // A replay client resuming from where it stopped reads every version too.
+    replay(&app, position, &mut replayed).await;
+    assert!(
+        want.is_subset(&replayed),
+        "replay misses {:?}",
+        want.difference(&replayed).collect::<Vec<_>>()
+    );
     let ids: Vec<stamp_relay::events::StreamId> =
         seen.iter().map(|(id, _)| id.parse().unwrap()).collect();
     assert!(
