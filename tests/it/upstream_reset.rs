@@ -12,26 +12,32 @@ use stamp_relay::{
     events::Op,
     store::Target,
 };
-use stamp_relay_simulator::{Change, Op as SimOp, SimConfig};
+use stamp_relay_simulator::{Change, Op as SimOp, Order, SimConfig};
 
 use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::on_both_stores;
 
 on_both_stores!(
     a_reset_upstream_is_reloaded_and_later_changes_arrive,
+    a_reset_keyset_upstream_is_reloaded_and_later_changes_arrive,
     a_paused_table_appends_nothing_after_an_upstream_reset
 );
 
 /// A relay on a simulator whose table went from 40 records to more, at a
 /// cursor well above the initial top; then the simulator restarts.
-async fn reset_upstream(ts: &TestStore, on_reset: OnUpstreamReset) -> (Sim, App, u64) {
+async fn reset_upstream(
+    ts: &TestStore,
+    on_reset: OnUpstreamReset,
+    paging: Paging,
+) -> (Sim, App, u64) {
     let sim = Sim::start(SimConfig {
         seed: 23,
         initial: vec![("patients".into(), 40)],
+        order: Order::Stamp,
         ..SimConfig::default()
     })
     .await;
-    let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
+    let mut src = source(&sim.base_url, &["patients"], paging, 50);
     src.on_upstream_reset = on_reset;
     let app = App::spawn(ts, vec![src]).await;
     let t = Target::new("sim", "patients");
@@ -49,7 +55,17 @@ async fn reset_upstream(ts: &TestStore, on_reset: OnUpstreamReset) -> (Sim, App,
 }
 
 async fn a_reset_upstream_is_reloaded_and_later_changes_arrive(ts: TestStore) {
-    let (sim, app, initial_top) = reset_upstream(&ts, OnUpstreamReset::Resnapshot).await;
+    reloaded_and_later_changes_arrive(ts, Paging::Pages).await;
+}
+
+/// Keyset pages are committed as they come, so the reset shows at the
+/// poll's end; the reload is the same.
+async fn a_reset_keyset_upstream_is_reloaded_and_later_changes_arrive(ts: TestStore) {
+    reloaded_and_later_changes_arrive(ts, Paging::Keyset).await;
+}
+
+async fn reloaded_and_later_changes_arrive(ts: TestStore, paging: Paging) {
+    let (sim, app, initial_top) = reset_upstream(&ts, OnUpstreamReset::Resnapshot, paging).await;
     let t = Target::new("sim", "patients");
     let cursor = ts.store.last_id(&t).await.unwrap().stamp;
     assert!(
@@ -110,7 +126,7 @@ async fn a_reset_upstream_is_reloaded_and_later_changes_arrive(ts: TestStore) {
 }
 
 async fn a_paused_table_appends_nothing_after_an_upstream_reset(ts: TestStore) {
-    let (sim, app, _) = reset_upstream(&ts, OnUpstreamReset::Pause).await;
+    let (sim, app, _) = reset_upstream(&ts, OnUpstreamReset::Pause, Paging::Pages).await;
     let t = Target::new("sim", "patients");
     let before = ts.store.stream_len(&t).await.unwrap();
     eventually("the pause reported", Duration::from_secs(30), async || {
