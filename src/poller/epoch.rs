@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use super::{PollError, Poller};
 use crate::{
     events::{StreamId, now_ms},
-    store::alerts::Alert,
+    store::{StoreError, alerts::Alert},
 };
 
 impl Poller {
@@ -76,6 +76,13 @@ impl Poller {
 }
 
 impl Poller {
+    /// Reports a lost tail that refused an append of this poll or sweep.
+    pub(super) fn note_failover<T>(&mut self, result: &Result<T, PollError>) {
+        if let Err(PollError::Store(StoreError::TailLost { top, highest, .. })) = result {
+            self.failover(*top, *highest);
+        }
+    }
+
     /// The store lost the events from `top` to `highest`: say so, and poll
     /// from `top`'s stamp until a poll completes. The cursor (the stream's
     /// last ID) jumps to `highest`'s stamp at the first late event appended

@@ -260,9 +260,7 @@ impl Poller {
         report.leased = true;
         let result = self.leased_poll(&mut report, cancel).await;
         self.lease = None;
-        if let Err(PollError::Store(StoreError::TailLost { top, highest, .. })) = &result {
-            self.failover(*top, *highest);
-        }
+        self.note_failover(&result);
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.observe(&report, &result);
         tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,

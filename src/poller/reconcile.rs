@@ -54,6 +54,7 @@ impl Poller {
         out.leased = true;
         let result = self.sweep(&mut out, cancel).await;
         self.lease = None;
+        self.note_failover(&result);
         if out.repaired > 0 {
             tracing::warn!(target = %self.target, repaired = out.repaired,
                 "the reconcile sweep found versions the polls missed; appended them as late events");
