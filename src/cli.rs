@@ -370,6 +370,12 @@ fn print_status(snap: &crate::status::Snapshot) {
             (None, Some(_)) => format!("in sync (polled by {})", last.holder),
             (None, None) => "not polled yet".to_string(),
         };
+        let alerts = crate::store::alerts::describe(&last.alerts);
+        let state = if alerts.is_empty() {
+            state
+        } else {
+            format!("{state}; alerts: {alerts}")
+        };
         println!(
             "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
             v.target.to_string(),

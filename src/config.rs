@@ -289,7 +289,8 @@ pub use cidr::{Cidr, canonical};
 pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use reference::REFERENCE;
 pub use source::{
-    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
+    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, HardDeletes, OnUpstreamReset, Paging,
+    QueryNames, Source, SourceConfig,
 };
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 

@@ -160,6 +160,22 @@ pub fn classify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<O
     }
 }
 
+/// The op for a version seen by a reload after an upstream reset: the
+/// upstream's version wins whatever its stamp, so a version whose stamp or
+/// deleted flag differs from the index entry is appended; `None` when the
+/// index holds exactly this version.
+pub fn reclassify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option<Op> {
+    match prev {
+        Some(p) if p.stamp == stamp && p.deleted == deleted => None,
+        Some(p) => Some(match (p.deleted, deleted) {
+            (false, true) => Op::Deleted,
+            (true, false) => Op::Restored,
+            _ => Op::Updated,
+        }),
+        None => Some(Op::Created),
+    }
+}
+
 /// The ID for the next appended event: `<stamp>-0` when the stamp is above
 /// the stream's top, else a late event `<top stamp>-<top seq + 1>`.
 pub fn next_id(top: StreamId, stamp: u64) -> StreamId {
@@ -211,6 +227,9 @@ pub struct AppendOutcome {
     pub restored: u64,
     /// Versions already in the index (re-reads, replays after a crash).
     pub duplicates: u64,
+    /// Versions with a stamp below the record's indexed one: against the
+    /// contract (stamps from clocks), dropped too but counted apart.
+    pub regressions: u64,
     /// Events appended below the stream's top as `<top>-<seq>`.
     pub late: u64,
 }
@@ -235,6 +254,7 @@ impl AppendOutcome {
         self.deleted += o.deleted;
         self.restored += o.restored;
         self.duplicates += o.duplicates;
+        self.regressions += o.regressions;
         self.late += o.late;
     }
 }
@@ -337,6 +357,7 @@ mod tests {
             deleted: 3,
             restored: 4,
             duplicates: 0,
+            regressions: 0,
             late: 0,
         };
         assert_eq!(o, want);
@@ -348,10 +369,12 @@ mod tests {
             deleted: 30,
             restored: 40,
             duplicates: 50,
+            regressions: 70,
             late: 60,
         };
         sum.add(&AppendOutcome {
             duplicates: 5,
+            regressions: 7,
             late: 6,
             ..want
         });
@@ -363,6 +386,7 @@ mod tests {
                 deleted: 33,
                 restored: 44,
                 duplicates: 55,
+                regressions: 77,
                 late: 66,
             }
         );

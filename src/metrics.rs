@@ -8,6 +8,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::store::alerts::Alert;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
     pub source: String,
@@ -67,6 +69,8 @@ pub struct Metrics {
     pub reconcile_repaired: Family<TargetLabels, Counter>,
     /// Store resets noticed (the table's epoch gone or changed).
     pub store_resets: Family<TargetLabels, Counter>,
+    /// One counter per [`Alert`], in the order of `Alert::ALL`.
+    alerts: Vec<Family<TargetLabels, Counter>>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     pub rejected: Family<TargetLabels, Counter>,
     /// Events removed by retention.
@@ -103,6 +107,7 @@ impl Metrics {
             unsettled: Family::default(),
             reconcile_repaired: Family::default(),
             store_resets: Family::default(),
+            alerts: Alert::ALL.iter().map(|_| Family::default()).collect(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
             trimmed: Family::default(),
@@ -121,6 +126,12 @@ impl Metrics {
         register_polling(&mut r, &m);
         register_delivery(&mut r, &m);
         Metrics { registry: r, ..m }
+    }
+
+    /// Counts `n` more of `alert` on table `t`.
+    pub fn alert(&self, alert: Alert, t: &crate::store::Target, n: u64) {
+        let i = Alert::ALL.iter().position(|a| *a == alert).unwrap_or(0);
+        self.alerts[i].get_or_create(&target_labels(t)).inc_by(n);
     }
 
     /// The Prometheus text exposition.
@@ -181,6 +192,7 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "Times the store was found to have lost a table's data (its epoch gone or changed)",
         m.store_resets.clone(),
     );
+    register_alerts(r, m);
     r.register(
         "upstream_errors",
         "Failed polls, by kind of failure",
@@ -196,6 +208,14 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "Events removed from the stream by store.retention",
         m.trimmed.clone(),
     );
+}
+
+/// One counter per [`Alert`], each under its own name.
+fn register_alerts(r: &mut Registry, m: &Metrics) {
+    for (alert, family) in Alert::ALL.iter().zip(&m.alerts) {
+        let (name, help) = alert.metric();
+        r.register(name, help, family.clone());
+    }
 }
 
 /// What the delivery workers and the live streams count.

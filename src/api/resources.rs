@@ -51,6 +51,9 @@ pub struct ResourceView {
     pub store_resets: u64,
     pub last_store_reset_ms: Option<u64>,
     pub reloading: bool,
+    /// What the table's poller noticed that breaks an assumption of the
+    /// sync, by kind (store/alerts.rs): how often, and when last.
+    pub alerts: crate::store::alerts::Marks,
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
@@ -70,6 +73,7 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
             last_ok_ms: v.poll.ok_ms,
             rate_per_min: v.poll.rate_shown(),
             last_error: v.poll.error,
+            alerts: v.poll.alerts,
             polled_by: (!v.poll.holder.is_empty()).then_some(v.poll.holder),
             // This instance's own count of the resets it found.
             store_resets: st.resets.load(Ordering::Relaxed),

@@ -65,6 +65,16 @@ fn table_row(h: &mut String, v: &TableView) {
         None if last.ok_ms.is_some() => "<span class=ok>in sync</span>".into(),
         None => "starting".into(),
     };
+    let alerts = crate::store::alerts::describe(&last.alerts);
+    let state = if alerts.is_empty() {
+        state
+    } else {
+        // Each kind is explained in docs/sync.md, "What the relay detects".
+        format!(
+            "{state} <span class=bad data-alerts>{}</span>",
+            esc(&alerts)
+        )
+    };
     let _ = write!(
         h,
         "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\

@@ -18,6 +18,32 @@ pub enum Paging {
     Keyset,
 }
 
+/// What a poller does when its table's upstream went back in time (a
+/// restore or a reset; see poller/rebase.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUpstreamReset {
+    /// Reload the table from `sync=0` as a snapshot (`snapshot=1`): the
+    /// upstream's versions win, records it no longer returns are `deleted`.
+    #[default]
+    Resnapshot,
+    /// Append nothing and fail every poll of the table, naming the reset,
+    /// until the upstream shows the relay's cursor again.
+    Pause,
+}
+
+/// What the reconcile sweep does with records the upstream no longer
+/// returns (hard deletes, against the contract; see poller/breaks.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HardDeletes {
+    /// Log, count and mark them; append nothing.
+    #[default]
+    Report,
+    /// Also append a `deleted` event with stamp 0 for each (docs/events.md).
+    Emit,
+}
+
 /// How the relay authenticates to the upstream, as written in the file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -123,6 +149,12 @@ pub struct SourceConfig {
     /// Records one `pages` poll may hold in memory.
     #[serde(default = "defaults::max_delta_records")]
     pub max_delta_records: usize,
+    /// `resnapshot` (default) or `pause`, when the upstream went back in time.
+    #[serde(default)]
+    pub on_upstream_reset: OnUpstreamReset,
+    /// `report` (default) or `emit`: records a reconcile sweep finds gone.
+    #[serde(default)]
+    pub hard_deletes: HardDeletes,
     #[serde(with = "humantime_serde", default = "defaults::request_timeout")]
     pub request_timeout: Duration,
     /// Attempts per upstream request before the poll fails.

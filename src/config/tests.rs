@@ -44,6 +44,8 @@ fn the_design_example_validates_with_defaults() {
         s.settings.reconcile_interval, None,
         "sweeps are off by default"
     );
+    assert_eq!(s.settings.on_upstream_reset, OnUpstreamReset::Resnapshot);
+    assert_eq!(s.settings.hard_deletes, HardDeletes::Report);
     assert_eq!(c.store.key_prefix, "stamp-relay");
     match &s.auth {
         Auth::OAuth {
@@ -163,6 +165,21 @@ fn join_keeps_the_base_path() {
     assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
     let base = Url::parse("https://h/api/").unwrap();
     assert_eq!(join(&base, "patients/").as_str(), "https://h/api/patients/");
+}
+
+#[test]
+fn what_to_do_with_resets_and_hard_deletes_is_read_per_source() {
+    let vars = env(&[("PC_ID", "id"), ("PC_SECRET", "shh")]);
+    let toml = OAUTH.replace(
+        "poll_interval = \"5s\"",
+        "poll_interval = \"5s\"\non_upstream_reset = \"pause\"\nhard_deletes = \"emit\"",
+    );
+    let c = parse(&toml).validate(&vars).unwrap();
+    assert_eq!(
+        c.sources[0].settings.on_upstream_reset,
+        OnUpstreamReset::Pause
+    );
+    assert_eq!(c.sources[0].settings.hard_deletes, HardDeletes::Emit);
 }
 
 #[test]

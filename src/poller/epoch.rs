@@ -11,11 +11,23 @@
 //! events say `snapshot=1`. Every append carries the epoch the poll began
 //! with and the store refuses it under another one, so a poll that was
 //! running when the data went cannot append changes it invented.
+//!
+//! Store failovers: a store that lost only its newest events (a Redis
+//! failover to a replica that was behind, an older copy of the embedded
+//! file). The epoch is the same, and the stream and the index rolled back
+//! together. The store refuses the next append (store/highest.rs) after
+//! raising the stream's ID again, so the lost IDs are never issued twice;
+//! the poller says so and polls from the stream's real end until a poll
+//! completes, and the lost versions come in as late events above every ID a
+//! reader may hold (docs/sync.md, "Store failovers").
 
 use std::sync::atomic::Ordering;
 
 use super::{PollError, Poller};
-use crate::events::now_ms;
+use crate::{
+    events::{StreamId, now_ms},
+    store::{StoreError, alerts::Alert},
+};
 
 impl Poller {
     /// Compares the table's epoch in the store with the one this poller
@@ -56,7 +68,32 @@ impl Poller {
         self.status.resets.fetch_add(1, Ordering::Relaxed);
         self.status.last_reset_ms.store(now_ms(), Ordering::Relaxed);
         self.status.reloading.store(true, Ordering::Relaxed);
-        // An empty stream is now a table to load, not an empty table.
+        // An empty stream is now a table to load, not an empty table, and
+        // its cursor is the stream's again.
         self.saw_success = false;
+        (self.era, self.era_loaded, self.resume) = (None, true, None);
+    }
+}
+
+impl Poller {
+    /// Reports a lost tail that refused an append of this poll or sweep.
+    pub(super) fn note_failover<T>(&mut self, result: &Result<T, PollError>) {
+        if let Err(PollError::Store(StoreError::TailLost { top, highest, .. })) = result {
+            self.failover(*top, *highest);
+        }
+    }
+
+    /// The store lost the events from `top` to `highest`: say so, and poll
+    /// from `top`'s stamp until a poll completes. The cursor (the stream's
+    /// last ID) jumps to `highest`'s stamp at the first late event appended
+    /// above it, so it cannot be trusted until then.
+    pub(super) fn failover(&mut self, top: StreamId, highest: StreamId) {
+        tracing::error!(target = %self.target, %top, %highest, store = %self.store.describe(),
+            "STORE FAILOVER: the store lost the newest events this relay appended (its stream ends at {top}, \
+             it had reached {highest}); a failover to a replica that was behind, or an older copy of the store. \
+             Those IDs are not issued again: the lost versions are fetched again and appended as late events \
+             above {highest}, so readers see them (possibly a second time) and skip nothing");
+        self.alert(Alert::StoreFailover, 1);
+        self.resume = Some(self.resume.map_or(top.stamp, |r| r.min(top.stamp)));
     }
 }

@@ -25,9 +25,11 @@ use crate::{
     upstream::{Upstream, UpstreamError},
 };
 
+mod breaks;
 mod epoch;
 mod lease;
 mod paging;
+mod rebase;
 mod reconcile;
 mod status;
 pub use status::{LastPoll, TargetStatus};
@@ -66,6 +68,11 @@ pub enum PollError {
     Unstable { walks: u32, seen: u64, count: u64 },
     #[error("stopped before the poll finished; committed chunks are kept")]
     Cancelled,
+    #[error(
+        "UPSTREAM RESET: the upstream went back in time ({0}); the table is paused \
+         (on_upstream_reset = \"pause\"): set on_upstream_reset = \"resnapshot\" to reload it"
+    )]
+    UpstreamReset(String),
 }
 
 impl PollError {
@@ -77,6 +84,7 @@ impl PollError {
             PollError::TooLarge { .. } => "too_large",
             PollError::Unstable { .. } => "unstable",
             PollError::Cancelled => "cancelled",
+            PollError::UpstreamReset(_) => "upstream_reset",
         }
     }
 }
@@ -88,7 +96,11 @@ pub struct PollReport {
     pub leased: bool,
     /// This poll was (part of) the initial load: its events say `snapshot=1`.
     pub loading: bool,
+    /// The cursor the poll started from (see rebase.rs), and `sync` below it.
+    pub cursor: u64,
     pub sync: u64,
+    /// The highest stamp the poll appended or proved (rebase.rs's cursor).
+    pub top: u64,
     pub before: StreamId,
     pub after: StreamId,
     pub pages: u32,
@@ -115,6 +127,8 @@ pub struct PollSettings {
     pub max_walks: u32,
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
+    pub on_upstream_reset: crate::config::OnUpstreamReset,
+    pub hard_deletes: crate::config::HardDeletes,
     pub fields: crate::config::FieldNames,
     /// `store.lease_ttl`: the poll lease, renewed in the background while a
     /// poll runs (see lease.rs).
@@ -130,6 +144,8 @@ impl PollSettings {
             max_walks: source.max_walks,
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
+            on_upstream_reset: source.on_upstream_reset,
+            hard_deletes: source.hard_deletes,
             fields: source.fields.clone(),
             lease_ttl,
         }
@@ -145,6 +161,17 @@ pub struct Poller {
     lease: Option<lease::LeaseKeeper>,
     /// The table's epoch as this poller first saw it (see epoch.rs).
     epoch: Option<String>,
+    /// After a store failover, the stamp polls start from until one
+    /// completes (see epoch.rs).
+    resume: Option<u64>,
+    /// After an upstream reset, the upstream's cursor while it is below the
+    /// stream's (rebase.rs); read once from the poll status.
+    era: Option<u64>,
+    era_loaded: bool,
+    /// Appends reclassify (rebase.rs), during a reload after a reset.
+    rebasing: bool,
+    /// An upstream reset was reported and no poll has succeeded since.
+    reset_seen: bool,
     last_reconcile: Option<Instant>,
     pub status: Arc<TargetStatus>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -178,6 +205,11 @@ impl Poller {
             settings,
             lease: None,
             epoch: None,
+            resume: None,
+            era: None,
+            era_loaded: false,
+            rebasing: false,
+            reset_seen: false,
             last_reconcile: None,
             status: Arc::default(),
             rejected: HashSet::new(),
@@ -228,6 +260,7 @@ impl Poller {
         report.leased = true;
         let result = self.leased_poll(&mut report, cancel).await;
         self.lease = None;
+        self.note_failover(&result);
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.observe(&report, &result);
         tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
@@ -249,11 +282,25 @@ impl Poller {
         // load never completed (a crash mid-load).
         let snapshot = self.loading(report.before).await?;
         report.loading = snapshot;
-        report.sync = report.before.stamp.saturating_sub(self.settings.overlap);
+        report.cursor = self.cursor(report.before.stamp).await;
+        report.sync = report.cursor.saturating_sub(self.settings.overlap);
         let result = match self.settings.paging {
             Paging::Keyset => self.keyset(report, snapshot, cancel).await,
             Paging::Pages => self.pages(report, snapshot, cancel).await,
         };
+        let result = match result {
+            Err(PollError::UpstreamReset(evidence)) => {
+                self.upstream_reset(evidence, report, cancel).await
+            }
+            result => result,
+        };
+        if result.is_ok() {
+            self.reset_seen = false;
+            self.era = self.era.map(|e| e.max(report.top));
+            if !report.unsettled {
+                self.resume = None;
+            }
+        }
         report.after = self
             .store
             .last_id(&self.target)
@@ -309,6 +356,7 @@ impl Poller {
                 snapshot,
                 observed: now_ms(),
                 records: chunk,
+                rebase: self.rebasing,
             };
             let out = self.store.append(&self.target, batch).await?;
             if out.appended() > 0 {
@@ -318,7 +366,18 @@ impl Poller {
             self.status
                 .appended
                 .fetch_add(out.appended(), Ordering::Relaxed);
+            if out.regressions > 0 {
+                tracing::warn!(target = %self.target, regressions = out.regressions,
+                    "the upstream showed records with a stamp below their last one (stamps from clocks? \
+                     docs/sync.md, \"What the relay detects\"); those versions were not appended");
+                self.alert(
+                    crate::store::alerts::Alert::StampRegression,
+                    out.regressions,
+                );
+            }
             report.outcome.add(&out);
+            // Chunks are in stamp order; stamp 0 marks records found gone.
+            report.top = report.top.max(chunk.last().map_or(0, |r| r.stamp));
         }
         Ok(())
     }

@@ -48,9 +48,11 @@ impl Poller {
     ) -> Result<(), PollError> {
         let fields = self.settings.fields.clone();
         let mut sync = report.sync;
+        let (mut first_count, mut seen_max) = (None, 0);
         loop {
             let page = self.fetch(sync, 1, cancel).await?;
             report.pages += 1;
+            first_count.get_or_insert(page.count);
             let more = page.next.is_some();
             let mut records: Vec<UpstreamRecord> = Vec::with_capacity(page.results.len());
             for raw in page.results {
@@ -77,13 +79,16 @@ impl Poller {
                 }
             }
             report.fetched += records.len() as u64;
+            seen_max = records.last().map_or(seen_max, |r| r.stamp.max(seen_max));
             self.commit(&records, snapshot, report, cancel).await?;
             let next = next_sync(sync, &records);
             if !more || next == sync {
                 if more {
                     tracing::warn!(target = %self.target, sync, "a keyset page held no usable stamp; stopping this poll");
                 }
-                return Ok(());
+                // Pages are committed as they come: what a reset upstream
+                // showed was older than the index, or new records.
+                return (self.check_upstream(report, first_count.unwrap_or(0), seen_max)).await;
             }
             sync = next;
         }

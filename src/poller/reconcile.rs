@@ -33,6 +33,9 @@ pub struct ReconcileReport {
     pub compared: u64,
     /// Missed versions appended as late events.
     pub repaired: u64,
+    /// Records the index holds that the upstream no longer returns (hard
+    /// deletes; see breaks.rs).
+    pub gone: u64,
     pub outcome: AppendOutcome,
 }
 
@@ -51,6 +54,7 @@ impl Poller {
         out.leased = true;
         let result = self.sweep(&mut out, cancel).await;
         self.lease = None;
+        self.note_failover(&result);
         if out.repaired > 0 {
             tracing::warn!(target = %self.target, repaired = out.repaired,
                 "the reconcile sweep found versions the polls missed; appended them as late events");
@@ -76,19 +80,27 @@ impl Poller {
         let fields = self.settings.fields.clone();
         let mut report = PollReport::default();
         let mut page_no = 1;
+        let (mut count, mut seen_max) = (None, 0);
+        let mut ids = std::collections::HashSet::new();
         loop {
             let page = self.fetch(0, page_no, cancel).await?;
             out.pages += 1;
+            count.get_or_insert(page.count);
             let more = page.next.is_some() && !page.results.is_empty();
             let mut records: Vec<UpstreamRecord> = Vec::new();
             for raw in page.results {
                 match parse_record(raw, &fields) {
-                    Ok(r) if r.stamp <= top => records.push(r),
-                    Ok(_) => {}
+                    Ok(r) => {
+                        ids.insert(r.id.clone());
+                        if r.stamp <= top {
+                            records.push(r);
+                        }
+                    }
                     Err(rej) => self.reject(rej, &mut report).await?,
                 }
             }
             records.sort_unstable_by_key(|r| r.stamp);
+            seen_max = records.last().map_or(seen_max, |r| r.stamp.max(seen_max));
             out.compared += records.len() as u64;
             self.commit(&records, false, &mut report, cancel).await?;
             if !more {
@@ -98,7 +110,36 @@ impl Poller {
         }
         out.outcome = report.outcome;
         out.repaired = out.outcome.appended();
+        let count = count.unwrap_or(0);
+        self.sweep_evidence(top, count, seen_max, cancel).await?;
+        if ids.len() as u64 >= count {
+            // A complete sweep: an id it lacks is gone from the upstream.
+            out.gone = self.hard_deletes(&ids, cancel).await?;
+        }
         Ok(())
+    }
+
+    /// The sweep's answers are evidence of an upstream reset as a poll's
+    /// are (rebase.rs): above all, a `sync=0` count well below the records
+    /// held. Only stamps at or below the cursor were appended, which a
+    /// reset upstream's versions are not above, so nothing was invented.
+    async fn sweep_evidence(
+        &mut self,
+        top: u64,
+        count: u64,
+        seen_max: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), PollError> {
+        let mut report = PollReport {
+            cursor: self.cursor(top).await,
+            ..PollReport::default()
+        };
+        match self.check_upstream(&report, count, seen_max).await {
+            Err(PollError::UpstreamReset(evidence)) => {
+                self.upstream_reset(evidence, &mut report, cancel).await
+            }
+            other => other,
+        }
     }
 
     /// Whether `reconcile_interval` has passed since the last sweep (the

@@ -10,7 +10,13 @@ use std::sync::{
 use serde::Serialize;
 
 use super::{PollError, PollReport, Poller};
-use crate::{events::now_ms, store::PollStatus};
+use crate::{
+    events::now_ms,
+    store::{
+        PollStatus,
+        alerts::{self, Alert, Marks},
+    },
+};
 
 /// Live facts about a target, shared with the status surfaces.
 #[derive(Debug, Default)]
@@ -29,6 +35,9 @@ pub struct TargetStatus {
     pub resets: AtomicU64,
     pub last_reset_ms: AtomicU64,
     pub reloading: AtomicBool,
+    /// What this table's poller noticed that breaks an assumption of the
+    /// sync (store/alerts.rs); written into the stored poll status.
+    pub alerts: Mutex<Marks>,
     /// This instance's last poll of the table held its lease: retention
     /// trims only such tables, so one instance trims each.
     pub holds_lease: Arc<AtomicBool>,
@@ -82,10 +91,24 @@ impl Poller {
             ok_ms: self.last_ok_ms,
             error: result.as_ref().err().map(|e| e.to_string()),
             rate_per_min: self.rate(now),
+            alerts: self.alerts().clone(),
+            upstream_cursor: self.era,
         };
         if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
             tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");
         }
+    }
+
+    /// The table's alert marks.
+    pub(super) fn alerts(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.status.alerts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `n` more of `alert` in its metric and the table's marks; the
+    /// caller logs it, in its own words.
+    pub(super) fn alert(&self, alert: Alert, n: u64) {
+        self.metrics.alert(alert, &self.target, n);
+        alerts::raise(&mut self.alerts(), alert, n, now_ms());
     }
 
     /// Events appended per minute over about the last minute, from the

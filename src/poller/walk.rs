@@ -80,12 +80,14 @@ impl RejectTally {
 }
 
 /// What the walks from one `sync` saw, once complete.
-struct WalkSet {
-    union: Union,
+pub(super) struct WalkSet {
+    pub union: Union,
     /// A stamp at or below the top when each record was last seen.
-    floor: u64,
+    pub floor: u64,
     /// The last walk was one page: a snapshot of everything above `sync`.
     one_page: bool,
+    /// The last walk's `count`.
+    count: u64,
 }
 
 /// Records by id with the page (of [`Sightings`]) where each was last seen.
@@ -138,6 +140,10 @@ impl Poller {
                 }
                 set => set?,
             };
+            if sync == report.sync {
+                self.check_upstream(report, set.count, seen_max).await?;
+                self.check_density(sync, seen_max, set.count);
+            }
             set.union
                 .into_values()
                 .for_each(|r| keep_newest(&mut all, r));
@@ -172,7 +178,7 @@ impl Poller {
     /// Walks `page=1..` from `sync` until the union holds the records the
     /// last page counted, at most `max_walks` times. `seen_max` is the
     /// highest stamp this poll has seen.
-    async fn walk_set(
+    pub(super) async fn walk_set(
         &mut self,
         sync: u64,
         seen_max: &mut u64,
@@ -191,7 +197,7 @@ impl Poller {
             progress.tally.end_walk();
             let seen = progress.seen();
             if seen >= count {
-                return Ok(progress.into_set(sync, pages == 1));
+                return Ok(progress.into_set(sync, pages == 1, count));
             }
             if walks >= max_walks {
                 return Err(PollError::Unstable { walks, seen, count });
@@ -228,6 +234,11 @@ impl Poller {
                 }
             }
             *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
+            if count < progress.most_count && !progress.shrank {
+                progress.shrank = true;
+                self.count_shrank(sync, count, progress.most_count);
+            }
+            progress.most_count = progress.most_count.max(count);
             let at = progress.sightings.page(*seen_max, count);
             for r in records {
                 sight(&mut progress.seen, r, at);
@@ -252,6 +263,10 @@ struct Progress {
     seen: Seen,
     sightings: Sightings,
     tally: RejectTally,
+    /// The highest `count` answered for this `sync`, and whether a lower
+    /// one was seen since (rows removed: see breaks.rs).
+    most_count: u64,
+    shrank: bool,
 }
 
 impl Progress {
@@ -261,7 +276,7 @@ impl Progress {
     }
 
     /// The complete walks as a set, with their floor.
-    fn into_set(self, sync: u64, one_page: bool) -> WalkSet {
+    fn into_set(self, sync: u64, one_page: bool, count: u64) -> WalkSet {
         let rejected = self.tally.count();
         let floor = self
             .seen
@@ -273,6 +288,7 @@ impl Progress {
             union: self.seen.into_iter().map(|(id, (r, _))| (id, r)).collect(),
             floor,
             one_page,
+            count,
         }
     }
 }

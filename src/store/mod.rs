@@ -20,6 +20,8 @@ use crate::{
     },
 };
 
+pub mod alerts;
+mod highest;
 pub mod records;
 pub mod redis;
 pub mod sqlite;
@@ -44,6 +46,13 @@ pub struct PollStatus {
     pub error: Option<String>,
     /// Events appended per minute, over about the last minute.
     pub rate_per_min: f64,
+    /// What the poller noticed that breaks an assumption of the sync.
+    #[serde(skip_serializing_if = "alerts::Marks::is_empty")]
+    pub alerts: alerts::Marks,
+    /// After an upstream reset, the upstream's own cursor while it is below
+    /// the stream's (poller/rebase.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_cursor: Option<u64>,
 }
 
 impl PollStatus {
@@ -64,6 +73,10 @@ pub struct AppendBatch<'a> {
     pub snapshot: bool,
     pub observed: u64,
     pub records: &'a [UpstreamRecord],
+    /// A reload after an upstream reset (poller/rebase.rs): a version
+    /// whose stamp differs from the indexed one, lower or not, is appended
+    /// and becomes the record's indexed version ([`crate::events::reclassify`]).
+    pub rebase: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +91,18 @@ pub enum StoreError {
         "the store lost the data of {0} (its epoch changed) during this poll; this append was not made and the table reloads"
     )]
     Reset(String),
+    #[error(
+        "the store lost the newest events of {target}: its stream ends at {top}, below {highest}, which this relay appended \
+         (a failover to a replica that was behind, or an older copy of the store); this append was not made, and the \
+         lost versions are fetched again and appended above {highest}"
+    )]
+    TailLost {
+        target: String,
+        /// The stream's last entry now.
+        top: StreamId,
+        /// The highest ID this process had appended, now gone.
+        highest: StreamId,
+    },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -109,6 +134,10 @@ pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync
     async fn index_len(&self, t: &Target) -> StoreResult<u64>;
 
     async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>>;
+
+    /// Every record id of the index with its entry (a reload after an
+    /// upstream reset compares them with what the upstream returns).
+    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>>;
 
     /// Takes the lease for `holder`, or extends it if `holder` has it.
     /// Returns false while another holder's lease is alive.

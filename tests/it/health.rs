@@ -45,6 +45,7 @@ async fn a_paused_instance_cannot_append_after_its_lease_was_taken(ts: TestStore
         snapshot: true,
         observed: 1,
         records,
+        rebase: false,
     };
     let first = [record("r1", 1)];
     assert_eq!(

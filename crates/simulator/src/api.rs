@@ -202,6 +202,12 @@ impl Simulator {
         if params.page > 1 && draw.writes_per_page > 0 {
             self.random_writes(Some(table), draw.writes_per_page);
         }
+        if draw.hard_delete
+            && let Some(oldest) = self.state(table).first()
+        {
+            let id = oldest["uuid"].as_str().unwrap_or_default().to_owned();
+            let _ = self.hard_delete(table, &id);
+        }
         for _ in 0..draw.edits_per_page {
             // No fields to change but `modified_at`: the record keeps its
             // place in the listing and takes a new stamp. An empty table

@@ -64,7 +64,7 @@ impl Dataset {
         &self.tables[kind.slot()]
     }
 
-    fn table_mut(&mut self, kind: Kind) -> &mut Table {
+    pub(crate) fn table_mut(&mut self, kind: Kind) -> &mut Table {
         &mut self.tables[kind.slot()]
     }
 

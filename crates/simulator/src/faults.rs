@@ -41,6 +41,10 @@ pub struct Faults {
     pub truncate_next: u32,
     /// The next `hang_next` list requests wait 60 s before answering.
     pub hang_next: u32,
+    /// The next `hard_delete_next` list requests first remove the table's
+    /// record with the lowest stamp for good (a hard delete, against the
+    /// contract).
+    pub hard_delete_next: u32,
 }
 
 impl Default for Faults {
@@ -59,6 +63,7 @@ impl Default for Faults {
             fail_status: 503,
             truncate_next: 0,
             hang_next: 0,
+            hard_delete_next: 0,
         }
     }
 }
@@ -105,6 +110,8 @@ pub(super) struct Draw {
     pub writes_per_page: usize,
     /// Updates in place to make first, whatever the page.
     pub edits_per_page: usize,
+    /// Remove the record with the lowest stamp first.
+    pub hard_delete: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,6 +158,10 @@ impl FaultState {
         if f.hang_next > 0 {
             f.hang_next -= 1;
             draw.hang = true;
+        }
+        if f.hard_delete_next > 0 {
+            f.hard_delete_next -= 1;
+            draw.hard_delete = true;
         }
         if f.slow_rate > 0.0 && rng.random_bool(f.slow_rate) {
             draw.delay = Some(Duration::from_millis(f.slow_ms));

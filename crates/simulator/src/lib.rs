@@ -21,6 +21,7 @@
 mod admin;
 mod api;
 mod auth;
+mod breaks;
 mod cli;
 mod dataset;
 mod faults;

@@ -179,6 +179,51 @@ impl Table {
         }
     }
 
+    /// Removes `id` from the listing for good (a hard delete, against the
+    /// contract); false when it is not visible.
+    pub(super) fn remove(&mut self, id: &str) -> bool {
+        let Some(rec) = self.find(id) else {
+            return false;
+        };
+        let Some(old) = self.records[rec as usize].visible.take() else {
+            return false;
+        };
+        match &mut self.order {
+            OrderIndex::Stamp(index) => index.remove(old.stamp),
+            OrderIndex::Keyed(set) => {
+                set.remove(&(old.key, rec, old.stamp));
+            }
+        }
+        true
+    }
+
+    /// Gives `id`'s visible version another `stamp`, lower or not (stamps
+    /// from a clock that went back, against the contract).
+    pub(super) fn restamp(&mut self, id: &str, stamp: u64) -> bool {
+        let Some(rec) = self.find(id) else {
+            return false;
+        };
+        let Some(old) = self.visible(rec) else {
+            return false;
+        };
+        let mut json: serde_json::Value = serde_json::from_str(&old.json).expect("valid JSON");
+        json["update_stamp"] = stamp.into();
+        let version = Version {
+            stamp,
+            deleted: old.deleted,
+            json: json.to_string().into(),
+            key: old.key.clone(),
+        };
+        self.show(rec, version);
+        true
+    }
+
+    /// Issues `n` stamps to no record of this table (a counter shared with
+    /// other tables).
+    pub(super) fn skip_stamps(&mut self, n: u64) {
+        self.top += n;
+    }
+
     pub(super) fn add_raw(&mut self, record: &serde_json::Value) {
         let stamp = record
             .get("update_stamp")

@@ -3,8 +3,9 @@
 -- KEYS: events stream, record index hash, lease string, epoch string,
 --       records hash, stamps sorted set, trimmed marker, late sorted set
 --       (one hash tag).
--- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the stream's last
---       ID as this writer last saw it ('' when unknown), keep records (0/1),
+-- ARGV: holder, snapshot (0/1), observed (unix ms), epoch, the highest ID
+--       this writer appended under that epoch ('' when none), keep records
+--       (0/1), rebase (0/1: events.rs `reclassify` instead of `classify`),
 --       then per record: id, stamp, deleted (0/1), data.
 -- The index entry of a record points at its latest version's event:
 -- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
@@ -16,12 +17,17 @@
 -- the record store (src/store/redis/records.rs) lists latest versions from
 -- the stream, the late set and the stamps set without the append copying
 -- a record or writing a set on the common path.
--- Returns {created, updated, deleted, restored, duplicates, late, last ID}.
+-- Returns {created, updated, deleted, restored, duplicates, late, last ID,
+-- regressions} (versions below the indexed stamp, counted apart from
+-- duplicates: src/events.rs, AppendOutcome).
 -- Re-running a chunk is a no-op: every version is checked against the index.
--- A last ID other than the writer's means writes it saw acknowledged are
--- gone (a replica took over before receiving them): appending after the
--- gap would skip them for good, so refuse, and the poller starts over from
--- the stream's real last ID.
+-- A last entry below the writer's highest ID means writes it saw
+-- acknowledged are gone (a replica took over before receiving them). Their
+-- IDs must never be issued again (a reader may have read them), so the
+-- stream's last generated ID goes back up to the writer's highest and the
+-- append is refused: the poller fetches the lost versions again, and they
+-- come in as late events above every ID a reader may hold (docs/sync.md,
+-- "Store failovers").
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LEASELOST the lease is held by another instance')
 end
@@ -30,24 +36,47 @@ end
 if redis.call('GET', KEYS[4]) ~= ARGV[4] then
   return redis.error_reply('EPOCHCHANGED the store lost this table since the poll began')
 end
-local top_stamp, top_seq = '0', 0
+local function parse(id)
+  local s, q = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(s), tonumber(q)
+end
+-- Whether stream ID a is above b.
+local function above(a, b)
+  local as, aq = parse(a)
+  local bs, bq = parse(b)
+  return as > bs or (as == bs and aq > bq)
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local top_id = '0-0'
 if #last > 0 then
   top_id = last[1][1]
 end
-if ARGV[5] ~= '' and ARGV[5] ~= top_id then
-  return redis.error_reply('STREAMMOVED the stream ends at ' .. top_id .. ', not ' .. ARGV[5] .. ' as this writer last saw it')
+-- New IDs go above the last generated one, which stays above the last
+-- entry when the newest entries were deleted (or the ID was raised below).
+local issued = top_id
+if #last > 0 or redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' and above(info[i + 1], issued) then
+      issued = info[i + 1]
+    end
+  end
 end
-if #last > 0 then
-  local id = last[1][1]
-  local dash = string.find(id, '-', 1, true)
-  top_stamp = string.sub(id, 1, dash - 1)
-  top_seq = tonumber(string.sub(id, dash + 1))
+if ARGV[5] ~= '' and above(ARGV[5], top_id) then
+  if above(ARGV[5], issued) then
+    if redis.call('EXISTS', KEYS[1]) == 1 then
+      redis.call('XSETID', KEYS[1], ARGV[5])
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '0', ARGV[5], 'op', '')
+    end
+  end
+  return redis.error_reply('TAILLOST ' .. top_id .. ' ' .. ARGV[5])
 end
+local top_stamp, top_seq = parse(issued)
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
-local dups, late = 0, 0
+local dups, late, regressions = 0, 0, 0
 local keep = ARGV[6] == '1'
+local rebase = ARGV[7] == '1'
 local trimmed = nil
 -- Whether the event `id` is at or below the trimmed marker (read once).
 local function gone(id)
@@ -60,7 +89,7 @@ local function gone(id)
   is, iq = tonumber(is), tonumber(iq)
   return is < trimmed[1] or (is == trimmed[1] and iq <= trimmed[2])
 end
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local rid, stamp, del, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local prev = redis.call('HGET', KEYS[2], rid)
   local op, prev_stamp, prev_at = nil, '', nil
@@ -83,7 +112,8 @@ for i = 7, #ARGV, 4 do
       prev_stamp = string.sub(head, 1, colon - 1)
       was_deleted = true
     end
-    if tonumber(stamp) > tonumber(prev_stamp) then
+    local differs = tonumber(stamp) ~= tonumber(prev_stamp) or (del == '1') ~= was_deleted
+    if tonumber(stamp) > tonumber(prev_stamp) or (rebase and differs) then
       if del == '1' and not was_deleted then
         op = 'deleted'
       elseif del == '0' and was_deleted then
@@ -95,13 +125,13 @@ for i = 7, #ARGV, 4 do
   end
   if op then
     local entry = stamp
-    if tonumber(stamp) > tonumber(top_stamp) then
-      top_stamp, top_seq = stamp, 0
+    if tonumber(stamp) > top_stamp then
+      top_stamp, top_seq = tonumber(stamp), 0
     else
       top_seq = top_seq + 1
       late = late + 1
     end
-    top_id = top_stamp .. '-' .. string.format('%d', top_seq)
+    top_id = string.format('%d-%d', top_stamp, top_seq)
     if del == '1' then
       entry = stamp .. ':deleted'
     end
@@ -129,6 +159,8 @@ for i = 7, #ARGV, 4 do
       end
     end
     n[op] = n[op] + 1
+  elseif tonumber(stamp) < tonumber(prev_stamp) then
+    regressions = regressions + 1
   else
     dups = dups + 1
     -- The version the index holds, seen again, whose event retention
@@ -144,4 +176,4 @@ for i = 7, #ARGV, 4 do
     end
   end
 end
-return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id}
+return {n.created, n.updated, n.deleted, n.restored, dups, late, top_id, regressions}

@@ -45,11 +45,10 @@ pub struct RedisStore {
     release: Script,
     claim: Script,
     trim: Script,
-    /// Per events key, the stream's last ID after this instance's last
-    /// append: `append.lua` refuses to write after a tail a failover lost.
-    /// Forgotten when the lease is taken afresh (another holder may have
-    /// appended since) and after a refusal.
-    last_written: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Per table, the highest ID this process appended (or saw appended) and
+    /// the epoch it was under: `append.lua` finds a tail a failover lost by
+    /// it (see [`super::highest`]).
+    highest: super::highest::Highest,
     /// Which tables keep the latest-record store (`records.rs`).
     keep: super::records::KeepSet,
 }
@@ -91,7 +90,7 @@ impl RedisStore {
             release: Script::new(RELEASE_LUA),
             claim: Script::new(include_str!("claim.lua")),
             trim: Script::new(include_str!("trim.lua")),
-            last_written: Default::default(),
+            highest: Default::default(),
             keep: Default::default(),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -131,17 +130,21 @@ impl RedisStore {
         }
     }
 
-    fn last_written(&self, events: &str) -> String {
-        let map = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(events).cloned().unwrap_or_default()
-    }
-
-    fn set_last_written(&self, events: &str, id: Option<String>) {
-        let mut map = self.last_written.lock().unwrap_or_else(|e| e.into_inner());
-        match id {
-            Some(id) => map.insert(events.to_string(), id),
-            None => map.remove(events),
-        };
+    /// What a refused or failed append means, naming the table.
+    fn append_error(&self, e: redis::RedisError, t: &Target, epoch: &str) -> StoreError {
+        if let Some(lost) = super::highest::tail_lost(&e.to_string(), t) {
+            // The stream's ID is raised again; from now on the stream's
+            // last entry is what this process appended.
+            if let StoreError::TailLost { top, .. } = &lost {
+                self.highest.set(t, epoch, *top);
+            }
+            return lost;
+        }
+        match self.err(e) {
+            StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
+            StoreError::Reset(_) => StoreError::Reset(t.to_string()),
+            other => other,
+        }
     }
 
     fn err(&self, e: redis::RedisError) -> StoreError {
@@ -201,8 +204,14 @@ impl Store for RedisStore {
             .arg(if batch.snapshot { "1" } else { "0" })
             .arg(batch.observed)
             .arg(batch.epoch)
-            .arg(self.last_written(&keys.events))
-            .arg(self.keep_arg(t));
+            .arg(
+                self.highest
+                    .get(t, batch.epoch)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(self.keep_arg(t))
+            .arg(if batch.rebase { "1" } else { "0" });
         for r in batch.records {
             inv.arg(&r.id)
                 .arg(r.stamp)
@@ -210,29 +219,21 @@ impl Store for RedisStore {
                 .arg(r.raw.get());
         }
         let mut c = self.conn.clone();
-        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String)> =
+        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String, u64)> =
             inv.invoke_async(&mut c).await;
-        let (created, updated, deleted, restored, duplicates, late, last) = match reply {
+        let (created, updated, deleted, restored, duplicates, late, last, regressions) = match reply
+        {
             Ok(n) => n,
-            Err(e) => {
-                if e.to_string().contains("STREAMMOVED") {
-                    tracing::warn!(target = %t, "the stream lost a tail it had acknowledged (a Redis failover?); polling again from its last ID");
-                    self.set_last_written(&keys.events, None);
-                }
-                return Err(match self.err(e) {
-                    StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
-                    StoreError::Reset(_) => StoreError::Reset(t.to_string()),
-                    other => other,
-                });
-            }
+            Err(e) => return Err(self.append_error(e, t, batch.epoch)),
         };
-        self.set_last_written(&keys.events, Some(last));
+        self.highest.raise(t, batch.epoch, parse_id(&last)?);
         Ok(AppendOutcome {
             created,
             updated,
             deleted,
             restored,
             duplicates,
+            regressions,
             late,
         })
     }
@@ -306,6 +307,18 @@ impl Store for RedisStore {
         Ok(v.as_deref().and_then(IndexEntry::decode))
     }
 
+    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+        let mut c = self.conn.clone();
+        let all: Vec<(String, String)> = c
+            .hgetall(self.keys(t).index)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, v)| Some((id, IndexEntry::decode(&v)?)))
+            .collect())
+    }
+
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let got: i64 = self
@@ -316,9 +329,6 @@ impl Store for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
-        if got == 2 {
-            self.set_last_written(&self.keys(t).events, None);
-        }
         Ok(got >= 1)
     }
 

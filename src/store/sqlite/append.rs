@@ -19,13 +19,20 @@ pub(super) struct Batch {
     /// is the process's first append to it (fill or drop it first).
     pub keep: bool,
     pub first: bool,
+    /// The highest ID this process appended to the table (store/highest.rs),
+    /// and the highest it issued that the file lost: no new ID goes at or
+    /// below it, as a reader may hold it.
+    pub highest: Option<StreamId>,
+    pub issued: Option<StreamId>,
+    pub rebase: bool,
 }
 
+/// Appends the batch; returns what it did and the stream's last ID.
 pub(super) fn append(
     c: &mut Connection,
     t: &Target,
     batch: &Batch,
-) -> rusqlite::Result<AppendOutcome> {
+) -> rusqlite::Result<(AppendOutcome, StreamId)> {
     let tx = c.transaction()?;
     if batch.first {
         records::fill_or_drop(&tx, t, batch.keep)?;
@@ -37,14 +44,37 @@ pub(super) fn append(
 }
 
 /// Appends each record of the batch that changes its record (the rest count
-/// as duplicates), inside the caller's transaction.
-fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result<AppendOutcome> {
+/// as duplicates), inside the caller's transaction. Refuses when the file
+/// lost events this process appended (an older copy put in its place),
+/// like `append.lua` after a failover.
+fn append_records(
+    c: &Connection,
+    t: &Target,
+    batch: &Batch,
+) -> rusqlite::Result<(AppendOutcome, StreamId)> {
     let mut top = last_id(c, t)?;
+    if let Some(highest) = batch.highest.filter(|h| *h > top) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some(format!("TAILLOST {top} {highest}")),
+        ));
+    }
+    let mut last = top;
+    top = top.max(batch.issued.unwrap_or_default());
     let mut out = AppendOutcome::default();
     for r in &batch.records {
         let prev = index_entry(c, t, &r.id)?;
-        let Some(op) = events::classify(prev, r.stamp, r.deleted) else {
-            out.duplicates += 1;
+        let op = if batch.rebase {
+            events::reclassify(prev, r.stamp, r.deleted)
+        } else {
+            events::classify(prev, r.stamp, r.deleted)
+        };
+        let Some(op) = op else {
+            // Not appended: the same version again, or an older one.
+            match prev {
+                Some(p) if r.stamp < p.stamp => out.regressions += 1,
+                _ => out.duplicates += 1,
+            }
             records::fill_duplicate(c, t, r, prev, batch.keep)?;
             continue;
         };
@@ -55,10 +85,10 @@ fn append_records(c: &Connection, t: &Target, batch: &Batch) -> rusqlite::Result
         let event = NewEvent { id, op, prev };
         insert_event(c, t, batch, r, &event)?;
         put_index(c, t, r, id)?;
-        top = id;
+        (top, last) = (id, id);
         out.count(op);
     }
-    Ok(out)
+    Ok((out, last))
 }
 
 /// The index entry of `record`: its latest stamp and whether it is deleted.
@@ -82,6 +112,18 @@ pub(super) fn index_entry(
         })
     })
     .optional()
+}
+
+/// Every entry of the table's index, with its record id.
+pub(super) fn index_all(c: &Connection, t: &Target) -> rusqlite::Result<Vec<(String, IndexEntry)>> {
+    let mut q = c.prepare_cached(
+        "SELECT record, stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2",
+    )?;
+    q.query_map(params![t.source, t.resource], |row| {
+        let entry = IndexEntry::new(row.get::<_, i64>(1)? as u64, row.get(2)?);
+        Ok((row.get(0)?, entry))
+    })?
+    .collect()
 }
 
 /// What [`append_records`] decided for one record, to write as an event.

@@ -22,6 +22,10 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Which tables keep the latest-record store (`records.rs`).
     keep: super::records::KeepSet,
+    /// The highest ID this process appended per table, and after a lost
+    /// tail the highest it issued (see `append.rs`).
+    highest: super::highest::Highest,
+    issued: super::highest::Highest,
 }
 
 impl SqliteStore {
@@ -45,6 +49,8 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
             keep: Default::default(),
+            highest: Default::default(),
+            issued: Default::default(),
         })
     }
 
@@ -73,6 +79,10 @@ impl SqliteStore {
             }
             rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("EPOCHCHANGED") => {
                 StoreError::Reset(m.trim_start_matches("EPOCHCHANGED ").to_string())
+            }
+            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("TAILLOST") => {
+                super::highest::tail_lost(&m, &Target::new("", ""))
+                    .unwrap_or(StoreError::Corrupt(m))
             }
             e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
         })
@@ -170,13 +180,33 @@ impl Store for SqliteStore {
             records: batch.records.to_vec(),
             keep: self.keep.keeps(&target),
             first: self.keep.first_use(&target),
+            highest: self.highest.get(&target, batch.epoch),
+            issued: self.issued.get(&target, batch.epoch),
+            rebase: batch.rebase,
         };
-        let (first, keep) = (batch.first, &self.keep);
+        let (first, keep, epoch) = (batch.first, &self.keep, batch.epoch.clone());
         let out = self.with(move |c| append(c, &t, &batch)).await;
         if first && out.is_err() {
             keep.not_ready(&target);
         }
-        out
+        match out {
+            Ok((out, last)) => {
+                self.highest.raise(&target, &epoch, last);
+                Ok(out)
+            }
+            Err(StoreError::TailLost { top, highest, .. }) => {
+                // No ID up to `highest` is issued again; from now on the
+                // file's last entry is what this process appended.
+                self.issued.raise(&target, &epoch, highest);
+                self.highest.set(&target, &epoch, top);
+                Err(StoreError::TailLost {
+                    target: target.to_string(),
+                    top,
+                    highest,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
@@ -241,6 +271,11 @@ impl Store for SqliteStore {
     async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
         let (t, record) = (t.clone(), record.to_string());
         self.with(move |c| index_entry(c, &t, &record)).await
+    }
+
+    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+        let t = t.clone();
+        self.with(move |c| append::index_all(c, &t)).await
     }
 
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {

@@ -41,6 +41,24 @@ impl Api {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
+    /// The line of `GET /metrics` for the counter `stamp_relay_<name>_total`
+    /// of the table sim/patients; fails the test naming it when absent.
+    pub async fn table_counter(&self, name: &str) -> String {
+        let text = self
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = format!(r#"stamp_relay_{name}_total{{source="sim",resource="patients"}}"#);
+        text.lines()
+            .find(|l| l.starts_with(&line))
+            .unwrap_or_else(|| panic!("no {line} in {text}"))
+            .to_string()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}{path}", self.base))

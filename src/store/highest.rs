@@ -1,0 +1,55 @@
+//! The highest stream ID this process appended per table, by which both
+//! stores find a tail the store lost (a Redis failover to a replica that was
+//! behind; the embedded file replaced by an older copy). IDs only grow, and
+//! another writer only appends above them, so a last entry below this one
+//! means acknowledged appends are gone. Kept under the table's epoch: a
+//! store reset starts a new stream, which is not a lost tail.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use super::{StoreError, Target};
+use crate::events::StreamId;
+
+#[derive(Debug, Default)]
+pub struct Highest(Mutex<HashMap<Target, (String, StreamId)>>);
+
+impl Highest {
+    /// The highest ID appended to `t` under `epoch`, if any.
+    pub fn get(&self, t: &Target, epoch: &str) -> Option<StreamId> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(t).filter(|(e, _)| e == epoch).map(|(_, id)| *id)
+    }
+
+    /// Notes that `t`'s stream reached `id` under `epoch`.
+    pub fn raise(&self, t: &Target, epoch: &str, id: StreamId) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(t) {
+            Some((e, have)) if e == epoch => *have = (*have).max(id),
+            _ => {
+                map.insert(t.clone(), (epoch.to_string(), id));
+            }
+        }
+    }
+
+    /// Sets `t`'s highest ID to `id`, lower or not: after a lost tail was
+    /// reported, the stream's real end.
+    pub fn set(&self, t: &Target, epoch: &str, id: StreamId) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(t.clone(), (epoch.to_string(), id));
+    }
+}
+
+/// The refusal `TAILLOST <top> <highest>` both stores' appends give (in
+/// `msg`, an error's text) as the error the poller acts on.
+pub fn tail_lost(msg: &str, t: &Target) -> Option<StoreError> {
+    // The redis crate quotes the code: `"TAILLOST": <top> <highest>`.
+    let rest = &msg[msg.find("TAILLOST")? + "TAILLOST".len()..];
+    let mut ids = rest
+        .split_whitespace()
+        .filter_map(|id| id.parse::<StreamId>().ok());
+    Some(StoreError::TailLost {
+        target: t.to_string(),
+        top: ids.next()?,
+        highest: ids.next()?,
+    })
+}
