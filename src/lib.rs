@@ -24,6 +24,8 @@ pub mod store;
 pub mod subscription;
 pub mod tail;
 pub mod target;
+pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ impl RawConfig {
         }
         check_delivery(&mut problems, &self.delivery);
         let subscriptions = check_subscriptions(&self.subscriptions, env, &mut problems);
+        if let Some(e) = self.telemetry.otlp_endpoint.as_deref().and_then(check_otlp) {
+            problems.push(e);
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -49,7 +52,19 @@ impl RawConfig {
             sources: validated,
             delivery: self.delivery,
             subscriptions,
+            telemetry: self.telemetry,
         })
+    }
+}
+
+/// An OTLP endpoint is an http(s) URL.
+fn check_otlp(endpoint: &str) -> Option<String> {
+    match Url::parse(endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => None,
+        _ => Some(format!(
+            "telemetry.otlp_endpoint: {endpoint:?} is not an http(s) URL; \
+             write the collector's OTLP/HTTP address, e.g. \"http://localhost:4318\""
+        )),
     }
 }
 

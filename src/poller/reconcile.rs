@@ -49,7 +49,8 @@ impl Poller {
             return Ok(out);
         }
         out.leased = true;
-        let result = self.sweep(&mut out, cancel).await;
+        let spans = self.begin_trace(true);
+        let result = spans.run(self.sweep(&mut out, cancel)).await;
         self.lease = None;
         if out.repaired > 0 {
             tracing::warn!(target = %self.target, repaired = out.repaired,

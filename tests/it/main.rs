@@ -36,5 +36,6 @@ mod subscription_filters;
 mod sync;
 mod tail;
 mod takeover;
+mod traces;
 mod upstream;
 mod versions;
