@@ -134,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(health::readyz))
         .route("/openapi.yaml", get(openapi))
+        .route("/asyncapi.yaml", get(asyncapi))
         .route(
             "/",
             get(status::page).route_layer(middleware::from_fn_with_state(
@@ -209,6 +210,16 @@ async fn openapi() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/yaml")],
         OPENAPI,
+    )
+}
+
+/// The events' description (AsyncAPI 3.0: webhooks, SSE, Redis streams).
+pub const ASYNCAPI: &str = include_str!("../../asyncapi.yaml");
+
+async fn asyncapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        ASYNCAPI,
     )
 }
 
