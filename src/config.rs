@@ -355,7 +355,8 @@ mod validate;
 pub use cidr::{Cidr, canonical};
 pub use reference::REFERENCE;
 pub use source::{
-    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, Paging, QueryNames, Source, SourceConfig,
+    Auth, AuthConfig, DEFAULT_OVERLAP, DeclaredSchema, FieldNames, Paging, QueryNames, Source,
+    SourceConfig,
 };
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub unsettled: Family<TargetLabels, Counter>,
     /// Missed versions the reconcile sweep appended.
     pub reconcile_repaired: Family<TargetLabels, Counter>,
+    /// Record fields seen for the first time after the catalog's first inference.
+    pub schema_new_fields: Family<TargetLabels, Counter>,
     /// Store resets noticed (the table's epoch gone or changed).
     pub store_resets: Family<TargetLabels, Counter>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
@@ -103,6 +105,7 @@ impl Metrics {
             unsettled: Family::default(),
             reconcile_repaired: Family::default(),
             store_resets: Family::default(),
+            schema_new_fields: Family::default(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
             trimmed: Family::default(),
@@ -175,6 +178,11 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "reconcile_repaired",
         "Missed versions the reconcile sweep appended as late events",
         m.reconcile_repaired.clone(),
+    );
+    r.register(
+        "schema_new_fields",
+        "Record fields the upstream sent for the first time after the event catalog first inferred the table's schema",
+        m.schema_new_fields.clone(),
     );
     r.register(
         "store_resets",

@@ -149,6 +149,19 @@ fn validate_source(
         problems.push(format!("{}: {p:?} is not a proxy URL", key("proxy")));
     }
     check_source_limits(s, problems, &key);
+    for (resource, schema) in &s.schemas {
+        let at = key(&format!("schemas.{resource}"));
+        if !s.resources.contains(resource) {
+            problems.push(format!(
+                "{at}: {resource:?} is not one of this source's resources"
+            ));
+        }
+        if let Err(e) = schema.load() {
+            problems.push(format!(
+                "{at}: {e}; give a JSON Schema file or an inline table"
+            ));
+        }
+    }
     let auth = resolve_auth(&s.auth, base_url.as_ref(), env, problems, &key);
     Some(Source {
         settings: s.clone(),

@@ -5,6 +5,7 @@ mod redis_cluster;
 
 mod api;
 mod asyncapi;
+mod catalog;
 mod cli;
 mod cluster;
 mod compat;
