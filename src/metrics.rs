@@ -122,6 +122,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         register_polling(&mut r, &m);
+        register_catalog(&mut r, &m);
         register_delivery(&mut r, &m);
         Metrics { registry: r, ..m }
     }
@@ -180,11 +181,6 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         m.reconcile_repaired.clone(),
     );
     r.register(
-        "schema_new_fields",
-        "Record fields the upstream sent for the first time after the event catalog first inferred the table's schema",
-        m.schema_new_fields.clone(),
-    );
-    r.register(
         "store_resets",
         "Times the store was found to have lost a table's data (its epoch gone or changed)",
         m.store_resets.clone(),
@@ -207,6 +203,15 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
 }
 
 /// What the delivery workers and the live streams count.
+/// The event catalog's (catalog/).
+fn register_catalog(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "schema_new_fields",
+        "Record fields the upstream sent for the first time after the event catalog first inferred the table's schema",
+        m.schema_new_fields.clone(),
+    );
+}
+
 fn register_delivery(r: &mut Registry, m: &Metrics) {
     r.register(
         "delivery_attempts",

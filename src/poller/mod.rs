@@ -201,6 +201,9 @@ impl Poller {
         }
         let spans = self.begin_trace(false);
         let result = spans.run(self.poll(cancel)).await;
+        // The poll's spans end here (and are exported), not at the next poll.
+        self.spans = None;
+        drop(spans);
         if !matches!(result, Err(PollError::Cancelled)) {
             self.record(&result).await;
         }

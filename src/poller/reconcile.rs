@@ -51,6 +51,8 @@ impl Poller {
         out.leased = true;
         let spans = self.begin_trace(true);
         let result = spans.run(self.sweep(&mut out, cancel)).await;
+        self.spans = None;
+        drop(spans);
         self.lease = None;
         if out.repaired > 0 {
             tracing::warn!(target = %self.target, repaired = out.repaired,
