@@ -182,3 +182,56 @@ async fn one_change_is_one_connected_trace_from_poll_to_receiver() {
     );
     app.stop().await;
 }
+
+/// Without an exporter the same trace still travels: the header is the
+/// event's own `traceparent`, upstream requests carry the poll's, and
+/// every chunk of one poll says the same `observed`, so one trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_the_derived_trace_still_reaches_receiver_and_upstream() {
+    let Some(ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 1200)],
+        ..SimConfig::default()
+    })
+    .await;
+    let src = source(&sim.base_url, &["patients"], Paging::Pages, 500);
+    let app = App::spawn(&ts, vec![src]).await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let stored = all_events(ts.store.as_ref(), &t).await;
+    assert!(
+        stored.iter().all(|e| e.observed == stored[0].observed),
+        "the initial load's chunks (500 records each) say one poll's start"
+    );
+    let trace = PollTrace::of("sim", "patients", stored[0].observed);
+    let requests = sim.sim.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.traceparent == Some(trace.poll_parent()))
+    );
+
+    let rx = TestReceiver::start(3).await;
+    subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["sim/patients"], "start": "beginning"}),
+    )
+    .await;
+    eventually("a delivery", Duration::from_secs(20), async || {
+        !rx.events().is_empty()
+    })
+    .await;
+    let (header, event) = {
+        let g = rx.inner.lock().unwrap();
+        (
+            g.received[0].traceparent.clone(),
+            g.received[0].events[0].clone(),
+        )
+    };
+    assert_eq!(event["traceparent"], trace.append_parent());
+    assert_eq!(header, Some(trace.append_parent()));
+    app.stop().await;
+}
