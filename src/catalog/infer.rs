@@ -55,7 +55,7 @@ impl Inferred {
         json!({
             "type": "object",
             "x-inferred": true,
-            "x-records-seen": self.records,
+            "x-versions-seen": self.records,
             "properties": properties,
             "required": required,
         })
