@@ -10,6 +10,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     api::{self, ApiState, Shared, auth::ApiToken},
+    catalog::Catalog,
     cloudevents::EventSource,
     config::{Config, join},
     declared::{self, Declared},
@@ -159,6 +160,7 @@ impl Relay {
             .iter()
             .filter_map(|(t, st)| Some((sources.get(t)?.clone(), st.wake.clone())))
             .collect();
+        let sources_for_catalog = sources.clone();
         ApiState {
             tails: Tails::start(self.store.clone(), &wakes, cancel),
             shared,
@@ -177,7 +179,38 @@ impl Relay {
             },
             cancel: cancel.clone(),
             compat: api::compat::Tables::from_config(&self.config),
+            catalog: self.catalog(&sources_for_catalog, &wakes, cancel),
         }
+    }
+
+    /// The event catalog, following this instance's appends.
+    fn catalog(
+        &self,
+        sources: &HashMap<Target, Arc<EventSource>>,
+        wakes: &[(Arc<EventSource>, Arc<tokio::sync::Notify>)],
+        cancel: &CancellationToken,
+    ) -> Arc<Catalog> {
+        let mut declared = HashMap::new();
+        for s in &self.config.sources {
+            for (resource, schema) in &s.settings.schemas {
+                // Checked when the configuration loaded.
+                if let Ok(v) = schema.load() {
+                    declared.insert(Target::new(s.name(), resource), v);
+                }
+            }
+        }
+        let catalog = Arc::new(Catalog::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            sources,
+            &declared,
+        ));
+        let wakes: Vec<_> = wakes
+            .iter()
+            .map(|(src, wake)| (src.target.clone(), wake.clone()))
+            .collect();
+        catalog.follow(&wakes, cancel);
+        catalog
     }
 
     /// One poll of every target, concurrently; used by `sync --once`.

@@ -13,6 +13,7 @@ use crate::{
     demo::DemoArgs,
     shutdown::shutdown_signal,
     store::{self, Target},
+    telemetry::Telemetry,
 };
 
 #[derive(Parser)]
@@ -80,7 +81,6 @@ pub fn main() -> ExitCode {
         cli.command,
         Command::Demo(_) | Command::CheckConfig { .. } | Command::Defaults
     );
-    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -88,25 +88,57 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        init_logging(
+            cli.log_format,
+            if quiet { "warn" } else { "info" },
+            &cli.command,
+        )
+    };
+    let code = match rt.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(t) = telemetry {
+        t.shutdown();
     }
+    code
 }
 
-fn init_logging(format: LogFormat, default: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Logs on standard error, and spans to `[telemetry] otlp_endpoint` for the
+/// commands that poll (a configuration that does not load is reported by
+/// the command itself).
+fn init_logging(format: LogFormat, default: &str, command: &Command) -> Option<Telemetry> {
+    use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().init(),
+    let config = match command {
+        Command::Serve { config } | Command::Sync { config, .. } => {
+            crate::declared::load_config(Some(config)).ok()
+        }
+        _ => None,
+    };
+    let (telemetry, problem) = match config.map(|c| Telemetry::start(&c.telemetry)) {
+        Some(Ok(t)) => (t, None),
+        Some(Err(e)) => (None, Some(e)),
+        None => (None, None),
+    };
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(telemetry.as_ref().map(|t| t.layer()))
+        .with(fmt.with_filter(filter))
+        .init();
+    if let Some(e) = problem {
+        tracing::warn!("no spans are exported: {e:#}");
     }
+    telemetry
 }
 
 /// `check-config`: "ok" with what the file declares, or every problem.

@@ -32,6 +32,9 @@ pub struct CloudEvent<'a> {
     pub snapshot: bool,
     /// The stream ID: where a consumer resumes.
     pub streamid: String,
+    /// The distributed-tracing extension: the trace of the poll that
+    /// appended the event (`trace.rs`).
+    pub traceparent: String,
     pub data: &'a RawValue,
 }
 
@@ -53,6 +56,7 @@ impl EventSource {
             updatestamp: e.stamp,
             snapshot: e.snapshot,
             streamid: e.id.to_string(),
+            traceparent: self.trace(e).append_parent(),
             data,
         }
     }
@@ -63,6 +67,11 @@ impl EventSource {
             "{}:{}:{}:{}",
             self.target.source, self.target.resource, e.record, e.stamp
         )
+    }
+
+    /// The trace of the poll that appended `e`, derived from its `observed`.
+    pub fn trace(&self, e: &Event) -> crate::trace::PollTrace {
+        crate::trace::PollTrace::of(&self.target.source, &self.target.resource, e.observed)
     }
 
     pub fn to_json(&self, e: &Event) -> String {
@@ -109,5 +118,7 @@ mod tests {
         assert_eq!(v["streamid"], "12-1");
         assert_eq!(v["time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["source"], "https://h/api/patients");
+        let trace = crate::trace::PollTrace::of("pc", "patients", 1_700_000_000_123);
+        assert_eq!(v["traceparent"], trace.append_parent());
     }
 }

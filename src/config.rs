@@ -230,6 +230,25 @@ mod humantime_serde_vec {
     }
 }
 
+/// `[telemetry]`: OpenTelemetry export (docs/tracing.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An OTLP/HTTP collector (`http://host:4318`); unset, nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the spans carry.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "stamp-relay".into(),
+        }
+    }
+}
+
 /// The file as written, before secrets are resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +259,7 @@ pub struct RawConfig {
     pub delivery: DeliveryConfig,
     /// Webhook subscriptions the file declares.
     pub subscriptions: Vec<SubscriptionConfig>,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The validated configuration every component is built from.
@@ -251,6 +271,7 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub delivery: DeliveryConfig,
     pub subscriptions: Vec<SubscriptionDecl>,
+    pub telemetry: TelemetryConfig,
 }
 
 /// Everything wrong with a configuration, one problem per line.
@@ -289,8 +310,8 @@ pub use cidr::{Cidr, canonical};
 pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use reference::REFERENCE;
 pub use source::{
-    Auth, AuthConfig, DEFAULT_OVERLAP, FieldNames, HardDeletes, OnUpstreamReset, Paging,
-    QueryNames, Source, SourceConfig,
+    Auth, AuthConfig, DEFAULT_OVERLAP, DeclaredSchema, FieldNames, HardDeletes, OnUpstreamReset,
+    Paging, QueryNames, Source, SourceConfig,
 };
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
@@ -24,6 +25,8 @@ pub mod store;
 pub mod subscription;
 pub mod tail;
 pub mod target;
+pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub unsettled: Family<TargetLabels, Counter>,
     /// Missed versions the reconcile sweep appended.
     pub reconcile_repaired: Family<TargetLabels, Counter>,
+    /// Record fields seen for the first time after the catalog's first inference.
+    pub schema_new_fields: Family<TargetLabels, Counter>,
     /// Store resets noticed (the table's epoch gone or changed).
     pub store_resets: Family<TargetLabels, Counter>,
     /// One counter per [`Alert`], in the order of `Alert::ALL`.
@@ -108,6 +110,7 @@ impl Metrics {
             reconcile_repaired: Family::default(),
             store_resets: Family::default(),
             alerts: Alert::ALL.iter().map(|_| Family::default()).collect(),
+            schema_new_fields: Family::default(),
             upstream_errors: Family::default(),
             rejected: Family::default(),
             trimmed: Family::default(),
@@ -124,6 +127,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         register_polling(&mut r, &m);
+        register_catalog(&mut r, &m);
         register_delivery(&mut r, &m);
         Metrics { registry: r, ..m }
     }
@@ -219,6 +223,15 @@ fn register_alerts(r: &mut Registry, m: &Metrics) {
 }
 
 /// What the delivery workers and the live streams count.
+/// The event catalog's (catalog/).
+fn register_catalog(r: &mut Registry, m: &Metrics) {
+    r.register(
+        "schema_new_fields",
+        "Record fields the upstream sent for the first time after the event catalog first inferred the table's schema",
+        m.schema_new_fields.clone(),
+    );
+}
+
 fn register_delivery(r: &mut Registry, m: &Metrics) {
     r.register(
         "delivery_attempts",

@@ -164,6 +164,10 @@ impl Upstream {
             .http
             .get(url.clone())
             .header(header::ACCEPT, "application/json");
+        // The poll's trace context (docs/tracing.md).
+        if let Some(tp) = crate::telemetry::traceparent() {
+            req = req.header("traceparent", tp);
+        }
         req = match &self.source.auth {
             Auth::None => req,
             Auth::Basic { username, password } => {

@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -74,12 +74,15 @@ pub struct ApiState {
     pub cancel: CancellationToken,
     /// Per table: the record store's setting and the upstream's API shape.
     pub compat: Arc<compat::Tables>,
+    /// `GET /v1/event-types`.
+    pub catalog: Arc<crate::catalog::Catalog>,
 }
 
 /// Everything under `/v1` that a read token may call.
 fn read_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route("/v1/resources", get(resources::list))
+        .route("/v1/event-types", get(event_types))
         .route(
             "/v1/resources/{source}/{resource}/events",
             get(resources::events),
@@ -152,6 +155,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(health::readyz))
         .route("/openapi.yaml", get(openapi))
+        .route("/asyncapi.yaml", get(asyncapi))
         .route(
             "/",
             get(status::page).route_layer(middleware::from_fn_with_state(
@@ -228,6 +232,22 @@ async fn openapi() -> impl IntoResponse {
     (
         [(axum::http::header::CONTENT_TYPE, "application/yaml")],
         OPENAPI,
+    )
+}
+
+/// Every event type of every table with its JSON Schema (docs/tracing.md).
+async fn event_types(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
+    let types = state.catalog.event_types().await.map_err(Problem::from)?;
+    Ok(Json(json!({ "event_types": types })))
+}
+
+/// The events' description (AsyncAPI 3.0: webhooks, SSE, Redis streams).
+pub const ASYNCAPI: &str = include_str!("../../asyncapi.yaml");
+
+async fn asyncapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        ASYNCAPI,
     )
 }
 

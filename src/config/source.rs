@@ -182,6 +182,36 @@ pub struct SourceConfig {
     /// The upstream's largest page size, which the compatible API caps at.
     #[serde(default = "defaults::max_page_size")]
     pub max_page_size: u32,
+    /// Record schemas per resource for the event catalog: a JSON Schema
+    /// file's path or the schema inline; others are inferred.
+    #[serde(default)]
+    pub schemas: std::collections::BTreeMap<String, DeclaredSchema>,
+}
+
+/// A record schema the configuration declares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DeclaredSchema {
+    File(std::path::PathBuf),
+    Inline(serde_json::Map<String, serde_json::Value>),
+}
+
+impl DeclaredSchema {
+    /// The schema, read from its file when it names one.
+    pub fn load(&self) -> Result<serde_json::Value, String> {
+        match self {
+            DeclaredSchema::Inline(m) => Ok(serde_json::Value::Object(m.clone())),
+            DeclaredSchema::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                match serde_json::from_str(&text) {
+                    Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+                    Ok(_) => Err(format!("{} is not a JSON Schema object", path.display())),
+                    Err(e) => Err(format!("{} is not JSON: {e}", path.display())),
+                }
+            }
+        }
+    }
 }
 
 mod defaults {

@@ -230,3 +230,31 @@ fn max_waiting_retries_is_read_and_bounded() {
         );
     }
 }
+
+#[test]
+fn record_schemas_and_the_otlp_endpoint_are_checked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let not_json = dir.path().join("bad.json");
+    std::fs::write(&not_json, "{").unwrap();
+    let toml = format!(
+        "{OAUTH}\n[sources.schemas]\npatients = {{ type = \"object\" }}\nassessments = {:?}\nusers = {{ type = \"object\" }}\n[telemetry]\notlp_endpoint = \"localhost:4318\"\n",
+        not_json.display().to_string()
+    );
+    let e = parse(&toml)
+        .validate(&env(&[("PC_ID", "id"), ("PC_SECRET", "shh")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sources[0].schemas.users: \"users\" is not one of"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sources[0].schemas.assessments:") && e.contains("is not JSON"),
+        "{e}"
+    );
+    assert!(!e.contains("schemas.patients"), "{e}");
+    assert!(
+        e.contains("telemetry.otlp_endpoint: \"localhost:4318\""),
+        "{e}"
+    );
+}

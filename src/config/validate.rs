@@ -39,6 +39,9 @@ impl RawConfig {
         }
         check_delivery(&mut problems, &self.delivery);
         let subscriptions = check_subscriptions(&self.subscriptions, env, &mut problems);
+        if let Some(e) = self.telemetry.otlp_endpoint.as_deref().and_then(check_otlp) {
+            problems.push(e);
+        }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -49,6 +52,7 @@ impl RawConfig {
             sources: validated,
             delivery: self.delivery,
             subscriptions,
+            telemetry: self.telemetry,
         })
     }
 }
@@ -60,6 +64,17 @@ impl RawConfig {
         let mut problems = Vec::new();
         check_store(&mut problems, &self.store);
         problems
+    }
+}
+
+/// An OTLP endpoint is an http(s) URL.
+fn check_otlp(endpoint: &str) -> Option<String> {
+    match Url::parse(endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => None,
+        _ => Some(format!(
+            "telemetry.otlp_endpoint: {endpoint:?} is not an http(s) URL; \
+             write the collector's OTLP/HTTP address, e.g. \"http://localhost:4318\""
+        )),
     }
 }
 
@@ -144,6 +159,19 @@ fn validate_source(
         problems.push(format!("{}: {p:?} is not a proxy URL", key("proxy")));
     }
     check_source_limits(s, problems, &key);
+    for (resource, schema) in &s.schemas {
+        let at = key(&format!("schemas.{resource}"));
+        if !s.resources.contains(resource) {
+            problems.push(format!(
+                "{at}: {resource:?} is not one of this source's resources"
+            ));
+        }
+        if let Err(e) = schema.load() {
+            problems.push(format!(
+                "{at}: {e}; give a JSON Schema file or an inline table"
+            ));
+        }
+    }
     let auth = resolve_auth(&s.auth, base_url.as_ref(), env, problems, &key);
     Some(Source {
         settings: s.clone(),

@@ -57,9 +57,19 @@ impl Request {
     pub async fn send(self) -> Done {
         let started = Instant::now();
         let (body, content_type, id) = self.body();
-        // The attempt's log lines carry the event (or first event of a batch).
-        let span = tracing::debug_span!("attempt", event_id = %id, events = self.events.len());
+        // The attempt's log lines carry the event (or first event of a batch)
+        // and its trace: a child of the append span of that event's poll.
+        let traces: Vec<_> = self.events.iter().map(|e| self.source.trace(e)).collect();
+        let trace_id = traces.first().map(|t| t.trace_hex()).unwrap_or_default();
+        let span =
+            tracing::info_span!("attempt", event_id = %id, events = self.events.len(), %trace_id);
+        crate::telemetry::follow(&span, &traces);
         let sending = self.sender.send_to(&self.endpoint, &id, body, content_type);
+        let derived = traces
+            .first()
+            .map(|t| t.append_parent())
+            .unwrap_or_default();
+        let sending = crate::telemetry::scoped(derived, sending);
         let sending = tracing::Instrument::instrument(sending, span.clone());
         let deadline = tokio::time::Instant::from_std(self.until);
         let sent = match tokio::time::timeout_at(deadline, sending).await {

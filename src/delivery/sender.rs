@@ -111,6 +111,10 @@ impl Endpoint {
             }
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // The attempt's trace context (docs/tracing.md).
+        if let Some(tp) = crate::telemetry::traceparent().and_then(|t| t.parse().ok()) {
+            headers.insert("traceparent", tp);
+        }
         headers
     }
 }

@@ -32,6 +32,7 @@ mod paging;
 mod rebase;
 mod reconcile;
 mod status;
+mod traced;
 pub use status::{LastPoll, TargetStatus};
 mod walk;
 
@@ -185,6 +186,8 @@ pub struct Poller {
     last_ok_ms: Option<u64>,
     /// A poll of this target succeeded in this process (see `loading`).
     saw_success: bool,
+    /// The running poll's spans and start time (traced.rs).
+    spans: Option<Arc<traced::PollSpans>>,
 }
 
 impl Poller {
@@ -216,6 +219,7 @@ impl Poller {
             samples: Default::default(),
             last_ok_ms: None,
             saw_success: false,
+            spans: None,
         }
     }
 
@@ -227,7 +231,11 @@ impl Poller {
             let appended = self.status.appended.load(Ordering::Relaxed);
             self.samples.push_back((now_ms(), appended));
         }
-        let result = self.poll(cancel).await;
+        let spans = self.begin_trace(false);
+        let result = spans.run(self.poll(cancel)).await;
+        // The poll's spans end here (and are exported), not at the next poll.
+        self.spans = None;
+        drop(spans);
         if !matches!(result, Err(PollError::Cancelled)) {
             self.record(&result).await;
         }
@@ -354,11 +362,17 @@ impl Poller {
                 holder: &self.holder,
                 epoch: self.epoch.as_deref().unwrap_or_default(),
                 snapshot,
-                observed: now_ms(),
+                observed: self.spans.as_ref().map_or_else(now_ms, |s| s.observed),
                 records: chunk,
                 rebase: self.rebasing,
             };
-            let out = self.store.append(&self.target, batch).await?;
+            let span = self.spans.as_ref().map(|s| s.append());
+            let appending = self.store.append(&self.target, batch);
+            let out = tracing::Instrument::instrument(
+                appending,
+                span.unwrap_or_else(tracing::Span::none),
+            )
+            .await?;
             if out.appended() > 0 {
                 // Live tails and delivery workers need not wait for their tick.
                 self.status.wake.notify_waiters();

@@ -52,7 +52,10 @@ impl Poller {
             return Ok(out);
         }
         out.leased = true;
-        let result = self.sweep(&mut out, cancel).await;
+        let spans = self.begin_trace(true);
+        let result = spans.run(self.sweep(&mut out, cancel)).await;
+        self.spans = None;
+        drop(spans);
         self.lease = None;
         self.note_failover(&result);
         if out.repaired > 0 {

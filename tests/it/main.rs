@@ -4,6 +4,8 @@ mod harness;
 mod redis_cluster;
 
 mod api;
+mod asyncapi;
+mod catalog;
 mod cli;
 mod cluster;
 mod compat;
@@ -42,6 +44,7 @@ mod subscription_filters;
 mod sync;
 mod tail;
 mod takeover;
+mod traces;
 mod upstream;
 mod upstream_reset;
 mod versions;

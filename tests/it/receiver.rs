@@ -40,6 +40,8 @@ pub struct Received {
     pub content_type: String,
     /// The custom header `x-team`, when sent.
     pub team: Option<String>,
+    /// The W3C `traceparent` header, when sent.
+    pub traceparent: Option<String>,
     pub at: std::time::Instant,
     pub events: Vec<Value>,
 }
@@ -252,6 +254,10 @@ async fn hook(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: 
                 content_type: header("content-type"),
                 team: headers
                     .get("x-team")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                traceparent: headers
+                    .get("traceparent")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string),
                 at: std::time::Instant::now(),

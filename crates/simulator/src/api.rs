@@ -166,6 +166,10 @@ async fn list(
         status: 0,
         fault: None,
         query: uri.query().unwrap_or_default().to_owned(),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     };
     let response = sim.answer_list(&table, &uri, &headers, &mut log).await;
     log.status = response.status().as_u16();

@@ -205,6 +205,9 @@ pub struct RequestLog {
     /// The injected fault, if any: hang, slow, fail, error, rate_limit, truncate.
     pub fault: Option<String>,
     pub query: String,
+    /// The request's W3C `traceparent` header, when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 pub struct Simulator {

@@ -1,0 +1,184 @@
+//! The event catalog behind `GET /v1/event-types` (docs/tracing.md): every
+//! event type of every table with a JSON Schema, the CloudEvent envelope
+//! around the record's schema. A record schema is declared in the
+//! configuration (`[sources] schemas`), or inferred from the records in
+//! the stream: read once at the first ask, then only the events appended
+//! since, at each append this instance makes and at each ask.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cloudevents::EventSource,
+    events::StreamId,
+    metrics::{Metrics, target_labels},
+    store::{Store, StoreResult, Target},
+};
+
+mod infer;
+pub use infer::Inferred;
+
+/// The ops of every table, in the order the catalog lists them.
+const OPS: [&str; 4] = ["created", "updated", "deleted", "restored"];
+/// Events read from the stream per call while inferring.
+const PAGE: usize = 1000;
+
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    tables: Vec<Table>,
+}
+
+struct Table {
+    source: Arc<EventSource>,
+    declared: Option<Value>,
+    inferred: Mutex<Progress>,
+}
+
+/// What inference has seen of one table: every event up to `through`.
+#[derive(Default)]
+struct Progress {
+    seeded: bool,
+    through: StreamId,
+    schema: Inferred,
+}
+
+impl Catalog {
+    /// `declared`: the record schemas the configuration declares.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        sources: &HashMap<Target, Arc<EventSource>>,
+        declared: &HashMap<Target, Value>,
+    ) -> Catalog {
+        let mut tables: Vec<Table> = sources
+            .iter()
+            .map(|(t, source)| Table {
+                source: source.clone(),
+                declared: declared.get(t).cloned(),
+                inferred: Mutex::default(),
+            })
+            .collect();
+        tables.sort_by(|a, b| {
+            a.source
+                .target
+                .to_string()
+                .cmp(&b.source.target.to_string())
+        });
+        Catalog {
+            store,
+            metrics,
+            tables,
+        }
+    }
+
+    /// Folds in each table's appends as they land, once inference of it
+    /// has begun (`wakes`: each table's append signal).
+    pub fn follow(self: &Arc<Self>, wakes: &[(Target, Arc<Notify>)], cancel: &CancellationToken) {
+        for (t, wake) in wakes {
+            let (catalog, t, wake, cancel) =
+                (self.clone(), t.clone(), wake.clone(), cancel.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = wake.notified() => {}
+                    }
+                    if let Some(table) = catalog.tables.iter().find(|x| x.source.target == t) {
+                        let mut p = table.inferred.lock().await;
+                        if p.seeded
+                            && let Err(e) = catalog.catch_up(table, &mut p).await
+                        {
+                            tracing::debug!(target = %t, error = %e, "event catalog: catching up later");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Every event type of every table, each with its JSON Schema.
+    pub async fn event_types(&self) -> StoreResult<Vec<Value>> {
+        let mut out = Vec::new();
+        for table in &self.tables {
+            let (record, origin) = match &table.declared {
+                Some(s) => (s.clone(), "declared"),
+                None => {
+                    let mut p = table.inferred.lock().await;
+                    self.catch_up(table, &mut p).await?;
+                    p.seeded = true;
+                    (p.schema.schema(), "inferred")
+                }
+            };
+            let t = &table.source.target;
+            for op in OPS {
+                let ty = format!("{}.{}.{op}", table.source.type_prefix, t.resource);
+                out.push(json!({
+                    "type": ty,
+                    "source": t.source,
+                    "resource": t.resource,
+                    "op": op,
+                    "record_schema": origin,
+                    "schema": envelope(&ty, &record),
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the events appended after what `p` has seen.
+    async fn catch_up(&self, table: &Table, p: &mut Progress) -> StoreResult<()> {
+        let t = &table.source.target;
+        loop {
+            let events = self.store.read(t, p.through, PAGE).await?;
+            let Some(last) = events.last() else {
+                return Ok(());
+            };
+            p.through = last.id;
+            for e in &events {
+                let Ok(record) = serde_json::from_str::<Value>(&e.data) else {
+                    continue;
+                };
+                let new = p.schema.observe(&record);
+                if p.seeded {
+                    for field in new {
+                        tracing::info!(target = %t, %field, event = %e.id,
+                            "the upstream sent a field this table's records did not have before");
+                        self.metrics
+                            .schema_new_fields
+                            .get_or_create(&target_labels(t))
+                            .inc();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The CloudEvent envelope of one event type around its record's schema.
+fn envelope(ty: &str, record: &Value) -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": ty,
+        "type": "object",
+        "required": ["specversion", "id", "source", "type", "subject", "time",
+                     "updatestamp", "snapshot", "streamid", "traceparent"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string"},
+            "source": {"type": "string"},
+            "type": {"const": ty},
+            "subject": {"type": "string"},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"const": "application/json"},
+            "updatestamp": {"type": "integer", "minimum": 1},
+            "snapshot": {"type": "boolean"},
+            "streamid": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-01$"},
+            "data": record,
+        },
+    })
+}
