@@ -5,7 +5,7 @@
 //! Requests run as tasks of their own, so a worker keeps several out at
 //! once; each is cut off at the end of the lease it was fenced with.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tokio::task::JoinError;
 
@@ -21,7 +21,7 @@ use crate::{
     store::StoreResult,
     subscription::{
         Subscription,
-        state::{Attempt, DeadLetter, Outcome},
+        state::{Attempt, DeadLetter, Outcome, RetryState},
     },
 };
 
@@ -224,12 +224,29 @@ impl Worker {
             .error
             .clone()
             .unwrap_or_else(|| format!("HTTP {}", done.sent.status.unwrap_or(0)));
+        // One retry state for the whole request, shared with no other entry:
+        // its entries are retried together as the same batch (same `webhook-id`).
+        let mut states: HashMap<u32, Option<RetryState>> = HashMap::new();
         for id in &done.ids {
-            let Some(p) = q.get_mut(id) else { continue };
-            p.state.attempts += 1;
-            match self.schedule.delay(p.state.attempts, done.sent.retry_after) {
-                Some(d) => {
-                    p.state.next_at_ms = now + d.as_millis() as u64;
+            let Some(attempts) = q.get(id).map(|p| p.state.attempts + 1) else {
+                continue;
+            };
+            let next = *states.entry(attempts).or_insert_with(|| {
+                let d = self.schedule.delay(attempts, done.sent.retry_after)?;
+                let next_at_ms = now + d.as_millis() as u64;
+                Some(q.unshared(
+                    RetryState {
+                        attempts,
+                        next_at_ms,
+                    },
+                    &done.ids,
+                ))
+            });
+            let p = q.get_mut(id).expect("looked up above");
+            p.state.attempts = attempts;
+            match next {
+                Some(state) => {
+                    p.state = state;
                     self.store
                         .retry_later(&sub.id, &self.target, *id, p.state)
                         .await?;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Retry state of one pending entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct RetryState {
     /// Failed attempts so far.
     pub attempts: u32,

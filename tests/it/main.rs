@@ -4,6 +4,7 @@ mod harness;
 mod redis_cluster;
 
 mod api;
+mod batches;
 mod cli;
 mod cluster;
 mod compat;
