@@ -115,6 +115,28 @@ pub async fn test(
     })))
 }
 
+/// Makes every waiting retry of the subscription due now, on each of its
+/// tables: in the store, and through the subscription's `retry_requested_ms`
+/// in the memory of the workers delivering it (on any instance).
+pub async fn retry(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
+    let sub = load(&s, &id).await?;
+    let now = now_ms();
+    let mut due = 0;
+    for t in sub.resources.of(&known_targets(&s)) {
+        due += s.shared.store.retry_now(&sub.id, &t, now).await?;
+    }
+    crate::store::update_subscription(s.shared.store.as_ref(), &id, |cur| {
+        cur.retry_requested_ms = Some(now);
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await?;
+    tracing::info!(subscription = %id, due, "waiting retries made due now");
+    Ok(Json(json!({ "id": sub.id, "due_now": due })))
+}
+
 #[derive(Deserialize)]
 pub struct AttemptsQuery {
     limit: Option<String>,

@@ -112,6 +112,7 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
         )
         .route("/v1/subscriptions/{id}/replay", post(deliveries::replay))
         .route("/v1/subscriptions/{id}/test", post(deliveries::test))
+        .route("/v1/subscriptions/{id}/retry", post(deliveries::retry))
         .route("/v1/subscriptions/{id}/attempts", get(deliveries::attempts))
         .route(
             "/v1/subscriptions/{id}/dead-letters",

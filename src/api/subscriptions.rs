@@ -129,6 +129,7 @@ pub async fn create(
         filters: req.filters,
         fields,
         managed_by: None,
+        retry_requested_ms: None,
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");

@@ -186,6 +186,7 @@ impl Worker {
                     q.remove(id);
                 }
                 st.failing_since = None;
+                self.recovered(st, sub, now).await?;
                 Ok(false)
             }
             Outcome::Gone => {
@@ -194,6 +195,10 @@ impl Worker {
                 Ok(true)
             }
             _ => {
+                let records = events.iter().map(|e| e.record.as_str());
+                if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
+                    tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                }
                 self.retry_or_bury(st, sub, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
                 if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
@@ -209,6 +214,25 @@ impl Worker {
         }
     }
 
+    /// A success at `now` (unix ms) ends a streak of failures: says so, and
+    /// makes the waiting retries due now when the receiver was down
+    /// (`Streak` says when), in memory and in the store.
+    async fn recovered(&self, st: &mut State, sub: &Subscription, now: u64) -> StoreResult<()> {
+        let back = st.streak.delivered();
+        if back.say {
+            tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
+        }
+        let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
+            return Ok(());
+        };
+        let due = q.retry_now(now);
+        if due > 0 {
+            self.store.retry_now(&sub.id, &self.target, now).await?;
+            tracing::info!(subscription = %sub.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
+        }
+        Ok(())
+    }
+
     /// After a failure at `now` (unix ms): each entry waits for its next
     /// retry, or goes to the dead letters when the schedule is exhausted.
     async fn retry_or_bury(
@@ -219,11 +243,7 @@ impl Worker {
         now: u64,
     ) -> StoreResult<()> {
         let q = st.queue.as_mut().expect("checked by the caller");
-        let why = done
-            .sent
-            .error
-            .clone()
-            .unwrap_or_else(|| format!("HTTP {}", done.sent.status.unwrap_or(0)));
+        let why = reason(&done.sent);
         // One retry state for the whole request, shared with no other entry:
         // its entries are retried together as the same batch (same `webhook-id`).
         let mut states: HashMap<u32, Option<RetryState>> = HashMap::new();
@@ -301,6 +321,17 @@ impl Worker {
         })
         .await?;
         Ok(())
+    }
+}
+
+/// Why a request failed, in words that carry no secret (the sender's
+/// errors leave out the URL): the status, or the error (an SSRF refusal,
+/// TLS, a timeout, a connection).
+pub fn reason(sent: &Sent) -> String {
+    match (&sent.error, sent.status) {
+        (Some(e), _) if sent.outcome == Outcome::Refused => format!("refused: {e}"),
+        (Some(e), _) => e.clone(),
+        (None, status) => format!("HTTP {}", status.unwrap_or(0)),
     }
 }
 

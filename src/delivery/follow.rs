@@ -45,6 +45,13 @@ impl Worker {
                 st.requeue = true;
             }
         }
+        let asked = newer.retry_requested_ms;
+        if asked.is_some() && asked != st.sub.retry_requested_ms {
+            // `POST …/retry` made the stored retries due; so here too.
+            if let Some(q) = st.queue.as_mut() {
+                q.retry_now(crate::events::now_ms());
+            }
+        }
         st.sub = Arc::new(newer);
         if !st.sub.enabled {
             return Ok(Some(Step::Disabled));

@@ -27,6 +27,7 @@ mod queue;
 pub mod sender;
 pub mod signing;
 pub mod ssrf;
+mod streak;
 mod window;
 pub mod worker;
 mod writer;

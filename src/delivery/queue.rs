@@ -108,6 +108,20 @@ impl Queue {
         }
     }
 
+    /// Makes every waiting retry due by `now`, as `DeliveryStore::retry_now`
+    /// does to the stored states (one shift for all, so states shared stay
+    /// shared and distinct ones distinct); answers how many were not due.
+    pub fn retry_now(&mut self, now: u64) -> usize {
+        let retried = || self.entries.values().filter(|p| p.state.attempts > 0);
+        let waiting = retried().filter(|p| p.state.next_at_ms > now).count();
+        let latest = retried().map(|p| p.state.next_at_ms).max().unwrap_or(now);
+        let shift = latest.saturating_sub(now);
+        for p in self.entries.values_mut().filter(|p| p.state.attempts > 0) {
+            p.state.next_at_ms = p.state.next_at_ms.saturating_sub(shift);
+        }
+        waiting
+    }
+
     /// `state` with its retry time moved on by a millisecond or more while
     /// an entry outside `own` has it: the entries of one failed request are
     /// then the only ones to share it, so [`due_batches`](Self::due_batches)
@@ -239,6 +253,28 @@ mod tests {
             2,
             "no more than the free slots"
         );
+    }
+
+    #[test]
+    fn retry_now_makes_waits_due_and_keeps_batches_apart() {
+        let mut q = queue(&[
+            (1, "a", 2, 900),
+            (2, "b", 1, 700),
+            (3, "c", 1, 700),
+            (4, "d", 0, 0),
+        ]);
+        assert_eq!(q.retry_now(100), 3);
+        let states: Vec<RetryState> = q.values().map(|p| p.state).collect();
+        let at = |attempts, next_at_ms| RetryState {
+            attempts,
+            next_at_ms,
+        };
+        assert_eq!(states, [at(2, 100), at(1, 0), at(1, 0), at(0, 0)]);
+        assert_eq!(
+            q.due_batches(100, 5, 4).0,
+            [ids(&[1]), ids(&[2, 3]), ids(&[4])]
+        );
+        assert_eq!(q.retry_now(100), 0, "nothing left waiting");
     }
 
     #[test]

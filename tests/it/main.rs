@@ -28,6 +28,7 @@ mod records;
 mod reset;
 mod retention;
 mod retries;
+mod retry_now;
 mod rules;
 mod security;
 mod serve;
