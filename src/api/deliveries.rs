@@ -18,7 +18,10 @@ use crate::{
     delivery::sender::Message,
     events::{StreamId, now_ms},
     store::Target,
-    subscription::{Start, state::DeadLetter},
+    subscription::{
+        Start,
+        state::{Attempt, DeadLetter},
+    },
 };
 
 #[derive(Deserialize)]
@@ -109,6 +112,19 @@ pub async fn test(
             secrets,
         })
         .await;
+    // Listed with the attempts, where a receiver's setup is checked.
+    let attempt = Attempt {
+        at_ms: now_ms(),
+        target: String::new(),
+        ping: true,
+        event_ids: vec![ping_id],
+        outcome: sent.outcome,
+        status: sent.status,
+        latency_ms: sent.latency.as_millis() as u64,
+        response: sent.response.clone(),
+        error: sent.error.clone(),
+    };
+    s.shared.store.log_attempts(&sub.id, &[attempt]).await?;
     Ok(Json(json!({
         "outcome": sent.outcome, "status": sent.status, "latency_ms": sent.latency.as_millis() as u64,
         "response": sent.response, "error": sent.error,

@@ -301,6 +301,7 @@ impl Worker {
         let attempt = Attempt {
             at_ms,
             target: self.target.to_string(),
+            ping: false,
             event_ids: events.iter().map(|e| self.source.id(e)).collect(),
             outcome: sent.outcome,
             status: sent.status,

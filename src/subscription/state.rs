@@ -58,7 +58,11 @@ impl DeadLetter {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Attempt {
     pub at_ms: u64,
+    /// `source/resource`; empty for a ping.
     pub target: String,
+    /// A test ping (`POST …/test`), not an event delivery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ping: bool,
     /// CloudEvents ids of the events in this request.
     pub event_ids: Vec<String>,
     pub outcome: Outcome,

@@ -22,6 +22,7 @@ mod malformed;
 mod metrics;
 mod openapi;
 mod pace;
+mod ping;
 mod property;
 mod receiver;
 mod records;
