@@ -72,6 +72,10 @@ impl Relay {
         }
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
+        let refused = policy.declared_problems(&config);
+        if !refused.is_empty() {
+            return Err(crate::config::ConfigError { problems: refused }.into());
+        }
         let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
         Ok(Relay {
             config,

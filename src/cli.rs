@@ -106,7 +106,14 @@ fn init_logging(format: LogFormat, default: &str) {
 
 /// `check-config`: "ok" with what the file declares, or every problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let c = match crate::declared::load_config(Some(path)) {
+    let refused = |c: &crate::config::Config| {
+        let problems = crate::delivery::Deliverer::policy(c).declared_problems(c);
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(crate::config::ConfigError { problems }),
+        }
+    };
+    let c = match crate::declared::load_config(Some(path)).and_then(|c| refused(&c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             println!("{e}");

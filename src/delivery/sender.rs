@@ -148,6 +148,11 @@ impl Sender {
         })
     }
 
+    /// The address policy its requests are held to.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// `delivery.request_timeout`: no request takes longer.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -11,6 +11,7 @@ mod compat;
 mod crash;
 mod declared;
 mod delivery;
+mod door;
 mod faults;
 mod filters;
 mod health;
