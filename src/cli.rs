@@ -399,6 +399,9 @@ fn print_subscriptions(snap: &crate::status::Snapshot) {
             v.dead_letters,
             v.sub.url
         );
+        if let Some(note) = v.delivery_note(crate::events::now_ms()) {
+            println!("  {note}");
+        }
         if !v.paused.is_empty() {
             let paused: Vec<String> = v.paused.iter().map(|t| t.to_string()).collect();
             println!(

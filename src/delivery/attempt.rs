@@ -325,15 +325,9 @@ impl Worker {
     }
 }
 
-/// Why a request failed, in words that carry no secret (the sender's
-/// errors leave out the URL): the status, or the error (an SSRF refusal,
-/// TLS, a timeout, a connection).
+/// Why a request failed (`state::failure_reason`).
 pub fn reason(sent: &Sent) -> String {
-    match (&sent.error, sent.status) {
-        (Some(e), _) if sent.outcome == Outcome::Refused => format!("refused: {e}"),
-        (Some(e), _) => e.clone(),
-        (None, status) => format!("HTTP {}", status.unwrap_or(0)),
-    }
+    crate::subscription::state::failure_reason(sent.outcome, sent.status, sent.error.as_deref())
 }
 
 /// A send task's result as the worker keeps it until the next step.

@@ -73,6 +73,25 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+impl Attempt {
+    /// Why it failed, or None when it delivered.
+    pub fn failure(&self) -> Option<String> {
+        (self.outcome != Outcome::Delivered)
+            .then(|| failure_reason(self.outcome, self.status, self.error.as_deref()))
+    }
+}
+
+/// Why a request failed, in words that carry no secret (the sender's errors
+/// leave the URL out): the error (an SSRF refusal, TLS, a timeout, a
+/// connection), or else the status.
+pub fn failure_reason(outcome: Outcome, status: Option<u16>, error: Option<&str>) -> String {
+    match error {
+        Some(e) if outcome == Outcome::Refused => format!("refused: {e}"),
+        Some(e) => e.to_string(),
+        None => format!("HTTP {}", status.unwrap_or(0)),
+    }
+}
+
 /// What one request achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

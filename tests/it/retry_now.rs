@@ -10,7 +10,7 @@ use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{self as simulator, Change, SimConfig};
 
 use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
-use crate::harness::{App, Sim, TestStore, source, wait_for, wait_synced};
+use crate::harness::{App, ConfigBuilder, Sim, TestStore, source, upstream, wait_for, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
@@ -67,6 +67,26 @@ async fn the_retry_route_makes_waiting_retries_due_now(ts: TestStore) {
     let (sim, app, rx, id) = outage(&ts).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(rx.events().is_empty(), "sent before its retry time");
+    // Said on the status page and by `stamp-relay status`.
+    let page = app.get("/").send().await.unwrap().text().await.unwrap();
+    let note = page.split("data-failure>").nth(1).unwrap_or_default();
+    assert!(note.starts_with("last failure "), "{page}");
+    assert!(
+        note.contains("on sim/patients: HTTP 500; next attempt in "),
+        "{note}"
+    );
+    let cfg = ConfigBuilder::on(&ts.config)
+        .source(upstream("sim", &sim.base_url, &["patients"]))
+        .write(&ts.dir.path().join("relay.toml"));
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["status", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("on sim/patients: HTTP 500; next attempt in "),
+        "{text}"
+    );
     let r = app
         .post(&format!("/v1/subscriptions/{id}/retry"), &json!({}))
         .send()
