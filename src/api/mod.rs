@@ -217,7 +217,17 @@ async fn openapi() -> impl IntoResponse {
 async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem> {
     use crate::metrics::SubLabels;
     let m = &s.metrics;
-    for sub in s.shared.store.subscriptions().await? {
+    let subs = s.shared.store.subscriptions().await?;
+    let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+    m.keep_subscriptions(
+        &ids,
+        &s.shared
+            .targets
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect::<Vec<_>>(),
+    );
+    for sub in subs {
         let l = SubLabels {
             subscription: sub.id.clone(),
         };

@@ -203,6 +203,9 @@ impl Deliverer {
     }
 
     async fn forget(&self, sub: &str, t: Target) {
+        // Its worker has stopped: nothing re-creates the series.
+        self.metrics
+            .forget_subscription(sub, std::slice::from_ref(&t));
         if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
             tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
         }

@@ -106,9 +106,37 @@ pub enum Outcome {
     Refused,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Delivered,
+        Outcome::Throttled,
+        Outcome::Failed,
+        Outcome::Gone,
+        Outcome::Refused,
+    ];
+
+    /// The name the API and the metrics' `outcome` label use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Throttled => "throttled",
+            Outcome::Failed => "failed",
+            Outcome::Gone => "gone",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_names_are_the_serialized_ones() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 
     #[test]
     fn retry_state_reads_what_it_wrote_and_refuses_anything_else() {
