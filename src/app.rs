@@ -76,7 +76,11 @@ impl Relay {
         if !refused.is_empty() {
             return Err(crate::config::ConfigError { problems: refused }.into());
         }
-        let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
+        let (timeout, ca) = (
+            config.delivery.request_timeout,
+            &config.delivery.tls_ca_file,
+        );
+        let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
         Ok(Relay {
             config,
             store,

@@ -40,5 +40,6 @@ mod subscription_filters;
 mod sync;
 mod tail;
 mod takeover;
+mod tls;
 mod upstream;
 mod versions;
