@@ -35,6 +35,7 @@ mod health;
 mod live;
 pub mod problem;
 mod records;
+mod redrive;
 mod requests;
 mod resources;
 pub mod server;
@@ -120,7 +121,7 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
         )
         .route(
             "/v1/subscriptions/{id}/dead-letters/redrive",
-            post(deliveries::redrive),
+            post(redrive::redrive),
         )
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),

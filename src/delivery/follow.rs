@@ -85,7 +85,7 @@ impl Worker {
 /// A subscription's filters and fields over `src` (whose id and stamp
 /// fields projections keep). They were checked when stored; one that no
 /// longer parses is an error the worker disables the subscription for.
-pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
+pub fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
     let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
     Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields)
         .map_err(|e| format!("stored filters or fields do not parse ({e}); fix them with PATCH and enable the subscription"))

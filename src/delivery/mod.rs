@@ -22,6 +22,7 @@ use crate::{
 
 mod attempt;
 mod follow;
+pub use follow::selection_of;
 mod meters;
 mod queue;
 pub mod sender;

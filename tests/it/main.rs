@@ -27,6 +27,7 @@ mod ping;
 mod property;
 mod receiver;
 mod records;
+mod redrive;
 mod reset;
 mod retention;
 mod retries;
