@@ -29,6 +29,7 @@ pub mod sender;
 pub mod signing;
 pub mod ssrf;
 mod streak;
+mod survive;
 mod window;
 pub mod worker;
 mod writer;
@@ -143,9 +144,11 @@ impl Deliverer {
         let mut running: HashMap<(String, Target), Running> = HashMap::new();
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
+        let mut memory = survive::Memory::default();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
                 Ok(subs) => {
+                    self.survive(&mut memory, &subs).await;
                     self.restore(&subs).await;
                     for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
                         let this = self.clone();

@@ -38,6 +38,7 @@ mod serve;
 mod settle;
 mod status;
 mod subscription_filters;
+mod survive;
 mod sync;
 mod tail;
 mod takeover;
