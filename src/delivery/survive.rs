@@ -34,9 +34,9 @@ impl Deliverer {
         if self.epochs_changed(memory).await {
             memory.restoring_until = Some(Instant::now() + WINDOW);
         }
-        if !memory
+        if memory
             .restoring_until
-            .is_some_and(|until| Instant::now() < until)
+            .is_none_or(|until| Instant::now() >= until)
         {
             memory.restoring_until = None;
             memory.known = subs.to_vec();

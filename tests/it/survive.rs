@@ -39,7 +39,7 @@ async fn api_subscriptions_survive_a_store_reset(ts: TestStore) {
     wait_delivered(
         ts.store.as_ref(),
         &rx,
-        &[t.clone()],
+        std::slice::from_ref(&t),
         Duration::from_secs(20),
     )
     .await;
