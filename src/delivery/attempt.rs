@@ -218,7 +218,7 @@ impl Worker {
     /// makes the waiting retries due now when the receiver was down
     /// (`Streak` says when), in memory and in the store.
     async fn recovered(&self, st: &mut State, sub: &Subscription, now: u64) -> StoreResult<()> {
-        let back = st.streak.delivered();
+        let back = st.streak.delivered(now);
         if back.say {
             tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
         }

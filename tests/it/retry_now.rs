@@ -117,6 +117,8 @@ async fn the_retry_route_makes_waiting_retries_due_now(ts: TestStore) {
 /// event) makes the waiting ones due: nothing waits out the hour.
 async fn a_receiver_back_from_an_outage_pulls_its_retries_forward(ts: TestStore) {
     let (sim, app, rx, id) = outage(&ts).await;
+    // An outage: nothing succeeded for longer than a flapping receiver's gaps.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     sim.sim
         .apply(Change::new("patients", simulator::Op::Create).with_id("new-patient"))
         .unwrap();
