@@ -73,7 +73,15 @@ impl Relay {
         }
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
-        let sender = Arc::new(Sender::new(policy, config.delivery.request_timeout)?);
+        let refused = policy.declared_problems(&config);
+        if !refused.is_empty() {
+            return Err(crate::config::ConfigError { problems: refused }.into());
+        }
+        let (timeout, ca) = (
+            config.delivery.request_timeout,
+            &config.delivery.tls_ca_file,
+        );
+        let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
         Ok(Relay {
             config,
             store,

@@ -143,7 +143,14 @@ fn init_logging(format: LogFormat, default: &str, command: &Command) -> Option<T
 
 /// `check-config`: "ok" with what the file declares, or every problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let c = match crate::declared::load_config(Some(path)) {
+    let refused = |c: &crate::config::Config| {
+        let problems = crate::delivery::Deliverer::policy(c).declared_problems(c);
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(crate::config::ConfigError { problems }),
+        }
+    };
+    let c = match crate::declared::load_config(Some(path)).and_then(|c| refused(&c).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             println!("{e}");
@@ -443,6 +450,9 @@ fn print_subscriptions(snap: &crate::status::Snapshot) {
             v.dead_letters,
             v.sub.url
         );
+        if let Some(note) = v.delivery_note(crate::events::now_ms()) {
+            println!("  {note}");
+        }
         if !v.paused.is_empty() {
             let paused: Vec<String> = v.paused.iter().map(|t| t.to_string()).collect();
             println!(

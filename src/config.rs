@@ -188,6 +188,10 @@ pub struct DeliveryConfig {
     /// Events of one subscription and table held back by waiting retries
     /// at most; at the limit that table claims nothing new for it.
     pub max_waiting_retries: usize,
+    /// A PEM file of CA certificates trusted for receivers, beside the
+    /// system's roots (a private CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -205,6 +209,7 @@ impl Default for DeliveryConfig {
             max_retry_after: Duration::from_secs(6 * 3600),
             disable_after: Duration::from_secs(5 * 24 * 3600),
             max_waiting_retries: 5000,
+            tls_ca_file: None,
         }
     }
 }

@@ -190,6 +190,7 @@ fn model(
         filters: c.filters.clone(),
         fields,
         managed_by: Some(ManagedBy::Config),
+        retry_requested_ms: None,
     }
 }
 

@@ -46,6 +46,30 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// Trusts the CA certificates of the PEM file at `path` (the setting `key`)
+/// beside the system's roots; the error names the setting and the file.
+pub fn trust_ca_file(
+    builder: reqwest::ClientBuilder,
+    path: Option<&std::path::Path>,
+    key: &str,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let Some(path) = path else {
+        return Ok(builder);
+    };
+    let fix = "point it at a PEM file of the CA certificates that signed the server's certificate";
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("{key}: cannot read {}: {e}; {fix}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!("{key}: {} holds no PEM certificate; {fix}", path.display())
+        })?;
+    Ok(certs
+        .into_iter()
+        .fold(builder, |b, c| b.add_root_certificate(c)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +100,33 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_names_the_setting() {
+        let missing = std::path::Path::new("/nonexistent/ca.pem");
+        let e = super::trust_ca_file(
+            reqwest::Client::builder(),
+            Some(missing),
+            "delivery.tls_ca_file",
+        );
+        let e = e.err().unwrap().to_string();
+        assert!(
+            e.starts_with("delivery.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("ca.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = super::trust_ca_file(
+            reqwest::Client::builder(),
+            Some(&junk),
+            "sources.pc.tls_ca_file",
+        );
+        let e = e.err().unwrap().to_string();
+        assert!(
+            e.contains("sources.pc.tls_ca_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
     }
 }

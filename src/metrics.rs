@@ -2,6 +2,7 @@
 //! delivery workers and the HTTP layer. Names follow Prometheus conventions:
 //! units in the name, counters end in `_total`.
 
+use crate::subscription::state::Outcome;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -89,6 +90,9 @@ pub struct Metrics {
     pub dead_letters: Family<SubLabels, Gauge>,
     pub disabled: Family<SubLabels, Gauge>,
     pub live_clients: Gauge,
+    /// The subscriptions whose gauges the last scrape set: one gone from
+    /// the store by the next scrape has its series removed.
+    scraped: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -124,6 +128,7 @@ impl Metrics {
             dead_letters: Family::default(),
             disabled: Family::default(),
             live_clients: Gauge::default(),
+            scraped: Default::default(),
             registry: Registry::default(),
         };
         register_polling(&mut r, &m);
@@ -136,6 +141,48 @@ impl Metrics {
     pub fn alert(&self, alert: Alert, t: &crate::store::Target, n: u64) {
         let i = Alert::ALL.iter().position(|a| *a == alert).unwrap_or(0);
         self.alerts[i].get_or_create(&target_labels(t)).inc_by(n);
+    }
+
+    /// Removes every series of subscription `sub` (on each of `targets`), so
+    /// `/metrics` stops showing a deleted subscription.
+    pub fn forget_subscription(&self, sub: &str, targets: &[crate::store::Target]) {
+        let l = SubLabels {
+            subscription: sub.to_string(),
+        };
+        self.delivery_latency.remove(&l);
+        self.dead_letters.remove(&l);
+        self.disabled.remove(&l);
+        for outcome in Outcome::ALL {
+            self.attempts.remove(&OutcomeLabels {
+                subscription: sub.to_string(),
+                outcome: outcome.as_str().to_string(),
+            });
+        }
+        for t in targets {
+            let l = SubTargetLabels {
+                subscription: sub.to_string(),
+                source: t.source.clone(),
+                resource: t.resource.clone(),
+            };
+            self.pending.remove(&l);
+            self.waiting_retry.remove(&l);
+            self.in_flight.remove(&l);
+            self.claims_paused.remove(&l);
+            self.filtered.remove(&l);
+        }
+    }
+
+    /// Notes the subscriptions a scrape shows and removes the series of
+    /// those the previous scrape showed that are gone.
+    pub fn keep_subscriptions(&self, ids: &[String], targets: &[crate::store::Target]) {
+        let now: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        let before = std::mem::replace(
+            &mut *self.scraped.lock().unwrap_or_else(|p| p.into_inner()),
+            now.clone(),
+        );
+        for gone in before.difference(&now) {
+            self.forget_subscription(gone, targets);
+        }
     }
 
     /// The Prometheus text exposition.

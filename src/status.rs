@@ -38,6 +38,56 @@ pub struct SubscriptionView {
     /// so the worker claims nothing new there for now.
     pub paused: Vec<Target>,
     pub dead_letters: usize,
+    /// The newest failed attempt among the recent ones, if any.
+    pub last_failure: Option<Failure>,
+    /// When the earliest waiting retry is due (unix ms).
+    pub next_attempt_ms: Option<u64>,
+}
+
+impl SubscriptionView {
+    /// The last failure and the next attempt in words, as the page and
+    /// `stamp-relay status` show them at `now` (unix ms): "last failure 12 s
+    /// ago on sim/patients: HTTP 503; next attempt in 4 s".
+    pub fn delivery_note(&self, now: u64) -> Option<String> {
+        let failed = self.last_failure.as_ref().map(|f| {
+            let ago = now.saturating_sub(f.at_ms) / 1000;
+            let on = match f.target.as_str() {
+                "" => "a ping".to_string(),
+                t => t.to_string(),
+            };
+            format!("last failure {ago} s ago on {on}: {}", f.reason)
+        });
+        let next = self.next_attempt_ms.map(|at| {
+            format!(
+                "next attempt in {} s",
+                at.saturating_sub(now).div_ceil(1000)
+            )
+        });
+        let parts: Vec<String> = failed.into_iter().chain(next).collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// A failed attempt as the status surfaces show it.
+pub struct Failure {
+    pub at_ms: u64,
+    /// `source/resource`, empty for a ping.
+    pub target: String,
+    pub reason: String,
+}
+
+/// Attempts read for the last failure: a failure older than these is history.
+const RECENT_ATTEMPTS: usize = 100;
+
+async fn last_failure(store: &dyn Store, sub: &str) -> StoreResult<Option<Failure>> {
+    let recent = store.attempts(sub, RECENT_ATTEMPTS).await?;
+    Ok(recent.into_iter().find_map(|a| {
+        a.failure().map(|reason| Failure {
+            at_ms: a.at_ms,
+            target: a.target,
+            reason,
+        })
+    }))
 }
 
 /// Everything the status surfaces show.
@@ -77,6 +127,8 @@ pub async fn subscriptions(
             waiting_retries: 0,
             paused: Vec::new(),
             dead_letters: store.dead_letters(&sub.id).await?.len(),
+            last_failure: last_failure(store, &sub.id).await?,
+            next_attempt_ms: None,
             sub,
         };
         for t in targets.iter().filter(|t| view.sub.covers(t)) {
@@ -84,6 +136,9 @@ pub async fn subscriptions(
             let position = position_or_start(store, &view.sub, t).await?;
             let pending = store.pending(&view.sub.id, t).await?;
             let standing = Standing::of(position, pending.first().map(|(e, _)| e.id));
+            let retries = pending.iter().filter(|(_, st)| st.attempts > 0);
+            let next = retries.map(|(_, st)| st.next_at_ms).min();
+            view.next_attempt_ms = view.next_attempt_ms.into_iter().chain(next).min();
             view.lag = view.lag.max(standing.lag(store.last_id(t).await?));
             let held = Backlog::of(pending);
             view.pending += held.pending;

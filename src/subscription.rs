@@ -82,6 +82,10 @@ pub struct Subscription {
     /// neither deletes nor rewrites it (src/declared.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed_by: Option<ManagedBy>,
+    /// When `POST …/retry` last asked for every waiting retry to be due now
+    /// (unix ms): a change tells the running workers to do so in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_requested_ms: Option<u64>,
 }
 
 /// What owns a subscription other than the API.

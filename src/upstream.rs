@@ -81,6 +81,9 @@ impl Upstream {
             .connect_timeout(Duration::from_secs(10).min(source.settings.request_timeout))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")));
+        let key = format!("sources.{}.tls_ca_file", source.name());
+        let builder =
+            crate::http::trust_ca_file(builder, source.settings.tls_ca_file.as_deref(), &key)?;
         // Only the configured proxy, never one from the environment.
         let http = match &source.settings.proxy {
             Some(p) => builder.proxy(reqwest::Proxy::all(p)?),

@@ -19,7 +19,7 @@ use crate::{
     delivery::sender::Message,
     events::{StreamId, now_ms},
     store::Target,
-    subscription::{Start, state::DeadLetter},
+    subscription::{Start, state::Attempt},
 };
 
 #[derive(Deserialize)]
@@ -119,10 +119,45 @@ pub async fn test(
             secrets,
         })
         .await;
+    // Listed with the attempts, where a receiver's setup is checked.
+    let attempt = Attempt {
+        at_ms: now_ms(),
+        target: String::new(),
+        ping: true,
+        event_ids: vec![ping_id],
+        outcome: sent.outcome,
+        status: sent.status,
+        latency_ms: sent.latency.as_millis() as u64,
+        response: sent.response.clone(),
+        error: sent.error.clone(),
+    };
+    s.shared.store.log_attempts(&sub.id, &[attempt]).await?;
     Ok(Json(json!({
         "outcome": sent.outcome, "status": sent.status, "latency_ms": sent.latency.as_millis() as u64,
         "response": sent.response, "error": sent.error,
     })))
+}
+
+/// Makes every waiting retry of the subscription due now, on each of its
+/// tables: in the store, and through the subscription's `retry_requested_ms`
+/// in the memory of the workers delivering it (on any instance).
+pub async fn retry(
+    State(s): State<ApiState>,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<Value>> {
+    let sub = load(&s, &id).await?;
+    let now = now_ms();
+    let mut due = 0;
+    for t in sub.resources.of(&known_targets(&s)) {
+        due += s.shared.store.retry_now(&sub.id, &t, now).await?;
+    }
+    crate::store::update_subscription(s.shared.store.as_ref(), &id, |cur| {
+        cur.retry_requested_ms = Some(now);
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await?;
+    tracing::info!(subscription = %id, due, "waiting retries made due now");
+    Ok(Json(json!({ "id": sub.id, "due_now": due })))
 }
 
 #[derive(Deserialize)]
@@ -157,57 +192,4 @@ pub async fn dead_letters(
     load(&s, &id).await?;
     let all = s.shared.store.dead_letters(&id).await?;
     Ok(Json(json!({ "dead_letters": all })))
-}
-
-/// Puts every dead letter back into the pending set, due now.
-pub async fn redrive(
-    State(s): State<ApiState>,
-    PathParams(id): PathParams<String>,
-) -> ApiResult<Json<Value>> {
-    load(&s, &id).await?;
-    let store = &s.shared.store;
-    // Back into pending before they leave the dead letters, so an event is
-    // always in one of the two, where retention sees it. Letters that arrive
-    // during the redrive are taken below and queued too.
-    let seen = store.dead_letters(&id).await?;
-    let (mut redriven, mut trimmed) = (0, Vec::new());
-    queue_again(&s, &id, &seen, &mut redriven, &mut trimmed).await?;
-    let taken = store.take_dead_letters(&id).await?;
-    let late: Vec<DeadLetter> = taken
-        .into_iter()
-        .filter(|d| !seen.iter().any(|x| x.key() == d.key()))
-        .collect();
-    queue_again(&s, &id, &late, &mut redriven, &mut trimmed).await?;
-    tracing::info!(subscription = %id, count = redriven, trimmed = trimmed.len(), "dead letters redriven");
-    Ok(Json(json!({ "redriven": redriven, "trimmed": trimmed })))
-}
-
-/// Puts dead letters back into pending, except those whose event retention
-/// removed (only a hard cap does that), which it names in `trimmed`.
-async fn queue_again(
-    s: &ApiState,
-    sub: &str,
-    dead: &[DeadLetter],
-    redriven: &mut usize,
-    trimmed: &mut Vec<String>,
-) -> ApiResult<()> {
-    let mut by_target: BTreeMap<&str, Vec<StreamId>> = BTreeMap::new();
-    for d in dead {
-        if let Ok(sid) = d.id.parse() {
-            by_target.entry(d.target.as_str()).or_default().push(sid);
-        }
-    }
-    for (name, ids) in by_target {
-        let Some((source, resource)) = name.split_once('/') else {
-            continue;
-        };
-        let t = Target::new(source, resource);
-        let through = s.shared.store.trimmed_through(&t).await?;
-        let (gone, kept): (Vec<StreamId>, Vec<StreamId>) =
-            ids.iter().partition(|sid| **sid <= through);
-        s.shared.store.add_pending(sub, &t, &kept).await?;
-        *redriven += kept.len();
-        trimmed.extend(gone.iter().map(|sid| format!("{name}@{sid}")));
-    }
-    Ok(())
 }

@@ -37,6 +37,7 @@ mod live;
 mod positions;
 pub mod problem;
 mod records;
+mod redrive;
 mod requests;
 mod resources;
 pub mod server;
@@ -132,6 +133,7 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
         )
         .route("/v1/subscriptions/{id}/replay", post(deliveries::replay))
         .route("/v1/subscriptions/{id}/test", post(deliveries::test))
+        .route("/v1/subscriptions/{id}/retry", post(deliveries::retry))
         .route("/v1/subscriptions/{id}/attempts", get(deliveries::attempts))
         .route(
             "/v1/subscriptions/{id}/dead-letters",
@@ -139,7 +141,7 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
         )
         .route(
             "/v1/subscriptions/{id}/dead-letters/redrive",
-            post(deliveries::redrive),
+            post(redrive::redrive),
         )
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
@@ -255,7 +257,17 @@ async fn asyncapi() -> impl IntoResponse {
 async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem> {
     use crate::metrics::SubLabels;
     let m = &s.metrics;
-    for sub in s.shared.store.subscriptions().await? {
+    let subs = s.shared.store.subscriptions().await?;
+    let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+    m.keep_subscriptions(
+        &ids,
+        &s.shared
+            .targets
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect::<Vec<_>>(),
+    );
+    for sub in subs {
         let l = SubLabels {
             subscription: sub.id.clone(),
         };

@@ -101,7 +101,7 @@ fn subscription_row(h: &mut String, v: &SubscriptionView) {
             esc(&tables.join(", "))
         )
     };
-    let state = if sub.enabled {
+    let mut state = if sub.enabled {
         "<span class=ok>enabled</span>".to_string()
     } else {
         format!(
@@ -109,6 +109,9 @@ fn subscription_row(h: &mut String, v: &SubscriptionView) {
             esc(sub.disabled_reason.as_deref().unwrap_or(""))
         )
     };
+    if let Some(note) = v.delivery_note(now_ms()) {
+        let _ = write!(state, " <div class=bad data-failure>{}</div>", esc(&note));
+    }
     let _ = write!(
         h,
         "<tr data-subscription=\"{id}\"><td>{id}{managed}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\

@@ -89,6 +89,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
     let url = sub::WebhookUrl::parse(&req.url)?;
+    at_the_door(&s, &url).await?;
     let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
@@ -130,10 +131,22 @@ pub async fn create(
         filters: req.filters,
         fields,
         managed_by: None,
+        retry_requested_ms: None,
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
     created(&subscription, warnings)
+}
+
+/// The SSRF guard at the door: a URL whose host is or resolves to an
+/// address delivery refuses is a 422 naming `delivery.allowed_cidrs`,
+/// rather than a subscription that fails on every send.
+async fn at_the_door(s: &ApiState, url: &sub::WebhookUrl) -> ApiResult<()> {
+    s.sender
+        .policy()
+        .check_target(url.url())
+        .await
+        .map_err(|e| Problem::invalid("url", e))
 }
 
 /// 201 with the new subscription and, this once, its secret.
@@ -223,6 +236,9 @@ pub async fn patch(
             None => load(&s, &id).await?.resources,
         };
         all_kept(&s, &resources.of(&known))?;
+    }
+    if let Some(url) = &req.url {
+        at_the_door(&s, &sub::WebhookUrl::parse(url)?).await?;
     }
     let mut before = None;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {

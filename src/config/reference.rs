@@ -69,6 +69,12 @@ mod tests {
         }
     }
 
+    /// Optional keys left out of the serialized form when unset.
+    fn with_optionals(mut s: SourceConfig) -> SourceConfig {
+        s.tls_ca_file = Some("ca.pem".into());
+        s
+    }
+
     /// A configuration with one of every table and every auth kind.
     fn every_key() -> Value {
         let mut raw = RawConfig::default();
@@ -92,7 +98,8 @@ mod tests {
                 token_env: "T".into(),
             },
         ];
-        raw.sources = auths.into_iter().map(source).collect();
+        raw.sources = auths.into_iter().map(source).map(with_optionals).collect();
+        raw.delivery.tls_ca_file = Some("ca.pem".into());
         let sub =
             "id = \"i\"\nurl = \"https://x.example\"\nresources = [\"*\"]\nsecret_env = \"S\"";
         raw.subscriptions

@@ -175,6 +175,10 @@ pub struct SourceConfig {
     /// variables are ignored.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// A PEM file of CA certificates trusted for this upstream, beside the
+    /// system's roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Keep each record's latest version (record lookup, the compatible
     /// `?sync=` API, previous values; see src/store/records.rs).
     #[serde(default = "defaults::keep_records")]

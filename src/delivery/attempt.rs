@@ -5,7 +5,7 @@
 //! Requests run as tasks of their own, so a worker keeps several out at
 //! once; each is cut off at the end of the lease it was fenced with.
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use tokio::task::JoinError;
 
@@ -21,7 +21,7 @@ use crate::{
     store::StoreResult,
     subscription::{
         Subscription,
-        state::{Attempt, DeadLetter, Outcome},
+        state::{Attempt, DeadLetter, Outcome, RetryState},
     },
 };
 
@@ -196,6 +196,7 @@ impl Worker {
                     q.remove(id);
                 }
                 st.failing_since = None;
+                self.recovered(st, sub, now).await?;
                 Ok(false)
             }
             Outcome::Gone => {
@@ -204,6 +205,10 @@ impl Worker {
                 Ok(true)
             }
             _ => {
+                let records = events.iter().map(|e| e.record.as_str());
+                if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
+                    tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                }
                 self.retry_or_bury(st, sub, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
                 if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
@@ -219,6 +224,25 @@ impl Worker {
         }
     }
 
+    /// A success at `now` (unix ms) ends a streak of failures: says so, and
+    /// makes the waiting retries due now when the receiver was down
+    /// (`Streak` says when), in memory and in the store.
+    async fn recovered(&self, st: &mut State, sub: &Subscription, now: u64) -> StoreResult<()> {
+        let back = st.streak.delivered(now);
+        if back.say {
+            tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
+        }
+        let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
+            return Ok(());
+        };
+        let due = q.retry_now(now);
+        if due > 0 {
+            self.store.retry_now(&sub.id, &self.target, now).await?;
+            tracing::info!(subscription = %sub.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
+        }
+        Ok(())
+    }
+
     /// After a failure at `now` (unix ms): each entry waits for its next
     /// retry, or goes to the dead letters when the schedule is exhausted.
     async fn retry_or_bury(
@@ -229,17 +253,30 @@ impl Worker {
         now: u64,
     ) -> StoreResult<()> {
         let q = st.queue.as_mut().expect("checked by the caller");
-        let why = done
-            .sent
-            .error
-            .clone()
-            .unwrap_or_else(|| format!("HTTP {}", done.sent.status.unwrap_or(0)));
+        let why = reason(&done.sent);
+        // One retry state for the whole request, shared with no other entry:
+        // its entries are retried together as the same batch (same `webhook-id`).
+        let mut states: HashMap<u32, Option<RetryState>> = HashMap::new();
         for id in &done.ids {
-            let Some(p) = q.get_mut(id) else { continue };
-            p.state.attempts += 1;
-            match self.schedule.delay(p.state.attempts, done.sent.retry_after) {
-                Some(d) => {
-                    p.state.next_at_ms = now + d.as_millis() as u64;
+            let Some(attempts) = q.get(id).map(|p| p.state.attempts + 1) else {
+                continue;
+            };
+            let next = *states.entry(attempts).or_insert_with(|| {
+                let d = self.schedule.delay(attempts, done.sent.retry_after)?;
+                let next_at_ms = now + d.as_millis() as u64;
+                Some(q.unshared(
+                    RetryState {
+                        attempts,
+                        next_at_ms,
+                    },
+                    &done.ids,
+                ))
+            });
+            let p = q.get_mut(id).expect("looked up above");
+            p.state.attempts = attempts;
+            match next {
+                Some(state) => {
+                    p.state = state;
                     self.store
                         .retry_later(&sub.id, &self.target, *id, p.state)
                         .await?;
@@ -274,6 +311,7 @@ impl Worker {
         let attempt = Attempt {
             at_ms,
             target: self.target.to_string(),
+            ping: false,
             event_ids: events.iter().map(|e| self.source.id(e)).collect(),
             outcome: sent.outcome,
             status: sent.status,
@@ -295,6 +333,11 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+/// Why a request failed (`state::failure_reason`).
+pub fn reason(sent: &Sent) -> String {
+    crate::subscription::state::failure_reason(sent.outcome, sent.status, sent.error.as_deref())
 }
 
 /// A send task's result as the worker keeps it until the next step.

@@ -45,6 +45,13 @@ impl Worker {
                 st.requeue = true;
             }
         }
+        let asked = newer.retry_requested_ms;
+        if asked.is_some() && asked != st.sub.retry_requested_ms {
+            // `POST …/retry` made the stored retries due; so here too.
+            if let Some(q) = st.queue.as_mut() {
+                q.retry_now(crate::events::now_ms());
+            }
+        }
         st.sub = Arc::new(newer);
         if !st.sub.enabled {
             return Ok(Some(Step::Disabled));
@@ -78,7 +85,7 @@ impl Worker {
 /// A subscription's filters and fields over `src` (whose id and stamp
 /// fields projections keep). They were checked when stored; one that no
 /// longer parses is an error the worker disables the subscription for.
-pub(super) fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
+pub fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
     let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
     Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields)
         .map_err(|e| format!("stored filters or fields do not parse ({e}); fix them with PATCH and enable the subscription"))

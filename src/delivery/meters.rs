@@ -59,10 +59,7 @@ impl Meters {
             c.inc();
             return;
         }
-        let label = serde_json::to_value(outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let label = outcome.as_str().to_string();
         let counter = self
             .metrics
             .attempts

@@ -22,11 +22,14 @@ use crate::{
 
 mod attempt;
 mod follow;
+pub use follow::selection_of;
 mod meters;
 mod queue;
 pub mod sender;
 pub mod signing;
 pub mod ssrf;
+mod streak;
+mod survive;
 mod window;
 pub mod worker;
 mod writer;
@@ -141,9 +144,11 @@ impl Deliverer {
         let mut running: HashMap<(String, Target), Running> = HashMap::new();
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
+        let mut memory = survive::Memory::default();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
                 Ok(subs) => {
+                    self.survive(&mut memory, &subs).await;
                     self.restore(&subs).await;
                     for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
                         let this = self.clone();
@@ -202,6 +207,9 @@ impl Deliverer {
     }
 
     async fn forget(&self, sub: &str, t: Target) {
+        // Its worker has stopped: nothing re-creates the series.
+        self.metrics
+            .forget_subscription(sub, std::slice::from_ref(&t));
         if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
             tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
         }

@@ -108,32 +108,79 @@ impl Queue {
         }
     }
 
-    /// Up to `max` due entries in stream order, at most one per record and
-    /// none of a record with an earlier entry still pending or in flight
-    /// (per-record order); also the earliest time a record held back only
-    /// by its retry time becomes due.
-    pub fn due_batch(&self, now: u64, max: usize) -> (Vec<StreamId>, Option<u64>) {
-        if max == 0 {
-            return (Vec::new(), None);
+    /// Makes every waiting retry due by `now`, as `DeliveryStore::retry_now`
+    /// does to the stored states (one shift for all, so states shared stay
+    /// shared and distinct ones distinct); answers how many were not due.
+    pub fn retry_now(&mut self, now: u64) -> usize {
+        let retried = || self.entries.values().filter(|p| p.state.attempts > 0);
+        let waiting = retried().filter(|p| p.state.next_at_ms > now).count();
+        let latest = retried().map(|p| p.state.next_at_ms).max().unwrap_or(now);
+        let shift = latest.saturating_sub(now);
+        for p in self.entries.values_mut().filter(|p| p.state.attempts > 0) {
+            p.state.next_at_ms = p.state.next_at_ms.saturating_sub(shift);
         }
+        waiting
+    }
+
+    /// `state` with its retry time moved on by a millisecond or more while
+    /// an entry outside `own` has it: the entries of one failed request are
+    /// then the only ones to share it, so [`due_batches`](Self::due_batches)
+    /// groups them again, and only them.
+    pub fn unshared(&self, mut state: RetryState, own: &[StreamId]) -> RetryState {
+        let taken: HashSet<u64> = self
+            .entries
+            .iter()
+            .filter(|(id, p)| p.state.attempts == state.attempts && !own.contains(id))
+            .map(|(_, p)| p.state.next_at_ms)
+            .collect();
+        while taken.contains(&state.next_at_ms) {
+            state.next_at_ms += 1;
+        }
+        state
+    }
+
+    /// Up to `slots` requests of at most `per_request` due entries each,
+    /// at most one entry per record and none of a record with an earlier
+    /// entry still pending or in flight (per-record order); also the earliest
+    /// time a record held back only by its retry time becomes due.
+    ///
+    /// A batch that failed is retried as the same batch, so its `webhook-id`
+    /// holds: its entries failed together and share one retry state, which
+    /// groups them again, apart from entries never sent.
+    pub fn due_batches(
+        &self,
+        now: u64,
+        slots: usize,
+        per_request: usize,
+    ) -> (Vec<Vec<StreamId>>, Option<u64>) {
+        let per_request = per_request.max(1);
         let mut seen_records = HashSet::new();
-        let mut batch = Vec::new();
+        let mut retried: BTreeMap<RetryState, Vec<StreamId>> = BTreeMap::new();
+        let mut fresh = Vec::new();
         let mut next_due: Option<u64> = None;
         for (id, p) in &self.entries {
             if !seen_records.insert(p.event.record.as_str()) || self.in_flight.contains(id) {
                 continue;
             }
-            if p.state.next_at_ms <= now {
-                batch.push(*id);
-                if batch.len() == max {
-                    // Full: when to wake next only matters for an empty batch.
-                    break;
-                }
-            } else {
+            if p.state.next_at_ms > now {
                 next_due = Some(next_due.map_or(p.state.next_at_ms, |n| n.min(p.state.next_at_ms)));
+            } else if p.state.attempts == 0 {
+                fresh.push(*id);
+            } else {
+                retried.entry(p.state).or_default().push(*id);
             }
         }
-        (batch, next_due)
+        let mut groups: Vec<Vec<StreamId>> = retried.into_values().collect();
+        // Retried batches first, oldest first; then entries never sent.
+        groups.sort_by_key(|g| g[0]);
+        let fresh = fresh.chunks(per_request).map(<[StreamId]>::to_vec);
+        let batches = groups
+            .iter()
+            .flat_map(|g| g.chunks(per_request).map(<[StreamId]>::to_vec))
+            .chain(fresh)
+            .take(slots)
+            .collect();
+        (batches, next_due)
     }
 }
 
@@ -172,6 +219,64 @@ mod tests {
         stamps.iter().map(|s| StreamId::new(*s, 0)).collect()
     }
 
+    /// Due entries one per request.
+    fn due(q: &Queue, now: u64, max: usize) -> (Vec<StreamId>, Option<u64>) {
+        let (batches, next) = q.due_batches(now, max, 1);
+        (batches.into_iter().flatten().collect(), next)
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_as_the_same_batch() {
+        // 1 and 3 failed together; 2 and 4 were never sent.
+        let mut q = queue(&[
+            (1, "a", 1, 50),
+            (2, "b", 0, 0),
+            (3, "c", 1, 50),
+            (4, "d", 0, 0),
+        ]);
+        let (batches, _) = q.due_batches(100, 5, 3);
+        assert_eq!(batches, [ids(&[1, 3]), ids(&[2, 4])]);
+        // Another request failing at the same time gets a state of its own.
+        let state = q.unshared(
+            RetryState {
+                attempts: 1,
+                next_at_ms: 50,
+            },
+            &ids(&[2]),
+        );
+        assert_eq!(state.next_at_ms, 51);
+        q.get_mut(&StreamId::new(2, 0)).unwrap().state = state;
+        let (batches, _) = q.due_batches(100, 5, 3);
+        assert_eq!(batches, [ids(&[1, 3]), ids(&[2]), ids(&[4])]);
+        assert_eq!(
+            q.due_batches(100, 2, 3).0.len(),
+            2,
+            "no more than the free slots"
+        );
+    }
+
+    #[test]
+    fn retry_now_makes_waits_due_and_keeps_batches_apart() {
+        let mut q = queue(&[
+            (1, "a", 2, 900),
+            (2, "b", 1, 700),
+            (3, "c", 1, 700),
+            (4, "d", 0, 0),
+        ]);
+        assert_eq!(q.retry_now(100), 3);
+        let states: Vec<RetryState> = q.values().map(|p| p.state).collect();
+        let at = |attempts, next_at_ms| RetryState {
+            attempts,
+            next_at_ms,
+        };
+        assert_eq!(states, [at(2, 100), at(1, 0), at(1, 0), at(0, 0)]);
+        assert_eq!(
+            q.due_batches(100, 5, 4).0,
+            [ids(&[1]), ids(&[2, 3]), ids(&[4])]
+        );
+        assert_eq!(q.retry_now(100), 0, "nothing left waiting");
+    }
+
     #[test]
     fn a_waiting_record_holds_back_only_itself() {
         let q = queue(&[
@@ -180,10 +285,10 @@ mod tests {
             (3, "a", 0, 0),
             (4, "c", 0, 0),
         ]);
-        let (batch, next) = q.due_batch(100, 10);
+        let (batch, next) = due(&q, 100, 10);
         assert_eq!(batch, ids(&[2, 4]));
         assert_eq!(next, Some(500));
-        let (batch, _) = q.due_batch(600, 2);
+        let (batch, _) = due(&q, 600, 2);
         assert_eq!(batch, ids(&[1, 2]));
     }
 
@@ -196,12 +301,12 @@ mod tests {
             (4, "c", 0, 0),
         ]);
         q.start(&ids(&[1]));
-        assert_eq!(q.due_batch(0, 10).0, ids(&[2, 4]));
+        assert_eq!(due(&q, 0, 10).0, ids(&[2, 4]));
         q.start(&ids(&[2, 4]));
-        assert_eq!(q.due_batch(0, 10).0, ids(&[]), "3 waits for 1");
+        assert_eq!(due(&q, 0, 10).0, ids(&[]), "3 waits for 1");
         q.finish(&ids(&[1]));
         q.remove(&StreamId::new(1, 0));
-        assert_eq!(q.due_batch(0, 10).0, ids(&[3]));
+        assert_eq!(due(&q, 0, 10).0, ids(&[3]));
     }
 
     #[test]

@@ -130,9 +130,19 @@ pub struct Sent {
 }
 
 impl Sender {
-    pub fn new(policy: Policy, timeout: Duration) -> anyhow::Result<Sender> {
+    /// Trusts the system's roots, and those of `ca_file` (`delivery.tls_ca_file`).
+    pub fn new(
+        policy: Policy,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Sender> {
         let policy = Arc::new(policy);
-        let http = reqwest::Client::builder()
+        let builder = crate::http::trust_ca_file(
+            reqwest::Client::builder(),
+            ca_file,
+            "delivery.tls_ca_file",
+        )?;
+        let http = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none())
@@ -150,6 +160,11 @@ impl Sender {
             policy,
             timeout,
         })
+    }
+
+    /// The address policy its requests are held to.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// `delivery.request_timeout`: no request takes longer.

@@ -111,6 +111,65 @@ impl Policy {
     }
 }
 
+/// How long a check at the door waits for DNS; a name that does not
+/// resolve by then passes, and is checked again on every send.
+const DOOR_LOOKUP: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Policy {
+    /// The check at the door (a subscription created or changed): Err with
+    /// the reason when the URL's host is, or resolves to, a refused address.
+    /// Any refused address refuses the URL: a name that mixes public and
+    /// internal addresses is how DNS rebinding starts.
+    pub async fn check_target(&self, url: &url::Url) -> Result<(), String> {
+        self.check_url(url)?;
+        let Some(url::Host::Domain(host)) = url.host() else {
+            return Ok(());
+        };
+        if self.allow_private {
+            return Ok(());
+        }
+        let lookup = tokio::net::lookup_host((host, 0));
+        let Ok(Ok(addrs)) = tokio::time::timeout(DOOR_LOOKUP, lookup).await else {
+            return Ok(());
+        };
+        self.check_resolved(host, addrs.map(|a| a.ip()))
+    }
+
+    fn check_resolved(&self, host: &str, ips: impl Iterator<Item = IpAddr>) -> Result<(), String> {
+        for ip in ips {
+            self.check(ip)
+                .map_err(|e| format!("{host} resolves to {ip}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The check at the door for every `[[subscriptions]]` URL, as problems
+    /// naming the key (`subscriptions[0].url: ...`). Resolves with the
+    /// system resolver, blocking: for startup and `check-config`.
+    pub fn declared_problems(&self, config: &crate::config::Config) -> Vec<String> {
+        use std::net::ToSocketAddrs;
+        let mut problems = Vec::new();
+        for (i, d) in config.subscriptions.iter().enumerate() {
+            let Ok(url) = url::Url::parse(&d.settings.url) else {
+                continue;
+            };
+            let checked = self.check_url(&url).and_then(|()| match url.host() {
+                Some(url::Host::Domain(host)) if !self.allow_private => {
+                    match (host, 0).to_socket_addrs() {
+                        Ok(addrs) => self.check_resolved(host, addrs.map(|a| a.ip())),
+                        Err(_) => Ok(()),
+                    }
+                }
+                _ => Ok(()),
+            });
+            if let Err(e) = checked {
+                problems.push(format!("subscriptions[{i}].url: {e}"));
+            }
+        }
+        problems
+    }
+}
+
 /// A reqwest resolver that drops refused addresses after resolution.
 pub struct GuardedResolver {
     pub policy: Arc<Policy>,

@@ -194,7 +194,7 @@ impl Worker {
         let q = st.queue.as_ref().expect("filled before sending");
         // One pass for every free slot: the entries are of distinct records,
         // so no batch holds two events of one record.
-        let (due, next_due) = q.due_batch(now.wall_ms, free * per_request);
+        let (due, next_due) = q.due_batches(now.wall_ms, free, per_request);
         if due.is_empty() {
             let wait = next_due.map_or(TICK, |due| {
                 Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
@@ -205,7 +205,7 @@ impl Worker {
             .rate_limit
             .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
         let mut started = 0;
-        for batch in due.chunks(per_request) {
+        for batch in due {
             let at = now.at.max(Instant::now());
             if let Some(next) = st.next_send.filter(|n| *n > at) {
                 return Ok((started, (next - at).min(TICK)));
@@ -216,7 +216,7 @@ impl Worker {
             }
             let until = st.lease_until.expect("fenced above");
             st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
-            self.start_send(st, sub, batch.to_vec(), until);
+            self.start_send(st, sub, batch, until);
             started += 1;
         }
         Ok((started, TICK))

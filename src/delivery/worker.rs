@@ -30,6 +30,7 @@ use super::{
     meters::Meters,
     queue::Queue,
     sender::{Endpoint, Sender},
+    streak::Streak,
     window::Fill,
     writer::{Write, writer},
 };
@@ -101,6 +102,8 @@ pub struct State {
     /// Invariant: none only while nothing is in flight.
     pub(super) queue: Option<Queue>,
     pub(super) failing_since: Option<u64>,
+    /// The failures since the last success, for the log and the pull-forward.
+    pub(super) streak: Streak,
     /// The rate limit: no request starts before this.
     pub(super) next_send: Option<Instant>,
     pub(super) last_reload: Instant,
@@ -177,6 +180,7 @@ impl Worker {
         State {
             queue: None,
             failing_since: None,
+            streak: Streak::default(),
             next_send: None,
             last_reload: Instant::now(),
             lease_until: None,

@@ -232,6 +232,13 @@ pub trait DeliveryStore: Send + Sync {
         state: RetryState,
     ) -> StoreResult<()>;
 
+    /// Makes every entry waiting for a retry due by `now_ms`: each retry
+    /// time moves back by one shift, the latest landing on `now_ms`, so
+    /// entries that failed together keep sharing a retry state (a batch
+    /// stays one batch) and none loses its count of attempts. Answers how
+    /// many entries were not due yet.
+    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64>;
+
     /// How many pending entries wait for a retry (failed at least once).
     async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64>;
 

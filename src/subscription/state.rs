@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Retry state of one pending entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct RetryState {
     /// Failed attempts so far.
     pub attempts: u32,
@@ -58,7 +58,11 @@ impl DeadLetter {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Attempt {
     pub at_ms: u64,
+    /// `source/resource`; empty for a ping.
     pub target: String,
+    /// A test ping (`POST …/test`), not an event delivery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ping: bool,
     /// CloudEvents ids of the events in this request.
     pub event_ids: Vec<String>,
     pub outcome: Outcome,
@@ -67,6 +71,25 @@ pub struct Attempt {
     /// The first 4 KiB of the response body.
     pub response: String,
     pub error: Option<String>,
+}
+
+impl Attempt {
+    /// Why it failed, or None when it delivered.
+    pub fn failure(&self) -> Option<String> {
+        (self.outcome != Outcome::Delivered)
+            .then(|| failure_reason(self.outcome, self.status, self.error.as_deref()))
+    }
+}
+
+/// Why a request failed, in words that carry no secret (the sender's errors
+/// leave the URL out): the error (an SSRF refusal, TLS, a timeout, a
+/// connection), or else the status.
+pub fn failure_reason(outcome: Outcome, status: Option<u16>, error: Option<&str>) -> String {
+    match error {
+        Some(e) if outcome == Outcome::Refused => format!("refused: {e}"),
+        Some(e) => e.to_string(),
+        None => format!("HTTP {}", status.unwrap_or(0)),
+    }
 }
 
 /// What one request achieved.
@@ -83,9 +106,37 @@ pub enum Outcome {
     Refused,
 }
 
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Delivered,
+        Outcome::Throttled,
+        Outcome::Failed,
+        Outcome::Gone,
+        Outcome::Refused,
+    ];
+
+    /// The name the API and the metrics' `outcome` label use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Throttled => "throttled",
+            Outcome::Failed => "failed",
+            Outcome::Gone => "gone",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_names_are_the_serialized_ones() {
+        for o in Outcome::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 
     #[test]
     fn retry_state_reads_what_it_wrote_and_refuses_anything_else() {

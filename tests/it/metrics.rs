@@ -244,3 +244,58 @@ async fn live_client_gauge(app: &App) {
     })
     .await;
 }
+
+crate::on_both_stores!(a_deleted_subscription_leaves_no_series);
+
+/// Deleting a subscription removes its series from `/metrics`: gauges and
+/// counters of a subscription that no longer exists mislead dashboards
+/// and alerts (a dead-letter alert that never clears).
+async fn a_deleted_subscription_leaves_no_series(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 5)],
+        ..SimConfig::default()
+    })
+    .await;
+    let app = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
+    )
+    .await;
+    let rx = Scripted::start((204, None, String::new())).await;
+    let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
+    let id = app.post_json("/v1/subscriptions", &body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let label = format!("subscription=\"{id}\"");
+    let scrape = async || {
+        app.get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually(
+        "its attempts counted",
+        Duration::from_secs(20),
+        async || {
+            scrape().await.contains(&format!(
+                "stamp_relay_delivery_attempts_total{{{label},outcome=\"delivered\"}}"
+            ))
+        },
+    )
+    .await;
+    let r = app
+        .delete(&format!("/v1/subscriptions/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually("its series gone", Duration::from_secs(10), async || {
+        !scrape().await.contains(&label)
+    })
+    .await;
+    app.stop().await;
+}

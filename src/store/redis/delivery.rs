@@ -170,6 +170,30 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
+    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+        // One script, so an entry settled meanwhile is never written back.
+        let script = redis::Script::new(
+            "local all = redis.call('HGETALL', KEYS[1]) local now = tonumber(ARGV[1]) \
+             local latest, waiting = now, 0 \
+             for i = 2, #all, 2 do local a, n = string.match(all[i], '^(%d+):(%d+)$') \
+               if a and tonumber(a) > 0 and tonumber(n) > now then \
+                 waiting = waiting + 1 if tonumber(n) > latest then latest = tonumber(n) end end end \
+             local shift = latest - now if shift == 0 then return waiting end \
+             for i = 2, #all, 2 do local a, n = string.match(all[i], '^(%d+):(%d+)$') \
+               if a and tonumber(a) > 0 then \
+                 redis.call('HSET', KEYS[1], all[i-1], string.format('%d:%d', tonumber(a), math.max(tonumber(n) - shift, 0))) end end \
+             return waiting",
+        );
+        let mut c = self.conn.clone();
+        let waiting: i64 = script
+            .key(self.keys(t).pending(sub))
+            .arg(now_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(waiting as u64)
+    }
+
     async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c

@@ -187,6 +187,29 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+        let (sub, t) = (sub.to_string(), t.clone());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let (waiting, latest): (i64, Option<i64>) = tx.query_row(
+                "SELECT COUNT(*), MAX(next_at) FROM delivery_pending
+                 WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0 AND next_at > ?4",
+                params![sub, t.source, t.resource, now_ms as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if let Some(latest) = latest {
+                tx.execute(
+                    "UPDATE delivery_pending SET next_at = MAX(next_at - ?4, 0)
+                     WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0",
+                    params![sub, t.source, t.resource, latest - now_ms as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(waiting as u64)
+        })
+        .await
+    }
+
     async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
         let (sub, t) = (sub.to_string(), t.clone());
         self.with(move |c| {
