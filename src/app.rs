@@ -174,6 +174,8 @@ impl Relay {
             limits: api::server::Limits {
                 header_read_timeout: self.config.api.header_read_timeout,
                 max_connections: self.config.api.max_connections,
+                write_timeout: self.config.api.write_timeout,
+                idle_timeout: self.config.api.idle_timeout,
             },
             cancel: cancel.clone(),
             compat: api::compat::Tables::from_config(&self.config),

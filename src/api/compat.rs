@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, Uri, header},
+    http::{StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 
@@ -143,17 +143,15 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
     })
 }
 
-/// `scheme://host` the client reached: the configured public URL, or the
-/// request's Host.
-fn origin(tables: &Tables, headers: &HeaderMap) -> String {
-    if let Some(u) = &tables.public_url {
-        return u.trim_end_matches('/').to_string();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
+/// What the links start with: the configured `api.public_url`, or nothing
+/// (links relative to the relay's root). Never the request's `Host`, which
+/// the client chooses: a forged one would point a walk's next page at
+/// another server.
+fn origin(tables: &Tables) -> &str {
+    tables
+        .public_url
+        .as_deref()
+        .map_or("", |u| u.trim_end_matches('/'))
 }
 
 /// The `next` and `previous` links, as JSON (`null` when absent).
@@ -210,7 +208,6 @@ pub async fn list(
     PathParams((source, resource)): PathParams<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
     uri: Uri,
-    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let t = Target::new(source, resource);
     let table = s.compat.kept(&t)?;
@@ -239,7 +236,7 @@ pub async fn list(
             "Invalid page.",
         ));
     }
-    let base = format!("{}{}", origin(&s.compat, &headers), uri.path());
+    let base = format!("{}{}", origin(&s.compat), uri.path());
     let (next, previous) = links(&base, table, &p, &page, more);
     let body = body(&page, &next, &previous);
     let resume = page.last_id.to_string();

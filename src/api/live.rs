@@ -4,7 +4,7 @@
 //! first, then the shared tail; a lagging client catches up from the store
 //! again, so no client slows another and none misses an event.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc};
 
 use axum::response::{
     IntoResponse, Response,
@@ -85,7 +85,7 @@ pub(super) async fn live(
     };
     let stream = live_stream(state);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(crate::config::LIVE_KEEP_ALIVE))
         .into_response())
 }
 

@@ -226,10 +226,22 @@ fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
         ("api.max_connections", api.max_connections == 0),
         ("api.max_sse_clients", api.max_sse_clients == 0),
         ("api.header_read_timeout", api.header_read_timeout.is_zero()),
+        ("api.write_timeout", api.write_timeout.is_zero()),
     ] {
         if zero {
             problems.push(format!("{key}: must be greater than zero"));
         }
+    }
+    let least = api.request_timeout.max(LIVE_KEEP_ALIVE);
+    if api.idle_timeout <= least {
+        problems.push(format!(
+            "api.idle_timeout ({}): must be longer than {} (api.request_timeout, and the {} \
+             keep-alive of live streams): nothing moves on a connection while an answer is \
+             prepared or between live events",
+            humantime::format_duration(api.idle_timeout),
+            humantime::format_duration(least),
+            humantime::format_duration(LIVE_KEEP_ALIVE),
+        ));
     }
 }
 
