@@ -162,7 +162,10 @@ impl Relay {
         ApiState {
             tails: Tails::start(self.store.clone(), &wakes, cancel),
             shared,
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(api::auth::Tokens::new(
+                tokens,
+                self.config.api.max_failed_logins,
+            )),
             sources,
             sender: self.sender.clone(),
             metrics: self.metrics.clone(),

@@ -161,6 +161,9 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Live event streams (SSE) at once; past it a stream request gets 503.
     pub max_sse_clients: usize,
+    /// Requests without a valid token one client address may make in a
+    /// minute; past it the address gets 429 until the minute ends.
+    pub max_failed_logins: u32,
     /// The relay's URL as clients reach it (behind a proxy), for the links
     /// of the compatible API; absent: relative links.
     pub public_url: Option<String>,
@@ -178,6 +181,7 @@ impl Default for ApiConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_sse_clients: 256,
+            max_failed_logins: 30,
             public_url: None,
         }
     }

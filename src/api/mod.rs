@@ -41,6 +41,7 @@ pub mod server;
 mod stall;
 mod status;
 mod subscriptions;
+mod throttle;
 
 use problem::Problem;
 
@@ -55,7 +56,7 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Shared,
-    pub tokens: Arc<Vec<auth::ApiToken>>,
+    pub tokens: Arc<auth::Tokens>,
     pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,

@@ -7,9 +7,9 @@
 //! answer for a while, so clients that never read cannot keep `/healthz`
 //! (or anyone) out; the rest wait in the listen backlog.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Extension, Router, extract::ConnectInfo};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
@@ -20,6 +20,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
 
 use super::stall::{self, Activity, Open, Watched};
 
@@ -79,13 +80,18 @@ pub async fn run(
         let Some(permit) = slot(&permits, &open, &limits, &cancel).await? else {
             break;
         };
+        // A socket that lost its peer already is about to fail anyway.
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let activity = Activity::new(epoch);
         open.add(&activity);
         let io = Watched {
             io: stream,
             activity: activity.clone(),
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The client's address, for slowing failed logins (auth.rs).
+        let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .into_owned();

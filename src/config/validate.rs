@@ -21,6 +21,7 @@ impl RawConfig {
             );
             api_tokens.push((t.clone(), s));
         }
+        check_tokens(&mut problems, &api_tokens);
         let mut validated = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             if let Some(source) = validate_source(i, s, env, &mut problems) {
@@ -227,6 +228,7 @@ fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
         ("api.max_sse_clients", api.max_sse_clients == 0),
         ("api.header_read_timeout", api.header_read_timeout.is_zero()),
         ("api.write_timeout", api.write_timeout.is_zero()),
+        ("api.max_failed_logins", api.max_failed_logins == 0),
     ] {
         if zero {
             problems.push(format!("{key}: must be greater than zero"));
@@ -244,6 +246,35 @@ fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
         ));
     }
 }
+
+/// Tokens long enough not to be guessed, and each a different value: a
+/// read token equal to an admin token would be an admin token.
+fn check_tokens(problems: &mut Vec<String>, tokens: &[(TokenConfig, Secret)]) {
+    for (i, (t, s)) in tokens.iter().enumerate() {
+        let (var, value) = (&t.token_env, s.expose());
+        let chars = value.chars().count();
+        if chars > 0 && chars < MIN_TOKEN_CHARS {
+            problems.push(format!(
+                "api.tokens[{i}].token_env: the token in {var} has {chars} characters; \
+                 use at least {MIN_TOKEN_CHARS} (e.g. the output of `openssl rand -hex 32`)"
+            ));
+        }
+        if let Some((j, (other, _))) = tokens[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, (_, o))| chars > 0 && o.expose() == value)
+        {
+            problems.push(format!(
+                "api.tokens[{i}].token_env: the token in {var} is also the token of \
+                 api.tokens[{j}] ({:?}); give every token its own value",
+                other.name
+            ));
+        }
+    }
+}
+
+/// The shortest API token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// The store's own values: names, retention limits and the lease.
 fn check_store(problems: &mut Vec<String>, store: &StoreConfig) {
@@ -297,6 +328,16 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
         );
     }
     let u = Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if !u.username().is_empty() || u.password().is_some() {
+        // The URL is not repeated: it holds a password.
+        return Err(
+            "carries credentials (user:password@), which would show in logs, the \
+             status page and GET /v1/resources; remove them and set [sources.auth] \
+             kind = \"basic\" with username_env and password_env naming environment \
+             variables that hold them"
+                .into(),
+        );
+    }
     match u.scheme() {
         "http" | "https" => Ok(u),
         other => Err(format!("{s:?} has scheme {other:?}; use http or https")),

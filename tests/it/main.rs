@@ -18,6 +18,7 @@ mod instances;
 mod layout;
 mod limits;
 mod live;
+mod logins;
 mod malformed;
 mod metrics;
 mod openapi;
