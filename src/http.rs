@@ -46,6 +46,48 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// At most `cap` bytes of an answer's body, and whether there was more:
+/// read chunk by chunk and stopped at the cap, so a peer cannot make the
+/// relay hold more than that, whatever it sends. Dropping the answer
+/// unread closes its connection.
+pub async fn read_prefix(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// An answer's whole body, or `None` if it is larger than `cap` (told by
+/// its `Content-Length` before anything is read, or found while reading).
+pub async fn read_capped(
+    resp: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok(None);
+    }
+    let (body, more) = read_prefix(resp, cap).await?;
+    Ok((!more).then_some(body))
+}
+
+/// A byte count in words: `32 MiB`, `4 KiB`, `100 bytes`.
+pub fn size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -150,6 +150,9 @@ pub struct SourceConfig {
     /// The upstream's largest page size, which the compatible API caps at.
     #[serde(default = "defaults::max_page_size")]
     pub max_page_size: u32,
+    /// The largest page answer read; a larger one fails the poll.
+    #[serde(default = "defaults::max_page_bytes")]
+    pub max_page_bytes: usize,
 }
 
 mod defaults {
@@ -186,6 +189,9 @@ mod defaults {
     }
     pub fn max_page_size() -> u32 {
         1000
+    }
+    pub fn max_page_bytes() -> usize {
+        32 << 20
     }
 }
 

@@ -215,6 +215,12 @@ fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn F
     if s.max_attempts == 0 {
         problems.push(format!("{}: must be at least 1", key("max_attempts")));
     }
+    if s.max_page_bytes < 1 << 16 {
+        problems.push(format!(
+            "{}: must be at least 65536 (64 KiB); it bounds one page answer in memory",
+            key("max_page_bytes")
+        ));
+    }
 }
 
 fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {

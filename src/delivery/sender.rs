@@ -213,14 +213,16 @@ async fn answer(resp: reqwest::Response, started: Instant) -> Sent {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::http::retry_after);
-    let body = resp.bytes().await.unwrap_or_default();
-    let kept = &body[..body.len().min(RESPONSE_KEPT)];
+    // Only what is kept is read: the rest of a huge answer never arrives.
+    let (kept, _) = crate::http::read_prefix(resp, RESPONSE_KEPT)
+        .await
+        .unwrap_or_default();
     Sent {
         outcome: classify(status),
         status: Some(status),
         retry_after,
         latency: started.elapsed(),
-        response: String::from_utf8_lossy(kept).into_owned(),
+        response: String::from_utf8_lossy(&kept).into_owned(),
         error: None,
     }
 }

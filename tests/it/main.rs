@@ -14,6 +14,7 @@ mod exposure;
 mod faults;
 mod filters;
 mod health;
+mod hostile;
 mod instances;
 mod layout;
 mod limits;

@@ -1,0 +1,175 @@
+//! Peers that answer far more than the relay keeps (issue 24, findings 2
+//! and 3): a real server on a loopback port answers every request with a
+//! 300 MB body and counts the bytes the relay took. The relay reads a
+//! receiver's answer only up to the 4 KiB it keeps, and an upstream's page
+//! up to `max_page_bytes`, error bodies and token answers up to 64 KiB,
+//! then closes the connection; what the server got rid of stays bounded
+//! (the kernel's socket buffers aside).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::json;
+use stamp_relay::config::{Auth, Paging, Secret};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{App, Backend, TestStore, config, source};
+
+const HUGE: u64 = 300 << 20;
+/// What the relay may take of a huge answer: its cap plus what loopback
+/// socket buffers hold (a few MB each way).
+const BOUNDED: u64 = 48 << 20;
+
+/// A server that answers every request with `status` and a 300 MB JSON
+/// string body; the bytes it managed to send, over all connections.
+async fn huge_answers(status: u16) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // The request (small) before the answer.
+                let mut buf = vec![0; 16 << 10];
+                let _ = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n\"",
+                    HUGE + 2
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 << 10];
+                let mut left = HUGE;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n as u64;
+                }
+                let _ = s.write_all(b"\"").await;
+            });
+        }
+    });
+    (base, sent)
+}
+
+/// Waits for the server to stop sending (the relay closed the connection
+/// or stopped reading), then what it sent.
+async fn settled(sent: &AtomicU64) -> u64 {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receivers_huge_answer_is_read_only_as_far_as_it_is_kept() {
+    let (hook, sent) = huge_answers(200).await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let app = App::spawn_with(&ts, vec![], |c| {
+        // Time enough to read all 300 MB, had the relay tried.
+        c.delivery.request_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let created = app
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"url": format!("{hook}/h"), "resources": ["*"]}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let ping = app
+        .post_json(&format!("/v1/subscriptions/{id}/test"), &json!({}))
+        .await;
+    assert_eq!(ping["status"], 200, "{ping}");
+    assert_eq!(ping["response"].as_str().unwrap().len(), 4096);
+    let took = settled(&sent).await;
+    assert!(
+        took < BOUNDED,
+        "the relay read {took} bytes of a 300 MB answer"
+    );
+    app.stop().await;
+}
+
+/// One poll of a relay whose source is `base_url`, tweaked; its error.
+async fn poll_error(
+    base_url: &str,
+    tweak: impl FnOnce(&mut stamp_relay::config::Config),
+) -> String {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let mut src = source(base_url, &["patients"], Paging::Pages, 100);
+    src.max_attempts = 1;
+    src.request_timeout = Duration::from_secs(20);
+    let mut cfg = config(&ts.config, vec![src]);
+    tweak(&mut cfg);
+    let mut relay = stamp_relay::app::Relay::with_store(cfg, ts.store.clone()).unwrap();
+    let cancel = CancellationToken::new();
+    relay.pollers[0]
+        .poll_once(&cancel)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_page_past_max_page_bytes_fails_the_poll_unread() {
+    let (base, sent) = huge_answers(200).await;
+    let err = poll_error(&base, |_| {}).await;
+    assert!(
+        err.contains("larger than 32 MiB") && err.contains("max_page_bytes"),
+        "{err}"
+    );
+    let took = settled(&sent).await;
+    assert!(
+        took < BOUNDED,
+        "the relay read {took} bytes of a 300 MB page"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_upstream_error_bodies_and_token_answers_are_cut_short() {
+    let (base, sent) = huge_answers(500).await;
+    let err = poll_error(&base, |_| {}).await;
+    assert!(err.contains("HTTP 500"), "{err}");
+    let took = settled(&sent).await;
+    assert!(
+        took < BOUNDED,
+        "the relay read {took} bytes of a 300 MB error"
+    );
+
+    let (tokens, sent) = huge_answers(200).await;
+    let token_url = url::Url::parse(&format!("{tokens}/token/")).unwrap();
+    let err = poll_error("http://127.0.0.1:9/api", |c| {
+        c.sources[0].auth = Auth::OAuth {
+            client_id: Secret::new("relay"),
+            client_secret: Secret::new("client-secret-of-the-relay"),
+            token_url,
+        }
+    })
+    .await;
+    assert!(err.contains("token answer is larger than 64 KiB"), "{err}");
+    let took = settled(&sent).await;
+    assert!(
+        took < BOUNDED,
+        "the relay read {took} bytes of a 300 MB token answer"
+    );
+}
