@@ -23,6 +23,7 @@ use axum::{
 use super::{ApiState, extract::PathParams, problem::ApiResult, problem::Problem};
 use crate::{
     config::{Config, QueryNames},
+    events::MAX_STAMP,
     store::{
         Target,
         records::{RecordsPage, RecordsQuery},
@@ -123,6 +124,7 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
     let num = |name: &str, min: u64| -> ApiResult<Option<u64>> {
         get(name)
             .map(|v| match v.parse::<u64>() {
+                _ if Problem::is_out_of_range(v) => Err(Problem::out_of_range(name, v)),
                 Ok(n) if n >= min => Ok(n),
                 _ => Err(Problem::invalid(
                     name,
@@ -133,10 +135,25 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
     };
     let q = &table.query;
     let size = num(&q.page_size, 1)?.map_or(table.default_page_size, |n| n as usize);
+    let page_size = size.min(table.max_page_size);
+    let page = num(&q.page, 1)?.unwrap_or(1);
+    // The offset of the page must fit too: past it, no page has records.
+    if (page - 1)
+        .checked_mul(page_size as u64)
+        .is_none_or(|o| o > MAX_STAMP)
+    {
+        return Err(Problem::bad_position(
+            &q.page,
+            format!(
+                "{} {page} starts past {MAX_STAMP}, the largest position, at {page_size} records a page",
+                q.page
+            ),
+        ));
+    }
     Ok(ListParams {
         sync: num(&q.sync, 0)?.unwrap_or(0),
-        page: num(&q.page, 1)?.unwrap_or(1) as usize,
-        page_size: size.min(table.max_page_size),
+        page: page as usize,
+        page_size,
         until: num("until", 0)?,
         after: num("after", 0)?,
         count: num("count", 0)?,

@@ -164,6 +164,9 @@ pub async fn check_kept(
 
 fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
     raw.map(|a| {
+        if Problem::is_out_of_range(a) {
+            return Err(Problem::out_of_range(field, a));
+        }
         a.parse::<StreamId>()
             .map_err(|e| Problem::invalid(field, e))
     })

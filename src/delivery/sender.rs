@@ -88,6 +88,7 @@ impl Endpoint {
     /// The Standard Webhooks headers of one request, signed by every key
     /// still valid at `now_ms`.
     fn headers(&self, id: &str, body: &[u8], content_type: &'static str) -> HeaderMap {
+        let id = &*signing::webhook_id(id);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();

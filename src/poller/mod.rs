@@ -116,6 +116,9 @@ pub struct PollSettings {
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
     pub fields: crate::config::FieldNames,
+    /// Records whose stamp is more than this above the table's top are
+    /// rejected (`sources.max_stamp_jump`); none: no limit.
+    pub max_stamp_jump: Option<u64>,
     /// `store.lease_ttl`: the poll lease, renewed in the background while a
     /// poll runs (see lease.rs).
     pub lease_ttl: Duration,
@@ -131,6 +134,7 @@ impl PollSettings {
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
             fields: source.fields.clone(),
+            max_stamp_jump: source.max_stamp_jump,
             lease_ttl,
         }
     }
@@ -292,12 +296,13 @@ impl Poller {
     /// Appends stamp-sorted records in atomic chunks, stopping between
     /// chunks when cancelled (every committed prefix is a valid cursor).
     async fn commit(
-        &self,
+        &mut self,
         records: &[UpstreamRecord],
         snapshot: bool,
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
+        let records = self.within_jump(records, report).await?;
         for chunk in records.chunks(CHUNK) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
@@ -321,6 +326,37 @@ impl Poller {
             report.outcome.add(&out);
         }
         Ok(())
+    }
+
+    /// The stamp-sorted `records` up to `max_stamp_jump` over the table's
+    /// top before this poll; the rest are rejected, so one absurd stamp
+    /// cannot move the cursor where later polls never reach back from.
+    /// An empty table has no top to jump from.
+    async fn within_jump<'a>(
+        &mut self,
+        records: &'a [UpstreamRecord],
+        report: &mut PollReport,
+    ) -> Result<&'a [UpstreamRecord], PollError> {
+        let top = report.before.stamp;
+        let Some(jump) = self.settings.max_stamp_jump.filter(|_| top > 0) else {
+            return Ok(records);
+        };
+        let limit = top.saturating_add(jump);
+        let keep = records.partition_point(|r| r.stamp <= limit);
+        for r in &records[keep..] {
+            let reason = format!(
+                "record {:?} has stamp {}, more than sources.max_stamp_jump ({jump}) above the \
+                 table's top {top}; raise max_stamp_jump if the upstream's stamps jump that far",
+                r.id, r.stamp
+            );
+            let rejected = RejectedRecord {
+                id: Some(r.id.clone()),
+                raw: r.raw.get().to_string(),
+                reason,
+            };
+            self.reject(rejected, report).await?;
+        }
+        Ok(&records[..keep])
     }
 
     async fn reject(
