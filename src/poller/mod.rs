@@ -64,6 +64,11 @@ pub enum PollError {
          it changes faster than it can be paged: raise sources.max_walks or sources.page_size"
     )]
     Unstable { walks: u32, seen: u64, count: u64 },
+    #[error(
+        "{url} is past page {most}, the most that {count} records (the upstream's count) fill \
+         with a margin; its next links do not end, so the walk stops; check the upstream's paging"
+    )]
+    Endless { url: String, count: u64, most: u32 },
     #[error("stopped before the poll finished; committed chunks are kept")]
     Cancelled,
 }
@@ -76,6 +81,7 @@ impl PollError {
             PollError::NotAscending { .. } => "not_ascending",
             PollError::TooLarge { .. } => "too_large",
             PollError::Unstable { .. } => "unstable",
+            PollError::Endless { .. } => "endless",
             PollError::Cancelled => "cancelled",
         }
     }
@@ -116,6 +122,8 @@ pub struct PollSettings {
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
     pub fields: crate::config::FieldNames,
+    /// Records per page asked for (`sources.page_size`).
+    pub page_size: u32,
     /// Records whose stamp is more than this above the table's top are
     /// rejected (`sources.max_stamp_jump`); none: no limit.
     pub max_stamp_jump: Option<u64>,
@@ -134,6 +142,7 @@ impl PollSettings {
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
             fields: source.fields.clone(),
+            page_size: source.page_size,
             max_stamp_jump: source.max_stamp_jump,
             lease_ttl,
         }

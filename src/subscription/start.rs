@@ -93,6 +93,10 @@ mod tests {
         let past = StartSpec::Stamps([("pc/patients".to_string(), u64::MAX)].into());
         let e = past.parse("start", &t, true).unwrap_err();
         assert_eq!(e.field, "start.pc/patients");
-        assert!(e.message.contains("above 9223372036854775807"), "{}", e.message);
+        assert!(
+            e.message.contains("above 9223372036854775807"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -173,3 +173,34 @@ async fn huge_upstream_error_bodies_and_token_answers_are_cut_short() {
         "the relay read {took} bytes of a 300 MB token answer"
     );
 }
+
+/// An upstream whose every page says there is a next one (finding 7).
+async fn endless_pages() -> String {
+    use axum::{Json, Router, extract::Query, routing::get};
+    use std::collections::HashMap;
+    async fn list(Query(q): Query<HashMap<String, String>>) -> Json<serde_json::Value> {
+        let page: u64 = q["page"].parse().unwrap();
+        Json(json!({
+            "count": 5,
+            "next": format!("http://upstream.invalid/api/patients/?page={}", page + 1),
+            "results": [{"uuid": format!("r{page}"), "update_stamp": page, "deleted_at": null}],
+        }))
+    }
+    let app = Router::new().route("/api/patients/", get(list));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_whose_pages_never_end_stops_with_an_error() {
+    let base = endless_pages().await;
+    let poll = poll_error(&base, |c| c.sources[0].settings.page_size = 1);
+    let err = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the walk went on");
+    // 5 records at 1 a page fill 5 pages; 10 more are the margin.
+    assert!(err.contains("/api/patients/?sync=0&page=16&"), "{err}");
+    assert!(err.contains("past page 15"), "{err}");
+}
