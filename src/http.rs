@@ -26,13 +26,29 @@ pub fn retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// Text a peer chose (an upstream's error body, a receiver's answer, a
+/// header value), fit for a log line: control characters, newlines
+/// included, are shown as escapes (`\n`, `\u{1b}`), so a peer can neither
+/// forge log lines nor send escape sequences to an operator's terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The innermost source of an error: what actually went wrong.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    printable(&cur.to_string())
 }
 
 /// An error and its sources, outermost first, joined by ": ".

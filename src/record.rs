@@ -29,14 +29,16 @@ impl Page {
     }
 }
 
-/// The first few hundred characters of a body, for error messages.
+/// The first few hundred characters of a body, for error messages, with
+/// control characters escaped (the upstream wrote them; see
+/// [`crate::http::printable`]).
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut s: String = text.chars().take(300).collect();
     if text.chars().count() > 300 {
         s.push('…');
     }
-    s
+    crate::http::printable(&s)
 }
 
 /// A record version as the upstream showed it.

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::{
     config::{Auth, Secret, Source, join},
-    http::{backoff, read_capped, read_prefix, retry_after, root_cause, size},
+    http::{backoff, printable, read_capped, read_prefix, retry_after, root_cause, size},
     record::{Page, excerpt},
 };
 
@@ -324,8 +324,13 @@ fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 /// The upstream's own words from a DRF error body
-/// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt.
+/// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt,
+/// with control characters escaped for the logs.
 pub fn error_detail(status: StatusCode, body: &[u8]) -> String {
+    printable(&words(status, body))
+}
+
+fn words(status: StatusCode, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct FieldError {
         field: Option<String>,

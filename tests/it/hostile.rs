@@ -204,3 +204,54 @@ async fn a_walk_whose_pages_never_end_stops_with_an_error() {
     assert!(err.contains("/api/patients/?sync=0&page=16&"), "{err}");
     assert!(err.contains("past page 15"), "{err}");
 }
+
+/// An upstream whose error text would forge a log line and colour the
+/// operator's terminal (finding 11).
+async fn forging_upstream() -> String {
+    use axum::{Router, http::StatusCode, routing::get};
+    let forged = "boom\n2026-01-01T00:00:00Z  INFO all is well\u{1b}[2J";
+    let app = Router::new().route(
+        "/api/patients/",
+        get(move || async move { (StatusCode::BAD_REQUEST, forged) }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_text_is_escaped_in_text_and_json_logs() {
+    let base = forging_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut src = source(&base, &["patients"], Paging::Pages, 100);
+    src.max_attempts = 1;
+    let cfg = crate::harness::ConfigBuilder::new()
+        .data_dir(dir.path().join("data"))
+        .source(src)
+        .write(&dir.path().join("relay.toml"));
+    for format in ["text", "json"] {
+        let out = tokio::process::Command::new(crate::harness::bin())
+            .args(["--log-format", format, "sync", "--once", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("boom"),
+            "{format}: the error is logged:\n{text}"
+        );
+        assert!(
+            !text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+            "{format}: a forged line:\n{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "{format}: an escape sequence:\n{text}"
+        );
+    }
+}
