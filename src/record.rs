@@ -92,30 +92,8 @@ pub fn parse_record(
         // The id is shown escaped: it may hold what would forge a log line.
         return Err(reject(None, format!("record id {id:?} {why}")));
     }
-    let stamp = match field(&fields.stamp)
-        .and_then(scalar)
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        Some(s) if s > MAX_STAMP => {
-            return Err(reject(
-                Some(&id),
-                format!(
-                    "record {id} has stamp {s}, above {MAX_STAMP}, the largest stamp a \
-                     stream can hold; a later poll could never reach past it"
-                ),
-            ));
-        }
-        Some(s) if s > 0 => s,
-        _ => {
-            return Err(reject(
-                Some(&id),
-                format!(
-                    "record {id} has no positive integer stamp field {:?}",
-                    fields.stamp
-                ),
-            ));
-        }
-    };
+    let stamp =
+        stamp_of(field(&fields.stamp), &id, &fields.stamp).map_err(|why| reject(Some(&id), why))?;
     let deleted = field(&fields.deleted_at).is_some_and(|v| v.get() != "null");
     Ok(UpstreamRecord {
         id,
@@ -123,6 +101,21 @@ pub fn parse_record(
         deleted,
         raw,
     })
+}
+
+/// The stamp of record `id` from its stamp field (named `name`): a
+/// positive integer up to [`MAX_STAMP`].
+fn stamp_of(value: Option<&RawValue>, id: &str, name: &str) -> Result<u64, String> {
+    match value.and_then(scalar).and_then(|s| s.parse::<u64>().ok()) {
+        Some(s) if s > MAX_STAMP => Err(format!(
+            "record {id} has stamp {s}, above {MAX_STAMP}, the largest stamp a \
+             stream can hold; a later poll could never reach past it"
+        )),
+        Some(s) if s > 0 => Ok(s),
+        _ => Err(format!(
+            "record {id} has no positive integer stamp field {name:?}"
+        )),
+    }
 }
 
 /// The longest record id taken, in bytes of UTF-8 (docs/events.md).

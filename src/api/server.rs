@@ -54,15 +54,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let open = Open::default();
     let epoch = tokio::time::Instant::now();
-    // HTTP/1 only (and no upgrades, which would ignore that): the auto
-    // builder would first wait, with no time limit, for enough bytes to tell
-    // HTTP/2 from HTTP/1, a slow client's way around the header timeout.
-    // The API's clients speak HTTP/1.
-    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    let builder = http1(&limits);
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -111,6 +103,19 @@ pub async fn run(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// HTTP/1 only (and no upgrades, which would ignore that): the auto
+/// builder would first wait, with no time limit, for enough bytes to tell
+/// HTTP/2 from HTTP/1, a slow client's way around the header timeout.
+/// The API's clients speak HTTP/1.
+fn http1(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
 }
 
 /// A connection slot for an accepted connection: a free one, or, while

@@ -126,11 +126,14 @@ async fn odd_ids_are_delivered_safely_or_rejected_at_ingest(ts: TestStore) {
     app.stop().await;
 }
 
+/// The (id, stamp) records the fake upstream serves.
+type Served = Arc<Mutex<Vec<(String, u64)>>>;
+
 /// An upstream serving whatever records the test puts in, with stamps the
 /// simulator would never issue: those above `sync`, as one page.
-async fn upstream_of(records: Arc<Mutex<Vec<(String, u64)>>>) -> String {
+async fn upstream_of(records: Served) -> String {
     async fn list(
-        State(records): State<Arc<Mutex<Vec<(String, u64)>>>>,
+        State(records): State<Served>,
         Query(q): Query<HashMap<String, String>>,
     ) -> Json<Value> {
         let sync: u64 = q["sync"].parse().unwrap();
