@@ -127,3 +127,48 @@ async fn the_embedded_store_is_readable_by_its_owner_alone() {
     }
     assert!(files >= 2, "the database and its write-ahead log");
 }
+
+/// A live stream whose store fails ends with an `error` event that does
+/// not tell a read-token holder where the store is (the address goes to
+/// the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_streams_store_error_does_not_show_the_redis_address() {
+    let Some(mut ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let sim = five_patients().await;
+    let app = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
+    )
+    .await;
+    let url = ts.redis.as_ref().unwrap().url();
+    let port = url.rsplit(':').next().unwrap().trim_end_matches('/');
+    ts.redis.as_mut().unwrap().kill();
+    // From the start: the stream begins without asking the store, and its
+    // first read of the backlog fails.
+    let mut r = app
+        .http
+        .get(format!(
+            "{}/v1/resources/sim/patients/events?after=0",
+            app.base
+        ))
+        .bearer_auth(READ_TOKEN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut text = String::new();
+    while !text.contains("event: error") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), r.chunk())
+            .await
+            .expect("no error event")
+            .unwrap()
+            .expect("the stream ended without an error event");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("store_unavailable"), "{text}");
+    assert!(!text.contains(port), "the Redis address shows: {text}");
+    app.stop().await;
+}
