@@ -255,3 +255,24 @@ async fn upstream_text_is_escaped_in_text_and_json_logs() {
         );
     }
 }
+
+/// The page bound follows the pages as they come: an upstream that caps
+/// `page_size` below the one asked for is walked to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_of_an_upstream_capping_page_size_is_not_cut_short() {
+    let sim = crate::harness::Sim::start(stamp_relay_simulator::SimConfig {
+        max_page_size: 5,
+        initial: vec![("patients".into(), 200)],
+        ..Default::default()
+    })
+    .await;
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let src = source(&sim.base_url, &["patients"], Paging::Pages, 1000);
+    let mut relay = crate::harness::relay(&ts, vec![src]);
+    let report = relay.pollers[0]
+        .poll_once(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome.appended(), 200, "{report:?}");
+    assert!(report.pages >= 40, "{report:?}");
+}
