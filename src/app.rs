@@ -172,7 +172,10 @@ impl Relay {
         ApiState {
             tails: Tails::start(self.store.clone(), &wakes, cancel),
             shared,
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(api::auth::Tokens::new(
+                tokens,
+                self.config.api.max_failed_logins,
+            )),
             sources,
             sender: self.sender.clone(),
             metrics: self.metrics.clone(),
@@ -184,6 +187,8 @@ impl Relay {
             limits: api::server::Limits {
                 header_read_timeout: self.config.api.header_read_timeout,
                 max_connections: self.config.api.max_connections,
+                write_timeout: self.config.api.write_timeout,
+                idle_timeout: self.config.api.idle_timeout,
             },
             cancel: cancel.clone(),
             compat: api::compat::Tables::from_config(&self.config),

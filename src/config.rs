@@ -128,6 +128,10 @@ pub struct TokenConfig {
     pub token_env: String,
 }
 
+/// How often a live stream (SSE) sends a comment when there is no event,
+/// which keeps its connection from counting as idle.
+pub const LIVE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
@@ -142,12 +146,22 @@ pub struct ApiConfig {
     /// senders are cut off before they reach authentication.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// An answer the client has not taken within this closes the
+    /// connection (a client that sends requests and never reads).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// A connection on which no byte moved for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Open connections served at once; further ones wait to be accepted.
     pub max_connections: usize,
     /// Live event streams (SSE) at once; past it a stream request gets 503.
     pub max_sse_clients: usize,
+    /// Requests without a valid token one client address may make in a
+    /// minute; past it the address gets 429 until the minute ends.
+    pub max_failed_logins: u32,
     /// The relay's URL as clients reach it (behind a proxy), for the links
-    /// of the compatible API; absent: from the request's Host.
+    /// of the compatible API; absent: relative links.
     pub public_url: Option<String>,
 }
 
@@ -159,8 +173,11 @@ impl Default for ApiConfig {
             event_type_prefix: "io.stamp-relay".into(),
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_sse_clients: 256,
+            max_failed_logins: 30,
             public_url: None,
         }
     }

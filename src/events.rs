@@ -54,6 +54,12 @@ pub struct StreamId {
     pub seq: u64,
 }
 
+/// The largest stamp (and stream position) the relay takes: what the
+/// embedded store's integer columns and every client's signed 64-bit
+/// integers hold. A larger one from the upstream is a rejected record; in a
+/// request, a 400.
+pub const MAX_STAMP: u64 = i64::MAX as u64;
+
 impl StreamId {
     pub const ZERO: StreamId = StreamId { stamp: 0, seq: 0 };
 

@@ -26,13 +26,29 @@ pub fn retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// Text a peer chose (an upstream's error body, a receiver's answer, a
+/// header value), fit for a log line: control characters, newlines
+/// included, are shown as escapes (`\n`, `\u{1b}`), so a peer can neither
+/// forge log lines nor send escape sequences to an operator's terminal.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The innermost source of an error: what actually went wrong.
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    printable(&cur.to_string())
 }
 
 /// An error and its sources, outermost first, joined by ": ".
@@ -68,6 +84,48 @@ pub fn trust_ca_file(
     Ok(certs
         .into_iter()
         .fold(builder, |b, c| b.add_root_certificate(c)))
+}
+
+/// At most `cap` bytes of an answer's body, and whether there was more:
+/// read chunk by chunk and stopped at the cap, so a peer cannot make the
+/// relay hold more than that, whatever it sends. Dropping the answer
+/// unread closes its connection.
+pub async fn read_prefix(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// An answer's whole body, or `None` if it is larger than `cap` (told by
+/// its `Content-Length` before anything is read, or found while reading).
+pub async fn read_capped(
+    resp: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok(None);
+    }
+    let (body, more) = read_prefix(resp, cap).await?;
+    Ok((!more).then_some(body))
+}
+
+/// A byte count in words: `32 MiB`, `4 KiB`, `100 bytes`.
+pub fn size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::HashMap};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::config::FieldNames;
+use crate::{config::FieldNames, events::MAX_STAMP};
 
 /// One page of a Django REST Framework list response.
 #[derive(Debug, Deserialize)]
@@ -29,14 +29,16 @@ impl Page {
     }
 }
 
-/// The first few hundred characters of a body, for error messages.
+/// The first few hundred characters of a body, for error messages, with
+/// control characters escaped (the upstream wrote them; see
+/// [`crate::http::printable`]).
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut s: String = text.chars().take(300).collect();
     if text.chars().count() > 300 {
         s.push('…');
     }
-    s
+    crate::http::printable(&s)
 }
 
 /// A record version as the upstream showed it.
@@ -86,21 +88,12 @@ pub fn parse_record(
             ));
         }
     };
-    let stamp = match field(&fields.stamp)
-        .and_then(scalar)
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        Some(s) if s > 0 => s,
-        _ => {
-            return Err(reject(
-                Some(&id),
-                format!(
-                    "record {id} has no positive integer stamp field {:?}",
-                    fields.stamp
-                ),
-            ));
-        }
-    };
+    if let Err(why) = carriable(&id) {
+        // The id is shown escaped: it may hold what would forge a log line.
+        return Err(reject(None, format!("record id {id:?} {why}")));
+    }
+    let stamp =
+        stamp_of(field(&fields.stamp), &id, &fields.stamp).map_err(|why| reject(Some(&id), why))?;
     let deleted = field(&fields.deleted_at).is_some_and(|v| v.get() != "null");
     Ok(UpstreamRecord {
         id,
@@ -108,6 +101,41 @@ pub fn parse_record(
         deleted,
         raw,
     })
+}
+
+/// The stamp of record `id` from its stamp field (named `name`): a
+/// positive integer up to [`MAX_STAMP`].
+fn stamp_of(value: Option<&RawValue>, id: &str, name: &str) -> Result<u64, String> {
+    match value.and_then(scalar).and_then(|s| s.parse::<u64>().ok()) {
+        Some(s) if s > MAX_STAMP => Err(format!(
+            "record {id} has stamp {s}, above {MAX_STAMP}, the largest stamp a \
+             stream can hold; a later poll could never reach past it"
+        )),
+        Some(s) if s > 0 => Ok(s),
+        _ => Err(format!(
+            "record {id} has no positive integer stamp field {name:?}"
+        )),
+    }
+}
+
+/// The longest record id taken, in bytes of UTF-8 (docs/events.md).
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Whether an id can go everywhere an id goes (stream entries, the
+/// `webhook-id` header, URLs, logs): no control characters, at most
+/// [`MAX_ID_BYTES`]. Other characters are carried, percent-encoded in
+/// headers.
+fn carriable(id: &str) -> Result<(), String> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "is {} bytes long; ids of at most {MAX_ID_BYTES} bytes are taken",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("holds control characters; ids must be printable".into());
+    }
+    Ok(())
 }
 
 /// A string or integer JSON value as text; anything else is not an id/stamp.
@@ -168,6 +196,34 @@ mod tests {
             Some("a")
         );
         assert_eq!(parse(r#"{"update_stamp":3}"#).unwrap_err().id, None);
+    }
+
+    #[test]
+    fn rejects_ids_that_cannot_be_carried_and_stamps_past_i64() {
+        let control = parse(r#"{"uuid":"a\u001b[31mb\n","update_stamp":3}"#).unwrap_err();
+        assert!(
+            control.reason.contains("control characters"),
+            "{}",
+            control.reason
+        );
+        assert!(
+            control.reason.contains(r#""a\u{1b}[31mb\n""#),
+            "{}",
+            control.reason
+        );
+        let long = format!(r#"{{"uuid":"{}","update_stamp":3}}"#, "x".repeat(257));
+        assert!(parse(&long).unwrap_err().reason.contains("257 bytes"));
+        let fits = format!(r#"{{"uuid":"{}","update_stamp":3}}"#, "é".repeat(128));
+        assert!(parse(&fits).is_ok(), "256 bytes, printable");
+        assert!(parse(r#"{"uuid":"Zoë O'Brien/1","update_stamp":3}"#).is_ok());
+        let huge = parse(r#"{"uuid":"a","update_stamp":9223372036854775813}"#).unwrap_err();
+        assert!(
+            huge.reason.contains("above 9223372036854775807"),
+            "{}",
+            huge.reason
+        );
+        assert_eq!(huge.id.as_deref(), Some("a"));
+        assert!(parse(r#"{"uuid":"a","update_stamp":9223372036854775807}"#).is_ok());
     }
 
     #[test]

@@ -11,9 +11,14 @@ use url::Url;
 
 use crate::{
     config::{Auth, Secret, Source, join},
-    http::{backoff, retry_after, root_cause},
+    http::{backoff, printable, read_capped, read_prefix, retry_after, root_cause, size},
     record::{Page, excerpt},
 };
+
+/// What is read of an error answer (its excerpt is what the error shows).
+const ERROR_BODY_KEPT: usize = 64 << 10;
+/// The largest OAuth token answer read; a real one is a few hundred bytes.
+const MAX_TOKEN_ANSWER: usize = 64 << 10;
 
 /// The longest `Retry-After` honoured inside one poll; a longer one fails
 /// the poll, and the poll loop tries again later.
@@ -32,6 +37,9 @@ pub enum UpstreamError {
     Transport { url: String, detail: String },
     #[error("{url}: {detail}")]
     Malformed { url: String, detail: String },
+    /// An answer over its size limit; retrying would fetch it again.
+    #[error("{url}: {detail}")]
+    TooLarge { url: String, detail: String },
     #[error("authentication at {url} failed: {detail}; check the source's credentials")]
     Auth { url: String, detail: String },
     #[error("stopped while waiting for the upstream")]
@@ -45,7 +53,9 @@ impl UpstreamError {
                 *status == 408 || *status == 429 || *status >= 500
             }
             UpstreamError::Transport { .. } | UpstreamError::Malformed { .. } => true,
-            UpstreamError::Auth { .. } | UpstreamError::Cancelled => false,
+            UpstreamError::Auth { .. }
+            | UpstreamError::TooLarge { .. }
+            | UpstreamError::Cancelled => false,
         }
     }
 
@@ -57,6 +67,7 @@ impl UpstreamError {
             UpstreamError::Status { .. } => "client_error",
             UpstreamError::Transport { .. } => "transport",
             UpstreamError::Malformed { .. } => "malformed",
+            UpstreamError::TooLarge { .. } => "too_large",
             UpstreamError::Auth { .. } => "auth",
             UpstreamError::Cancelled => "cancelled",
         }
@@ -186,8 +197,10 @@ impl Upstream {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(retry_after);
-        let body = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
+            let (body, _) = read_prefix(resp, ERROR_BODY_KEPT)
+                .await
+                .map_err(transport)?;
             return Err(UpstreamError::Status {
                 url: shown,
                 status: status.as_u16(),
@@ -195,6 +208,18 @@ impl Upstream {
                 retry_after: after,
             });
         }
+        let cap = self.source.settings.max_page_bytes;
+        let Some(body) = read_capped(resp, cap).await.map_err(transport)? else {
+            return Err(UpstreamError::TooLarge {
+                url: shown,
+                detail: format!(
+                    "the page is larger than {} (sources.max_page_bytes); raise \
+                     max_page_bytes of source {:?} if its pages are that large, or lower page_size",
+                    size(cap),
+                    self.source.name()
+                ),
+            });
+        };
         Page::parse(&body).map_err(|detail| UpstreamError::Malformed { url: shown, detail })
     }
 
@@ -241,11 +266,10 @@ impl Upstream {
             .await
             .map_err(|e| fail(describe_transport(&e)))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(describe_transport(&e)))?;
         if !status.is_success() {
+            let (body, _) = read_prefix(resp, ERROR_BODY_KEPT)
+                .await
+                .map_err(|e| fail(describe_transport(&e)))?;
             let err = fail(format!(
                 "HTTP {}: {}",
                 status.as_u16(),
@@ -263,6 +287,15 @@ impl Upstream {
                 err
             });
         }
+        let body = read_capped(resp, MAX_TOKEN_ANSWER)
+            .await
+            .map_err(|e| fail(describe_transport(&e)))?
+            .ok_or_else(|| {
+                fail(format!(
+                    "the token answer is larger than {}, far more than a token",
+                    size(MAX_TOKEN_ANSWER)
+                ))
+            })?;
         serde_json::from_slice(&body)
             .map_err(|e| fail(format!("the token answer has no access_token ({e})")))
     }
@@ -298,8 +331,13 @@ fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 /// The upstream's own words from a DRF error body
-/// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt.
+/// `{"code"?, "detail", "errors": [{"field"?, "detail"}]}`, or an excerpt,
+/// with control characters escaped for the logs.
 pub fn error_detail(status: StatusCode, body: &[u8]) -> String {
+    printable(&words(status, body))
+}
+
+fn words(status: StatusCode, body: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct FieldError {
         field: Option<String>,

@@ -10,18 +10,59 @@
 //! which no cross-site form can set. Reads stay open to Basic because their
 //! answers cannot be read cross-site and change nothing.
 
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
-    extract::{Request, State},
-    http::{Method, StatusCode, header},
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
 use sha2::{Digest, Sha256};
 
-use super::problem::Problem;
+use super::{problem::Problem, throttle::Failures};
 use crate::config::Scope;
+
+/// The configured tokens and the failed logins per client address.
+pub struct Tokens {
+    list: Vec<ApiToken>,
+    failures: Failures,
+}
+
+impl Tokens {
+    /// `max_failed_logins` per address and minute (`api.max_failed_logins`).
+    pub fn new(list: Vec<ApiToken>, max_failed_logins: u32) -> Tokens {
+        Tokens {
+            list,
+            failures: Failures::new(max_failed_logins),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn list(&self) -> &[ApiToken] {
+        &self.list
+    }
+
+    /// The 429 for an address that failed to log in too often, if it has.
+    pub fn refusal(&self, peer: Option<IpAddr>) -> Option<Response> {
+        let now = tokio::time::Instant::now();
+        let wait = peer.and_then(|ip| self.failures.refused_for(ip, now))?;
+        Some(too_many_failures(self.failures.burst, wait))
+    }
+
+    /// Counts a failed login from `peer` (a wrong token or client secret).
+    pub fn failed(&self, peer: Option<IpAddr>) {
+        if let Some(ip) = peer {
+            self.failures.failed(ip, tokio::time::Instant::now());
+        }
+    }
+}
 
 pub struct ApiToken {
     pub name: String,
@@ -137,7 +178,7 @@ pub fn authorize(
 /// Read scope for `/compat` routes: a configured token, or a bearer
 /// issued by `POST /compat/{source}/api/integration/auth/`.
 pub async fn require_compat(
-    State(tokens): State<Arc<Vec<ApiToken>>>,
+    State(tokens): State<Arc<Tokens>>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -148,35 +189,61 @@ pub async fn require_compat(
         .and_then(presented_token)
         .filter(|(how, _)| *how == Presented::Bearer);
     if let Some((_, b)) = bearer
-        && super::compat_auth::verify(&tokens, &b, crate::events::now_ms() / 1000)
+        && super::compat_auth::verify(&tokens.list, &b, crate::events::now_ms() / 1000)
     {
         return next.run(req).await;
     }
     require(&tokens, Scope::Read, req, next).await
 }
 
-async fn require(tokens: &[ApiToken], needed: Scope, req: Request, next: Next) -> Response {
+async fn require(tokens: &Tokens, needed: Scope, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let now = tokio::time::Instant::now();
+    if let Some(wait) = peer.and_then(|ip| tokens.failures.refused_for(ip, now)) {
+        return too_many_failures(tokens.failures.burst, wait);
+    }
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
-    match authorize(tokens, auth, needed, read_only) {
+    match authorize(&tokens.list, auth, needed, read_only) {
         Ok(_) => next.run(req).await,
-        Err(p) => p.into_response(),
+        Err(p) => {
+            if let Some(ip) = peer.filter(|_| p.status == StatusCode::UNAUTHORIZED) {
+                tokens.failures.failed(ip, now);
+            }
+            p.into_response()
+        }
     }
 }
 
-pub async fn require_read(
-    State(tokens): State<Arc<Vec<ApiToken>>>,
-    req: Request,
-    next: Next,
-) -> Response {
+fn too_many_failures(burst: u32, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs().max(1);
+    let mut r = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failed_logins",
+        format!(
+            "{burst} requests from this address had no valid token within {} s \
+             (api.max_failed_logins); try again in {secs} s with a configured API token",
+            super::throttle::WINDOW.as_secs()
+        ),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+pub async fn require_read(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) -> Response {
     require(&tokens, Scope::Read, req, next).await
 }
 
 pub async fn require_admin(
-    State(tokens): State<Arc<Vec<ApiToken>>>,
+    State(tokens): State<Arc<Tokens>>,
     req: Request,
     next: Next,
 ) -> Response {

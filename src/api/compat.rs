@@ -16,13 +16,14 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, Uri, header},
+    http::{StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 
 use super::{ApiState, extract::PathParams, problem::ApiResult, problem::Problem};
 use crate::{
     config::{Config, QueryNames},
+    events::MAX_STAMP,
     store::{
         Target,
         records::{RecordsPage, RecordsQuery},
@@ -123,6 +124,7 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
     let num = |name: &str, min: u64| -> ApiResult<Option<u64>> {
         get(name)
             .map(|v| match v.parse::<u64>() {
+                _ if Problem::is_out_of_range(v) => Err(Problem::out_of_range(name, v)),
                 Ok(n) if n >= min => Ok(n),
                 _ => Err(Problem::invalid(
                     name,
@@ -133,27 +135,40 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
     };
     let q = &table.query;
     let size = num(&q.page_size, 1)?.map_or(table.default_page_size, |n| n as usize);
+    let page_size = size.min(table.max_page_size);
+    let page = num(&q.page, 1)?.unwrap_or(1);
+    // The offset of the page must fit too: past it, no page has records.
+    if (page - 1)
+        .checked_mul(page_size as u64)
+        .is_none_or(|o| o > MAX_STAMP)
+    {
+        return Err(Problem::bad_position(
+            &q.page,
+            format!(
+                "{} {page} starts past {MAX_STAMP}, the largest position, at {page_size} records a page",
+                q.page
+            ),
+        ));
+    }
     Ok(ListParams {
         sync: num(&q.sync, 0)?.unwrap_or(0),
-        page: num(&q.page, 1)?.unwrap_or(1) as usize,
-        page_size: size.min(table.max_page_size),
+        page: page as usize,
+        page_size,
         until: num("until", 0)?,
         after: num("after", 0)?,
         count: num("count", 0)?,
     })
 }
 
-/// `scheme://host` the client reached: the configured public URL, or the
-/// request's Host.
-fn origin(tables: &Tables, headers: &HeaderMap) -> String {
-    if let Some(u) = &tables.public_url {
-        return u.trim_end_matches('/').to_string();
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
+/// What the links start with: the configured `api.public_url`, or nothing
+/// (links relative to the relay's root). Never the request's `Host`, which
+/// the client chooses: a forged one would point a walk's next page at
+/// another server.
+fn origin(tables: &Tables) -> &str {
+    tables
+        .public_url
+        .as_deref()
+        .map_or("", |u| u.trim_end_matches('/'))
 }
 
 /// The `next` and `previous` links, as JSON (`null` when absent).
@@ -210,7 +225,6 @@ pub async fn list(
     PathParams((source, resource)): PathParams<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
     uri: Uri,
-    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let t = Target::new(source, resource);
     let table = s.compat.kept(&t)?;
@@ -239,7 +253,7 @@ pub async fn list(
             "Invalid page.",
         ));
     }
-    let base = format!("{}{}", origin(&s.compat, &headers), uri.path());
+    let base = format!("{}{}", origin(&s.compat), uri.path());
     let (next, previous) = links(&base, table, &p, &page, more);
     let body = body(&page, &next, &previous);
     let resume = page.last_id.to_string();

@@ -10,10 +10,13 @@
 //! without shared state, and removing the token from the configuration
 //! revokes its bearers. Neither the secret nor the bearer is ever logged.
 
+use std::net::SocketAddr;
+
 use axum::{
-    Json,
-    extract::{Form, State, rejection::FormRejection},
+    Extension, Json,
+    extract::{ConnectInfo, Form, State, rejection::FormRejection},
     http::StatusCode,
+    response::{IntoResponse, Response},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use hmac::{Hmac, KeyInit, Mac};
@@ -40,7 +43,22 @@ pub struct TokenForm {
 
 pub async fn issue(
     State(s): State<ApiState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     PathParams(source): PathParams<String>,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Result<Json<Value>, Response> {
+    // A client secret is an API token: guessing it is slowed like any login.
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    if let Some(refused) = s.tokens.refusal(peer) {
+        return Err(refused);
+    }
+    issue_for(&s, peer, source, form).map_err(IntoResponse::into_response)
+}
+
+fn issue_for(
+    s: &ApiState,
+    peer: Option<std::net::IpAddr>,
+    source: String,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> ApiResult<Json<Value>> {
     if !s.shared.targets.iter().any(|(t, _)| t.source == source) {
@@ -59,9 +77,11 @@ pub async fn issue(
     })?;
     let found = s
         .tokens
+        .list()
         .iter()
         .find(|t| t.name == form.client_id && t.is(&form.client_secret))
         .ok_or_else(|| {
+            s.tokens.failed(peer);
             Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",

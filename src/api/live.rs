@@ -4,7 +4,7 @@
 //! first, then the shared tail; a lagging client catches up from the store
 //! again, so no client slows another and none misses an event.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc};
 
 use axum::response::{
     IntoResponse, Response,
@@ -90,7 +90,7 @@ pub(super) async fn live(
     };
     let stream = live_stream(state);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(crate::config::LIVE_KEEP_ALIVE))
         .into_response())
 }
 
@@ -185,10 +185,15 @@ impl Live {
         }
     }
 
-    /// The `error` event ending a stream whose store read failed.
+    /// The `error` event ending a stream whose store read failed. The
+    /// store's own words (its address among them) go to the log, not to
+    /// a reader with a read token.
     fn store_failed(&mut self, e: crate::store::StoreError) -> SseEvent {
         self.done = true;
-        let msg = serde_json::json!({"code": "store_unavailable", "detail": e.to_string(), "resume_after": self.cursor.to_string()});
+        tracing::error!(target = %self.t, error = %e, "a live stream's store read failed");
+        let msg = serde_json::json!({"code": "store_unavailable",
+            "detail": "the store did not answer; reconnect with Last-Event-ID",
+            "resume_after": self.cursor.to_string()});
         SseEvent::default().event("error").data(msg.to_string())
     }
 

@@ -41,8 +41,10 @@ mod redrive;
 mod requests;
 mod resources;
 pub mod server;
+mod stall;
 mod status;
 mod subscriptions;
+mod throttle;
 
 use problem::Problem;
 
@@ -57,7 +59,7 @@ pub struct Shared {
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Shared,
-    pub tokens: Arc<Vec<auth::ApiToken>>,
+    pub tokens: Arc<auth::Tokens>,
     pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,
@@ -192,6 +194,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(problem::BODY_LIMIT))
         .layer(middleware::map_response(problem::problem_for_bare_errors))
         .layer(middleware::map_response(close_after_too_large))
+        .layer(middleware::map_response(no_store))
         .layer(middleware::from_fn_with_state(
             state.request_timeout,
             time_limit,
@@ -224,6 +227,25 @@ async fn close_after_too_large(mut r: Response) -> Response {
             axum::http::HeaderValue::from_static("close"),
         );
     }
+    r
+}
+
+/// Answers carry patient records, events and secrets: no cache (a
+/// browser's, a proxy's) keeps them, no browser guesses their type, and no
+/// other site frames them (the status page). Health answers get the same;
+/// they cost nothing to fetch again.
+async fn no_store(mut r: Response) -> Response {
+    use axum::http::{HeaderValue, header};
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
     r
 }
 

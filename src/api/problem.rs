@@ -43,6 +43,38 @@ impl Problem {
         }
     }
 
+    /// 400 for a position past [`crate::events::MAX_STAMP`]: never read
+    /// wrapped around, never sent to the store.
+    pub fn out_of_range(field: &str, value: &str) -> Problem {
+        let detail = format!(
+            "{field} {value:?} is above {}, the largest position",
+            crate::events::MAX_STAMP
+        );
+        Problem::bad_position(field, detail)
+    }
+
+    /// 400 `out_of_range` naming the parameter.
+    pub fn bad_position(field: &str, detail: String) -> Problem {
+        Problem {
+            field: Some(field.into()),
+            ..Problem::new(StatusCode::BAD_REQUEST, "out_of_range", detail)
+        }
+    }
+
+    /// Whether `v` is digits (a position or number) too large for
+    /// [`crate::events::MAX_STAMP`], in either part of `<stamp>-<seq>`.
+    pub fn is_out_of_range(v: &str) -> bool {
+        let big = |p: &str| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u64>()
+                    .ok()
+                    .is_none_or(|n| n > crate::events::MAX_STAMP)
+        };
+        let (a, b) = v.split_once('-').unwrap_or((v, "0"));
+        big(a) || big(b)
+    }
+
     pub fn not_found(what: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "not_found", what)
     }

@@ -122,6 +122,9 @@ fn target_of(
 
 fn parse_after(raw: Option<&str>, field: &str) -> ApiResult<Option<StreamId>> {
     raw.map(|a| {
+        if Problem::is_out_of_range(a) {
+            return Err(Problem::out_of_range(field, a));
+        }
         a.parse::<StreamId>()
             .map_err(|e| Problem::invalid(field, e))
     })

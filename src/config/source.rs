@@ -186,6 +186,14 @@ pub struct SourceConfig {
     /// The upstream's largest page size, which the compatible API caps at.
     #[serde(default = "defaults::max_page_size")]
     pub max_page_size: u32,
+    /// Records whose stamp is more than this above the table's highest
+    /// are rejected (a corrupt stamp would otherwise move the cursor past
+    /// every later change); absent: no limit but i64::MAX.
+    #[serde(default)]
+    pub max_stamp_jump: Option<u64>,
+    /// The largest page answer read; a larger one fails the poll.
+    #[serde(default = "defaults::max_page_bytes")]
+    pub max_page_bytes: usize,
     /// Record schemas per resource for the event catalog: a JSON Schema
     /// file's path or the schema inline; others are inferred.
     #[serde(default)]
@@ -252,6 +260,9 @@ mod defaults {
     }
     pub fn max_page_size() -> u32 {
         1000
+    }
+    pub fn max_page_bytes() -> usize {
+        32 << 20
     }
 }
 

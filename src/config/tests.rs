@@ -258,3 +258,69 @@ fn record_schemas_and_the_otlp_endpoint_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn credentials_in_base_url_are_refused_without_repeating_them() {
+    let raw = parse(
+        r#"
+[[sources]]
+name = "pc"
+base_url = "https://relay:hunter2-secret@ua.ap.painchek.com/api"
+resources = ["patients"]
+"#,
+    );
+    let e = raw.validate(&env(&[])).unwrap_err().to_string();
+    assert!(
+        e.contains("sources[0].base_url: carries credentials"),
+        "{e}"
+    );
+    assert!(
+        e.contains("[sources.auth]") && e.contains("password_env"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "the password shows: {e}");
+}
+
+#[test]
+fn short_and_shared_api_tokens_are_refused() {
+    let raw = parse(
+        r#"
+[[api.tokens]]
+name = "ops"
+scope = "admin"
+token_env = "ADMIN"
+[[api.tokens]]
+name = "dash"
+scope = "read"
+token_env = "READ"
+[[api.tokens]]
+name = "tiny"
+scope = "read"
+token_env = "TINY"
+"#,
+    );
+    const SAME: &str = "0123456789abcdef-same";
+    let same = SAME;
+    let e = raw
+        .clone()
+        .validate(&env(&[("ADMIN", SAME), ("READ", SAME), ("TINY", "x")]))
+        .unwrap_err()
+        .problems;
+    assert!(
+        e.iter().any(|p| p.starts_with("api.tokens[1].token_env")
+            && p.contains("also the token of api.tokens[0]")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|p| p.starts_with("api.tokens[2].token_env")
+            && p.contains("has 1 characters; use at least 16")),
+        "{e:?}"
+    );
+    assert!(e.iter().all(|p| !p.contains(same)), "a token shows: {e:?}");
+    raw.validate(&env(&[
+        ("ADMIN", "admin-token-of-16+"),
+        ("READ", "read-token-of-16+"),
+        ("TINY", "another-token-16+"),
+    ]))
+    .unwrap();
+}

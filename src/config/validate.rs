@@ -21,6 +21,7 @@ impl RawConfig {
             );
             api_tokens.push((t.clone(), s));
         }
+        check_tokens(&mut problems, &api_tokens);
         let mut validated = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             if let Some(source) = validate_source(i, s, env, &mut problems) {
@@ -252,6 +253,12 @@ fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn F
     if s.max_attempts == 0 {
         problems.push(format!("{}: must be at least 1", key("max_attempts")));
     }
+    if s.max_page_bytes < 1 << 16 {
+        problems.push(format!(
+            "{}: must be at least 65536 (64 KiB); it bounds one page answer in memory",
+            key("max_page_bytes")
+        ));
+    }
 }
 
 fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
@@ -264,12 +271,54 @@ fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
         ("api.max_connections", api.max_connections == 0),
         ("api.max_sse_clients", api.max_sse_clients == 0),
         ("api.header_read_timeout", api.header_read_timeout.is_zero()),
+        ("api.write_timeout", api.write_timeout.is_zero()),
+        ("api.max_failed_logins", api.max_failed_logins == 0),
     ] {
         if zero {
             problems.push(format!("{key}: must be greater than zero"));
         }
     }
+    let least = api.request_timeout.max(LIVE_KEEP_ALIVE);
+    if api.idle_timeout <= least {
+        problems.push(format!(
+            "api.idle_timeout ({}): must be longer than {} (api.request_timeout, and the {} \
+             keep-alive of live streams): nothing moves on a connection while an answer is \
+             prepared or between live events",
+            humantime::format_duration(api.idle_timeout),
+            humantime::format_duration(least),
+            humantime::format_duration(LIVE_KEEP_ALIVE),
+        ));
+    }
 }
+
+/// Tokens long enough not to be guessed, and each a different value: a
+/// read token equal to an admin token would be an admin token.
+fn check_tokens(problems: &mut Vec<String>, tokens: &[(TokenConfig, Secret)]) {
+    for (i, (t, s)) in tokens.iter().enumerate() {
+        let (var, value) = (&t.token_env, s.expose());
+        let chars = value.chars().count();
+        if chars > 0 && chars < MIN_TOKEN_CHARS {
+            problems.push(format!(
+                "api.tokens[{i}].token_env: the token in {var} has {chars} characters; \
+                 use at least {MIN_TOKEN_CHARS} (e.g. the output of `openssl rand -hex 32`)"
+            ));
+        }
+        if let Some((j, (other, _))) = tokens[..i]
+            .iter()
+            .enumerate()
+            .find(|(_, (_, o))| chars > 0 && o.expose() == value)
+        {
+            problems.push(format!(
+                "api.tokens[{i}].token_env: the token in {var} is also the token of \
+                 api.tokens[{j}] ({:?}); give every token its own value",
+                other.name
+            ));
+        }
+    }
+}
+
+/// The shortest API token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// The store's own values: names, retention limits and the lease.
 fn check_store(problems: &mut Vec<String>, store: &StoreConfig) {
@@ -323,6 +372,16 @@ fn parse_http_url(s: &str) -> Result<Url, String> {
         );
     }
     let u = Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+    if !u.username().is_empty() || u.password().is_some() {
+        // The URL is not repeated: it holds a password.
+        return Err(
+            "carries credentials (user:password@), which would show in logs, the \
+             status page and GET /v1/resources; remove them and set [sources.auth] \
+             kind = \"basic\" with username_env and password_env naming environment \
+             variables that hold them"
+                .into(),
+        );
+    }
     match u.scheme() {
         "http" | "https" => Ok(u),
         other => Err(format!("{s:?} has scheme {other:?}; use http or https")),

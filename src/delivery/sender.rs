@@ -88,6 +88,7 @@ impl Endpoint {
     /// The Standard Webhooks headers of one request, signed by every key
     /// still valid at `now_ms`.
     fn headers(&self, id: &str, body: &[u8], content_type: &'static str) -> HeaderMap {
+        let id = &*signing::webhook_id(id);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -232,14 +233,16 @@ async fn answer(resp: reqwest::Response, started: Instant) -> Sent {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::http::retry_after);
-    let body = resp.bytes().await.unwrap_or_default();
-    let kept = &body[..body.len().min(RESPONSE_KEPT)];
+    // Only what is kept is read: the rest of a huge answer never arrives.
+    let (kept, _) = crate::http::read_prefix(resp, RESPONSE_KEPT)
+        .await
+        .unwrap_or_default();
     Sent {
         outcome: classify(status),
         status: Some(status),
         retry_after,
         latency: started.elapsed(),
-        response: String::from_utf8_lossy(kept).into_owned(),
+        response: String::from_utf8_lossy(&kept).into_owned(),
         error: None,
     }
 }

@@ -55,6 +55,27 @@ pub fn header<'a>(
 
 /// Whether any signature in `header` was made with `secret` (for tests and
 /// the test receiver).
+/// The `webhook-id` of an event id (docs/events.md): the id with every
+/// byte outside printable ASCII, space and `%` percent-encoded (`%XX`, upper
+/// case), so the header is always printable ASCII and decoding it gives
+/// the CloudEvents id back. Ids are at most 256 bytes (`record.rs`), so the
+/// header stays short.
+pub fn webhook_id(id: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'%';
+    if id.bytes().all(plain) {
+        return id.into();
+    }
+    let mut out = String::with_capacity(id.len() * 3);
+    for b in id.bytes() {
+        if plain(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.into()
+}
+
 pub fn verify(secret: &str, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
     let want = sign(secret, id, timestamp, body);
     header.split(' ').any(|sig| {
@@ -70,6 +91,15 @@ pub fn verify(secret: &str, id: &str, timestamp: i64, body: &[u8], header: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_ids_are_printable_ascii_and_decode_to_the_event_id() {
+        assert_eq!(webhook_id("pc:patients:a-1:42"), "pc:patients:a-1:42");
+        assert_eq!(
+            webhook_id("pc:patients:Zoë 100%:42"),
+            "pc:patients:Zo%C3%AB%20100%25:42"
+        );
+    }
 
     /// The test vector of the Standard Webhooks specification.
     #[test]

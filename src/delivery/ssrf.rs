@@ -16,7 +16,7 @@ use crate::config::{Cidr, canonical};
 /// Blocks refused whatever their use, each with the reason logged.
 /// IPv4-mapped addresses are judged as IPv4 (see [`canonical`]) and
 /// `64:ff9b::/96` (well-known NAT64) as the IPv4 address it carries.
-const BLOCKED: [(&str, &str); 28] = [
+const BLOCKED: [(&str, &str); 29] = [
     ("0.0.0.0/8", "unspecified"),
     ("10.0.0.0/8", "private"),
     ("100.64.0.0/10", "shared (carrier-grade NAT)"),
@@ -34,6 +34,9 @@ const BLOCKED: [(&str, &str); 28] = [
     // IPv4-compatible (deprecated), with :: and ::1.
     ("::/96", "unspecified, loopback or IPv4-compatible"),
     ("64:ff9b:1::/48", "local-use NAT64"),
+    // `::ffff:0:a.b.c.d`: a translator (SIIT) reaches the IPv4 address,
+    // which may be internal.
+    ("::ffff:0:0:0/96", "IPv4-translated"),
     ("100::/64", "discard-only"),
     // Teredo and 6to4 tunnel to an IPv4 address the guard cannot vouch for.
     ("2001::/32", "Teredo tunnel"),
@@ -226,6 +229,8 @@ mod tests {
             "::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
             "fe80::1",
             "fd00:ec2::254",
             "fc00::1",

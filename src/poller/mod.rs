@@ -67,6 +67,11 @@ pub enum PollError {
          it changes faster than it can be paged: raise sources.max_walks or sources.page_size"
     )]
     Unstable { walks: u32, seen: u64, count: u64 },
+    #[error(
+        "{url} is past page {most}, the most that {count} records (the upstream's count) fill \
+         with a margin; its next links do not end, so the walk stops; check the upstream's paging"
+    )]
+    Endless { url: String, count: u64, most: u32 },
     #[error("stopped before the poll finished; committed chunks are kept")]
     Cancelled,
     #[error(
@@ -84,6 +89,7 @@ impl PollError {
             PollError::NotAscending { .. } => "not_ascending",
             PollError::TooLarge { .. } => "too_large",
             PollError::Unstable { .. } => "unstable",
+            PollError::Endless { .. } => "endless",
             PollError::Cancelled => "cancelled",
             PollError::UpstreamReset(_) => "upstream_reset",
         }
@@ -131,6 +137,11 @@ pub struct PollSettings {
     pub on_upstream_reset: crate::config::OnUpstreamReset,
     pub hard_deletes: crate::config::HardDeletes,
     pub fields: crate::config::FieldNames,
+    /// Records per page asked for (`sources.page_size`).
+    pub page_size: u32,
+    /// Records whose stamp is more than this above the table's top are
+    /// rejected (`sources.max_stamp_jump`); none: no limit.
+    pub max_stamp_jump: Option<u64>,
     /// `store.lease_ttl`: the poll lease, renewed in the background while a
     /// poll runs (see lease.rs).
     pub lease_ttl: Duration,
@@ -148,6 +159,8 @@ impl PollSettings {
             on_upstream_reset: source.on_upstream_reset,
             hard_deletes: source.hard_deletes,
             fields: source.fields.clone(),
+            page_size: source.page_size,
+            max_stamp_jump: source.max_stamp_jump,
             lease_ttl,
         }
     }
@@ -347,12 +360,13 @@ impl Poller {
     /// Appends stamp-sorted records in atomic chunks, stopping between
     /// chunks when cancelled (every committed prefix is a valid cursor).
     async fn commit(
-        &self,
+        &mut self,
         records: &[UpstreamRecord],
         snapshot: bool,
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
+        let records = self.within_jump(records, report).await?;
         for chunk in records.chunks(CHUNK) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
@@ -394,6 +408,37 @@ impl Poller {
             report.top = report.top.max(chunk.last().map_or(0, |r| r.stamp));
         }
         Ok(())
+    }
+
+    /// The stamp-sorted `records` up to `max_stamp_jump` over the table's
+    /// top before this poll; the rest are rejected, so one absurd stamp
+    /// cannot move the cursor where later polls never reach back from.
+    /// An empty table has no top to jump from.
+    async fn within_jump<'a>(
+        &mut self,
+        records: &'a [UpstreamRecord],
+        report: &mut PollReport,
+    ) -> Result<&'a [UpstreamRecord], PollError> {
+        let top = report.before.stamp;
+        let Some(jump) = self.settings.max_stamp_jump.filter(|_| top > 0) else {
+            return Ok(records);
+        };
+        let limit = top.saturating_add(jump);
+        let keep = records.partition_point(|r| r.stamp <= limit);
+        for r in &records[keep..] {
+            let reason = format!(
+                "record {:?} has stamp {}, more than sources.max_stamp_jump ({jump}) above the \
+                 table's top {top}; raise max_stamp_jump if the upstream's stamps jump that far",
+                r.id, r.stamp
+            );
+            let rejected = RejectedRecord {
+                id: Some(r.id.clone()),
+                raw: r.raw.get().to_string(),
+                reason,
+            };
+            self.reject(rejected, report).await?;
+        }
+        Ok(&records[..keep])
     }
 
     async fn reject(

@@ -8,6 +8,16 @@ use super::{PollError, PollReport, Poller};
 use crate::record::{Page, UpstreamRecord, parse_record};
 use crate::store::StoreError;
 
+/// The most pages one walk fetches: what `count` records fill at
+/// `page_size` (as many as the page came with, at most the one asked
+/// for), plus a margin for rows added while walking (ten pages and
+/// a tenth). Past it the upstream's `next` links go on forever.
+fn most_pages(count: u64, page_size: u32) -> u32 {
+    let pages = count.div_ceil(u64::from(page_size.max(1)));
+    let most = pages + 10 + pages / 10;
+    u32::try_from(most).unwrap_or(u32::MAX)
+}
+
 impl Poller {
     pub(super) async fn fetch(
         &self,
@@ -34,6 +44,17 @@ impl Poller {
         self.status
             .fetched
             .fetch_add(p.results.len() as u64, Ordering::Relaxed);
+        // Pages as this one came: an upstream may cap page_size lower.
+        let per_page = u32::try_from(p.results.len()).unwrap_or(u32::MAX);
+        let most = most_pages(p.count, per_page.clamp(1, self.settings.page_size));
+        if page > most {
+            let url = self.upstream.page_url(&self.target.resource, sync, page);
+            return Err(PollError::Endless {
+                url: url.to_string(),
+                count: p.count,
+                most,
+            });
+        }
         Ok(p)
     }
 

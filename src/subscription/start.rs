@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Invalid, Start};
-use crate::target::Target;
+use crate::{events::MAX_STAMP, target::Target};
 
 /// `start` (creation) or `from` (replay) as sent: a name, or stamps per
 /// `source/resource`.
@@ -37,6 +37,10 @@ impl StartSpec {
                 .into_iter()
                 .map(
                     |(name, stamp)| match targets.iter().find(|t| t.to_string() == name) {
+                        Some(_) if stamp > MAX_STAMP => Err(Invalid {
+                            field: format!("{field}.{name}"),
+                            message: format!("is above {MAX_STAMP}, the largest stamp"),
+                        }),
                         Some(t) => Ok((t.clone(), stamp)),
                         None => Err(Invalid {
                             field: format!("{field}.{name}"),
@@ -85,6 +89,14 @@ mod tests {
                 .unwrap_err()
                 .field,
             "start.pc/users"
+        );
+        let past = StartSpec::Stamps([("pc/patients".to_string(), u64::MAX)].into());
+        let e = past.parse("start", &t, true).unwrap_err();
+        assert_eq!(e.field, "start.pc/patients");
+        assert!(
+            e.message.contains("above 9223372036854775807"),
+            "{}",
+            e.message
         );
     }
 }

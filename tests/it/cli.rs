@@ -228,7 +228,7 @@ fn compose_file_is_consistent() {
     let local = mount.split(':').next().unwrap().trim_start_matches("./");
     let (ok, text) = run(
         &["check-config", "--config", &format!("{root}/{local}")],
-        &[("STAMP_RELAY_ADMIN_TOKEN", "x")],
+        &[("STAMP_RELAY_ADMIN_TOKEN", "check-config-admin-token")],
     );
     assert!(ok, "{local}: {text}");
 }

@@ -106,7 +106,7 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
         .write(&dir.path().join("relay.toml"));
     let spawn = || {
         serve(&cfg)
-            .env("SR_TERM_ADMIN", "term-admin")
+            .env("SR_TERM_ADMIN", "term-admin-token-0001")
             .spawn()
             .map(Proc)
             .unwrap()
@@ -141,7 +141,7 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     // 2. A restart finishes the load; then SIGTERM while delivering.
     let mut child = spawn();
     wait_synced(&store, &t, &sim.sim).await;
-    let api = Api::local(port, "term-admin");
+    let api = Api::local(port, "term-admin-token-0001");
     api.wait_healthy().await;
     let body =
         serde_json::json!({"url": rx.url, "resources": ["*"], "start": {"sim/patients": 29_000}});

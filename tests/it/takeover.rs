@@ -42,7 +42,7 @@ fn write_config(ts: &TestStore, sim: &str, port: u16) -> PathBuf {
 
 fn spawn(cfg: &std::path::Path) -> Proc {
     serve(cfg)
-        .env("SR_TEST_ADMIN", "admin-secret")
+        .env("SR_TEST_ADMIN", "takeover-admin-secret")
         .spawn()
         .map(Proc)
         .unwrap()
@@ -51,7 +51,7 @@ fn spawn(cfg: &std::path::Path) -> Proc {
 /// Creates a subscription from the beginning through the first instance,
 /// once it listens.
 async fn subscribe(ports: &[u16], rx: &TestReceiver) -> Value {
-    let api = Api::local(ports[0], "admin-secret");
+    let api = Api::local(ports[0], "takeover-admin-secret");
     api.wait_healthy().await;
     let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
     api.post_json("/v1/subscriptions", &body).await

@@ -30,7 +30,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(dir: &Path) -> anyhow::Result<SqliteStore> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        open::create_private_dir(dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot create data directory {} (store.data_dir): {e}; choose a writable folder",
                 dir.display()

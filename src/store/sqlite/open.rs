@@ -101,7 +101,53 @@ pub(super) fn reopen(
     Ok(())
 }
 
+/// The store's folder, created readable by the relay's user alone (it
+/// holds patient records and webhook secrets); an existing one that others
+/// may read gets a warning with the fix.
+pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    warn_if_shared(dir, "700");
+    Ok(())
+}
+
+/// Creates the database file readable by its owner alone before SQLite
+/// opens it: SQLite gives a new file 0644 and its `-wal` and `-shm` files
+/// the mode of the database file.
+fn create_private_file(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    if created.is_err() {
+        // There already (or not creatable, which opening reports).
+        warn_if_shared(path, "600");
+    }
+}
+
+fn warn_if_shared(path: &Path, mode: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the embedded store (patient records, webhook secrets) is readable by other users; \
+             run chmod {mode} {}",
+            path.display()
+        );
+    }
+}
+
 pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
+    create_private_file(path);
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

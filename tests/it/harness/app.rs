@@ -55,11 +55,13 @@ impl App {
         sources: Vec<SourceConfig>,
         tweak: impl FnOnce(&mut Config),
     ) -> App {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut config = config(&ts.config, sources);
+        // As a deployment sets it: the compatible API's links are absolute.
+        config.api.public_url = Some(format!("http://{}", listener.local_addr().unwrap()));
         tweak(&mut config);
         with_tokens(&mut config);
         let relay = Relay::with_store(config, ts.store.clone()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(relay, listener).await
     }
 
