@@ -166,7 +166,7 @@ impl Table {
         match &mut self.order {
             OrderIndex::Stamp(index) => {
                 if let Some(old) = old {
-                    index.remove(old.stamp);
+                    index.remove(old.stamp, rec);
                 }
                 index.insert(new.stamp, rec);
             }
