@@ -26,6 +26,7 @@ use crate::{
 };
 
 mod epoch;
+mod keyset;
 mod lease;
 mod paging;
 mod reconcile;
@@ -158,6 +159,9 @@ pub struct Poller {
     last_ok_ms: Option<u64>,
     /// A poll of this target succeeded in this process (see `loading`).
     saw_success: bool,
+    /// Two records of this table were seen sharing a stamp, so a page's
+    /// `count` no longer bounds the top (walk.rs).
+    shared_stamps: bool,
 }
 
 impl Poller {
@@ -184,6 +188,7 @@ impl Poller {
             samples: Default::default(),
             last_ok_ms: None,
             saw_success: false,
+            shared_stamps: false,
         }
     }
 
@@ -298,7 +303,7 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        for chunk in records.chunks(CHUNK) {
+        for chunk in stamp_chunks(records) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
             }
@@ -383,4 +388,22 @@ impl Poller {
         self.status.holds_lease.store(false, Ordering::Relaxed);
         let _ = self.store.release(&self.target, &self.holder).await;
     }
+}
+
+/// Stamp-sorted records in chunks of about [`CHUNK`], never splitting the
+/// rows of one stamp: the cursor is the stream's last stamp, so a poll
+/// stopped between chunks must not leave a stamp half appended.
+fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &[UpstreamRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = CHUNK.min(rest.len());
+        let last = rest[end - 1].stamp;
+        end += rest[end..].iter().take_while(|r| r.stamp == last).count();
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
 }

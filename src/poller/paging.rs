@@ -1,11 +1,11 @@
-//! Fetching pages, and the `keyset` strategy; `pages` is in walk.rs.
+//! Fetching pages; the strategies are in keyset.rs and walk.rs.
 
 use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{PollError, PollReport, Poller};
-use crate::record::{Page, UpstreamRecord, parse_record};
+use super::{PollError, Poller};
+use crate::record::Page;
 use crate::store::StoreError;
 
 impl Poller {
@@ -35,69 +35,5 @@ impl Poller {
             .fetched
             .fetch_add(p.results.len() as u64, Ordering::Relaxed);
         Ok(p)
-    }
-
-    /// `keyset`: every page is a fresh `sync=<highest stamp so far>` query,
-    /// verified ascending and committed as it arrives, so memory stays flat
-    /// and rows shifting between pages cannot cause skips.
-    pub(super) async fn keyset(
-        &mut self,
-        report: &mut PollReport,
-        snapshot: bool,
-        cancel: &CancellationToken,
-    ) -> Result<(), PollError> {
-        let fields = self.settings.fields.clone();
-        let mut sync = report.sync;
-        loop {
-            let page = self.fetch(sync, 1, cancel).await?;
-            report.pages += 1;
-            let more = page.next.is_some();
-            let mut records: Vec<UpstreamRecord> = Vec::with_capacity(page.results.len());
-            for raw in page.results {
-                match parse_record(raw, &fields) {
-                    Ok(r) => {
-                        let prev = records.last().map_or(sync, |l| l.stamp);
-                        if r.stamp < prev || r.stamp <= sync {
-                            return Err(PollError::NotAscending {
-                                sync,
-                                page: report.pages,
-                                stamp: r.stamp,
-                                prev,
-                            });
-                        }
-                        // The same row twice (a join upstream): keep one.
-                        if !records
-                            .last()
-                            .is_some_and(|l| l.stamp == r.stamp && l.id == r.id)
-                        {
-                            records.push(r);
-                        }
-                    }
-                    Err(rej) => self.reject(rej, report).await?,
-                }
-            }
-            report.fetched += records.len() as u64;
-            self.commit(&records, snapshot, report, cancel).await?;
-            let next = next_sync(sync, &records);
-            if !more || next == sync {
-                if more {
-                    tracing::warn!(target = %self.target, sync, "a keyset page held no usable stamp; stopping this poll");
-                }
-                return Ok(());
-            }
-            sync = next;
-        }
-    }
-}
-
-/// The `sync` of the page after a keyset page: its highest stamp, or one
-/// below when two records share that stamp (per-table stamps should be
-/// unique, but then the next query still returns the ones this page cut
-/// off; the index drops what was already appended).
-fn next_sync(sync: u64, records: &[UpstreamRecord]) -> u64 {
-    match records {
-        [.., a, b] if a.stamp == b.stamp => b.stamp - 1,
-        [.., last] => last.stamp,
-        [] => sync,
     }
 }

@@ -105,9 +105,14 @@ impl Sightings {
         self.pages.len() - 1
     }
 
-    /// A lower bound of the top when page `i` was answered.
-    pub fn bound(&self, i: usize, sync: u64, rejected: u64) -> u64 {
+    /// A lower bound of the top when page `i` was answered. The count
+    /// bounds it only while stamps are unique: once two records were seen
+    /// sharing one (`shared`), `count` rows may sit on fewer stamps.
+    pub fn bound(&self, i: usize, sync: u64, rejected: u64, shared: bool) -> u64 {
         let (seen_max, count) = self.pages[i];
+        if shared {
+            return seen_max;
+        }
         seen_max.max(sync + count.saturating_sub(rejected))
     }
 }
@@ -191,7 +196,7 @@ impl Poller {
             progress.tally.end_walk();
             let seen = progress.seen();
             if seen >= count {
-                return Ok(progress.into_set(sync, pages == 1));
+                return Ok(progress.into_set(sync, pages == 1, self.shared_stamps));
             }
             if walks >= max_walks {
                 return Err(PollError::Unstable { walks, seen, count });
@@ -230,6 +235,14 @@ impl Poller {
             *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
             let at = progress.sightings.page(*seen_max, count);
             for r in records {
+                if let Some(other) = progress.stamps.insert(r.stamp, r.id.clone())
+                    && other != r.id
+                    && !self.shared_stamps
+                {
+                    tracing::info!(target = %self.target, stamp = r.stamp,
+                        "two records share a stamp; the page count no longer bounds the top");
+                    self.shared_stamps = true;
+                }
                 sight(&mut progress.seen, r, at);
             }
             if progress.seen.len() > settings.max_delta_records {
@@ -250,6 +263,8 @@ impl Poller {
 #[derive(Default)]
 struct Progress {
     seen: Seen,
+    /// A record seen with each stamp, to notice stamps shared by two.
+    stamps: HashMap<u64, String>,
     sightings: Sightings,
     tally: RejectTally,
 }
@@ -261,12 +276,12 @@ impl Progress {
     }
 
     /// The complete walks as a set, with their floor.
-    fn into_set(self, sync: u64, one_page: bool) -> WalkSet {
+    fn into_set(self, sync: u64, one_page: bool, shared: bool) -> WalkSet {
         let rejected = self.tally.count();
         let floor = self
             .seen
             .values()
-            .map(|&(_, at)| self.sightings.bound(at, sync, rejected))
+            .map(|&(_, at)| self.sightings.bound(at, sync, rejected, shared))
             .min()
             .unwrap_or(sync);
         WalkSet {
@@ -327,10 +342,12 @@ mod tests {
         // Stamp order: the first page holds the lowest stamps; the count of
         // distinct stamps above sync says more.
         let b = s.page(150, 300);
-        assert_eq!(s.bound(a, 100, 0), 950);
-        assert_eq!(s.bound(b, 100, 0), 400);
+        assert_eq!(s.bound(a, 100, 0, false), 950);
+        assert_eq!(s.bound(b, 100, 0, false), 400);
         // Rejected records may have no stamp: they do not count.
-        assert_eq!(s.bound(b, 100, 280), 150);
+        assert_eq!(s.bound(b, 100, 280, false), 150);
+        // 300 rows may share fewer stamps: only what was seen bounds the top.
+        assert_eq!(s.bound(b, 100, 0, true), 150);
     }
 
     #[test]
