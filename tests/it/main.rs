@@ -31,6 +31,7 @@ mod rules;
 mod security;
 mod serve;
 mod settle;
+mod shared_stamps;
 mod status;
 mod subscription_filters;
 mod sync;
