@@ -116,6 +116,8 @@ pub struct PollSettings {
     pub max_walks: u32,
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
+    /// A sweep after every initial load (`pages` only; see reconcile.rs).
+    pub reconcile_after_load: bool,
     pub fields: crate::config::FieldNames,
     /// `store.lease_ttl`: the poll lease, renewed in the background while a
     /// poll runs (see lease.rs).
@@ -131,6 +133,8 @@ impl PollSettings {
             max_walks: source.max_walks,
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
+            reconcile_after_load: source.reconcile_after_load
+                && source.paging == crate::config::Paging::Pages,
             fields: source.fields.clone(),
             lease_ttl,
         }
@@ -147,6 +151,8 @@ pub struct Poller {
     /// The table's epoch as this poller first saw it (see epoch.rs).
     epoch: Option<String>,
     last_reconcile: Option<Instant>,
+    /// An initial load completed and `reconcile_after_load` asks for a sweep.
+    load_sweep_due: bool,
     pub status: Arc<TargetStatus>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Hashes of rejected records already written, so a bad record that
@@ -183,6 +189,7 @@ impl Poller {
             lease: None,
             epoch: None,
             last_reconcile: None,
+            load_sweep_due: false,
             status: Arc::default(),
             rejected: HashSet::new(),
             samples: Default::default(),
@@ -357,6 +364,10 @@ impl Poller {
         }
         self.status.running.store(true, Ordering::Relaxed);
         let _running = Running(self.status.clone());
+        if self.settings.reconcile_after_load {
+            tracing::info!(target = %self.target,
+                "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
+        }
         let interval = self.settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
