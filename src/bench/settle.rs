@@ -33,9 +33,11 @@ const CHURN_POLLS: u32 = 5;
 /// second; prints how many of them moved the cursor, and the highest rate
 /// at which every poll did.
 pub async fn churn(store: StoreConfig, records: usize) -> anyhow::Result<()> {
-    println!("pages under churn ({records} name-ordered records, page size 100, default overlap, a poll a second):");
+    println!(
+        "pages under churn ({records} name-ordered records, page size 100, default overlap, a poll a second):"
+    );
     let mut highest = None;
-    for rate in [10.0, 20.0, 40.0, 60.0, 80.0, 120.0, 160.0, 240.0, 320.0] {
+    for rate in [10.0, 20.0, 40.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0] {
         let advanced = polls_advancing(&store, records, rate).await?;
         println!("  {rate:>6.0} writes/s: the cursor moved in {advanced} of {CHURN_POLLS} polls");
         if advanced < CHURN_POLLS {

@@ -24,7 +24,10 @@
 //! than `max_walks` settle walks, or a settle walk that cannot see its
 //! whole set within `max_walks` walks), the poll commits only what lies at
 //! or below the last floor it proved, and the next poll continues from
-//! there: never a lost version, and still progress.
+//! there: never a lost version, and still progress. Under steady creates
+//! behind the walk the union may never reach the last count; a union that
+//! holds the whole set of some walk's start is complete up to that page's
+//! bound instead (`Progress::holds_a_walk_start`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -198,6 +201,13 @@ impl Poller {
             if seen >= count {
                 return Ok(progress.into_set(sync, pages == 1, self.shared_stamps));
             }
+            if let Some(cap) = progress.holds_a_walk_start(sync, self.shared_stamps) {
+                // Not every record counted at the end was seen, but every
+                // one of an earlier walk's start was: the floor stops there.
+                let mut set = progress.into_set(sync, false, self.shared_stamps);
+                set.floor = set.floor.min(cap);
+                return Ok(set);
+            }
             if walks >= max_walks {
                 return Err(PollError::Unstable { walks, seen, count });
             }
@@ -234,7 +244,15 @@ impl Poller {
             }
             *seen_max = records.iter().map(|r| r.stamp).fold(*seen_max, u64::max);
             let at = progress.sightings.page(*seen_max, count);
+            if page_no == 1 {
+                progress.walk_starts.push(at);
+            }
             for r in records {
+                progress
+                    .lowest
+                    .entry(r.id.clone())
+                    .and_modify(|s| *s = (*s).min(r.stamp))
+                    .or_insert(r.stamp);
                 if let Some(other) = progress.stamps.insert(r.stamp, r.id.clone())
                     && other != r.id
                     && !self.shared_stamps
@@ -265,6 +283,10 @@ struct Progress {
     seen: Seen,
     /// A record seen with each stamp, to notice stamps shared by two.
     stamps: HashMap<u64, String>,
+    /// The lowest stamp each record was seen with.
+    lowest: HashMap<String, u64>,
+    /// The first page of each walk, in `sightings`.
+    walk_starts: Vec<usize>,
     sightings: Sightings,
     tally: RejectTally,
 }
@@ -273,6 +295,28 @@ impl Progress {
     /// Records and rejected records seen, for the completeness check.
     fn seen(&self) -> u64 {
         self.seen.len() as u64 + self.tally.count()
+    }
+
+    /// Whether the union holds every record that was above `sync` when
+    /// some walk's first page was answered, though not all those counted
+    /// at the end (steady creates behind the walk keep that from ever
+    /// holding). Returns the page's bound of that moment's top (see
+    /// [`Sightings::bound`]). A record seen with a stamp at or below it was in the
+    /// set then; when there are as many as that page counted, the union
+    /// holds the whole set of that moment, and every record missing from
+    /// it has only versions above the bound. So the floor argument holds
+    /// with the floor capped at the bound (docs/sync.md, "Settle").
+    fn holds_a_walk_start(&self, sync: u64, shared: bool) -> Option<u64> {
+        let rejected = self.tally.count();
+        self.walk_starts
+            .iter()
+            .filter_map(|&at| {
+                let bound = self.sightings.bound(at, sync, rejected, shared);
+                let before = self.lowest.values().filter(|&&s| s <= bound).count();
+                let count = self.sightings.pages[at].1;
+                (before as u64 + rejected >= count).then_some(bound)
+            })
+            .max()
     }
 
     /// The complete walks as a set, with their floor.

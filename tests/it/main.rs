@@ -4,6 +4,7 @@ mod harness;
 mod redis_cluster;
 
 mod api;
+mod churn;
 mod cli;
 mod cluster;
 mod compat;
