@@ -310,7 +310,7 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        for chunk in stamp_chunks(records) {
+        for chunk in paging::stamp_chunks(records) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
             }
@@ -399,22 +399,4 @@ impl Poller {
         self.status.holds_lease.store(false, Ordering::Relaxed);
         let _ = self.store.release(&self.target, &self.holder).await;
     }
-}
-
-/// Stamp-sorted records in chunks of about [`CHUNK`], never splitting the
-/// rows of one stamp: the cursor is the stream's last stamp, so a poll
-/// stopped between chunks must not leave a stamp half appended.
-fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &[UpstreamRecord]> {
-    let mut rest = records;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = CHUNK.min(rest.len());
-        let last = rest[end - 1].stamp;
-        end += rest[end..].iter().take_while(|r| r.stamp == last).count();
-        let (chunk, tail) = rest.split_at(end);
-        rest = tail;
-        Some(chunk)
-    })
 }

@@ -1,11 +1,12 @@
-//! Fetching pages; the strategies are in keyset.rs and walk.rs.
+//! Fetching pages, and cutting stamp-sorted records into commit chunks;
+//! the strategies are in keyset.rs and walk.rs.
 
 use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{PollError, Poller};
-use crate::record::Page;
+use super::{CHUNK, PollError, Poller};
+use crate::record::{Page, UpstreamRecord};
 use crate::store::StoreError;
 
 impl Poller {
@@ -35,5 +36,44 @@ impl Poller {
             .fetched
             .fetch_add(p.results.len() as u64, Ordering::Relaxed);
         Ok(p)
+    }
+}
+
+/// Stamp-sorted records in chunks of about [`CHUNK`], never splitting the
+/// rows of one stamp: the cursor is the stream's last stamp, so a poll
+/// stopped between chunks must not leave a stamp half appended.
+pub(super) fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &[UpstreamRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = CHUNK.min(rest.len());
+        let last = rest[end - 1].stamp;
+        end += rest[end..].iter().take_while(|r| r.stamp == last).count();
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_takes_every_row_of_its_last_stamp() {
+        let rows: Vec<UpstreamRecord> = (0..CHUNK + 3)
+            .map(|i| UpstreamRecord {
+                id: format!("r{i}"),
+                stamp: if i < CHUNK - 1 { i as u64 } else { 1000 },
+                deleted: false,
+                raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            })
+            .collect();
+        let sizes: Vec<usize> = stamp_chunks(&rows).map(<[_]>::len).collect();
+        assert_eq!(sizes, [CHUNK + 3]);
+        let sizes: Vec<usize> = stamp_chunks(&rows[..CHUNK - 1]).map(<[_]>::len).collect();
+        assert_eq!(sizes, [CHUNK - 1]);
     }
 }

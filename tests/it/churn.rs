@@ -24,7 +24,7 @@ async fn the_cursor_advances_every_poll_under_steady_churn(ts: TestStore) {
         ..SimConfig::default()
     })
     .await;
-    let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
+    let src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
     let mut relay = relay(&ts, vec![src]);
     let cancel = CancellationToken::new();
     relay.pollers[0].poll_once(&cancel).await.unwrap();
