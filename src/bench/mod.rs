@@ -6,6 +6,8 @@
 //!   against a raw pipelined `XADD` of the same payloads; into the embedded
 //!   store; and with `paging = "pages"`, whose settle walks' extra upstream
 //!   requests are printed as a share of the plain walk (settle.rs).
+//! - churn: the highest write rate per table at which every `pages` poll
+//!   still moves the cursor (settle.rs).
 //! - rss: the relay's resident memory while it loads M records with keyset
 //!   paging, sampled as the stream grows (the simulator runs in its own process).
 
@@ -58,6 +60,13 @@ pub struct BenchArgs {
     /// Run only the webhook part, after loading --records into Redis.
     #[arg(long)]
     pub delivery_only: bool,
+    /// Records of the table the churn figure writes to (0 skips it): the
+    /// highest write rate at which every `pages` poll moves the cursor.
+    #[arg(long, default_value_t = 5000)]
+    pub churn_records: usize,
+    /// Run only the churn figure.
+    #[arg(long)]
+    pub churn_only: bool,
     /// Run only the memory part (used by the benchmark itself).
     #[arg(long, hide = true)]
     pub rss_only: bool,
@@ -222,6 +231,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.rss_only {
         return rss::run(&args, &dir).await;
     }
+    if args.churn_only {
+        let (_redis, redis_url) = redis(&args.redis_url, &dir).await?;
+        let store = StoreConfig {
+            redis_url: Some(redis_url),
+            key_prefix: format!("bench-{}", std::process::id()),
+            ..StoreConfig::default()
+        };
+        return settle::churn(store, args.churn_records).await;
+    }
     println!(
         "stamp-relay bench: initial load of {} records (release build recommended)",
         args.records
@@ -235,6 +253,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         key_prefix: prefix,
         ..StoreConfig::default()
     };
+
     if args.delivery_only {
         relay_load(redis_store.clone(), &base_url).await?;
         api::run(redis_store, &base_url, args.sse_clients, true).await?;
@@ -253,6 +272,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.rss_records > 0 {
         rss::in_a_process_of_its_own(&args, &redis_url)?;
+    }
+    if args.churn_records > 0 {
+        settle::churn(redis_store.clone(), args.churn_records).await?;
     }
     api::run(redis_store, &base_url, args.sse_clients, false).await?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -146,6 +146,11 @@ pub struct SourceConfig {
     /// off when absent.
     #[serde(with = "humantime_serde", default)]
     pub reconcile_interval: Option<Duration>,
+    /// With `paging = "pages"`, a reconcile sweep after every initial load:
+    /// it repairs what an upstream that reads a page's count and its rows
+    /// in two snapshots made the load miss (docs/upstream.md).
+    #[serde(default = "defaults::reconcile_after_load")]
+    pub reconcile_after_load: bool,
     /// Records one `pages` poll may hold in memory.
     #[serde(default = "defaults::max_delta_records")]
     pub max_delta_records: usize,
@@ -239,6 +244,9 @@ mod defaults {
     }
     pub fn max_walks() -> u32 {
         5
+    }
+    pub fn reconcile_after_load() -> bool {
+        true
     }
     pub fn max_delta_records() -> usize {
         2_000_000

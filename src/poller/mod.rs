@@ -22,11 +22,12 @@ use crate::{
     http::backoff,
     record::{RejectedRecord, UpstreamRecord},
     store::{AppendBatch, Store, StoreError, Target},
-    upstream::{Upstream, UpstreamError},
+    upstream::Upstream,
 };
 
 mod breaks;
 mod epoch;
+mod keyset;
 mod lease;
 mod paging;
 mod rebase;
@@ -34,67 +35,16 @@ mod reconcile;
 mod status;
 mod traced;
 pub use status::{LastPoll, TargetStatus};
+mod error;
+mod settings;
 mod walk;
+pub use error::PollError;
+pub use settings::PollSettings;
 
 pub use reconcile::ReconcileReport;
 
 /// Records per atomic append.
 pub const CHUNK: usize = 500;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(
-        "page {page} of sync={sync} is not in ascending stamp order (stamp {stamp} follows {prev}); \
-         the upstream does not sort by stamp, so set paging = \"pages\" for this source"
-    )]
-    NotAscending {
-        sync: u64,
-        page: u32,
-        stamp: u64,
-        prev: u64,
-    },
-    #[error(
-        "the delta since stamp {sync} holds more than {limit} records (sources.max_delta_records); \
-         raise the limit, or use paging = \"keyset\" if the upstream sorts by stamp"
-    )]
-    TooLarge { sync: u64, limit: usize },
-    #[error(
-        "after {walks} walks the pages showed {seen} of the {count} records the upstream counted; \
-         it changes faster than it can be paged: raise sources.max_walks or sources.page_size"
-    )]
-    Unstable { walks: u32, seen: u64, count: u64 },
-    #[error(
-        "{url} is past page {most}, the most that {count} records (the upstream's count) fill \
-         with a margin; its next links do not end, so the walk stops; check the upstream's paging"
-    )]
-    Endless { url: String, count: u64, most: u32 },
-    #[error("stopped before the poll finished; committed chunks are kept")]
-    Cancelled,
-    #[error(
-        "UPSTREAM RESET: the upstream went back in time ({0}); the table is paused \
-         (on_upstream_reset = \"pause\"): set on_upstream_reset = \"resnapshot\" to reload it"
-    )]
-    UpstreamReset(String),
-}
-
-impl PollError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PollError::Upstream(e) => e.kind(),
-            PollError::Store(_) => "store",
-            PollError::NotAscending { .. } => "not_ascending",
-            PollError::TooLarge { .. } => "too_large",
-            PollError::Unstable { .. } => "unstable",
-            PollError::Endless { .. } => "endless",
-            PollError::Cancelled => "cancelled",
-            PollError::UpstreamReset(_) => "upstream_reset",
-        }
-    }
-}
 
 /// What one poll did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -124,48 +74,6 @@ pub struct PollReport {
     pub duration_ms: u64,
 }
 
-/// What a poller needs of its source's configuration, handed to it at
-/// construction rather than read back through the upstream client.
-#[derive(Debug, Clone)]
-pub struct PollSettings {
-    pub poll_interval: Duration,
-    pub paging: crate::config::Paging,
-    pub overlap: u64,
-    pub max_walks: u32,
-    pub max_delta_records: usize,
-    pub reconcile_interval: Option<Duration>,
-    pub on_upstream_reset: crate::config::OnUpstreamReset,
-    pub hard_deletes: crate::config::HardDeletes,
-    pub fields: crate::config::FieldNames,
-    /// Records per page asked for (`sources.page_size`).
-    pub page_size: u32,
-    /// Records whose stamp is more than this above the table's top are
-    /// rejected (`sources.max_stamp_jump`); none: no limit.
-    pub max_stamp_jump: Option<u64>,
-    /// `store.lease_ttl`: the poll lease, renewed in the background while a
-    /// poll runs (see lease.rs).
-    pub lease_ttl: Duration,
-}
-
-impl PollSettings {
-    pub fn new(source: &crate::config::SourceConfig, lease_ttl: Duration) -> PollSettings {
-        PollSettings {
-            poll_interval: source.poll_interval,
-            paging: source.paging,
-            overlap: source.overlap,
-            max_walks: source.max_walks,
-            max_delta_records: source.max_delta_records,
-            reconcile_interval: source.reconcile_interval,
-            on_upstream_reset: source.on_upstream_reset,
-            hard_deletes: source.hard_deletes,
-            fields: source.fields.clone(),
-            page_size: source.page_size,
-            max_stamp_jump: source.max_stamp_jump,
-            lease_ttl,
-        }
-    }
-}
-
 pub struct Poller {
     pub target: Target,
     store: Arc<dyn Store>,
@@ -187,6 +95,8 @@ pub struct Poller {
     /// An upstream reset was reported and no poll has succeeded since.
     reset_seen: bool,
     last_reconcile: Option<Instant>,
+    /// An initial load completed and `reconcile_after_load` asks for a sweep.
+    load_sweep_due: bool,
     pub status: Arc<TargetStatus>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Hashes of rejected records already written, so a bad record that
@@ -201,6 +111,9 @@ pub struct Poller {
     saw_success: bool,
     /// The running poll's spans and start time (traced.rs).
     spans: Option<Arc<traced::PollSpans>>,
+    /// Two records of this table were seen sharing a stamp, so a page's
+    /// `count` no longer bounds the top (walk.rs).
+    shared_stamps: bool,
 }
 
 impl Poller {
@@ -227,12 +140,14 @@ impl Poller {
             rebasing: false,
             reset_seen: false,
             last_reconcile: None,
+            load_sweep_due: false,
             status: Arc::default(),
             rejected: HashSet::new(),
             samples: Default::default(),
             last_ok_ms: None,
             saw_success: false,
             spans: None,
+            shared_stamps: false,
         }
     }
 
@@ -367,7 +282,7 @@ impl Poller {
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
         let records = self.within_jump(records, report).await?;
-        for chunk in records.chunks(CHUNK) {
+        for chunk in paging::stamp_chunks(records) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
             }
@@ -470,6 +385,10 @@ impl Poller {
         }
         self.status.running.store(true, Ordering::Relaxed);
         let _running = Running(self.status.clone());
+        if self.settings.reconcile_after_load {
+            tracing::info!(target = %self.target,
+                "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
+        }
         let interval = self.settings.poll_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {

@@ -1,11 +1,12 @@
-//! Fetching pages, and the `keyset` strategy; `pages` is in walk.rs.
+//! Fetching pages, and cutting stamp-sorted records into commit chunks;
+//! the strategies are in keyset.rs and walk.rs.
 
 use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{PollError, PollReport, Poller};
-use crate::record::{Page, UpstreamRecord, parse_record};
+use super::{CHUNK, PollError, Poller};
+use crate::record::{Page, UpstreamRecord};
 use crate::store::StoreError;
 
 /// The most pages one walk fetches: what `count` records fill at
@@ -57,73 +58,43 @@ impl Poller {
         }
         Ok(p)
     }
-
-    /// `keyset`: every page is a fresh `sync=<highest stamp so far>` query,
-    /// verified ascending and committed as it arrives, so memory stays flat
-    /// and rows shifting between pages cannot cause skips.
-    pub(super) async fn keyset(
-        &mut self,
-        report: &mut PollReport,
-        snapshot: bool,
-        cancel: &CancellationToken,
-    ) -> Result<(), PollError> {
-        let fields = self.settings.fields.clone();
-        let mut sync = report.sync;
-        let (mut first_count, mut seen_max) = (None, 0);
-        loop {
-            let page = self.fetch(sync, 1, cancel).await?;
-            report.pages += 1;
-            first_count.get_or_insert(page.count);
-            let more = page.next.is_some();
-            let mut records: Vec<UpstreamRecord> = Vec::with_capacity(page.results.len());
-            for raw in page.results {
-                match parse_record(raw, &fields) {
-                    Ok(r) => {
-                        let prev = records.last().map_or(sync, |l| l.stamp);
-                        if r.stamp < prev || r.stamp <= sync {
-                            return Err(PollError::NotAscending {
-                                sync,
-                                page: report.pages,
-                                stamp: r.stamp,
-                                prev,
-                            });
-                        }
-                        // The same row twice (a join upstream): keep one.
-                        if !records
-                            .last()
-                            .is_some_and(|l| l.stamp == r.stamp && l.id == r.id)
-                        {
-                            records.push(r);
-                        }
-                    }
-                    Err(rej) => self.reject(rej, report).await?,
-                }
-            }
-            report.fetched += records.len() as u64;
-            seen_max = records.last().map_or(seen_max, |r| r.stamp.max(seen_max));
-            self.commit(&records, snapshot, report, cancel).await?;
-            let next = next_sync(sync, &records);
-            if !more || next == sync {
-                if more {
-                    tracing::warn!(target = %self.target, sync, "a keyset page held no usable stamp; stopping this poll");
-                }
-                // Pages are committed as they come: what a reset upstream
-                // showed was older than the index, or new records.
-                return (self.check_upstream(report, first_count.unwrap_or(0), seen_max)).await;
-            }
-            sync = next;
-        }
-    }
 }
 
-/// The `sync` of the page after a keyset page: its highest stamp, or one
-/// below when two records share that stamp (per-table stamps should be
-/// unique, but then the next query still returns the ones this page cut
-/// off; the index drops what was already appended).
-fn next_sync(sync: u64, records: &[UpstreamRecord]) -> u64 {
-    match records {
-        [.., a, b] if a.stamp == b.stamp => b.stamp - 1,
-        [.., last] => last.stamp,
-        [] => sync,
+/// Stamp-sorted records in chunks of about [`CHUNK`], never splitting the
+/// rows of one stamp: the cursor is the stream's last stamp, so a poll
+/// stopped between chunks must not leave a stamp half appended.
+pub(super) fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &[UpstreamRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = CHUNK.min(rest.len());
+        let last = rest[end - 1].stamp;
+        end += rest[end..].iter().take_while(|r| r.stamp == last).count();
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_takes_every_row_of_its_last_stamp() {
+        let rows: Vec<UpstreamRecord> = (0..CHUNK + 3)
+            .map(|i| UpstreamRecord {
+                id: format!("r{i}"),
+                stamp: if i < CHUNK - 1 { i as u64 } else { 1000 },
+                deleted: false,
+                raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            })
+            .collect();
+        let sizes: Vec<usize> = stamp_chunks(&rows).map(<[_]>::len).collect();
+        assert_eq!(sizes, [CHUNK + 3]);
+        let sizes: Vec<usize> = stamp_chunks(&rows[..CHUNK - 1]).map(<[_]>::len).collect();
+        assert_eq!(sizes, [CHUNK - 1]);
     }
 }

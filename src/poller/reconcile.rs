@@ -146,8 +146,12 @@ impl Poller {
     }
 
     /// Whether `reconcile_interval` has passed since the last sweep (the
-    /// first comes one interval after start), or `sync --reconcile` asked.
+    /// first comes one interval after start), `sync --reconcile` asked, or
+    /// an initial load just completed with `reconcile_after_load`.
     async fn reconcile_due(&mut self) -> bool {
+        if std::mem::take(&mut self.load_sweep_due) {
+            return true;
+        }
         let requested = match self.store.take_reconcile_request(&self.target).await {
             Ok(r) => r,
             Err(e) => {
@@ -163,8 +167,9 @@ impl Poller {
     }
 
     /// Runs a due sweep from the poll loop; failures are logged and the
-    /// next sweep comes an interval later.
-    pub(super) async fn maybe_reconcile(&mut self, cancel: &CancellationToken) {
+    /// next sweep comes an interval later. Public so tests run the loop's
+    /// step after a poll.
+    pub async fn maybe_reconcile(&mut self, cancel: &CancellationToken) {
         if !self.reconcile_due().await {
             return;
         }

@@ -73,6 +73,7 @@ impl Poller {
             self.saw_success = true;
             if r.loading {
                 // The load is complete.
+                self.load_sweep_due = self.settings.reconcile_after_load;
                 if let Err(e) = self.store.set_loading(&self.target, false).await {
                     tracing::warn!(error = %e, "cannot record that the initial load completed; the next poll tries again");
                 }

@@ -24,7 +24,10 @@
 //! than `max_walks` settle walks, or a settle walk that cannot see its
 //! whole set within `max_walks` walks), the poll commits only what lies at
 //! or below the last floor it proved, and the next poll continues from
-//! there: never a lost version, and still progress.
+//! there: never a lost version, and still progress. Under steady creates
+//! behind the walk the union may never reach the last count; a union that
+//! holds the whole set of some walk's start is complete up to that page's
+//! bound instead (`Progress::holds_a_walk_start`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -107,9 +110,14 @@ impl Sightings {
         self.pages.len() - 1
     }
 
-    /// A lower bound of the top when page `i` was answered.
-    pub fn bound(&self, i: usize, sync: u64, rejected: u64) -> u64 {
+    /// A lower bound of the top when page `i` was answered. The count
+    /// bounds it only while stamps are unique: once two records were seen
+    /// sharing one (`shared`), `count` rows may sit on fewer stamps.
+    pub fn bound(&self, i: usize, sync: u64, rejected: u64, shared: bool) -> u64 {
         let (seen_max, count) = self.pages[i];
+        if shared {
+            return seen_max;
+        }
         seen_max.max(sync + count.saturating_sub(rejected))
     }
 }
@@ -197,7 +205,14 @@ impl Poller {
             progress.tally.end_walk();
             let seen = progress.seen();
             if seen >= count {
-                return Ok(progress.into_set(sync, pages == 1, count));
+                return Ok(progress.into_set(sync, pages == 1, count, self.shared_stamps));
+            }
+            if let Some(cap) = progress.holds_a_walk_start(sync, self.shared_stamps) {
+                // Not every record counted at the end was seen, but every
+                // one of an earlier walk's start was: the floor stops there.
+                let mut set = progress.into_set(sync, false, count, self.shared_stamps);
+                set.floor = set.floor.min(cap);
+                return Ok(set);
             }
             if walks >= max_walks {
                 return Err(PollError::Unstable { walks, seen, count });
@@ -240,7 +255,23 @@ impl Poller {
             }
             progress.most_count = progress.most_count.max(count);
             let at = progress.sightings.page(*seen_max, count);
+            if page_no == 1 {
+                progress.walk_starts.push(at);
+            }
             for r in records {
+                progress
+                    .lowest
+                    .entry(r.id.clone())
+                    .and_modify(|s| *s = (*s).min(r.stamp))
+                    .or_insert(r.stamp);
+                if let Some(other) = progress.stamps.insert(r.stamp, r.id.clone())
+                    && other != r.id
+                    && !self.shared_stamps
+                {
+                    tracing::info!(target = %self.target, stamp = r.stamp,
+                        "two records share a stamp; the page count no longer bounds the top");
+                    self.shared_stamps = true;
+                }
                 sight(&mut progress.seen, r, at);
             }
             if progress.seen.len() > settings.max_delta_records {
@@ -261,6 +292,12 @@ impl Poller {
 #[derive(Default)]
 struct Progress {
     seen: Seen,
+    /// A record seen with each stamp, to notice stamps shared by two.
+    stamps: HashMap<u64, String>,
+    /// The lowest stamp each record was seen with.
+    lowest: HashMap<String, u64>,
+    /// The first page of each walk, in `sightings`.
+    walk_starts: Vec<usize>,
     sightings: Sightings,
     tally: RejectTally,
     /// The highest `count` answered for this `sync`, and whether a lower
@@ -275,13 +312,35 @@ impl Progress {
         self.seen.len() as u64 + self.tally.count()
     }
 
+    /// Whether the union holds every record that was above `sync` when
+    /// some walk's first page was answered, though not all those counted
+    /// at the end (steady creates behind the walk keep that from ever
+    /// holding). Returns the page's bound of that moment's top (see
+    /// [`Sightings::bound`]). A record seen with a stamp at or below it was in the
+    /// set then; when there are as many as that page counted, the union
+    /// holds the whole set of that moment, and every record missing from
+    /// it has only versions above the bound. So the floor argument holds
+    /// with the floor capped at the bound (docs/sync.md, "Settle").
+    fn holds_a_walk_start(&self, sync: u64, shared: bool) -> Option<u64> {
+        let rejected = self.tally.count();
+        self.walk_starts
+            .iter()
+            .filter_map(|&at| {
+                let bound = self.sightings.bound(at, sync, rejected, shared);
+                let before = self.lowest.values().filter(|&&s| s <= bound).count();
+                let count = self.sightings.pages[at].1;
+                (before as u64 + rejected >= count).then_some(bound)
+            })
+            .max()
+    }
+
     /// The complete walks as a set, with their floor.
-    fn into_set(self, sync: u64, one_page: bool, count: u64) -> WalkSet {
+    fn into_set(self, sync: u64, one_page: bool, count: u64, shared: bool) -> WalkSet {
         let rejected = self.tally.count();
         let floor = self
             .seen
             .values()
-            .map(|&(_, at)| self.sightings.bound(at, sync, rejected))
+            .map(|&(_, at)| self.sightings.bound(at, sync, rejected, shared))
             .min()
             .unwrap_or(sync);
         WalkSet {
@@ -343,10 +402,12 @@ mod tests {
         // Stamp order: the first page holds the lowest stamps; the count of
         // distinct stamps above sync says more.
         let b = s.page(150, 300);
-        assert_eq!(s.bound(a, 100, 0), 950);
-        assert_eq!(s.bound(b, 100, 0), 400);
+        assert_eq!(s.bound(a, 100, 0, false), 950);
+        assert_eq!(s.bound(b, 100, 0, false), 400);
         // Rejected records may have no stamp: they do not count.
-        assert_eq!(s.bound(b, 100, 280), 150);
+        assert_eq!(s.bound(b, 100, 280, false), 150);
+        // 300 rows may share fewer stamps: only what was seen bounds the top.
+        assert_eq!(s.bound(b, 100, 0, true), 150);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! upstream's result order (stamp, name or random), the paging strategy, the
 //! page size, every simulator fault (errors, 429s, slow and truncated
 //! answers, writes and in-place edits while a walk pages, late commits,
-//! stamp gaps), writes between and during polls, and relay kills (a poll
+//! stamp gaps), rows sharing stamps (bulk writes), writes between and
+//! during polls, and relay kills (a poll
 //! dropped at a random await point, as a crash would leave it) and restarts.
 //! Whatever the draw, the stream must hold every version the upstream showed
 //! when it was quiet, once, in stamp order per record, and end at the
@@ -90,6 +91,8 @@ struct Draw {
     initial: Vec<(String, usize)>,
     faults: Faults,
     stamp_gap_rate: f64,
+    /// Rows per stamp, as bulk writes give them (1: unique stamps).
+    stamp_group: usize,
     rounds: usize,
 }
 
@@ -127,6 +130,11 @@ fn draw(rng: &mut StdRng) -> Draw {
         faults,
         stamp_gap_rate: rng.random_range(0.0..0.3),
         rounds: rng.random_range(6..=12),
+        stamp_group: if rng.random_bool(0.5) {
+            rng.random_range(2..=6)
+        } else {
+            1
+        },
     }
 }
 
@@ -145,6 +153,7 @@ async fn run_seed(ts: &TestStore, seed: u64) -> Tally {
         initial: d.initial.clone(),
         faults: d.faults.clone(),
         stamp_gap_rate: d.stamp_gap_rate,
+        stamp_group: d.stamp_group,
         ..SimConfig::default()
     })
     .await;

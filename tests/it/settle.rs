@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stamp_relay::{config::Paging, poller::PollError, store::Target};
-use stamp_relay_simulator::{Faults, Order, SimConfig, Simulator};
+use stamp_relay_simulator::{Change, Faults, Op, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
@@ -20,6 +20,8 @@ on_both_stores!(
     reconcile_repairs_what_the_polls_missed,
     a_requested_sweep_runs_in_the_serving_relay,
     keyset_pages_with_a_repeated_row,
+    a_keyset_poll_chasing_writes_keeps_a_late_commit,
+    a_sweep_after_the_load_repairs_counts_from_another_snapshot,
 );
 
 fn top(sim: &Simulator, table: &str) -> u64 {
@@ -194,4 +196,137 @@ async fn keyset_pages_with_a_repeated_row(ts: TestStore) {
     assert_eq!(r.outcome.created, 5);
     poll_until_quiet(&mut relay, 3).await;
     assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "sites"), &sim.sim).await;
+}
+
+/// A keyset poll passes stamp 32 while it is uncommitted, and 32 commits
+/// within `overlap` (5) stamps of the top, as the contract allows. Writes
+/// then keep coming while the poll pages. A poll that chased them would
+/// move the cursor past 32 + overlap, so no later poll re-reads 32; the
+/// poll stops at the stamp the upstream showed when it began (keyset.rs),
+/// and the next poll's window reads 32.
+async fn a_keyset_poll_chasing_writes_keeps_a_late_commit(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        order: Order::Stamp,
+        initial: vec![("patients".into(), 30)],
+        ..SimConfig::default()
+    })
+    .await;
+    let mut src = source(&sim.base_url, &["patients"], Paging::Keyset, 4);
+    src.overlap = 5;
+    let mut relay = relay(&ts, vec![src]);
+    let cancel = CancellationToken::new();
+    relay.pollers[0].poll_once(&cancel).await.unwrap();
+    let create = || sim.sim.apply(Change::new("patients", Op::Create)).unwrap();
+    create();
+    sim.sim.set_faults(Faults {
+        late_rate: 1.0,
+        late_after: 1000,
+        ..Faults::default()
+    });
+    let late = create();
+    assert_eq!((late.stamp, late.late), (32, true));
+    sim.sim.set_faults(Faults {
+        slow_rate: 1.0,
+        slow_ms: 40,
+        ..Faults::default()
+    });
+    create();
+    create();
+    // Once the poll read a page that passed 32 (its `sync` is 28 or 29, so
+    // it listed 33), 32 commits (the top is 34), and ten more records
+    // follow while the poll goes on.
+    let asked = sim.sim.requests().len();
+    let passed = || sim.sim.requests()[asked..].iter().any(|q| q.sync >= 28);
+    let burst = async {
+        while !passed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(sim.sim.flush_late(), 1);
+        (0..10).for_each(|_| {
+            create();
+        });
+    };
+    let (polled, ()) = tokio::join!(relay.pollers[0].poll_once(&cancel), burst);
+    polled.unwrap();
+    sim.sim.set_faults(Faults::default());
+    poll_until_quiet(&mut relay, 5).await;
+    let t = Target::new("sim", "patients");
+    let events = all_events(ts.store.as_ref(), &t).await;
+    assert!(
+        events.iter().any(|e| e.record == late.id && e.stamp == 32),
+        "the version committed late at stamp 32 is not in the stream"
+    );
+    assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
+}
+
+/// An upstream that reads a page's `count` and its rows in two snapshots
+/// (writes land between them) breaks the completeness check of `pages`,
+/// and with `overlap = 0` an initial load could miss versions below its
+/// cursor. A sweep follows every `pages` load by default (and only the
+/// load: a second step of the loop sweeps nothing); afterwards every
+/// upstream version at or below the cursor is in the stream.
+async fn a_sweep_after_the_load_repairs_counts_from_another_snapshot(ts: TestStore) {
+    for seed in 0..seeds() {
+        let sim = Sim::start(SimConfig {
+            seed,
+            order: Order::Name,
+            initial: vec![("patients".into(), 200)],
+            ..SimConfig::default()
+        })
+        .await;
+        let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 40);
+        src.overlap = 0;
+        let mut store = ts.config.clone();
+        store.key_prefix = format!("apart{seed}");
+        store.data_dir = ts.dir.path().join(format!("apart{seed}"));
+        let mut relay = stamp_relay::app::Relay::with_store(
+            crate::harness::config(&store, vec![src]),
+            stamp_relay::store::open(&store).await.unwrap(),
+        )
+        .unwrap();
+        sim.sim.set_faults(Faults {
+            count_apart_writes: 1,
+            ..Faults::default()
+        });
+        let cancel = CancellationToken::new();
+        let poller = &mut relay.pollers[0];
+        // Under this churn a load poll may fail to see its whole set; that
+        // commits nothing and the next one tries again.
+        for _ in 0..20 {
+            if matches!(poller.poll_once(&cancel).await, Ok(r) if r.loading) {
+                break;
+            }
+        }
+        sim.sim.set_faults(Faults::default());
+        let asked = sim.sim.requests().len();
+        poller.maybe_reconcile(&cancel).await;
+        let swept = sim.sim.requests().len();
+        assert!(
+            sim.sim.requests()[asked..].iter().any(|q| q.sync == 0),
+            "seed {seed}: no sweep followed the initial load"
+        );
+        poller.maybe_reconcile(&cancel).await;
+        assert_eq!(
+            sim.sim.requests().len(),
+            swept,
+            "seed {seed}: a second sweep ran"
+        );
+        let t = Target::new("sim", "patients");
+        let events = all_events(relay.store.as_ref(), &t).await;
+        let top = events.iter().map(|e| e.id.stamp).max().unwrap();
+        let have: std::collections::HashSet<(&str, u64)> = events
+            .iter()
+            .map(|e| (e.record.as_str(), e.stamp))
+            .collect();
+        for r in sim.sim.state("patients") {
+            let (id, stamp) = (
+                r["uuid"].as_str().unwrap(),
+                r["update_stamp"].as_u64().unwrap(),
+            );
+            assert!(
+                stamp > top || have.contains(&(id, stamp)),
+                "seed {seed}: {id} @ {stamp}, below the cursor {top}, is not in the stream"
+            );
+        }
+    }
 }

@@ -222,8 +222,8 @@ impl Simulator {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("localhost");
-        let Some(body) = self.page_body(kind, &format!("http://{host}/api/{table}/"), &params)
-        else {
+        let base = format!("http://{host}/api/{table}/");
+        let Some(body) = self.page_body(kind, &base, &params, draw.count_apart_writes) else {
             return (
                 StatusCode::NOT_FOUND,
                 axum::Json(json!({ "detail": "Invalid page." })),
@@ -269,12 +269,25 @@ impl Simulator {
 
     /// The page as JSON, or None when the page is outside 1..=pages (DRF has
     /// one page even when nothing matches).
-    fn page_body(&self, kind: Kind, base: &str, params: &ListParams) -> Option<String> {
-        let data = lock(&self.data);
-        let table = data.table(kind);
+    /// The page's JSON; `apart` random writes land between reading its
+    /// count and its results.
+    fn page_body(
+        &self,
+        kind: Kind,
+        base: &str,
+        params: &ListParams,
+        apart: usize,
+    ) -> Option<String> {
         let page = usize::try_from(params.page).ok().filter(|&p| p >= 1)?;
         let offset = (page - 1).checked_mul(params.page_size)?;
-        let (count, results) = table.page(params.sync, offset, params.page_size);
+        let early_count = (apart > 0).then(|| {
+            let count = lock(&self.data).table(kind).page(params.sync, 0, 0).0;
+            self.random_writes(Some(kind.name()), apart);
+            count
+        });
+        let data = lock(&self.data);
+        let (count, results) = data.table(kind).page(params.sync, offset, params.page_size);
+        let count = early_count.unwrap_or(count);
         let pages = count.div_ceil(params.page_size).max(1);
         (page <= pages).then(|| envelope(base, params, count, &results))
     }

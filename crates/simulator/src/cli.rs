@@ -55,6 +55,9 @@ pub struct SimArgs {
     /// Probability that a write skips 1-3 stamps.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub stamp_gap_rate: f64,
+    /// Records per stamp, as bulk updates give them (1 = a stamp per write).
+    #[arg(long, default_value_t = 1)]
+    pub stamp_group: usize,
     /// Authentication the list endpoints require.
     #[arg(long, value_enum, default_value_t = AuthKind::None)]
     pub auth: AuthKind,
@@ -164,6 +167,7 @@ impl SimArgs {
                 ..Faults::default()
             },
             stamp_gap_rate: self.stamp_gap_rate,
+            stamp_group: self.stamp_group,
         }
     }
 }

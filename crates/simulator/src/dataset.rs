@@ -30,6 +30,11 @@ pub(super) struct Dataset {
     seed: u64,
     order: Order,
     gap_rate: f64,
+    /// `SimConfig::stamp_group`, and per table the stamp a group is filling
+    /// with the writes it still takes; set only while `grouping`.
+    group: usize,
+    held: Vec<Option<(u64, usize)>>,
+    grouping: bool,
 }
 
 impl Dataset {
@@ -42,6 +47,9 @@ impl Dataset {
             seed: config.seed,
             order: config.order,
             gap_rate: config.stamp_gap_rate,
+            group: config.stamp_group.max(1),
+            held: Kind::ALL.iter().map(|_| None).collect(),
+            grouping: false,
         };
         for (name, _) in &config.initial {
             if Kind::parse(name).is_none() {
@@ -79,8 +87,45 @@ impl Dataset {
                     created + Duration::from_secs(self.rng.random_range(3600..90 * 86_400));
                 mark_deleted(kind, &mut map, deleted);
             }
-            self.write(kind, &id, map, Late::default());
+            self.grouped(|data| data.write(kind, &id, map, Late::default()));
         }
+        self.end_groups();
+    }
+
+    /// Runs `write` with stamps shared in groups of `stamp_group`.
+    pub fn grouped<T>(&mut self, write: impl FnOnce(&mut Dataset) -> T) -> T {
+        self.grouping = true;
+        let out = write(self);
+        self.grouping = false;
+        out
+    }
+
+    /// Ends every group: later writes take stamps of their own.
+    pub fn end_groups(&mut self) {
+        self.held.iter_mut().for_each(|h| *h = None);
+    }
+
+    /// The stamp of the next write to `kind`: the held one of its group,
+    /// or a new one.
+    fn stamp_for(&mut self, kind: Kind) -> u64 {
+        let slot = kind.slot();
+        if self.grouping
+            && let Some((stamp, left)) = &mut self.held[slot]
+            && *left > 0
+        {
+            *left -= 1;
+            return *stamp;
+        }
+        let gap = if self.gap_rate > 0.0 && self.rng.random_bool(self.gap_rate) {
+            self.rng.random_range(1..=3)
+        } else {
+            0
+        };
+        let stamp = self.table_mut(kind).next_stamp(gap);
+        if self.grouping && self.group > 1 {
+            self.held[slot] = Some((stamp, self.group - 1));
+        }
+        stamp
     }
 
     /// Random ids from the tables this kind references.
@@ -111,15 +156,11 @@ impl Dataset {
         mut map: Map<String, Value>,
         late: Late,
     ) -> (u64, bool) {
-        let gap = if self.gap_rate > 0.0 && self.rng.random_bool(self.gap_rate) {
-            self.rng.random_range(1..=3)
-        } else {
-            0
-        };
-        let is_late = late.rate > 0.0 && self.rng.random_bool(late.rate);
+        let shared = self.grouping && self.group > 1;
+        let is_late = !shared && late.rate > 0.0 && self.rng.random_bool(late.rate);
+        let stamp = self.stamp_for(kind);
         let (order, seed) = (self.order, self.seed);
         let table = self.table_mut(kind);
-        let stamp = table.next_stamp(gap);
         map.insert("uuid".into(), id.into());
         map.insert("update_stamp".into(), stamp.into());
         let key = match order {

@@ -30,6 +30,10 @@ pub struct Faults {
     /// table take a new stamp (and `modified_at`) but keep their place in
     /// the listing, as a record edited while a client walks past it.
     pub edits_per_page: usize,
+    /// Random writes to the table between reading a page's `count` and its
+    /// results, as an upstream that runs the COUNT and the page query in
+    /// two snapshots (docs/upstream.md assumes one).
+    pub count_apart_writes: usize,
     /// Share of writes that take their stamp now but become visible only
     /// after `late_after` further writes to the table (or a flush).
     pub late_rate: f64,
@@ -57,6 +61,7 @@ impl Default for Faults {
             truncate_rate: 0.0,
             writes_per_page: 0,
             edits_per_page: 0,
+            count_apart_writes: 0,
             late_rate: 0.0,
             late_after: 5,
             fail_next: 0,
@@ -112,6 +117,8 @@ pub(super) struct Draw {
     pub edits_per_page: usize,
     /// Remove the record with the lowest stamp first.
     pub hard_delete: bool,
+    /// Random writes between the page's count and its results.
+    pub count_apart_writes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +160,7 @@ impl FaultState {
         let mut draw = Draw {
             writes_per_page: f.writes_per_page,
             edits_per_page: f.edits_per_page,
+            count_apart_writes: f.count_apart_writes,
             ..Draw::default()
         };
         if f.hang_next > 0 {

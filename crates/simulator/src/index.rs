@@ -7,16 +7,16 @@
 //! a stamp-sorted vector whose removed slots are tombstones, plus a Fenwick tree
 //! over "slot is alive" that answers both rank questions in O(log n).
 //!
-//! Invariant: slot stamps are strictly ascending, dead slots included (a stamp
-//! is issued once per table, so no two slots share one).
-
-/// Marks a slot whose record version is no longer visible.
-const DEAD: u32 = u32::MAX;
+//! Invariant: slots are strictly ascending by (stamp, record), dead slots
+//! included. A stamp is usually issued once per table; a bulk write gives
+//! several records one stamp, and they list by record number within it.
 
 #[derive(Default)]
 pub(super) struct StampIndex {
-    /// (stamp, record number), ascending by stamp.
+    /// (stamp, record number), ascending.
     slots: Vec<(u64, u32)>,
+    /// Whether each slot's version is still visible.
+    alive: Vec<bool>,
     /// Fenwick tree over alive flags; `tree[i - 1]` covers slots (i - lowbit(i), i].
     tree: Vec<u32>,
     live: usize,
@@ -31,28 +31,36 @@ impl StampIndex {
     /// a late-committed stamp lands a few slots before the end and costs a
     /// rebuild, which late writes are rare enough to afford.
     pub(super) fn insert(&mut self, stamp: u64, rec: u32) {
+        let key = (stamp, rec);
         self.live += 1;
-        if self.slots.last().is_none_or(|&(top, _)| top < stamp) {
-            self.slots.push((stamp, rec));
+        if self.slots.last().is_none_or(|&top| top < key) {
+            self.slots.push(key);
+            self.alive.push(true);
             let i = self.slots.len();
             let below = self.prefix(i - 1) - self.prefix(i - lowbit(i));
             self.tree.push(below + 1);
         } else {
-            let at = self.slots.partition_point(|&(s, _)| s < stamp);
-            self.slots.insert(at, (stamp, rec));
+            match self.slots.binary_search(&key) {
+                Ok(at) if self.alive[at] => self.live -= 1,
+                Ok(at) => self.alive[at] = true,
+                Err(at) => {
+                    self.slots.insert(at, key);
+                    self.alive.insert(at, true);
+                }
+            }
             self.rebuild();
         }
     }
 
-    /// Removes the version with this stamp; unknown stamps are ignored.
-    pub(super) fn remove(&mut self, stamp: u64) {
-        let Ok(at) = self.slots.binary_search_by_key(&stamp, |&(s, _)| s) else {
+    /// Removes the version `rec` has at `stamp`; unknown ones are ignored.
+    pub(super) fn remove(&mut self, stamp: u64, rec: u32) {
+        let Ok(at) = self.slots.binary_search(&(stamp, rec)) else {
             return;
         };
-        if self.slots[at].1 == DEAD {
+        if !self.alive[at] {
             return;
         }
-        self.slots[at].1 = DEAD;
+        self.alive[at] = false;
         self.live -= 1;
         let mut i = at + 1;
         while i <= self.tree.len() {
@@ -62,7 +70,10 @@ impl StampIndex {
         // Tombstones only slow paging down; drop them once they dominate.
         let dead = self.slots.len() - self.live;
         if dead > 4096 && dead > self.live {
-            self.slots.retain(|&(_, r)| r != DEAD);
+            let mut alive = self.alive.iter();
+            self.slots
+                .retain(|_| *alive.next().expect("one flag per slot"));
+            self.alive = vec![true; self.slots.len()];
             self.rebuild();
         }
     }
@@ -79,9 +90,10 @@ impl StampIndex {
         let first = self.position_of(before + offset + 1);
         let recs = self.slots[first..]
             .iter()
-            .filter(|&&(_, r)| r != DEAD)
+            .zip(&self.alive[first..])
+            .filter(|&(_, &alive)| alive)
             .take(limit)
-            .map(|&(_, r)| r)
+            .map(|(&(_, r), _)| r)
             .collect();
         (count, recs)
     }
@@ -112,11 +124,7 @@ impl StampIndex {
     }
 
     fn rebuild(&mut self) {
-        self.tree = self
-            .slots
-            .iter()
-            .map(|&(_, r)| u32::from(r != DEAD))
-            .collect();
+        self.tree = self.alive.iter().map(|&a| u32::from(a)).collect();
         for i in 1..=self.tree.len() {
             let parent = i + lowbit(i);
             if parent <= self.tree.len() {
@@ -157,7 +165,7 @@ mod tests {
             model.push((stamp, stamp as u32));
         }
         for stamp in (3..40).step_by(3) {
-            index.remove(stamp);
+            index.remove(stamp, stamp as u32);
             model.retain(|&(s, _)| s != stamp);
         }
         check(&index, &model);
@@ -165,6 +173,15 @@ mod tests {
         index.insert(45, 45);
         index.insert(43, 43);
         model.extend([(43, 43), (45, 45)]);
+        model.sort();
+        check(&index, &model);
+        // A bulk write: three records share one stamp, listed by record.
+        for rec in [52, 50, 51] {
+            index.insert(47, rec);
+            model.push((47, rec));
+        }
+        index.remove(47, 51);
+        model.retain(|&r| r != (47, 51));
         model.sort();
         check(&index, &model);
     }

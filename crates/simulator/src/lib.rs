@@ -96,6 +96,11 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Probability that a write skips 1-3 stamps.
     pub stamp_gap_rate: f64,
+    /// Records per stamp, as a bulk update gives many rows one stamp: the
+    /// initial records, and the writes of one [`Simulator::random_writes`]
+    /// call, take a new stamp only every `stamp_group` writes per table.
+    /// 0 and 1 mean one stamp per write. Grouped writes never commit late.
+    pub stamp_group: usize,
 }
 
 impl Default for SimConfig {
@@ -110,6 +115,7 @@ impl Default for SimConfig {
             change_rate: 0.0,
             faults: Faults::default(),
             stamp_gap_rate: 0.0,
+            stamp_group: 1,
         }
     }
 }
@@ -274,12 +280,16 @@ impl Simulator {
             Some(kind) => kind,
             None => None,
         };
-        (0..n)
+        // The writes of one call land at once, so a stamp they share is
+        // never seen half written.
+        let applied = (0..n)
             .map(|_| {
                 let kind = kind.unwrap_or_else(|| data.random_kind());
-                data.random_write(kind, late)
+                data.grouped(|data| data.random_write(kind, late))
             })
-            .collect()
+            .collect();
+        data.end_groups();
+        applied
     }
 
     /// Ground truth: every currently visible record of `table` (deleted ones

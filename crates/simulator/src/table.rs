@@ -166,7 +166,7 @@ impl Table {
         match &mut self.order {
             OrderIndex::Stamp(index) => {
                 if let Some(old) = old {
-                    index.remove(old.stamp);
+                    index.remove(old.stamp, rec);
                 }
                 index.insert(new.stamp, rec);
             }
@@ -189,7 +189,7 @@ impl Table {
             return false;
         };
         match &mut self.order {
-            OrderIndex::Stamp(index) => index.remove(old.stamp),
+            OrderIndex::Stamp(index) => index.remove(old.stamp, rec),
             OrderIndex::Keyed(set) => {
                 set.remove(&(old.key, rec, old.stamp));
             }
