@@ -65,7 +65,7 @@ fn list_items_are_set_from_the_environment() {
             "STAMP_RELAY__API__TOKENS__0__TOKEN_ENV",
             "SR_TEST_OPS_TOKEN",
         ),
-        ("SR_TEST_OPS_TOKEN", "secret-value"),
+        ("SR_TEST_OPS_TOKEN", "secret-value-of-the-ops-token"),
     ];
     let (ok, text) = check(SOURCE, &env);
     assert!(ok && text.starts_with("ok: 1 source(s)"), "{text}");
