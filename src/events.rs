@@ -60,6 +60,11 @@ pub struct StreamId {
 /// request, a 400.
 pub const MAX_STAMP: u64 = i64::MAX as u64;
 
+/// The largest stamp a record may carry: 2^53 - 1, the largest integer
+/// every reader holds exactly (a JSON number in JavaScript, a number in a
+/// Redis script). A larger one is a rejected record.
+pub const MAX_RECORD_STAMP: u64 = (1 << 53) - 1;
+
 impl StreamId {
     pub const ZERO: StreamId = StreamId { stamp: 0, seq: 0 };
 
@@ -178,6 +183,8 @@ pub fn reclassify(prev: Option<IndexEntry>, stamp: u64, deleted: bool) -> Option
             (true, false) => Op::Restored,
             _ => Op::Updated,
         }),
+        // As in `classify`: a first sighting already deleted is `deleted`.
+        None if deleted => Some(Op::Deleted),
         None => Some(Op::Created),
     }
 }
@@ -284,6 +291,9 @@ mod tests {
     fn classification_follows_the_index() {
         assert_eq!(classify(None, 5, false), Some(Op::Created));
         assert_eq!(classify(None, 5, true), Some(Op::Deleted));
+        // A reload after an upstream reset classifies a first sighting alike.
+        assert_eq!(reclassify(None, 5, true), Some(Op::Deleted));
+        assert_eq!(reclassify(None, 5, false), Some(Op::Created));
         assert_eq!(classify(entry(3, false), 4, false), Some(Op::Updated));
         assert_eq!(classify(entry(3, false), 4, true), Some(Op::Deleted));
         assert_eq!(classify(entry(3, true), 4, false), Some(Op::Restored));

@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::HashMap};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{config::FieldNames, events::MAX_STAMP};
+use crate::{config::FieldNames, events::MAX_RECORD_STAMP};
 
 /// One page of a Django REST Framework list response.
 #[derive(Debug, Deserialize)]
@@ -104,12 +104,12 @@ pub fn parse_record(
 }
 
 /// The stamp of record `id` from its stamp field (named `name`): a
-/// positive integer up to [`MAX_STAMP`].
+/// positive integer up to [`MAX_RECORD_STAMP`].
 fn stamp_of(value: Option<&RawValue>, id: &str, name: &str) -> Result<u64, String> {
     match value.and_then(scalar).and_then(|s| s.parse::<u64>().ok()) {
-        Some(s) if s > MAX_STAMP => Err(format!(
-            "record {id} has stamp {s}, above {MAX_STAMP}, the largest stamp a \
-             stream can hold; a later poll could never reach past it"
+        Some(s) if s > MAX_RECORD_STAMP => Err(format!(
+            "record {id} has stamp {s}, above {MAX_RECORD_STAMP} (2^53 - 1), the largest \
+             stamp every reader holds exactly; a later poll could never reach past it"
         )),
         Some(s) if s > 0 => Ok(s),
         _ => Err(format!(
@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_ids_that_cannot_be_carried_and_stamps_past_i64() {
+    fn rejects_ids_that_cannot_be_carried_and_stamps_past_2_pow_53() {
         let control = parse(r#"{"uuid":"a\u001b[31mb\n","update_stamp":3}"#).unwrap_err();
         assert!(
             control.reason.contains("control characters"),
@@ -218,12 +218,13 @@ mod tests {
         assert!(parse(r#"{"uuid":"Zoë O'Brien/1","update_stamp":3}"#).is_ok());
         let huge = parse(r#"{"uuid":"a","update_stamp":9223372036854775813}"#).unwrap_err();
         assert!(
-            huge.reason.contains("above 9223372036854775807"),
+            huge.reason.contains("above 9007199254740991"),
             "{}",
             huge.reason
         );
         assert_eq!(huge.id.as_deref(), Some("a"));
-        assert!(parse(r#"{"uuid":"a","update_stamp":9223372036854775807}"#).is_ok());
+        assert!(parse(r#"{"uuid":"a","update_stamp":9007199254740992}"#).is_err());
+        assert!(parse(r#"{"uuid":"a","update_stamp":9007199254740991}"#).is_ok());
     }
 
     #[test]

@@ -71,7 +71,11 @@ pub(super) fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &
         }
         let mut end = CHUNK.min(rest.len());
         let last = rest[end - 1].stamp;
-        end += rest[end..].iter().take_while(|r| r.stamp == last).count();
+        // Stamp 0 marks records found gone (late events that never move
+        // the cursor): they may be split like any others.
+        if last != 0 {
+            end += rest[end..].iter().take_while(|r| r.stamp == last).count();
+        }
         let (chunk, tail) = rest.split_at(end);
         rest = tail;
         Some(chunk)
@@ -96,5 +100,19 @@ mod tests {
         assert_eq!(sizes, [CHUNK + 3]);
         let sizes: Vec<usize> = stamp_chunks(&rows[..CHUNK - 1]).map(<[_]>::len).collect();
         assert_eq!(sizes, [CHUNK - 1]);
+    }
+
+    #[test]
+    fn records_found_gone_are_chunked_like_any_others() {
+        let gone: Vec<UpstreamRecord> = (0..2 * CHUNK + 1)
+            .map(|i| UpstreamRecord {
+                id: format!("r{i}"),
+                stamp: 0,
+                deleted: true,
+                raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            })
+            .collect();
+        let sizes: Vec<usize> = stamp_chunks(&gone).map(<[_]>::len).collect();
+        assert_eq!(sizes, [CHUNK, CHUNK, 1]);
     }
 }

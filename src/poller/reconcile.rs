@@ -95,6 +95,9 @@ impl Poller {
                 match parse_record(raw, &fields) {
                     Ok(r) => {
                         ids.insert(r.id.clone());
+                        // Every stamp shown counts as evidence against a
+                        // reset, also one above the cursor left to the polls.
+                        seen_max = seen_max.max(r.stamp);
                         if r.stamp <= top {
                             records.push(r);
                         }
@@ -103,7 +106,6 @@ impl Poller {
                 }
             }
             records.sort_unstable_by_key(|r| r.stamp);
-            seen_max = records.last().map_or(seen_max, |r| r.stamp.max(seen_max));
             out.compared += records.len() as u64;
             self.commit(&records, false, &mut report, cancel).await?;
             if !more {
