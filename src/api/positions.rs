@@ -37,7 +37,7 @@ pub async fn check_position(
 ) -> ApiResult<Option<String>> {
     let store = s.shared.store.as_ref();
     let top = store.last_id(t).await?;
-    if after > top {
+    if after > top && after > store.issued_id(t).await? {
         return Err(Problem::ahead(field, t, after, top));
     }
     let through = store.trimmed_through(t).await?;
@@ -104,8 +104,10 @@ pub(super) async fn read_page(
     if page.is_empty() {
         // Nothing after it: it may be past the last event, and the events
         // stamped up to it would be passed over when they arrive.
+        // A position up to the highest ID issued is one a reader may hold
+        // after a failover lost a tail: its versions come back above it.
         let top = store.last_id(t).await?;
-        if after > top {
+        if after > top && after > store.issued_id(t).await? {
             return Err(Problem::ahead("after", t, after, top));
         }
     }

@@ -117,6 +117,14 @@ pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync
     /// The ID of the last event of the target, or `0-0` for a new stream.
     async fn last_id(&self, t: &Target) -> StoreResult<StreamId>;
 
+    /// The highest ID the target's stream has issued: its last event's,
+    /// or above it after a failover lost a tail whose IDs are never issued
+    /// again (docs/sync.md, "Store failovers"). A reader may hold any
+    /// position up to it.
+    async fn issued_id(&self, t: &Target) -> StoreResult<StreamId> {
+        self.last_id(t).await
+    }
+
     /// Classifies each record against the index, appends the new versions
     /// and updates the index, all in one atomic step. Re-running a batch is
     /// a no-op.

@@ -226,3 +226,43 @@ async fn a_declared_beginning_on_a_trimmed_table_needs_consent(ts: TestStore) {
     );
     app.stop().await;
 }
+
+/// After a failover lost a tail, the stream's IDs up to the highest it
+/// issued stay valid positions: readers holding one (a live stream
+/// reconnecting with `Last-Event-ID`) wait for the lost versions, which
+/// come back above it, instead of a 409. Made here with `XDEL` of the last
+/// entry, which leaves the stream's last generated ID where it was, as
+/// `XSETID` does after a lost tail (docs/sync.md, "Store failovers").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_a_lost_tail_issued_stay_valid() {
+    let Some(ts) = TestStore::open(crate::harness::Backend::Redis).await else {
+        return;
+    };
+    let (_sim, app, t) = synced(&ts, 5, RetentionConfig::default()).await;
+    let events = all_events(ts.store.as_ref(), &t).await;
+    let last = events.last().unwrap().id;
+    let client = redis::Client::open(ts.redis.as_ref().unwrap().url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let key = stamp_relay::store::redis::Keys::new(&ts.config.key_prefix, &t).events;
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&key)
+        .arg(last.to_string())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (status, body) = answer(app.get(&format!("{EVENTS}?after={last}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["next_after"], last.to_string(), "{body}");
+    let live = app
+        .get(EVENTS)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last.to_string());
+    assert_eq!(answer(live).await.0, 200);
+    let past = StreamId::new(last.stamp + 1, 0);
+    let (status, body) = answer(app.get(&format!("{EVENTS}?after={past}"))).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("position_ahead"))
+    );
+    app.stop().await;
+}

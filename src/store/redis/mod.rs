@@ -185,6 +185,17 @@ impl Store for RedisStore {
         }
     }
 
+    async fn issued_id(&self, t: &Target) -> StoreResult<StreamId> {
+        let mut c = self.conn.clone();
+        let info: redis::RedisResult<redis::streams::StreamInfoStreamReply> =
+            c.xinfo_stream(self.keys(t).events).await;
+        match info {
+            Ok(info) => parse_id(&info.last_generated_id),
+            Err(e) if e.to_string().contains("no such key") => Ok(StreamId::ZERO),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
         if batch.records.is_empty() {
             return Ok(AppendOutcome::default());
