@@ -107,7 +107,11 @@ async fn a_record_shown_with_a_lower_stamp_is_reported(ts: TestStore) {
         async || alert_count(&app, "stamp_regression").await >= 1,
     )
     .await;
-    assert!(app.table_counter("stamp_regressions").await.ends_with(" 1"));
+    // Counted on each sighting: a re-read by the overlap or the sweep after
+    // the load may count the same regression again.
+    let line = app.table_counter("stamp_regressions").await;
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{line}");
     let entry = ts
         .store
         .index_entry(&Target::new("sim", "patients"), id)
@@ -138,12 +142,23 @@ async fn removed_rows_are_reported_and_emitted_as_deleted(ts: TestStore) {
         hard_delete_next: 3,
         ..Faults::default()
     });
+    // Only a poll's walk compares counts (a sweep's does not): should the
+    // three removals fall between walks, or into a sweep, remove three more.
     eventually(
         "the shrinking count reported",
         Duration::from_secs(30),
-        async || alert_count(&app, "count_shrank").await >= 1,
+        async || {
+            if sim.sim.faults().hard_delete_next == 0 {
+                sim.sim.set_faults(Faults {
+                    hard_delete_next: 3,
+                    ..Faults::default()
+                });
+            }
+            alert_count(&app, "count_shrank").await >= 1
+        },
     )
     .await;
+    sim.sim.set_faults(Faults::default());
     app.table_counter("upstream_count_shrinks").await;
     eventually("the sweep's deletes", Duration::from_secs(30), async || {
         let events = all_events(ts.store.as_ref(), &t).await;
