@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Events a subscription's filters passed over (settled, never sent).
     pub filtered: Family<SubTargetLabels, Counter>,
     pub dead_letters: Family<SubLabels, Gauge>,
+    /// Dead letters a redrive dropped: a newer version of their record was
+    /// delivered since (api/redrive.rs).
+    pub superseded: Family<SubLabels, Counter>,
     pub disabled: Family<SubLabels, Gauge>,
     pub live_clients: Gauge,
     /// The subscriptions whose gauges the last scrape set: one gone from
@@ -126,6 +129,7 @@ impl Metrics {
             claims_paused: Family::default(),
             filtered: Family::default(),
             dead_letters: Family::default(),
+            superseded: Family::default(),
             disabled: Family::default(),
             live_clients: Gauge::default(),
             scraped: Default::default(),
@@ -151,6 +155,7 @@ impl Metrics {
         };
         self.delivery_latency.remove(&l);
         self.dead_letters.remove(&l);
+        self.superseded.remove(&l);
         self.disabled.remove(&l);
         for outcome in Outcome::ALL {
             self.attempts.remove(&OutcomeLabels {
@@ -319,6 +324,11 @@ fn register_delivery(r: &mut Registry, m: &Metrics) {
         "delivery_dead_letters",
         "Events in a subscription's dead letters",
         m.dead_letters.clone(),
+    );
+    r.register(
+        "delivery_superseded",
+        "Dead letters a redrive dropped because a newer version of their record was delivered since",
+        m.superseded.clone(),
     );
     r.register(
         "subscription_disabled",

@@ -57,6 +57,13 @@ pub async fn redrive(
         .collect();
     queue_again(&s, &sub, &late, &mut done).await?;
     tracing::info!(subscription = %id, count = done.count, trimmed = done.trimmed.len(), superseded = done.superseded.len(), "dead letters redriven");
+    let labels = crate::metrics::SubLabels {
+        subscription: id.clone(),
+    };
+    s.metrics
+        .superseded
+        .get_or_create(&labels)
+        .inc_by(done.superseded.len() as u64);
     Ok(Json(json!({
         "redriven": done.count, "trimmed": done.trimmed, "superseded": done.superseded,
     })))

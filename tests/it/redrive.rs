@@ -77,6 +77,9 @@ async fn a_redrive_drops_dead_letters_a_newer_version_superseded(ts: TestStore) 
     let superseded = v["superseded"].as_array().unwrap();
     assert_eq!(superseded.len(), 1, "{v}");
     assert!(superseded[0].as_str().unwrap().contains(&changed), "{v}");
+    let metrics = app.get("/metrics").send().await.unwrap().text().await;
+    let line = format!(r#"stamp_relay_delivery_superseded_total{{subscription="{id}"}} 1"#);
+    assert!(metrics.unwrap().lines().any(|l| l == line), "no {line}");
     // Every other version arrives; the superseded one never does.
     let kept: Vec<_> = event_ids(&ts, &t)
         .await
