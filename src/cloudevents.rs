@@ -1,6 +1,8 @@
 //! Events as downstream systems see them: CloudEvents 1.0 JSON (`docs/events.md`),
 //! the same for webhook bodies, REST replay and the live stream.
 
+use std::cell::RefCell;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -56,7 +58,7 @@ impl EventSource {
             updatestamp: e.stamp,
             snapshot: e.snapshot,
             streamid: e.id.to_string(),
-            traceparent: self.trace(e).append_parent(),
+            traceparent: self.traceparent(e),
             data,
         }
     }
@@ -67,6 +69,27 @@ impl EventSource {
             "{}:{}:{}:{}",
             self.target.source, self.target.resource, e.record, e.stamp
         )
+    }
+
+    /// The `traceparent` of `e`'s append. Every event of one poll shares
+    /// its `observed`, so the last one derived (two SHA-256s) is kept per
+    /// thread: a replay page or a batch derives it once, not per event.
+    fn traceparent(&self, e: &Event) -> String {
+        thread_local! {
+            static LAST: RefCell<Option<(Target, u64, String)>> = const { RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((t, observed, tp)) = last.as_ref()
+                && *observed == e.observed
+                && *t == self.target
+            {
+                return tp.clone();
+            }
+            let tp = self.trace(e).append_parent();
+            *last = Some((self.target.clone(), e.observed, tp.clone()));
+            tp
+        })
     }
 
     /// The trace of the poll that appended `e`, derived from its `observed`.
