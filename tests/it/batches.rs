@@ -10,10 +10,9 @@ use std::{
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, delivery::signing, store::Target};
-use stamp_relay_simulator::SimConfig;
+use stamp_relay::{delivery::signing, store::Target};
 
-use crate::harness::{App, Sim, TestStore, all_events, source, wait_for};
+use crate::harness::{TestStore, all_events, patients_relay, wait_for};
 use crate::on_both_stores;
 
 on_both_stores!(a_retried_batch_keeps_its_webhook_id);
@@ -67,16 +66,7 @@ async fn dedup(
 }
 
 async fn a_retried_batch_keeps_its_webhook_id(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 23)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
+    let (sim, app) = patients_relay(&ts, 23).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let router = Router::new()
         .route("/hook", post(dedup))

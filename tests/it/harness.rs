@@ -173,6 +173,19 @@ impl Drop for Sim {
     }
 }
 
+/// The simulator with `patients` patients and a relay polling them
+/// (`pages`, page size 100): how many tests begin.
+pub async fn patients_relay(ts: &TestStore, patients: usize) -> (Sim, App) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), patients)],
+        ..SimConfig::default()
+    })
+    .await;
+    let sources = vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)];
+    let app = App::spawn(ts, sources).await;
+    (sim, app)
+}
+
 /// A source named `sim` over the given tables, with fast retries for tests.
 pub fn source(base_url: &str, resources: &[&str], paging: Paging, page_size: u32) -> SourceConfig {
     SourceConfig {

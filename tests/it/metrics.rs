@@ -6,7 +6,9 @@ use serde_json::json;
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{Faults, SimConfig};
 
-use crate::harness::{App, Backend, READ_TOKEN, Sim, TestStore, eventually, source, wait_synced};
+use crate::harness::{
+    App, Backend, READ_TOKEN, Sim, TestStore, eventually, patients_relay, source, wait_synced,
+};
 use crate::receiver::TestReceiver;
 use crate::rules::Scripted;
 
@@ -251,16 +253,7 @@ crate::on_both_stores!(a_deleted_subscription_leaves_no_series);
 /// counters of a subscription that no longer exists mislead dashboards
 /// and alerts (a dead-letter alert that never clears).
 async fn a_deleted_subscription_leaves_no_series(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 5)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
+    let (_sim, app) = patients_relay(&ts, 5).await;
     let rx = Scripted::start((204, None, String::new())).await;
     let body = json!({"url": rx.url, "resources": ["*"], "start": "beginning"});
     let id = app.post_json("/v1/subscriptions", &body).await["id"]

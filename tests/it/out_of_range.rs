@@ -3,27 +3,16 @@
 //! embedded store) nor a 503 (Redis).
 
 use serde_json::Value;
-use stamp_relay::config::Paging;
-use stamp_relay_simulator::SimConfig;
 
 use crate::{
-    harness::{App, Sim, TestStore, source},
+    harness::{TestStore, patients_relay},
     on_both_stores,
 };
 
 on_both_stores!(positions_past_i64_are_a_400_naming_the_parameter);
 
 async fn positions_past_i64_are_a_400_naming_the_parameter(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 3)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
+    let (_sim, app) = patients_relay(&ts, 3).await;
     let max = u64::MAX.to_string();
     let past = (1u64 << 63).to_string();
     let events = "/v1/resources/sim/patients/events";

@@ -5,28 +5,19 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
-use stamp_relay_simulator::{self as simulator, Change, SimConfig};
+use stamp_relay::store::Target;
+use stamp_relay_simulator::{self as simulator, Change};
 
 use crate::delivery::{assert_record_order, subscribe_to};
-use crate::harness::{App, Sim, TestStore, source, wait_for, wait_synced};
+use crate::harness::{TestStore, patients_relay, wait_for, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(a_redrive_drops_dead_letters_a_newer_version_superseded);
 
 async fn a_redrive_drops_dead_letters_a_newer_version_superseded(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 2)],
-        ..SimConfig::default()
-    })
-    .await;
+    let (sim, app) = patients_relay(&ts, 2).await;
     let t = Target::new("sim", "patients");
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(3).await;
     rx.set_mode(Mode::Flaky(1.0));

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stamp_relay::{config::Paging, store::Target};
-use stamp_relay_simulator::SimConfig;
+use stamp_relay::store::Target;
 
 use crate::delivery::{subscribe_to, wait_delivered};
-use crate::harness::{App, Sim, TestStore, eventually, source, wait_synced};
+use crate::harness::{TestStore, eventually, patients_relay, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::TestReceiver;
 use crate::reset::wipe;
@@ -17,17 +16,8 @@ use crate::reset::wipe;
 on_both_stores!(api_subscriptions_survive_a_store_reset);
 
 async fn api_subscriptions_survive_a_store_reset(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 5)],
-        ..SimConfig::default()
-    })
-    .await;
+    let (sim, app) = patients_relay(&ts, 5).await;
     let t = Target::new("sim", "patients");
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(7).await;
     let id = subscribe_to(

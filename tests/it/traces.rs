@@ -20,7 +20,9 @@ use stamp_relay_simulator::{Change, Op, SimConfig};
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::delivery::subscribe_to;
-use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
+use crate::harness::{
+    App, Backend, Sim, TestStore, all_events, eventually, patients_relay, source, wait_synced,
+};
 use crate::receiver::TestReceiver;
 
 /// An OTLP/HTTP (JSON) collector on port 0: every span it was sent.
@@ -79,16 +81,7 @@ async fn one_change_is_one_connected_trace_from_poll_to_receiver() {
     );
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry.layer()));
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 3)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
+    let (sim, app) = patients_relay(&ts, 3).await;
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(1).await;
