@@ -46,21 +46,22 @@ local function above(a, b)
   local bs, bq = parse(b)
   return as > bs or (as == bs and aq > bq)
 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local top_id = '0-0'
-if #last > 0 then
-  top_id = last[1][1]
-end
--- New IDs go above the last generated one, which stays above the last
--- entry when the newest entries were deleted (or the ID was raised below).
-local issued = top_id
-if #last > 0 or redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+-- The last entry, and the last generated ID, above which new IDs go: it
+-- stays above the last entry when the newest entries were deleted (or the
+-- ID was raised below). One XINFO gives both; a new stream has neither.
+local top_id, issued = '0-0', '0-0'
+local info = redis.pcall('XINFO', 'STREAM', KEYS[1])
+if not info.err then
   for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' and above(info[i + 1], issued) then
+    if info[i] == 'last-generated-id' then
       issued = info[i + 1]
+    elseif info[i] == 'last-entry' and info[i + 1] then
+      top_id = info[i + 1][1]
     end
   end
+end
+if above(top_id, issued) then
+  issued = top_id
 end
 if ARGV[5] ~= '' and above(ARGV[5], top_id) then
   if above(ARGV[5], issued) then
