@@ -165,9 +165,32 @@ impl From<crate::subscription::Invalid> for Problem {
     }
 }
 
+/// A store error by its kind: an unreachable store is 503
+/// `store_unavailable`; a refusal (a write that lost to others) is 409
+/// `update_conflict`; stored data that does not read is 500 `internal`.
+/// The store's own words go to the log only (they may name its address).
 impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
-        Problem::internal(e)
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => Problem::internal(e),
+            StoreError::Refused { .. } => {
+                tracing::warn!(error = %e, "request refused by the store");
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "update_conflict",
+                    "other writes changed the same data meanwhile; try again",
+                )
+            }
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "request failed");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "stored data could not be read; the relay's log names it",
+                )
+            }
+        }
     }
 }
 

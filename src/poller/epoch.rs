@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use super::{PollError, Poller};
 use crate::{
     events::{StreamId, now_ms},
-    store::{StoreError, alerts::Alert},
+    store::{Refusal, alerts::Alert},
 };
 
 impl Poller {
@@ -78,8 +78,10 @@ impl Poller {
 impl Poller {
     /// Reports a lost tail that refused an append of this poll or sweep.
     pub(super) fn note_failover<T>(&mut self, result: &Result<T, PollError>) {
-        if let Err(PollError::Store(StoreError::TailLost { top, highest, .. })) = result {
-            self.failover(*top, *highest);
+        if let Err(PollError::Store(e)) = result
+            && let Some(Refusal::Failover { top, highest }) = e.refusal()
+        {
+            self.failover(top, highest);
         }
     }
 

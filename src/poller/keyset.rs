@@ -86,8 +86,9 @@ impl Poller {
         // went back in time is caught before anything of it is committed.
         self.check_upstream(report, first.count, cap.max(shown))
             .await?;
+        let mut ahead = None;
         loop {
-            let page = self.keyset_page(sync, 1, report, cancel).await?;
+            let page = self.keyset_page_of(sync, 1, ahead.take(), report, cancel).await?;
             let (commit, next) = match plan(cap, &page.records, page.more) {
                 Step::Done(n) => {
                     if page.records.is_empty() && page.more {
@@ -102,6 +103,8 @@ impl Poller {
                 }
             };
             report.fetched += commit.len() as u64;
+            // The next page downloads while this one commits.
+            ahead = next.map(|sync| self.fetch_ahead(sync, 1, cancel));
             self.commit(&commit, snapshot, report, cancel).await?;
             match next {
                 Some(next) => sync = next,
@@ -187,8 +190,22 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<KeysetPage, PollError> {
+        self.keyset_page_of(sync, page_no, None, report, cancel)
+            .await
+    }
+
+    /// [`Self::keyset_page`], taking the page from `ahead` when it was
+    /// fetched ahead.
+    async fn keyset_page_of(
+        &mut self,
+        sync: u64,
+        page_no: u32,
+        ahead: Option<super::paging::Ahead>,
+        report: &mut PollReport,
+        cancel: &CancellationToken,
+    ) -> Result<KeysetPage, PollError> {
         let fields = self.settings.fields.clone();
-        let page = self.fetch(sync, page_no, cancel).await?;
+        let page = self.fetch_or_take(sync, page_no, ahead, cancel).await?;
         report.pages += 1;
         let (count, more, listed) = (page.count, page.next.is_some(), page.results.len());
         let mut records: Vec<UpstreamRecord> = Vec::with_capacity(listed);

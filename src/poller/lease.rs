@@ -15,7 +15,7 @@ use std::{
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::store::{Store, StoreError, Target};
+use crate::store::{Refusal, Store, StoreError, Target};
 
 /// Renews a lease until dropped; says when it was lost.
 pub(super) struct LeaseKeeper {
@@ -49,7 +49,7 @@ impl LeaseKeeper {
     /// Ok while the lease is held.
     pub fn check(&self) -> Result<(), StoreError> {
         if self.lost.is_cancelled() {
-            Err(StoreError::LeaseLost(self.target.to_string()))
+            Err(StoreError::refused(&self.target, Refusal::LeaseLost))
         } else {
             Ok(())
         }

@@ -21,7 +21,7 @@ use crate::{
     events::{AppendOutcome, StreamId, now_ms},
     http::backoff,
     record::{RejectedRecord, UpstreamRecord},
-    store::{AppendBatch, Store, StoreError, Target},
+    store::{AppendBatch, Refusal, Store, StoreError, Target},
     upstream::Upstream,
 };
 
@@ -268,7 +268,7 @@ impl Poller {
     fn keep_lease(&self) -> Result<(), PollError> {
         match &self.lease {
             Some(lease) => Ok(lease.check()?),
-            None => Err(StoreError::LeaseLost(self.target.to_string()).into()),
+            None => Err(StoreError::refused(&self.target, Refusal::LeaseLost).into()),
         }
     }
 

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CHUNK, PollError, Poller};
 use crate::record::{Page, UpstreamRecord};
-use crate::store::StoreError;
+use crate::store::{Refusal, StoreError};
 
 /// The most pages one walk fetches: what `count` records fill at
 /// `page_size` (as many as the page came with, at most the one asked
@@ -19,6 +19,13 @@ fn most_pages(count: u64, page_size: u32) -> u32 {
     u32::try_from(most).unwrap_or(u32::MAX)
 }
 
+/// A page requested ahead, fetched while the previous page commits.
+pub(super) struct Ahead {
+    sync: u64,
+    page: u32,
+    task: tokio_util::task::AbortOnDropHandle<Result<Page, crate::upstream::UpstreamError>>,
+}
+
 impl Poller {
     pub(super) async fn fetch(
         &self,
@@ -26,18 +33,58 @@ impl Poller {
         page: u32,
         cancel: &CancellationToken,
     ) -> Result<Page, PollError> {
+        self.fetch_or_take(sync, page, None, cancel).await
+    }
+
+    /// Starts fetching page `page` of `sync` in the background, so it
+    /// downloads while the caller commits the page before it; the caller
+    /// takes it with [`Self::fetch_or_take`] (dropped, it is aborted).
+    pub(super) fn fetch_ahead(&self, sync: u64, page: u32, cancel: &CancellationToken) -> Ahead {
+        let (upstream, resource) = (self.upstream.clone(), self.target.resource.clone());
+        let cancel = cancel.clone();
+        let request = async move { upstream.page(&resource, sync, page, &cancel).await };
+        let task = tokio::spawn(tracing::Instrument::in_current_span(request));
+        Ahead {
+            sync,
+            page,
+            task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Page `page` of `sync`: the one fetched ahead when it is that page,
+    /// else fetched now.
+    pub(super) async fn fetch_or_take(
+        &self,
+        sync: u64,
+        page: u32,
+        ahead: Option<Ahead>,
+        cancel: &CancellationToken,
+    ) -> Result<Page, PollError> {
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
         }
-        let request = self
-            .upstream
-            .page(&self.target.resource, sync, page, cancel);
+        let request = async {
+            match ahead.filter(|a| (a.sync, a.page) == (sync, page)) {
+                Some(a) => a.task.await.unwrap_or_else(|e| {
+                    let url = self.upstream.page_url(&self.target.resource, sync, page);
+                    Err(crate::upstream::UpstreamError::Transport {
+                        url: url.to_string(),
+                        detail: format!("the page's fetch failed: {e}"),
+                    })
+                }),
+                None => {
+                    (self.upstream)
+                        .page(&self.target.resource, sync, page, cancel)
+                        .await
+                }
+            }
+        };
         let p = match &self.lease {
             // A page slower than the lease is fine while the lease is renewed;
             // once it is lost, the walk stops at once.
             Some(lease) => tokio::select! {
                 p = request => p?,
-                () = lease.lost() => return Err(StoreError::LeaseLost(self.target.to_string()).into()),
+                () = lease.lost() => return Err(StoreError::refused(&self.target, Refusal::LeaseLost).into()),
             },
             None => request.await?,
         };

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use super::{StoreError, Target};
+use super::Target;
 use crate::events::StreamId;
 
 #[derive(Debug, Default)]
@@ -37,19 +37,4 @@ impl Highest {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(t.clone(), (epoch.to_string(), id));
     }
-}
-
-/// The refusal `TAILLOST <top> <highest>` both stores' appends give (in
-/// `msg`, an error's text) as the error the poller acts on.
-pub fn tail_lost(msg: &str, t: &Target) -> Option<StoreError> {
-    // The redis crate quotes the code: `"TAILLOST": <top> <highest>`.
-    let rest = &msg[msg.find("TAILLOST")? + "TAILLOST".len()..];
-    let mut ids = rest
-        .split_whitespace()
-        .filter_map(|id| id.parse::<StreamId>().ok());
-    Some(StoreError::TailLost {
-        target: t.to_string(),
-        top: ids.next()?,
-        highest: ids.next()?,
-    })
 }

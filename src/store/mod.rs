@@ -81,28 +81,80 @@ pub struct AppendBatch<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store did not answer, or answered with an error of its own.
     #[error("{0}")]
     Unavailable(String),
-    #[error("lease on {0} is held by another instance; this append was not made")]
-    LeaseLost(String),
     #[error("{0}")]
     Corrupt(String),
-    #[error(
-        "the store lost the data of {0} (its epoch changed) during this poll; this append was not made and the table reloads"
-    )]
-    Reset(String),
-    #[error(
-        "the store lost the newest events of {target}: its stream ends at {top}, below {highest}, which this relay appended \
-         (a failover to a replica that was behind, or an older copy of the store); this append was not made, and the \
-         lost versions are fetched again and appended above {highest}"
-    )]
-    TailLost {
+    /// The store refused the write on purpose: a fact the caller acts on.
+    #[error("{}", refusal.explain(target))]
+    Refused {
+        /// What was refused: a table, or a subscription.
         target: String,
+        refusal: Refusal,
+    },
+}
+
+/// Why a store refused a write. The engines return it as data (Redis maps
+/// its scripts' error codes in one function, `redis/refusal.rs`; SQLite
+/// returns it from the transaction); callers match it, never an error's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another instance holds the table's lease.
+    LeaseLost,
+    /// The table's epoch is not the one the poll began with: the store lost
+    /// the table's data meanwhile, and the table reloads.
+    EpochChanged,
+    /// The stream ends at `top`, below `highest`, which this process
+    /// appended: a failover to a replica that was behind, or an older copy
+    /// of the store.
+    Failover {
         /// The stream's last entry now.
         top: StreamId,
         /// The highest ID this process had appended, now gone.
         highest: StreamId,
     },
+    /// A compare-and-set lost to other writes every time it was tried.
+    Raced,
+}
+
+impl Refusal {
+    fn explain(&self, target: &str) -> String {
+        match self {
+            Refusal::LeaseLost => format!(
+                "lease on {target} is held by another instance; this append was not made"
+            ),
+            Refusal::EpochChanged => format!(
+                "the store lost the data of {target} (its epoch changed) during this poll; this append was not made and the table reloads"
+            ),
+            Refusal::Failover { top, highest } => format!(
+                "the store lost the newest events of {target}: its stream ends at {top}, below {highest}, which this relay appended \
+                 (a failover to a replica that was behind, or an older copy of the store); this append was not made, and the \
+                 lost versions are fetched again and appended above {highest}"
+            ),
+            Refusal::Raced => {
+                format!("{target} changed under {UPDATE_TRIES} updates in a row; try again")
+            }
+        }
+    }
+}
+
+impl StoreError {
+    /// The store's refusal of a write to `target`.
+    pub fn refused(target: impl std::fmt::Display, refusal: Refusal) -> StoreError {
+        StoreError::Refused {
+            target: target.to_string(),
+            refusal,
+        }
+    }
+
+    /// The refusal this error is, if it is one.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            StoreError::Refused { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -309,10 +361,7 @@ where
             return Ok(Some(s));
         }
     }
-    Err(StoreError::Unavailable(format!(
-        "subscription {id} changed under {UPDATE_TRIES} updates in a row; try again"
-    ))
-    .into())
+    Err(StoreError::refused(format!("subscription {id}"), Refusal::Raced).into())
 }
 
 /// Attempts kept per subscription.

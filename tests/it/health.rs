@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
     record::UpstreamRecord,
-    store::{AppendBatch, StoreError, Target},
+    store::{AppendBatch, Refusal, Target},
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ async fn a_paused_instance_cannot_append_after_its_lease_was_taken(ts: TestStore
         .append(&t, batch("instance-a", &late))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::LeaseLost(_)), "{err}");
+    assert_eq!(err.refusal(), Some(Refusal::LeaseLost), "{err}");
     assert_eq!(store.stream_len(&t).await.unwrap(), 1);
     assert_eq!(store.index_entry(&t, "r2").await.unwrap(), None);
     let outcome = store.append(&t, batch("instance-b", &late)).await.unwrap();

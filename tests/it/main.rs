@@ -53,6 +53,7 @@ mod settle;
 mod shared_stamps;
 mod stalls;
 mod status;
+mod store_reads;
 mod subscription_filters;
 mod survive;
 mod sync;

@@ -33,6 +33,49 @@ fn subscriptions_key(prefix: &str) -> String {
 static REPLACE_SUBSCRIPTION: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("replace_subscription.lua")));
 
+/// Removes a pending set's entries before ARGV[1] (their events are gone).
+const DROP_TRIMMED_LUA: &str = r"
+local function parts(id)
+  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(stamp), tonumber(seq)
+end
+local ks, kq = parts(ARGV[1])
+local gone = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local s, q = parts(id)
+  if s and (s < ks or (s == ks and q < kq)) then
+    gone = gone + redis.call('HDEL', KEYS[1], id)
+  end
+end
+return gone
+";
+
+impl RedisStore {
+    /// After a trim: each subscription's pending entries on `t` before
+    /// `first_kept`, whose events are gone, leave its pending set.
+    pub(super) async fn drop_trimmed_pending(
+        &self,
+        t: &Target,
+        first_kept: StreamId,
+    ) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let subs: Vec<String> = c
+            .hkeys(subscriptions_key(&self.prefix))
+            .await
+            .map_err(|e| self.err(e))?;
+        let script = redis::Script::new(DROP_TRIMMED_LUA);
+        for sub in subs {
+            let _: i64 = script
+                .key(self.keys(t).pending(&sub))
+                .arg(first_kept.to_string())
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl DeliveryStore for RedisStore {
     async fn put_subscription(&self, s: &Subscription) -> StoreResult<()> {
@@ -132,16 +175,12 @@ impl DeliveryStore for RedisStore {
         }
         let replies: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(|e| self.err(e))?;
         let mut out = Vec::new();
-        let mut gone = Vec::new();
-        for ((id, st), reply) in states.into_iter().zip(replies) {
-            match parse_entries(reply)?.pop() {
-                Some(e) => out.push((e, st)),
-                // Trimmed from the stream: nothing left to deliver.
-                None => gone.push(id),
+        for ((_, st), reply) in states.into_iter().zip(replies) {
+            // An entry whose event retention removed has nothing left to
+            // deliver: left out here, removed by the trim (a read writes nothing).
+            if let Some(e) = parse_entries(reply)?.pop() {
+                out.push((e, st));
             }
-        }
-        if !gone.is_empty() {
-            self.settle(sub, t, &gone).await?;
         }
         Ok(out)
     }

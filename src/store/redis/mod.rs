@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 use self::connection::RedisConn;
 use self::entries::{field, parse_entries, parse_id};
 pub use self::keys::Keys;
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, Refusal, Store, StoreError, StoreResult, Target};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
@@ -35,6 +35,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// The layout version this build reads and writes (docs/redis-layout.md).
+const LAYOUT: u32 = 1;
 
 pub struct RedisStore {
     conn: RedisConn,
@@ -94,12 +97,39 @@ impl RedisStore {
             keep: Default::default(),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.check_layout().await?;
         store.warn_about_risky_settings().await;
         Ok(store)
     }
 
     pub fn keys(&self, t: &Target) -> Keys {
         Keys::new(&self.prefix, t)
+    }
+
+    /// The layout marker `P:layout` (docs/redis-layout.md), checked at open:
+    /// written on a store without one (a new store, or one from before the
+    /// marker: that is layout 1), refused when a newer build wrote a higher
+    /// one. A later layout migrates here, at open, never inside a read.
+    async fn check_layout(&self) -> anyhow::Result<()> {
+        let key = format!("{}:layout", self.prefix);
+        let mut c = self.conn.clone();
+        let _: bool = c
+            .set_nx(&key, LAYOUT)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", self.err(e)))?;
+        let have: String = c
+            .get(&key)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", self.err(e)))?;
+        match have.parse::<u32>() {
+            Ok(v) if v <= LAYOUT => Ok(()),
+            _ => anyhow::bail!(
+                "the Redis at {} holds layout {have:?} under key prefix {:?}, newer than this build's {LAYOUT}; \
+                 run a newer build, or another store.key_prefix",
+                self.shown_url,
+                self.prefix
+            ),
+        }
     }
 
     /// A relay that loses writes silently breaks exactly-once, so say so
@@ -132,29 +162,36 @@ impl RedisStore {
 
     /// What a refused or failed append means, naming the table.
     fn append_error(&self, e: redis::RedisError, t: &Target, epoch: &str) -> StoreError {
-        if let Some(lost) = super::highest::tail_lost(&e.to_string(), t) {
+        let Some(refusal) = refusal(&e) else {
+            return self.err(e);
+        };
+        if let Refusal::Failover { top, .. } = refusal {
             // The stream's ID is raised again; from now on the stream's
             // last entry is what this process appended.
-            if let StoreError::TailLost { top, .. } = &lost {
-                self.highest.set(t, epoch, *top);
-            }
-            return lost;
+            self.highest.set(t, epoch, top);
         }
-        match self.err(e) {
-            StoreError::LeaseLost(_) => StoreError::LeaseLost(t.to_string()),
-            StoreError::Reset(_) => StoreError::Reset(t.to_string()),
-            other => other,
-        }
+        StoreError::refused(t, refusal)
     }
 
     fn err(&self, e: redis::RedisError) -> StoreError {
-        if e.to_string().contains("LEASELOST") {
-            return StoreError::LeaseLost("target".into());
-        }
-        if e.to_string().contains("EPOCHCHANGED") {
-            return StoreError::Reset("target".into());
-        }
         StoreError::Unavailable(format!("redis at {}: {e}", self.shown_url))
+    }
+}
+
+/// The refusal a script's error reply carries: its code (`LEASELOST`,
+/// `EPOCHCHANGED`, `TAILLOST <top> <highest>`), mapped here and nowhere else.
+fn refusal(e: &redis::RedisError) -> Option<Refusal> {
+    match e.code()? {
+        "LEASELOST" => Some(Refusal::LeaseLost),
+        "EPOCHCHANGED" => Some(Refusal::EpochChanged),
+        "TAILLOST" => {
+            let mut ids = e.detail()?.split_whitespace().map(str::parse::<StreamId>);
+            Some(Refusal::Failover {
+                top: ids.next()?.ok()?,
+                highest: ids.next()?.ok()?,
+            })
+        }
+        _ => None,
     }
 }
 

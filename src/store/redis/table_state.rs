@@ -38,6 +38,9 @@ impl TableState for RedisStore {
                 .map_err(|e| self.err(e))?;
             total += removed;
             if more == 0 {
+                if total > 0 {
+                    self.drop_trimmed_pending(t, first_kept).await?;
+                }
                 return Ok(total);
             }
         }

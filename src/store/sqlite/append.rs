@@ -5,7 +5,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Target, check_fences, last_id, records};
+use super::{Failed, Target, check_fences, last_id, records};
+use crate::store::{Refusal, StoreError};
 use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
 
 /// An [`AppendBatch`] owned, to move into the blocking task.
@@ -32,7 +33,7 @@ pub(super) fn append(
     c: &mut Connection,
     t: &Target,
     batch: &Batch,
-) -> rusqlite::Result<(AppendOutcome, StreamId)> {
+) -> Result<(AppendOutcome, StreamId), Failed> {
     let tx = c.transaction()?;
     if batch.first {
         records::fill_or_drop(&tx, t, batch.keep)?;
@@ -51,13 +52,10 @@ fn append_records(
     c: &Connection,
     t: &Target,
     batch: &Batch,
-) -> rusqlite::Result<(AppendOutcome, StreamId)> {
+) -> Result<(AppendOutcome, StreamId), Failed> {
     let mut top = last_id(c, t)?;
     if let Some(highest) = batch.highest.filter(|h| *h > top) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(format!("TAILLOST {top} {highest}")),
-        ));
+        return Err(Failed::Store(StoreError::refused(t, Refusal::Failover { top, highest })));
     }
     let mut last = top;
     top = top.max(batch.issued.unwrap_or_default());

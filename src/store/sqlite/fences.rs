@@ -3,15 +3,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::Failed;
 use crate::events;
-use crate::store::Target;
-
-pub(super) fn lease_lost(t: &Target) -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-        Some(format!("LEASELOST {t}")),
-    )
-}
+use crate::store::{Refusal, StoreError, Target};
 
 pub(super) fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
     c.query_row(
@@ -29,7 +23,7 @@ pub(super) fn check_fences(
     t: &Target,
     holder: &str,
     want: &str,
-) -> rusqlite::Result<()> {
+) -> Result<(), Failed> {
     let owner: Option<(String, i64)> = c
         .query_row(
             "SELECT holder, expires_ms FROM leases WHERE source = ?1 AND resource = ?2",
@@ -38,13 +32,10 @@ pub(super) fn check_fences(
         )
         .optional()?;
     if !owner.is_some_and(|(h, exp)| h == holder && exp as u64 > events::now_ms()) {
-        return Err(lease_lost(t));
+        return Err(Failed::Store(StoreError::refused(t, Refusal::LeaseLost)));
     }
     if epoch(c, t)?.as_deref() != Some(want) {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some(format!("EPOCHCHANGED {t}")),
-        ));
+        return Err(Failed::Store(StoreError::refused(t, Refusal::EpochChanged)));
     }
     Ok(())
 }

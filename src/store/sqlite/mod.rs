@@ -60,6 +60,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.run(move |c| f(c).map_err(Failed::Sql)).await
+    }
+
+    /// [`Self::with`] for work that fails with SQLite's error, or with a
+    /// [`StoreError`] of its own (a refusal), returned as it is.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failed> + Send + 'static,
+    {
         let conn = self.conn.clone();
         let path = self.path.clone();
         let file = path.clone();
@@ -74,18 +84,24 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
         .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("LEASELOST") => {
-                StoreError::LeaseLost(m.trim_start_matches("LEASELOST ").to_string())
+            Failed::Store(e) => e,
+            Failed::Sql(e) => {
+                StoreError::Unavailable(format!("embedded store {}: {e}", path.display()))
             }
-            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("EPOCHCHANGED") => {
-                StoreError::Reset(m.trim_start_matches("EPOCHCHANGED ").to_string())
-            }
-            rusqlite::Error::SqliteFailure(_, Some(m)) if m.starts_with("TAILLOST") => {
-                super::highest::tail_lost(&m, &Target::new("", ""))
-                    .unwrap_or(StoreError::Corrupt(m))
-            }
-            e => StoreError::Unavailable(format!("embedded store {}: {e}", path.display())),
         })
+    }
+}
+
+/// Why work on the embedded file failed: SQLite's error, or the store's
+/// own answer (a refusal), returned as it is.
+pub(super) enum Failed {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Failed {
+    fn from(e: rusqlite::Error) -> Failed {
+        Failed::Sql(e)
     }
 }
 
@@ -185,7 +201,7 @@ impl Store for SqliteStore {
             rebase: batch.rebase,
         };
         let (first, keep, epoch) = (batch.first, &self.keep, batch.epoch.clone());
-        let out = self.with(move |c| append(c, &t, &batch)).await;
+        let out = self.run(move |c| append(c, &t, &batch)).await;
         if first && out.is_err() {
             keep.not_ready(&target);
         }
@@ -194,18 +210,15 @@ impl Store for SqliteStore {
                 self.highest.raise(&target, &epoch, last);
                 Ok(out)
             }
-            Err(StoreError::TailLost { top, highest, .. }) => {
-                // No ID up to `highest` is issued again; from now on the
-                // file's last entry is what this process appended.
-                self.issued.raise(&target, &epoch, highest);
-                self.highest.set(&target, &epoch, top);
-                Err(StoreError::TailLost {
-                    target: target.to_string(),
-                    top,
-                    highest,
-                })
+            Err(e) => {
+                if let Some(super::Refusal::Failover { top, highest }) = e.refusal() {
+                    // No ID up to `highest` is issued again; from now on the
+                    // file's last entry is what this process appended.
+                    self.issued.raise(&target, &epoch, highest);
+                    self.highest.set(&target, &epoch, top);
+                }
+                Err(e)
             }
-            Err(e) => Err(e),
         }
     }
 

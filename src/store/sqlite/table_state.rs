@@ -41,6 +41,12 @@ impl TableState for SqliteStore {
                  WHERE (excluded.stamp, excluded.seq) > (trimmed.stamp, trimmed.seq)",
                 params![t.source, t.resource, stamp, seq],
             )?;
+            // Pending entries of the removed events have nothing left to deliver.
+            tx.execute(
+                "DELETE FROM delivery_pending WHERE source = ?1 AND resource = ?2
+                 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))",
+                params![t.source, t.resource, k_stamp, k_seq],
+            )?;
             tx.commit()?;
             Ok(removed as u64)
         })
