@@ -88,7 +88,9 @@ impl Poller {
             .await?;
         let mut ahead = None;
         loop {
-            let page = self.keyset_page_of(sync, 1, ahead.take(), report, cancel).await?;
+            let page = self
+                .keyset_page_of(sync, 1, ahead.take(), report, cancel)
+                .await?;
             let (commit, next) = match plan(cap, &page.records, page.more) {
                 Step::Done(n) => {
                     if page.records.is_empty() && page.more {

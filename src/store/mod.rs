@@ -121,9 +121,9 @@ pub enum Refusal {
 impl Refusal {
     fn explain(&self, target: &str) -> String {
         match self {
-            Refusal::LeaseLost => format!(
-                "lease on {target} is held by another instance; this append was not made"
-            ),
+            Refusal::LeaseLost => {
+                format!("lease on {target} is held by another instance; this append was not made")
+            }
             Refusal::EpochChanged => format!(
                 "the store lost the data of {target} (its epoch changed) during this poll; this append was not made and the table reloads"
             ),

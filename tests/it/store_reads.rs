@@ -52,11 +52,19 @@ async fn append(
 async fn an_append_under_another_epoch_is_refused_as_data(ts: TestStore) {
     let t = Target::new("sim", "patients");
     let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    assert!(ts.store.lease(&t, "me", Duration::from_secs(30)).await.unwrap());
+    assert!(
+        ts.store
+            .lease(&t, "me", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
     assert_eq!(append(&ts, &t, &epoch, &[record("a", 1)]).await.unwrap(), 1);
     let refused = append(&ts, &t, "e0", &[record("b", 2)]).await.unwrap_err();
     assert_eq!(refused.refusal(), Some(Refusal::EpochChanged), "{refused}");
-    assert!(refused.to_string().contains("sim/patients"), "names the table: {refused}");
+    assert!(
+        refused.to_string().contains("sim/patients"),
+        "names the table: {refused}"
+    );
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 1);
 }
 
@@ -67,7 +75,9 @@ async fn writes(c: &mut redis::aio::MultiplexedConnection) -> u64 {
         .query_async(c)
         .await
         .unwrap();
-    let cmds = ["hdel", "hset", "del", "xdel", "xack", "xtrim", "evalsha", "eval"];
+    let cmds = [
+        "hdel", "hset", "del", "xdel", "xack", "xtrim", "evalsha", "eval",
+    ];
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -80,7 +90,12 @@ async fn writes(c: &mut redis::aio::MultiplexedConnection) -> u64 {
 async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: TestStore) {
     let t = Target::new("sim", "patients");
     let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    assert!(ts.store.lease(&t, "me", Duration::from_secs(30)).await.unwrap());
+    assert!(
+        ts.store
+            .lease(&t, "me", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
     let records: Vec<_> = (1..=4).map(|i| record(&format!("r{i}"), i)).collect();
     assert_eq!(append(&ts, &t, &epoch, &records).await.unwrap(), 4);
     let sub: Subscription = serde_json::from_str(
@@ -105,7 +120,11 @@ async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: Te
             .unwrap();
         let before = writes(&mut c).await;
         let pending = ts.store.pending("a", &t).await.unwrap();
-        assert_eq!(pending.len(), 2, "the entry whose event is gone is left out");
+        assert_eq!(
+            pending.len(),
+            2,
+            "the entry whose event is gone is left out"
+        );
         assert_eq!(writes(&mut c).await, before, "pending() wrote to Redis");
         let kept: u64 = redis::cmd("HLEN")
             .arg(keys.pending("a"))
@@ -132,6 +151,9 @@ async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: Te
             .query_async(&mut c)
             .await
             .unwrap();
-        assert_eq!(left, 1, "the trim dropped the pending entries of the events it removed");
+        assert_eq!(
+            left, 1,
+            "the trim dropped the pending entries of the events it removed"
+        );
     }
 }

@@ -6,8 +6,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Failed, Target, check_fences, last_id, records};
-use crate::store::{Refusal, StoreError};
 use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
+use crate::store::{Refusal, StoreError};
 
 /// An [`AppendBatch`] owned, to move into the blocking task.
 pub(super) struct Batch {
@@ -55,7 +55,10 @@ fn append_records(
 ) -> Result<(AppendOutcome, StreamId), Failed> {
     let mut top = last_id(c, t)?;
     if let Some(highest) = batch.highest.filter(|h| *h > top) {
-        return Err(Failed::Store(StoreError::refused(t, Refusal::Failover { top, highest })));
+        return Err(Failed::Store(StoreError::refused(
+            t,
+            Refusal::Failover { top, highest },
+        )));
     }
     let mut last = top;
     top = top.max(batch.issued.unwrap_or_default());

@@ -265,7 +265,10 @@ mod tests {
         let t = Target::new("s", "r");
         for _ in 0..2 {
             let store = SqliteStore::open(dir.path()).unwrap();
-            let events = store.read(&t, crate::events::StreamId::ZERO, 10).await.unwrap();
+            let events = store
+                .read(&t, crate::events::StreamId::ZERO, 10)
+                .await
+                .unwrap();
             assert_eq!(events.len(), 1);
             assert_eq!((events[0].record.as_str(), events[0].prev_id), ("a", None));
             let entry = store.index_entry(&t, "a").await.unwrap().unwrap();
