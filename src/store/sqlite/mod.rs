@@ -2,8 +2,10 @@
 //! contract as the Redis layout, for a single instance with nothing installed.
 //!
 //! `synchronous = NORMAL` survives a process crash completely; after a power
-//! loss the newest commits may vanish, but since the cursor lives in the same
-//! file it rolls back with them and the relay simply fetches them again.
+//! loss the commits since the last checkpoint (at most 64 MiB of log, see
+//! `open.rs`) may vanish, but since the cursor lives in the same file it
+//! rolls back with them and the relay simply fetches them again
+//! (docs/operations.md, "The embedded store").
 
 use std::{
     path::{Path, PathBuf},
