@@ -118,7 +118,7 @@ impl Relay {
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
-            max_concurrent: 32,
+            max_concurrent: self.config.poll.max_concurrent,
         }
     }
 

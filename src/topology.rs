@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cloudevents::EventSource,
-    config::{self, Config, join},
+    config::{self, Config, PollConfig, join},
     poller::TargetStatus,
     store::{Store, Target},
-    upstream::Upstream,
+    upstream::{Upstream, budget::Budgets},
 };
 
 /// Who manages a source: the configuration file or the API.
@@ -115,6 +115,8 @@ pub enum TopologyError {
 
 pub struct Topology {
     store: Arc<dyn Store>,
+    /// The request budgets the sources' clients share (`[poll]`).
+    budgets: Budgets,
     /// `api.event_type_prefix`, for the event sources of added tables.
     type_prefix: String,
     current: RwLock<Arc<Snapshot>>,
@@ -127,9 +129,15 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn new(store: Arc<dyn Store>, type_prefix: impl Into<String>) -> Topology {
+    /// An empty topology; `poll` sets the upstream budgets.
+    pub fn new(
+        store: Arc<dyn Store>,
+        type_prefix: impl Into<String>,
+        poll: &PollConfig,
+    ) -> Topology {
         Topology {
             store,
+            budgets: Budgets::new(poll),
             type_prefix: type_prefix.into(),
             current: RwLock::default(),
             writing: Mutex::default(),
@@ -141,7 +149,7 @@ impl Topology {
 
     /// The sources of the configuration file.
     pub fn from_config(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Topology>> {
-        let topology = Topology::new(store, &config.api.event_type_prefix);
+        let topology = Topology::new(store, &config.api.event_type_prefix, &config.poll);
         for source in &config.sources {
             topology.add_source(source.clone(), Origin::Config)?;
         }
@@ -185,7 +193,7 @@ impl Topology {
         origin: Origin,
     ) -> Result<Arc<Source>, TopologyError> {
         let name = source.name().to_string();
-        let upstream = Upstream::new(source.clone())
+        let upstream = Upstream::with_budget(source.clone(), self.budgets.of(&source))
             .map_err(|e| TopologyError::Client(name.clone(), format!("{e:#}")))?;
         let entry = Arc::new(Source {
             config: Arc::new(source),

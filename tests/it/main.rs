@@ -47,6 +47,7 @@ mod retention;
 mod retries;
 mod retry_now;
 mod rules;
+mod schedule;
 mod security;
 mod serve;
 mod settle;
