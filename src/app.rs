@@ -43,14 +43,36 @@ pub struct Relay {
     pub declared: Arc<Vec<Declared>>,
 }
 
-/// A name for this process in leases: unique per start.
-pub fn instance_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+/// The name this process holds leases under: `store.instance_id`, or the
+/// host's name when that is empty. Stable across restarts, so a restarted
+/// instance takes its own leases back at once.
+pub fn instance_id(configured: &str) -> String {
+    if configured.is_empty() {
+        hostname()
+    } else {
+        configured.to_string()
+    }
+}
+
+/// A name for a one-off run (`sync --once`, `sync --reconcile`): unique
+/// per start, so it never shares the leases of an instance serving on the
+/// same host.
+pub fn one_off_id(configured: &str) -> String {
     format!(
-        "{host}-{}-{}",
+        "{}-once-{}-{}",
+        instance_id(configured),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".into())
 }
 
 impl Relay {
@@ -60,7 +82,7 @@ impl Relay {
     }
 
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Relay> {
-        let holder = instance_id();
+        let holder = instance_id(&config.store.instance_id);
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, store.clone())?;
         let declared = Arc::new(declared::of(&config)?);

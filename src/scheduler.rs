@@ -21,6 +21,9 @@ use std::{
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+mod share;
+use share::Share;
+
 use crate::{
     http::backoff,
     metrics::Metrics,
@@ -84,18 +87,23 @@ impl Scheduler {
         let mut running: JoinSet<Done> = JoinSet::new();
         let mut changes = self.topology.subscribe();
         let start = Instant::now();
+        let mut share = Share::new(start);
         self.follow(&mut slots, &mut queue, &mut built, Some(start));
+        self.beat(&mut share, &mut slots, &mut queue).await;
         while !cancel.is_cancelled() {
-            self.start_due(&mut slots, &mut queue, &mut running, &cancel);
+            self.start_due(&mut slots, &mut queue, &mut running, &share, &cancel);
             let room = running.len() < self.max_concurrent.max(1);
             let next = queue.peek().map(|Reverse((due, _))| *due).filter(|_| room);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 Some(done) = running.join_next() => match done {
-                    Ok(done) => self.finished(done, &mut slots, &mut queue),
+                    Ok(done) => self.finished(done, &mut slots, &mut queue, &share),
                     Err(e) => tracing::error!(error = %e, "a poll task panicked; its table is not polled until a restart"),
                 },
                 _ = sleep_until(next) => {}
+                _ = tokio::time::sleep_until(share.next_beat) => {
+                    self.beat(&mut share, &mut slots, &mut queue).await;
+                }
                 changed = changes.changed() => if changed.is_ok() {
                     self.follow(&mut slots, &mut queue, &mut built, None);
                 },
@@ -117,15 +125,19 @@ impl Scheduler {
         futures_util::future::join_all(releases).await;
     }
 
-    /// Starts every due poll the pool has room for.
+    /// Starts every due poll the pool has room for. A table this instance
+    /// does not hold waits while it holds its share already.
     fn start_due(
         &self,
         slots: &mut HashMap<Target, Slot>,
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
         running: &mut JoinSet<Done>,
+        share: &Share,
         cancel: &CancellationToken,
     ) {
         let now = Instant::now();
+        let cap = share.cap(slots.len());
+        let mut held = None;
         while running.len() < self.max_concurrent.max(1) {
             let Some(Reverse((due, _))) = queue.peek() else {
                 return;
@@ -139,6 +151,31 @@ impl Scheduler {
             // An entry left behind by a reschedule, a removal or a poll
             // still running is skipped.
             let Some(slot) = slots.get_mut(&t).filter(|s| s.due == due) else {
+                continue;
+            };
+            if slot.poller.is_none() {
+                continue;
+            }
+            let taking = !slot.table.status.holds_lease.load(Ordering::Relaxed);
+            if taking && *held.get_or_insert_with(|| holding(slots)) >= cap {
+                // Its share is full: not this instance's table for now.
+                let Some(slot) = slots.get_mut(&t) else {
+                    continue;
+                };
+                let interval = slot
+                    .poller
+                    .as_ref()
+                    .map_or(Duration::ZERO, Poller::interval);
+                slot.due = now + share.retry(now, interval);
+                queue.push(Reverse((slot.due, t)));
+                continue;
+            }
+            if taking {
+                // Counted as held until its poll says otherwise, so one
+                // round does not take more than the share.
+                held = held.map(|h| h + 1);
+            }
+            let Some(slot) = slots.get_mut(&t) else {
                 continue;
             };
             let Some(mut poller) = slot.poller.take() else {
@@ -165,6 +202,7 @@ impl Scheduler {
         (poller, result): Done,
         slots: &mut HashMap<Target, Slot>,
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        share: &Share,
     ) {
         let Some(slot) = slots.get_mut(&poller.target) else {
             // Removed or paused while it ran.
@@ -177,14 +215,63 @@ impl Scheduler {
         }
         slot.failures = if result.is_ok() { 0 } else { slot.failures + 1 };
         let interval = poller.interval();
+        let now = Instant::now();
         let wait = match slot.failures {
             _ if slot.nudged => Duration::ZERO,
+            0 if matches!(result, Ok(PollReport { leased: false, .. })) => {
+                share.retry(now, interval)
+            }
             0 => interval,
             n => backoff(interval, Duration::from_secs(300), n, &mut rand::rng()),
         };
-        slot.due = Instant::now() + wait;
+        slot.due = now + wait;
         queue.push(Reverse((slot.due, poller.target.clone())));
         slot.poller = Some(poller);
+    }
+
+    /// Writes this instance's heartbeat and keeps its share: when an
+    /// instance vanished, the tables it does not hold are due now; over
+    /// its cap, it releases idle tables for the others to take.
+    async fn beat(
+        &self,
+        share: &mut Share,
+        slots: &mut HashMap<Target, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+    ) {
+        let ttl = self.lease_ttl;
+        let hb = match self.store.heartbeat(&self.holder, &share.nonce, ttl).await {
+            Ok(hb) => hb,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write this instance's heartbeat; trying again");
+                share.next_beat = Instant::now() + (ttl / 3).max(Duration::from_millis(10));
+                return;
+            }
+        };
+        let now = Instant::now();
+        if share.observe(&hb, &self.holder, now, ttl) {
+            for (t, slot) in slots.iter_mut() {
+                if slot.poller.is_some() && !slot.table.status.holds_lease.load(Ordering::Relaxed) {
+                    slot.due = now;
+                    queue.push(Reverse((now, t.clone())));
+                }
+            }
+        }
+        let over = holding(slots).saturating_sub(share.cap(slots.len()));
+        let idle_held = slots
+            .values()
+            .filter(|s| s.poller.is_some() && s.table.status.holds_lease.load(Ordering::Relaxed));
+        for slot in idle_held.take(over) {
+            let status = &slot.table.status;
+            status.holds_lease.store(false, Ordering::Relaxed);
+            let (store, holder, t) = (
+                self.store.clone(),
+                self.holder.clone(),
+                slot.table.target.clone(),
+            );
+            tokio::spawn(async move {
+                let _ = store.release(&t, &holder).await;
+            });
+        }
     }
 
     /// Brings the schedule in line with the topology: new polled tables
@@ -270,6 +357,14 @@ impl Scheduler {
             let _ = store.release(&poller.target, &holder).await;
         });
     }
+}
+
+/// How many tables this instance holds.
+fn holding(slots: &HashMap<Target, Slot>) -> usize {
+    slots
+        .values()
+        .filter(|s| s.table.status.holds_lease.load(Ordering::Relaxed))
+        .count()
 }
 
 /// A stable offset of `t` within `interval`: where its first poll falls.

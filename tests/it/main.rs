@@ -52,6 +52,7 @@ mod security;
 mod serve;
 mod settle;
 mod shared_stamps;
+mod shares;
 mod stalls;
 mod status;
 mod subscription_filters;
