@@ -304,8 +304,8 @@ impl Default for PollConfig {
     fn default() -> Self {
         PollConfig {
             max_concurrent: 32,
-            host_max_concurrent: 8,
-            host_max_per_second: 20,
+            host_max_concurrent: 32,
+            host_max_per_second: 200,
             budget_per: BudgetPer::Host,
         }
     }
