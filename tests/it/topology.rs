@@ -16,11 +16,16 @@ use crate::on_both_stores;
 
 on_both_stores!(
     a_source_added_at_run_time_is_polled_and_served,
-    a_removed_source_stops_polling_and_keeps_its_stream
+    a_removed_source_stops_polling_and_keeps_its_stream,
+    a_nudge_polls_a_source_now
 );
 
 /// A second upstream with `n` assessments, as the validated source `clinic`.
 async fn clinic(ts: &TestStore, n: usize) -> (Sim, Source) {
+    clinic_every(ts, n, Duration::from_millis(50)).await
+}
+
+async fn clinic_every(ts: &TestStore, n: usize, interval: Duration) -> (Sim, Source) {
     let sim = Sim::start(SimConfig {
         initial: vec![("assessments".into(), n)],
         ..SimConfig::default()
@@ -28,6 +33,9 @@ async fn clinic(ts: &TestStore, n: usize) -> (Sim, Source) {
     .await;
     let mut raw = source(&sim.base_url, &["assessments"], Paging::Pages, 100);
     raw.name = "clinic".into();
+    raw.poll_interval = interval;
+    // No sweep after the load, which could fetch a later write itself.
+    raw.reconcile_after_load = false;
     let validated = config(&ts.config, vec![raw]).sources.remove(0);
     (sim, validated)
 }
@@ -125,5 +133,36 @@ async fn a_removed_source_stops_polling_and_keeps_its_stream(ts: TestStore) {
         "the stream stays"
     );
     assert!(app.topology.source("clinic").is_none());
+    app.stop().await;
+}
+
+/// A source polled hourly: added, it loads at once; a write then arrives
+/// only because a nudge makes its tables due now.
+async fn a_nudge_polls_a_source_now(ts: TestStore) {
+    let (_sim, app) = patients_relay(&ts, 3).await;
+    let (clinic, added) = clinic_every(&ts, 4, Duration::from_secs(3600)).await;
+    app.topology.add_source(added, Origin::Api).unwrap();
+    let t = Target::new("clinic", "assessments");
+    eventually(
+        "the added source loaded",
+        Duration::from_secs(20),
+        async || all_events(ts.store.as_ref(), &t).await.len() == 4,
+    )
+    .await;
+    let written = clinic.sim.random_writes(Some("assessments"), 2);
+    let top = written.iter().map(|w| w.stamp).max().unwrap();
+    app.topology.nudge("clinic").unwrap();
+    eventually(
+        "the nudged poll brings the writes",
+        Duration::from_secs(20),
+        async || {
+            all_events(ts.store.as_ref(), &t)
+                .await
+                .last()
+                .is_some_and(|e| e.stamp >= top)
+        },
+    )
+    .await;
+    assert!(app.topology.nudge("nowhere").is_err());
     app.stop().await;
 }
