@@ -1,6 +1,7 @@
-//! The relay as production runs it: the store, one upstream client per
-//! source, one poller per target, and the HTTP server, started together and
-//! stopped by one cancellation token. Tests start exactly this.
+//! The relay as production runs it: the store, the topology (one upstream
+//! client per source, one entry per table), the scheduler that polls it,
+//! and the HTTP server, started together and stopped by one cancellation
+//! token. Tests start exactly this.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -12,14 +13,15 @@ use crate::{
     api::{self, ApiState, Shared, auth::ApiToken},
     catalog::Catalog,
     cloudevents::EventSource,
-    config::{Config, join},
+    config::Config,
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, PollSettings, Poller, ReconcileReport},
+    poller::{PollError, PollReport, Poller, ReconcileReport},
+    scheduler::Scheduler,
     store::{self, Store, Target},
     tail::Tails,
-    upstream::Upstream,
+    topology::Topology,
 };
 
 /// How long shutdown waits for pollers to finish their current chunk.
@@ -28,6 +30,11 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 pub struct Relay {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// What exists at run time: every part reads it, and a source added
+    /// to it is polled, served and delivered without a restart.
+    pub topology: Arc<Topology>,
+    /// The pollers of the configuration's tables, for `sync --once` and
+    /// tests; `run` hands them to the scheduler.
     pub pollers: Vec<Poller>,
     pub holder: String,
     pub sender: Arc<Sender>,
@@ -36,14 +43,36 @@ pub struct Relay {
     pub declared: Arc<Vec<Declared>>,
 }
 
-/// A name for this process in leases: unique per start.
-pub fn instance_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "relay".into());
+/// The name this process holds leases under: `store.instance_id`, or the
+/// host's name when that is empty. Stable across restarts, so a restarted
+/// instance takes its own leases back at once.
+pub fn instance_id(configured: &str) -> String {
+    if configured.is_empty() {
+        hostname()
+    } else {
+        configured.to_string()
+    }
+}
+
+/// A name for a one-off run (`sync --once`, `sync --reconcile`): unique
+/// per start, so it never shares the leases of an instance serving on the
+/// same host.
+pub fn one_off_id(configured: &str) -> String {
     format!(
-        "{host}-{}-{}",
+        "{}-once-{}-{}",
+        instance_id(configured),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".into())
 }
 
 impl Relay {
@@ -53,24 +82,9 @@ impl Relay {
     }
 
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Relay> {
-        let holder = instance_id();
+        let holder = instance_id(&config.store.instance_id);
         let metrics = Arc::new(Metrics::new());
-        let mut pollers = Vec::new();
-        for source in &config.sources {
-            let upstream = Arc::new(Upstream::new(source.clone())?);
-            for resource in &source.settings.resources {
-                let target = Target::new(source.name(), resource);
-                store.keep_records(&target, source.settings.keep_records);
-                pollers.push(Poller::new(
-                    target,
-                    store.clone(),
-                    upstream.clone(),
-                    &holder,
-                    PollSettings::new(&source.settings, config.store.lease_ttl),
-                    metrics.clone(),
-                ));
-            }
-        }
+        let topology = Topology::from_config(&config, store.clone())?;
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let refused = policy.declared_problems(&config);
@@ -82,45 +96,52 @@ impl Relay {
             &config.delivery.tls_ca_file,
         );
         let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
-        Ok(Relay {
+        let mut relay = Relay {
             config,
             store,
-            pollers,
+            topology,
+            pollers: Vec::new(),
             holder,
             sender,
             metrics,
             declared,
-        })
+        };
+        let scheduler = relay.scheduler();
+        let tables = relay.topology.tables();
+        relay.pollers = tables
+            .iter()
+            .filter_map(|t| scheduler.poller_of(t))
+            .collect();
+        Ok(relay)
     }
 
     pub fn shared(&self) -> Shared {
         Shared {
             store: self.store.clone(),
-            targets: Arc::new(
-                self.pollers
-                    .iter()
-                    .map(|p| (p.target.clone(), p.status.clone()))
-                    .collect(),
-            ),
+            topology: self.topology.clone(),
         }
     }
 
-    /// How each target's events look to downstream systems.
-    pub fn event_sources(&self) -> Arc<HashMap<Target, Arc<EventSource>>> {
-        let mut sources = HashMap::new();
-        for src in &self.config.sources {
-            for r in &src.settings.resources {
-                let target = Target::new(src.name(), r);
-                let event_source = EventSource {
-                    target: target.clone(),
-                    source_url: join(&src.base_url, r).to_string(),
-                    type_prefix: self.config.api.event_type_prefix.clone(),
-                    fields: src.settings.fields.clone(),
-                };
-                sources.insert(target, Arc::new(event_source));
-            }
+    /// How each table's events look to downstream systems, as the topology
+    /// has them now.
+    pub fn event_sources(&self) -> HashMap<Target, Arc<EventSource>> {
+        let now = self.topology.snapshot();
+        now.tables
+            .iter()
+            .map(|(t, table)| (t.clone(), table.event_source.clone()))
+            .collect()
+    }
+
+    /// Polls the topology's tables (`poll.max_concurrent` at once).
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler {
+            topology: self.topology.clone(),
+            store: self.store.clone(),
+            holder: self.holder.clone(),
+            lease_ttl: self.config.store.lease_ttl,
+            metrics: self.metrics.clone(),
+            max_concurrent: self.config.poll.max_concurrent,
         }
-        Arc::new(sources)
     }
 
     /// Webhook delivery for every subscription.
@@ -129,13 +150,7 @@ impl Relay {
             store: self.store.clone(),
             sender: self.sender.clone(),
             schedule: Arc::new(Schedule::from_config(&self.config.delivery)),
-            sources: self.event_sources(),
-            wakes: Arc::new(
-                self.pollers
-                    .iter()
-                    .map(|p| (p.target.clone(), p.status.wake.clone()))
-                    .collect(),
-            ),
+            topology: self.topology.clone(),
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
@@ -143,11 +158,6 @@ impl Relay {
             apply_first: false,
             secret_grace: self.config.delivery.secret_grace,
         }
-    }
-
-    /// The targets this relay polls.
-    fn targets(&self) -> Vec<Target> {
-        self.pollers.iter().map(|p| p.target.clone()).collect()
     }
 
     /// The HTTP layer's view of this relay; starts the live tails.
@@ -162,21 +172,13 @@ impl Relay {
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
         }
-        let sources = self.event_sources();
-        let wakes: Vec<_> = shared
-            .targets
-            .iter()
-            .filter_map(|(t, st)| Some((sources.get(t)?.clone(), st.wake.clone())))
-            .collect();
-        let sources_for_catalog = sources.clone();
         ApiState {
-            tails: Tails::start(self.store.clone(), &wakes, cancel),
+            tails: Tails::start(self.store.clone(), self.topology.clone(), cancel),
             shared,
             tokens: Arc::new(api::auth::Tokens::new(
                 tokens,
                 self.config.api.max_failed_logins,
             )),
-            sources,
             sender: self.sender.clone(),
             metrics: self.metrics.clone(),
             type_prefix: self.config.api.event_type_prefix.clone(),
@@ -191,38 +193,19 @@ impl Relay {
                 idle_timeout: self.config.api.idle_timeout,
             },
             cancel: cancel.clone(),
-            compat: api::compat::Tables::from_config(&self.config),
-            catalog: self.catalog(&sources_for_catalog, &wakes, cancel),
+            compat: api::compat::Tables::new(self.topology.clone(), &self.config),
+            catalog: self.catalog(cancel),
         }
     }
 
     /// The event catalog, following this instance's appends.
-    fn catalog(
-        &self,
-        sources: &HashMap<Target, Arc<EventSource>>,
-        wakes: &[(Arc<EventSource>, Arc<tokio::sync::Notify>)],
-        cancel: &CancellationToken,
-    ) -> Arc<Catalog> {
-        let mut declared = HashMap::new();
-        for s in &self.config.sources {
-            for (resource, schema) in &s.settings.schemas {
-                // Checked when the configuration loaded.
-                if let Ok(v) = schema.load() {
-                    declared.insert(Target::new(s.name(), resource), v);
-                }
-            }
-        }
+    fn catalog(&self, cancel: &CancellationToken) -> Arc<Catalog> {
         let catalog = Arc::new(Catalog::new(
             self.store.clone(),
             self.metrics.clone(),
-            sources,
-            &declared,
+            self.topology.clone(),
         ));
-        let wakes: Vec<_> = wakes
-            .iter()
-            .map(|(src, wake)| (src.target.clone(), wake.clone()))
-            .collect();
-        catalog.follow(&wakes, cancel);
+        catalog.follow(cancel);
         catalog
     }
 
@@ -266,28 +249,23 @@ impl Relay {
 
     /// Retention's task: trims the tables this instance polls under lease.
     fn retention(&self, cancel: CancellationToken) -> impl Future<Output = ()> + use<> {
-        let tables = self
-            .pollers
-            .iter()
-            .map(|p| (p.target.clone(), p.status.holds_lease.clone()))
-            .collect();
         crate::retention::run(
             self.store.clone(),
-            tables,
+            self.topology.clone(),
             self.config.store.retention.clone(),
             self.metrics.clone(),
             cancel,
         )
     }
 
-    /// Runs pollers and the HTTP server until `cancel`, then drains them
+    /// Runs the scheduler and the HTTP server until `cancel`, then drains them
     /// within [`SHUTDOWN_DEADLINE`].
     pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
         let grace = self.config.delivery.secret_grace;
         let mut deliverer = self.deliverer();
         // Before the API serves, so it shows the file's subscriptions; if
         // the store does not answer yet, delivery's supervisor tries again.
-        let targets = self.targets();
+        let targets = self.topology.snapshot().targets();
         let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
         if let Err(e) = applied.await {
             tracing::warn!(error = %e, "cannot write the [[subscriptions]] of the configuration file yet; delivery tries again");
@@ -297,19 +275,7 @@ impl Relay {
         let state = self.api_state(&cancel);
         tracker.spawn(deliverer.run(cancel.clone()));
         tracker.spawn(self.retention(cancel.clone()));
-        for poller in self.pollers {
-            // Ready from the start: readiness must not race the task's first step.
-            poller
-                .status
-                .running
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            // Every log line of a poll carries its source and resource.
-            let span = tracing::info_span!("poll", source = %poller.target.source, resource = %poller.target.resource);
-            tracker.spawn(tracing::Instrument::instrument(
-                poller.run(cancel.clone()),
-                span,
-            ));
-        }
+        tracker.spawn(self.scheduler().run(self.pollers, cancel.clone()));
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();
         cancel.cancelled().await;

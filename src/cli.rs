@@ -222,7 +222,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn sync_once(config: Config) -> anyhow::Result<ExitCode> {
+async fn sync_once(mut config: Config) -> anyhow::Result<ExitCode> {
+    config.store.instance_id = crate::app::one_off_id(&config.store.instance_id);
     let mut relay = Relay::build(config).await?;
     let cancel = shutdown_signal();
     let bars = progress_bars(&relay);
@@ -287,7 +288,8 @@ fn exit_code(failed: bool) -> ExitCode {
 }
 
 /// `sync --reconcile`: one reconcile sweep of every target.
-async fn reconcile_once(config: Config) -> anyhow::Result<ExitCode> {
+async fn reconcile_once(mut config: Config) -> anyhow::Result<ExitCode> {
+    config.store.instance_id = crate::app::one_off_id(&config.store.instance_id);
     let mut relay = Relay::build(config).await?;
     let results = relay.reconcile_once(&shutdown_signal()).await;
     println!(

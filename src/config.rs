@@ -51,6 +51,10 @@ pub struct StoreConfig {
     /// instance waits before taking over a target whose poller died.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// The name this process holds leases under; empty: the host's name.
+    /// Stable across restarts, so a restarted instance takes its own
+    /// leases back at once; two running processes must not share it.
+    pub instance_id: String,
     pub retention: RetentionConfig,
 }
 
@@ -72,6 +76,7 @@ impl Default for StoreConfig {
             key_prefix: "stamp-relay".into(),
             data_dir: PathBuf::from("./stamp-relay-data"),
             lease_ttl: Duration::from_secs(30),
+            instance_id: String::new(),
             retention: RetentionConfig::default(),
         }
     }
@@ -271,12 +276,48 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// How this instance polls (src/scheduler.rs): how many polls at once, and
+/// the budget of requests each upstream host (or source) is sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PollConfig {
+    /// Polls running at once at most, over every table.
+    pub max_concurrent: usize,
+    /// Requests in flight at once at most, per budget.
+    pub host_max_concurrent: usize,
+    /// Requests started per second at most, per budget.
+    pub host_max_per_second: u32,
+    /// What shares one budget: `host` (every source on one scheme, host and
+    /// port) or `source` (each source its own).
+    pub budget_per: BudgetPer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPer {
+    #[default]
+    Host,
+    Source,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig {
+            max_concurrent: 32,
+            host_max_concurrent: 32,
+            host_max_per_second: 200,
+            budget_per: BudgetPer::Host,
+        }
+    }
+}
+
 /// The file as written, before secrets are resolved.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub store: StoreConfig,
     pub api: ApiConfig,
+    pub poll: PollConfig,
     pub sources: Vec<SourceConfig>,
     pub delivery: DeliveryConfig,
     /// Webhook subscriptions the file declares.
@@ -290,6 +331,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub api_tokens: Vec<(TokenConfig, Secret)>,
+    pub poll: PollConfig,
     pub sources: Vec<Source>,
     pub delivery: DeliveryConfig,
     pub subscriptions: Vec<SubscriptionDecl>,

@@ -19,6 +19,7 @@ pub mod poller;
 pub mod previous;
 pub mod record;
 pub mod retention;
+pub mod scheduler;
 pub mod shutdown;
 pub mod status;
 pub mod store;
@@ -26,6 +27,7 @@ pub mod subscription;
 pub mod tail;
 pub mod target;
 pub mod telemetry;
+pub mod topology;
 pub mod trace;
 pub mod upstream;
 

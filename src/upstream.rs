@@ -79,14 +79,27 @@ struct Token {
     refresh_at: Instant,
 }
 
+pub mod budget;
+
 pub struct Upstream {
     http: reqwest::Client,
     source: Source,
     token: Mutex<Option<Token>>,
+    /// Shared with every client of the same host (or only this source).
+    budget: std::sync::Arc<budget::Budget>,
 }
 
 impl Upstream {
+    /// A client with a budget of its own and no limit.
     pub fn new(source: Source) -> anyhow::Result<Upstream> {
+        Self::with_budget(source, std::sync::Arc::new(budget::Budget::unlimited()))
+    }
+
+    /// A client whose requests go within `budget`.
+    pub fn with_budget(
+        source: Source,
+        budget: std::sync::Arc<budget::Budget>,
+    ) -> anyhow::Result<Upstream> {
         let builder = reqwest::Client::builder()
             .timeout(source.settings.request_timeout)
             .connect_timeout(Duration::from_secs(10).min(source.settings.request_timeout))
@@ -105,6 +118,7 @@ impl Upstream {
             http,
             source,
             token: Mutex::new(None),
+            budget,
         })
     }
 
@@ -134,10 +148,25 @@ impl Upstream {
         let mut fresh_token = false;
         loop {
             attempt += 1;
-            let err = match self.get_page(&url).await {
+            let turn = tokio::select! {
+                _ = cancel.cancelled() => return Err(UpstreamError::Cancelled),
+                turn = self.budget.enter() => turn,
+            };
+            let got = self.get_page(&url).await;
+            drop(turn);
+            let err = match got {
                 Ok(p) => return Ok(p),
                 Err(e) => e,
             };
+            if let UpstreamError::Status {
+                status: 429,
+                retry_after: Some(d),
+                ..
+            } = &err
+            {
+                // Every table on this host waits, not only this one.
+                self.budget.hold((*d).min(MAX_RETRY_AFTER));
+            }
             if let UpstreamError::Status { status: 401, .. } = err
                 && !fresh_token
                 && matches!(self.source.auth, Auth::OAuth { .. })

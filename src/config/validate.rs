@@ -35,6 +35,7 @@ impl RawConfig {
         }
         check_api(&mut problems, &self.api);
         check_store(&mut problems, &self.store);
+        check_poll(&mut problems, &self.poll);
         if let Err(e) = delivery_fence(self.store.lease_ttl, self.delivery.request_timeout) {
             problems.push(e);
         }
@@ -50,6 +51,7 @@ impl RawConfig {
             store: self.store,
             api: self.api,
             api_tokens,
+            poll: self.poll,
             sources: validated,
             delivery: self.delivery,
             subscriptions,
@@ -64,6 +66,7 @@ impl RawConfig {
     pub fn store_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         check_store(&mut problems, &self.store);
+        check_poll(&mut problems, &self.poll);
         problems
     }
 }
@@ -293,6 +296,21 @@ fn check_api(problems: &mut Vec<String>, api: &ApiConfig) {
 
 /// Tokens long enough not to be guessed, and each a different value: a
 /// read token equal to an admin token would be an admin token.
+fn check_poll(problems: &mut Vec<String>, poll: &PollConfig) {
+    for (key, v) in [
+        ("poll.max_concurrent", poll.max_concurrent),
+        ("poll.host_max_concurrent", poll.host_max_concurrent),
+        (
+            "poll.host_max_per_second",
+            poll.host_max_per_second as usize,
+        ),
+    ] {
+        if v == 0 {
+            problems.push(format!("{key}: must be at least 1"));
+        }
+    }
+}
+
 fn check_tokens(problems: &mut Vec<String>, tokens: &[(TokenConfig, Secret)]) {
     for (i, (t, s)) in tokens.iter().enumerate() {
         let (var, value) = (&t.token_env, s.expose());

@@ -6,7 +6,7 @@ use crate::{store::StoreError, upstream::UpstreamError};
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -41,6 +41,17 @@ pub enum PollError {
          (on_upstream_reset = \"pause\"): set on_upstream_reset = \"resnapshot\" to reload it"
     )]
     UpstreamReset(String),
+}
+
+impl From<UpstreamError> for PollError {
+    /// A request given up because the relay stops is a cancelled poll,
+    /// not a failed one: nothing is recorded against the table.
+    fn from(e: UpstreamError) -> PollError {
+        match e {
+            UpstreamError::Cancelled => PollError::Cancelled,
+            e => PollError::Upstream(e),
+        }
+    }
 }
 
 impl PollError {

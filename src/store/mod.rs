@@ -204,6 +204,22 @@ pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+
+    /// Writes `instance`'s heartbeat, alive for `ttl`, carrying `nonce`
+    /// (new at every start), and forgets instances whose heartbeat expired.
+    async fn heartbeat(&self, instance: &str, nonce: &str, ttl: Duration)
+    -> StoreResult<Heartbeat>;
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The instances alive, this one included.
+    pub live: Vec<String>,
+    /// The nonce `instance`'s heartbeat carried before this one (None:
+    /// none was alive): another than this process's means a second
+    /// process runs under the same `instance_id`.
+    pub previous: Option<String>,
 }
 
 /// What the store keeps about a table besides its events: the last poll,

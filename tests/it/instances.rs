@@ -37,7 +37,10 @@ fn write_config(ts: &TestStore, dir: &Path, name: &str, sim: &str, port: u16) ->
         ..upstream("sim", sim, &["patients", "users"])
     };
     ConfigBuilder::on(&ts.config)
-        .store(|s| s.lease_ttl = Duration::from_secs(1))
+        .store(|s| {
+            s.lease_ttl = Duration::from_secs(1);
+            s.instance_id = format!("relay-{name}-{port}");
+        })
         .listen(port)
         .admin_token_env("SR_INST_ADMIN")
         .delivery(|d| {
@@ -139,7 +142,16 @@ async fn two_instances_share_work_and_survive_a_kill() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let pid_of = |c: &Child| format!("-{}-", c.id());
+    // Each instance's name (store.instance_id) says which one it is.
+    let names = [(a.id(), "-a-"), (b.id(), "-b-")];
+    let pid_of = |c: &Child| {
+        names
+            .iter()
+            .find(|(id, _)| *id == c.id())
+            .unwrap()
+            .1
+            .to_string()
+    };
     // Both instances show the holder as who polls patients: the poll
     // status lives in the store, not in the instance that polled.
     for (port, api) in [(pa, &api_a), (pb, &api_b)] {

@@ -46,6 +46,7 @@ pub struct RedisStore {
     append: Script,
     lease: Script,
     release: Script,
+    heartbeat: Script,
     claim: Script,
     trim: Script,
     /// Per table, the highest ID this process appended (or saw appended) and
@@ -91,6 +92,7 @@ impl RedisStore {
             append: Script::new(include_str!("append.lua")),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
+            heartbeat: Script::new(instances::HEARTBEAT_LUA),
             claim: Script::new(include_str!("claim.lua")),
             trim: Script::new(include_str!("trim.lua")),
             highest: Default::default(),
@@ -391,11 +393,21 @@ impl Store for RedisStore {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> StoreResult<super::Heartbeat> {
+        self.beat(&self.heartbeat, instance, nonce, ttl).await
+    }
 }
 
 mod connection;
 mod delivery;
 mod entries;
+mod instances;
 mod keys;
 mod records;
 mod table_state;

@@ -319,6 +319,40 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        nonce: &str,
+        ttl: Duration,
+    ) -> StoreResult<super::Heartbeat> {
+        let (instance, nonce) = (instance.to_string(), nonce.to_string());
+        self.with(move |c| {
+            let now = events::now_ms() as i64;
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM instances WHERE expires_ms <= ?1", params![now])?;
+            let previous = tx
+                .query_row(
+                    "SELECT nonce FROM instances WHERE id = ?1",
+                    params![instance],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?;
+            tx.execute(
+                "INSERT INTO instances (id, nonce, expires_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET nonce = excluded.nonce, expires_ms = excluded.expires_ms",
+                params![instance, nonce, now + ttl.as_millis() as i64],
+            )?;
+            let live = {
+                let mut q = tx.prepare("SELECT id FROM instances ORDER BY id")?;
+                q.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(super::Heartbeat { live, previous })
+        })
+        .await
+    }
 }
 
 mod append;

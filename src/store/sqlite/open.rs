@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY, nonce TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// The connection and the identity (device, inode) of the file it opened:

@@ -80,14 +80,26 @@ impl ConfigBuilder {
 
     /// Validated against the process environment, as `Config::load` does.
     pub fn build(self) -> Config {
-        self.raw
+        self.named()
+            .raw
             .validate(&|k| std::env::var(k).ok())
             .unwrap_or_else(|e| panic!("the test configuration: {e}"))
     }
 
     /// The configuration file a `stamp-relay` subprocess reads.
     pub fn toml(&self) -> String {
-        toml::to_string(&self.raw).expect("a RawConfig serializes as TOML")
+        toml::to_string(&self.clone().named().raw).expect("a RawConfig serializes as TOML")
+    }
+
+    /// Each relay a test starts is an instance of its own (in production
+    /// the host's name tells them apart): a fresh `instance_id` unless the
+    /// test chose one. A file written once keeps its name across restarts.
+    fn named(mut self) -> Self {
+        if self.raw.store.instance_id.is_empty() {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            self.raw.store.instance_id = format!("test-{}", &id[..12]);
+        }
+        self
     }
 
     /// Writes the file to `path` and answers the path.

@@ -1,0 +1,117 @@
+//! This instance's share of the tables: every instance writes a heartbeat
+//! (`Store::heartbeat`) every third of the lease TTL, and holds at most
+//! its fair part of the polled tables (tables / live instances, rounded
+//! up) plus a tenth. Over the cap it releases tables, which the others
+//! take at their next poll; under it, it takes free ones. When an
+//! instance's heartbeat expires, a takeover window of the lease TTL plus a
+//! few seconds opens, in which the tables this instance does not hold are
+//! tried every second, so a dead instance's tables move within the lease
+//! TTL plus a few seconds whatever the poll interval.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::Heartbeat;
+
+/// How long after an instance vanished its tables are tried every
+/// [`TAKEOVER_RETRY`], beyond the lease TTL.
+const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
+const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
+
+pub(super) struct Share {
+    /// New at every start: a heartbeat of this instance's name carrying
+    /// another means a second process runs under the same name.
+    pub nonce: String,
+    beats: u64,
+    live: usize,
+    pub next_beat: Instant,
+    takeover_until: Option<Instant>,
+}
+
+impl Share {
+    pub fn new(now: Instant) -> Share {
+        Share {
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+            beats: 0,
+            live: 1,
+            next_beat: now,
+            takeover_until: None,
+        }
+    }
+
+    /// The most tables this instance holds, of `tables` polled ones.
+    pub fn cap(&self, tables: usize) -> usize {
+        cap(tables, self.live)
+    }
+
+    /// Notes a heartbeat's answer at `now`; true when an instance vanished
+    /// since the last one (a takeover window opens).
+    pub fn observe(&mut self, hb: &Heartbeat, holder: &str, now: Instant, ttl: Duration) -> bool {
+        if self.beats > 0
+            && let Some(other) = hb.previous.as_deref().filter(|n| *n != self.nonce)
+        {
+            tracing::error!(instance_id = %holder, other_start = %other,
+                "another process runs under this instance_id on the same store; give each instance its own store.instance_id");
+        }
+        self.beats += 1;
+        self.next_beat = now + (ttl / 3).max(Duration::from_millis(10));
+        let live = hb.live.len().max(1);
+        let shrank = live < self.live;
+        self.live = live;
+        if shrank {
+            self.takeover_until = Some(now + ttl + TAKEOVER_SLACK);
+        }
+        shrank
+    }
+
+    /// When a table this instance does not hold is tried again: after its
+    /// interval, or within a second during a takeover window.
+    pub fn retry(&self, now: Instant, interval: Duration) -> Duration {
+        match self.takeover_until {
+            Some(until) if now < until => interval.min(TAKEOVER_RETRY),
+            _ => interval,
+        }
+    }
+}
+
+/// The fair part of `tables` over `live` instances, rounded up, plus a tenth.
+fn cap(tables: usize, live: usize) -> usize {
+    let fair = tables.div_ceil(live.max(1));
+    fair + fair / 10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_the_fair_part_plus_a_tenth() {
+        assert_eq!(cap(10, 1), 10 + 1);
+        assert_eq!(cap(10, 2), 5);
+        assert_eq!(cap(10, 3), 4);
+        assert_eq!(cap(10_000, 4), 2_750);
+        assert_eq!(cap(0, 2), 0);
+        assert_eq!(cap(7, 0), 7);
+    }
+
+    #[test]
+    fn a_vanished_instance_opens_a_takeover_window() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(30);
+        let mut share = Share::new(now);
+        let beat = |live: &[&str]| Heartbeat {
+            live: live.iter().map(|s| s.to_string()).collect(),
+            previous: None,
+        };
+        assert!(!share.observe(&beat(&["a", "b"]), "a", now, ttl));
+        assert_eq!(share.cap(10), 5);
+        let every = Duration::from_secs(60);
+        assert_eq!(share.retry(now, every), every);
+        assert!(share.observe(&beat(&["a"]), "a", now, ttl));
+        assert_eq!(share.cap(10), 11);
+        assert_eq!(share.retry(now, every), TAKEOVER_RETRY);
+        let later = now + ttl + TAKEOVER_SLACK;
+        assert_eq!(share.retry(later, every), every, "the window closes");
+    }
+}

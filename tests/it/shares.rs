@@ -1,0 +1,142 @@
+//! Leases at scale: instances on one store split the tables about evenly,
+//! a SIGKILLed instance's tables move to the others within the lease TTL
+//! plus a few seconds, and an instance restarted under the same
+//! `instance_id` takes its own leases back at once.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use stamp_relay::{
+    config::{Paging, SourceConfig},
+    events::now_ms,
+    store::Target,
+};
+use stamp_relay_simulator::SimConfig;
+
+use crate::harness::{
+    Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, eventually, free_port, serve, source,
+    wait_synced,
+};
+
+const TABLES: [&str; 5] = ["sites", "users", "patients", "assessments", "comments"];
+
+/// Two sources of five tables each on one simulator.
+fn sources(sim: &Sim) -> Vec<SourceConfig> {
+    ["a", "b"]
+        .map(|name| {
+            let mut s = source(&sim.base_url, &TABLES, Paging::Pages, 100);
+            s.name = name.into();
+            s.poll_interval = Duration::from_millis(200);
+            s
+        })
+        .to_vec()
+}
+
+fn targets() -> Vec<Target> {
+    ["a", "b"]
+        .iter()
+        .flat_map(|s| TABLES.iter().map(move |r| Target::new(*s, *r)))
+        .collect()
+}
+
+fn write_config(ts: &TestStore, sim: &Sim, id: &str, ttl: Duration) -> PathBuf {
+    ConfigBuilder::on(&ts.config)
+        .listen(free_port())
+        .store(|s| {
+            s.lease_ttl = ttl;
+            s.instance_id = id.into();
+        })
+        .delivery(|d| d.request_timeout = ttl / 2)
+        .sources(sources(sim))
+        .write(&ts.dir.path().join(format!("{id}.toml")))
+}
+
+/// Who polled each table last, and when (unix ms).
+async fn holders(ts: &TestStore) -> BTreeMap<Target, (String, u64)> {
+    let mut out = BTreeMap::new();
+    for t in targets() {
+        if let Some(s) = ts.store.poll_status(&t).await.unwrap() {
+            out.insert(t, (s.holder, s.finished_ms));
+        }
+    }
+    out
+}
+
+/// How many tables each instance polled since `since`.
+async fn split(ts: &TestStore, since: u64) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (holder, at) in holders(ts).await.into_values() {
+        if at > since {
+            *counts.entry(holder).or_default() += 1;
+        }
+    }
+    counts
+}
+
+async fn simulator() -> Sim {
+    Sim::start(SimConfig {
+        initial: TABLES.iter().map(|t| (t.to_string(), 5)).collect(),
+        ..SimConfig::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_the_tables_and_one_takes_over_after_a_sigkill() {
+    let Some(ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let sim = simulator().await;
+    let ttl = Duration::from_secs(2);
+    let mut one = Proc(serve(&write_config(&ts, &sim, "one", ttl)).spawn().unwrap());
+    let _two = Proc(serve(&write_config(&ts, &sim, "two", ttl)).spawn().unwrap());
+    eventually(
+        "each instance polls about half the tables",
+        Duration::from_secs(60),
+        async || {
+            // A table released a moment ago still shows its old holder.
+            let now = split(&ts, now_ms() - 1_000).await;
+            now.get("one").is_some_and(|n| (4..=6).contains(n))
+                && now.get("two").is_some_and(|n| (4..=6).contains(n))
+                && now.values().sum::<usize>() == 10
+        },
+    )
+    .await;
+    one.kill().unwrap();
+    one.wait().unwrap();
+    let killed = now_ms();
+    // Within the lease TTL plus a few seconds, and a margin for a loaded machine.
+    eventually(
+        "the other instance polls every table",
+        ttl + Duration::from_secs(15),
+        async || split(&ts, killed + ttl.as_millis() as u64).await.get("two") == Some(&10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_the_same_instance_id_reclaims_its_leases_at_once() {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let sim = simulator().await;
+    // A lease far longer than the wait below: only a reclaim passes.
+    let ttl = Duration::from_secs(60);
+    let cfg = write_config(&ts, &sim, "steady", ttl);
+    let mut first = Proc(serve(&cfg).spawn().unwrap());
+    let t = Target::new("a", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let written = sim.sim.random_writes(Some("patients"), 3);
+    let top = written.iter().map(|w| w.stamp).max().unwrap();
+    let _second = Proc(serve(&cfg).spawn().unwrap());
+    eventually(
+        "the restart polls its own tables",
+        Duration::from_secs(20),
+        async || {
+            all_events(ts.store.as_ref(), &t)
+                .await
+                .last()
+                .is_some_and(|e| e.stamp >= top)
+        },
+    )
+    .await;
+}
