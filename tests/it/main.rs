@@ -51,6 +51,7 @@ mod security;
 mod serve;
 mod settle;
 mod shared_stamps;
+mod source_health;
 mod stalls;
 mod status;
 mod subscription_filters;
