@@ -33,8 +33,7 @@ async fn parts(s: &ApiState) -> Vec<Part> {
     }];
     // The relay's own tables have no poll loop; an upstream's health is
     // never a part of readiness (docs/operations.md, "Health").
-    let polled = s.shared.targets.iter().filter(|(t, _)| !t.is_internal());
-    parts.extend(polled.map(|(t, st)| Part {
+    parts.extend(s.shared.polled().map(|(t, st)| Part {
         name: format!("poller:{t}"),
         ready: st.running.load(Ordering::Relaxed),
     }));

@@ -55,6 +55,14 @@ pub struct Shared {
     pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
 }
 
+impl Shared {
+    /// The polled tables, without the relay's own (`_relay/health`): what
+    /// the status surfaces list.
+    pub fn polled(&self) -> impl Iterator<Item = &(Target, Arc<TargetStatus>)> {
+        self.targets.iter().filter(|(t, _)| !t.is_internal())
+    }
+}
+
 /// Everything a handler may need, cloned per request (all `Arc`s).
 #[derive(Clone)]
 pub struct ApiState {

@@ -60,11 +60,11 @@ pub struct ResourceView {
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let targets: Vec<_> = s.shared.targets.iter().map(|(t, _)| t.clone()).collect();
+    let targets: Vec<_> = s.shared.polled().map(|(t, _)| t.clone()).collect();
     let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
     let out: Vec<ResourceView> = tables
         .into_iter()
-        .zip(s.shared.targets.iter())
+        .zip(s.shared.polled())
         .map(|(v, (_, st))| ResourceView {
             source: v.target.source,
             resource: v.target.resource,

@@ -30,6 +30,7 @@ mod limits;
 mod live;
 mod logins;
 mod malformed;
+mod many_sources;
 mod metrics;
 mod odd_records;
 mod openapi;
