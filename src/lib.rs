@@ -20,6 +20,7 @@ pub mod poller;
 pub mod previous;
 pub mod record;
 pub mod retention;
+pub mod scheduler;
 pub mod shutdown;
 pub mod status;
 pub mod store;
@@ -27,6 +28,7 @@ pub mod subscription;
 pub mod tail;
 pub mod target;
 pub mod telemetry;
+pub mod topology;
 pub mod trace;
 pub mod upstream;
 

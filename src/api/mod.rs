@@ -5,7 +5,7 @@
 //! `openapi.yaml` describes exactly these routes; a test walks both and
 //! fails on any difference.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -22,9 +22,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     cloudevents::EventSource,
-    poller::TargetStatus,
     store::{Store, Target},
     tail::Tails,
+    topology::{Table, Topology},
 };
 
 pub mod auth;
@@ -52,14 +52,34 @@ use problem::Problem;
 #[derive(Clone)]
 pub struct Shared {
     pub store: Arc<dyn Store>,
-    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
+    /// What exists now: read per request, so added sources show at once.
+    pub topology: Arc<Topology>,
 }
 
 impl Shared {
-    /// The polled tables, without the relay's own (`_relay/health`): what
-    /// the status surfaces list.
-    pub fn polled(&self) -> impl Iterator<Item = &(Target, Arc<TargetStatus>)> {
-        self.targets.iter().filter(|(t, _)| !t.is_internal())
+    /// Every table's key, in order.
+    pub fn targets(&self) -> Vec<Target> {
+        self.topology.snapshot().targets()
+    }
+
+    /// Every table, in order.
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.topology.tables()
+    }
+
+    /// How `t`'s events look downstream; None for an unknown table.
+    pub fn event_source(&self, t: &Target) -> Option<Arc<EventSource>> {
+        Some(self.topology.table(t)?.event_source.clone())
+    }
+}
+
+impl Shared {
+    /// Every table of a source, paused ones too, in order: what the status
+    /// surfaces list (the relay's own `_relay/health` is read by replay).
+    pub fn source_tables(&self) -> Vec<Arc<Table>> {
+        let mut tables = self.tables();
+        tables.retain(|t| t.source.is_some());
+        tables
     }
 }
 
@@ -68,7 +88,6 @@ impl Shared {
 pub struct ApiState {
     pub shared: Shared,
     pub tokens: Arc<auth::Tokens>,
-    pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,
     /// `delivery.max_waiting_retries`, shown on the status page.
@@ -289,14 +308,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem
     let m = &s.metrics;
     let subs = s.shared.store.subscriptions().await?;
     let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
-    m.keep_subscriptions(
-        &ids,
-        &s.shared
-            .targets
-            .iter()
-            .map(|(t, _)| t.clone())
-            .collect::<Vec<_>>(),
-    );
+    m.keep_subscriptions(&ids, &s.shared.targets());
     for sub in subs {
         let l = SubLabels {
             subscription: sub.id.clone(),

@@ -48,7 +48,8 @@ pub async fn page(
 ) -> Result<Html<String>, Problem> {
     let query = Query::parse(pq.q.as_deref(), pq.state.as_deref(), pq.page.as_deref())
         .map_err(|(field, detail)| Problem::invalid(field, detail))?;
-    let targets: Vec<_> = s.shared.polled().map(|(t, _)| t.clone()).collect();
+    let tables = s.shared.source_tables();
+    let targets: Vec<_> = tables.iter().map(|t| t.target.clone()).collect();
     let store = s.shared.store.as_ref();
     let overview = status::overview(store, &targets, &query).await?;
     let subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;

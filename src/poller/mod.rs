@@ -28,7 +28,7 @@ use crate::{
 mod breaks;
 mod epoch;
 mod health;
-pub use health::{HealthLog, HealthWriter, Note, health_table};
+pub use health::{HealthLog, HealthWriter, Note, TablesOf, health_table};
 mod keyset;
 mod lease;
 mod paging;
@@ -390,6 +390,12 @@ impl Poller {
         Ok(())
     }
 
+    /// The wait before the next poll after the last one: the interval, or
+    /// a backoff after failures in a row.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
     /// The wait before the next poll after `result`: the interval, or a
     /// backoff after failures in a row.
     fn next_wait(&mut self, result: &Result<PollReport, PollError>) -> Duration {
@@ -402,8 +408,28 @@ impl Poller {
         backoff(interval, most, self.failures, &mut rand::rng())
     }
 
+    /// The source's `poll_interval`.
+    pub fn interval(&self) -> Duration {
+        self.settings.poll_interval
+    }
+
+    /// One unit of the poll loop (the scheduler's and [`Poller::run`]'s):
+    /// a poll, then, while this instance holds the lease, a reconcile
+    /// sweep when one is due.
+    pub async fn step(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
+        let result = self.poll_once(cancel).await;
+        let leased = matches!(&result, Ok(r) if r.leased);
+        self.status.holds_lease.store(leased, Ordering::Relaxed);
+        if leased {
+            self.maybe_reconcile(cancel).await;
+        }
+        result
+    }
+
     /// Polls until cancelled: every `poll_interval`, or sooner after a
     /// poll that failed (with backoff), never moving the cursor on failure.
+    /// The relay runs its pollers from the scheduler instead; this loop
+    /// runs one poller on its own.
     pub async fn run(mut self, cancel: CancellationToken) {
         /// Clears `running` however the loop ends, a panic included.
         struct Running(Arc<TargetStatus>);
@@ -419,12 +445,7 @@ impl Poller {
                 "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
         }
         while !cancel.is_cancelled() {
-            let result = self.poll_once(&cancel).await;
-            let leased = matches!(&result, Ok(r) if r.leased);
-            self.status.holds_lease.store(leased, Ordering::Relaxed);
-            if leased {
-                self.maybe_reconcile(&cancel).await;
-            }
+            let result = self.step(&cancel).await;
             if let Err(PollError::Cancelled) = result {
                 break;
             }
