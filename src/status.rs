@@ -305,3 +305,85 @@ pub async fn subscriptions(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(source: &str, resource: &str, state: Option<State>) -> (Target, PollStatus) {
+        let health = state.map(|state| Health {
+            state,
+            reason: None,
+            since: 5,
+            next_attempt: None,
+        });
+        let poll = PollStatus {
+            health,
+            ..PollStatus::default()
+        };
+        (Target::new(source, resource), poll)
+    }
+
+    fn names(o: &Overview) -> Vec<&str> {
+        o.sources.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn tables() -> Vec<(Target, PollStatus)> {
+        vec![
+            table("alpha", "a", Some(State::Healthy)),
+            table("alpha", "b", Some(State::Failing)),
+            table("beta", "a", None),
+            table("gamma", "a", Some(State::AuthFailed)),
+            table("delta", "a", Some(State::Healthy)),
+        ]
+    }
+
+    #[test]
+    fn the_worst_sources_come_first_and_counts_cover_every_source() {
+        let q = Query::parse(None, None, None).unwrap();
+        let (o, picked) = pick(tables(), &q, 10, 9);
+        assert_eq!(names(&o), ["gamma", "alpha", "beta", "delta"]);
+        assert_eq!(picked[1].len(), 2, "alpha's two tables");
+        assert_eq!(o.sources_by_state[0], (State::AuthFailed, 1));
+        assert_eq!(o.sources_by_state[1], (State::Failing, 1));
+        assert_eq!(o.sources_by_state[5], (State::Healthy, 2));
+        assert_eq!(
+            o.tables_by_state[5],
+            (State::Healthy, 3),
+            "a table never judged counts healthy"
+        );
+        assert_eq!((o.matching, o.page, o.pages), (4, 1, 1));
+    }
+
+    #[test]
+    fn a_search_and_a_state_narrow_and_pages_split_the_rest() {
+        let q = Query::parse(Some(" ALP "), None, None).unwrap();
+        assert_eq!(names(&pick(tables(), &q, 10, 9).0), ["alpha"]);
+        let q = Query::parse(None, Some("healthy"), None).unwrap();
+        let (o, _) = pick(tables(), &q, 10, 9);
+        assert_eq!(names(&o), ["beta", "delta"]);
+        assert_eq!(
+            o.sources_by_state[1],
+            (State::Failing, 1),
+            "counts ignore the search"
+        );
+        let q = Query::parse(None, None, Some("2")).unwrap();
+        let (o, _) = pick(tables(), &q, 3, 9);
+        assert_eq!((names(&o), o.page, o.pages), (vec!["delta"], 2, 2));
+        // A page past the last shows the last.
+        let q = Query::parse(None, None, Some("9")).unwrap();
+        assert_eq!(pick(tables(), &q, 3, 9).0.page, 2);
+    }
+
+    #[test]
+    fn bad_query_values_name_their_field() {
+        assert_eq!(
+            Query::parse(None, Some("fine"), None).unwrap_err().0,
+            "state"
+        );
+        assert_eq!(Query::parse(None, None, Some("0")).unwrap_err().0, "page");
+        assert_eq!(Query::parse(None, None, Some("x")).unwrap_err().0, "page");
+        let q = Query::parse(Some(""), Some(""), Some("")).unwrap();
+        assert_eq!((q.q, q.state, q.page), (None, None, 1));
+    }
+}
