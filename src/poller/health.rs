@@ -223,11 +223,17 @@ impl HealthWriter {
     /// the lease of `_relay/health` (instances take turns).
     pub async fn write(&self, note: &Note) -> StoreResult<()> {
         let table = health_table();
+        // Another instance writes its own transitions meanwhile; its lease
+        // ends within a TTL, so waiting longer means something is wrong.
+        let give_up = tokio::time::Instant::now() + self.lease_ttl;
         while !self
             .store
             .lease(&table, &self.holder, self.lease_ttl)
             .await?
         {
+            if tokio::time::Instant::now() > give_up {
+                return Err(StoreError::LeaseLost(table.to_string()));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let fresh = uuid::Uuid::new_v4().simple().to_string();
