@@ -55,7 +55,7 @@ pub struct ResourceView {
     /// sync, by kind (store/alerts.rs): how often, and when last.
     pub alerts: crate::store::alerts::Marks,
     /// The table's health as its poller last judged it (health.rs); none
-    /// before its first poll, and for the relay's own tables.
+    /// before its first poll.
     pub health: Option<crate::health::Health>,
 }
 
