@@ -17,7 +17,10 @@ use crate::{
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, Poller, ReconcileReport},
+    poller::{
+        HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
+        health_table,
+    },
     scheduler::Scheduler,
     store::{self, Store, Target},
     tail::Tails,
@@ -41,6 +44,11 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// The `[[subscriptions]]` of the configuration file, checked.
     pub declared: Arc<Vec<Declared>>,
+    /// The `_relay/health` table's live facts (its append signal), and the
+    /// task appending the pollers' health transitions to it.
+    pub health_status: Arc<TargetStatus>,
+    health_log: HealthLog,
+    health_writer: Option<HealthWriter>,
 }
 
 /// The name this process holds leases under: `store.instance_id`, or the
@@ -85,6 +93,7 @@ impl Relay {
         let holder = instance_id(&config.store.instance_id);
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, store.clone())?;
+        let (health_status, health_log, writer) = health(&config, &store, &topology, &holder)?;
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let refused = policy.declared_problems(&config);
@@ -105,6 +114,9 @@ impl Relay {
             sender,
             metrics,
             declared,
+            health_status,
+            health_log,
+            health_writer: Some(writer),
         };
         let scheduler = relay.scheduler();
         let tables = relay.topology.tables();
@@ -140,7 +152,8 @@ impl Relay {
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
-            max_concurrent: self.config.poll.max_concurrent,
+max_concurrent: self.config.poll.max_concurrent,
+            health_log: Some(self.health_log.clone()),
         }
     }
 
@@ -260,7 +273,11 @@ impl Relay {
 
     /// Runs the scheduler and the HTTP server until `cancel`, then drains them
     /// within [`SHUTDOWN_DEADLINE`].
-    pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
         let grace = self.config.delivery.secret_grace;
         let mut deliverer = self.deliverer();
         // Before the API serves, so it shows the file's subscriptions; if
@@ -275,6 +292,9 @@ impl Relay {
         let state = self.api_state(&cancel);
         tracker.spawn(deliverer.run(cancel.clone()));
         tracker.spawn(self.retention(cancel.clone()));
+        if let Some(writer) = self.health_writer.take() {
+            tracker.spawn(writer.run(cancel.clone()));
+        }
         tracker.spawn(self.scheduler().run(self.pollers, cancel.clone()));
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();
@@ -290,4 +310,39 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// The `_relay/health` table in the topology, and the log the pollers send
+/// their transitions to with the task that appends them.
+fn health(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    topology: &Arc<Topology>,
+    holder: &str,
+) -> anyhow::Result<(Arc<TargetStatus>, HealthLog, HealthWriter)> {
+    let table = EventSource {
+        target: health_table(),
+        source_url: "urn:stamp-relay:health".into(),
+        type_prefix: config.api.event_type_prefix.clone(),
+        fields: Default::default(),
+    };
+    let status = topology.add_internal(table, false)?.status.clone();
+    let topology = topology.clone();
+    // A source's tables as the topology has them when a transition is written.
+    let tables_of = Arc::new(move |source: &str| {
+        let now = topology.snapshot();
+        now.tables
+            .keys()
+            .filter(|t| t.source == source)
+            .cloned()
+            .collect()
+    });
+    let (log, writer) = HealthLog::new(
+        store.clone(),
+        holder,
+        config.store.lease_ttl,
+        tables_of,
+        status.wake.clone(),
+    );
+    Ok((status, log, writer))
 }

@@ -8,13 +8,11 @@ use stamp_relay_simulator::SimArgs;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::Relay,
-    config::Config,
-    demo::DemoArgs,
-    shutdown::shutdown_signal,
-    store::{self, Target},
+    app::Relay, config::Config, demo::DemoArgs, shutdown::shutdown_signal, status::Query,
     telemetry::Telemetry,
 };
+
+mod status;
 
 #[derive(Parser)]
 #[command(
@@ -59,10 +57,19 @@ enum Command {
     Demo(DemoArgs),
     /// Serve a PainChek-compatible upstream for tests, demos and benchmarks.
     Simulate(Box<SimArgs>),
-    /// Show each target's cursor and stream length from the store.
+    /// Show sources and tables by health (failing first) and subscriptions, from the store.
     Status {
         #[arg(long)]
         config: PathBuf,
+        /// Only sources whose name contains this.
+        #[arg(long)]
+        search: Option<String>,
+        /// Only sources in this health state (healthy, degraded, failing, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// The page of sources to show (50 a page).
+        #[arg(long)]
+        page: Option<String>,
     },
     /// Validate a configuration file and print what is wrong, or "ok".
     CheckConfig {
@@ -210,8 +217,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             sync_once(crate::declared::load_config(Some(&config))?).await
         }
-        Command::Status { config } => {
-            status(crate::declared::load_store_config(Some(&config))?).await
+        Command::Status {
+            config,
+            search,
+            state,
+            page,
+        } => {
+            let query = Query::parse(search.as_deref(), state.as_deref(), page.as_deref())
+                .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
+            let config = crate::declared::load_store_config(Some(&config))?;
+            status::run(config, &query).await
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
@@ -371,99 +386,4 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
         }
     });
     Some((stop, task))
-}
-
-/// Reads the store only: needs no upstream, API or webhook secret.
-async fn status(config: crate::config::RawConfig) -> anyhow::Result<ExitCode> {
-    let store = store::open(&config.store).await?;
-    let targets: Vec<Target> = config
-        .sources
-        .iter()
-        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
-        .collect();
-    let snap = crate::status::snapshot(
-        store.as_ref(),
-        &targets,
-        config.delivery.max_waiting_retries,
-    )
-    .await?;
-    print_status(&snap);
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `stamp-relay status` as text: one row per table, one per subscription.
-fn print_status(snap: &crate::status::Snapshot) {
-    println!("store: {}", snap.store);
-    println!(
-        "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  state",
-        "target", "cursor", "events", "records", "events/min", "last poll"
-    );
-    let now = crate::events::now_ms();
-    for v in &snap.tables {
-        let last = &v.poll;
-        let polled = if last.finished_ms == 0 {
-            "never".to_string()
-        } else {
-            format!("{}s ago", now.saturating_sub(last.finished_ms) / 1000)
-        };
-        let state = match (&last.error, last.ok_ms) {
-            (Some(e), _) => format!("failing: {e}"),
-            (None, Some(_)) => format!("in sync (polled by {})", last.holder),
-            (None, None) => "not polled yet".to_string(),
-        };
-        let alerts = crate::store::alerts::describe(&last.alerts);
-        let state = if alerts.is_empty() {
-            state
-        } else {
-            format!("{state}; alerts: {alerts}")
-        };
-        println!(
-            "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
-            v.target.to_string(),
-            v.last_id.to_string(),
-            v.stream_length,
-            v.records,
-            last.rate_shown(),
-            polled,
-        );
-    }
-    print_subscriptions(snap);
-}
-
-/// The subscription rows of `stamp-relay status`; `(config)` marks those
-/// the configuration file declares.
-fn print_subscriptions(snap: &crate::status::Snapshot) {
-    println!(
-        "\n{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  url",
-        "subscription", "state", "pending", "waiting", "lag (stamps)", "dead letters"
-    );
-    let limit = snap.max_waiting_retries;
-    for v in &snap.subscriptions {
-        println!(
-            "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
-            match v.sub.managed_by {
-                Some(_) => format!("{} (config)", v.sub.id),
-                None => v.sub.id.clone(),
-            },
-            if v.sub.enabled { "enabled" } else { "disabled" },
-            v.pending,
-            v.waiting_retries,
-            v.lag,
-            v.dead_letters,
-            v.sub.url
-        );
-        if let Some(note) = v.delivery_note(crate::events::now_ms()) {
-            println!("  {note}");
-        }
-        if !v.paused.is_empty() {
-            let paused: Vec<String> = v.paused.iter().map(|t| t.to_string()).collect();
-            println!(
-                "  claiming paused on {}: {limit} events wait for retries there (delivery.max_waiting_retries)",
-                paused.join(", ")
-            );
-        }
-    }
-    if snap.subscriptions.is_empty() {
-        println!("(none)");
-    }
 }

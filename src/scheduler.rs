@@ -25,7 +25,6 @@ mod share;
 use share::Share;
 
 use crate::{
-    http::backoff,
     metrics::Metrics,
     poller::{PollError, PollReport, PollSettings, Poller},
     store::{Store, Target},
@@ -42,6 +41,8 @@ pub struct Scheduler {
     pub metrics: Arc<Metrics>,
     /// Polls running at once at most (`poll.max_concurrent`).
     pub max_concurrent: usize,
+    /// Where the pollers send their health transitions (`_relay/health`).
+    pub health_log: Option<crate::poller::HealthLog>,
 }
 
 /// One scheduled table.
@@ -52,7 +53,6 @@ struct Slot {
     /// None while its poll runs.
     poller: Option<Poller>,
     due: Instant,
-    failures: u32,
     /// Nudged while its poll ran: due again as soon as it ends.
     nudged: bool,
 }
@@ -73,6 +73,9 @@ impl Scheduler {
             self.metrics.clone(),
         );
         poller.status = table.status.clone();
+        if let Some(log) = &self.health_log {
+            poller.report_health(log.clone());
+        }
         Some(poller)
     }
 
@@ -213,16 +216,16 @@ impl Scheduler {
             slot.poller = Some(poller);
             return;
         }
-        slot.failures = if result.is_ok() { 0 } else { slot.failures + 1 };
-        let interval = poller.interval();
-        let now = Instant::now();
-        let wait = match slot.failures {
-            _ if slot.nudged => Duration::ZERO,
-            0 if matches!(result, Ok(PollReport { leased: false, .. })) => {
-                share.retry(now, interval)
-            }
-            0 => interval,
-            n => backoff(interval, Duration::from_secs(300), n, &mut rand::rng()),
+let now = Instant::now();
+        // The poller's own wait (the interval, or a backoff after failures),
+        // which its health shows as the next attempt; a table another
+        // instance holds is tried again on the share's schedule.
+        let wait = if slot.nudged {
+            Duration::ZERO
+        } else if matches!(result, Ok(PollReport { leased: false, .. })) {
+            share.retry(now, poller.interval())
+        } else {
+            poller.wait()
         };
         slot.due = now + wait;
         queue.push(Reverse((slot.due, poller.target.clone())));
@@ -321,7 +324,6 @@ impl Scheduler {
                 table,
                 poller: Some(poller),
                 due,
-                failures: 0,
                 nudged: false,
             };
             slots.insert(t.clone(), slot);
@@ -350,10 +352,17 @@ impl Scheduler {
 
     /// A poller that leaves the schedule: its lease is released so
     /// another instance (or this one, later) goes on at once.
-    fn retire(&self, poller: Poller) {
+    fn retire(&self, mut poller: Poller) {
         poller.status.holds_lease.store(false, Ordering::Relaxed);
         let (store, holder) = (self.store.clone(), self.holder.clone());
+        // A table of a paused source, rather than one removed.
+        let paused = self
+            .topology
+            .table(&poller.target)
+            .and_then(|t| t.source.as_ref().map(|s| s.paused))
+            .unwrap_or(false);
         tokio::spawn(async move {
+            poller.retire_health(paused).await;
             let _ = store.release(&poller.target, &holder).await;
         });
     }

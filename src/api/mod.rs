@@ -73,6 +73,16 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Every table of a source, paused ones too, in order: what the status
+    /// surfaces list (the relay's own `_relay/health` is read by replay).
+    pub fn source_tables(&self) -> Vec<Arc<Table>> {
+        let mut tables = self.tables();
+        tables.retain(|t| t.source.is_some());
+        tables
+    }
+}
+
 /// Everything a handler may need, cloned per request (all `Arc`s).
 #[derive(Clone)]
 pub struct ApiState {

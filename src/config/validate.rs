@@ -148,6 +148,13 @@ fn validate_source(
 ) -> Option<Source> {
     let key = |k: &str| format!("sources[{i}].{k}");
     check_name(problems, &key("name"), &s.name);
+    if s.name == crate::target::RELAY_SOURCE {
+        problems.push(format!(
+            "{}: {:?} names the relay's own tables (_relay/health); choose another name",
+            key("name"),
+            s.name
+        ));
+    }
     if s.resources.is_empty() {
         problems.push(format!("{}: list at least one resource", key("resources")));
     }
@@ -242,6 +249,12 @@ fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn F
         problems.push(format!(
             "{}: must be greater than zero",
             key("poll_interval")
+        ));
+    }
+    if s.failing_after_intervals == 0 {
+        problems.push(format!(
+            "{}: must be at least 1",
+            key("failing_after_intervals")
         ));
     }
     if s.max_walks == 0 {
