@@ -20,6 +20,7 @@ pub mod previous;
 pub mod record;
 pub mod retention;
 pub mod shutdown;
+pub mod sources;
 pub mod status;
 pub mod store;
 pub mod subscription;

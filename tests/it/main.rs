@@ -51,6 +51,7 @@ mod security;
 mod serve;
 mod settle;
 mod shared_stamps;
+mod sources;
 mod stalls;
 mod status;
 mod subscription_filters;

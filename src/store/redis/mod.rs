@@ -358,6 +358,7 @@ impl Store for RedisStore {
 
 mod connection;
 mod delivery;
+mod documents;
 mod entries;
 mod keys;
 mod records;

@@ -308,6 +308,7 @@ impl Store for SqliteStore {
 
 mod append;
 mod delivery;
+mod documents;
 mod fences;
 mod open;
 mod records;

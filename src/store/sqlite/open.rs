@@ -154,6 +154,7 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     super::records::migrate(&conn)?;
+    conn.execute_batch(super::documents::SCHEMA)?;
     Ok(Open {
         conn,
         file: file_id(path),
