@@ -390,8 +390,8 @@ pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, DeclaredSchema, FieldNames, HardDeletes, OnUpstreamReset,
     Paging, QueryNames, Source, SourceConfig,
 };
-pub use validate::check_source;
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
+pub use validate::check_source;
 
 #[cfg(test)]
 mod tests;

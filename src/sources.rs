@@ -201,7 +201,10 @@ impl StoredSource {
     /// the credentials' fingerprint, never a value.
     pub fn view(&self) -> Value {
         let mut v = settings_json(&self.settings);
-        v.insert("auth".into(), auth_view(&self.settings.auth, self.fingerprint.as_deref()));
+        v.insert(
+            "auth".into(),
+            auth_view(&self.settings.auth, self.fingerprint.as_deref()),
+        );
         v.insert("paused".into(), self.paused.into());
         v.insert("managed_by".into(), Value::Null);
         v.insert("created_ms".into(), self.created_ms.into());
@@ -280,7 +283,10 @@ mod tests {
         let json = serde_json::to_string(&stored).unwrap();
         assert!(!json.contains("s3cr3t") && !json.contains("id-1"), "{json}");
         let view = stored.view().to_string();
-        assert!(!view.contains("s3cr3t") && view.contains("fingerprint"), "{view}");
+        assert!(
+            !view.contains("s3cr3t") && view.contains("fingerprint"),
+            "{view}"
+        );
         assert!(stored.to_source(Some(&key)).is_ok());
         assert!(stored.to_source(None).unwrap_err().contains(seal::KEY_VAR));
         let empty: ApiAuth =

@@ -62,7 +62,11 @@ fn take_members(body: &mut Map<String, Value>) -> ApiResult<(Option<ApiAuth>, Op
             let de = serde_path_to_error::deserialize::<_, ApiAuth>(a);
             de.map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." { "auth".into() } else { format!("auth.{path}") };
+                let field = if path == "." {
+                    "auth".into()
+                } else {
+                    format!("auth.{path}")
+                };
                 Problem::invalid(field, e.into_inner().to_string())
             })
         })
@@ -153,7 +157,12 @@ pub async fn create(
     let mut view = view_of(&s, &stored);
     view["nudge_token"] = token.into();
     let location = format!("/v1/sources/{name}");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view),
+    )
+        .into_response())
 }
 
 /// A stored source's view with its state.
@@ -178,7 +187,12 @@ fn state_of(s: &ApiState, name: &str) -> &'static str {
         if t.target.source != name {
             continue;
         }
-        let last = t.status.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last = t
+            .status
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if last.error.is_some() {
             return "failing";
         }
@@ -208,19 +222,28 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Problem::invalid("limit", format!("limit: must be between 1 and {MAX_LIMIT}")));
+        return Err(Problem::invalid(
+            "limit",
+            format!("limit: must be between 1 and {MAX_LIMIT}"),
+        ));
     }
     let page = q.page.unwrap_or(1);
     if page == 0 {
         return Err(Problem::invalid("page", "page: pages count from 1"));
     }
     if let Some(st) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
-        return Err(Problem::invalid("state", format!("state: {st:?} is not one of {STATES:?}")));
+        return Err(Problem::invalid(
+            "state",
+            format!("state: {st:?} is not one of {STATES:?}"),
+        ));
     }
     let mut all: Vec<(String, Value)> = Vec::new();
     for src in s.shared.topology.sources() {
         if src.origin == Origin::Config {
-            all.push((src.name().into(), sources::config_view(&src.config.settings)));
+            all.push((
+                src.name().into(),
+                sources::config_view(&src.config.settings),
+            ));
         }
     }
     for doc in s.shared.store.documents(KIND).await? {
@@ -264,7 +287,12 @@ pub async fn get(
     State(s): State<ApiState>,
     PathParams(name): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(src) = s.shared.topology.source(&name).filter(|x| x.origin == Origin::Config) {
+    if let Some(src) = s
+        .shared
+        .topology
+        .source(&name)
+        .filter(|x| x.origin == Origin::Config)
+    {
         let mut v = sources::config_view(&src.config.settings);
         v["state"] = state_of(&s, &name).into();
         return Ok(Json(v));
@@ -281,7 +309,10 @@ pub async fn patch(
     let mut body = body;
     let (auth, paused) = take_members(&mut body)?;
     if body.get("name").is_some_and(|n| n != name.as_str()) {
-        return Err(Problem::invalid("name", "name: a source keeps its name; create another one"));
+        return Err(Problem::invalid(
+            "name",
+            "name: a source keeps its name; create another one",
+        ));
     }
     let new_auth = auth.map(ApiAuth::split).transpose()?;
     let sealed = match &new_auth {
@@ -289,31 +320,38 @@ pub async fn patch(
         None => None,
     };
     let key = s.source_admin.sync.key().cloned();
-    let updated = update_document(s.shared.store.as_ref(), KIND, &name, |stored: &mut StoredSource| {
-        let mut merged = sources::settings_json(&stored.settings);
-        merged.extend(body.clone());
-        let mut settings = sources::settings_from_json(Value::Object(merged))?;
-        settings.auth = match &new_auth {
-            Some((a, _)) => a.clone(),
-            None => stored.settings.auth.clone(),
-        };
-        if let Some((credentials, fingerprint)) = sealed.clone() {
-            (stored.credentials, stored.fingerprint) = (credentials, fingerprint);
-        }
-        // Checked with the credentials it will run with.
-        let creds = match (&new_auth, &stored.credentials, &key) {
-            (Some((_, c)), _, _) => c.clone(),
-            (None, Some(sealed), Some(k)) => k.open(&name, sealed).map_err(|e| Problem::invalid("auth", e))?,
-            _ => Credentials::default(),
-        };
-        sources::check(&settings, &creds)?;
-        stored.settings = settings;
-        if let Some(p) = paused {
-            stored.paused = p;
-        }
-        stored.updated_ms = now_ms();
-        Ok::<_, Problem>(())
-    })
+    let updated = update_document(
+        s.shared.store.as_ref(),
+        KIND,
+        &name,
+        |stored: &mut StoredSource| {
+            let mut merged = sources::settings_json(&stored.settings);
+            merged.extend(body.clone());
+            let mut settings = sources::settings_from_json(Value::Object(merged))?;
+            settings.auth = match &new_auth {
+                Some((a, _)) => a.clone(),
+                None => stored.settings.auth.clone(),
+            };
+            if let Some((credentials, fingerprint)) = sealed.clone() {
+                (stored.credentials, stored.fingerprint) = (credentials, fingerprint);
+            }
+            // Checked with the credentials it will run with.
+            let creds = match (&new_auth, &stored.credentials, &key) {
+                (Some((_, c)), _, _) => c.clone(),
+                (None, Some(sealed), Some(k)) => k
+                    .open(&name, sealed)
+                    .map_err(|e| Problem::invalid("auth", e))?,
+                _ => Credentials::default(),
+            };
+            sources::check(&settings, &creds)?;
+            stored.settings = settings;
+            if let Some(p) = paused {
+                stored.paused = p;
+            }
+            stored.updated_ms = now_ms();
+            Ok::<_, Problem>(())
+        },
+    )
     .await?
     .ok_or_else(|| Problem::not_found(format!("no source {name:?}")))?;
     s.source_admin.sync.apply_one(&name).await?;
@@ -346,9 +384,16 @@ pub async fn delete(
         // Other instances drop the source within a second; a poll of theirs
         // still running then is refused by the purged epoch.
         tokio::time::sleep(sources::sync::SYNC_EVERY * 2).await;
-        let subs: Vec<String> = store.subscriptions().await?.into_iter().map(|x| x.id).collect();
+        let subs: Vec<String> = store
+            .subscriptions()
+            .await?
+            .into_iter()
+            .map(|x| x.id)
+            .collect();
         for r in &stored.settings.resources {
-            store.purge_table(&crate::store::Target::new(&name, r), &subs).await?;
+            store
+                .purge_table(&crate::store::Target::new(&name, r), &subs)
+                .await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)

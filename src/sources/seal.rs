@@ -29,7 +29,11 @@ pub struct Credentials(pub BTreeMap<String, String>);
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials({:?}: ***)", self.0.keys().collect::<Vec<_>>())
+        write!(
+            f,
+            "Credentials({:?}: ***)",
+            self.0.keys().collect::<Vec<_>>()
+        )
     }
 }
 
@@ -132,9 +136,13 @@ impl SourceKey {
                     sealed.key_id
                 )
             })?;
-        let unreadable = || format!("the sealed credentials of source {name:?} do not open (altered in the store?)");
+        let unreadable = || {
+            format!("the sealed credentials of source {name:?} do not open (altered in the store?)")
+        };
         let nonce = STANDARD.decode(&sealed.nonce).map_err(|_| unreadable())?;
-        let ct = STANDARD.decode(&sealed.ciphertext).map_err(|_| unreadable())?;
+        let ct = STANDARD
+            .decode(&sealed.ciphertext)
+            .map_err(|_| unreadable())?;
         if nonce.len() != 24 {
             return Err(unreadable());
         }
@@ -184,9 +192,12 @@ mod tests {
 
     fn creds() -> Credentials {
         Credentials(
-            [("client_secret".to_string(), "hunter2-very-secret".to_string())]
-                .into_iter()
-                .collect(),
+            [(
+                "client_secret".to_string(),
+                "hunter2-very-secret".to_string(),
+            )]
+            .into_iter()
+            .collect(),
         )
     }
 
@@ -226,7 +237,10 @@ mod tests {
         assert!(SourceKey::from_env(&|_| None).unwrap().is_none());
         assert!(!format!("{:?}", creds()).contains("hunter2"));
         let key = SourceKey::new([7; 32]);
-        let (a, b) = (key.fingerprint("acme", &creds()), key.fingerprint("acme", &Credentials::default()));
+        let (a, b) = (
+            key.fingerprint("acme", &creds()),
+            key.fingerprint("acme", &Credentials::default()),
+        );
         assert_eq!(a.len(), 8);
         assert_ne!(a, b);
     }

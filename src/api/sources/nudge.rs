@@ -67,7 +67,10 @@ fn digest(token: &str) -> String {
 pub(super) async fn issue(s: &ApiState, name: &str) -> ApiResult<String> {
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
-    let token = format!("nudge_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!(
+        "nudge_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let doc = json!({ "sha256": digest(&token) }).to_string();
     let store = &s.shared.store;
     loop {
@@ -150,7 +153,10 @@ pub async fn nudge(
     let _ = s.shared.topology.nudge(&name);
     // Whichever instance polls the source sees the mark within a second.
     let store = &s.shared.store;
-    let v = store.document(NUDGES, &name).await?.map_or(0, |d| d.version);
+    let v = store
+        .document(NUDGES, &name)
+        .await?
+        .map_or(0, |d| d.version);
     let mark = json!({ "at_ms": crate::events::now_ms() }).to_string();
     store.put_document(NUDGES, &name, &mark, v).await?;
     tracing::info!(source = %name, "source nudged");

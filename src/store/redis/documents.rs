@@ -43,7 +43,9 @@ fn parse(kind: &str, name: &str, stored: &str) -> StoreResult<Document> {
     let (v, json) = stored
         .split_once(' ')
         .and_then(|(v, json)| Some((v.parse().ok()?, json)))
-        .ok_or_else(|| StoreError::Corrupt(format!("stored {kind} document {name} is unreadable")))?;
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("stored {kind} document {name} is unreadable"))
+        })?;
     Ok(Document {
         name: name.to_string(),
         version: v,
