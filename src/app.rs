@@ -16,7 +16,10 @@ use crate::{
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    poller::{PollError, PollReport, PollSettings, Poller, ReconcileReport},
+    poller::{
+        HealthLog, HealthWriter, PollError, PollReport, PollSettings, Poller, ReconcileReport,
+        TargetStatus, health_table,
+    },
     store::{self, Store, Target},
     tail::Tails,
     upstream::Upstream,
@@ -34,6 +37,10 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// The `[[subscriptions]]` of the configuration file, checked.
     pub declared: Arc<Vec<Declared>>,
+    /// The `_relay/health` table's live facts (its append signal), and the
+    /// task appending the pollers' health transitions to it.
+    pub health_status: Arc<TargetStatus>,
+    health_writer: Option<HealthWriter>,
 }
 
 /// A name for this process in leases: unique per start.
@@ -71,6 +78,18 @@ impl Relay {
                 ));
             }
         }
+        let health_status = Arc::new(TargetStatus::default());
+        let targets = Arc::new(pollers.iter().map(|p| p.target.clone()).collect());
+        let (log, writer) = HealthLog::new(
+            store.clone(),
+            &holder,
+            config.store.lease_ttl,
+            targets,
+            health_status.wake.clone(),
+        );
+        for p in &mut pollers {
+            p.report_health(log.clone());
+        }
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let refused = policy.declared_problems(&config);
@@ -90,6 +109,8 @@ impl Relay {
             sender,
             metrics,
             declared,
+            health_status,
+            health_writer: Some(writer),
         })
     }
 
@@ -100,6 +121,7 @@ impl Relay {
                 self.pollers
                     .iter()
                     .map(|p| (p.target.clone(), p.status.clone()))
+                    .chain([(health_table(), self.health_status.clone())])
                     .collect(),
             ),
         }
@@ -120,6 +142,13 @@ impl Relay {
                 sources.insert(target, Arc::new(event_source));
             }
         }
+        let health = EventSource {
+            target: health_table(),
+            source_url: "urn:stamp-relay:health".into(),
+            type_prefix: self.config.api.event_type_prefix.clone(),
+            fields: Default::default(),
+        };
+        sources.insert(health_table(), Arc::new(health));
         Arc::new(sources)
     }
 
@@ -134,6 +163,7 @@ impl Relay {
                 self.pollers
                     .iter()
                     .map(|p| (p.target.clone(), p.status.wake.clone()))
+                    .chain([(health_table(), self.health_status.wake.clone())])
                     .collect(),
             ),
             holder: self.holder.clone(),
@@ -212,10 +242,13 @@ impl Relay {
                 }
             }
         }
+        // The relay's own tables have event types of their own (docs/events.md).
+        let mut sources = sources.clone();
+        sources.retain(|t, _| !t.is_internal());
         let catalog = Arc::new(Catalog::new(
             self.store.clone(),
             self.metrics.clone(),
-            sources,
+            &sources,
             &declared,
         ));
         let wakes: Vec<_> = wakes
@@ -282,7 +315,11 @@ impl Relay {
 
     /// Runs pollers and the HTTP server until `cancel`, then drains them
     /// within [`SHUTDOWN_DEADLINE`].
-    pub async fn run(self, listener: TcpListener, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
         let grace = self.config.delivery.secret_grace;
         let mut deliverer = self.deliverer();
         // Before the API serves, so it shows the file's subscriptions; if
@@ -297,6 +334,9 @@ impl Relay {
         let state = self.api_state(&cancel);
         tracker.spawn(deliverer.run(cancel.clone()));
         tracker.spawn(self.retention(cancel.clone()));
+        if let Some(writer) = self.health_writer.take() {
+            tracker.spawn(writer.run(cancel.clone()));
+        }
         for poller in self.pollers {
             // Ready from the start: readiness must not race the task's first step.
             poller

@@ -51,7 +51,7 @@ impl EventSource {
             specversion: "1.0",
             id: self.id(e),
             source: &self.source_url,
-            ty: format!("{}.{}.{}", self.type_prefix, self.target.resource, e.op),
+            ty: self.ty(e),
             subject: &e.record,
             time: humantime::format_rfc3339_millis(time).to_string(),
             datacontenttype: "application/json",
@@ -61,6 +61,26 @@ impl EventSource {
             traceparent: self.traceparent(e),
             data,
         }
+    }
+
+    /// `<prefix>.<resource>.<op>`; for `_relay/health`, `<prefix>.source.<state>`
+    /// or `<prefix>.table.<state>` (a record `source/resource`), from the data.
+    fn ty(&self, e: &Event) -> String {
+        #[derive(serde::Deserialize)]
+        struct Transition {
+            state: String,
+        }
+        if self.target.is_internal()
+            && let Ok(t) = serde_json::from_str::<Transition>(&e.data)
+        {
+            let level = if e.record.contains('/') {
+                "table"
+            } else {
+                "source"
+            };
+            return format!("{}.{level}.{}", self.type_prefix, t.state);
+        }
+        format!("{}.{}.{}", self.type_prefix, self.target.resource, e.op)
     }
 
     /// The CloudEvents `id` alone: `<source>:<resource>:<record>:<stamp>`.

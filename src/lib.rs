@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod demo;
 pub mod events;
 pub mod filter;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod poller;

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::store::alerts::Alert;
+use crate::{health::State, store::alerts::Alert};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
@@ -29,6 +29,18 @@ pub struct ErrorLabels {
     pub source: String,
     pub resource: String,
     pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthLabels {
+    pub source: String,
+    /// The state a table entered.
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +87,10 @@ pub struct Metrics {
     /// One counter per [`Alert`], in the order of `Alert::ALL`.
     alerts: Vec<Family<TargetLabels, Counter>>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
+    /// Health transitions of tables (health.rs), by source and new state.
+    pub health_transitions: Family<HealthLabels, Counter>,
+    /// The tables this instance polls, by health state.
+    pub health_tables: Family<StateLabels, Gauge>,
     pub rejected: Family<TargetLabels, Counter>,
     /// Events removed by retention.
     pub trimmed: Family<TargetLabels, Counter>,
@@ -119,6 +135,8 @@ impl Metrics {
             alerts: Alert::ALL.iter().map(|_| Family::default()).collect(),
             schema_new_fields: Family::default(),
             upstream_errors: Family::default(),
+            health_transitions: Family::default(),
+            health_tables: Family::default(),
             rejected: Family::default(),
             trimmed: Family::default(),
             attempts: Family::default(),
@@ -145,6 +163,30 @@ impl Metrics {
     pub fn alert(&self, alert: Alert, t: &crate::store::Target, n: u64) {
         let i = Alert::ALL.iter().position(|a| *a == alert).unwrap_or(0);
         self.alerts[i].get_or_create(&target_labels(t)).inc_by(n);
+    }
+
+    /// Moves one table this instance polls from state `from` (none: it was
+    /// not counted) to `to` (none: no longer counted); a transition between
+    /// two states is counted in `health_transitions_total`.
+    pub fn health(&self, t: &crate::store::Target, from: Option<State>, to: Option<State>) {
+        let gauge = |s: State| {
+            self.health_tables.get_or_create(&StateLabels {
+                state: s.name().into(),
+            })
+        };
+        if let Some(s) = from {
+            gauge(s).dec();
+        }
+        if let Some(s) = to {
+            gauge(s).inc();
+        }
+        if let (Some(_), Some(to)) = (from, to) {
+            let l = HealthLabels {
+                source: t.source.clone(),
+                to: to.name().into(),
+            };
+            self.health_transitions.get_or_create(&l).inc();
+        }
     }
 
     /// Removes every series of subscription `sub` (on each of `targets`), so
@@ -253,6 +295,16 @@ fn register_polling(r: &mut Registry, m: &Metrics) {
         "upstream_errors",
         "Failed polls, by kind of failure",
         m.upstream_errors.clone(),
+    );
+    r.register(
+        "health_transitions",
+        "Changes of a table's health state (docs/operations.md, \"Health\"), by source and new state",
+        m.health_transitions.clone(),
+    );
+    r.register(
+        "health_tables",
+        "Tables this instance polls, by health state",
+        m.health_tables.clone(),
     );
     r.register(
         "records_rejected",

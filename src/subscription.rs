@@ -113,7 +113,8 @@ impl Subscription {
 /// Which targets a subscription covers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Coverage {
-    /// `["*"]`: every configured target, also ones configured later.
+    /// `["*"]`: every configured target, also ones configured later; the
+    /// relay's own tables (`_relay/health`) only when named.
     All,
     /// The targets named.
     Only(Vec<Target>),
@@ -122,7 +123,7 @@ pub enum Coverage {
 impl Coverage {
     pub fn covers(&self, target: &Target) -> bool {
         match self {
-            Coverage::All => true,
+            Coverage::All => !target.is_internal(),
             Coverage::Only(targets) => targets.contains(target),
         }
     }

@@ -18,7 +18,16 @@ impl Target {
     }
 }
 
+/// The source name of the relay's own tables (`_relay/health`), which no
+/// configured source may take.
+pub const RELAY_SOURCE: &str = "_relay";
+
 impl Target {
+    /// One of the relay's own tables, which `["*"]` does not cover.
+    pub fn is_internal(&self) -> bool {
+        self.source == RELAY_SOURCE
+    }
+
     /// The lease of subscription `sub`'s delivery on this target: a name of
     /// its own beside the target's poll lease.
     pub fn delivery_lease(&self, sub: &str) -> Target {

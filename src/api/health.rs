@@ -31,7 +31,10 @@ async fn parts(s: &ApiState) -> Vec<Part> {
         name: "store".into(),
         ready: s.shared.store.ping().await.is_ok(),
     }];
-    parts.extend(s.shared.targets.iter().map(|(t, st)| Part {
+    // The relay's own tables have no poll loop; an upstream's health is
+    // never a part of readiness (docs/operations.md, "Health").
+    let polled = s.shared.targets.iter().filter(|(t, _)| !t.is_internal());
+    parts.extend(polled.map(|(t, st)| Part {
         name: format!("poller:{t}"),
         ready: st.running.load(Ordering::Relaxed),
     }));

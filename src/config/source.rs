@@ -141,6 +141,10 @@ pub struct SourceConfig {
     /// Walks of the `pages` strategy before a poll gives up on a fast-changing set.
     #[serde(default = "defaults::max_walks")]
     pub max_walks: u32,
+    /// Poll intervals without a good poll before a table's health says
+    /// `failing` rather than `degraded` (health.rs).
+    #[serde(default = "defaults::failing_after_intervals")]
+    pub failing_after_intervals: u32,
     /// How often a full `sync=0` walk compares the upstream with the record
     /// index and appends what the polls missed (see poller/reconcile.rs);
     /// off when absent.
@@ -244,6 +248,9 @@ mod defaults {
     }
     pub fn max_walks() -> u32 {
         5
+    }
+    pub fn failing_after_intervals() -> u32 {
+        3
     }
     pub fn reconcile_after_load() -> bool {
         true

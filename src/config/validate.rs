@@ -165,6 +165,13 @@ fn validate_source(
     key: &dyn Fn(&str) -> String,
 ) -> Option<Source> {
     check_name(problems, &key("name"), &s.name);
+    if s.name == crate::target::RELAY_SOURCE {
+        problems.push(format!(
+            "{}: {:?} names the relay's own tables (_relay/health); choose another name",
+            key("name"),
+            s.name
+        ));
+    }
     if s.resources.is_empty() {
         problems.push(format!("{}: list at least one resource", key("resources")));
     }
@@ -260,6 +267,9 @@ fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn F
             "{}: must be greater than zero",
             key("poll_interval")
         ));
+    }
+    if s.failing_after_intervals == 0 {
+        problems.push(format!("{}: must be at least 1", key("failing_after_intervals")));
     }
     if s.max_walks == 0 {
         problems.push(format!("{}: must be at least 1", key("max_walks")));

@@ -1,7 +1,7 @@
 //! Why a poll failed: the kinds callers branch on, each message naming
 //! the input and the setting that changes it.
 
-use crate::{store::StoreError, upstream::UpstreamError};
+use crate::{health::Failure, store::StoreError, upstream::UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -44,6 +44,23 @@ pub enum PollError {
 }
 
 impl PollError {
+    /// What the failure means for the table's health (health.rs): refused
+    /// credentials, a contract break retrying does not fix, or the rest.
+    pub fn failure(&self) -> Failure {
+        match self {
+            PollError::Upstream(UpstreamError::Auth { .. })
+            | PollError::Upstream(UpstreamError::Status {
+                status: 401 | 403, ..
+            }) => Failure::Auth,
+            PollError::Upstream(UpstreamError::TooLarge { .. })
+            | PollError::NotAscending { .. }
+            | PollError::TooLarge { .. }
+            | PollError::Endless { .. }
+            | PollError::UpstreamReset(_) => Failure::Contract,
+            _ => Failure::Transient,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             PollError::Upstream(e) => e.kind(),

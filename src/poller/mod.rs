@@ -27,6 +27,8 @@ use crate::{
 
 mod breaks;
 mod epoch;
+mod health;
+pub use health::{HealthLog, HealthWriter, Note, health_table};
 mod keyset;
 mod lease;
 mod paging;
@@ -114,6 +116,12 @@ pub struct Poller {
     /// Two records of this table were seen sharing a stamp, so a page's
     /// `count` no longer bounds the top (walk.rs).
     shared_stamps: bool,
+    /// The table's health while this instance polls it (health.rs).
+    judge: Option<health::Judge>,
+    health_log: Option<HealthLog>,
+    /// Failed polls in a row, and the wait before the next poll.
+    failures: u32,
+    wait: Duration,
 }
 
 impl Poller {
@@ -148,7 +156,16 @@ impl Poller {
             saw_success: false,
             spans: None,
             shared_stamps: false,
+            judge: None,
+            health_log: None,
+            failures: 0,
+            wait: Duration::ZERO,
         }
+    }
+
+    /// Sends this table's health transitions to `log` (`_relay/health`).
+    pub fn report_health(&mut self, log: HealthLog) {
+        self.health_log = Some(log);
     }
 
     /// One poll of the target, its result recorded in the status surfaces.
@@ -373,6 +390,18 @@ impl Poller {
         Ok(())
     }
 
+    /// The wait before the next poll after `result`: the interval, or a
+    /// backoff after failures in a row.
+    fn next_wait(&mut self, result: &Result<PollReport, PollError>) -> Duration {
+        let interval = self.settings.poll_interval;
+        self.failures = if result.is_ok() { 0 } else { self.failures + 1 };
+        if self.failures == 0 {
+            return interval;
+        }
+        let most = Duration::from_secs(300);
+        backoff(interval, most, self.failures, &mut rand::rng())
+    }
+
     /// Polls until cancelled: every `poll_interval`, or sooner after a
     /// poll that failed (with backoff), never moving the cursor on failure.
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -389,8 +418,6 @@ impl Poller {
             tracing::info!(target = %self.target,
                 "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
         }
-        let interval = self.settings.poll_interval;
-        let mut failures = 0u32;
         while !cancel.is_cancelled() {
             let result = self.poll_once(&cancel).await;
             let leased = matches!(&result, Ok(r) if r.leased);
@@ -401,20 +428,9 @@ impl Poller {
             if let Err(PollError::Cancelled) = result {
                 break;
             }
-            failures = if result.is_ok() { 0 } else { failures + 1 };
-            let wait = if failures == 0 {
-                interval
-            } else {
-                backoff(
-                    interval,
-                    Duration::from_secs(300),
-                    failures,
-                    &mut rand::rng(),
-                )
-            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(self.wait) => {}
             }
         }
         self.status.holds_lease.store(false, Ordering::Relaxed);

@@ -10,6 +10,8 @@ pub struct PollSettings {
     pub paging: crate::config::Paging,
     pub overlap: u64,
     pub max_walks: u32,
+    /// `sources.failing_after_intervals` (health.rs).
+    pub failing_after_intervals: u32,
     pub max_delta_records: usize,
     pub reconcile_interval: Option<Duration>,
     pub on_upstream_reset: crate::config::OnUpstreamReset,
@@ -34,6 +36,7 @@ impl PollSettings {
             paging: source.paging,
             overlap: source.overlap,
             max_walks: source.max_walks,
+            failing_after_intervals: source.failing_after_intervals,
             max_delta_records: source.max_delta_records,
             reconcile_interval: source.reconcile_interval,
             on_upstream_reset: source.on_upstream_reset,

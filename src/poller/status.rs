@@ -58,6 +58,9 @@ impl Poller {
     /// read it.
     pub(super) async fn record(&mut self, result: &Result<PollReport, PollError>) {
         self.note(result);
+        self.wait = self.next_wait(result);
+        let now = now_ms();
+        let health = self.judge(result, now, now + self.wait.as_millis() as u64).await;
         if matches!(result, Ok(r) if !r.leased) {
             // Another instance polls this target and writes its status, and
             // reloads it after a reset.
@@ -65,7 +68,6 @@ impl Poller {
             self.status.reloading.store(false, Ordering::Relaxed);
             return;
         }
-        let now = now_ms();
         if let Ok(r) = result {
             self.last_ok_ms = Some(now);
             // A reset table's reload is done once a poll of it succeeds.
@@ -94,6 +96,7 @@ impl Poller {
             rate_per_min: self.rate(now),
             alerts: self.alerts().clone(),
             upstream_cursor: self.era,
+            health,
         };
         if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
             tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");

@@ -55,6 +55,10 @@ pub struct PollStatus {
     /// the stream's (poller/rebase.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_cursor: Option<u64>,
+    /// The table's health as its poller last judged it (health.rs); none
+    /// before its first poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::Health>,
 }
 
 impl PollStatus {
