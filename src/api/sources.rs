@@ -21,8 +21,11 @@ use super::{
     extract::{JsonBody, PathParams, QueryParams},
     problem::{ApiResult, Problem},
 };
+use futures_util::StreamExt;
+
 use crate::{
     events::now_ms,
+    health::{SourceHealth, State as HealthState},
     sources::{self, ApiAuth, Credentials, Invalid, KIND, StoredSource, sync::SourceSync},
     store::update_document,
     topology::Origin,
@@ -154,7 +157,7 @@ pub async fn create(
     let token = nudge::issue(&s, &name).await?;
     s.source_admin.sync.apply_one(&name).await?;
     tracing::info!(source = %name, "source created through the API");
-    let mut view = view_of(&s, &stored);
+    let mut view = view_of(&s, &stored).await?;
     view["nudge_token"] = token.into();
     let location = format!("/v1/sources/{name}");
     Ok((
@@ -165,40 +168,42 @@ pub async fn create(
         .into_response())
 }
 
-/// A stored source's view with its state.
-fn view_of(s: &ApiState, stored: &StoredSource) -> Value {
+/// A stored source's view with its health.
+async fn view_of(s: &ApiState, stored: &StoredSource) -> ApiResult<Value> {
     let mut v = stored.view();
-    v["state"] = state_of(s, &stored.settings.name).into();
-    v
+    with_health(s, &stored.settings.name, &mut v).await?;
+    Ok(v)
 }
 
-/// The state of a source as this instance sees it: `paused`, `failing`
-/// (its last poll here failed, or it cannot run), `healthy` (every table's
-/// last poll here succeeded), or `pending` (not polled here yet).
-fn state_of(s: &ApiState, name: &str) -> &'static str {
-    let Some(src) = s.shared.topology.source(name) else {
-        return "failing";
+/// Adds `state` and `health` to a source's view: `paused` when paused;
+/// else its tables' health as their pollers last stored it (health.rs),
+/// the worst first; `failing` when the source cannot run at all.
+async fn with_health(s: &ApiState, name: &str, view: &mut Value) -> ApiResult<()> {
+    let now = now_ms();
+    let health = match s.shared.topology.source(name) {
+        None => SourceHealth {
+            state: HealthState::Failing,
+            reason: Some("the stored source cannot be polled; the relay's log says why".into()),
+            ..SourceHealth::of([], now)
+        },
+        Some(src) if src.paused => SourceHealth {
+            state: HealthState::Paused,
+            ..SourceHealth::of([], now)
+        },
+        Some(src) => {
+            let mut tables = Vec::new();
+            for r in &src.config.settings.resources {
+                let t = crate::store::Target::new(name, r);
+                if let Some(h) = s.shared.store.poll_status(&t).await?.and_then(|p| p.health) {
+                    tables.push(h);
+                }
+            }
+            SourceHealth::of(&tables, now)
+        }
     };
-    if src.paused {
-        return "paused";
-    }
-    let mut pending = false;
-    for t in s.shared.topology.tables() {
-        if t.target.source != name {
-            continue;
-        }
-        let last = t
-            .status
-            .last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if last.error.is_some() {
-            return "failing";
-        }
-        pending |= last.ok_ms.is_none();
-    }
-    if pending { "pending" } else { "healthy" }
+    view["state"] = health.state.name().into();
+    view["health"] = serde_json::to_value(&health).map_err(Problem::internal)?;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -213,8 +218,9 @@ pub struct ListQuery {
 /// Page size of `GET /v1/sources` unless `limit` says otherwise, and its most.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Health reads in flight at once while `?state=` filters.
+const HEALTH_READS: usize = 32;
 
-const STATES: [&str; 4] = ["healthy", "pending", "failing", "paused"];
 
 pub async fn list(
     State(s): State<ApiState>,
@@ -231,12 +237,13 @@ pub async fn list(
     if page == 0 {
         return Err(Problem::invalid("page", "page: pages count from 1"));
     }
-    if let Some(st) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
-        return Err(Problem::invalid(
-            "state",
-            format!("state: {st:?} is not one of {STATES:?}"),
-        ));
-    }
+    let wanted = match q.state.as_deref() {
+        None => None,
+        Some(st) => Some(HealthState::parse(st).ok_or_else(|| {
+            let all: Vec<&str> = HealthState::ALL.iter().map(|s| s.name()).collect();
+            Problem::invalid("state", format!("state: {st:?} is not one of {all:?}"))
+        })?),
+    };
     let mut all: Vec<(String, Value)> = Vec::new();
     for src in s.shared.topology.sources() {
         if src.origin == Origin::Config {
@@ -253,20 +260,27 @@ pub async fn list(
     }
     let needle = q.q.as_deref().unwrap_or("").to_ascii_lowercase();
     all.retain(|(name, _)| name.to_ascii_lowercase().contains(&needle));
-    for (name, v) in &mut all {
-        v["state"] = state_of(&s, name).into();
-    }
-    if let Some(st) = &q.state {
-        all.retain(|(_, v)| v["state"] == st.as_str());
-    }
     all.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(st) = wanted {
+        // Every candidate's health, a bounded number of reads at once.
+        let looked = futures_util::stream::iter(all.into_iter().map(|(name, mut v)| {
+            let s = s.clone();
+            async move { with_health(&s, &name, &mut v).await.map(|()| (name, v)) }
+        }))
+        .buffered(HEALTH_READS)
+        .collect::<Vec<_>>()
+        .await;
+        all = looked.into_iter().collect::<ApiResult<Vec<_>>>()?;
+        all.retain(|(_, v)| v["state"] == st.name());
+    }
     let total = all.len();
-    let items: Vec<Value> = all
-        .into_iter()
-        .skip((page - 1).saturating_mul(limit))
-        .take(limit)
-        .map(|(_, v)| v)
-        .collect();
+    let mut items = Vec::new();
+    for (name, mut v) in all.into_iter().skip((page - 1).saturating_mul(limit)).take(limit) {
+        if wanted.is_none() {
+            with_health(&s, &name, &mut v).await?;
+        }
+        items.push(v);
+    }
     let next = (page.saturating_mul(limit) < total).then_some(page + 1);
     Ok(Json(json!({
         "sources": items, "page": page, "limit": limit, "total": total, "next_page": next,
@@ -294,10 +308,10 @@ pub async fn get(
         .filter(|x| x.origin == Origin::Config)
     {
         let mut v = sources::config_view(&src.config.settings);
-        v["state"] = state_of(&s, &name).into();
+        with_health(&s, &name, &mut v).await?;
         return Ok(Json(v));
     }
-    Ok(Json(view_of(&s, &load(&s, &name).await?)))
+    Ok(Json(view_of(&s, &load(&s, &name).await?).await?))
 }
 
 pub async fn patch(
@@ -356,7 +370,7 @@ pub async fn patch(
     .ok_or_else(|| Problem::not_found(format!("no source {name:?}")))?;
     s.source_admin.sync.apply_one(&name).await?;
     tracing::info!(source = %name, paused = updated.paused, "source changed through the API");
-    Ok(Json(view_of(&s, &updated)))
+    Ok(Json(view_of(&s, &updated).await?))
 }
 
 #[derive(Deserialize)]
