@@ -1,6 +1,7 @@
-//! The relay as production runs it: the store, one upstream client per
-//! source, one poller per target, and the HTTP server, started together and
-//! stopped by one cancellation token. Tests start exactly this.
+//! The relay as production runs it: the store, the topology (one upstream
+//! client per source, one entry per table), the scheduler that polls it,
+//! and the HTTP server, started together and stopped by one cancellation
+//! token. Tests start exactly this.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -12,17 +13,19 @@ use crate::{
     api::{self, ApiState, Shared, auth::ApiToken},
     catalog::Catalog,
     cloudevents::EventSource,
-    config::{Config, join},
+    config::Config,
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
+    sources::{SourceKey, sync::SourceSync},
     poller::{
-        HealthLog, HealthWriter, PollError, PollReport, PollSettings, Poller, ReconcileReport,
-        TargetStatus, health_table,
+        HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
+        health_table,
     },
+    scheduler::Scheduler,
     store::{self, Store, Target},
     tail::Tails,
-    upstream::Upstream,
+    topology::Topology,
 };
 
 /// How long shutdown waits for pollers to finish their current chunk.
@@ -31,6 +34,11 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
 pub struct Relay {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    /// What exists at run time: every part reads it, and a source added
+    /// to it is polled, served and delivered without a restart.
+    pub topology: Arc<Topology>,
+    /// The pollers of the configuration's tables, for `sync --once` and
+    /// tests; `run` hands them to the scheduler.
     pub pollers: Vec<Poller>,
     pub holder: String,
     pub sender: Arc<Sender>,
@@ -40,7 +48,10 @@ pub struct Relay {
     /// The `_relay/health` table's live facts (its append signal), and the
     /// task appending the pollers' health transitions to it.
     pub health_status: Arc<TargetStatus>,
+    health_log: HealthLog,
     health_writer: Option<HealthWriter>,
+    /// Keeps the topology equal to the sources made through the API.
+    pub source_sync: Arc<SourceSync>,
 }
 
 /// A name for this process in leases: unique per start.
@@ -62,34 +73,22 @@ impl Relay {
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Relay> {
         let holder = instance_id();
         let metrics = Arc::new(Metrics::new());
-        let mut pollers = Vec::new();
-        for source in &config.sources {
-            let upstream = Arc::new(Upstream::new(source.clone())?);
-            for resource in &source.settings.resources {
-                let target = Target::new(source.name(), resource);
-                store.keep_records(&target, source.settings.keep_records);
-                pollers.push(Poller::new(
-                    target,
-                    store.clone(),
-                    upstream.clone(),
-                    &holder,
-                    PollSettings::new(&source.settings, config.store.lease_ttl),
-                    metrics.clone(),
-                ));
-            }
-        }
-        let health_status = Arc::new(TargetStatus::default());
-        let targets = Arc::new(pollers.iter().map(|p| p.target.clone()).collect());
-        let (log, writer) = HealthLog::new(
+        let topology = Topology::from_config(&config, store.clone())?;
+        let health = EventSource {
+            target: health_table(),
+            source_url: "urn:stamp-relay:health".into(),
+            type_prefix: config.api.event_type_prefix.clone(),
+            fields: Default::default(),
+        };
+        let health_status = topology.add_internal(health, false)?.status.clone();
+        let targets = Arc::new(topology.snapshot().targets());
+        let (health_log, writer) = HealthLog::new(
             store.clone(),
             &holder,
             config.store.lease_ttl,
             targets,
             health_status.wake.clone(),
         );
-        for p in &mut pollers {
-            p.report_health(log.clone());
-        }
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let refused = policy.declared_problems(&config);
@@ -101,55 +100,59 @@ impl Relay {
             &config.delivery.tls_ca_file,
         );
         let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
-        Ok(Relay {
+        let key = SourceKey::from_config(&config.source_keys).map_err(anyhow::Error::msg)?;
+        let source_sync = Arc::new(SourceSync::new(store.clone(), topology.clone(), key));
+        let mut relay = Relay {
             config,
             store,
-            pollers,
+            topology,
+            pollers: Vec::new(),
             holder,
             sender,
             metrics,
             declared,
             health_status,
+            health_log,
             health_writer: Some(writer),
-        })
+            source_sync,
+        };
+        let scheduler = relay.scheduler();
+        let tables = relay.topology.tables();
+        relay.pollers = tables
+            .iter()
+            .filter_map(|t| scheduler.poller_of(t))
+            .collect();
+        Ok(relay)
     }
 
     pub fn shared(&self) -> Shared {
         Shared {
             store: self.store.clone(),
-            targets: Arc::new(
-                self.pollers
-                    .iter()
-                    .map(|p| (p.target.clone(), p.status.clone()))
-                    .chain([(health_table(), self.health_status.clone())])
-                    .collect(),
-            ),
+            topology: self.topology.clone(),
         }
     }
 
-    /// How each target's events look to downstream systems.
-    pub fn event_sources(&self) -> Arc<HashMap<Target, Arc<EventSource>>> {
-        let mut sources = HashMap::new();
-        for src in &self.config.sources {
-            for r in &src.settings.resources {
-                let target = Target::new(src.name(), r);
-                let event_source = EventSource {
-                    target: target.clone(),
-                    source_url: join(&src.base_url, r).to_string(),
-                    type_prefix: self.config.api.event_type_prefix.clone(),
-                    fields: src.settings.fields.clone(),
-                };
-                sources.insert(target, Arc::new(event_source));
-            }
+    /// How each table's events look to downstream systems, as the topology
+    /// has them now.
+    pub fn event_sources(&self) -> HashMap<Target, Arc<EventSource>> {
+        let now = self.topology.snapshot();
+        now.tables
+            .iter()
+            .map(|(t, table)| (t.clone(), table.event_source.clone()))
+            .collect()
+    }
+
+    /// Polls the topology's tables (`poll.max_concurrent` at once).
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler {
+            topology: self.topology.clone(),
+            store: self.store.clone(),
+            holder: self.holder.clone(),
+            lease_ttl: self.config.store.lease_ttl,
+            metrics: self.metrics.clone(),
+            max_concurrent: 32,
+            health_log: Some(self.health_log.clone()),
         }
-        let health = EventSource {
-            target: health_table(),
-            source_url: "urn:stamp-relay:health".into(),
-            type_prefix: self.config.api.event_type_prefix.clone(),
-            fields: Default::default(),
-        };
-        sources.insert(health_table(), Arc::new(health));
-        Arc::new(sources)
     }
 
     /// Webhook delivery for every subscription.
@@ -158,14 +161,7 @@ impl Relay {
             store: self.store.clone(),
             sender: self.sender.clone(),
             schedule: Arc::new(Schedule::from_config(&self.config.delivery)),
-            sources: self.event_sources(),
-            wakes: Arc::new(
-                self.pollers
-                    .iter()
-                    .map(|p| (p.target.clone(), p.status.wake.clone()))
-                    .chain([(health_table(), self.health_status.wake.clone())])
-                    .collect(),
-            ),
+            topology: self.topology.clone(),
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
@@ -173,11 +169,6 @@ impl Relay {
             apply_first: false,
             secret_grace: self.config.delivery.secret_grace,
         }
-    }
-
-    /// The targets this relay polls.
-    fn targets(&self) -> Vec<Target> {
-        self.pollers.iter().map(|p| p.target.clone()).collect()
     }
 
     /// The HTTP layer's view of this relay; starts the live tails.
@@ -192,21 +183,13 @@ impl Relay {
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
         }
-        let sources = self.event_sources();
-        let wakes: Vec<_> = shared
-            .targets
-            .iter()
-            .filter_map(|(t, st)| Some((sources.get(t)?.clone(), st.wake.clone())))
-            .collect();
-        let sources_for_catalog = sources.clone();
         ApiState {
-            tails: Tails::start(self.store.clone(), &wakes, cancel),
+            tails: Tails::start(self.store.clone(), self.topology.clone(), cancel),
             shared,
             tokens: Arc::new(api::auth::Tokens::new(
                 tokens,
                 self.config.api.max_failed_logins,
             )),
-            sources,
             sender: self.sender.clone(),
             metrics: self.metrics.clone(),
             type_prefix: self.config.api.event_type_prefix.clone(),
@@ -221,41 +204,20 @@ impl Relay {
                 idle_timeout: self.config.api.idle_timeout,
             },
             cancel: cancel.clone(),
-            compat: api::compat::Tables::from_config(&self.config),
-            catalog: self.catalog(&sources_for_catalog, &wakes, cancel),
+            compat: api::compat::Tables::new(self.topology.clone(), &self.config),
+            catalog: self.catalog(cancel),
+            source_admin: Arc::new(api::sources::SourceAdmin::new(self.source_sync.clone())),
         }
     }
 
     /// The event catalog, following this instance's appends.
-    fn catalog(
-        &self,
-        sources: &HashMap<Target, Arc<EventSource>>,
-        wakes: &[(Arc<EventSource>, Arc<tokio::sync::Notify>)],
-        cancel: &CancellationToken,
-    ) -> Arc<Catalog> {
-        let mut declared = HashMap::new();
-        for s in &self.config.sources {
-            for (resource, schema) in &s.settings.schemas {
-                // Checked when the configuration loaded.
-                if let Ok(v) = schema.load() {
-                    declared.insert(Target::new(s.name(), resource), v);
-                }
-            }
-        }
-        // The relay's own tables have event types of their own (docs/events.md).
-        let mut sources = sources.clone();
-        sources.retain(|t, _| !t.is_internal());
+    fn catalog(&self, cancel: &CancellationToken) -> Arc<Catalog> {
         let catalog = Arc::new(Catalog::new(
             self.store.clone(),
             self.metrics.clone(),
-            &sources,
-            &declared,
+            self.topology.clone(),
         ));
-        let wakes: Vec<_> = wakes
-            .iter()
-            .map(|(src, wake)| (src.target.clone(), wake.clone()))
-            .collect();
-        catalog.follow(&wakes, cancel);
+        catalog.follow(cancel);
         catalog
     }
 
@@ -299,21 +261,16 @@ impl Relay {
 
     /// Retention's task: trims the tables this instance polls under lease.
     fn retention(&self, cancel: CancellationToken) -> impl Future<Output = ()> + use<> {
-        let tables = self
-            .pollers
-            .iter()
-            .map(|p| (p.target.clone(), p.status.holds_lease.clone()))
-            .collect();
         crate::retention::run(
             self.store.clone(),
-            tables,
+            self.topology.clone(),
             self.config.store.retention.clone(),
             self.metrics.clone(),
             cancel,
         )
     }
 
-    /// Runs pollers and the HTTP server until `cancel`, then drains them
+    /// Runs the scheduler and the HTTP server until `cancel`, then drains them
     /// within [`SHUTDOWN_DEADLINE`].
     pub async fn run(
         mut self,
@@ -324,7 +281,7 @@ impl Relay {
         let mut deliverer = self.deliverer();
         // Before the API serves, so it shows the file's subscriptions; if
         // the store does not answer yet, delivery's supervisor tries again.
-        let targets = self.targets();
+        let targets = self.topology.snapshot().targets();
         let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
         if let Err(e) = applied.await {
             tracing::warn!(error = %e, "cannot write the [[subscriptions]] of the configuration file yet; delivery tries again");
@@ -337,19 +294,9 @@ impl Relay {
         if let Some(writer) = self.health_writer.take() {
             tracker.spawn(writer.run(cancel.clone()));
         }
-        for poller in self.pollers {
-            // Ready from the start: readiness must not race the task's first step.
-            poller
-                .status
-                .running
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            // Every log line of a poll carries its source and resource.
-            let span = tracing::info_span!("poll", source = %poller.target.source, resource = %poller.target.resource);
-            tracker.spawn(tracing::Instrument::instrument(
-                poller.run(cancel.clone()),
-                span,
-            ));
-        }
+        // The sources made through the API, now and as they change.
+        tracker.spawn(self.source_sync.clone().run(cancel.clone()));
+        tracker.spawn(self.scheduler().run(self.pollers, cancel.clone()));
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();
         cancel.cancelled().await;

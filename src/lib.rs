@@ -20,6 +20,7 @@ pub mod poller;
 pub mod previous;
 pub mod record;
 pub mod retention;
+pub mod scheduler;
 pub mod shutdown;
 pub mod sources;
 pub mod status;
@@ -28,6 +29,7 @@ pub mod subscription;
 pub mod tail;
 pub mod target;
 pub mod telemetry;
+pub mod topology;
 pub mod trace;
 pub mod upstream;
 

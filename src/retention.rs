@@ -6,10 +6,7 @@
 //! last poll by this instance held the lease, so one instance trims each.
 //! Readers learn what was removed from `Store::trimmed_through`.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +16,7 @@ use crate::{
     metrics::{Metrics, target_labels},
     store::{Standing, standing},
     store::{Store, StoreResult, Target},
+    topology::Topology,
 };
 
 /// Events read per pass at most: a first pass over a long stream removes
@@ -27,12 +25,12 @@ pub const SCAN: usize = 10_000;
 /// The age scan reads the oldest events in chunks of this many.
 const AGE_CHUNK: usize = 500;
 
-/// Trims every table whose flag says this instance holds its lease, every
-/// `cfg.interval`, until `cancel`. A failed trim is logged and tried again
-/// at the next interval.
+/// Trims every table of the topology whose flag says this instance holds
+/// its lease, every `cfg.interval`, until `cancel`. A failed trim is logged
+/// and tried again at the next interval.
 pub async fn run(
     store: Arc<dyn Store>,
-    tables: Vec<(Target, Arc<AtomicBool>)>,
+    topology: Arc<Topology>,
     cfg: RetentionConfig,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -45,8 +43,9 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval) => {}
         }
-        for (t, held) in &tables {
-            if cancel.is_cancelled() || !held.load(Ordering::Relaxed) {
+        for table in topology.tables() {
+            let t = &table.target;
+            if cancel.is_cancelled() || !table.status.holds_lease.load(Ordering::Relaxed) {
                 continue;
             }
             match trim_target(store.as_ref(), t, &cfg, now_ms()).await {

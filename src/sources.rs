@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::config::{AuthConfig, DeclaredSchema, Source, SourceConfig, check_source};
 
 pub mod seal;
+pub mod sync;
 
 pub use seal::{Credentials, Sealed, SourceKey};
 

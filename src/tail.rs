@@ -8,7 +8,11 @@
 //! is told so and catches up from the store itself, so a slow client never
 //! slows the tail or the other clients.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +21,7 @@ use crate::{
     cloudevents::EventSource,
     events::{Event, StreamId},
     store::{Store, Target},
+    topology::Topology,
 };
 
 /// How often a tail looks for events appended by other instances.
@@ -38,41 +43,74 @@ pub struct Tail {
 
 #[derive(Clone, Default)]
 pub struct Tails {
-    tails: Arc<HashMap<Target, Arc<Tail>>>,
+    tails: Arc<RwLock<HashMap<Target, Arc<Tail>>>>,
 }
 
 impl Tails {
-    /// Starts one tail task per target, woken by its notifier; they stop with `cancel`.
+    /// Keeps one tail task per table of the topology, started as tables
+    /// are added and stopped as they go; all stop with `cancel`.
     pub fn start(
         store: Arc<dyn Store>,
-        targets: &[(Arc<EventSource>, Arc<Notify>)],
+        topology: Arc<Topology>,
         cancel: &CancellationToken,
     ) -> Tails {
-        let mut tails = HashMap::new();
-        for (src, wake) in targets {
+        let tails = Tails::default();
+        let mut changes = topology.subscribe();
+        tails.follow(&store, &topology, cancel);
+        let (this, cancel) = (tails.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+                this.follow(&store, &topology, &cancel);
+            }
+        });
+        tails
+    }
+
+    /// Starts the tails of new tables and forgets those of removed ones
+    /// (their tasks end with the table's `gone` token).
+    fn follow(&self, store: &Arc<dyn Store>, topology: &Topology, cancel: &CancellationToken) {
+        let now = topology.snapshot();
+        let mut tails = self.tails.write().unwrap_or_else(|p| p.into_inner());
+        tails.retain(|t, _| now.tables.contains_key(t));
+        for (t, table) in &now.tables {
+            if tails.contains_key(t) {
+                continue;
+            }
             let (sender, _) = broadcast::channel(BUFFER);
-            let wake = wake.clone();
-            let tail = Arc::new(Tail { sender, wake });
-            let t = &src.target;
-            tokio::spawn(run(
+            let tail = Arc::new(Tail {
+                sender,
+                wake: table.wake().clone(),
+            });
+            let stop = cancel.child_token();
+            let gone = table.gone.clone();
+            let run = run(
                 store.clone(),
-                src.clone(),
+                table.event_source.clone(),
                 tail.clone(),
-                cancel.clone(),
-            ));
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = gone.cancelled() => stop.cancel(),
+                    _ = run => {}
+                }
+            });
             tails.insert(t.clone(), tail);
-        }
-        Tails {
-            tails: Arc::new(tails),
         }
     }
 
     pub fn subscribe(&self, t: &Target) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
-        self.tails.get(t).map(|tail| tail.sender.subscribe())
+        let tails = self.tails.read().unwrap_or_else(|p| p.into_inner());
+        tails.get(t).map(|tail| tail.sender.subscribe())
     }
 
     pub fn clients(&self) -> usize {
-        self.tails.values().map(|t| t.sender.receiver_count()).sum()
+        let tails = self.tails.read().unwrap_or_else(|p| p.into_inner());
+        tails.values().map(|t| t.sender.receiver_count()).sum()
     }
 }
 

@@ -12,7 +12,7 @@
 //! during the walk leaves the snapshot (its new stamp is above `until`);
 //! the next `sync` (or the event stream after `until`) brings it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     extract::{Query, State},
@@ -28,6 +28,7 @@ use crate::{
         Target,
         records::{RecordsPage, RecordsQuery},
     },
+    topology::{self, Topology},
 };
 
 /// What the read-replica routes need to know about one table.
@@ -39,43 +40,54 @@ pub struct Table {
     pub max_page_size: usize,
 }
 
-/// Every configured table, and the relay's public URL for links.
-#[derive(Debug, Default)]
+/// The tables of the topology, and the relay's public URL for links.
 pub struct Tables {
-    pub tables: HashMap<Target, Table>,
+    pub topology: Arc<Topology>,
     pub public_url: Option<String>,
 }
 
-impl Tables {
-    pub fn from_config(c: &Config) -> Arc<Tables> {
-        let mut tables = HashMap::new();
-        for s in &c.sources {
-            let max = s.settings.max_page_size.max(1) as usize;
-            for r in &s.settings.resources {
-                let table = Table {
-                    keep_records: s.settings.keep_records,
-                    query: s.settings.query.clone(),
-                    default_page_size: (s.settings.page_size as usize).min(max),
-                    max_page_size: max,
-                };
-                tables.insert(Target::new(s.name(), r), table);
-            }
+impl Table {
+    /// What a table's source configures; an internal table answers with
+    /// the upstream's defaults.
+    fn of(t: &topology::Table) -> Table {
+        let Some(source) = &t.source else {
+            return Table {
+                keep_records: t.keep_records,
+                query: QueryNames::default(),
+                default_page_size: 500,
+                max_page_size: 1000,
+            };
+        };
+        let settings = &source.config.settings;
+        let max = settings.max_page_size.max(1) as usize;
+        Table {
+            keep_records: t.keep_records,
+            query: settings.query.clone(),
+            default_page_size: (settings.page_size as usize).min(max),
+            max_page_size: max,
         }
+    }
+}
+
+impl Tables {
+    pub fn new(topology: Arc<Topology>, c: &Config) -> Arc<Tables> {
         Arc::new(Tables {
-            tables,
+            topology,
             public_url: c.api.public_url.clone(),
         })
     }
 
     /// Whether `t` keeps its latest records (a snapshot to resync from).
     pub fn keeps(&self, t: &Target) -> bool {
-        self.tables.get(t).is_some_and(|table| table.keep_records)
+        self.topology
+            .table(t)
+            .is_some_and(|table| table.keep_records)
     }
 
     /// The table's settings; 404 for an unknown table, 409 when it does not
     /// keep records (the features reading them cannot answer).
-    pub fn kept(&self, t: &Target) -> ApiResult<&Table> {
-        let table = self.tables.get(t).ok_or_else(|| {
+    pub fn kept(&self, t: &Target) -> ApiResult<Table> {
+        let table = self.topology.table(t).ok_or_else(|| {
             Problem::not_found(format!(
                 "{t} is not a configured source/resource; see GET /v1/resources"
             ))
@@ -83,7 +95,7 @@ impl Tables {
         if !table.keep_records {
             return Err(records_not_kept(t));
         }
-        Ok(table)
+        Ok(Table::of(&table))
     }
 }
 
@@ -228,7 +240,7 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let t = Target::new(source, resource);
     let table = s.compat.kept(&t)?;
-    let p = parse(&pairs, table)?;
+    let p = parse(&pairs, &table)?;
     let q = RecordsQuery {
         above: p.sync,
         until: p.until,
@@ -254,7 +266,7 @@ pub async fn list(
         ));
     }
     let base = format!("{}{}", origin(&s.compat), uri.path());
-    let (next, previous) = links(&base, table, &p, &page, more);
+    let (next, previous) = links(&base, &table, &p, &page, more);
     let body = body(&page, &next, &previous);
     let resume = page.last_id.to_string();
     Ok((

@@ -31,23 +31,21 @@ async fn parts(s: &ApiState) -> Vec<Part> {
         name: "store".into(),
         ready: s.shared.store.ping().await.is_ok(),
     }];
-    // The relay's own tables have no poll loop; an upstream's health is
-    // never a part of readiness (docs/operations.md, "Health").
-    let polled = s.shared.targets.iter().filter(|(t, _)| !t.is_internal());
-    parts.extend(polled.map(|(t, st)| Part {
-        name: format!("poller:{t}"),
-        ready: st.running.load(Ordering::Relaxed),
+    let tables = s.shared.tables();
+    // Paused tables and internal ones have no poll loop to be ready.
+    parts.extend(tables.iter().filter(|t| t.polled()).map(|t| Part {
+        name: format!("poller:{}", t.target),
+        ready: t.status.running.load(Ordering::Relaxed),
     }));
     // A table whose store lost its data under this relay (poller/epoch.rs):
     // not ready while it reloads, and still named afterwards.
     parts.extend(
-        s.shared
-            .targets
+        tables
             .iter()
-            .filter(|(_, st)| st.resets.load(Ordering::Relaxed) > 0)
-            .map(|(t, st)| Part {
-                name: format!("store_reset:{t}"),
-                ready: !st.reloading.load(Ordering::Relaxed),
+            .filter(|t| t.status.resets.load(Ordering::Relaxed) > 0)
+            .map(|t| Part {
+                name: format!("store_reset:{}", t.target),
+                ready: !t.status.reloading.load(Ordering::Relaxed),
             }),
     );
     parts

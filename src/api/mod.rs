@@ -5,7 +5,7 @@
 //! `openapi.yaml` describes exactly these routes; a test walks both and
 //! fails on any difference.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -22,9 +22,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     cloudevents::EventSource,
-    poller::TargetStatus,
     store::{Store, Target},
     tail::Tails,
+    topology::{Table, Topology},
 };
 
 pub mod auth;
@@ -41,6 +41,7 @@ mod redrive;
 mod requests;
 mod resources;
 pub mod server;
+pub mod sources;
 mod stall;
 mod status;
 mod subscriptions;
@@ -52,7 +53,25 @@ use problem::Problem;
 #[derive(Clone)]
 pub struct Shared {
     pub store: Arc<dyn Store>,
-    pub targets: Arc<Vec<(Target, Arc<TargetStatus>)>>,
+    /// What exists now: read per request, so added sources show at once.
+    pub topology: Arc<Topology>,
+}
+
+impl Shared {
+    /// Every table's key, in order.
+    pub fn targets(&self) -> Vec<Target> {
+        self.topology.snapshot().targets()
+    }
+
+    /// Every table, in order.
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.topology.tables()
+    }
+
+    /// How `t`'s events look downstream; None for an unknown table.
+    pub fn event_source(&self, t: &Target) -> Option<Arc<EventSource>> {
+        Some(self.topology.table(t)?.event_source.clone())
+    }
 }
 
 /// Everything a handler may need, cloned per request (all `Arc`s).
@@ -60,7 +79,6 @@ pub struct Shared {
 pub struct ApiState {
     pub shared: Shared,
     pub tokens: Arc<auth::Tokens>,
-    pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
     pub tails: Tails,
     pub secret_grace: Duration,
     /// `delivery.max_waiting_retries`, shown on the status page.
@@ -79,6 +97,8 @@ pub struct ApiState {
     pub compat: Arc<compat::Tables>,
     /// `GET /v1/event-types`.
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// `/v1/sources`: applying stored sources, the sealing key, nudges.
+    pub source_admin: Arc<sources::SourceAdmin>,
 }
 
 /// Everything under `/v1` that a read token may call.
@@ -145,6 +165,17 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/subscriptions/{id}/dead-letters/redrive",
             post(redrive::redrive),
         )
+        .route("/v1/sources", post(sources::create).get(sources::list))
+        .route(
+            "/v1/sources/{name}",
+            get(sources::get)
+                .patch(sources::patch)
+                .delete(sources::delete),
+        )
+        .route(
+            "/v1/sources/{name}/nudge-token",
+            post(sources::nudge::rotate),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_admin,
@@ -174,6 +205,8 @@ pub fn router(state: ApiState) -> Router {
                 auth::require_read,
             )),
         )
+        // An admin token or the source's own nudge token (sources/nudge.rs).
+        .route("/v1/sources/{name}/nudge", post(sources::nudge::nudge))
         .merge(read)
         .merge(compat)
         .merge(admin)
@@ -281,14 +314,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem
     let m = &s.metrics;
     let subs = s.shared.store.subscriptions().await?;
     let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
-    m.keep_subscriptions(
-        &ids,
-        &s.shared
-            .targets
-            .iter()
-            .map(|(t, _)| t.clone())
-            .collect::<Vec<_>>(),
-    );
+    m.keep_subscriptions(&ids, &s.shared.targets());
     for sub in subs {
         let l = SubLabels {
             subscription: sub.id.clone(),

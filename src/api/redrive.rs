@@ -118,10 +118,10 @@ async fn superseded(
     else {
         return Ok(HashSet::new());
     };
-    let Some(src) = s.sources.get(t) else {
+    let Some(src) = s.shared.event_source(t) else {
         return Ok(HashSet::new());
     };
-    let selection = crate::delivery::selection_of(sub, src).map_err(Problem::internal)?;
+    let selection = crate::delivery::selection_of(sub, &src).map_err(Problem::internal)?;
     let pending: HashSet<StreamId> = store
         .pending(&sub.id, t)
         .await?
@@ -145,7 +145,7 @@ async fn superseded(
             }
             let passed = !pending.contains(&e.id)
                 && (sub.ops.is_empty() || sub.ops.contains(&e.op))
-                && selection.matches(&EventView::new(src, e));
+                && selection.matches(&EventView::new(&src, e));
             if let (true, Some(older)) = (passed, records.get_mut(&e.record)) {
                 out.extend(older.drain(..));
             }

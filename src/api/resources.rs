@@ -57,12 +57,13 @@ pub struct ResourceView {
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let targets: Vec<_> = s.shared.targets.iter().map(|(t, _)| t.clone()).collect();
+    let live = s.shared.tables();
+    let targets: Vec<_> = live.iter().map(|t| t.target.clone()).collect();
     let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
     let out: Vec<ResourceView> = tables
         .into_iter()
-        .zip(s.shared.targets.iter())
-        .map(|(v, (_, st))| ResourceView {
+        .zip(live.iter().map(|t| &t.status))
+        .map(|(v, st)| ResourceView {
             source: v.target.source,
             resource: v.target.resource,
             cursor: v.last_id.stamp,
@@ -112,8 +113,8 @@ fn target_of(
     resource: String,
 ) -> ApiResult<(Target, Arc<EventSource>)> {
     let t = Target { source, resource };
-    match s.sources.get(&t) {
-        Some(src) => Ok((t, src.clone())),
+    match s.shared.event_source(&t) {
+        Some(src) => Ok((t, src)),
         None => Err(Problem::not_found(format!(
             "{t} is not a configured source/resource; see GET /v1/resources"
         ))),

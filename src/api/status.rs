@@ -31,7 +31,7 @@ th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}td.n{text-a
 .bad{color:#b00020}.ok{color:#1b5e20}";
 
 pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
-    let targets: Vec<_> = s.shared.targets.iter().map(|(t, _)| t.clone()).collect();
+    let targets = s.shared.targets();
     let snap = status::snapshot(s.shared.store.as_ref(), &targets, s.max_waiting_retries).await?;
     let mut h = String::new();
     let _ = write!(

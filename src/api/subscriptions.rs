@@ -72,7 +72,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
 }
 
 pub(super) fn known_targets(s: &ApiState) -> Vec<Target> {
-    s.shared.targets.iter().map(|(t, _)| t.clone()).collect()
+    s.shared.targets()
 }
 
 pub(super) async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {

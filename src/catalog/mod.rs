@@ -5,7 +5,7 @@
 //! the stream: read once at the first ask, then only the events appended
 //! since, at each append this instance makes and at each ask.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify};
@@ -16,6 +16,7 @@ use crate::{
     events::StreamId,
     metrics::{Metrics, target_labels},
     store::{Store, StoreResult, Target},
+    topology::Topology,
 };
 
 mod infer;
@@ -29,7 +30,9 @@ const PAGE: usize = 1000;
 pub struct Catalog {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    tables: Vec<Table>,
+    topology: Arc<Topology>,
+    /// What inference has seen, per table of the topology it was asked of.
+    tables: std::sync::Mutex<BTreeMap<Target, Arc<Table>>>,
 }
 
 struct Table {
@@ -47,68 +50,111 @@ struct Progress {
 }
 
 impl Catalog {
-    /// `declared`: the record schemas the configuration declares.
-    pub fn new(
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        sources: &HashMap<Target, Arc<EventSource>>,
-        declared: &HashMap<Target, Value>,
-    ) -> Catalog {
-        let mut tables: Vec<Table> = sources
-            .iter()
-            .map(|(t, source)| Table {
-                source: source.clone(),
-                declared: declared.get(t).cloned(),
-                inferred: Mutex::default(),
-            })
-            .collect();
-        tables.sort_by(|a, b| {
-            a.source
-                .target
-                .to_string()
-                .cmp(&b.source.target.to_string())
-        });
+    /// The catalog of the topology's tables; a table's record schema is
+    /// its source's declared one (`schemas`), or inferred.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, topology: Arc<Topology>) -> Catalog {
         Catalog {
             store,
             metrics,
-            tables,
+            topology,
+            tables: Default::default(),
         }
     }
 
+    /// The catalog's tables now: one per table of the topology, in order.
+    fn tables(&self) -> Vec<Arc<Table>> {
+        let now = self.topology.snapshot();
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        tables.retain(|t, _| now.tables.contains_key(t));
+        now.tables
+            .iter()
+            .map(|(t, table)| {
+                let entry = tables.entry(t.clone()).or_insert_with(|| {
+                    let declared = table.source.as_ref().and_then(|s| {
+                        // Checked when the configuration loaded.
+                        s.config.settings.schemas.get(&t.resource)?.load().ok()
+                    });
+                    Arc::new(Table {
+                        source: table.event_source.clone(),
+                        declared,
+                        inferred: Mutex::default(),
+                    })
+                });
+                entry.clone()
+            })
+            .collect()
+    }
+
     /// Folds in each table's appends as they land, once inference of it
-    /// has begun (`wakes`: each table's append signal).
-    pub fn follow(self: &Arc<Self>, wakes: &[(Target, Arc<Notify>)], cancel: &CancellationToken) {
-        for (t, wake) in wakes {
-            let (catalog, t, wake, cancel) =
-                (self.clone(), t.clone(), wake.clone(), cancel.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        _ = wake.notified() => {}
-                    }
-                    if let Some(table) = catalog.tables.iter().find(|x| x.source.target == t) {
-                        let mut p = table.inferred.lock().await;
-                        if p.seeded
-                            && let Err(e) = catalog.catch_up(table, &mut p).await
-                        {
-                            tracing::debug!(target = %t, error = %e, "event catalog: catching up later");
-                        }
+    /// has begun: one task per table of the topology, started as tables
+    /// are added and ended as they go.
+    pub fn follow(self: &Arc<Self>, cancel: &CancellationToken) {
+        let (catalog, cancel) = (self.clone(), cancel.clone());
+        let mut changes = self.topology.subscribe();
+        tokio::spawn(async move {
+            let mut following = std::collections::HashSet::new();
+            loop {
+                let now = catalog.topology.snapshot();
+                following.retain(|t| now.tables.contains_key(t));
+                for (t, table) in &now.tables {
+                    if following.insert(t.clone()) {
+                        let stop = table.gone.clone();
+                        let wake = table.wake().clone();
+                        tokio::spawn(catalog.clone().follow_table(
+                            t.clone(),
+                            wake,
+                            stop,
+                            cancel.clone(),
+                        ));
                     }
                 }
-            });
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+    }
+
+    async fn follow_table(
+        self: Arc<Self>,
+        t: Target,
+        wake: Arc<Notify>,
+        gone: CancellationToken,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = gone.cancelled() => break,
+                _ = wake.notified() => {}
+            }
+            let table = self
+                .tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&t)
+                .cloned();
+            if let Some(table) = table {
+                let mut p = table.inferred.lock().await;
+                if p.seeded
+                    && let Err(e) = self.catch_up(&table, &mut p).await
+                {
+                    tracing::debug!(target = %t, error = %e, "event catalog: catching up later");
+                }
+            }
         }
     }
 
     /// Every event type of every table, each with its JSON Schema.
     pub async fn event_types(&self) -> StoreResult<Vec<Value>> {
         let mut out = Vec::new();
-        for table in &self.tables {
+        for table in self.tables() {
             let (record, origin) = match &table.declared {
                 Some(s) => (s.clone(), "declared"),
                 None => {
                     let mut p = table.inferred.lock().await;
-                    self.catch_up(table, &mut p).await?;
+                    self.catch_up(&table, &mut p).await?;
                     p.seeded = true;
                     (p.schema.schema(), "inferred")
                 }

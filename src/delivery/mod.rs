@@ -9,15 +9,15 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rand::Rng;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cloudevents::EventSource,
     config::{Config, DeliveryConfig},
     events::Event,
     store::{Store, StoreResult, Target},
     subscription::{Subscription, state::RetryState},
+    topology::Topology,
 };
 
 mod attempt;
@@ -106,8 +106,9 @@ pub struct Deliverer {
     pub store: Arc<dyn Store>,
     pub sender: Arc<sender::Sender>,
     pub schedule: Arc<Schedule>,
-    pub sources: Arc<HashMap<Target, Arc<EventSource>>>,
-    pub wakes: Arc<HashMap<Target, Arc<Notify>>>,
+    /// The tables there are: a worker per covered table, started and
+    /// stopped as tables come and go.
+    pub topology: Arc<Topology>,
     pub holder: String,
     pub lease_ttl: Duration,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -145,6 +146,7 @@ impl Deliverer {
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
         let mut memory = survive::Memory::default();
+        let mut tables = self.topology.subscribe();
         while !cancel.is_cancelled() {
             match self.store.subscriptions().await {
                 Ok(subs) => {
@@ -167,6 +169,7 @@ impl Deliverer {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+                _ = tables.changed() => {}
             }
         }
         for r in running.values() {
@@ -190,7 +193,7 @@ impl Deliverer {
     /// the next look starts their workers.
     async fn restore(&mut self, subs: &[Subscription]) {
         let (store, declared) = (self.store.as_ref(), self.declared.as_slice());
-        let known: Vec<Target> = self.sources.keys().cloned().collect();
+        let known: Vec<Target> = self.topology.snapshot().targets();
         let done = if self.apply_first {
             crate::declared::apply(store, declared, &known, self.secret_grace).await
         } else if declared.is_empty() {
@@ -223,8 +226,9 @@ impl Deliverer {
     ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {
         let mut deleted = Vec::new();
         let mut wanted = HashMap::new();
+        let now = self.topology.snapshot();
         for s in subs.iter().filter(|s| s.enabled) {
-            for t in self.sources.keys().filter(|t| s.covers(t)) {
+            for t in now.tables.keys().filter(|t| s.covers(t)) {
                 wanted.insert((s.id.clone(), t.clone()), s);
             }
         }
@@ -251,7 +255,10 @@ impl Deliverer {
                 }
                 continue;
             }
-            let (w, tx) = self.worker(s, &key.1);
+            let Some(table) = now.tables.get(&key.1) else {
+                continue;
+            };
+            let (w, tx) = self.worker_on(s, table);
             let child = cancel.child_token();
             // Every log line of a worker carries its subscription and target.
             let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.target.source, resource = %w.target.resource);
@@ -270,18 +277,28 @@ impl Deliverer {
 }
 
 impl Deliverer {
-    /// The worker of `sub` on `t`, and the sender that passes it changes
-    /// of the subscription.
+    /// The worker of `sub` on `t`, a table of the topology, and the
+    /// sender that passes it changes of the subscription.
     pub fn worker(
         &self,
         sub: &Subscription,
         t: &Target,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
+        let table = self.topology.table(t);
+        self.worker_on(sub, table.as_deref().expect("a table of the topology"))
+    }
+
+    fn worker_on(
+        &self,
+        sub: &Subscription,
+        table: &crate::topology::Table,
+    ) -> (worker::Worker, watch::Sender<Subscription>) {
+        let t = &table.target;
         let (tx, rx) = watch::channel(sub.clone());
         let w = worker::Worker {
             sub: rx,
-            source: self.sources[t].clone(),
-            wake: self.wakes.get(t).cloned().unwrap_or_default(),
+            source: table.event_source.clone(),
+            wake: table.wake().clone(),
             target: t.clone(),
             store: self.store.clone(),
             sender: self.sender.clone(),

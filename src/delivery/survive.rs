@@ -50,10 +50,11 @@ impl Deliverer {
             .collect();
         for mut sub in lost {
             let covered: Vec<Target> = self
-                .sources
-                .keys()
+                .topology
+                .snapshot()
+                .targets()
+                .into_iter()
                 .filter(|t| sub.covers(t))
-                .cloned()
                 .collect();
             for t in covered {
                 sub.start.insert(t, StreamId::ZERO);
@@ -78,7 +79,7 @@ impl Deliverer {
     /// Whether a table's epoch vanished or changed since the last look.
     async fn epochs_changed(&self, memory: &mut Memory) -> bool {
         let mut changed = false;
-        for t in self.sources.keys() {
+        for t in &self.topology.snapshot().targets() {
             let Ok(now) = self.store.epoch(t).await else {
                 continue;
             };

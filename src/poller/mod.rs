@@ -402,8 +402,28 @@ impl Poller {
         backoff(interval, most, self.failures, &mut rand::rng())
     }
 
+    /// The source's `poll_interval`.
+    pub fn interval(&self) -> Duration {
+        self.settings.poll_interval
+    }
+
+    /// One unit of the poll loop (the scheduler's and [`Poller::run`]'s):
+    /// a poll, then, while this instance holds the lease, a reconcile
+    /// sweep when one is due.
+    pub async fn step(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
+        let result = self.poll_once(cancel).await;
+        let leased = matches!(&result, Ok(r) if r.leased);
+        self.status.holds_lease.store(leased, Ordering::Relaxed);
+        if leased {
+            self.maybe_reconcile(cancel).await;
+        }
+        result
+    }
+
     /// Polls until cancelled: every `poll_interval`, or sooner after a
     /// poll that failed (with backoff), never moving the cursor on failure.
+    /// The relay runs its pollers from the scheduler instead; this loop
+    /// runs one poller on its own.
     pub async fn run(mut self, cancel: CancellationToken) {
         /// Clears `running` however the loop ends, a panic included.
         struct Running(Arc<TargetStatus>);
@@ -419,12 +439,7 @@ impl Poller {
                 "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
         }
         while !cancel.is_cancelled() {
-            let result = self.poll_once(&cancel).await;
-            let leased = matches!(&result, Ok(r) if r.leased);
-            self.status.holds_lease.store(leased, Ordering::Relaxed);
-            if leased {
-                self.maybe_reconcile(&cancel).await;
-            }
+            let result = self.step(&cancel).await;
             if let Err(PollError::Cancelled) = result {
                 break;
             }

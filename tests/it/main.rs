@@ -60,6 +60,7 @@ mod sync;
 mod tail;
 mod takeover;
 mod tls;
+mod topology;
 mod traces;
 mod upstream;
 mod upstream_reset;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::error_response;
-use crate::{Applied, Change, Faults, Kind, RequestLog, SimError, Simulator, lock};
+use crate::{Applied, Change, Faults, Kind, RequestLog, SimError, Simulator, TrafficCounts, lock};
 
 pub(super) fn routes() -> Router<Arc<Simulator>> {
     Router::new()
@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<Arc<Simulator>> {
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/flush-late", post(flush_late))
         .route("/_sim/requests", get(requests))
+        .route("/_sim/traffic", get(traffic))
         .route("/_sim/raw", post(raw))
 }
 
@@ -170,4 +171,9 @@ async fn raw(
     let Json(request) = request?;
     sim.add_raw(&request.table, request.record)?;
     Ok(StatusCode::CREATED)
+}
+
+/// List requests answered in all, in flight now, and the most at once.
+async fn traffic(State(sim): State<Arc<Simulator>>) -> Json<TrafficCounts> {
+    Json(sim.traffic())
 }

@@ -158,6 +158,7 @@ async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
+    let _counted = sim.traffic.enter();
     let mut log = RequestLog {
         table: table.clone(),
         sync: 0,

@@ -228,6 +228,55 @@ pub struct Simulator {
     /// Cancelled when serving stops, so hanging and slow answers end early
     /// instead of holding up graceful shutdown.
     halt: CancellationToken,
+    /// List requests answered in all, in flight now, and the most in flight
+    /// at once (`GET /_sim/traffic`): what tests of a client's budget read.
+    traffic: Traffic,
+}
+
+/// Counts of list requests, kept whatever the request log keeps.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    total: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicU64,
+    max_in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// What [`Traffic`] counted so far.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrafficCounts {
+    pub total: u64,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+}
+
+/// One request in flight; counted out when dropped.
+pub(crate) struct InFlight<'a>(&'a Traffic);
+
+impl Traffic {
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.total.fetch_add(1, SeqCst);
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, SeqCst);
+        InFlight(self)
+    }
+
+    fn counts(&self) -> TrafficCounts {
+        use std::sync::atomic::Ordering::SeqCst;
+        TrafficCounts {
+            total: self.total.load(SeqCst),
+            in_flight: self.in_flight.load(SeqCst),
+            max_in_flight: self.max_in_flight.load(SeqCst),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Locks a mutex even if a panicking test thread poisoned it: the state is
@@ -248,6 +297,7 @@ impl Simulator {
             tokens: Mutex::new(HashMap::new()),
             tokens_issued: std::sync::atomic::AtomicU64::new(0),
             halt: CancellationToken::new(),
+            traffic: Traffic::default(),
             config,
         })
     }
@@ -338,6 +388,11 @@ impl Simulator {
     }
 
     /// The most recent list requests, oldest first.
+    /// List requests answered in all, in flight, and most at once.
+    pub fn traffic(&self) -> TrafficCounts {
+        self.traffic.counts()
+    }
+
     pub fn requests(&self) -> Vec<RequestLog> {
         lock(&self.requests).iter().cloned().collect()
     }

@@ -34,6 +34,8 @@ pub const READ_TOKEN: &str = "test-read-token";
 pub struct App {
     api: Api,
     pub cancel: CancellationToken,
+    /// The running relay's topology: tests add and remove sources on it.
+    pub topology: std::sync::Arc<stamp_relay::topology::Topology>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -69,10 +71,12 @@ impl App {
         init_logs();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let cancel = CancellationToken::new();
+        let topology = relay.topology.clone();
         let task = tokio::spawn(relay.run(listener, cancel.clone()));
         App {
             api: Api::new(base, ADMIN_TOKEN),
             cancel,
+            topology,
             task: Some(task),
         }
     }

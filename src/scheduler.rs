@@ -1,0 +1,293 @@
+//! The Scheduler: each instance polls the tables of the topology from one
+//! due-time schedule, with a bounded pool of polls at once
+//! (`poll.max_concurrent`), instead of a task and a timer per table.
+//!
+//! A table is due at its last poll's end plus its interval (after a failed
+//! poll, a backoff). At start each table's first poll is spread over its
+//! interval by a stable offset (a hash of its name), so ten thousand tables
+//! do not poll at one instant; a table added later is due at once, and a
+//! nudge makes a source's tables due now. Between polls a table is one
+//! entry in a heap: no task, no timer. [`Poller::poll_once`] stays the unit
+//! of work; the pool runs one at a time per table.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::{task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    http::backoff,
+    metrics::Metrics,
+    poller::{PollError, PollReport, PollSettings, Poller},
+    store::{Store, Target},
+    topology::{Table, Topology},
+};
+
+/// What the scheduler needs besides the topology.
+#[derive(Clone)]
+pub struct Scheduler {
+    pub topology: Arc<Topology>,
+    pub store: Arc<dyn Store>,
+    pub holder: String,
+    pub lease_ttl: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Polls running at once at most (`poll.max_concurrent`).
+    pub max_concurrent: usize,
+    /// Where the pollers send their health transitions (`_relay/health`).
+    pub health_log: Option<crate::poller::HealthLog>,
+}
+
+/// One scheduled table.
+struct Slot {
+    /// The topology's entry it was scheduled from: a new entry (a pause,
+    /// a source replaced) reschedules it.
+    table: Arc<Table>,
+    /// None while its poll runs.
+    poller: Option<Poller>,
+    due: Instant,
+    failures: u32,
+    /// Nudged while its poll ran: due again as soon as it ends.
+    nudged: bool,
+}
+
+type Done = (Poller, Result<PollReport, PollError>);
+
+impl Scheduler {
+    /// The poller of a polled table of the topology, sharing its status.
+    pub fn poller_of(&self, table: &Table) -> Option<Poller> {
+        let source = table.source.as_ref()?;
+        let settings = PollSettings::new(&source.config.settings, self.lease_ttl);
+        let mut poller = Poller::new(
+            table.target.clone(),
+            self.store.clone(),
+            source.upstream.clone(),
+            &self.holder,
+            settings,
+            self.metrics.clone(),
+        );
+        poller.status = table.status.clone();
+        if let Some(log) = &self.health_log {
+            poller.report_health(log.clone());
+        }
+        Some(poller)
+    }
+
+    /// Polls the topology's tables until `cancel`; `built` are pollers made
+    /// ahead (by `Relay::build`), used for their tables. On the way out it
+    /// lets running polls end between chunks and releases every lease.
+    pub async fn run(self, built: Vec<Poller>, cancel: CancellationToken) {
+        let mut built: HashMap<Target, Poller> =
+            built.into_iter().map(|p| (p.target.clone(), p)).collect();
+        let mut slots: HashMap<Target, Slot> = HashMap::new();
+        let mut queue: BinaryHeap<Reverse<(Instant, Target)>> = BinaryHeap::new();
+        let mut running: JoinSet<Done> = JoinSet::new();
+        let mut changes = self.topology.subscribe();
+        let start = Instant::now();
+        self.follow(&mut slots, &mut queue, &mut built, Some(start));
+        while !cancel.is_cancelled() {
+            self.start_due(&mut slots, &mut queue, &mut running, &cancel);
+            let room = running.len() < self.max_concurrent.max(1);
+            let next = queue.peek().map(|Reverse((due, _))| *due).filter(|_| room);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(done) = running.join_next() => match done {
+                    Ok(done) => self.finished(done, &mut slots, &mut queue),
+                    Err(e) => tracing::error!(error = %e, "a poll task panicked; its table is not polled until a restart"),
+                },
+                _ = sleep_until(next) => {}
+                changed = changes.changed() => if changed.is_ok() {
+                    self.follow(&mut slots, &mut queue, &mut built, None);
+                },
+                () = self.topology.nudged() => self.nudges(&mut slots, &mut queue),
+            }
+        }
+        let mut stopped: Vec<Poller> = Vec::new();
+        while let Some(done) = running.join_next().await {
+            stopped.extend(done.ok().map(|(poller, _)| poller));
+        }
+        for slot in slots.into_values() {
+            slot.table.status.running.store(false, Ordering::Relaxed);
+            stopped.extend(slot.poller);
+        }
+        let releases = stopped.iter().map(|p| {
+            p.status.holds_lease.store(false, Ordering::Relaxed);
+            self.store.release(&p.target, &self.holder)
+        });
+        futures_util::future::join_all(releases).await;
+    }
+
+    /// Starts every due poll the pool has room for.
+    fn start_due(
+        &self,
+        slots: &mut HashMap<Target, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        running: &mut JoinSet<Done>,
+        cancel: &CancellationToken,
+    ) {
+        let now = Instant::now();
+        while running.len() < self.max_concurrent.max(1) {
+            let Some(Reverse((due, _))) = queue.peek() else {
+                return;
+            };
+            if *due > now {
+                return;
+            }
+            let Some(Reverse((due, t))) = queue.pop() else {
+                return;
+            };
+            // An entry left behind by a reschedule, a removal or a poll
+            // still running is skipped.
+            let Some(slot) = slots.get_mut(&t).filter(|s| s.due == due) else {
+                continue;
+            };
+            let Some(mut poller) = slot.poller.take() else {
+                continue;
+            };
+            slot.nudged = false;
+            let cancel = cancel.clone();
+            // Every log line of a poll carries its source and resource.
+            let span = tracing::info_span!("poll", source = %t.source, resource = %t.resource);
+            running.spawn(tracing::Instrument::instrument(
+                async move {
+                    let result = poller.step(&cancel).await;
+                    (poller, result)
+                },
+                span,
+            ));
+        }
+    }
+
+    /// Files a finished poll: the table is due again after its interval
+    /// (or a backoff), unless it left the schedule meanwhile.
+    fn finished(
+        &self,
+        (poller, result): Done,
+        slots: &mut HashMap<Target, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+    ) {
+        let Some(slot) = slots.get_mut(&poller.target) else {
+            // Removed or paused while it ran.
+            self.retire(poller);
+            return;
+        };
+        if matches!(result, Err(PollError::Cancelled)) {
+            slot.poller = Some(poller);
+            return;
+        }
+        slot.failures = if result.is_ok() { 0 } else { slot.failures + 1 };
+        let interval = poller.interval();
+        let wait = match slot.failures {
+            _ if slot.nudged => Duration::ZERO,
+            0 => interval,
+            n => backoff(interval, Duration::from_secs(300), n, &mut rand::rng()),
+        };
+        slot.due = Instant::now() + wait;
+        queue.push(Reverse((slot.due, poller.target.clone())));
+        slot.poller = Some(poller);
+    }
+
+    /// Brings the schedule in line with the topology: new polled tables
+    /// are scheduled (spread over their interval at `start`, else due at
+    /// once), removed and paused ones leave it.
+    fn follow(
+        &self,
+        slots: &mut HashMap<Target, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        built: &mut HashMap<Target, Poller>,
+        start: Option<Instant>,
+    ) {
+        let now = self.topology.snapshot();
+        let leaving: Vec<Target> = slots
+            .iter()
+            .filter(|(t, slot)| {
+                now.tables
+                    .get(*t)
+                    .is_none_or(|table| !table.polled() || !Arc::ptr_eq(table, &slot.table))
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        for t in leaving {
+            let Some(slot) = slots.remove(&t) else {
+                continue;
+            };
+            slot.table.status.running.store(false, Ordering::Relaxed);
+            if let Some(poller) = slot.poller {
+                self.retire(poller);
+            }
+        }
+        for (t, table) in now.tables.iter().filter(|(_, table)| table.polled()) {
+            if slots.contains_key(t) {
+                continue;
+            }
+            let poller = built.remove(t).or_else(|| self.poller_of(table));
+            let Some(poller) = poller else { continue };
+            let due = match start {
+                Some(start) => start + offset(t, poller.interval()),
+                None => Instant::now(),
+            };
+            // Ready from the start: readiness must not race the first poll.
+            table.status.running.store(true, Ordering::Relaxed);
+            queue.push(Reverse((due, t.clone())));
+            let table = table.clone();
+            let slot = Slot {
+                table,
+                poller: Some(poller),
+                due,
+                failures: 0,
+                nudged: false,
+            };
+            slots.insert(t.clone(), slot);
+        }
+    }
+
+    /// Makes the tables of every nudged source due now.
+    fn nudges(
+        &self,
+        slots: &mut HashMap<Target, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+    ) {
+        let now = Instant::now();
+        for source in self.topology.take_nudges() {
+            for (t, slot) in slots.iter_mut().filter(|(t, _)| t.source == source) {
+                if slot.poller.is_none() {
+                    // Its poll runs now: another follows at once.
+                    slot.nudged = true;
+                    continue;
+                }
+                slot.due = now;
+                queue.push(Reverse((now, t.clone())));
+            }
+        }
+    }
+
+    /// A poller that leaves the schedule: its lease is released so
+    /// another instance (or this one, later) goes on at once.
+    fn retire(&self, poller: Poller) {
+        poller.status.holds_lease.store(false, Ordering::Relaxed);
+        let (store, holder) = (self.store.clone(), self.holder.clone());
+        tokio::spawn(async move {
+            let _ = store.release(&poller.target, &holder).await;
+        });
+    }
+}
+
+/// A stable offset of `t` within `interval`: where its first poll falls.
+fn offset(t: &Target, interval: Duration) -> Duration {
+    let mut h = DefaultHasher::new();
+    t.hash(&mut h);
+    let nanos = interval.as_nanos().max(1) as u64;
+    Duration::from_nanos(h.finish() % nanos)
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
