@@ -60,12 +60,15 @@ pub struct Shared {
 impl Shared {
     /// Every table's key, in order.
     pub fn targets(&self) -> Vec<Target> {
-        self.topology.snapshot().targets()
+        self.tables().iter().map(|t| t.target.clone()).collect()
     }
 
-    /// Every table, in order.
+    /// Every table, in order, the relay's own (`_relay/health`) after the
+    /// upstreams' ones.
     pub fn tables(&self) -> Vec<Arc<Table>> {
-        self.topology.tables()
+        let mut tables = self.topology.tables();
+        tables.sort_by_key(|t| t.target.is_internal());
+        tables
     }
 
     /// How `t`'s events look downstream; None for an unknown table.
