@@ -221,7 +221,6 @@ const MAX_LIMIT: usize = 1000;
 /// Health reads in flight at once while `?state=` filters.
 const HEALTH_READS: usize = 32;
 
-
 pub async fn list(
     State(s): State<ApiState>,
     QueryParams(q): QueryParams<ListQuery>,
@@ -275,7 +274,11 @@ pub async fn list(
     }
     let total = all.len();
     let mut items = Vec::new();
-    for (name, mut v) in all.into_iter().skip((page - 1).saturating_mul(limit)).take(limit) {
+    for (name, mut v) in all
+        .into_iter()
+        .skip((page - 1).saturating_mul(limit))
+        .take(limit)
+    {
         if wanted.is_none() {
             with_health(&s, &name, &mut v).await?;
         }

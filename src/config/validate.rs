@@ -269,7 +269,10 @@ fn check_source_limits(s: &SourceConfig, problems: &mut Vec<String>, key: &dyn F
         ));
     }
     if s.failing_after_intervals == 0 {
-        problems.push(format!("{}: must be at least 1", key("failing_after_intervals")));
+        problems.push(format!(
+            "{}: must be at least 1",
+            key("failing_after_intervals")
+        ));
     }
     if s.max_walks == 0 {
         problems.push(format!("{}: must be at least 1", key("max_walks")));

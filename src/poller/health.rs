@@ -190,7 +190,11 @@ impl HealthWriter {
     /// the lease of `_relay/health` (instances take turns).
     pub async fn write(&self, note: &Note) -> StoreResult<()> {
         let table = health_table();
-        while !self.store.lease(&table, &self.holder, self.lease_ttl).await? {
+        while !self
+            .store
+            .lease(&table, &self.holder, self.lease_ttl)
+            .await?
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let fresh = uuid::Uuid::new_v4().simple().to_string();
@@ -232,7 +236,11 @@ impl HealthWriter {
             }),
         )];
         let mut others = Vec::new();
-        for other in self.targets.iter().filter(|o| o.source == t.source && *o != t) {
+        for other in self
+            .targets
+            .iter()
+            .filter(|o| o.source == t.source && *o != t)
+        {
             let stored = self.store.poll_status(other).await?;
             others.extend(stored.and_then(|s| s.health));
         }

@@ -60,7 +60,9 @@ impl Poller {
         self.note(result);
         self.wait = self.next_wait(result);
         let now = now_ms();
-        let health = self.judge(result, now, now + self.wait.as_millis() as u64).await;
+        let health = self
+            .judge(result, now, now + self.wait.as_millis() as u64)
+            .await;
         if matches!(result, Ok(r) if !r.leased) {
             // Another instance polls this target and writes its status, and
             // reloads it after a reset.

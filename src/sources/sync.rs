@@ -73,7 +73,7 @@ impl SourceSync {
         }
         for s in self.topology.sources() {
             if s.origin == Origin::Api && !stored.contains_key(s.name()) {
-                self.apply(&mut seen, &s.name().to_string(), None);
+                self.apply(&mut seen, s.name(), None);
             }
         }
         Ok(())
