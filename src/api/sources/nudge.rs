@@ -101,21 +101,31 @@ pub async fn rotate(
     Ok(Json(json!({ "source": name, "nudge_token": token })))
 }
 
-/// Whether the request carries an admin token or `name`'s nudge token.
-async fn allowed(s: &ApiState, name: &str, authorization: Option<&str>) -> ApiResult<bool> {
-    if auth::authorize(s.tokens.list(), authorization, Scope::Admin, false).is_ok() {
-        return Ok(true);
+/// Passes an admin token or `name`'s nudge token; otherwise the problem
+/// to answer: 403 for another configured token (a read token), else 401.
+async fn authorized(s: &ApiState, name: &str, authorization: Option<&str>) -> ApiResult<()> {
+    let refused = match auth::authorize(s.tokens.list(), authorization, Scope::Admin, false) {
+        Ok(_) => return Ok(()),
+        Err(p) => p,
+    };
+    if let Some(presented) = authorization.and_then(bearer_of)
+        && let Some(doc) = s.shared.store.document(TOKENS, name).await?
+    {
+        let stored: serde_json::Value =
+            serde_json::from_str(&doc.json).map_err(Problem::internal)?;
+        let want = stored["sha256"].as_str().unwrap_or_default().as_bytes();
+        if auth::ct_eq_bytes(want, digest(&presented).as_bytes()) {
+            return Ok(());
+        }
     }
-    let Some(presented) = authorization.and_then(bearer_of) else {
-        return Ok(false);
-    };
-    let Some(doc) = s.shared.store.document(TOKENS, name).await? else {
-        return Ok(false);
-    };
-    let stored: serde_json::Value = serde_json::from_str(&doc.json).map_err(Problem::internal)?;
-    let want = stored["sha256"].as_str().unwrap_or_default().as_bytes();
-    let have = digest(&presented);
-    Ok(auth::ct_eq_bytes(want, have.as_bytes()))
+    if refused.status == StatusCode::FORBIDDEN {
+        return Err(refused);
+    }
+    Err(Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send Authorization: Bearer <token> with an admin token or this source's nudge token",
+    ))
 }
 
 pub async fn nudge(
@@ -134,13 +144,11 @@ pub async fn nudge(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !allowed(&s, &name, authorization).await? {
-        s.tokens.failed(peer);
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <token> with an admin token or this source's nudge token",
-        ));
+    if let Err(p) = authorized(&s, &name, authorization).await {
+        if p.status == StatusCode::UNAUTHORIZED {
+            s.tokens.failed(peer);
+        }
+        return Err(p);
     }
     let Some(source) = s.shared.topology.source(&name) else {
         return Err(Problem::not_found(format!("no source {name:?}")));
