@@ -17,12 +17,12 @@ use crate::{
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
+    sources::{SourceKey, sync::SourceSync},
     poller::{
         HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
         health_table,
     },
     scheduler::Scheduler,
-    sources::{SourceKey, sync::SourceSync},
     store::{self, Store, Target},
     tail::Tails,
     topology::Topology,
@@ -74,21 +74,7 @@ impl Relay {
         let holder = instance_id();
         let metrics = Arc::new(Metrics::new());
         let topology = Topology::from_config(&config, store.clone())?;
-        let health = EventSource {
-            target: health_table(),
-            source_url: "urn:stamp-relay:health".into(),
-            type_prefix: config.api.event_type_prefix.clone(),
-            fields: Default::default(),
-        };
-        let health_status = topology.add_internal(health, false)?.status.clone();
-        let targets = Arc::new(topology.snapshot().targets());
-        let (health_log, writer) = HealthLog::new(
-            store.clone(),
-            &holder,
-            config.store.lease_ttl,
-            targets,
-            health_status.wake.clone(),
-        );
+        let (health_status, health_log, writer) = health(&config, &store, &topology, &holder)?;
         let declared = Arc::new(declared::of(&config)?);
         let policy = Deliverer::policy(&config);
         let refused = policy.declared_problems(&config);
@@ -311,4 +297,39 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// The `_relay/health` table in the topology, and the log the pollers send
+/// their transitions to with the task that appends them.
+fn health(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    topology: &Arc<Topology>,
+    holder: &str,
+) -> anyhow::Result<(Arc<TargetStatus>, HealthLog, HealthWriter)> {
+    let table = EventSource {
+        target: health_table(),
+        source_url: "urn:stamp-relay:health".into(),
+        type_prefix: config.api.event_type_prefix.clone(),
+        fields: Default::default(),
+    };
+    let status = topology.add_internal(table, false)?.status.clone();
+    let topology = topology.clone();
+    // A source's tables as the topology has them when a transition is written.
+    let tables_of = Arc::new(move |source: &str| {
+        let now = topology.snapshot();
+        now.tables
+            .keys()
+            .filter(|t| t.source == source)
+            .cloned()
+            .collect()
+    });
+    let (log, writer) = HealthLog::new(
+        store.clone(),
+        holder,
+        config.store.lease_ttl,
+        tables_of,
+        status.wake.clone(),
+    );
+    Ok((status, log, writer))
 }

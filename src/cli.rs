@@ -12,6 +12,7 @@ use crate::{
     config::Config,
     demo::DemoArgs,
     shutdown::shutdown_signal,
+    status::{Overview, Query, SubscriptionView},
     store::{self, Target},
     telemetry::Telemetry,
 };
@@ -59,10 +60,19 @@ enum Command {
     Demo(DemoArgs),
     /// Serve a PainChek-compatible upstream for tests, demos and benchmarks.
     Simulate(Box<SimArgs>),
-    /// Show each target's cursor and stream length from the store.
+    /// Show sources and tables by health (failing first) and subscriptions, from the store.
     Status {
         #[arg(long)]
         config: PathBuf,
+        /// Only sources whose name contains this.
+        #[arg(long)]
+        search: Option<String>,
+        /// Only sources in this health state (healthy, degraded, failing, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// The page of sources to show (50 a page).
+        #[arg(long)]
+        page: Option<String>,
     },
     /// Validate a configuration file and print what is wrong, or "ok".
     CheckConfig {
@@ -210,8 +220,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             sync_once(crate::declared::load_config(Some(&config))?).await
         }
-        Command::Status { config } => {
-            status(crate::declared::load_store_config(Some(&config))?).await
+        Command::Status {
+            config,
+            search,
+            state,
+            page,
+        } => {
+            let query = Query::parse(search.as_deref(), state.as_deref(), page.as_deref())
+                .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
+            let config = crate::declared::load_store_config(Some(&config))?;
+            status(config, &query).await
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => {
@@ -372,32 +390,62 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
 }
 
 /// Reads the store only: needs no upstream, API or webhook secret.
-async fn status(config: crate::config::RawConfig) -> anyhow::Result<ExitCode> {
+async fn status(config: crate::config::RawConfig, query: &Query) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
     let targets: Vec<Target> = config
         .sources
         .iter()
         .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
         .collect();
-    let snap = crate::status::snapshot(
-        store.as_ref(),
-        &targets,
-        config.delivery.max_waiting_retries,
-    )
-    .await?;
-    print_status(&snap);
+    let overview = crate::status::overview(store.as_ref(), &targets, query).await?;
+    let limit = config.delivery.max_waiting_retries;
+    let subscriptions = crate::status::subscriptions(store.as_ref(), &targets, limit).await?;
+    println!("store: {}", store.describe());
+    print_sources(&overview);
+    print_tables(&overview);
+    print_subscriptions(&subscriptions, limit);
     Ok(ExitCode::SUCCESS)
 }
 
-/// `stamp-relay status` as text: one row per table, one per subscription.
-fn print_status(snap: &crate::status::Snapshot) {
-    println!("store: {}", snap.store);
+/// The counts by state, then the page of sources, worst first.
+fn print_sources(o: &Overview) {
+    let counts = |counts: &[(crate::health::State, usize)]| -> String {
+        let words: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        words.join(", ")
+    };
+    println!("sources: {}", counts(&o.sources_by_state));
+    println!("tables:  {}", counts(&o.tables_by_state));
+    println!(
+        "\n{} sources match; page {} of {} (--page N; --search, --state narrow)",
+        o.matching, o.page, o.pages
+    );
+    println!("{:<32} {:<12} {:<28} reason", "source", "state", "tables");
+    for s in &o.sources {
+        let tables: Vec<String> = s
+            .health
+            .counts
+            .iter()
+            .map(|(st, n)| format!("{st} {n}"))
+            .collect();
+        println!(
+            "{:<32} {:<12} {:<28} {}",
+            s.name,
+            s.health.state.name(),
+            tables.join(", "),
+            s.health.reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// One row per table of the sources shown.
+fn print_tables(o: &Overview) {
+    println!();
     println!(
         "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  state",
         "target", "cursor", "events", "records", "events/min", "last poll"
     );
     let now = crate::events::now_ms();
-    for v in &snap.tables {
+    for v in o.sources.iter().flat_map(|s| &s.tables) {
         let last = &v.poll;
         let polled = if last.finished_ms == 0 {
             "never".to_string()
@@ -425,18 +473,16 @@ fn print_status(snap: &crate::status::Snapshot) {
             polled,
         );
     }
-    print_subscriptions(snap);
 }
 
 /// The subscription rows of `stamp-relay status`; `(config)` marks those
 /// the configuration file declares.
-fn print_subscriptions(snap: &crate::status::Snapshot) {
+fn print_subscriptions(subscriptions: &[SubscriptionView], limit: usize) {
     println!(
         "\n{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  url",
         "subscription", "state", "pending", "waiting", "lag (stamps)", "dead letters"
     );
-    let limit = snap.max_waiting_retries;
-    for v in &snap.subscriptions {
+    for v in subscriptions {
         println!(
             "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
             match v.sub.managed_by {
@@ -461,7 +507,7 @@ fn print_subscriptions(snap: &crate::status::Snapshot) {
             );
         }
     }
-    if snap.subscriptions.is_empty() {
+    if subscriptions.is_empty() {
         println!("(none)");
     }
 }

@@ -22,7 +22,6 @@ use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    http::backoff,
     metrics::Metrics,
     poller::{PollError, PollReport, PollSettings, Poller},
     store::{Store, Target},
@@ -51,7 +50,6 @@ struct Slot {
     /// None while its poll runs.
     poller: Option<Poller>,
     due: Instant,
-    failures: u32,
     /// Nudged while its poll ran: due again as soon as it ends.
     nudged: bool,
 }
@@ -180,12 +178,12 @@ impl Scheduler {
             slot.poller = Some(poller);
             return;
         }
-        slot.failures = if result.is_ok() { 0 } else { slot.failures + 1 };
-        let interval = poller.interval();
-        let wait = match slot.failures {
-            _ if slot.nudged => Duration::ZERO,
-            0 => interval,
-            n => backoff(interval, Duration::from_secs(300), n, &mut rand::rng()),
+        // The poller's own wait (the interval, or a backoff after failures),
+        // which its health shows as the next attempt.
+        let wait = if slot.nudged {
+            Duration::ZERO
+        } else {
+            poller.wait()
         };
         slot.due = Instant::now() + wait;
         queue.push(Reverse((slot.due, poller.target.clone())));
@@ -239,7 +237,6 @@ impl Scheduler {
                 table,
                 poller: Some(poller),
                 due,
-                failures: 0,
                 nudged: false,
             };
             slots.insert(t.clone(), slot);

@@ -32,7 +32,8 @@ async fn parts(s: &ApiState) -> Vec<Part> {
         ready: s.shared.store.ping().await.is_ok(),
     }];
     let tables = s.shared.tables();
-    // Paused tables and internal ones have no poll loop to be ready.
+    // Paused tables and internal ones have no poll loop to be ready; an
+    // upstream's health is never a part of readiness (docs/operations.md).
     parts.extend(tables.iter().filter(|t| t.polled()).map(|t| Part {
         name: format!("poller:{}", t.target),
         ready: t.status.running.load(Ordering::Relaxed),

@@ -60,20 +60,27 @@ pub struct Shared {
 impl Shared {
     /// Every table's key, in order.
     pub fn targets(&self) -> Vec<Target> {
-        self.tables().iter().map(|t| t.target.clone()).collect()
+        self.topology.snapshot().targets()
     }
 
-    /// Every table, in order, the relay's own (`_relay/health`) after the
-    /// upstreams' ones.
+    /// Every table, in order.
     pub fn tables(&self) -> Vec<Arc<Table>> {
-        let mut tables = self.topology.tables();
-        tables.sort_by_key(|t| t.target.is_internal());
-        tables
+        self.topology.tables()
     }
 
     /// How `t`'s events look downstream; None for an unknown table.
     pub fn event_source(&self, t: &Target) -> Option<Arc<EventSource>> {
         Some(self.topology.table(t)?.event_source.clone())
+    }
+}
+
+impl Shared {
+    /// Every table of a source, paused ones too, in order: what the status
+    /// surfaces list (the relay's own `_relay/health` is read by replay).
+    pub fn source_tables(&self) -> Vec<Arc<Table>> {
+        let mut tables = self.tables();
+        tables.retain(|t| t.source.is_some());
+        tables
     }
 }
 

@@ -54,10 +54,13 @@ pub struct ResourceView {
     /// What the table's poller noticed that breaks an assumption of the
     /// sync, by kind (store/alerts.rs): how often, and when last.
     pub alerts: crate::store::alerts::Marks,
+    /// The table's health as its poller last judged it (health.rs); none
+    /// before its first poll, and for the relay's own tables.
+    pub health: Option<crate::health::Health>,
 }
 
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let live = s.shared.tables();
+    let live = s.shared.source_tables();
     let targets: Vec<_> = live.iter().map(|t| t.target.clone()).collect();
     let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
     let out: Vec<ResourceView> = tables
@@ -75,6 +78,7 @@ pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value
             rate_per_min: v.poll.rate_shown(),
             last_error: v.poll.error,
             alerts: v.poll.alerts,
+            health: v.poll.health,
             polled_by: (!v.poll.holder.is_empty()).then_some(v.poll.holder),
             // This instance's own count of the resets it found.
             store_resets: st.resets.load(Ordering::Relaxed),

@@ -1,15 +1,19 @@
-//! `GET /`: one server-rendered page (no build step) with each target and
-//! each subscription, refreshing itself. Behind a read token; a browser
+//! `GET /`: one server-rendered page (no build step), refreshing itself:
+//! sources and tables counted by health state on top, then the sources a
+//! search picks (`?q=&state=&page=`), worst first, a page at a time, with
+//! their tables, then each subscription. Behind a read token; a browser
 //! sends it as the password of the Basic prompt.
 
 use std::fmt::Write;
 
 use axum::{extract::State, response::Html};
+use serde::Deserialize;
 
-use super::{ApiState, problem::Problem};
+use super::{ApiState, extract::QueryParams, problem::Problem};
 use crate::{
     events::now_ms,
-    status::{self, SubscriptionView, TableView},
+    health::State as Health,
+    status::{self, Overview, Query, SubscriptionView, TableView},
 };
 
 fn esc(s: &str) -> String {
@@ -30,20 +34,43 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}t
 th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .bad{color:#b00020}.ok{color:#1b5e20}";
 
-pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
-    let targets = s.shared.targets();
-    let snap = status::snapshot(s.shared.store.as_ref(), &targets, s.max_waiting_retries).await?;
+/// `?q=&state=&page=`, read as text so a bad value gets a problem naming it.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    q: Option<String>,
+    state: Option<String>,
+    page: Option<String>,
+}
+
+pub async fn page(
+    State(s): State<ApiState>,
+    QueryParams(pq): QueryParams<PageQuery>,
+) -> Result<Html<String>, Problem> {
+    let query = Query::parse(pq.q.as_deref(), pq.state.as_deref(), pq.page.as_deref())
+        .map_err(|(field, detail)| Problem::invalid(field, detail))?;
+    let tables = s.shared.source_tables();
+    let targets: Vec<_> = tables.iter().map(|t| t.target.clone()).collect();
+    let store = s.shared.store.as_ref();
+    let overview = status::overview(store, &targets, &query).await?;
+    let subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;
     let mut h = String::new();
     let _ = write!(
         h,
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
          <title>stamp-relay</title><style>{STYLE}</style></head><body><h1>stamp-relay</h1>\
-         <p>{} &middot; refreshes every 5 s</p><h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
-         <th>events</th><th>records</th><th>events/min</th><th>last poll</th><th>polled by</th><th>state</th></tr>",
-        esc(&snap.store)
+         <p>{} &middot; refreshes every 5 s</p>",
+        esc(&store.describe())
     );
-    snap.tables.iter().for_each(|t| table_row(&mut h, t));
-    let limit = snap.max_waiting_retries;
+    sources(&mut h, &overview, &query);
+    let _ = write!(
+        h,
+        "<h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
+         <th>events</th><th>records</th><th>events/min</th><th>last poll</th><th>polled by</th><th>state</th></tr>"
+    );
+    for source in &overview.sources {
+        source.tables.iter().for_each(|t| table_row(&mut h, t));
+    }
+    let limit = s.max_waiting_retries;
     let _ = write!(
         h,
         "</table><h2>Subscriptions</h2><table id=subscriptions><tr><th>id</th><th>url</th><th>state</th>\
@@ -51,11 +78,99 @@ pub async fn page(State(s): State<ApiState>) -> Result<Html<String>, Problem> {
          next attempt; with {limit} (delivery.max_waiting_retries) on a table, delivery claims nothing new \
          there\">waiting retries (limit {limit})</th><th>dead letters</th></tr>",
     );
-    snap.subscriptions
+    subscriptions
         .iter()
         .for_each(|v| subscription_row(&mut h, v));
     h.push_str("</table></body></html>");
     Ok(Html(h))
+}
+
+/// The counts by state, the search form, and the page of sources.
+fn sources(h: &mut String, o: &Overview, query: &Query) {
+    let counts = |h: &mut String, kind: &str, counts: &[(Health, usize)]| {
+        let _ = write!(h, "<p id={kind}-by-state>{kind}:");
+        for (state, n) in counts {
+            let class = if *state == Health::Healthy {
+                "ok"
+            } else {
+                "bad"
+            };
+            let class = if *n == 0 { "" } else { class };
+            let _ = write!(
+                h,
+                " <a class={class} data-count=\"{state}\" href=\"?state={state}\">{state} {n}</a>"
+            );
+        }
+        h.push_str("</p>");
+    };
+    h.push_str("<h2>Sources</h2>");
+    counts(h, "sources", &o.sources_by_state);
+    counts(h, "tables", &o.tables_by_state);
+    let q = query.q.as_deref().unwrap_or("");
+    let _ = write!(
+        h,
+        "<form method=get><input name=q placeholder=\"source name\" value=\"{}\"> <select name=state><option value=\"\">any state</option>",
+        esc(q)
+    );
+    for state in Health::ALL {
+        let selected = if query.state == Some(state) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(h, "<option{selected}>{state}</option>");
+    }
+    let _ = write!(
+        h,
+        "</select> <button>search</button></form><p id=paging data-matching={} data-page={} data-pages={}>{} sources match &middot; page {} of {}",
+        o.matching, o.page, o.pages, o.matching, o.page, o.pages
+    );
+    let link = |page: usize| {
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        url.append_pair("q", q);
+        url.append_pair("state", query.state.map_or("", |s| s.name()));
+        url.append_pair("page", &page.to_string());
+        esc(&url.finish())
+    };
+    if o.page > 1 {
+        let _ = write!(
+            h,
+            " &middot; <a rel=prev href=\"?{}\">previous</a>",
+            link(o.page - 1)
+        );
+    }
+    if o.page < o.pages {
+        let _ = write!(
+            h,
+            " &middot; <a rel=next href=\"?{}\">next</a>",
+            link(o.page + 1)
+        );
+    }
+    h.push_str("</p><table id=sources><tr><th>source</th><th>state</th><th>since</th><th>tables</th><th>reason</th></tr>");
+    for s in &o.sources {
+        let class = if s.health.state == Health::Healthy {
+            "ok"
+        } else {
+            "bad"
+        };
+        let tables: Vec<String> = s
+            .health
+            .counts
+            .iter()
+            .map(|(st, n)| format!("{st} {n}"))
+            .collect();
+        let _ = write!(
+            h,
+            "<tr data-source=\"{name}\" data-state=\"{state}\"><td>{name}</td><td class={class}>{state}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            age(Some(s.health.since)),
+            tables.join(", "),
+            esc(s.health.reason.as_deref().unwrap_or("")),
+            name = esc(&s.name),
+            state = s.health.state,
+        );
+    }
+    h.push_str("</table>");
 }
 
 fn table_row(h: &mut String, v: &TableView) {
@@ -77,7 +192,7 @@ fn table_row(h: &mut String, v: &TableView) {
     };
     let _ = write!(
         h,
-        "<tr data-target=\"{t}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
+        "<tr data-target=\"{t}\" data-health=\"{health}\"><td>{t}</td><td class=n data-cursor>{}</td><td class=n>{}</td><td class=n>{}</td>\
          <td class=n data-rate>{}</td><td>{}</td><td>{}</td><td>{state}</td></tr>",
         v.last_id.stamp,
         v.stream_length,
@@ -86,6 +201,7 @@ fn table_row(h: &mut String, v: &TableView) {
         age((last.finished_ms > 0).then_some(last.finished_ms)),
         esc(&last.holder),
         t = v.target,
+        health = last.health.as_ref().map_or("", |h| h.state.name()),
     );
 }
 

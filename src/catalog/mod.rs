@@ -61,13 +61,16 @@ impl Catalog {
         }
     }
 
-    /// The catalog's tables now: one per table of the topology, in order.
+    /// The catalog's tables now: one per table of a source in the
+    /// topology, in order. The relay's own `_relay/health` has event types
+    /// of its own (docs/events.md), not `<resource>.<op>`.
     fn tables(&self) -> Vec<Arc<Table>> {
         let now = self.topology.snapshot();
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         tables.retain(|t, _| now.tables.contains_key(t));
         now.tables
             .iter()
+            .filter(|(_, table)| table.source.is_some())
             .map(|(t, table)| {
                 let entry = tables.entry(t.clone()).or_insert_with(|| {
                     let declared = table.source.as_ref().and_then(|s| {

@@ -129,14 +129,17 @@ fn raised(before: &Marks, now: &Marks) -> Vec<String> {
         .collect()
 }
 
+/// The tables of a source, as the relay knows them now.
+pub type TablesOf = Arc<dyn Fn(&str) -> Vec<Target> + Send + Sync>;
+
 /// Appends this instance's transitions to `_relay/health`, one at a time.
 pub struct HealthWriter {
     rx: mpsc::UnboundedReceiver<Note>,
     store: Arc<dyn Store>,
     holder: String,
     lease_ttl: Duration,
-    /// Every table, to fold a source's health from its tables'.
-    targets: Arc<Vec<Target>>,
+    /// A source's tables, to fold its health from theirs.
+    tables_of: TablesOf,
     /// Poked after each append, for the live tails and delivery.
     wake: Arc<Notify>,
 }
@@ -146,7 +149,7 @@ impl HealthLog {
         store: Arc<dyn Store>,
         holder: &str,
         lease_ttl: Duration,
-        targets: Arc<Vec<Target>>,
+        tables_of: TablesOf,
         wake: Arc<Notify>,
     ) -> (HealthLog, HealthWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -155,7 +158,7 @@ impl HealthLog {
             store,
             holder: holder.to_string(),
             lease_ttl,
-            targets,
+            tables_of,
             wake,
         };
         (HealthLog(tx), writer)
@@ -236,11 +239,7 @@ impl HealthWriter {
             }),
         )];
         let mut others = Vec::new();
-        for other in self
-            .targets
-            .iter()
-            .filter(|o| o.source == t.source && *o != t)
-        {
+        for other in (self.tables_of)(&t.source).iter().filter(|o| *o != t) {
             let stored = self.store.poll_status(other).await?;
             others.extend(stored.and_then(|s| s.health));
         }

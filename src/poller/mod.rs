@@ -28,7 +28,7 @@ use crate::{
 mod breaks;
 mod epoch;
 mod health;
-pub use health::{HealthLog, HealthWriter, Note, health_table};
+pub use health::{HealthLog, HealthWriter, Note, TablesOf, health_table};
 mod keyset;
 mod lease;
 mod paging;
@@ -388,6 +388,12 @@ impl Poller {
             report.rejected += 1;
         }
         Ok(())
+    }
+
+    /// The wait before the next poll after the last one: the interval, or
+    /// a backoff after failures in a row.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 
     /// The wait before the next poll after `result`: the interval, or a
