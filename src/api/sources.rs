@@ -82,6 +82,20 @@ fn take_members(body: &mut Map<String, Value>) -> ApiResult<(Option<ApiAuth>, Op
     Ok((auth, paused))
 }
 
+/// 503 naming the variable: credentials and no key to seal or open them.
+fn key_missing() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "source_key_missing",
+        format!(
+            "this source has credentials, and the relay stores them only encrypted: set {} \
+             to 32 random bytes in base64 (`openssl rand -base64 32`) on every instance and \
+             restart, or create the source without auth",
+            sources::seal::KEY_VAR
+        ),
+    )
+}
+
 /// Seals `creds` for `name`; 503 naming the variable without a key.
 fn seal(
     s: &ApiState,
@@ -91,18 +105,7 @@ fn seal(
     if creds.0.is_empty() {
         return Ok((None, None));
     }
-    let key = s.source_admin.sync.key().ok_or_else(|| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "source_key_missing",
-            format!(
-                "this source has credentials, and the relay stores them only encrypted: set {} \
-                 to 32 random bytes in base64 (`openssl rand -base64 32`) on every instance and \
-                 restart, or create the source without auth",
-                sources::seal::KEY_VAR
-            ),
-        )
-    })?;
+    let key = s.source_admin.sync.key().ok_or_else(key_missing)?;
     Ok((
         Some(key.seal(name, creds)),
         Some(key.fingerprint(name, creds)),
@@ -353,12 +356,9 @@ pub async fn patch(
                 (stored.credentials, stored.fingerprint) = (credentials, fingerprint);
             }
             // Checked with the credentials it will run with.
-            let creds = match (&new_auth, &stored.credentials, &key) {
-                (Some((_, c)), _, _) => c.clone(),
-                (None, Some(sealed), Some(k)) => k
-                    .open(&name, sealed)
-                    .map_err(|e| Problem::invalid("auth", e))?,
-                _ => Credentials::default(),
+            let creds = match &new_auth {
+                Some((_, c)) => c.clone(),
+                None => kept_credentials(stored, &name, key.as_ref())?,
             };
             sources::check(&settings, &creds)?;
             stored.settings = settings;
@@ -374,6 +374,28 @@ pub async fn patch(
     s.source_admin.sync.apply_one(&name).await?;
     tracing::info!(source = %name, paused = updated.paused, "source changed through the API");
     Ok(Json(view_of(&s, &updated).await?))
+}
+
+/// The stored credentials a PATCH keeps, opened; sealed again under the
+/// current key when an older one (`STAMP_RELAY_SOURCE_KEY_PREVIOUS`)
+/// sealed them, so a rotation completes as sources are written.
+fn kept_credentials(
+    stored: &mut StoredSource,
+    name: &str,
+    key: Option<&sources::SourceKey>,
+) -> ApiResult<Credentials> {
+    let Some(sealed) = &stored.credentials else {
+        return Ok(Credentials::default());
+    };
+    let key = key.ok_or_else(key_missing)?;
+    let creds = key
+        .open(name, sealed)
+        .map_err(|e| Problem::invalid("auth", e))?;
+    if key.is_stale(sealed) {
+        stored.credentials = Some(key.seal(name, &creds));
+        stored.fingerprint = Some(key.fingerprint(name, &creds));
+    }
+    Ok(creds)
 }
 
 #[derive(Deserialize)]
