@@ -17,12 +17,12 @@ use crate::{
     declared::{self, Declared},
     delivery::{Deliverer, Schedule, sender::Sender},
     metrics::Metrics,
-    sources::{SourceKey, sync::SourceSync},
     poller::{
         HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
         health_table,
     },
     scheduler::Scheduler,
+    sources::{SourceKey, sync::SourceSync},
     store::{self, Store, Target},
     tail::Tails,
     topology::Topology,

@@ -128,14 +128,18 @@ impl SourceSync {
         if running && !same {
             let _ = self.topology.remove_source(name);
         }
-        if !(running && same) {
-            if let Err(e) = self.topology.add_source(source, Origin::Api) {
-                tracing::error!(source = %name, error = %e, "a stored source cannot be added");
-                return;
-            }
-            tracing::info!(source = %name, paused = stored.paused, "source added");
+        if running && same {
+            let _ = self.topology.set_paused(name, stored.paused);
+            return;
         }
-        let _ = self.topology.set_paused(name, stored.paused);
+        if let Err(e) = self
+            .topology
+            .add_source_paused(source, Origin::Api, stored.paused)
+        {
+            tracing::error!(source = %name, error = %e, "a stored source cannot be added");
+            return;
+        }
+        tracing::info!(source = %name, paused = stored.paused, "source added");
     }
 
     /// Nudges the sources another instance was asked to nudge since the
