@@ -228,6 +228,16 @@ pub struct SourceHealth {
 pub type Counts = BTreeMap<State, usize>;
 
 impl SourceHealth {
+    /// Its tables by state in words, worst first: `failing 1, healthy 4`.
+    pub fn tables_in_words(&self) -> String {
+        let words: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        words.join(", ")
+    }
+
     /// Folds a source's tables' health; a source without tables is healthy.
     pub fn of<'a>(tables: impl IntoIterator<Item = &'a Health>, now: u64) -> Self {
         let mut counts = Counts::new();

@@ -265,10 +265,17 @@ impl Scheduler {
 
     /// A poller that leaves the schedule: its lease is released so
     /// another instance (or this one, later) goes on at once.
-    fn retire(&self, poller: Poller) {
+    fn retire(&self, mut poller: Poller) {
         poller.status.holds_lease.store(false, Ordering::Relaxed);
         let (store, holder) = (self.store.clone(), self.holder.clone());
+        // A table of a paused source, rather than one removed.
+        let paused = self
+            .topology
+            .table(&poller.target)
+            .and_then(|t| t.source.as_ref().map(|s| s.paused))
+            .unwrap_or(false);
         tokio::spawn(async move {
+            poller.retire_health(paused).await;
             let _ = store.release(&poller.target, &holder).await;
         });
     }

@@ -182,21 +182,19 @@ fn health_of(poll: &PollStatus, now: u64) -> Health {
     poll.health.clone().unwrap_or_else(|| Health::new(now))
 }
 
+/// Tables with their stored poll status.
+pub type Polls = Vec<(Target, PollStatus)>;
+
 /// The pure part of [`overview`]: sources folded, counted, searched,
 /// sorted worst first (then by name) and paged. Answers the page's
 /// sources with their tables.
-pub fn pick(
-    tables: Vec<(Target, PollStatus)>,
-    query: &Query,
-    page_size: usize,
-    now: u64,
-) -> (Overview, Vec<Vec<(Target, PollStatus)>>) {
+pub fn pick(tables: Polls, query: &Query, page_size: usize, now: u64) -> (Overview, Vec<Polls>) {
     let tables_by_state = crate::health::count(tables.iter().map(|(_, p)| health_of(p, now).state));
-    let mut by_source: BTreeMap<String, Vec<(Target, PollStatus)>> = BTreeMap::new();
+    let mut by_source: BTreeMap<String, Polls> = BTreeMap::new();
     for (t, p) in tables {
         by_source.entry(t.source.clone()).or_default().push((t, p));
     }
-    let mut sources: Vec<(String, SourceHealth, Vec<(Target, PollStatus)>)> = by_source
+    let mut sources: Vec<(String, SourceHealth, Polls)> = by_source
         .into_iter()
         .map(|(name, ts)| {
             let healths: Vec<Health> = ts.iter().map(|(_, p)| health_of(p, now)).collect();

@@ -87,25 +87,51 @@ pub async fn page(
 
 /// The counts by state, the search form, and the page of sources.
 fn sources(h: &mut String, o: &Overview, query: &Query) {
-    let counts = |h: &mut String, kind: &str, counts: &[(Health, usize)]| {
-        let _ = write!(h, "<p id={kind}-by-state>{kind}:");
-        for (state, n) in counts {
-            let class = if *state == Health::Healthy {
-                "ok"
-            } else {
-                "bad"
-            };
-            let class = if *n == 0 { "" } else { class };
-            let _ = write!(
-                h,
-                " <a class={class} data-count=\"{state}\" href=\"?state={state}\">{state} {n}</a>"
-            );
-        }
-        h.push_str("</p>");
-    };
     h.push_str("<h2>Sources</h2>");
     counts(h, "sources", &o.sources_by_state);
     counts(h, "tables", &o.tables_by_state);
+    search(h, o, query);
+    h.push_str("<table id=sources><tr><th>source</th><th>state</th><th>since</th><th>tables</th><th>reason</th></tr>");
+    for s in &o.sources {
+        let class = if s.health.state == Health::Healthy {
+            "ok"
+        } else {
+            "bad"
+        };
+        let _ = write!(
+            h,
+            "<tr data-source=\"{name}\" data-state=\"{state}\"><td>{name}</td><td class={class}>{state}</td><td>{}</td>\
+             <td>{}</td><td>{}</td></tr>",
+            age(Some(s.health.since)),
+            s.health.tables_in_words(),
+            esc(s.health.reason.as_deref().unwrap_or("")),
+            name = esc(&s.name),
+            state = s.health.state,
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// One line of counts by state (`sources` or `tables`), each linking to
+/// the sources in that state.
+fn counts(h: &mut String, kind: &str, counts: &[(Health, usize)]) {
+    let _ = write!(h, "<p id={kind}-by-state>{kind}:");
+    for (state, n) in counts {
+        let class = match (*n, *state) {
+            (0, _) => "",
+            (_, Health::Healthy) => "ok",
+            _ => "bad",
+        };
+        let _ = write!(
+            h,
+            " <a class={class} data-count=\"{state}\" href=\"?state={state}\">{state} {n}</a>"
+        );
+    }
+    h.push_str("</p>");
+}
+
+/// The search form and the paging line with its links.
+fn search(h: &mut String, o: &Overview, query: &Query) {
     let q = query.q.as_deref().unwrap_or("");
     let _ = write!(
         h,
@@ -146,31 +172,7 @@ fn sources(h: &mut String, o: &Overview, query: &Query) {
             link(o.page + 1)
         );
     }
-    h.push_str("</p><table id=sources><tr><th>source</th><th>state</th><th>since</th><th>tables</th><th>reason</th></tr>");
-    for s in &o.sources {
-        let class = if s.health.state == Health::Healthy {
-            "ok"
-        } else {
-            "bad"
-        };
-        let tables: Vec<String> = s
-            .health
-            .counts
-            .iter()
-            .map(|(st, n)| format!("{st} {n}"))
-            .collect();
-        let _ = write!(
-            h,
-            "<tr data-source=\"{name}\" data-state=\"{state}\"><td>{name}</td><td class={class}>{state}</td><td>{}</td>\
-             <td>{}</td><td>{}</td></tr>",
-            age(Some(s.health.since)),
-            tables.join(", "),
-            esc(s.health.reason.as_deref().unwrap_or("")),
-            name = esc(&s.name),
-            state = s.health.state,
-        );
-    }
-    h.push_str("</table>");
+    h.push_str("</p>");
 }
 
 fn table_row(h: &mut String, v: &TableView) {

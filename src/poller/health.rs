@@ -88,17 +88,47 @@ impl Poller {
             self.judge = Some(Judge { tracker, marks });
         }
         let marks = self.alerts().clone();
+        // Only unpaused tables are polled: a poll ends a pause.
+        if self.judge.as_ref()?.tracker.health().state == State::Paused {
+            self.feed(Outcome::Resumed, now, Some(next));
+        }
         let judge = self.judge.as_mut()?;
         if let Outcome::Ok { alerts } = &mut outcome {
             *alerts = raised(&judge.marks, &marks);
         }
         judge.marks = marks;
-        let transition = judge.tracker.feed(outcome, now, Some(next));
+        self.feed(outcome, now, Some(next))
+    }
+
+    /// Feeds the judge and reports a transition; answers the health.
+    fn feed(&mut self, outcome: Outcome, now: u64, next: Option<u64>) -> Option<Health> {
+        let judge = self.judge.as_mut()?;
+        let transition = judge.tracker.feed(outcome, now, next);
         let health = judge.tracker.health().clone();
         if let Some(t) = transition {
             self.transition(t.from, &t.to);
         }
         Some(health)
+    }
+
+    /// The table leaves this instance's schedule, `paused` or removed.
+    /// When this instance judged it (it polled it last under the lease), a
+    /// pause shows in its health, the stored status too, and the transition
+    /// is reported; either way this instance stops counting the table.
+    pub async fn retire_health(&mut self, paused: bool) {
+        if paused
+            && let Some(health) = self.feed(Outcome::Paused, now_ms(), None)
+            && let Ok(Some(mut status)) = self.store.poll_status(&self.target).await
+        {
+            status.health = Some(health);
+            if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
+                tracing::debug!(target = %self.target, error = %e, "cannot record the paused health");
+            }
+        }
+        if let Some(j) = self.judge.take() {
+            let state = j.tracker.health().state;
+            self.metrics.health(&self.target, Some(state), None);
+        }
     }
 
     fn transition(&self, from: State, to: &Health) {

@@ -89,8 +89,20 @@ async fn errors_and_refused_credentials_move_health_and_every_move_is_an_event(t
     let health = &r["resources"][0]["health"];
     assert!(health["since"].as_u64().unwrap() > 0, "{health}");
     assert!(health["next_attempt"].as_u64().unwrap() > 0, "{health}");
+    // A paused source's tables say so; resumed, the next poll ends it.
+    app.topology.set_paused("sim", true).unwrap();
+    wait_state(&app, "paused").await;
+    app.topology.set_paused("sim", false).unwrap();
+    wait_state(&app, "healthy").await;
 
-    let expected = ["degraded", "failing", "auth_failed", "healthy"];
+    let expected = [
+        "degraded",
+        "failing",
+        "auth_failed",
+        "healthy",
+        "paused",
+        "healthy",
+    ];
     let want: Vec<String> = expected
         .iter()
         .flat_map(|s| {
@@ -150,9 +162,11 @@ async fn errors_and_refused_credentials_move_health_and_every_move_is_an_event(t
     let m = scrape(&app).await;
     for s in expected {
         let key = format!(r#"stamp_relay_health_transitions_total{{source="sim",to="{s}"}}"#);
-        assert_eq!(m.get(&key).copied(), Some(1.0), "{key}");
+        let times = expected.iter().filter(|e| **e == s).count() as f64;
+        assert_eq!(m.get(&key).copied(), Some(times), "{key}");
     }
     assert_eq!(m[r#"stamp_relay_health_tables{state="healthy"}"#], 1.0);
     assert_eq!(m[r#"stamp_relay_health_tables{state="failing"}"#], 0.0);
+    assert_eq!(m[r#"stamp_relay_health_tables{state="paused"}"#], 0.0);
     app.stop().await;
 }
