@@ -22,6 +22,7 @@ use crate::{
         health_table,
     },
     scheduler::Scheduler,
+    sources::{SourceKey, sync::SourceSync},
     store::{self, Store, Target},
     tail::Tails,
     topology::Topology,
@@ -49,6 +50,8 @@ pub struct Relay {
     pub health_status: Arc<TargetStatus>,
     health_log: HealthLog,
     health_writer: Option<HealthWriter>,
+    /// Keeps the topology equal to the sources made through the API.
+    pub source_sync: Arc<SourceSync>,
 }
 
 /// The name this process holds leases under: `store.instance_id`, or the
@@ -105,6 +108,8 @@ impl Relay {
             &config.delivery.tls_ca_file,
         );
         let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
+        let key = SourceKey::from_config(&config.source_keys).map_err(anyhow::Error::msg)?;
+        let source_sync = Arc::new(SourceSync::new(store.clone(), topology.clone(), key));
         let mut relay = Relay {
             config,
             store,
@@ -117,6 +122,7 @@ impl Relay {
             health_status,
             health_log,
             health_writer: Some(writer),
+            source_sync,
         };
         let scheduler = relay.scheduler();
         let tables = relay.topology.tables();
@@ -208,6 +214,7 @@ max_concurrent: self.config.poll.max_concurrent,
             cancel: cancel.clone(),
             compat: api::compat::Tables::new(self.topology.clone(), &self.config),
             catalog: self.catalog(cancel),
+            source_admin: Arc::new(api::sources::SourceAdmin::new(self.source_sync.clone())),
         }
     }
 
@@ -295,6 +302,8 @@ max_concurrent: self.config.poll.max_concurrent,
         if let Some(writer) = self.health_writer.take() {
             tracker.spawn(writer.run(cancel.clone()));
         }
+        // The sources made through the API, now and as they change.
+        tracker.spawn(self.source_sync.clone().run(cancel.clone()));
         tracker.spawn(self.scheduler().run(self.pollers, cancel.clone()));
         let server = tracker.spawn(api::serve(listener, state, cancel.clone()));
         tracker.close();

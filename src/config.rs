@@ -336,6 +336,61 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub subscriptions: Vec<SubscriptionDecl>,
     pub telemetry: TelemetryConfig,
+    /// The key sealing credentials of sources made through the API
+    /// (`STAMP_RELAY_SOURCE_KEY`) and the one before a rotation
+    /// (`STAMP_RELAY_SOURCE_KEY_PREVIOUS`), checked to be 32 bytes.
+    pub source_keys: SourceKeys,
+}
+
+/// The variable holding the key that seals API-made sources' credentials.
+pub const SOURCE_KEY_VAR: &str = "STAMP_RELAY_SOURCE_KEY";
+/// The variable holding that key before a rotation.
+pub const PREVIOUS_SOURCE_KEY_VAR: &str = "STAMP_RELAY_SOURCE_KEY_PREVIOUS";
+
+/// The sealing keys from the environment, when set.
+#[derive(Debug, Clone, Default)]
+pub struct SourceKeys {
+    pub current: Option<Secret>,
+    pub previous: Option<Secret>,
+}
+
+impl SourceKeys {
+    /// Reads both variables through `env`; a malformed one is a problem
+    /// naming it.
+    pub fn from_env(env: EnvLookup<'_>) -> Result<SourceKeys, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut read = |var: &str| {
+            let v = env(var).filter(|v| !v.is_empty())?;
+            match source_key_bytes(var, &v) {
+                Ok(_) => Some(Secret(v)),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            }
+        };
+        let keys = SourceKeys {
+            current: read(SOURCE_KEY_VAR),
+            previous: read(PREVIOUS_SOURCE_KEY_VAR),
+        };
+        if problems.is_empty() {
+            Ok(keys)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// The 32 bytes of a sealing key given in base64 in variable `var`.
+pub fn source_key_bytes(var: &str, value: &str) -> Result<[u8; 32], String> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let fix = "it must be 32 random bytes in base64 (`openssl rand -base64 32`)";
+    let bytes = STANDARD
+        .decode(value.trim())
+        .map_err(|_| format!("{var}: not base64; {fix}"))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("{var}: holds {} bytes; {fix}", b.len()))
 }
 
 /// Everything wrong with a configuration, one problem per line.
@@ -378,6 +433,7 @@ pub use source::{
     Paging, QueryNames, Source, SourceConfig,
 };
 pub use subscriptions::{SubscriptionConfig, SubscriptionDecl, check_webhook_secret};
+pub use validate::check_source;
 
 #[cfg(test)]
 mod tests;

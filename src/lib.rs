@@ -22,6 +22,7 @@ pub mod record;
 pub mod retention;
 pub mod scheduler;
 pub mod shutdown;
+pub mod sources;
 pub mod status;
 pub mod store;
 pub mod subscription;

@@ -192,13 +192,24 @@ impl Topology {
         source: config::Source,
         origin: Origin,
     ) -> Result<Arc<Source>, TopologyError> {
+        self.add_source_paused(source, origin, false)
+    }
+
+    /// Adds a source already paused (or not) in one change, so a source
+    /// stored paused is never polled on its way in.
+    pub fn add_source_paused(
+        &self,
+        source: config::Source,
+        origin: Origin,
+        paused: bool,
+    ) -> Result<Arc<Source>, TopologyError> {
         let name = source.name().to_string();
         let upstream = Upstream::with_budget(source.clone(), self.budgets.of(&source))
             .map_err(|e| TopologyError::Client(name.clone(), format!("{e:#}")))?;
         let entry = Arc::new(Source {
             config: Arc::new(source),
             upstream: Arc::new(upstream),
-            paused: false,
+            paused,
             origin,
         });
         self.change(|s| {

@@ -121,7 +121,19 @@ fn presented_token(header: &str) -> Option<(Presented, String)> {
 }
 
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    ct_eq_bytes(a, b)
+}
+
+/// Constant-time equality of two byte strings (their lengths are not secret).
+pub(super) fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of a `Bearer` Authorization header (not Basic: a nudge writes).
+pub(super) fn bearer_of(header: &str) -> Option<String> {
+    presented_token(header)
+        .filter(|(how, t)| *how == Presented::Bearer && !t.is_empty())
+        .map(|(_, t)| t)
 }
 
 /// The scope of the presented token, or the problem to answer with.

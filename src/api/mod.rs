@@ -41,6 +41,7 @@ mod redrive;
 mod requests;
 mod resources;
 pub mod server;
+pub mod sources;
 mod stall;
 mod status;
 mod subscriptions;
@@ -106,6 +107,8 @@ pub struct ApiState {
     pub compat: Arc<compat::Tables>,
     /// `GET /v1/event-types`.
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// `/v1/sources`: applying stored sources, the sealing key, nudges.
+    pub source_admin: Arc<sources::SourceAdmin>,
 }
 
 /// Everything under `/v1` that a read token may call.
@@ -172,6 +175,17 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/subscriptions/{id}/dead-letters/redrive",
             post(redrive::redrive),
         )
+        .route("/v1/sources", post(sources::create).get(sources::list))
+        .route(
+            "/v1/sources/{name}",
+            get(sources::get)
+                .patch(sources::patch)
+                .delete(sources::delete),
+        )
+        .route(
+            "/v1/sources/{name}/nudge-token",
+            post(sources::nudge::rotate),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             auth::require_admin,
@@ -201,6 +215,8 @@ pub fn router(state: ApiState) -> Router {
                 auth::require_read,
             )),
         )
+        // An admin token or the source's own nudge token (sources/nudge.rs).
+        .route("/v1/sources/{name}/nudge", post(sources::nudge::nudge))
         .merge(read)
         .merge(compat)
         .merge(admin)

@@ -24,7 +24,8 @@ impl RawConfig {
         check_tokens(&mut problems, &api_tokens);
         let mut validated = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
-            if let Some(source) = validate_source(i, s, env, &mut problems) {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            if let Some(source) = validate_source(s, env, &mut problems, &key) {
                 validated.push(source);
             }
         }
@@ -44,6 +45,10 @@ impl RawConfig {
         if let Some(e) = self.telemetry.otlp_endpoint.as_deref().and_then(check_otlp) {
             problems.push(e);
         }
+        let source_keys = SourceKeys::from_env(env).unwrap_or_else(|mut e| {
+            problems.append(&mut e);
+            SourceKeys::default()
+        });
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
@@ -56,6 +61,7 @@ impl RawConfig {
             delivery: self.delivery,
             subscriptions,
             telemetry: self.telemetry,
+            source_keys,
         })
     }
 }
@@ -140,13 +146,27 @@ fn secret(env: EnvLookup<'_>, problems: &mut Vec<String>, key: String, var: &str
     }
 }
 
+/// One source checked exactly as `check-config` checks a `[[sources]]`
+/// entry, each problem naming its field as `key` spells it (the API's
+/// `/v1/sources` names the bare field).
+pub fn check_source(
+    s: &SourceConfig,
+    env: EnvLookup<'_>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Source, Vec<String>> {
+    let mut problems = Vec::new();
+    match validate_source(s, env, &mut problems, key) {
+        Some(source) if problems.is_empty() => Ok(source),
+        _ => Err(problems),
+    }
+}
+
 fn validate_source(
-    i: usize,
     s: &SourceConfig,
     env: EnvLookup<'_>,
     problems: &mut Vec<String>,
+    key: &dyn Fn(&str) -> String,
 ) -> Option<Source> {
-    let key = |k: &str| format!("sources[{i}].{k}");
     check_name(problems, &key("name"), &s.name);
     if s.name == crate::target::RELAY_SOURCE {
         problems.push(format!(
@@ -169,7 +189,7 @@ fn validate_source(
     {
         problems.push(format!("{}: {p:?} is not a proxy URL", key("proxy")));
     }
-    check_source_limits(s, problems, &key);
+    check_source_limits(s, problems, key);
     for (resource, schema) in &s.schemas {
         let at = key(&format!("schemas.{resource}"));
         if !s.resources.contains(resource) {
@@ -183,7 +203,7 @@ fn validate_source(
             ));
         }
     }
-    let auth = resolve_auth(&s.auth, base_url.as_ref(), env, problems, &key);
+    let auth = resolve_auth(&s.auth, base_url.as_ref(), env, problems, key);
     Some(Source {
         settings: s.clone(),
         base_url: base_url?,

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub mod alerts;
+pub mod documents;
 mod highest;
 pub mod records;
 pub mod redis;
@@ -29,6 +30,7 @@ mod standing;
 
 /// Every store call names its target; re-exported here for the callers.
 pub use crate::target::Target;
+pub use documents::{Document, Documents, update_document};
 pub use standing::{Standing, lag, position_or_start, standing};
 
 /// The last poll of a target as its lease holder saw it, kept in the store
@@ -164,7 +166,9 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait]
-pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync + 'static {
+pub trait Store:
+    DeliveryStore + TableState + records::RecordStore + documents::Documents + Send + Sync + 'static
+{
     /// A short description for logs and banners, without credentials.
     fn describe(&self) -> String;
 

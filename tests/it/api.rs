@@ -26,6 +26,7 @@ fn concrete(path: &str) -> String {
     path.replace("{source}", "sim")
         .replace("{resource}", "patients")
         .replace("{id}", "sub_missing")
+        .replace("{name}", "sim")
 }
 
 async fn json_of(r: reqwest::Response) -> (u16, String, Value) {
@@ -60,7 +61,7 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
         .unwrap();
     let sim = Sim::start(SimConfig::default()).await;
     let app = app(&ts, &sim).await;
-    let admin_only = |p: &str| p.starts_with("/v1/subscriptions");
+    let admin_only = |p: &str| p.starts_with("/v1/subscriptions") || p.starts_with("/v1/sources");
     for (method, path) in documented() {
         let url = format!("{}{}", app.base, concrete(&path));
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();

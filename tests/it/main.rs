@@ -55,6 +55,7 @@ mod settle;
 mod shared_stamps;
 mod shares;
 mod source_health;
+mod sources;
 mod stalls;
 mod status;
 mod store_reads;

@@ -406,6 +406,7 @@ impl Store for RedisStore {
 
 mod connection;
 mod delivery;
+mod documents;
 mod entries;
 mod instances;
 mod keys;

@@ -357,6 +357,7 @@ impl Store for SqliteStore {
 
 mod append;
 mod delivery;
+mod documents;
 mod fences;
 mod open;
 mod records;

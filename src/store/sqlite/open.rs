@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS leases (
     source TEXT NOT NULL, resource TEXT NOT NULL, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
+";
+
+/// Version 2: the instances' heartbeats (`scheduler/share.rs`).
+const INSTANCES: &str = "
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY, nonce TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
 ";
@@ -152,10 +156,18 @@ fn warn_if_shared(path: &Path, mode: &str) {
 /// version `i` (`PRAGMA user_version`) to `i + 1`. Version 1 is the schema
 /// as it was before files carried a version: its statements create what is
 /// missing, so a file of any earlier layout (version 0) reaches it too.
-const MIGRATIONS: [fn(&Connection) -> rusqlite::Result<()>; 1] = [|c| {
-    c.execute_batch(SCHEMA)?;
-    super::records::migrate(c)
-}];
+/// Version 2 adds the instances' heartbeats and the documents (sources made
+/// through the API, nudges).
+const MIGRATIONS: [fn(&Connection) -> rusqlite::Result<()>; 2] = [
+    |c| {
+        c.execute_batch(SCHEMA)?;
+        super::records::migrate(c)
+    },
+    |c| {
+        c.execute_batch(INSTANCES)?;
+        c.execute_batch(super::documents::SCHEMA)
+    },
+];
 
 /// Brings the file to the current schema version, each migration in a
 /// transaction of its own with the version it reaches; run at open only, so
