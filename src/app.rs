@@ -170,7 +170,7 @@ impl Relay {
             .collect();
         let sources_for_catalog = sources.clone();
         ApiState {
-            tails: Tails::start(self.store.clone(), &wakes, cancel),
+            tails: Tails::new(self.store.clone(), &wakes, cancel),
             shared,
             tokens: Arc::new(api::auth::Tokens::new(
                 tokens,
