@@ -132,7 +132,10 @@ pub fn webhook_body<E: std::borrow::Borrow<Event>>(
         }
         write(&mut w, &mut out, e.borrow());
     }
-    let first = events.first().map(|e| src.id(e.borrow())).unwrap_or_default();
+    let first = events
+        .first()
+        .map(|e| src.id(e.borrow()))
+        .unwrap_or_default();
     if single {
         return (out, "application/cloudevents+json", first);
     }
@@ -229,7 +232,7 @@ mod tests {
                     record: record.to_string(),
                     stamp: u64::MAX - n,
                     prev: Some(n),
-                    snapshot: n % 2 == 0,
+                    snapshot: n.is_multiple_of(2),
                     // Two polls, so the writer's cached time and trace change.
                     observed: 1_700_000_000_123 + 1000 * (n / 7),
                     data: data.to_string(),
@@ -294,7 +297,10 @@ mod tests {
                 w.write(out, e, &e.data, None)
             });
             assert_eq!(body, serde_json::to_vec(&all[0]).unwrap());
-            assert_eq!((ty, id.as_str()), ("application/cloudevents+json", all[0].id.as_str()));
+            assert_eq!(
+                (ty, id.as_str()),
+                ("application/cloudevents+json", all[0].id.as_str())
+            );
         }
     }
 

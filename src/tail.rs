@@ -124,13 +124,7 @@ impl Tails {
         }
         let (sender, rx) = broadcast::channel(BUFFER);
         running.insert(t.clone(), sender.clone());
-        tokio::spawn(run(
-            self.clone(),
-            src.clone(),
-            wake.clone(),
-            sender,
-            top,
-        ));
+        tokio::spawn(run(self.clone(), src.clone(), wake.clone(), sender, top));
         Ok(Some(rx))
     }
 
@@ -191,7 +185,12 @@ async fn run(
 /// for all listeners, each rendered once; returns the new position. With
 /// nobody listening it only notes the top (a tail stops then; a client
 /// joining later catches up from the store past that top itself).
-pub async fn round(store: &dyn Store, src: &EventSource, sender: &Sender, mut after: StreamId) -> StreamId {
+pub async fn round(
+    store: &dyn Store,
+    src: &EventSource,
+    sender: &Sender,
+    mut after: StreamId,
+) -> StreamId {
     let t = &src.target;
     if sender.receiver_count() == 0 {
         return match store.last_id(t).await {

@@ -51,12 +51,11 @@ impl Selection {
 /// A thin event: the CloudEvent without `data` and `datacontenttype`,
 /// its attributes in name order.
 fn thin(src: &EventSource, e: &Event) -> String {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&src.to_json(&Event {
-            data: "null".into(),
-            ..e.clone()
-        }))
-        .expect("rendered JSON");
+    let mut v: serde_json::Value = serde_json::from_str(&src.to_json(&Event {
+        data: "null".into(),
+        ..e.clone()
+    }))
+    .expect("rendered JSON");
     if let Some(obj) = v.as_object_mut() {
         obj.remove("data");
         obj.remove("datacontenttype");

@@ -355,7 +355,11 @@ fn writing_with_previous_values_wraps_the_record() {
     assert_eq!(v["data"]["previous"], json!({"gender": "M"}));
     assert_eq!(v["data"]["record"]["gender"], "F");
     let mut only = Vec::new();
-    let sel = from_query(Some(r#"{"exact":{"data.site":"s2"}}"#), None, &FieldNames::default());
+    let sel = from_query(
+        Some(r#"{"exact":{"data.site":"s2"}}"#),
+        None,
+        &FieldNames::default(),
+    );
     assert!(!sel.unwrap().write(&mut w, &mut only, &e, true));
     assert!(only.is_empty());
 }

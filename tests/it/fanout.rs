@@ -26,7 +26,7 @@ async fn connect(app: &App, after: &str) -> (reqwest::Response, String) {
 
 /// The relay's count of connected live clients, from `/metrics`.
 async fn live_clients(app: &App) -> u64 {
-    let text = app.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix("stamp_relay_live_stream_clients "))
         .and_then(|v| v.trim().parse().ok())
@@ -82,7 +82,14 @@ async fn stream_reads(c: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap();
     info.lines()
         .filter(|l| l.starts_with("cmdstat_xrange:") || l.starts_with("cmdstat_xread:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -117,7 +124,10 @@ async fn a_table_nobody_listens_to_costs_no_stream_reads() {
     // A listener: its table's tail reads the stream every tick.
     let top = ts.store.last_id(&t).await.unwrap();
     let (resp, _) = connect(&app, &top.to_string()).await;
-    assert!(reads_over_a_quiet_second(&mut c).await > 0, "someone listens");
+    assert!(
+        reads_over_a_quiet_second(&mut c).await > 0,
+        "someone listens"
+    );
 
     // The last listener gone, the tail stops (after the round it may be in).
     drop(resp);
@@ -126,7 +136,11 @@ async fn a_table_nobody_listens_to_costs_no_stream_reads() {
     })
     .await;
     tokio::time::sleep(2 * stamp_relay::tail::TICK).await;
-    assert_eq!(reads_over_a_quiet_second(&mut c).await, 0, "nobody listens again");
+    assert_eq!(
+        reads_over_a_quiet_second(&mut c).await,
+        0,
+        "nobody listens again"
+    );
     app.stop().await;
 }
 
@@ -161,12 +175,23 @@ async fn a_stalled_client_is_cut_off_while_a_fast_one_gets_every_event() {
         .collect();
     let ids: Vec<String> = read.into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, want, "the client that kept up");
-    eventually("the stalled client is cut off", Duration::from_secs(30), async || {
-        live_clients(&app).await == 1
-    })
+    eventually(
+        "the stalled client is cut off",
+        Duration::from_secs(30),
+        async || live_clients(&app).await == 1,
+    )
     .await;
     // What reached the stalled client's socket before the cut, and no more.
-    let late = read_sse(&mut stalled, &mut stalled_buf, total, Duration::from_secs(30)).await;
-    assert!(late.len() < total, "the stalled client got every event: not cut off");
+    let late = read_sse(
+        &mut stalled,
+        &mut stalled_buf,
+        total,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        late.len() < total,
+        "the stalled client got every event: not cut off"
+    );
     app.stop().await;
 }
