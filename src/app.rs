@@ -192,7 +192,7 @@ max_concurrent: self.config.poll.max_concurrent,
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
         }
         ApiState {
-            tails: Tails::start(self.store.clone(), self.topology.clone(), cancel),
+            tails: Tails::new(self.store.clone(), self.topology.clone(), cancel),
             shared,
             tokens: Arc::new(api::auth::Tokens::new(
                 tokens,

@@ -13,15 +13,12 @@
 //! whose old version the relay does not have (appended before it kept
 //! records, or with `keep_records = false`).
 
-use std::{borrow::Borrow, collections::BTreeMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::{
-    cloudevents::{CloudEvent, EventSource},
-    events::Event,
-};
+use crate::events::Event;
 
 /// The `dataschema` of events whose data carries previous values.
 pub const DATASCHEMA: &str = "urn:stamp-relay:schema:record-with-previous:1";
@@ -97,61 +94,6 @@ pub fn data(e: &Event) -> Box<RawValue> {
     let json = format!("{{\"record\":{record},\"previous\":{previous}}}");
     RawValue::from_string(json)
         .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"))
-}
-
-/// A CloudEvent whose data carries previous values.
-#[derive(Serialize)]
-pub struct WithPrevious<'a> {
-    #[serde(flatten)]
-    event: CloudEvent<'a>,
-    dataschema: &'static str,
-}
-
-/// The CloudEvent of `e` with previous values in its data; `data` is what
-/// [`data`] made of it (it must outlive the event).
-pub fn event<'a>(src: &'a EventSource, e: &'a Event, data: &'a RawValue) -> WithPrevious<'a> {
-    let mut event = src.event(e);
-    event.data = data;
-    WithPrevious {
-        event,
-        dataschema: DATASCHEMA,
-    }
-}
-
-/// One event with previous values, as JSON (replay pages, live stream).
-pub fn to_json(src: &EventSource, e: &Event) -> String {
-    let d = data(e);
-    serde_json::to_string(&event(src, e, &d)).expect("cloud events serialize")
-}
-
-/// One event with previous values, as raw JSON (replay pages).
-pub fn raw(src: &EventSource, e: &Event) -> Box<RawValue> {
-    RawValue::from_string(to_json(src, e)).expect("cloud events serialize")
-}
-
-/// A webhook body with previous values: one event, or a batch array.
-/// Returns the body, its content type and its `webhook-id`, like the plain
-/// body it replaces (src/delivery/attempt.rs).
-pub fn body<E: Borrow<Event>>(
-    src: &EventSource,
-    events: &[E],
-    batch: bool,
-) -> (Vec<u8>, &'static str, String) {
-    let datas: Vec<Box<RawValue>> = events.iter().map(|e| data(e.borrow())).collect();
-    let all: Vec<WithPrevious> = events
-        .iter()
-        .zip(&datas)
-        .map(|(e, d)| event(src, e.borrow(), d))
-        .collect();
-    let first = all.first().map(|e| e.event.id.clone()).unwrap_or_default();
-    if !batch && all.len() == 1 {
-        let body = serde_json::to_vec(&all[0]).unwrap_or_default();
-        (body, "application/cloudevents+json", first)
-    } else {
-        let id = format!("{first}+{}", all.len().saturating_sub(1));
-        let body = serde_json::to_vec(&all).unwrap_or_default();
-        (body, "application/cloudevents-batch+json", id)
-    }
 }
 
 #[cfg(test)]

@@ -1,26 +1,29 @@
-//! The live tail: one reader per stream fans new events out to every live
-//! client (SSE today, delivery workers later), instead of one blocking
-//! store connection per client.
+//! The live tail: one reader per table fans new events out to every live
+//! client (SSE), instead of one store reader per client.
 //!
-//! Each target's tail task reads the store only while someone listens,
-//! wakes on a local append notification or every `TICK`, and broadcasts
-//! events in stream order. A receiver that lags behind the channel's buffer
-//! is told so and catches up from the store itself, so a slow client never
-//! slows the tail or the other clients.
+//! A table's tail starts when its first listener subscribes and stops once
+//! the last has left, so a table nobody listens to costs no store reads.
+//! While it runs it wakes on a local append notification or every `TICK`,
+//! reads what is new once for all listeners, renders each event once into
+//! the SSE frame every client sends (the same shared bytes), and
+//! broadcasts them in stream order. A receiver that falls more than
+//! `BUFFER` events behind is told so and catches up from the store itself,
+//! so a slow client never slows the tail or the other clients.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
+use axum::body::Bytes;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cloudevents::EventSource,
+    cloudevents::{EventSource, Writer},
     events::{Event, StreamId},
-    store::{Store, Target},
+    store::{Store, StoreResult, Target},
     topology::Topology,
 };
 
@@ -28,142 +31,198 @@ use crate::{
 pub const TICK: Duration = Duration::from_millis(200);
 /// Events a receiver may fall behind before it must catch up from the store.
 pub const BUFFER: usize = 4096;
+/// Events one store read of a round asks for.
+const PAGE: usize = 1000;
 
-/// An event with its CloudEvents JSON, made once for every client.
+/// An event with its SSE frame, made once for every client.
 pub struct LiveEvent {
     pub event: Event,
-    pub json: String,
+    /// `id: <stream id>\ndata: <CloudEvents JSON>\n\n`.
+    pub frame: Bytes,
+    /// Where the JSON starts in `frame`.
+    data_at: usize,
 }
 
-pub struct Tail {
-    pub sender: broadcast::Sender<Arc<LiveEvent>>,
-    /// Poked after a local append so live clients see it at once.
-    pub wake: Arc<Notify>,
+impl LiveEvent {
+    /// Renders `event` once into its frame.
+    pub fn new(w: &mut Writer<'_>, event: Event) -> LiveEvent {
+        let mut out = Vec::with_capacity(event.data.len() + 480);
+        out.extend_from_slice(format!("id: {}\ndata: ", event.id).as_bytes());
+        let data_at = out.len();
+        w.write(&mut out, &event, &event.data, None);
+        out.extend_from_slice(b"\n\n");
+        LiveEvent {
+            event,
+            frame: Bytes::from(out),
+            data_at,
+        }
+    }
+
+    /// The event's CloudEvents JSON.
+    pub fn json(&self) -> &str {
+        std::str::from_utf8(&self.frame[self.data_at..self.frame.len() - 2])
+            .expect("rendered as UTF-8")
+    }
 }
 
-#[derive(Clone, Default)]
+type Sender = broadcast::Sender<Arc<LiveEvent>>;
+
+/// The live tails of this instance's tables, each running only while
+/// someone listens.
+#[derive(Clone)]
 pub struct Tails {
-    tails: Arc<RwLock<HashMap<Target, Arc<Tail>>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    /// The tables there are now: what each tail renders with, its append
+    /// notifier, and the token that ends it when its table goes.
+    topology: Arc<Topology>,
+    /// The tails running now.
+    running: Mutex<HashMap<Target, Sender>>,
+    cancel: CancellationToken,
 }
 
 impl Tails {
-    /// Keeps one tail task per table of the topology, started as tables
-    /// are added and stopped as they go; all stop with `cancel`.
-    pub fn start(
+    /// Tails for the topology's tables, none running yet; those started stop
+    /// with `cancel`, or when their table leaves the topology.
+    pub fn new(
         store: Arc<dyn Store>,
         topology: Arc<Topology>,
         cancel: &CancellationToken,
     ) -> Tails {
-        let tails = Tails::default();
-        let mut changes = topology.subscribe();
-        tails.follow(&store, &topology, cancel);
-        let (this, cancel) = (tails.clone(), cancel.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    changed = changes.changed() => if changed.is_err() { break },
-                }
-                this.follow(&store, &topology, &cancel);
-            }
-        });
-        tails
-    }
-
-    /// Starts the tails of new tables and forgets those of removed ones
-    /// (their tasks end with the table's `gone` token).
-    fn follow(&self, store: &Arc<dyn Store>, topology: &Topology, cancel: &CancellationToken) {
-        let now = topology.snapshot();
-        let mut tails = self.tails.write().unwrap_or_else(|p| p.into_inner());
-        tails.retain(|t, _| now.tables.contains_key(t));
-        for (t, table) in &now.tables {
-            if tails.contains_key(t) {
-                continue;
-            }
-            let (sender, _) = broadcast::channel(BUFFER);
-            let tail = Arc::new(Tail {
-                sender,
-                wake: table.wake().clone(),
-            });
-            let stop = cancel.child_token();
-            let gone = table.gone.clone();
-            let run = run(
-                store.clone(),
-                table.event_source.clone(),
-                tail.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = gone.cancelled() => stop.cancel(),
-                    _ = run => {}
-                }
-            });
-            tails.insert(t.clone(), tail);
+        Tails {
+            inner: Arc::new(Inner {
+                store,
+                topology,
+                running: Mutex::new(HashMap::new()),
+                cancel: cancel.clone(),
+            }),
         }
     }
 
-    pub fn subscribe(&self, t: &Target) -> Option<broadcast::Receiver<Arc<LiveEvent>>> {
-        let tails = self.tails.read().unwrap_or_else(|p| p.into_inner());
-        tails.get(t).map(|tail| tail.sender.subscribe())
+    /// A receiver of `t`'s new events, starting its tail on the first
+    /// listener; `None` for a table this instance does not serve. The tail
+    /// broadcasts every event after the top it read before this returns,
+    /// so a client that catches up from the store afterwards misses none.
+    pub async fn subscribe(
+        &self,
+        t: &Target,
+    ) -> StoreResult<Option<broadcast::Receiver<Arc<LiveEvent>>>> {
+        let Some(table) = self.inner.topology.table(t) else {
+            return Ok(None);
+        };
+        if let Some(sender) = self.running().get(t) {
+            return Ok(Some(sender.subscribe()));
+        }
+        let top = self.inner.store.last_id(t).await?;
+        let mut running = self.running();
+        if let Some(sender) = running.get(t) {
+            return Ok(Some(sender.subscribe()));
+        }
+        let (sender, rx) = broadcast::channel(BUFFER);
+        running.insert(t.clone(), sender.clone());
+        let (src, wake) = (table.event_source.clone(), table.wake().clone());
+        tokio::spawn(run(self.clone(), src, wake, table.gone.clone(), sender, top));
+        Ok(Some(rx))
     }
 
+    /// Live clients over every table.
     pub fn clients(&self) -> usize {
-        let tails = self.tails.read().unwrap_or_else(|p| p.into_inner());
-        tails.values().map(|t| t.sender.receiver_count()).sum()
+        self.running().values().map(|s| s.receiver_count()).sum()
+    }
+
+    /// Tables whose tail runs now.
+    pub fn running_tails(&self) -> usize {
+        self.running().len()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Target, Sender>> {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes `t`'s tail when nobody listens; false when someone does.
+    /// Under the lock `subscribe` takes, so no one joins a stopping tail.
+    fn stop_if_unheard(&self, t: &Target, sender: &Sender) -> bool {
+        let mut running = self.running();
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        if running.get(t).is_some_and(|s| s.same_channel(sender)) {
+            running.remove(t);
+        }
+        true
     }
 }
 
 async fn run(
-    store: Arc<dyn Store>,
+    tails: Tails,
     src: Arc<EventSource>,
-    tail: Arc<Tail>,
-    cancel: CancellationToken,
+    wake: Arc<Notify>,
+    gone: CancellationToken,
+    sender: Sender,
+    mut after: StreamId,
 ) {
-    let mut after = store.last_id(&src.target).await.unwrap_or(StreamId::ZERO);
-    while !cancel.is_cancelled() {
-        after = round(store.as_ref(), &src, &tail.sender, after).await;
+    let store = tails.inner.store.clone();
+    let cancel = tails.inner.cancel.clone();
+    // Ends with the relay, when nobody listens, or when the table leaves
+    // the topology (its listeners' streams end then).
+    while !cancel.is_cancelled()
+        && !gone.is_cancelled()
+        && !tails.stop_if_unheard(&src.target, &sender)
+    {
+        // Listening for the append notification before the round reads,
+        // so an append during the read is not waited out for a tick.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        after = round(store.as_ref(), &src, &sender, after).await;
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tail.wake.notified() => {}
+            _ = gone.cancelled() => break,
+            _ = woken => {}
             _ = tokio::time::sleep(TICK) => {}
         }
     }
+    if gone.is_cancelled() {
+        tails.running().remove(&src.target);
+    } else {
+        tails.stop_if_unheard(&src.target, &sender);
+    }
 }
 
-/// One look at the store: broadcasts every event after `after` while
-/// someone listens; returns the new position.
-///
-/// Invariant: the top of the stream is read before the listeners are
-/// counted. A client that subscribes later catches up from the store past
-/// that top itself; had the count come first, a client subscribing (and
-/// catching up) while the top was read would miss the events appended in
-/// between, as the tail would skip them unsent.
+/// One look at the store: broadcasts every event after `after`, read once
+/// for all listeners, each rendered once; returns the new position. With
+/// nobody listening it only notes the top (a tail stops then; a client
+/// joining later catches up from the store past that top itself).
 pub async fn round(
     store: &dyn Store,
     src: &EventSource,
-    sender: &broadcast::Sender<Arc<LiveEvent>>,
+    sender: &Sender,
     mut after: StreamId,
 ) -> StreamId {
     let t = &src.target;
-    let top = match store.last_id(t).await {
-        Ok(top) => top,
-        Err(e) => {
-            tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
-            return after;
-        }
-    };
     if sender.receiver_count() == 0 {
-        return top;
+        return match store.last_id(t).await {
+            Ok(top) => top,
+            Err(e) => {
+                tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+                after
+            }
+        };
     }
-    while after < top {
-        match store.read(t, after, 1000).await {
-            Ok(events) if events.is_empty() => break,
+    let mut w = Writer::new(src);
+    loop {
+        match store.read(t, after, PAGE).await {
             Ok(events) => {
+                let full = events.len() == PAGE;
                 for e in events {
                     after = e.id;
-                    let json = src.to_json(&e);
-                    let _ = sender.send(Arc::new(LiveEvent { event: e, json }));
+                    let _ = sender.send(Arc::new(LiveEvent::new(&mut w, e)));
+                }
+                if !full {
+                    break;
                 }
             }
             Err(e) => {

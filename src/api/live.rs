@@ -6,9 +6,10 @@
 
 use std::{collections::VecDeque, convert::Infallible, sync::Arc};
 
-use axum::response::{
-    IntoResponse, Response,
-    sse::{Event as SseEvent, KeepAlive, Sse},
+use axum::{
+    body::{Body, Bytes},
+    http::header,
+    response::{IntoResponse, Response},
 };
 use futures_util::stream::{self, Stream};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -19,9 +20,9 @@ use super::{
     problem::{ApiResult, Problem},
 };
 use crate::{
-    cloudevents::EventSource,
+    cloudevents::{EventSource, Writer},
     events::StreamId,
-    filter::{EventView, Selection},
+    filter::Selection,
     store::Target,
     tail::LiveEvent,
 };
@@ -71,6 +72,7 @@ pub(super) async fn live(
     let rx = s
         .tails
         .subscribe(&t)
+        .await?
         .ok_or_else(|| Problem::not_found(format!("{t} has no live tail")))?;
     let cursor = match after {
         Some(c) => c,
@@ -88,20 +90,32 @@ pub(super) async fn live(
         done: false,
         _slot: slot,
     };
-    let stream = live_stream(state);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(crate::config::LIVE_KEEP_ALIVE))
+    let body = Body::from_stream(live_stream(state));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
         .into_response())
 }
 
-fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+/// The SSE comment sent after `LIVE_KEEP_ALIVE` without an event.
+const KEEP_ALIVE: &[u8] = b":\n\n";
+/// Frames one body chunk carries at most.
+const CHUNK: usize = 256;
+
+/// The stream's body: the frames the tail rendered, shared by every client
+/// that takes every event, several to a chunk when they are ready at once.
+fn live_stream(state: Live) -> impl Stream<Item = Result<Bytes, Infallible>> {
     stream::unfold(state, |mut st| async move {
         loop {
             if st.done {
                 return None;
             }
-            if let Some(ev) = st.next_pending() {
-                return Some((Ok(ev), st));
+            if let Some(chunk) = st.next_chunk() {
+                return Some((Ok(chunk), st));
             }
             if st.catching_up {
                 if let Some(ev) = st.catch_up().await {
@@ -111,49 +125,80 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<SseEvent, Infallible>> 
             }
             tokio::select! {
                 _ = st.s.cancel.cancelled() => return None,
-                r = st.rx.recv() => match r {
-                    Ok(e) => match st.with_previous(e).await {
-                        Some(e) => st.pending.push_back(e),
-                        None => continue,
-                    },
-                    Err(RecvError::Lagged(_)) => st.catching_up = true,
-                    Err(RecvError::Closed) => return None,
-                },
+                _ = tokio::time::sleep(crate::config::LIVE_KEEP_ALIVE) => {
+                    return Some((Ok(Bytes::from_static(KEEP_ALIVE)), st));
+                }
+                r = st.rx.recv() => st.received(r).await,
             }
         }
     })
 }
 
 impl Live {
-    /// The next pending event past the cursor that the client's selection
-    /// lets through, moving the cursor over those it skips.
-    fn next_pending(&mut self) -> Option<SseEvent> {
+    /// Takes a tail event and those ready behind it into `pending`; after
+    /// a lag, catches up from the store instead.
+    async fn received(&mut self, first: Result<Arc<LiveEvent>, RecvError>) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(r) = next.take() {
+            match r {
+                Ok(e) => {
+                    if let Some(e) = self.with_previous(e).await {
+                        self.pending.push_back(e);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => self.done = true,
+            }
+            taken += 1;
+            if self.catching_up || self.done || taken == CHUNK {
+                return;
+            }
+            next = match self.rx.try_recv() {
+                Ok(e) => Some(Ok(e)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                Err(_) => None,
+            };
+        }
+    }
+
+    /// The frames of the pending events past the cursor that the client's
+    /// selection lets through, as one chunk, moving the cursor over those
+    /// it skips; `None` when none is pending.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut w = Writer::new(&self.src);
         while let Some(live) = self.pending.pop_front() {
             let e = &live.event;
             if e.id <= self.cursor {
                 continue;
             }
             self.cursor = e.id;
-            let json = if self.read.previous {
-                if !self.read.sel.matches(&EventView::new(&self.src, e)) {
+            if self.read.sel.is_everything() && !self.read.previous {
+                frames.push(live.frame.clone());
+            } else {
+                let mut out = format!("id: {}\ndata: ", e.id).into_bytes();
+                if !self.read.sel.write(&mut w, &mut out, e, self.read.previous) {
                     continue;
                 }
-                std::borrow::Cow::Owned(crate::previous::to_json(&self.src, e))
-            } else {
-                match self.read.sel.render_live(&self.src, &live) {
-                    Some(json) => json,
-                    None => continue,
-                }
-            };
-            return Some(SseEvent::default().id(e.id.to_string()).data(json));
+                out.extend_from_slice(b"\n\n");
+                frames.push(Bytes::from(out));
+            }
+            if frames.len() == CHUNK {
+                break;
+            }
         }
-        None
+        match frames.len() {
+            0 => None,
+            1 => frames.pop(),
+            _ => Some(Bytes::from(frames.concat())),
+        }
     }
 
     /// Reads the next page after the cursor into `pending`, or ends catching
     /// up when there is none. An `error` event, ending the stream, when the
     /// store fails or retention trimmed past the cursor.
-    async fn catch_up(&mut self) -> Option<SseEvent> {
+    async fn catch_up(&mut self) -> Option<Bytes> {
         let store = self.s.shared.store.as_ref();
         match read_checked(store, &self.t, self.cursor, 500, self.read.oldest_kept).await {
             Ok((_, Some(through))) => {
@@ -163,7 +208,7 @@ impl Live {
                 let keeps = self.s.compat.keeps(&self.t);
                 let p = Problem::trimmed("Last-Event-ID", &self.t, self.cursor, through, keeps);
                 let msg = serde_json::json!({"code": p.code, "detail": p.detail, "resume_after": through.to_string(), "snapshot": p.extra.get("snapshot")});
-                Some(SseEvent::default().event("error").data(msg.to_string()))
+                Some(error_frame(&msg))
             }
             Ok((page, _)) if page.is_empty() => {
                 self.catching_up = false;
@@ -175,10 +220,11 @@ impl Live {
                 {
                     return Some(self.store_failed(e));
                 }
-                self.pending.extend(page.into_iter().map(|event| {
-                    let json = self.src.to_json(&event);
-                    Arc::new(LiveEvent { event, json })
-                }));
+                let mut w = Writer::new(&self.src);
+                self.pending.extend(
+                    page.into_iter()
+                        .map(|event| Arc::new(LiveEvent::new(&mut w, event))),
+                );
                 None
             }
             Err(e) => Some(self.store_failed(e)),
@@ -188,13 +234,13 @@ impl Live {
     /// The `error` event ending a stream whose store read failed. The
     /// store's own words (its address among them) go to the log, not to
     /// a reader with a read token.
-    fn store_failed(&mut self, e: crate::store::StoreError) -> SseEvent {
+    fn store_failed(&mut self, e: crate::store::StoreError) -> Bytes {
         self.done = true;
         tracing::error!(target = %self.t, error = %e, "a live stream's store read failed");
         let msg = serde_json::json!({"code": "store_unavailable",
             "detail": "the store did not answer; reconnect with Last-Event-ID",
             "resume_after": self.cursor.to_string()});
-        SseEvent::default().event("error").data(msg.to_string())
+        error_frame(&msg)
     }
 
     /// A tail event as this client sends it: with the version it replaced
@@ -217,9 +263,11 @@ impl Live {
             return None;
         }
         let [event] = events;
-        Some(Arc::new(LiveEvent {
-            event,
-            json: live.json.clone(),
-        }))
+        Some(Arc::new(LiveEvent::new(&mut Writer::new(&self.src), event)))
     }
+}
+
+/// An `error` event, which ends a stream.
+fn error_frame(msg: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: error\ndata: {msg}\n\n"))
 }

@@ -82,9 +82,7 @@ pub(super) async fn read_checked(
     limit: usize,
     oldest_kept: bool,
 ) -> crate::store::StoreResult<(Vec<crate::events::Event>, Option<StreamId>)> {
-    let before = store.trimmed_through(t).await?;
-    let page = store.read(t, after, limit).await?;
-    let later = store.trimmed_through(t).await?;
+    let (before, page, later) = store.read_between_trims(t, after, limit).await?;
     let accepted = after == StreamId::ZERO && oldest_kept;
     let gap = !accepted && (after < before || skipped(after, later, page.first().map(|e| e.id)));
     Ok((page, gap.then_some(later)))

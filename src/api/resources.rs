@@ -19,9 +19,9 @@ use super::{
     problem::{ApiResult, Problem},
 };
 use crate::{
-    cloudevents::EventSource,
+    cloudevents::{EventSource, Writer},
     events::StreamId,
-    filter::{EventView, PageEvent, Selection},
+    filter::Selection,
     status,
     store::Target,
 };
@@ -103,14 +103,6 @@ pub struct EventsQuery {
     from_oldest_kept: Option<String>,
 }
 
-#[derive(Serialize)]
-struct EventsPage<'a> {
-    events: Vec<PageEvent<'a>>,
-    /// Pass as `after` for the next page.
-    next_after: String,
-    has_more: bool,
-}
-
 fn target_of(
     s: &ApiState,
     source: String,
@@ -158,21 +150,41 @@ fn previous_flag(raw: Option<&str>, sel: &Selection) -> ApiResult<bool> {
     Ok(previous)
 }
 
-/// A replay page as the reader asked for it: filtered, then projected or
-/// with previous values.
-fn page_events<'a>(
-    src: &'a EventSource,
+/// A replay page's JSON, `{"events": [...], "next_after", "has_more"}`,
+/// rendered into one buffer from the stored bytes: filtered, then
+/// projected or with previous values.
+fn page_body(
+    src: &EventSource,
     sel: &Selection,
     previous: bool,
-    page: &'a [crate::events::Event],
-) -> Vec<PageEvent<'a>> {
-    if !previous {
-        return sel.page(src, page);
+    page: &[crate::events::Event],
+    next_after: &str,
+    has_more: bool,
+) -> Vec<u8> {
+    let size: usize = page.iter().map(|e| e.data.len() + 480).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(b"{\"events\":[");
+    let mut w = Writer::new(src);
+    let mut first = true;
+    for e in page {
+        let mark = out.len();
+        if !first {
+            out.push(b',');
+        }
+        if sel.write(&mut w, &mut out, e, previous) {
+            first = false;
+        } else {
+            out.truncate(mark);
+        }
     }
-    page.iter()
-        .filter(|e| sel.matches(&EventView::new(src, e)))
-        .map(|e| PageEvent::Selected(crate::previous::raw(src, e)))
-        .collect()
+    out.extend_from_slice(b"],\"next_after\":");
+    crate::cloudevents::string(&mut out, next_after);
+    out.extend_from_slice(if has_more {
+        b",\"has_more\":true}"
+    } else {
+        b",\"has_more\":false}"
+    });
+    out
 }
 
 /// The `limit` query parameter.
@@ -236,10 +248,10 @@ pub async fn events(
         s.shared.store.fill_previous(&t, &mut page).await?;
     }
     let next_after = page.last().map(|e| e.id).unwrap_or(after).to_string();
-    let body = EventsPage {
-        events: page_events(&src, &sel, previous, &page),
-        next_after,
-        has_more,
-    };
-    Ok(Json(body).into_response())
+    let body = page_body(&src, &sel, previous, &page, &next_after, has_more);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Bytes::from(body),
+    )
+        .into_response())
 }

@@ -221,7 +221,12 @@ async fn upstream_writes(sim_url: &str) -> anyhow::Result<()> {
 
 /// Milliseconds from an event's append (its CloudEvents `time`) to `now_ms`.
 fn lag_ms(event: &serde_json::Value, now_ms: u64) -> Option<u64> {
-    let at = humantime::parse_rfc3339(event["time"].as_str()?).ok()?;
+    lag_from(event["time"].as_str()?, now_ms)
+}
+
+/// Milliseconds from a CloudEvents `time` to `now_ms`.
+fn lag_from(time: &str, now_ms: u64) -> Option<u64> {
+    let at = humantime::parse_rfc3339(time).ok()?;
     let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
     Some(now_ms.saturating_sub(at_ms))
 }

@@ -92,48 +92,22 @@ impl Request {
         }
     }
 
-    /// The body, its content type and its `webhook-id`.
+    /// The body, its content type and its `webhook-id`: the records
+    /// projected as the subscription's fields ask, or with previous values.
     fn body(&self) -> (Vec<u8>, &'static str, String) {
-        if self.sub.previous {
-            return crate::previous::body(&self.source, &self.events, self.sub.batch_size > 1);
-        }
-        if self.selection.fields.is_some() {
-            return self.shaped_body();
-        }
-        if self.events.len() == 1 && self.sub.batch_size == 1 {
-            let ce = self.source.event(&self.events[0]);
-            let body = serde_json::to_vec(&ce).unwrap_or_default();
-            (body, "application/cloudevents+json", ce.id)
-        } else {
-            let all: Vec<_> = self.events.iter().map(|e| self.source.event(e)).collect();
-            let id = format!("{}+{}", all[0].id, all.len() - 1);
-            let body = serde_json::to_vec(&all).unwrap_or_default();
-            (body, "application/cloudevents-batch+json", id)
-        }
-    }
-}
-
-impl Request {
-    /// As `body` with the records projected, or left out for thin events.
-    fn shaped_body(&self) -> (Vec<u8>, &'static str, String) {
         let shape = Selection {
             filter: None,
             fields: self.selection.fields.clone(),
         };
-        let all: Vec<String> = self
-            .events
-            .iter()
-            .filter_map(|e| shape.render(&self.source, e))
-            .collect();
-        let id = self.source.id(&self.events[0]);
-        if self.events.len() == 1 && self.sub.batch_size == 1 {
-            let body = all.into_iter().next().unwrap_or_default().into_bytes();
-            (body, "application/cloudevents+json", id)
-        } else {
-            let id = format!("{id}+{}", all.len() - 1);
-            let body = format!("[{}]", all.join(",")).into_bytes();
-            (body, "application/cloudevents-batch+json", id)
-        }
+        let previous = self.sub.previous;
+        crate::cloudevents::webhook_body(
+            &self.source,
+            &self.events,
+            self.sub.batch_size > 1,
+            |w, out, e| {
+                shape.write(w, out, e, previous);
+            },
+        )
     }
 }
 

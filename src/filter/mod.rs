@@ -21,7 +21,6 @@ mod render;
 pub use eval::EventView;
 pub use projection::Projection;
 pub use query::{from_query, subscription_fields};
-pub use render::PageEvent;
 
 /// A parsed filter: matches an event when its expression does.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,14 +2,10 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
-use serde_json::value::RawValue;
-
 use super::{EventView, Selection};
 use crate::{
-    cloudevents::{CloudEvent, EventSource},
+    cloudevents::{EventSource, Writer},
     events::Event,
-    tail::LiveEvent,
 };
 
 impl Selection {
@@ -25,63 +21,44 @@ impl Selection {
     /// The event's CloudEvents JSON as this selection sends it, or `None`
     /// when the filter passes it over.
     pub fn render(&self, src: &EventSource, e: &Event) -> Option<String> {
-        if !self.matches(&EventView::new(src, e)) {
-            return None;
-        }
-        Some(match self.project(&e.data) {
-            Some(Cow::Borrowed(_)) => src.to_json(e),
-            Some(Cow::Owned(data)) => src.to_json(&Event { data, ..e.clone() }),
-            None => thin(src, e),
-        })
+        let mut out = Vec::with_capacity(e.data.len() + 400);
+        self.write(&mut Writer::new(src), &mut out, e, false)
+            .then(|| String::from_utf8(out).expect("CloudEvents JSON is UTF-8"))
     }
 
-    /// As [`Selection::render`] for a live-tail event, reusing its JSON
-    /// when the selection takes everything.
-    pub fn render_live<'a>(&self, src: &EventSource, live: &'a LiveEvent) -> Option<Cow<'a, str>> {
-        if self.is_everything() {
-            return Some(Cow::Borrowed(&live.json));
+    /// Appends the event's CloudEvents JSON as this selection sends it,
+    /// with previous values in its data when `previous` (src/previous.rs);
+    /// false, writing nothing, when the filter passes it over. Every
+    /// rendering of an event downstream (replay, live stream, webhooks)
+    /// comes through here.
+    pub fn write(&self, w: &mut Writer<'_>, out: &mut Vec<u8>, e: &Event, previous: bool) -> bool {
+        if self.filter.is_some() && !self.matches(&EventView::new(w.source(), e)) {
+            return false;
         }
-        self.render(src, &live.event).map(Cow::Owned)
+        if previous {
+            let data = crate::previous::data(e);
+            w.write(out, e, data.get(), Some(crate::previous::DATASCHEMA));
+            return true;
+        }
+        match self.project(&e.data) {
+            Some(data) => w.write(out, e, &data, None),
+            None => out.extend_from_slice(thin(w.source(), e).as_bytes()),
+        }
+        true
     }
 }
 
-/// A thin event: the CloudEvent without `data` and `datacontenttype`.
+/// A thin event: the CloudEvent without `data` and `datacontenttype`,
+/// its attributes in name order.
 fn thin(src: &EventSource, e: &Event) -> String {
-    let bare = Event {
+    let mut v: serde_json::Value = serde_json::from_str(&src.to_json(&Event {
         data: "null".into(),
         ..e.clone()
-    };
-    let mut v = serde_json::to_value(src.event(&bare)).expect("cloud events serialize");
+    }))
+    .expect("rendered JSON");
     if let Some(obj) = v.as_object_mut() {
         obj.remove("data");
         obj.remove("datacontenttype");
     }
     v.to_string()
-}
-
-/// One event of a replay page: the CloudEvent itself when the selection
-/// takes everything, else the JSON it rendered.
-#[derive(Serialize)]
-#[serde(untagged)]
-pub enum PageEvent<'a> {
-    Whole(CloudEvent<'a>),
-    Selected(Box<RawValue>),
-}
-
-impl Selection {
-    /// A replay page's events as this selection sends them, the ones its
-    /// filter passes over left out.
-    pub fn page<'a>(&self, src: &'a EventSource, events: &'a [Event]) -> Vec<PageEvent<'a>> {
-        if self.is_everything() {
-            return events
-                .iter()
-                .map(|e| PageEvent::Whole(src.event(e)))
-                .collect();
-        }
-        events
-            .iter()
-            .filter_map(|e| self.render(src, e))
-            .map(|json| PageEvent::Selected(RawValue::from_string(json).expect("rendered JSON")))
-            .collect()
-    }
 }

@@ -340,6 +340,30 @@ fn rendering_filters_projects_and_thins() {
     );
 }
 
+/// With previous values the selection writes the record-with-previous
+/// data and names its schema, as the webhook, replay and live paths share.
+#[test]
+fn writing_with_previous_values_wraps_the_record() {
+    let src = source("patients");
+    let mut e = event(Op::Updated, 760, patient("s1", "F", false));
+    e.before = Some(patient("s1", "M", false).to_string());
+    let mut out = Vec::new();
+    let mut w = crate::cloudevents::Writer::new(&src);
+    assert!(Selection::default().write(&mut w, &mut out, &e, true));
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["dataschema"], crate::previous::DATASCHEMA);
+    assert_eq!(v["data"]["previous"], json!({"gender": "M"}));
+    assert_eq!(v["data"]["record"]["gender"], "F");
+    let mut only = Vec::new();
+    let sel = from_query(
+        Some(r#"{"exact":{"data.site":"s2"}}"#),
+        None,
+        &FieldNames::default(),
+    );
+    assert!(!sel.unwrap().write(&mut w, &mut only, &e, true));
+    assert!(only.is_empty());
+}
+
 #[test]
 fn query_faults_name_the_parameter_and_path() {
     let names = FieldNames::default();

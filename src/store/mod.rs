@@ -195,6 +195,22 @@ pub trait Store:
     /// Events with IDs strictly after `after`, in order, at most `limit`.
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>>;
 
+    /// As [`Store::read`], between two reads of `trimmed_through` (the one
+    /// before and the one after it): what a reader needs to tell whether
+    /// its page skipped what retention removed. One round trip where the
+    /// backend can pipeline them.
+    async fn read_between_trims(
+        &self,
+        t: &Target,
+        after: StreamId,
+        limit: usize,
+    ) -> StoreResult<(StreamId, Vec<Event>, StreamId)> {
+        let before = self.trimmed_through(t).await?;
+        let page = self.read(t, after, limit).await?;
+        let later = self.trimmed_through(t).await?;
+        Ok((before, page, later))
+    }
+
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>>;
 
     async fn stream_len(&self, t: &Target) -> StoreResult<u64>;

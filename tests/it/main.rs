@@ -20,6 +20,7 @@ mod delivery;
 mod door;
 mod exposure;
 mod failover;
+mod fanout;
 mod faults;
 mod filters;
 mod health;

@@ -319,6 +319,30 @@ impl Store for RedisStore {
         parse_entries(reply)
     }
 
+    async fn read_between_trims(
+        &self,
+        t: &Target,
+        after: StreamId,
+        limit: usize,
+    ) -> StoreResult<(StreamId, Vec<Event>, StreamId)> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let (before, reply, later): (Option<String>, redis::Value, Option<String>) = redis::pipe()
+            .get(&keys.trimmed)
+            .cmd("XRANGE")
+            .arg(&keys.events)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .get(&keys.trimmed)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        let trimmed = |v: Option<String>| v.map_or(Ok(StreamId::ZERO), |v| parse_id(&v));
+        Ok((trimmed(before)?, parse_entries(reply)?, trimmed(later)?))
+    }
+
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
         let mut c = self.conn.clone();
         let reply: StreamRangeReply = c

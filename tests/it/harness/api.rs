@@ -41,17 +41,21 @@ impl Api {
         self.get(path).send().await.unwrap().json().await.unwrap()
     }
 
-    /// The line of `GET /metrics` for the counter `stamp_relay_<name>_total`
-    /// of the table sim/patients; fails the test naming it when absent.
-    pub async fn table_counter(&self, name: &str) -> String {
-        let text = self
-            .get("/metrics")
+    /// What `GET /metrics` answers.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The line of `GET /metrics` for the counter `stamp_relay_<name>_total`
+    /// of the table sim/patients; fails the test naming it when absent.
+    pub async fn table_counter(&self, name: &str) -> String {
+        let text = self.metrics_text().await;
         let line = format!(r#"stamp_relay_{name}_total{{source="sim",resource="patients"}}"#);
         text.lines()
             .find(|l| l.starts_with(&line))
