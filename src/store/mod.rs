@@ -62,6 +62,23 @@ impl PollStatus {
     }
 }
 
+/// What a poll reads before it fetches (`Store::begin_poll`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollStart {
+    /// The lease was taken or extended for the holder; the fields below
+    /// are read only then.
+    pub leased: bool,
+    /// The table's epoch; none before its first use.
+    pub epoch: Option<String>,
+    /// The stream's last event ID (`Store::last_id`).
+    pub last: StreamId,
+    /// Whether the initial load still runs (`TableState::loading`).
+    pub loading: bool,
+    /// False when the store saw no reconcile request; true when one may be
+    /// pending (`TableState::take_reconcile_request` takes it).
+    pub reconcile: bool,
+}
+
 /// A sorted chunk of record versions to append atomically.
 #[derive(Debug)]
 pub struct AppendBatch<'a> {
@@ -152,6 +169,22 @@ pub trait Store: DeliveryStore + TableState + records::RecordStore + Send + Sync
     async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+
+    /// Takes or extends the lease (as [`Store::lease`]) and, when it is
+    /// held, reads what a poll starts from. Redis answers in one script, so
+    /// an idle poll costs one round trip before its upstream request.
+    async fn begin_poll(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
+        if !self.lease(t, holder, ttl).await? {
+            return Ok(PollStart::default());
+        }
+        Ok(PollStart {
+            leased: true,
+            epoch: self.epoch(t).await?,
+            last: self.last_id(t).await?,
+            loading: self.loading(t).await?,
+            reconcile: true,
+        })
+    }
 }
 
 /// What the store keeps about a table besides its events: the last poll,
