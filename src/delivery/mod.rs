@@ -121,8 +121,14 @@ pub struct Deliverer {
     pub secret_grace: Duration,
 }
 
-/// How often the supervisor looks at the subscription list.
+/// How often the supervisor reads the subscriptions' version (one cheap
+/// store call), listing them only when it moved.
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// The supervisor lists the subscriptions at least this often whatever
+/// their version says, so a write whose version raise was lost (a crash
+/// between the two, a hand edit of the store) is seen within this.
+pub const RELIST_EVERY: Duration = Duration::from_secs(30);
 
 struct Running {
     cancel: CancellationToken,
@@ -145,25 +151,39 @@ impl Deliverer {
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
         let mut memory = survive::Memory::default();
+        // The version of the last list, and when it was read.
+        let mut seen: Option<(u64, std::time::Instant)> = None;
         while !cancel.is_cancelled() {
-            match self.store.subscriptions().await {
-                Ok(subs) => {
-                    self.survive(&mut memory, &subs).await;
-                    self.restore(&subs).await;
-                    for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
-                        let this = self.clone();
-                        forgetting.spawn(async move {
-                            let _ = handle.await;
-                            this.forget(&key.0, key.1).await;
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
-                }
-            }
+            // A worker that ended while still wanted is started again.
+            let before = running.len();
             running.retain(|_, r| !r.handle.is_finished());
             while forgetting.try_join_next().is_some() {}
+            let version = self.store.subscriptions_version().await.ok();
+            let due = running.len() < before
+                || memory.restoring()
+                || match (version, seen) {
+                    (Some(v), Some((listed, at))) => v != listed || at.elapsed() >= RELIST_EVERY,
+                    _ => true,
+                };
+            if due {
+                match self.store.subscriptions().await {
+                    Ok(subs) => {
+                        seen = version.map(|v| (v, std::time::Instant::now()));
+                        self.survive(&mut memory, &subs).await;
+                        self.restore(&subs).await;
+                        for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
+                            let this = self.clone();
+                            forgetting.spawn(async move {
+                                let _ = handle.await;
+                                this.forget(&key.0, key.1).await;
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
+                    }
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}

@@ -247,6 +247,11 @@ pub trait DeliveryStore: Send + Sync {
     /// Returns false when there was no such subscription.
     async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
 
+    /// A number that moves with every write of a subscription (put,
+    /// replace, delete), so a reader lists them only when it moved. Any
+    /// change, also down (a store that lost it), means "list again".
+    async fn subscriptions_version(&self) -> StoreResult<u64>;
+
     // Delivery state of subscription `sub` on target `t`. Entries
     // move from the stream, past the subscription's position, into its
     // pending set; they leave it when delivered, filtered out, or dead.

@@ -9,7 +9,12 @@ use std::{
     time::Duration,
 };
 
-use stamp_relay::{config::Paging, store};
+use serde_json::json;
+use stamp_relay::{
+    config::Paging,
+    delivery::{RELIST_EVERY, SUPERVISE_EVERY},
+    store::{self, Target},
+};
 use stamp_relay_simulator::{Order, SimConfig};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,7 +22,12 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Backend, Sim, TestStore, config, poll_until_quiet, source};
+use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::{
+    App, Backend, Sim, TestStore, config, poll_until_quiet, source, wait_synced,
+};
+use crate::on_both_stores;
+use crate::receiver::TestReceiver;
 
 /// Commands the relay sent and its round trips: a burst of commands sent
 /// after Redis last answered is one round trip.
@@ -212,4 +222,36 @@ async fn an_idle_poll_costs_at_most_six_commands_in_two_round_trips() {
         assert!(commands <= 6.0, "{}: {commands} commands per idle poll", poller.target);
         assert!(trips <= 2.0, "{}: {trips} round trips per idle poll", poller.target);
     }
+}
+
+on_both_stores!(a_subscription_made_on_one_instance_is_delivered_by_another);
+
+/// Instance 2 polls and delivers; instance 1 has no tables and only serves
+/// the API. A subscription created on instance 1 reaches instance 2's
+/// supervisor through the subscriptions' version well before its fallback
+/// list (`RELIST_EVERY`, 30 s), so its events arrive within 10 s.
+async fn a_subscription_made_on_one_instance_is_delivered_by_another(ts: TestStore) {
+    let sim = Sim::start(SimConfig {
+        initial: vec![("patients".into(), 5)],
+        ..SimConfig::default()
+    })
+    .await;
+    let table = Target::new("sim", "patients");
+    let second = App::spawn(
+        &ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
+    )
+    .await;
+    second.wait_healthy().await;
+    wait_synced(ts.store.as_ref(), &table, &sim.sim).await;
+    let first = App::spawn(&ts, Vec::new()).await;
+    let rx = TestReceiver::start(1).await;
+    // Both instances' supervisors have listed the subscriptions (none)
+    // before this one exists.
+    tokio::time::sleep(2 * SUPERVISE_EVERY).await;
+    subscribe_to(&first, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
+    assert!(RELIST_EVERY > Duration::from_secs(10));
+    wait_delivered(ts.store.as_ref(), &rx, &[table], Duration::from_secs(10)).await;
+    first.stop().await;
+    second.stop().await;
 }

@@ -22,6 +22,15 @@ CREATE TABLE IF NOT EXISTS rejects (
     raw TEXT NOT NULL, reason TEXT NOT NULL, observed INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO subscriptions_version (id, version) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS subscription_inserted AFTER INSERT ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS subscription_updated AFTER UPDATE ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS subscription_deleted AFTER DELETE ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
 CREATE TABLE IF NOT EXISTS delivery_position (
     sub TEXT NOT NULL, source TEXT NOT NULL, resource TEXT NOT NULL, stamp INTEGER NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (sub, source, resource)) WITHOUT ROWID;
