@@ -4,6 +4,8 @@
 //! here comes from the store, so every instance shows the same facts
 //! whichever one polls a table or delivers to a subscription.
 
+use futures_util::future::try_join_all;
+
 use crate::{
     delivery::Backlog,
     events::StreamId,
@@ -100,18 +102,51 @@ pub struct Snapshot {
     pub subscriptions: Vec<SubscriptionView>,
 }
 
+/// Reads at once per table and subscription: on Redis they share the
+/// connection's pipeline, so 10,000 tables take about 160 round trips'
+/// time, not 40,000 in a row.
+const AT_ONCE: usize = 64;
+
 pub async fn tables(store: &dyn Store, targets: &[Target]) -> StoreResult<Vec<TableView>> {
     let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
-        out.push(TableView {
-            target: t.clone(),
-            last_id: store.last_id(t).await?,
-            stream_length: store.stream_len(t).await?,
-            records: store.index_len(t).await?,
-            poll: store.poll_status(t).await?.unwrap_or_default(),
-        });
+    for chunk in targets.chunks(AT_ONCE) {
+        out.extend(try_join_all(chunk.iter().map(|t| table(store, t))).await?);
     }
     Ok(out)
+}
+
+async fn table(store: &dyn Store, t: &Target) -> StoreResult<TableView> {
+    let (last_id, stream_length, records, poll) = futures_util::try_join!(
+        store.last_id(t),
+        store.stream_len(t),
+        store.index_len(t),
+        store.poll_status(t)
+    )?;
+    Ok(TableView {
+        target: t.clone(),
+        last_id,
+        stream_length,
+        records,
+        poll: poll.unwrap_or_default(),
+    })
+}
+
+/// What a subscription holds on one table: (lag, next retry, backlog).
+async fn standing_on(
+    store: &dyn Store,
+    sub: &Subscription,
+    t: &Target,
+) -> StoreResult<(u64, Option<u64>, Backlog)> {
+    // One read of the pending set serves the lag and the counts.
+    let (position, pending, last) = futures_util::try_join!(
+        position_or_start(store, sub, t),
+        store.pending(&sub.id, t),
+        store.last_id(t)
+    )?;
+    let standing = Standing::of(position, pending.first().map(|(e, _)| e.id));
+    let retries = pending.iter().filter(|(_, st)| st.attempts > 0);
+    let next = retries.map(|(_, st)| st.next_at_ms).min();
+    Ok((standing.lag(last), next, Backlog::of(pending)))
 }
 
 pub async fn subscriptions(
@@ -121,26 +156,29 @@ pub async fn subscriptions(
 ) -> StoreResult<Vec<SubscriptionView>> {
     let mut out = Vec::new();
     for sub in store.subscriptions().await? {
+        let (dead, last_failure) = futures_util::try_join!(
+            store.dead_letters(&sub.id),
+            last_failure(store, &sub.id)
+        )?;
         let mut view = SubscriptionView {
             lag: 0,
             pending: 0,
             waiting_retries: 0,
             paused: Vec::new(),
-            dead_letters: store.dead_letters(&sub.id).await?.len(),
-            last_failure: last_failure(store, &sub.id).await?,
+            dead_letters: dead.len(),
+            last_failure,
             next_attempt_ms: None,
             sub,
         };
-        for t in targets.iter().filter(|t| view.sub.covers(t)) {
-            // One read of the pending set serves the lag and the counts.
-            let position = position_or_start(store, &view.sub, t).await?;
-            let pending = store.pending(&view.sub.id, t).await?;
-            let standing = Standing::of(position, pending.first().map(|(e, _)| e.id));
-            let retries = pending.iter().filter(|(_, st)| st.attempts > 0);
-            let next = retries.map(|(_, st)| st.next_at_ms).min();
+        let covered: Vec<&Target> = targets.iter().filter(|t| view.sub.covers(t)).collect();
+        let mut each = Vec::with_capacity(covered.len());
+        for chunk in covered.chunks(AT_ONCE) {
+            let sub = &view.sub;
+            each.extend(try_join_all(chunk.iter().map(|t| standing_on(store, sub, t))).await?);
+        }
+        for (t, (lag, next, held)) in covered.into_iter().zip(each) {
             view.next_attempt_ms = view.next_attempt_ms.into_iter().chain(next).min();
-            view.lag = view.lag.max(standing.lag(store.last_id(t).await?));
-            let held = Backlog::of(pending);
+            view.lag = view.lag.max(lag);
             view.pending += held.pending;
             view.waiting_retries += held.waiting;
             if held.waiting >= max_waiting_retries {
