@@ -156,10 +156,8 @@ pub async fn subscriptions(
 ) -> StoreResult<Vec<SubscriptionView>> {
     let mut out = Vec::new();
     for sub in store.subscriptions().await? {
-        let (dead, last_failure) = futures_util::try_join!(
-            store.dead_letters(&sub.id),
-            last_failure(store, &sub.id)
-        )?;
+        let (dead, last_failure) =
+            futures_util::try_join!(store.dead_letters(&sub.id), last_failure(store, &sub.id))?;
         let mut view = SubscriptionView {
             lag: 0,
             pending: 0,

@@ -50,7 +50,11 @@ pub(super) async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
 async fn one_run(args: &BenchArgs, sources: usize, dir: &Path) -> anyhow::Result<()> {
     let per = args.tables_per_source.clamp(1, TABLES.len());
     let tables: Vec<Target> = (0..sources)
-        .flat_map(|s| TABLES[..per].iter().map(move |r| Target::new(&format!("s{s:05}"), *r)))
+        .flat_map(|s| {
+            TABLES[..per]
+                .iter()
+                .map(move |r| Target::new(format!("s{s:05}"), *r))
+        })
         .collect();
     println!(
         "\n{sources} sources x {per} tables ({} tables), interval {}, {} instance(s), {RECORDS} records a table",
@@ -91,7 +95,13 @@ async fn simulator() -> anyhow::Result<(Guard, String)> {
     let port = free_port()?;
     let n = RECORDS.to_string();
     let child = Command::new(std::env::current_exe()?)
-        .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--order", "stamp"])
+        .args([
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--order",
+            "stamp",
+        ])
         .args(["--patients", &n, "--assessments", &n, "--users", &n])
         .args(["--sites", &n, "--comments", &n])
         .stdout(Stdio::null())
@@ -163,7 +173,10 @@ where
 async fn wait_loaded(store: &dyn Store, tables: &[Target], within: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
-        let lens = each(tables, |t| async move { store.stream_len(&t).await.unwrap_or(0) }).await;
+        let lens = each(tables, |t| async move {
+            store.stream_len(&t).await.unwrap_or(0)
+        })
+        .await;
         let done = lens.iter().filter(|&&n| n >= RECORDS).count();
         if done == tables.len() {
             return Ok(());
@@ -182,12 +195,20 @@ async fn commandstats(redis_url: &str) -> anyhow::Result<HashMap<String, u64>> {
     let mut c = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
         .await?;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut c).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await?;
     Ok(info
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect())
@@ -261,7 +282,7 @@ async fn idle(
         .map(|(name, &n)| (name.clone(), n - redis0.get(name).copied().unwrap_or(0)))
         .filter(|(_, n)| *n > 0)
         .collect();
-    delta.sort_by(|a, b| b.1.cmp(&a.1));
+    delta.sort_by_key(|d| std::cmp::Reverse(d.1));
     let commands: u64 = delta.iter().map(|(_, n)| n).sum();
     let per_table = commands as f64 / secs / tables as f64;
     println!(
@@ -290,9 +311,14 @@ async fn write_delay(
     interval: Duration,
 ) -> anyhow::Result<()> {
     let tables: Vec<Target> = (0..sources)
-        .map(|s| Target::new(&format!("s{s:05}"), "patients"))
+        .map(|s| Target::new(format!("s{s:05}"), "patients"))
         .collect();
-    let lens = async || each(&tables, |t| async move { store.stream_len(&t).await.unwrap_or(0) }).await;
+    let lens = async || {
+        each(&tables, |t| async move {
+            store.stream_len(&t).await.unwrap_or(0)
+        })
+        .await
+    };
     let before = lens().await;
     let url = format!("{}/_sim/random-writes", base_url.trim_end_matches("/api"));
     reqwest::Client::new()
@@ -303,7 +329,9 @@ async fn write_delay(
         .error_for_status()?;
     let wrote = Instant::now();
     let mut delays: Vec<Option<f64>> = vec![None; sources];
-    while delays.iter().any(Option::is_none) && wrote.elapsed() < 2 * interval + Duration::from_secs(60) {
+    while delays.iter().any(Option::is_none)
+        && wrote.elapsed() < 2 * interval + Duration::from_secs(60)
+    {
         let now = lens().await;
         let at = wrote.elapsed().as_secs_f64();
         for (i, d) in delays.iter_mut().enumerate() {
@@ -320,7 +348,11 @@ async fn write_delay(
     let max = seen.last().copied().unwrap_or(f64::NAN);
     println!(
         "  one upstream write in every source's stream: p50 {p50:.1} s, max {max:.1} s{} (target <= interval + 2 s = {:.0} s)",
-        if missing > 0 { format!(", {missing} never") } else { String::new() },
+        if missing > 0 {
+            format!(", {missing} never")
+        } else {
+            String::new()
+        },
         interval.as_secs_f64() + 2.0
     );
     Ok(())
@@ -337,7 +369,12 @@ async fn takeover(
 ) -> anyhow::Result<()> {
     let holders = async || {
         each(tables, |t| async move {
-            store.poll_status(&t).await.ok().flatten().map(|s| (s.holder, s.finished_ms))
+            store
+                .poll_status(&t)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| (s.holder, s.finished_ms))
         })
         .await
     };

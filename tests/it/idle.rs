@@ -23,9 +23,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{subscribe_to, wait_delivered};
-use crate::harness::{
-    App, Backend, Sim, TestStore, config, poll_until_quiet, source, wait_synced,
-};
+use crate::harness::{App, Backend, Sim, TestStore, config, poll_until_quiet, source, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::TestReceiver;
 
@@ -163,7 +161,11 @@ fn command_len(b: &[u8]) -> Option<usize> {
 
 /// The number after `tag` on the line at `at`, and where the next line starts.
 fn header(b: &[u8], at: usize, tag: u8) -> Option<(usize, usize)> {
-    assert_eq!(*b.get(at)?, tag, "the relay sent something other than a RESP command");
+    assert_eq!(
+        *b.get(at)?,
+        tag,
+        "the relay sent something other than a RESP command"
+    );
     let end = at + b[at..].windows(2).position(|w| w == b"\r\n")?;
     let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
     Some((n, end + 2))
@@ -218,9 +220,20 @@ async fn an_idle_poll_costs_at_most_six_commands_in_two_round_trips() {
         let after = proxy.counts();
         let commands = (after.commands - before.commands) as f64 / IDLE_POLLS as f64;
         let trips = (after.round_trips - before.round_trips) as f64 / IDLE_POLLS as f64;
-        eprintln!("{}: {commands} commands in {trips} round trips per idle poll", poller.target);
-        assert!(commands <= 6.0, "{}: {commands} commands per idle poll", poller.target);
-        assert!(trips <= 2.0, "{}: {trips} round trips per idle poll", poller.target);
+        eprintln!(
+            "{}: {commands} commands in {trips} round trips per idle poll",
+            poller.target
+        );
+        assert!(
+            commands <= 6.0,
+            "{}: {commands} commands per idle poll",
+            poller.target
+        );
+        assert!(
+            trips <= 2.0,
+            "{}: {trips} round trips per idle poll",
+            poller.target
+        );
     }
 }
 
@@ -249,7 +262,12 @@ async fn a_subscription_made_on_one_instance_is_delivered_by_another(ts: TestSto
     // Both instances' supervisors have listed the subscriptions (none)
     // before this one exists.
     tokio::time::sleep(2 * SUPERVISE_EVERY).await;
-    subscribe_to(&first, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
+    subscribe_to(
+        &first,
+        &rx,
+        json!({"resources": ["*"], "start": "beginning"}),
+    )
+    .await;
     assert!(RELIST_EVERY > Duration::from_secs(10));
     wait_delivered(ts.store.as_ref(), &rx, &[table], Duration::from_secs(10)).await;
     first.stop().await;
