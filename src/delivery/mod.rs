@@ -153,13 +153,15 @@ impl Deliverer {
         let mut memory = survive::Memory::default();
         // The version of the last list, and when it was read.
         let mut seen: Option<(u64, std::time::Instant)> = None;
+        // A worker ended at the last look: list again, to start it again
+        // if it is still wanted.
+        let mut ended = false;
         while !cancel.is_cancelled() {
-            // A worker that ended while still wanted is started again.
-            let before = running.len();
-            running.retain(|_, r| !r.handle.is_finished());
-            while forgetting.try_join_next().is_some() {}
             let version = self.store.subscriptions_version().await.ok();
-            let due = running.len() < before
+            // A worker that ended is still in `running` when the list is
+            // compared, so one of a deleted subscription is cleaned up after.
+            let due = std::mem::take(&mut ended)
+                || running.values().any(|r| r.handle.is_finished())
                 || memory.restoring()
                 || match (version, seen) {
                     (Some(v), Some((listed, at))) => v != listed || at.elapsed() >= RELIST_EVERY,
@@ -184,6 +186,10 @@ impl Deliverer {
                     }
                 }
             }
+            let before = running.len();
+            running.retain(|_, r| !r.handle.is_finished());
+            ended = running.len() < before;
+            while forgetting.try_join_next().is_some() {}
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
