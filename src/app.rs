@@ -158,7 +158,7 @@ impl Relay {
             holder: self.holder.clone(),
             lease_ttl: self.config.store.lease_ttl,
             metrics: self.metrics.clone(),
-max_concurrent: self.config.poll.max_concurrent,
+            max_concurrent: self.config.poll.max_concurrent,
             health_log: Some(self.health_log.clone()),
         }
     }

@@ -216,7 +216,7 @@ impl Scheduler {
             slot.poller = Some(poller);
             return;
         }
-let now = Instant::now();
+        let now = Instant::now();
         // The poller's own wait (the interval, or a backoff after failures),
         // which its health shows as the next attempt; a table another
         // instance holds is tried again on the share's schedule.

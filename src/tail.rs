@@ -124,7 +124,14 @@ impl Tails {
         let (sender, rx) = broadcast::channel(BUFFER);
         running.insert(t.clone(), sender.clone());
         let (src, wake) = (table.event_source.clone(), table.wake().clone());
-        tokio::spawn(run(self.clone(), src, wake, table.gone.clone(), sender, top));
+        tokio::spawn(run(
+            self.clone(),
+            src,
+            wake,
+            table.gone.clone(),
+            sender,
+            top,
+        ));
         Ok(Some(rx))
     }
 

@@ -26,6 +26,7 @@ mod filter;
 mod records;
 mod rss;
 mod settle;
+mod sources;
 
 use crate::{
     app::Relay,
@@ -67,6 +68,24 @@ pub struct BenchArgs {
     /// Run only the churn figure.
     #[arg(long)]
     pub churn_only: bool,
+    /// Only the many-sources benchmark, once per number given (e.g.
+    /// `--sources 200,2000`): N sources x --tables-per-source tables on one
+    /// simulator, the relay as processes of their own (sources.rs).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub sources: Vec<usize>,
+    /// Tables per source in the many-sources benchmark (at most 5).
+    #[arg(long, default_value_t = 5)]
+    pub tables_per_source: usize,
+    /// Poll interval of the many-sources benchmark's sources.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Relay instances sharing the many-sources benchmark's tables (2
+    /// measures the split and a takeover).
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// The idle window of the many-sources benchmark (default: the interval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_window: Option<Duration>,
     /// Run only the memory part (used by the benchmark itself).
     #[arg(long, hide = true)]
     pub rss_only: bool,
@@ -235,6 +254,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile_dir()?;
     if args.rss_only {
         return rss::run(&args, &dir).await;
+    }
+    if !args.sources.is_empty() {
+        return sources::run(&args, &dir).await;
     }
     if args.churn_only {
         let (_redis, redis_url) = redis(&args.redis_url, &dir).await?;

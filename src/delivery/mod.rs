@@ -122,8 +122,14 @@ pub struct Deliverer {
     pub secret_grace: Duration,
 }
 
-/// How often the supervisor looks at the subscription list.
+/// How often the supervisor reads the subscriptions' version (one cheap
+/// store call), listing them only when it moved.
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
+/// The supervisor lists the subscriptions at least this often whatever
+/// their version says, so a write whose version raise was lost (a crash
+/// between the two, a hand edit of the store) is seen within this.
+pub const RELIST_EVERY: Duration = Duration::from_secs(30);
 
 struct Running {
     cancel: CancellationToken,
@@ -147,24 +153,44 @@ impl Deliverer {
         let mut forgetting = tokio::task::JoinSet::new();
         let mut memory = survive::Memory::default();
         let mut tables = self.topology.subscribe();
+        // The version of the last list, and when it was read.
+        let mut seen: Option<(u64, std::time::Instant)> = None;
+        // A worker ended at the last look: list again, to start it again
+        // if it is still wanted.
+        let mut ended = false;
         while !cancel.is_cancelled() {
-            match self.store.subscriptions().await {
-                Ok(subs) => {
-                    self.survive(&mut memory, &subs).await;
-                    self.restore(&subs).await;
-                    for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
-                        let this = self.clone();
-                        forgetting.spawn(async move {
-                            let _ = handle.await;
-                            this.forget(&key.0, key.1).await;
-                        });
+            let version = self.store.subscriptions_version().await.ok();
+            // A worker that ended is still in `running` when the list is
+            // compared, so one of a deleted subscription is cleaned up after.
+            let due = std::mem::take(&mut ended)
+                || running.values().any(|r| r.handle.is_finished())
+                || memory.restoring()
+                || match (version, seen) {
+                    (Some(v), Some((listed, at))) => v != listed || at.elapsed() >= RELIST_EVERY,
+                    _ => true,
+                };
+            if due {
+                match self.store.subscriptions().await {
+                    Ok(subs) => {
+                        seen = version.map(|v| (v, std::time::Instant::now()));
+                        self.survive(&mut memory, &subs).await;
+                        self.restore(&subs).await;
+                        for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
+                            let this = self.clone();
+                            forgetting.spawn(async move {
+                                let _ = handle.await;
+                                this.forget(&key.0, key.1).await;
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
-                }
             }
+            let before = running.len();
             running.retain(|_, r| !r.handle.is_finished());
+            ended = running.len() < before;
             while forgetting.try_join_next().is_some() {}
             tokio::select! {
                 _ = cancel.cancelled() => break,

@@ -27,6 +27,13 @@ pub struct Memory {
     restoring_until: Option<Instant>,
 }
 
+impl Memory {
+    /// A reset was seen lately: the supervisor lists on every look.
+    pub fn restoring(&self) -> bool {
+        self.restoring_until.is_some()
+    }
+}
+
 impl Deliverer {
     /// After a look that listed `subs`: notices a reset from the tables'
     /// epochs and writes back what the store lost.

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     queue::Queue,
-    worker::{Now, State, TICK, WINDOW, Worker, flush},
+    worker::{IDLE_WAIT, Now, State, TICK, WINDOW, Worker, flush},
 };
 use crate::{
     events::{Event, StreamId},
@@ -196,8 +196,9 @@ impl Worker {
         // so no batch holds two events of one record.
         let (due, next_due) = q.due_batches(now.wall_ms, free, per_request);
         if due.is_empty() {
-            let wait = next_due.map_or(TICK, |due| {
-                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(TICK)
+            // Nothing due: the poller's wake, or the next retry's time.
+            let wait = next_due.map_or(IDLE_WAIT, |due| {
+                Duration::from_millis(due.saturating_sub(now.wall_ms)).min(IDLE_WAIT)
             });
             return Ok((0, wait));
         }

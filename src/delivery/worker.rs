@@ -46,8 +46,13 @@ use crate::{
 pub const WINDOW: usize = 500;
 /// How often a worker publishes its queue figures at most.
 const SHOW_EVERY: Duration = Duration::from_millis(250);
-/// How often an idle worker looks for new entries and redriven ones.
+/// How often a busy worker looks again at most, between answers.
 pub const TICK: Duration = Duration::from_millis(250);
+/// How long a worker with nothing due waits for a wake: its table's poller
+/// on this instance wakes it after every append, and a change of its
+/// subscription wakes it too; this bounds how late it sees appends by
+/// another instance's poller and entries put back by a redrive.
+pub const IDLE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Worker {
     pub sub: watch::Receiver<Subscription>,
@@ -301,7 +306,7 @@ impl Worker {
         if started > 0 || applied.answers > 0 {
             return Ok(Step::Busy);
         }
-        if st.last_reload.elapsed() > Duration::from_secs(2) {
+        if st.last_reload.elapsed() >= IDLE_WAIT {
             // Idle: reload now and then to pick up redriven dead letters.
             st.stale = true;
         }
@@ -338,8 +343,15 @@ pub(super) async fn flush(log: &mpsc::UnboundedSender<Write>) {
 
 /// Waits for an answer, a wake or `wait`; true when cancelled.
 async fn idle(st: &mut State, cancel: &CancellationToken, wake: &Notify, wait: Duration) -> bool {
+    let mut changes = st.changes.clone();
     tokio::select! {
         _ = cancel.cancelled() => true,
+        // A sender gone (the supervisor stopping the worker) is no change.
+        _ = async {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        } => false,
         _ = st.next_answer() => false,
         _ = wake.notified() => false,
         _ = tokio::time::sleep(wait) => false,

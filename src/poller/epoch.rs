@@ -32,8 +32,8 @@ use crate::{
 impl Poller {
     /// Compares the table's epoch in the store with the one this poller
     /// knows, writing one at first use; handles a reset when they differ.
-    pub(super) async fn check_epoch(&mut self) -> Result<(), PollError> {
-        let stored = self.store.epoch(&self.target).await?;
+    /// `stored` is the epoch the store holds now.
+    pub(super) async fn check_epoch(&mut self, stored: Option<String>) -> Result<(), PollError> {
         if stored.is_some() && stored == self.epoch {
             return Ok(());
         }
@@ -71,6 +71,7 @@ impl Poller {
         // An empty stream is now a table to load, not an empty table, and
         // its cursor is the stream's again.
         self.saw_success = false;
+        self.known.forget();
         (self.era, self.era_loaded, self.resume) = (None, true, None);
     }
 }

@@ -29,6 +29,7 @@ mod breaks;
 mod epoch;
 mod health;
 pub use health::{HealthLog, HealthWriter, Note, TablesOf, health_table};
+mod idle;
 mod keyset;
 mod lease;
 mod paging;
@@ -122,6 +123,10 @@ pub struct Poller {
     /// Failed polls in a row, and the wait before the next poll.
     failures: u32,
     wait: Duration,
+    /// Versions known to be in the index while nothing else wrote (idle.rs).
+    known: idle::Known,
+    /// False when the poll's start saw no reconcile request (reconcile.rs).
+    reconcile_asked: bool,
 }
 
 impl Poller {
@@ -160,6 +165,8 @@ impl Poller {
             health_log: None,
             failures: 0,
             wait: Duration::ZERO,
+            known: idle::Known::default(),
+            reconcile_asked: true,
         }
     }
 
@@ -193,25 +200,34 @@ impl Poller {
     /// a crash mid-load, when the stream is no longer empty. Read from the
     /// store on every poll: another instance may have started or finished
     /// the load while this one did not hold the lease.
-    async fn loading(&mut self, before: StreamId) -> Result<bool, PollError> {
+    async fn loading(&mut self, before: StreamId, stored: bool) -> Result<bool, PollError> {
         // Once this instance saw a poll succeed, an empty stream is an empty
         // table, and its first records are changes.
         if before == StreamId::ZERO && !self.saw_success {
             self.store.set_loading(&self.target, true).await?;
             return Ok(true);
         }
-        Ok(self.store.loading(&self.target).await?)
+        Ok(stored)
     }
 
     async fn poll(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
         let started = Instant::now();
         let mut report = PollReport::default();
-        if !self.take_lease().await? {
+        let start = self
+            .store
+            .begin_poll(&self.target, &self.holder, self.settings.lease_ttl)
+            .await?;
+        if !start.leased {
             tracing::debug!(target = %self.target, "another instance holds the lease; not polling");
             return Ok(report);
         }
+        self.keep_lease_renewed();
         report.leased = true;
-        let result = self.leased_poll(&mut report, cancel).await;
+        let result = self.leased_poll(&mut report, start, cancel).await;
+        match (&result, &self.epoch) {
+            (Ok(()), Some(epoch)) => self.known.end(report.after, epoch),
+            _ => self.known.forget(),
+        }
         self.lease = None;
         self.note_failover(&result);
         report.duration_ms = started.elapsed().as_millis() as u64;
@@ -227,13 +243,17 @@ impl Poller {
     async fn leased_poll(
         &mut self,
         report: &mut PollReport,
+        start: crate::store::PollStart,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        self.check_epoch().await?;
-        report.before = self.store.last_id(&self.target).await?;
+        self.check_epoch(start.epoch).await?;
+        self.reconcile_asked = start.reconcile;
+        report.before = start.last;
+        self.known
+            .begin(report.before, self.epoch.as_deref().unwrap_or_default());
         // The initial load says `snapshot=1`: a new stream, or one whose
         // load never completed (a crash mid-load).
-        let snapshot = self.loading(report.before).await?;
+        let snapshot = self.loading(report.before, start.loading).await?;
         report.loading = snapshot;
         report.cursor = self.cursor(report.before.stamp).await;
         report.sync = report.cursor.saturating_sub(self.settings.overlap);
@@ -254,11 +274,15 @@ impl Poller {
                 self.resume = None;
             }
         }
-        report.after = self
-            .store
-            .last_id(&self.target)
-            .await
-            .unwrap_or(report.before);
+        // A poll that appended nothing left the stream where it was.
+        report.after = if report.outcome.appended() == 0 {
+            report.before
+        } else {
+            self.store
+                .last_id(&self.target)
+                .await
+                .unwrap_or(report.before)
+        };
         result
     }
 
@@ -269,16 +293,21 @@ impl Poller {
             .store
             .lease(&self.target, &self.holder, self.settings.lease_ttl)
             .await?;
-        if !taken {
-            return Ok(false);
+        if taken {
+            self.keep_lease_renewed();
         }
+        Ok(taken)
+    }
+
+    /// Renews the lease just taken in the background until `self.lease`
+    /// is cleared.
+    fn keep_lease_renewed(&mut self) {
         self.lease = Some(lease::LeaseKeeper::start(
             self.store.clone(),
             self.target.clone(),
             self.holder.clone(),
             self.settings.lease_ttl,
         ));
-        Ok(true)
     }
 
     /// Ok while the lease taken at the start of this poll is held.
@@ -304,6 +333,12 @@ impl Poller {
                 return Err(PollError::Cancelled);
             }
             self.keep_lease()?;
+            if !self.rebasing && self.known.holds_all(chunk) {
+                // Versions the index holds (idle.rs): duplicates, unsent.
+                report.outcome.duplicates += chunk.len() as u64;
+                report.top = report.top.max(chunk.last().map_or(0, |r| r.stamp));
+                continue;
+            }
             let batch = AppendBatch {
                 holder: &self.holder,
                 epoch: self.epoch.as_deref().unwrap_or_default(),
@@ -334,6 +369,9 @@ impl Poller {
                     crate::store::alerts::Alert::StampRegression,
                     out.regressions,
                 );
+            }
+            if out.regressions == 0 {
+                self.known.note(chunk, out.appended());
             }
             report.outcome.add(&out);
             // Chunks are in stamp order; stamp 0 marks records found gone.

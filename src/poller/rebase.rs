@@ -57,7 +57,7 @@ impl Poller {
     /// the upstream went back in time: `count` is the first answer's, and
     /// `seen_max` the highest stamp the poll saw.
     pub(super) async fn check_upstream(
-        &self,
+        &mut self,
         report: &PollReport,
         count: u64,
         seen_max: u64,
@@ -73,9 +73,15 @@ impl Poller {
             )));
         }
         if report.sync == 0 {
-            // Records found gone (stamp 0) are not held any more.
-            let index = self.store.index_all(&self.target).await?;
-            let held = index.iter().filter(|(_, e)| e.stamp > 0).count() as u64;
+            let held = match self.known.held {
+                Some(held) => held,
+                None => {
+                    // Records found gone (stamp 0) are not held any more.
+                    let index = self.store.index_all(&self.target).await?;
+                    index.iter().filter(|(_, e)| e.stamp > 0).count() as u64
+                }
+            };
+            self.known.held = Some(held);
             if well_below(count, held) {
                 return Err(PollError::UpstreamReset(format!(
                     "sync=0 counts {count} records while the relay holds {held}"

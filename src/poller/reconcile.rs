@@ -74,7 +74,8 @@ impl Poller {
         out: &mut ReconcileReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        self.check_epoch().await?;
+        self.check_epoch(self.store.epoch(&self.target).await?)
+            .await?;
         let top = self.store.last_id(&self.target).await?.stamp;
         if top == 0 || self.store.loading(&self.target).await? {
             return Ok(());
@@ -154,13 +155,16 @@ impl Poller {
         if std::mem::take(&mut self.load_sweep_due) {
             return true;
         }
-        let requested = match self.store.take_reconcile_request(&self.target).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(target = %self.target, error = %e, "cannot read the reconcile request");
-                false
-            }
-        };
+        // The poll's start read whether a request waits (idle.rs).
+        let asked = std::mem::replace(&mut self.reconcile_asked, true);
+        let requested = asked
+            && match self.store.take_reconcile_request(&self.target).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(target = %self.target, error = %e, "cannot read the reconcile request");
+                    false
+                }
+            };
         let Some(every) = self.settings.reconcile_interval else {
             return requested;
         };

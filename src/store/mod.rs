@@ -68,6 +68,23 @@ impl PollStatus {
     }
 }
 
+/// What a poll reads before it fetches (`Store::begin_poll`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollStart {
+    /// The lease was taken or extended for the holder; the fields below
+    /// are read only then.
+    pub leased: bool,
+    /// The table's epoch; none before its first use.
+    pub epoch: Option<String>,
+    /// The stream's last event ID (`Store::last_id`).
+    pub last: StreamId,
+    /// Whether the initial load still runs (`TableState::loading`).
+    pub loading: bool,
+    /// False when the store saw no reconcile request; true when one may be
+    /// pending (`TableState::take_reconcile_request` takes it).
+    pub reconcile: bool,
+}
+
 /// A sorted chunk of record versions to append atomically.
 #[derive(Debug)]
 pub struct AppendBatch<'a> {
@@ -233,6 +250,22 @@ pub trait Store:
     /// (new at every start), and forgets instances whose heartbeat expired.
     async fn heartbeat(&self, instance: &str, nonce: &str, ttl: Duration)
     -> StoreResult<Heartbeat>;
+
+    /// Takes or extends the lease (as [`Store::lease`]) and, when it is
+    /// held, reads what a poll starts from. Redis answers in one script, so
+    /// an idle poll costs one round trip before its upstream request.
+    async fn begin_poll(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
+        if !self.lease(t, holder, ttl).await? {
+            return Ok(PollStart::default());
+        }
+        Ok(PollStart {
+            leased: true,
+            epoch: self.epoch(t).await?,
+            last: self.last_id(t).await?,
+            loading: self.loading(t).await?,
+            reconcile: true,
+        })
+    }
 }
 
 /// What a heartbeat found.
@@ -305,6 +338,11 @@ pub trait DeliveryStore: Send + Sync {
 
     /// Returns false when there was no such subscription.
     async fn delete_subscription(&self, id: &str) -> StoreResult<bool>;
+
+    /// A number that moves with every write of a subscription (put,
+    /// replace, delete), so a reader lists them only when it moved. Any
+    /// change, also down (a store that lost it), means "list again".
+    async fn subscriptions_version(&self) -> StoreResult<u64>;
 
     // Delivery state of subscription `sub` on target `t`. Entries
     // move from the stream, past the subscription's position, into its

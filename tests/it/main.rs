@@ -25,6 +25,7 @@ mod faults;
 mod filters;
 mod health;
 mod hostile;
+mod idle;
 mod instances;
 mod layout;
 mod limits;

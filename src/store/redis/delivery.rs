@@ -29,6 +29,24 @@ fn subscriptions_key(prefix: &str) -> String {
     format!("{prefix}:subscriptions")
 }
 
+/// `P:subscriptions:version`, a counter raised after every write of
+/// `P:subscriptions` (a key of its own: a cluster may hold it elsewhere).
+fn version_key(prefix: &str) -> String {
+    format!("{prefix}:subscriptions:version")
+}
+
+impl RedisStore {
+    /// Raises the subscriptions' version after a write of one of them.
+    async fn subscriptions_changed(&self) -> StoreResult<()> {
+        let mut c = self.conn.clone();
+        let _: u64 = c
+            .incr(version_key(&self.prefix), 1)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
 /// Compare-and-set of one subscription document on its `version`.
 static REPLACE_SUBSCRIPTION: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("replace_subscription.lua")));
@@ -85,7 +103,7 @@ impl DeliveryStore for RedisStore {
             .hset(subscriptions_key(&self.prefix), &s.id, json)
             .await
             .map_err(|e| self.err(e))?;
-        Ok(())
+        self.subscriptions_changed().await
     }
 
     async fn replace_subscription(&self, s: &Subscription, expected: u64) -> StoreResult<bool> {
@@ -99,6 +117,9 @@ impl DeliveryStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(|e| self.err(e))?;
+        if replaced == 1 {
+            self.subscriptions_changed().await?;
+        }
         Ok(replaced == 1)
     }
 
@@ -126,7 +147,19 @@ impl DeliveryStore for RedisStore {
             .hdel(subscriptions_key(&self.prefix), id)
             .await
             .map_err(|e| self.err(e))?;
+        if n == 1 {
+            self.subscriptions_changed().await?;
+        }
         Ok(n == 1)
+    }
+
+    async fn subscriptions_version(&self) -> StoreResult<u64> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c
+            .get(version_key(&self.prefix))
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(v.unwrap_or(0))
     }
 
     async fn claim(

@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 use self::connection::RedisConn;
 use self::entries::{field, parse_entries, parse_id};
 pub use self::keys::Keys;
-use super::{AppendBatch, Refusal, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Target};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
@@ -47,6 +47,7 @@ pub struct RedisStore {
     lease: Script,
     release: Script,
     heartbeat: Script,
+    begin: Script,
     claim: Script,
     trim: Script,
     /// Per table, the highest ID this process appended (or saw appended) and
@@ -93,6 +94,7 @@ impl RedisStore {
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             heartbeat: Script::new(instances::HEARTBEAT_LUA),
+            begin: Script::new(include_str!("begin.lua")),
             claim: Script::new(include_str!("claim.lua")),
             trim: Script::new(include_str!("trim.lua")),
             highest: Default::default(),
@@ -404,6 +406,41 @@ impl Store for RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         Ok(got >= 1)
+    }
+
+    async fn begin_poll(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
+        let keys = self.keys(t);
+        let mut c = self.conn.clone();
+        let v: Vec<redis::Value> = self
+            .begin
+            .key(&keys.lease)
+            .key(&keys.epoch)
+            .key(&keys.events)
+            .key(&keys.loading)
+            .key(&keys.reconcile)
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        let get = |i: usize| -> StoreResult<String> {
+            match v.get(i) {
+                Some(redis::Value::Int(n)) => Ok(n.to_string()),
+                Some(redis::Value::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+                _ => Err(StoreError::Corrupt(format!("begin.lua answered {v:?}"))),
+            }
+        };
+        if get(0)? != "1" {
+            return Ok(PollStart::default());
+        }
+        let epoch = get(1)?;
+        Ok(PollStart {
+            leased: true,
+            epoch: (!epoch.is_empty()).then_some(epoch),
+            last: parse_id(&get(2)?)?,
+            loading: get(3)? == "1",
+            reconcile: get(4)? == "1",
+        })
     }
 
     async fn release(&self, t: &Target, holder: &str) -> StoreResult<()> {

@@ -125,6 +125,18 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn subscriptions_version(&self) -> StoreResult<u64> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT coalesce(max(version), 0) FROM subscriptions_version",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|v| v as u64)
+    }
+
     async fn claim(
         &self,
         sub: &str,

@@ -55,8 +55,18 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (source, resource)) WITHOUT ROWID;
 ";
 
-/// Version 2: the instances' heartbeats (`scheduler/share.rs`).
-const INSTANCES: &str = "
+/// Version 2: the instances' heartbeats (`scheduler/share.rs`), and the
+/// subscriptions' write counter the delivery supervisor follows.
+const VERSION_2: &str = "
+CREATE TABLE IF NOT EXISTS subscriptions_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+INSERT OR IGNORE INTO subscriptions_version (id, version) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS subscription_inserted AFTER INSERT ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS subscription_updated AFTER UPDATE ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
+CREATE TRIGGER IF NOT EXISTS subscription_deleted AFTER DELETE ON subscriptions
+    BEGIN UPDATE subscriptions_version SET version = version + 1; END;
 CREATE TABLE IF NOT EXISTS instances (
     id TEXT PRIMARY KEY, nonce TEXT NOT NULL, expires_ms INTEGER NOT NULL) WITHOUT ROWID;
 ";
@@ -164,7 +174,7 @@ const MIGRATIONS: [fn(&Connection) -> rusqlite::Result<()>; 2] = [
         super::records::migrate(c)
     },
     |c| {
-        c.execute_batch(INSTANCES)?;
+        c.execute_batch(VERSION_2)?;
         c.execute_batch(super::documents::SCHEMA)
     },
 ];
