@@ -193,7 +193,15 @@ async fn run(
         }
     }
     if gone.is_cancelled() {
-        tails.running().remove(&src.target);
+        // The table left: its listeners' streams end with this sender. A
+        // tail of the same name started since (the table added again) stays.
+        let mut running = tails.running();
+        if running
+            .get(&src.target)
+            .is_some_and(|s| s.same_channel(&sender))
+        {
+            running.remove(&src.target);
+        }
     } else {
         tails.stop_if_unheard(&src.target, &sender);
     }
