@@ -77,14 +77,15 @@ impl Poller {
         let shown = first.records.last().map_or(0, |r| r.stamp);
         if !first.more {
             // One answer is a snapshot: nothing later was passed unseen.
-            self.check_upstream(report, first.count, shown).await?;
+            self.check_upstream(report, first.count, Some(shown))
+                .await?;
             report.fetched += first.records.len() as u64;
             return self.commit(&first.records, snapshot, report, cancel).await;
         }
         let cap = self.keyset_cap(sync, &first, report, cancel).await?;
         // The cap is the highest stamp the upstream shows: an upstream that
         // went back in time is caught before anything of it is committed.
-        self.check_upstream(report, first.count, cap.max(shown))
+        self.check_upstream(report, first.count, Some(cap.max(shown)))
             .await?;
         let mut ahead = None;
         loop {

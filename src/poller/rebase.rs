@@ -55,18 +55,24 @@ impl Poller {
 
     /// Fails with [`PollError::UpstreamReset`] when a poll's answers show
     /// the upstream went back in time: `count` is the first answer's, and
-    /// `seen_max` the highest stamp the poll saw.
+    /// `seen_max` the highest stamp the poll saw, `None` when its answers
+    /// may have missed rows (rows removed or moved during a `pages` walk
+    /// shift the others across page boundaries), so a missing stamp is no
+    /// evidence.
     pub(super) async fn check_upstream(
         &mut self,
         report: &PollReport,
         count: u64,
-        seen_max: u64,
+        seen_max: Option<u64>,
     ) -> Result<(), PollError> {
         let cursor = report.cursor;
         if cursor == 0 || report.loading {
             return Ok(());
         }
-        if report.sync < cursor && seen_max < cursor {
+        if let Some(seen_max) = seen_max
+            && report.sync < cursor
+            && seen_max < cursor
+        {
             return Err(PollError::UpstreamReset(format!(
                 "asked for sync={} it shows no stamp at or above the cursor {cursor} (its highest is {seen_max})",
                 report.sync
@@ -128,7 +134,11 @@ impl Poller {
             .filter(|r| r.stamp <= set.floor)
             .collect();
         records.sort_unstable_by_key(|r| r.stamp);
-        let gone = self.gone(&returned).await?;
+        // A walk that may have missed rows proves no row gone.
+        let gone = match set.complete {
+            true => self.gone(&returned).await?,
+            false => Vec::new(),
+        };
         self.rebasing = true;
         let mut result = self.commit(&records, true, report, cancel).await;
         if result.is_ok() {

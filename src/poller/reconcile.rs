@@ -117,9 +117,13 @@ impl Poller {
         out.outcome = report.outcome;
         out.repaired = out.outcome.appended();
         let count = count.unwrap_or(0);
-        self.sweep_evidence(top, count, seen_max, cancel).await?;
-        if ids.len() as u64 >= count {
-            // A complete sweep: an id it lacks is gone from the upstream.
+        // A complete sweep saw as many rows as the upstream counted: a row
+        // it lacks is gone, and a stamp it lacks is missing upstream. Rows
+        // removed or moved during it shift others across pages unseen.
+        let complete = ids.len() as u64 >= count;
+        let shown = complete.then_some(seen_max);
+        self.sweep_evidence(top, count, shown, cancel).await?;
+        if complete {
             out.gone = self.hard_deletes(&ids, cancel).await?;
         }
         Ok(())
@@ -133,7 +137,7 @@ impl Poller {
         &mut self,
         top: u64,
         count: u64,
-        seen_max: u64,
+        seen_max: Option<u64>,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
         let mut report = PollReport {

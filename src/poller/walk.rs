@@ -91,6 +91,9 @@ pub(super) struct WalkSet {
     one_page: bool,
     /// The last walk's `count`.
     count: u64,
+    /// Every row the last walk counted was seen: a stamp missing from the
+    /// union is missing upstream.
+    pub complete: bool,
 }
 
 /// Records by id with the page (of [`Sightings`]) where each was last seen.
@@ -149,7 +152,8 @@ impl Poller {
                 set => set?,
             };
             if sync == report.sync {
-                self.check_upstream(report, set.count, seen_max).await?;
+                let shown = set.complete.then_some(seen_max);
+                self.check_upstream(report, set.count, shown).await?;
                 self.check_density(sync, seen_max, set.count);
             }
             set.union
@@ -205,7 +209,9 @@ impl Poller {
             progress.tally.end_walk();
             let seen = progress.seen();
             if seen >= count {
-                return Ok(progress.into_set(sync, pages == 1, count, self.shared_stamps));
+                let mut set = progress.into_set(sync, pages == 1, count, self.shared_stamps);
+                set.complete = true;
+                return Ok(set);
             }
             if let Some(cap) = progress.holds_a_walk_start(sync, self.shared_stamps) {
                 // Not every record counted at the end was seen, but every
@@ -348,6 +354,7 @@ impl Progress {
             floor,
             one_page,
             count,
+            complete: false,
         }
     }
 }

@@ -23,32 +23,9 @@ use crate::on_both_stores;
 on_both_stores!(
     both_stores_count_a_lower_stamp_as_a_regression,
     a_record_shown_with_a_lower_stamp_is_reported,
-    a_shared_counter_is_reported
+    a_shared_counter_is_reported,
+    removed_rows_are_reported_and_emitted_as_deleted
 );
-
-/// Ignored for now, not passing: since the merge of the scheduler, source
-/// and store work (2026-12-07) the first hard delete during a `pages` walk
-/// is taken for an upstream reset ("no stamp at or above the cursor"), so
-/// the removed rows come back through the resnapshot instead of the sweep
-/// (CHANGELOG, "Known defects"). Run with `--ignored` to see it.
-mod removed_rows_are_reported_and_emitted_as_deleted {
-    use crate::harness::{Backend, TestStore};
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "false upstream reset under hard deletes since 2026-12-07; see CHANGELOG"]
-    async fn redis() {
-        if let Some(ts) = TestStore::open(Backend::Redis).await {
-            super::removed_rows_are_reported_and_emitted_as_deleted(ts).await;
-        }
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "false upstream reset under hard deletes since 2026-12-07; see CHANGELOG"]
-    async fn sqlite() {
-        super::removed_rows_are_reported_and_emitted_as_deleted(
-            TestStore::open(Backend::Sqlite).await.unwrap(),
-        )
-        .await;
-    }
-}
 
 fn record(id: &str, stamp: u64) -> UpstreamRecord {
     UpstreamRecord {
