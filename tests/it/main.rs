@@ -60,6 +60,7 @@ mod source_health;
 mod sources;
 mod stalls;
 mod status;
+mod store_contract;
 mod store_reads;
 mod subscription_filters;
 mod survive;
