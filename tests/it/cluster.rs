@@ -4,6 +4,7 @@
 //! and the configuration checks. The shared suites run on a cluster through
 //! `on_cluster!` in their own files.
 
+use crate::harness::record;
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -11,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::value::RawValue;
 use stamp_relay::{
     config::{Paging, StoreConfig},
     events::StreamId,
@@ -81,15 +81,6 @@ async fn master_killed_mid_load_is_replaced_and_the_stream_rebuilds_exactly() {
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
     app.stop().await;
-}
-
-fn record(id: &str, stamp: u64) -> UpstreamRecord {
-    UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: RawValue::from_string(format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#)).unwrap(),
-    }
 }
 
 async fn append(ts: &TestStore, t: &Target, records: &[UpstreamRecord]) -> Result<u64, StoreError> {

@@ -6,9 +6,9 @@
 //! sends as `deleted`; a counter shared with other tables shows as sparse
 //! stamps. Each has its own metric and alert mark.
 
+use crate::harness::record;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use stamp_relay::{
     config::{HardDeletes, Paging},
     events::Op,
@@ -26,15 +26,6 @@ on_both_stores!(
     a_shared_counter_is_reported,
     removed_rows_are_reported_and_emitted_as_deleted
 );
-
-fn record(id: &str, stamp: u64) -> UpstreamRecord {
-    UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: RawValue::from_string(format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#)).unwrap(),
-    }
-}
 
 async fn both_stores_count_a_lower_stamp_as_a_regression(ts: TestStore) {
     let t = Target::new("sim", "patients");

@@ -381,3 +381,14 @@ pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
     let what = format!("{t} to catch up with the simulator");
     wait_for(&what, Duration::from_secs(60), look, caught_up).await;
 }
+
+/// Record `id` at `stamp`, as an upstream would send it.
+pub fn record(id: &str, stamp: u64) -> stamp_relay::record::UpstreamRecord {
+    let raw = format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#);
+    stamp_relay::record::UpstreamRecord {
+        id: id.into(),
+        stamp,
+        deleted: false,
+        raw: serde_json::value::RawValue::from_string(raw).unwrap(),
+    }
+}

@@ -1,13 +1,12 @@
 //! Fencing at the store, readiness when a part is down, and a failing
 //! poll's error on every surface that reports it.
 
+use crate::harness::record;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::Value;
 use stamp_relay::{
     config::Paging,
-    record::UpstreamRecord,
     store::{AppendBatch, Refusal, Target},
 };
 use stamp_relay_simulator::{Faults, SimConfig};
@@ -20,16 +19,6 @@ use crate::harness::{
 use crate::on_both_stores;
 
 on_both_stores!(a_paused_instance_cannot_append_after_its_lease_was_taken);
-
-fn record(id: &str, stamp: u64) -> UpstreamRecord {
-    let raw = json!({"uuid": id, "update_stamp": stamp}).to_string();
-    UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: RawValue::from_string(raw).unwrap(),
-    }
-}
 
 /// Instance A takes the lease and pauses past its TTL; B takes the lease;
 /// A's append (with A's name) is refused by the store itself, and B's lands.

@@ -8,9 +8,9 @@
 //! the claim → pending → settle cycle of delivery, and compare-and-set on
 //! documents and subscriptions.
 
+use crate::harness::record;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use stamp_relay::{
     events::{Op, StreamId},
     record::UpstreamRecord,
@@ -49,15 +49,6 @@ pub async fn contract_suite(ts: &TestStore) {
     claims_move_entries_through_pending(ts).await;
     documents_compare_and_set(ts).await;
     subscriptions_compare_and_set(ts).await;
-}
-
-fn record(id: &str, stamp: u64) -> UpstreamRecord {
-    UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: RawValue::from_string(format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#)).unwrap(),
-    }
 }
 
 fn id(stamp: u64, seq: u64) -> StreamId {

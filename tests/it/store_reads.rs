@@ -4,9 +4,9 @@
 //! them (Redis's `INFO commandstats` shows no write), and the trim that
 //! removed their events drops them.
 
+use crate::harness::record;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
 use stamp_relay::{
     events::StreamId,
     record::UpstreamRecord,
@@ -21,15 +21,6 @@ on_both_stores!(
     an_append_under_another_epoch_is_refused_as_data,
     a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed
 );
-
-fn record(id: &str, stamp: u64) -> UpstreamRecord {
-    UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: RawValue::from_string(format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#)).unwrap(),
-    }
-}
 
 /// Appends `records` as holder `me` under `epoch`.
 async fn append(
