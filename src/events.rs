@@ -218,7 +218,8 @@ pub struct Event {
     pub prev_id: Option<StreamId>,
     /// The version this one replaced, exactly as received: what previous
     /// values are made of, filled in by `RecordStore::fill_previous` for
-    /// readers that ask for them (or stored on the event by older builds).
+    /// readers that ask for them (or carried on the event itself, as events
+    /// written before 2026-12 may: docs/redis-layout.md).
     #[serde(skip)]
     pub before: Option<String>,
 }

@@ -2,9 +2,10 @@
 //! with `"previous": true`, or replay and live stream with `previous=true`,
 //! an event's `data` is `{"record": <the record as received>, "previous":
 //! <the old values of the fields that changed>}` and the CloudEvent names
-//! [`DATASCHEMA`]. The old version comes with the event itself: the append
-//! stores the version it replaced (`before`, kept while the table keeps its
-//! latest records), so nothing is looked up or kept per subscriber.
+//! [`DATASCHEMA`]. The old version is looked up only for readers that ask
+//! (`RecordStore::fill_previous`: the replaced version's own event, or its
+//! kept copy once retention removed that event), so nothing is stored per
+//! event or kept per subscriber.
 //!
 //! `previous` holds, for each field whose value differs between the
 //! versions, its old value exactly as received (`null` for a field the old

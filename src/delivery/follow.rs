@@ -1,7 +1,7 @@
 //! A worker following its subscription's changes: the version the
 //! supervisor passes on or the worker reads before a claim, its endpoint
 //! and its selection (filters and fields), failing closed on a stored
-//! selection that no longer parses (moved unchanged from `worker.rs`).
+//! selection that no longer parses.
 
 use std::sync::Arc;
 

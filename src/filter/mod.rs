@@ -5,9 +5,9 @@
 //! thin events). The grammar is in docs/filters.md.
 //!
 //! A [`Selection`] is both, as replay and the live stream take them
-//! (`query.rs`) and as a subscription will: `matches` on an [`EventView`]
-//! decides, `project` shapes the record, `render` does both into the
-//! CloudEvents JSON sent.
+//! (`query.rs`) and as a subscription stores them: `matches` on an
+//! [`EventView`] decides, `project` shapes the record, and `write` hands
+//! the result to the one CloudEvents renderer (`cloudevents::Writer`).
 
 use std::fmt;
 

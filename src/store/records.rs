@@ -86,8 +86,8 @@ pub trait RecordStore: Send + Sync {
 
 /// The version an event replaced, to look up for previous values: its
 /// stamp and the ID of its event (`previd`, else `<prev>-0`). None when the
-/// event replaced nothing or carries the version already (events appended
-/// by older builds carry theirs as `before`).
+/// event replaced nothing or carries the version already (events
+/// written before 2026-12 may carry theirs as `before`, docs/redis-layout.md).
 pub(crate) fn replaced(e: &Event) -> Option<(u64, crate::events::StreamId)> {
     if e.op == crate::events::Op::Created || e.before.is_some() {
         return None;

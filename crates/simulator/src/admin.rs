@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::error_response;
+use crate::answer::error_response;
 use crate::{Applied, Change, Faults, Kind, RequestLog, SimError, Simulator, TrafficCounts, lock};
 
 pub(super) fn routes() -> Router<Arc<Simulator>> {

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use crate::answer::{error_response, not_found};
 use crate::faults::{Draw, Failure, HANG};
 use crate::{Change, Kind, Op, RequestLog, SimConfig, Simulator, auth, lock};
 
@@ -20,24 +21,6 @@ pub(super) fn routes() -> Router<Arc<Simulator>> {
         .route("/api/integration/auth", post(auth::issue_token))
         .route("/api/{table}/", get(list))
         .route("/api/{table}", get(list))
-}
-
-/// A JSON error in the upstream's shape: `{"code"?, "detail", "errors"}`.
-pub(super) fn error_response(
-    status: StatusCode,
-    code: Option<&str>,
-    detail: &str,
-    errors: Value,
-) -> Response {
-    let mut body = json!({ "detail": detail, "errors": errors });
-    if let Some(code) = code {
-        body["code"] = code.into();
-    }
-    (status, axum::Json(body)).into_response()
-}
-
-pub(super) async fn not_found() -> Response {
-    error_response(StatusCode::NOT_FOUND, None, "Not found.", json!([]))
 }
 
 /// The query of a list request, parsed and with the page size capped.

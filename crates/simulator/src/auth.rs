@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::error_response;
+use crate::answer::error_response;
 use crate::{SimAuth, Simulator, lock};
 
 #[derive(Deserialize)]

@@ -19,6 +19,7 @@
 //! whether it becomes visible at once or late.
 
 mod admin;
+mod answer;
 mod api;
 mod auth;
 mod breaks;
@@ -409,7 +410,7 @@ impl Simulator {
     pub fn router(self: &Arc<Self>) -> axum::Router {
         api::routes()
             .merge(admin::routes())
-            .fallback(api::not_found)
+            .fallback(answer::not_found)
             .with_state(Arc::clone(self))
     }
 

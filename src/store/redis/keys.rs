@@ -1,6 +1,6 @@
 //! The key names of one table (docs/redis-layout.md): every key
-//! carries the table's hash tag `{source:resource}` (moved unchanged from
-//! `mod.rs`).
+//! carries the table's hash tag `{source:resource}`, so one table's keys
+//! share a Redis Cluster slot.
 
 use crate::store::Target;
 

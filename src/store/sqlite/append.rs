@@ -1,7 +1,6 @@
 //! The embedded store's append: one transaction per chunk that checks the
 //! fences, classifies each record against the index, inserts the events
-//! and moves the index entries to point at them (moved unchanged from
-//! `mod.rs`).
+//! and moves the index entries to point at them.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
