@@ -146,6 +146,20 @@ impl TestReceiver {
             .collect()
     }
 
+    /// The events as a receiver that drops a `webhook-id` it has processed
+    /// (the Standard Webhooks idempotency rule) takes them: a retry of a
+    /// request whose answer the relay did not see (its request timed out)
+    /// counts once; the same event under a new `webhook-id` counts twice.
+    pub fn events_once(&self) -> Vec<Value> {
+        let g = self.inner.lock().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        g.received
+            .iter()
+            .filter(|r| seen.insert(r.webhook_id.as_str()))
+            .flat_map(|r| r.events.iter().cloned())
+            .collect()
+    }
+
     pub fn bad_signatures(&self) -> usize {
         self.inner.lock().unwrap().bad_signatures
     }
