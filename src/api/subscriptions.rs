@@ -132,6 +132,7 @@ pub async fn create(
         fields,
         managed_by: None,
         retry_requested_ms: None,
+        consumer: sub::DEFAULT_CONSUMER.into(),
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
