@@ -9,16 +9,20 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use stamp_relay::config::{Paging, Scope, Secret, SourceConfig, TokenConfig};
+use stamp_relay::config::{ConsumerConfig, Paging, Scope, Secret, SourceConfig, TokenConfig};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::{Api, App, Sim, TestStore, source, wait_for};
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
-on_both_stores!(no_route_leaks_across_consumers);
+on_both_stores!(
+    no_route_leaks_across_consumers,
+    consumers_are_managed_and_scoped
+);
 
 const LIMITED_READ: &str = "test-limited-read-token";
+const LAB_TOKEN: &str = "test-lab-consumer-token";
 
 /// A source named `name` over a simulator of its own, keeping records.
 async fn table(name: &str) -> (Sim, SourceConfig) {
@@ -293,4 +297,97 @@ async fn no_route_leaks_across_consumers(ts: TestStore) {
     let r = as_link.get("/v1/subscriptions").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(as_a.get_json("/v1/subscriptions").await, mine);
+}
+
+/// The answer's status and problem code (or body).
+async fn outcome(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let code = v.get("code").cloned().unwrap_or(v);
+    (status, code)
+}
+
+/// A relay with `lab` declared in the file (one table) and its token.
+async fn lab_relay(ts: &TestStore) -> (Sim, App) {
+    let (sim, src) = table("sim").await;
+    let app = App::spawn_with(ts, vec![src], |c| {
+        c.consumers.push(ConsumerConfig {
+            name: "lab".into(),
+            description: "the lab".into(),
+            sources: vec!["*".into()],
+            resources: vec!["sim/patients".into()],
+        });
+        let t = TokenConfig {
+            consumer: Some("lab".into()),
+            ..TokenConfig::new("lab", Scope::Consumer, "UNUSED")
+        };
+        c.api_tokens.push((t, Secret::new(LAB_TOKEN)));
+    })
+    .await;
+    (sim, app)
+}
+
+async fn consumers_are_managed_and_scoped(ts: TestStore) {
+    let (_sim, app) = lab_relay(&ts).await;
+    let all = app.get_json("/v1/consumers").await;
+    let names: Vec<&str> = all["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "lab"], "{all}");
+    let edit = json!({"description": "x"});
+    let refused = outcome(app.patch("/v1/consumers/lab", &edit)).await;
+    assert_eq!(refused, (409, json!("managed_by_config")));
+    let refused = outcome(app.patch("/v1/consumers/default", &edit)).await;
+    assert_eq!(refused, (409, json!("built_in")));
+    assert_eq!(outcome(app.delete("/v1/consumers/default")).await.0, 409);
+    for bad in [json!({"name": "Bad Name"}), json!({"name": "x", "resources": ["nope"]})] {
+        let r = app.post("/v1/consumers", &bad).send().await.unwrap();
+        assert_eq!(r.status(), 422, "{bad}");
+    }
+    // Without `consumer`, an admin's subscription is the default's.
+    let made = app
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"url": "https://hooks.example.com/d", "resources": ["*"]}),
+        )
+        .await;
+    assert_eq!(made["consumer"], "default");
+    // The file's consumer through its configured token.
+    let lab = Api::new(app.base.clone(), LAB_TOKEN);
+    let wide = json!({"url": "https://hooks.example.com/l", "resources": ["*"]});
+    let r = lab.post("/v1/subscriptions", &wide).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["field"], "resources");
+    let narrow = json!({"url": "https://hooks.example.com/l", "resources": ["sim/patients"]});
+    let own = lab.post_json("/v1/subscriptions", &narrow).await;
+    assert_eq!(own["consumer"], "lab", "{own}");
+    let listed = lab.get_json("/v1/subscriptions").await;
+    assert_eq!(listed["subscriptions"].as_array().unwrap().len(), 1);
+    assert_eq!(outcome(lab.get("/v1/consumers/lab")).await.0, 200);
+    assert_eq!(outcome(lab.get("/v1/consumers/default")).await.0, 404);
+    assert_eq!(outcome(lab.get("/metrics")).await.0, 403);
+    assert_eq!(outcome(lab.get("/")).await.0, 403);
+    assert_eq!(outcome(lab.get("/v1/sources")).await.0, 403);
+    // A consumer with subscriptions stays; an issued token ends when revoked.
+    let r = app.post("/v1/consumers", &json!({"name": "tmp"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let sub = json!({"url": "https://hooks.example.com/t", "resources": ["*"], "consumer": "tmp"});
+    app.post_json("/v1/subscriptions", &sub).await;
+    let in_use = outcome(app.delete("/v1/consumers/tmp")).await;
+    assert_eq!(in_use, (409, json!("consumer_in_use")));
+    let issued = app.post_json("/v1/consumers/tmp/tokens", &json!({})).await;
+    let tmp = Api::new(app.base.clone(), issued["token"].as_str().unwrap());
+    assert_eq!(outcome(tmp.get("/v1/subscriptions")).await.0, 200);
+    let path = format!("/v1/consumers/tmp/tokens/{}", issued["id"].as_str().unwrap());
+    assert_eq!(outcome(app.delete(&path)).await.0, 204);
+    assert_eq!(outcome(tmp.get("/v1/subscriptions")).await.0, 401);
+    for ttl in ["0", "86401"] {
+        let path = format!("/v1/consumers/tmp/portal-links?ttl_seconds={ttl}");
+        let refused = outcome(app.post(&path, &json!({}))).await;
+        assert_eq!(refused.0, 422, "ttl {ttl}");
+    }
 }
