@@ -223,16 +223,28 @@ pub async fn create(
     };
     let json = serde_json::to_string(&c).map_err(Problem::internal)?;
     let store = s.consumers.store();
-    if store.put_document(consumer::KIND, &c.name, &json, 0).await?.is_none() {
+    if store
+        .put_document(consumer::KIND, &c.name, &json, 0)
+        .await?
+        .is_none()
+    {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "already_exists",
-            format!("consumer {:?} exists; PATCH it or choose another name", c.name),
+            format!(
+                "consumer {:?} exists; PATCH it or choose another name",
+                c.name
+            ),
         ));
     }
     tracing::info!(consumer = %c.name, "consumer created");
     let location = format!("/v1/consumers/{}", c.name);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(view(&c))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(view(&c)),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -290,7 +302,11 @@ pub async fn delete(
             format!("consumer {name:?} has {owned} subscriptions; delete them first"),
         ));
     }
-    if s.consumers.store().delete_document(consumer::KIND, &name).await? {
+    if s.consumers
+        .store()
+        .delete_document(consumer::KIND, &name)
+        .await?
+    {
         tracing::info!(consumer = %name, "consumer deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -352,7 +368,9 @@ pub async fn revoke_token(
         .await?
         .ok_or_else(|| no_consumer(&name))?;
     if !found {
-        return Err(Problem::not_found(format!("consumer {name:?} has no token {id:?}")));
+        return Err(Problem::not_found(format!(
+            "consumer {name:?} has no token {id:?}"
+        )));
     }
     tracing::info!(consumer = %name, token = %id, "consumer token revoked");
     Ok(StatusCode::NO_CONTENT)
@@ -380,7 +398,11 @@ pub async fn portal_link(
             format!("ttl_seconds: from 1 to {MAX_LINK_TTL_SECS} (24 h)"),
         ));
     }
-    let c = s.consumers.get(&name).await?.ok_or_else(|| no_consumer(&name))?;
+    let c = s
+        .consumers
+        .get(&name)
+        .await?
+        .ok_or_else(|| no_consumer(&name))?;
     let key = s.consumers.link_key().await?;
     let expiry = now_ms() / 1000 + ttl;
     let token = key.sign(&c.name, expiry, c.link_generation);

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::{
     ApiState,
-    principal::Principal,
     extract::{JsonBody, PathParams, QueryParams},
     positions::check_position,
+    principal::Principal,
     problem::{ApiResult, Problem},
     requests::StartSpec,
     subscriptions::{known_targets, load},

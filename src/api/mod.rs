@@ -208,7 +208,10 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/sources/{name}/nudge-token",
             post(sources::nudge::rotate),
         )
-        .route("/v1/consumers", post(consumers::create).get(consumers::list))
+        .route(
+            "/v1/consumers",
+            post(consumers::create).get(consumers::list),
+        )
         .route("/v1/consumers/{name}/tokens", post(consumers::issue_token))
         .route(
             "/v1/consumers/{name}/tokens/{id}",

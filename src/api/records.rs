@@ -5,7 +5,9 @@ use axum::{Json, extract::State};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiState, principal::Principal, extract::PathParams, problem::ApiResult, problem::Problem};
+use super::{
+    ApiState, extract::PathParams, principal::Principal, problem::ApiResult, problem::Problem,
+};
 use crate::store::Target;
 
 #[derive(Serialize)]

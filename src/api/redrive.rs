@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use super::{
     ApiState,
-    principal::Principal,
     extract::PathParams,
+    principal::Principal,
     problem::{ApiResult, Problem},
     subscriptions::load,
 };

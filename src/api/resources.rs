@@ -13,10 +13,10 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    principal::Principal,
     ApiState,
     extract::{PathParams, QueryParams},
     positions::{check_position, oldest_kept_flag, read_page},
+    principal::Principal,
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -60,10 +60,7 @@ pub struct ResourceView {
     pub health: Option<crate::health::Health>,
 }
 
-pub async fn list(
-    State(s): State<ApiState>,
-    who: Principal,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let mut live = s.shared.source_tables();
     live.retain(|t| who.sees(&t.target));
     let targets: Vec<_> = live.iter().map(|t| t.target.clone()).collect();

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::{
     ApiState,
-    principal::Principal,
     extract::{JsonBody, PathParams},
+    principal::Principal,
     problem::{ApiResult, Problem},
     requests::{CreateRequest, PatchRequest},
 };
@@ -212,10 +212,7 @@ async fn start_points(
     Ok((start, warnings))
 }
 
-pub async fn list(
-    State(s): State<ApiState>,
-    who: Principal,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let all = s.shared.store.subscriptions().await?;
     let views: Vec<View> = all.iter().filter(|x| who.owns(x)).map(View::from).collect();
     Ok(Json(serde_json::json!({ "subscriptions": views })))

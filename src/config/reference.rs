@@ -18,8 +18,7 @@ mod tests {
 
     use super::REFERENCE;
     use crate::config::{
-        AuthConfig, ConsumerConfig, RawConfig, Scope, SourceConfig, SubscriptionConfig,
-        TokenConfig,
+        AuthConfig, ConsumerConfig, RawConfig, Scope, SourceConfig, SubscriptionConfig, TokenConfig,
     };
 
     /// `section.key` of every key line in the reference, live or commented.

@@ -84,13 +84,18 @@ impl LinkKey {
     fn mac(&self, consumer: &str, expiry: u64, generation: u64) -> Hmac<Sha256> {
         let mut mac =
             <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(format!("stamp-relay portal link\n{consumer}\n{expiry}\n{generation}").as_bytes());
+        mac.update(
+            format!("stamp-relay portal link\n{consumer}\n{expiry}\n{generation}").as_bytes(),
+        );
         mac
     }
 
     /// A portal link token for `consumer`, valid until `expiry` (unix s).
     pub fn sign(&self, consumer: &str, expiry: u64, generation: u64) -> String {
-        let tag = self.mac(consumer, expiry, generation).finalize().into_bytes();
+        let tag = self
+            .mac(consumer, expiry, generation)
+            .finalize()
+            .into_bytes();
         format!("pl.{consumer}.{expiry}.{}", B64.encode(tag))
     }
 

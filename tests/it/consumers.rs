@@ -70,17 +70,24 @@ async fn consumer(app: &App, name: &str, source: &str) -> (String, String) {
     let r = app.post(&path, &json!({})).send().await.unwrap();
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
-    (v["token"].as_str().unwrap().into(), v["id"].as_str().unwrap().into())
+    (
+        v["token"].as_str().unwrap().into(),
+        v["id"].as_str().unwrap().into(),
+    )
 }
 
 /// A subscription of `consumer`, made by the admin: its id and secret.
 async fn subscription(app: &App, consumer: &str, table: &str, url: &str) -> (String, String) {
-    let body = json!({"url": url, "resources": [table], "consumer": consumer, "start": "beginning"});
+    let body =
+        json!({"url": url, "resources": [table], "consumer": consumer, "start": "beginning"});
     let r = app.post("/v1/subscriptions", &body).send().await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["consumer"], consumer);
-    (v["id"].as_str().unwrap().into(), v["secret"].as_str().unwrap().into())
+    (
+        v["id"].as_str().unwrap().into(),
+        v["secret"].as_str().unwrap().into(),
+    )
 }
 
 /// The relay with consumers A (`srca`) and B (`srcb`), B's deliveries dead.
@@ -107,7 +114,10 @@ async fn two_consumers(ts: &TestStore) -> (Vec<Sim>, App, TestReceiver, String, 
             .as_array()
             .map_or(0, Vec::len)
     };
-    wait_for("B's dead letters", Duration::from_secs(30), dead, |n| *n > 0).await;
+    wait_for("B's dead letters", Duration::from_secs(30), dead, |n| {
+        *n > 0
+    })
+    .await;
     let record = sim_b.sim.state("patients")[0]["uuid"]
         .as_str()
         .unwrap()
@@ -235,7 +245,15 @@ async fn every_route_as(api: &Api, token: &str, who: &str, b: &Theirs) {
 
 /// What of a subscription only its owner may change.
 fn settings(v: &Value) -> Value {
-    let keys = ["url", "resources", "ops", "headers", "batch_size", "description", "consumer"];
+    let keys = [
+        "url",
+        "resources",
+        "ops",
+        "headers",
+        "batch_size",
+        "description",
+        "consumer",
+    ];
     keys.iter().map(|k| (k.to_string(), v[k].clone())).collect()
 }
 
@@ -251,7 +269,10 @@ async fn no_route_leaks_across_consumers(ts: TestStore) {
     assert_eq!(subs.len(), 1, "{mine}");
     assert_eq!(subs[0]["url"], rx_a.url.as_str());
     let tables = as_a.get_json("/v1/resources").await.to_string();
-    assert!(tables.contains("srca") && !tables.contains("srcb"), "{tables}");
+    assert!(
+        tables.contains("srca") && !tables.contains("srcb"),
+        "{tables}"
+    );
     let r = as_a
         .post(
             "/v1/subscriptions",
@@ -272,7 +293,10 @@ async fn no_route_leaks_across_consumers(ts: TestStore) {
         .await
         .unwrap();
     let url = link["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("{}/portal/#pl.team-a.", app.base)), "{link}");
+    assert!(
+        url.starts_with(&format!("{}/portal/#pl.team-a.", app.base)),
+        "{link}"
+    );
     let link_token = url.split_once('#').unwrap().1;
     let as_link = Api::new(app.base.clone(), link_token);
     assert_eq!(as_link.get_json("/v1/subscriptions").await, mine);
@@ -344,7 +368,10 @@ async fn consumers_are_managed_and_scoped(ts: TestStore) {
     let refused = outcome(app.patch("/v1/consumers/default", &edit)).await;
     assert_eq!(refused, (409, json!("built_in")));
     assert_eq!(outcome(app.delete("/v1/consumers/default")).await.0, 409);
-    for bad in [json!({"name": "Bad Name"}), json!({"name": "x", "resources": ["nope"]})] {
+    for bad in [
+        json!({"name": "Bad Name"}),
+        json!({"name": "x", "resources": ["nope"]}),
+    ] {
         let r = app.post("/v1/consumers", &bad).send().await.unwrap();
         assert_eq!(r.status(), 422, "{bad}");
     }
@@ -373,7 +400,11 @@ async fn consumers_are_managed_and_scoped(ts: TestStore) {
     assert_eq!(outcome(lab.get("/")).await.0, 403);
     assert_eq!(outcome(lab.get("/v1/sources")).await.0, 403);
     // A consumer with subscriptions stays; an issued token ends when revoked.
-    let r = app.post("/v1/consumers", &json!({"name": "tmp"})).send().await.unwrap();
+    let r = app
+        .post("/v1/consumers", &json!({"name": "tmp"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let sub = json!({"url": "https://hooks.example.com/t", "resources": ["*"], "consumer": "tmp"});
     app.post_json("/v1/subscriptions", &sub).await;
@@ -382,7 +413,10 @@ async fn consumers_are_managed_and_scoped(ts: TestStore) {
     let issued = app.post_json("/v1/consumers/tmp/tokens", &json!({})).await;
     let tmp = Api::new(app.base.clone(), issued["token"].as_str().unwrap());
     assert_eq!(outcome(tmp.get("/v1/subscriptions")).await.0, 200);
-    let path = format!("/v1/consumers/tmp/tokens/{}", issued["id"].as_str().unwrap());
+    let path = format!(
+        "/v1/consumers/tmp/tokens/{}",
+        issued["id"].as_str().unwrap()
+    );
     assert_eq!(outcome(app.delete(&path)).await.0, 204);
     assert_eq!(outcome(tmp.get("/v1/subscriptions")).await.0, 401);
     for ttl in ["0", "86401"] {
