@@ -176,7 +176,7 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
 /// (links relative to the relay's root). Never the request's `Host`, which
 /// the client chooses: a forged one would point a walk's next page at
 /// another server.
-fn origin(tables: &Tables) -> &str {
+pub(super) fn origin(tables: &Tables) -> &str {
     tables
         .public_url
         .as_deref()
@@ -234,11 +234,15 @@ fn body(page: &RecordsPage, next: &str, previous: &str) -> String {
 
 pub async fn list(
     State(s): State<ApiState>,
+    who: super::principal::Principal,
     PathParams((source, resource)): PathParams<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
     uri: Uri,
 ) -> ApiResult<Response> {
     let t = Target::new(source, resource);
+    if !who.sees(&t) {
+        return Err(super::principal::Principal::unseen(&t));
+    }
     let table = s.compat.kept(&t)?;
     let p = parse(&pairs, &table)?;
     let q = RecordsQuery {

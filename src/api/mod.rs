@@ -30,11 +30,13 @@ use crate::{
 pub mod auth;
 pub mod compat;
 mod compat_auth;
+mod consumers;
 mod deliveries;
 pub mod extract;
 mod health;
 mod live;
 mod positions;
+pub mod principal;
 pub mod problem;
 mod records;
 mod redrive;
@@ -109,9 +111,12 @@ pub struct ApiState {
     pub catalog: Arc<crate::catalog::Catalog>,
     /// `/v1/sources`: applying stored sources, the sealing key, nudges.
     pub source_admin: Arc<sources::SourceAdmin>,
+    /// Consumers, their tokens and the portal links' key.
+    pub consumers: Arc<crate::consumer::Book>,
 }
 
-/// Everything under `/v1` that a read token may call.
+/// Everything under `/v1` that any token may call: the tables a
+/// principal sees (`principal.rs`).
 fn read_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route("/v1/resources", get(resources::list))
@@ -125,7 +130,7 @@ fn read_routes(state: &ApiState) -> Router<ApiState> {
             get(records::get),
         )
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_read,
         ))
 }
@@ -137,7 +142,7 @@ fn compat_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route("/compat/{source}/api/{resource}/", get(compat::list))
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_compat,
         ))
         .route(
@@ -146,8 +151,10 @@ fn compat_routes(state: &ApiState) -> Router<ApiState> {
         )
 }
 
-/// Everything under `/v1` that needs an admin token.
-fn admin_routes(state: &ApiState) -> Router<ApiState> {
+/// Subscriptions and their deliveries: an admin token, or a consumer's
+/// credential for its own (others' ids answer 404); and reading one's own
+/// consumer.
+fn owner_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route(
             "/v1/subscriptions",
@@ -175,6 +182,21 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/subscriptions/{id}/dead-letters/redrive",
             post(redrive::redrive),
         )
+        .route(
+            "/v1/consumers/{name}",
+            get(consumers::get)
+                .patch(consumers::patch)
+                .delete(consumers::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_owner,
+        ))
+}
+
+/// Everything under `/v1` that needs an admin token.
+fn admin_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route("/v1/sources", post(sources::create).get(sources::list))
         .route(
             "/v1/sources/{name}",
@@ -186,14 +208,32 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/sources/{name}/nudge-token",
             post(sources::nudge::rotate),
         )
+        .route(
+            "/v1/consumers",
+            post(consumers::create).get(consumers::list),
+        )
+        .route("/v1/consumers/{name}/tokens", post(consumers::issue_token))
+        .route(
+            "/v1/consumers/{name}/tokens/{id}",
+            axum::routing::delete(consumers::revoke_token),
+        )
+        .route(
+            "/v1/consumers/{name}/portal-links",
+            post(consumers::portal_link),
+        )
+        .route(
+            "/v1/consumers/{name}/portal-links/revoke",
+            post(consumers::revoke_links),
+        )
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_admin,
         ))
 }
 
 pub fn router(state: ApiState) -> Router {
     let read = read_routes(&state);
+    let owner = owner_routes(&state);
     let admin = admin_routes(&state);
     let compat = compat_routes(&state);
     Router::new()
@@ -204,21 +244,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/",
             get(status::page).route_layer(middleware::from_fn_with_state(
-                state.tokens.clone(),
-                auth::require_read,
+                state.clone(),
+                auth::require_operator,
             )),
         )
         .route(
             "/metrics",
             get(metrics).route_layer(middleware::from_fn_with_state(
-                state.tokens.clone(),
-                auth::require_read,
+                state.clone(),
+                auth::require_operator,
             )),
         )
         // An admin token or the source's own nudge token (sources/nudge.rs).
         .route("/v1/sources/{name}/nudge", post(sources::nudge::nudge))
         .merge(read)
         .merge(compat)
+        .merge(owner)
         .merge(admin)
         .fallback(|| async {
             Problem::new(
@@ -303,8 +344,15 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// Every event type of every table with its JSON Schema (docs/tracing.md).
-async fn event_types(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
-    let types = state.catalog.event_types().await.map_err(Problem::from)?;
+async fn event_types(
+    State(state): State<ApiState>,
+    who: principal::Principal,
+) -> Result<Json<Value>, Problem> {
+    let mut types = state.catalog.event_types().await.map_err(Problem::from)?;
+    types.retain(|ty| {
+        let part = |k: &str| ty[k].as_str().unwrap_or_default().to_string();
+        who.sees(&Target::new(part("source"), part("resource")))
+    });
     Ok(Json(json!({ "event_types": types })))
 }
 

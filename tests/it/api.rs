@@ -61,7 +61,11 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
         .unwrap();
     let sim = Sim::start(SimConfig::default()).await;
     let app = app(&ts, &sim).await;
-    let admin_only = |p: &str| p.starts_with("/v1/subscriptions") || p.starts_with("/v1/sources");
+    let admin_only = |p: &str| {
+        ["/v1/subscriptions", "/v1/sources", "/v1/consumers"]
+            .iter()
+            .any(|prefix| p.starts_with(prefix))
+    };
     for (method, path) in documented() {
         let url = format!("{}{}", app.base, concrete(&path));
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
