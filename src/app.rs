@@ -186,7 +186,7 @@ impl Relay {
             .config
             .api_tokens
             .iter()
-            .map(|(t, secret)| ApiToken::new(&t.name, t.scope, secret.expose()))
+            .map(|(t, secret)| ApiToken::from_config(t, secret.expose()))
             .collect();
         if tokens.is_empty() {
             tracing::warn!("no api.tokens configured: every /v1 route answers 401");
@@ -215,6 +215,11 @@ impl Relay {
             compat: api::compat::Tables::new(self.topology.clone(), &self.config),
             catalog: self.catalog(cancel),
             source_admin: Arc::new(api::sources::SourceAdmin::new(self.source_sync.clone())),
+            consumers: Arc::new(crate::consumer::Book::new(
+                self.store.clone(),
+                self.config.consumers.clone(),
+                self.source_sync.key().cloned(),
+            )),
         }
     }
 

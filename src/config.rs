@@ -123,6 +123,8 @@ impl RetentionConfig {
 pub enum Scope {
     Admin,
     Read,
+    /// Acts as a consumer (`consumer`): its subscriptions, its tables.
+    Consumer,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +133,29 @@ pub struct TokenConfig {
     pub name: String,
     pub scope: Scope,
     pub token_env: String,
+    /// A read token sees only these sources' tables (absent: every source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+    /// A read token sees only these tables, `source/resource` (absent: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
+    /// The consumer a token of scope `consumer` acts as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+}
+
+impl TokenConfig {
+    /// A token without limits or consumer.
+    pub fn new(name: &str, scope: Scope, token_env: &str) -> TokenConfig {
+        TokenConfig {
+            name: name.into(),
+            scope,
+            token_env: token_env.into(),
+            sources: None,
+            resources: None,
+            consumer: None,
+        }
+    }
 }
 
 /// How often a live stream (SSE) sends a comment when there is no event,
@@ -322,6 +347,8 @@ pub struct RawConfig {
     pub delivery: DeliveryConfig,
     /// Webhook subscriptions the file declares.
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Consumers the file declares (docs/consumers.md).
+    pub consumers: Vec<ConsumerConfig>,
     pub telemetry: TelemetryConfig,
 }
 
@@ -335,6 +362,7 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub delivery: DeliveryConfig,
     pub subscriptions: Vec<SubscriptionDecl>,
+    pub consumers: Vec<ConsumerConfig>,
     pub telemetry: TelemetryConfig,
     /// The key sealing credentials of sources made through the API
     /// (`STAMP_RELAY_SOURCE_KEY`) and the one before a rotation
@@ -418,6 +446,7 @@ pub fn join(base: &Url, rest: &str) -> Url {
 }
 
 mod cidr;
+mod consumers;
 mod lines;
 mod load;
 mod reference;
@@ -426,6 +455,7 @@ mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
+pub use consumers::ConsumerConfig;
 pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use reference::REFERENCE;
 pub use source::{

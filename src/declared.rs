@@ -191,6 +191,7 @@ fn model(
         fields,
         managed_by: Some(ManagedBy::Config),
         retry_requested_ms: None,
+        consumer: sub::DEFAULT_CONSUMER.into(),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod cli;
 pub mod cloudevents;
 pub mod config;
+pub mod consumer;
 pub mod declared;
 pub mod delivery;
 pub mod demo;

@@ -21,6 +21,16 @@ pub use start::StartSpec;
 pub use webhook_url::{WebhookUrl, url_for_logs};
 
 pub const MAX_BATCH: u32 = 1000;
+/// The consumer (src/consumer.rs) of a subscription stored without one.
+pub const DEFAULT_CONSUMER: &str = "default";
+
+fn default_consumer() -> String {
+    DEFAULT_CONSUMER.into()
+}
+
+fn is_default_consumer(c: &str) -> bool {
+    c == DEFAULT_CONSUMER
+}
 /// Requests in flight per subscription and table at most.
 pub const MAX_IN_FLIGHT: u32 = 256;
 /// Requests in flight per subscription and table unless the subscription says.
@@ -86,6 +96,13 @@ pub struct Subscription {
     /// (unix ms): a change tells the running workers to do so in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_requested_ms: Option<u64>,
+    /// The consumer it belongs to (src/consumer.rs); absent in storage
+    /// means [`DEFAULT_CONSUMER`], so older subscriptions need no migration.
+    #[serde(
+        default = "default_consumer",
+        skip_serializing_if = "is_default_consumer"
+    )]
+    pub consumer: String,
 }
 
 /// What owns a subscription other than the API.

@@ -115,13 +115,21 @@ async function openEndpoint(id) {
   return "Endpoint " + current.id;
 }
 
-function editEndpoint(s) {
+// A new endpoint starts with every table the token may read: a consumer's
+// endpoint must stay within its allow-list.
+async function visibleResources() {
+  const { resources } = await api("GET", "/v1/resources");
+  return resources.filter((r) => !r.source.startsWith("_")).map((r) => r.source + "/" + r.resource).join(", ");
+}
+
+async function editEndpoint(s) {
+  const resources = s ? s.resources.join(", ") : await visibleResources();
   show("edit");
   $("edit-title").textContent = s ? "Edit endpoint" : "New endpoint";
   $("edit-form").dataset.id = s ? s.id : "";
   $("f-url").value = s ? s.url : "";
   $("f-description").value = s ? s.description : "";
-  $("f-resources").value = s ? s.resources.join(", ") : "*";
+  $("f-resources").value = resources;
   $("f-ops").value = s ? s.ops.join(", ") : "";
   $("f-filters").value = s && s.filters ? JSON.stringify(s.filters) : "";
   $("f-fields").value = s && s.fields ? s.fields.join(", ") : "";
@@ -248,8 +256,8 @@ function wire() {
     $("signin-token").value = "";
     act("Loading", loadEndpoints);
   });
-  $("new-endpoint").addEventListener("click", () => editEndpoint(null));
-  $("edit-endpoint").addEventListener("click", () => editEndpoint(current));
+  $("new-endpoint").addEventListener("click", () => act("Loading", () => editEndpoint(null)));
+  $("edit-endpoint").addEventListener("click", () => act("Loading", () => editEndpoint(current)));
   $("cancel-edit").addEventListener("click", () => act("Loading", loadEndpoints));
   $("back-endpoints").addEventListener("click", () => act("Loading", loadEndpoints));
   $("edit-form").addEventListener("submit", saveEndpoint);

@@ -1,7 +1,11 @@
-//! Bearer tokens from the configuration, with scopes `admin` (everything)
-//! and `read` (resources, events, live stream). Tokens are compared through
-//! their SHA-256 digests in constant time, and every configured token is
+//! Who is calling ([`Principal`], `principal.rs`), from the presented
+//! credential: a bearer token of the configuration with scope `admin`
+//! (everything), `read` (tables, possibly limited) or `consumer`; a token
+//! issued to a consumer (`ct.…`); or a portal link (`pl.…`)
+//! (src/consumer/tokens.rs). Configured tokens are compared through their
+//! SHA-256 digests in constant time, and every configured token is
 //! checked, so timing reveals neither a prefix nor which token matched.
+//! Each route group needs a [`Need`]; the principal rides on the request.
 //!
 //! Basic credentials (the token as password) are accepted for reading
 //! only, GET and HEAD. A browser that has logged in to the status page
@@ -10,10 +14,7 @@
 //! which no cross-site form can set. Reads stay open to Basic because their
 //! answers cannot be read cross-site and change nothing.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     extract::{ConnectInfo, Request, State},
@@ -23,8 +24,19 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{problem::Problem, throttle::Failures};
-use crate::config::Scope;
+use super::{
+    ApiState,
+    principal::{Need, Principal, Via},
+    problem::Problem,
+    throttle::Failures,
+};
+use crate::{
+    config::Scope,
+    consumer::{
+        Allow,
+        tokens::{parse_link, token_consumer, token_matches},
+    },
+};
 
 /// The configured tokens and the failed logins per client address.
 pub struct Tokens {
@@ -67,6 +79,10 @@ impl Tokens {
 pub struct ApiToken {
     pub name: String,
     pub scope: Scope,
+    /// What a read token may see (everything unless limited).
+    pub allow: Allow,
+    /// The consumer a token of scope `consumer` acts as.
+    pub consumer: Option<String>,
     digest: [u8; 32],
 }
 
@@ -75,7 +91,18 @@ impl ApiToken {
         ApiToken {
             name: name.to_string(),
             scope,
+            allow: Allow::everything(),
+            consumer: None,
             digest: Sha256::digest(secret.as_bytes()).into(),
+        }
+    }
+
+    /// The token of an `[[api.tokens]]` entry, with its limits.
+    pub fn from_config(c: &crate::config::TokenConfig, secret: &str) -> ApiToken {
+        ApiToken {
+            allow: Allow::limited(c.sources.as_deref(), c.resources.as_deref()),
+            consumer: c.consumer.clone(),
+            ..ApiToken::new(&c.name, c.scope, secret)
         }
     }
 }
@@ -136,24 +163,19 @@ pub(super) fn bearer_of(header: &str) -> Option<String> {
         .map(|(_, t)| t)
 }
 
-/// The scope of the presented token, or the problem to answer with.
-/// `read_only` says whether the request is a GET or HEAD, the only ones
-/// Basic credentials may authorize.
-pub fn authorize(
-    tokens: &[ApiToken],
-    authorization: Option<&str>,
-    needed: Scope,
-    read_only: bool,
-) -> Result<Scope, Problem> {
+fn unauthorized(detail: &'static str) -> Problem {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+}
+
+/// The presented credential, or the problem to answer with. `read_only`
+/// says whether the request is a GET or HEAD, the only ones Basic
+/// credentials may authorize.
+fn presented(authorization: Option<&str>, read_only: bool) -> Result<String, Problem> {
     let (how, presented) = authorization
         .and_then(presented_token)
         .filter(|(_, t)| !t.is_empty())
         .ok_or_else(|| {
-            Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send Authorization: Bearer <token> with a configured API token",
-            )
+            unauthorized("send Authorization: Bearer <token> with a configured API token")
         })?;
     if how == Presented::Basic && !read_only {
         return Err(Problem::new(
@@ -163,37 +185,113 @@ pub fn authorize(
              send Authorization: Bearer <token> to change anything",
         ));
     }
+    Ok(presented)
+}
+
+/// The configured token `presented` is, every token checked.
+fn find<'a>(tokens: &'a [ApiToken], presented: &str) -> Option<&'a ApiToken> {
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     let mut found = None;
     for t in tokens {
         if ct_eq(&t.digest, &digest) {
-            found = Some(t.scope);
+            found = Some(t);
         }
     }
-    let scope = found.ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )
-    })?;
+    found
+}
+
+/// The scope of the presented configured token, or the problem to answer
+/// with (the nudge route's check, and the tests').
+pub fn authorize(
+    tokens: &[ApiToken],
+    authorization: Option<&str>,
+    needed: Scope,
+    read_only: bool,
+) -> Result<Scope, Problem> {
+    let presented = presented(authorization, read_only)?;
+    let scope = find(tokens, &presented)
+        .map(|t| t.scope)
+        .ok_or_else(|| unauthorized("the bearer token is not valid"))?;
     if needed == Scope::Admin && scope != Scope::Admin {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this route needs a token with the admin scope",
-        ));
+        return Err(forbidden(Need::Admin));
     }
     Ok(scope)
 }
 
+fn forbidden(need: Need) -> Problem {
+    let what = match need {
+        Need::Admin => "a token with the admin scope",
+        Need::Owner => "an admin token or a consumer's token",
+        Need::Operator => "an admin token or a read token without limits",
+        Need::Read => "a valid token",
+    };
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this route needs {what}"),
+    )
+}
+
+/// The principal of a configured token (a consumer token reads its
+/// consumer, so changes to the consumer apply at once).
+async fn of_token(s: &ApiState, t: &ApiToken) -> Result<Principal, Problem> {
+    match (t.scope, &t.consumer) {
+        (Scope::Admin, _) => Ok(Principal::Admin {
+            token: t.name.clone(),
+        }),
+        (Scope::Consumer, Some(name)) => consumer(s, name, Via::Token).await,
+        _ => Ok(Principal::Read {
+            token: t.name.clone(),
+            allow: t.allow.clone(),
+        }),
+    }
+}
+
+async fn consumer(s: &ApiState, name: &str, via: Via) -> Result<Principal, Problem> {
+    let c = s
+        .consumers
+        .get(name)
+        .await?
+        .ok_or_else(|| unauthorized("the bearer token is not valid"))?;
+    Ok(Principal::Consumer {
+        name: c.name,
+        allow: c.allow,
+        via,
+    })
+}
+
+/// Who `presented` is: a configured token, a consumer's issued token or a
+/// portal link; 401 when none.
+pub async fn resolve(s: &ApiState, presented: &str) -> Result<Principal, Problem> {
+    if let Some(t) = find(s.tokens.list(), presented) {
+        return of_token(s, t).await;
+    }
+    let invalid = || unauthorized("the bearer token is not valid");
+    if let Some(name) = token_consumer(presented) {
+        let c = s.consumers.get(name).await?.ok_or_else(invalid)?;
+        if token_matches(&c.tokens, presented) {
+            return consumer(s, name, Via::Token).await;
+        }
+    } else if let Some(link) = parse_link(presented) {
+        let c = s.consumers.get(link.consumer).await?.ok_or_else(invalid)?;
+        let key = s.consumers.link_key().await?;
+        let now = crate::events::now_ms() / 1000;
+        if key.verify(&link, c.link_generation, now) {
+            let via = Via::PortalLink {
+                expires_at: link.expiry,
+            };
+            return consumer(s, &c.name, via).await;
+        }
+        return Err(unauthorized(
+            "the portal link is not valid: it expired or was revoked; ask for a new one",
+        ));
+    }
+    Err(invalid())
+}
+
 /// Read scope for `/compat` routes: a configured token, or a bearer
-/// issued by `POST /compat/{source}/api/integration/auth/`.
-pub async fn require_compat(
-    State(tokens): State<Arc<Tokens>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// issued by `POST /compat/{source}/api/integration/auth/` for one.
+pub async fn require_compat(State(s): State<ApiState>, mut req: Request, next: Next) -> Response {
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -201,14 +299,22 @@ pub async fn require_compat(
         .and_then(presented_token)
         .filter(|(how, _)| *how == Presented::Bearer);
     if let Some((_, b)) = bearer
-        && super::compat_auth::verify(&tokens.list, &b, crate::events::now_ms() / 1000)
+        && let Some(t) =
+            super::compat_auth::verify(s.tokens.list(), &b, crate::events::now_ms() / 1000)
     {
-        return next.run(req).await;
+        return match of_token(&s, t).await {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+                next.run(req).await
+            }
+            Err(p) => p.into_response(),
+        };
     }
-    require(&tokens, Scope::Read, req, next).await
+    require(&s, Need::Read, req, next).await
 }
 
-async fn require(tokens: &Tokens, needed: Scope, req: Request, next: Next) -> Response {
+async fn require(s: &ApiState, need: Need, mut req: Request, next: Next) -> Response {
+    let tokens = &s.tokens;
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -222,8 +328,16 @@ async fn require(tokens: &Tokens, needed: Scope, req: Request, next: Next) -> Re
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
-    match authorize(&tokens.list, auth, needed, read_only) {
-        Ok(_) => next.run(req).await,
+    let found = match presented(auth, read_only) {
+        Ok(p) => resolve(s, &p).await,
+        Err(p) => Err(p),
+    };
+    match found {
+        Ok(p) if p.may(need) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Ok(_) => forbidden(need).into_response(),
         Err(p) => {
             if let Some(ip) = peer.filter(|_| p.status == StatusCode::UNAUTHORIZED) {
                 tokens.failures.failed(ip, now);
@@ -250,16 +364,20 @@ fn too_many_failures(burst: u32, wait: std::time::Duration) -> Response {
     r
 }
 
-pub async fn require_read(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) -> Response {
-    require(&tokens, Scope::Read, req, next).await
+pub async fn require_read(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    require(&s, Need::Read, req, next).await
 }
 
-pub async fn require_admin(
-    State(tokens): State<Arc<Tokens>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    require(&tokens, Scope::Admin, req, next).await
+pub async fn require_owner(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    require(&s, Need::Owner, req, next).await
+}
+
+pub async fn require_operator(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    require(&s, Need::Operator, req, next).await
+}
+
+pub async fn require_admin(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    require(&s, Need::Admin, req, next).await
 }
 
 #[cfg(test)]

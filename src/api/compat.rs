@@ -176,7 +176,7 @@ fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
 /// (links relative to the relay's root). Never the request's `Host`, which
 /// the client chooses: a forged one would point a walk's next page at
 /// another server.
-fn origin(tables: &Tables) -> &str {
+pub(super) fn origin(tables: &Tables) -> &str {
     tables
         .public_url
         .as_deref()

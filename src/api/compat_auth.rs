@@ -114,9 +114,9 @@ fn bearer(token: &ApiToken, expiry: u64) -> String {
     )
 }
 
-/// Whether `presented` is a bearer issued for one of `tokens` that has not
-/// expired at `now_secs`.
-pub fn verify(tokens: &[ApiToken], presented: &str, now_secs: u64) -> bool {
+/// The token of `tokens` that `presented` is a bearer issued for, if it
+/// has not expired at `now_secs`.
+pub fn verify<'a>(tokens: &'a [ApiToken], presented: &str, now_secs: u64) -> Option<&'a ApiToken> {
     let mut parts = presented.split('.');
     let (Some("srb"), Some(expiry), Some(name), Some(tag), None) = (
         parts.next(),
@@ -125,18 +125,20 @@ pub fn verify(tokens: &[ApiToken], presented: &str, now_secs: u64) -> bool {
         parts.next(),
         parts.next(),
     ) else {
-        return false;
+        return None;
     };
     let (Ok(expiry), Ok(name), Ok(tag)) =
         (expiry.parse::<u64>(), B64.decode(name), B64.decode(tag))
     else {
-        return false;
+        return None;
     };
-    expiry > now_secs
-        && tokens
-            .iter()
-            .filter(|t| t.name.as_bytes() == name.as_slice())
-            .any(|t| mac(t, expiry).verify_slice(&tag).is_ok())
+    if expiry <= now_secs {
+        return None;
+    }
+    tokens
+        .iter()
+        .filter(|t| t.name.as_bytes() == name.as_slice())
+        .find(|t| mac(t, expiry).verify_slice(&tag).is_ok())
 }
 
 #[cfg(test)]
@@ -148,13 +150,13 @@ mod tests {
     fn bearers_verify_until_they_expire_and_only_for_their_token() {
         let tokens = vec![ApiToken::new("painchek-client", Scope::Read, "rd")];
         let b = bearer(&tokens[0], 1000);
-        assert!(verify(&tokens, &b, 999));
-        assert!(!verify(&tokens, &b, 1000), "expired");
+        assert!(verify(&tokens, &b, 999).is_some());
+        assert!(verify(&tokens, &b, 1000).is_none(), "expired");
         let forged = b.replacen("srb.1000.", "srb.9999.", 1);
-        assert!(!verify(&tokens, &forged, 999), "expiry moved");
+        assert!(verify(&tokens, &forged, 999).is_none(), "expiry moved");
         let rotated = vec![ApiToken::new("painchek-client", Scope::Read, "new")];
-        assert!(!verify(&rotated, &b, 999), "the token changed");
-        assert!(!verify(&tokens, "rd", 0));
-        assert!(!verify(&tokens, "srb.1000.x.y.z", 0));
+        assert!(verify(&rotated, &b, 999).is_none(), "the token changed");
+        assert!(verify(&tokens, "rd", 0).is_none());
+        assert!(verify(&tokens, "srb.1000.x.y.z", 0).is_none());
     }
 }

@@ -30,6 +30,7 @@ use crate::{
 pub mod auth;
 pub mod compat;
 mod compat_auth;
+mod consumers;
 mod deliveries;
 pub mod extract;
 mod health;
@@ -38,6 +39,7 @@ mod messages;
 mod portal;
 mod positions;
 mod preview;
+pub mod principal;
 pub mod problem;
 mod records;
 mod redrive;
@@ -112,9 +114,12 @@ pub struct ApiState {
     pub catalog: Arc<crate::catalog::Catalog>,
     /// `/v1/sources`: applying stored sources, the sealing key, nudges.
     pub source_admin: Arc<sources::SourceAdmin>,
+    /// Consumers, their tokens and the portal links' key.
+    pub consumers: Arc<crate::consumer::Book>,
 }
 
-/// Everything under `/v1` that a read token may call.
+/// Everything under `/v1` that any token may call: the tables a
+/// principal sees (`principal.rs`).
 fn read_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route("/v1/resources", get(resources::list))
@@ -128,7 +133,7 @@ fn read_routes(state: &ApiState) -> Router<ApiState> {
             get(records::get),
         )
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_read,
         ))
 }
@@ -140,7 +145,7 @@ fn compat_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route("/compat/{source}/api/{resource}/", get(compat::list))
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_compat,
         ))
         .route(
@@ -149,8 +154,10 @@ fn compat_routes(state: &ApiState) -> Router<ApiState> {
         )
 }
 
-/// Everything under `/v1` that needs an admin token.
-fn admin_routes(state: &ApiState) -> Router<ApiState> {
+/// Subscriptions and their deliveries: an admin token, or a consumer's
+/// credential for its own (others' ids answer 404); and reading one's own
+/// consumer.
+fn owner_routes(state: &ApiState) -> Router<ApiState> {
     Router::new()
         .route(
             "/v1/subscriptions",
@@ -185,6 +192,21 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/subscriptions/{id}/dead-letters/redrive",
             post(redrive::redrive),
         )
+        .route(
+            "/v1/consumers/{name}",
+            get(consumers::get)
+                .patch(consumers::patch)
+                .delete(consumers::delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_owner,
+        ))
+}
+
+/// Everything under `/v1` that needs an admin token.
+fn admin_routes(state: &ApiState) -> Router<ApiState> {
+    Router::new()
         .route("/v1/sources", post(sources::create).get(sources::list))
         .route(
             "/v1/sources/{name}",
@@ -196,14 +218,32 @@ fn admin_routes(state: &ApiState) -> Router<ApiState> {
             "/v1/sources/{name}/nudge-token",
             post(sources::nudge::rotate),
         )
+        .route(
+            "/v1/consumers",
+            post(consumers::create).get(consumers::list),
+        )
+        .route("/v1/consumers/{name}/tokens", post(consumers::issue_token))
+        .route(
+            "/v1/consumers/{name}/tokens/{id}",
+            axum::routing::delete(consumers::revoke_token),
+        )
+        .route(
+            "/v1/consumers/{name}/portal-links",
+            post(consumers::portal_link),
+        )
+        .route(
+            "/v1/consumers/{name}/portal-links/revoke",
+            post(consumers::revoke_links),
+        )
         .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
+            state.clone(),
             auth::require_admin,
         ))
 }
 
 pub fn router(state: ApiState) -> Router {
     let read = read_routes(&state);
+    let owner = owner_routes(&state);
     let admin = admin_routes(&state);
     let compat = compat_routes(&state);
     Router::new()
@@ -218,21 +258,22 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/",
             get(status::page).route_layer(middleware::from_fn_with_state(
-                state.tokens.clone(),
-                auth::require_read,
+                state.clone(),
+                auth::require_operator,
             )),
         )
         .route(
             "/metrics",
             get(metrics).route_layer(middleware::from_fn_with_state(
-                state.tokens.clone(),
-                auth::require_read,
+                state.clone(),
+                auth::require_operator,
             )),
         )
         // An admin token or the source's own nudge token (sources/nudge.rs).
         .route("/v1/sources/{name}/nudge", post(sources::nudge::nudge))
         .merge(read)
         .merge(compat)
+        .merge(owner)
         .merge(admin)
         .fallback(|| async {
             Problem::new(

@@ -10,6 +10,7 @@ use super::{
     ApiState,
     extract::JsonBody,
     messages::{newest, parse_limit},
+    principal::Principal,
     problem::ApiResult,
     subscriptions::known_targets,
 };
@@ -35,9 +36,12 @@ pub struct PreviewRequest {
 
 pub async fn preview(
     State(s): State<ApiState>,
+    who: Principal,
     JsonBody(req): JsonBody<PreviewRequest>,
 ) -> ApiResult<Json<Value>> {
-    let known = known_targets(&s);
+    // A table the caller may not see is named as unknown, as elsewhere.
+    let mut known = known_targets(&s);
+    known.retain(|t| who.sees(t));
     let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     let keep = parse_limit(req.limit.map(|l| l.to_string()).as_deref(), 50)?;

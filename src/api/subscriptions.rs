@@ -132,6 +132,7 @@ pub async fn create(
         fields,
         managed_by: None,
         retry_requested_ms: None,
+        consumer: sub::DEFAULT_CONSUMER.into(),
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
@@ -430,9 +431,10 @@ pub async fn rotate_secret(
 /// while its grace after a rotation lasts.
 pub async fn secret(
     State(s): State<ApiState>,
+    who: super::principal::Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let found = load(&s, &id).await?;
+    let found = super::messages::owned(&s, &who, &id).await?;
     let mut body = serde_json::json!({ "id": found.id, "secret": found.secret });
     if let Some((old, until)) = &found.previous_secret
         && *until > now_ms()

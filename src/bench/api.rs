@@ -71,11 +71,7 @@ pub async fn run(
             config.api.max_sse_clients, config.api.max_connections
         );
     }
-    let token = TokenConfig {
-        name: "bench".into(),
-        scope: Scope::Admin,
-        token_env: "UNUSED".into(),
-    };
+    let token = TokenConfig::new("bench", Scope::Admin, "UNUSED");
     config.api_tokens.push((token, Secret::new(TOKEN)));
     let relay = Relay::with_store(config, store::open(&store_cfg).await?)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

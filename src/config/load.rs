@@ -178,7 +178,14 @@ impl Origins {
             .split('.')
             .map(String::from)
             .collect();
-        let known = ["store", "api", "sources", "delivery", "subscriptions"];
+        let known = [
+            "store",
+            "api",
+            "sources",
+            "delivery",
+            "subscriptions",
+            "consumers",
+        ];
         if !known.contains(&path[0].as_str()) {
             return problem;
         }

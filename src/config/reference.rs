@@ -18,7 +18,7 @@ mod tests {
 
     use super::REFERENCE;
     use crate::config::{
-        AuthConfig, RawConfig, Scope, SourceConfig, SubscriptionConfig, TokenConfig,
+        AuthConfig, ConsumerConfig, RawConfig, Scope, SourceConfig, SubscriptionConfig, TokenConfig,
     };
 
     /// `section.key` of every key line in the reference, live or commented.
@@ -79,9 +79,16 @@ mod tests {
     fn every_key() -> Value {
         let mut raw = RawConfig::default();
         raw.api.tokens.push(TokenConfig {
-            name: "t".into(),
-            scope: Scope::Read,
-            token_env: "T".into(),
+            sources: Some(vec!["s".into()]),
+            resources: Some(vec!["s/r".into()]),
+            consumer: Some("c".into()),
+            ..TokenConfig::new("t", Scope::Read, "T")
+        });
+        raw.consumers.push(ConsumerConfig {
+            name: "c".into(),
+            description: String::new(),
+            sources: vec!["*".into()],
+            resources: vec!["*".into()],
         });
         let auths = [
             AuthConfig::None,

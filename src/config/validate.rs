@@ -46,6 +46,8 @@ impl RawConfig {
         }
         check_delivery(&mut problems, &self.delivery);
         let subscriptions = check_subscriptions(&self.subscriptions, env, &mut problems);
+        super::consumers::check_consumers(&mut problems, &self.consumers);
+        super::consumers::check_token_scopes(&mut problems, &self.api.tokens, &self.consumers);
         if let Some(e) = self.telemetry.otlp_endpoint.as_deref().and_then(check_otlp) {
             problems.push(e);
         }
@@ -64,6 +66,7 @@ impl RawConfig {
             sources: validated,
             delivery: self.delivery,
             subscriptions,
+            consumers: self.consumers,
             telemetry: self.telemetry,
             source_keys,
         })

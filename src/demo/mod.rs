@@ -128,11 +128,7 @@ fn relay_config(base_url: &str, store: StoreConfig) -> anyhow::Result<(Config, S
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = format!("demo-{}", uuid::Uuid::new_v4().simple());
     config.api_tokens.push((
-        TokenConfig {
-            name: "demo".into(),
-            scope: Scope::Admin,
-            token_env: "STAMP_RELAY_DEMO_TOKEN".into(),
-        },
+        TokenConfig::new("demo", Scope::Admin, "STAMP_RELAY_DEMO_TOKEN"),
         Secret::new(token.clone()),
     ));
     // Webhooks go to the built-in receiver on loopback; the SSRF guard

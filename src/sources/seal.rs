@@ -159,6 +159,16 @@ impl SourceKey {
         serde_json::from_slice(&plain).map_err(|_| unreadable())
     }
 
+    /// A key for another purpose derived from the current one
+    /// (HMAC-SHA256 of `purpose`), so one secret serves several uses
+    /// without one use revealing another's key.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.current).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// Whether `sealed` is under an older key than the current one.
     pub fn is_stale(&self, sealed: &Sealed) -> bool {
         sealed.key_id != key_id(&self.current)

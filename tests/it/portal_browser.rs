@@ -207,6 +207,16 @@ async fn portal_manages_an_endpoint_in_chromium() {
 
     let rx = TestReceiver::start(11).await;
     click(&c, "new-endpoint").await;
+    wait_status(&c, "Loading: done").await;
+    assert_eq!(
+        by_id(&c, "f-resources")
+            .await
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("sim/patients")
+    );
     fill(&c, "f-url", &rx.url).await;
     fill(&c, "f-resources", "sim/patients").await;
     fill(&c, "f-description", "care platform").await;

@@ -17,11 +17,7 @@ pub fn with_tokens(config: &mut Config) {
         ("ops", Scope::Admin, ADMIN_TOKEN),
         ("dash", Scope::Read, READ_TOKEN),
     ] {
-        let t = TokenConfig {
-            name: name.into(),
-            scope,
-            token_env: "UNUSED".into(),
-        };
+        let t = TokenConfig::new(name, scope, "UNUSED");
         config.api_tokens.push((t, Secret::new(secret)));
     }
 }

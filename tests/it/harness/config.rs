@@ -70,11 +70,10 @@ impl ConfigBuilder {
 
     /// An admin token named `ops`, read from the variable `var`.
     pub fn admin_token_env(mut self, var: &str) -> Self {
-        self.raw.api.tokens.push(TokenConfig {
-            name: "ops".into(),
-            scope: Scope::Admin,
-            token_env: var.into(),
-        });
+        self.raw
+            .api
+            .tokens
+            .push(TokenConfig::new("ops", Scope::Admin, var));
         self
     }
 
