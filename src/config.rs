@@ -455,7 +455,7 @@ mod subscriptions;
 mod validate;
 
 pub use cidr::{Cidr, canonical};
-pub use consumers::ConsumerConfig;
+pub use consumers::{ConsumerConfig, MAX_CONSUMER_NAME, is_consumer_name};
 pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
 pub use reference::REFERENCE;
 pub use source::{

@@ -20,7 +20,7 @@ pub const KIND: &str = "consumers";
 /// The consumer of every subscription that names none.
 pub const DEFAULT: &str = crate::subscription::DEFAULT_CONSUMER;
 /// Longest consumer name.
-pub const MAX_NAME: usize = 64;
+pub const MAX_NAME: usize = crate::config::MAX_CONSUMER_NAME;
 /// Most tokens one consumer may hold at once.
 pub const MAX_TOKENS: usize = 16;
 
@@ -163,13 +163,7 @@ impl Invalid {
 /// Consumer names: 1 to [`MAX_NAME`] of `a-z`, `0-9`, `-`, `_`, starting
 /// with a letter or digit (they appear in paths, tokens and links).
 pub fn check_name(name: &str) -> Result<(), Invalid> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
+    if crate::config::is_consumer_name(name) {
         Ok(())
     } else {
         Err(Invalid::new(

@@ -234,11 +234,15 @@ fn body(page: &RecordsPage, next: &str, previous: &str) -> String {
 
 pub async fn list(
     State(s): State<ApiState>,
+    who: super::principal::Principal,
     PathParams((source, resource)): PathParams<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
     uri: Uri,
 ) -> ApiResult<Response> {
     let t = Target::new(source, resource);
+    if !who.sees(&t) {
+        return Err(super::principal::Principal::unseen(&t));
+    }
     let table = s.compat.kept(&t)?;
     let p = parse(&pairs, &table)?;
     let q = RecordsQuery {

@@ -121,6 +121,60 @@ fn changeable(s: &ApiState, name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// The consumer a subscription of `who` belongs to: the one named
+/// (`consumer`, an admin's choice), the caller's own, or `default`.
+pub(super) async fn owner(
+    s: &ApiState,
+    who: &Principal,
+    named: Option<&str>,
+) -> ApiResult<Consumer> {
+    let name = match (who.consumer(), named) {
+        (Some(own), Some(other)) if own != other => {
+            return Err(Problem::invalid(
+                "consumer",
+                format!("consumer: this credential makes subscriptions of {own:?} only"),
+            ));
+        }
+        (Some(own), _) => own,
+        (None, Some(named)) => named,
+        (None, None) => DEFAULT,
+    };
+    s.consumers.get(name).await?.ok_or_else(|| {
+        Problem::invalid(
+            "consumer",
+            format!("consumer: no consumer {name:?}; see GET /v1/consumers"),
+        )
+    })
+}
+
+/// A subscription's tables lie within its consumer's allow-list (`["*"]`
+/// only for a consumer that allows everything): 422 naming `resources`.
+pub(super) fn within(c: &Consumer, resources: &crate::subscription::Coverage) -> ApiResult<()> {
+    use crate::subscription::Coverage;
+    let outside: Vec<String> = match resources {
+        Coverage::All if !c.allow.is_everything() => vec!["*".into()],
+        Coverage::All => vec![],
+        Coverage::Only(ts) => ts
+            .iter()
+            .filter(|t| !c.allow.allows(t))
+            .map(ToString::to_string)
+            .collect(),
+    };
+    if outside.is_empty() {
+        return Ok(());
+    }
+    Err(Problem::invalid(
+        "resources",
+        format!(
+            "resources: {} outside consumer {:?}'s allow-list (sources {:?}, resources {:?})",
+            outside.join(", "),
+            c.name,
+            c.allow.sources,
+            c.allow.resources
+        ),
+    ))
+}
+
 pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<Value>> {
     let all = s.consumers.list().await?;
     let views: Vec<Value> = all.iter().map(view).collect();

@@ -11,6 +11,7 @@ use super::{
     ApiState,
     extract::{JsonBody, PathParams, QueryParams},
     positions::check_position,
+    principal::Principal,
     problem::{ApiResult, Problem},
     requests::StartSpec,
     subscriptions::{known_targets, load},
@@ -37,10 +38,11 @@ pub struct ReplayRequest {
 
 pub async fn replay(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Value>> {
-    let sub = load(&s, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let targets = sub.resources.of(&known_targets(&s));
     let positions = match (req.from, req.from_time.as_deref()) {
         (Some(from), None) => from_stamps(from, &targets)?,
@@ -132,9 +134,10 @@ async fn from_time(
 /// Sends a signed ping now and answers with what the receiver said.
 pub async fn test(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
-    let sub = load(&s, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let ping_id = format!("ping:{}", uuid::Uuid::new_v4().simple());
     let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let body = json!({
@@ -182,9 +185,10 @@ pub async fn test(
 /// in the memory of the workers delivering it (on any instance).
 pub async fn retry(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
-    let sub = load(&s, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let now = now_ms();
     let mut due = 0;
     for t in sub.resources.of(&known_targets(&s)) {
@@ -206,10 +210,11 @@ pub struct AttemptsQuery {
 
 pub async fn attempts(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
     QueryParams(q): QueryParams<AttemptsQuery>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &id).await?;
+    load(&s, &who, &id).await?;
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(l) => l
@@ -226,9 +231,10 @@ pub async fn attempts(
 
 pub async fn dead_letters(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
-    load(&s, &id).await?;
+    load(&s, &who, &id).await?;
     let all = s.shared.store.dead_letters(&id).await?;
     Ok(Json(json!({ "dead_letters": all })))
 }

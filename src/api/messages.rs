@@ -147,16 +147,6 @@ impl Facts {
     }
 }
 
-/// Subscription `id` when `who` owns it; else the 404 of no such
-/// subscription, so the ids of other consumers do not leak.
-pub(super) async fn owned(s: &ApiState, who: &Principal, id: &str) -> ApiResult<Subscription> {
-    let sub = load(s, id).await?;
-    if !who.owns(&sub) {
-        return Err(Problem::not_found(format!("no subscription {id:?}")));
-    }
-    Ok(sub)
-}
-
 pub async fn list(
     State(s): State<ApiState>,
     who: Principal,
@@ -164,7 +154,7 @@ pub async fn list(
     QueryParams(q): QueryParams<MessagesQuery>,
 ) -> ApiResult<Json<Value>> {
     let search = Search::parse(q)?;
-    let sub = owned(&s, &who, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let store = s.shared.store.as_ref();
     let attempts = store.attempts(&sub.id, ATTEMPTS_READ).await?;
     let mut out = Vec::new();
@@ -305,7 +295,7 @@ pub async fn retry(
     who: Principal,
     PathParams((id, event_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let sub = owned(&s, &who, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let store = s.shared.store.as_ref();
     let (t, e) = find_event(&s, &sub, &event_id).await?;
     let facts = facts(store, &sub, &t).await?;

@@ -357,8 +357,15 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// Every event type of every table with its JSON Schema (docs/tracing.md).
-async fn event_types(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
-    let types = state.catalog.event_types().await.map_err(Problem::from)?;
+async fn event_types(
+    State(state): State<ApiState>,
+    who: principal::Principal,
+) -> Result<Json<Value>, Problem> {
+    let mut types = state.catalog.event_types().await.map_err(Problem::from)?;
+    types.retain(|ty| {
+        let part = |k: &str| ty[k].as_str().unwrap_or_default().to_string();
+        who.sees(&Target::new(part("source"), part("resource")))
+    });
     Ok(Json(json!({ "event_types": types })))
 }
 

@@ -104,7 +104,7 @@ impl Principal {
     /// The 404 for a table it may not see: the same as for no table.
     pub fn unseen(t: &Target) -> Problem {
         Problem::not_found(format!(
-            "{t} is not a configured table; see GET /v1/resources"
+            "{t} is not a configured source/resource; see GET /v1/resources"
         ))
     }
 }

@@ -5,7 +5,9 @@ use axum::{Json, extract::State};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{ApiState, extract::PathParams, problem::ApiResult, problem::Problem};
+use super::{
+    ApiState, extract::PathParams, principal::Principal, problem::ApiResult, problem::Problem,
+};
 use crate::store::Target;
 
 #[derive(Serialize)]
@@ -21,9 +23,13 @@ pub struct RecordView {
 
 pub async fn get(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams((source, resource, id)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<RecordView>> {
     let t = Target::new(source, resource);
+    if !who.sees(&t) {
+        return Err(Principal::unseen(&t));
+    }
     s.compat.kept(&t)?;
     let Some(r) = s.shared.store.record(&t, &id).await? else {
         return Err(Problem::not_found(format!("{t} has no record {id:?}")));

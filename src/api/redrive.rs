@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState,
     extract::PathParams,
+    principal::Principal,
     problem::{ApiResult, Problem},
     subscriptions::load,
 };
@@ -40,9 +41,10 @@ struct Redriven {
 /// superseded (see the module's doc) or trimmed.
 pub async fn redrive(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<Value>> {
-    let sub = load(&s, &id).await?;
+    let sub = load(&s, &who, &id).await?;
     let store = &s.shared.store;
     // Back into pending before they leave the dead letters, so an event is
     // always in one of the two, where retention sees it. Letters that arrive

@@ -44,6 +44,10 @@ pub struct CreateRequest {
     /// The record fields events carry; `[]` for thin events.
     #[serde(default, deserialize_with = "present")]
     pub fields: Option<serde_json::Value>,
+    /// The consumer it belongs to (docs/consumers.md); absent: the
+    /// caller's consumer, or `default` for an admin.
+    #[serde(default, deserialize_with = "present")]
+    pub consumer: Option<String>,
 }
 
 /// The body of `PATCH /v1/subscriptions/{id}`: every field optional, none

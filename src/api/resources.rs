@@ -16,6 +16,7 @@ use super::{
     ApiState,
     extract::{PathParams, QueryParams},
     positions::{check_position, oldest_kept_flag, read_page},
+    principal::Principal,
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -59,8 +60,9 @@ pub struct ResourceView {
     pub health: Option<crate::health::Health>,
 }
 
-pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let live = s.shared.source_tables();
+pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
+    let mut live = s.shared.source_tables();
+    live.retain(|t| who.sees(&t.target));
     let targets: Vec<_> = live.iter().map(|t| t.target.clone()).collect();
     let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
     let out: Vec<ResourceView> = tables
@@ -103,17 +105,18 @@ pub struct EventsQuery {
     from_oldest_kept: Option<String>,
 }
 
+/// The table and how its events look; the same 404 for a table `who` may
+/// not see as for one that does not exist.
 fn target_of(
     s: &ApiState,
+    who: &Principal,
     source: String,
     resource: String,
 ) -> ApiResult<(Target, Arc<EventSource>)> {
     let t = Target { source, resource };
-    match s.shared.event_source(&t) {
+    match s.shared.event_source(&t).filter(|_| who.sees(&t)) {
         Some(src) => Ok((t, src)),
-        None => Err(Problem::not_found(format!(
-            "{t} is not a configured source/resource; see GET /v1/resources"
-        ))),
+        None => Err(Principal::unseen(&t)),
     }
 }
 
@@ -203,11 +206,12 @@ fn limit_of(raw: Option<&str>) -> ApiResult<usize> {
 
 pub async fn events(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams((source, resource)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (t, src) = target_of(&s, source, resource)?;
+    let (t, src) = target_of(&s, &who, source, resource)?;
     let sel = crate::filter::from_query(q.filter.as_deref(), q.fields.as_deref(), &src.fields)?;
     let after = parse_after(q.after.as_deref(), "after")?;
     let previous = previous_flag(q.previous.as_deref(), &sel)?;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::{
     ApiState,
     extract::{JsonBody, PathParams},
+    principal::Principal,
     problem::{ApiResult, Problem},
     requests::{CreateRequest, PatchRequest},
 };
@@ -26,6 +27,7 @@ use crate::{
 #[derive(Serialize)]
 pub struct View<'a> {
     pub id: &'a str,
+    pub consumer: &'a str,
     pub url: &'a sub::WebhookUrl,
     pub resources: &'a Coverage,
     pub ops: &'a [Op],
@@ -50,6 +52,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
     fn from(s: &'a Subscription) -> View<'a> {
         View {
             id: &s.id,
+            consumer: &s.consumer,
             url: &s.url,
             resources: &s.resources,
             ops: &s.ops,
@@ -75,22 +78,28 @@ pub(super) fn known_targets(s: &ApiState) -> Vec<Target> {
     s.shared.targets()
 }
 
-pub(super) async fn load(s: &ApiState, id: &str) -> ApiResult<Subscription> {
+/// Subscription `id` if `who` owns it; another consumer's answers 404, as
+/// an id that does not exist.
+pub(super) async fn load(s: &ApiState, who: &Principal, id: &str) -> ApiResult<Subscription> {
     s.shared
         .store
         .subscription(id)
         .await?
+        .filter(|found| who.owns(found))
         .ok_or_else(|| Problem::not_found(format!("no subscription {id:?}")))
 }
 
 pub async fn create(
     State(s): State<ApiState>,
+    who: Principal,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
+    let consumer = super::consumers::owner(&s, &who, req.consumer.as_deref()).await?;
     let url = sub::WebhookUrl::parse(&req.url)?;
     at_the_door(&s, &url).await?;
     let resources = sub::parse_resources(&req.resources, &known)?;
+    super::consumers::within(&consumer, &resources)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
@@ -132,7 +141,7 @@ pub async fn create(
         fields,
         managed_by: None,
         retry_requested_ms: None,
-        consumer: sub::DEFAULT_CONSUMER.into(),
+        consumer: consumer.name,
     };
     s.shared.store.put_subscription(&subscription).await?;
     tracing::info!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription created");
@@ -203,26 +212,33 @@ async fn start_points(
     Ok((start, warnings))
 }
 
-pub async fn list(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let all = s.shared.store.subscriptions().await?;
-    let views: Vec<View> = all.iter().map(View::from).collect();
+    let views: Vec<View> = all.iter().filter(|x| who.owns(x)).map(View::from).collect();
     Ok(Json(serde_json::json!({ "subscriptions": views })))
 }
 
 pub async fn get(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
-    let found = load(&s, &id).await?;
+    let found = load(&s, &who, &id).await?;
     Ok(Json(View::from(&found)).into_response())
 }
 
 pub async fn patch(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<PatchRequest>,
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
+    let owned = load(&s, &who, &id).await?;
+    if let Some(r) = &req.resources {
+        let consumer = super::consumers::owner(&s, &who, Some(&owned.consumer)).await?;
+        super::consumers::within(&consumer, &sub::parse_resources(r, &known)?)?;
+    }
     // Where newly covered targets start: their last ID, read up front so
     // the update itself is one checked write (retried on a conflict).
     let mut now = HashMap::new();
@@ -234,7 +250,7 @@ pub async fn patch(
     if req.previous == Some(true) {
         let resources = match &req.resources {
             Some(r) => sub::parse_resources(r, &known)?,
-            None => load(&s, &id).await?.resources,
+            None => owned.resources.clone(),
         };
         all_kept(&s, &resources.of(&known))?;
     }
@@ -388,9 +404,10 @@ fn unmanaged(found: &Subscription) -> ApiResult<()> {
 
 pub async fn delete(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
-    unmanaged(&load(&s, &id).await?)?;
+    unmanaged(&load(&s, &who, &id).await?)?;
     if s.shared.store.delete_subscription(&id).await? {
         // Delivery state too; a worker still stopping cleans up after itself
         // (delivery::Deliverer), so nothing is left behind either way.
@@ -408,8 +425,10 @@ pub async fn delete(
 /// A new secret; the old one keeps being signed with for the grace period.
 pub async fn rotate_secret(
     State(s): State<ApiState>,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    load(&s, &who, &id).await?;
     let until = now_ms() + s.secret_grace.as_millis() as u64;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
         unmanaged(found)?;
@@ -431,10 +450,10 @@ pub async fn rotate_secret(
 /// while its grace after a rotation lasts.
 pub async fn secret(
     State(s): State<ApiState>,
-    who: super::principal::Principal,
+    who: Principal,
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let found = super::messages::owned(&s, &who, &id).await?;
+    let found = load(&s, &who, &id).await?;
     let mut body = serde_json::json!({ "id": found.id, "secret": found.secret });
     if let Some((old, until)) = &found.previous_secret
         && *until > now_ms()

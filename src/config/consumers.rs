@@ -26,17 +26,25 @@ fn everything() -> Vec<String> {
     vec!["*".into()]
 }
 
-/// Names: 1 to 64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or
-/// digit; `default` is built in.
+/// Longest consumer name.
+pub const MAX_CONSUMER_NAME: usize = 64;
+
+/// Whether `name` is a consumer name: 1 to [`MAX_CONSUMER_NAME`] of
+/// `a-z`, `0-9`, `-`, `_`, starting with a letter or digit (names appear
+/// in paths, tokens and links).
+pub fn is_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CONSUMER_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Names are consumer names, unique; `default` is built in.
 pub fn check_consumers(problems: &mut Vec<String>, consumers: &[ConsumerConfig]) {
     for (i, c) in consumers.iter().enumerate() {
-        let valid = !c.name.is_empty()
-            && c.name.len() <= 64
-            && c.name.as_bytes()[0].is_ascii_alphanumeric()
-            && c.name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !valid || c.name == "default" {
+        if !is_consumer_name(&c.name) || c.name == "default" {
             problems.push(format!(
                 "consumers[{i}].name: {:?} is not a consumer name; use 1 to 64 of a-z, 0-9, - and _ \
                  (\"default\" is built in)",
@@ -90,5 +98,60 @@ pub fn check_token_scopes(
                  token follows its consumer's lists, an admin token sees everything"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(name: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            name: name.into(),
+            description: String::new(),
+            sources: everything(),
+            resources: vec![],
+        }
+    }
+
+    #[test]
+    fn names_lists_and_token_scopes_are_checked() {
+        let mut problems = Vec::new();
+        check_consumers(
+            &mut problems,
+            &[consumer("lab"), consumer("lab"), consumer("default")],
+        );
+        let text = problems.join("\n");
+        assert!(
+            text.contains("consumers[1].name") && text.contains("consumers[2].name"),
+            "{text}"
+        );
+        assert!(text.contains("consumers[0].resources"), "{text}");
+        let tokens = [
+            TokenConfig::new("a", Scope::Consumer, "A"),
+            TokenConfig {
+                consumer: Some("nope".into()),
+                ..TokenConfig::new("b", Scope::Consumer, "B")
+            },
+            TokenConfig {
+                consumer: Some("lab".into()),
+                ..TokenConfig::new("c", Scope::Admin, "C")
+            },
+            TokenConfig {
+                sources: Some(vec!["s".into()]),
+                ..TokenConfig::new("d", Scope::Admin, "D")
+            },
+            TokenConfig {
+                consumer: Some("lab".into()),
+                ..TokenConfig::new("e", Scope::Consumer, "E")
+            },
+        ];
+        let mut problems = Vec::new();
+        check_token_scopes(&mut problems, &tokens, &[consumer("lab")]);
+        let text = problems.join("\n");
+        for i in 0..4 {
+            assert!(text.contains(&format!("api.tokens[{i}]")), "{text}");
+        }
+        assert!(!text.contains("api.tokens[4]"), "{text}");
     }
 }

@@ -63,9 +63,14 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
     let sim = Sim::start(SimConfig::default()).await;
     let app = app(&ts, &sim).await;
     let admin_only = |p: &str| {
-        ["/v1/subscriptions", "/v1/sources", "/v1/filters"]
-            .iter()
-            .any(|prefix| p.starts_with(prefix))
+        [
+            "/v1/subscriptions",
+            "/v1/sources",
+            "/v1/filters",
+            "/v1/consumers",
+        ]
+        .iter()
+        .any(|prefix| p.starts_with(prefix))
     };
     for (method, path) in documented() {
         let url = format!("{}{}", app.base, concrete(&path));

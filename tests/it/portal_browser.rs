@@ -2,7 +2,8 @@
 //! (`fantoccini` and Debian's `chromedriver`, package `chromium-driver`):
 //! open a portal link, create an endpoint, see a delivery arrive, make the
 //! receiver fail, see the failure and its reason, fix it, retry from the
-//! page, rotate the secret. Skipped without chromedriver unless
+//! page, rotate the secret, read the event catalog; another consumer's
+//! endpoint never shows, nor answers the link's token. Skipped without chromedriver unless
 //! `STAMP_RELAY_REQUIRE_CHROMIUM` is `1` or `true`. With
 //! `STAMP_RELAY_UPDATE_SCREENSHOT=1` it saves docs/portal.png.
 
@@ -13,9 +14,7 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{
-    ADMIN_TOKEN, App, Backend, Sim, TestStore, eventually, free_port, source, wait_synced,
-};
+use crate::harness::{App, Backend, Sim, TestStore, eventually, free_port, source, wait_synced};
 use crate::portal::messages;
 use crate::receiver::{Mode, TestReceiver};
 
@@ -75,7 +74,7 @@ impl Driver {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1280,1000",
+            "--window-size=1280,1400",
             format!("--user-data-dir={}", profile.display()),
         ]);
         let mut caps = serde_json::Map::new();
@@ -192,12 +191,31 @@ async fn portal_manages_an_endpoint_in_chromium() {
         "no inline script"
     );
 
+    // Two consumers; the other one's endpoint must never show.
+    for name in ["care", "records"] {
+        app.post_json("/v1/consumers", &json!({ "name": name }))
+            .await;
+    }
+    let hidden = "https://hooks.example.com/records-only-endpoint";
+    let other: Value = app
+        .post_json("/v1/subscriptions", &json!({"url": hidden, "resources": ["sim/patients"], "consumer": "records", "enabled": false}))
+        .await;
+    let other = other["id"].as_str().unwrap().to_string();
+    let link: Value = app
+        .post_json("/v1/consumers/care/portal-links", &json!({}))
+        .await;
+    let link = link["url"].as_str().unwrap().to_string();
+    let link = if link.starts_with('/') {
+        format!("{}{link}", app.base)
+    } else {
+        link
+    };
+    let token = link.split_once('#').unwrap().1.to_string();
+
     let profile = tempfile::TempDir::new().unwrap();
     let c = driver.session(profile.path()).await;
     // The portal link: the token in the fragment, gone from the address bar.
-    c.goto(&format!("{}/portal/#{ADMIN_TOKEN}", app.base))
-        .await
-        .unwrap();
+    c.goto(&link).await.unwrap();
     wait_status(&c, "Loading: done").await;
     let url = c.current_url().await.unwrap();
     assert!(
@@ -229,8 +247,14 @@ async fn portal_manages_an_endpoint_in_chromium() {
         .to_string();
     rx.set_secrets(&[&secret]);
     let subs: Value = app.get_json("/v1/subscriptions").await;
-    let sub = subs["subscriptions"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(subs["subscriptions"][0]["url"], rx.url);
+    let mine = subs["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["url"] == rx.url.as_str());
+    let mine = mine.expect("the endpoint made in the portal");
+    assert_eq!(mine["consumer"], "care", "{mine}");
+    let sub = mine["id"].as_str().unwrap().to_string();
 
     // A delivery arrives and the log shows it delivered.
     let first = sim.sim.random_writes(Some("patients"), 1).pop().unwrap();
@@ -284,8 +308,50 @@ async fn portal_manages_an_endpoint_in_chromium() {
     assert!(shown.contains(new), "{shown}");
 
     screenshot(&c).await;
+
+    // The catalog lists the types of the tables the consumer may read.
+    click(&c, "nav-catalog").await;
+    wait_status(&c, "Loading: done").await;
+    let catalog = c
+        .find(Locator::Css(
+            "#catalog details[data-type$='patients.updated'] pre",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        catalog.text().await.unwrap().contains("\"id\""),
+        "an example payload"
+    );
+    click(&c, "nav-endpoints").await;
+    wait_status(&c, "Loading: done").await;
+    never_shows(&c, &app, &token, &other, hidden).await;
     c.close().await.unwrap();
     app.stop().await;
+}
+
+/// The other consumer's endpoint is not on the page, and the link's token
+/// gets 404 for it, as for an id that does not exist.
+async fn never_shows(c: &Client, app: &App, token: &str, other: &str, url: &str) {
+    let page = c.source().await.unwrap();
+    assert!(
+        !page.contains(other) && !page.contains(url),
+        "another consumer's endpoint shows"
+    );
+    let rows = c
+        .find_all(Locator::Css("#endpoints tbody tr[data-endpoint]"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "only the consumer's own endpoint is listed");
+    for path in ["", "/messages", "/secret", "/attempts"] {
+        let r = app
+            .http
+            .get(format!("{}/v1/subscriptions/{other}{path}", app.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "GET {path} of another consumer's endpoint");
+    }
 }
 
 /// docs/portal.png, the README's picture, only when asked for.
@@ -293,6 +359,9 @@ async fn screenshot(c: &Client) {
     if !std::env::var("STAMP_RELAY_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
         return;
     }
+    c.execute("document.getElementById('secret').textContent = ''", vec![])
+        .await
+        .unwrap();
     fill(c, "log-record", "").await;
     click(c, "log-search-go").await;
     wait_status(c, "Searching: done").await;
