@@ -319,7 +319,13 @@ async fn portal_manages_an_endpoint_in_chromium() {
         .await
         .unwrap();
     assert!(
-        catalog.text().await.unwrap().contains("\"id\""),
+        // Inside a closed <details>: not shown, so not `text()`.
+        catalog
+            .prop("textContent")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+            .contains("\"id\""),
         "an example payload"
     );
     click(&c, "nav-endpoints").await;
