@@ -164,21 +164,21 @@ pub async fn list(
         };
         out.extend(table_messages(store, &sub, &src, &search, &attempts).await?);
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|m| std::cmp::Reverse(m.0));
     out.truncate(search.limit);
     let messages: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
     Ok(Json(json!({ "messages": messages })))
 }
 
 /// The messages of one table matching `search`, newest last, each keyed
-/// by its observation time for the merge across tables.
+/// by its observation time (then stream id) for the merge across tables.
 async fn table_messages(
     store: &dyn Store,
     sub: &Subscription,
     src: &EventSource,
     search: &Search,
     attempts: &[Attempt],
-) -> ApiResult<Vec<(u64, Value)>> {
+) -> ApiResult<Vec<((u64, StreamId), Value)>> {
     let t = &src.target;
     let facts = facts(store, sub, t).await?;
     let selection = crate::delivery::selection_of(sub, src).map_err(Problem::internal)?;
@@ -193,7 +193,7 @@ async fn table_messages(
     let events = newest(store, t, after, search.limit, wanted).await?;
     Ok(events
         .iter()
-        .map(|e| (e.observed, message(src, e, &facts, attempts)))
+        .map(|e| ((e.observed, e.id), message(src, e, &facts, attempts)))
         .collect())
 }
 

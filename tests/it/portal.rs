@@ -46,7 +46,7 @@ async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) 
     wait_delivered(
         ts.store.as_ref(),
         &rx,
-        &[t.clone()],
+        std::slice::from_ref(&t),
         Duration::from_secs(20),
     )
     .await;
