@@ -17,7 +17,7 @@ pub struct EventSource {
 impl EventSource {
     /// `<prefix>.<resource>.<op>`; for `_relay/health`, `<prefix>.source.<state>`
     /// or `<prefix>.table.<state>` (a record `source/resource`), from the data.
-    fn ty(&self, e: &Event) -> String {
+    pub fn ty(&self, e: &Event) -> String {
         #[derive(serde::Deserialize)]
         struct Transition {
             state: String,

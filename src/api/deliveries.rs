@@ -27,7 +27,10 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// `"beginning"` or `{"source/resource": stamp}`: delivery restarts after these stamps.
-    from: StartSpec,
+    from: Option<StartSpec>,
+    /// RFC 3339: delivery restarts at the first event each table observed
+    /// at or after this time; instead of `from`.
+    from_time: Option<String>,
     /// `from` 0 may begin at the oldest event kept (api/positions.rs).
     #[serde(default)]
     from_oldest_kept: bool,
@@ -41,17 +44,15 @@ pub async fn replay(
 ) -> ApiResult<Json<Value>> {
     let sub = load(&s, &who, &id).await?;
     let targets = sub.resources.of(&known_targets(&s));
-    let positions: BTreeMap<Target, StreamId> = match req.from.parse("from", &targets, false)? {
-        Start::Beginning => targets
-            .iter()
-            .map(|t| (t.clone(), StreamId::ZERO))
-            .collect(),
-        Start::Stamps(m) => m
-            .into_iter()
-            .map(|(t, s)| (t, StreamId::new(s, 0)))
-            .collect(),
-        // Not allowed in a replay: nothing moves.
-        Start::Now => BTreeMap::new(),
+    let positions = match (req.from, req.from_time.as_deref()) {
+        (Some(from), None) => from_stamps(from, &targets)?,
+        (None, Some(time)) => from_time(&s, time, &targets).await?,
+        _ => {
+            return Err(Problem::invalid(
+                "from",
+                "give exactly one of from (stamps) and from_time (RFC 3339)",
+            ));
+        }
     };
     let oldest_kept = req.from_oldest_kept;
     let mut warnings = Vec::new();
@@ -90,6 +91,44 @@ pub async fn replay(
         body["warnings"] = warnings.into();
     }
     Ok(Json(body))
+}
+
+/// Where `from` puts each table: after its stamp, or at its start.
+fn from_stamps(from: StartSpec, targets: &[Target]) -> ApiResult<BTreeMap<Target, StreamId>> {
+    Ok(match from.parse("from", targets, false)? {
+        Start::Beginning => targets
+            .iter()
+            .map(|t| (t.clone(), StreamId::ZERO))
+            .collect(),
+        Start::Stamps(m) => m
+            .into_iter()
+            .map(|(t, s)| (t, StreamId::new(s, 0)))
+            .collect(),
+        // Not allowed in a replay: nothing moves.
+        Start::Now => BTreeMap::new(),
+    })
+}
+
+/// Where `from_time` puts each table: after the last event observed before
+/// that time (at its start when there is none).
+async fn from_time(
+    s: &ApiState,
+    time: &str,
+    targets: &[Target],
+) -> ApiResult<BTreeMap<Target, StreamId>> {
+    let at = humantime::parse_rfc3339_weak(time)
+        .map_err(|e| Problem::invalid("from_time", format!("{time:?} is not RFC 3339: {e}")))?;
+    let at_ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let store = s.shared.store.as_ref();
+    let mut out = BTreeMap::new();
+    for t in targets {
+        let before = super::messages::newest(store, t, StreamId::ZERO, 1, |e| e.observed < at_ms);
+        let after = before.await?.pop().map_or(StreamId::ZERO, |e| e.id);
+        out.insert(t.clone(), after);
+    }
+    Ok(out)
 }
 
 /// Sends a signed ping now and answers with what the receiver said.

@@ -35,7 +35,10 @@ mod deliveries;
 pub mod extract;
 mod health;
 mod live;
+mod messages;
+mod portal;
 mod positions;
+mod preview;
 pub mod principal;
 pub mod problem;
 mod records;
@@ -174,6 +177,13 @@ fn owner_routes(state: &ApiState) -> Router<ApiState> {
         .route("/v1/subscriptions/{id}/test", post(deliveries::test))
         .route("/v1/subscriptions/{id}/retry", post(deliveries::retry))
         .route("/v1/subscriptions/{id}/attempts", get(deliveries::attempts))
+        .route("/v1/subscriptions/{id}/secret", get(subscriptions::secret))
+        .route("/v1/subscriptions/{id}/messages", get(messages::list))
+        .route(
+            "/v1/subscriptions/{id}/messages/{event_id}/retry",
+            post(messages::retry),
+        )
+        .route("/v1/filters/preview", post(preview::preview))
         .route(
             "/v1/subscriptions/{id}/dead-letters",
             get(deliveries::dead_letters),
@@ -241,6 +251,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.yaml", get(openapi))
         .route("/asyncapi.yaml", get(asyncapi))
+        .route("/portal", get(portal::slash))
+        .route("/portal/", get(portal::page))
+        .route("/portal/portal.js", get(portal::script))
+        .route("/portal/portal.css", get(portal::style))
         .route(
             "/",
             get(status::page).route_layer(middleware::from_fn_with_state(
@@ -326,10 +340,9 @@ async fn no_store(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("frame-ancestors 'none'"),
-    );
+    // The portal's files carry their own, stricter policy.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
     r
 }
 

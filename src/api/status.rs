@@ -1,7 +1,8 @@
 //! `GET /`: one server-rendered page (no build step), refreshing itself:
 //! sources and tables counted by health state on top, then the sources a
 //! search picks (`?q=&state=&page=`), worst first, a page at a time, with
-//! their tables, then each subscription. Behind a read token; a browser
+//! their tables, then each consumer's health (linking to its subscriptions,
+//! `?consumer=`), then each subscription. Behind a read token; a browser
 //! sends it as the password of the Basic prompt.
 
 use std::fmt::Write;
@@ -38,6 +39,8 @@ th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}td.n{text-a
 #[derive(Deserialize)]
 pub struct PageQuery {
     q: Option<String>,
+    /// Only this consumer's subscriptions.
+    consumer: Option<String>,
     state: Option<String>,
     page: Option<String>,
 }
@@ -52,7 +55,7 @@ pub async fn page(
     let targets: Vec<_> = tables.iter().map(|t| t.target.clone()).collect();
     let store = s.shared.store.as_ref();
     let overview = status::overview(store, &targets, &query).await?;
-    let subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;
+    let mut subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;
     let mut h = String::new();
     let _ = write!(
         h,
@@ -62,6 +65,11 @@ pub async fn page(
         esc(&store.describe())
     );
     sources(&mut h, &overview, &query);
+    let consumers = s.consumers.list().await?;
+    consumers_health(&mut h, &consumers, &subscriptions);
+    if let Some(c) = pq.consumer.as_deref().filter(|c| !c.is_empty()) {
+        subscriptions.retain(|v| v.sub.consumer == c);
+    }
     let _ = write!(
         h,
         "<h2>Tables</h2><table id=targets><tr><th>table</th><th>cursor</th>\
@@ -83,6 +91,41 @@ pub async fn page(
         .for_each(|v| subscription_row(&mut h, v));
     h.push_str("</table></body></html>");
     Ok(Html(h))
+}
+
+/// Each consumer's health: its subscriptions, how many fail, their dead
+/// letters and the most one trails, linking to its subscriptions below.
+fn consumers_health(
+    h: &mut String,
+    consumers: &[crate::consumer::Consumer],
+    subs: &[SubscriptionView],
+) {
+    h.push_str(
+        "<h2>Consumers</h2><table id=consumers><tr><th>consumer</th><th>subscriptions</th>\
+        <th>failing</th><th>dead letters</th><th>lag (stamps)</th></tr>",
+    );
+    for c in consumers {
+        let own: Vec<&SubscriptionView> =
+            subs.iter().filter(|v| v.sub.consumer == c.name).collect();
+        let failing = own
+            .iter()
+            .filter(|v| !v.sub.enabled || v.delivery_note(now_ms()).is_some())
+            .count();
+        let dead: usize = own.iter().map(|v| v.dead_letters).sum();
+        let lag = own.iter().map(|v| v.lag).max().unwrap_or(0);
+        let mut link = url::form_urlencoded::Serializer::new(String::new());
+        link.append_pair("consumer", &c.name);
+        let _ = write!(
+            h,
+            "<tr data-consumer=\"{name}\"><td><a href=\"?{}#subscriptions\">{name}</a></td><td class=n>{}</td>\
+             <td class=\"n {}\" data-failing>{failing}</td><td class=n data-dead>{dead}</td><td class=n>{lag}</td></tr>",
+            esc(&link.finish()),
+            own.len(),
+            if failing > 0 { "bad" } else { "ok" },
+            name = esc(&c.name),
+        );
+    }
+    h.push_str("</table>");
 }
 
 /// The counts by state, the search form, and the page of sources.
@@ -232,7 +275,7 @@ fn subscription_row(h: &mut String, v: &SubscriptionView) {
     }
     let _ = write!(
         h,
-        "<tr data-subscription=\"{id}\"><td>{id}{managed}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\
+        "<tr data-subscription=\"{id}\" data-consumer=\"{consumer}\"><td>{id}{managed}</td><td>{}</td><td>{state}</td><td class=n data-lag>{}</td>\
          <td class=n data-waiting>{}{paused}</td><td class=n data-dead>{}</td></tr>",
         // The page needs only a read token; a token in the URL stays admin-only.
         esc(&sub.url.for_logs()),
@@ -240,6 +283,7 @@ fn subscription_row(h: &mut String, v: &SubscriptionView) {
         v.waiting_retries,
         v.dead_letters,
         id = esc(&sub.id),
+        consumer = esc(&sub.consumer),
         managed = if sub.managed_by.is_some() {
             " <small>(config)</small>"
         } else {

@@ -444,3 +444,23 @@ pub async fn rotate_secret(
         serde_json::json!({ "id": found.id, "secret": found.secret, "previous_secret_valid_until_ms": until }),
     ))
 }
+
+/// `GET /v1/subscriptions/{id}/secret`: the signing secret, for a receiver
+/// set up after creation (the portal's "reveal"); and the previous one
+/// while its grace after a rotation lasts.
+pub async fn secret(
+    State(s): State<ApiState>,
+    who: Principal,
+    PathParams(id): PathParams<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let found = load(&s, &who, &id).await?;
+    let mut body = serde_json::json!({ "id": found.id, "secret": found.secret });
+    if let Some((old, until)) = &found.previous_secret
+        && *until > now_ms()
+    {
+        body["previous_secret"] = serde_json::json!(old);
+        body["previous_secret_valid_until_ms"] = (*until).into();
+    }
+    tracing::info!(subscription = %id, "subscription secret revealed");
+    Ok(Json(body))
+}

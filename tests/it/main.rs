@@ -40,6 +40,8 @@ mod openapi;
 mod out_of_range;
 mod pace;
 mod ping;
+mod portal;
+mod portal_browser;
 mod positions;
 mod property;
 mod receiver;

@@ -135,6 +135,12 @@ async fn status_page_matches_the_api(ts: TestStore) {
         "{on_row}"
     );
     assert_eq!(cell(&html, "subscription", id, "dead"), "0");
+    // Each consumer's health: here both belong to `default`, one disabled.
+    assert_eq!(cell(&html, "consumer", "default", "failing"), "1");
+    assert!(
+        html.contains("href=\"?consumer=default#subscriptions\""),
+        "a link to its subscriptions"
+    );
     // Disabled from the beginning, it lacks every stamp of the longest table.
     let lag = api["resources"]
         .as_array()

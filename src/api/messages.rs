@@ -1,0 +1,375 @@
+//! The message log of one subscription (`GET /v1/subscriptions/{id}/messages`)
+//! and the retry of one of its events: what the portal's log shows and
+//! does, as API calls anyone with the same token can make.
+//!
+//! A message is an event of a table the subscription covers, after its
+//! start, that its ops and filters pass, with the delivery state read from
+//! the store (position, pending set, dead letters) and the attempts logged
+//! for it. Nothing is stored for the log itself: it is derived, so it never
+//! disagrees with what delivery does.
+
+use std::collections::{HashMap, VecDeque};
+
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    ApiState,
+    extract::{PathParams, QueryParams},
+    principal::Principal,
+    problem::{ApiResult, Problem},
+    subscriptions::{known_targets, load},
+};
+use crate::{
+    cloudevents::EventSource,
+    events::{Event, StreamId, now_ms},
+    filter::EventView,
+    store::{Store, Target},
+    subscription::{
+        Subscription,
+        state::{Attempt, DeadLetter, RetryState},
+    },
+};
+
+/// Events read per page while scanning a table.
+const PAGE: usize = 1000;
+/// The most events one scan reads per table: the log covers the events
+/// after the subscription's start up to this many (the newest it keeps).
+pub const SCAN_LIMIT: usize = 50_000;
+/// Attempts read from the log to pair with the events shown.
+const ATTEMPTS_READ: usize = 1000;
+/// How much of a receiver's answer each attempt shows.
+const EXCERPT: usize = 300;
+
+/// Where one event is in its delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    /// After the subscription's position: not claimed yet.
+    Scheduled,
+    /// Claimed and being sent, no failure yet.
+    Pending,
+    /// Failed at least once, waiting for its next attempt.
+    Retrying,
+    /// Out of retries, kept as a dead letter until redriven or retried.
+    Dead,
+    /// Claimed and settled: the receiver accepted it.
+    Delivered,
+}
+
+impl MessageState {
+    const NAMES: &str = "scheduled, pending, retrying, dead, delivered";
+
+    fn parse(s: &str) -> Option<MessageState> {
+        serde_json::from_value(Value::String(s.into())).ok()
+    }
+}
+
+/// `?record=&type=&state=&limit=`, read as text so a bad value gets a
+/// problem naming it.
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    record: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+/// What a query asks for, checked.
+struct Search {
+    record: Option<String>,
+    ty: Option<String>,
+    state: Option<MessageState>,
+    limit: usize,
+}
+
+impl Search {
+    fn parse(q: MessagesQuery) -> ApiResult<Search> {
+        let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(MessageState::parse(s).ok_or_else(|| {
+                Problem::invalid(
+                    "state",
+                    format!("{s:?} is not one of {}", MessageState::NAMES),
+                )
+            })?),
+        };
+        Ok(Search {
+            record: q.record.filter(|r| !r.is_empty()),
+            ty: q.ty.filter(|t| !t.is_empty()),
+            state,
+            limit: parse_limit(q.limit.as_deref(), 100)?,
+        })
+    }
+}
+
+/// `limit` from 1 to 1000, or `default` when absent.
+pub(super) fn parse_limit(limit: Option<&str>, default: usize) -> ApiResult<usize> {
+    match limit {
+        None => Ok(default),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                Problem::invalid("limit", format!("{l:?} must be an integer from 1 to 1000"))
+            }),
+    }
+}
+
+/// The delivery facts of one table of one subscription.
+struct Facts {
+    position: StreamId,
+    pending: HashMap<StreamId, RetryState>,
+    dead: HashMap<String, DeadLetter>,
+}
+
+impl Facts {
+    fn state_of(&self, e: &Event) -> (MessageState, Option<RetryState>) {
+        if let Some(r) = self.pending.get(&e.id) {
+            let state = if r.attempts > 0 {
+                MessageState::Retrying
+            } else {
+                MessageState::Pending
+            };
+            return (state, Some(*r));
+        }
+        if self.dead.contains_key(&e.id.to_string()) {
+            return (MessageState::Dead, None);
+        }
+        if e.id > self.position {
+            (MessageState::Scheduled, None)
+        } else {
+            (MessageState::Delivered, None)
+        }
+    }
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    who: Principal,
+    PathParams(id): PathParams<String>,
+    QueryParams(q): QueryParams<MessagesQuery>,
+) -> ApiResult<Json<Value>> {
+    let search = Search::parse(q)?;
+    let sub = load(&s, &who, &id).await?;
+    let store = s.shared.store.as_ref();
+    let attempts = store.attempts(&sub.id, ATTEMPTS_READ).await?;
+    let mut out = Vec::new();
+    for t in sub.resources.of(&known_targets(&s)) {
+        let Some(src) = s.shared.event_source(&t) else {
+            continue;
+        };
+        out.extend(table_messages(store, &sub, &src, &search, &attempts).await?);
+    }
+    out.sort_by_key(|m| std::cmp::Reverse(m.0));
+    out.truncate(search.limit);
+    let messages: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+/// The messages of one table matching `search`, newest last, each keyed
+/// by its observation time (then stream id) for the merge across tables.
+async fn table_messages(
+    store: &dyn Store,
+    sub: &Subscription,
+    src: &EventSource,
+    search: &Search,
+    attempts: &[Attempt],
+) -> ApiResult<Vec<((u64, StreamId), Value)>> {
+    let t = &src.target;
+    let facts = facts(store, sub, t).await?;
+    let selection = crate::delivery::selection_of(sub, src).map_err(Problem::internal)?;
+    let wanted = |e: &Event| {
+        (sub.ops.is_empty() || sub.ops.contains(&e.op))
+            && selection.matches(&EventView::new(src, e))
+            && search.record.as_deref().is_none_or(|r| r == e.record)
+            && search.ty.as_deref().is_none_or(|ty| ty == src.ty(e))
+            && search.state.is_none_or(|st| facts.state_of(e).0 == st)
+    };
+    let after = sub.start_of(t).min(facts.position);
+    let events = newest(store, t, after, search.limit, wanted).await?;
+    Ok(events
+        .iter()
+        .map(|e| ((e.observed, e.id), message(src, e, &facts, attempts)))
+        .collect())
+}
+
+async fn facts(store: &dyn Store, sub: &Subscription, t: &Target) -> ApiResult<Facts> {
+    let position = store.position(&sub.id, t).await?.unwrap_or(StreamId::ZERO);
+    let pending = store
+        .pending(&sub.id, t)
+        .await?
+        .into_iter()
+        .map(|(e, r)| (e.id, r))
+        .collect();
+    let name = t.to_string();
+    let dead = store
+        .dead_letters(&sub.id)
+        .await?
+        .into_iter()
+        .filter(|d| d.target == name)
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    Ok(Facts {
+        position,
+        pending,
+        dead,
+    })
+}
+
+/// The newest `keep` events of `t` after `after` that `wanted` passes,
+/// oldest first, reading at most [`SCAN_LIMIT`] events.
+pub(super) async fn newest(
+    store: &dyn Store,
+    t: &Target,
+    after: StreamId,
+    keep: usize,
+    wanted: impl Fn(&Event) -> bool,
+) -> ApiResult<Vec<Event>> {
+    let mut kept = VecDeque::with_capacity(keep);
+    let (mut after, mut read) = (after, 0);
+    while read < SCAN_LIMIT {
+        let page = store.read(t, after, PAGE).await?;
+        read += page.len();
+        let full = page.len() == PAGE;
+        if let Some(last) = page.last() {
+            after = last.id;
+        }
+        for e in page.into_iter().filter(|e| wanted(e)) {
+            if kept.len() == keep {
+                kept.pop_front();
+            }
+            kept.push_back(e);
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(kept.into())
+}
+
+/// One message as the API shows it.
+fn message(src: &EventSource, e: &Event, facts: &Facts, attempts: &[Attempt]) -> Value {
+    let event_id = src.id(e);
+    let (state, retry) = facts.state_of(e);
+    let tries: Vec<Value> = attempts
+        .iter()
+        .filter(|a| a.event_ids.contains(&event_id))
+        .map(attempt_view)
+        .collect();
+    let mut v = json!({
+        "event_id": event_id, "target": src.target.to_string(), "stream_id": e.id.to_string(),
+        "stamp": e.stamp, "record": e.record, "type": src.ty(e), "op": e.op,
+        "observed_ms": e.observed, "state": state, "attempts": tries,
+    });
+    if let Some(r) = retry {
+        v["failures"] = r.attempts.into();
+        v["next_attempt_ms"] = r.next_at_ms.into();
+    }
+    if let Some(d) = facts.dead.get(&e.id.to_string()) {
+        v["failures"] = d.attempts.into();
+        v["last_error"] = d.last_error.clone().into();
+    }
+    v
+}
+
+/// An attempt with its answer cut to an excerpt and the reason it failed.
+fn attempt_view(a: &Attempt) -> Value {
+    let excerpt: String = a.response.chars().take(EXCERPT).collect();
+    json!({
+        "at_ms": a.at_ms, "outcome": a.outcome, "status": a.status, "latency_ms": a.latency_ms,
+        "response_excerpt": excerpt, "error": a.error, "reason": a.failure(),
+    })
+}
+
+/// `POST /v1/subscriptions/{id}/messages/{event_id}/retry`: one event is
+/// sent again, due now, whatever its state: a dead letter leaves the dead
+/// letters, a waiting retry stops waiting, a delivered event is delivered
+/// once more. Order per record holds: a retried event goes through the
+/// pending set like any retry.
+pub async fn retry(
+    State(s): State<ApiState>,
+    who: Principal,
+    PathParams((id, event_id)): PathParams<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let sub = load(&s, &who, &id).await?;
+    let store = s.shared.store.as_ref();
+    let (t, e) = find_event(&s, &sub, &event_id).await?;
+    let facts = facts(store, &sub, &t).await?;
+    let (before, _) = facts.state_of(&e);
+    if before == MessageState::Scheduled {
+        return Err(Problem::new(
+            axum::http::StatusCode::CONFLICT,
+            "not_sent_yet",
+            format!("event {event_id:?} is not claimed yet; it will be sent in its turn"),
+        ));
+    }
+    store.add_pending(&sub.id, &t, &[e.id]).await?;
+    if before == MessageState::Dead {
+        forget_dead_letter(store, &sub.id, &t, e.id).await?;
+    }
+    crate::store::update_subscription(store, &id, |cur| {
+        cur.retry_requested_ms = Some(now_ms());
+        Ok::<_, crate::store::StoreError>(())
+    })
+    .await?;
+    tracing::info!(subscription = %id, event = %event_id, "one event retried");
+    Ok(Json(
+        json!({ "id": sub.id, "event_id": event_id, "was": before, "state": "pending" }),
+    ))
+}
+
+/// Takes one dead letter out: the store takes them all at once, so the
+/// others go back in.
+async fn forget_dead_letter(
+    store: &dyn Store,
+    sub: &str,
+    t: &Target,
+    id: StreamId,
+) -> ApiResult<()> {
+    let (name, id) = (t.to_string(), id.to_string());
+    for d in store.take_dead_letters(sub).await? {
+        if !(d.target == name && d.id == id) {
+            store.dead_letter(sub, &d).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The event with CloudEvents id `<source>:<resource>:<record>:<stamp>` on
+/// a table the subscription covers.
+async fn find_event(
+    s: &ApiState,
+    sub: &Subscription,
+    event_id: &str,
+) -> ApiResult<(Target, Event)> {
+    let missing = || Problem::not_found(format!("no event {event_id:?} for this subscription"));
+    let mut parts = event_id.splitn(3, ':');
+    let (Some(source), Some(resource), Some(rest)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(missing());
+    };
+    let (record, stamp) = rest.rsplit_once(':').ok_or_else(missing)?;
+    let stamp: u64 = stamp.parse().map_err(|_| missing())?;
+    let t = Target::new(source, resource);
+    if !sub.resources.covers(&t) || !known_targets(s).contains(&t) {
+        return Err(missing());
+    }
+    let store = s.shared.store.as_ref();
+    let is_it = |e: &Event| e.stamp == stamp && e.record == record;
+    // Most events sit at their own stamp; a late one under the top stamp
+    // is found by a scan.
+    let after = match stamp {
+        0 => StreamId::ZERO,
+        n => StreamId::new(n - 1, u64::MAX),
+    };
+    let page = store.read(&t, after, 64).await?;
+    let mut found = page.into_iter().find(|e| is_it(e));
+    if found.is_none() {
+        found = newest(store, &t, StreamId::ZERO, 1, is_it).await?.pop();
+    }
+    found.map(|e| (t, e)).ok_or_else(missing)
+}
