@@ -240,6 +240,25 @@ async fn secret_reveal_filter_preview_and_replay_from_a_time(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(early["replaying_after"]["sim/patients"], "0-0", "{early}");
+    // Disabled and back at 0: every event waits its turn, and cannot be retried.
+    let waiting = messages(&app, id, "").await;
+    assert_eq!(waiting.len(), events.len());
+    assert!(
+        waiting.iter().all(|m| m["state"] == "scheduled"),
+        "{waiting:?}"
+    );
+    let first = waiting[0]["event_id"].as_str().unwrap();
+    let r = app
+        .post(
+            &format!("/v1/subscriptions/{id}/messages/{first}/retry"),
+            &json!({}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_retryable_now", "{body}");
     let both = replay(json!({"from": "beginning", "from_time": "2000-01-01T00:00:00Z"})).await;
     assert_eq!(both.status(), 422);
     let garbled = replay(json!({"from_time": "yesterday"})).await;
