@@ -79,6 +79,21 @@ impl Allow {
         source && table
     }
 
+    /// The tables of `coverage` this allow-list does not allow (`"*"` when
+    /// it covers every table and this does not allow everything).
+    pub fn outside(&self, coverage: &crate::subscription::Coverage) -> Vec<String> {
+        use crate::subscription::Coverage;
+        match coverage {
+            Coverage::All if !self.is_everything() => vec!["*".into()],
+            Coverage::All => vec![],
+            Coverage::Only(ts) => ts
+                .iter()
+                .filter(|t| !self.allows(t))
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
     /// The problem with a list, naming `field`: an empty list or entry, or
     /// a table that is not `source/resource`.
     pub fn check(&self, field: &str) -> Result<(), Invalid> {

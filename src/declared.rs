@@ -12,7 +12,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    config::{Config, ConfigError, RawConfig, SourceConfig, SubscriptionConfig},
+    config::{Config, ConfigError, ConsumerConfig, RawConfig, SourceConfig, SubscriptionConfig},
+    consumer::Allow,
     events::{StreamId, now_ms},
     store::{Store, StoreResult, Target, update_subscription},
     subscription::{self as sub, Invalid, ManagedBy, Start, StartSpec, Subscription},
@@ -40,7 +41,7 @@ pub fn problems(raw: &RawConfig) -> Vec<String> {
     raw.subscriptions
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| check(i, c, &raw.sources).err())
+        .filter_map(|(i, c)| check(i, c, &raw.sources, &raw.consumers).err())
         .flatten()
         .collect()
 }
@@ -51,7 +52,7 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (i, decl) in config.subscriptions.iter().enumerate() {
-        match check(i, &decl.settings, &settings) {
+        match check(i, &decl.settings, &settings, &config.consumers) {
             Ok(mut d) => {
                 d.sub.secret = sub::SigningSecret::given(decl.secret.expose());
                 out.push(d);
@@ -108,6 +109,7 @@ fn check(
     i: usize,
     c: &SubscriptionConfig,
     sources: &[SourceConfig],
+    consumers: &[ConsumerConfig],
 ) -> Result<Declared, Vec<String>> {
     let known: Vec<Target> = sources
         .iter()
@@ -136,6 +138,11 @@ fn check(
         });
     if let Ok(f) = &fields {
         sub::validate_fields_alone(c.previous, f).unwrap_or_else(&mut note);
+    }
+    if let Ok(r) = &resources
+        && let Err(e) = within_consumer(c, r, consumers)
+    {
+        note(e);
     }
     let targets = resources.as_ref().map(|r| r.of(&known)).unwrap_or_default();
     if c.previous {
@@ -191,8 +198,45 @@ fn model(
         fields,
         managed_by: Some(ManagedBy::Config),
         retry_requested_ms: None,
-        consumer: sub::DEFAULT_CONSUMER.into(),
+        consumer: c
+            .consumer
+            .clone()
+            .unwrap_or_else(|| sub::DEFAULT_CONSUMER.into()),
     }
+}
+
+/// The entry's consumer is `default` or declared, and its tables lie
+/// within the consumer's lists (as the API checks a request).
+fn within_consumer(
+    c: &SubscriptionConfig,
+    resources: &sub::Coverage,
+    consumers: &[ConsumerConfig],
+) -> Result<(), Invalid> {
+    let name = c.consumer.as_deref().unwrap_or(sub::DEFAULT_CONSUMER);
+    let allow = match consumers.iter().find(|d| d.name == name) {
+        Some(d) => Allow {
+            sources: d.sources.clone(),
+            resources: d.resources.clone(),
+        },
+        None if name == sub::DEFAULT_CONSUMER => Allow::everything(),
+        None => {
+            return Err(Invalid {
+                field: "consumer".into(),
+                message: format!("{name:?} is not a [[consumers]] name (nor \"default\")"),
+            });
+        }
+    };
+    let outside = allow.outside(resources);
+    if outside.is_empty() {
+        return Ok(());
+    }
+    Err(Invalid {
+        field: "resources".into(),
+        message: format!(
+            "{} outside consumer {name:?}'s sources and resources",
+            outside.join(", ")
+        ),
+    })
 }
 
 fn keeps_records(sources: &[SourceConfig], t: &Target) -> bool {
@@ -369,6 +413,7 @@ fn adopt(
     cur.filters.clone_from(&want.filters);
     cur.fields.clone_from(&want.fields);
     cur.managed_by = Some(ManagedBy::Config);
+    cur.consumer.clone_from(&want.consumer);
     if cur.disabled_reason.as_deref() == Some(REMOVED) {
         cur.enabled = true;
         cur.disabled_reason = None;
@@ -390,9 +435,38 @@ mod tests {
             "name": "pc", "base_url": "https://pc.example/api", "resources": ["patients", "users"],
         }))
         .unwrap();
-        let mut d = check(0, &c, &[source]).unwrap();
+        let mut d = check(0, &c, &[source], &[]).unwrap();
         d.sub.secret = "whsec_new".into();
         d.sub
+    }
+
+    #[test]
+    fn an_entry_stays_within_its_consumer() {
+        let c = |consumer: &str| -> SubscriptionConfig {
+            serde_json::from_value(serde_json::json!({
+                "id": "care", "url": "https://care.example/hook", "resources": ["pc/patients"],
+                "secret_env": "X", "consumer": consumer,
+            }))
+            .unwrap()
+        };
+        let source: SourceConfig = serde_json::from_value(serde_json::json!({
+            "name": "pc", "base_url": "https://pc.example/api", "resources": ["patients", "users"],
+        }))
+        .unwrap();
+        let lab = |resources: &str| ConsumerConfig {
+            name: "lab".into(),
+            description: String::new(),
+            sources: vec!["*".into()],
+            resources: vec![resources.into()],
+        };
+        let sources = std::slice::from_ref(&source);
+        let ok = check(0, &c("lab"), sources, &[lab("pc/patients")]).unwrap();
+        assert_eq!(ok.sub.consumer, "lab");
+        let e = check(0, &c("lab"), sources, &[lab("pc/users")]).unwrap_err();
+        assert!(e[0].starts_with("subscriptions[0].resources"), "{e:?}");
+        let e = check(0, &c("nope"), sources, &[]).unwrap_err();
+        assert!(e[0].starts_with("subscriptions[0].consumer"), "{e:?}");
+        assert!(check(0, &c("default"), sources, &[]).is_ok());
     }
 
     #[test]

@@ -150,16 +150,7 @@ pub(super) async fn owner(
 /// A subscription's tables lie within its consumer's allow-list (`["*"]`
 /// only for a consumer that allows everything): 422 naming `resources`.
 pub(super) fn within(c: &Consumer, resources: &crate::subscription::Coverage) -> ApiResult<()> {
-    use crate::subscription::Coverage;
-    let outside: Vec<String> = match resources {
-        Coverage::All if !c.allow.is_everything() => vec!["*".into()],
-        Coverage::All => vec![],
-        Coverage::Only(ts) => ts
-            .iter()
-            .filter(|t| !c.allow.allows(t))
-            .map(ToString::to_string)
-            .collect(),
-    };
+    let outside = c.allow.outside(resources);
     if outside.is_empty() {
         return Ok(());
     }

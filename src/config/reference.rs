@@ -111,6 +111,7 @@ mod tests {
             "id = \"i\"\nurl = \"https://x.example\"\nresources = [\"*\"]\nsecret_env = \"S\"";
         raw.subscriptions
             .push(toml::from_str::<SubscriptionConfig>(sub).unwrap());
+        raw.subscriptions[0].consumer = Some("c".into());
         serde_json::to_value(&raw).unwrap()
     }
 

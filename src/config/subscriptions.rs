@@ -51,6 +51,9 @@ pub struct SubscriptionConfig {
     /// leaving the subscription disabled (docs/replay.md).
     #[serde(default)]
     pub from_oldest_kept: bool,
+    /// The `[[consumers]]` entry it belongs to; absent: `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
 }
 
 /// A `[[subscriptions]]` entry with its secret read from the environment.
