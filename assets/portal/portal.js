@@ -225,7 +225,8 @@ function messageRow(m) {
       await api("POST", path(current.id) + "/messages/" + encodeURIComponent(m.event_id) + "/retry");
       await loadMessages();
     }) });
-  if (m.state === "scheduled") retry.disabled = true;
+  // Not claimed yet, or being sent: the API leaves these alone (409).
+  if (m.state === "scheduled" || m.state === "pending") retry.disabled = true;
   return el("tr", { "data-event": m.event_id, "data-state": m.state },
     el("td", { text: time(m.observed_ms) }), el("td", { text: m.type }), el("td", {}, el("code", { text: m.record })),
     el("td", { class: "state-" + m.state, text: m.state }), el("td", {}, tries), el("td", {}, retry));

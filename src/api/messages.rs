@@ -286,9 +286,9 @@ fn attempt_view(a: &Attempt) -> Value {
 }
 
 /// `POST /v1/subscriptions/{id}/messages/{event_id}/retry`: one event is
-/// sent again, due now, whatever its state: a dead letter leaves the dead
-/// letters, a waiting retry stops waiting, a delivered event is delivered
-/// once more. Order per record holds: a retried event goes through the
+/// sent again, due now: a dead letter leaves the dead letters, a waiting
+/// retry stops waiting, a delivered event is delivered once more. One not
+/// claimed yet or being sent is left alone (409). Order per record holds: a retried event goes through the
 /// pending set like any retry.
 pub async fn retry(
     State(s): State<ApiState>,
@@ -300,11 +300,16 @@ pub async fn retry(
     let (t, e) = find_event(&s, &sub, &event_id).await?;
     let facts = facts(store, &sub, &t).await?;
     let (before, _) = facts.state_of(&e);
-    if before == MessageState::Scheduled {
+    let busy = match before {
+        MessageState::Scheduled => Some("is not claimed yet; it will be sent in its turn"),
+        MessageState::Pending => Some("is being sent now"),
+        _ => None,
+    };
+    if let Some(why) = busy {
         return Err(Problem::new(
             axum::http::StatusCode::CONFLICT,
-            "not_sent_yet",
-            format!("event {event_id:?} is not claimed yet; it will be sent in its turn"),
+            "not_retryable_now",
+            format!("event {event_id:?} {why}"),
         ));
     }
     store.add_pending(&sub.id, &t, &[e.id]).await?;

@@ -21,6 +21,12 @@ pub async fn messages(app: &App, sub: &str, query: &str) -> Vec<Value> {
     body["messages"].as_array().expect("messages").clone()
 }
 
+/// `POST …/messages/{event}/retry`, answered as it comes.
+async fn retry_one(app: &App, sub: &str, event: &str) -> reqwest::Response {
+    let path = format!("/v1/subscriptions/{sub}/messages/{event}/retry");
+    app.post(&path, &json!({})).send().await.unwrap()
+}
+
 on_both_stores!(message_log_shows_states_attempts_and_retries_one_event);
 
 async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) {
@@ -135,14 +141,7 @@ async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) 
         .get_json(&format!("/v1/subscriptions/{sub}/dead-letters"))
         .await;
     assert_eq!(dl["dead_letters"], json!([]));
-    let missing = app
-        .post(
-            &format!("/v1/subscriptions/{sub}/messages/sim:patients:nobody:1/retry"),
-            &json!({}),
-        )
-        .send()
-        .await
-        .unwrap();
+    let missing = retry_one(&app, &sub, "sim:patients:nobody:1").await;
     assert_eq!(missing.status(), 404);
     app.stop().await;
 }
@@ -240,6 +239,18 @@ async fn secret_reveal_filter_preview_and_replay_from_a_time(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(early["replaying_after"]["sim/patients"], "0-0", "{early}");
+    // Disabled and back at 0: every event waits its turn, and cannot be retried.
+    let waiting = messages(&app, id, "").await;
+    assert_eq!(waiting.len(), events.len());
+    assert!(
+        waiting.iter().all(|m| m["state"] == "scheduled"),
+        "{waiting:?}"
+    );
+    let first = waiting[0]["event_id"].as_str().unwrap();
+    let r = retry_one(&app, id, first).await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "not_retryable_now", "{body}");
     let both = replay(json!({"from": "beginning", "from_time": "2000-01-01T00:00:00Z"})).await;
     assert_eq!(both.status(), 422);
     let garbled = replay(json!({"from_time": "yesterday"})).await;
