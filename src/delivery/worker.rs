@@ -212,6 +212,11 @@ impl Worker {
     pub async fn run(self, cancel: CancellationToken) {
         let mut st = self.state();
         while !cancel.is_cancelled() {
+            // Listening for the poller's wake before the step reads the
+            // store, so an append during the step is not waited out.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let pause = match self.step(&mut st, Now::current()).await {
                 Ok(Step::Busy) if !st.full() => continue,
                 // With the window full, another step could only find that
@@ -222,7 +227,7 @@ impl Worker {
                     } else {
                         TICK
                     };
-                    if idle(&mut st, &cancel, &self.wake, wait).await {
+                    if idle(&mut st, &cancel, woken, wait).await {
                         break;
                     }
                     continue;
@@ -341,8 +346,14 @@ pub(super) async fn flush(log: &mpsc::UnboundedSender<Write>) {
     }
 }
 
-/// Waits for an answer, a wake or `wait`; true when cancelled.
-async fn idle(st: &mut State, cancel: &CancellationToken, wake: &Notify, wait: Duration) -> bool {
+/// Waits for an answer, a wake (`woken`, listening since before the step)
+/// or `wait`; true when cancelled.
+async fn idle(
+    st: &mut State,
+    cancel: &CancellationToken,
+    woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    wait: Duration,
+) -> bool {
     let mut changes = st.changes.clone();
     tokio::select! {
         _ = cancel.cancelled() => true,
@@ -353,7 +364,7 @@ async fn idle(st: &mut State, cancel: &CancellationToken, wake: &Notify, wait: D
             }
         } => false,
         _ = st.next_answer() => false,
-        _ = wake.notified() => false,
+        _ = woken => false,
         _ = tokio::time::sleep(wait) => false,
     }
 }

@@ -2,7 +2,8 @@
 //! an append under a lost lease or another epoch answers a [`Refusal`];
 //! `pending()` leaves out entries whose events are gone without removing
 //! them (Redis's `INFO commandstats` shows no write), and the trim that
-//! removed their events drops them.
+//! removed their events drops them. One append classifies each record
+//! against the version before it, also one earlier in the same batch.
 
 use crate::harness::record;
 use std::time::Duration;
@@ -19,7 +20,8 @@ use crate::on_both_stores;
 
 on_both_stores!(
     an_append_under_another_epoch_is_refused_as_data,
-    a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed
+    a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed,
+    one_append_classifies_each_version_against_the_one_before_it
 );
 
 /// Appends `records` as holder `me` under `epoch`.
@@ -147,4 +149,49 @@ async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: Te
             "the trim dropped the pending entries of the events it removed"
         );
     }
+}
+
+/// A batch holding a record's stored version again, a newer one, and that
+/// newer one again: each is compared with the version before it, the last
+/// with the one appended earlier in the same batch.
+async fn one_append_classifies_each_version_against_the_one_before_it(ts: TestStore) {
+    let t = Target::new("sim", "patients");
+    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
+    assert!(
+        ts.store
+            .lease(&t, "me", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(append(&ts, &t, &epoch, &[record("a", 1)]).await.unwrap(), 1);
+    let records = [
+        record("a", 1),
+        record("b", 2),
+        record("a", 3),
+        record("a", 3),
+    ];
+    let batch = AppendBatch {
+        holder: "me",
+        epoch: &epoch,
+        snapshot: false,
+        observed: 1,
+        records: &records,
+        rebase: false,
+    };
+    let out = ts.store.append(&t, batch).await.unwrap();
+    assert_eq!((out.appended(), out.duplicates), (2, 2), "{out:?}");
+    let events = ts.store.read(&t, StreamId::ZERO, 10).await.unwrap();
+    let seen: Vec<(String, String, Option<u64>)> = events
+        .iter()
+        .map(|e| (e.record.clone(), e.op.as_str().to_string(), e.prev))
+        .collect();
+    let want = [
+        ("a", "created", None),
+        ("b", "created", None),
+        ("a", "updated", Some(1)),
+    ]
+    .map(|(r, op, prev)| (r.to_string(), op.to_string(), prev));
+    assert_eq!(seen, want);
+    let entry = ts.store.index_entry(&t, "a").await.unwrap().unwrap();
+    assert_eq!(entry.stamp, 3);
 }

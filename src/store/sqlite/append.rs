@@ -2,6 +2,8 @@
 //! fences, classifies each record against the index, inserts the events
 //! and moves the index entries to point at them.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Failed, Target, check_fences, last_id, records};
@@ -62,8 +64,9 @@ fn append_records(
     let mut last = top;
     top = top.max(batch.issued.unwrap_or_default());
     let mut out = AppendOutcome::default();
+    let mut index = index_entries(c, t, &batch.records)?;
     for r in &batch.records {
-        let prev = index_entry(c, t, &r.id)?;
+        let prev = index.get(r.id.as_str()).copied();
         let op = if batch.rebase {
             events::reclassify(prev, r.stamp, r.deleted)
         } else {
@@ -85,6 +88,13 @@ fn append_records(
         let event = NewEvent { id, op, prev };
         insert_event(c, t, batch, r, &event)?;
         put_index(c, t, r, id)?;
+        // A later version of the record in this chunk finds this one.
+        let entry = IndexEntry {
+            stamp: r.stamp,
+            deleted: r.deleted,
+            at: Some(id),
+        };
+        index.insert(r.id.clone(), entry);
         (top, last) = (id, id);
         out.count(op);
     }
@@ -100,18 +110,47 @@ pub(super) fn index_entry(
     c.prepare_cached(
         "SELECT stamp, deleted, at_stamp, at_seq FROM record_index WHERE source = ?1 AND resource = ?2 AND record = ?3",
     )?
-    .query_row(params![t.source, t.resource, record], |row| {
-        let at = match (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?) {
-            (Some(s), Some(q)) => Some(StreamId::new(s as u64, q as u64)),
-            _ => None,
-        };
-        Ok(IndexEntry {
-            stamp: row.get::<_, i64>(0)? as u64,
-            deleted: row.get(1)?,
-            at,
-        })
-    })
+    .query_row(params![t.source, t.resource, record], |row| entry_at(row, 0))
     .optional()
+}
+
+/// The index entry held in columns `i` (stamp), `i + 1` (deleted) and
+/// `i + 2`, `i + 3` (where its event is).
+fn entry_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<IndexEntry> {
+    let at = match (
+        row.get::<_, Option<i64>>(i + 2)?,
+        row.get::<_, Option<i64>>(i + 3)?,
+    ) {
+        (Some(s), Some(q)) => Some(StreamId::new(s as u64, q as u64)),
+        _ => None,
+    };
+    Ok(IndexEntry {
+        stamp: row.get::<_, i64>(i)? as u64,
+        deleted: row.get(i + 1)?,
+        at,
+    })
+}
+
+/// The index entries of the chunk's records, read in one statement rather
+/// than one lookup per record (the ids go in as one JSON array).
+fn index_entries(
+    c: &Connection,
+    t: &Target,
+    records: &[crate::record::UpstreamRecord],
+) -> rusqlite::Result<HashMap<String, IndexEntry>> {
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let ids = serde_json::to_string(&ids)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    let mut q = c.prepare_cached(
+        "SELECT record, stamp, deleted, at_stamp, at_seq FROM record_index
+         WHERE source = ?1 AND resource = ?2 AND record IN (SELECT value FROM json_each(?3))",
+    )?;
+    let mut found = HashMap::with_capacity(records.len());
+    let mut rows = q.query(params![t.source, t.resource, ids])?;
+    while let Some(row) = rows.next()? {
+        found.insert(row.get(0)?, entry_at(row, 1)?);
+    }
+    Ok(found)
 }
 
 /// Every entry of the table's index, with its record id.
