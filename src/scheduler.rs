@@ -3,17 +3,17 @@
 //! (`poll.max_concurrent`), instead of a task and a timer per table.
 //!
 //! A table is due at its last poll's end plus its interval (after a failed
-//! poll, a backoff). At start each table's first poll is spread over its
-//! interval by a stable offset (a hash of its name), so ten thousand tables
-//! do not poll at one instant; a table added later is due at once, and a
-//! nudge makes a source's tables due now. Between polls a table is one
+//! poll, a backoff). At start each table's first due time comes from the
+//! last poll the store remembers (resume.rs): at once for a table never
+//! loaded, at that poll's end plus the interval otherwise, so a restart
+//! neither polls everything at once nor delays it by an interval. A table
+//! added later is due at once, and a nudge makes a source's tables due now. Between polls a table is one
 //! entry in a heap: no task, no timer. [`Poller::poll_once`] stays the unit
 //! of work; the pool runs one at a time per table.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -21,6 +21,7 @@ use std::{
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+mod resume;
 mod share;
 use share::Share;
 
@@ -91,7 +92,8 @@ impl Scheduler {
         let mut changes = self.topology.subscribe();
         let start = Instant::now();
         let mut share = Share::new(start);
-        self.follow(&mut slots, &mut queue, &mut built, Some(start));
+        let found = self.follow(&mut slots, &mut queue, &mut built, Some(start));
+        let mut resuming = Some(resume::look_up(self.store.clone(), found, start));
         self.beat(&mut share, &mut slots, &mut queue).await;
         while !cancel.is_cancelled() {
             self.start_due(&mut slots, &mut queue, &mut running, &share, &cancel);
@@ -111,6 +113,10 @@ impl Scheduler {
                     self.follow(&mut slots, &mut queue, &mut built, None);
                 },
                 () = self.topology.nudged() => self.nudges(&mut slots, &mut queue),
+                resumed = next_resumed(&mut resuming) => match resumed {
+                    Some((t, due)) => resume(&mut slots, &mut queue, t, due),
+                    None => resuming = None,
+                },
             }
         }
         let mut stopped: Vec<Poller> = Vec::new();
@@ -278,15 +284,16 @@ impl Scheduler {
     }
 
     /// Brings the schedule in line with the topology: new polled tables
-    /// are scheduled (spread over their interval at `start`, else due at
-    /// once), removed and paused ones leave it.
+    /// are scheduled (due at once, or at `start` parked until their stored
+    /// last poll tells when: the tables it returns, with their intervals),
+    /// removed and paused ones leave it.
     fn follow(
         &self,
         slots: &mut HashMap<Target, Slot>,
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
         built: &mut HashMap<Target, Poller>,
         start: Option<Instant>,
-    ) {
+    ) -> Vec<(Target, Duration)> {
         let now = self.topology.snapshot();
         let leaving: Vec<Target> = slots
             .iter()
@@ -306,6 +313,7 @@ impl Scheduler {
                 self.retire(poller);
             }
         }
+        let mut found = Vec::new();
         for (t, table) in now.tables.iter().filter(|(_, table)| table.polled()) {
             if slots.contains_key(t) {
                 continue;
@@ -313,7 +321,11 @@ impl Scheduler {
             let poller = built.remove(t).or_else(|| self.poller_of(table));
             let Some(poller) = poller else { continue };
             let due = match start {
-                Some(start) => start + offset(t, poller.interval()),
+                Some(start) => {
+                    // Parked past any due time its last poll can give.
+                    found.push((t.clone(), poller.interval()));
+                    start + 2 * poller.interval() + Duration::from_secs(1)
+                }
                 None => Instant::now(),
             };
             // Ready from the start: readiness must not race the first poll.
@@ -328,6 +340,7 @@ impl Scheduler {
             };
             slots.insert(t.clone(), slot);
         }
+        found
     }
 
     /// Makes the tables of every nudged source due now.
@@ -376,12 +389,31 @@ fn holding(slots: &HashMap<Target, Slot>) -> usize {
         .count()
 }
 
-/// A stable offset of `t` within `interval`: where its first poll falls.
-fn offset(t: &Target, interval: Duration) -> Duration {
-    let mut h = DefaultHasher::new();
-    t.hash(&mut h);
-    let nanos = interval.as_nanos().max(1) as u64;
-    Duration::from_nanos(h.finish() % nanos)
+/// Files the first due time of a table found at the start, unless it is
+/// due sooner already (a nudge, a takeover) or its poll runs.
+fn resume(
+    slots: &mut HashMap<Target, Slot>,
+    queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+    t: Target,
+    due: Instant,
+) {
+    let Some(slot) = slots.get_mut(&t) else {
+        return;
+    };
+    if slot.poller.is_some() && due < slot.due {
+        slot.due = due;
+        queue.push(Reverse((due, t)));
+    }
+}
+
+/// The next first due time found at the start; never, once all came.
+async fn next_resumed(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<resume::Resumed>>,
+) -> Option<resume::Resumed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(due: Option<Instant>) {
