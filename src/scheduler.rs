@@ -92,8 +92,10 @@ impl Scheduler {
         let mut changes = self.topology.subscribe();
         let start = Instant::now();
         let mut share = Share::new(start);
-        let found = self.follow(&mut slots, &mut queue, &mut built, Some(start));
-        let mut resuming = Some(resume::look_up(self.store.clone(), found, start));
+        // First due times, read from the store for every table scheduled.
+        let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
+        let found = self.follow(&mut slots, &mut queue, &mut built);
+        resume::look_up(self.store.clone(), found, found_tx.clone());
         self.beat(&mut share, &mut slots, &mut queue).await;
         while !cancel.is_cancelled() {
             self.start_due(&mut slots, &mut queue, &mut running, &share, &cancel);
@@ -110,13 +112,11 @@ impl Scheduler {
                     self.beat(&mut share, &mut slots, &mut queue).await;
                 }
                 changed = changes.changed() => if changed.is_ok() {
-                    self.follow(&mut slots, &mut queue, &mut built, None);
+                    let found = self.follow(&mut slots, &mut queue, &mut built);
+                    resume::look_up(self.store.clone(), found, found_tx.clone());
                 },
                 () = self.topology.nudged() => self.nudges(&mut slots, &mut queue),
-                resumed = next_resumed(&mut resuming) => match resumed {
-                    Some((t, due)) => resume(&mut slots, &mut queue, t, due),
-                    None => resuming = None,
-                },
+                Some((t, due)) = found_rx.recv() => resume(&mut slots, &mut queue, t, due),
             }
         }
         let mut stopped: Vec<Poller> = Vec::new();
@@ -284,15 +284,15 @@ impl Scheduler {
     }
 
     /// Brings the schedule in line with the topology: new polled tables
-    /// are scheduled (due at once, or at `start` parked until their stored
-    /// last poll tells when: the tables it returns, with their intervals),
-    /// removed and paused ones leave it.
+    /// are scheduled, parked until their stored last poll tells when they
+    /// are due (the tables it returns, with their intervals); removed and
+    /// paused ones leave it. A table whose source changed is scheduled
+    /// anew, from its last poll too.
     fn follow(
         &self,
         slots: &mut HashMap<Target, Slot>,
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
         built: &mut HashMap<Target, Poller>,
-        start: Option<Instant>,
     ) -> Vec<(Target, Duration)> {
         let now = self.topology.snapshot();
         let leaving: Vec<Target> = slots
@@ -320,14 +320,9 @@ impl Scheduler {
             }
             let poller = built.remove(t).or_else(|| self.poller_of(table));
             let Some(poller) = poller else { continue };
-            let due = match start {
-                Some(start) => {
-                    // Parked past any due time its last poll can give.
-                    found.push((t.clone(), poller.interval()));
-                    start + 2 * poller.interval() + Duration::from_secs(1)
-                }
-                None => Instant::now(),
-            };
+            // Parked past any due time its last poll can give.
+            found.push((t.clone(), poller.interval()));
+            let due = Instant::now() + 2 * poller.interval() + Duration::from_secs(1);
             // Ready from the start: readiness must not race the first poll.
             table.status.running.store(true, Ordering::Relaxed);
             queue.push(Reverse((due, t.clone())));
@@ -389,7 +384,7 @@ fn holding(slots: &HashMap<Target, Slot>) -> usize {
         .count()
 }
 
-/// Files the first due time of a table found at the start, unless it is
+/// Files the first due time of a table just scheduled, unless it is
 /// due sooner already (a nudge, a takeover) or its poll runs.
 fn resume(
     slots: &mut HashMap<Target, Slot>,
@@ -403,16 +398,6 @@ fn resume(
     if slot.poller.is_some() && due < slot.due {
         slot.due = due;
         queue.push(Reverse((due, t)));
-    }
-}
-
-/// The next first due time found at the start; never, once all came.
-async fn next_resumed(
-    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<resume::Resumed>>,
-) -> Option<resume::Resumed> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -1,5 +1,6 @@
-//! When each table found at the scheduler's start is first due, from the
-//! last poll the store remembers (whichever instance or run made it):
+//! When each table the scheduler takes on (at its start, or added, resumed
+//! or changed later) is first due, from the last poll the store remembers
+//! (whichever instance or run made it):
 //!
 //! - never loaded (no poll status, or no poll of it ever succeeded): at
 //!   once, within the pool and the host budgets;
@@ -30,6 +31,9 @@ use crate::{
     store::{PollStatus, Store, Target},
 };
 
+/// Overdue tables are spread over a tenth of their interval, at most this.
+const OVERDUE_SPREAD: Duration = Duration::from_secs(5);
+
 /// Status reads in flight at once.
 const READS: usize = 64;
 
@@ -37,13 +41,15 @@ const READS: usize = 64;
 pub(super) type Resumed = (Target, Instant);
 
 /// Reads the last poll of each of `tables` (with its interval) and sends
-/// their due times, measured from `start`.
+/// their due times to `tx`.
 pub(super) fn look_up(
     store: Arc<dyn Store>,
     tables: Vec<(Target, Duration)>,
-    start: Instant,
-) -> mpsc::UnboundedReceiver<Resumed> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    tx: mpsc::UnboundedSender<Resumed>,
+) {
+    if tables.is_empty() {
+        return;
+    }
     tokio::spawn(async move {
         let mut reads = stream::iter(tables)
             .map(|(t, interval)| {
@@ -59,7 +65,7 @@ pub(super) fn look_up(
                 Ok(status) => due_at(&t, status.as_ref(), interval, now_ms(), Instant::now()),
                 Err(e) => {
                     tracing::debug!(target = %t, error = %e, "cannot read the last poll; spreading the first over the interval");
-                    start + offset(&t, interval)
+                    Instant::now() + offset(&t, interval)
                 }
             };
             if tx.send((t, due)).is_err() {
@@ -67,7 +73,6 @@ pub(super) fn look_up(
             }
         }
     });
-    rx
 }
 
 /// When `t` is first due, from its stored last poll, at `now_ms` (unix
@@ -86,7 +91,7 @@ fn due_at(
     if s.error.is_none() && next > now_ms {
         return now + Duration::from_millis(next - now_ms);
     }
-    now + offset(t, interval / 10)
+    now + offset(t, (interval / 10).min(OVERDUE_SPREAD))
 }
 
 /// A stable offset of `t` within `within`.

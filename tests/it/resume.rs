@@ -49,7 +49,9 @@ async fn a_restart_polls_again_at_the_last_poll_plus_the_interval(ts: TestStore)
     })
     .await;
     let started = now_ms();
-    let app = App::spawn(&ts, vec![named("a", &sim)]).await;
+    // One instance, restarted under its own name.
+    let same = |c: &mut stamp_relay::config::Config| c.store.instance_id = "steady".into();
+    let app = App::spawn_with(&ts, vec![named("a", &sim)], same).await;
     eventually("every table loaded", INTERVAL, async || {
         polled(&ts, "a").await.len() == TABLES.len()
     })
@@ -58,7 +60,11 @@ async fn a_restart_polls_again_at_the_last_poll_plus_the_interval(ts: TestStore)
     for (r, at) in &first {
         // Spread over the interval, all five would land this early with
         // odds of 1 in 1,000.
-        assert!(*at < started + 5_000, "{r}: first polled {} ms after the start", at - started);
+        assert!(
+            *at < started + 5_000,
+            "{r}: first polled {} ms after the start",
+            at - started
+        );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     app.stop().await;
@@ -70,18 +76,28 @@ async fn a_restart_polls_again_at_the_last_poll_plus_the_interval(ts: TestStore)
     })
     .await;
     let restarted = now_ms();
-    let app = App::spawn(&ts, vec![named("a", &sim), named("b", &other)]).await;
+    let app = App::spawn_with(&ts, vec![named("a", &sim), named("b", &other)], same).await;
     eventually("the new source loaded", INTERVAL, async || {
         polled(&ts, "b").await.len() == TABLES.len()
     })
     .await;
     for (r, at) in polled(&ts, "b").await {
-        assert!(at < restarted + 5_000, "b/{r}: first polled {} ms after the restart", at - restarted);
+        assert!(
+            at < restarted + 5_000,
+            "b/{r}: first polled {} ms after the restart",
+            at - restarted
+        );
     }
-    eventually("the tables polled before poll again", INTERVAL * 2, async || {
-        let now = polled(&ts, "a").await;
-        first.iter().all(|(r, at)| now.get(r).is_some_and(|n| n > at))
-    })
+    eventually(
+        "the tables polled before poll again",
+        INTERVAL * 2,
+        async || {
+            let now = polled(&ts, "a").await;
+            first
+                .iter()
+                .all(|(r, at)| now.get(r).is_some_and(|n| n > at))
+        },
+    )
     .await;
     let again = polled(&ts, "a").await;
     let due = INTERVAL.as_millis() as u64;

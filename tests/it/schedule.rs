@@ -87,7 +87,10 @@ async fn a_rate_limited_host_holds_back_only_itself() {
         rate_limit_rate: 1.0,
         ..Faults::default()
     });
-    let sources = vec![named("limited", &limited, 100), named("healthy", &healthy, 100)];
+    let sources = vec![
+        named("limited", &limited, 100),
+        named("healthy", &healthy, 100),
+    ];
     let app = App::spawn(&ts, sources).await;
     eventually("both hosts polled", Duration::from_secs(30), async || {
         limited.sim.traffic().total > 0 && healthy.sim.traffic().total > 0
@@ -95,9 +98,11 @@ async fn a_rate_limited_host_holds_back_only_itself() {
     .await;
     let (l0, h0) = (limited.sim.traffic().total, healthy.sim.traffic().total);
     // Held back a second after each 429: a few seconds for ten requests.
-    eventually("more requests to the rate-limited host", Duration::from_secs(60), async || {
-        limited.sim.traffic().total >= l0 + 10
-    })
+    eventually(
+        "more requests to the rate-limited host",
+        Duration::from_secs(60),
+        async || limited.sim.traffic().total >= l0 + 10,
+    )
     .await;
     let (l1, h1) = (limited.sim.traffic().total, healthy.sim.traffic().total);
     // Five tables every 100 ms: some forty requests a second, against
@@ -111,12 +116,16 @@ async fn a_rate_limited_host_holds_back_only_itself() {
     let t = Target::new("healthy", "patients");
     let written = healthy.sim.random_writes(Some("patients"), 3);
     let top = written.iter().map(|w| w.stamp).max().unwrap();
-    eventually("the healthy source's write lands", Duration::from_secs(10), async || {
-        all_events(ts.store.as_ref(), &t)
-            .await
-            .last()
-            .is_some_and(|e| e.stamp >= top)
-    })
+    eventually(
+        "the healthy source's write lands",
+        Duration::from_secs(10),
+        async || {
+            all_events(ts.store.as_ref(), &t)
+                .await
+                .last()
+                .is_some_and(|e| e.stamp >= top)
+        },
+    )
     .await;
     app.stop().await;
 }
@@ -155,9 +164,11 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
     // slow polls fill the pool but for one slot the quiet sources share.
     let app = App::spawn_with(&ts, sources, |c| c.poll.max_concurrent = 6).await;
     let loaded = Target::new("noisy", "patients");
-    eventually("the noisy source loaded", Duration::from_secs(60), async || {
-        all_events(ts.store.as_ref(), &loaded).await.len() >= 20
-    })
+    eventually(
+        "the noisy source loaded",
+        Duration::from_secs(60),
+        async || all_events(ts.store.as_ref(), &loaded).await.len() >= 20,
+    )
     .await;
     noisy.sim.set_faults(Faults {
         slow_rate: 1.0,
@@ -209,7 +220,10 @@ fn tops(written: &[stamp_relay_simulator::Applied]) -> Vec<(String, u64)> {
 /// Whether every stream holds its write.
 async fn reached(ts: &TestStore, tops: &[(Target, u64)]) -> bool {
     for (t, top) in tops {
-        let last = all_events(ts.store.as_ref(), t).await.last().map(|e| e.stamp);
+        let last = all_events(ts.store.as_ref(), t)
+            .await
+            .last()
+            .map(|e| e.stamp);
         if last.is_none_or(|s| s < *top) {
             return false;
         }
