@@ -33,12 +33,12 @@ fn clients() -> &'static Mutex<HashMap<Key, reqwest::Client>> {
 /// source's setting.
 pub fn client_for(source: &Source) -> anyhow::Result<reqwest::Client> {
     let s = &source.settings;
-    let ca = match &s.tls_ca_file {
-        // Read here only to tell the file's versions apart; a file that
-        // cannot be read is reported by the build below.
-        Some(p) => Some((p.clone(), std::fs::read(p).unwrap_or_default())),
-        None => None,
-    };
+    // Read here only to tell the file's versions apart; a file that
+    // cannot be read is reported by the build below.
+    let ca = s
+        .tls_ca_file
+        .as_ref()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap_or_default()));
     let key = Key {
         request_timeout: s.request_timeout,
         proxy: s.proxy.clone(),
