@@ -3,17 +3,17 @@
 //! (`poll.max_concurrent`), instead of a task and a timer per table.
 //!
 //! A table is due at its last poll's end plus its interval (after a failed
-//! poll, a backoff). At start each table's first poll is spread over its
-//! interval by a stable offset (a hash of its name), so ten thousand tables
-//! do not poll at one instant; a table added later is due at once, and a
-//! nudge makes a source's tables due now. Between polls a table is one
+//! poll, a backoff). At start each table's first due time comes from the
+//! last poll the store remembers (resume.rs): at once for a table never
+//! loaded, at that poll's end plus the interval otherwise, so a restart
+//! neither polls everything at once nor delays it by an interval. A table
+//! added later is due at once, and a nudge makes a source's tables due now. Between polls a table is one
 //! entry in a heap: no task, no timer. [`Poller::poll_once`] stays the unit
 //! of work; the pool runs one at a time per table.
 
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    hash::{DefaultHasher, Hash, Hasher},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -21,6 +21,7 @@ use std::{
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+mod resume;
 mod share;
 use share::Share;
 
@@ -91,7 +92,10 @@ impl Scheduler {
         let mut changes = self.topology.subscribe();
         let start = Instant::now();
         let mut share = Share::new(start);
-        self.follow(&mut slots, &mut queue, &mut built, Some(start));
+        // First due times, read from the store for every table scheduled.
+        let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
+        let found = self.follow(&mut slots, &mut queue, &mut built);
+        resume::look_up(self.store.clone(), found, found_tx.clone());
         self.beat(&mut share, &mut slots, &mut queue).await;
         while !cancel.is_cancelled() {
             self.start_due(&mut slots, &mut queue, &mut running, &share, &cancel);
@@ -108,9 +112,11 @@ impl Scheduler {
                     self.beat(&mut share, &mut slots, &mut queue).await;
                 }
                 changed = changes.changed() => if changed.is_ok() {
-                    self.follow(&mut slots, &mut queue, &mut built, None);
+                    let found = self.follow(&mut slots, &mut queue, &mut built);
+                    resume::look_up(self.store.clone(), found, found_tx.clone());
                 },
                 () = self.topology.nudged() => self.nudges(&mut slots, &mut queue),
+                Some((t, due)) = found_rx.recv() => resume(&mut slots, &mut queue, t, due),
             }
         }
         let mut stopped: Vec<Poller> = Vec::new();
@@ -278,15 +284,16 @@ impl Scheduler {
     }
 
     /// Brings the schedule in line with the topology: new polled tables
-    /// are scheduled (spread over their interval at `start`, else due at
-    /// once), removed and paused ones leave it.
+    /// are scheduled, parked until their stored last poll tells when they
+    /// are due (the tables it returns, with their intervals); removed and
+    /// paused ones leave it. A table whose source changed is scheduled
+    /// anew, from its last poll too.
     fn follow(
         &self,
         slots: &mut HashMap<Target, Slot>,
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
         built: &mut HashMap<Target, Poller>,
-        start: Option<Instant>,
-    ) {
+    ) -> Vec<(Target, Duration)> {
         let now = self.topology.snapshot();
         let leaving: Vec<Target> = slots
             .iter()
@@ -306,16 +313,16 @@ impl Scheduler {
                 self.retire(poller);
             }
         }
+        let mut found = Vec::new();
         for (t, table) in now.tables.iter().filter(|(_, table)| table.polled()) {
             if slots.contains_key(t) {
                 continue;
             }
             let poller = built.remove(t).or_else(|| self.poller_of(table));
             let Some(poller) = poller else { continue };
-            let due = match start {
-                Some(start) => start + offset(t, poller.interval()),
-                None => Instant::now(),
-            };
+            // Parked past any due time its last poll can give.
+            found.push((t.clone(), poller.interval()));
+            let due = Instant::now() + 2 * poller.interval() + Duration::from_secs(1);
             // Ready from the start: readiness must not race the first poll.
             table.status.running.store(true, Ordering::Relaxed);
             queue.push(Reverse((due, t.clone())));
@@ -328,6 +335,7 @@ impl Scheduler {
             };
             slots.insert(t.clone(), slot);
         }
+        found
     }
 
     /// Makes the tables of every nudged source due now.
@@ -376,12 +384,21 @@ fn holding(slots: &HashMap<Target, Slot>) -> usize {
         .count()
 }
 
-/// A stable offset of `t` within `interval`: where its first poll falls.
-fn offset(t: &Target, interval: Duration) -> Duration {
-    let mut h = DefaultHasher::new();
-    t.hash(&mut h);
-    let nanos = interval.as_nanos().max(1) as u64;
-    Duration::from_nanos(h.finish() % nanos)
+/// Files the first due time of a table just scheduled, unless it is
+/// due sooner already (a nudge, a takeover) or its poll runs.
+fn resume(
+    slots: &mut HashMap<Target, Slot>,
+    queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+    t: Target,
+    due: Instant,
+) {
+    let Some(slot) = slots.get_mut(&t) else {
+        return;
+    };
+    if slot.poller.is_some() && due < slot.due {
+        slot.due = due;
+        queue.push(Reverse((due, t)));
+    }
 }
 
 async fn sleep_until(due: Option<Instant>) {

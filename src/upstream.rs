@@ -1,4 +1,5 @@
-//! The upstream client: one per source. Authenticates (OAuth client
+//! The upstream client: one per source (over an HTTP client shared by
+//! sources with the same settings, `clients.rs`). Authenticates (OAuth client
 //! credentials, basic, static bearer or none), fetches list pages, and
 //! retries transient failures with backoff, jitter and `Retry-After`.
 
@@ -80,6 +81,7 @@ struct Token {
 }
 
 pub mod budget;
+mod clients;
 
 pub struct Upstream {
     http: reqwest::Client,
@@ -100,20 +102,7 @@ impl Upstream {
         source: Source,
         budget: std::sync::Arc<budget::Budget>,
     ) -> anyhow::Result<Upstream> {
-        let builder = reqwest::Client::builder()
-            .timeout(source.settings.request_timeout)
-            .connect_timeout(Duration::from_secs(10).min(source.settings.request_timeout))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")));
-        let key = format!("sources.{}.tls_ca_file", source.name());
-        let builder =
-            crate::http::trust_ca_file(builder, source.settings.tls_ca_file.as_deref(), &key)?;
-        // Only the configured proxy, never one from the environment.
-        let http = match &source.settings.proxy {
-            Some(p) => builder.proxy(reqwest::Proxy::all(p)?),
-            None => builder.no_proxy(),
-        }
-        .build()?;
+        let http = clients::client_for(&source)?;
         Ok(Upstream {
             http,
             source,

@@ -255,8 +255,10 @@ async fn idle(
     tables: usize,
 ) -> anyhow::Result<()> {
     let window = args.idle_window.unwrap_or(args.interval);
-    // The polls that follow the initial load come one interval after it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The polls that follow the initial load come one interval after it,
+    // with the sweep that follows every `pages` load: one interval later
+    // the relay runs as it does from then on.
+    tokio::time::sleep(args.interval + Duration::from_secs(2)).await;
     let pids: Vec<u32> = instances.iter().map(|i| i.process.0.id()).collect();
     let cpu0: Vec<f64> = pids.iter().map(|&p| usage(p).0).collect();
     let redis0 = commandstats(redis_url).await?;
@@ -382,14 +384,14 @@ async fn takeover(
     for (holder, _) in holders().await.into_iter().flatten() {
         let name = instances
             .iter()
-            .find(|i| holder.starts_with(&format!("{}-", i.name)))
+            .find(|i| is_instance(&holder, &i.name))
             .map_or(holder.clone(), |i| i.name.clone());
         *split.entry(name).or_default() += 1;
     }
     let mut split: Vec<_> = split.into_iter().collect();
     split.sort();
     println!("  split of the tables (holder of each table's last poll): {split:?}");
-    let survivor = format!("{}-", instances[1].name);
+    let survivor = instances[1].name.clone();
     instances[0].process.0.kill()?;
     let (killed, killed_ms) = (Instant::now(), now_ms());
     loop {
@@ -397,7 +399,7 @@ async fn takeover(
             .await
             .into_iter()
             .flatten()
-            .filter(|(h, at)| h.starts_with(&survivor) && *at >= killed_ms)
+            .filter(|(h, at)| is_instance(h, &survivor) && *at >= killed_ms)
             .count();
         if done == tables.len() {
             break;
@@ -417,4 +419,10 @@ async fn takeover(
         cfg.lease_ttl.as_secs_f64() + 5.0
     );
     Ok(())
+}
+
+/// Whether a lease holder is the instance `name`: its name, or its name
+/// with a suffix (`<name>-<pid>`).
+fn is_instance(holder: &str, name: &str) -> bool {
+    holder == name || holder.starts_with(&format!("{name}-"))
 }

@@ -49,6 +49,7 @@ mod receivers;
 mod records;
 mod redrive;
 mod reset;
+mod resume;
 mod retention;
 mod retries;
 mod retry_now;

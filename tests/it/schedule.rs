@@ -1,6 +1,7 @@
 //! The scheduler's promises: the request budget of an upstream host holds
-//! over every table polling it, and a noisy source (many writes, slow
-//! pages) does not hold quiet sources back past their interval.
+//! over every table polling it, a 429 holds back its host only, and a
+//! noisy source (many writes, slow pages) does not hold quiet sources back
+//! past their interval.
 
 use std::time::Duration;
 
@@ -66,21 +67,80 @@ async fn the_host_budget_holds_over_every_table_on_it() {
     app.stop().await;
 }
 
-/// A noisy source (ten times the writes, every page slow) beside quiet
-/// sources on other hosts: the quiet sources' writes keep arriving.
+/// Two sources on two hosts (ports); one answers every request 429 with
+/// `Retry-After: 1`: its host is held back, the other keeps polling at its
+/// interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_host_holds_back_only_itself() {
+    let ts = TestStore::open(Backend::Sqlite).await.unwrap();
+    let limited = Sim::start(SimConfig {
+        initial: initial(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let healthy = Sim::start(SimConfig {
+        initial: initial(5),
+        ..SimConfig::default()
+    })
+    .await;
+    limited.sim.set_faults(Faults {
+        rate_limit_rate: 1.0,
+        ..Faults::default()
+    });
+    let sources = vec![
+        named("limited", &limited, 100),
+        named("healthy", &healthy, 100),
+    ];
+    let app = App::spawn(&ts, sources).await;
+    eventually("both hosts polled", Duration::from_secs(30), async || {
+        limited.sim.traffic().total > 0 && healthy.sim.traffic().total > 0
+    })
+    .await;
+    let (l0, h0) = (limited.sim.traffic().total, healthy.sim.traffic().total);
+    // Held back a second after each 429: a few seconds for ten requests.
+    eventually(
+        "more requests to the rate-limited host",
+        Duration::from_secs(60),
+        async || limited.sim.traffic().total >= l0 + 10,
+    )
+    .await;
+    let (l1, h1) = (limited.sim.traffic().total, healthy.sim.traffic().total);
+    // Five tables every 100 ms: some forty requests a second, against
+    // about five while the other host is held back.
+    assert!(
+        h1 - h0 >= 3 * (l1 - l0),
+        "the healthy host got {} requests while the rate-limited one got {}",
+        h1 - h0,
+        l1 - l0
+    );
+    let t = Target::new("healthy", "patients");
+    let written = healthy.sim.random_writes(Some("patients"), 3);
+    let top = written.iter().map(|w| w.stamp).max().unwrap();
+    eventually(
+        "the healthy source's write lands",
+        Duration::from_secs(10),
+        async || {
+            all_events(ts.store.as_ref(), &t)
+                .await
+                .last()
+                .is_some_and(|e| e.stamp >= top)
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// A noisy source (ten times the writes, every page slow, small pages)
+/// beside quiet sources on other hosts: each round, every quiet source's
+/// write lands before the noisy source's walk of its own writes ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_source_does_not_hold_quiet_ones_back() {
     let ts = TestStore::open(Backend::Sqlite).await.unwrap();
     let noisy = Sim::start(SimConfig {
-        initial: initial(300),
+        initial: initial(20),
         ..SimConfig::default()
     })
     .await;
-    noisy.sim.set_faults(Faults {
-        slow_rate: 1.0,
-        slow_ms: 400,
-        ..Faults::default()
-    });
     let quiet: Vec<Sim> = futures_util::future::join_all((0..3).map(|_| {
         Sim::start(SimConfig {
             initial: initial(5),
@@ -88,7 +148,12 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
         })
     }))
     .await;
-    let mut sources = vec![named("noisy", &noisy, 100)];
+    // Pages of ten: each round's 100 writes are a walk of several slow
+    // pages per table.
+    let mut sources = vec![SourceConfig {
+        page_size: 10,
+        ..named("noisy", &noisy, 100)
+    }];
     sources.extend(
         quiet
             .iter()
@@ -98,21 +163,70 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
     // As many polls at once as the noisy source has tables, plus one: its
     // slow polls fill the pool but for one slot the quiet sources share.
     let app = App::spawn_with(&ts, sources, |c| c.poll.max_concurrent = 6).await;
+    let loaded = Target::new("noisy", "patients");
+    eventually(
+        "the noisy source loaded",
+        Duration::from_secs(60),
+        async || all_events(ts.store.as_ref(), &loaded).await.len() >= 20,
+    )
+    .await;
+    noisy.sim.set_faults(Faults {
+        slow_rate: 1.0,
+        slow_ms: 700,
+        ..Faults::default()
+    });
     for round in 0..3 {
-        noisy.sim.random_writes(None, 100);
-        for (i, sim) in quiet.iter().enumerate() {
-            let written = sim.sim.random_writes(Some("patients"), 10);
-            let top = written.iter().map(|w| w.stamp).max().unwrap();
-            let t = Target::new(format!("quiet{i}"), "patients");
-            let what = format!("round {round}: {t} reaches stamp {top}");
-            eventually(&what, Duration::from_secs(5), async || {
-                all_events(ts.store.as_ref(), &t)
-                    .await
-                    .last()
-                    .is_some_and(|e| e.stamp >= top)
+        let noisy_tops = tops(&noisy.sim.random_writes(None, 100));
+        let quiet_tops: Vec<(Target, u64)> = quiet
+            .iter()
+            .enumerate()
+            .map(|(i, sim)| {
+                let written = sim.sim.random_writes(Some("patients"), 10);
+                let top = written.iter().map(|w| w.stamp).max().unwrap();
+                (Target::new(format!("quiet{i}"), "patients"), top)
             })
-            .await;
-        }
+            .collect();
+        let what = format!("round {round}: the quiet writes land");
+        eventually(&what, Duration::from_secs(30), async || {
+            reached(&ts, &quiet_tops).await
+        })
+        .await;
+        let noisy_tops: Vec<(Target, u64)> = noisy_tops
+            .into_iter()
+            .map(|(r, top)| (Target::new("noisy", r), top))
+            .collect();
+        assert!(
+            !reached(&ts, &noisy_tops).await,
+            "round {round}: the noisy walk ended before the quiet writes landed"
+        );
+        eventually("the noisy walk ends", Duration::from_secs(60), async || {
+            reached(&ts, &noisy_tops).await
+        })
+        .await;
     }
     app.stop().await;
+}
+
+/// The highest stamp written to each table.
+fn tops(written: &[stamp_relay_simulator::Applied]) -> Vec<(String, u64)> {
+    let mut tops = std::collections::BTreeMap::new();
+    for w in written {
+        let top = tops.entry(w.table.clone()).or_insert(0);
+        *top = w.stamp.max(*top);
+    }
+    tops.into_iter().collect()
+}
+
+/// Whether every stream holds its write.
+async fn reached(ts: &TestStore, tops: &[(Target, u64)]) -> bool {
+    for (t, top) in tops {
+        let last = all_events(ts.store.as_ref(), t)
+            .await
+            .last()
+            .map(|e| e.stamp);
+        if last.is_none_or(|s| s < *top) {
+            return false;
+        }
+    }
+    true
 }

@@ -19,5 +19,6 @@ local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if last[1] then
   top = last[1][1]
 end
-return {1, redis.call('GET', KEYS[2]) or '', top, redis.call('EXISTS', KEYS[4]),
-  redis.call('EXISTS', KEYS[5])}
+-- Epoch, loading and reconcile markers (strings) in one command.
+local m = redis.call('MGET', KEYS[2], KEYS[4], KEYS[5])
+return {1, m[1] or '', top, m[2] and 1 or 0, m[3] and 1 or 0}
