@@ -135,7 +135,7 @@ impl Scheduler {
     }
 
     /// Starts every due poll the pool has room for. A table this instance
-    /// does not hold waits while it holds its share already.
+    /// does not hold waits while it holds its fair part already (share.rs).
     fn start_due(
         &self,
         slots: &mut HashMap<Target, Slot>,
@@ -145,7 +145,7 @@ impl Scheduler {
         cancel: &CancellationToken,
     ) {
         let now = Instant::now();
-        let cap = share.cap(slots.len());
+        let fair = share.fair(slots.len());
         let mut held = None;
         while running.len() < self.max_concurrent.max(1) {
             let Some(Reverse((due, _))) = queue.peek() else {
@@ -166,7 +166,7 @@ impl Scheduler {
                 continue;
             }
             let taking = !slot.table.status.holds_lease.load(Ordering::Relaxed);
-            if taking && *held.get_or_insert_with(|| holding(slots)) >= cap {
+            if taking && *held.get_or_insert_with(|| holding(slots)) >= fair {
                 // Its share is full: not this instance's table for now.
                 let Some(slot) = slots.get_mut(&t) else {
                     continue;

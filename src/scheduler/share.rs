@@ -1,8 +1,12 @@
 //! This instance's share of the tables: every instance writes a heartbeat
 //! (`Store::heartbeat`) every third of the lease TTL, and holds at most
 //! its fair part of the polled tables (tables / live instances, rounded
-//! up) plus a tenth. Over the cap it releases tables, which the others
-//! take at their next poll; under it, it takes free ones. When an
+//! up) plus a tenth. Over that cap it releases tables, which the others
+//! take at their next poll; below its fair part it takes free ones. In
+//! between it takes none: a poll lease lapses between polls whenever the
+//! interval is longer than the lease TTL, and an instance that kept
+//! trying the tables others hold would take each one in turn, so every
+//! table would be polled once per instance and interval. When an
 //! instance's heartbeat expires, a takeover window of the lease TTL plus a
 //! few seconds opens, in which the tables this instance does not hold are
 //! tried every second, so a dead instance's tables move within the lease
@@ -43,6 +47,11 @@ impl Share {
     /// The most tables this instance holds, of `tables` polled ones.
     pub fn cap(&self, tables: usize) -> usize {
         cap(tables, self.live)
+    }
+
+    /// The tables this instance takes free ones up to, of `tables`.
+    pub fn fair(&self, tables: usize) -> usize {
+        tables.div_ceil(self.live.max(1))
     }
 
     /// Notes a heartbeat's answer at `now`; true when an instance vanished
@@ -105,11 +114,12 @@ mod tests {
             previous: None,
         };
         assert!(!share.observe(&beat(&["a", "b"]), "a", now, ttl));
-        assert_eq!(share.cap(10), 5);
+        assert_eq!((share.fair(10), share.cap(10)), (5, 5));
+        assert_eq!((share.fair(100), share.cap(100)), (50, 55));
         let every = Duration::from_secs(60);
         assert_eq!(share.retry(now, every), every);
         assert!(share.observe(&beat(&["a"]), "a", now, ttl));
-        assert_eq!(share.cap(10), 11);
+        assert_eq!((share.fair(10), share.cap(10)), (10, 11));
         assert_eq!(share.retry(now, every), TAKEOVER_RETRY);
         let later = now + ttl + TAKEOVER_SLACK;
         assert_eq!(share.retry(later, every), every, "the window closes");

@@ -39,6 +39,10 @@ fn targets() -> Vec<Target> {
 }
 
 fn write_config(ts: &TestStore, sim: &Sim, id: &str, ttl: Duration) -> PathBuf {
+    write_config_of(ts, sources(sim), id, ttl)
+}
+
+fn write_config_of(ts: &TestStore, sources: Vec<SourceConfig>, id: &str, ttl: Duration) -> PathBuf {
     ConfigBuilder::on(&ts.config)
         .listen(free_port())
         .store(|s| {
@@ -46,7 +50,7 @@ fn write_config(ts: &TestStore, sim: &Sim, id: &str, ttl: Duration) -> PathBuf {
             s.instance_id = id.into();
         })
         .delivery(|d| d.request_timeout = ttl / 2)
-        .sources(sources(sim))
+        .sources(sources)
         .write(&ts.dir.path().join(format!("{id}.toml")))
 }
 
@@ -139,4 +143,54 @@ async fn a_restart_under_the_same_instance_id_reclaims_its_leases_at_once() {
         },
     )
     .await;
+}
+
+/// With a poll interval longer than the lease TTL, every lease lapses
+/// between polls; each table is still polled about once per interval, not
+/// once per instance: an instance holding its fair part takes none of the
+/// others' tables (a hundred tables, so the share's tenth of slack is five).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_leases_between_polls_are_not_taken_by_the_other_instance() {
+    let Some(ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let sim = simulator().await;
+    let (ttl, every) = (Duration::from_secs(1), Duration::from_secs(3));
+    let many: Vec<SourceConfig> = (0..20)
+        .map(|i| {
+            let mut s = source(&sim.base_url, &TABLES, Paging::Pages, 100);
+            s.name = format!("s{i:02}");
+            s.poll_interval = every;
+            s
+        })
+        .collect();
+    let tables: Vec<Target> = (many.iter())
+        .flat_map(|s| TABLES.iter().map(|r| Target::new(&s.name, *r)))
+        .collect();
+    let config = |id| write_config_of(&ts, many.clone(), id, ttl);
+    let _one = Proc(serve(&config("one")).spawn().unwrap());
+    let _two = Proc(serve(&config("two")).spawn().unwrap());
+    eventually("every table polled", Duration::from_secs(60), async || {
+        let mut polled = 0;
+        for t in &tables {
+            polled += ts.store.poll_status(t).await.unwrap().is_some() as usize;
+        }
+        polled == tables.len()
+    })
+    .await;
+    tokio::time::sleep(every * 2).await;
+    let before = sim.sim.requests().len();
+    let intervals = 4;
+    tokio::time::sleep(every * intervals).await;
+    let polls = sim.sim.requests().len() - before;
+    // A hundred tables of one page each, each polled at its last poll's
+    // end plus the interval: about 400 requests in four intervals, a round
+    // more at most at the window's edges; both instances polling every
+    // table would make it 800. (Taking the others' lapsed tables up to the
+    // share's cap, as before, made it about 420.)
+    let most = 100 * (intervals as usize + 1);
+    assert!(
+        polls <= most,
+        "{polls} list requests in {intervals} intervals of 100 tables (at most {most})"
+    );
 }
