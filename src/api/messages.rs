@@ -327,20 +327,14 @@ pub async fn retry(
     ))
 }
 
-/// Takes one dead letter out: the store takes them all at once, so the
-/// others go back in.
+/// Takes the one dead letter of event `id` out, the others staying.
 async fn forget_dead_letter(
     store: &dyn Store,
     sub: &str,
     t: &Target,
     id: StreamId,
 ) -> ApiResult<()> {
-    let (name, id) = (t.to_string(), id.to_string());
-    for d in store.take_dead_letters(sub).await? {
-        if !(d.target == name && d.id == id) {
-            store.dead_letter(sub, &d).await?;
-        }
-    }
+    store.remove_dead_letter(sub, &format!("{t}/{id}")).await?;
     Ok(())
 }
 

@@ -404,6 +404,10 @@ pub trait DeliveryStore: Send + Sync {
     /// Removes and returns every dead letter (for a redrive).
     async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
 
+    /// Removes the one dead letter of `key` ([`DeadLetter::key`]), leaving
+    /// the others; false when there was none.
+    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool>;
+
     /// Records attempts, oldest first; the newest [`ATTEMPTS_KEPT`] are kept.
     async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()>;
 

@@ -15,7 +15,10 @@ use stamp_relay::{
     events::{Op, StreamId},
     record::UpstreamRecord,
     store::{AppendBatch, Refusal, StoreError, Target},
-    subscription::{Subscription, state::RetryState},
+    subscription::{
+        Subscription,
+        state::{DeadLetter, RetryState},
+    },
 };
 
 use crate::harness::{Backend, TestStore};
@@ -205,7 +208,8 @@ async fn leases_are_exclusive_until_released_or_expired(ts: &TestStore) {
 }
 
 /// Claims move entries past the position into the pending set; settling
-/// removes them, a retry keeps its state, a redrive puts them back, and
+/// removes them, a retry keeps its state, a redrive puts them back, one
+/// dead letter is removed alone, and
 /// forgetting the subscription removes all of it.
 async fn claims_move_entries_through_pending(ts: &TestStore) {
     let (t, epoch) = table(ts, "claims").await;
@@ -240,6 +244,18 @@ async fn claims_move_entries_through_pending(ts: &TestStore) {
     assert_eq!(
         back.iter().map(|(e, _)| e.id.stamp).collect::<Vec<_>>(),
         [3]
+    );
+    for at in [1, 2] {
+        let d = dead_letter(&t, id(at, 0));
+        ts.store.dead_letter(s, &d).await.unwrap();
+    }
+    let key = dead_letter(&t, id(1, 0)).key();
+    assert!(ts.store.remove_dead_letter(s, &key).await.unwrap());
+    assert!(!ts.store.remove_dead_letter(s, &key).await.unwrap());
+    let left = ts.store.dead_letters(s).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["2-0"]
     );
     ts.store.reposition(s, &t, StreamId::ZERO).await.unwrap();
     let again = ts.store.claim(s, &t, StreamId::ZERO, 1).await.unwrap();
@@ -300,4 +316,15 @@ async fn subscriptions_compare_and_set(ts: &TestStore) {
     assert_eq!(now.description, "changed");
     assert!(ts.store.delete_subscription("cas").await.unwrap());
     assert!(ts.store.subscription("cas").await.unwrap().is_none());
+}
+
+fn dead_letter(t: &Target, at: StreamId) -> DeadLetter {
+    DeadLetter {
+        target: t.to_string(),
+        id: at.to_string(),
+        event_id: format!("{}:{}:r:{}", t.source, t.resource, at.stamp),
+        attempts: 3,
+        last_error: "HTTP 500".into(),
+        at_ms: at.stamp,
+    }
 }

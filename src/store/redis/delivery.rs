@@ -421,6 +421,15 @@ impl DeliveryStore for RedisStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
+    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool> {
+        let mut c = self.conn.clone();
+        let removed: i64 = c
+            .hdel(dead_key(&self.prefix, sub), key)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(removed > 0)
+    }
+
     async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
         if attempts.is_empty() {
             return Ok(());

@@ -334,6 +334,18 @@ impl DeliveryStore for SqliteStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
+    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool> {
+        let (sub, key) = (sub.to_string(), key.to_string());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM dead_letters WHERE sub = ?1 AND key = ?2",
+                params![sub, key],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
         let sub = sub.to_string();
         let all = self
