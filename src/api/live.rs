@@ -4,14 +4,14 @@
 //! first, then the shared tail; a lagging client catches up from the store
 //! again, so no client slows another and none misses an event.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc};
+use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
     http::header,
     response::{IntoResponse, Response},
 };
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
@@ -35,6 +35,9 @@ pub(super) struct Reading {
     pub previous: bool,
     /// A stream from 0 may start at the oldest event kept (positions.rs).
     pub oldest_kept: bool,
+    /// When the caller's access ends (unix s, a portal link's expiry): the
+    /// stream ends then.
+    pub until: Option<u64>,
 }
 
 /// The state of one live stream between items.
@@ -78,6 +81,10 @@ pub(super) async fn live(
         Some(c) => c,
         None => s.shared.store.last_id(&t).await?,
     };
+    let ends = read.until.map(|at| {
+        let left = at.saturating_sub(crate::events::now_ms() / 1000);
+        tokio::time::Instant::now() + Duration::from_secs(left)
+    });
     let state = Live {
         s,
         t,
@@ -90,7 +97,13 @@ pub(super) async fn live(
         done: false,
         _slot: slot,
     };
-    let body = Body::from_stream(live_stream(state));
+    let ends = async move {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let body = Body::from_stream(live_stream(state).take_until(ends));
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),

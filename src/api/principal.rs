@@ -54,6 +54,18 @@ pub enum Need {
 }
 
 impl Principal {
+    /// When this principal's access ends (unix s): a portal link's expiry.
+    /// A live stream it opened ends then too.
+    pub fn expires_at(&self) -> Option<u64> {
+        match self {
+            Principal::Consumer {
+                via: Via::PortalLink { expires_at },
+                ..
+            } => Some(*expires_at),
+            _ => None,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         matches!(self, Principal::Admin { .. })
     }

@@ -240,6 +240,7 @@ pub async fn events(
             sel,
             previous,
             oldest_kept,
+            until: who.expires_at(),
         };
         return super::live::live(s, t, src, from, read).await;
     }

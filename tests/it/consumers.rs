@@ -424,4 +424,23 @@ async fn consumers_are_managed_and_scoped(ts: TestStore) {
         let refused = outcome(app.post(&path, &json!({}))).await;
         assert_eq!(refused.0, 422, "ttl {ttl}");
     }
+    a_live_stream_ends_with_its_portal_link(&app).await;
+}
+
+/// A live stream opened with a portal link ends when the link expires.
+async fn a_live_stream_ends_with_its_portal_link(app: &App) {
+    let path = "/v1/consumers/lab/portal-links?ttl_seconds=2";
+    let link = app.post_json(path, &json!({})).await;
+    let token = link["url"].as_str().unwrap().split_once('#').unwrap().1;
+    let r = app
+        .http
+        .get(format!("{}/v1/resources/sim/patients/events", app.base))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(30), r.bytes()).await;
+    assert!(body.is_ok(), "the stream outlived its link by 28 s");
 }
