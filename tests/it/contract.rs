@@ -6,18 +6,20 @@
 //! sends as `deleted`; a counter shared with other tables shows as sparse
 //! stamps. Each has its own metric and alert mark.
 
-use crate::harness::record;
 use std::time::Duration;
 
 use stamp_relay::{
     config::{HardDeletes, Paging},
     events::Op,
     record::UpstreamRecord,
-    store::{AppendBatch, Target},
+    store::Target,
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 
-use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};
+use crate::harness::{
+    App, Sim, TestStore, all_events, append_as, eventually, leased_table, record, source,
+    wait_synced,
+};
 use crate::on_both_stores;
 
 on_both_stores!(
@@ -28,26 +30,8 @@ on_both_stores!(
 );
 
 async fn both_stores_count_a_lower_stamp_as_a_regression(ts: TestStore) {
-    let t = Target::new("sim", "patients");
-    let epoch = ts.store.init_epoch(&t, "e").await.unwrap();
-    assert!(
-        ts.store
-            .lease(&t, "me", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
-    let append = async |r: UpstreamRecord| {
-        let records = [r];
-        let batch = AppendBatch {
-            holder: "me",
-            epoch: &epoch,
-            snapshot: false,
-            observed: 1,
-            records: &records,
-            rebase: false,
-        };
-        ts.store.append(&t, batch).await.unwrap()
-    };
+    let (t, epoch) = leased_table(&ts, "sim", "patients").await;
+    let append = async |r: UpstreamRecord| append_as(&ts, &t, "me", &epoch, &[r]).await.unwrap();
     assert_eq!(append(record("a", 5)).await.created, 1);
     let older = append(record("a", 3)).await;
     assert_eq!(

@@ -392,3 +392,32 @@ pub fn record(id: &str, stamp: u64) -> stamp_relay::record::UpstreamRecord {
         raw: serde_json::value::RawValue::from_string(raw).unwrap(),
     }
 }
+
+/// Table `source/resource` with its epoch made and the lease held by `me`,
+/// for suites that append to the store directly; answers the epoch.
+pub async fn leased_table(ts: &TestStore, source: &str, resource: &str) -> (Target, String) {
+    let t = Target::new(source, resource);
+    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
+    let leased = ts.store.lease(&t, "me", Duration::from_secs(30));
+    assert!(leased.await.unwrap(), "{t}: a new table's lease is free");
+    (t, epoch)
+}
+
+/// Appends `records` to `t` as `holder` under `epoch`, observed at 7 ms.
+pub async fn append_as(
+    ts: &TestStore,
+    t: &Target,
+    holder: &str,
+    epoch: &str,
+    records: &[stamp_relay::record::UpstreamRecord],
+) -> Result<stamp_relay::events::AppendOutcome, stamp_relay::store::StoreError> {
+    let batch = stamp_relay::store::AppendBatch {
+        holder,
+        epoch,
+        snapshot: false,
+        observed: 7,
+        records,
+        rebase: false,
+    };
+    ts.store.append(t, batch).await
+}

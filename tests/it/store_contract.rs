@@ -14,14 +14,14 @@ use std::time::Duration;
 use stamp_relay::{
     events::{Op, StreamId},
     record::UpstreamRecord,
-    store::{AppendBatch, Refusal, StoreError, Target},
+    store::{Refusal, Target},
     subscription::{
         Subscription,
         state::{DeadLetter, RetryState},
     },
 };
 
-use crate::harness::{Backend, TestStore};
+use crate::harness::{Backend, TestStore, append_as, leased_table};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis() {
@@ -58,31 +58,9 @@ fn id(stamp: u64, seq: u64) -> StreamId {
     StreamId { stamp, seq }
 }
 
-/// A table with its epoch and the lease held by `me`.
+/// A table of this suite with its epoch and the lease held by `me`.
 async fn table(ts: &TestStore, name: &str) -> (Target, String) {
-    let t = Target::new("contract", name);
-    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    let leased = ts.store.lease(&t, "me", Duration::from_secs(30));
-    assert!(leased.await.unwrap(), "{t}: a new table's lease is free");
-    (t, epoch)
-}
-
-async fn append_as(
-    ts: &TestStore,
-    t: &Target,
-    holder: &str,
-    epoch: &str,
-    records: &[UpstreamRecord],
-) -> Result<stamp_relay::events::AppendOutcome, StoreError> {
-    let batch = AppendBatch {
-        holder,
-        epoch,
-        snapshot: false,
-        observed: 7,
-        records,
-        rebase: false,
-    };
-    ts.store.append(t, batch).await
+    leased_table(ts, "contract", name).await
 }
 
 async fn append(

@@ -5,17 +5,14 @@
 //! removed their events drops them. One append classifies each record
 //! against the version before it, also one earlier in the same batch.
 
-use crate::harness::record;
-use std::time::Duration;
-
 use stamp_relay::{
     events::StreamId,
     record::UpstreamRecord,
-    store::{AppendBatch, Refusal, Target, redis::Keys},
+    store::{Refusal, Target, redis::Keys},
     subscription::Subscription,
 };
 
-use crate::harness::TestStore;
+use crate::harness::{TestStore, append_as, leased_table, record};
 use crate::on_both_stores;
 
 on_both_stores!(
@@ -24,33 +21,18 @@ on_both_stores!(
     one_append_classifies_each_version_against_the_one_before_it
 );
 
-/// Appends `records` as holder `me` under `epoch`.
+/// Appends `records` as holder `me` under `epoch`; answers how many went in.
 async fn append(
     ts: &TestStore,
     t: &Target,
     epoch: &str,
     records: &[UpstreamRecord],
 ) -> Result<u64, stamp_relay::store::StoreError> {
-    let batch = AppendBatch {
-        holder: "me",
-        epoch,
-        snapshot: false,
-        observed: 1,
-        records,
-        rebase: false,
-    };
-    Ok(ts.store.append(t, batch).await?.appended())
+    Ok(append_as(ts, t, "me", epoch, records).await?.appended())
 }
 
 async fn an_append_under_another_epoch_is_refused_as_data(ts: TestStore) {
-    let t = Target::new("sim", "patients");
-    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    assert!(
-        ts.store
-            .lease(&t, "me", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    let (t, epoch) = leased_table(&ts, "sim", "patients").await;
     assert_eq!(append(&ts, &t, &epoch, &[record("a", 1)]).await.unwrap(), 1);
     let refused = append(&ts, &t, "e0", &[record("b", 2)]).await.unwrap_err();
     assert_eq!(refused.refusal(), Some(Refusal::EpochChanged), "{refused}");
@@ -81,14 +63,7 @@ async fn writes(c: &mut redis::aio::MultiplexedConnection) -> u64 {
 }
 
 async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: TestStore) {
-    let t = Target::new("sim", "patients");
-    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    assert!(
-        ts.store
-            .lease(&t, "me", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    let (t, epoch) = leased_table(&ts, "sim", "patients").await;
     let records: Vec<_> = (1..=4).map(|i| record(&format!("r{i}"), i)).collect();
     assert_eq!(append(&ts, &t, &epoch, &records).await.unwrap(), 4);
     let sub: Subscription = serde_json::from_str(
@@ -155,14 +130,7 @@ async fn a_pending_read_writes_nothing_and_the_trim_drops_what_it_removed(ts: Te
 /// newer one again: each is compared with the version before it, the last
 /// with the one appended earlier in the same batch.
 async fn one_append_classifies_each_version_against_the_one_before_it(ts: TestStore) {
-    let t = Target::new("sim", "patients");
-    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    assert!(
-        ts.store
-            .lease(&t, "me", Duration::from_secs(30))
-            .await
-            .unwrap()
-    );
+    let (t, epoch) = leased_table(&ts, "sim", "patients").await;
     assert_eq!(append(&ts, &t, &epoch, &[record("a", 1)]).await.unwrap(), 1);
     let records = [
         record("a", 1),
@@ -170,15 +138,7 @@ async fn one_append_classifies_each_version_against_the_one_before_it(ts: TestSt
         record("a", 3),
         record("a", 3),
     ];
-    let batch = AppendBatch {
-        holder: "me",
-        epoch: &epoch,
-        snapshot: false,
-        observed: 1,
-        records: &records,
-        rebase: false,
-    };
-    let out = ts.store.append(&t, batch).await.unwrap();
+    let out = append_as(&ts, &t, "me", &epoch, &records).await.unwrap();
     assert_eq!((out.appended(), out.duplicates), (2, 2), "{out:?}");
     let events = ts.store.read(&t, StreamId::ZERO, 10).await.unwrap();
     let seen: Vec<(String, String, Option<u64>)> = events
