@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
-use stamp_relay_simulator::SimConfig;
+use stamp_relay::store::Target;
 
 use crate::delivery::{subscribe_to, wait_delivered};
-use crate::harness::{App, Sim, TestStore, eventually, source, wait_synced};
+use crate::harness::{App, TestStore, eventually, patients_relay, wait_synced};
 use crate::on_both_stores;
 use crate::receiver::{Mode, TestReceiver};
 
@@ -30,16 +29,7 @@ async fn retry_one(app: &App, sub: &str, event: &str) -> reqwest::Response {
 on_both_stores!(message_log_shows_states_attempts_and_retries_one_event);
 
 async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 5)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
-    )
-    .await;
+    let (sim, app) = patients_relay(&ts, 5).await;
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(3).await;
@@ -149,16 +139,7 @@ async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) 
 on_both_stores!(secret_reveal_filter_preview_and_replay_from_a_time);
 
 async fn secret_reveal_filter_preview_and_replay_from_a_time(ts: TestStore) {
-    let sim = Sim::start(SimConfig {
-        initial: vec![("patients".into(), 8)],
-        ..SimConfig::default()
-    })
-    .await;
-    let app = App::spawn(
-        &ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
-    )
-    .await;
+    let (sim, app) = patients_relay(&ts, 8).await;
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let created: Value = app
