@@ -334,7 +334,8 @@ async fn forget_dead_letter(
     t: &Target,
     id: StreamId,
 ) -> ApiResult<()> {
-    store.remove_dead_letter(sub, &format!("{t}/{id}")).await?;
+    let key = DeadLetter::key_of(t, id);
+    store.remove_dead_letter(sub, &key).await?;
     Ok(())
 }
 

@@ -135,9 +135,10 @@ impl Poller {
             .collect();
         records.sort_unstable_by_key(|r| r.stamp);
         // A walk that may have missed rows proves no row gone.
-        let gone = match set.complete {
-            true => self.gone(&returned).await?,
-            false => Vec::new(),
+        let gone = if set.complete {
+            self.gone(&returned).await?
+        } else {
+            Vec::new()
         };
         self.rebasing = true;
         let mut result = self.commit(&records, true, report, cancel).await;

@@ -51,7 +51,7 @@ impl Share {
 
     /// The tables this instance takes free ones up to, of `tables`.
     pub fn fair(&self, tables: usize) -> usize {
-        tables.div_ceil(self.live.max(1))
+        fair(tables, self.live)
     }
 
     /// Notes a heartbeat's answer at `now`; true when an instance vanished
@@ -84,9 +84,14 @@ impl Share {
     }
 }
 
-/// The fair part of `tables` over `live` instances, rounded up, plus a tenth.
+/// The fair part of `tables` over `live` instances, rounded up.
+fn fair(tables: usize, live: usize) -> usize {
+    tables.div_ceil(live.max(1))
+}
+
+/// The fair part plus a tenth.
 fn cap(tables: usize, live: usize) -> usize {
-    let fair = tables.div_ceil(live.max(1));
+    let fair = fair(tables, live);
     fair + fair / 10
 }
 

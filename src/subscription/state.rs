@@ -49,8 +49,14 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// What the store keeps it under: one per event and subscription.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.target, self.id)
+        Self::key_of(&self.target, &self.id)
+    }
+
+    /// The key of the dead letter of event `id` on table `target`.
+    pub fn key_of(target: impl std::fmt::Display, id: impl std::fmt::Display) -> String {
+        format!("{target}/{id}")
     }
 }
 
