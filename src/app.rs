@@ -176,7 +176,17 @@ impl Relay {
             declared: self.declared.clone(),
             apply_first: false,
             secret_grace: self.config.delivery.secret_grace,
+            consumers: Arc::new(self.consumer_book()),
         }
+    }
+
+    /// The consumers: the file's over the store's.
+    fn consumer_book(&self) -> crate::consumer::Book {
+        crate::consumer::Book::new(
+            self.store.clone(),
+            self.config.consumers.clone(),
+            self.source_sync.key().cloned(),
+        )
     }
 
     /// The HTTP layer's view of this relay; starts the live tails.
@@ -215,11 +225,7 @@ impl Relay {
             compat: api::compat::Tables::new(self.topology.clone(), &self.config),
             catalog: self.catalog(cancel),
             source_admin: Arc::new(api::sources::SourceAdmin::new(self.source_sync.clone())),
-            consumers: Arc::new(crate::consumer::Book::new(
-                self.store.clone(),
-                self.config.consumers.clone(),
-                self.source_sync.key().cloned(),
-            )),
+            consumers: Arc::new(self.consumer_book()),
         }
     }
 

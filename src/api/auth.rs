@@ -329,12 +329,14 @@ async fn require(s: &ApiState, need: Need, mut req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok());
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let found = match presented(auth, read_only) {
-        Ok(p) => resolve(s, &p).await,
+        Ok(p) => resolve(s, &p).await.map(|who| (who, p)),
         Err(p) => Err(p),
     };
     match found {
-        Ok(p) if p.may(need) => {
+        Ok((p, credential)) if p.may(need) => {
             req.extensions_mut().insert(p);
+            req.extensions_mut()
+                .insert(super::principal::Credential(credential.into()));
             next.run(req).await
         }
         Ok(_) => forbidden(need).into_response(),

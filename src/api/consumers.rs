@@ -147,9 +147,28 @@ pub(super) async fn owner(
     })
 }
 
+/// The tables `names` of a subscription of consumer `c`, parsed against
+/// the tables `c` may receive only: a table that does not exist and one
+/// outside the allow-list get the same 422 (listing the allowed tables),
+/// so an answer never tells whether a table the caller may not see exists.
+pub(super) fn coverage(
+    c: &Consumer,
+    names: &[String],
+    known: &[crate::store::Target],
+) -> ApiResult<crate::subscription::Coverage> {
+    let allowed: Vec<crate::store::Target> = known
+        .iter()
+        .filter(|t| c.allow.allows(t))
+        .cloned()
+        .collect();
+    let resources = crate::subscription::parse_resources(names, &allowed)?;
+    within(c, &resources)?;
+    Ok(resources)
+}
+
 /// A subscription's tables lie within its consumer's allow-list (`["*"]`
 /// only for a consumer that allows everything): 422 naming `resources`.
-pub(super) fn within(c: &Consumer, resources: &crate::subscription::Coverage) -> ApiResult<()> {
+fn within(c: &Consumer, resources: &crate::subscription::Coverage) -> ApiResult<()> {
     let outside = c.allow.outside(resources);
     if outside.is_empty() {
         return Ok(());

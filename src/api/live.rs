@@ -17,6 +17,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use super::{
     ApiState,
     positions::read_checked,
+    principal::Credential,
     problem::{ApiResult, Problem},
 };
 use crate::{
@@ -38,7 +39,15 @@ pub(super) struct Reading {
     /// When the caller's access ends (unix s, a portal link's expiry): the
     /// stream ends then.
     pub until: Option<u64>,
+    /// The credential to check again every [`ACCESS_RECHECK`] (none for an
+    /// admin token): the stream ends once it no longer sees the table.
+    pub recheck: Option<Credential>,
 }
+
+/// How often a live stream checks that its caller still sees its table:
+/// a revoked token or portal link, a deleted consumer or an allow-list
+/// that no longer allows the table ends the stream within this.
+pub const ACCESS_RECHECK: Duration = Duration::from_secs(1);
 
 /// The state of one live stream between items.
 struct Live {
@@ -81,10 +90,14 @@ pub(super) async fn live(
         Some(c) => c,
         None => s.shared.store.last_id(&t).await?,
     };
-    let ends = read.until.map(|at| {
+    let expires = read.until.map(|at| {
         let left = at.saturating_sub(crate::events::now_ms() / 1000);
         tokio::time::Instant::now() + Duration::from_secs(left)
     });
+    let lost = read
+        .recheck
+        .clone()
+        .map(|c| access_lost(s.clone(), c, t.clone()));
     let state = Live {
         s,
         t,
@@ -98,9 +111,21 @@ pub(super) async fn live(
         _slot: slot,
     };
     let ends = async move {
-        match ends {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+        let expired = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let lost = async move {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = expired => {}
+            _ = lost => {}
         }
     };
     let body = Body::from_stream(live_stream(state).take_until(ends));
@@ -112,6 +137,21 @@ pub(super) async fn live(
         body,
     )
         .into_response())
+}
+
+/// Ends once `credential` no longer sees `t`: refused (revoked, expired,
+/// its consumer deleted) or no longer allowed. A store that does not
+/// answer ends nothing; the next check asks again.
+async fn access_lost(s: ApiState, credential: Credential, t: Target) {
+    loop {
+        tokio::time::sleep(ACCESS_RECHECK).await;
+        match super::auth::resolve(&s, &credential.0).await {
+            Ok(who) if who.sees(&t) => {}
+            Ok(_) => return,
+            Err(p) if p.status == axum::http::StatusCode::UNAUTHORIZED => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// The SSE comment sent after `LIVE_KEEP_ALIVE` without an event.

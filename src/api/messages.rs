@@ -287,7 +287,8 @@ fn attempt_view(a: &Attempt) -> Value {
 
 /// `POST /v1/subscriptions/{id}/messages/{event_id}/retry`: one event is
 /// sent again, due now: a dead letter leaves the dead letters, a waiting
-/// retry stops waiting, a delivered event is delivered once more. One not
+/// retry stops waiting (keeping its count of failures), a delivered event
+/// is delivered once more. One not
 /// claimed yet or being sent is left alone (409). Order per record holds: a retried event goes through the
 /// pending set like any retry.
 pub async fn retry(
@@ -299,7 +300,7 @@ pub async fn retry(
     let store = s.shared.store.as_ref();
     let (t, e) = find_event(&s, &sub, &event_id).await?;
     let facts = facts(store, &sub, &t).await?;
-    let (before, _) = facts.state_of(&e);
+    let (before, waiting) = facts.state_of(&e);
     let busy = match before {
         MessageState::Scheduled => Some("is not claimed yet; it will be sent in its turn"),
         MessageState::Pending => Some("is being sent now"),
@@ -312,12 +313,24 @@ pub async fn retry(
             format!("event {event_id:?} {why}"),
         ));
     }
-    store.add_pending(&sub.id, &t, &[e.id]).await?;
+    let now = now_ms();
+    match waiting {
+        // A waiting retry becomes due now and keeps its count of failures,
+        // so the schedule (and dead-lettering) goes on where it was.
+        Some(r) => {
+            let due = RetryState {
+                attempts: r.attempts,
+                next_at_ms: now,
+            };
+            store.retry_later(&sub.id, &t, e.id, due).await?;
+        }
+        None => store.add_pending(&sub.id, &t, &[e.id]).await?,
+    }
     if before == MessageState::Dead {
         forget_dead_letter(store, &sub.id, &t, e.id).await?;
     }
     crate::store::update_subscription(store, &id, |cur| {
-        cur.retry_requested_ms = Some(now_ms());
+        cur.retry_requested_ms = Some(now);
         Ok::<_, crate::store::StoreError>(())
     })
     .await?;

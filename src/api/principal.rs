@@ -31,6 +31,19 @@ pub enum Principal {
     },
 }
 
+/// The credential a request presented, kept beside its [`Principal`] so
+/// a live stream can check it again while it runs (a revoked token or
+/// portal link, a deleted consumer, a narrowed allow-list end it). Never
+/// logged nor shown.
+#[derive(Clone)]
+pub struct Credential(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(..)")
+    }
+}
+
 /// How a consumer principal came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {

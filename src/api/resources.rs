@@ -207,6 +207,7 @@ fn limit_of(raw: Option<&str>) -> ApiResult<usize> {
 pub async fn events(
     State(s): State<ApiState>,
     who: Principal,
+    credential: Option<axum::Extension<super::principal::Credential>>,
     PathParams((source, resource)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<EventsQuery>,
     headers: HeaderMap,
@@ -241,6 +242,9 @@ pub async fn events(
             previous,
             oldest_kept,
             until: who.expires_at(),
+            recheck: credential
+                .filter(|_| !who.is_admin())
+                .map(|axum::Extension(c)| c),
         };
         return super::live::live(s, t, src, from, read).await;
     }

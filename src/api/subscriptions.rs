@@ -18,6 +18,7 @@ use super::{
     requests::{CreateRequest, PatchRequest},
 };
 use crate::{
+    consumer::Allow,
     events::{Op, StreamId, now_ms},
     store::{Target, update_subscription},
     subscription::{self as sub, Coverage, Subscription},
@@ -46,6 +47,10 @@ pub struct View<'a> {
     pub managed_by: Option<sub::ManagedBy>,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// Tables it covers that its consumer's allow-list no longer allows:
+    /// their delivery waits (docs/consumers.md). Filled by GET only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_allowed: Vec<String>,
 }
 
 impl<'a> From<&'a Subscription> for View<'a> {
@@ -70,7 +75,21 @@ impl<'a> From<&'a Subscription> for View<'a> {
             managed_by: s.managed_by,
             created_ms: s.created_ms,
             updated_ms: s.updated_ms,
+            not_allowed: Vec::new(),
         }
+    }
+}
+
+impl<'a> View<'a> {
+    /// The view naming the tables `sub` covers that `allow` (its consumer's
+    /// allow-list; none when the consumer is gone) does not allow.
+    fn checked(sub: &'a Subscription, allow: Option<&Allow>, known: &[Target]) -> View<'a> {
+        let mut v = View::from(sub);
+        v.not_allowed = (sub.resources.of(known).iter())
+            .filter(|t| !allow.is_some_and(|a| a.allows(t)))
+            .map(ToString::to_string)
+            .collect();
+        v
     }
 }
 
@@ -98,8 +117,7 @@ pub async fn create(
     let consumer = super::consumers::owner(&s, &who, req.consumer.as_deref()).await?;
     let url = sub::WebhookUrl::parse(&req.url)?;
     at_the_door(&s, &url).await?;
-    let resources = sub::parse_resources(&req.resources, &known)?;
-    super::consumers::within(&consumer, &resources)?;
+    let resources = super::consumers::coverage(&consumer, &req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;
     sub::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
@@ -214,7 +232,12 @@ async fn start_points(
 
 pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let all = s.shared.store.subscriptions().await?;
-    let views: Vec<View> = all.iter().filter(|x| who.owns(x)).map(View::from).collect();
+    let consumers = s.consumers.list().await?;
+    let allow = |name: &str| consumers.iter().find(|c| c.name == name).map(|c| &c.allow);
+    let known = known_targets(&s);
+    let views: Vec<View> = (all.iter().filter(|x| who.owns(x)))
+        .map(|x| View::checked(x, allow(&x.consumer), &known))
+        .collect();
     Ok(Json(serde_json::json!({ "subscriptions": views })))
 }
 
@@ -224,7 +247,9 @@ pub async fn get(
     PathParams(id): PathParams<String>,
 ) -> ApiResult<Response> {
     let found = load(&s, &who, &id).await?;
-    Ok(Json(View::from(&found)).into_response())
+    let allow = s.consumers.get(&found.consumer).await?.map(|c| c.allow);
+    let view = View::checked(&found, allow.as_ref(), &known_targets(&s));
+    Ok(Json(view).into_response())
 }
 
 pub async fn patch(
@@ -237,7 +262,7 @@ pub async fn patch(
     let owned = load(&s, &who, &id).await?;
     if let Some(r) = &req.resources {
         let consumer = super::consumers::owner(&s, &who, Some(&owned.consumer)).await?;
-        super::consumers::within(&consumer, &sub::parse_resources(r, &known)?)?;
+        super::consumers::coverage(&consumer, r, &known)?;
     }
     // Where newly covered targets start: their last ID, read up front so
     // the update itself is one checked write (retried on a conflict).

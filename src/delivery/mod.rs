@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, DeliveryConfig},
+    consumer::Allow,
     events::Event,
     store::{Store, StoreResult, Target},
     subscription::{Subscription, state::RetryState},
@@ -120,6 +121,9 @@ pub struct Deliverer {
     pub apply_first: bool,
     /// How long a secret the file replaced still signs.
     pub secret_grace: Duration,
+    /// The consumers: a subscription's table its consumer's allow-list no
+    /// longer allows has no worker (docs/consumers.md).
+    pub consumers: Arc<crate::consumer::Book>,
 }
 
 /// How often the supervisor reads the subscriptions' version (one cheap
@@ -153,13 +157,14 @@ impl Deliverer {
         let mut forgetting = tokio::task::JoinSet::new();
         let mut memory = survive::Memory::default();
         let mut tables = self.topology.subscribe();
-        // The version of the last list, and when it was read.
-        let mut seen: Option<(u64, std::time::Instant)> = None;
+        // The versions of the last lists (subscriptions, consumers), and
+        // when they were read.
+        let mut seen: Option<((u64, u64), std::time::Instant)> = None;
         // A worker ended at the last look: list again, to start it again
         // if it is still wanted.
         let mut ended = false;
         while !cancel.is_cancelled() {
-            let version = self.store.subscriptions_version().await.ok();
+            let version = self.versions().await;
             // A worker that ended is still in `running` when the list is
             // compared, so one of a deleted subscription is cleaned up after.
             let due = std::mem::take(&mut ended)
@@ -170,12 +175,13 @@ impl Deliverer {
                     _ => true,
                 };
             if due {
-                match self.store.subscriptions().await {
-                    Ok(subs) => {
+                match self.lists().await {
+                    Ok((subs, allowed)) => {
                         seen = version.map(|v| (v, std::time::Instant::now()));
                         self.survive(&mut memory, &subs).await;
                         self.restore(&subs).await;
-                        for (key, handle) in self.reconcile(&subs, &mut running, &cancel) {
+                        let wanted = wanted(&subs, &allowed, &self.topology.snapshot());
+                        for (key, handle) in self.reconcile(&subs, wanted, &mut running, &cancel) {
                             let this = self.clone();
                             forgetting.spawn(async move {
                                 let _ = handle.await;
@@ -184,7 +190,7 @@ impl Deliverer {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot list subscriptions; delivery continues as it was")
+                        tracing::warn!(error = %e, "cannot list subscriptions or consumers; delivery continues as it was")
                     }
                 }
             }
@@ -244,20 +250,31 @@ impl Deliverer {
         }
     }
 
-    fn reconcile(
+    /// The versions of the subscriptions and of the consumers; None when
+    /// the store does not answer.
+    async fn versions(&self) -> Option<(u64, u64)> {
+        let subs = self.store.subscriptions_version().await.ok()?;
+        let consumers = self.store.documents_version(crate::consumer::KIND).await;
+        Some((subs, consumers.ok()?))
+    }
+
+    /// Every subscription, and the allow-list of each consumer by name.
+    async fn lists(&self) -> StoreResult<(Vec<Subscription>, HashMap<String, Allow>)> {
+        let subs = self.store.subscriptions().await?;
+        let consumers = self.consumers.list().await?;
+        let allowed = consumers.into_iter().map(|c| (c.name, c.allow)).collect();
+        Ok((subs, allowed))
+    }
+
+    fn reconcile<'a>(
         &self,
         subs: &[Subscription],
+        wanted: HashMap<(String, Target), &'a Subscription>,
         running: &mut HashMap<(String, Target), Running>,
         cancel: &CancellationToken,
     ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {
         let mut deleted = Vec::new();
-        let mut wanted = HashMap::new();
         let now = self.topology.snapshot();
-        for s in subs.iter().filter(|s| s.enabled) {
-            for t in now.tables.keys().filter(|t| s.covers(t)) {
-                wanted.insert((s.id.clone(), t.clone()), s);
-            }
-        }
         let stopping: Vec<(String, Target)> = running
             .keys()
             .filter(|key| !wanted.contains_key(*key))
@@ -300,6 +317,27 @@ impl Deliverer {
         }
         deleted
     }
+}
+
+/// The (subscription, table) pairs that have a worker: each enabled
+/// subscription on each table of the topology it covers that its
+/// consumer's allow-list allows (a consumer not found allows nothing). A
+/// table the allow-list no longer allows keeps its position and pending
+/// entries; delivery goes on from there should it be allowed again.
+fn wanted<'a>(
+    subs: &'a [Subscription],
+    allowed: &HashMap<String, Allow>,
+    now: &crate::topology::Snapshot,
+) -> HashMap<(String, Target), &'a Subscription> {
+    let mut wanted = HashMap::new();
+    for s in subs.iter().filter(|s| s.enabled) {
+        let allow = allowed.get(&s.consumer);
+        let tables = now.tables.keys().filter(|t| s.covers(t));
+        for t in tables.filter(|t| allow.is_some_and(|a| a.allows(t))) {
+            wanted.insert((s.id.clone(), t.clone()), s);
+        }
+    }
+    wanted
 }
 
 impl Deliverer {

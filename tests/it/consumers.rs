@@ -18,7 +18,8 @@ use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(
     no_route_leaks_across_consumers,
-    consumers_are_managed_and_scoped
+    consumers_are_managed_and_scoped,
+    live_streams_end_when_their_credential_goes
 );
 
 const LIMITED_READ: &str = "test-limited-read-token";
@@ -273,16 +274,26 @@ async fn no_route_leaks_across_consumers(ts: TestStore) {
         tables.contains("srca") && !tables.contains("srcb"),
         "{tables}"
     );
-    let r = as_a
-        .post(
-            "/v1/subscriptions",
-            &json!({"url": rx_a.url, "resources": ["srcb/patients"]}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    assert_eq!(r.json::<Value>().await.unwrap()["field"], "resources");
+    // A table A may not see and one that does not exist get the same
+    // answer, word for word: neither tells that srcb exists.
+    let mut answers = Vec::new();
+    for table in ["srcb/patients", "srcz/patients"] {
+        let r = as_a
+            .post(
+                "/v1/subscriptions",
+                &json!({"url": rx_a.url, "resources": [table]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422);
+        let v = r.json::<Value>().await.unwrap();
+        assert_eq!(v["field"], "resources[0]", "{v}");
+        let answer = v.to_string().replace(table, "TABLE");
+        assert!(!answer.contains("srcb"), "{v}");
+        answers.push(answer);
+    }
+    assert_eq!(answers[0], answers[1]);
     every_route_as(&as_a, &token_a, "A's token", &b).await;
     let link: Value = app
         .post("/v1/consumers/team-a/portal-links", &json!({}))
@@ -443,4 +454,85 @@ async fn a_live_stream_ends_with_its_portal_link(app: &App) {
     assert_eq!(r.status(), 200);
     let body = tokio::time::timeout(Duration::from_secs(30), r.bytes()).await;
     assert!(body.is_ok(), "the stream outlived its link by 28 s");
+}
+
+/// A live stream of sim/patients opened with `token`, its first events read.
+async fn open_stream(app: &App, token: &str) -> reqwest::Response {
+    let mut r = app
+        .http
+        .get(format!(
+            "{}/v1/resources/sim/patients/events?after=0-0",
+            app.base
+        ))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().expect("a first chunk");
+    assert!(String::from_utf8_lossy(&first).contains("data:"));
+    r
+}
+
+/// The stream ends (well before a portal link's hour).
+async fn ends(r: reqwest::Response, why: &str) {
+    let body = tokio::time::timeout(Duration::from_secs(30), r.bytes()).await;
+    assert!(body.is_ok(), "the stream outlived {why} by 30 s");
+}
+
+/// A new consumer `name` of sim/patients and a token issued to it.
+async fn consumer_with_token(app: &App, name: &str) -> String {
+    let made = json!({"name": name, "resources": ["sim/patients"]});
+    assert_eq!(
+        app.post("/v1/consumers", &made)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let issued = app
+        .post_json(&format!("/v1/consumers/{name}/tokens"), &json!({}))
+        .await;
+    issued["token"].as_str().unwrap().to_string()
+}
+
+/// Open live streams end when their credential is revoked, their consumer
+/// deleted or its allow-list narrowed past the table, not at the link's expiry.
+async fn live_streams_end_when_their_credential_goes(ts: TestStore) {
+    let (_sim, app) = lab_relay(&ts).await;
+    let link = app
+        .post_json("/v1/consumers/lab/portal-links", &json!({}))
+        .await;
+    let token = link["url"].as_str().unwrap().split_once('#').unwrap().1;
+    let r = open_stream(&app, token).await;
+    let revoke = app.post("/v1/consumers/lab/portal-links/revoke", &json!({}));
+    assert_eq!(revoke.send().await.unwrap().status(), 204);
+    ends(r, "its revoked portal link").await;
+
+    let token = consumer_with_token(&app, "revoked").await;
+    let r = open_stream(&app, &token).await;
+    let ids = app.get_json("/v1/consumers/revoked").await;
+    let id = ids["tokens"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/consumers/revoked/tokens/{id}");
+    assert_eq!(outcome(app.delete(&path)).await.0, 204);
+    ends(r, "its revoked token").await;
+
+    let token = consumer_with_token(&app, "deleted").await;
+    let r = open_stream(&app, &token).await;
+    assert_eq!(outcome(app.delete("/v1/consumers/deleted")).await.0, 204);
+    ends(r, "its deleted consumer").await;
+
+    let token = consumer_with_token(&app, "narrowed").await;
+    let r = open_stream(&app, &token).await;
+    let narrower = json!({"resources": ["sim/visits"]});
+    assert_eq!(
+        outcome(app.patch("/v1/consumers/narrowed", &narrower))
+            .await
+            .0,
+        200
+    );
+    ends(r, "its table leaving the allow-list").await;
+    app.stop().await;
 }

@@ -13,6 +13,7 @@ mod cluster;
 mod compat;
 mod compat_auth;
 mod config_errors;
+mod consumer_delivery;
 mod consumers;
 mod contract;
 mod crash;

@@ -238,3 +238,89 @@ async fn secret_reveal_filter_preview_and_replay_from_a_time(ts: TestStore) {
     assert_eq!(garbled.status(), 422);
     app.stop().await;
 }
+
+on_both_stores!(a_refusal_shows_its_reason_and_a_retry_keeps_the_failures);
+
+/// A receiver on a private address with the SSRF guard on: each attempt
+/// in the log names the refusal, and retrying a waiting retry keeps its
+/// count of failures (docs/portal.md).
+async fn a_refusal_shows_its_reason_and_a_retry_keeps_the_failures(ts: TestStore) {
+    let sim = crate::harness::Sim::start(stamp_relay_simulator::SimConfig {
+        initial: vec![("patients".into(), 2)],
+        ..Default::default()
+    })
+    .await;
+    let sources = vec![crate::harness::source(
+        &sim.base_url,
+        &["patients"],
+        stamp_relay::config::Paging::Pages,
+        100,
+    )];
+    let app = App::spawn_with(&ts, sources, |c| {
+        c.delivery.allow_private_targets = false;
+        // One quick retry, then an hour: the events wait with 2 failures.
+        c.delivery.retry_schedule = [0, 3600, 3600].map(Duration::from_secs).to_vec();
+        c.delivery.retry_schedule[0] = Duration::from_millis(10);
+    })
+    .await;
+    let t = Target::new("sim", "patients");
+    wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
+    let body = json!({"url": "https://hooks.example.com/x", "resources": ["sim/patients"],
+        "start": "beginning", "enabled": false});
+    let created = app.post_json("/v1/subscriptions", &body).await;
+    let id = created["id"].as_str().unwrap();
+    // The door refuses a private address; one stored before the guard was
+    // tightened (or whose name resolves elsewhere later) meets it at the send.
+    let mut stored = ts.store.subscription(id).await.unwrap().unwrap();
+    stored.url = stamp_relay::subscription::WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap();
+    ts.store.put_subscription(&stored).await.unwrap();
+    let r = app
+        .patch(
+            &format!("/v1/subscriptions/{id}"),
+            &json!({"enabled": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let failed_twice = |m: &Value| m["state"] == "retrying" && m["failures"] == 2;
+    eventually(
+        "both events refused twice",
+        Duration::from_secs(20),
+        async || {
+            let all = messages(&app, id, "").await;
+            all.len() == 2 && all.iter().all(failed_twice)
+        },
+    )
+    .await;
+    let all = messages(&app, id, "state=retrying").await;
+    for m in &all {
+        let tries = m["attempts"].as_array().unwrap();
+        assert_eq!(tries.len(), 2, "{m}");
+        for a in tries {
+            assert_eq!(a["outcome"], "refused", "{m}");
+            let reason = a["reason"].as_str().unwrap();
+            assert!(reason.starts_with("refused: "), "{m}");
+            assert!(reason.contains("allowed_cidrs"), "{m}");
+        }
+    }
+    let one = all[0]["event_id"].as_str().unwrap();
+    let retried: Value = retry_one(&app, id, one).await.json().await.unwrap();
+    assert_eq!(retried["was"], "retrying", "{retried}");
+    let record = all[0]["record"].as_str().unwrap();
+    let query = format!("record={record}");
+    // At once (before or after the worker sends it again) it still counts
+    // its failures: 2, then 3 once the new attempt is refused too.
+    let now = messages(&app, id, &query).await.remove(0);
+    assert!(now["failures"].as_u64().unwrap() >= 2, "{now}");
+    eventually(
+        "the retry refused too",
+        Duration::from_secs(20),
+        async || {
+            let m = messages(&app, id, &query).await.remove(0);
+            m["failures"] == 3 && m["attempts"].as_array().unwrap().len() == 3
+        },
+    )
+    .await;
+    app.stop().await;
+}
