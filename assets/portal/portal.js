@@ -199,16 +199,24 @@ async function previewFilters() {
 
 // The message log -----------------------------------------------------------
 
-async function loadMessages() {
+// The cursor of the older messages (the answer's `next`), if any.
+let olderCursor = null;
+
+// The newest messages matching the search; with `older`, the page after
+// the one shown, appended below it.
+async function loadMessages(older) {
   const q = new URLSearchParams();
   for (const [k, id] of [["record", "log-record"], ["type", "log-type"], ["state", "log-state"]]) {
     if ($(id).value) q.set(k, $(id).value);
   }
-  const { messages } = await api("GET", path(current.id) + "/messages?" + q);
+  if (older === true && olderCursor) q.set("before", olderCursor);
+  const { messages, next } = await api("GET", path(current.id) + "/messages?" + q);
   const body = $("messages").tBodies[0];
-  body.replaceChildren();
+  if (older !== true) body.replaceChildren();
   for (const m of messages) body.append(messageRow(m));
-  if (!messages.length) body.append(el("tr", {}, el("td", { colspan: "6", text: "No messages match." })));
+  if (!body.rows.length) body.append(el("tr", {}, el("td", { colspan: "6", text: "No messages match." })));
+  olderCursor = next || null;
+  $("log-older").hidden = !olderCursor;
 }
 
 function messageRow(m) {
@@ -309,6 +317,7 @@ function wire() {
     });
   });
   $("log-search").addEventListener("submit", (ev) => { ev.preventDefault(); act("Searching", loadMessages); });
+  $("log-older").addEventListener("click", () => act("Older messages", () => loadMessages(true)));
 }
 
 // The event catalog -----------------------------------------------------------

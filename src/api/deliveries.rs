@@ -124,8 +124,11 @@ async fn from_time(
     let store = s.shared.store.as_ref();
     let mut out = BTreeMap::new();
     for t in targets {
-        let before = super::messages::newest(store, t, StreamId::ZERO, 1, |e| e.observed < at_ms);
-        let after = before.await?.pop().map_or(StreamId::ZERO, |e| e.id);
+        // Read back from the end to the last event observed before `at`,
+        // however far back it lies.
+        let whole = (None, StreamId::ZERO);
+        let before = super::messages::back(store, t, whole, 1, usize::MAX, |e| e.observed < at_ms);
+        let after = before.await?.events.pop().map_or(StreamId::ZERO, |e| e.id);
         out.insert(t.clone(), after);
     }
     Ok(out)

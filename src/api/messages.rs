@@ -8,7 +8,7 @@
 //! for it. Nothing is stored for the log itself: it is derived, so it never
 //! disagrees with what delivery does.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
@@ -34,8 +34,8 @@ use crate::{
 
 /// Events read per page while scanning a table.
 const PAGE: usize = 1000;
-/// The most events one scan reads per table: the log covers the events
-/// after the subscription's start up to this many (the newest it keeps).
+/// The most events one page of the log reads per table, newest first; its
+/// `next` goes on from where it stopped.
 pub const SCAN_LIMIT: usize = 50_000;
 /// Attempts read from the log to pair with the events shown.
 const ATTEMPTS_READ: usize = 1000;
@@ -75,6 +75,7 @@ pub struct MessagesQuery {
     ty: Option<String>,
     state: Option<String>,
     limit: Option<String>,
+    before: Option<String>,
 }
 
 /// What a query asks for, checked.
@@ -83,6 +84,7 @@ struct Search {
     ty: Option<String>,
     state: Option<MessageState>,
     limit: usize,
+    before: Option<String>,
 }
 
 impl Search {
@@ -101,6 +103,7 @@ impl Search {
             ty: q.ty.filter(|t| !t.is_empty()),
             state,
             limit: parse_limit(q.limit.as_deref(), 100)?,
+            before: q.before,
         })
     }
 }
@@ -157,28 +160,90 @@ pub async fn list(
     let sub = load(&s, &who, &id).await?;
     let store = s.shared.store.as_ref();
     let attempts = store.attempts(&sub.id, ATTEMPTS_READ).await?;
-    let mut out = Vec::new();
-    for t in sub.resources.of(&known_targets(&s)) {
-        let Some(src) = s.shared.event_source(&t) else {
-            continue;
-        };
-        out.extend(table_messages(store, &sub, &src, &search, &attempts).await?);
+    let tables = sub.resources.of(&known_targets(&s));
+    let cursor = cursor_of(search.before.as_deref(), tables.len())?;
+    let mut found = Vec::with_capacity(tables.len());
+    for (t, before) in tables.iter().zip(cursor) {
+        let src = s.shared.event_source(t);
+        found.push(match (src, before) {
+            (Some(src), b) if b != Some(StreamId::ZERO) => {
+                table_messages(store, &sub, &src, &search, &attempts, b).await?
+            }
+            _ => (Vec::new(), StreamId::ZERO),
+        });
     }
-    out.sort_by_key(|m| std::cmp::Reverse(m.0));
-    out.truncate(search.limit);
-    let messages: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
-    Ok(Json(json!({ "messages": messages })))
+    let (messages, next) = page(found, search.limit);
+    let mut body = json!({ "messages": messages });
+    if let Some(next) = next {
+        body["next"] = next.into();
+    }
+    Ok(Json(body))
 }
 
-/// The messages of one table matching `search`, newest last, each keyed
-/// by its observation time (then stream id) for the merge across tables.
+/// The cursor `before` of a next page: one stream ID per table of the
+/// subscription, in order (`0-0` for a table read to its start); none for
+/// the first page.
+fn cursor_of(before: Option<&str>, tables: usize) -> ApiResult<Vec<Option<StreamId>>> {
+    let Some(before) = before.filter(|b| !b.is_empty()) else {
+        return Ok(vec![None; tables]);
+    };
+    let bad = || {
+        Problem::invalid(
+            "before",
+            format!(
+                "{before:?} is not a `next` of this log (its tables changed?); start again without it"
+            ),
+        )
+    };
+    let ids: Vec<Option<StreamId>> = (before.split(','))
+        .map(|id| id.parse().map(Some).map_err(|_| bad()))
+        .collect::<ApiResult<_>>()?;
+    if ids.len() == tables {
+        Ok(ids)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The newest `limit` of every table's messages (each newest first, with
+/// where its scan goes on) and the cursor of the next page: per table, the
+/// oldest message shown, or where its scan stopped when all were shown.
+/// None when every table was read to its start.
+type Found = (Vec<((u64, StreamId), Value)>, StreamId);
+fn page(found: Vec<Found>, limit: usize) -> (Vec<Value>, Option<String>) {
+    let mut all: Vec<((u64, StreamId), usize, Value)> = (found.iter().enumerate())
+        .flat_map(|(i, (ms, _))| ms.iter().map(move |(k, v)| (*k, i, v.clone())))
+        .collect();
+    all.sort_by_key(|m| std::cmp::Reverse(m.0));
+    all.truncate(limit);
+    let mut taken = vec![0; found.len()];
+    for m in &all {
+        taken[m.1] += 1;
+    }
+    let next: Vec<StreamId> = (found.iter().zip(taken))
+        .map(|((ms, stopped), n)| match n {
+            n if n == ms.len() => *stopped,
+            0 => StreamId::new(ms[0].0.1.stamp, ms[0].0.1.seq.saturating_add(1)),
+            n => ms[n - 1].0.1,
+        })
+        .collect();
+    let more = next.iter().any(|id| *id != StreamId::ZERO);
+    let cursor = next.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let messages = all.into_iter().map(|(_, _, v)| v).collect();
+    (messages, more.then(|| cursor.join(",")))
+}
+
+/// The messages of one table matching `search` before `before`, newest
+/// first, each keyed by its observation time (then stream id) for the
+/// merge across tables, and where a next page goes on.
 async fn table_messages(
     store: &dyn Store,
     sub: &Subscription,
     src: &EventSource,
     search: &Search,
     attempts: &[Attempt],
-) -> ApiResult<Vec<((u64, StreamId), Value)>> {
+    before: Option<StreamId>,
+) -> ApiResult<Found> {
     let t = &src.target;
     let facts = facts(store, sub, t).await?;
     let selection = crate::delivery::selection_of(sub, src).map_err(Problem::internal)?;
@@ -190,11 +255,11 @@ async fn table_messages(
             && search.state.is_none_or(|st| facts.state_of(e).0 == st)
     };
     let after = sub.start_of(t).min(facts.position);
-    let events = newest(store, t, after, search.limit, wanted).await?;
-    Ok(events
-        .iter()
+    let found = back(store, t, (before, after), search.limit, SCAN_LIMIT, wanted).await?;
+    let messages = (found.events.iter())
         .map(|e| ((e.observed, e.id), message(src, e, &facts, attempts)))
-        .collect())
+        .collect();
+    Ok((messages, found.next))
 }
 
 async fn facts(store: &dyn Store, sub: &Subscription, t: &Target) -> ApiResult<Facts> {
@@ -220,35 +285,59 @@ async fn facts(store: &dyn Store, sub: &Subscription, t: &Target) -> ApiResult<F
     })
 }
 
-/// The newest `keep` events of `t` after `after` that `wanted` passes,
-/// oldest first, reading at most [`SCAN_LIMIT`] events.
-pub(super) async fn newest(
+/// What one backward scan of a table found.
+pub(super) struct Back {
+    /// The events `wanted` passed, newest first.
+    pub events: Vec<Event>,
+    /// Where a next scan goes on (strictly before it): the oldest event
+    /// kept when `keep` were found, else where the scan stopped;
+    /// [`StreamId::ZERO`] once it reached `after`.
+    pub next: StreamId,
+}
+
+/// Reads table `t` backwards from `before` (its last event when none) down
+/// to `after` (excluded): the newest `keep` events `wanted` passes, reading
+/// at most `scan` events.
+pub(super) async fn back(
     store: &dyn Store,
     t: &Target,
-    after: StreamId,
+    (before, after): (Option<StreamId>, StreamId),
     keep: usize,
+    scan: usize,
     wanted: impl Fn(&Event) -> bool,
-) -> ApiResult<Vec<Event>> {
-    let mut kept = VecDeque::with_capacity(keep);
-    let (mut after, mut read) = (after, 0);
-    while read < SCAN_LIMIT {
-        let page = store.read(t, after, PAGE).await?;
+) -> ApiResult<Back> {
+    let (mut events, mut read, mut cursor) = (Vec::new(), 0, before);
+    while read < scan {
+        let page = store.read_back(t, cursor, PAGE.min(scan - read)).await?;
+        let full = page.len() == PAGE.min(scan - read);
         read += page.len();
-        let full = page.len() == PAGE;
-        if let Some(last) = page.last() {
-            after = last.id;
-        }
-        for e in page.into_iter().filter(|e| wanted(e)) {
-            if kept.len() == keep {
-                kept.pop_front();
+        for e in page {
+            if e.id <= after {
+                return Ok(Back {
+                    events,
+                    next: StreamId::ZERO,
+                });
             }
-            kept.push_back(e);
+            cursor = Some(e.id);
+            if wanted(&e) {
+                let id = e.id;
+                events.push(e);
+                if events.len() == keep {
+                    return Ok(Back { events, next: id });
+                }
+            }
         }
         if !full {
-            break;
+            return Ok(Back {
+                events,
+                next: StreamId::ZERO,
+            });
         }
     }
-    Ok(kept.into())
+    Ok(Back {
+        events,
+        next: cursor.unwrap_or(StreamId::ZERO),
+    })
 }
 
 /// One message as the API shows it.
@@ -382,7 +471,8 @@ async fn find_event(
     let page = store.read(&t, after, 64).await?;
     let mut found = page.into_iter().find(|e| is_it(e));
     if found.is_none() {
-        found = newest(store, &t, StreamId::ZERO, 1, is_it).await?.pop();
+        let back = back(store, &t, (None, StreamId::ZERO), 1, SCAN_LIMIT, is_it);
+        found = back.await?.events.pop();
     }
     found.map(|e| (t, e)).ok_or_else(missing)
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState,
     extract::JsonBody,
-    messages::{newest, parse_limit},
+    messages::{back, parse_limit},
     principal::Principal,
     problem::ApiResult,
     subscriptions::known_targets,
@@ -69,7 +69,11 @@ async fn preview_table(
     ops: &[Op],
     keep: usize,
 ) -> ApiResult<Vec<Value>> {
-    let events = newest(store, &src.target, StreamId::ZERO, keep, |_| true).await?;
+    let whole = (None, StreamId::ZERO);
+    let mut events = back(store, &src.target, whole, keep, keep, |_| true)
+        .await?
+        .events;
+    events.reverse();
     Ok(events
         .iter()
         .map(|e| {

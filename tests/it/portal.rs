@@ -72,6 +72,7 @@ async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) 
             "{m}"
         );
     }
+    pages_go_back_to_the_start(&app, &sub, &all).await;
     let one = all[0]["record"].as_str().unwrap();
     let picked = messages(&app, &sub, &format!("record={one}")).await;
     assert!(
@@ -323,4 +324,41 @@ async fn a_refusal_shows_its_reason_and_a_retry_keeps_the_failures(ts: TestStore
     )
     .await;
     app.stop().await;
+}
+
+/// Pages of 2 from the newest: the whole log (`all`, newest first), each
+/// message once, `next` absent on the last page only.
+async fn pages_go_back_to_the_start(app: &App, sub: &str, all: &[Value]) {
+    let stream_ids: Vec<&Value> = all.iter().map(|m| &m["stream_id"]).collect();
+    let mut sorted = stream_ids.clone();
+    sorted.sort_by_key(|id| {
+        let (stamp, seq) = id.as_str().unwrap().split_once('-').unwrap();
+        std::cmp::Reverse((stamp.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap()))
+    });
+    assert_eq!(stream_ids, sorted, "newest first");
+    let (mut paged, mut before) = (Vec::new(), None::<String>);
+    loop {
+        let mut path = format!("/v1/subscriptions/{sub}/messages?limit=2");
+        if let Some(b) = &before {
+            path.push_str(&format!("&before={b}"));
+        }
+        let body = app.get_json(&path).await;
+        let page = body["messages"].as_array().unwrap();
+        paged.extend(page.iter().map(|m| m["stream_id"].clone()));
+        match body["next"].as_str() {
+            Some(next) => {
+                assert_eq!(page.len(), 2, "{body}");
+                before = Some(next.to_string());
+            }
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "{paged:?}");
+    }
+    assert_eq!(paged.iter().collect::<Vec<_>>(), stream_ids);
+    let bad = app
+        .get(&format!("/v1/subscriptions/{sub}/messages?before=1-0,2-0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422, "one table, two cursors");
 }

@@ -107,6 +107,21 @@ async fn appends_are_ordered_and_idempotent(ts: &TestStore) {
     let after = ts.store.read(&t, id(2, 0), 2).await.unwrap();
     let ids: Vec<StreamId> = after.iter().map(|e| e.id).collect();
     assert_eq!(ids, [id(3, 0), id(5, 0)], "strictly after, at most limit");
+    let back = |before, limit| ts.store.read_back(&t, before, limit);
+    let newest: Vec<StreamId> = back(None, 2).await.unwrap().iter().map(|e| e.id).collect();
+    assert_eq!(
+        newest,
+        [id(6, 0), id(5, 0)],
+        "backwards from the last event"
+    );
+    let older = back(Some(id(5, 0)), 10).await.unwrap();
+    let older: Vec<(StreamId, &str)> = older.iter().map(|e| (e.id, e.record.as_str())).collect();
+    assert_eq!(
+        older,
+        [(id(3, 0), "c"), (id(2, 0), "b"), (id(1, 0), "a")],
+        "strictly before"
+    );
+    assert!(back(Some(id(1, 0)), 10).await.unwrap().is_empty());
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 5);
     assert_eq!(ts.store.index_len(&t).await.unwrap(), 3);
     let entry = ts.store.index_entry(&t, "c").await.unwrap().unwrap();

@@ -241,6 +241,33 @@ impl Store for SqliteStore {
         self.with(move |c| read_after(c, &t, after, limit)).await
     }
 
+    async fn read_back(
+        &self,
+        t: &Target,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let t = t.clone();
+        let before = before.unwrap_or(StreamId::new(i64::MAX as u64, i64::MAX as u64));
+        self.with(move |c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE source = ?1 AND resource = ?2 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))
+                 ORDER BY stamp DESC, seq DESC LIMIT ?5"
+            ))?;
+            let (stamp, seq) = (
+                before.stamp.min(i64::MAX as u64),
+                before.seq.min(i64::MAX as u64),
+            );
+            q.query_map(
+                params![t.source, t.resource, stamp as i64, seq as i64, limit as i64],
+                event_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
         let t = t.clone();
         self.with(move |c| {
