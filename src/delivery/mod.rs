@@ -266,10 +266,10 @@ impl Deliverer {
         Ok((subs, allowed))
     }
 
-    fn reconcile<'a>(
+    fn reconcile(
         &self,
         subs: &[Subscription],
-        wanted: HashMap<(String, Target), &'a Subscription>,
+        wanted: HashMap<(String, Target), &Subscription>,
         running: &mut HashMap<(String, Target), Running>,
         cancel: &CancellationToken,
     ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {

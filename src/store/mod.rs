@@ -212,15 +212,6 @@ pub trait Store:
     /// Events with IDs strictly after `after`, in order, at most `limit`.
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>>;
 
-    /// Events with IDs strictly before `before` (from the last event when
-    /// none), newest first, at most `limit`: a table read backwards.
-    async fn read_back(
-        &self,
-        t: &Target,
-        before: Option<StreamId>,
-        limit: usize,
-    ) -> StoreResult<Vec<Event>>;
-
     /// As [`Store::read`], between two reads of `trimmed_through` (the one
     /// before and the one after it): what a reader needs to tell whether
     /// its page skipped what retention removed. One round trip where the

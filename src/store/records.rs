@@ -22,7 +22,7 @@
 use async_trait::async_trait;
 
 use super::{StoreResult, Target};
-use crate::events::Event;
+use crate::events::{Event, StreamId};
 
 /// A record's latest version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,15 @@ pub trait RecordStore: Send + Sync {
     /// the version its `prev` names, when the table keeps records and still
     /// has it (none otherwise).
     async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()>;
+
+    /// Events with IDs strictly before `before` (from the last event when
+    /// none), newest first, at most `limit`: a table read backwards.
+    async fn read_back(
+        &self,
+        t: &Target,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>>;
 }
 
 /// The version an event replaced, to look up for previous values: its

@@ -2,7 +2,9 @@
 //! (`fantoccini` and Debian's `chromedriver`, package `chromium-driver`):
 //! open a portal link, create an endpoint, see a delivery arrive, make the
 //! receiver fail, see the failure and its reason, fix it, retry from the
-//! page, rotate the secret, read the event catalog; another consumer's
+//! page; by keyboard only redrive a dead letter, retry everything failed
+//! and replay from the beginning; rotate the secret, read the event
+//! catalog; another consumer's
 //! endpoint never shows, nor answers the link's token. Skipped without chromedriver unless
 //! `STAMP_RELAY_REQUIRE_CHROMIUM` is `1` or `true`. With
 //! `STAMP_RELAY_UPDATE_SCREENSHOT=1` it saves docs/portal.png.
@@ -295,6 +297,7 @@ async fn portal_manages_an_endpoint_in_chromium() {
     )
     .await;
     wait_row(&c, &second.id, "delivered").await;
+    recovery_by_keyboard(&c, &sim, &rx).await;
 
     // The secret rotates; the page shows the new one, as the API does.
     click(&c, "rotate-secret").await;
@@ -374,4 +377,36 @@ async fn screenshot(c: &Client) {
     let png = c.screenshot().await.unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/portal.png");
     std::fs::write(path, png).unwrap();
+}
+
+/// Presses Enter on the element `id` (a focused button or field).
+async fn press_enter(c: &Client, id: &str) {
+    let e = by_id(c, id).await;
+    e.send_keys("\u{E007}")
+        .await
+        .unwrap_or_else(|err| panic!("Enter on #{id}: {err}"));
+}
+
+/// The recovery actions, by keyboard only: a dead letter redriven, every
+/// waiting retry made due, a replay from the beginning typed and submitted.
+async fn recovery_by_keyboard(c: &Client, sim: &Sim, rx: &TestReceiver) {
+    rx.set_mode(Mode::Flaky(1.0));
+    let third = sim.sim.random_writes(Some("patients"), 1).pop().unwrap();
+    wait_row(c, &third.id, "dead").await;
+    rx.set_mode(Mode::Ok);
+    press_enter(c, "redrive").await;
+    wait_status(c, "1 dead letters redriven").await;
+    wait_row(c, &third.id, "delivered").await;
+    press_enter(c, "retry-failed").await;
+    wait_status(c, "waiting retries are due now").await;
+    let before = rx.event_ids().len();
+    fill(c, "replay-stamp", "beginning").await;
+    press_enter(c, "replay-stamp").await;
+    wait_status(c, "Replay started").await;
+    eventually(
+        "the replay to arrive",
+        Duration::from_secs(20),
+        async || rx.event_ids().len() > before,
+    )
+    .await;
 }

@@ -321,25 +321,6 @@ impl Store for RedisStore {
         parse_entries(reply)
     }
 
-    async fn read_back(
-        &self,
-        t: &Target,
-        before: Option<StreamId>,
-        limit: usize,
-    ) -> StoreResult<Vec<Event>> {
-        let mut c = self.conn.clone();
-        let reply: redis::Value = redis::cmd("XREVRANGE")
-            .arg(self.keys(t).events)
-            .arg(before.map_or_else(|| "+".to_string(), |b| format!("({b}")))
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        parse_entries(reply)
-    }
-
     async fn read_between_trims(
         &self,
         t: &Target,

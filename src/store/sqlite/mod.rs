@@ -118,7 +118,7 @@ fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
     .map(Option::unwrap_or_default)
 }
 
-const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before, prev_at_stamp, prev_at_seq";
+pub(super) const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, before, prev_at_stamp, prev_at_seq";
 
 fn read_after(
     c: &Connection,
@@ -152,7 +152,7 @@ fn id_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<StreamId> {
     ))
 }
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let op: String = r.get(2)?;
     Ok(Event {
         id: id_at(r, 0)?,
@@ -239,33 +239,6 @@ impl Store for SqliteStore {
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
         let t = t.clone();
         self.with(move |c| read_after(c, &t, after, limit)).await
-    }
-
-    async fn read_back(
-        &self,
-        t: &Target,
-        before: Option<StreamId>,
-        limit: usize,
-    ) -> StoreResult<Vec<Event>> {
-        let t = t.clone();
-        let before = before.unwrap_or(StreamId::new(i64::MAX as u64, i64::MAX as u64));
-        self.with(move |c| {
-            let mut q = c.prepare_cached(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events
-                 WHERE source = ?1 AND resource = ?2 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))
-                 ORDER BY stamp DESC, seq DESC LIMIT ?5"
-            ))?;
-            let (stamp, seq) = (
-                before.stamp.min(i64::MAX as u64),
-                before.seq.min(i64::MAX as u64),
-            );
-            q.query_map(
-                params![t.source, t.resource, stamp as i64, seq as i64, limit as i64],
-                event_row,
-            )?
-            .collect()
-        })
-        .await
     }
 
     async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::SqliteStore;
+use super::{EVENT_COLUMNS, SqliteStore, event_row};
 use crate::events::{Event, IndexEntry, StreamId};
 use crate::record::UpstreamRecord;
 use crate::store::records::{RecordStore, RecordsPage, RecordsQuery, StoredRecord};
@@ -192,6 +192,33 @@ fn page(c: &mut Connection, t: &Target, q: RecordsQuery) -> rusqlite::Result<Rec
 
 #[async_trait]
 impl RecordStore for SqliteStore {
+    async fn read_back(
+        &self,
+        t: &Target,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let t = t.clone();
+        let before = before.unwrap_or(StreamId::new(i64::MAX as u64, i64::MAX as u64));
+        self.with(move |c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events
+                 WHERE source = ?1 AND resource = ?2 AND (stamp < ?3 OR (stamp = ?3 AND seq < ?4))
+                 ORDER BY stamp DESC, seq DESC LIMIT ?5"
+            ))?;
+            let (stamp, seq) = (
+                before.stamp.min(i64::MAX as u64),
+                before.seq.min(i64::MAX as u64),
+            );
+            q.query_map(
+                params![t.source, t.resource, stamp as i64, seq as i64, limit as i64],
+                event_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
     fn keep_records(&self, t: &Target, keep: bool) {
         self.keep.set(t, keep);
     }
