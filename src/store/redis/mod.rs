@@ -199,6 +199,29 @@ fn refusal(e: &redis::RedisError) -> Option<Refusal> {
     }
 }
 
+impl RedisStore {
+    /// `XRANGE` or `XREVRANGE` (`cmd`) of `t`'s events from `from` to
+    /// `to`, at most `limit`.
+    async fn range(
+        &self,
+        t: &Target,
+        (cmd, from, to): (&str, String, &str),
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let mut c = self.conn.clone();
+        let reply: redis::Value = redis::cmd(cmd)
+            .arg(self.keys(t).events)
+            .arg(from)
+            .arg(to)
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        parse_entries(reply)
+    }
+}
+
 #[async_trait]
 impl Store for RedisStore {
     fn describe(&self) -> String {
@@ -308,17 +331,8 @@ impl Store for RedisStore {
     }
 
     async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
-        let mut c = self.conn.clone();
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(self.keys(t).events)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        parse_entries(reply)
+        let range = ("XRANGE", format!("({after}"), "+");
+        self.range(t, range, limit).await
     }
 
     async fn read_between_trims(

@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
-use super::{RedisStore, entries::parse_entries};
+use super::RedisStore;
 use crate::events::{Event, StreamId};
 use crate::store::records::{
     RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value, replaced,
@@ -221,17 +221,8 @@ impl RecordStore for RedisStore {
         before: Option<StreamId>,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
-        let mut c = self.conn.clone();
-        let reply: redis::Value = redis::cmd("XREVRANGE")
-            .arg(self.keys(t).events)
-            .arg(before.map_or_else(|| "+".to_string(), |b| format!("({b}")))
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err(e))?;
-        parse_entries(reply)
+        let from = before.map_or_else(|| "+".to_string(), |b| format!("({b}"));
+        self.range(t, ("XREVRANGE", from, "-"), limit).await
     }
 
     fn keep_records(&self, t: &Target, keep: bool) {
