@@ -294,6 +294,9 @@ impl Relay {
         let mut deliverer = self.deliverer();
         // Before the API serves, so it shows the file's subscriptions; if
         // the store does not answer yet, delivery's supervisor tries again.
+        if let Err(e) = self.topology.ready_records().await {
+            tracing::warn!(error = %e, "cannot ready the record stores yet; each table's first append does");
+        }
         let targets = self.topology.snapshot().targets();
         let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
         if let Err(e) = applied.await {

@@ -12,6 +12,7 @@ use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 use self::connection::RedisConn;
 use self::entries::{field, parse_entries, parse_id};
 pub use self::keys::Keys;
+use super::records::RecordStore;
 use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Target};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
