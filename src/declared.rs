@@ -16,7 +16,7 @@ use crate::{
     consumer::Allow,
     events::{StreamId, now_ms},
     store::{Store, StoreResult, Target, update_subscription},
-    subscription::{self as sub, Invalid, ManagedBy, Start, StartSpec, Subscription},
+    subscription::{self, Invalid, ManagedBy, Start, StartSpec, Subscription},
 };
 
 /// The reason a subscription removed from the file is disabled with.
@@ -28,7 +28,7 @@ pub const REMOVED: &str = "removed from the configuration file ([[subscriptions]
 /// created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
-    pub sub: Subscription,
+    pub subscription: Subscription,
     pub start: Start,
     /// `from_oldest_kept`: a start at 0 on a trimmed table is accepted.
     pub from_oldest_kept: bool,
@@ -54,7 +54,7 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
     for (i, decl) in config.subscriptions.iter().enumerate() {
         match check(i, &decl.settings, &settings, &config.consumers) {
             Ok(mut d) => {
-                d.sub.secret = sub::SigningSecret::given(decl.secret.expose());
+                d.subscription.secret = subscription::SigningSecret::given(decl.secret.expose());
                 out.push(d);
             }
             Err(p) => problems.extend(p),
@@ -64,43 +64,6 @@ pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
         Ok(out)
     } else {
         Err(ConfigError { problems })
-    }
-}
-
-/// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
-/// the subscriptions it declares included: every problem at once.
-pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
-    let mut problems = loaded.problems;
-    // A key found wrong is read as its default, so the rest is checked too.
-    let Some(raw) = loaded.raw else {
-        return Err(ConfigError { problems });
-    };
-    let mut found = self::problems(&raw);
-    let config = raw.validate(&|k| std::env::var(k).ok());
-    if let Err(e) = &config {
-        found.splice(0..0, e.problems.iter().cloned());
-    }
-    let origins = &loaded.origins;
-    problems.extend(found.into_iter().map(|p| origins.annotate(p)));
-    match config {
-        Ok(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError { problems }),
-    }
-}
-
-/// Loads the file for a command that only reads the store (`status`):
-/// the keys' types and the store's values are checked, but no upstream,
-/// API or webhook secret need be set.
-pub fn load_store_config(path: Option<&std::path::Path>) -> Result<RawConfig, ConfigError> {
-    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
-    let mut problems = loaded.problems;
-    let found = loaded.raw.as_ref().map(RawConfig::store_problems);
-    let origins = &loaded.origins;
-    problems.extend(found.into_iter().flatten().map(|p| origins.annotate(p)));
-    match loaded.raw {
-        Some(raw) if problems.is_empty() => Ok(raw),
-        _ => Err(ConfigError { problems }),
     }
 }
 
@@ -118,17 +81,19 @@ fn check(
     let mut p = Vec::new();
     let mut note = |e: Invalid| p.push(format!("subscriptions[{i}].{}: {}", e.field, e.message));
     for r in [
-        sub::validate_headers(&c.headers),
-        sub::validate_batch(c.batch_size.unwrap_or(1)),
-        sub::validate_in_flight(c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT)),
-        sub::validate_rate(c.rate_limit),
-        sub::validate_description(&c.description),
+        subscription::validate_headers(&c.headers),
+        subscription::validate_batch(c.batch_size.unwrap_or(1)),
+        subscription::validate_in_flight(
+            c.max_in_flight.unwrap_or(subscription::DEFAULT_IN_FLIGHT),
+        ),
+        subscription::validate_rate(c.rate_limit),
+        subscription::validate_description(&c.description),
     ] {
         r.unwrap_or_else(&mut note);
     }
-    let url = sub::WebhookUrl::parse(&c.url).map_err(&mut note);
-    let resources = sub::parse_resources(&c.resources, &known).map_err(&mut note);
-    let ops = sub::parse_ops(&c.ops).map_err(&mut note);
+    let url = subscription::WebhookUrl::parse(&c.url).map_err(&mut note);
+    let resources = subscription::parse_resources(&c.resources, &known).map_err(&mut note);
+    let ops = subscription::parse_ops(&c.ops).map_err(&mut note);
     let fields =
         crate::filter::subscription_fields(c.filters.as_ref(), c.fields.as_ref()).map_err(|e| {
             note(Invalid {
@@ -137,7 +102,7 @@ fn check(
             })
         });
     if let Ok(f) = &fields {
-        sub::validate_fields_alone(c.previous, f).unwrap_or_else(&mut note);
+        subscription::validate_fields_alone(c.previous, f).unwrap_or_else(&mut note);
     }
     if let Ok(r) = &resources
         && let Err(e) = within_consumer(c, r, consumers)
@@ -158,7 +123,7 @@ fn check(
     let start = start_of(c.start.as_ref(), &targets).map_err(&mut note);
     match (url, resources, ops, fields, start) {
         (Ok(url), Ok(resources), Ok(ops), Ok(fields), Ok(start)) if p.is_empty() => Ok(Declared {
-            sub: model(c, url, resources, ops, fields),
+            subscription: model(c, url, resources, ops, fields),
             start,
             from_oldest_kept: c.from_oldest_kept,
         }),
@@ -170,8 +135,8 @@ fn check(
 /// start points or times yet.
 fn model(
     c: &SubscriptionConfig,
-    url: sub::WebhookUrl,
-    resources: sub::Coverage,
+    url: subscription::WebhookUrl,
+    resources: subscription::Coverage,
     ops: Vec<crate::events::Op>,
     fields: Option<Vec<String>>,
 ) -> Subscription {
@@ -183,11 +148,11 @@ fn model(
         start: Default::default(),
         headers: c.headers.clone(),
         batch_size: c.batch_size.unwrap_or(1),
-        max_in_flight: c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT),
+        max_in_flight: c.max_in_flight.unwrap_or(subscription::DEFAULT_IN_FLIGHT),
         rate_limit: c.rate_limit,
         enabled: true,
         description: c.description.clone(),
-        secret: sub::SigningSecret::given(""),
+        secret: subscription::SigningSecret::given(""),
         previous_secret: None,
         disabled_reason: None,
         created_ms: 0,
@@ -201,7 +166,7 @@ fn model(
         consumer: c
             .consumer
             .clone()
-            .unwrap_or_else(|| sub::DEFAULT_CONSUMER.into()),
+            .unwrap_or_else(|| subscription::DEFAULT_CONSUMER.into()),
     }
 }
 
@@ -209,16 +174,19 @@ fn model(
 /// within the consumer's lists (as the API checks a request).
 fn within_consumer(
     c: &SubscriptionConfig,
-    resources: &sub::Coverage,
+    resources: &subscription::Coverage,
     consumers: &[ConsumerConfig],
 ) -> Result<(), Invalid> {
-    let name = c.consumer.as_deref().unwrap_or(sub::DEFAULT_CONSUMER);
+    let name = c
+        .consumer
+        .as_deref()
+        .unwrap_or(subscription::DEFAULT_CONSUMER);
     let allow = match consumers.iter().find(|d| d.name == name) {
         Some(d) => Allow {
             sources: d.sources.clone(),
             resources: d.resources.clone(),
         },
-        None if name == sub::DEFAULT_CONSUMER => Allow::everything(),
+        None if name == subscription::DEFAULT_CONSUMER => Allow::everything(),
         None => {
             return Err(Invalid {
                 field: "consumer".into(),
@@ -268,16 +236,16 @@ pub async fn apply(
     let stored = store.subscriptions().await?;
     let now = last_ids(store, known).await?;
     for d in declared {
-        match stored.iter().find(|s| s.id == d.sub.id) {
+        match stored.iter().find(|s| s.id == d.subscription.id) {
             None => create(store, d, known, &now).await?,
-            Some(s) if differs(s, &d.sub) => {
+            Some(s) if differs(s, &d.subscription) => {
                 let until = now_ms() + grace.as_millis() as u64;
-                update_subscription(store, &d.sub.id, |cur| {
-                    adopt(cur, &d.sub, known, &now, until);
+                update_subscription(store, &d.subscription.id, |cur| {
+                    adopt(cur, &d.subscription, known, &now, until);
                     Ok::<_, crate::store::StoreError>(())
                 })
                 .await?;
-                tracing::info!(subscription = %d.sub.id, "subscription updated from the configuration file");
+                tracing::info!(subscription = %d.subscription.id, "subscription updated from the configuration file");
             }
             Some(_) => {}
         }
@@ -285,7 +253,7 @@ pub async fn apply(
     let gone = stored
         .iter()
         .filter(|s| s.managed_by == Some(ManagedBy::Config))
-        .filter(|s| !declared.iter().any(|d| d.sub.id == s.id));
+        .filter(|s| !declared.iter().any(|d| d.subscription.id == s.id));
     for s in gone {
         update_subscription(store, &s.id, |cur| {
             cur.enabled = false;
@@ -309,13 +277,14 @@ pub async fn restore(
     known: &[Target],
 ) -> StoreResult<()> {
     for d in declared {
-        if stored.iter().any(|s| s.id == d.sub.id) || store.subscription(&d.sub.id).await?.is_some()
+        if stored.iter().any(|s| s.id == d.subscription.id)
+            || store.subscription(&d.subscription.id).await?.is_some()
         {
             continue;
         }
         let now = last_ids(store, known).await?;
         create(store, d, known, &now).await?;
-        tracing::warn!(subscription = %d.sub.id, "a subscription of the configuration file was missing from the store; re-created it");
+        tracing::warn!(subscription = %d.subscription.id, "a subscription of the configuration file was missing from the store; re-created it");
     }
     Ok(())
 }
@@ -334,8 +303,8 @@ async fn create(
     known: &[Target],
     now: &HashMap<Target, StreamId>,
 ) -> StoreResult<()> {
-    let mut s = d.sub.clone();
-    s.start = sub::resolve_start(&d.start, &s.resources.of(known), now);
+    let mut s = d.subscription.clone();
+    s.start = subscription::resolve_start(&d.start, &s.resources.of(known), now);
     (s.created_ms, s.updated_ms) = (now_ms(), now_ms());
     if let Some(reason) = trimmed_start(store, &s, d.from_oldest_kept).await? {
         (s.enabled, s.disabled_reason) = (false, Some(reason));
@@ -436,8 +405,8 @@ mod tests {
         }))
         .unwrap();
         let mut d = check(0, &c, &[source], &[]).unwrap();
-        d.sub.secret = "whsec_new".into();
-        d.sub
+        d.subscription.secret = "whsec_new".into();
+        d.subscription
     }
 
     #[test]
@@ -461,7 +430,7 @@ mod tests {
         };
         let sources = std::slice::from_ref(&source);
         let ok = check(0, &c("lab"), sources, &[lab("pc/patients")]).unwrap();
-        assert_eq!(ok.sub.consumer, "lab");
+        assert_eq!(ok.subscription.consumer, "lab");
         let e = check(0, &c("lab"), sources, &[lab("pc/users")]).unwrap_err();
         assert!(e[0].starts_with("subscriptions[0].resources"), "{e:?}");
         let e = check(0, &c("nope"), sources, &[]).unwrap_err();
@@ -473,7 +442,7 @@ mod tests {
     fn the_file_is_adopted_keeping_positions_and_rotating_the_secret() {
         let (patients, users) = (Target::new("pc", "patients"), Target::new("pc", "users"));
         let mut stored = declared(r#"[{"exact": {"type": "a"}}]"#);
-        stored.resources = sub::Coverage::Only(vec![patients.clone()]);
+        stored.resources = subscription::Coverage::Only(vec![patients.clone()]);
         stored.start = [(patients.clone(), StreamId::new(7, 0))].into();
         stored.secret = "whsec_old".into();
         (stored.enabled, stored.disabled_reason) = (false, Some(REMOVED.into()));

@@ -60,8 +60,8 @@ impl Backlog {
     }
 }
 
-pub async fn backlog(store: &dyn Store, sub: &str, t: &Target) -> StoreResult<Backlog> {
-    Ok(Backlog::of(store.pending(sub, t).await?))
+pub async fn backlog(store: &dyn Store, sub_id: &str, t: &Target) -> StoreResult<Backlog> {
+    Ok(Backlog::of(store.pending(sub_id, t).await?))
 }
 
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.
@@ -235,12 +235,12 @@ impl Deliverer {
         }
     }
 
-    async fn forget(&self, sub: &str, t: Target) {
+    async fn forget(&self, sub_id: &str, t: Target) {
         // Its worker has stopped: nothing re-creates the series.
         self.metrics
-            .forget_subscription(sub, std::slice::from_ref(&t));
-        if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
-            tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
+            .forget_subscription(sub_id, std::slice::from_ref(&t));
+        if let Err(e) = self.store.forget_subscription(sub_id, &[t]).await {
+            tracing::warn!(subscription = %sub_id, error = %e, "cannot remove the delivery state of a deleted subscription");
         }
     }
 

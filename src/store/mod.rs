@@ -353,18 +353,18 @@ pub trait DeliveryStore: Send + Sync {
     /// `start` when the subscription has none (or the store lost it).
     async fn claim(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         start: StreamId,
         count: usize,
     ) -> StoreResult<Vec<Event>>;
 
     /// The pending set with retry states, in stream order (after a restart).
-    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>>;
+    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>>;
 
     async fn retry_later(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         id: StreamId,
         state: RetryState,
@@ -375,44 +375,44 @@ pub trait DeliveryStore: Send + Sync {
     /// entries that failed together keep sharing a retry state (a batch
     /// stays one batch) and none loses its count of attempts. Answers how
     /// many entries were not due yet.
-    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64>;
+    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64>;
 
     /// How many pending entries wait for a retry (failed at least once).
-    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64>;
+    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64>;
 
     /// Removes entries from the pending set.
-    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
 
     /// Puts entries (back) into the pending set, due now: a redrive.
-    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
 
     /// Moves the position: the next claim returns entries after `after`.
-    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()>;
+    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()>;
 
     /// The position: the last entry claimed, none before the first claim.
-    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>>;
+    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>>;
 
     /// Removes what a deleted subscription left: its position and pending
     /// set on each of `targets`, its delivery leases there, its dead
     /// letters and its attempt log. Idempotent.
-    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()>;
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()>;
 
-    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()>;
+    async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()>;
 
-    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
+    async fn dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>>;
 
     /// Removes and returns every dead letter (for a redrive).
-    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>>;
+    async fn take_dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>>;
 
     /// Removes the one dead letter of `key` ([`DeadLetter::key`]), leaving
     /// the others; false when there was none.
-    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool>;
+    async fn remove_dead_letter(&self, sub_id: &str, key: &str) -> StoreResult<bool>;
 
     /// Records attempts, oldest first; the newest [`ATTEMPTS_KEPT`] are kept.
-    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()>;
+    async fn log_attempts(&self, sub_id: &str, attempts: &[Attempt]) -> StoreResult<()>;
 
     /// The newest attempts first.
-    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>>;
+    async fn attempts(&self, sub_id: &str, limit: usize) -> StoreResult<Vec<Attempt>>;
 }
 
 /// Writes checked against a version, retried this often before giving up.

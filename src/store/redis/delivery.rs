@@ -15,13 +15,13 @@ use crate::{
 };
 
 /// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
-fn dead_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:dead")
+fn dead_key(prefix: &str, sub_id: &str) -> String {
+    format!("{prefix}:sub:{sub_id}:dead")
 }
 
 /// `P:sub:<id>:attempts`, a list of attempt JSON, newest first.
-fn attempts_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:attempts")
+fn attempts_key(prefix: &str, sub_id: &str) -> String {
+    format!("{prefix}:sub:{sub_id}:attempts")
 }
 
 /// `P:subscriptions`, a hash of subscription id -> JSON document.
@@ -82,9 +82,9 @@ impl RedisStore {
             .await
             .map_err(|e| self.err(e))?;
         let script = redis::Script::new(DROP_TRIMMED_LUA);
-        for sub in subs {
+        for sub_id in subs {
             let _: i64 = script
-                .key(self.keys(t).pending(&sub))
+                .key(self.keys(t).pending(&sub_id))
                 .arg(first_kept.to_string())
                 .invoke_async(&mut c)
                 .await
@@ -164,7 +164,7 @@ impl DeliveryStore for RedisStore {
 
     async fn claim(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         start: StreamId,
         count: usize,
@@ -174,8 +174,8 @@ impl DeliveryStore for RedisStore {
         let reply: redis::Value = self
             .claim
             .key(&keys.events)
-            .key(keys.pending(sub))
-            .arg(Keys::group(sub))
+            .key(keys.pending(sub_id))
+            .arg(Keys::group(sub_id))
             .arg(start.to_string())
             .arg(count)
             .invoke_async(&mut c)
@@ -184,16 +184,16 @@ impl DeliveryStore for RedisStore {
         parse_packed(reply)
     }
 
-    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
-            .hgetall(keys.pending(sub))
+            .hgetall(keys.pending(sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut states = all
             .iter()
-            .map(|(id, st)| pending_entry(sub, t, id, st))
+            .map(|(id, st)| pending_entry(sub_id, t, id, st))
             .collect::<StoreResult<Vec<(StreamId, RetryState)>>>()?;
         states.sort_by_key(|(id, _)| *id);
         if states.is_empty() {
@@ -220,7 +220,7 @@ impl DeliveryStore for RedisStore {
 
     async fn retry_later(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         id: StreamId,
         state: RetryState,
@@ -233,7 +233,7 @@ impl DeliveryStore for RedisStore {
         );
         let mut c = self.conn.clone();
         let _: i64 = script
-            .key(self.keys(t).pending(sub))
+            .key(self.keys(t).pending(sub_id))
             .arg(id.to_string())
             .arg(state.encode())
             .invoke_async(&mut c)
@@ -242,7 +242,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
         // One script, so an entry settled meanwhile is never written back.
         let script = redis::Script::new(
             "local all = redis.call('HGETALL', KEYS[1]) local now = tonumber(ARGV[1]) \
@@ -258,7 +258,7 @@ impl DeliveryStore for RedisStore {
         );
         let mut c = self.conn.clone();
         let waiting: i64 = script
-            .key(self.keys(t).pending(sub))
+            .key(self.keys(t).pending(sub_id))
             .arg(now_ms)
             .invoke_async(&mut c)
             .await
@@ -266,34 +266,34 @@ impl DeliveryStore for RedisStore {
         Ok(waiting as u64)
     }
 
-    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
+    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
-            .hgetall(self.keys(t).pending(sub))
+            .hgetall(self.keys(t).pending(sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut waiting = 0;
         for (id, st) in &all {
-            let (_, st) = pending_entry(sub, t, id, st)?;
+            let (_, st) = pending_entry(sub_id, t, id, st)?;
             waiting += u64::from(st.attempts > 0);
         }
         Ok(waiting)
     }
 
-    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut c = self.conn.clone();
         let fields: Vec<String> = ids.iter().map(StreamId::to_string).collect();
         let _: i64 = c
-            .hdel(self.keys(t).pending(sub), fields)
+            .hdel(self.keys(t).pending(sub_id), fields)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -304,16 +304,16 @@ impl DeliveryStore for RedisStore {
             .collect();
         // HSET or HMSET by version: an integer or OK, either is success.
         let _: redis::Value = c
-            .hset_multiple(self.keys(t).pending(sub), &items)
+            .hset_multiple(self.keys(t).pending(sub_id), &items)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
-        let group = Keys::group(sub);
+        let group = Keys::group(sub_id);
         let set: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("SETID")
             .arg(&keys.events)
@@ -335,7 +335,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
         let mut c = self.conn.clone();
         let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
             c.xinfo_groups(self.keys(t).events).await;
@@ -345,7 +345,7 @@ impl DeliveryStore for RedisStore {
             Err(e) if e.to_string().contains("no such key") => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        let group = Keys::group(sub);
+        let group = Keys::group(sub_id);
         groups
             .into_iter()
             .find(|g| g.name == group)
@@ -357,7 +357,7 @@ impl DeliveryStore for RedisStore {
             .transpose()
     }
 
-    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
         let mut c = self.conn.clone();
         // One key per command: on a cluster they live in different slots.
         for t in targets {
@@ -365,7 +365,7 @@ impl DeliveryStore for RedisStore {
             let destroyed: redis::RedisResult<i64> = redis::cmd("XGROUP")
                 .arg("DESTROY")
                 .arg(&keys.events)
-                .arg(Keys::group(sub))
+                .arg(Keys::group(sub_id))
                 .query_async(&mut c)
                 .await;
             // No stream yet means no group either.
@@ -374,30 +374,33 @@ impl DeliveryStore for RedisStore {
             {
                 return Err(self.err(e));
             }
-            let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
-            let lease = self.keys(&t.delivery_lease(sub)).lease;
+            let _: i64 = c.del(keys.pending(sub_id)).await.map_err(|e| self.err(e))?;
+            let lease = self.keys(&t.delivery_lease(sub_id)).lease;
             let _: i64 = c.del(lease).await.map_err(|e| self.err(e))?;
         }
-        for key in [dead_key(&self.prefix, sub), attempts_key(&self.prefix, sub)] {
+        for key in [
+            dead_key(&self.prefix, sub_id),
+            attempts_key(&self.prefix, sub_id),
+        ] {
             let _: i64 = c.del(key).await.map_err(|e| self.err(e))?;
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+    async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let _: i64 = c
-            .hset(dead_key(&self.prefix, sub), d.key(), json)
+            .hset(dead_key(&self.prefix, sub_id), d.key(), json)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+    async fn dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
         let mut c = self.conn.clone();
         let all: Vec<String> = c
-            .hvals(dead_key(&self.prefix, sub))
+            .hvals(dead_key(&self.prefix, sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut v = all
@@ -408,8 +411,8 @@ impl DeliveryStore for RedisStore {
         Ok(v)
     }
 
-    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let key = dead_key(&self.prefix, sub);
+    async fn take_dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
+        let key = dead_key(&self.prefix, sub_id);
         let mut c = self.conn.clone();
         let (all, _): (Vec<String>, i64) = redis::pipe()
             .atomic()
@@ -421,20 +424,20 @@ impl DeliveryStore for RedisStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool> {
+    async fn remove_dead_letter(&self, sub_id: &str, key: &str) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let removed: i64 = c
-            .hdel(dead_key(&self.prefix, sub), key)
+            .hdel(dead_key(&self.prefix, sub_id), key)
             .await
             .map_err(|e| self.err(e))?;
         Ok(removed > 0)
     }
 
-    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+    async fn log_attempts(&self, sub_id: &str, attempts: &[Attempt]) -> StoreResult<()> {
         if attempts.is_empty() {
             return Ok(());
         }
-        let key = attempts_key(&self.prefix, sub);
+        let key = attempts_key(&self.prefix, sub_id);
         let json = attempts
             .iter()
             .map(serde_json::to_string)
@@ -453,10 +456,10 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+    async fn attempts(&self, sub_id: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
         let mut c = self.conn.clone();
         let all: Vec<String> = c
-            .lrange(attempts_key(&self.prefix, sub), 0, limit as isize - 1)
+            .lrange(attempts_key(&self.prefix, sub_id), 0, limit as isize - 1)
             .await
             .map_err(|e| self.err(e))?;
         all.iter().map(|j| decode_json("attempt", j)).collect()
@@ -465,9 +468,15 @@ impl DeliveryStore for RedisStore {
 
 /// One field of a pending hash: the entry's stream ID and its retry state.
 /// A field that does not read is an error naming it, never dropped or reset.
-fn pending_entry(sub: &str, t: &Target, id: &str, st: &str) -> StoreResult<(StreamId, RetryState)> {
-    let corrupt =
-        |what: String| StoreError::Corrupt(format!("pending entry {id:?} of {sub} on {t}: {what}"));
+fn pending_entry(
+    sub_id: &str,
+    t: &Target,
+    id: &str,
+    st: &str,
+) -> StoreResult<(StreamId, RetryState)> {
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!("pending entry {id:?} of {sub_id} on {t}: {what}"))
+    };
     let id = id.parse().map_err(|_| corrupt("not a stream ID".into()))?;
     let st = RetryState::decode(st).map_err(|e| corrupt(e.to_string()))?;
     Ok((id, st))
