@@ -151,7 +151,7 @@ fn init_logging(format: LogFormat, default: &str, command: &Command) -> Option<T
 /// `check-config`: "ok" with what the file declares, or every problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let refused = |c: &crate::config::Config| {
-        let problems = crate::delivery::Deliverer::policy(c).declared_problems(c);
+        let problems = crate::delivery::Supervisor::policy(c).declared_problems(c);
         match problems.is_empty() {
             true => Ok(()),
             false => Err(crate::config::ConfigError { problems }),

@@ -99,7 +99,7 @@ pub struct ApiState {
     /// `delivery.max_waiting_retries`, shown on the status page.
     pub max_waiting_retries: usize,
     /// For `POST /v1/subscriptions/{id}/test`.
-    pub sender: Arc<crate::delivery::sender::Sender>,
+    pub sender: Arc<crate::delivery::sender::WebhookClient>,
     pub type_prefix: String,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub request_timeout: Duration,

@@ -10,8 +10,8 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use tokio::task::JoinError;
 
 use super::{
-    sender::{Endpoint, Sender, Sent},
-    worker::{Now, State, Worker},
+    sender::{Endpoint, Sent, WebhookClient},
+    worker::{Now, Worker, WorkerState},
     writer::Write,
 };
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
 pub struct Request {
     pub sub: Arc<Subscription>,
     pub source: Arc<EventSource>,
-    pub sender: Arc<Sender>,
+    pub sender: Arc<WebhookClient>,
     /// The subscription's URL, headers and signing keys, made once.
     pub endpoint: Arc<Endpoint>,
     /// The subscription's filters and fields: the events are shaped by its
@@ -117,7 +117,7 @@ impl Worker {
     /// move, tests/it/retries.rs).
     pub(super) async fn apply_finished(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         now: Now,
     ) -> StoreResult<Applied> {
@@ -145,7 +145,7 @@ impl Worker {
     /// subscription.
     async fn apply(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         done: Done,
         now: u64,
@@ -201,7 +201,12 @@ impl Worker {
     /// A success at `now` (unix ms) ends a streak of failures: says so, and
     /// makes the waiting retries due now when the receiver was down
     /// (`Streak` says when), in memory and in the store.
-    async fn recovered(&self, st: &mut State, sub: &Subscription, now: u64) -> StoreResult<()> {
+    async fn recovered(
+        &self,
+        st: &mut WorkerState,
+        sub: &Subscription,
+        now: u64,
+    ) -> StoreResult<()> {
         let back = st.streak.delivered(now);
         if back.say {
             tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
@@ -221,7 +226,7 @@ impl Worker {
     /// retry, or goes to the dead letters when the schedule is exhausted.
     async fn retry_or_bury(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         done: &Done,
         now: u64,
@@ -276,7 +281,7 @@ impl Worker {
     /// Logs the attempt made at `at_ms` (off the delivery path) and counts it.
     fn record(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         events: &[Arc<Event>],
         sent: &Sent,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{
     sender::Endpoint,
-    worker::{State, Step, Worker},
+    worker::{Step, Worker, WorkerState},
 };
 use crate::{
     cloudevents::EventSource, filter::Selection, store::StoreResult, subscription::Subscription,
@@ -17,7 +17,7 @@ impl Worker {
     /// Takes the change the supervisor passed on, unless the worker has read
     /// a newer version from the store itself (before a claim), and makes the
     /// first selection. `Some` when the step must end there.
-    pub(super) async fn follow(&self, st: &mut State) -> StoreResult<Option<Step>> {
+    pub(super) async fn follow(&self, st: &mut WorkerState) -> StoreResult<Option<Step>> {
         if st.changes.has_changed().unwrap_or(false) {
             let seen = st.changes.borrow_and_update().clone();
             if seen.version >= st.sub.version {
@@ -33,7 +33,7 @@ impl Worker {
     /// Delivers for `newer` from now on: its endpoint, and its selection.
     pub(super) async fn adopt(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         newer: Subscription,
     ) -> StoreResult<Option<Step>> {
         if newer.previous != st.sub.previous {
@@ -63,7 +63,7 @@ impl Worker {
     /// The selection of the subscription as last seen; every queued entry
     /// is checked again when it changed. A stored one that no longer parses
     /// disables the subscription.
-    async fn reselect(&self, st: &mut State) -> StoreResult<Option<Step>> {
+    async fn reselect(&self, st: &mut WorkerState) -> StoreResult<Option<Step>> {
         match selection_of(&st.sub, &self.source) {
             Ok(selection) => {
                 st.recheck |= st.selection_made && selection != *st.selection;

@@ -1,7 +1,7 @@
 //! Webhook delivery (docs/webhooks.md): at-least-once, signed (Standard Webhooks),
 //! retried on a schedule, in stamp order per record, with dead letters.
 //!
-//! The supervisor ([`Deliverer::run`]) keeps one [`worker::Worker`] per
+//! The supervisor ([`Supervisor::run`]) keeps one [`worker::Worker`] per
 //! (enabled subscription, covered target), restarting and stopping them as
 //! subscriptions change. Workers hold a lease each, so with several relay
 //! instances every pair is served by exactly one of them at a time.
@@ -102,9 +102,9 @@ impl Schedule {
 
 /// What workers share.
 #[derive(Clone)]
-pub struct Deliverer {
+pub struct Supervisor {
     pub store: Arc<dyn Store>,
-    pub sender: Arc<sender::Sender>,
+    pub sender: Arc<sender::WebhookClient>,
     pub schedule: Arc<Schedule>,
     /// The tables there are: a worker per covered table, started and
     /// stopped as tables come and go.
@@ -137,7 +137,7 @@ struct Running {
     handle: tokio::task::JoinHandle<()>,
 }
 
-impl Deliverer {
+impl Supervisor {
     pub fn policy(c: &Config) -> ssrf::Policy {
         ssrf::Policy {
             allow_private: c.delivery.allow_private_targets,
@@ -302,7 +302,7 @@ impl Deliverer {
     }
 }
 
-impl Deliverer {
+impl Supervisor {
     /// The worker of `sub` on `t`, a table of the topology, and the
     /// sender that passes it changes of the subscription.
     pub fn worker(

@@ -19,7 +19,7 @@ use crate::subscription::state::Outcome;
 /// Bytes of a receiver's answer kept with an attempt.
 pub const RESPONSE_KEPT: usize = 4096;
 
-pub struct Sender {
+pub struct WebhookClient {
     http: reqwest::Client,
     policy: Arc<Policy>,
     timeout: Duration,
@@ -130,13 +130,13 @@ pub struct Sent {
     pub error: Option<String>,
 }
 
-impl Sender {
+impl WebhookClient {
     /// Trusts the system's roots, and those of `ca_file` (`delivery.tls_ca_file`).
     pub fn new(
         policy: Policy,
         timeout: Duration,
         ca_file: Option<&std::path::Path>,
-    ) -> anyhow::Result<Sender> {
+    ) -> anyhow::Result<WebhookClient> {
         let policy = Arc::new(policy);
         let builder = crate::http::trust_ca_file(
             reqwest::Client::builder(),
@@ -156,7 +156,7 @@ impl Sender {
             .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(crate::subscription::MAX_IN_FLIGHT as usize)
             .build()?;
-        Ok(Sender {
+        Ok(WebhookClient {
             http,
             policy,
             timeout,

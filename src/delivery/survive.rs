@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Deliverer;
+use super::Supervisor;
 use crate::{events::StreamId, store::Target, subscription::Subscription};
 
 /// How long after a reset is seen the list is not trusted to shrink: a look
@@ -34,7 +34,7 @@ impl Memory {
     }
 }
 
-impl Deliverer {
+impl Supervisor {
     /// After a look that listed `subs`: notices a reset from the tables'
     /// epochs and writes back what the store lost.
     pub(super) async fn survive(&self, memory: &mut Memory, subs: &[Subscription]) {

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     queue::Queue,
-    worker::{IDLE_WAIT, Now, State, TICK, WINDOW, Worker, flush},
+    worker::{IDLE_WAIT, Now, TICK, WINDOW, Worker, WorkerState, flush},
 };
 use crate::{
     events::{Event, StreamId},
@@ -32,7 +32,7 @@ pub(super) enum Fill {
 impl Worker {
     /// Loads the pending set if needed, claims new entries while the window
     /// has room, and settles entries of ops the subscription does not want.
-    pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<Fill> {
+    pub(super) async fn fill(&self, st: &mut WorkerState, sub: &Subscription) -> StoreResult<Fill> {
         let mut fresh = Vec::new();
         if st.queue.is_none() {
             debug_assert!(st.sends.is_empty(), "a reload while requests are out");
@@ -91,7 +91,7 @@ impl Worker {
     /// `sub` is: then that, for the step to take before claiming again.
     async fn claim(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         room: usize,
         fresh: &mut Vec<StreamId>,
@@ -146,7 +146,7 @@ impl Worker {
     /// moves past them and nothing is sent, retried or buried.
     async fn pass_over(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Subscription,
         fresh: Vec<StreamId>,
     ) -> StoreResult<()> {
@@ -182,7 +182,7 @@ impl Worker {
     /// allow; returns how many started and how long until one more might.
     pub(super) async fn start_sends(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Arc<Subscription>,
         now: Now,
     ) -> StoreResult<(usize, Duration)> {
@@ -226,7 +226,7 @@ impl Worker {
     /// Spawns one request; its answer is applied by a later step.
     fn start_send(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         sub: &Arc<Subscription>,
         batch: Vec<StreamId>,
         until: Instant,

@@ -29,7 +29,7 @@ use super::{
     attempt::{Done, Finished},
     meters::Meters,
     queue::Queue,
-    sender::{Endpoint, Sender},
+    sender::{Endpoint, WebhookClient},
     streak::Streak,
     window::Fill,
     writer::{Write, writer},
@@ -59,7 +59,7 @@ pub struct Worker {
     pub target: Target,
     pub source: Arc<EventSource>,
     pub store: Arc<dyn Store>,
-    pub sender: Arc<Sender>,
+    pub sender: Arc<WebhookClient>,
     pub schedule: Arc<Schedule>,
     pub holder: String,
     pub lease_ttl: Duration,
@@ -102,7 +102,7 @@ pub enum Step {
 }
 
 /// A worker's state between steps.
-pub struct State {
+pub struct WorkerState {
     /// The pending set as loaded from the store, none until (re)loaded.
     /// Invariant: none only while nothing is in flight.
     pub(super) queue: Option<Queue>,
@@ -145,7 +145,7 @@ pub struct State {
     logger: tokio::task::JoinHandle<()>,
 }
 
-impl State {
+impl WorkerState {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.sends.len()
@@ -179,10 +179,10 @@ impl Worker {
     }
 
     /// A fresh state with its writer running; `close` it when done.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> WorkerState {
         let sub = self.sub.borrow().clone();
         let (log, writes) = mpsc::unbounded_channel::<Write>();
-        State {
+        WorkerState {
             queue: None,
             failing_since: None,
             streak: Streak::default(),
@@ -252,7 +252,7 @@ impl Worker {
     }
 
     /// Waits for every request in flight and applies its answer.
-    pub async fn drain(&self, st: &mut State) {
+    pub async fn drain(&self, st: &mut WorkerState) {
         st.answers().await;
         let sub = self.sub.borrow().clone();
         if let Err(e) = self.apply_finished(st, &sub, Now::current()).await {
@@ -261,7 +261,7 @@ impl Worker {
     }
 
     /// Stops the state's writer once everything sent to it is stored.
-    pub async fn close(&self, st: State) {
+    pub async fn close(&self, st: WorkerState) {
         drop(st.log);
         let _ = st.logger.await;
     }
@@ -269,7 +269,7 @@ impl Worker {
     /// One unit of work: applies the answers that came back, makes sure of
     /// the lease, (re)loads and claims, and starts every request the window,
     /// the rate limit and per-record order allow. Never waits for an answer.
-    pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
+    pub async fn step(&self, st: &mut WorkerState, now: Now) -> StoreResult<Step> {
         if let Some(step) = self.follow(st).await? {
             return Ok(step);
         }
@@ -320,7 +320,7 @@ impl Worker {
 
     /// Makes sure the delivery lease is ours for at least `request_timeout`
     /// from `at`, renewing it if not. False when another instance holds it.
-    pub(super) async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
+    pub(super) async fn fence(&self, st: &mut WorkerState, at: Instant) -> StoreResult<bool> {
         if st
             .lease_until
             .is_some_and(|until| until >= at + self.sender.timeout())
@@ -349,7 +349,7 @@ pub(super) async fn flush(log: &mpsc::UnboundedSender<Write>) {
 /// Waits for an answer, a wake (`woken`, listening since before the step)
 /// or `wait`; true when cancelled.
 async fn idle(
-    st: &mut State,
+    st: &mut WorkerState,
     cancel: &CancellationToken,
     woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     wait: Duration,
