@@ -1,7 +1,9 @@
 //! Subscriptions and delivery state in Redis (the layout in docs/redis-layout.md).
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Script};
 
 use super::{Keys, RedisStore, entries::parse_packed, parse_entries};
 use crate::{
@@ -93,6 +95,32 @@ impl RedisStore {
         Ok(())
     }
 }
+
+/// The last ID a subscription's group claimed, none without the stream or
+/// the group (no stream yet: nothing claimed). The script checks that the
+/// stream exists, so no error's text is told apart.
+static GROUP_POSITION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return false end \
+         for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do \
+           local name, last \
+           for i = 1, #g, 2 do \
+             if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end \
+           end \
+           if name == ARGV[1] then return last end \
+         end \
+         return false",
+    )
+});
+
+/// Removes a subscription's group; no stream yet means no group either.
+static DESTROY_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then \
+           return redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1]) end \
+         return 0",
+    )
+});
 
 #[async_trait]
 impl DeliveryStore for RedisStore {
@@ -337,24 +365,18 @@ impl DeliveryStore for RedisStore {
 
     async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
         let mut c = self.conn.clone();
-        let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-            c.xinfo_groups(self.keys(t).events).await;
-        let groups = match reply {
-            Ok(r) => r.groups,
-            // No stream yet: nothing claimed.
-            Err(e) if e.to_string().contains("no such key") => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
         let group = Keys::group(sub_id);
-        groups
-            .into_iter()
-            .find(|g| g.name == group)
-            .map(|g| {
-                g.last_delivered_id
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("group {group}: {e}")))
-            })
-            .transpose()
+        let last: Option<String> = GROUP_POSITION
+            .key(self.keys(t).events)
+            .arg(&group)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        last.map(|id| {
+            id.parse()
+                .map_err(|e| StoreError::Corrupt(format!("group {group}: {e}")))
+        })
+        .transpose()
     }
 
     async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
@@ -362,18 +384,12 @@ impl DeliveryStore for RedisStore {
         // One key per command: on a cluster they live in different slots.
         for t in targets {
             let keys = self.keys(t);
-            let destroyed: redis::RedisResult<i64> = redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(&keys.events)
+            let _: i64 = DESTROY_GROUP
+                .key(&keys.events)
                 .arg(Keys::group(sub_id))
-                .query_async(&mut c)
-                .await;
-            // No stream yet means no group either.
-            if let Err(e) = destroyed
-                && !e.to_string().contains("requires the key to exist")
-            {
-                return Err(self.err(e));
-            }
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
             let _: i64 = c.del(keys.pending(sub_id)).await.map_err(|e| self.err(e))?;
             let lease = self.keys(&t.delivery_lease(sub_id)).lease;
             let _: i64 = c.del(lease).await.map_err(|e| self.err(e))?;
