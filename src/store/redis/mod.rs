@@ -479,6 +479,7 @@ mod connection;
 mod delivery;
 mod documents;
 mod entries;
+mod groups;
 mod instances;
 mod keys;
 mod records;
