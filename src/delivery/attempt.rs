@@ -27,7 +27,7 @@ use crate::{
 
 /// A request about to go out.
 pub struct Request {
-    pub sub: Arc<Subscription>,
+    pub subscription: Arc<Subscription>,
     pub source: Arc<EventSource>,
     pub sender: Arc<WebhookClient>,
     /// The subscription's URL, headers and signing keys, made once.
@@ -99,11 +99,11 @@ impl Request {
             filter: None,
             fields: self.selection.fields.clone(),
         };
-        let previous = self.sub.previous;
+        let previous = self.subscription.previous;
         crate::cloudevents::webhook_body(
             &self.source,
             &self.events,
-            self.sub.batch_size > 1,
+            self.subscription.batch_size > 1,
             |w, out, e| {
                 shape.write(w, out, e, previous);
             },
@@ -118,7 +118,7 @@ impl Worker {
     pub(super) async fn apply_finished(
         &self,
         st: &mut WorkerState,
-        sub: &Subscription,
+        subscription: &Subscription,
         now: Now,
     ) -> StoreResult<Applied> {
         let mut applied = Applied {
@@ -128,7 +128,9 @@ impl Worker {
         while let Some(done) = st.finished.pop() {
             applied.answers += 1;
             match done {
-                Ok(done) => applied.disabled |= self.apply(st, sub, done, now.wall_ms).await?,
+                Ok(done) => {
+                    applied.disabled |= self.apply(st, subscription, done, now.wall_ms).await?
+                }
                 Err(e) => {
                     // A send task that panicked: its entries stay pending in
                     // the store and are sent again after the next reload,
@@ -146,7 +148,7 @@ impl Worker {
     async fn apply(
         &self,
         st: &mut WorkerState,
-        sub: &Subscription,
+        subscription: &Subscription,
         done: Done,
         now: u64,
     ) -> StoreResult<bool> {
@@ -159,35 +161,38 @@ impl Worker {
             .iter()
             .filter_map(|id| q.get(id).map(|p| p.event.clone()))
             .collect();
-        self.record(st, sub, &events, &done.sent, now);
+        self.record(st, subscription, &events, &done.sent, now);
         let q = st.queue.as_mut().expect("checked above");
         match done.sent.outcome {
             Outcome::Delivered => {
                 // Off the delivery path: a crash before it lands re-sends
                 // these events (at-least-once), nothing is lost.
-                let _ = st.log.send(Write::Settle(sub.id.clone(), done.ids.clone()));
+                let _ = st
+                    .log
+                    .send(Write::Settle(subscription.id.clone(), done.ids.clone()));
                 for id in &done.ids {
                     q.remove(id);
                 }
                 st.failing_since = None;
-                self.recovered(st, sub, now).await?;
+                self.recovered(st, subscription, now).await?;
                 Ok(false)
             }
             Outcome::Gone => {
-                tracing::warn!(subscription = %sub.id, url = %sub.url.for_logs(), "receiver answered 410 Gone; disabling the subscription");
-                self.disable(sub, "the receiver answered 410 Gone").await?;
+                tracing::warn!(subscription = %subscription.id, url = %subscription.url.for_logs(), "receiver answered 410 Gone; disabling the subscription");
+                self.disable(subscription, "the receiver answered 410 Gone")
+                    .await?;
                 Ok(true)
             }
             _ => {
                 let records = events.iter().map(|e| e.record.as_str());
                 if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
-                    tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                    tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
                 }
-                self.retry_or_bury(st, sub, &done, now).await?;
+                self.retry_or_bury(st, subscription, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
                 if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
                     self.disable(
-                        sub,
+                        subscription,
                         "every delivery failed for longer than delivery.disable_after",
                     )
                     .await?;
@@ -204,20 +209,22 @@ impl Worker {
     async fn recovered(
         &self,
         st: &mut WorkerState,
-        sub: &Subscription,
+        subscription: &Subscription,
         now: u64,
     ) -> StoreResult<()> {
         let back = st.streak.delivered(now);
         if back.say {
-            tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
+            tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), "delivery recovered");
         }
         let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
             return Ok(());
         };
         let due = q.retry_now(now);
         if due > 0 {
-            self.store.retry_now(&sub.id, &self.target, now).await?;
-            tracing::info!(subscription = %sub.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
+            self.store
+                .retry_now(&subscription.id, &self.target, now)
+                .await?;
+            tracing::info!(subscription = %subscription.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
         }
         Ok(())
     }
@@ -227,7 +234,7 @@ impl Worker {
     async fn retry_or_bury(
         &self,
         st: &mut WorkerState,
-        sub: &Subscription,
+        subscription: &Subscription,
         done: &Done,
         now: u64,
     ) -> StoreResult<()> {
@@ -257,7 +264,7 @@ impl Worker {
                 Some(state) => {
                     p.state = state;
                     self.store
-                        .retry_later(&sub.id, &self.target, *id, p.state)
+                        .retry_later(&subscription.id, &self.target, *id, p.state)
                         .await?;
                 }
                 None => {
@@ -269,8 +276,10 @@ impl Worker {
                         last_error: why.clone(),
                         at_ms: now,
                     };
-                    self.store.dead_letter(&sub.id, &dead).await?;
-                    self.store.settle(&sub.id, &self.target, &[*id]).await?;
+                    self.store.dead_letter(&subscription.id, &dead).await?;
+                    self.store
+                        .settle(&subscription.id, &self.target, &[*id])
+                        .await?;
                     q.remove(id);
                 }
             }
@@ -282,7 +291,7 @@ impl Worker {
     fn record(
         &self,
         st: &mut WorkerState,
-        sub: &Subscription,
+        subscription: &Subscription,
         events: &[Arc<Event>],
         sent: &Sent,
         at_ms: u64,
@@ -298,12 +307,14 @@ impl Worker {
             response: sent.response.clone(),
             error: sent.error.clone(),
         };
-        let _ = st.log.send(Write::Attempt(sub.id.clone(), attempt));
+        let _ = st
+            .log
+            .send(Write::Attempt(subscription.id.clone(), attempt));
         st.meters.attempt(sent.outcome, sent.latency);
     }
 
-    pub(super) async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
-        crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
+    pub(super) async fn disable(&self, subscription: &Subscription, why: &str) -> StoreResult<()> {
+        crate::store::update_subscription(self.store.as_ref(), &subscription.id, |current| {
             current.enabled = false;
             current.disabled_reason = Some(why.to_string());
             current.updated_ms = now_ms();

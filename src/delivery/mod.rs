@@ -133,7 +133,7 @@ pub const RELIST_EVERY: Duration = Duration::from_secs(30);
 
 struct Running {
     cancel: CancellationToken,
-    sub: watch::Sender<Subscription>,
+    subscription: watch::Sender<Subscription>,
     handle: tokio::task::JoinHandle<()>,
 }
 
@@ -202,14 +202,14 @@ impl Supervisor {
             r.cancel.cancel();
         }
         let subs = self.store.subscriptions().await.ok();
-        for ((sub, t), r) in running {
+        for ((sub_id, t), r) in running {
             let _ = r.handle.await;
             // Deleted since the last look: clean up after the worker here.
             if subs
                 .as_ref()
-                .is_some_and(|all| !all.iter().any(|s| s.id == sub))
+                .is_some_and(|all| !all.iter().any(|s| s.id == sub_id))
             {
-                self.forget(&sub, t).await;
+                self.forget(&sub_id, t).await;
             }
         }
         while forgetting.join_next().await.is_some() {}
@@ -276,8 +276,8 @@ impl Supervisor {
         }
         for (key, s) in wanted {
             if let Some(r) = running.get(&key) {
-                if *r.sub.borrow() != *s {
-                    let _ = r.sub.send(s.clone());
+                if *r.subscription.borrow() != *s {
+                    let _ = r.subscription.send(s.clone());
                 }
                 continue;
             }
@@ -293,7 +293,7 @@ impl Supervisor {
                 key,
                 Running {
                     cancel: child,
-                    sub: tx,
+                    subscription: tx,
                     handle,
                 },
             );
@@ -307,22 +307,25 @@ impl Supervisor {
     /// sender that passes it changes of the subscription.
     pub fn worker(
         &self,
-        sub: &Subscription,
+        subscription: &Subscription,
         t: &Target,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
         let table = self.topology.table(t);
-        self.worker_on(sub, table.as_deref().expect("a table of the topology"))
+        self.worker_on(
+            subscription,
+            table.as_deref().expect("a table of the topology"),
+        )
     }
 
     fn worker_on(
         &self,
-        sub: &Subscription,
+        subscription: &Subscription,
         table: &crate::topology::Table,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
         let t = &table.target;
-        let (tx, rx) = watch::channel(sub.clone());
+        let (tx, rx) = watch::channel(subscription.clone());
         let w = worker::Worker {
-            sub: rx,
+            subscription: rx,
             source: table.event_source.clone(),
             wake: table.wake().clone(),
             target: t.clone(),

@@ -77,12 +77,12 @@ impl Endpoint {
 
     /// A subscription's endpoint: its secret, and the previous one until its
     /// grace period ends.
-    pub fn of(sub: &crate::subscription::Subscription) -> Endpoint {
-        let mut secrets = vec![(sub.secret.as_str(), None)];
-        if let Some((old, until)) = &sub.previous_secret {
+    pub fn of(subscription: &crate::subscription::Subscription) -> Endpoint {
+        let mut secrets = vec![(subscription.secret.as_str(), None)];
+        if let Some((old, until)) = &subscription.previous_secret {
             secrets.push((old.as_str(), Some(*until)));
         }
-        Endpoint::new(&sub.url, &sub.headers, &secrets)
+        Endpoint::new(&subscription.url, &subscription.headers, &secrets)
     }
 
     /// The Standard Webhooks headers of one request, signed by every key
