@@ -15,7 +15,7 @@ use crate::{
     cloudevents::EventSource,
     config::Config,
     declared::{self, Declared},
-    delivery::{Deliverer, Schedule, sender::Sender},
+    delivery::{Schedule, Supervisor, sender::WebhookClient},
     metrics::Metrics,
     poller::{
         HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
@@ -41,7 +41,7 @@ pub struct Relay {
     /// tests; `run` hands them to the scheduler.
     pub pollers: Vec<Poller>,
     pub holder: String,
-    pub sender: Arc<Sender>,
+    pub sender: Arc<WebhookClient>,
     pub metrics: Arc<Metrics>,
     /// The `[[subscriptions]]` of the configuration file, checked.
     pub declared: Arc<Vec<Declared>>,
@@ -98,7 +98,7 @@ impl Relay {
         let topology = Topology::from_config(&config, store.clone())?;
         let (health_status, health_log, writer) = health(&config, &store, &topology, &holder)?;
         let declared = Arc::new(declared::of(&config)?);
-        let policy = Deliverer::policy(&config);
+        let policy = Supervisor::policy(&config);
         let refused = policy.declared_problems(&config);
         if !refused.is_empty() {
             return Err(crate::config::ConfigError { problems: refused }.into());
@@ -107,7 +107,7 @@ impl Relay {
             config.delivery.request_timeout,
             &config.delivery.tls_ca_file,
         );
-        let sender = Arc::new(Sender::new(policy, timeout, ca.as_deref())?);
+        let sender = Arc::new(WebhookClient::new(policy, timeout, ca.as_deref())?);
         let key = SourceKey::from_config(&config.source_keys).map_err(anyhow::Error::msg)?;
         let source_sync = Arc::new(SourceSync::new(store.clone(), topology.clone(), key));
         let mut relay = Relay {
@@ -164,8 +164,8 @@ impl Relay {
     }
 
     /// Webhook delivery for every subscription.
-    pub fn deliverer(&self) -> Deliverer {
-        Deliverer {
+    pub fn supervisor(&self) -> Supervisor {
+        Supervisor {
             store: self.store.clone(),
             sender: self.sender.clone(),
             schedule: Arc::new(Schedule::from_config(&self.config.delivery)),
@@ -297,18 +297,21 @@ impl Relay {
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
         let grace = self.config.delivery.secret_grace;
-        let mut deliverer = self.deliverer();
+        let mut supervisor = self.supervisor();
         // Before the API serves, so it shows the file's subscriptions; if
         // the store does not answer yet, delivery's supervisor tries again.
+        if let Err(e) = self.topology.ready_records().await {
+            tracing::warn!(error = %e, "cannot ready the record stores yet; each table's first append does");
+        }
         let targets = self.topology.snapshot().targets();
         let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
         if let Err(e) = applied.await {
             tracing::warn!(error = %e, "cannot write the [[subscriptions]] of the configuration file yet; delivery tries again");
-            deliverer.apply_first = true;
+            supervisor.apply_first = true;
         }
         let tracker = TaskTracker::new();
         let state = self.api_state(&cancel);
-        tracker.spawn(deliverer.run(cancel.clone()));
+        tracker.spawn(supervisor.run(cancel.clone()));
         tracker.spawn(self.retention(cancel.clone()));
         if let Some(writer) = self.health_writer.take() {
             tracker.spawn(writer.run(cancel.clone()));

@@ -124,7 +124,7 @@ fn init_logging(format: LogFormat, default: &str, command: &Command) -> Option<T
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let config = match command {
         Command::Serve { config } | Command::Sync { config, .. } => {
-            crate::declared::load_config(Some(config)).ok()
+            crate::config::load(Some(config), crate::declared::problems).ok()
         }
         _ => None,
     };
@@ -151,13 +151,15 @@ fn init_logging(format: LogFormat, default: &str, command: &Command) -> Option<T
 /// `check-config`: "ok" with what the file declares, or every problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let refused = |c: &crate::config::Config| {
-        let problems = crate::delivery::Deliverer::policy(c).declared_problems(c);
+        let problems = crate::delivery::Supervisor::policy(c).declared_problems(c);
         match problems.is_empty() {
             true => Ok(()),
             false => Err(crate::config::ConfigError { problems }),
         }
     };
-    let c = match crate::declared::load_config(Some(path)).and_then(|c| refused(&c).map(|()| c)) {
+    let c = match crate::config::load(Some(path), crate::declared::problems)
+        .and_then(|c| refused(&c).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             println!("{e}");
@@ -192,7 +194,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {
-            let config = crate::declared::load_config(Some(&config))?;
+            let config = crate::config::load(Some(&config), crate::declared::problems)?;
             let listener = tokio::net::TcpListener::bind(config.api.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
@@ -208,14 +210,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
         } => {
             if reconcile {
-                return reconcile_once(crate::declared::load_config(Some(&config))?).await;
+                return reconcile_once(crate::config::load(
+                    Some(&config),
+                    crate::declared::problems,
+                )?)
+                .await;
             }
             if !once {
                 anyhow::bail!(
                     "sync runs one pass and needs --once (or --reconcile); use `serve` to keep polling"
                 );
             }
-            sync_once(crate::declared::load_config(Some(&config))?).await
+            sync_once(crate::config::load(
+                Some(&config),
+                crate::declared::problems,
+            )?)
+            .await
         }
         Command::Status {
             config,
@@ -225,7 +235,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let query = Query::parse(search.as_deref(), state.as_deref(), page.as_deref())
                 .map_err(|(field, e)| anyhow::anyhow!("--{field}: {e}"))?;
-            let config = crate::declared::load_store_config(Some(&config))?;
+            let config = crate::config::load_for_store(Some(&config))?;
             status::run(config, &query).await
         }
         Command::Demo(args) => crate::demo::run(args).await.map(|()| ExitCode::SUCCESS),

@@ -134,6 +134,11 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// The content type of one CloudEvent in structured mode.
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The content type of a JSON array of CloudEvents.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
 /// A webhook body, its content type and its `webhook-id`: one event
 /// unbatched is the CloudEvent itself (`application/cloudevents+json`, the
 /// event's id); otherwise a JSON array of them
@@ -163,11 +168,11 @@ pub fn webhook_body<E: std::borrow::Borrow<Event>>(
         .map(|e| src.id(e.borrow()))
         .unwrap_or_default();
     if single {
-        return (out, "application/cloudevents+json", first);
+        return (out, CONTENT_TYPE, first);
     }
     out.push(b']');
     let id = format!("{first}+{}", events.len().saturating_sub(1));
-    (out, "application/cloudevents-batch+json", id)
+    (out, BATCH_CONTENT_TYPE, id)
 }
 
 /// A JSON string, quoted and escaped as serde_json writes it.

@@ -3,8 +3,9 @@
 //!
 //! Secrets never live in the file: it names environment variables, and
 //! [`RawConfig::validate`] resolves them into [`Secret`]s whose `Debug` hides
-//! them. The `[[subscriptions]]` rules shared with the API are checked above
-//! this layer (`declared.rs`, whose `load_config` is what the commands use).
+//! them. Every command loads its configuration with [`load`]; the
+//! `[[subscriptions]]` rules shared with the API live above this layer
+//! (`declared::problems`), and the commands pass them in.
 //! Every error names the key that is wrong and says what to do.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
@@ -456,7 +457,7 @@ mod validate;
 
 pub use cidr::{Cidr, canonical};
 pub use consumers::{ConsumerConfig, MAX_CONSUMER_NAME, is_consumer_name};
-pub use load::{ENV_PREFIX, Loaded, Origins, env_vars};
+pub use load::{ENV_PREFIX, Loaded, Origins, env_vars, load, load_for_store};
 pub use reference::REFERENCE;
 pub use source::{
     Auth, AuthConfig, DEFAULT_OVERLAP, DeclaredSchema, FieldNames, HardDeletes, OnUpstreamReset,

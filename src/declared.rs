@@ -12,12 +12,14 @@
 use std::{collections::HashMap, time::Duration};
 
 use crate::{
-    config::{Config, ConfigError, ConsumerConfig, RawConfig, SourceConfig, SubscriptionConfig},
-    consumer::Allow,
     events::{StreamId, now_ms},
     store::{Store, StoreResult, Target, update_subscription},
-    subscription::{self as sub, Invalid, ManagedBy, Start, StartSpec, Subscription},
+    subscription::{self, ManagedBy, Start, Subscription},
 };
+
+mod check;
+
+pub use check::{of, problems};
 
 /// The reason a subscription removed from the file is disabled with.
 pub const REMOVED: &str = "removed from the configuration file ([[subscriptions]]); \
@@ -28,230 +30,10 @@ pub const REMOVED: &str = "removed from the configuration file ([[subscriptions]
 /// created.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Declared {
-    pub sub: Subscription,
+    pub subscription: Subscription,
     pub start: Start,
     /// `from_oldest_kept`: a start at 0 on a trimmed table is accepted.
     pub from_oldest_kept: bool,
-}
-
-/// Every problem of the `[[subscriptions]]` entries that the API's rules
-/// find (ids and secrets are checked with the rest of the file), each
-/// naming its key: `subscriptions[1].url: ...`.
-pub fn problems(raw: &RawConfig) -> Vec<String> {
-    raw.subscriptions
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| check(i, c, &raw.sources, &raw.consumers).err())
-        .flatten()
-        .collect()
-}
-
-/// The subscriptions a validated configuration declares.
-pub fn of(config: &Config) -> Result<Vec<Declared>, ConfigError> {
-    let settings: Vec<SourceConfig> = config.sources.iter().map(|s| s.settings.clone()).collect();
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    for (i, decl) in config.subscriptions.iter().enumerate() {
-        match check(i, &decl.settings, &settings, &config.consumers) {
-            Ok(mut d) => {
-                d.sub.secret = sub::SigningSecret::given(decl.secret.expose());
-                out.push(d);
-            }
-            Err(p) => problems.extend(p),
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(ConfigError { problems })
-    }
-}
-
-/// Loads the file (and the `STAMP_RELAY__` overrides) and validates it,
-/// the subscriptions it declares included: every problem at once.
-pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
-    let mut problems = loaded.problems;
-    // A key found wrong is read as its default, so the rest is checked too.
-    let Some(raw) = loaded.raw else {
-        return Err(ConfigError { problems });
-    };
-    let mut found = self::problems(&raw);
-    let config = raw.validate(&|k| std::env::var(k).ok());
-    if let Err(e) = &config {
-        found.splice(0..0, e.problems.iter().cloned());
-    }
-    let origins = &loaded.origins;
-    problems.extend(found.into_iter().map(|p| origins.annotate(p)));
-    match config {
-        Ok(config) if problems.is_empty() => Ok(config),
-        _ => Err(ConfigError { problems }),
-    }
-}
-
-/// Loads the file for a command that only reads the store (`status`):
-/// the keys' types and the store's values are checked, but no upstream,
-/// API or webhook secret need be set.
-pub fn load_store_config(path: Option<&std::path::Path>) -> Result<RawConfig, ConfigError> {
-    let loaded = RawConfig::load_partly(path, crate::config::env_vars())?;
-    let mut problems = loaded.problems;
-    let found = loaded.raw.as_ref().map(RawConfig::store_problems);
-    let origins = &loaded.origins;
-    problems.extend(found.into_iter().flatten().map(|p| origins.annotate(p)));
-    match loaded.raw {
-        Some(raw) if problems.is_empty() => Ok(raw),
-        _ => Err(ConfigError { problems }),
-    }
-}
-
-/// One entry checked with the functions the API checks a request with.
-fn check(
-    i: usize,
-    c: &SubscriptionConfig,
-    sources: &[SourceConfig],
-    consumers: &[ConsumerConfig],
-) -> Result<Declared, Vec<String>> {
-    let known: Vec<Target> = sources
-        .iter()
-        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
-        .collect();
-    let mut p = Vec::new();
-    let mut note = |e: Invalid| p.push(format!("subscriptions[{i}].{}: {}", e.field, e.message));
-    for r in [
-        sub::validate_headers(&c.headers),
-        sub::validate_batch(c.batch_size.unwrap_or(1)),
-        sub::validate_in_flight(c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT)),
-        sub::validate_rate(c.rate_limit),
-        sub::validate_description(&c.description),
-    ] {
-        r.unwrap_or_else(&mut note);
-    }
-    let url = sub::WebhookUrl::parse(&c.url).map_err(&mut note);
-    let resources = sub::parse_resources(&c.resources, &known).map_err(&mut note);
-    let ops = sub::parse_ops(&c.ops).map_err(&mut note);
-    let fields =
-        crate::filter::subscription_fields(c.filters.as_ref(), c.fields.as_ref()).map_err(|e| {
-            note(Invalid {
-                field: e.path,
-                message: e.message,
-            })
-        });
-    if let Ok(f) = &fields {
-        sub::validate_fields_alone(c.previous, f).unwrap_or_else(&mut note);
-    }
-    if let Ok(r) = &resources
-        && let Err(e) = within_consumer(c, r, consumers)
-    {
-        note(e);
-    }
-    let targets = resources.as_ref().map(|r| r.of(&known)).unwrap_or_default();
-    if c.previous {
-        for t in targets.iter().filter(|t| !keeps_records(sources, t)) {
-            note(Invalid {
-                field: "previous".into(),
-                message: format!(
-                    "{t} does not keep records (keep_records = false), so events cannot carry previous values"
-                ),
-            });
-        }
-    }
-    let start = start_of(c.start.as_ref(), &targets).map_err(&mut note);
-    match (url, resources, ops, fields, start) {
-        (Ok(url), Ok(resources), Ok(ops), Ok(fields), Ok(start)) if p.is_empty() => Ok(Declared {
-            sub: model(c, url, resources, ops, fields),
-            start,
-            from_oldest_kept: c.from_oldest_kept,
-        }),
-        _ => Err(p),
-    }
-}
-
-/// The subscription an entry declares, its parts checked: no secret,
-/// start points or times yet.
-fn model(
-    c: &SubscriptionConfig,
-    url: sub::WebhookUrl,
-    resources: sub::Coverage,
-    ops: Vec<crate::events::Op>,
-    fields: Option<Vec<String>>,
-) -> Subscription {
-    Subscription {
-        id: c.id.clone(),
-        url,
-        resources,
-        ops,
-        start: Default::default(),
-        headers: c.headers.clone(),
-        batch_size: c.batch_size.unwrap_or(1),
-        max_in_flight: c.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT),
-        rate_limit: c.rate_limit,
-        enabled: true,
-        description: c.description.clone(),
-        secret: sub::SigningSecret::given(""),
-        previous_secret: None,
-        disabled_reason: None,
-        created_ms: 0,
-        updated_ms: 0,
-        version: 0,
-        previous: c.previous,
-        filters: c.filters.clone(),
-        fields,
-        managed_by: Some(ManagedBy::Config),
-        retry_requested_ms: None,
-        consumer: c
-            .consumer
-            .clone()
-            .unwrap_or_else(|| sub::DEFAULT_CONSUMER.into()),
-    }
-}
-
-/// The entry's consumer is `default` or declared, and its tables lie
-/// within the consumer's lists (as the API checks a request).
-fn within_consumer(
-    c: &SubscriptionConfig,
-    resources: &sub::Coverage,
-    consumers: &[ConsumerConfig],
-) -> Result<(), Invalid> {
-    let name = c.consumer.as_deref().unwrap_or(sub::DEFAULT_CONSUMER);
-    let allow = match consumers.iter().find(|d| d.name == name) {
-        Some(d) => Allow {
-            sources: d.sources.clone(),
-            resources: d.resources.clone(),
-        },
-        None if name == sub::DEFAULT_CONSUMER => Allow::everything(),
-        None => {
-            return Err(Invalid {
-                field: "consumer".into(),
-                message: format!("{name:?} is not a [[consumers]] name (nor \"default\")"),
-            });
-        }
-    };
-    let outside = allow.outside(resources);
-    if outside.is_empty() {
-        return Ok(());
-    }
-    Err(Invalid {
-        field: "resources".into(),
-        message: format!(
-            "{} outside consumer {name:?}'s sources and resources",
-            outside.join(", ")
-        ),
-    })
-}
-
-fn keeps_records(sources: &[SourceConfig], t: &Target) -> bool {
-    sources.iter().any(|s| s.name == t.source && s.keep_records)
-}
-
-fn start_of(spec: Option<&serde_json::Value>, targets: &[Target]) -> Result<Start, Invalid> {
-    let Some(v) = spec else {
-        return Ok(Start::Now);
-    };
-    let spec: StartSpec = serde_json::from_value(v.clone()).map_err(|_| Invalid {
-        field: "start".into(),
-        message: "must be \"now\", \"beginning\" or {\"source/resource\" = stamp, ...}".into(),
-    })?;
-    spec.parse("start", targets, true)
 }
 
 /// Writes the declared subscriptions to the store as the relay starts:
@@ -268,16 +50,16 @@ pub async fn apply(
     let stored = store.subscriptions().await?;
     let now = last_ids(store, known).await?;
     for d in declared {
-        match stored.iter().find(|s| s.id == d.sub.id) {
+        match stored.iter().find(|s| s.id == d.subscription.id) {
             None => create(store, d, known, &now).await?,
-            Some(s) if differs(s, &d.sub) => {
+            Some(s) if differs(s, &d.subscription) => {
                 let until = now_ms() + grace.as_millis() as u64;
-                update_subscription(store, &d.sub.id, |cur| {
-                    adopt(cur, &d.sub, known, &now, until);
+                update_subscription(store, &d.subscription.id, |cur| {
+                    adopt(cur, &d.subscription, known, &now, until);
                     Ok::<_, crate::store::StoreError>(())
                 })
                 .await?;
-                tracing::info!(subscription = %d.sub.id, "subscription updated from the configuration file");
+                tracing::info!(subscription = %d.subscription.id, "subscription updated from the configuration file");
             }
             Some(_) => {}
         }
@@ -285,7 +67,7 @@ pub async fn apply(
     let gone = stored
         .iter()
         .filter(|s| s.managed_by == Some(ManagedBy::Config))
-        .filter(|s| !declared.iter().any(|d| d.sub.id == s.id));
+        .filter(|s| !declared.iter().any(|d| d.subscription.id == s.id));
     for s in gone {
         update_subscription(store, &s.id, |cur| {
             cur.enabled = false;
@@ -309,13 +91,14 @@ pub async fn restore(
     known: &[Target],
 ) -> StoreResult<()> {
     for d in declared {
-        if stored.iter().any(|s| s.id == d.sub.id) || store.subscription(&d.sub.id).await?.is_some()
+        if stored.iter().any(|s| s.id == d.subscription.id)
+            || store.subscription(&d.subscription.id).await?.is_some()
         {
             continue;
         }
         let now = last_ids(store, known).await?;
         create(store, d, known, &now).await?;
-        tracing::warn!(subscription = %d.sub.id, "a subscription of the configuration file was missing from the store; re-created it");
+        tracing::warn!(subscription = %d.subscription.id, "a subscription of the configuration file was missing from the store; re-created it");
     }
     Ok(())
 }
@@ -334,8 +117,8 @@ async fn create(
     known: &[Target],
     now: &HashMap<Target, StreamId>,
 ) -> StoreResult<()> {
-    let mut s = d.sub.clone();
-    s.start = sub::resolve_start(&d.start, &s.resources.of(known), now);
+    let mut s = d.subscription.clone();
+    s.start = subscription::resolve_start(&d.start, &s.resources.of(known), now);
     (s.created_ms, s.updated_ms) = (now_ms(), now_ms());
     if let Some(reason) = trimmed_start(store, &s, d.from_oldest_kept).await? {
         (s.enabled, s.disabled_reason) = (false, Some(reason));
@@ -423,7 +206,9 @@ fn adopt(
 
 #[cfg(test)]
 mod tests {
+    use super::check::check;
     use super::*;
+    use crate::config::{ConsumerConfig, SourceConfig, SubscriptionConfig};
 
     fn declared(filters: &str) -> Subscription {
         let c: SubscriptionConfig = serde_json::from_value(serde_json::json!({
@@ -436,8 +221,8 @@ mod tests {
         }))
         .unwrap();
         let mut d = check(0, &c, &[source], &[]).unwrap();
-        d.sub.secret = "whsec_new".into();
-        d.sub
+        d.subscription.secret = "whsec_new".into();
+        d.subscription
     }
 
     #[test]
@@ -461,7 +246,7 @@ mod tests {
         };
         let sources = std::slice::from_ref(&source);
         let ok = check(0, &c("lab"), sources, &[lab("pc/patients")]).unwrap();
-        assert_eq!(ok.sub.consumer, "lab");
+        assert_eq!(ok.subscription.consumer, "lab");
         let e = check(0, &c("lab"), sources, &[lab("pc/users")]).unwrap_err();
         assert!(e[0].starts_with("subscriptions[0].resources"), "{e:?}");
         let e = check(0, &c("nope"), sources, &[]).unwrap_err();
@@ -473,7 +258,7 @@ mod tests {
     fn the_file_is_adopted_keeping_positions_and_rotating_the_secret() {
         let (patients, users) = (Target::new("pc", "patients"), Target::new("pc", "users"));
         let mut stored = declared(r#"[{"exact": {"type": "a"}}]"#);
-        stored.resources = sub::Coverage::Only(vec![patients.clone()]);
+        stored.resources = subscription::Coverage::Only(vec![patients.clone()]);
         stored.start = [(patients.clone(), StreamId::new(7, 0))].into();
         stored.secret = "whsec_old".into();
         (stored.enabled, stored.disabled_reason) = (false, Some(REMOVED.into()));

@@ -191,9 +191,9 @@ impl Metrics {
 
     /// Removes every series of subscription `sub` (on each of `targets`), so
     /// `/metrics` stops showing a deleted subscription.
-    pub fn forget_subscription(&self, sub: &str, targets: &[crate::store::Target]) {
+    pub fn forget_subscription(&self, sub_id: &str, targets: &[crate::store::Target]) {
         let l = SubLabels {
-            subscription: sub.to_string(),
+            subscription: sub_id.to_string(),
         };
         self.delivery_latency.remove(&l);
         self.dead_letters.remove(&l);
@@ -201,13 +201,13 @@ impl Metrics {
         self.disabled.remove(&l);
         for outcome in Outcome::ALL {
             self.attempts.remove(&OutcomeLabels {
-                subscription: sub.to_string(),
+                subscription: sub_id.to_string(),
                 outcome: outcome.as_str().to_string(),
             });
         }
         for t in targets {
             let l = SubTargetLabels {
-                subscription: sub.to_string(),
+                subscription: sub_id.to_string(),
                 source: t.source.clone(),
                 resource: t.resource.clone(),
             };

@@ -30,7 +30,7 @@ pub struct TableView {
 
 /// One subscription with its delivery state over the tables it covers.
 pub struct SubscriptionView {
-    pub sub: Subscription,
+    pub subscription: Subscription,
     /// The most any covered table trails, in stamps (`store::lag`, from the
     /// same reads).
     pub lag: u64,
@@ -84,8 +84,8 @@ pub struct Failure {
 /// Attempts read for the last failure: a failure older than these is history.
 const RECENT_ATTEMPTS: usize = 100;
 
-async fn last_failure(store: &dyn Store, sub: &str) -> StoreResult<Option<Failure>> {
-    let recent = store.attempts(sub, RECENT_ATTEMPTS).await?;
+async fn last_failure(store: &dyn Store, sub_id: &str) -> StoreResult<Option<Failure>> {
+    let recent = store.attempts(sub_id, RECENT_ATTEMPTS).await?;
     Ok(recent.into_iter().find_map(|a| {
         a.failure().map(|reason| Failure {
             at_ms: a.at_ms,
@@ -272,21 +272,21 @@ pub async fn subscriptions(
     max_waiting_retries: usize,
 ) -> StoreResult<Vec<SubscriptionView>> {
     let mut out = Vec::new();
-    for sub in store.subscriptions().await? {
+    for subscription in store.subscriptions().await? {
         let mut view = SubscriptionView {
             lag: 0,
             pending: 0,
             waiting_retries: 0,
             paused: Vec::new(),
-            dead_letters: store.dead_letters(&sub.id).await?.len(),
-            last_failure: last_failure(store, &sub.id).await?,
+            dead_letters: store.dead_letters(&subscription.id).await?.len(),
+            last_failure: last_failure(store, &subscription.id).await?,
             next_attempt_ms: None,
-            sub,
+            subscription,
         };
-        for t in targets.iter().filter(|t| view.sub.covers(t)) {
+        for t in targets.iter().filter(|t| view.subscription.covers(t)) {
             // One read of the pending set serves the lag and the counts.
-            let position = position_or_start(store, &view.sub, t).await?;
-            let pending = store.pending(&view.sub.id, t).await?;
+            let position = position_or_start(store, &view.subscription, t).await?;
+            let pending = store.pending(&view.subscription.id, t).await?;
             let standing = Standing::of(position, pending.first().map(|(e, _)| e.id));
             let retries = pending.iter().filter(|(_, st)| st.attempts > 0);
             let next = retries.map(|(_, st)| st.next_at_ms).min();

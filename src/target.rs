@@ -30,8 +30,8 @@ impl Target {
 
     /// The lease of subscription `sub`'s delivery on this target: a name of
     /// its own beside the target's poll lease.
-    pub fn delivery_lease(&self, sub: &str) -> Target {
-        Target::new(&self.source, format!("{}:sub:{sub}", self.resource))
+    pub fn delivery_lease(&self, sub_id: &str) -> Target {
+        Target::new(&self.source, format!("{}:sub:{sub_id}", self.resource))
     }
 }
 

@@ -156,6 +156,17 @@ impl Topology {
         Ok(Arc::new(topology))
     }
 
+    /// Opens every table's record store for its setting
+    /// (`RecordStore::ready_records`): the relay runs it before it serves,
+    /// and the source sync after it added sources, so no read finds a
+    /// table not yet filled. A table already ready costs nothing.
+    pub async fn ready_records(&self) -> crate::store::StoreResult<()> {
+        for t in self.snapshot().targets() {
+            self.store.ready_records(&t).await?;
+        }
+        Ok(())
+    }
+
     /// What exists now; cheap (one `Arc` clone).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current

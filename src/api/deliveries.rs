@@ -160,7 +160,7 @@ pub async fn test(
             headers: &sub.headers,
             id: &ping_id,
             body: serde_json::to_vec(&body).map_err(Problem::internal)?,
-            content_type: "application/cloudevents+json",
+            content_type: crate::cloudevents::CONTENT_TYPE,
             secrets,
         })
         .await;

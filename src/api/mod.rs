@@ -48,7 +48,7 @@ mod resources;
 pub mod server;
 pub mod sources;
 mod stall;
-mod status;
+mod status_page;
 mod subscriptions;
 mod throttle;
 
@@ -99,7 +99,7 @@ pub struct ApiState {
     /// `delivery.max_waiting_retries`, shown on the status page.
     pub max_waiting_retries: usize,
     /// For `POST /v1/subscriptions/{id}/test`.
-    pub sender: Arc<crate::delivery::sender::Sender>,
+    pub sender: Arc<crate::delivery::sender::WebhookClient>,
     pub type_prefix: String,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub request_timeout: Duration,
@@ -257,7 +257,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/portal/portal.css", get(portal::style))
         .route(
             "/",
-            get(status::page).route_layer(middleware::from_fn_with_state(
+            get(status_page::page).route_layer(middleware::from_fn_with_state(
                 state.clone(),
                 auth::require_operator,
             )),

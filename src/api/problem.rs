@@ -149,7 +149,19 @@ impl Problem {
         }
     }
 
+    /// A fault of the relay's own (a value that does not serialise, stored
+    /// data that does not read): 500 `internal`, the reason in the log only.
     pub fn internal(e: impl std::fmt::Display) -> Problem {
+        tracing::error!(error = %e, "request failed");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the relay could not answer; its log names the reason",
+        )
+    }
+
+    /// The store did not answer: 503 `store_unavailable`, worth a retry.
+    pub fn unavailable(e: impl std::fmt::Display) -> Problem {
         tracing::error!(error = %e, "request failed");
         Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -173,7 +185,7 @@ impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Problem {
         use crate::store::StoreError;
         match e {
-            StoreError::Unavailable(_) => Problem::internal(e),
+            StoreError::Unavailable(_) => Problem::unavailable(e),
             StoreError::Refused { .. } => {
                 tracing::warn!(error = %e, "request refused by the store");
                 Problem::new(
@@ -182,14 +194,7 @@ impl From<crate::store::StoreError> for Problem {
                     "other writes changed the same data meanwhile; try again",
                 )
             }
-            StoreError::Corrupt(_) => {
-                tracing::error!(error = %e, "request failed");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "stored data could not be read; the relay's log names it",
-                )
-            }
+            StoreError::Corrupt(_) => Problem::internal(e),
         }
     }
 }

@@ -435,7 +435,7 @@ pub async fn delete(
     unmanaged(&load(&s, &who, &id).await?)?;
     if s.shared.store.delete_subscription(&id).await? {
         // Delivery state too; a worker still stopping cleans up after itself
-        // (delivery::Deliverer), so nothing is left behind either way.
+        // (delivery::Supervisor), so nothing is left behind either way.
         s.shared
             .store
             .forget_subscription(&id, &known_targets(&s))

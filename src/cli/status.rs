@@ -102,16 +102,20 @@ fn print_subscriptions(subscriptions: &[SubscriptionView], limit: usize) {
     for v in subscriptions {
         println!(
             "{:<38} {:<9} {:>8} {:>8} {:>12} {:>12}  {}",
-            match v.sub.managed_by {
-                Some(_) => format!("{} (config)", v.sub.id),
-                None => v.sub.id.clone(),
+            match v.subscription.managed_by {
+                Some(_) => format!("{} (config)", v.subscription.id),
+                None => v.subscription.id.clone(),
             },
-            if v.sub.enabled { "enabled" } else { "disabled" },
+            if v.subscription.enabled {
+                "enabled"
+            } else {
+                "disabled"
+            },
             v.pending,
             v.waiting_retries,
             v.lag,
             v.dead_letters,
-            v.sub.url
+            v.subscription.url
         );
         if let Some(note) = v.delivery_note(crate::events::now_ms()) {
             println!("  {note}");

@@ -72,6 +72,48 @@ impl RawConfig {
     }
 }
 
+/// Every command's configuration: the file (and the `STAMP_RELAY__`
+/// overrides) read and validated, every problem at once, each naming where
+/// it came from. `more` checks the rules that live above this layer (the
+/// `[[subscriptions]]`, with the API's own rules: `declared::problems`).
+pub fn load(
+    path: Option<&Path>,
+    more: fn(&RawConfig) -> Vec<String>,
+) -> Result<super::Config, ConfigError> {
+    let loaded = RawConfig::load_partly(path, env_vars())?;
+    let mut problems = loaded.problems;
+    // A key found wrong is read as its default, so the rest is checked too.
+    let Some(raw) = loaded.raw else {
+        return Err(ConfigError { problems });
+    };
+    let mut found = more(&raw);
+    let config = raw.validate(&|k| std::env::var(k).ok());
+    if let Err(e) = &config {
+        found.splice(0..0, e.problems.iter().cloned());
+    }
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().map(|p| origins.annotate(p)));
+    match config {
+        Ok(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// The configuration of a command that only reads the store (`status`):
+/// the keys' types and the store's values are checked, but no upstream,
+/// API or webhook secret need be set.
+pub fn load_for_store(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let loaded = RawConfig::load_partly(path, env_vars())?;
+    let mut problems = loaded.problems;
+    let found = loaded.raw.as_ref().map(RawConfig::store_problems);
+    let origins = &loaded.origins;
+    problems.extend(found.into_iter().flatten().map(|p| origins.annotate(p)));
+    match loaded.raw {
+        Some(raw) if problems.is_empty() => Ok(raw),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
 /// The process's variables that are text (`std::env::vars` would panic on
 /// any other, which are none of ours).
 pub fn env_vars() -> Vec<(String, String)> {

@@ -10,8 +10,8 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use tokio::task::JoinError;
 
 use super::{
-    sender::{Endpoint, Sender, Sent},
-    worker::{Now, State, Worker},
+    sender::{Endpoint, Sent, WebhookClient},
+    worker::{Now, Worker, WorkerState},
     writer::Write,
 };
 use crate::{
@@ -27,9 +27,9 @@ use crate::{
 
 /// A request about to go out.
 pub struct Request {
-    pub sub: Arc<Subscription>,
+    pub subscription: Arc<Subscription>,
     pub source: Arc<EventSource>,
-    pub sender: Arc<Sender>,
+    pub sender: Arc<WebhookClient>,
     /// The subscription's URL, headers and signing keys, made once.
     pub endpoint: Arc<Endpoint>,
     /// The subscription's filters and fields: the events are shaped by its
@@ -99,11 +99,11 @@ impl Request {
             filter: None,
             fields: self.selection.fields.clone(),
         };
-        let previous = self.sub.previous;
+        let previous = self.subscription.previous;
         crate::cloudevents::webhook_body(
             &self.source,
             &self.events,
-            self.sub.batch_size > 1,
+            self.subscription.batch_size > 1,
             |w, out, e| {
                 shape.write(w, out, e, previous);
             },
@@ -117,8 +117,8 @@ impl Worker {
     /// move, tests/it/retries.rs).
     pub(super) async fn apply_finished(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         now: Now,
     ) -> StoreResult<Applied> {
         let mut applied = Applied {
@@ -128,7 +128,9 @@ impl Worker {
         while let Some(done) = st.finished.pop() {
             applied.answers += 1;
             match done {
-                Ok(done) => applied.disabled |= self.apply(st, sub, done, now.wall_ms).await?,
+                Ok(done) => {
+                    applied.disabled |= self.apply(st, subscription, done, now.wall_ms).await?
+                }
                 Err(e) => {
                     // A send task that panicked: its entries stay pending in
                     // the store and are sent again after the next reload,
@@ -145,8 +147,8 @@ impl Worker {
     /// subscription.
     async fn apply(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         done: Done,
         now: u64,
     ) -> StoreResult<bool> {
@@ -159,35 +161,38 @@ impl Worker {
             .iter()
             .filter_map(|id| q.get(id).map(|p| p.event.clone()))
             .collect();
-        self.record(st, sub, &events, &done.sent, now);
+        self.record(st, subscription, &events, &done.sent, now);
         let q = st.queue.as_mut().expect("checked above");
         match done.sent.outcome {
             Outcome::Delivered => {
                 // Off the delivery path: a crash before it lands re-sends
                 // these events (at-least-once), nothing is lost.
-                let _ = st.log.send(Write::Settle(sub.id.clone(), done.ids.clone()));
+                let _ = st
+                    .log
+                    .send(Write::Settle(subscription.id.clone(), done.ids.clone()));
                 for id in &done.ids {
                     q.remove(id);
                 }
                 st.failing_since = None;
-                self.recovered(st, sub, now).await?;
+                self.recovered(st, subscription, now).await?;
                 Ok(false)
             }
             Outcome::Gone => {
-                tracing::warn!(subscription = %sub.id, url = %sub.url.for_logs(), "receiver answered 410 Gone; disabling the subscription");
-                self.disable(sub, "the receiver answered 410 Gone").await?;
+                tracing::warn!(subscription = %subscription.id, url = %subscription.url.for_logs(), "receiver answered 410 Gone; disabling the subscription");
+                self.disable(subscription, "the receiver answered 410 Gone")
+                    .await?;
                 Ok(true)
             }
             _ => {
                 let records = events.iter().map(|e| e.record.as_str());
                 if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
-                    tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                    tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
                 }
-                self.retry_or_bury(st, sub, &done, now).await?;
+                self.retry_or_bury(st, subscription, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
                 if now.saturating_sub(since) > self.schedule.disable_after.as_millis() as u64 {
                     self.disable(
-                        sub,
+                        subscription,
                         "every delivery failed for longer than delivery.disable_after",
                     )
                     .await?;
@@ -201,18 +206,25 @@ impl Worker {
     /// A success at `now` (unix ms) ends a streak of failures: says so, and
     /// makes the waiting retries due now when the receiver was down
     /// (`Streak` says when), in memory and in the store.
-    async fn recovered(&self, st: &mut State, sub: &Subscription, now: u64) -> StoreResult<()> {
+    async fn recovered(
+        &self,
+        st: &mut WorkerState,
+        subscription: &Subscription,
+        now: u64,
+    ) -> StoreResult<()> {
         let back = st.streak.delivered(now);
         if back.say {
-            tracing::warn!(subscription = %sub.id, target = %self.target, url = %sub.url.for_logs(), "delivery recovered");
+            tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), "delivery recovered");
         }
         let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
             return Ok(());
         };
         let due = q.retry_now(now);
         if due > 0 {
-            self.store.retry_now(&sub.id, &self.target, now).await?;
-            tracing::info!(subscription = %sub.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
+            self.store
+                .retry_now(&subscription.id, &self.target, now)
+                .await?;
+            tracing::info!(subscription = %subscription.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
         }
         Ok(())
     }
@@ -221,8 +233,8 @@ impl Worker {
     /// retry, or goes to the dead letters when the schedule is exhausted.
     async fn retry_or_bury(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         done: &Done,
         now: u64,
     ) -> StoreResult<()> {
@@ -252,7 +264,7 @@ impl Worker {
                 Some(state) => {
                     p.state = state;
                     self.store
-                        .retry_later(&sub.id, &self.target, *id, p.state)
+                        .retry_later(&subscription.id, &self.target, *id, p.state)
                         .await?;
                 }
                 None => {
@@ -264,8 +276,10 @@ impl Worker {
                         last_error: why.clone(),
                         at_ms: now,
                     };
-                    self.store.dead_letter(&sub.id, &dead).await?;
-                    self.store.settle(&sub.id, &self.target, &[*id]).await?;
+                    self.store.dead_letter(&subscription.id, &dead).await?;
+                    self.store
+                        .settle(&subscription.id, &self.target, &[*id])
+                        .await?;
                     q.remove(id);
                 }
             }
@@ -276,8 +290,8 @@ impl Worker {
     /// Logs the attempt made at `at_ms` (off the delivery path) and counts it.
     fn record(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         events: &[Arc<Event>],
         sent: &Sent,
         at_ms: u64,
@@ -293,12 +307,14 @@ impl Worker {
             response: sent.response.clone(),
             error: sent.error.clone(),
         };
-        let _ = st.log.send(Write::Attempt(sub.id.clone(), attempt));
+        let _ = st
+            .log
+            .send(Write::Attempt(subscription.id.clone(), attempt));
         st.meters.attempt(sent.outcome, sent.latency);
     }
 
-    pub(super) async fn disable(&self, sub: &Subscription, why: &str) -> StoreResult<()> {
-        crate::store::update_subscription(self.store.as_ref(), &sub.id, |current| {
+    pub(super) async fn disable(&self, subscription: &Subscription, why: &str) -> StoreResult<()> {
+        crate::store::update_subscription(self.store.as_ref(), &subscription.id, |current| {
             current.enabled = false;
             current.disabled_reason = Some(why.to_string());
             current.updated_ms = now_ms();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{
     sender::Endpoint,
-    worker::{State, Step, Worker},
+    worker::{Step, Worker, WorkerState},
 };
 use crate::{
     cloudevents::EventSource, filter::Selection, store::StoreResult, subscription::Subscription,
@@ -17,10 +17,10 @@ impl Worker {
     /// Takes the change the supervisor passed on, unless the worker has read
     /// a newer version from the store itself (before a claim), and makes the
     /// first selection. `Some` when the step must end there.
-    pub(super) async fn follow(&self, st: &mut State) -> StoreResult<Option<Step>> {
+    pub(super) async fn follow(&self, st: &mut WorkerState) -> StoreResult<Option<Step>> {
         if st.changes.has_changed().unwrap_or(false) {
             let seen = st.changes.borrow_and_update().clone();
-            if seen.version >= st.sub.version {
+            if seen.version >= st.subscription.version {
                 return self.adopt(st, seen).await;
             }
         }
@@ -33,10 +33,10 @@ impl Worker {
     /// Delivers for `newer` from now on: its endpoint, and its selection.
     pub(super) async fn adopt(
         &self,
-        st: &mut State,
+        st: &mut WorkerState,
         newer: Subscription,
     ) -> StoreResult<Option<Step>> {
-        if newer.previous != st.sub.previous {
+        if newer.previous != st.subscription.previous {
             // Queued events were loaded with or without the versions they
             // replaced: load them again for the new setting.
             if st.sends.is_empty() {
@@ -46,25 +46,25 @@ impl Worker {
             }
         }
         let asked = newer.retry_requested_ms;
-        if asked.is_some() && asked != st.sub.retry_requested_ms {
+        if asked.is_some() && asked != st.subscription.retry_requested_ms {
             // `POST …/retry` made the stored retries due; so here too.
             if let Some(q) = st.queue.as_mut() {
                 q.retry_now(crate::events::now_ms());
             }
         }
-        st.sub = Arc::new(newer);
-        if !st.sub.enabled {
+        st.subscription = Arc::new(newer);
+        if !st.subscription.enabled {
             return Ok(Some(Step::Disabled));
         }
-        st.endpoint = Arc::new(Endpoint::of(&st.sub));
+        st.endpoint = Arc::new(Endpoint::of(&st.subscription));
         self.reselect(st).await
     }
 
     /// The selection of the subscription as last seen; every queued entry
     /// is checked again when it changed. A stored one that no longer parses
     /// disables the subscription.
-    async fn reselect(&self, st: &mut State) -> StoreResult<Option<Step>> {
-        match selection_of(&st.sub, &self.source) {
+    async fn reselect(&self, st: &mut WorkerState) -> StoreResult<Option<Step>> {
+        match selection_of(&st.subscription, &self.source) {
             Ok(selection) => {
                 st.recheck |= st.selection_made && selection != *st.selection;
                 st.selection = Arc::new(selection);
@@ -74,8 +74,8 @@ impl Worker {
             Err(why) => {
                 // Fail closed: neither whole records (the filter may be
                 // what keeps health data from this receiver) nor a skip.
-                tracing::error!(subscription = %st.sub.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
-                self.disable(&st.sub, &why).await?;
+                tracing::error!(subscription = %st.subscription.id, error = %why, "stored filters or fields do not parse; disabling the subscription");
+                self.disable(&st.subscription, &why).await?;
                 Ok(Some(Step::Disabled))
             }
         }
@@ -85,8 +85,8 @@ impl Worker {
 /// A subscription's filters and fields over `src` (whose id and stamp
 /// fields projections keep). They were checked when stored; one that no
 /// longer parses is an error the worker disables the subscription for.
-pub fn selection_of(sub: &Subscription, src: &EventSource) -> Result<Selection, String> {
-    let fields = sub.fields.as_ref().map(|f| serde_json::json!(f));
-    Selection::from_json(sub.filters.as_ref(), fields.as_ref(), &src.fields)
+pub fn selection_of(subscription: &Subscription, src: &EventSource) -> Result<Selection, String> {
+    let fields = subscription.fields.as_ref().map(|f| serde_json::json!(f));
+    Selection::from_json(subscription.filters.as_ref(), fields.as_ref(), &src.fields)
         .map_err(|e| format!("stored filters or fields do not parse ({e}); fix them with PATCH and enable the subscription"))
 }

@@ -1,7 +1,7 @@
 //! Webhook delivery (docs/webhooks.md): at-least-once, signed (Standard Webhooks),
 //! retried on a schedule, in stamp order per record, with dead letters.
 //!
-//! The supervisor ([`Deliverer::run`]) keeps one [`worker::Worker`] per
+//! The supervisor ([`Supervisor::run`]) keeps one [`worker::Worker`] per
 //! (enabled subscription, covered target), restarting and stopping them as
 //! subscriptions change. Workers hold a lease each, so with several relay
 //! instances every pair is served by exactly one of them at a time.
@@ -61,8 +61,8 @@ impl Backlog {
     }
 }
 
-pub async fn backlog(store: &dyn Store, sub: &str, t: &Target) -> StoreResult<Backlog> {
-    Ok(Backlog::of(store.pending(sub, t).await?))
+pub async fn backlog(store: &dyn Store, sub_id: &str, t: &Target) -> StoreResult<Backlog> {
+    Ok(Backlog::of(store.pending(sub_id, t).await?))
 }
 
 /// The retry schedule as data: delays after the 1st, 2nd, … failure.
@@ -103,9 +103,9 @@ impl Schedule {
 
 /// What workers share.
 #[derive(Clone)]
-pub struct Deliverer {
+pub struct Supervisor {
     pub store: Arc<dyn Store>,
-    pub sender: Arc<sender::Sender>,
+    pub sender: Arc<sender::WebhookClient>,
     pub schedule: Arc<Schedule>,
     /// The tables there are: a worker per covered table, started and
     /// stopped as tables come and go.
@@ -137,11 +137,11 @@ pub const RELIST_EVERY: Duration = Duration::from_secs(30);
 
 struct Running {
     cancel: CancellationToken,
-    sub: watch::Sender<Subscription>,
+    subscription: watch::Sender<Subscription>,
     handle: tokio::task::JoinHandle<()>,
 }
 
-impl Deliverer {
+impl Supervisor {
     pub fn policy(c: &Config) -> ssrf::Policy {
         ssrf::Policy {
             allow_private: c.delivery.allow_private_targets,
@@ -208,14 +208,14 @@ impl Deliverer {
             r.cancel.cancel();
         }
         let subs = self.store.subscriptions().await.ok();
-        for ((sub, t), r) in running {
+        for ((sub_id, t), r) in running {
             let _ = r.handle.await;
             // Deleted since the last look: clean up after the worker here.
             if subs
                 .as_ref()
-                .is_some_and(|all| !all.iter().any(|s| s.id == sub))
+                .is_some_and(|all| !all.iter().any(|s| s.id == sub_id))
             {
-                self.forget(&sub, t).await;
+                self.forget(&sub_id, t).await;
             }
         }
         while forgetting.join_next().await.is_some() {}
@@ -241,12 +241,12 @@ impl Deliverer {
         }
     }
 
-    async fn forget(&self, sub: &str, t: Target) {
+    async fn forget(&self, sub_id: &str, t: Target) {
         // Its worker has stopped: nothing re-creates the series.
         self.metrics
-            .forget_subscription(sub, std::slice::from_ref(&t));
-        if let Err(e) = self.store.forget_subscription(sub, &[t]).await {
-            tracing::warn!(subscription = %sub, error = %e, "cannot remove the delivery state of a deleted subscription");
+            .forget_subscription(sub_id, std::slice::from_ref(&t));
+        if let Err(e) = self.store.forget_subscription(sub_id, &[t]).await {
+            tracing::warn!(subscription = %sub_id, error = %e, "cannot remove the delivery state of a deleted subscription");
         }
     }
 
@@ -293,8 +293,8 @@ impl Deliverer {
         }
         for (key, s) in wanted {
             if let Some(r) = running.get(&key) {
-                if *r.sub.borrow() != *s {
-                    let _ = r.sub.send(s.clone());
+                if *r.subscription.borrow() != *s {
+                    let _ = r.subscription.send(s.clone());
                 }
                 continue;
             }
@@ -310,7 +310,7 @@ impl Deliverer {
                 key,
                 Running {
                     cancel: child,
-                    sub: tx,
+                    subscription: tx,
                     handle,
                 },
             );
@@ -340,27 +340,30 @@ fn wanted<'a>(
     wanted
 }
 
-impl Deliverer {
+impl Supervisor {
     /// The worker of `sub` on `t`, a table of the topology, and the
     /// sender that passes it changes of the subscription.
     pub fn worker(
         &self,
-        sub: &Subscription,
+        subscription: &Subscription,
         t: &Target,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
         let table = self.topology.table(t);
-        self.worker_on(sub, table.as_deref().expect("a table of the topology"))
+        self.worker_on(
+            subscription,
+            table.as_deref().expect("a table of the topology"),
+        )
     }
 
     fn worker_on(
         &self,
-        sub: &Subscription,
+        subscription: &Subscription,
         table: &crate::topology::Table,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
         let t = &table.target;
-        let (tx, rx) = watch::channel(sub.clone());
+        let (tx, rx) = watch::channel(subscription.clone());
         let w = worker::Worker {
-            sub: rx,
+            subscription: rx,
             source: table.event_source.clone(),
             wake: table.wake().clone(),
             target: t.clone(),

@@ -19,7 +19,7 @@ use crate::subscription::state::Outcome;
 /// Bytes of a receiver's answer kept with an attempt.
 pub const RESPONSE_KEPT: usize = 4096;
 
-pub struct Sender {
+pub struct WebhookClient {
     http: reqwest::Client,
     policy: Arc<Policy>,
     timeout: Duration,
@@ -77,12 +77,12 @@ impl Endpoint {
 
     /// A subscription's endpoint: its secret, and the previous one until its
     /// grace period ends.
-    pub fn of(sub: &crate::subscription::Subscription) -> Endpoint {
-        let mut secrets = vec![(sub.secret.as_str(), None)];
-        if let Some((old, until)) = &sub.previous_secret {
+    pub fn of(subscription: &crate::subscription::Subscription) -> Endpoint {
+        let mut secrets = vec![(subscription.secret.as_str(), None)];
+        if let Some((old, until)) = &subscription.previous_secret {
             secrets.push((old.as_str(), Some(*until)));
         }
-        Endpoint::new(&sub.url, &sub.headers, &secrets)
+        Endpoint::new(&subscription.url, &subscription.headers, &secrets)
     }
 
     /// The Standard Webhooks headers of one request, signed by every key
@@ -130,13 +130,13 @@ pub struct Sent {
     pub error: Option<String>,
 }
 
-impl Sender {
+impl WebhookClient {
     /// Trusts the system's roots, and those of `ca_file` (`delivery.tls_ca_file`).
     pub fn new(
         policy: Policy,
         timeout: Duration,
         ca_file: Option<&std::path::Path>,
-    ) -> anyhow::Result<Sender> {
+    ) -> anyhow::Result<WebhookClient> {
         let policy = Arc::new(policy);
         let builder = crate::http::trust_ca_file(
             reqwest::Client::builder(),
@@ -156,7 +156,7 @@ impl Sender {
             .user_agent(concat!("stamp-relay/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(crate::subscription::MAX_IN_FLIGHT as usize)
             .build()?;
-        Ok(Sender {
+        Ok(WebhookClient {
             http,
             policy,
             timeout,

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::Deliverer;
+use super::Supervisor;
 use crate::{events::StreamId, store::Target, subscription::Subscription};
 
 /// How long after a reset is seen the list is not trusted to shrink: a look
@@ -34,7 +34,7 @@ impl Memory {
     }
 }
 
-impl Deliverer {
+impl Supervisor {
     /// After a look that listed `subs`: notices a reset from the tables'
     /// epochs and writes back what the store lost.
     pub(super) async fn survive(&self, memory: &mut Memory, subs: &[Subscription]) {
@@ -55,23 +55,23 @@ impl Deliverer {
             .filter(|k| k.managed_by.is_none() && !subs.iter().any(|s| s.id == k.id))
             .cloned()
             .collect();
-        for mut sub in lost {
+        for mut subscription in lost {
             let covered: Vec<Target> = self
                 .topology
                 .snapshot()
                 .targets()
                 .into_iter()
-                .filter(|t| sub.covers(t))
+                .filter(|t| subscription.covers(t))
                 .collect();
             for t in covered {
-                sub.start.insert(t, StreamId::ZERO);
+                subscription.start.insert(t, StreamId::ZERO);
             }
-            match self.store.put_subscription(&sub).await {
+            match self.store.put_subscription(&subscription).await {
                 Ok(()) => {
-                    tracing::warn!(subscription = %sub.id, url = %sub.url.for_logs(), "subscription lost by a store reset: written back from memory; its delivery restarts at the reload's snapshot")
+                    tracing::warn!(subscription = %subscription.id, url = %subscription.url.for_logs(), "subscription lost by a store reset: written back from memory; its delivery restarts at the reload's snapshot")
                 }
                 Err(e) => {
-                    tracing::error!(subscription = %sub.id, error = %e, "cannot write back a subscription the store lost; trying again")
+                    tracing::error!(subscription = %subscription.id, error = %e, "cannot write back a subscription the store lost; trying again")
                 }
             }
         }

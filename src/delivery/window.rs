@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     queue::Queue,
-    worker::{IDLE_WAIT, Now, State, TICK, WINDOW, Worker, flush},
+    worker::{IDLE_WAIT, Now, TICK, WINDOW, Worker, WorkerState, flush},
 };
 use crate::{
     events::{Event, StreamId},
@@ -32,7 +32,11 @@ pub(super) enum Fill {
 impl Worker {
     /// Loads the pending set if needed, claims new entries while the window
     /// has room, and settles entries of ops the subscription does not want.
-    pub(super) async fn fill(&self, st: &mut State, sub: &Subscription) -> StoreResult<Fill> {
+    pub(super) async fn fill(
+        &self,
+        st: &mut WorkerState,
+        subscription: &Subscription,
+    ) -> StoreResult<Fill> {
         let mut fresh = Vec::new();
         if st.queue.is_none() {
             debug_assert!(st.sends.is_empty(), "a reload while requests are out");
@@ -42,11 +46,11 @@ impl Worker {
             let mut q = Queue::default();
             let (mut events, states): (Vec<_>, Vec<_>) = self
                 .store
-                .pending(&sub.id, &self.target)
+                .pending(&subscription.id, &self.target)
                 .await?
                 .into_iter()
                 .unzip();
-            self.with_previous(sub, &mut events).await?;
+            self.with_previous(subscription, &mut events).await?;
             for (e, state) in events.into_iter().zip(states) {
                 fresh.push(e.id);
                 q.insert(e, state);
@@ -58,20 +62,22 @@ impl Worker {
         st.paused = counts.waiting >= self.schedule.max_waiting;
         if counts.sendable <= WINDOW / 2 && !st.paused {
             let room = WINDOW - counts.sendable;
-            if let Some(other) = self.claim(st, sub, room, &mut fresh).await? {
+            if let Some(other) = self.claim(st, subscription, room, &mut fresh).await? {
                 st.unchecked.append(&mut fresh);
                 return Ok(other);
             }
         }
         let q = st.queue.as_mut().expect("loaded above");
-        if !sub.ops.is_empty() {
+        if !subscription.ops.is_empty() {
             let skip: Vec<StreamId> = q
                 .values()
-                .filter(|p| !sub.ops.contains(&p.event.op) && !q.is_in_flight(&p.event.id))
+                .filter(|p| !subscription.ops.contains(&p.event.op) && !q.is_in_flight(&p.event.id))
                 .map(|p| p.event.id)
                 .collect();
             if !skip.is_empty() {
-                self.store.settle(&sub.id, &self.target, &skip).await?;
+                self.store
+                    .settle(&subscription.id, &self.target, &skip)
+                    .await?;
                 for id in skip {
                     q.remove(&id);
                 }
@@ -82,7 +88,7 @@ impl Worker {
         } else {
             fresh.append(&mut st.unchecked);
         }
-        self.pass_over(st, sub, fresh).await?;
+        self.pass_over(st, subscription, fresh).await?;
         Ok(Fill::Ready)
     }
 
@@ -91,25 +97,30 @@ impl Worker {
     /// `sub` is: then that, for the step to take before claiming again.
     async fn claim(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         room: usize,
         fresh: &mut Vec<StreamId>,
     ) -> StoreResult<Option<Fill>> {
         // A claim makes the consumer group when it is missing: one of a
         // subscription deleted since the supervisor last looked would
         // start over from the start point and send to a removed receiver.
-        if let Some(other) = self.changed(sub).await? {
+        if let Some(other) = self.changed(subscription).await? {
             return Ok(Some(other));
         }
         let mut claimed = self
             .store
-            .claim(&sub.id, &self.target, sub.start_of(&self.target), room)
+            .claim(
+                &subscription.id,
+                &self.target,
+                subscription.start_of(&self.target),
+                room,
+            )
             .await?;
         if claimed.is_empty() {
             return Ok(None);
         }
-        self.with_previous(sub, &mut claimed).await?;
+        self.with_previous(subscription, &mut claimed).await?;
         let q = st.queue.as_mut().expect("loaded before claiming");
         for e in claimed {
             fresh.push(e.id);
@@ -118,23 +129,29 @@ impl Worker {
         // Read again after the claim: a PATCH answered before any of these
         // events was appended is seen, so none goes out under the filters,
         // fields or URL it replaced.
-        self.changed(sub).await
+        self.changed(subscription).await
     }
 
     /// The stored subscription when it differs from `sub` in version, or
     /// `Gone`; None while `sub` is current.
-    async fn changed(&self, sub: &Subscription) -> StoreResult<Option<Fill>> {
-        Ok(match self.store.subscription(&sub.id).await? {
+    async fn changed(&self, subscription: &Subscription) -> StoreResult<Option<Fill>> {
+        Ok(match self.store.subscription(&subscription.id).await? {
             None => Some(Fill::Gone),
-            Some(stored) if stored.version != sub.version => Some(Fill::Changed(Box::new(stored))),
+            Some(stored) if stored.version != subscription.version => {
+                Some(Fill::Changed(Box::new(stored)))
+            }
             Some(_) => None,
         })
     }
 
     /// Gives `events` the versions they replaced, for a subscription that
     /// wants previous values (looked up once, when loaded or claimed).
-    async fn with_previous(&self, sub: &Subscription, events: &mut [Event]) -> StoreResult<()> {
-        if sub.previous {
+    async fn with_previous(
+        &self,
+        subscription: &Subscription,
+        events: &mut [Event],
+    ) -> StoreResult<()> {
+        if subscription.previous {
             self.store.fill_previous(&self.target, events).await?;
         }
         Ok(())
@@ -146,8 +163,8 @@ impl Worker {
     /// moves past them and nothing is sent, retried or buried.
     async fn pass_over(
         &self,
-        st: &mut State,
-        sub: &Subscription,
+        st: &mut WorkerState,
+        subscription: &Subscription,
         fresh: Vec<StreamId>,
     ) -> StoreResult<()> {
         if st.selection.filter.is_none() || fresh.is_empty() {
@@ -170,7 +187,9 @@ impl Worker {
         if skip.is_empty() {
             return Ok(());
         }
-        self.store.settle(&sub.id, &self.target, &skip).await?;
+        self.store
+            .settle(&subscription.id, &self.target, &skip)
+            .await?;
         for id in &skip {
             q.remove(id);
         }
@@ -182,12 +201,12 @@ impl Worker {
     /// allow; returns how many started and how long until one more might.
     pub(super) async fn start_sends(
         &self,
-        st: &mut State,
-        sub: &Arc<Subscription>,
+        st: &mut WorkerState,
+        subscription: &Arc<Subscription>,
         now: Now,
     ) -> StoreResult<(usize, Duration)> {
-        let free = (sub.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
-        let per_request = sub.batch_size.max(1) as usize;
+        let free = (subscription.max_in_flight.max(1) as usize).saturating_sub(st.sends.len());
+        let per_request = subscription.batch_size.max(1) as usize;
         if free == 0 || st.requeue {
             return Ok((0, TICK));
         }
@@ -202,7 +221,7 @@ impl Worker {
             });
             return Ok((0, wait));
         }
-        let gap = sub
+        let gap = subscription
             .rate_limit
             .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
         let mut started = 0;
@@ -217,7 +236,7 @@ impl Worker {
             }
             let until = st.lease_until.expect("fenced above");
             st.next_send = gap.map(|g| st.next_send.unwrap_or(at).max(at) + g);
-            self.start_send(st, sub, batch, until);
+            self.start_send(st, subscription, batch, until);
             started += 1;
         }
         Ok((started, TICK))
@@ -226,8 +245,8 @@ impl Worker {
     /// Spawns one request; its answer is applied by a later step.
     fn start_send(
         &self,
-        st: &mut State,
-        sub: &Arc<Subscription>,
+        st: &mut WorkerState,
+        subscription: &Arc<Subscription>,
         batch: Vec<StreamId>,
         until: Instant,
     ) {
@@ -238,7 +257,7 @@ impl Worker {
             .collect();
         q.start(&batch);
         let request = super::attempt::Request {
-            sub: sub.clone(),
+            subscription: subscription.clone(),
             source: self.source.clone(),
             sender: self.sender.clone(),
             endpoint: st.endpoint.clone(),

@@ -29,7 +29,7 @@ use super::{
     attempt::{Done, Finished},
     meters::Meters,
     queue::Queue,
-    sender::{Endpoint, Sender},
+    sender::{Endpoint, WebhookClient},
     streak::Streak,
     window::Fill,
     writer::{Write, writer},
@@ -55,11 +55,11 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub const IDLE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Worker {
-    pub sub: watch::Receiver<Subscription>,
+    pub subscription: watch::Receiver<Subscription>,
     pub target: Target,
     pub source: Arc<EventSource>,
     pub store: Arc<dyn Store>,
-    pub sender: Arc<Sender>,
+    pub sender: Arc<WebhookClient>,
     pub schedule: Arc<Schedule>,
     pub holder: String,
     pub lease_ttl: Duration,
@@ -102,7 +102,7 @@ pub enum Step {
 }
 
 /// A worker's state between steps.
-pub struct State {
+pub struct WorkerState {
     /// The pending set as loaded from the store, none until (re)loaded.
     /// Invariant: none only while nothing is in flight.
     pub(super) queue: Option<Queue>,
@@ -122,7 +122,7 @@ pub struct State {
     /// is sent until they are loaded again (once the requests out are back).
     pub(super) requeue: bool,
     /// The subscription as last seen, shared with the requests out.
-    pub(super) sub: Arc<Subscription>,
+    pub(super) subscription: Arc<Subscription>,
     /// Its URL, headers and signing keys, made once per change.
     pub(super) endpoint: Arc<Endpoint>,
     /// Its filters and fields for this target's source, made once per change.
@@ -145,7 +145,7 @@ pub struct State {
     logger: tokio::task::JoinHandle<()>,
 }
 
-impl State {
+impl WorkerState {
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.sends.len()
@@ -153,7 +153,7 @@ impl State {
 
     /// Whether `max_in_flight` requests are out: no step can start another.
     fn full(&self) -> bool {
-        self.sends.len() >= self.sub.max_in_flight.max(1) as usize
+        self.sends.len() >= self.subscription.max_in_flight.max(1) as usize
     }
 
     /// Waits for every request in flight; the next step applies the
@@ -175,14 +175,14 @@ impl State {
 
 impl Worker {
     fn lease(&self) -> Target {
-        self.target.delivery_lease(&self.sub.borrow().id)
+        self.target.delivery_lease(&self.subscription.borrow().id)
     }
 
     /// A fresh state with its writer running; `close` it when done.
-    pub fn state(&self) -> State {
-        let sub = self.sub.borrow().clone();
+    pub fn state(&self) -> WorkerState {
+        let subscription = self.subscription.borrow().clone();
         let (log, writes) = mpsc::unbounded_channel::<Write>();
-        State {
+        WorkerState {
             queue: None,
             failing_since: None,
             streak: Streak::default(),
@@ -193,15 +193,15 @@ impl Worker {
             finished: Vec::new(),
             stale: false,
             requeue: false,
-            endpoint: Arc::new(Endpoint::of(&sub)),
+            endpoint: Arc::new(Endpoint::of(&subscription)),
             selection: Arc::new(Selection::default()),
             recheck: false,
             // Made by the first step, which may have to disable the subscription.
             selection_made: false,
             unchecked: Vec::new(),
-            meters: Meters::new(self.metrics.clone(), &sub.id, &self.target),
-            sub: Arc::new(sub),
-            changes: self.sub.clone(),
+            meters: Meters::new(self.metrics.clone(), &subscription.id, &self.target),
+            subscription: Arc::new(subscription),
+            changes: self.subscription.clone(),
             shown_at: None,
             paused: false,
             log,
@@ -235,7 +235,7 @@ impl Worker {
                 Ok(Step::Disabled) => break,
                 Ok(Step::LeaseLost) => self.lease_ttl / 2,
                 Err(e) => {
-                    tracing::warn!(target = %self.target, subscription = %self.sub.borrow().id, error = %e, "delivery step failed; retrying");
+                    tracing::warn!(target = %self.target, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
                     Duration::from_secs(1)
                 }
             };
@@ -252,16 +252,16 @@ impl Worker {
     }
 
     /// Waits for every request in flight and applies its answer.
-    pub async fn drain(&self, st: &mut State) {
+    pub async fn drain(&self, st: &mut WorkerState) {
         st.answers().await;
-        let sub = self.sub.borrow().clone();
-        if let Err(e) = self.apply_finished(st, &sub, Now::current()).await {
-            tracing::warn!(target = %self.target, subscription = %sub.id, error = %e, "cannot record delivery answers; those events will be sent again");
+        let subscription = self.subscription.borrow().clone();
+        if let Err(e) = self.apply_finished(st, &subscription, Now::current()).await {
+            tracing::warn!(target = %self.target, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
         }
     }
 
     /// Stops the state's writer once everything sent to it is stored.
-    pub async fn close(&self, st: State) {
+    pub async fn close(&self, st: WorkerState) {
         drop(st.log);
         let _ = st.logger.await;
     }
@@ -269,15 +269,15 @@ impl Worker {
     /// One unit of work: applies the answers that came back, makes sure of
     /// the lease, (re)loads and claims, and starts every request the window,
     /// the rate limit and per-record order allow. Never waits for an answer.
-    pub async fn step(&self, st: &mut State, now: Now) -> StoreResult<Step> {
+    pub async fn step(&self, st: &mut WorkerState, now: Now) -> StoreResult<Step> {
         if let Some(step) = self.follow(st).await? {
             return Ok(step);
         }
-        let sub = st.sub.clone();
+        let subscription = st.subscription.clone();
         while let Some(done) = st.sends.try_join_next() {
             st.finished.push(done);
         }
-        let applied = self.apply_finished(st, &sub, now).await?;
+        let applied = self.apply_finished(st, &subscription, now).await?;
         if applied.disabled {
             return Ok(Step::Disabled);
         }
@@ -289,16 +289,16 @@ impl Worker {
         if !self.fence(st, now.at).await? {
             return Ok(Step::LeaseLost);
         }
-        let mut sub = sub;
+        let mut subscription = subscription;
         loop {
-            match self.fill(st, &sub).await? {
+            match self.fill(st, &subscription).await? {
                 Fill::Ready => break,
                 Fill::Gone => return Ok(Step::Disabled),
                 Fill::Changed(newer) => {
                     if let Some(step) = self.adopt(st, *newer).await? {
                         return Ok(step);
                     }
-                    sub = st.sub.clone();
+                    subscription = st.subscription.clone();
                 }
             }
         }
@@ -307,7 +307,7 @@ impl Worker {
             st.meters.show(&counts, st.paused);
             st.shown_at = Some(Instant::now());
         }
-        let (started, wait) = self.start_sends(st, &sub, now).await?;
+        let (started, wait) = self.start_sends(st, &subscription, now).await?;
         if started > 0 || applied.answers > 0 {
             return Ok(Step::Busy);
         }
@@ -320,7 +320,7 @@ impl Worker {
 
     /// Makes sure the delivery lease is ours for at least `request_timeout`
     /// from `at`, renewing it if not. False when another instance holds it.
-    pub(super) async fn fence(&self, st: &mut State, at: Instant) -> StoreResult<bool> {
+    pub(super) async fn fence(&self, st: &mut WorkerState, at: Instant) -> StoreResult<bool> {
         if st
             .lease_until
             .is_some_and(|until| until >= at + self.sender.timeout())
@@ -349,7 +349,7 @@ pub(super) async fn flush(log: &mpsc::UnboundedSender<Write>) {
 /// Waits for an answer, a wake (`woken`, listening since before the step)
 /// or `wait`; true when cancelled.
 async fn idle(
-    st: &mut State,
+    st: &mut WorkerState,
     cancel: &CancellationToken,
     woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     wait: Duration,

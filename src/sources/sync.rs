@@ -59,7 +59,7 @@ impl SourceSync {
         let doc = self.store.document(KIND, name).await?;
         let mut seen = self.seen.lock().await;
         self.apply(&mut seen, name, doc.as_ref());
-        Ok(())
+        self.topology.ready_records().await
     }
 
     /// Applies every stored source, and removes API-made sources that are
@@ -76,7 +76,7 @@ impl SourceSync {
                 self.apply(&mut seen, s.name(), None);
             }
         }
-        Ok(())
+        self.topology.ready_records().await
     }
 
     fn apply(&self, seen: &mut Seen, name: &str, doc: Option<&Document>) {

@@ -15,7 +15,8 @@
 //! was removed, in the kept copies.
 //!
 //! Kept unless a source says `keep_records = false`. A table whose records
-//! were not kept fills what it needs at the first append of each process;
+//! were not kept fills what it needs when the table is opened
+//! (`RecordStore::ready_records`), never inside a read;
 //! versions whose events retention had removed before come in with the
 //! next reconcile sweep (the append keeps a duplicate the store lacks).
 
@@ -71,6 +72,14 @@ pub trait RecordStore: Send + Sync {
     /// Turning it off drops what was kept at the next append, so turning it
     /// on again fills it afresh rather than serving stale versions.
     fn keep_records(&self, t: &Target, keep: bool);
+
+    /// Brings `t`'s record store in line with its setting: fills it when
+    /// records were not kept before, drops it when they no longer are.
+    /// Run when a table is opened, before anything reads it
+    /// (`Topology::ready_records`), and by the first append after a change
+    /// of setting; once per table and setting in a process. Reads never
+    /// write: they read what this left.
+    async fn ready_records(&self, t: &Target) -> StoreResult<()>;
 
     /// The latest version of one record, none when the table never had it.
     async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>>;

@@ -20,12 +20,12 @@ pub enum Standing {
 /// after its start point before its first claim.
 pub async fn position_or_start(
     store: &dyn Store,
-    sub: &Subscription,
+    subscription: &Subscription,
     t: &Target,
 ) -> StoreResult<StreamId> {
-    Ok(match store.position(&sub.id, t).await? {
+    Ok(match store.position(&subscription.id, t).await? {
         Some(p) => p,
-        None => sub.start_of(t),
+        None => subscription.start_of(t),
     })
 }
 
@@ -51,9 +51,17 @@ impl Standing {
     }
 }
 
-pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<Standing> {
-    let position = position_or_start(store, sub, t).await?;
-    let oldest = store.pending(&sub.id, t).await?.first().map(|(e, _)| e.id);
+pub async fn standing(
+    store: &dyn Store,
+    subscription: &Subscription,
+    t: &Target,
+) -> StoreResult<Standing> {
+    let position = position_or_start(store, subscription, t).await?;
+    let oldest = store
+        .pending(&subscription.id, t)
+        .await?
+        .first()
+        .map(|(e, _)| e.id);
     Ok(Standing::of(position, oldest))
 }
 
@@ -61,7 +69,7 @@ pub async fn standing(store: &dyn Store, sub: &Subscription, t: &Target) -> Stor
 /// undelivered event to the target's last stamp; 0 when it has everything.
 /// Also right for a disabled subscription or one that has not started: its
 /// backlog is what it lacks.
-pub async fn lag(store: &dyn Store, sub: &Subscription, t: &Target) -> StoreResult<u64> {
+pub async fn lag(store: &dyn Store, subscription: &Subscription, t: &Target) -> StoreResult<u64> {
     let top = store.last_id(t).await?;
-    Ok(standing(store, sub, t).await?.lag(top))
+    Ok(standing(store, subscription, t).await?.lag(top))
 }

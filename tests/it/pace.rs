@@ -233,8 +233,8 @@ async fn a_lost_lease_stops_sends_before_they_start(ts: TestStore) {
     rx.set_secrets(&["whsec_dGVzdA=="]);
     let sub = subscription("sub_fenced", &rx.url);
     ts.store.put_subscription(&sub).await.unwrap();
-    let deliverer = relay.deliverer();
-    let (worker, _changes) = deliverer.worker(&sub, &t);
+    let supervisor = relay.supervisor();
+    let (worker, _changes) = supervisor.worker(&sub, &t);
     let lease = t.delivery_lease(&sub.id);
     let ttl = ts.config.lease_ttl;
 

@@ -131,7 +131,7 @@ async fn without_keep_records_the_features_say_why(ts: TestStore) {
 }
 
 /// A table appended without the record store (as before it existed) fills
-/// it from its stream at the next append of a relay that keeps records.
+/// it from its stream when a relay that keeps records opens the table.
 async fn an_older_stream_fills_the_records(ts: TestStore) {
     let sim = Sim::start(SimConfig {
         initial: vec![("patients".into(), 30)],
@@ -152,7 +152,7 @@ async fn an_older_stream_fills_the_records(ts: TestStore) {
 
     src.keep_records = true;
     let app = App::spawn(&ts, vec![src]).await;
-    // The polls re-read the overlap: an append, which fills first.
+    // The relay opens the table before it serves: that fills the records.
     eventually("records filled", Duration::from_secs(30), async || {
         ts.store.record(&t, &one).await.unwrap().is_some()
     })

@@ -1,5 +1,5 @@
 //! Retries on a clock the test moves: a delivery worker stepped by hand
-//! with the time each step runs at (`Worker::step(&mut State, Now)`). A
+//! with the time each step runs at (`Worker::step(&mut WorkerState, Now)`). A
 //! step's time is the only clock retry times are computed from and
 //! compared with, so hours of backoff pass without being waited for; the
 //! lease stays on the real monotonic clock.
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use stamp_relay::{
     app::Relay,
     config::{DeliveryConfig, Paging},
-    delivery::worker::{Now, State, Step, Worker},
+    delivery::worker::{Now, Step, Worker, WorkerState},
     events::now_ms,
     store::Target,
     subscription::state::RetryState,
@@ -49,7 +49,7 @@ async fn one_worker(
     poll_until_quiet(&mut relay, 10).await;
     let sub = subscription("sub_stepped", url);
     ts.store.put_subscription(&sub).await.unwrap();
-    let (worker, _changes) = relay.deliverer().worker(&sub, &patients());
+    let (worker, _changes) = relay.supervisor().worker(&sub, &patients());
     (sim, relay, worker)
 }
 
@@ -58,7 +58,7 @@ fn patients() -> Target {
 }
 
 /// One step at `wall_ms` on the test's clock.
-async fn step_at(worker: &Worker, st: &mut State, wall_ms: u64) -> Step {
+async fn step_at(worker: &Worker, st: &mut WorkerState, wall_ms: u64) -> Step {
     let now = Now {
         wall_ms,
         at: Instant::now(),
@@ -75,7 +75,12 @@ async fn retry_state(ts: &TestStore) -> RetryState {
 
 /// Sends once at `wall_ms` and applies the answer at the same time: the
 /// retry state that answer left.
-async fn attempt_at(worker: &Worker, st: &mut State, ts: &TestStore, wall_ms: u64) -> RetryState {
+async fn attempt_at(
+    worker: &Worker,
+    st: &mut WorkerState,
+    ts: &TestStore,
+    wall_ms: u64,
+) -> RetryState {
     assert_eq!(step_at(worker, st, wall_ms).await, Step::Busy, "a send");
     st.answers().await;
     step_at(worker, st, wall_ms).await;

@@ -246,7 +246,8 @@ async fn a_long_history_lists_page_by_page(ts: TestStore) {
 /// A Redis table written by a build before the index pointed at versions
 /// (late events indexed as plain `<stamp>`, a full copy of every record in
 /// `records` and `stamps`, no `late` set): a relay of this build lists and
-/// finds every record, the late one included, and counts them right.
+/// finds every record, the late one included, and counts them right, once
+/// it opened the table (never inside a read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_redis_layout_is_completed() {
     let Some(ts) = TestStore::open(crate::harness::Backend::Redis).await else {
@@ -282,8 +283,17 @@ async fn an_older_redis_layout_is_completed() {
         .await
         .unwrap();
 
-    // A new process reads it first: it completes the layout, then answers.
+    // A new process: a read alone writes nothing; opening the table
+    // completes the layout, then every read answers.
     let store = stamp_relay::store::open(&ts.config).await.unwrap();
+    store.record(&t, &ids[1]).await.unwrap();
+    let kept: Option<String> = redis::cmd("GET")
+        .arg(&keys.kept)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, None, "a read completed the layout");
+    store.ready_records(&t).await.unwrap();
     agrees(store.as_ref(), &t, &sim).await;
     let late = store.index_entry(&t, &ids[1]).await.unwrap().unwrap();
     assert!(late.at.is_some(), "the late event's pointer is restored");

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
+use super::groups::{DESTROY_GROUP, GROUP_POSITION, pending_entry};
 use super::{Keys, RedisStore, entries::parse_packed, parse_entries};
 use crate::{
     events::{Event, StreamId},
@@ -15,17 +16,17 @@ use crate::{
 };
 
 /// `P:sub:<id>:dead`, a hash of `source/resource/<stream id>` -> dead letter JSON.
-fn dead_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:dead")
+fn dead_key(prefix: &str, sub_id: &str) -> String {
+    format!("{prefix}:sub:{sub_id}:dead")
 }
 
 /// `P:sub:<id>:attempts`, a list of attempt JSON, newest first.
-fn attempts_key(prefix: &str, sub: &str) -> String {
-    format!("{prefix}:sub:{sub}:attempts")
+fn attempts_key(prefix: &str, sub_id: &str) -> String {
+    format!("{prefix}:sub:{sub_id}:attempts")
 }
 
 /// `P:subscriptions`, a hash of subscription id -> JSON document.
-fn subscriptions_key(prefix: &str) -> String {
+pub(super) fn subscriptions_key(prefix: &str) -> String {
     format!("{prefix}:subscriptions")
 }
 
@@ -50,49 +51,6 @@ impl RedisStore {
 /// Compare-and-set of one subscription document on its `version`.
 static REPLACE_SUBSCRIPTION: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("replace_subscription.lua")));
-
-/// Removes a pending set's entries before ARGV[1] (their events are gone).
-const DROP_TRIMMED_LUA: &str = r"
-local function parts(id)
-  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(stamp), tonumber(seq)
-end
-local ks, kq = parts(ARGV[1])
-local gone = 0
-for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local s, q = parts(id)
-  if s and (s < ks or (s == ks and q < kq)) then
-    gone = gone + redis.call('HDEL', KEYS[1], id)
-  end
-end
-return gone
-";
-
-impl RedisStore {
-    /// After a trim: each subscription's pending entries on `t` before
-    /// `first_kept`, whose events are gone, leave its pending set.
-    pub(super) async fn drop_trimmed_pending(
-        &self,
-        t: &Target,
-        first_kept: StreamId,
-    ) -> StoreResult<()> {
-        let mut c = self.conn.clone();
-        let subs: Vec<String> = c
-            .hkeys(subscriptions_key(&self.prefix))
-            .await
-            .map_err(|e| self.err(e))?;
-        let script = redis::Script::new(DROP_TRIMMED_LUA);
-        for sub in subs {
-            let _: i64 = script
-                .key(self.keys(t).pending(&sub))
-                .arg(first_kept.to_string())
-                .invoke_async(&mut c)
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-}
 
 #[async_trait]
 impl DeliveryStore for RedisStore {
@@ -164,7 +122,7 @@ impl DeliveryStore for RedisStore {
 
     async fn claim(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         start: StreamId,
         count: usize,
@@ -174,8 +132,8 @@ impl DeliveryStore for RedisStore {
         let reply: redis::Value = self
             .claim
             .key(&keys.events)
-            .key(keys.pending(sub))
-            .arg(Keys::group(sub))
+            .key(keys.pending(sub_id))
+            .arg(Keys::group(sub_id))
             .arg(start.to_string())
             .arg(count)
             .invoke_async(&mut c)
@@ -184,16 +142,16 @@ impl DeliveryStore for RedisStore {
         parse_packed(reply)
     }
 
-    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
-            .hgetall(keys.pending(sub))
+            .hgetall(keys.pending(sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut states = all
             .iter()
-            .map(|(id, st)| pending_entry(sub, t, id, st))
+            .map(|(id, st)| pending_entry(sub_id, t, id, st))
             .collect::<StoreResult<Vec<(StreamId, RetryState)>>>()?;
         states.sort_by_key(|(id, _)| *id);
         if states.is_empty() {
@@ -220,7 +178,7 @@ impl DeliveryStore for RedisStore {
 
     async fn retry_later(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         id: StreamId,
         state: RetryState,
@@ -233,7 +191,7 @@ impl DeliveryStore for RedisStore {
         );
         let mut c = self.conn.clone();
         let _: i64 = script
-            .key(self.keys(t).pending(sub))
+            .key(self.keys(t).pending(sub_id))
             .arg(id.to_string())
             .arg(state.encode())
             .invoke_async(&mut c)
@@ -242,7 +200,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
         // One script, so an entry settled meanwhile is never written back.
         let script = redis::Script::new(
             "local all = redis.call('HGETALL', KEYS[1]) local now = tonumber(ARGV[1]) \
@@ -258,7 +216,7 @@ impl DeliveryStore for RedisStore {
         );
         let mut c = self.conn.clone();
         let waiting: i64 = script
-            .key(self.keys(t).pending(sub))
+            .key(self.keys(t).pending(sub_id))
             .arg(now_ms)
             .invoke_async(&mut c)
             .await
@@ -266,34 +224,34 @@ impl DeliveryStore for RedisStore {
         Ok(waiting as u64)
     }
 
-    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
+    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
-            .hgetall(self.keys(t).pending(sub))
+            .hgetall(self.keys(t).pending(sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut waiting = 0;
         for (id, st) in &all {
-            let (_, st) = pending_entry(sub, t, id, st)?;
+            let (_, st) = pending_entry(sub_id, t, id, st)?;
             waiting += u64::from(st.attempts > 0);
         }
         Ok(waiting)
     }
 
-    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut c = self.conn.clone();
         let fields: Vec<String> = ids.iter().map(StreamId::to_string).collect();
         let _: i64 = c
-            .hdel(self.keys(t).pending(sub), fields)
+            .hdel(self.keys(t).pending(sub_id), fields)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -304,16 +262,16 @@ impl DeliveryStore for RedisStore {
             .collect();
         // HSET or HMSET by version: an integer or OK, either is success.
         let _: redis::Value = c
-            .hset_multiple(self.keys(t).pending(sub), &items)
+            .hset_multiple(self.keys(t).pending(sub_id), &items)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
-        let group = Keys::group(sub);
+        let group = Keys::group(sub_id);
         let set: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("SETID")
             .arg(&keys.events)
@@ -335,69 +293,60 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
         let mut c = self.conn.clone();
-        let reply: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
-            c.xinfo_groups(self.keys(t).events).await;
-        let groups = match reply {
-            Ok(r) => r.groups,
-            // No stream yet: nothing claimed.
-            Err(e) if e.to_string().contains("no such key") => return Ok(None),
-            Err(e) => return Err(self.err(e)),
-        };
-        let group = Keys::group(sub);
-        groups
-            .into_iter()
-            .find(|g| g.name == group)
-            .map(|g| {
-                g.last_delivered_id
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("group {group}: {e}")))
-            })
-            .transpose()
+        let group = Keys::group(sub_id);
+        let last: Option<String> = GROUP_POSITION
+            .key(self.keys(t).events)
+            .arg(&group)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        last.map(|id| {
+            id.parse()
+                .map_err(|e| StoreError::Corrupt(format!("group {group}: {e}")))
+        })
+        .transpose()
     }
 
-    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
         let mut c = self.conn.clone();
         // One key per command: on a cluster they live in different slots.
         for t in targets {
             let keys = self.keys(t);
-            let destroyed: redis::RedisResult<i64> = redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(&keys.events)
-                .arg(Keys::group(sub))
-                .query_async(&mut c)
-                .await;
-            // No stream yet means no group either.
-            if let Err(e) = destroyed
-                && !e.to_string().contains("requires the key to exist")
-            {
-                return Err(self.err(e));
-            }
-            let _: i64 = c.del(keys.pending(sub)).await.map_err(|e| self.err(e))?;
-            let lease = self.keys(&t.delivery_lease(sub)).lease;
+            let _: i64 = DESTROY_GROUP
+                .key(&keys.events)
+                .arg(Keys::group(sub_id))
+                .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            let _: i64 = c.del(keys.pending(sub_id)).await.map_err(|e| self.err(e))?;
+            let lease = self.keys(&t.delivery_lease(sub_id)).lease;
             let _: i64 = c.del(lease).await.map_err(|e| self.err(e))?;
         }
-        for key in [dead_key(&self.prefix, sub), attempts_key(&self.prefix, sub)] {
+        for key in [
+            dead_key(&self.prefix, sub_id),
+            attempts_key(&self.prefix, sub_id),
+        ] {
             let _: i64 = c.del(key).await.map_err(|e| self.err(e))?;
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+    async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let _: i64 = c
-            .hset(dead_key(&self.prefix, sub), d.key(), json)
+            .hset(dead_key(&self.prefix, sub_id), d.key(), json)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
+    async fn dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
         let mut c = self.conn.clone();
         let all: Vec<String> = c
-            .hvals(dead_key(&self.prefix, sub))
+            .hvals(dead_key(&self.prefix, sub_id))
             .await
             .map_err(|e| self.err(e))?;
         let mut v = all
@@ -408,8 +357,8 @@ impl DeliveryStore for RedisStore {
         Ok(v)
     }
 
-    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let key = dead_key(&self.prefix, sub);
+    async fn take_dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
+        let key = dead_key(&self.prefix, sub_id);
         let mut c = self.conn.clone();
         let (all, _): (Vec<String>, i64) = redis::pipe()
             .atomic()
@@ -421,20 +370,20 @@ impl DeliveryStore for RedisStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool> {
+    async fn remove_dead_letter(&self, sub_id: &str, key: &str) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let removed: i64 = c
-            .hdel(dead_key(&self.prefix, sub), key)
+            .hdel(dead_key(&self.prefix, sub_id), key)
             .await
             .map_err(|e| self.err(e))?;
         Ok(removed > 0)
     }
 
-    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+    async fn log_attempts(&self, sub_id: &str, attempts: &[Attempt]) -> StoreResult<()> {
         if attempts.is_empty() {
             return Ok(());
         }
-        let key = attempts_key(&self.prefix, sub);
+        let key = attempts_key(&self.prefix, sub_id);
         let json = attempts
             .iter()
             .map(serde_json::to_string)
@@ -453,49 +402,12 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+    async fn attempts(&self, sub_id: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
         let mut c = self.conn.clone();
         let all: Vec<String> = c
-            .lrange(attempts_key(&self.prefix, sub), 0, limit as isize - 1)
+            .lrange(attempts_key(&self.prefix, sub_id), 0, limit as isize - 1)
             .await
             .map_err(|e| self.err(e))?;
         all.iter().map(|j| decode_json("attempt", j)).collect()
-    }
-}
-
-/// One field of a pending hash: the entry's stream ID and its retry state.
-/// A field that does not read is an error naming it, never dropped or reset.
-fn pending_entry(sub: &str, t: &Target, id: &str, st: &str) -> StoreResult<(StreamId, RetryState)> {
-    let corrupt =
-        |what: String| StoreError::Corrupt(format!("pending entry {id:?} of {sub} on {t}: {what}"));
-    let id = id.parse().map_err(|_| corrupt("not a stream ID".into()))?;
-    let st = RetryState::decode(st).map_err(|e| corrupt(e.to_string()))?;
-    Ok((id, st))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pending_field_that_does_not_read_is_an_error_naming_it() {
-        let t = Target::new("s", "patients");
-        let (id, st) = pending_entry("sub", &t, "5-1", "2:900").unwrap();
-        assert_eq!(id, StreamId { stamp: 5, seq: 1 });
-        assert_eq!(
-            st,
-            RetryState {
-                attempts: 2,
-                next_at_ms: 900
-            }
-        );
-        for (id, st) in [("5-1", "2"), ("x", "2:900")] {
-            match pending_entry("sub", &t, id, st) {
-                Err(StoreError::Corrupt(why)) => {
-                    assert!(why.contains(&format!("{id:?}")), "{why}")
-                }
-                other => panic!("{id} {st}: {other:?}"),
-            }
-        }
     }
 }

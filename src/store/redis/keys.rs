@@ -65,12 +65,12 @@ impl Keys {
     }
 
     /// `P:{s:r}:pending:<sub>`, a hash of stream ID -> `<attempts>:<next attempt ms>`.
-    pub fn pending(&self, sub: &str) -> String {
-        format!("{}:pending:{sub}", self.base)
+    pub fn pending(&self, sub_id: &str) -> String {
+        format!("{}:pending:{sub_id}", self.base)
     }
 
     /// The consumer group of a subscription on the events stream.
-    pub fn group(sub: &str) -> String {
-        format!("sub:{sub}")
+    pub fn group(sub_id: &str) -> String {
+        format!("sub:{sub_id}")
     }
 }

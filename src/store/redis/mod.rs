@@ -12,6 +12,7 @@ use redis::{AsyncCommands, Script, streams::StreamRangeReply};
 use self::connection::RedisConn;
 use self::entries::{field, parse_entries, parse_id};
 pub use self::keys::Keys;
+use super::records::RecordStore;
 use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Target};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
@@ -250,14 +251,23 @@ impl Store for RedisStore {
     }
 
     async fn issued_id(&self, t: &Target) -> StoreResult<StreamId> {
+        // A missing stream issued nothing: checked in the script rather
+        // than told apart by the text of XINFO's error.
+        static ISSUED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 0 then return '0-0' end \
+                 local info = redis.call('XINFO', 'STREAM', KEYS[1]) \
+                 for i = 1, #info, 2 do if info[i] == 'last-generated-id' then return info[i + 1] end end \
+                 return '0-0'",
+            )
+        });
         let mut c = self.conn.clone();
-        let info: redis::RedisResult<redis::streams::StreamInfoStreamReply> =
-            c.xinfo_stream(self.keys(t).events).await;
-        match info {
-            Ok(info) => parse_id(&info.last_generated_id),
-            Err(e) if e.to_string().contains("no such key") => Ok(StreamId::ZERO),
-            Err(e) => Err(self.err(e)),
-        }
+        let id: String = ISSUED
+            .key(self.keys(t).events)
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| self.err(e))?;
+        parse_id(&id)
     }
 
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
@@ -483,6 +493,7 @@ mod connection;
 mod delivery;
 mod documents;
 mod entries;
+mod groups;
 mod instances;
 mod keys;
 mod records;

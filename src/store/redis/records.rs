@@ -54,21 +54,6 @@ impl RedisStore {
         inv
     }
 
-    /// Before the first append or read of this process on `t`: drops the
-    /// record store of a table that no longer keeps records, or completes
-    /// its sets when they are not (records were off, or kept in an older
-    /// layout).
-    pub(super) async fn ready_records(&self, t: &Target) -> StoreResult<()> {
-        if !self.keep.first_use(t) {
-            return Ok(());
-        }
-        let done = self.complete_or_drop(t).await;
-        if done.is_err() {
-            self.keep.not_ready(t);
-        }
-        done
-    }
-
     async fn complete_or_drop(&self, t: &Target) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
@@ -229,11 +214,24 @@ impl RecordStore for RedisStore {
         self.keep.set(t, keep);
     }
 
+    /// Drops the record store of a table that no longer keeps records, or
+    /// completes its sets when they are not (the `kept` marker is missing:
+    /// records were off until now).
+    async fn ready_records(&self, t: &Target) -> StoreResult<()> {
+        if !self.keep.first_use(t) {
+            return Ok(());
+        }
+        let done = self.complete_or_drop(t).await;
+        if done.is_err() {
+            self.keep.not_ready(t);
+        }
+        done
+    }
+
     async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {
         if !self.keep.keeps(t) {
             return Ok(None);
         }
-        self.ready_records(t).await?;
         let mut c = self.conn.clone();
         let v: Option<(String, String)> = self
             .reads(t, "record")
@@ -245,7 +243,6 @@ impl RecordStore for RedisStore {
     }
 
     async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
-        self.ready_records(t).await?;
         self.page(t, q).await
     }
 
@@ -256,7 +253,6 @@ impl RecordStore for RedisStore {
         if wanted.is_empty() || !self.keep.keeps(t) {
             return Ok(());
         }
-        self.ready_records(t).await?;
         let mut inv = self.reads(t, "versions");
         for &(i, stamp, at) in &wanted {
             inv.arg(&events[i].record).arg(stamp).arg(at.to_string());

@@ -15,10 +15,10 @@ use crate::{
 };
 
 /// A subscription's delivery position on a target, none before its first claim.
-fn position(c: &Connection, sub: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
+fn position(c: &Connection, sub_id: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
     c.query_row(
         "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
-        params![sub, t.source, t.resource],
+        params![sub_id, t.source, t.resource],
         |r| id_at(r, 0),
     )
     .optional()
@@ -28,33 +28,33 @@ fn position(c: &Connection, sub: &str, t: &Target) -> rusqlite::Result<Option<St
 /// and the position past them, in one transaction.
 fn claim(
     c: &mut Connection,
-    sub: &str,
+    sub_id: &str,
     t: &Target,
     start: StreamId,
     count: usize,
 ) -> rusqlite::Result<Vec<Event>> {
     let tx = c.transaction()?;
-    let pos = position(&tx, sub, t)?.unwrap_or(start);
+    let pos = position(&tx, sub_id, t)?.unwrap_or(start);
     let events = read_after(&tx, t, pos, count)?;
     let last = events.last().map(|e| e.id).unwrap_or(pos);
     tx.execute(
         "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
-        params![sub, t.source, t.resource, last.stamp as i64, last.seq as i64],
+        params![sub_id, t.source, t.resource, last.stamp as i64, last.seq as i64],
     )?;
     for e in &events {
-        add_pending(&tx, sub, t, e.id)?;
+        add_pending(&tx, sub_id, t, e.id)?;
     }
     tx.commit()?;
     Ok(events)
 }
 
-fn add_pending(c: &Connection, sub: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
+fn add_pending(c: &Connection, sub_id: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO delivery_pending (sub, source, resource, stamp, seq, attempts, next_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
          ON CONFLICT (sub, source, resource, stamp, seq) DO UPDATE SET attempts = 0, next_at = 0",
     )?
-    .execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])
+    .execute(params![sub_id, t.source, t.resource, id.stamp as i64, id.seq as i64])
     .map(|_| ())
 }
 
@@ -139,17 +139,18 @@ impl DeliveryStore for SqliteStore {
 
     async fn claim(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         start: StreamId,
         count: usize,
     ) -> StoreResult<Vec<Event>> {
-        let (sub, t) = (sub.to_string(), t.clone());
-        self.with(move |c| claim(c, &sub, &t, start, count)).await
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
+        self.with(move |c| claim(c, &sub_id, &t, start, count))
+            .await
     }
 
-    async fn pending(&self, sub: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
-        let (sub, t) = (sub.to_string(), t.clone());
+    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             let cols: Vec<String> = EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect();
             let mut q = c.prepare_cached(&format!(
@@ -160,7 +161,7 @@ impl DeliveryStore for SqliteStore {
             ))?;
             // Attempts and next_at follow the event's columns.
             let n = cols.len();
-            q.query_map(params![sub, t.source, t.resource], |r| {
+            q.query_map(params![sub_id, t.source, t.resource], |r| {
                 let state = RetryState {
                     attempts: r.get::<_, i64>(n)? as u32,
                     next_at_ms: r.get::<_, i64>(n + 1)? as u64,
@@ -174,18 +175,18 @@ impl DeliveryStore for SqliteStore {
 
     async fn retry_later(
         &self,
-        sub: &str,
+        sub_id: &str,
         t: &Target,
         id: StreamId,
         state: RetryState,
     ) -> StoreResult<()> {
-        let (sub, t) = (sub.to_string(), t.clone());
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             c.execute(
                 "UPDATE delivery_pending SET attempts = ?6, next_at = ?7
                  WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
                 params![
-                    sub,
+                    sub_id,
                     t.source,
                     t.resource,
                     id.stamp as i64,
@@ -199,21 +200,21 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn retry_now(&self, sub: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
-        let (sub, t) = (sub.to_string(), t.clone());
+    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             let tx = c.transaction()?;
             let (waiting, latest): (i64, Option<i64>) = tx.query_row(
                 "SELECT COUNT(*), MAX(next_at) FROM delivery_pending
                  WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0 AND next_at > ?4",
-                params![sub, t.source, t.resource, now_ms as i64],
+                params![sub_id, t.source, t.resource, now_ms as i64],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if let Some(latest) = latest {
                 tx.execute(
                     "UPDATE delivery_pending SET next_at = MAX(next_at - ?4, 0)
                      WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0",
-                    params![sub, t.source, t.resource, latest - now_ms as i64],
+                    params![sub_id, t.source, t.resource, latest - now_ms as i64],
                 )?;
             }
             tx.commit()?;
@@ -222,13 +223,13 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn waiting_retries(&self, sub: &str, t: &Target) -> StoreResult<u64> {
-        let (sub, t) = (sub.to_string(), t.clone());
+    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64> {
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             c.query_row(
                 "SELECT COUNT(*) FROM delivery_pending
                  WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND attempts > 0",
-                params![sub, t.source, t.resource],
+                params![sub_id, t.source, t.resource],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
@@ -236,8 +237,8 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn settle(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
-        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub_id, t, ids) = (sub_id.to_string(), t.clone(), ids.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
             {
@@ -245,7 +246,7 @@ impl DeliveryStore for SqliteStore {
                     "DELETE FROM delivery_pending WHERE sub = ?1 AND source = ?2 AND resource = ?3 AND stamp = ?4 AND seq = ?5",
                 )?;
                 for id in &ids {
-                    q.execute(params![sub, t.source, t.resource, id.stamp as i64, id.seq as i64])?;
+                    q.execute(params![sub_id, t.source, t.resource, id.stamp as i64, id.seq as i64])?;
                 }
             }
             tx.commit()
@@ -253,38 +254,38 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn add_pending(&self, sub: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
-        let (sub, t, ids) = (sub.to_string(), t.clone(), ids.to_vec());
+    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+        let (sub_id, t, ids) = (sub_id.to_string(), t.clone(), ids.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
             for id in &ids {
-                add_pending(&tx, &sub, &t, *id)?;
+                add_pending(&tx, &sub_id, &t, *id)?;
             }
             tx.commit()
         })
         .await
     }
 
-    async fn reposition(&self, sub: &str, t: &Target, after: StreamId) -> StoreResult<()> {
-        let (sub, t) = (sub.to_string(), t.clone());
+    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             c.execute(
                 "INSERT INTO delivery_position (sub, source, resource, stamp, seq) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (sub, source, resource) DO UPDATE SET stamp = excluded.stamp, seq = excluded.seq",
-                params![sub, t.source, t.resource, after.stamp as i64, after.seq as i64],
+                params![sub_id, t.source, t.resource, after.stamp as i64, after.seq as i64],
             )
             .map(|_| ())
         })
         .await
     }
 
-    async fn position(&self, sub: &str, t: &Target) -> StoreResult<Option<StreamId>> {
-        let (sub, t) = (sub.to_string(), t.clone());
-        self.with(move |c| position(c, &sub, &t)).await
+    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+        let (sub_id, t) = (sub_id.to_string(), t.clone());
+        self.with(move |c| position(c, &sub_id, &t)).await
     }
 
-    async fn forget_subscription(&self, sub: &str, targets: &[Target]) -> StoreResult<()> {
-        let (sub, targets) = (sub.to_string(), targets.to_vec());
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
+        let (sub_id, targets) = (sub_id.to_string(), targets.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
             for table in [
@@ -293,9 +294,12 @@ impl DeliveryStore for SqliteStore {
                 "dead_letters",
                 "attempts",
             ] {
-                tx.execute(&format!("DELETE FROM {table} WHERE sub = ?1"), params![sub])?;
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE sub = ?1"),
+                    params![sub_id],
+                )?;
             }
-            for t in targets.iter().map(|t| t.delivery_lease(&sub)) {
+            for t in targets.iter().map(|t| t.delivery_lease(&sub_id)) {
                 tx.execute(
                     "DELETE FROM leases WHERE source = ?1 AND resource = ?2",
                     params![t.source, t.resource],
@@ -306,48 +310,48 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn dead_letter(&self, sub: &str, d: &DeadLetter) -> StoreResult<()> {
+    async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()> {
         let json = serde_json::to_string(d).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (sub, key, at) = (sub.to_string(), d.key(), d.at_ms as i64);
+        let (sub_id, key, at) = (sub_id.to_string(), d.key(), d.at_ms as i64);
         self.with(move |c| {
             c.execute(
                 "INSERT INTO dead_letters (sub, key, at_ms, body) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (sub, key) DO UPDATE SET at_ms = excluded.at_ms, body = excluded.body",
-                params![sub, key, at, json],
+                params![sub_id, key, at, json],
             )
             .map(|_| ())
         })
         .await
     }
 
-    async fn dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let sub = sub.to_string();
+    async fn dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub_id = sub_id.to_string();
         let all = self
             .with(move |c| {
                 let mut q = c.prepare_cached(
                     "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
                 )?;
-                q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                q.query_map(params![sub_id], |r| r.get::<_, String>(0))?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn remove_dead_letter(&self, sub: &str, key: &str) -> StoreResult<bool> {
-        let (sub, key) = (sub.to_string(), key.to_string());
+    async fn remove_dead_letter(&self, sub_id: &str, key: &str) -> StoreResult<bool> {
+        let (sub_id, key) = (sub_id.to_string(), key.to_string());
         self.with(move |c| {
             c.execute(
                 "DELETE FROM dead_letters WHERE sub = ?1 AND key = ?2",
-                params![sub, key],
+                params![sub_id, key],
             )
             .map(|n| n > 0)
         })
         .await
     }
 
-    async fn take_dead_letters(&self, sub: &str) -> StoreResult<Vec<DeadLetter>> {
-        let sub = sub.to_string();
+    async fn take_dead_letters(&self, sub_id: &str) -> StoreResult<Vec<DeadLetter>> {
+        let sub_id = sub_id.to_string();
         let all = self
             .with(move |c| {
                 let tx = c.transaction()?;
@@ -355,10 +359,10 @@ impl DeliveryStore for SqliteStore {
                     let mut q = tx.prepare_cached(
                         "SELECT body FROM dead_letters WHERE sub = ?1 ORDER BY at_ms",
                     )?;
-                    q.query_map(params![sub], |r| r.get::<_, String>(0))?
+                    q.query_map(params![sub_id], |r| r.get::<_, String>(0))?
                         .collect::<rusqlite::Result<Vec<_>>>()?
                 };
-                tx.execute("DELETE FROM dead_letters WHERE sub = ?1", params![sub])?;
+                tx.execute("DELETE FROM dead_letters WHERE sub = ?1", params![sub_id])?;
                 tx.commit()?;
                 Ok(all)
             })
@@ -366,37 +370,37 @@ impl DeliveryStore for SqliteStore {
         all.iter().map(|j| decode_json("dead letter", j)).collect()
     }
 
-    async fn log_attempts(&self, sub: &str, attempts: &[Attempt]) -> StoreResult<()> {
+    async fn log_attempts(&self, sub_id: &str, attempts: &[Attempt]) -> StoreResult<()> {
         let json = attempts
             .iter()
             .map(serde_json::to_string)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sub = sub.to_string();
+        let sub_id = sub_id.to_string();
         self.with(move |c| {
             let tx = c.transaction()?;
             for body in &json {
                 tx.prepare_cached("INSERT INTO attempts (sub, body) VALUES (?1, ?2)")?
-                    .execute(params![sub, body])?;
+                    .execute(params![sub_id, body])?;
             }
             let id = tx.last_insert_rowid();
             tx.execute(
                 "DELETE FROM attempts WHERE sub = ?1 AND id <= ?2",
-                params![sub, id - ATTEMPTS_KEPT as i64],
+                params![sub_id, id - ATTEMPTS_KEPT as i64],
             )?;
             tx.commit()
         })
         .await
     }
 
-    async fn attempts(&self, sub: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
-        let sub = sub.to_string();
+    async fn attempts(&self, sub_id: &str, limit: usize) -> StoreResult<Vec<Attempt>> {
+        let sub_id = sub_id.to_string();
         let all = self
             .with(move |c| {
                 let mut q = c.prepare_cached(
                     "SELECT body FROM attempts WHERE sub = ?1 ORDER BY id DESC LIMIT ?2",
                 )?;
-                q.query_map(params![sub, limit as i64], |r| r.get::<_, String>(0))?
+                q.query_map(params![sub_id, limit as i64], |r| r.get::<_, String>(0))?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
             .await?;

@@ -117,8 +117,8 @@ pub(super) fn fill_duplicate(
     .map(|_| ())
 }
 
-/// Before the first append of this process: drops the kept copies of a
-/// table that no longer keeps records.
+/// When a table is opened (or at the first append after a change of
+/// setting): drops the kept copies of a table that no longer keeps records.
 pub(super) fn fill_or_drop(c: &Connection, t: &Target, keep: bool) -> rusqlite::Result<()> {
     if !keep {
         c.execute(
@@ -221,6 +221,18 @@ impl RecordStore for SqliteStore {
 
     fn keep_records(&self, t: &Target, keep: bool) {
         self.keep.set(t, keep);
+    }
+
+    async fn ready_records(&self, t: &Target) -> StoreResult<()> {
+        if !self.keep.first_use(t) {
+            return Ok(());
+        }
+        let (target, keep) = (t.clone(), self.keep.keeps(t));
+        let done = self.with(move |c| fill_or_drop(c, &target, keep)).await;
+        if done.is_err() {
+            self.keep.not_ready(t);
+        }
+        done
     }
 
     async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {

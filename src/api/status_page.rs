@@ -68,7 +68,7 @@ pub async fn page(
     let consumers = s.consumers.list().await?;
     consumers_health(&mut h, &consumers, &subscriptions);
     if let Some(c) = pq.consumer.as_deref().filter(|c| !c.is_empty()) {
-        subscriptions.retain(|v| v.sub.consumer == c);
+        subscriptions.retain(|v| v.subscription.consumer == c);
     }
     let _ = write!(
         h,
@@ -105,11 +105,13 @@ fn consumers_health(
         <th>failing</th><th>dead letters</th><th>lag (stamps)</th></tr>",
     );
     for c in consumers {
-        let own: Vec<&SubscriptionView> =
-            subs.iter().filter(|v| v.sub.consumer == c.name).collect();
+        let own: Vec<&SubscriptionView> = subs
+            .iter()
+            .filter(|v| v.subscription.consumer == c.name)
+            .collect();
         let failing = own
             .iter()
-            .filter(|v| !v.sub.enabled || v.delivery_note(now_ms()).is_some())
+            .filter(|v| !v.subscription.enabled || v.delivery_note(now_ms()).is_some())
             .count();
         let dead: usize = own.iter().map(|v| v.dead_letters).sum();
         let lag = own.iter().map(|v| v.lag).max().unwrap_or(0);
@@ -251,7 +253,7 @@ fn table_row(h: &mut String, v: &TableView) {
 }
 
 fn subscription_row(h: &mut String, v: &SubscriptionView) {
-    let sub = &v.sub;
+    let sub = &v.subscription;
     let paused = if v.paused.is_empty() {
         String::new()
     } else {
