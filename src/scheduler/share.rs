@@ -1,5 +1,6 @@
 //! This instance's share of the tables: every instance writes a heartbeat
-//! (`Store::heartbeat`) every third of the lease TTL, and holds at most
+//! (`Store::heartbeat`) that lives half the lease TTL every sixth of it,
+//! and holds at most
 //! its fair part of the polled tables (tables / live instances, rounded
 //! up) plus a tenth. Over that cap it releases tables, which the others
 //! take at their next poll; below its fair part it takes free ones. In
@@ -10,7 +11,11 @@
 //! instance's heartbeat expires, a takeover window of the lease TTL plus a
 //! few seconds opens, in which the tables this instance does not hold are
 //! tried every second, so a dead instance's tables move within the lease
-//! TTL plus a few seconds whatever the poll interval.
+//! TTL plus a few seconds whatever the poll interval. The heartbeat lives
+//! only half the lease TTL so that the window opens while the dead
+//! instance's last leases still run: each of its tables is taken about a
+//! second after its lease lapses, at most the lease TTL after the death,
+//! rather than half a TTL or more later.
 
 use std::time::Duration;
 
@@ -22,6 +27,16 @@ use crate::store::Heartbeat;
 /// [`TAKEOVER_RETRY`], beyond the lease TTL.
 const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
 const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a heartbeat lives: half the lease TTL (see above).
+pub(super) fn beat_ttl(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 2).max(Duration::from_millis(20))
+}
+
+/// How often the heartbeat is written: three times in its life.
+pub(super) fn beat_every(lease_ttl: Duration) -> Duration {
+    (beat_ttl(lease_ttl) / 3).max(Duration::from_millis(10))
+}
 
 pub(super) struct Share {
     /// New at every start: a heartbeat of this instance's name carrying
@@ -64,7 +79,7 @@ impl Share {
                 "another process runs under this instance_id on the same store; give each instance its own store.instance_id");
         }
         self.beats += 1;
-        self.next_beat = now + (ttl / 3).max(Duration::from_millis(10));
+        self.next_beat = now + beat_every(ttl);
         let live = hb.live.len().max(1);
         let shrank = live < self.live;
         self.live = live;

@@ -302,6 +302,16 @@ pub trait TableState: Send + Sync {
     /// before). A store that lost its data shows none, or another one.
     async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
 
+    /// The epochs of `ts`, in their order: what [`Store::epoch`] answers
+    /// for each, in as few round trips as the store allows.
+    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
+        let mut out = Vec::with_capacity(ts.len());
+        for t in ts {
+            out.push(self.epoch(t).await?);
+        }
+        Ok(out)
+    }
+
     /// Writes `fresh` as the table's epoch unless it has one; returns the
     /// epoch the store holds afterwards (another instance may have won).
     async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String>;
