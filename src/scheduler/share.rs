@@ -28,10 +28,14 @@ use crate::store::Heartbeat;
 const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
 const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
 
-/// How long a heartbeat lives: half the lease TTL (see above).
+/// How long a heartbeat lives: half the lease TTL (see above), but not
+/// under two seconds (the whole TTL when that is shorter): a process
+/// stalled a moment on a busy machine is not taken for dead.
 pub(super) fn beat_ttl(lease_ttl: Duration) -> Duration {
-    (lease_ttl / 2).max(Duration::from_millis(20))
+    (lease_ttl / 2).max(lease_ttl.min(BEAT_FLOOR))
 }
+
+const BEAT_FLOOR: Duration = Duration::from_secs(2);
 
 /// How often the heartbeat is written: three times in its life.
 pub(super) fn beat_every(lease_ttl: Duration) -> Duration {
@@ -122,6 +126,17 @@ mod tests {
         assert_eq!(cap(10_000, 4), 2_750);
         assert_eq!(cap(0, 2), 0);
         assert_eq!(cap(7, 0), 7);
+    }
+
+    #[test]
+    fn a_heartbeat_lives_half_the_lease_ttl_but_not_under_two_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(beat_ttl(s(30)), s(15));
+        assert_eq!(beat_every(s(30)), s(5));
+        assert_eq!(beat_ttl(s(3)), s(2));
+        assert_eq!(beat_ttl(s(1)), s(1));
+        assert_eq!(beat_ttl(Duration::ZERO), Duration::ZERO);
+        assert_eq!(beat_every(Duration::ZERO), Duration::from_millis(10));
     }
 
     #[test]

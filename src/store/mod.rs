@@ -55,8 +55,7 @@ pub struct PollStatus {
     /// the stream's (poller/rebase.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_cursor: Option<u64>,
-    /// The table's health as its poller last judged it (health.rs); none
-    /// before its first poll.
+    /// The table's health as its poller last judged it (health.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::Health>,
 }
@@ -302,15 +301,8 @@ pub trait TableState: Send + Sync {
     /// before). A store that lost its data shows none, or another one.
     async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
 
-    /// The epochs of `ts`, in their order: what [`Store::epoch`] answers
-    /// for each, in as few round trips as the store allows.
-    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
-        let mut out = Vec::with_capacity(ts.len());
-        for t in ts {
-            out.push(self.epoch(t).await?);
-        }
-        Ok(out)
-    }
+    /// The epochs of `ts` in their order, in as few round trips as it can.
+    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>>;
 
     /// Writes `fresh` as the table's epoch unless it has one; returns the
     /// epoch the store holds afterwards (another instance may have won).
