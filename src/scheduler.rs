@@ -248,11 +248,12 @@ impl Scheduler {
         queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
     ) {
         let ttl = self.lease_ttl;
-        let hb = match self.store.heartbeat(&self.holder, &share.nonce, ttl).await {
+        let beat = share::beat_ttl(ttl);
+        let hb = match self.store.heartbeat(&self.holder, &share.nonce, beat).await {
             Ok(hb) => hb,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot write this instance's heartbeat; trying again");
-                share.next_beat = Instant::now() + (ttl / 3).max(Duration::from_millis(10));
+                share.next_beat = Instant::now() + share::beat_every(ttl);
                 return;
             }
         };

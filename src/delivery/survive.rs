@@ -84,12 +84,15 @@ impl Supervisor {
     }
 
     /// Whether a table's epoch vanished or changed since the last look.
+    /// Read in one batch (on Redis one MGET per thousand tables), not one
+    /// call per table: this runs at every list, on every instance.
     async fn epochs_changed(&self, memory: &mut Memory) -> bool {
         let mut changed = false;
-        for t in &self.topology.snapshot().targets() {
-            let Ok(now) = self.store.epoch(t).await else {
-                continue;
-            };
+        let targets = self.topology.snapshot().targets();
+        let Ok(epochs) = self.store.epochs(&targets).await else {
+            return false;
+        };
+        for (t, now) in targets.iter().zip(epochs) {
             match (memory.epochs.get(t), now) {
                 (Some(was), Some(now)) if *was == now => {}
                 (Some(_), now) => {

@@ -1,5 +1,6 @@
 //! This instance's share of the tables: every instance writes a heartbeat
-//! (`Store::heartbeat`) every third of the lease TTL, and holds at most
+//! (`Store::heartbeat`) that lives half the lease TTL every sixth of it,
+//! and holds at most
 //! its fair part of the polled tables (tables / live instances, rounded
 //! up) plus a tenth. Over that cap it releases tables, which the others
 //! take at their next poll; below its fair part it takes free ones. In
@@ -10,7 +11,11 @@
 //! instance's heartbeat expires, a takeover window of the lease TTL plus a
 //! few seconds opens, in which the tables this instance does not hold are
 //! tried every second, so a dead instance's tables move within the lease
-//! TTL plus a few seconds whatever the poll interval.
+//! TTL plus a few seconds whatever the poll interval. The heartbeat lives
+//! only half the lease TTL so that the window opens while the dead
+//! instance's last leases still run: each of its tables is taken about a
+//! second after its lease lapses, at most the lease TTL after the death,
+//! rather than half a TTL or more later.
 
 use std::time::Duration;
 
@@ -22,6 +27,20 @@ use crate::store::Heartbeat;
 /// [`TAKEOVER_RETRY`], beyond the lease TTL.
 const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
 const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a heartbeat lives: half the lease TTL (see above), but not
+/// under two seconds (the whole TTL when that is shorter): a process
+/// stalled a moment on a busy machine is not taken for dead.
+pub(super) fn beat_ttl(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 2).max(lease_ttl.min(BEAT_FLOOR))
+}
+
+const BEAT_FLOOR: Duration = Duration::from_secs(2);
+
+/// How often the heartbeat is written: three times in its life.
+pub(super) fn beat_every(lease_ttl: Duration) -> Duration {
+    (beat_ttl(lease_ttl) / 3).max(Duration::from_millis(10))
+}
 
 pub(super) struct Share {
     /// New at every start: a heartbeat of this instance's name carrying
@@ -64,7 +83,7 @@ impl Share {
                 "another process runs under this instance_id on the same store; give each instance its own store.instance_id");
         }
         self.beats += 1;
-        self.next_beat = now + (ttl / 3).max(Duration::from_millis(10));
+        self.next_beat = now + beat_every(ttl);
         let live = hb.live.len().max(1);
         let shrank = live < self.live;
         self.live = live;
@@ -107,6 +126,17 @@ mod tests {
         assert_eq!(cap(10_000, 4), 2_750);
         assert_eq!(cap(0, 2), 0);
         assert_eq!(cap(7, 0), 7);
+    }
+
+    #[test]
+    fn a_heartbeat_lives_half_the_lease_ttl_but_not_under_two_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(beat_ttl(s(30)), s(15));
+        assert_eq!(beat_every(s(30)), s(5));
+        assert_eq!(beat_ttl(s(3)), s(2));
+        assert_eq!(beat_ttl(s(1)), s(1));
+        assert_eq!(beat_ttl(Duration::ZERO), Duration::ZERO);
+        assert_eq!(beat_every(Duration::ZERO), Duration::from_millis(10));
     }
 
     #[test]

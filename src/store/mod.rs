@@ -54,8 +54,7 @@ pub struct PollStatus {
     /// the stream's (poller/rebase.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_cursor: Option<u64>,
-    /// The table's health as its poller last judged it (health.rs); none
-    /// before its first poll.
+    /// The table's health as its poller last judged it (health.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::Health>,
 }
@@ -300,6 +299,9 @@ pub trait TableState: Send + Sync {
     /// The table's epoch: a random value written at its first use (none
     /// before). A store that lost its data shows none, or another one.
     async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
+
+    /// The epochs of `ts` in their order, in as few round trips as it can.
+    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>>;
 
     /// Writes `fresh` as the table's epoch unless it has one; returns the
     /// epoch the store holds afterwards (another instance may have won).

@@ -47,6 +47,7 @@ pub async fn contract_suite(ts: &TestStore) {
     appends_are_ordered_and_idempotent(ts).await;
     late_and_older_versions_are_told_apart(ts).await;
     guards_refuse_as_data(ts).await;
+    epochs_are_read_in_one_batch(ts).await;
     trims_remove_events_and_keep_the_index(ts).await;
     leases_are_exclusive_until_released_or_expired(ts).await;
     claims_move_entries_through_pending(ts).await;
@@ -157,6 +158,21 @@ async fn guards_refuse_as_data(ts: &TestStore) {
     assert_eq!(moved.unwrap_err().refusal(), Some(Refusal::EpochChanged));
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 0);
     assert_eq!(ts.store.init_epoch(&t, "e2").await.unwrap(), epoch);
+}
+
+/// `epochs` answers each table's epoch in the order asked, none for a
+/// table never used, like `epoch` one by one.
+async fn epochs_are_read_in_one_batch(ts: &TestStore) {
+    let (a, ea) = table(ts, "epochs-a").await;
+    let (b, eb) = table(ts, "epochs-b").await;
+    let never = Target::new("contract", "epochs-never");
+    let asked = [b.clone(), never.clone(), a.clone()];
+    let got = ts.store.epochs(&asked).await.unwrap();
+    assert_eq!(got, vec![Some(eb), None, Some(ea)]);
+    for (t, e) in asked.iter().zip(&got) {
+        assert_eq!(&ts.store.epoch(t).await.unwrap(), e, "{t}");
+    }
+    assert!(ts.store.epochs(&[]).await.unwrap().is_empty());
 }
 
 /// A trim removes the events before the first kept one and remembers the

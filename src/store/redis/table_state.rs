@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use redis::AsyncCommands;
 
-use super::{RedisStore, parse_id};
+use super::{RedisConn, RedisStore, parse_id};
 use crate::{
     events::StreamId,
     store::{PollStatus, StoreError, StoreResult, TableState, Target, decode_json},
@@ -13,6 +13,9 @@ use crate::{
 /// Events trim.lua removes per call: a short script, so Redis serves
 /// others between chunks of a large trim.
 const TRIM_CHUNK: usize = 1000;
+
+/// Epoch keys per MGET (`TableState::epochs`).
+const EPOCHS_AT_ONCE: usize = 1000;
 
 #[async_trait]
 impl TableState for RedisStore {
@@ -67,6 +70,30 @@ impl TableState for RedisStore {
     async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
         let mut c = self.conn.clone();
         c.get(self.keys(t).epoch).await.map_err(|e| self.err(e))
+    }
+
+    /// One MGET per [`EPOCHS_AT_ONCE`] tables on one node (a cluster
+    /// spreads the keys over slots: one GET each there).
+    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
+        let mut c = self.conn.clone();
+        if matches!(c, RedisConn::Cluster(_)) {
+            let mut out = Vec::with_capacity(ts.len());
+            for t in ts {
+                out.push(c.get(self.keys(t).epoch).await.map_err(|e| self.err(e))?);
+            }
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(ts.len());
+        for chunk in ts.chunks(EPOCHS_AT_ONCE) {
+            let keys: Vec<String> = chunk.iter().map(|t| self.keys(t).epoch).collect();
+            let got: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.err(e))?;
+            out.extend(got);
+        }
+        Ok(out)
     }
 
     async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {

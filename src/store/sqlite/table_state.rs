@@ -83,6 +83,14 @@ impl TableState for SqliteStore {
         self.with(move |c| super::epoch(c, &t)).await
     }
 
+    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
+        let mut out = Vec::with_capacity(ts.len());
+        for t in ts {
+            out.push(self.epoch(t).await?);
+        }
+        Ok(out)
+    }
+
     async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
         let (t, fresh) = (t.clone(), fresh.to_string());
         self.with(move |c| {
