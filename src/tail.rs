@@ -30,8 +30,9 @@ use crate::{
 
 /// How often a tail looks for events appended by other instances.
 pub const TICK: Duration = Duration::from_millis(200);
-/// Events a receiver may fall behind before it must catch up from the store
-/// (the channel holds `BUFFER / BATCH` batches of at most `BATCH` events).
+/// Events a receiver may fall behind, at most, before it must catch up from
+/// the store: the channel holds `BUFFER / BATCH` batches of up to `BATCH`
+/// events each (fewer events when rounds read fewer).
 pub const BUFFER: usize = 4096;
 /// Events one broadcast batch carries at most.
 const BATCH: usize = 64;

@@ -116,7 +116,8 @@ pub(super) async fn live(
 
 /// The SSE comment sent after `LIVE_KEEP_ALIVE` without an event.
 const KEEP_ALIVE: &[u8] = b":\n\n";
-/// Frames one body chunk carries at most.
+/// Frames past which a chunk takes no further batch (a batch, a tail's
+/// or a catch-up page, goes whole into one chunk).
 const CHUNK: usize = 256;
 
 /// The stream's body: the frames the tail rendered, shared by every client
