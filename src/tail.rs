@@ -6,7 +6,8 @@
 //! While it runs it wakes on a local append notification or every `TICK`,
 //! reads what is new once for all listeners, renders each event once into
 //! the SSE frame every client sends (the same shared bytes), and
-//! broadcasts them in stream order. A receiver that falls more than
+//! broadcasts them in stream order, several events to a message so a
+//! client wakes once for what a round read. A receiver that falls more than
 //! `BUFFER` events behind is told so and catches up from the store itself,
 //! so a slow client never slows the tail or the other clients.
 
@@ -29,43 +30,72 @@ use crate::{
 
 /// How often a tail looks for events appended by other instances.
 pub const TICK: Duration = Duration::from_millis(200);
-/// Events a receiver may fall behind before it must catch up from the store.
+/// Events a receiver may fall behind, at most, before it must catch up from
+/// the store: the channel holds `BUFFER / BATCH` batches of up to `BATCH`
+/// events each (fewer events when rounds read fewer).
 pub const BUFFER: usize = 4096;
+/// Events one broadcast batch carries at most.
+const BATCH: usize = 64;
 /// Events one store read of a round asks for.
 const PAGE: usize = 1000;
 
 /// An event with its SSE frame, made once for every client.
 pub struct LiveEvent {
     pub event: Event,
-    /// `id: <stream id>\ndata: <CloudEvents JSON>\n\n`.
+    /// `id: <stream id>\ndata: <CloudEvents JSON>\n\n`, a slice of its
+    /// batch's frames.
     pub frame: Bytes,
-    /// Where the JSON starts in `frame`.
-    data_at: usize,
 }
 
-impl LiveEvent {
-    /// Renders `event` once into its frame.
-    pub fn new(w: &mut Writer<'_>, event: Event) -> LiveEvent {
-        let mut out = Vec::with_capacity(event.data.len() + 480);
-        out.extend_from_slice(format!("id: {}\ndata: ", event.id).as_bytes());
-        let data_at = out.len();
-        w.write(&mut out, &event, &event.data, None);
-        out.extend_from_slice(b"\n\n");
-        LiveEvent {
-            event,
-            frame: Bytes::from(out),
-            data_at,
-        }
+/// Appends `e`'s SSE frame to `out`.
+fn render(w: &mut Writer<'_>, out: &mut Vec<u8>, e: &Event) {
+    use std::io::Write;
+    let _ = write!(out, "id: {}\ndata: ", e.id);
+    w.write(out, e, &e.data, None);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Events in stream order with their frames rendered into one buffer:
+/// what the tail broadcasts (one wake-up per client for all of them), and
+/// what a client sends as one chunk when it takes every event.
+pub struct LiveBatch {
+    pub events: Vec<LiveEvent>,
+    /// Every event's frame, in order; each event's `frame` is a slice of it.
+    pub frames: Bytes,
+}
+
+impl LiveBatch {
+    /// Renders `events` once into one buffer.
+    pub fn new(w: &mut Writer<'_>, events: Vec<Event>) -> LiveBatch {
+        let size: usize = events.iter().map(|e| e.data.len() + 480).sum();
+        let mut out = Vec::with_capacity(size);
+        let spans: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let at = out.len();
+                render(w, &mut out, e);
+                (at, out.len())
+            })
+            .collect();
+        let frames = Bytes::from(out);
+        let events = events
+            .into_iter()
+            .zip(spans)
+            .map(|(event, (at, end))| LiveEvent {
+                event,
+                frame: frames.slice(at..end),
+            })
+            .collect();
+        LiveBatch { events, frames }
     }
 
-    /// The event's CloudEvents JSON.
-    pub fn json(&self) -> &str {
-        std::str::from_utf8(&self.frame[self.data_at..self.frame.len() - 2])
-            .expect("rendered as UTF-8")
+    /// The stream ID of the batch's last event.
+    pub fn last_id(&self) -> Option<StreamId> {
+        self.events.last().map(|e| e.event.id)
     }
 }
 
-type Sender = broadcast::Sender<Arc<LiveEvent>>;
+type Sender = broadcast::Sender<Arc<LiveBatch>>;
 
 /// The live tails of this instance's tables, each running only while
 /// someone listens.
@@ -109,7 +139,7 @@ impl Tails {
     pub async fn subscribe(
         &self,
         t: &Target,
-    ) -> StoreResult<Option<broadcast::Receiver<Arc<LiveEvent>>>> {
+    ) -> StoreResult<Option<broadcast::Receiver<Arc<LiveBatch>>>> {
         let Some(table) = self.inner.topology.table(t) else {
             return Ok(None);
         };
@@ -121,7 +151,7 @@ impl Tails {
         if let Some(sender) = running.get(t) {
             return Ok(Some(sender.subscribe()));
         }
-        let (sender, rx) = broadcast::channel(BUFFER);
+        let (sender, rx) = broadcast::channel(BUFFER / BATCH);
         running.insert(t.clone(), sender.clone());
         let (src, wake) = (table.event_source.clone(), table.wake().clone());
         tokio::spawn(run(
@@ -232,9 +262,11 @@ pub async fn round(
         match store.read(t, after, PAGE).await {
             Ok(events) => {
                 let full = events.len() == PAGE;
-                for e in events {
-                    after = e.id;
-                    let _ = sender.send(Arc::new(LiveEvent::new(&mut w, e)));
+                let mut events = events.into_iter().peekable();
+                while events.peek().is_some() {
+                    let batch = LiveBatch::new(&mut w, events.by_ref().take(BATCH).collect());
+                    after = batch.last_id().unwrap_or(after);
+                    let _ = sender.send(Arc::new(batch));
                 }
                 if !full {
                     break;

@@ -25,7 +25,7 @@ use crate::{
     events::StreamId,
     filter::Selection,
     store::Target,
-    tail::LiveEvent,
+    tail::LiveBatch,
 };
 
 /// What a live stream's client asked for.
@@ -56,8 +56,8 @@ struct Live {
     src: Arc<EventSource>,
     cursor: StreamId,
     read: Reading,
-    rx: broadcast::Receiver<Arc<LiveEvent>>,
-    pending: VecDeque<Arc<LiveEvent>>,
+    rx: broadcast::Receiver<Arc<LiveBatch>>,
+    pending: VecDeque<Arc<LiveBatch>>,
     catching_up: bool,
     done: bool,
     /// One of `api.max_sse_clients`, given back when the stream ends.
@@ -156,7 +156,8 @@ async fn access_lost(s: ApiState, credential: Credential, t: Target) {
 
 /// The SSE comment sent after `LIVE_KEEP_ALIVE` without an event.
 const KEEP_ALIVE: &[u8] = b":\n\n";
-/// Frames one body chunk carries at most.
+/// Frames past which a chunk takes no further batch (a batch, a tail's
+/// or a catch-up page, goes whole into one chunk).
 const CHUNK: usize = 256;
 
 /// The stream's body: the frames the tail rendered, shared by every client
@@ -188,27 +189,27 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<Bytes, Infallible>> {
 }
 
 impl Live {
-    /// Takes a tail event and those ready behind it into `pending`; after
+    /// Takes a tail batch and those ready behind it into `pending`; after
     /// a lag, catches up from the store instead.
-    async fn received(&mut self, first: Result<Arc<LiveEvent>, RecvError>) {
+    async fn received(&mut self, first: Result<Arc<LiveBatch>, RecvError>) {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(r) = next.take() {
             match r {
-                Ok(e) => {
-                    if let Some(e) = self.with_previous(e).await {
-                        self.pending.push_back(e);
+                Ok(b) => {
+                    taken += b.events.len();
+                    if let Some(b) = self.with_previous(b).await {
+                        self.pending.push_back(b);
                     }
                 }
                 Err(RecvError::Lagged(_)) => self.catching_up = true,
                 Err(RecvError::Closed) => self.done = true,
             }
-            taken += 1;
-            if self.catching_up || self.done || taken == CHUNK {
+            if self.catching_up || self.done || taken >= CHUNK {
                 return;
             }
             next = match self.rx.try_recv() {
-                Ok(e) => Some(Ok(e)),
+                Ok(b) => Some(Ok(b)),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
                 Err(_) => None,
             };
@@ -217,27 +218,39 @@ impl Live {
 
     /// The frames of the pending events past the cursor that the client's
     /// selection lets through, as one chunk, moving the cursor over those
-    /// it skips; `None` when none is pending.
+    /// it skips; `None` when none is pending. A client that takes every
+    /// event sends a batch's shared frames as they are.
     fn next_chunk(&mut self) -> Option<Bytes> {
+        let plain = self.read.sel.is_everything() && !self.read.previous;
         let mut frames: Vec<Bytes> = Vec::new();
         let mut w = Writer::new(&self.src);
-        while let Some(live) = self.pending.pop_front() {
-            let e = &live.event;
-            if e.id <= self.cursor {
-                continue;
-            }
-            self.cursor = e.id;
-            if self.read.sel.is_everything() && !self.read.previous {
-                frames.push(live.frame.clone());
+        while let Some(batch) = self.pending.pop_front() {
+            let whole = batch
+                .events
+                .first()
+                .is_some_and(|e| e.event.id > self.cursor);
+            if plain && whole {
+                self.cursor = batch.last_id().unwrap_or(self.cursor);
+                frames.push(batch.frames.clone());
             } else {
-                let mut out = format!("id: {}\ndata: ", e.id).into_bytes();
-                if !self.read.sel.write(&mut w, &mut out, e, self.read.previous) {
-                    continue;
+                for live in &batch.events {
+                    let e = &live.event;
+                    if e.id <= self.cursor {
+                        continue;
+                    }
+                    self.cursor = e.id;
+                    if plain {
+                        frames.push(live.frame.clone());
+                        continue;
+                    }
+                    let mut out = format!("id: {}\ndata: ", e.id).into_bytes();
+                    if self.read.sel.write(&mut w, &mut out, e, self.read.previous) {
+                        out.extend_from_slice(b"\n\n");
+                        frames.push(Bytes::from(out));
+                    }
                 }
-                out.extend_from_slice(b"\n\n");
-                frames.push(Bytes::from(out));
             }
-            if frames.len() == CHUNK {
+            if frames.len() >= CHUNK || (plain && !frames.is_empty()) {
                 break;
             }
         }
@@ -273,11 +286,8 @@ impl Live {
                 {
                     return Some(self.store_failed(e));
                 }
-                let mut w = Writer::new(&self.src);
-                self.pending.extend(
-                    page.into_iter()
-                        .map(|event| Arc::new(LiveEvent::new(&mut w, event))),
-                );
+                let batch = LiveBatch::new(&mut Writer::new(&self.src), page);
+                self.pending.push_back(Arc::new(batch));
                 None
             }
             Err(e) => Some(self.store_failed(e)),
@@ -296,14 +306,20 @@ impl Live {
         error_frame(&msg)
     }
 
-    /// A tail event as this client sends it: with the version it replaced
-    /// when the client asked for previous values. None when that lookup
-    /// failed: the client catches up from the store instead.
-    async fn with_previous(&mut self, live: Arc<LiveEvent>) -> Option<Arc<LiveEvent>> {
-        if !self.read.previous || crate::store::records::replaced(&live.event).is_none() {
-            return Some(live);
+    /// A tail batch as this client sends it: with the versions its events
+    /// replaced when the client asked for previous values (one store
+    /// lookup for the batch). None when that lookup failed: the client
+    /// catches up from the store instead.
+    async fn with_previous(&mut self, batch: Arc<LiveBatch>) -> Option<Arc<LiveBatch>> {
+        let replaces = |b: &LiveBatch| {
+            b.events
+                .iter()
+                .any(|l| crate::store::records::replaced(&l.event).is_some())
+        };
+        if !self.read.previous || !replaces(&batch) {
+            return Some(batch);
         }
-        let mut events = [live.event.clone()];
+        let mut events: Vec<_> = batch.events.iter().map(|l| l.event.clone()).collect();
         if self
             .s
             .shared
@@ -315,8 +331,8 @@ impl Live {
             self.catching_up = true;
             return None;
         }
-        let [event] = events;
-        Some(Arc::new(LiveEvent::new(&mut Writer::new(&self.src), event)))
+        let batch = LiveBatch::new(&mut Writer::new(&self.src), events);
+        Some(Arc::new(batch))
     }
 }
 

@@ -131,11 +131,12 @@ async fn live_client(
 /// they take. A client reads only each event's `time`, found by a search
 /// rather than a parse: the bench's clients share the process and its 2
 /// cores with the relay, so what they spend is taken from the relay's
-/// fan-out. The envelope's `time` comes before `data`, and a JSON string
+/// fan-out; the events of one poll share their `time`, parsed once. The envelope's `time` comes before `data`, and a JSON string
 /// cannot hold `"time":"` unescaped, so the first match is the event's.
 fn frame_lags(buf: &[u8], now: u64) -> (Vec<u64>, usize) {
     use memchr::memmem;
     let (mut lags, mut start) = (Vec::new(), 0);
+    let mut last: Option<(Vec<u8>, Option<u64>)> = None;
     while let Some(end) = memmem::find(&buf[start..], b"\n\n") {
         let frame = &buf[start..start + end];
         start += end + 2;
@@ -146,10 +147,15 @@ fn frame_lags(buf: &[u8], now: u64) -> (Vec<u64>, usize) {
         let Some(close) = memchr::memchr(b'"', time) else {
             continue;
         };
-        let lag = std::str::from_utf8(&time[..close])
-            .ok()
-            .and_then(|t| super::lag_from(t, now));
-        lags.extend(lag);
+        // The events of one poll share their `time`: parsed once.
+        let time = &time[..close];
+        if last.as_ref().is_none_or(|(t, _)| t.as_slice() != time) {
+            let lag = std::str::from_utf8(time)
+                .ok()
+                .and_then(|t| super::lag_from(t, now));
+            last = Some((time.to_vec(), lag));
+        }
+        lags.extend(last.as_ref().and_then(|(_, lag)| *lag));
     }
     (lags, start)
 }
