@@ -49,6 +49,10 @@ pub(super) struct Reading {
 /// that no longer allows the table ends the stream within this.
 pub const ACCESS_RECHECK: Duration = Duration::from_secs(1);
 
+/// How often a live stream checks its access in full even though no
+/// consumer changed (a source removed, a table gone).
+const ACCESS_FULL_RECHECK: Duration = Duration::from_secs(30);
+
 /// The state of one live stream between items.
 struct Live {
     s: ApiState,
@@ -143,10 +147,23 @@ pub(super) async fn live(
 /// its consumer deleted) or no longer allowed. A store that does not
 /// answer ends nothing; the next check asks again.
 async fn access_lost(s: ApiState, credential: Credential, t: Target) {
+    // The consumers' version when access was last confirmed: while it
+    // stands, nothing that could end access changed, and the full check
+    // runs only every ACCESS_FULL_RECHECK (it also covers the topology).
+    let mut confirmed: Option<(u64, tokio::time::Instant)> = None;
     loop {
         tokio::time::sleep(ACCESS_RECHECK).await;
+        let version = s.consumers.version().await.ok();
+        if let (Some(v), Some((seen, at))) = (version, confirmed)
+            && v == seen
+            && at.elapsed() < ACCESS_FULL_RECHECK
+        {
+            continue;
+        }
         match super::auth::resolve(&s, &credential.0).await {
-            Ok(who) if who.sees(&t) => {}
+            Ok(who) if who.sees(&t) => {
+                confirmed = version.map(|v| (v, tokio::time::Instant::now()));
+            }
             Ok(_) => return,
             Err(p) if p.status == axum::http::StatusCode::UNAUTHORIZED => return,
             Err(_) => {}

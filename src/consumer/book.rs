@@ -6,9 +6,12 @@
 //! `STAMP_RELAY_SOURCE_KEY` when set, else a random key stored once as
 //! document `portal-links` of kind [`KEYS`] so every instance shares it.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 use super::{Allow, Consumer, DEFAULT, KIND, tokens::LinkKey};
 use crate::{
@@ -23,11 +26,17 @@ use crate::{
 pub const KEYS: &str = "keys";
 const LINK_KEY: &str = "portal-links";
 
+/// How long one read of the consumers' version serves every caller of
+/// [`Book::version`].
+const VERSION_FRESH: Duration = Duration::from_millis(900);
+
 pub struct Book {
     store: Arc<dyn Store>,
     declared: Vec<ConsumerConfig>,
     source_key: Option<SourceKey>,
     link_key: OnceCell<LinkKey>,
+    /// The consumers' documents version and when it was read.
+    version: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Book {
@@ -41,7 +50,25 @@ impl Book {
             declared,
             source_key,
             link_key: OnceCell::new(),
+            version: Mutex::new(None),
         }
+    }
+
+    /// The consumers' documents version, which every write of a consumer
+    /// (its tokens, link generation, allow-list, deletion) raises. One
+    /// store read serves all callers within [`VERSION_FRESH`], so a
+    /// thousand open live streams checking their access cost one read a
+    /// second, not a thousand.
+    pub async fn version(&self) -> StoreResult<u64> {
+        let mut cached = self.version.lock().await;
+        if let Some((at, v)) = *cached
+            && at.elapsed() < VERSION_FRESH
+        {
+            return Ok(v);
+        }
+        let v = self.store.documents_version(KIND).await?;
+        *cached = Some((Instant::now(), v));
+        Ok(v)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
