@@ -56,6 +56,16 @@ struct Slot {
     due: Instant,
     /// Nudged while its poll ran: due again as soon as it ends.
     nudged: bool,
+    /// Its poll runs to take a table this instance did not hold: counted
+    /// as held until the poll says otherwise, so the polls started while
+    /// others run do not take more than the share.
+    taking: bool,
+    /// Its last poll here found another instance's lease: taking it is a
+    /// move, made only well below this instance's part (share.rs).
+    elsewhere: bool,
+    /// Its interval is longer than the lease TTL: its lease lapses
+    /// between polls, so a take may be a move from a live instance.
+    lapses: bool,
 }
 
 type Done = (Poller, Result<PollReport, PollError>);
@@ -135,7 +145,7 @@ impl Scheduler {
     }
 
     /// Starts every due poll the pool has room for. A table this instance
-    /// does not hold waits while it holds its fair part already (share.rs).
+    /// does not hold waits while it holds its part already (share.rs).
     fn start_due(
         &self,
         slots: &mut HashMap<Target, Slot>,
@@ -145,7 +155,7 @@ impl Scheduler {
         cancel: &CancellationToken,
     ) {
         let now = Instant::now();
-        let fair = share.fair(slots.len());
+        let part = share.part(slots.len());
         let mut held = None;
         while running.len() < self.max_concurrent.max(1) {
             let Some(Reverse((due, _))) = queue.peek() else {
@@ -166,7 +176,13 @@ impl Scheduler {
                 continue;
             }
             let taking = !slot.table.status.holds_lease.load(Ordering::Relaxed);
-            if taking && *held.get_or_insert_with(|| holding(slots)) >= fair {
+            // In a takeover window a dead instance's tables go up to the part.
+            let limit = if slot.elsewhere && slot.lapses && !share.taking_over(now) {
+                share::settled(part)
+            } else {
+                part
+            };
+            if taking && *held.get_or_insert_with(|| holding(slots)) >= limit {
                 // Its share is full: not this instance's table for now.
                 let Some(slot) = slots.get_mut(&t) else {
                     continue;
@@ -180,8 +196,6 @@ impl Scheduler {
                 continue;
             }
             if taking {
-                // Counted as held until its poll says otherwise, so one
-                // round does not take more than the share.
                 held = held.map(|h| h + 1);
             }
             let Some(slot) = slots.get_mut(&t) else {
@@ -191,6 +205,7 @@ impl Scheduler {
                 continue;
             };
             slot.nudged = false;
+            slot.taking = taking;
             let cancel = cancel.clone();
             // Every log line of a poll carries its source and resource.
             let span = tracing::info_span!("poll", source = %t.source, resource = %t.resource);
@@ -218,6 +233,7 @@ impl Scheduler {
             self.retire(poller);
             return;
         };
+        slot.taking = false;
         if matches!(result, Err(PollError::Cancelled)) {
             slot.poller = Some(poller);
             return;
@@ -229,8 +245,10 @@ impl Scheduler {
         let wait = if slot.nudged {
             Duration::ZERO
         } else if matches!(result, Ok(PollReport { leased: false, .. })) {
+            slot.elsewhere = true;
             share.retry(now, poller.interval())
         } else {
+            slot.elsewhere &= result.is_err();
             poller.wait()
         };
         slot.due = now + wait;
@@ -266,7 +284,8 @@ impl Scheduler {
                 }
             }
         }
-        let over = holding(slots).saturating_sub(share.cap(slots.len()));
+        let lapsing = slots.values().any(|s| s.lapses);
+        let over = holding(slots).saturating_sub(share.cap(slots.len(), lapsing));
         let idle_held = slots
             .values()
             .filter(|s| s.poller.is_some() && s.table.status.holds_lease.load(Ordering::Relaxed));
@@ -323,6 +342,7 @@ impl Scheduler {
             let Some(poller) = poller else { continue };
             // Parked past any due time its last poll can give.
             found.push((t.clone(), poller.interval()));
+            let lapses = poller.interval() > self.lease_ttl;
             let due = Instant::now() + 2 * poller.interval() + Duration::from_secs(1);
             // Ready from the start: readiness must not race the first poll.
             table.status.running.store(true, Ordering::Relaxed);
@@ -333,6 +353,9 @@ impl Scheduler {
                 poller: Some(poller),
                 due,
                 nudged: false,
+                taking: false,
+                elsewhere: false,
+                lapses,
             };
             slots.insert(t.clone(), slot);
         }
@@ -377,11 +400,11 @@ impl Scheduler {
     }
 }
 
-/// How many tables this instance holds.
+/// How many tables this instance holds, or is taking now.
 fn holding(slots: &HashMap<Target, Slot>) -> usize {
     slots
         .values()
-        .filter(|s| s.table.status.holds_lease.load(Ordering::Relaxed))
+        .filter(|s| s.taking || s.table.status.holds_lease.load(Ordering::Relaxed))
         .count()
 }
 

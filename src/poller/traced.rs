@@ -46,11 +46,11 @@ impl Poller {
         let observed = now_ms();
         let trace = PollTrace::of(&self.target.source, &self.target.resource, observed);
         let (source, resource) = (&self.target.source, &self.target.resource);
-        let trace_id = trace.trace_hex();
+        // Field values are built only when the span is on (not at `warn`).
         let poll = if sweep {
-            tracing::info_span!(parent: None, "reconcile", %source, %resource, %trace_id)
+            tracing::info_span!(parent: None, "reconcile", %source, %resource, trace_id = %trace.trace_hex())
         } else {
-            tracing::info_span!(parent: None, "poll", %source, %resource, %trace_id)
+            tracing::info_span!(parent: None, "poll", %source, %resource, trace_id = %trace.trace_hex())
         };
         telemetry::open_with_ids(&poll, trace.trace_id, trace.poll_span);
         let spans = std::sync::Arc::new(PollSpans {

@@ -7,7 +7,9 @@
 //! between it takes none: a poll lease lapses between polls whenever the
 //! interval is longer than the lease TTL, and an instance that kept
 //! trying the tables others hold would take each one in turn, so every
-//! table would be polled once per instance and interval. When an
+//! table would be polled once per instance and interval. A table whose
+//! lease lapses between polls and that another instance polled last is
+//! taken only well below the fair part ([`settled`]). When an
 //! instance's heartbeat expires, a takeover window of the lease TTL plus a
 //! few seconds opens, in which the tables this instance does not hold are
 //! tried every second, so a dead instance's tables move within the lease
@@ -63,13 +65,20 @@ impl Share {
         }
     }
 
-    /// The most tables this instance holds, of `tables` polled ones.
-    pub fn cap(&self, tables: usize) -> usize {
-        cap(tables, self.live)
+    /// The most tables this instance holds, of `tables` polled ones;
+    /// `lapsing` when some tables' leases lapse between polls (share.rs).
+    pub fn cap(&self, tables: usize, lapsing: bool) -> usize {
+        let cap = cap(tables, self.live);
+        let fair = fair(tables, self.live);
+        if lapsing {
+            cap.max(fair + fair / 20 + 2)
+        } else {
+            cap
+        }
     }
 
     /// The tables this instance takes free ones up to, of `tables`.
-    pub fn fair(&self, tables: usize) -> usize {
+    pub fn part(&self, tables: usize) -> usize {
         fair(tables, self.live)
     }
 
@@ -93,6 +102,11 @@ impl Share {
         shrank
     }
 
+    /// Whether a takeover window is open at `now`.
+    pub fn taking_over(&self, now: Instant) -> bool {
+        self.takeover_until.is_some_and(|until| now < until)
+    }
+
     /// When a table this instance does not hold is tried again: after its
     /// interval, or within a second during a takeover window.
     pub fn retry(&self, now: Instant, interval: Duration) -> Duration {
@@ -106,6 +120,20 @@ impl Share {
 /// The fair part of `tables` over `live` instances, rounded up.
 fn fair(tables: usize, live: usize) -> usize {
     tables.div_ceil(live.max(1))
+}
+
+/// How many tables an instance takes another live instance's tables up
+/// to: its part less a twentieth (and one). A table another instance
+/// polled is taken only this far below the part, so a move leaves the
+/// other instance above its own limit: were it the part itself, every move
+/// would leave the other a table short, to take one back at once, and a
+/// shortfall after the load would hop between the instances for good.
+/// Free tables (new ones, or ones no instance polled) are taken up to the
+/// part; the cap is then at least the part plus a twentieth and two, so
+/// the peers of an instance that releases tables over it are below this
+/// mark and take them all.
+pub(super) fn settled(part: usize) -> usize {
+    part.saturating_sub(part / 20 + 1)
 }
 
 /// The fair part plus a tenth.
@@ -129,6 +157,18 @@ mod tests {
     }
 
     #[test]
+    fn released_tables_fall_below_the_settled_mark() {
+        assert_eq!((settled(500), settled(5), settled(0)), (474, 4, 0));
+        let mut share = Share::new(Instant::now());
+        share.live = 2;
+        for tables in [10, 11, 51, 100, 1000, 1001] {
+            let cap = share.cap(tables, true);
+            assert!(tables - cap <= settled(share.part(tables)), "{tables}");
+        }
+        assert_eq!((share.cap(10, false), share.cap(10, true)), (5, 7));
+    }
+
+    #[test]
     fn a_heartbeat_lives_half_the_lease_ttl_but_not_under_two_seconds() {
         let s = Duration::from_secs;
         assert_eq!(beat_ttl(s(30)), s(15));
@@ -149,14 +189,16 @@ mod tests {
             previous: None,
         };
         assert!(!share.observe(&beat(&["a", "b"]), "a", now, ttl));
-        assert_eq!((share.fair(10), share.cap(10)), (5, 5));
-        assert_eq!((share.fair(100), share.cap(100)), (50, 55));
+        assert_eq!((share.part(10), share.cap(10, false)), (5, 5));
+        assert_eq!((share.part(100), share.cap(100, true)), (50, 55));
         let every = Duration::from_secs(60);
         assert_eq!(share.retry(now, every), every);
         assert!(share.observe(&beat(&["a"]), "a", now, ttl));
-        assert_eq!((share.fair(10), share.cap(10)), (10, 11));
+        assert_eq!((share.part(10), share.cap(10, false)), (10, 11));
         assert_eq!(share.retry(now, every), TAKEOVER_RETRY);
+        assert!(share.taking_over(now));
         let later = now + ttl + TAKEOVER_SLACK;
         assert_eq!(share.retry(later, every), every, "the window closes");
+        assert!(!share.taking_over(later));
     }
 }

@@ -76,6 +76,24 @@ async fn split(ts: &TestStore, since: u64) -> BTreeMap<String, usize> {
     counts
 }
 
+/// `n` sources `s00`, `s01`, … of five tables each, polled `every`.
+fn numbered(sim: &Sim, n: usize, every: Duration) -> Vec<SourceConfig> {
+    (0..n)
+        .map(|i| {
+            let mut s = source(&sim.base_url, &TABLES, Paging::Pages, 100);
+            s.name = format!("s{i:02}");
+            s.poll_interval = every;
+            s
+        })
+        .collect()
+}
+
+fn targets_of(sources: &[SourceConfig]) -> Vec<Target> {
+    (sources.iter())
+        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r.as_str())))
+        .collect()
+}
+
 async fn simulator() -> Sim {
     Sim::start(SimConfig {
         initial: TABLES.iter().map(|t| (t.to_string(), 5)).collect(),
@@ -156,17 +174,8 @@ async fn lapsed_leases_between_polls_are_not_taken_by_the_other_instance() {
     };
     let sim = simulator().await;
     let (ttl, every) = (Duration::from_secs(1), Duration::from_secs(3));
-    let many: Vec<SourceConfig> = (0..20)
-        .map(|i| {
-            let mut s = source(&sim.base_url, &TABLES, Paging::Pages, 100);
-            s.name = format!("s{i:02}");
-            s.poll_interval = every;
-            s
-        })
-        .collect();
-    let tables: Vec<Target> = (many.iter())
-        .flat_map(|s| TABLES.iter().map(|r| Target::new(&s.name, *r)))
-        .collect();
+    let many = numbered(&sim, 20, every);
+    let tables = targets_of(&many);
     let config = |id| write_config_of(&ts, many.clone(), id, ttl);
     let _one = Proc(serve(&config("one")).spawn().unwrap());
     let _two = Proc(serve(&config("two")).spawn().unwrap());
@@ -193,4 +202,61 @@ async fn lapsed_leases_between_polls_are_not_taken_by_the_other_instance() {
         polls <= most,
         "{polls} list requests in {intervals} intervals of 100 tables (at most {most})"
     );
+}
+
+/// Two live instances and nothing changing: once the tables are split,
+/// no table changes holder, though every lease lapses between polls (the
+/// interval is longer than the lease TTL). The holder of each table's last
+/// poll is sampled three times an interval, so every poll is seen, and
+/// the changes are counted; 51 tables, so the parts are 26 and 25.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_instances_keep_their_tables_over_several_intervals() {
+    let Some(ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let sim = simulator().await;
+    // A heartbeat of 3 s written every second: a loaded machine's stall
+    // of a moment is not a death.
+    let (ttl, every) = (Duration::from_secs(6), Duration::from_secs(9));
+    let mut many = numbered(&sim, 11, every);
+    many[10].resources.truncate(1);
+    let tables = targets_of(&many);
+    assert_eq!(tables.len(), 51);
+    let config = |id| write_config_of(&ts, many.clone(), id, ttl);
+    let _one = Proc(serve(&config("one")).spawn().unwrap());
+    let _two = Proc(serve(&config("two")).spawn().unwrap());
+    let holder_of = async |t: &Target| ts.store.poll_status(t).await.unwrap().map(|s| s.holder);
+    eventually("every table polled", Duration::from_secs(60), async || {
+        let mut polled = 0;
+        for t in &tables {
+            polled += holder_of(t).await.is_some() as usize;
+        }
+        polled == tables.len()
+    })
+    .await;
+    // The rounds after the load even out the split.
+    tokio::time::sleep(every * 2).await;
+    let mut last = BTreeMap::new();
+    let mut changes = Vec::new();
+    for _ in 0..3 * 4 {
+        for t in &tables {
+            let now = holder_of(t).await;
+            if let Some(before) = last.insert(t.clone(), now.clone())
+                && before != now
+            {
+                changes.push((t.clone(), before, now));
+            }
+        }
+        tokio::time::sleep(every / 3).await;
+    }
+    let mut split: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    for holder in last.values() {
+        *split.entry(holder.clone()).or_default() += 1;
+    }
+    assert_eq!(
+        changes,
+        vec![],
+        "holder changes over four intervals (split {split:?})"
+    );
+    assert_eq!(split.len(), 2, "both instances poll: {split:?}");
 }
