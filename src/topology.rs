@@ -33,6 +33,9 @@ pub enum Origin {
     Api,
 }
 
+/// Tables whose record stores [`Topology::ready_records`] readies at once.
+const READY_AT_ONCE: usize = 32;
+
 /// One upstream environment and its client.
 pub struct Source {
     pub config: Arc<config::Source>,
@@ -159,12 +162,19 @@ impl Topology {
     /// Opens every table's record store for its setting
     /// (`RecordStore::ready_records`): the relay runs it before it serves,
     /// and the source sync after it added sources, so no read finds a
-    /// table not yet filled. A table already ready costs nothing.
+    /// table not yet filled. A table already ready costs nothing; new
+    /// ones are readied [`READY_AT_ONCE`] at a time (a few round trips
+    /// each), so thousands of tables do not wait for each other in turn.
     pub async fn ready_records(&self) -> crate::store::StoreResult<()> {
-        for t in self.snapshot().targets() {
-            self.store.ready_records(&t).await?;
-        }
-        Ok(())
+        use futures_util::{StreamExt, TryStreamExt};
+        let store = &self.store;
+        futures_util::stream::iter(self.snapshot().targets())
+            .map(Ok)
+            .try_for_each_concurrent(
+                READY_AT_ONCE,
+                |t| async move { store.ready_records(&t).await },
+            )
+            .await
     }
 
     /// What exists now; cheap (one `Arc` clone).
