@@ -26,7 +26,7 @@ mod filter;
 mod records;
 mod rss;
 mod settle;
-mod sources;
+pub mod sources;
 
 use crate::{
     app::Relay,

@@ -183,31 +183,11 @@ fn commands_are_counted_across_reads() {
 
 const IDLE_POLLS: u64 = 10;
 
-/// Calls per command since the Redis on `port` started (`INFO
-/// commandstats`, which counts the commands scripts run too).
+/// Calls per command since the Redis on `port` started.
 async fn commandstats(port: u16) -> std::collections::HashMap<String, u64> {
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+    stamp_relay::bench::sources::commandstats(&format!("redis://127.0.0.1:{port}"))
+        .await
         .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
