@@ -226,6 +226,7 @@ impl Relay {
             catalog: self.catalog(cancel),
             source_admin: Arc::new(api::sources::SourceAdmin::new(self.source_sync.clone())),
             consumers: Arc::new(self.consumer_book()),
+            read_ahead: Arc::default(),
         }
     }
 

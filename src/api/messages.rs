@@ -432,12 +432,12 @@ pub async fn retry(
 /// Takes the one dead letter of event `id` out, the others staying.
 async fn forget_dead_letter(
     store: &dyn Store,
-    sub: &str,
+    sub_id: &str,
     t: &Target,
     id: StreamId,
 ) -> ApiResult<()> {
     let key = DeadLetter::key_of(t, id);
-    store.remove_dead_letter(sub, &key).await?;
+    store.remove_dead_letter(sub_id, &key).await?;
     Ok(())
 }
 

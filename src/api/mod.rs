@@ -41,6 +41,7 @@ mod positions;
 mod preview;
 pub mod principal;
 pub mod problem;
+mod read_ahead;
 mod records;
 mod redrive;
 mod requests;
@@ -116,6 +117,8 @@ pub struct ApiState {
     pub source_admin: Arc<sources::SourceAdmin>,
     /// Consumers, their tokens and the portal links' key.
     pub consumers: Arc<crate::consumer::Book>,
+    /// Replay pages read before their reader asks (`read_ahead.rs`).
+    pub read_ahead: Arc<read_ahead::ReadAhead>,
 }
 
 /// Everything under `/v1` that any token may call: the tables a

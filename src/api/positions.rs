@@ -98,7 +98,10 @@ pub(super) async fn read_page(
     oldest_kept: bool,
 ) -> ApiResult<Vec<crate::events::Event>> {
     let store = s.shared.store.as_ref();
-    let (page, gap) = read_checked(store, t, after, limit, oldest_kept).await?;
+    let (page, gap) = match s.read_ahead.take(t, after, limit, oldest_kept).await {
+        Some(read) => read,
+        None => read_checked(store, t, after, limit, oldest_kept).await?,
+    };
     if page.is_empty() {
         // Nothing after it: it may be past the last event, and the events
         // stamped up to it would be passed over when they arrive.

@@ -253,6 +253,11 @@ pub async fn events(
     let mut page = read_page(&s, &t, after, limit + 1, oldest_kept).await?;
     let has_more = page.len() > limit;
     page.truncate(limit);
+    if let Some(last) = page.last().filter(|_| has_more) {
+        // A reader paging through asks for the next page next.
+        s.read_ahead
+            .start(s.shared.store.clone(), &t, last.id, limit + 1, oldest_kept);
+    }
     if previous {
         s.shared.store.fill_previous(&t, &mut page).await?;
     }

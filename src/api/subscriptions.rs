@@ -21,7 +21,7 @@ use crate::{
     consumer::Allow,
     events::{Op, StreamId, now_ms},
     store::{Target, update_subscription},
-    subscription::{self as sub, Coverage, Subscription},
+    subscription::{self, Coverage, Subscription},
 };
 
 /// A subscription as the API shows it: everything but the secrets.
@@ -29,7 +29,7 @@ use crate::{
 pub struct View<'a> {
     pub id: &'a str,
     pub consumer: &'a str,
-    pub url: &'a sub::WebhookUrl,
+    pub url: &'a subscription::WebhookUrl,
     pub resources: &'a Coverage,
     pub ops: &'a [Op],
     #[serde(with = "crate::subscription::start_map")]
@@ -44,7 +44,7 @@ pub struct View<'a> {
     pub previous: bool,
     pub filters: Option<&'a serde_json::Value>,
     pub fields: Option<&'a [String]>,
-    pub managed_by: Option<sub::ManagedBy>,
+    pub managed_by: Option<subscription::ManagedBy>,
     pub created_ms: u64,
     pub updated_ms: u64,
     /// Tables it covers that its consumer's allow-list no longer allows:
@@ -115,29 +115,29 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let known = known_targets(&s);
     let consumer = super::consumers::owner(&s, &who, req.consumer.as_deref()).await?;
-    let url = sub::WebhookUrl::parse(&req.url)?;
+    let url = subscription::WebhookUrl::parse(&req.url)?;
     at_the_door(&s, &url).await?;
     let resources = super::consumers::coverage(&consumer, &req.resources, &known)?;
-    let ops = sub::parse_ops(&req.ops)?;
-    sub::validate_headers(&req.headers)?;
+    let ops = subscription::parse_ops(&req.ops)?;
+    subscription::validate_headers(&req.headers)?;
     let batch_size = req.batch_size.unwrap_or(1);
-    sub::validate_batch(batch_size)?;
-    let max_in_flight = req.max_in_flight.unwrap_or(sub::DEFAULT_IN_FLIGHT);
-    sub::validate_in_flight(max_in_flight)?;
-    sub::validate_rate(req.rate_limit)?;
+    subscription::validate_batch(batch_size)?;
+    let max_in_flight = req.max_in_flight.unwrap_or(subscription::DEFAULT_IN_FLIGHT);
+    subscription::validate_in_flight(max_in_flight)?;
+    subscription::validate_rate(req.rate_limit)?;
     let description = req.description.unwrap_or_default();
-    sub::validate_description(&description)?;
+    subscription::validate_description(&description)?;
     let targets = resources.of(&known);
     if req.previous == Some(true) {
         all_kept(&s, &targets)?;
     }
     let fields = crate::filter::subscription_fields(req.filters.as_ref(), req.fields.as_ref())?;
-    sub::validate_fields_alone(req.previous.unwrap_or(false), &fields)?;
+    subscription::validate_fields_alone(req.previous.unwrap_or(false), &fields)?;
     let oldest_kept = req.from_oldest_kept.unwrap_or(false);
     let (start, warnings) = start_points(&s, req.start.clone(), &targets, oldest_kept).await?;
     let at = now_ms();
     let subscription = Subscription {
-        id: sub::new_id(),
+        id: subscription::new_id(),
         url,
         resources,
         ops,
@@ -148,7 +148,7 @@ pub async fn create(
         rate_limit: req.rate_limit,
         enabled: req.enabled.unwrap_or(true),
         description,
-        secret: sub::SigningSecret::generate(),
+        secret: subscription::SigningSecret::generate(),
         previous_secret: None,
         disabled_reason: None,
         created_ms: at,
@@ -169,7 +169,7 @@ pub async fn create(
 /// The SSRF guard at the door: a URL whose host is or resolves to an
 /// address delivery refuses is a 422 naming `delivery.allowed_cidrs`,
 /// rather than a subscription that fails on every send.
-async fn at_the_door(s: &ApiState, url: &sub::WebhookUrl) -> ApiResult<()> {
+async fn at_the_door(s: &ApiState, url: &subscription::WebhookUrl) -> ApiResult<()> {
     s.sender
         .policy()
         .check_target(url.url())
@@ -216,11 +216,11 @@ async fn start_points(
     }
     let chosen = match spec {
         Some(spec) => spec.parse("start", targets, true)?,
-        None => sub::Start::Now,
+        None => subscription::Start::Now,
     };
-    let start = sub::resolve_start(&chosen, targets, &now);
+    let start = subscription::resolve_start(&chosen, targets, &now);
     let mut warnings = Vec::new();
-    if !matches!(chosen, sub::Start::Now) {
+    if !matches!(chosen, subscription::Start::Now) {
         for (t, from) in &start {
             let field = format!("start.{t}");
             let check = super::positions::check_position(s, t, *from, &field, oldest_kept);
@@ -274,13 +274,13 @@ pub async fn patch(
     }
     if req.previous == Some(true) {
         let resources = match &req.resources {
-            Some(r) => sub::parse_resources(r, &known)?,
+            Some(r) => subscription::parse_resources(r, &known)?,
             None => owned.resources.clone(),
         };
         all_kept(&s, &resources.of(&known))?;
     }
     if let Some(url) = &req.url {
-        at_the_door(&s, &sub::WebhookUrl::parse(url)?).await?;
+        at_the_door(&s, &subscription::WebhookUrl::parse(url)?).await?;
     }
     let mut before = None;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
@@ -316,10 +316,10 @@ fn apply_patch(
     known: &[Target],
 ) -> ApiResult<()> {
     if let Some(url) = &req.url {
-        found.url = sub::WebhookUrl::parse(url)?;
+        found.url = subscription::WebhookUrl::parse(url)?;
     }
     if let Some(resources) = &req.resources {
-        let resources = sub::parse_resources(resources, known)?;
+        let resources = subscription::parse_resources(resources, known)?;
         // Newly covered targets start now; kept ones keep their position.
         for t in resources.of(known) {
             let last = now.get(&t).copied().unwrap_or_default();
@@ -328,22 +328,22 @@ fn apply_patch(
         found.resources = resources;
     }
     if let Some(ops) = &req.ops {
-        found.ops = sub::parse_ops(ops)?;
+        found.ops = subscription::parse_ops(ops)?;
     }
     if let Some(headers) = &req.headers {
-        sub::validate_headers(headers)?;
+        subscription::validate_headers(headers)?;
         found.headers = headers.clone();
     }
     if let Some(b) = req.batch_size {
-        sub::validate_batch(b)?;
+        subscription::validate_batch(b)?;
         found.batch_size = b;
     }
     if let Some(n) = req.max_in_flight {
-        sub::validate_in_flight(n)?;
+        subscription::validate_in_flight(n)?;
         found.max_in_flight = n;
     }
     if let Some(rate) = req.rate_limit {
-        sub::validate_rate(rate)?;
+        subscription::validate_rate(rate)?;
         found.rate_limit = rate;
     }
     if let Some(e) = req.enabled {
@@ -353,7 +353,7 @@ fn apply_patch(
         }
     }
     if let Some(d) = &req.description {
-        sub::validate_description(d)?;
+        subscription::validate_description(d)?;
         found.description = d.clone();
     }
     if let Some(p) = req.previous {
@@ -373,7 +373,10 @@ fn apply_selection(found: &mut Subscription, req: &PatchRequest) -> ApiResult<()
     if let Some(fields) = &req.fields {
         found.fields = crate::filter::subscription_fields(None, fields.as_ref())?;
     }
-    Ok(sub::validate_fields_alone(found.previous, &found.fields)?)
+    Ok(subscription::validate_fields_alone(
+        found.previous,
+        &found.fields,
+    )?)
 }
 
 /// When a PATCH enables a subscription or covers a table again, it held no
@@ -415,7 +418,7 @@ async fn resume_warnings(
 fn unmanaged(found: &Subscription) -> ApiResult<()> {
     match found.managed_by {
         None => Ok(()),
-        Some(sub::ManagedBy::Config) => Err(Problem::new(
+        Some(subscription::ManagedBy::Config) => Err(Problem::new(
             StatusCode::CONFLICT,
             "managed_by_config",
             format!(
@@ -457,7 +460,7 @@ pub async fn rotate_secret(
     let until = now_ms() + s.secret_grace.as_millis() as u64;
     let found = update_subscription(s.shared.store.as_ref(), &id, |found| {
         unmanaged(found)?;
-        let old = std::mem::replace(&mut found.secret, sub::SigningSecret::generate());
+        let old = std::mem::replace(&mut found.secret, subscription::SigningSecret::generate());
         found.previous_secret = Some((old, until));
         found.updated_ms = now_ms();
         Ok::<_, Problem>(())

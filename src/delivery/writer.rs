@@ -55,17 +55,17 @@ struct Group {
 }
 
 impl Group {
-    fn settle(&mut self, sub: String, ids: Vec<StreamId>) {
-        match self.settles.iter_mut().find(|(s, _)| *s == sub) {
+    fn settle(&mut self, sub_id: String, ids: Vec<StreamId>) {
+        match self.settles.iter_mut().find(|(s, _)| *s == sub_id) {
             Some((_, all)) => all.extend(ids),
-            None => self.settles.push((sub, ids)),
+            None => self.settles.push((sub_id, ids)),
         }
     }
 
-    fn attempt(&mut self, sub: String, a: Attempt) {
-        match self.attempts.iter_mut().find(|(s, _)| *s == sub) {
+    fn attempt(&mut self, sub_id: String, a: Attempt) {
+        match self.attempts.iter_mut().find(|(s, _)| *s == sub_id) {
             Some((_, all)) => all.push(a),
-            None => self.attempts.push((sub, vec![a])),
+            None => self.attempts.push((sub_id, vec![a])),
         }
     }
 
