@@ -2,16 +2,17 @@
 //! input, replay equal to the stream, subscriptions on both stores, and a
 //! live stream that survives reconnects.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use stamp_relay::{config::Paging, events::StreamId, store::Target};
 use stamp_relay_simulator::{Order, SimConfig};
 
+use crate::harness::openapi::{check_response, documented};
+use crate::harness::sse::read_sse;
 use crate::harness::{
     ADMIN_TOKEN, App, READ_TOKEN, Sim, TestStore, all_events, source, wait_synced,
 };
-use crate::openapi::{check_response, documented};
 use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
@@ -494,7 +495,7 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     app.stop().await;
 
     // A restarted relay on the same store sees the same subscriptions.
-    let app = crate::api::app(&ts, &sim).await;
+    let app = self::app(&ts, &sim).await;
     let (_, _, all) = json_of(app.get(path).send().await.unwrap()).await;
     assert_eq!(all["subscriptions"].as_array().unwrap().len(), 2);
     let del = app
@@ -508,44 +509,6 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     let (status, _, _) = json_of(app.get(&format!("{path}/{id}")).send().await.unwrap()).await;
     assert_eq!(status, 404);
     app.stop().await;
-}
-
-/// Reads SSE frames until `want` events arrived or `within` passed.
-pub async fn read_sse(
-    resp: &mut reqwest::Response,
-    buf: &mut String,
-    want: usize,
-    within: Duration,
-) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    while out.len() < want && Instant::now() < deadline {
-        let chunk = match tokio::time::timeout(
-            deadline.saturating_duration_since(Instant::now()),
-            resp.chunk(),
-        )
-        .await
-        {
-            Ok(Ok(Some(c))) => c,
-            _ => break,
-        };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let id = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("id:"))
-                .map(|s| s.trim().to_string());
-            let data = frame
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))
-                .map(|s| s.trim().to_string());
-            if let (Some(id), Some(data)) = (id, data) {
-                out.push((id, serde_json::from_str(&data).unwrap()));
-            }
-        }
-    }
-    out
 }
 
 /// While records keep changing, a client that drops and resumes with

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
-use crate::api::read_sse;
-use crate::delivery::subscribe_to;
+use crate::harness::delivery::subscribe_to;
+use crate::harness::receiver::TestReceiver;
+use crate::harness::sse::read_sse;
 use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
-use crate::receiver::TestReceiver;
 
 fn document() -> Value {
     let text =

@@ -12,8 +12,8 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{Change, Op, SimConfig};
 
+use crate::harness::openapi::check_response;
 use crate::harness::{App, Backend, Sim, TestStore, source, wait_synced};
-use crate::openapi::check_response;
 
 /// A schema the users' records meet, declared inline.
 fn users_schema() -> serde_json::Map<String, Value> {

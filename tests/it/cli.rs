@@ -10,23 +10,8 @@ use std::{
 
 use stamp_relay::config::SourceConfig;
 
+use crate::harness::cli::run;
 use crate::harness::{ConfigBuilder, bin, free_port, upstream};
-
-/// Runs the binary; whether it succeeded, and what it printed.
-pub fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("panicked"), "{args:?} panicked:\n{text}");
-    (out.status.success(), text)
-}
 
 fn config_file(body: &str) -> tempfile::NamedTempFile {
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

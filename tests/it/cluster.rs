@@ -21,11 +21,11 @@ use stamp_relay::{
 use stamp_relay_simulator::{Order, SimConfig};
 use tempfile::TempDir;
 
+use crate::harness::redis_cluster::RedisCluster;
 use crate::harness::{
     App, Backend, ConfigBuilder, Sim, TestStore, all_events, assert_rebuilds, bin, eventually,
     eventually_blocking, free_port, redis_available, source, upstream, wait_synced,
 };
-use crate::redis_cluster::RedisCluster;
 
 fn cluster_store_config(cluster: &RedisCluster, dir: &TempDir) -> StoreConfig {
     StoreConfig {

@@ -4,7 +4,7 @@
 //! index; no API token is a warning; `status` needs no secret but the
 //! store's.
 
-use crate::cli::run;
+use crate::harness::cli::run;
 
 fn check(body: &str, env: &[(&str, &str)]) -> (bool, String) {
     let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stamp_relay::store::Target;
 
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{eventually, patients_relay, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 
 on_both_stores!(narrowing_a_consumer_pauses_its_tables);
 

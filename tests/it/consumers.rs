@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use stamp_relay::config::{ConsumerConfig, Paging, Scope, Secret, SourceConfig, TokenConfig};
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{Api, App, Sim, TestStore, source, wait_for};
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(
     no_route_leaks_across_consumers,
@@ -184,7 +184,7 @@ fn as_nobody(body: &str, b: &Theirs) -> String {
 
 /// Every (method, path) of openapi.yaml and whether it needs no token.
 fn routes() -> Vec<(Method, String, bool)> {
-    let spec = crate::openapi::spec();
+    let spec = crate::harness::openapi::spec();
     let mut out = Vec::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for m in ["get", "post", "patch", "put", "delete"] {

@@ -14,10 +14,10 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
+use crate::harness::openapi::check_response;
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::on_both_stores;
-use crate::openapi::check_response;
-use crate::receiver::TestReceiver;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const NEW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -223,7 +223,7 @@ async fn a_declared_subscription_comes_back_when_the_store_loses_it(ts: TestStor
     let app = start(&ts, &sim, declare(&entry(&rx.url, FEMALE), SECRET)).await;
     let t = Target::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    crate::reset::wipe(&ts).await;
+    crate::harness::wipe::wipe(&ts).await;
     eventually(
         "the subscription back",
         Duration::from_secs(30),

@@ -3,19 +3,15 @@
 //! order, 410, redirects, timeouts, dead letters, the SSRF guard, and a
 //! crash of Redis (relay crashes are in takeover.rs).
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{
-    config::Paging,
-    store::{Store, Target},
-};
+use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
-use crate::harness::{
-    App, Backend, Sim, TestStore, all_events, eventually, source, wait_for, wait_synced,
-};
-use crate::receiver::{Mode, TestReceiver};
+use crate::harness::delivery::{assert_record_order, subscribe, subscribe_to, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver};
+use crate::harness::{App, Backend, Sim, TestStore, eventually, source, wait_for, wait_synced};
 use crate::{on_both_stores, on_cluster};
 
 on_both_stores!(
@@ -35,108 +31,6 @@ async fn app(ts: &TestStore, sim: &Sim) -> App {
         )],
     )
     .await
-}
-
-async fn subscribe(app: &App, body: Value) -> (String, String) {
-    let r = app.post("/v1/subscriptions", &body).send().await.unwrap();
-    assert_eq!(r.status(), 201);
-    let v: Value = r.json().await.unwrap();
-    (
-        v["id"].as_str().unwrap().to_string(),
-        v["secret"].as_str().unwrap().to_string(),
-    )
-}
-
-/// Creates a subscription disabled, gives the receiver its secret, then
-/// enables it, so no request arrives before the receiver can verify it.
-pub async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> String {
-    body["url"] = rx.url.clone().into();
-    body["enabled"] = false.into();
-    let (id, secret) = subscribe(app, body).await;
-    rx.set_secrets(&[&secret]);
-    let r = app.set_enabled(&id, true).await;
-    assert_eq!(r.status(), 200);
-    id
-}
-
-/// Waits until the receiver holds every event of the targets at least once.
-pub async fn wait_delivered(
-    store: &dyn Store,
-    rx: &TestReceiver,
-    targets: &[Target],
-    within: Duration,
-) {
-    let look = async || {
-        let got: std::collections::HashSet<String> = rx.event_ids().into_iter().collect();
-        let mut missing = Vec::new();
-        for t in targets {
-            for e in all_events(store, t).await {
-                let key = format!("{}:{}:{}:{}", t.source, t.resource, e.record, e.stamp);
-                if !got.contains(&key) {
-                    missing.push(key);
-                }
-            }
-        }
-        Undelivered::of(store, missing).await
-    };
-    let what = "every event to reach the receiver";
-    wait_for(what, within, look, |u| u.missing == 0).await;
-}
-
-/// What has not reached a receiver yet, and whether it was dead-lettered:
-/// a test whose retry schedule is too short for its failure rate shows
-/// that in its failure, not as a mystery.
-#[derive(Debug)]
-#[expect(dead_code, reason = "the lists are read as the failure message")]
-struct Undelivered {
-    missing: usize,
-    first: Vec<String>,
-    dead_letters: Vec<String>,
-}
-
-impl Undelivered {
-    async fn of(store: &dyn Store, mut missing: Vec<String>) -> Undelivered {
-        let mut dead_letters = Vec::new();
-        // Dead letters are only read while something is missing.
-        for s in store.subscriptions().await.unwrap() {
-            if missing.is_empty() {
-                break;
-            }
-            for d in store.dead_letters(&s.id).await.unwrap() {
-                dead_letters.push(format!(
-                    "{} ({} attempts: {})",
-                    d.event_id, d.attempts, d.last_error
-                ));
-            }
-        }
-        let n = missing.len();
-        missing.truncate(5);
-        Undelivered {
-            missing: n,
-            first: missing,
-            dead_letters,
-        }
-    }
-}
-
-/// For every record, the stamps in order of first receipt only rise.
-pub fn assert_record_order(events: &[Value]) {
-    let mut last: HashMap<String, u64> = HashMap::new();
-    let mut seen = std::collections::HashSet::new();
-    for e in events {
-        let id = e["id"].as_str().unwrap().to_string();
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        let record = format!("{}/{}", e["source"], e["subject"]);
-        let stamp = e["updatestamp"].as_u64().unwrap();
-        if let Some(prev) = last.insert(record.clone(), stamp) {
-            assert!(
-                stamp > prev,
-                "record {record} received stamp {stamp} after {prev}"
-            );
-        }
-    }
 }
 
 async fn signed_deliveries_survive_a_secret_rotation(ts: TestStore) {
@@ -361,7 +255,7 @@ async fn dead_letters_are_listed_and_redriven() {
             .all(|d| d["attempts"] == 2),
         "{dead}"
     );
-    crate::openapi::check_response(
+    crate::harness::openapi::check_response(
         "GET",
         "/v1/subscriptions/{id}/dead-letters",
         200,
@@ -416,7 +310,7 @@ async fn ssrf_guard_refuses_internal_targets() {
         // door checked, or whose name resolves elsewhere since, is refused
         // at every send.
         let id = format!("sub_{}", ts.store.subscriptions().await.unwrap().len());
-        let mut sub = crate::pace::subscription(&id, url);
+        let mut sub = crate::harness::delivery::subscription(&id, url);
         sub.enabled = false;
         ts.store.put_subscription(&sub).await.unwrap();
         let r = app
@@ -425,7 +319,7 @@ async fn ssrf_guard_refuses_internal_targets() {
             .await
             .unwrap();
         let v: Value = r.json().await.unwrap();
-        crate::openapi::check_response(
+        crate::harness::openapi::check_response(
             "POST",
             "/v1/subscriptions/{id}/test",
             200,

@@ -12,11 +12,11 @@ use serde_json::json;
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{Change, Faults, Op, SimConfig};
 
-use crate::api::read_sse;
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::TestReceiver;
+use crate::harness::sse::read_sse;
 use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 
 on_both_stores!(a_lost_tail_reaches_every_reader_again);
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
-use crate::api::read_sse;
+use crate::harness::sse::read_sse;
 use crate::harness::{App, Backend, Sim, TestStore, all_events, eventually, source, wait_synced};
 
 /// Opens a live stream from `after`.

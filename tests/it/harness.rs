@@ -2,7 +2,14 @@
 //! (killable and restartable, `redis.rs`), the in-process simulator on port
 //! 0, and the relay built exactly as production builds it (`app.rs`), from
 //! a typed configuration (`config.rs`), asked over HTTP (`api.rs`) and
-//! waited for (`wait.rs`).
+//! waited for (`wait.rs`). What several suites share lives here too, a
+//! file by concept: the webhook receivers (`receiver.rs`, `scripted.rs`),
+//! subscribing and waiting for deliveries (`delivery.rs`), schema checks
+//! (`openapi.rs`), live streams (`sse.rs`), the compatible API
+//! (`compat.rs`), `/metrics` (`metrics.rs`), filters (`filters.rs`), the
+//! binary (`cli.rs`), a local Redis Cluster (`redis_cluster.rs`) and a
+//! store that loses its data (`wipe.rs`). Suites import from here, never
+//! from each other.
 //!
 //! Without `redis-server` on the PATH the Redis tests are skipped with a
 //! message, unless `STAMP_RELAY_REQUIRE_REDIS=1` (set by `.ci/run`), which
@@ -26,16 +33,27 @@ use stamp_relay_simulator::{SimConfig, Simulator};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_cluster::RedisCluster;
+use redis_cluster::RedisCluster;
 
 mod api;
 mod app;
+pub mod cli;
+pub mod compat;
 mod config;
+pub mod delivery;
+pub mod filters;
+pub mod metrics;
+pub mod openapi;
+pub mod receiver;
 mod redis;
+pub mod redis_cluster;
+pub mod scripted;
+pub mod sse;
 mod wait;
+pub mod wipe;
 
 pub use api::{Api, serve};
-pub use app::{ADMIN_TOKEN, App, READ_TOKEN, with_tokens};
+pub use app::{ADMIN_TOKEN, App, READ_TOKEN, app_with_subscription, with_tokens};
 pub use config::{ConfigBuilder, upstream};
 pub use redis::{RedisServer, redis_available};
 pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};

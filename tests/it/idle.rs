@@ -22,10 +22,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Backend, Sim, TestStore, config, poll_until_quiet, source, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 
 /// Commands the relay sent and its round trips: a burst of commands sent
 /// after Redis last answered is one round trip.

@@ -15,12 +15,12 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{
     Api, App, Backend, ConfigBuilder, Proc, Sim, TestStore, assert_rebuilds, eventually, free_port,
     serve, upstream, wait_synced,
 };
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
 
 const ADMIN: &str = "instances-admin-token-4711";
 const CLIENT_SECRET: &str = "upstream-client-secret-0815";
@@ -204,8 +204,14 @@ async fn two_instances_share_work_and_survive_a_kill() {
     assert_rebuilds(ts.store.as_ref(), &patients, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &users, &sim.sim).await;
     let both = [patients.clone(), users.clone()];
-    crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &both, Duration::from_secs(60)).await;
-    crate::delivery::assert_record_order(&rx.events());
+    crate::harness::delivery::wait_delivered(
+        ts.store.as_ref(),
+        &rx,
+        &both,
+        Duration::from_secs(60),
+    )
+    .await;
+    crate::harness::delivery::assert_record_order(&rx.events());
     assert_eq!(rx.bad_signatures(), 0);
     // Only what the victim had sent but not yet settled arrives again: at
     // most its requests in flight and one unwritten group of settles per

@@ -8,7 +8,7 @@ use stamp_relay::{app::Relay, config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::read_sse;
+use crate::harness::sse::read_sse;
 use crate::harness::{
     ADMIN_TOKEN, App, Backend, Sim, TestStore, all_events, config, source, wait_synced, with_tokens,
 };

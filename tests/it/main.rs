@@ -1,7 +1,6 @@
 //! One integration-test binary with a shared harness (see harness.rs).
 
 mod harness;
-mod redis_cluster;
 
 mod api;
 mod asyncapi;
@@ -45,7 +44,6 @@ mod portal;
 mod portal_browser;
 mod positions;
 mod property;
-mod receiver;
 mod receivers;
 mod records;
 mod redrive;

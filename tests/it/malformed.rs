@@ -8,8 +8,8 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 
+use crate::harness::openapi::{check_response, documented, spec};
 use crate::harness::{ADMIN_TOKEN, TestStore, seeds};
-use crate::openapi::{check_response, documented, spec};
 
 /// Path segments that do not decode, or decode to something odd.
 const SEGMENTS: [&str; 8] = [
@@ -163,7 +163,7 @@ async fn every_route_answers_malformed_input_with_a_documented_problem() {
     let ts = TestStore::open(crate::harness::Backend::Sqlite)
         .await
         .unwrap();
-    let (_sim, app, created) = crate::security::app_with_subscription(&ts).await;
+    let (_sim, app, created) = crate::harness::app_with_subscription(&ts).await;
     let spec = spec();
     let real_id = created["id"].as_str().unwrap().to_string();
     // A connection per request: the server closes a connection whose body it

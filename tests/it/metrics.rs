@@ -6,38 +6,12 @@ use serde_json::json;
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{Faults, SimConfig};
 
+use crate::harness::metrics::{parse, scrape};
+use crate::harness::receiver::TestReceiver;
+use crate::harness::scripted::Scripted;
 use crate::harness::{
     App, Backend, READ_TOKEN, Sim, TestStore, eventually, patients_relay, source, wait_synced,
 };
-use crate::receiver::TestReceiver;
-use crate::rules::Scripted;
-
-/// `name{labels}` -> value, for every sample line; panics on a malformed line.
-fn parse(text: &str) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix('#') {
-            let kind = rest.split_whitespace().next().unwrap();
-            assert!(
-                kind == "HELP" || kind == "TYPE",
-                "bad comment line {line:?}"
-            );
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(series.starts_with("stamp_relay_"), "{line:?}");
-        if let Some((_, labels)) = series.split_once('{') {
-            assert!(labels.ends_with('}'), "{line:?}");
-        }
-        out.insert(series.to_string(), v);
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_what_happened() {
@@ -136,11 +110,6 @@ fn total(m: &HashMap<String, f64>, name: &str) -> f64 {
 
 async fn metric(app: &App, name: &str) -> f64 {
     total(&scrape(app).await, name)
-}
-
-pub async fn scrape(app: &App) -> HashMap<String, f64> {
-    let r = app.get("/metrics").send().await.unwrap();
-    parse(&r.text().await.unwrap())
 }
 
 /// What goes wrong is counted too: failed polls, page walks, rejects,

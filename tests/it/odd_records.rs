@@ -23,9 +23,9 @@ use stamp_relay_simulator::{Change, Op, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    harness::receiver::TestReceiver,
     harness::{App, Sim, TestStore, all_events, eventually, relay, source},
     on_both_stores,
-    receiver::TestReceiver,
 };
 
 on_both_stores!(

@@ -12,17 +12,17 @@ use stamp_relay::{
         worker::{Now, Step},
     },
     store::Target,
-    subscription::Subscription,
 };
 use stamp_relay_simulator::SimConfig;
 
-use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
+use crate::harness::delivery::subscription;
+use crate::harness::delivery::{assert_record_order, subscribe_to, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver, refused};
 use crate::harness::{
     App, ConfigBuilder, Sim, TestStore, all_events, eventually, poll_until_quiet, relay, source,
     upstream, wait_synced,
 };
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver, refused};
 
 on_both_stores!(
     slow_receiver_gets_many_requests_but_one_per_record,
@@ -211,17 +211,6 @@ fn status_cli(ts: &TestStore, sim: &Sim, delivery: impl FnOnce(&mut DeliveryConf
         String::from_utf8_lossy(&out.stderr)
     );
     text
-}
-
-/// A subscription as a test puts it straight into the store.
-pub fn subscription(id: &str, url: &str) -> Subscription {
-    serde_json::from_value(json!({
-        "id": id, "url": url, "resources": ["*"], "ops": [], "start": {}, "headers": {},
-        "batch_size": 1, "max_in_flight": 4, "rate_limit": null, "enabled": true,
-        "description": "", "secret": "whsec_dGVzdA==", "previous_secret": null,
-        "created_ms": 0, "updated_ms": 0
-    }))
-    .unwrap()
 }
 
 async fn a_lost_lease_stops_sends_before_they_start(ts: TestStore) {

@@ -5,9 +5,9 @@ use serde_json::json;
 use stamp_relay::config::Paging;
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::scripted::Scripted;
 use crate::harness::{App, Sim, TestStore, source};
 use crate::on_both_stores;
-use crate::rules::Scripted;
 
 on_both_stores!(a_ping_is_one_event_and_is_listed_with_the_attempts);
 
@@ -36,7 +36,7 @@ async fn a_ping_is_one_event_and_is_listed_with_the_attempts(ts: TestStore) {
     let attempts = app
         .get_json(&format!("/v1/subscriptions/{id}/attempts"))
         .await;
-    crate::openapi::check_response(
+    crate::harness::openapi::check_response(
         "GET",
         "/v1/subscriptions/{id}/attempts",
         200,

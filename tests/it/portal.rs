@@ -7,18 +7,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stamp_relay::store::Target;
 
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::messages;
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{App, TestStore, eventually, patients_relay, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
-
-/// The messages of `sub` the query picks.
-pub async fn messages(app: &App, sub: &str, query: &str) -> Vec<Value> {
-    let body = app
-        .get_json(&format!("/v1/subscriptions/{sub}/messages?{query}"))
-        .await;
-    body["messages"].as_array().expect("messages").clone()
-}
 
 /// `POST …/messages/{event}/retry`, answered as it comes.
 async fn retry_one(app: &App, sub: &str, event: &str) -> reqwest::Response {
@@ -57,7 +50,7 @@ async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) 
     .await;
     let all = messages(&app, &sub, "").await;
     for m in &all {
-        crate::openapi::check_response(
+        crate::harness::openapi::check_response(
             "GET",
             "/v1/subscriptions/{id}/messages",
             200,

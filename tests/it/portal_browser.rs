@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::delivery::messages;
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{App, Backend, Sim, TestStore, eventually, free_port, source, wait_synced};
-use crate::portal::messages;
-use crate::receiver::{Mode, TestReceiver};
 
 /// A chromedriver on a free local port, ended on drop.
 struct Driver {

@@ -13,10 +13,10 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{self as simulator, Change, Order, SimConfig};
 
-use crate::compat::{stamp_of, walk};
+use crate::harness::compat::{stamp_of, walk};
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Sim, TestStore, eventually, source, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 
 on_both_stores!(
     records_are_looked_up,
@@ -304,7 +304,7 @@ async fn a_reader_past_retention_resyncs_without_a_gap(ts: TestStore) {
     // Rebuild from the snapshot (page size 7) while writes go on.
     let http = reqwest::Client::new();
     let url = format!("{}{snapshot}&page_size=7", app.base);
-    let first = crate::compat::page(&http, &url).await;
+    let first = crate::harness::compat::page(&http, &url).await;
     sim.sim.random_writes(Some("patients"), 30);
     let mut state: BTreeMap<String, (u64, Value)> = BTreeMap::new();
     let mut apply = |raw: &str| {
@@ -318,7 +318,7 @@ async fn a_reader_past_retention_resyncs_without_a_gap(ts: TestStore) {
     first.results.iter().for_each(|r| apply(r));
     let mut next = first.next.clone();
     while let Some(url) = next {
-        let p = crate::compat::page(&http, &url).await;
+        let p = crate::harness::compat::page(&http, &url).await;
         p.results.iter().for_each(|r| apply(r));
         next = p.next;
     }

@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use stamp_relay::store::Target;
 use stamp_relay_simulator::{self as simulator, Change};
 
-use crate::delivery::{assert_record_order, subscribe_to};
+use crate::harness::delivery::{assert_record_order, subscribe_to};
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{TestStore, patients_relay, wait_for, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(a_redrive_drops_dead_letters_a_newer_version_superseded);
 
@@ -57,7 +57,7 @@ async fn a_redrive_drops_dead_letters_a_newer_version_superseded(ts: TestStore) 
     let r = app.post(&path, &json!({})).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    crate::openapi::check_response(
+    crate::harness::openapi::check_response(
         "POST",
         "/v1/subscriptions/{id}/dead-letters/redrive",
         200,

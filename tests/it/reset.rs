@@ -8,34 +8,13 @@ use std::{collections::HashSet, time::Duration};
 use stamp_relay::{config::Paging, events::Op, store::Target};
 use stamp_relay_simulator::{SimConfig, Simulator};
 
+use crate::harness::wipe::wipe;
 use crate::harness::{
     App, Sim, TestStore, all_events, assert_rebuilds, eventually, source, wait_synced,
 };
 use crate::on_both_stores;
 
 on_both_stores!(a_store_that_loses_its_data_is_reloaded_as_a_snapshot);
-
-/// Removes everything the store holds, as the backend would lose it.
-pub async fn wipe(ts: &TestStore) {
-    match &ts.redis {
-        Some(redis) => {
-            let client = redis::Client::open(redis.url()).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
-        }
-        None => {
-            // A fresh, empty file moved over the store's file, as a restore
-            // of the wrong backup or a new volume would leave it.
-            let path = ts.config.data_dir.join("stamp-relay.sqlite3");
-            let fresh = ts.dir.path().join("empty.sqlite3");
-            std::fs::write(&fresh, b"").unwrap();
-            for side in ["-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{side}", path.display()));
-            }
-            std::fs::rename(&fresh, &path).unwrap();
-        }
-    }
-}
 
 /// The `store_reset:` parts of a `/readyz` answer.
 fn reset_parts(ready: &serde_json::Value) -> Vec<serde_json::Value> {

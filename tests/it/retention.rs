@@ -13,10 +13,10 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{Change, Op, Order, SimConfig};
 
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{App, Sim, TestStore, all_events, eventually, source, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(
     retention_waits_for_subscriptions,

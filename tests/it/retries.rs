@@ -16,10 +16,10 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::delivery::subscription;
+use crate::harness::scripted::Scripted;
 use crate::harness::{ConfigBuilder, Sim, TestStore, poll_until_quiet, source};
 use crate::on_both_stores;
-use crate::pace::subscription;
-use crate::rules::Scripted;
 
 on_both_stores!(
     failures_wait_out_the_schedule_then_go_to_the_dead_letters,

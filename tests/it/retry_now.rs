@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{self as simulator, Change, SimConfig};
 
-use crate::delivery::{assert_record_order, subscribe_to, wait_delivered};
+use crate::harness::delivery::{assert_record_order, subscribe_to, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{App, ConfigBuilder, Sim, TestStore, source, upstream, wait_for, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::{Mode, TestReceiver};
 
 on_both_stores!(
     the_retry_route_makes_waiting_retries_due_now,

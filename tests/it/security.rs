@@ -19,6 +19,7 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::app_with_subscription;
 use crate::harness::{
     ADMIN_TOKEN, Api, App, ConfigBuilder, Proc, Sim, TestStore, eventually, free_port, serve,
     source, upstream,
@@ -26,24 +27,6 @@ use crate::harness::{
 use crate::on_both_stores;
 
 on_both_stores!(concurrent_patches_lose_nothing);
-
-/// A relay over a simulated `sim/patients` with one subscription: the
-/// simulator (keep it), the app, and the creation answer.
-pub async fn app_with_subscription(ts: &TestStore) -> (Sim, App, Value) {
-    let sim = Sim::start(SimConfig::default()).await;
-    let app = App::spawn(
-        ts,
-        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
-    )
-    .await;
-    let created = app
-        .post_json(
-            "/v1/subscriptions",
-            &json!({"url": "https://hooks.example.com/h", "resources": ["*"]}),
-        )
-        .await;
-    (sim, app, created)
-}
 
 fn basic(token: &str) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(format!("operator:{token}"));

@@ -76,7 +76,7 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
 /// finishes both with nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_and_mid_delivery_then_restart() {
-    use crate::receiver::{Mode, TestReceiver};
+    use crate::harness::receiver::{Mode, TestReceiver};
     let sim = Sim::start(SimConfig {
         order: stamp_relay_simulator::Order::Stamp,
         initial: vec![("patients".into(), 30_000)],
@@ -171,5 +171,5 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
     wait_for(what, Duration::from_secs(60), missing, |n| *n == 0).await;
     term(&mut child);
     assert_rebuilds(&store, &t, &sim.sim).await;
-    crate::delivery::assert_record_order(&rx.events());
+    crate::harness::delivery::assert_record_order(&rx.events());
 }

@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::{Faults, SimConfig};
 
-use crate::delivery::subscribe_to;
+use crate::harness::delivery::subscribe_to;
+use crate::harness::metrics::scrape;
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Sim, TestStore, eventually, source, wait_synced};
-use crate::metrics::scrape;
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 
 on_both_stores!(errors_and_refused_credentials_move_health_and_every_move_is_an_event);
 

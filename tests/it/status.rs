@@ -4,12 +4,12 @@ use serde_json::{Value, json};
 use stamp_relay::{config::Paging, store::Target};
 use stamp_relay_simulator::SimConfig;
 
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{
     App, Backend, ConfigBuilder, READ_TOKEN, Sim, TestStore, eventually, source, upstream,
     wait_synced,
 };
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
 use std::time::Duration;
 
 /// The text of `data-<attr>` in the row whose `data-<key>` is `id`.
@@ -50,12 +50,20 @@ async fn status_page_matches_the_api(ts: TestStore) {
     let off: Value = app.post_json("/v1/subscriptions", &json!({"url": "https://hooks.example.com/x", "resources": ["*"], "start": "beginning", "enabled": false})).await;
     // One that delivers everything, so its lag falls to 0.
     let rx = TestReceiver::start(51).await;
-    let on =
-        crate::delivery::subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"}))
-            .await;
+    let on = crate::harness::delivery::subscribe_to(
+        &app,
+        &rx,
+        json!({"resources": ["*"], "start": "beginning"}),
+    )
+    .await;
     let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
-    crate::delivery::wait_delivered(ts.store.as_ref(), &rx, &targets, Duration::from_secs(20))
-        .await;
+    crate::harness::delivery::wait_delivered(
+        ts.store.as_ref(),
+        &rx,
+        &targets,
+        Duration::from_secs(20),
+    )
+    .await;
     // Deliveries settle through the worker's writer just after receipt.
     eventually(
         "the deliveries to settle",

@@ -8,12 +8,12 @@ use std::{collections::BTreeSet, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::delivery::subscribe_to;
-use crate::filters::{synced_patients, three_clauses};
+use crate::harness::delivery::subscribe_to;
+use crate::harness::filters::{synced_patients, three_clauses};
+use crate::harness::openapi::check_response;
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Sim, TestStore, all_events, eventually, wait_synced};
 use crate::on_both_stores;
-use crate::openapi::check_response;
-use crate::receiver::TestReceiver;
 use stamp_relay::{events::Event, store::Target};
 
 on_both_stores!(subscriptions_filter_and_project);
@@ -34,7 +34,10 @@ async fn filtered_count(app: &App, id: &str) -> Option<f64> {
     let key = format!(
         "stamp_relay_delivery_filtered_total{{subscription=\"{id}\",source=\"sim\",resource=\"patients\"}}"
     );
-    crate::metrics::scrape(app).await.get(&key).copied()
+    crate::harness::metrics::scrape(app)
+        .await
+        .get(&key)
+        .copied()
 }
 
 async fn subscriptions_filter_and_project(ts: TestStore) {

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde_json::json;
 use stamp_relay::store::Target;
 
-use crate::delivery::{subscribe_to, wait_delivered};
+use crate::harness::delivery::{subscribe_to, wait_delivered};
+use crate::harness::receiver::TestReceiver;
+use crate::harness::wipe::wipe;
 use crate::harness::{TestStore, eventually, patients_relay, wait_synced};
 use crate::on_both_stores;
-use crate::receiver::TestReceiver;
-use crate::reset::wipe;
 
 on_both_stores!(api_subscriptions_survive_a_store_reset);
 

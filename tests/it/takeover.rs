@@ -12,12 +12,12 @@ use stamp_relay::{
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
-use crate::delivery::{assert_record_order, wait_delivered};
+use crate::harness::delivery::{assert_record_order, wait_delivered};
+use crate::harness::receiver::{Mode, TestReceiver};
 use crate::harness::{
     Api, Backend, ConfigBuilder, Proc, Sim, TestStore, all_events, eventually, free_port, serve,
     upstream, wait_synced,
 };
-use crate::receiver::{Mode, TestReceiver};
 
 /// Fourteen retries: with 30 % of requests failing, an event is
 /// dead-lettered with odds 0.3^15 (about 1e-8), negligible for ~500 events.

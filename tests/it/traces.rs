@@ -19,11 +19,11 @@ use stamp_relay::{
 use stamp_relay_simulator::{Change, Op, SimConfig};
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::delivery::subscribe_to;
+use crate::harness::delivery::subscribe_to;
+use crate::harness::receiver::TestReceiver;
 use crate::harness::{
     App, Backend, Sim, TestStore, all_events, eventually, patients_relay, source, wait_synced,
 };
-use crate::receiver::TestReceiver;
 
 /// An OTLP/HTTP (JSON) collector on port 0: every span it was sent.
 async fn collector() -> (String, Arc<Mutex<Vec<Value>>>) {
