@@ -187,7 +187,7 @@ impl Drop for RedisCluster {
 }
 
 /// Runs test bodies on a local three-master Redis Cluster too, as
-/// `<file>::cluster::<name>::cluster` (`cargo test --test it cluster::`).
+/// `<subject>::<file>::cluster::<name>::cluster` (`cargo test --test it cluster::`).
 #[macro_export]
 macro_rules! on_cluster {
     ($($name:ident),* $(,)?) => {

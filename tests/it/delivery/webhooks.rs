@@ -1,7 +1,7 @@
 //! Webhook delivery against a real receiver: signatures (also
 //! during a rotation), retries through a flaky receiver with per-record
 //! order, 410, redirects, timeouts, dead letters, the SSRF guard, and a
-//! crash of Redis (relay crashes are in takeover.rs).
+//! crash of Redis (relay crashes are in operations/takeover.rs).
 
 use std::time::Duration;
 
@@ -306,7 +306,7 @@ async fn ssrf_guard_refuses_internal_targets() {
         "http://[::ffff:127.0.0.1]:9/hook",
         "http://localhost:9/hook",
     ] {
-        // Refused at the door now (tests/it/door.rs); one stored before the
+        // Refused at the door now (tests/it/hardening/door.rs); one stored before the
         // door checked, or whose name resolves elsewhere since, is refused
         // at every send.
         let id = format!("sub_{}", ts.store.subscriptions().await.unwrap().len());

@@ -174,7 +174,7 @@ async fn retention_waits_for_subscriptions(ts: TestStore) {
     assert_eq!(reconnect.status(), 200);
     drop(reconnect);
     // 0 means "every event": a 410 too, unless the reader accepts the
-    // oldest event kept (tests/it/positions.rs).
+    // oldest event kept (tests/it/api/positions.rs).
     let zero = app.get("/v1/resources/sim/patients/events?after=0");
     assert_eq!(zero.send().await.unwrap().status(), 410);
     let from_zero = app

@@ -89,7 +89,7 @@ async fn every_v1_route_needs_a_token_and_the_right_scope() {
         }
         if path.ends_with("/integration/auth/") {
             // The compatible OAuth route takes its credentials in the form
-            // (tests/it/compat_auth.rs): a token answers nothing there.
+            // (tests/it/api/compat_auth.rs): a token answers nothing there.
             let (status, _, body) = json_of(anon).await;
             assert_eq!(
                 (status, body["code"].as_str()),
