@@ -23,8 +23,7 @@ use stamp_relay_simulator::{Change, Op, SimConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    harness::receiver::TestReceiver,
-    harness::{App, Sim, TestStore, all_events, eventually, relay, source},
+    harness::{App, Sim, TestStore, all_events, eventually, receiver::TestReceiver, relay, source},
     on_both_stores,
 };
 
