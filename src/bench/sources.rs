@@ -195,7 +195,7 @@ async fn wait_loaded(store: &dyn Store, tables: &[Target], within: Duration) -> 
 }
 
 /// Calls per command since Redis started (`INFO commandstats`, which
-/// counts the commands scripts run too). Also what `tests/it/idle.rs`
+/// counts the commands scripts run too). Also what `tests/it/operations/idle.rs`
 /// counts an idle poll with.
 pub async fn commandstats(redis_url: &str) -> anyhow::Result<HashMap<String, u64>> {
     let mut c = redis::Client::open(redis_url)?

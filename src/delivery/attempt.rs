@@ -114,7 +114,7 @@ impl Request {
 impl Worker {
     /// Applies every answer that came back since the last step, at `now`:
     /// the time retries are scheduled from (the clock seam the retry tests
-    /// move, tests/it/retries.rs).
+    /// move, tests/it/delivery/retries.rs).
     pub(super) async fn apply_finished(
         &self,
         st: &mut WorkerState,

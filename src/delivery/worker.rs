@@ -71,7 +71,7 @@ pub struct Worker {
 /// monotonic one for the lease. This is the delivery's clock seam: a step
 /// schedules retries from `wall_ms` and sends those due by it, so tests
 /// pass times of their own and move through a retry schedule without
-/// waiting for it (tests/it/retries.rs).
+/// waiting for it (tests/it/delivery/retries.rs).
 #[derive(Debug, Clone, Copy)]
 pub struct Now {
     pub wall_ms: u64,

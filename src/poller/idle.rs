@@ -2,7 +2,7 @@
 //! costs `Store::begin_poll` (lease, epoch, last ID, loading flag and
 //! reconcile request in one call), the upstream request, and the poll
 //! status it writes; on Redis two commands in two round trips
-//! (`tests/it/idle.rs` counts them).
+//! (`tests/it/operations/idle.rs` counts them).
 //!
 //! The overlap window re-reads versions the index already holds, whose
 //! append would only find them duplicates. The poller remembers the

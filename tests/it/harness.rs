@@ -2,7 +2,14 @@
 //! (killable and restartable, `redis.rs`), the in-process simulator on port
 //! 0, and the relay built exactly as production builds it (`app.rs`), from
 //! a typed configuration (`config.rs`), asked over HTTP (`api.rs`) and
-//! waited for (`wait.rs`).
+//! waited for (`wait.rs`); stores appended to directly (`append.rs`). What
+//! several suites share lives here too, a file by concept: the webhook
+//! receivers (`receiver.rs`, `scripted.rs`), subscribing and waiting for
+//! deliveries (`delivery.rs`), schema checks (`openapi.rs`), live streams
+//! (`sse.rs`), the compatible API (`compat.rs`), `/metrics` (`metrics.rs`),
+//! filters (`filters.rs`), the binary (`cli.rs`), a local Redis Cluster
+//! (`redis_cluster.rs`) and a store that loses its data (`wipe.rs`). Suites
+//! import from here, never from each other.
 //!
 //! Without `redis-server` on the PATH the Redis tests are skipped with a
 //! message, unless `STAMP_RELAY_REQUIRE_REDIS=1` (set by `.ci/run`), which
@@ -26,16 +33,29 @@ use stamp_relay_simulator::{SimConfig, Simulator};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-use crate::redis_cluster::RedisCluster;
+use redis_cluster::RedisCluster;
 
 mod api;
 mod app;
+mod append;
+pub mod cli;
+pub mod compat;
 mod config;
+pub mod delivery;
+pub mod filters;
+pub mod metrics;
+pub mod openapi;
+pub mod receiver;
 mod redis;
+pub mod redis_cluster;
+pub mod scripted;
+pub mod sse;
 mod wait;
+pub mod wipe;
 
 pub use api::{Api, serve};
-pub use app::{ADMIN_TOKEN, App, READ_TOKEN, with_tokens};
+pub use app::{ADMIN_TOKEN, App, READ_TOKEN, app_with_subscription, with_tokens};
+pub use append::{append_as, leased_table, record};
 pub use config::{ConfigBuilder, upstream};
 pub use redis::{RedisServer, redis_available};
 pub use wait::{eventually, eventually_blocking, wait_for, wait_for_every};
@@ -380,44 +400,4 @@ pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
     };
     let what = format!("{t} to catch up with the simulator");
     wait_for(&what, Duration::from_secs(60), look, caught_up).await;
-}
-
-/// Record `id` at `stamp`, as an upstream would send it.
-pub fn record(id: &str, stamp: u64) -> stamp_relay::record::UpstreamRecord {
-    let raw = format!(r#"{{"uuid":"{id}","update_stamp":{stamp}}}"#);
-    stamp_relay::record::UpstreamRecord {
-        id: id.into(),
-        stamp,
-        deleted: false,
-        raw: serde_json::value::RawValue::from_string(raw).unwrap(),
-    }
-}
-
-/// Table `source/resource` with its epoch made and the lease held by `me`,
-/// for suites that append to the store directly; answers the epoch.
-pub async fn leased_table(ts: &TestStore, source: &str, resource: &str) -> (Target, String) {
-    let t = Target::new(source, resource);
-    let epoch = ts.store.init_epoch(&t, "e1").await.unwrap();
-    let leased = ts.store.lease(&t, "me", Duration::from_secs(30));
-    assert!(leased.await.unwrap(), "{t}: a new table's lease is free");
-    (t, epoch)
-}
-
-/// Appends `records` to `t` as `holder` under `epoch`, observed at 7 ms.
-pub async fn append_as(
-    ts: &TestStore,
-    t: &Target,
-    holder: &str,
-    epoch: &str,
-    records: &[stamp_relay::record::UpstreamRecord],
-) -> Result<stamp_relay::events::AppendOutcome, stamp_relay::store::StoreError> {
-    let batch = stamp_relay::store::AppendBatch {
-        holder,
-        epoch,
-        snapshot: false,
-        observed: 7,
-        records,
-        rebase: false,
-    };
-    ts.store.append(t, batch).await
 }

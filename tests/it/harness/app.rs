@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use stamp_relay::{
     app::Relay,
-    config::{Config, SourceConfig},
+    config::{Config, Paging, SourceConfig},
 };
+use stamp_relay_simulator::SimConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{Api, TestStore, config};
+use super::{Api, Sim, TestStore, config, source};
 
 /// Adds the test's admin and read tokens to a configuration.
 pub fn with_tokens(config: &mut Config) {
@@ -105,4 +107,22 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// A relay over a simulated `sim/patients` with one subscription: the
+/// simulator (keep it), the app, and the creation answer.
+pub async fn app_with_subscription(ts: &TestStore) -> (Sim, App, Value) {
+    let sim = Sim::start(SimConfig::default()).await;
+    let app = App::spawn(
+        ts,
+        vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
+    )
+    .await;
+    let created = app
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"url": "https://hooks.example.com/h", "resources": ["*"]}),
+        )
+        .await;
+    (sim, app, created)
 }

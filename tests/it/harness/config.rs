@@ -1,7 +1,7 @@
 //! The relay's configuration as tests write it: one typed `RawConfig`,
 //! validated for relays in the test process and written as TOML for
 //! `stamp-relay` subprocesses, so no test spells configuration text (the
-//! tests of the text itself, in cli.rs, aside).
+//! tests of the text itself, in operations/cli.rs, aside).
 
 use std::{
     path::{Path, PathBuf},
