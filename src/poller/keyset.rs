@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 
 use super::{PollError, PollReport, Poller};
-use crate::record::{UpstreamRecord, parse_record};
+use crate::record::UpstreamRecord;
 
 /// One keyset answer, parsed and verified ascending.
 struct KeysetPage {
@@ -207,13 +207,12 @@ impl Poller {
         report: &mut PollReport,
         cancel: &CancellationToken,
     ) -> Result<KeysetPage, PollError> {
-        let fields = self.settings.fields.clone();
-        let page = self.fetch_or_take(sync, page_no, ahead, cancel).await?;
+        let page = self.fetch_parsed(sync, page_no, ahead, cancel).await?;
         report.pages += 1;
-        let (count, more, listed) = (page.count, page.next.is_some(), page.results.len());
+        let (count, more, listed) = (page.count, page.more, page.rows.len());
         let mut records: Vec<UpstreamRecord> = Vec::with_capacity(listed);
-        for raw in page.results {
-            match parse_record(raw, &fields) {
+        for row in page.rows {
+            match row {
                 Ok(r) => {
                     let prev = records.last().map_or(sync, |l| l.stamp);
                     if r.stamp < prev || r.stamp <= sync {

@@ -46,9 +46,6 @@ pub use settings::PollSettings;
 
 pub use reconcile::ReconcileReport;
 
-/// Records per atomic append.
-pub const CHUNK: usize = 500;
-
 /// What one poll did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PollReport {
@@ -328,7 +325,7 @@ impl Poller {
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
         let records = self.within_jump(records, report).await?;
-        for chunk in paging::stamp_chunks(records) {
+        for chunk in paging::stamp_chunks(records, self.store.append_chunk()) {
             if cancel.is_cancelled() {
                 return Err(PollError::Cancelled);
             }

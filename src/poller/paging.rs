@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CHUNK, PollError, Poller};
-use crate::record::{Page, UpstreamRecord};
+use super::{PollError, Poller};
+use crate::config::FieldNames;
+use crate::record::{Page, RejectedRecord, UpstreamRecord, parse_record};
 use crate::store::{Refusal, StoreError};
 
 /// The most pages one walk fetches: what `count` records fill at
@@ -19,11 +20,31 @@ fn most_pages(count: u64, page_size: u32) -> u32 {
     u32::try_from(most).unwrap_or(u32::MAX)
 }
 
-/// A page requested ahead, fetched while the previous page commits.
+/// A page requested ahead, fetched and parsed while the previous page
+/// commits.
 pub(super) struct Ahead {
     sync: u64,
     page: u32,
-    task: tokio_util::task::AbortOnDropHandle<Result<Page, crate::upstream::UpstreamError>>,
+    task: tokio_util::task::AbortOnDropHandle<Result<Parsed, crate::upstream::UpstreamError>>,
+}
+
+/// A page with each of its records parsed (or rejected, with the reason).
+pub(super) struct Parsed {
+    pub count: u64,
+    pub more: bool,
+    pub rows: Vec<Result<UpstreamRecord, RejectedRecord>>,
+}
+
+impl Parsed {
+    fn of(page: Page, fields: &FieldNames) -> Parsed {
+        Parsed {
+            count: page.count,
+            more: page.next.is_some(),
+            rows: (page.results.into_iter())
+                .map(|raw| parse_record(raw, fields))
+                .collect(),
+        }
+    }
 }
 
 impl Poller {
@@ -33,16 +54,26 @@ impl Poller {
         page: u32,
         cancel: &CancellationToken,
     ) -> Result<Page, PollError> {
-        self.fetch_or_take(sync, page, None, cancel).await
+        if cancel.is_cancelled() {
+            return Err(PollError::Cancelled);
+        }
+        let request = (self.upstream).page(&self.target.resource, sync, page, cancel);
+        let p = self.unless_lease_lost(request).await?;
+        self.counted(sync, page, p.count, p.results.len())?;
+        Ok(p)
     }
 
-    /// Starts fetching page `page` of `sync` in the background, so it
-    /// downloads while the caller commits the page before it; the caller
-    /// takes it with [`Self::fetch_or_take`] (dropped, it is aborted).
+    /// Starts fetching page `page` of `sync` in the background, and parsing
+    /// its records, so both happen while the caller commits the page before
+    /// it; the caller takes it with [`Self::fetch_parsed`] (dropped, it is
+    /// aborted).
     pub(super) fn fetch_ahead(&self, sync: u64, page: u32, cancel: &CancellationToken) -> Ahead {
         let (upstream, resource) = (self.upstream.clone(), self.target.resource.clone());
-        let cancel = cancel.clone();
-        let request = async move { upstream.page(&resource, sync, page, &cancel).await };
+        let (cancel, fields) = (cancel.clone(), self.settings.fields.clone());
+        let request = async move {
+            let p = upstream.page(&resource, sync, page, &cancel).await?;
+            Ok(Parsed::of(p, &fields))
+        };
         let task = tokio::spawn(tracing::Instrument::in_current_span(request));
         Ahead {
             sync,
@@ -51,72 +82,91 @@ impl Poller {
         }
     }
 
-    /// Page `page` of `sync`: the one fetched ahead when it is that page,
-    /// else fetched now.
-    pub(super) async fn fetch_or_take(
+    /// Page `page` of `sync`, parsed: the one fetched ahead when it is that
+    /// page, else fetched now.
+    pub(super) async fn fetch_parsed(
         &self,
         sync: u64,
         page: u32,
         ahead: Option<Ahead>,
         cancel: &CancellationToken,
-    ) -> Result<Page, PollError> {
-        if cancel.is_cancelled() {
-            return Err(PollError::Cancelled);
-        }
-        let request = async {
-            match ahead.filter(|a| (a.sync, a.page) == (sync, page)) {
-                Some(a) => a.task.await.unwrap_or_else(|e| {
-                    let url = self.upstream.page_url(&self.target.resource, sync, page);
-                    Err(crate::upstream::UpstreamError::Transport {
-                        url: url.to_string(),
-                        detail: format!("the page's fetch failed: {e}"),
-                    })
-                }),
-                None => {
-                    (self.upstream)
-                        .page(&self.target.resource, sync, page, cancel)
-                        .await
+    ) -> Result<Parsed, PollError> {
+        let p = match ahead.filter(|a| (a.sync, a.page) == (sync, page)) {
+            Some(a) => {
+                if cancel.is_cancelled() {
+                    return Err(PollError::Cancelled);
                 }
+                let taken = async {
+                    a.task.await.unwrap_or_else(|e| {
+                        let url = self.upstream.page_url(&self.target.resource, sync, page);
+                        Err(crate::upstream::UpstreamError::Transport {
+                            url: url.to_string(),
+                            detail: format!("the page's fetch failed: {e}"),
+                        })
+                    })
+                };
+                let p = self.unless_lease_lost(taken).await?;
+                self.counted(sync, page, p.count, p.rows.len())?;
+                p
             }
+            None => Parsed::of(self.fetch(sync, page, cancel).await?, &self.settings.fields),
         };
-        let p = match &self.lease {
-            // A page slower than the lease is fine while the lease is renewed;
-            // once it is lost, the walk stops at once.
+        Ok(p)
+    }
+
+    /// A page's answer, unless the lease is lost first: a page slower than
+    /// the lease is fine while the lease is renewed; once it is lost, the
+    /// walk stops at once.
+    async fn unless_lease_lost<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, crate::upstream::UpstreamError>>,
+    ) -> Result<T, PollError> {
+        Ok(match &self.lease {
             Some(lease) => tokio::select! {
                 p = request => p?,
                 () = lease.lost() => return Err(StoreError::refused(&self.target, Refusal::LeaseLost).into()),
             },
             None => request.await?,
-        };
+        })
+    }
+
+    /// Counts a page of `listed` rows fetched, and refuses page numbers
+    /// past what `count` records fill: an upstream whose `next` links go on
+    /// forever.
+    fn counted(&self, sync: u64, page: u32, count: u64, listed: usize) -> Result<(), PollError> {
         self.status.pages.fetch_add(1, Ordering::Relaxed);
         self.status
             .fetched
-            .fetch_add(p.results.len() as u64, Ordering::Relaxed);
+            .fetch_add(listed as u64, Ordering::Relaxed);
         // Pages as this one came: an upstream may cap page_size lower.
-        let per_page = u32::try_from(p.results.len()).unwrap_or(u32::MAX);
-        let most = most_pages(p.count, per_page.clamp(1, self.settings.page_size));
+        let per_page = u32::try_from(listed).unwrap_or(u32::MAX);
+        let most = most_pages(count, per_page.clamp(1, self.settings.page_size));
         if page > most {
             let url = self.upstream.page_url(&self.target.resource, sync, page);
             return Err(PollError::Endless {
                 url: url.to_string(),
-                count: p.count,
+                count,
                 most,
             });
         }
-        Ok(p)
+        Ok(())
     }
 }
 
-/// Stamp-sorted records in chunks of about [`CHUNK`], never splitting the
-/// rows of one stamp: the cursor is the stream's last stamp, so a poll
-/// stopped between chunks must not leave a stamp half appended.
-pub(super) fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &[UpstreamRecord]> {
+/// Stamp-sorted records in chunks of about `size` (the store's
+/// [`crate::store::Store::append_chunk`]), never splitting the rows of one
+/// stamp: the cursor is the stream's last stamp, so a poll stopped between
+/// chunks must not leave a stamp half appended.
+pub(super) fn stamp_chunks(
+    records: &[UpstreamRecord],
+    size: usize,
+) -> impl Iterator<Item = &[UpstreamRecord]> {
     let mut rest = records;
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
         }
-        let mut end = CHUNK.min(rest.len());
+        let mut end = size.min(rest.len());
         let last = rest[end - 1].stamp;
         // Stamp 0 marks records found gone (late events that never move
         // the cursor): they may be split like any others.
@@ -133,6 +183,8 @@ pub(super) fn stamp_chunks(records: &[UpstreamRecord]) -> impl Iterator<Item = &
 mod tests {
     use super::*;
 
+    const CHUNK: usize = crate::store::APPEND_CHUNK;
+
     #[test]
     fn a_chunk_takes_every_row_of_its_last_stamp() {
         let rows: Vec<UpstreamRecord> = (0..CHUNK + 3)
@@ -143,9 +195,11 @@ mod tests {
                 raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             })
             .collect();
-        let sizes: Vec<usize> = stamp_chunks(&rows).map(<[_]>::len).collect();
+        let sizes: Vec<usize> = stamp_chunks(&rows, CHUNK).map(<[_]>::len).collect();
         assert_eq!(sizes, [CHUNK + 3]);
-        let sizes: Vec<usize> = stamp_chunks(&rows[..CHUNK - 1]).map(<[_]>::len).collect();
+        let sizes: Vec<usize> = stamp_chunks(&rows[..CHUNK - 1], CHUNK)
+            .map(<[_]>::len)
+            .collect();
         assert_eq!(sizes, [CHUNK - 1]);
     }
 
@@ -159,7 +213,7 @@ mod tests {
                 raw: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             })
             .collect();
-        let sizes: Vec<usize> = stamp_chunks(&gone).map(<[_]>::len).collect();
+        let sizes: Vec<usize> = stamp_chunks(&gone, CHUNK).map(<[_]>::len).collect();
         assert_eq!(sizes, [CHUNK, CHUNK, 1]);
     }
 }

@@ -205,6 +205,12 @@ pub trait Store:
     /// a no-op.
     async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome>;
 
+    /// The most records one [`Store::append`] should carry; a chunk grows
+    /// past it only to keep one stamp's rows together.
+    fn append_chunk(&self) -> usize {
+        APPEND_CHUNK
+    }
+
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()>;
 
     /// Events with IDs strictly after `after`, in order, at most `limit`.
@@ -320,6 +326,10 @@ pub trait TableState: Send + Sync {
     /// The last poll of a target, by whichever instance made it.
     async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>>;
 }
+
+/// Records per append on Redis: an append is one script, and Redis serves
+/// nothing else while it runs.
+pub const APPEND_CHUNK: usize = 500;
 
 /// Writes checked against a version, retried this often before giving up.
 pub(crate) const UPDATE_TRIES: usize = 16;

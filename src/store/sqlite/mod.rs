@@ -224,6 +224,14 @@ impl Store for SqliteStore {
         }
     }
 
+    /// A transaction's cost is mostly the pages it changes, and the index's
+    /// pages are all over the file: a chunk of 2,000 shares them between
+    /// four times the records of Redis's 500 and still commits in tens of
+    /// milliseconds, which the store's other callers wait for.
+    fn append_chunk(&self) -> usize {
+        2000
+    }
+
     async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
         let (t, raw, reason) = (t.clone(), raw.to_string(), reason.to_string());
         self.with(move |c| {
