@@ -17,11 +17,8 @@ use crate::{
 };
 
 /// Removes a pending set's entries before ARGV[1] (their events are gone).
-const DROP_TRIMMED_LUA: &str = r"
-local function parts(id)
-  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(stamp), tonumber(seq)
-end
+const DROP_TRIMMED_LUA: &str = with_lib!(
+    r"
 local ks, kq = parts(ARGV[1])
 local gone = 0
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -31,7 +28,8 @@ for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
   end
 end
 return gone
-";
+"
+);
 
 impl RedisStore {
     /// After a trim: each subscription's pending entries on `t` before

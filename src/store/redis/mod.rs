@@ -17,6 +17,15 @@ use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Tar
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
+/// A script's text with the shared Lua helpers (`lib.lua`: stream IDs, the
+/// index-entry grammar, the trimmed marker) in front, so a rule the scripts
+/// share is written once. Only local functions: nothing runs per call.
+macro_rules! with_lib {
+    ($body:expr) => {
+        concat!(include_str!("lib.lua"), $body)
+    };
+}
+
 /// Returns 2 when the lease was free and is now taken, 1 when extended.
 const LEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
@@ -91,13 +100,13 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             shown_url,
-            append: Script::new(include_str!("append.lua")),
+            append: Script::new(with_lib!(include_str!("append.lua"))),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             heartbeat: Script::new(instances::HEARTBEAT_LUA),
             begin: Script::new(include_str!("begin.lua")),
             claim: Script::new(include_str!("claim.lua")),
-            trim: Script::new(include_str!("trim.lua")),
+            trim: Script::new(with_lib!(include_str!("trim.lua"))),
             highest: Default::default(),
             keep: Default::default(),
         };
