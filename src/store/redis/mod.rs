@@ -17,15 +17,6 @@ use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Tar
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
-/// A script's text with the shared Lua helpers (`lib.lua`: stream IDs, the
-/// index-entry grammar, the trimmed marker) in front, so a rule the scripts
-/// share is written once. Only local functions: nothing runs per call.
-macro_rules! with_lib {
-    ($body:expr) => {
-        concat!(include_str!("lib.lua"), $body)
-    };
-}
-
 /// Returns 2 when the lease was free and is now taken, 1 when extended.
 const LEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
@@ -68,18 +59,6 @@ pub struct RedisStore {
     keep: super::records::KeepSet,
 }
 
-/// The URL with any password replaced, safe for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable redis url>".into(),
-    }
-}
-
 impl RedisStore {
     /// Connects to the Redis or Redis Cluster the configuration names.
     pub async fn connect(cfg: &StoreConfig) -> anyhow::Result<RedisStore> {
@@ -87,7 +66,7 @@ impl RedisStore {
         let urls = connection::node_urls(cfg)?;
         let shown_url = urls
             .iter()
-            .map(|u| redact(u))
+            .map(|u| connection::redact(u))
             .collect::<Vec<_>>()
             .join(", ");
         let conn = connection::open(cfg, urls).await.map_err(|e| {
@@ -100,13 +79,13 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             shown_url,
-            append: Script::new(with_lib!(include_str!("append.lua"))),
+            append: lua::with_lib(include_str!("append.lua")),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             heartbeat: Script::new(instances::HEARTBEAT_LUA),
             begin: Script::new(include_str!("begin.lua")),
             claim: Script::new(include_str!("claim.lua")),
-            trim: Script::new(with_lib!(include_str!("trim.lua"))),
+            trim: lua::with_lib(include_str!("trim.lua")),
             highest: Default::default(),
             keep: Default::default(),
         };
@@ -505,5 +484,6 @@ mod entries;
 mod groups;
 mod instances;
 mod keys;
+mod lua;
 mod records;
 mod table_state;
