@@ -9,8 +9,8 @@
 --       then per record: id, stamp, deleted (0/1), data.
 -- The index entry of a record points at its latest version's event:
 -- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
--- `<stamp>-0` (a late event; the grammar is read and written in lib.lua,
--- which is run in front of this script); an event whose previous version was late
+-- `<stamp>-0` (a late event; lib.lua, run in front of this script, reads
+-- and writes the grammar); an event whose previous version was late
 -- names it in `previd`. With keep records, the late set holds the records
 -- whose latest version is a late event (by stamp), and an update takes the
 -- record out of the stamps set when its old version's event was trimmed
