@@ -9,7 +9,8 @@
 --       then per record: id, stamp, deleted (0/1), data.
 -- The index entry of a record points at its latest version's event:
 -- `<stamp>[:deleted]`, plus `@<stream ID>` when that ID is not
--- `<stamp>-0` (a late event); an event whose previous version was late
+-- `<stamp>-0` (a late event; lib.lua, run in front of this script, reads
+-- and writes the grammar); an event whose previous version was late
 -- names it in `previd`. With keep records, the late set holds the records
 -- whose latest version is a late event (by stamp), and an update takes the
 -- record out of the stamps set when its old version's event was trimmed
@@ -35,16 +36,6 @@ end
 -- appending the poll's records would invent changes.
 if redis.call('GET', KEYS[4]) ~= ARGV[4] then
   return redis.error_reply('EPOCHCHANGED the store lost this table since the poll began')
-end
-local function parse(id)
-  local s, q = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(s), tonumber(q)
-end
--- Whether stream ID a is above b.
-local function above(a, b)
-  local as, aq = parse(a)
-  local bs, bq = parse(b)
-  return as > bs or (as == bs and aq > bq)
 end
 -- The last entry, and the last generated ID, above which new IDs go: it
 -- stays above the last entry when the newest entries were deleted (or the
@@ -73,23 +64,13 @@ if ARGV[5] ~= '' and above(ARGV[5], top_id) then
   end
   return redis.error_reply('TAILLOST ' .. top_id .. ' ' .. ARGV[5])
 end
-local top_stamp, top_seq = parse(issued)
+local top_stamp, top_seq = parts(issued)
 local n = {created = 0, updated = 0, deleted = 0, restored = 0}
 local dups, late, regressions = 0, 0, 0
 local keep = ARGV[6] == '1'
 local rebase = ARGV[7] == '1'
-local trimmed = nil
 -- Whether the event `id` is at or below the trimmed marker (read once).
-local function gone(id)
-  if trimmed == nil then
-    local t = redis.call('GET', KEYS[7]) or '0-0'
-    local ts, tq = string.match(t, '^(%d+)-(%d+)$')
-    trimmed = {tonumber(ts), tonumber(tq)}
-  end
-  local is, iq = string.match(id, '^(%d+)-(%d+)$')
-  is, iq = tonumber(is), tonumber(iq)
-  return is < trimmed[1] or (is == trimmed[1] and iq <= trimmed[2])
-end
+local gone = trimmed_by(KEYS[7])
 -- The index entries of the whole chunk in one HMGET per 500 records rather
 -- than an HGET per record: an overlap window of versions the index holds
 -- (a new holder's first poll) costs a command or two, not one a record.
@@ -120,19 +101,8 @@ for i = 8, #ARGV, 4 do
   elseif not prev then
     op = 'created'
   else
-    local at = string.find(prev, '@', 1, true)
-    local head = prev
-    if at then
-      prev_at = string.sub(prev, at + 1)
-      head = string.sub(prev, 1, at - 1)
-    end
-    local was_deleted = false
-    prev_stamp = head
-    local colon = string.find(head, ':', 1, true)
-    if colon then
-      prev_stamp = string.sub(head, 1, colon - 1)
-      was_deleted = true
-    end
+    local was_deleted
+    prev_stamp, was_deleted, prev_at = entry_decode(prev)
     local differs = tonumber(stamp) ~= tonumber(prev_stamp) or (del == '1') ~= was_deleted
     if tonumber(stamp) > tonumber(prev_stamp) or (rebase and differs) then
       if del == '1' and not was_deleted then
@@ -145,7 +115,6 @@ for i = 8, #ARGV, 4 do
     end
   end
   if op then
-    local entry = stamp
     if tonumber(stamp) > top_stamp then
       top_stamp, top_seq = tonumber(stamp), 0
     else
@@ -153,12 +122,7 @@ for i = 8, #ARGV, 4 do
       late = late + 1
     end
     top_id = string.format('%d-%d', top_stamp, top_seq)
-    if del == '1' then
-      entry = stamp .. ':deleted'
-    end
-    if top_seq > 0 then
-      entry = entry .. '@' .. top_id
-    end
+    local entry = entry_encode(stamp, del == '1', top_seq > 0 and top_id or nil)
     if prev_at then
       redis.call('XADD', KEYS[1], top_id,
         'op', op, 'record', rid, 'stamp', stamp, 'prev', prev_stamp,
@@ -171,7 +135,7 @@ for i = 8, #ARGV, 4 do
     redis.call('HSET', KEYS[2], rid, entry)
     written[rid] = entry
     if keep then
-      if prev and gone(prev_at or (prev_stamp .. '-0')) then
+      if prev and gone(event_of(prev_stamp, prev_at)) then
         redis.call('ZREM', KEYS[6], rid)
       end
       if top_seq > 0 then
@@ -188,12 +152,10 @@ for i = 8, #ARGV, 4 do
     -- The version the index holds, seen again, whose event retention
     -- removed before the records hash kept such versions: a reconcile
     -- sweep puts it there, so lookups and listings find it.
-    if keep and tonumber(stamp) == tonumber(prev_stamp) and gone(prev_at or (prev_stamp .. '-0')) then
+    if keep and tonumber(stamp) == tonumber(prev_stamp) and gone(event_of(prev_stamp, prev_at)) then
       local copy = redis.call('HGET', KEYS[5], rid)
-      if not copy or tonumber(string.match(copy, '^(%d+)')) ~= tonumber(stamp) then
-        redis.call('HSET', KEYS[5], rid, string.match(prev, '^[^@]+') .. ' ' .. data)
-        redis.call('ZADD', KEYS[6], stamp, rid)
-        redis.call('ZREM', KEYS[8], rid)
+      if not copy or tonumber(stamp_of(copy)) ~= tonumber(stamp) then
+        keep_trimmed({KEYS[5], KEYS[6], KEYS[8]}, rid, prev, stamp, data)
       end
     end
   end

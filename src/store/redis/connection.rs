@@ -19,6 +19,18 @@ use redis::{
 
 use crate::config::StoreConfig;
 
+/// The URL with any password replaced, safe for logs and errors.
+pub(super) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable redis url>".into(),
+    }
+}
+
 /// A connection to one Redis node or to a cluster; cheap to clone.
 #[derive(Clone)]
 pub enum RedisConn {

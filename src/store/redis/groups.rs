@@ -17,21 +17,19 @@ use crate::{
 };
 
 /// Removes a pending set's entries before ARGV[1] (their events are gone).
-const DROP_TRIMMED_LUA: &str = r"
-local function parts(id)
-  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(stamp), tonumber(seq)
-end
-local ks, kq = parts(ARGV[1])
+static DROP_TRIMMED: LazyLock<Script> = LazyLock::new(|| {
+    super::lua::with_lib(
+        r"
 local gone = 0
 for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
-  local s, q = parts(id)
-  if s and (s < ks or (s == ks and q < kq)) then
+  if parts(id) and above(ARGV[1], id) then
     gone = gone + redis.call('HDEL', KEYS[1], id)
   end
 end
 return gone
-";
+",
+    )
+});
 
 impl RedisStore {
     /// After a trim: each subscription's pending entries on `t` before
@@ -46,9 +44,8 @@ impl RedisStore {
             .hkeys(super::delivery::subscriptions_key(&self.prefix))
             .await
             .map_err(|e| self.err(e))?;
-        let script = redis::Script::new(DROP_TRIMMED_LUA);
         for sub_id in subs {
-            let _: i64 = script
+            let _: i64 = DROP_TRIMMED
                 .key(self.keys(t).pending(&sub_id))
                 .arg(first_kept.to_string())
                 .invoke_async(&mut c)

@@ -59,18 +59,6 @@ pub struct RedisStore {
     keep: super::records::KeepSet,
 }
 
-/// The URL with any password replaced, safe for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable redis url>".into(),
-    }
-}
-
 impl RedisStore {
     /// Connects to the Redis or Redis Cluster the configuration names.
     pub async fn connect(cfg: &StoreConfig) -> anyhow::Result<RedisStore> {
@@ -78,7 +66,7 @@ impl RedisStore {
         let urls = connection::node_urls(cfg)?;
         let shown_url = urls
             .iter()
-            .map(|u| redact(u))
+            .map(|u| connection::redact(u))
             .collect::<Vec<_>>()
             .join(", ");
         let conn = connection::open(cfg, urls).await.map_err(|e| {
@@ -91,13 +79,13 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             shown_url,
-            append: Script::new(include_str!("append.lua")),
+            append: lua::with_lib(include_str!("append.lua")),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             heartbeat: Script::new(instances::HEARTBEAT_LUA),
             begin: Script::new(include_str!("begin.lua")),
             claim: Script::new(include_str!("claim.lua")),
-            trim: Script::new(include_str!("trim.lua")),
+            trim: lua::with_lib(include_str!("trim.lua")),
             highest: Default::default(),
             keep: Default::default(),
         };
@@ -496,5 +484,6 @@ mod entries;
 mod groups;
 mod instances;
 mod keys;
+mod lua;
 mod records;
 mod table_state;

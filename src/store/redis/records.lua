@@ -3,7 +3,8 @@
 -- Every record's latest version is found through its index entry
 -- (`<stamp>[:deleted][@<stream ID>]`): in the stream when its event is
 -- there, else in the records hash (`<stamp>[:deleted] <JSON>`, written
--- by trim.lua). Listings in stamp order merge three ordered sources:
+-- by trim.lua; both read through lib.lua, run in front of this
+-- script). Listings in stamp order merge three ordered sources:
 -- stream entries `<stamp>-0` that are their record's latest version, the
 -- late set (latest versions that are late events) and the stamps set
 -- (latest versions whose events were trimmed); append.lua and trim.lua
@@ -11,40 +12,7 @@
 -- KEYS: events, index, records, stamps, late, trimmed marker, kept marker
 -- (one hash tag).
 
-local function d(n)
-  return string.format('%d', n)
-end
-
-local function parts(id)
-  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(stamp), tonumber(seq)
-end
-
-local trimmed_at = nil
-local function gone(id)
-  if trimmed_at == nil then
-    local ts, tq = parts(redis.call('GET', KEYS[6]) or '0-0')
-    trimmed_at = {ts, tq}
-  end
-  local s, q = parts(id)
-  return s < trimmed_at[1] or (s == trimmed_at[1] and q <= trimmed_at[2])
-end
-
--- The stamp and the event ID an index entry points at.
-local function pointer(idx)
-  local stamp = string.match(idx, '^(%d+)')
-  return tonumber(stamp), string.match(idx, '@(.+)$') or (stamp .. '-0')
-end
-
-local function field(entry, name)
-  local f = entry[2]
-  for i = 1, #f, 2 do
-    if f[i] == name then
-      return f[i + 1]
-    end
-  end
-  return nil
-end
+local gone = trimmed_by(KEYS[6])
 
 -- The JSON of record `rid`'s version `stamp` whose event is `id`: from the
 -- stream while the event is there, else from the records hash.
@@ -58,25 +26,19 @@ local function version(rid, stamp, id)
   end
   local v = redis.call('HGET', KEYS[3], rid)
   if v then
-    local space = string.find(v, ' ', 1, true)
-    if space and tonumber(string.match(v, '^(%d+)')) == stamp then
-      return string.sub(v, space + 1)
+    local kept, json = copy_decode(v)
+    if json and kept == stamp then
+      return json
     end
   end
   return nil
-end
-
--- The stream position just past `id`.
-local function past(id)
-  local s, q = parts(id)
-  return d(s) .. '-' .. d(q + 1)
 end
 
 -- Whether stream entry `e`, `<s>-0`, is still its record's latest version
 -- (the index names that stamp and no late event).
 local function latest_here(e, s)
   local idx = redis.call('HGET', KEYS[2], field(e, 'record'))
-  return idx and not string.find(idx, '@', 1, true) and tonumber(string.match(idx, '^(%d+)')) == s, idx
+  return idx and not is_late(idx) and tonumber(stamp_of(idx)) == s, idx
 end
 
 local function top()
@@ -279,8 +241,8 @@ function fn.point_late()
     if q > 0 then
       local rid = field(e, 'record')
       local idx = redis.call('HGET', KEYS[2], rid)
-      if idx and not string.find(idx, '@', 1, true) and string.match(idx, '^(%d+)') == field(e, 'stamp') then
-        redis.call('HSET', KEYS[2], rid, idx .. '@' .. e[1])
+      if idx and not is_late(idx) and stamp_of(idx) == field(e, 'stamp') then
+        redis.call('HSET', KEYS[2], rid, late_at(idx, e[1]))
       end
     end
   end
@@ -314,7 +276,7 @@ function fn.complete()
       end
     else
       redis.call('HDEL', KEYS[3], rid)
-      if string.find(idx, '@', 1, true) then
+      if is_late(idx) then
         redis.call('ZADD', KEYS[5], d(stamp), rid)
       end
     end

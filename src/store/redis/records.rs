@@ -33,7 +33,8 @@ use crate::store::records::{
 };
 use crate::store::{StoreResult, Target};
 
-static READS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("records.lua")));
+static READS: LazyLock<Script> =
+    LazyLock::new(|| super::lua::with_lib(include_str!("records.lua")));
 
 /// Index entries `complete` reads per call, and stream entries per count call.
 const CHUNK: usize = 1000;

@@ -12,10 +12,7 @@
 -- KEYS: events stream, trimmed marker, index, records hash, stamps set,
 -- late set, kept marker. ARGV: first kept ID, keep (0/1), entries per call.
 -- Returns {removed, 1 when entries before ARGV[1] are left}.
-local function parts(id)
-  local stamp, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(stamp), tonumber(seq)
-end
+-- The helpers (stream IDs, index entries, kept copies) are lib.lua's.
 local entries = redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1], 'COUNT', ARGV[3])
 if #entries == 0 then
   return {0, 0}
@@ -24,34 +21,20 @@ if ARGV[2] ~= '1' then
   redis.call('DEL', KEYS[7])
 else
   for _, e in ipairs(entries) do
-    local rid, stamp, data
-    for i = 1, #e[2], 2 do
-      local k, v = e[2][i], e[2][i + 1]
-      if k == 'record' then rid = v elseif k == 'stamp' then stamp = v elseif k == 'data' then data = v end
-    end
+    local rid, stamp, data = field(e, 'record'), field(e, 'stamp'), field(e, 'data')
     local idx = redis.call('HGET', KEYS[3], rid)
-    local at = idx and (string.match(idx, '@(.+)$') or (string.match(idx, '^(%d+)') .. '-0'))
-    if at == e[1] then
-      -- The index entry without its pointer: `<stamp>[:deleted]`.
-      redis.call('HSET', KEYS[4], rid, string.match(idx, '^[^@]+') .. ' ' .. data)
-      redis.call('ZADD', KEYS[5], stamp, rid)
-      redis.call('ZREM', KEYS[6], rid)
+    if idx and select(2, pointer(idx)) == e[1] then
+      -- The record's latest version: its copy says deleted too.
+      keep_trimmed({KEYS[4], KEYS[5], KEYS[6]}, rid, idx, stamp, data)
     else
-      redis.call('HSET', KEYS[4], rid, stamp .. ' ' .. data)
+      redis.call('HSET', KEYS[4], rid, copy_encode(stamp, data))
     end
   end
 end
 local last = entries[#entries][1]
-local ls, lq = parts(last)
--- The stamp as text: a number would print as 1.2e+14 past 14 digits.
-local removed = redis.call('XTRIM', KEYS[1], 'MINID', string.match(last, '^(%d+)-') .. '-' .. string.format('%d', lq + 1))
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', past(last))
 local old = redis.call('GET', KEYS[2])
-local raise = true
-if old then
-  local os, oq = parts(old)
-  raise = ls > os or (ls == os and lq > oq)
-end
-if raise then
+if not old or above(last, old) then
   redis.call('SET', KEYS[2], last)
 end
 local more = 0
