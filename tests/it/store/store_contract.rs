@@ -73,7 +73,7 @@ async fn lua_and_rust_read_index_entries_alike() {
             stamp, deleted and '1' or '0', at or '', event} \
         end \
         return out";
-    let lib = include_str!("../../src/store/redis/lib.lua");
+    let lib = include_str!("../../../src/store/redis/lib.lua");
     let mut eval = redis::cmd("EVAL");
     eval.arg(format!("{lib}\n{body}")).arg(0);
     for e in &entries {
