@@ -224,6 +224,26 @@ pub struct Event {
     pub before: Option<String>,
 }
 
+#[cfg(test)]
+impl Event {
+    /// An event `op` of `record` at `stamp` (`<stamp>-0`) with `{}` as its
+    /// data, for tests.
+    pub(crate) fn sample(stamp: u64, record: &str, op: Op) -> Event {
+        Event {
+            id: StreamId::new(stamp, 0),
+            op,
+            record: record.into(),
+            stamp,
+            prev: None,
+            snapshot: false,
+            observed: 0,
+            data: "{}".into(),
+            prev_id: None,
+            before: None,
+        }
+    }
+}
+
 /// A record the relay could not turn into an event, kept with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejected {

@@ -10,11 +10,15 @@
 //! read ahead is used only while it is full and fresh ([`FRESH`]); a short
 //! one (the table's end) is read again, so a reader that polls for new
 //! events never gets an older answer than it would have. At most [`SLOTS`]
-//! pages wait at once; the oldest goes first.
+//! pages, and [`BUDGET`] bytes of records, wait at once; the oldest page
+//! goes first, and a page nobody asked for is let go once it is stale.
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +35,11 @@ const FRESH: Duration = Duration::from_secs(2);
 /// Pages waiting at once, over every table and reader.
 const SLOTS: usize = 64;
 
+/// Bytes of records the waiting pages hold at most, over every table and
+/// reader: a page that would take more is not kept (its reader reads it
+/// when it asks).
+const BUDGET: usize = 64 << 20;
+
 /// A page read, and the last ID retention removed if the read skipped it
 /// (`positions::read_checked`).
 pub(super) type Checked = (Vec<Event>, Option<StreamId>);
@@ -46,17 +55,77 @@ struct Key {
 
 struct Slot {
     key: Key,
+    /// Tells this slot from a later one of the same key.
+    n: u64,
     at: Instant,
-    page: oneshot::Receiver<StoreResult<Checked>>,
+    page: oneshot::Receiver<StoreResult<Held>>,
+}
+
+/// A page waiting, counted against the budget until it is taken or dropped.
+struct Held {
+    read: Option<Checked>,
+    bytes: usize,
+    held: Arc<AtomicUsize>,
+}
+
+impl Held {
+    /// Counts `read` against the budget; none when it does not fit.
+    fn within(read: Checked, held: &Arc<AtomicUsize>, budget: usize) -> Option<Held> {
+        let bytes = read.0.iter().map(|e| e.data.len()).sum();
+        let mut now = held.load(Ordering::Relaxed);
+        loop {
+            if now + bytes > budget {
+                return None;
+            }
+            match held.compare_exchange_weak(now, now + bytes, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(seen) => now = seen,
+            }
+        }
+        Some(Held {
+            read: Some(read),
+            bytes,
+            held: held.clone(),
+        })
+    }
+
+    fn take(mut self) -> Checked {
+        self.read.take().unwrap_or_default()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The pages read ahead and not yet asked for.
-#[derive(Default)]
 pub struct ReadAhead {
     slots: Mutex<VecDeque<Slot>>,
+    next: AtomicU64,
+    /// Bytes of records the waiting pages hold.
+    held: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+impl Default for ReadAhead {
+    fn default() -> ReadAhead {
+        ReadAhead::with_budget(BUDGET)
+    }
 }
 
 impl ReadAhead {
+    fn with_budget(budget: usize) -> ReadAhead {
+        ReadAhead {
+            slots: Mutex::default(),
+            next: AtomicU64::new(0),
+            held: Arc::default(),
+            budget,
+        }
+    }
+
     /// Starts reading `limit` events after `after` for the reader's next
     /// request.
     pub(super) fn start(
@@ -68,6 +137,7 @@ impl ReadAhead {
         oldest_kept: bool,
     ) {
         let (tx, rx) = oneshot::channel();
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let key = Key {
             t: t.clone(),
             after,
@@ -82,17 +152,34 @@ impl ReadAhead {
             }
             slots.push_back(Slot {
                 key,
+                n,
                 at: Instant::now(),
                 page: rx,
             });
         }
-        let t = t.clone();
+        let (t, this) = (t.clone(), self.clone());
         tokio::spawn(async move {
             let read =
                 super::positions::read_checked(store.as_ref(), &t, after, limit, oldest_kept).await;
+            let kept = match read {
+                Ok(read) => match Held::within(read, &this.held, this.budget) {
+                    Some(held) => Ok(held),
+                    None => return this.drop_slot(n),
+                },
+                Err(e) => Err(e),
+            };
             // The reader may not come back; then nobody receives it.
-            let _ = tx.send(read);
+            if tx.send(kept).is_ok() {
+                tokio::time::sleep(FRESH).await;
+                this.drop_slot(n);
+            }
         });
+    }
+
+    /// Lets slot `n` go, with its page, if nobody took it.
+    fn drop_slot(&self, n: u64) {
+        let mut slots = self.slots.lock().expect("read-ahead lock");
+        slots.retain(|s| s.n != n);
     }
 
     /// The page read ahead for this request, when one is fresh and full;
@@ -119,9 +206,10 @@ impl ReadAhead {
             return None;
         }
         match slot.page.await {
-            Ok(Ok(read)) if read.0.len() == limit => Some(read),
-            // Short (the table's end, which may have grown since), or the
-            // read failed: read again now, and report that read's error.
+            Ok(Ok(held)) => Some(held.take()).filter(|read| read.0.len() == limit),
+            // Short (the table's end, which may have grown since), over the
+            // budget, or the read failed: read again now, and report that
+            // read's error.
             _ => None,
         }
     }
@@ -196,5 +284,39 @@ mod tests {
         let ahead = Arc::new(ReadAhead::default());
         ahead.start(store.clone(), &t, StreamId::ZERO, 3, false);
         assert!(ahead.take(&t, StreamId::ZERO, 3, false).await.is_none());
+    }
+
+    /// A page that would take the waiting pages past the budget is not
+    /// kept; a kept page counts until it is taken or dropped.
+    #[tokio::test]
+    async fn pages_past_the_budget_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let t = Target::new("s", "r");
+        store.last_id(&t).await.unwrap();
+        put_events(dir.path(), 1, 6);
+        // Each event's data is `{}`: a page of 3 holds 6 bytes.
+        let small = Arc::new(ReadAhead::with_budget(5));
+        small.start(store.clone(), &t, StreamId::ZERO, 3, false);
+        assert!(small.take(&t, StreamId::ZERO, 3, false).await.is_none());
+
+        let ahead = ReadAhead::with_budget(6);
+        let page = || {
+            let events =
+                (1..=3).map(|s| Event::sample(s, &format!("rec-{s}"), crate::events::Op::Created));
+            (events.collect::<Vec<_>>(), None)
+        };
+        let kept = Held::within(page(), &ahead.held, ahead.budget).unwrap();
+        assert_eq!(ahead.held.load(Ordering::Relaxed), 6);
+        assert!(Held::within(page(), &ahead.held, ahead.budget).is_none());
+        drop(kept);
+        assert_eq!(ahead.held.load(Ordering::Relaxed), 0);
+        let again = Held::within(page(), &ahead.held, ahead.budget).unwrap();
+        assert_eq!(again.take().0.len(), 3);
+        assert_eq!(
+            ahead.held.load(Ordering::Relaxed),
+            0,
+            "taken, it counts no more"
+        );
     }
 }

@@ -192,18 +192,7 @@ mod tests {
     fn queue(entries: &[(u64, &str, u32, u64)]) -> Queue {
         let mut q = Queue::default();
         for &(stamp, record, attempts, next_at_ms) in entries {
-            let e = Event {
-                id: StreamId::new(stamp, 0),
-                op: Op::Updated,
-                record: record.into(),
-                stamp,
-                prev: None,
-                snapshot: false,
-                observed: 0,
-                data: "{}".into(),
-                prev_id: None,
-                before: None,
-            };
+            let e = Event::sample(stamp, record, Op::Updated);
             q.insert(
                 e,
                 RetryState {
