@@ -72,17 +72,10 @@ impl Held {
     /// Counts `read` against the budget; none when it does not fit.
     fn within(read: Checked, held: &Arc<AtomicUsize>, budget: usize) -> Option<Held> {
         let bytes = read.0.iter().map(|e| e.data.len()).sum();
-        let mut now = held.load(Ordering::Relaxed);
-        loop {
-            if now + bytes > budget {
-                return None;
-            }
-            match held.compare_exchange_weak(now, now + bytes, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(seen) => now = seen,
-            }
-        }
+        held.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |now| {
+            (now + bytes <= budget).then_some(now + bytes)
+        })
+        .ok()?;
         Some(Held {
             read: Some(read),
             bytes,

@@ -91,26 +91,24 @@ impl Poller {
         ahead: Option<Ahead>,
         cancel: &CancellationToken,
     ) -> Result<Parsed, PollError> {
-        let p = match ahead.filter(|a| (a.sync, a.page) == (sync, page)) {
-            Some(a) => {
-                if cancel.is_cancelled() {
-                    return Err(PollError::Cancelled);
-                }
-                let taken = async {
-                    a.task.await.unwrap_or_else(|e| {
-                        let url = self.upstream.page_url(&self.target.resource, sync, page);
-                        Err(crate::upstream::UpstreamError::Transport {
-                            url: url.to_string(),
-                            detail: format!("the page's fetch failed: {e}"),
-                        })
-                    })
-                };
-                let p = self.unless_lease_lost(taken).await?;
-                self.counted(sync, page, p.count, p.rows.len())?;
-                p
-            }
-            None => Parsed::of(self.fetch(sync, page, cancel).await?, &self.settings.fields),
+        let Some(a) = ahead.filter(|a| (a.sync, a.page) == (sync, page)) else {
+            let p = self.fetch(sync, page, cancel).await?;
+            return Ok(Parsed::of(p, &self.settings.fields));
         };
+        if cancel.is_cancelled() {
+            return Err(PollError::Cancelled);
+        }
+        let taken = async {
+            a.task.await.unwrap_or_else(|e| {
+                let url = self.upstream.page_url(&self.target.resource, sync, page);
+                Err(crate::upstream::UpstreamError::Transport {
+                    url: url.to_string(),
+                    detail: format!("the page's fetch failed: {e}"),
+                })
+            })
+        };
+        let p = self.unless_lease_lost(taken).await?;
+        self.counted(sync, page, p.count, p.rows.len())?;
         Ok(p)
     }
 
