@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// Run only the churn figure.
     #[arg(long)]
     pub churn_only: bool,
+    /// Run only the load figures (raw XADD, the relay into Redis and into
+    /// the embedded store): a quick loop while working on ingest.
+    #[arg(long)]
+    pub ingest_only: bool,
     /// Only the many-sources benchmark, once per number given (e.g.
     /// `--sources 200,2000`): N sources x --tables-per-source tables on one
     /// simulator, the relay as processes of their own (sources.rs).
@@ -291,6 +295,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let payloads = fetch_all(&base_url).await?;
     filter::run(&payloads);
     let single = load_figures(&args, &base_url, &payloads, &redis_store, &dir).await?;
+    if args.ingest_only {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     if args.record_store_records > 0 {
         records::run(&redis_url, args.record_store_records, single.0).await?;
     }
@@ -352,12 +360,14 @@ async fn load_figures(
         sqlite_rate,
         sqlite_rate / raw_rate
     );
-    records::embedded(dir, base_url, raw_rate, sqlite_rate).await?;
-    let pages_store = StoreConfig {
-        key_prefix: format!("bench-pages-{}", std::process::id()),
-        ..redis_store.clone()
-    };
-    settle::run(pages_store, base_url, raw_rate).await?;
+    if !args.ingest_only {
+        records::embedded(dir, base_url, raw_rate, sqlite_rate).await?;
+        let pages_store = StoreConfig {
+            key_prefix: format!("bench-pages-{}", std::process::id()),
+            ..redis_store.clone()
+        };
+        settle::run(pages_store, base_url, raw_rate).await?;
+    }
     anyhow::ensure!(
         n as usize == args.records && m as usize == args.records,
         "the loads appended {n} and {m} events, expected {}",

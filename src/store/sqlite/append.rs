@@ -1,12 +1,31 @@
-//! The embedded store's append: one transaction per chunk that checks the
+//! The embedded store's append: a savepoint per chunk that checks the
 //! fences, classifies each record against the index, inserts the events
 //! and moves the index entries to point at them.
+//!
+//! Deferred commits. Most of an append's cost is its commit, which writes
+//! every page the chunk dirtied to the log, and the record index's pages
+//! are dirtied all over the file. So consecutive appends share one write
+//! transaction: it is committed once it holds `DEFER_RECORDS` records or
+//! is `DEFER_FOR` old, at an append that failed or first used its table,
+//! and before any other call of the store runs (`SqliteStore::run`). No
+//! reader, on this connection or another, ever sees an uncommitted event,
+//! and the poll that appended always makes another call (its poll status)
+//! after its last append, so no deferral outlives a poll. A crash before
+//! the commit rolls the appends back together with the cursor (the
+//! stream's last event), and the poller fetches them again, as after a
+//! power loss (docs/operations.md, "The embedded store"); a commit that
+//! fails rolls them back likewise, and the next append to each table is
+//! refused as a lost tail (`Refusal::Failover`), so its poller goes back
+//! to the stream's last event rather than append past a gap.
 
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Failed, Target, check_fences, last_id, records};
+use super::{Failed, Open, Target, check_fences, last_id, records};
 use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
 use crate::store::{Refusal, StoreError};
 
@@ -29,20 +48,74 @@ pub(super) struct Batch {
     pub rebase: bool,
 }
 
-/// Appends the batch; returns what it did and the stream's last ID.
+/// Records the open transaction holds, at most, before it is committed.
+const DEFER_RECORDS: usize = 20_000;
+/// How long, at most, an append waits in the open transaction for its
+/// commit while more appends follow.
+const DEFER_FOR: Duration = Duration::from_millis(250);
+
+/// Appends in the open write transaction, not yet committed.
+pub(super) struct Deferred {
+    since: Instant,
+    records: usize,
+}
+
+/// Appends the batch; returns what it did and the stream's last ID. The
+/// commit may wait for more appends (see "Deferred commits" above).
 pub(super) fn append(
+    open: &mut Open,
+    t: &Target,
+    batch: &Batch,
+) -> Result<(AppendOutcome, StreamId), Failed> {
+    if open.deferred.is_none() {
+        open.conn.execute_batch("BEGIN IMMEDIATE")?;
+        open.deferred = Some(Deferred {
+            since: Instant::now(),
+            records: 0,
+        });
+    }
+    let out = in_savepoint(&mut open.conn, t, batch);
+    let due = open.deferred.as_mut().is_none_or(|d| {
+        d.records += batch.records.len();
+        d.records >= DEFER_RECORDS || d.since.elapsed() >= DEFER_FOR
+    });
+    if out.is_err() || batch.first || due {
+        let committed = commit_deferred(open);
+        let out = out?;
+        committed?;
+        return Ok(out);
+    }
+    out
+}
+
+/// The append's own writes, undone alone when it fails (a refusal leaves
+/// the other appends of the transaction as they were).
+fn in_savepoint(
     c: &mut Connection,
     t: &Target,
     batch: &Batch,
 ) -> Result<(AppendOutcome, StreamId), Failed> {
-    let tx = c.transaction()?;
+    let sp = c.savepoint()?;
     if batch.first {
-        records::fill_or_drop(&tx, t, batch.keep)?;
+        records::fill_or_drop(&sp, t, batch.keep)?;
     }
-    check_fences(&tx, t, &batch.holder, &batch.epoch)?;
-    let out = append_records(&tx, t, batch)?;
-    tx.commit()?;
+    check_fences(&sp, t, &batch.holder, &batch.epoch)?;
+    let out = append_records(&sp, t, batch)?;
+    sp.commit()?;
     Ok(out)
+}
+
+/// Commits the appends the open transaction holds, if any; when the commit
+/// fails they are rolled back (see "Deferred commits" above).
+pub(super) fn commit_deferred(open: &mut Open) -> rusqlite::Result<()> {
+    let Some(deferred) = open.deferred.take() else {
+        return Ok(());
+    };
+    open.conn.execute_batch("COMMIT").inspect_err(|e| {
+        let _ = open.conn.execute_batch("ROLLBACK");
+        tracing::error!(error = %e, records = deferred.records,
+            "the embedded store could not commit its latest appends; they are rolled back and fetched again");
+    })
 }
 
 /// Appends each record of the batch that changes its record (the rest count
@@ -65,6 +138,10 @@ fn append_records(
     top = top.max(batch.issued.unwrap_or_default());
     let mut out = AppendOutcome::default();
     let mut index = index_entries(c, t, &batch.records)?;
+    // The index entries to write, one per record and in key order: the
+    // index's pages are then visited once each, in order, rather than once
+    // per version in stamp order (random pages of the index B-tree).
+    let mut writes: BTreeMap<&str, IndexEntry> = BTreeMap::new();
     for r in &batch.records {
         let prev = index.get(r.id.as_str()).copied();
         let op = if batch.rebase {
@@ -87,7 +164,6 @@ fn append_records(
         }
         let event = NewEvent { id, op, prev };
         insert_event(c, t, batch, r, &event)?;
-        put_index(c, t, r, id)?;
         // A later version of the record in this chunk finds this one.
         let entry = IndexEntry {
             stamp: r.stamp,
@@ -95,8 +171,12 @@ fn append_records(
             at: Some(id),
         };
         index.insert(r.id.clone(), entry);
+        writes.insert(r.id.as_str(), entry);
         (top, last) = (id, id);
         out.count(op);
+    }
+    for (record, entry) in writes {
+        put_index(c, t, record, entry)?;
     }
     Ok((out, last))
 }
@@ -203,12 +283,8 @@ fn insert_event(
     Ok(())
 }
 
-fn put_index(
-    c: &Connection,
-    t: &Target,
-    r: &crate::record::UpstreamRecord,
-    at: StreamId,
-) -> rusqlite::Result<()> {
+fn put_index(c: &Connection, t: &Target, record: &str, e: IndexEntry) -> rusqlite::Result<()> {
+    let at = e.event_id();
     c.prepare_cached(
         "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (source, resource, record) DO UPDATE
@@ -217,9 +293,9 @@ fn put_index(
     .execute(params![
         t.source,
         t.resource,
-        r.id,
-        r.stamp as i64,
-        r.deleted,
+        record,
+        e.stamp as i64,
+        e.deleted,
         at.stamp as i64,
         at.seq as i64
     ])?;

@@ -72,6 +72,20 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Failed> + Send + 'static,
     {
+        self.run_open(move |open| {
+            append::commit_deferred(open)?;
+            f(&mut open.conn)
+        })
+        .await
+    }
+
+    /// [`Self::run`] given the open file itself: only the append, which may
+    /// leave its transaction open (`append.rs`), calls it directly.
+    async fn run_open<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Open) -> Result<T, Failed> + Send + 'static,
+    {
         let conn = self.conn.clone();
         let path = self.path.clone();
         let file = path.clone();
@@ -81,7 +95,7 @@ impl SqliteStore {
             if open.closed || now != open.file {
                 reopen(&mut open, &file, now)?;
             }
-            f(&mut open.conn)
+            f(&mut open)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
@@ -203,7 +217,7 @@ impl Store for SqliteStore {
             rebase: batch.rebase,
         };
         let (first, keep, epoch) = (batch.first, &self.keep, batch.epoch.clone());
-        let out = self.run(move |c| append(c, &t, &batch)).await;
+        let out = self.run_open(move |open| append(open, &t, &batch)).await;
         if first && out.is_err() {
             keep.not_ready(&target);
         }

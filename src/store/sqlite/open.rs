@@ -80,6 +80,19 @@ pub(super) struct Open {
     /// The file was closed for a reopen that has not succeeded yet: `conn`
     /// is an empty placeholder, never to be served from.
     pub closed: bool,
+    /// Appends done in the open write transaction and not yet committed
+    /// (`append.rs`, "Deferred commits"); none when no transaction is open.
+    pub deferred: Option<super::append::Deferred>,
+}
+
+impl Drop for Open {
+    /// A store let go (the relay stopping) commits the appends it deferred
+    /// rather than have them fetched again.
+    fn drop(&mut self) {
+        if self.deferred.take().is_some() {
+            let _ = self.conn.execute_batch("COMMIT");
+        }
+    }
 }
 
 pub(super) fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -103,7 +116,10 @@ pub(super) fn reopen(
             return Ok(());
         }
         tracing::error!(path = %path.display(), "the embedded store's file was replaced or removed; reopening it");
-        // Close the old file first: closing removes the -wal and -shm files by name.
+        // Close the old file first: closing removes the -wal and -shm files
+        // by name. Deferred appends go with it: nobody read them, and the
+        // store's highest-ID check sends their tables back to fetch them.
+        open.deferred = None;
         drop(std::mem::replace(
             &mut open.conn,
             Connection::open_in_memory()?,
@@ -226,6 +242,7 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
         conn,
         file: file_id(path),
         closed: false,
+        deferred: None,
     })
 }
 
