@@ -1,6 +1,8 @@
 //! Where events live. Two backends keep one contract (docs/redis-layout.md):
 //! Redis streams for production and several instances, and an embedded
-//! SQLite file for a single instance with nothing installed.
+//! SQLite file for a single instance with nothing installed (or SQLite's
+//! in-memory database, for tests). `contract` states the promises once as a
+//! suite every engine runs.
 //!
 //! Invariant: the cursor of a target is the stamp part of its last event ID;
 //! no other state says how far a target has synced, so the two can never
@@ -17,6 +19,8 @@ use crate::{
 };
 
 pub mod alerts;
+#[doc(hidden)]
+pub mod contract;
 mod delivery;
 pub mod documents;
 mod highest;

@@ -301,3 +301,57 @@ fn put_index(c: &Connection, t: &Target, record: &str, e: IndexEntry) -> rusqlit
     ])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{
+        Store,
+        contract::{append_as, leased_table, record},
+        sqlite::SqliteStore,
+    };
+
+    /// Events another connection to the file sees: what is committed.
+    fn committed(dir: &std::path::Path) -> i64 {
+        let c = rusqlite::Connection::open(dir.join("stamp-relay.sqlite3")).unwrap();
+        c.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// An append after a table's first waits in the open transaction; any
+    /// other call of the store commits it first, so no reader sees an event
+    /// before it is in the file. A refused append undoes only its own
+    /// writes, and a store let go commits what it deferred.
+    #[tokio::test]
+    async fn deferred_appends_are_committed_before_any_other_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (t, epoch) = leased_table(&store, "s", "r").await;
+        let append = |holder: &'static str, id: &'static str, stamp: u64| {
+            let (store, t, epoch) = (&store, t.clone(), epoch.clone());
+            async move { append_as(store, &t, holder, &epoch, &[record(id, stamp)]).await }
+        };
+        append("me", "a", 1).await.unwrap();
+        assert_eq!(committed(dir.path()), 1, "a table's first append commits");
+        append("me", "b", 2).await.unwrap();
+        assert_eq!(committed(dir.path()), 1, "the next one waits for more");
+        assert!(
+            append("other", "c", 3)
+                .await
+                .unwrap_err()
+                .refusal()
+                .is_some()
+        );
+        assert_eq!(
+            committed(dir.path()),
+            2,
+            "a refused append commits the rest"
+        );
+        append("me", "d", 4).await.unwrap();
+        assert_eq!(committed(dir.path()), 2);
+        assert_eq!(store.last_id(&t).await.unwrap().stamp, 4);
+        assert_eq!(committed(dir.path()), 3, "a read commits first");
+        append("me", "e", 5).await.unwrap();
+        drop(store);
+        assert_eq!(committed(dir.path()), 4, "a store let go commits");
+    }
+}

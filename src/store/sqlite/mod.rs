@@ -1,5 +1,8 @@
 //! The embedded backend: one SQLite file (WAL mode) holding the same
 //! contract as the Redis layout, for a single instance with nothing installed.
+//! [`SqliteStore::in_memory`] is the same engine over SQLite's in-memory
+//! database (same schema, migrations and code, no file): the engine the
+//! store contract suite runs on in unit tests (`store::contract`).
 //!
 //! `synchronous = NORMAL` survives a process crash completely; after a power
 //! loss the commits since the last checkpoint (at most 64 MiB of log, see
@@ -21,7 +24,8 @@ use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Open>>,
-    path: PathBuf,
+    /// The file; none for the in-memory engine, which has no file to check.
+    path: Option<PathBuf>,
     /// Which tables keep the latest-record store (`records.rs`).
     keep: super::records::KeepSet,
     /// The highest ID this process appended per table, and after a lost
@@ -47,13 +51,27 @@ impl SqliteStore {
             )
         };
         let conn = connect(&path).map_err(bad)?;
-        Ok(SqliteStore {
+        Ok(Self::over(conn, Some(path)))
+    }
+
+    /// The same store over a private in-memory database: the schema and its
+    /// migrations as a file gets them, every rule the same code, and nothing
+    /// kept after it is dropped. Not a store to configure (it would lose
+    /// every event at a restart); tests run the store's promises on it.
+    pub fn in_memory() -> anyhow::Result<SqliteStore> {
+        let conn = connect_in_memory()
+            .map_err(|e| anyhow::anyhow!("cannot open an in-memory store: {e}"))?;
+        Ok(Self::over(conn, None))
+    }
+
+    fn over(conn: Open, path: Option<PathBuf>) -> SqliteStore {
+        SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
             keep: Default::default(),
             highest: Default::default(),
             issued: Default::default(),
-        })
+        }
     }
 
     /// Runs blocking SQLite work off the async threads.
@@ -91,9 +109,11 @@ impl SqliteStore {
         let file = path.clone();
         tokio::task::spawn_blocking(move || {
             let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
-            let now = file_id(&file);
-            if open.closed || now != open.file {
-                reopen(&mut open, &file, now)?;
+            if let Some(file) = &file {
+                let now = file_id(file);
+                if open.closed || now != open.file {
+                    reopen(&mut open, file, now)?;
+                }
             }
             f(&mut open)
         })
@@ -101,9 +121,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("embedded store task failed: {e}")))?
         .map_err(|e| match e {
             Failed::Store(e) => e,
-            Failed::Sql(e) => {
-                StoreError::Unavailable(format!("embedded store {}: {e}", path.display()))
-            }
+            Failed::Sql(e) => StoreError::Unavailable(format!("{}: {e}", named(path.as_deref()))),
         })
     }
 }
@@ -118,6 +136,14 @@ pub(super) enum Failed {
 impl From<rusqlite::Error> for Failed {
     fn from(e: rusqlite::Error) -> Failed {
         Failed::Sql(e)
+    }
+}
+
+/// The store as logs and errors name it: its file, or "in memory".
+fn named(path: Option<&Path>) -> String {
+    match path {
+        Some(path) => format!("embedded store {}", path.display()),
+        None => "embedded store in memory".into(),
     }
 }
 
@@ -190,7 +216,7 @@ pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
 #[async_trait]
 impl Store for SqliteStore {
     fn describe(&self) -> String {
-        format!("embedded store {}", self.path.display())
+        named(self.path.as_deref())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -387,4 +413,4 @@ mod table_state;
 
 use append::{Batch, append, index_entry};
 use fences::{check_fences, epoch};
-use open::{Open, connect, file_id, reopen};
+use open::{Open, connect, connect_in_memory, file_id, reopen};

@@ -246,6 +246,19 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
     })
 }
 
+/// A private in-memory database with the schema a file gets, migrated by
+/// the same steps; there is no file, so no identity to check and no log.
+pub(super) fn connect_in_memory() -> rusqlite::Result<Open> {
+    let conn = Connection::open_in_memory()?;
+    migrate(&conn)?;
+    Ok(Open {
+        conn,
+        file: None,
+        closed: false,
+        deferred: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::store::{Store, Target, sqlite::SqliteStore};
