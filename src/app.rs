@@ -18,12 +18,12 @@ use crate::{
     delivery::{Schedule, Supervisor, sender::WebhookClient},
     metrics::Metrics,
     poller::{
-        HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TargetStatus,
+        HealthLog, HealthWriter, PollError, PollReport, Poller, ReconcileReport, TableStatus,
         health_table,
     },
     scheduler::Scheduler,
     sources::{SourceKey, sync::SourceSync},
-    store::{self, Store, Target},
+    store::{self, Store, Table},
     tail::Tails,
     topology::Topology,
 };
@@ -47,7 +47,7 @@ pub struct Relay {
     pub declared: Arc<Vec<Declared>>,
     /// The `_relay/health` table's live facts (its append signal), and the
     /// task appending the pollers' health transitions to it.
-    pub health_status: Arc<TargetStatus>,
+    pub health_status: Arc<TableStatus>,
     health_log: HealthLog,
     health_writer: Option<HealthWriter>,
     /// Keeps the topology equal to the sources made through the API.
@@ -142,7 +142,7 @@ impl Relay {
 
     /// How each table's events look to downstream systems, as the topology
     /// has them now.
-    pub fn event_sources(&self) -> HashMap<Target, Arc<EventSource>> {
+    pub fn event_sources(&self) -> HashMap<Table, Arc<EventSource>> {
         let now = self.topology.snapshot();
         now.tables
             .iter()
@@ -241,21 +241,21 @@ impl Relay {
         catalog
     }
 
-    /// One poll of every target, concurrently; used by `sync --once`.
+    /// One poll of every table, concurrently; used by `sync --once`.
     pub async fn sync_once(
         &mut self,
         cancel: &CancellationToken,
-    ) -> Vec<(Target, Result<PollReport, PollError>)> {
+    ) -> Vec<(Table, Result<PollReport, PollError>)> {
         self.each_target(cancel, |p, c| Box::pin(p.poll_once(c)))
             .await
     }
 
-    /// One reconcile sweep of every target, concurrently; used by
+    /// One reconcile sweep of every table, concurrently; used by
     /// `sync --reconcile`.
     pub async fn reconcile_once(
         &mut self,
         cancel: &CancellationToken,
-    ) -> Vec<(Target, Result<ReconcileReport, PollError>)> {
+    ) -> Vec<(Table, Result<ReconcileReport, PollError>)> {
         self.each_target(cancel, |p, c| Box::pin(p.reconcile_once(c)))
             .await
     }
@@ -269,12 +269,12 @@ impl Relay {
             &'a mut Poller,
             &'a CancellationToken,
         ) -> BoxFuture<'a, Result<R, PollError>>,
-    ) -> Vec<(Target, Result<R, PollError>)> {
+    ) -> Vec<(Table, Result<R, PollError>)> {
         let (store, holder) = (&self.store, &self.holder);
         let runs = self.pollers.iter_mut().map(|p| async move {
             let r = step(p, cancel).await;
-            let _ = store.release(&p.target, holder).await;
-            (p.target.clone(), r)
+            let _ = store.release(&p.table, holder).await;
+            (p.table.clone(), r)
         });
         futures_util::future::join_all(runs).await
     }
@@ -343,9 +343,9 @@ fn health(
     store: &Arc<dyn Store>,
     topology: &Arc<Topology>,
     holder: &str,
-) -> anyhow::Result<(Arc<TargetStatus>, HealthLog, HealthWriter)> {
+) -> anyhow::Result<(Arc<TableStatus>, HealthLog, HealthWriter)> {
     let table = EventSource {
-        target: health_table(),
+        table: health_table(),
         source_url: "urn:stamp-relay:health".into(),
         type_prefix: config.api.event_type_prefix.clone(),
         fields: Default::default(),

@@ -298,8 +298,8 @@ async fn sync_once(mut config: Config) -> anyhow::Result<ExitCode> {
     Ok(exit_code(failed))
 }
 
-/// A summary row for a target that failed: dashes in columns of `widths`.
-fn error_row(t: &crate::store::Target, widths: &[usize], e: &dyn std::fmt::Display) {
+/// A summary row for a table that failed: dashes in columns of `widths`.
+fn error_row(t: &crate::store::Table, widths: &[usize], e: &dyn std::fmt::Display) {
     let dashes: Vec<String> = widths.iter().map(|w| format!("{:>w$}", "-")).collect();
     println!("{:<32} {}  error: {e}", t.to_string(), dashes.join(" "));
 }
@@ -312,7 +312,7 @@ fn exit_code(failed: bool) -> ExitCode {
     }
 }
 
-/// `sync --reconcile`: one reconcile sweep of every target.
+/// `sync --reconcile`: one reconcile sweep of every table.
 async fn reconcile_once(mut config: Config) -> anyhow::Result<ExitCode> {
     config.store.instance_id = crate::app::one_off_id(&config.store.instance_id);
     let mut relay = Relay::build(config).await?;
@@ -356,7 +356,7 @@ async fn reconcile_once(mut config: Config) -> anyhow::Result<ExitCode> {
     Ok(exit_code(failed))
 }
 
-/// A spinner per target while `sync --once` runs, only on a terminal.
+/// A spinner per table while `sync --once` runs, only on a terminal.
 fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinHandle<()>)> {
     if !std::io::stderr().is_terminal() {
         return None;
@@ -368,7 +368,7 @@ fn progress_bars(relay: &Relay) -> Option<(CancellationToken, tokio::task::JoinH
         .iter()
         .map(|p| {
             let bar = multi.add(indicatif::ProgressBar::new_spinner().with_style(style.clone()));
-            bar.set_prefix(p.target.to_string());
+            bar.set_prefix(p.table.to_string());
             (bar, p.status.clone())
         })
         .collect();

@@ -1,12 +1,12 @@
 //! Events as downstream systems see them: CloudEvents 1.0 JSON (`docs/events.md`),
 //! the same for webhook bodies, REST replay and the live stream.
 
-use crate::{events::Event, store::Target};
+use crate::{events::Event, store::Table};
 
-/// What an event needs from its target's configuration.
+/// What an event needs from its table's configuration.
 #[derive(Debug, Clone)]
 pub struct EventSource {
-    pub target: Target,
+    pub table: Table,
     /// Upstream base URL + resource, the CloudEvents `source`.
     pub source_url: String,
     pub type_prefix: String,
@@ -22,7 +22,7 @@ impl EventSource {
         struct Transition {
             state: String,
         }
-        if self.target.is_internal()
+        if self.table.is_internal()
             && let Ok(t) = serde_json::from_str::<Transition>(&e.data)
         {
             let level = if e.record.contains('/') {
@@ -32,14 +32,14 @@ impl EventSource {
             };
             return format!("{}.{level}.{}", self.type_prefix, t.state);
         }
-        format!("{}.{}.{}", self.type_prefix, self.target.resource, e.op)
+        format!("{}.{}.{}", self.type_prefix, self.table.resource, e.op)
     }
 
     /// The CloudEvents `id` alone: `<source>:<resource>:<record>:<stamp>`.
     pub fn id(&self, e: &Event) -> String {
         format!(
             "{}:{}:{}:{}",
-            self.target.source, self.target.resource, e.record, e.stamp
+            self.table.source, self.table.resource, e.record, e.stamp
         )
     }
 
@@ -51,7 +51,7 @@ impl EventSource {
 
     /// The trace of the poll that appended `e`, derived from its `observed`.
     pub fn trace(&self, e: &Event) -> crate::trace::PollTrace {
-        crate::trace::PollTrace::of(&self.target.source, &self.target.resource, e.observed)
+        crate::trace::PollTrace::of(&self.table.source, &self.table.resource, e.observed)
     }
 
     /// `e`'s CloudEvents JSON, as [`Writer`] writes it.
@@ -87,7 +87,7 @@ impl<'a> Writer<'a> {
     pub fn write(&mut self, out: &mut Vec<u8>, e: &Event, data: &str, dataschema: Option<&str>) {
         use std::io::Write;
         let src = self.src;
-        let t = &src.target;
+        let t = &src.table;
         out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":\"");
         escaped(out, &t.source);
         out.push(b':');
@@ -225,7 +225,7 @@ mod tests {
             specversion: "1.0",
             id: src.id(e),
             source: &src.source_url,
-            ty: format!("{}.{}.{}", src.type_prefix, src.target.resource, e.op),
+            ty: format!("{}.{}.{}", src.type_prefix, src.table.resource, e.op),
             subject: &e.record,
             time: humantime::format_rfc3339_millis(time).to_string(),
             datacontenttype: "application/json",
@@ -281,13 +281,13 @@ mod tests {
     fn the_writer_renders_byte_for_byte_what_serde_did() {
         let srcs = [
             EventSource {
-                target: Target::new("pc", "patients"),
+                table: Table::new("pc", "patients"),
                 source_url: "https://h/api/patients".into(),
                 type_prefix: "com.example".into(),
                 fields: Default::default(),
             },
             EventSource {
-                target: Target::new("s\"1", "r\\x"),
+                table: Table::new("s\"1", "r\\x"),
                 source_url: "https://h/\"quoted\"\u{2}".into(),
                 type_prefix: "io.ë".into(),
                 fields: Default::default(),
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn carries_the_contract_fields_and_raw_data() {
         let src = EventSource {
-            target: Target::new("pc", "patients"),
+            table: Table::new("pc", "patients"),
             source_url: "https://h/api/patients".into(),
             type_prefix: "com.example".into(),
             fields: Default::default(),

@@ -49,7 +49,7 @@ pub struct StoreConfig {
     pub key_prefix: String,
     pub data_dir: PathBuf,
     /// How long a poll lease outlives its last renewal: the time another
-    /// instance waits before taking over a target whose poller died.
+    /// instance waits before taking over a table whose poller died.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// The name this process holds leases under; empty: the host's name.

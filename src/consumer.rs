@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{subscription::ManagedBy, target::Target};
+use crate::{subscription::ManagedBy, table::Table};
 
 pub mod book;
 pub mod tokens;
@@ -69,7 +69,7 @@ impl Allow {
 
     /// Whether table `t` may be received or read. The relay's own tables
     /// (`_relay/health`) only for an unlimited caller.
-    pub fn allows(&self, t: &Target) -> bool {
+    pub fn allows(&self, t: &Table) -> bool {
         if t.is_internal() {
             return self.is_everything();
         }
@@ -107,7 +107,7 @@ impl Allow {
             }
             for entry in list {
                 let bad = entry.is_empty()
-                    || (key == "resources" && entry != "*" && entry.parse::<Target>().is_err())
+                    || (key == "resources" && entry != "*" && entry.parse::<Table>().is_err())
                     || (key == "sources" && entry.contains('/'));
                 if bad {
                     return Err(Invalid::new(
@@ -192,7 +192,7 @@ pub fn check_name(name: &str) -> Result<(), Invalid> {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Target {
+    fn t(s: &str) -> Table {
         s.parse().unwrap()
     }
 

@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 
 use crate::{
     events::{StreamId, now_ms},
-    store::{Store, StoreResult, Target, update_subscription},
+    store::{Store, StoreResult, Table, update_subscription},
     subscription::{self, ManagedBy, Start, Subscription},
 };
 
@@ -44,7 +44,7 @@ pub struct Declared {
 pub async fn apply(
     store: &dyn Store,
     declared: &[Declared],
-    known: &[Target],
+    known: &[Table],
     grace: Duration,
 ) -> StoreResult<()> {
     let stored = store.subscriptions().await?;
@@ -88,7 +88,7 @@ pub async fn restore(
     store: &dyn Store,
     declared: &[Declared],
     stored: &[Subscription],
-    known: &[Target],
+    known: &[Table],
 ) -> StoreResult<()> {
     for d in declared {
         if stored.iter().any(|s| s.id == d.subscription.id)
@@ -103,7 +103,7 @@ pub async fn restore(
     Ok(())
 }
 
-async fn last_ids(store: &dyn Store, known: &[Target]) -> StoreResult<HashMap<Target, StreamId>> {
+async fn last_ids(store: &dyn Store, known: &[Table]) -> StoreResult<HashMap<Table, StreamId>> {
     let mut now = HashMap::new();
     for t in known {
         now.insert(t.clone(), store.last_id(t).await?);
@@ -114,8 +114,8 @@ async fn last_ids(store: &dyn Store, known: &[Target]) -> StoreResult<HashMap<Ta
 async fn create(
     store: &dyn Store,
     d: &Declared,
-    known: &[Target],
-    now: &HashMap<Target, StreamId>,
+    known: &[Table],
+    now: &HashMap<Table, StreamId>,
 ) -> StoreResult<()> {
     let mut s = d.subscription.clone();
     s.start = subscription::resolve_start(&d.start, &s.resources.of(known), now);
@@ -168,13 +168,13 @@ fn differs(stored: &Subscription, want: &Subscription) -> bool {
 }
 
 /// The file's settings written over the stored subscription; newly covered
-/// targets start at their last event (`now`), covered ones keep their
+/// tables start at their last event (`now`), covered ones keep their
 /// position, and an old secret signs until `until`.
 fn adopt(
     cur: &mut Subscription,
     want: &Subscription,
-    known: &[Target],
-    now: &HashMap<Target, StreamId>,
+    known: &[Table],
+    now: &HashMap<Table, StreamId>,
     until: u64,
 ) {
     if cur.secret != want.secret {
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_file_is_adopted_keeping_positions_and_rotating_the_secret() {
-        let (patients, users) = (Target::new("pc", "patients"), Target::new("pc", "users"));
+        let (patients, users) = (Table::new("pc", "patients"), Table::new("pc", "users"));
         let mut stored = declared(r#"[{"exact": {"type": "a"}}]"#);
         stored.resources = subscription::Coverage::Only(vec![patients.clone()]);
         stored.start = [(patients.clone(), StreamId::new(7, 0))].into();

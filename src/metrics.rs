@@ -12,7 +12,7 @@ use prometheus_client::{
 use crate::{health::State, store::alerts::Alert};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
+pub struct TableLabels {
     pub source: String,
     pub resource: String,
 }
@@ -55,7 +55,7 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SubTargetLabels {
+pub struct SubTableLabels {
     pub subscription: String,
     pub source: String,
     pub resource: String,
@@ -69,40 +69,40 @@ fn seconds_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub cursor: Family<TargetLabels, Gauge>,
+    pub cursor: Family<TableLabels, Gauge>,
     pub appended: Family<OpLabels, Counter>,
-    pub poll_duration: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    pub poll_duration: Family<TableLabels, Histogram, fn() -> Histogram>,
     /// Page walks of the `pages` strategy; above `polls` means rows shifted.
-    pub walks: Family<TargetLabels, Counter>,
+    pub walks: Family<TableLabels, Counter>,
     /// Pages fetched by settle walks (see poller/walk.rs).
-    pub settle_pages: Family<TargetLabels, Counter>,
+    pub settle_pages: Family<TableLabels, Counter>,
     /// Polls that could not settle and committed up to the floor only.
-    pub unsettled: Family<TargetLabels, Counter>,
+    pub unsettled: Family<TableLabels, Counter>,
     /// Missed versions the reconcile sweep appended.
-    pub reconcile_repaired: Family<TargetLabels, Counter>,
+    pub reconcile_repaired: Family<TableLabels, Counter>,
     /// Record fields seen for the first time after the catalog's first inference.
-    pub schema_new_fields: Family<TargetLabels, Counter>,
+    pub schema_new_fields: Family<TableLabels, Counter>,
     /// Store resets noticed (the table's epoch gone or changed).
-    pub store_resets: Family<TargetLabels, Counter>,
+    pub store_resets: Family<TableLabels, Counter>,
     /// One counter per [`Alert`], in the order of `Alert::ALL`.
-    alerts: Vec<Family<TargetLabels, Counter>>,
+    alerts: Vec<Family<TableLabels, Counter>>,
     pub upstream_errors: Family<ErrorLabels, Counter>,
     /// Health transitions of tables (health.rs), by source and new state.
     pub health_transitions: Family<HealthLabels, Counter>,
     /// The tables this instance polls, by health state.
     pub health_tables: Family<StateLabels, Gauge>,
-    pub rejected: Family<TargetLabels, Counter>,
+    pub rejected: Family<TableLabels, Counter>,
     /// Events removed by retention.
-    pub trimmed: Family<TargetLabels, Counter>,
+    pub trimmed: Family<TableLabels, Counter>,
     pub attempts: Family<OutcomeLabels, Counter>,
     pub delivery_latency: Family<SubLabels, Histogram, fn() -> Histogram>,
-    pub pending: Family<SubTargetLabels, Gauge>,
-    pub waiting_retry: Family<SubTargetLabels, Gauge>,
-    pub in_flight: Family<SubTargetLabels, Gauge>,
+    pub pending: Family<SubTableLabels, Gauge>,
+    pub waiting_retry: Family<SubTableLabels, Gauge>,
+    pub in_flight: Family<SubTableLabels, Gauge>,
     /// 1 while `delivery.max_waiting_retries` keeps a worker from claiming.
-    pub claims_paused: Family<SubTargetLabels, Gauge>,
+    pub claims_paused: Family<SubTableLabels, Gauge>,
     /// Events a subscription's filters passed over (settled, never sent).
-    pub filtered: Family<SubTargetLabels, Counter>,
+    pub filtered: Family<SubTableLabels, Counter>,
     pub dead_letters: Family<SubLabels, Gauge>,
     /// Dead letters a redrive dropped: a newer version of their record was
     /// delivered since (api/redrive.rs).
@@ -160,15 +160,15 @@ impl Metrics {
     }
 
     /// Counts `n` more of `alert` on table `t`.
-    pub fn alert(&self, alert: Alert, t: &crate::store::Target, n: u64) {
+    pub fn alert(&self, alert: Alert, t: &crate::store::Table, n: u64) {
         let i = Alert::ALL.iter().position(|a| *a == alert).unwrap_or(0);
-        self.alerts[i].get_or_create(&target_labels(t)).inc_by(n);
+        self.alerts[i].get_or_create(&table_labels(t)).inc_by(n);
     }
 
     /// Moves one table this instance polls from state `from` (none: it was
     /// not counted) to `to` (none: no longer counted); a transition between
     /// two states is counted in `health_transitions_total`.
-    pub fn health(&self, t: &crate::store::Target, from: Option<State>, to: Option<State>) {
+    pub fn health(&self, t: &crate::store::Table, from: Option<State>, to: Option<State>) {
         let gauge = |s: State| {
             self.health_tables.get_or_create(&StateLabels {
                 state: s.name().into(),
@@ -191,7 +191,7 @@ impl Metrics {
 
     /// Removes every series of subscription `sub` (on each of `targets`), so
     /// `/metrics` stops showing a deleted subscription.
-    pub fn forget_subscription(&self, sub_id: &str, targets: &[crate::store::Target]) {
+    pub fn forget_subscription(&self, sub_id: &str, targets: &[crate::store::Table]) {
         let l = SubLabels {
             subscription: sub_id.to_string(),
         };
@@ -206,7 +206,7 @@ impl Metrics {
             });
         }
         for t in targets {
-            let l = SubTargetLabels {
+            let l = SubTableLabels {
                 subscription: sub_id.to_string(),
                 source: t.source.clone(),
                 resource: t.resource.clone(),
@@ -221,7 +221,7 @@ impl Metrics {
 
     /// Notes the subscriptions a scrape shows and removes the series of
     /// those the previous scrape showed that are gone.
-    pub fn keep_subscriptions(&self, ids: &[String], targets: &[crate::store::Target]) {
+    pub fn keep_subscriptions(&self, ids: &[String], targets: &[crate::store::Table]) {
         let now: std::collections::HashSet<String> = ids.iter().cloned().collect();
         let before = std::mem::replace(
             &mut *self.scraped.lock().unwrap_or_else(|p| p.into_inner()),
@@ -241,8 +241,8 @@ impl Metrics {
     }
 }
 
-pub fn target_labels(t: &crate::store::Target) -> TargetLabels {
-    TargetLabels {
+pub fn table_labels(t: &crate::store::Table) -> TableLabels {
+    TableLabels {
         source: t.source.clone(),
         resource: t.resource.clone(),
     }

@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::RetentionConfig,
     events::{StreamId, now_ms},
-    metrics::{Metrics, target_labels},
+    metrics::{Metrics, table_labels},
     store::{Standing, standing},
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
     topology::Topology,
 };
 
@@ -44,7 +44,7 @@ pub async fn run(
             _ = tokio::time::sleep(cfg.interval) => {}
         }
         for table in topology.tables() {
-            let t = &table.target;
+            let t = &table.table;
             if cancel.is_cancelled() || !table.status.holds_lease.load(Ordering::Relaxed) {
                 continue;
             }
@@ -52,7 +52,7 @@ pub async fn run(
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(target = %t, removed = n, "retention trimmed the stream");
-                    metrics.trimmed.get_or_create(&target_labels(t)).inc_by(n);
+                    metrics.trimmed.get_or_create(&table_labels(t)).inc_by(n);
                 }
                 Err(e) => {
                     tracing::warn!(target = %t, error = %e, "retention could not trim the stream; it tries again later")
@@ -65,7 +65,7 @@ pub async fn run(
 /// Trims `t` once; returns how many events went.
 pub async fn trim_target(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     cfg: &RetentionConfig,
     now_ms: u64,
 ) -> StoreResult<u64> {
@@ -103,7 +103,7 @@ pub async fn trim_target(
 /// The first event to keep so that at most `max` remain.
 async fn first_kept_by_count(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     len: u64,
     max: u64,
 ) -> StoreResult<Option<StreamId>> {
@@ -121,7 +121,7 @@ async fn first_kept_by_count(
 /// scanned is older, the last one scanned (the next pass goes on from it).
 async fn first_kept_by_age(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     cutoff: u64,
 ) -> StoreResult<Option<StreamId>> {
     let mut after = StreamId::ZERO;
@@ -145,7 +145,7 @@ async fn first_kept_by_age(
 
 /// The oldest event an enabled subscription covering `t` has yet to
 /// deliver, dead letters included; none when no enabled subscription covers `t`.
-pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Option<StreamId>> {
+pub async fn undelivered_floor(store: &dyn Store, t: &Table) -> StoreResult<Option<StreamId>> {
     let mut floor: Option<StreamId> = None;
     for sub in store.subscriptions().await? {
         if !sub.enabled || !sub.covers(t) {
@@ -162,7 +162,7 @@ pub async fn undelivered_floor(store: &dyn Store, t: &Target) -> StoreResult<Opt
         // written to pending first, so one of the three reads sees it.
         let name = t.to_string();
         for d in store.dead_letters(&sub.id).await? {
-            if d.target == name
+            if d.table == name
                 && let Ok(id) = d.id.parse::<StreamId>()
             {
                 oldest = oldest.min(id);

@@ -28,8 +28,8 @@ use share::Share;
 use crate::{
     metrics::Metrics,
     poller::{PollError, PollReport, PollSettings, Poller},
-    store::{Store, Target},
-    topology::{Table, Topology},
+    store::{Store, Table},
+    topology::{TableEntry, Topology},
 };
 
 /// What the scheduler needs besides the topology.
@@ -50,7 +50,7 @@ pub struct Scheduler {
 struct Slot {
     /// The topology's entry it was scheduled from: a new entry (a pause,
     /// a source replaced) reschedules it.
-    table: Arc<Table>,
+    table: Arc<TableEntry>,
     /// None while its poll runs.
     poller: Option<Poller>,
     due: Instant,
@@ -72,11 +72,11 @@ type Done = (Poller, Result<PollReport, PollError>);
 
 impl Scheduler {
     /// The poller of a polled table of the topology, sharing its status.
-    pub fn poller_of(&self, table: &Table) -> Option<Poller> {
+    pub fn poller_of(&self, table: &TableEntry) -> Option<Poller> {
         let source = table.source.as_ref()?;
         let settings = PollSettings::new(&source.config.settings, self.lease_ttl);
         let mut poller = Poller::new(
-            table.target.clone(),
+            table.table.clone(),
             self.store.clone(),
             source.upstream.clone(),
             &self.holder,
@@ -94,10 +94,10 @@ impl Scheduler {
     /// ahead (by `Relay::build`), used for their tables. On the way out it
     /// lets running polls end between chunks and releases every lease.
     pub async fn run(self, built: Vec<Poller>, cancel: CancellationToken) {
-        let mut built: HashMap<Target, Poller> =
-            built.into_iter().map(|p| (p.target.clone(), p)).collect();
-        let mut slots: HashMap<Target, Slot> = HashMap::new();
-        let mut queue: BinaryHeap<Reverse<(Instant, Target)>> = BinaryHeap::new();
+        let mut built: HashMap<Table, Poller> =
+            built.into_iter().map(|p| (p.table.clone(), p)).collect();
+        let mut slots: HashMap<Table, Slot> = HashMap::new();
+        let mut queue: BinaryHeap<Reverse<(Instant, Table)>> = BinaryHeap::new();
         let mut running: JoinSet<Done> = JoinSet::new();
         let mut changes = self.topology.subscribe();
         let start = Instant::now();
@@ -139,7 +139,7 @@ impl Scheduler {
         }
         let releases = stopped.iter().map(|p| {
             p.status.holds_lease.store(false, Ordering::Relaxed);
-            self.store.release(&p.target, &self.holder)
+            self.store.release(&p.table, &self.holder)
         });
         futures_util::future::join_all(releases).await;
     }
@@ -148,8 +148,8 @@ impl Scheduler {
     /// does not hold waits while it holds its part already (share.rs).
     fn start_due(
         &self,
-        slots: &mut HashMap<Target, Slot>,
-        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        slots: &mut HashMap<Table, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
         running: &mut JoinSet<Done>,
         share: &Share,
         cancel: &CancellationToken,
@@ -224,11 +224,11 @@ impl Scheduler {
     fn finished(
         &self,
         (poller, result): Done,
-        slots: &mut HashMap<Target, Slot>,
-        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        slots: &mut HashMap<Table, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
         share: &Share,
     ) {
-        let Some(slot) = slots.get_mut(&poller.target) else {
+        let Some(slot) = slots.get_mut(&poller.table) else {
             // Removed or paused while it ran.
             self.retire(poller);
             return;
@@ -252,7 +252,7 @@ impl Scheduler {
             poller.wait()
         };
         slot.due = now + wait;
-        queue.push(Reverse((slot.due, poller.target.clone())));
+        queue.push(Reverse((slot.due, poller.table.clone())));
         slot.poller = Some(poller);
     }
 
@@ -262,8 +262,8 @@ impl Scheduler {
     async fn beat(
         &self,
         share: &mut Share,
-        slots: &mut HashMap<Target, Slot>,
-        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        slots: &mut HashMap<Table, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
     ) {
         let ttl = self.lease_ttl;
         let beat = share::beat_ttl(ttl);
@@ -295,7 +295,7 @@ impl Scheduler {
             let (store, holder, t) = (
                 self.store.clone(),
                 self.holder.clone(),
-                slot.table.target.clone(),
+                slot.table.table.clone(),
             );
             tokio::spawn(async move {
                 let _ = store.release(&t, &holder).await;
@@ -310,12 +310,12 @@ impl Scheduler {
     /// anew, from its last poll too.
     fn follow(
         &self,
-        slots: &mut HashMap<Target, Slot>,
-        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
-        built: &mut HashMap<Target, Poller>,
-    ) -> Vec<(Target, Duration)> {
+        slots: &mut HashMap<Table, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
+        built: &mut HashMap<Table, Poller>,
+    ) -> Vec<(Table, Duration)> {
         let now = self.topology.snapshot();
-        let leaving: Vec<Target> = slots
+        let leaving: Vec<Table> = slots
             .iter()
             .filter(|(t, slot)| {
                 now.tables
@@ -365,8 +365,8 @@ impl Scheduler {
     /// Makes the tables of every nudged source due now.
     fn nudges(
         &self,
-        slots: &mut HashMap<Target, Slot>,
-        queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
+        slots: &mut HashMap<Table, Slot>,
+        queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
     ) {
         let now = Instant::now();
         for source in self.topology.take_nudges() {
@@ -390,18 +390,18 @@ impl Scheduler {
         // A table of a paused source, rather than one removed.
         let paused = self
             .topology
-            .table(&poller.target)
+            .table(&poller.table)
             .and_then(|t| t.source.as_ref().map(|s| s.paused))
             .unwrap_or(false);
         tokio::spawn(async move {
             poller.retire_health(paused).await;
-            let _ = store.release(&poller.target, &holder).await;
+            let _ = store.release(&poller.table, &holder).await;
         });
     }
 }
 
 /// How many tables this instance holds, or is taking now.
-fn holding(slots: &HashMap<Target, Slot>) -> usize {
+fn holding(slots: &HashMap<Table, Slot>) -> usize {
     slots
         .values()
         .filter(|s| s.taking || s.table.status.holds_lease.load(Ordering::Relaxed))
@@ -411,9 +411,9 @@ fn holding(slots: &HashMap<Target, Slot>) -> usize {
 /// Files the first due time of a table just scheduled, unless it is
 /// due sooner already (a nudge, a takeover) or its poll runs.
 fn resume(
-    slots: &mut HashMap<Target, Slot>,
-    queue: &mut BinaryHeap<Reverse<(Instant, Target)>>,
-    t: Target,
+    slots: &mut HashMap<Table, Slot>,
+    queue: &mut BinaryHeap<Reverse<(Instant, Table)>>,
+    t: Table,
     due: Instant,
 ) {
     let Some(slot) = slots.get_mut(&t) else {

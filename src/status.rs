@@ -12,13 +12,13 @@ use crate::{
     delivery::Backlog,
     events::StreamId,
     health::{Health, SourceHealth, State},
-    store::{PollStatus, Standing, Store, StoreResult, Target, position_or_start},
+    store::{PollStatus, Standing, Store, StoreResult, Table, position_or_start},
     subscription::Subscription,
 };
 
 /// One table as the store has it.
 pub struct TableView {
-    pub target: Target,
+    pub table: Table,
     /// The stream's last ID; its stamp is the cursor.
     pub last_id: StreamId,
     pub stream_length: u64,
@@ -41,7 +41,7 @@ pub struct SubscriptionView {
     pub waiting_retries: usize,
     /// Tables where the waiting retries reached `delivery.max_waiting_retries`,
     /// so the worker claims nothing new there for now.
-    pub paused: Vec<Target>,
+    pub paused: Vec<Table>,
     pub dead_letters: usize,
     /// The newest failed attempt among the recent ones, if any.
     pub last_failure: Option<Failure>,
@@ -56,7 +56,7 @@ impl SubscriptionView {
     pub fn delivery_note(&self, now: u64) -> Option<String> {
         let failed = self.last_failure.as_ref().map(|f| {
             let ago = now.saturating_sub(f.at_ms) / 1000;
-            let on = match f.target.as_str() {
+            let on = match f.table.as_str() {
                 "" => "a ping".to_string(),
                 t => t.to_string(),
             };
@@ -77,7 +77,7 @@ impl SubscriptionView {
 pub struct Failure {
     pub at_ms: u64,
     /// `source/resource`, empty for a ping.
-    pub target: String,
+    pub table: String,
     pub reason: String,
 }
 
@@ -89,13 +89,13 @@ async fn last_failure(store: &dyn Store, sub_id: &str) -> StoreResult<Option<Fai
     Ok(recent.into_iter().find_map(|a| {
         a.failure().map(|reason| Failure {
             at_ms: a.at_ms,
-            target: a.target,
+            table: a.table,
             reason,
         })
     }))
 }
 
-pub async fn tables(store: &dyn Store, targets: &[Target]) -> StoreResult<Vec<TableView>> {
+pub async fn tables(store: &dyn Store, targets: &[Table]) -> StoreResult<Vec<TableView>> {
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let poll = store.poll_status(t).await?.unwrap_or_default();
@@ -104,9 +104,9 @@ pub async fn tables(store: &dyn Store, targets: &[Target]) -> StoreResult<Vec<Ta
     Ok(out)
 }
 
-async fn table(store: &dyn Store, t: &Target, poll: PollStatus) -> StoreResult<TableView> {
+async fn table(store: &dyn Store, t: &Table, poll: PollStatus) -> StoreResult<TableView> {
     Ok(TableView {
-        target: t.clone(),
+        table: t.clone(),
         last_id: store.last_id(t).await?,
         stream_length: store.stream_len(t).await?,
         records: store.index_len(t).await?,
@@ -183,7 +183,7 @@ fn health_of(poll: &PollStatus, now: u64) -> Health {
 }
 
 /// Tables with their stored poll status.
-pub type Polls = Vec<(Target, PollStatus)>;
+pub type Polls = Vec<(Table, PollStatus)>;
 
 /// The pure part of [`overview`]: sources folded, counted, searched,
 /// sorted worst first (then by name) and paged. Answers the page's
@@ -241,7 +241,7 @@ pub fn pick(tables: Polls, query: &Query, page_size: usize, now: u64) -> (Overvi
 /// so a page costs the same at 2,000 sources as at 20.
 pub async fn overview(
     store: &dyn Store,
-    targets: &[Target],
+    targets: &[Table],
     query: &Query,
 ) -> StoreResult<Overview> {
     // Reads in flight at once: thousands of tables cost a round trip per chunk.
@@ -268,7 +268,7 @@ pub async fn overview(
 
 pub async fn subscriptions(
     store: &dyn Store,
-    targets: &[Target],
+    targets: &[Table],
     max_waiting_retries: usize,
 ) -> StoreResult<Vec<SubscriptionView>> {
     let mut out = Vec::new();
@@ -308,7 +308,7 @@ pub async fn subscriptions(
 mod tests {
     use super::*;
 
-    fn table(source: &str, resource: &str, state: Option<State>) -> (Target, PollStatus) {
+    fn table(source: &str, resource: &str, state: Option<State>) -> (Table, PollStatus) {
         let health = state.map(|state| Health {
             state,
             reason: None,
@@ -319,14 +319,14 @@ mod tests {
             health,
             ..PollStatus::default()
         };
-        (Target::new(source, resource), poll)
+        (Table::new(source, resource), poll)
     }
 
     fn names(o: &Overview) -> Vec<&str> {
         o.sources.iter().map(|s| s.name.as_str()).collect()
     }
 
-    fn tables() -> Vec<(Target, PollStatus)> {
+    fn tables() -> Vec<(Table, PollStatus)> {
         vec![
             table("alpha", "a", Some(State::Healthy)),
             table("alpha", "b", Some(State::Failing)),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{Op, StreamId},
-    target::Target,
+    table::Table,
 };
 
 mod headers;
@@ -46,15 +46,15 @@ fn default_in_flight() -> u32 {
 pub struct Subscription {
     pub id: String,
     pub url: WebhookUrl,
-    /// The targets it receives; stored and shown as `["*"]` or
+    /// The tables it receives; stored and shown as `["*"]` or
     /// `["source/resource", ...]`.
     pub resources: Coverage,
     /// Empty means every op.
     pub ops: Vec<Op>,
-    /// Where delivery starts, per target: after this ID. Stored as
+    /// Where delivery starts, per table: after this ID. Stored as
     /// `{"source/resource": "<stamp>-<seq>"}`.
     #[serde(with = "start_map")]
-    pub start: BTreeMap<Target, StreamId>,
+    pub start: BTreeMap<Table, StreamId>,
     pub headers: BTreeMap<String, String>,
     pub batch_size: u32,
     /// Requests in flight at once per table; never two of one record, so 1
@@ -114,46 +114,46 @@ pub enum ManagedBy {
 }
 
 impl Subscription {
-    /// Where delivery of `target` begins before the first claim: after this ID.
-    pub fn start_of(&self, target: &Target) -> StreamId {
-        // A target covered through "*" but configured after the
+    /// Where delivery of `table` begins before the first claim: after this ID.
+    pub fn start_of(&self, table: &Table) -> StreamId {
+        // A table covered through "*" but configured after the
         // subscription was made has no entry: it starts at the beginning.
-        self.start.get(target).copied().unwrap_or(StreamId::ZERO)
+        self.start.get(table).copied().unwrap_or(StreamId::ZERO)
     }
 
-    /// Whether this subscription receives events of `target`.
-    pub fn covers(&self, target: &Target) -> bool {
-        self.resources.covers(target)
+    /// Whether this subscription receives events of `table`.
+    pub fn covers(&self, table: &Table) -> bool {
+        self.resources.covers(table)
     }
 }
 
-/// Which targets a subscription covers.
+/// Which tables a subscription covers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Coverage {
-    /// `["*"]`: every configured target, also ones configured later; the
+    /// `["*"]`: every configured table, also ones configured later; the
     /// relay's own tables (`_relay/health`) only when named.
     All,
-    /// The targets named.
-    Only(Vec<Target>),
+    /// The tables named.
+    Only(Vec<Table>),
 }
 
 impl Coverage {
-    pub fn covers(&self, target: &Target) -> bool {
+    pub fn covers(&self, table: &Table) -> bool {
         match self {
-            Coverage::All => !target.is_internal(),
-            Coverage::Only(targets) => targets.contains(target),
+            Coverage::All => !table.is_internal(),
+            Coverage::Only(targets) => targets.contains(table),
         }
     }
 
-    /// The configured targets it covers.
-    pub fn of(&self, known: &[Target]) -> Vec<Target> {
+    /// The configured tables it covers.
+    pub fn of(&self, known: &[Table]) -> Vec<Table> {
         known.iter().filter(|t| self.covers(t)).cloned().collect()
     }
 
     fn names(&self) -> Vec<String> {
         match self {
             Coverage::All => vec!["*".into()],
-            Coverage::Only(targets) => targets.iter().map(Target::to_string).collect(),
+            Coverage::Only(targets) => targets.iter().map(Table::to_string).collect(),
         }
     }
 
@@ -187,16 +187,16 @@ pub fn new_id() -> String {
     format!("sub_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Where a subscription starts reading on its targets (or a replay
+/// Where a subscription starts reading on its tables (or a replay
 /// restarts).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Start {
-    /// After each target's last event when the subscription is made.
+    /// After each table's last event when the subscription is made.
     Now,
-    /// Before each target's first event.
+    /// Before each table's first event.
     Beginning,
-    /// After these stamps; on creation, targets not named start now.
-    Stamps(BTreeMap<Target, u64>),
+    /// After these stamps; on creation, tables not named start now.
+    Stamps(BTreeMap<Table, u64>),
 }
 
 /// A field that failed validation, for a problem answer naming it.
@@ -215,8 +215,8 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 }
 
 /// The coverage a client's `resources` names, every name a configured
-/// target or `*`.
-pub fn parse_resources(resources: &[String], known: &[Target]) -> Result<Coverage, Invalid> {
+/// table or `*`.
+pub fn parse_resources(resources: &[String], known: &[Table]) -> Result<Coverage, Invalid> {
     if resources.is_empty() {
         return Err(invalid(
             "resources",
@@ -225,7 +225,7 @@ pub fn parse_resources(resources: &[String], known: &[Target]) -> Result<Coverag
     }
     for (i, r) in resources.iter().enumerate() {
         if r != "*" && !known.iter().any(|t| t.to_string() == *r) {
-            let names: Vec<String> = known.iter().map(Target::to_string).collect();
+            let names: Vec<String> = known.iter().map(Table::to_string).collect();
             return Err(invalid(
                 format!("resources[{i}]"),
                 format!(
@@ -295,14 +295,14 @@ pub fn validate_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> Re
     Ok(())
 }
 
-/// The start point of each target (`now` is each target's last ID at
+/// The start point of each table (`now` is each table's last ID at
 /// creation).
 pub fn resolve_start(
     start: &Start,
-    targets: &[Target],
-    now: &HashMap<Target, StreamId>,
-) -> BTreeMap<Target, StreamId> {
-    let now_of = |t: &Target| now.get(t).copied().unwrap_or_default();
+    targets: &[Table],
+    now: &HashMap<Table, StreamId>,
+) -> BTreeMap<Table, StreamId> {
+    let now_of = |t: &Table| now.get(t).copied().unwrap_or_default();
     targets
         .iter()
         .map(|t| {
@@ -317,17 +317,17 @@ pub fn resolve_start(
 }
 
 /// `start` as stored and shown: `{"source/resource": "<stamp>-<seq>"}`,
-/// parsed into targets and stream IDs when read (a malformed entry is an
+/// parsed into tables and stream IDs when read (a malformed entry is an
 /// error, never a start at the beginning).
 pub mod start_map {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    use crate::{events::StreamId, target::Target};
+    use crate::{events::StreamId, table::Table};
 
     pub fn serialize<S: Serializer>(
-        m: &BTreeMap<Target, StreamId>,
+        m: &BTreeMap<Table, StreamId>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.collect_map(m.iter().map(|(t, id)| (t.to_string(), id.to_string())))
@@ -335,7 +335,7 @@ pub mod start_map {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-    ) -> Result<BTreeMap<Target, StreamId>, D::Error> {
+    ) -> Result<BTreeMap<Table, StreamId>, D::Error> {
         BTreeMap::<String, String>::deserialize(d)?
             .into_iter()
             .map(|(t, id)| {
@@ -352,8 +352,8 @@ pub mod start_map {
 mod tests {
     use super::*;
 
-    fn targets() -> Vec<Target> {
-        vec![Target::new("pc", "patients"), Target::new("pc", "users")]
+    fn targets() -> Vec<Table> {
+        vec![Table::new("pc", "patients"), Table::new("pc", "users")]
     }
 
     #[test]
@@ -388,14 +388,14 @@ mod tests {
     #[test]
     fn start_points_resolve_per_target() {
         let t = targets();
-        let now: HashMap<Target, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
-        let at = |m: &BTreeMap<Target, StreamId>, name: &str| m[&name.parse::<Target>().unwrap()];
+        let now: HashMap<Table, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
+        let at = |m: &BTreeMap<Table, StreamId>, name: &str| m[&name.parse::<Table>().unwrap()];
         let s = resolve_start(&Start::Now, &t, &now);
         assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
         assert_eq!(at(&s, "pc/users"), StreamId::ZERO);
         let b = resolve_start(&Start::Beginning, &t, &now);
         assert_eq!(at(&b, "pc/patients"), StreamId::ZERO);
-        let m: BTreeMap<Target, u64> = [(t[1].clone(), 4)].into();
+        let m: BTreeMap<Table, u64> = [(t[1].clone(), 4)].into();
         let s = resolve_start(&Start::Stamps(m), &t, &now);
         assert_eq!(at(&s, "pc/users"), StreamId::new(4, 0));
         assert_eq!(at(&s, "pc/patients"), StreamId::new(9, 0));
@@ -410,7 +410,7 @@ mod tests {
         };
         let stored = doc(r#"{"pc/patients":"9-0","pc/users":"4-2"}"#);
         let sub: Subscription = serde_json::from_str(&stored).unwrap();
-        let t: Target = "pc/users".parse().unwrap();
+        let t: Table = "pc/users".parse().unwrap();
         assert_eq!(sub.start_of(&t), StreamId::new(4, 2));
         let back = serde_json::to_value(&sub).unwrap();
         // Documents from before filters: none, and stored as they were.

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cloudevents::{EventSource, Writer},
     events::{Event, StreamId},
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
     topology::Topology,
 };
 
@@ -110,7 +110,7 @@ struct Inner {
     /// notifier, and the token that ends it when its table goes.
     topology: Arc<Topology>,
     /// The tails running now.
-    running: Mutex<HashMap<Target, Sender>>,
+    running: Mutex<HashMap<Table, Sender>>,
     cancel: CancellationToken,
 }
 
@@ -138,7 +138,7 @@ impl Tails {
     /// so a client that catches up from the store afterwards misses none.
     pub async fn subscribe(
         &self,
-        t: &Target,
+        t: &Table,
     ) -> StoreResult<Option<broadcast::Receiver<Arc<LiveBatch>>>> {
         let Some(table) = self.inner.topology.table(t) else {
             return Ok(None);
@@ -175,13 +175,13 @@ impl Tails {
         self.running().len()
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Target, Sender>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<Table, Sender>> {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes `t`'s tail when nobody listens; false when someone does.
     /// Under the lock `subscribe` takes, so no one joins a stopping tail.
-    fn stop_if_unheard(&self, t: &Target, sender: &Sender) -> bool {
+    fn stop_if_unheard(&self, t: &Table, sender: &Sender) -> bool {
         let mut running = self.running();
         if sender.receiver_count() > 0 {
             return false;
@@ -207,7 +207,7 @@ async fn run(
     // the topology (its listeners' streams end then).
     while !cancel.is_cancelled()
         && !gone.is_cancelled()
-        && !tails.stop_if_unheard(&src.target, &sender)
+        && !tails.stop_if_unheard(&src.table, &sender)
     {
         // Listening for the append notification before the round reads,
         // so an append during the read is not waited out for a tick.
@@ -227,13 +227,13 @@ async fn run(
         // tail of the same name started since (the table added again) stays.
         let mut running = tails.running();
         if running
-            .get(&src.target)
+            .get(&src.table)
             .is_some_and(|s| s.same_channel(&sender))
         {
-            running.remove(&src.target);
+            running.remove(&src.table);
         }
     } else {
-        tails.stop_if_unheard(&src.target, &sender);
+        tails.stop_if_unheard(&src.table, &sender);
     }
 }
 
@@ -247,7 +247,7 @@ pub async fn round(
     sender: &Sender,
     mut after: StreamId,
 ) -> StreamId {
-    let t = &src.target;
+    let t = &src.table;
     if sender.receiver_count() == 0 {
         return match store.last_id(t).await {
             Ok(top) => top,

@@ -4,7 +4,7 @@
 //! change here; readers take a cheap [`Snapshot`] and follow changes
 //! through [`Topology::subscribe`], a version that moves on every change.
 //!
-//! A table keeps its [`TargetStatus`] (with its append wake) for as long as
+//! A table keeps its [`TableStatus`] (with its append wake) for as long as
 //! it is in the topology, so a source paused and resumed keeps its
 //! counters; a table removed is dropped here, its `gone` token cancelled so
 //! what served it stops, while its stream stays in the store.
@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cloudevents::EventSource,
     config::{self, Config, PollConfig, join},
-    poller::TargetStatus,
-    store::{Store, Target},
+    poller::TableStatus,
+    store::{Store, Table},
     upstream::{Upstream, budget::Budgets},
 };
 
@@ -64,11 +64,11 @@ impl std::fmt::Debug for Source {
 /// One table: a resource of a source, or an internal table the relay
 /// appends to itself (no source, never polled).
 #[derive(Debug)]
-pub struct Table {
-    pub target: Target,
+pub struct TableEntry {
+    pub table: Table,
     /// None for an internal table.
     pub source: Option<Arc<Source>>,
-    pub status: Arc<TargetStatus>,
+    pub status: Arc<TableStatus>,
     /// How the table's events look downstream.
     pub event_source: Arc<EventSource>,
     /// Keeps each record's latest version (record lookups, `/compat`).
@@ -77,7 +77,7 @@ pub struct Table {
     pub gone: CancellationToken,
 }
 
-impl Table {
+impl TableEntry {
     /// Whether the scheduler polls this table: it has a source, not paused.
     pub fn polled(&self) -> bool {
         self.source.as_ref().is_some_and(|s| !s.paused)
@@ -94,12 +94,12 @@ impl Table {
 pub struct Snapshot {
     pub version: u64,
     pub sources: BTreeMap<String, Arc<Source>>,
-    pub tables: BTreeMap<Target, Arc<Table>>,
+    pub tables: BTreeMap<Table, Arc<TableEntry>>,
 }
 
 impl Snapshot {
     /// Every table's key, in order.
-    pub fn targets(&self) -> Vec<Target> {
+    pub fn targets(&self) -> Vec<Table> {
         self.tables.keys().cloned().collect()
     }
 }
@@ -111,7 +111,7 @@ pub enum TopologyError {
     #[error("no source is named {0:?}")]
     NotFound(String),
     #[error("a table {0} exists already")]
-    TableExists(Target),
+    TableExists(Table),
     #[error("cannot make the upstream client of source {0:?}: {1}")]
     Client(String, String),
 }
@@ -198,11 +198,11 @@ impl Topology {
         self.snapshot().sources.values().cloned().collect()
     }
 
-    pub fn tables(&self) -> Vec<Arc<Table>> {
+    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
         self.snapshot().tables.values().cloned().collect()
     }
 
-    pub fn table(&self, t: &Target) -> Option<Arc<Table>> {
+    pub fn table(&self, t: &Table) -> Option<Arc<TableEntry>> {
         self.snapshot().tables.get(t).cloned()
     }
 
@@ -242,14 +242,14 @@ impl Topology {
                 .settings
                 .resources
                 .iter()
-                .map(|r| Target::new(&name, r))
+                .map(|r| Table::new(&name, r))
                 .find(|t| s.tables.contains_key(t))
             {
                 return Err(TopologyError::TableExists(t));
             }
             for r in &entry.config.settings.resources {
                 let table = self.new_table(&entry, r);
-                s.tables.insert(table.target.clone(), Arc::new(table));
+                s.tables.insert(table.table.clone(), Arc::new(table));
             }
             s.sources.insert(name.clone(), entry.clone());
             Ok(())
@@ -257,18 +257,18 @@ impl Topology {
         Ok(entry)
     }
 
-    fn new_table(&self, source: &Arc<Source>, resource: &str) -> Table {
+    fn new_table(&self, source: &Arc<Source>, resource: &str) -> TableEntry {
         let settings = &source.config.settings;
-        let target = Target::new(source.name(), resource);
-        self.store.keep_records(&target, settings.keep_records);
-        Table {
+        let table = Table::new(source.name(), resource);
+        self.store.keep_records(&table, settings.keep_records);
+        TableEntry {
             event_source: Arc::new(EventSource {
-                target: target.clone(),
+                table: table.clone(),
                 source_url: join(&source.config.base_url, resource).to_string(),
                 type_prefix: self.type_prefix.clone(),
                 fields: settings.fields.clone(),
             }),
-            target,
+            table,
             source: Some(source.clone()),
             status: Arc::default(),
             keep_records: settings.keep_records,
@@ -282,11 +282,11 @@ impl Topology {
         &self,
         event_source: EventSource,
         keep_records: bool,
-    ) -> Result<Arc<Table>, TopologyError> {
-        let target = event_source.target.clone();
-        self.store.keep_records(&target, keep_records);
-        let table = Arc::new(Table {
-            target: target.clone(),
+    ) -> Result<Arc<TableEntry>, TopologyError> {
+        let table = event_source.table.clone();
+        self.store.keep_records(&table, keep_records);
+        let entry = Arc::new(TableEntry {
+            table: table.clone(),
             source: None,
             status: Arc::default(),
             event_source: Arc::new(event_source),
@@ -294,13 +294,13 @@ impl Topology {
             gone: CancellationToken::new(),
         });
         self.change(|s| {
-            if s.tables.contains_key(&target) {
-                return Err(TopologyError::TableExists(target.clone()));
+            if s.tables.contains_key(&table) {
+                return Err(TopologyError::TableExists(table.clone()));
             }
-            s.tables.insert(target.clone(), table.clone());
+            s.tables.insert(table.clone(), entry.clone());
             Ok(())
         })?;
-        Ok(table)
+        Ok(entry)
     }
 
     /// Removes a source: its tables stop polling and whatever serves them
@@ -339,9 +339,9 @@ impl Topology {
                 paused,
                 origin: old.origin,
             });
-            for table in s.tables.values_mut().filter(|t| t.target.source == name) {
-                *table = Arc::new(Table {
-                    target: table.target.clone(),
+            for table in s.tables.values_mut().filter(|t| t.table.source == name) {
+                *table = Arc::new(TableEntry {
+                    table: table.table.clone(),
                     source: Some(source.clone()),
                     status: table.status.clone(),
                     event_source: table.event_source.clone(),

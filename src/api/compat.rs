@@ -25,7 +25,7 @@ use crate::{
     config::{Config, QueryNames},
     events::MAX_STAMP,
     store::{
-        Target,
+        Table,
         records::{RecordsPage, RecordsQuery},
     },
     topology::{self, Topology},
@@ -33,7 +33,7 @@ use crate::{
 
 /// What the read-replica routes need to know about one table.
 #[derive(Debug, Clone)]
-pub struct Table {
+pub struct TableSettings {
     pub keep_records: bool,
     pub query: QueryNames,
     pub default_page_size: usize,
@@ -46,12 +46,12 @@ pub struct Tables {
     pub public_url: Option<String>,
 }
 
-impl Table {
+impl TableSettings {
     /// What a table's source configures; an internal table answers with
     /// the upstream's defaults.
-    fn of(t: &topology::Table) -> Table {
+    fn of(t: &topology::TableEntry) -> TableSettings {
         let Some(source) = &t.source else {
-            return Table {
+            return TableSettings {
                 keep_records: t.keep_records,
                 query: QueryNames::default(),
                 default_page_size: 500,
@@ -60,7 +60,7 @@ impl Table {
         };
         let settings = &source.config.settings;
         let max = settings.max_page_size.max(1) as usize;
-        Table {
+        TableSettings {
             keep_records: t.keep_records,
             query: settings.query.clone(),
             default_page_size: (settings.page_size as usize).min(max),
@@ -78,7 +78,7 @@ impl Tables {
     }
 
     /// Whether `t` keeps its latest records (a snapshot to resync from).
-    pub fn keeps(&self, t: &Target) -> bool {
+    pub fn keeps(&self, t: &Table) -> bool {
         self.topology
             .table(t)
             .is_some_and(|table| table.keep_records)
@@ -86,7 +86,7 @@ impl Tables {
 
     /// The table's settings; 404 for an unknown table, 409 when it does not
     /// keep records (the features reading them cannot answer).
-    pub fn kept(&self, t: &Target) -> ApiResult<Table> {
+    pub fn kept(&self, t: &Table) -> ApiResult<TableSettings> {
         let table = self.topology.table(t).ok_or_else(|| {
             Problem::not_found(format!(
                 "{t} is not a configured source/resource; see GET /v1/resources"
@@ -95,18 +95,18 @@ impl Tables {
         if !table.keep_records {
             return Err(records_not_kept(t));
         }
-        Ok(Table::of(&table))
+        Ok(TableSettings::of(&table))
     }
 }
 
 /// Where a reader whose position retention passed rebuilds a table: the
 /// compatible listing from the start (docs/resync.md).
-pub fn snapshot_path(t: &Target) -> String {
+pub fn snapshot_path(t: &Table) -> String {
     format!("/compat/{}/api/{}/?sync=0", t.source, t.resource)
 }
 
 /// 409 for a feature that needs the latest-record store on a table without it.
-pub fn records_not_kept(t: &Target) -> Problem {
+pub fn records_not_kept(t: &Table) -> Problem {
     Problem::new(
         StatusCode::CONFLICT,
         "records_not_kept",
@@ -131,7 +131,7 @@ struct ListParams {
     count: Option<u64>,
 }
 
-fn parse(pairs: &[(String, String)], table: &Table) -> ApiResult<ListParams> {
+fn parse(pairs: &[(String, String)], table: &TableSettings) -> ApiResult<ListParams> {
     let get = |name: &str| pairs.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v);
     let num = |name: &str, min: u64| -> ApiResult<Option<u64>> {
         get(name)
@@ -186,7 +186,7 @@ pub(super) fn origin(tables: &Tables) -> &str {
 /// The `next` and `previous` links, as JSON (`null` when absent).
 fn links(
     base: &str,
-    table: &Table,
+    table: &TableSettings,
     p: &ListParams,
     page: &RecordsPage,
     more: bool,
@@ -239,7 +239,7 @@ pub async fn list(
     Query(pairs): Query<Vec<(String, String)>>,
     uri: Uri,
 ) -> ApiResult<Response> {
-    let t = Target::new(source, resource);
+    let t = Table::new(source, resource);
     if !who.sees(&t) {
         return Err(super::principal::Principal::unseen(&t));
     }
@@ -290,8 +290,8 @@ pub async fn list(
 mod tests {
     use super::*;
 
-    fn table() -> Table {
-        Table {
+    fn table() -> TableSettings {
+        TableSettings {
             keep_records: true,
             query: QueryNames {
                 sync: "since".into(),

@@ -154,9 +154,9 @@ pub(super) async fn owner(
 pub(super) fn coverage(
     c: &Consumer,
     names: &[String],
-    known: &[crate::store::Target],
+    known: &[crate::store::Table],
 ) -> ApiResult<crate::subscription::Coverage> {
-    let allowed: Vec<crate::store::Target> = known
+    let allowed: Vec<crate::store::Table> = known
         .iter()
         .filter(|t| c.allow.allows(t))
         .cloned()

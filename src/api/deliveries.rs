@@ -19,7 +19,7 @@ use super::{
 use crate::{
     delivery::sender::Message,
     events::{StreamId, now_ms},
-    store::Target,
+    store::Table,
     subscription::{Start, state::Attempt},
 };
 
@@ -94,7 +94,7 @@ pub async fn replay(
 }
 
 /// Where `from` puts each table: after its stamp, or at its start.
-fn from_stamps(from: StartSpec, targets: &[Target]) -> ApiResult<BTreeMap<Target, StreamId>> {
+fn from_stamps(from: StartSpec, targets: &[Table]) -> ApiResult<BTreeMap<Table, StreamId>> {
     Ok(match from.parse("from", targets, false)? {
         Start::Beginning => targets
             .iter()
@@ -114,8 +114,8 @@ fn from_stamps(from: StartSpec, targets: &[Target]) -> ApiResult<BTreeMap<Target
 async fn from_time(
     s: &ApiState,
     time: &str,
-    targets: &[Target],
-) -> ApiResult<BTreeMap<Target, StreamId>> {
+    targets: &[Table],
+) -> ApiResult<BTreeMap<Table, StreamId>> {
     let at = humantime::parse_rfc3339_weak(time)
         .map_err(|e| Problem::invalid("from_time", format!("{time:?} is not RFC 3339: {e}")))?;
     let at_ms = at
@@ -167,7 +167,7 @@ pub async fn test(
     // Listed with the attempts, where a receiver's setup is checked.
     let attempt = Attempt {
         at_ms: now_ms(),
-        target: String::new(),
+        table: String::new(),
         ping: true,
         event_ids: vec![ping_id],
         outcome: sent.outcome,

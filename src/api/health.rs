@@ -35,7 +35,7 @@ async fn parts(s: &ApiState) -> Vec<Part> {
     // Paused tables and internal ones have no poll loop to be ready; an
     // upstream's health is never a part of readiness (docs/operations.md).
     parts.extend(tables.iter().filter(|t| t.polled()).map(|t| Part {
-        name: format!("poller:{}", t.target),
+        name: format!("poller:{}", t.table),
         ready: t.status.running.load(Ordering::Relaxed),
     }));
     // A table whose store lost its data under this relay (poller/epoch.rs):
@@ -45,7 +45,7 @@ async fn parts(s: &ApiState) -> Vec<Part> {
             .iter()
             .filter(|t| t.status.resets.load(Ordering::Relaxed) > 0)
             .map(|t| Part {
-                name: format!("store_reset:{}", t.target),
+                name: format!("store_reset:{}", t.table),
                 ready: !t.status.reloading.load(Ordering::Relaxed),
             }),
     );

@@ -1,4 +1,4 @@
-//! The live stream of one target's events (SSE on
+//! The live stream of one table's events (SSE on
 //! `GET /v1/resources/{source}/{resource}/events` with
 //! `Accept: text/event-stream`): the store's backlog after the cursor
 //! first, then the shared tail; a lagging client catches up from the store
@@ -24,7 +24,7 @@ use crate::{
     cloudevents::{EventSource, Writer},
     events::StreamId,
     filter::Selection,
-    store::Target,
+    store::Table,
     tail::LiveBatch,
 };
 
@@ -56,7 +56,7 @@ const ACCESS_FULL_RECHECK: Duration = Duration::from_secs(30);
 /// The state of one live stream between items.
 struct Live {
     s: ApiState,
-    t: Target,
+    t: Table,
     src: Arc<EventSource>,
     cursor: StreamId,
     read: Reading,
@@ -73,7 +73,7 @@ struct Live {
 /// every event once, in order, however slow it is.
 pub(super) async fn live(
     s: ApiState,
-    t: Target,
+    t: Table,
     src: Arc<EventSource>,
     after: Option<StreamId>,
     read: Reading,
@@ -146,7 +146,7 @@ pub(super) async fn live(
 /// Ends once `credential` no longer sees `t`: refused (revoked, expired,
 /// its consumer deleted) or no longer allowed. A store that does not
 /// answer ends nothing; the next check asks again.
-async fn access_lost(s: ApiState, credential: Credential, t: Target) {
+async fn access_lost(s: ApiState, credential: Credential, t: Table) {
     // The consumers' version when access was last confirmed: while it
     // stands, nothing that could end access changed, and the full check
     // runs only every ACCESS_FULL_RECHECK (it also covers the topology).

@@ -25,7 +25,7 @@ use crate::{
     cloudevents::EventSource,
     events::{Event, StreamId, now_ms},
     filter::EventView,
-    store::{Store, Target},
+    store::{Store, Table},
     subscription::{
         Subscription,
         state::{Attempt, DeadLetter, RetryState},
@@ -244,7 +244,7 @@ async fn table_messages(
     attempts: &[Attempt],
     before: Option<StreamId>,
 ) -> ApiResult<Found> {
-    let t = &src.target;
+    let t = &src.table;
     let facts = facts(store, sub, t).await?;
     let selection = crate::delivery::selection_of(sub, src).map_err(Problem::internal)?;
     let wanted = |e: &Event| {
@@ -262,7 +262,7 @@ async fn table_messages(
     Ok((messages, found.next))
 }
 
-async fn facts(store: &dyn Store, sub: &Subscription, t: &Target) -> ApiResult<Facts> {
+async fn facts(store: &dyn Store, sub: &Subscription, t: &Table) -> ApiResult<Facts> {
     let position = store.position(&sub.id, t).await?.unwrap_or(StreamId::ZERO);
     let pending = store
         .pending(&sub.id, t)
@@ -275,7 +275,7 @@ async fn facts(store: &dyn Store, sub: &Subscription, t: &Target) -> ApiResult<F
         .dead_letters(&sub.id)
         .await?
         .into_iter()
-        .filter(|d| d.target == name)
+        .filter(|d| d.table == name)
         .map(|d| (d.id.clone(), d))
         .collect();
     Ok(Facts {
@@ -300,7 +300,7 @@ pub(super) struct Back {
 /// at most `scan` events.
 pub(super) async fn back(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     (before, after): (Option<StreamId>, StreamId),
     keep: usize,
     scan: usize,
@@ -350,7 +350,7 @@ fn message(src: &EventSource, e: &Event, facts: &Facts, attempts: &[Attempt]) ->
         .map(attempt_view)
         .collect();
     let mut v = json!({
-        "event_id": event_id, "target": src.target.to_string(), "stream_id": e.id.to_string(),
+        "event_id": event_id, "target": src.table.to_string(), "stream_id": e.id.to_string(),
         "stamp": e.stamp, "record": e.record, "type": src.ty(e), "op": e.op,
         "observed_ms": e.observed, "state": state, "attempts": tries,
     });
@@ -433,7 +433,7 @@ pub async fn retry(
 async fn forget_dead_letter(
     store: &dyn Store,
     sub_id: &str,
-    t: &Target,
+    t: &Table,
     id: StreamId,
 ) -> ApiResult<()> {
     let key = DeadLetter::key_of(t, id);
@@ -443,11 +443,7 @@ async fn forget_dead_letter(
 
 /// The event with CloudEvents id `<source>:<resource>:<record>:<stamp>` on
 /// a table the subscription covers.
-async fn find_event(
-    s: &ApiState,
-    sub: &Subscription,
-    event_id: &str,
-) -> ApiResult<(Target, Event)> {
+async fn find_event(s: &ApiState, sub: &Subscription, event_id: &str) -> ApiResult<(Table, Event)> {
     let missing = || Problem::not_found(format!("no event {event_id:?} for this subscription"));
     let mut parts = event_id.splitn(3, ':');
     let (Some(source), Some(resource), Some(rest)) = (parts.next(), parts.next(), parts.next())
@@ -456,7 +452,7 @@ async fn find_event(
     };
     let (record, stamp) = rest.rsplit_once(':').ok_or_else(missing)?;
     let stamp: u64 = stamp.parse().map_err(|_| missing())?;
-    let t = Target::new(source, resource);
+    let t = Table::new(source, resource);
     if !sub.resources.covers(&t) || !known_targets(s).contains(&t) {
         return Err(missing());
     }

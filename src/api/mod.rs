@@ -22,9 +22,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::{
     cloudevents::EventSource,
-    store::{Store, Target},
+    store::{Store, Table},
     tail::Tails,
-    topology::{Table, Topology},
+    topology::{TableEntry, Topology},
 };
 
 pub mod auth;
@@ -65,17 +65,17 @@ pub struct Shared {
 
 impl Shared {
     /// Every table's key, in order.
-    pub fn targets(&self) -> Vec<Target> {
+    pub fn targets(&self) -> Vec<Table> {
         self.topology.snapshot().targets()
     }
 
     /// Every table, in order.
-    pub fn tables(&self) -> Vec<Arc<Table>> {
+    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
         self.topology.tables()
     }
 
     /// How `t`'s events look downstream; None for an unknown table.
-    pub fn event_source(&self, t: &Target) -> Option<Arc<EventSource>> {
+    pub fn event_source(&self, t: &Table) -> Option<Arc<EventSource>> {
         Some(self.topology.table(t)?.event_source.clone())
     }
 }
@@ -83,7 +83,7 @@ impl Shared {
 impl Shared {
     /// Every table of a source, paused ones too, in order: what the status
     /// surfaces list (the relay's own `_relay/health` is read by replay).
-    pub fn source_tables(&self) -> Vec<Arc<Table>> {
+    pub fn source_tables(&self) -> Vec<Arc<TableEntry>> {
         let mut tables = self.tables();
         tables.retain(|t| t.source.is_some());
         tables
@@ -367,7 +367,7 @@ async fn event_types(
     let mut types = state.catalog.event_types().await.map_err(Problem::from)?;
     types.retain(|ty| {
         let part = |k: &str| ty[k].as_str().unwrap_or_default().to_string();
-        who.sees(&Target::new(part("source"), part("resource")))
+        who.sees(&Table::new(part("source"), part("resource")))
     });
     Ok(Json(json!({ "event_types": types })))
 }

@@ -10,7 +10,7 @@ use super::{
     ApiState,
     problem::{ApiResult, Problem},
 };
-use crate::{events::StreamId, store::Target};
+use crate::{events::StreamId, store::Table};
 
 /// The `from_oldest_kept` query flag: `0` may start at the oldest event
 /// kept on a table whose retention removed events.
@@ -30,7 +30,7 @@ pub(super) fn oldest_kept_flag(raw: Option<&str>) -> ApiResult<bool> {
 /// removed events and the reader accepted the oldest event kept.
 pub async fn check_position(
     s: &ApiState,
-    t: &Target,
+    t: &Table,
     after: StreamId,
     field: &str,
     oldest_kept: bool,
@@ -77,7 +77,7 @@ fn refused(after: StreamId, through: StreamId, oldest_kept: bool) -> bool {
 /// it), since it only ever rises.
 pub(super) async fn read_checked(
     store: &dyn crate::store::Store,
-    t: &Target,
+    t: &Table,
     after: StreamId,
     limit: usize,
     oldest_kept: bool,
@@ -92,7 +92,7 @@ pub(super) async fn read_checked(
 /// is past the last event or the read skipped what retention removed.
 pub(super) async fn read_page(
     s: &ApiState,
-    t: &Target,
+    t: &Table,
     after: StreamId,
     limit: usize,
     oldest_kept: bool,

@@ -70,7 +70,7 @@ async fn preview_table(
     keep: usize,
 ) -> ApiResult<Vec<Value>> {
     let whole = (None, StreamId::ZERO);
-    let mut events = back(store, &src.target, whole, keep, keep, |_| true)
+    let mut events = back(store, &src.table, whole, keep, keep, |_| true)
         .await?
         .events;
     events.reverse();
@@ -80,7 +80,7 @@ async fn preview_table(
             let passes = (ops.is_empty() || ops.contains(&e.op))
                 && selection.matches(&EventView::new(src, e));
             json!({
-                "event_id": src.id(e), "target": src.target.to_string(), "record": e.record,
+                "event_id": src.id(e), "target": src.table.to_string(), "record": e.record,
                 "type": src.ty(e), "observed_ms": e.observed, "matches": passes,
                 "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null),
             })

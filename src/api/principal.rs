@@ -11,7 +11,7 @@ use axum::{
 };
 
 use super::problem::Problem;
-use crate::{consumer::Allow, subscription::Subscription, target::Target};
+use crate::{consumer::Allow, subscription::Subscription, table::Table};
 
 /// The caller of an authenticated request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl Principal {
     }
 
     /// Whether it may read table `t` (events, records, live, compat).
-    pub fn sees(&self, t: &Target) -> bool {
+    pub fn sees(&self, t: &Table) -> bool {
         match self {
             Principal::Admin { .. } => true,
             Principal::Read { allow, .. } | Principal::Consumer { allow, .. } => allow.allows(t),
@@ -127,7 +127,7 @@ impl Principal {
     }
 
     /// The 404 for a table it may not see: the same as for no table.
-    pub fn unseen(t: &Target) -> Problem {
+    pub fn unseen(t: &Table) -> Problem {
         Problem::not_found(format!(
             "{t} is not a configured source/resource; see GET /v1/resources"
         ))

@@ -84,7 +84,7 @@ impl Problem {
     /// the table keeps its records (`keeps_records`).
     pub fn trimmed(
         field: impl Into<String>,
-        t: &crate::store::Target,
+        t: &crate::store::Table,
         after: crate::events::StreamId,
         through: crate::events::StreamId,
         keeps_records: bool,
@@ -131,7 +131,7 @@ impl Problem {
     /// pass over the events stamped up to it when they arrive.
     pub fn ahead(
         field: &str,
-        t: &crate::store::Target,
+        t: &crate::store::Table,
         after: crate::events::StreamId,
         top: crate::events::StreamId,
     ) -> Problem {

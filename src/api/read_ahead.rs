@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     events::{Event, StreamId},
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
 };
 
 /// How long a page read ahead stays usable.
@@ -47,7 +47,7 @@ pub(super) type Checked = (Vec<Event>, Option<StreamId>);
 /// What identifies a read: the same table, position, size and reading of 0.
 #[derive(PartialEq, Eq)]
 struct Key {
-    t: Target,
+    t: Table,
     after: StreamId,
     limit: usize,
     oldest_kept: bool,
@@ -124,7 +124,7 @@ impl ReadAhead {
     pub(super) fn start(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
-        t: &Target,
+        t: &Table,
         after: StreamId,
         limit: usize,
         oldest_kept: bool,
@@ -179,7 +179,7 @@ impl ReadAhead {
     /// otherwise the caller reads it.
     pub(super) async fn take(
         &self,
-        t: &Target,
+        t: &Table,
         after: StreamId,
         limit: usize,
         oldest_kept: bool,
@@ -236,7 +236,7 @@ mod tests {
     async fn a_full_page_read_ahead_serves_the_next_request_once() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         store.last_id(&t).await.unwrap();
         put_events(dir.path(), 1, 5);
         let ahead = Arc::new(ReadAhead::default());
@@ -271,7 +271,7 @@ mod tests {
     async fn a_short_page_read_ahead_is_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         store.last_id(&t).await.unwrap();
         put_events(dir.path(), 1, 2);
         let ahead = Arc::new(ReadAhead::default());
@@ -285,7 +285,7 @@ mod tests {
     async fn pages_past_the_budget_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         store.last_id(&t).await.unwrap();
         put_events(dir.path(), 1, 6);
         // Each event's data is `{}`: a page of 3 holds 6 bytes.

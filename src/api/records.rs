@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use super::{
     ApiState, extract::PathParams, principal::Principal, problem::ApiResult, problem::Problem,
 };
-use crate::store::Target;
+use crate::store::Table;
 
 #[derive(Serialize)]
 pub struct RecordView {
@@ -26,7 +26,7 @@ pub async fn get(
     who: Principal,
     PathParams((source, resource, id)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<RecordView>> {
-    let t = Target::new(source, resource);
+    let t = Table::new(source, resource);
     if !who.sees(&t) {
         return Err(Principal::unseen(&t));
     }

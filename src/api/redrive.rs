@@ -22,7 +22,7 @@ use super::{
 use crate::{
     events::StreamId,
     filter::EventView,
-    store::Target,
+    store::Table,
     subscription::{Subscription, state::DeadLetter},
 };
 
@@ -82,13 +82,13 @@ async fn queue_again(
 ) -> ApiResult<()> {
     let mut by_target: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
     for d in dead {
-        by_target.entry(d.target.as_str()).or_default().push(d);
+        by_target.entry(d.table.as_str()).or_default().push(d);
     }
     for (name, letters) in by_target {
         let Some((source, resource)) = name.split_once('/') else {
             continue;
         };
-        let t = Target::new(source, resource);
+        let t = Table::new(source, resource);
         let ids: Vec<StreamId> = letters.iter().filter_map(|d| d.id.parse().ok()).collect();
         let through = s.shared.store.trimmed_through(&t).await?;
         let (gone, kept): (Vec<StreamId>, Vec<StreamId>) =
@@ -112,7 +112,7 @@ async fn queue_again(
 async fn superseded(
     s: &ApiState,
     sub: &Subscription,
-    t: &Target,
+    t: &Table,
     dead: &[StreamId],
 ) -> ApiResult<HashSet<StreamId>> {
     let store = &s.shared.store;

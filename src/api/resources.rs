@@ -1,4 +1,4 @@
-//! `GET /v1/resources`, and replay of one target's events:
+//! `GET /v1/resources`, and replay of one table's events:
 //! `GET /v1/resources/{source}/{resource}/events` (with `Accept:
 //! text/event-stream` the live stream, `live.rs`).
 
@@ -24,7 +24,7 @@ use crate::{
     events::StreamId,
     filter::Selection,
     status,
-    store::Target,
+    store::Table,
 };
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -62,15 +62,15 @@ pub struct ResourceView {
 
 pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let mut live = s.shared.source_tables();
-    live.retain(|t| who.sees(&t.target));
-    let targets: Vec<_> = live.iter().map(|t| t.target.clone()).collect();
+    live.retain(|t| who.sees(&t.table));
+    let targets: Vec<_> = live.iter().map(|t| t.table.clone()).collect();
     let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
     let out: Vec<ResourceView> = tables
         .into_iter()
         .zip(live.iter().map(|t| &t.status))
         .map(|(v, st)| ResourceView {
-            source: v.target.source,
-            resource: v.target.resource,
+            source: v.table.source,
+            resource: v.table.resource,
             cursor: v.last_id.stamp,
             last_id: v.last_id.to_string(),
             stream_length: v.stream_length,
@@ -112,8 +112,8 @@ fn target_of(
     who: &Principal,
     source: String,
     resource: String,
-) -> ApiResult<(Target, Arc<EventSource>)> {
-    let t = Target { source, resource };
+) -> ApiResult<(Table, Arc<EventSource>)> {
+    let t = Table { source, resource };
     match s.shared.event_source(&t).filter(|_| who.sees(&t)) {
         Some(src) => Ok((t, src)),
         None => Err(Principal::unseen(&t)),

@@ -196,7 +196,7 @@ async fn with_health(s: &ApiState, name: &str, view: &mut Value) -> ApiResult<()
         Some(src) => {
             let mut tables = Vec::new();
             for r in &src.config.settings.resources {
-                let t = crate::store::Target::new(name, r);
+                let t = crate::store::Table::new(name, r);
                 if let Some(h) = s.shared.store.poll_status(&t).await?.and_then(|p| p.health) {
                     tables.push(h);
                 }
@@ -431,7 +431,7 @@ pub async fn delete(
             .collect();
         for r in &stored.settings.resources {
             store
-                .purge_table(&crate::store::Target::new(&name, r), &subs)
+                .purge_table(&crate::store::Table::new(&name, r), &subs)
                 .await?;
         }
     }

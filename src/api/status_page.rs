@@ -52,7 +52,7 @@ pub async fn page(
     let query = Query::parse(pq.q.as_deref(), pq.state.as_deref(), pq.page.as_deref())
         .map_err(|(field, detail)| Problem::invalid(field, detail))?;
     let tables = s.shared.source_tables();
-    let targets: Vec<_> = tables.iter().map(|t| t.target.clone()).collect();
+    let targets: Vec<_> = tables.iter().map(|t| t.table.clone()).collect();
     let store = s.shared.store.as_ref();
     let overview = status::overview(store, &targets, &query).await?;
     let mut subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;
@@ -247,7 +247,7 @@ fn table_row(h: &mut String, v: &TableView) {
         last.rate_shown(),
         age((last.finished_ms > 0).then_some(last.finished_ms)),
         esc(&last.holder),
-        t = v.target,
+        t = v.table,
         health = last.health.as_ref().map_or("", |h| h.state.name()),
     );
 }

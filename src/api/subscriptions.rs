@@ -20,7 +20,7 @@ use super::{
 use crate::{
     consumer::Allow,
     events::{Op, StreamId, now_ms},
-    store::{Target, update_subscription},
+    store::{Table, update_subscription},
     subscription::{self, Coverage, Subscription},
 };
 
@@ -33,7 +33,7 @@ pub struct View<'a> {
     pub resources: &'a Coverage,
     pub ops: &'a [Op],
     #[serde(with = "crate::subscription::start_map")]
-    pub start: &'a std::collections::BTreeMap<Target, StreamId>,
+    pub start: &'a std::collections::BTreeMap<Table, StreamId>,
     pub headers: &'a std::collections::BTreeMap<String, String>,
     pub batch_size: u32,
     pub max_in_flight: u32,
@@ -83,7 +83,7 @@ impl<'a> From<&'a Subscription> for View<'a> {
 impl<'a> View<'a> {
     /// The view naming the tables `sub` covers that `allow` (its consumer's
     /// allow-list; none when the consumer is gone) does not allow.
-    fn checked(sub: &'a Subscription, allow: Option<&Allow>, known: &[Target]) -> View<'a> {
+    fn checked(sub: &'a Subscription, allow: Option<&Allow>, known: &[Table]) -> View<'a> {
         let mut v = View::from(sub);
         v.not_allowed = (sub.resources.of(known).iter())
             .filter(|t| !allow.is_some_and(|a| a.allows(t)))
@@ -93,7 +93,7 @@ impl<'a> View<'a> {
     }
 }
 
-pub(super) fn known_targets(s: &ApiState) -> Vec<Target> {
+pub(super) fn known_targets(s: &ApiState) -> Vec<Table> {
     s.shared.targets()
 }
 
@@ -194,22 +194,22 @@ fn created(subscription: &Subscription, warnings: Vec<String>) -> ApiResult<Resp
 }
 
 /// `previous` needs the latest records of every table it covers.
-fn all_kept(s: &ApiState, targets: &[Target]) -> ApiResult<()> {
+fn all_kept(s: &ApiState, targets: &[Table]) -> ApiResult<()> {
     for t in targets {
         s.compat.kept(t)?;
     }
     Ok(())
 }
 
-/// Where each target starts, as `start` names it, and a warning per table
+/// Where each table starts, as `start` names it, and a warning per table
 /// where it begins at the oldest event kept. A start the caller chose
 /// (`beginning`, stamps) must be an honest position (positions.rs).
 async fn start_points(
     s: &ApiState,
     spec: Option<super::requests::StartSpec>,
-    targets: &[Target],
+    targets: &[Table],
     oldest_kept: bool,
-) -> ApiResult<(std::collections::BTreeMap<Target, StreamId>, Vec<String>)> {
+) -> ApiResult<(std::collections::BTreeMap<Table, StreamId>, Vec<String>)> {
     let mut now = HashMap::new();
     for t in targets {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
@@ -264,7 +264,7 @@ pub async fn patch(
         let consumer = super::consumers::owner(&s, &who, Some(&owned.consumer)).await?;
         super::consumers::coverage(&consumer, r, &known)?;
     }
-    // Where newly covered targets start: their last ID, read up front so
+    // Where newly covered tables start: their last ID, read up front so
     // the update itself is one checked write (retried on a conflict).
     let mut now = HashMap::new();
     if req.resources.is_some() {
@@ -312,15 +312,15 @@ pub async fn patch(
 fn apply_patch(
     found: &mut Subscription,
     req: &PatchRequest,
-    now: &HashMap<Target, StreamId>,
-    known: &[Target],
+    now: &HashMap<Table, StreamId>,
+    known: &[Table],
 ) -> ApiResult<()> {
     if let Some(url) = &req.url {
         found.url = subscription::WebhookUrl::parse(url)?;
     }
     if let Some(resources) = &req.resources {
         let resources = subscription::parse_resources(resources, known)?;
-        // Newly covered targets start now; kept ones keep their position.
+        // Newly covered tables start now; kept ones keep their position.
         for t in resources.of(known) {
             let last = now.get(&t).copied().unwrap_or_default();
             found.start.entry(t).or_insert(last);
@@ -385,8 +385,8 @@ fn apply_selection(found: &mut Subscription, req: &PatchRequest) -> ApiResult<()
 async fn resume_warnings(
     s: &ApiState,
     sub: &Subscription,
-    (was_enabled, was_covered): (bool, Vec<Target>),
-    known: &[Target],
+    (was_enabled, was_covered): (bool, Vec<Table>),
+    known: &[Table],
 ) -> Vec<String> {
     let mut warnings = Vec::new();
     if !sub.enabled {

@@ -17,7 +17,7 @@ use crate::{
     app::Relay,
     config::{RawConfig, Scope, Secret, StoreConfig, TokenConfig},
     events::now_ms,
-    store::{self, Target, redis::Keys},
+    store::{self, Table, redis::Keys},
 };
 
 const TOKEN: &str = "bench-token";
@@ -85,8 +85,8 @@ pub async fn run(
         fan_out(&http, &base, sim_url, clients).await?;
     }
     let store = store::open(&store_cfg).await?;
-    let target = Target::new("bench", "patients");
-    super::delivery::run(&http, &base, TOKEN, sim_url, store.as_ref(), &target).await?;
+    let table = Table::new("bench", "patients");
+    super::delivery::run(&http, &base, TOKEN, sim_url, store.as_ref(), &table).await?;
     cancel.cancel();
     server.await??;
     Ok(())
@@ -160,7 +160,7 @@ fn frame_lags(buf: &[u8], now: u64) -> (Vec<u64>, usize) {
     (lags, start)
 }
 
-/// `clients` live streams on one target while the simulator writes; prints
+/// `clients` live streams on one table while the simulator writes; prints
 /// how long each event took from append to each client.
 async fn fan_out(
     http: &reqwest::Client,
@@ -276,7 +276,7 @@ fn median(values: &mut [f64]) -> f64 {
 /// The raw baseline: `XRANGE` the whole stream, 1000 entries a call;
 /// returns the entries read and the seconds taken (once connected).
 async fn raw_xrange(store_cfg: &StoreConfig) -> anyhow::Result<(usize, f64)> {
-    let key = Keys::new(&store_cfg.key_prefix, &Target::new("bench", "patients")).events;
+    let key = Keys::new(&store_cfg.key_prefix, &Table::new("bench", "patients")).events;
     let client = redis::Client::open(store_cfg.redis_url.as_deref().unwrap_or_default())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let started = Instant::now();

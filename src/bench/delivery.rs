@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::{
     events::{StreamId, now_ms},
-    store::{Store, Target},
+    store::{Store, Table},
 };
 
 /// The phase measuring latency from append to receipt.
@@ -94,7 +94,7 @@ async fn receive(
 /// How many events after `after` `keep` keeps.
 async fn count_after(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     mut after: StreamId,
     keep: impl Fn(&crate::events::Event) -> bool,
 ) -> anyhow::Result<usize> {
@@ -147,7 +147,7 @@ struct Bench<'a> {
     base: &'a str,
     token: &'a str,
     store: &'a dyn Store,
-    target: &'a Target,
+    table: &'a Table,
     counts: Arc<Counts>,
     receiver: String,
     top: u64,
@@ -207,7 +207,7 @@ impl Bench<'_> {
         let after = StreamId::new(from, 0);
         let events = match phase {
             FILTERED => self.passing(after).await?,
-            _ => count_after(self.store, self.target, after, |_| true).await?,
+            _ => count_after(self.store, self.table, after, |_| true).await?,
         };
         let cpu = cpu_us();
         let id = self.subscribe(phase, ms, batch, from).await?;
@@ -225,13 +225,13 @@ impl Bench<'_> {
         let names = crate::config::FieldNames::default();
         let sel = crate::filter::Selection::from_json(Some(&filters), None, &names)?;
         let src = crate::cloudevents::EventSource {
-            target: self.target.clone(),
+            table: self.table.clone(),
             source_url: String::new(),
             type_prefix: "io.stamp-relay".into(),
             fields: names,
         };
         let keep = |e: &crate::events::Event| sel.matches(&crate::filter::EventView::new(&src, e));
-        count_after(self.store, self.target, after, keep).await
+        count_after(self.store, self.table, after, keep).await
     }
 
     /// The baseline: the same kind of body, posted one by one by a plain
@@ -276,7 +276,7 @@ pub async fn run(
     token: &str,
     sim_url: &str,
     store: &dyn Store,
-    target: &Target,
+    table: &Table,
 ) -> anyhow::Result<()> {
     let counts = Arc::new(Counts::default());
     let app = Router::new()
@@ -290,10 +290,10 @@ pub async fn run(
         base,
         token,
         store,
-        target,
+        table,
         counts,
         receiver,
-        top: store.last_id(target).await?.stamp,
+        top: store.last_id(table).await?.stamp,
     };
     local(&b).await?;
     slow(&b).await?;

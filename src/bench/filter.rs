@@ -9,7 +9,7 @@ use crate::{
     cloudevents::EventSource,
     events::{Event, Op, StreamId},
     filter::{Filter, Selection},
-    store::Target,
+    store::Table,
 };
 
 /// Passes every simulator patient, evaluating all three clauses.
@@ -29,7 +29,7 @@ pub struct Figures {
 /// Times both over `payloads` (id, stamp, record JSON).
 pub fn measure(payloads: &[(String, u64, String)]) -> Figures {
     let src = EventSource {
-        target: Target::new("bench", "patients"),
+        table: Table::new("bench", "patients"),
         source_url: "http://bench/api/patients".into(),
         type_prefix: "io.stamp-relay".into(),
         fields: Default::default(),

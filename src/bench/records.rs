@@ -7,7 +7,7 @@
 use super::{load_source, simulator, source};
 use crate::{
     config::{Paging, StoreConfig},
-    store::Target,
+    store::Table,
 };
 
 /// One load: events appended, seconds, and the table's Redis bytes per
@@ -46,7 +46,7 @@ async fn usage(
 }
 
 /// Retention removing every event but the last: what the kept copies cost.
-async fn trim_all(store: &StoreConfig, t: &Target) -> anyhow::Result<f64> {
+async fn trim_all(store: &StoreConfig, t: &Table) -> anyhow::Result<f64> {
     let s = crate::store::open(store).await?;
     s.keep_records(t, true);
     let last = s.last_id(t).await?;
@@ -65,7 +65,7 @@ async fn load(redis_url: &str, base_url: &str, keep: bool, round: usize) -> anyh
     src.keep_records = keep;
     let (report, secs) = load_source(&store, src).await?;
     let events = report.outcome.appended();
-    let t = Target::new("bench", "patients");
+    let t = Table::new("bench", "patients");
     let keys = crate::store::redis::Keys::new(&store.key_prefix, &t);
     // MEMORY USAGE ... SAMPLES 0 walks every element: allow it time.
     let config = redis::AsyncConnectionConfig::new()

@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 use super::{BenchArgs, redis, relay_load, simulator};
 use crate::{
     config::StoreConfig,
-    store::{self, Target},
+    store::{self, Table},
 };
 
 /// The memory figure, measured in a process of its own so the loads
@@ -36,7 +36,7 @@ pub(super) async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
         key_prefix: format!("bench-rss-{}", std::process::id()),
         ..StoreConfig::default()
     };
-    let target = Target::new("bench", "patients");
+    let table = Table::new("bench", "patients");
     let baseline = rss_kb("VmRSS:");
     let probe = store::open(&store).await?;
     let load = tokio::spawn({
@@ -56,7 +56,7 @@ pub(super) async fn run(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Resu
         rss_kb("VmHWM:") as f64 / 1024.0
     );
     while !load.is_finished() {
-        let len = probe.stream_len(&target).await.unwrap_or(0);
+        let len = probe.stream_len(&table).await.unwrap_or(0);
         if len >= next_mark {
             println!(
                 "{:>12} {:>12.1} {:>12.1}",

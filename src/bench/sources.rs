@@ -27,7 +27,7 @@ use super::{BenchArgs, Guard, free_port, redis, wait_for_port};
 use crate::{
     config::StoreConfig,
     events::now_ms,
-    store::{self, Store, Target},
+    store::{self, Store, Table},
 };
 
 /// The simulator's tables, in the order sources take them.
@@ -51,11 +51,11 @@ pub(super) async fn run(args: &BenchArgs, dir: &Path) -> anyhow::Result<()> {
 
 async fn one_run(args: &BenchArgs, sources: usize, dir: &Path) -> anyhow::Result<()> {
     let per = args.tables_per_source.clamp(1, TABLES.len());
-    let tables: Vec<Target> = (0..sources)
+    let tables: Vec<Table> = (0..sources)
         .flat_map(|s| {
             TABLES[..per]
                 .iter()
-                .map(move |r| Target::new(format!("s{s:05}"), *r))
+                .map(move |r| Table::new(format!("s{s:05}"), *r))
         })
         .collect();
     println!(
@@ -163,7 +163,7 @@ fn spawn(cfg: &Path, i: usize, dir: &Path) -> anyhow::Result<Instance> {
 }
 
 /// Applies `look` to every table, 64 at a time.
-async fn each<T, F>(tables: &[Target], look: impl Fn(Target) -> F) -> Vec<T>
+async fn each<T, F>(tables: &[Table], look: impl Fn(Table) -> F) -> Vec<T>
 where
     F: std::future::Future<Output = T>,
 {
@@ -174,7 +174,7 @@ where
 }
 
 /// Waits until every table holds its records.
-async fn wait_loaded(store: &dyn Store, tables: &[Target], within: Duration) -> anyhow::Result<()> {
+async fn wait_loaded(store: &dyn Store, tables: &[Table], within: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let lens = each(tables, |t| async move {
@@ -322,8 +322,8 @@ async fn write_delay(
     sources: usize,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let tables: Vec<Target> = (0..sources)
-        .map(|s| Target::new(format!("s{s:05}"), "patients"))
+    let tables: Vec<Table> = (0..sources)
+        .map(|s| Table::new(format!("s{s:05}"), "patients"))
         .collect();
     let lens = async || {
         each(&tables, |t| async move {
@@ -375,7 +375,7 @@ async fn write_delay(
 /// polled every table.
 async fn takeover(
     store: &dyn Store,
-    tables: &[Target],
+    tables: &[Table],
     instances: &mut [Instance],
     cfg: &StoreConfig,
 ) -> anyhow::Result<()> {

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cloudevents::EventSource,
     events::StreamId,
-    metrics::{Metrics, target_labels},
-    store::{Store, StoreResult, Target},
+    metrics::{Metrics, table_labels},
+    store::{Store, StoreResult, Table},
     topology::Topology,
 };
 
@@ -32,10 +32,10 @@ pub struct Catalog {
     metrics: Arc<Metrics>,
     topology: Arc<Topology>,
     /// What inference has seen, per table of the topology it was asked of.
-    tables: std::sync::Mutex<BTreeMap<Target, Arc<Table>>>,
+    tables: std::sync::Mutex<BTreeMap<Table, Arc<Inference>>>,
 }
 
-struct Table {
+struct Inference {
     source: Arc<EventSource>,
     declared: Option<Value>,
     inferred: Mutex<Progress>,
@@ -64,7 +64,7 @@ impl Catalog {
     /// The catalog's tables now: one per table of a source in the
     /// topology, in order. The relay's own `_relay/health` has event types
     /// of its own (docs/events.md), not `<resource>.<op>`.
-    fn tables(&self) -> Vec<Arc<Table>> {
+    fn tables(&self) -> Vec<Arc<Inference>> {
         let now = self.topology.snapshot();
         let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         tables.retain(|t, _| now.tables.contains_key(t));
@@ -77,7 +77,7 @@ impl Catalog {
                         // Checked when the configuration loaded.
                         s.config.settings.schemas.get(&t.resource)?.load().ok()
                     });
-                    Arc::new(Table {
+                    Arc::new(Inference {
                         source: table.event_source.clone(),
                         declared,
                         inferred: Mutex::default(),
@@ -121,7 +121,7 @@ impl Catalog {
 
     async fn follow_table(
         self: Arc<Self>,
-        t: Target,
+        t: Table,
         wake: Arc<Notify>,
         gone: CancellationToken,
         cancel: CancellationToken,
@@ -162,7 +162,7 @@ impl Catalog {
                     (p.schema.schema(), "inferred")
                 }
             };
-            let t = &table.source.target;
+            let t = &table.source.table;
             for op in OPS {
                 let ty = format!("{}.{}.{op}", table.source.type_prefix, t.resource);
                 out.push(json!({
@@ -179,8 +179,8 @@ impl Catalog {
     }
 
     /// Reads the events appended after what `p` has seen.
-    async fn catch_up(&self, table: &Table, p: &mut Progress) -> StoreResult<()> {
-        let t = &table.source.target;
+    async fn catch_up(&self, table: &Inference, p: &mut Progress) -> StoreResult<()> {
+        let t = &table.source.table;
         loop {
             let events = self.store.read(t, p.through, PAGE).await?;
             let Some(last) = events.last() else {
@@ -198,7 +198,7 @@ impl Catalog {
                             "the upstream sent a field this table's records did not have before");
                         self.metrics
                             .schema_new_fields
-                            .get_or_create(&target_labels(t))
+                            .get_or_create(&table_labels(t))
                             .inc();
                     }
                 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use crate::{
     status::{Overview, Query, SubscriptionView},
-    store::{self, Target},
+    store::{self, Table},
 };
 
 /// Reads the store only: needs no upstream, API or webhook secret.
@@ -15,10 +15,10 @@ pub(super) async fn run(
     query: &Query,
 ) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
-    let targets: Vec<Target> = config
+    let targets: Vec<Table> = config
         .sources
         .iter()
-        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
+        .flat_map(|s| s.resources.iter().map(|r| Table::new(&s.name, r)))
         .collect();
     let overview = crate::status::overview(store.as_ref(), &targets, query).await?;
     let limit = config.delivery.max_waiting_retries;
@@ -82,7 +82,7 @@ fn print_tables(o: &Overview) {
         };
         println!(
             "{:<32} {:>14} {:>10} {:>10} {:>10} {:>10}  {state}",
-            v.target.to_string(),
+            v.table.to_string(),
             v.last_id.to_string(),
             v.stream_length,
             v.records,

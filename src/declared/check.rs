@@ -5,7 +5,7 @@ use super::Declared;
 use crate::{
     config::{Config, ConfigError, ConsumerConfig, RawConfig, SourceConfig, SubscriptionConfig},
     consumer::Allow,
-    store::Target,
+    store::Table,
     subscription::{self, Invalid, ManagedBy, Start, StartSpec, Subscription},
 };
 
@@ -49,9 +49,9 @@ pub(super) fn check(
     sources: &[SourceConfig],
     consumers: &[ConsumerConfig],
 ) -> Result<Declared, Vec<String>> {
-    let known: Vec<Target> = sources
+    let known: Vec<Table> = sources
         .iter()
-        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r)))
+        .flat_map(|s| s.resources.iter().map(|r| Table::new(&s.name, r)))
         .collect();
     let mut p = Vec::new();
     let mut note = |e: Invalid| p.push(format!("subscriptions[{i}].{}: {}", e.field, e.message));
@@ -182,11 +182,11 @@ fn within_consumer(
     })
 }
 
-fn keeps_records(sources: &[SourceConfig], t: &Target) -> bool {
+fn keeps_records(sources: &[SourceConfig], t: &Table) -> bool {
     sources.iter().any(|s| s.name == t.source && s.keep_records)
 }
 
-fn start_of(spec: Option<&serde_json::Value>, targets: &[Target]) -> Result<Start, Invalid> {
+fn start_of(spec: Option<&serde_json::Value>, targets: &[Table]) -> Result<Start, Invalid> {
     let Some(v) = spec else {
         return Ok(Start::Now);
     };

@@ -186,7 +186,7 @@ impl Worker {
             _ => {
                 let records = events.iter().map(|e| e.record.as_str());
                 if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
-                    tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                    tracing::warn!(subscription = %subscription.id, target = %self.table, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
                 }
                 self.retry_or_bury(st, subscription, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
@@ -214,7 +214,7 @@ impl Worker {
     ) -> StoreResult<()> {
         let back = st.streak.delivered(now);
         if back.say {
-            tracing::warn!(subscription = %subscription.id, target = %self.target, url = %subscription.url.for_logs(), "delivery recovered");
+            tracing::warn!(subscription = %subscription.id, target = %self.table, url = %subscription.url.for_logs(), "delivery recovered");
         }
         let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
             return Ok(());
@@ -222,9 +222,9 @@ impl Worker {
         let due = q.retry_now(now);
         if due > 0 {
             self.store
-                .retry_now(&subscription.id, &self.target, now)
+                .retry_now(&subscription.id, &self.table, now)
                 .await?;
-            tracing::info!(subscription = %subscription.id, target = %self.target, due, "the receiver answers again: its waiting retries are due now");
+            tracing::info!(subscription = %subscription.id, target = %self.table, due, "the receiver answers again: its waiting retries are due now");
         }
         Ok(())
     }
@@ -264,12 +264,12 @@ impl Worker {
                 Some(state) => {
                     p.state = state;
                     self.store
-                        .retry_later(&subscription.id, &self.target, *id, p.state)
+                        .retry_later(&subscription.id, &self.table, *id, p.state)
                         .await?;
                 }
                 None => {
                     let dead = DeadLetter {
-                        target: self.target.to_string(),
+                        table: self.table.to_string(),
                         id: id.to_string(),
                         event_id: self.source.id(&p.event),
                         attempts: p.state.attempts,
@@ -278,7 +278,7 @@ impl Worker {
                     };
                     self.store.dead_letter(&subscription.id, &dead).await?;
                     self.store
-                        .settle(&subscription.id, &self.target, &[*id])
+                        .settle(&subscription.id, &self.table, &[*id])
                         .await?;
                     q.remove(id);
                 }
@@ -298,7 +298,7 @@ impl Worker {
     ) {
         let attempt = Attempt {
             at_ms,
-            target: self.target.to_string(),
+            table: self.table.to_string(),
             ping: false,
             event_ids: events.iter().map(|e| self.source.id(e)).collect(),
             outcome: sent.outcome,

@@ -7,8 +7,8 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Hist
 use super::queue::Counts;
 use crate::subscription::state::Outcome;
 use crate::{
-    metrics::{Metrics, OutcomeLabels, SubLabels, SubTargetLabels},
-    store::Target,
+    metrics::{Metrics, OutcomeLabels, SubLabels, SubTableLabels},
+    store::Table,
 };
 
 pub struct Meters {
@@ -24,8 +24,8 @@ pub struct Meters {
 }
 
 impl Meters {
-    pub fn new(metrics: std::sync::Arc<Metrics>, subscription: &str, t: &Target) -> Meters {
-        let labels = SubTargetLabels {
+    pub fn new(metrics: std::sync::Arc<Metrics>, subscription: &str, t: &Table) -> Meters {
+        let labels = SubTableLabels {
             subscription: subscription.to_string(),
             source: t.source.clone(),
             resource: t.resource.clone(),

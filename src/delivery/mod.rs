@@ -2,7 +2,7 @@
 //! retried on a schedule, in stamp order per record, with dead letters.
 //!
 //! The supervisor ([`Supervisor::run`]) keeps one [`worker::Worker`] per
-//! (enabled subscription, covered target), restarting and stopping them as
+//! (enabled subscription, covered table), restarting and stopping them as
 //! subscriptions change. Workers hold a lease each, so with several relay
 //! instances every pair is served by exactly one of them at a time.
 
@@ -16,7 +16,7 @@ use crate::{
     config::{Config, DeliveryConfig},
     consumer::Allow,
     events::Event,
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
     subscription::{Subscription, state::RetryState},
     topology::Topology,
 };
@@ -35,13 +35,13 @@ mod window;
 pub mod worker;
 mod writer;
 
-/// What a subscription holds on a target, counted as its worker counts it.
+/// What a subscription holds on a table, counted as its worker counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
     /// Claimed and not yet delivered.
     pub pending: usize,
     /// Held back by a waiting retry: failed events and the later events of
-    /// their records. At `delivery.max_waiting_retries` the target claims
+    /// their records. At `delivery.max_waiting_retries` the table claims
     /// nothing new for the subscription.
     pub waiting: usize,
 }
@@ -61,7 +61,7 @@ impl Backlog {
     }
 }
 
-pub async fn backlog(store: &dyn Store, sub_id: &str, t: &Target) -> StoreResult<Backlog> {
+pub async fn backlog(store: &dyn Store, sub_id: &str, t: &Table) -> StoreResult<Backlog> {
     Ok(Backlog::of(store.pending(sub_id, t).await?))
 }
 
@@ -152,7 +152,7 @@ impl Supervisor {
     /// Keeps workers in line with the subscriptions until cancelled, then
     /// lets each finish its current request.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut running: HashMap<(String, Target), Running> = HashMap::new();
+        let mut running: HashMap<(String, Table), Running> = HashMap::new();
         // Clean-ups after the workers of deleted subscriptions.
         let mut forgetting = tokio::task::JoinSet::new();
         let mut memory = survive::Memory::default();
@@ -225,7 +225,7 @@ impl Supervisor {
     /// the next look starts their workers.
     async fn restore(&mut self, subs: &[Subscription]) {
         let (store, declared) = (self.store.as_ref(), self.declared.as_slice());
-        let known: Vec<Target> = self.topology.snapshot().targets();
+        let known: Vec<Table> = self.topology.snapshot().targets();
         let done = if self.apply_first {
             crate::declared::apply(store, declared, &known, self.secret_grace).await
         } else if declared.is_empty() {
@@ -241,7 +241,7 @@ impl Supervisor {
         }
     }
 
-    async fn forget(&self, sub_id: &str, t: Target) {
+    async fn forget(&self, sub_id: &str, t: Table) {
         // Its worker has stopped: nothing re-creates the series.
         self.metrics
             .forget_subscription(sub_id, std::slice::from_ref(&t));
@@ -269,13 +269,13 @@ impl Supervisor {
     fn reconcile(
         &self,
         subs: &[Subscription],
-        wanted: HashMap<(String, Target), &Subscription>,
-        running: &mut HashMap<(String, Target), Running>,
+        wanted: HashMap<(String, Table), &Subscription>,
+        running: &mut HashMap<(String, Table), Running>,
         cancel: &CancellationToken,
-    ) -> Vec<((String, Target), tokio::task::JoinHandle<()>)> {
+    ) -> Vec<((String, Table), tokio::task::JoinHandle<()>)> {
         let mut deleted = Vec::new();
         let now = self.topology.snapshot();
-        let stopping: Vec<(String, Target)> = running
+        let stopping: Vec<(String, Table)> = running
             .keys()
             .filter(|key| !wanted.contains_key(*key))
             .cloned()
@@ -303,8 +303,8 @@ impl Supervisor {
             };
             let (w, tx) = self.worker_on(s, table);
             let child = cancel.child_token();
-            // Every log line of a worker carries its subscription and target.
-            let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.target.source, resource = %w.target.resource);
+            // Every log line of a worker carries its subscription and table.
+            let span = tracing::info_span!("deliver", subscription = %key.0, source = %w.table.source, resource = %w.table.resource);
             let handle = tokio::spawn(tracing::Instrument::instrument(w.run(child.clone()), span));
             running.insert(
                 key,
@@ -328,7 +328,7 @@ fn wanted<'a>(
     subs: &'a [Subscription],
     allowed: &HashMap<String, Allow>,
     now: &crate::topology::Snapshot,
-) -> HashMap<(String, Target), &'a Subscription> {
+) -> HashMap<(String, Table), &'a Subscription> {
     let mut wanted = HashMap::new();
     for s in subs.iter().filter(|s| s.enabled) {
         let allow = allowed.get(&s.consumer);
@@ -346,7 +346,7 @@ impl Supervisor {
     pub fn worker(
         &self,
         subscription: &Subscription,
-        t: &Target,
+        t: &Table,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
         let table = self.topology.table(t);
         self.worker_on(
@@ -358,15 +358,15 @@ impl Supervisor {
     fn worker_on(
         &self,
         subscription: &Subscription,
-        table: &crate::topology::Table,
+        table: &crate::topology::TableEntry,
     ) -> (worker::Worker, watch::Sender<Subscription>) {
-        let t = &table.target;
+        let t = &table.table;
         let (tx, rx) = watch::channel(subscription.clone());
         let w = worker::Worker {
             subscription: rx,
             source: table.event_source.clone(),
             wake: table.wake().clone(),
-            target: t.clone(),
+            table: t.clone(),
             store: self.store.clone(),
             sender: self.sender.clone(),
             schedule: self.schedule.clone(),

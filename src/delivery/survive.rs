@@ -12,7 +12,7 @@ use std::{
 };
 
 use super::Supervisor;
-use crate::{events::StreamId, store::Target, subscription::Subscription};
+use crate::{events::StreamId, store::Table, subscription::Subscription};
 
 /// How long after a reset is seen the list is not trusted to shrink: a look
 /// may have read the list just before the data went and the epochs just
@@ -23,7 +23,7 @@ const WINDOW: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Memory {
     known: Vec<Subscription>,
-    epochs: HashMap<Target, String>,
+    epochs: HashMap<Table, String>,
     restoring_until: Option<Instant>,
 }
 
@@ -56,7 +56,7 @@ impl Supervisor {
             .cloned()
             .collect();
         for mut subscription in lost {
-            let covered: Vec<Target> = self
+            let covered: Vec<Table> = self
                 .topology
                 .snapshot()
                 .targets()

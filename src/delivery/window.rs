@@ -46,7 +46,7 @@ impl Worker {
             let mut q = Queue::default();
             let (mut events, states): (Vec<_>, Vec<_>) = self
                 .store
-                .pending(&subscription.id, &self.target)
+                .pending(&subscription.id, &self.table)
                 .await?
                 .into_iter()
                 .unzip();
@@ -76,7 +76,7 @@ impl Worker {
                 .collect();
             if !skip.is_empty() {
                 self.store
-                    .settle(&subscription.id, &self.target, &skip)
+                    .settle(&subscription.id, &self.table, &skip)
                     .await?;
                 for id in skip {
                     q.remove(&id);
@@ -112,8 +112,8 @@ impl Worker {
             .store
             .claim(
                 &subscription.id,
-                &self.target,
-                subscription.start_of(&self.target),
+                &self.table,
+                subscription.start_of(&self.table),
                 room,
             )
             .await?;
@@ -152,7 +152,7 @@ impl Worker {
         events: &mut [Event],
     ) -> StoreResult<()> {
         if subscription.previous {
-            self.store.fill_previous(&self.target, events).await?;
+            self.store.fill_previous(&self.table, events).await?;
         }
         Ok(())
     }
@@ -188,7 +188,7 @@ impl Worker {
             return Ok(());
         }
         self.store
-            .settle(&subscription.id, &self.target, &skip)
+            .settle(&subscription.id, &self.table, &skip)
             .await?;
         for id in &skip {
             q.remove(id);

@@ -1,4 +1,4 @@
-//! One delivery worker per (subscription, target): it claims entries from
+//! One delivery worker per (subscription, table): it claims entries from
 //! the stream into the subscription's pending set and keeps up to the
 //! subscription's `max_in_flight` requests out at once, never two of one
 //! record, so each record's events still arrive in stamp order while slow
@@ -38,7 +38,7 @@ use crate::{
     cloudevents::EventSource,
     events::{StreamId, now_ms},
     filter::Selection,
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
     subscription::Subscription,
 };
 
@@ -56,7 +56,7 @@ pub const IDLE_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Worker {
     pub subscription: watch::Receiver<Subscription>,
-    pub target: Target,
+    pub table: Table,
     pub source: Arc<EventSource>,
     pub store: Arc<dyn Store>,
     pub sender: Arc<WebhookClient>,
@@ -125,7 +125,7 @@ pub struct WorkerState {
     pub(super) subscription: Arc<Subscription>,
     /// Its URL, headers and signing keys, made once per change.
     pub(super) endpoint: Arc<Endpoint>,
-    /// Its filters and fields for this target's source, made once per change.
+    /// Its filters and fields for this table's source, made once per change.
     pub(super) selection: Arc<Selection>,
     /// The selection changed: check every queued entry against it again.
     pub(super) recheck: bool,
@@ -174,8 +174,8 @@ impl WorkerState {
 }
 
 impl Worker {
-    fn lease(&self) -> Target {
-        self.target.delivery_lease(&self.subscription.borrow().id)
+    fn lease(&self) -> Table {
+        self.table.delivery_lease(&self.subscription.borrow().id)
     }
 
     /// A fresh state with its writer running; `close` it when done.
@@ -199,13 +199,13 @@ impl Worker {
             // Made by the first step, which may have to disable the subscription.
             selection_made: false,
             unchecked: Vec::new(),
-            meters: Meters::new(self.metrics.clone(), &subscription.id, &self.target),
+            meters: Meters::new(self.metrics.clone(), &subscription.id, &self.table),
             subscription: Arc::new(subscription),
             changes: self.subscription.clone(),
             shown_at: None,
             paused: false,
             log,
-            logger: tokio::spawn(writer(self.store.clone(), self.target.clone(), writes)),
+            logger: tokio::spawn(writer(self.store.clone(), self.table.clone(), writes)),
         }
     }
 
@@ -235,7 +235,7 @@ impl Worker {
                 Ok(Step::Disabled) => break,
                 Ok(Step::LeaseLost) => self.lease_ttl / 2,
                 Err(e) => {
-                    tracing::warn!(target = %self.target, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
+                    tracing::warn!(target = %self.table, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
                     Duration::from_secs(1)
                 }
             };
@@ -256,7 +256,7 @@ impl Worker {
         st.answers().await;
         let subscription = self.subscription.borrow().clone();
         if let Err(e) = self.apply_finished(st, &subscription, Now::current()).await {
-            tracing::warn!(target = %self.target, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
+            tracing::warn!(target = %self.table, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::subscription::state::Attempt;
 use crate::{
     events::StreamId,
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
 };
 
 /// Store writes taken off the delivery path, applied in order.
@@ -25,7 +25,7 @@ pub enum Write {
 /// Writes queued at most before they go to the store together.
 const GROUP: usize = 1000;
 
-pub async fn writer(store: Arc<dyn Store>, t: Target, mut writes: mpsc::UnboundedReceiver<Write>) {
+pub async fn writer(store: Arc<dyn Store>, t: Table, mut writes: mpsc::UnboundedReceiver<Write>) {
     let mut queued = Vec::new();
     while writes.recv_many(&mut queued, GROUP).await > 0 {
         // Flushes answer once everything queued before them is stored.
@@ -71,7 +71,7 @@ impl Group {
 
     /// Settles and attempt logs go out together: on Redis they share one
     /// connection, so they cost one round trip, not one each.
-    async fn store(self, store: &dyn Store, t: &Target) -> StoreResult<()> {
+    async fn store(self, store: &dyn Store, t: &Table) -> StoreResult<()> {
         let settles = async {
             for (sub, ids) in &self.settles {
                 store.settle(sub, t, ids).await?;

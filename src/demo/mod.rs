@@ -14,7 +14,7 @@ use crate::{
     config::{Config, Paging, RawConfig, Scope, Secret, SourceConfig, StoreConfig, TokenConfig},
     events::{Event, StreamId},
     shutdown::shutdown_signal,
-    store::{self, Store, Target},
+    store::{self, Store, Table},
 };
 
 mod receiver;
@@ -81,7 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let api = listener.local_addr()?;
     let relay = Relay::with_store(config, store.clone())?;
-    let targets: Vec<Target> = relay.pollers.iter().map(|p| p.target.clone()).collect();
+    let targets: Vec<Table> = relay.pollers.iter().map(|p| p.table.clone()).collect();
     banner(&args, &base_url, &store.describe(), api, &token, &hooks.url);
 
     let relay_task = tokio::spawn(relay.run(listener, cancel.clone()));
@@ -185,13 +185,13 @@ async fn subscribe(api: &str, token: &str, hooks: &receiver::Receiver) -> anyhow
     anyhow::bail!("the relay's API at {api} did not come up")
 }
 
-/// Prints events of every target as they land, until cancelled.
+/// Prints events of every table as they land, until cancelled.
 async fn feed(
     store: &dyn Store,
-    targets: &[Target],
+    targets: &[Table],
     cancel: &tokio_util::sync::CancellationToken,
 ) -> u64 {
-    let mut after: HashMap<&Target, StreamId> =
+    let mut after: HashMap<&Table, StreamId> =
         targets.iter().map(|t| (t, StreamId::ZERO)).collect();
     let mut seen = 0;
     while !cancel.is_cancelled() {

@@ -59,11 +59,10 @@ impl<'a> EventView<'a> {
         let (src, e) = (self.src, self.event);
         Some(match attr {
             Attr::Id => Cow::Owned(src.id(e)),
-            Attr::Type => {
-                Cow::Borrowed(self.ty.get_or_init(|| {
-                    format!("{}.{}.{}", src.type_prefix, src.target.resource, e.op)
-                }))
-            }
+            Attr::Type => Cow::Borrowed(
+                self.ty
+                    .get_or_init(|| format!("{}.{}.{}", src.type_prefix, src.table.resource, e.op)),
+            ),
             Attr::Source => Cow::Borrowed(&src.source_url),
             Attr::Subject => Cow::Borrowed(&e.record),
             Attr::Time => {

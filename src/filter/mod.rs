@@ -1,4 +1,4 @@
-//! What a reader receives of a target's events: filters in the CloudEvents
+//! What a reader receives of a table's events: filters in the CloudEvents
 //! Subscriptions API dialects (`exact`, `prefix`, `suffix`, `all`, `any`,
 //! `not`) over the context attributes and `data.<field>` paths into the
 //! record, and a projection of the record's fields (`fields`, empty for

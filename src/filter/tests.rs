@@ -7,12 +7,12 @@ use crate::{
     cloudevents::EventSource,
     config::FieldNames,
     events::{Event, Op, StreamId},
-    store::Target,
+    store::Table,
 };
 
 fn source(resource: &str) -> EventSource {
     EventSource {
-        target: Target::new("pc", resource),
+        table: Table::new("pc", resource),
         source_url: format!("https://painchek.example/api/{resource}"),
         type_prefix: "io.stamp-relay".into(),
         fields: FieldNames::default(),

@@ -41,7 +41,7 @@ impl Poller {
             Some(e) => e.clone(),
             None => {
                 let fresh = uuid::Uuid::new_v4().simple().to_string();
-                self.store.init_epoch(&self.target, &fresh).await?
+                self.store.init_epoch(&self.table, &fresh).await?
             }
         };
         if let Some(known) = self.epoch.replace(now.clone()) {
@@ -57,13 +57,13 @@ impl Poller {
         } else {
             "holds another epoch"
         };
-        tracing::error!(target = %self.target, known, now, store = %self.store.describe(),
+        tracing::error!(target = %self.table, known, now, store = %self.store.describe(),
             "STORE RESET: the store {what} for this table; it lost the events and the record index \
              this relay wrote. Reloading the table as an initial load (snapshot=1); subscribers \
              should treat it as a fresh snapshot");
         self.metrics
             .store_resets
-            .get_or_create(&crate::metrics::target_labels(&self.target))
+            .get_or_create(&crate::metrics::table_labels(&self.table))
             .inc();
         self.status.resets.fetch_add(1, Ordering::Relaxed);
         self.status.last_reset_ms.store(now_ms(), Ordering::Relaxed);
@@ -91,7 +91,7 @@ impl Poller {
     /// last ID) jumps to `highest`'s stamp at the first late event appended
     /// above it, so it cannot be trusted until then.
     pub(super) fn failover(&mut self, top: StreamId, highest: StreamId) {
-        tracing::error!(target = %self.target, %top, %highest, store = %self.store.describe(),
+        tracing::error!(target = %self.table, %top, %highest, store = %self.store.describe(),
             "STORE FAILOVER: the store lost the newest events this relay appended (its stream ends at {top}, \
              it had reached {highest}); a failover to a replica that was behind, or an older copy of the store. \
              Those IDs are not issued again: the lost versions are fetched again and appended as late events \

@@ -22,13 +22,13 @@ use crate::{
     events::now_ms,
     health::{Health, Outcome, SourceHealth, State, Tracker},
     record::UpstreamRecord,
-    store::{AppendBatch, Refusal, Store, StoreError, StoreResult, Target, alerts::Marks},
-    target::RELAY_SOURCE,
+    store::{AppendBatch, Refusal, Store, StoreError, StoreResult, Table, alerts::Marks},
+    table::RELAY_SOURCE,
 };
 
 /// The table health transitions are appended to.
-pub fn health_table() -> Target {
-    Target::new(RELAY_SOURCE, "health")
+pub fn health_table() -> Table {
+    Table::new(RELAY_SOURCE, "health")
 }
 
 /// What the poller keeps to judge its table.
@@ -41,7 +41,7 @@ pub(super) struct Judge {
 /// A transition on its way to `_relay/health`.
 #[derive(Debug)]
 pub struct Note {
-    pub target: Target,
+    pub table: Table,
     pub from: State,
     pub to: Health,
 }
@@ -73,19 +73,19 @@ impl Poller {
         let Some(mut outcome) = outcome else {
             if let Some(j) = self.judge.take() {
                 self.metrics
-                    .health(&self.target, Some(j.tracker.health().state), None);
+                    .health(&self.table, Some(j.tracker.health().state), None);
             }
             return None;
         };
         if self.judge.is_none() {
-            let stored = self.store.poll_status(&self.target).await.ok().flatten();
+            let stored = self.store.poll_status(&self.table).await.ok().flatten();
             let (health, ok_ms) = stored.map_or((None, None), |s| (s.health, s.ok_ms));
             let interval = self.settings.poll_interval.as_millis() as u64;
             let after = self.settings.failing_after_intervals;
             let tracker = Tracker::new(now, health, ok_ms, interval, after);
             let marks = self.alerts().clone();
             self.metrics
-                .health(&self.target, None, Some(tracker.health().state));
+                .health(&self.table, None, Some(tracker.health().state));
             self.judge = Some(Judge { tracker, marks });
         }
         let marks = self.alerts().clone();
@@ -119,28 +119,27 @@ impl Poller {
     pub async fn retire_health(&mut self, paused: bool) {
         if paused
             && let Some(health) = self.feed(Outcome::Paused, now_ms(), None)
-            && let Ok(Some(mut status)) = self.store.poll_status(&self.target).await
+            && let Ok(Some(mut status)) = self.store.poll_status(&self.table).await
         {
             status.health = Some(health);
-            if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
-                tracing::debug!(target = %self.target, error = %e, "cannot record the paused health");
+            if let Err(e) = self.store.put_poll_status(&self.table, &status).await {
+                tracing::debug!(target = %self.table, error = %e, "cannot record the paused health");
             }
         }
         if let Some(j) = self.judge.take() {
             let state = j.tracker.health().state;
-            self.metrics.health(&self.target, Some(state), None);
+            self.metrics.health(&self.table, Some(state), None);
         }
     }
 
     fn transition(&self, from: State, to: &Health) {
-        tracing::warn!(source = %self.target.source, resource = %self.target.resource,
+        tracing::warn!(source = %self.table.source, resource = %self.table.resource,
             from = %from, to = %to.state, reason = to.reason.as_deref().unwrap_or(""),
             "table health changed (docs/operations.md, \"Health\")");
-        self.metrics
-            .health(&self.target, Some(from), Some(to.state));
+        self.metrics.health(&self.table, Some(from), Some(to.state));
         if let Some(log) = &self.health_log {
             let note = Note {
-                target: self.target.clone(),
+                table: self.table.clone(),
                 from,
                 to: to.clone(),
             };
@@ -161,7 +160,7 @@ fn raised(before: &Marks, now: &Marks) -> Vec<String> {
 }
 
 /// The tables of a source, as the relay knows them now.
-pub type TablesOf = Arc<dyn Fn(&str) -> Vec<Target> + Send + Sync>;
+pub type TablesOf = Arc<dyn Fn(&str) -> Vec<Table> + Send + Sync>;
 
 /// Appends this instance's transitions to `_relay/health`, one at a time.
 pub struct HealthWriter {
@@ -208,7 +207,7 @@ impl HealthWriter {
             };
             let Some(note) = note else { return };
             while let Err(e) = self.write(&note).await {
-                tracing::warn!(error = %e, target = %note.target, "cannot append a health transition to _relay/health; trying again");
+                tracing::warn!(error = %e, target = %note.table, "cannot append a health transition to _relay/health; trying again");
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -266,7 +265,7 @@ impl HealthWriter {
     /// The records of a transition: the table's, then its source's when
     /// the source's worst state moved with it.
     async fn records(&self, note: &Note) -> StoreResult<Vec<(String, serde_json::Value)>> {
-        let t = &note.target;
+        let t = &note.table;
         let mut out = vec![(
             t.to_string(),
             json!({

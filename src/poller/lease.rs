@@ -15,24 +15,24 @@ use std::{
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::store::{Refusal, Store, StoreError, Target};
+use crate::store::{Refusal, Store, StoreError, Table};
 
 /// Renews a lease until dropped; says when it was lost.
 pub(super) struct LeaseKeeper {
     lost: CancellationToken,
-    target: Target,
+    table: Table,
     _stop: DropGuard,
 }
 
 impl LeaseKeeper {
     /// Starts renewing a lease `holder` has just taken.
-    pub fn start(store: Arc<dyn Store>, target: Target, holder: String, ttl: Duration) -> Self {
+    pub fn start(store: Arc<dyn Store>, table: Table, holder: String, ttl: Duration) -> Self {
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let every = (ttl / 3).max(Duration::from_millis(10));
         tokio::spawn(renew(
             store,
-            target.clone(),
+            table.clone(),
             holder,
             ttl,
             every,
@@ -41,7 +41,7 @@ impl LeaseKeeper {
         ));
         LeaseKeeper {
             lost,
-            target,
+            table,
             _stop: stop.drop_guard(),
         }
     }
@@ -49,7 +49,7 @@ impl LeaseKeeper {
     /// Ok while the lease is held.
     pub fn check(&self) -> Result<(), StoreError> {
         if self.lost.is_cancelled() {
-            Err(StoreError::refused(&self.target, Refusal::LeaseLost))
+            Err(StoreError::refused(&self.table, Refusal::LeaseLost))
         } else {
             Ok(())
         }
@@ -63,7 +63,7 @@ impl LeaseKeeper {
 
 async fn renew(
     store: Arc<dyn Store>,
-    target: Target,
+    table: Table,
     holder: String,
     ttl: Duration,
     every: Duration,
@@ -76,18 +76,18 @@ async fn renew(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match store.lease(&target, &holder, ttl).await {
+        match store.lease(&table, &holder, ttl).await {
             Ok(true) => renewed = Instant::now(),
             Ok(false) => break,
             Err(e) if renewed.elapsed() >= ttl => {
-                tracing::warn!(target = %target, error = %e, "cannot renew the poll lease; stopping this poll");
+                tracing::warn!(target = %table, error = %e, "cannot renew the poll lease; stopping this poll");
                 break;
             }
             Err(e) => {
-                tracing::debug!(target = %target, error = %e, "lease renewal failed; retrying")
+                tracing::debug!(target = %table, error = %e, "lease renewal failed; retrying")
             }
         }
     }
-    tracing::warn!(target = %target, "the poll lease was lost; this poll stops and appends nothing more");
+    tracing::warn!(target = %table, "the poll lease was lost; this poll stops and appends nothing more");
     lost.cancel();
 }

@@ -1,6 +1,6 @@
-//! The poller: one per (source, resource) target (see ARCHITECTURE.md).
+//! The poller: one per (source, resource) table (see ARCHITECTURE.md).
 //!
-//! A poll takes the target's lease, reads the cursor from the stream, fetches
+//! A poll takes the table's lease, reads the cursor from the stream, fetches
 //! the delta since `cursor - overlap` with the source's paging strategy
 //! (see [`paging`]), and appends sorted chunks atomically. Nothing here
 //! stores a cursor: a failed or interrupted poll leaves the stream as the
@@ -21,7 +21,7 @@ use crate::{
     events::{AppendOutcome, StreamId, now_ms},
     http::backoff,
     record::{RejectedRecord, UpstreamRecord},
-    store::{AppendBatch, Refusal, Store, StoreError, Target},
+    store::{AppendBatch, Refusal, Store, StoreError, Table},
     upstream::Upstream,
 };
 
@@ -37,7 +37,7 @@ mod rebase;
 mod reconcile;
 mod table_status;
 mod traced;
-pub use table_status::{LastPoll, TargetStatus};
+pub use table_status::{LastPoll, TableStatus};
 mod error;
 mod settings;
 mod walk;
@@ -75,7 +75,7 @@ pub struct PollReport {
 }
 
 pub struct Poller {
-    pub target: Target,
+    pub table: Table,
     store: Arc<dyn Store>,
     upstream: Arc<Upstream>,
     holder: String,
@@ -97,7 +97,7 @@ pub struct Poller {
     last_reconcile: Option<Instant>,
     /// An initial load completed and `reconcile_after_load` asks for a sweep.
     load_sweep_due: bool,
-    pub status: Arc<TargetStatus>,
+    pub status: Arc<TableStatus>,
     metrics: Arc<crate::metrics::Metrics>,
     /// Hashes of rejected records already written, so a bad record that
     /// the upstream keeps returning is recorded once per process.
@@ -107,7 +107,7 @@ pub struct Poller {
     samples: std::collections::VecDeque<(u64, u64)>,
     /// The last poll that succeeded while this instance held the lease.
     last_ok_ms: Option<u64>,
-    /// A poll of this target succeeded in this process (see `loading`).
+    /// A poll of this table succeeded in this process (see `loading`).
     saw_success: bool,
     /// The running poll's spans and start time (traced.rs).
     spans: Option<Arc<traced::PollSpans>>,
@@ -128,7 +128,7 @@ pub struct Poller {
 
 impl Poller {
     pub fn new(
-        target: Target,
+        table: Table,
         store: Arc<dyn Store>,
         upstream: Arc<Upstream>,
         holder: &str,
@@ -137,7 +137,7 @@ impl Poller {
     ) -> Self {
         Poller {
             metrics,
-            target,
+            table,
             store,
             upstream,
             holder: holder.to_string(),
@@ -172,7 +172,7 @@ impl Poller {
         self.health_log = Some(log);
     }
 
-    /// One poll of the target, its result recorded in the status surfaces.
+    /// One poll of the table, its result recorded in the status surfaces.
     /// Public so tests and `sync --once` drive it.
     pub async fn poll_once(&mut self, cancel: &CancellationToken) -> Result<PollReport, PollError> {
         if self.samples.is_empty() {
@@ -191,7 +191,7 @@ impl Poller {
         result
     }
 
-    /// Whether the target's initial load is still running: its stream was
+    /// Whether the table's initial load is still running: its stream was
     /// empty when a poll began, and no poll of it (by any instance) has
     /// succeeded since. Until then every event says `snapshot=1`, also after
     /// a crash mid-load, when the stream is no longer empty. Read from the
@@ -201,7 +201,7 @@ impl Poller {
         // Once this instance saw a poll succeed, an empty stream is an empty
         // table, and its first records are changes.
         if before == StreamId::ZERO && !self.saw_success {
-            self.store.set_loading(&self.target, true).await?;
+            self.store.set_loading(&self.table, true).await?;
             return Ok(true);
         }
         Ok(stored)
@@ -212,10 +212,10 @@ impl Poller {
         let mut report = PollReport::default();
         let start = self
             .store
-            .begin_poll(&self.target, &self.holder, self.settings.lease_ttl)
+            .begin_poll(&self.table, &self.holder, self.settings.lease_ttl)
             .await?;
         if !start.leased {
-            tracing::debug!(target = %self.target, "another instance holds the lease; not polling");
+            tracing::debug!(target = %self.table, "another instance holds the lease; not polling");
             return Ok(report);
         }
         self.keep_lease_renewed();
@@ -229,7 +229,7 @@ impl Poller {
         self.note_failover(&result);
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.observe(&report, &result);
-        tracing::debug!(target = %self.target, sync = report.sync, pages = report.pages,
+        tracing::debug!(target = %self.table, sync = report.sync, pages = report.pages,
             settle_pages = report.settle_pages, fetched = report.fetched,
             appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
         self.status.polls.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +276,7 @@ impl Poller {
             report.before
         } else {
             self.store
-                .last_id(&self.target)
+                .last_id(&self.table)
                 .await
                 .unwrap_or(report.before)
         };
@@ -288,7 +288,7 @@ impl Poller {
     async fn take_lease(&mut self) -> Result<bool, PollError> {
         let taken = self
             .store
-            .lease(&self.target, &self.holder, self.settings.lease_ttl)
+            .lease(&self.table, &self.holder, self.settings.lease_ttl)
             .await?;
         if taken {
             self.keep_lease_renewed();
@@ -301,7 +301,7 @@ impl Poller {
     fn keep_lease_renewed(&mut self) {
         self.lease = Some(lease::LeaseKeeper::start(
             self.store.clone(),
-            self.target.clone(),
+            self.table.clone(),
             self.holder.clone(),
             self.settings.lease_ttl,
         ));
@@ -311,7 +311,7 @@ impl Poller {
     fn keep_lease(&self) -> Result<(), PollError> {
         match &self.lease {
             Some(lease) => Ok(lease.check()?),
-            None => Err(StoreError::refused(&self.target, Refusal::LeaseLost).into()),
+            None => Err(StoreError::refused(&self.table, Refusal::LeaseLost).into()),
         }
     }
 
@@ -345,7 +345,7 @@ impl Poller {
                 rebase: self.rebasing,
             };
             let span = self.spans.as_ref().map(|s| s.append());
-            let appending = self.store.append(&self.target, batch);
+            let appending = self.store.append(&self.table, batch);
             let out = tracing::Instrument::instrument(
                 appending,
                 span.unwrap_or_else(tracing::Span::none),
@@ -359,7 +359,7 @@ impl Poller {
                 .appended
                 .fetch_add(out.appended(), Ordering::Relaxed);
             if out.regressions > 0 {
-                tracing::warn!(target = %self.target, regressions = out.regressions,
+                tracing::warn!(target = %self.table, regressions = out.regressions,
                     "the upstream showed records with a stamp below their last one (stamps from clocks? \
                      docs/sync.md, \"What the relay detects\"); those versions were not appended");
                 self.alert(
@@ -416,9 +416,9 @@ impl Poller {
         let mut h = DefaultHasher::new();
         r.raw.hash(&mut h);
         if self.rejected.insert(h.finish()) {
-            tracing::warn!(target = %self.target, reason = %r.reason, "record rejected; kept in the reject stream");
+            tracing::warn!(target = %self.table, reason = %r.reason, "record rejected; kept in the reject stream");
             self.store
-                .reject(&self.target, &r.raw, &r.reason, now_ms())
+                .reject(&self.table, &r.raw, &r.reason, now_ms())
                 .await?;
             report.rejected += 1;
         }
@@ -467,7 +467,7 @@ impl Poller {
     /// runs one poller on its own.
     pub async fn run(mut self, cancel: CancellationToken) {
         /// Clears `running` however the loop ends, a panic included.
-        struct Running(Arc<TargetStatus>);
+        struct Running(Arc<TableStatus>);
         impl Drop for Running {
             fn drop(&mut self) {
                 self.0.running.store(false, Ordering::Relaxed);
@@ -476,7 +476,7 @@ impl Poller {
         self.status.running.store(true, Ordering::Relaxed);
         let _running = Running(self.status.clone());
         if self.settings.reconcile_after_load {
-            tracing::info!(target = %self.target,
+            tracing::info!(target = %self.table,
                 "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
         }
         while !cancel.is_cancelled() {
@@ -490,6 +490,6 @@ impl Poller {
             }
         }
         self.status.holds_lease.store(false, Ordering::Relaxed);
-        let _ = self.store.release(&self.target, &self.holder).await;
+        let _ = self.store.release(&self.table, &self.holder).await;
     }
 }

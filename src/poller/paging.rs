@@ -57,7 +57,7 @@ impl Poller {
         if cancel.is_cancelled() {
             return Err(PollError::Cancelled);
         }
-        let request = (self.upstream).page(&self.target.resource, sync, page, cancel);
+        let request = (self.upstream).page(&self.table.resource, sync, page, cancel);
         let p = self.unless_lease_lost(request).await?;
         self.counted(sync, page, p.count, p.results.len())?;
         Ok(p)
@@ -68,7 +68,7 @@ impl Poller {
     /// it; the caller takes it with [`Self::fetch_parsed`] (dropped, it is
     /// aborted).
     pub(super) fn fetch_ahead(&self, sync: u64, page: u32, cancel: &CancellationToken) -> Ahead {
-        let (upstream, resource) = (self.upstream.clone(), self.target.resource.clone());
+        let (upstream, resource) = (self.upstream.clone(), self.table.resource.clone());
         let (cancel, fields) = (cancel.clone(), self.settings.fields.clone());
         let request = async move {
             let p = upstream.page(&resource, sync, page, &cancel).await?;
@@ -100,7 +100,7 @@ impl Poller {
         }
         let taken = async {
             a.task.await.unwrap_or_else(|e| {
-                let url = self.upstream.page_url(&self.target.resource, sync, page);
+                let url = self.upstream.page_url(&self.table.resource, sync, page);
                 Err(crate::upstream::UpstreamError::Transport {
                     url: url.to_string(),
                     detail: format!("the page's fetch failed: {e}"),
@@ -122,7 +122,7 @@ impl Poller {
         Ok(match &self.lease {
             Some(lease) => tokio::select! {
                 p = request => p?,
-                () = lease.lost() => return Err(StoreError::refused(&self.target, Refusal::LeaseLost).into()),
+                () = lease.lost() => return Err(StoreError::refused(&self.table, Refusal::LeaseLost).into()),
             },
             None => request.await?,
         })
@@ -140,7 +140,7 @@ impl Poller {
         let per_page = u32::try_from(listed).unwrap_or(u32::MAX);
         let most = most_pages(count, per_page.clamp(1, self.settings.page_size));
         if page > most {
-            let url = self.upstream.page_url(&self.target.resource, sync, page);
+            let url = self.upstream.page_url(&self.table.resource, sync, page);
             return Err(PollError::Endless {
                 url: url.to_string(),
                 count,

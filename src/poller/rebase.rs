@@ -39,7 +39,7 @@ impl Poller {
     pub(super) async fn cursor(&mut self, stream: u64) -> u64 {
         if !self.era_loaded {
             self.era_loaded = true;
-            if let Ok(Some(s)) = self.store.poll_status(&self.target).await {
+            if let Ok(Some(s)) = self.store.poll_status(&self.table).await {
                 self.era = s.upstream_cursor;
                 // The marks another instance (or run) raised stay shown.
                 let mut marks = self.alerts();
@@ -83,7 +83,7 @@ impl Poller {
                 Some(held) => held,
                 None => {
                     // Records found gone (stamp 0) are not held any more.
-                    let index = self.store.index_all(&self.target).await?;
+                    let index = self.store.index_all(&self.table).await?;
                     index.iter().filter(|(_, e)| e.stamp > 0).count() as u64
                 }
             };
@@ -106,7 +106,7 @@ impl Poller {
     ) -> Result<(), PollError> {
         let action = self.settings.on_upstream_reset;
         if !self.reset_seen {
-            tracing::error!(target = %self.target, %evidence, ?action,
+            tracing::error!(target = %self.table, %evidence, ?action,
                 "UPSTREAM RESET: the upstream went back in time (restored or reset); without action every \
                  later change would be dropped as older than the index. on_upstream_reset = \"resnapshot\" \
                  reloads the table as a snapshot, \"pause\" stops appending until the upstream shows the cursor again");
@@ -150,7 +150,7 @@ impl Poller {
         if !gone.is_empty() {
             self.alert(Alert::HardDeletes, gone.len() as u64);
         }
-        tracing::warn!(target = %self.target, reloaded = report.outcome.appended(), gone = gone.len(),
+        tracing::warn!(target = %self.table, reloaded = report.outcome.appended(), gone = gone.len(),
             cursor = set.floor, "reloaded the table after an upstream reset (snapshot=1)");
         self.era = Some(set.floor);
         report.top = set.floor;
@@ -164,11 +164,11 @@ impl Poller {
         returned: &HashSet<String>,
     ) -> Result<Vec<UpstreamRecord>, PollError> {
         let mut out = Vec::new();
-        for (id, entry) in self.store.index_all(&self.target).await? {
+        for (id, entry) in self.store.index_all(&self.table).await? {
             if entry.deleted || returned.contains(&id) {
                 continue;
             }
-            let data = match self.store.record(&self.target, &id).await? {
+            let data = match self.store.record(&self.table, &id).await? {
                 Some(r) => r.data,
                 None => serde_json::json!({ self.settings.fields.id.as_str(): id }).to_string(),
             };

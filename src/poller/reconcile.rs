@@ -40,7 +40,7 @@ pub struct ReconcileReport {
 }
 
 impl Poller {
-    /// One reconcile sweep of the target. Public so `sync --reconcile` and
+    /// One reconcile sweep of the table. Public so `sync --reconcile` and
     /// tests run it on demand.
     pub async fn reconcile_once(
         &mut self,
@@ -59,12 +59,12 @@ impl Poller {
         self.lease = None;
         self.note_failover(&result);
         if out.repaired > 0 {
-            tracing::warn!(target = %self.target, repaired = out.repaired,
+            tracing::warn!(target = %self.table, repaired = out.repaired,
                 "the reconcile sweep found versions the polls missed; appended them as late events");
         }
         self.metrics
             .reconcile_repaired
-            .get_or_create(&crate::metrics::target_labels(&self.target))
+            .get_or_create(&crate::metrics::table_labels(&self.table))
             .inc_by(out.repaired);
         result.map(|()| out)
     }
@@ -74,10 +74,10 @@ impl Poller {
         out: &mut ReconcileReport,
         cancel: &CancellationToken,
     ) -> Result<(), PollError> {
-        self.check_epoch(self.store.epoch(&self.target).await?)
+        self.check_epoch(self.store.epoch(&self.table).await?)
             .await?;
-        let top = self.store.last_id(&self.target).await?.stamp;
-        if top == 0 || self.store.loading(&self.target).await? {
+        let top = self.store.last_id(&self.table).await?.stamp;
+        if top == 0 || self.store.loading(&self.table).await? {
             return Ok(());
         }
         out.swept = true;
@@ -162,10 +162,10 @@ impl Poller {
         // The poll's start read whether a request waits (idle.rs).
         let asked = std::mem::replace(&mut self.reconcile_asked, true);
         let requested = asked
-            && match self.store.take_reconcile_request(&self.target).await {
+            && match self.store.take_reconcile_request(&self.table).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(target = %self.target, error = %e, "cannot read the reconcile request");
+                    tracing::debug!(target = %self.table, error = %e, "cannot read the reconcile request");
                     false
                 }
             };
@@ -185,12 +185,12 @@ impl Poller {
         }
         match self.reconcile_once(cancel).await {
             Ok(r) if r.swept => {
-                tracing::info!(target = %self.target, pages = r.pages, compared = r.compared,
+                tracing::info!(target = %self.table, pages = r.pages, compared = r.compared,
                     repaired = r.repaired, "reconcile sweep finished");
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(target = %self.target, error = %e, "the reconcile sweep failed; the next one tries again")
+                tracing::warn!(target = %self.table, error = %e, "the reconcile sweep failed; the next one tries again")
             }
         }
     }

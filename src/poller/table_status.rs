@@ -18,9 +18,9 @@ use crate::{
     },
 };
 
-/// Live facts about a target, shared with the status surfaces.
+/// Live facts about a table, shared with the status surfaces.
 #[derive(Debug, Default)]
-pub struct TargetStatus {
+pub struct TableStatus {
     /// Poked after every append, so live tails need not wait for their tick.
     pub wake: Arc<tokio::sync::Notify>,
     /// True while the poll loop runs; a loop that ended (or panicked) is not ready.
@@ -64,7 +64,7 @@ impl Poller {
             .judge(result, now, now + self.wait.as_millis() as u64)
             .await;
         if matches!(result, Ok(r) if !r.leased) {
-            // Another instance polls this target and writes its status, and
+            // Another instance polls this table and writes its status, and
             // reloads it after a reset.
             self.samples.clear();
             self.status.reloading.store(false, Ordering::Relaxed);
@@ -78,14 +78,14 @@ impl Poller {
             if r.loading {
                 // The load is complete.
                 self.load_sweep_due = self.settings.reconcile_after_load;
-                if let Err(e) = self.store.set_loading(&self.target, false).await {
+                if let Err(e) = self.store.set_loading(&self.table, false).await {
                     tracing::warn!(error = %e, "cannot record that the initial load completed; the next poll tries again");
                 }
             }
         } else if self.last_ok_ms.is_none() {
             // Keep the last success another instance (or run) recorded; if
             // that cannot be read, write nothing rather than erase it.
-            match self.store.poll_status(&self.target).await {
+            match self.store.poll_status(&self.table).await {
                 Ok(stored) => self.last_ok_ms = stored.and_then(|s| s.ok_ms),
                 Err(_) => return,
             }
@@ -100,8 +100,8 @@ impl Poller {
             upstream_cursor: self.era,
             health,
         };
-        if let Err(e) = self.store.put_poll_status(&self.target, &status).await {
-            tracing::debug!(target = %self.target, error = %e, "cannot record the poll status");
+        if let Err(e) = self.store.put_poll_status(&self.table, &status).await {
+            tracing::debug!(target = %self.table, error = %e, "cannot record the poll status");
         }
     }
 
@@ -113,7 +113,7 @@ impl Poller {
     /// Counts `n` more of `alert` in its metric and the table's marks; the
     /// caller logs it, in its own words.
     pub(super) fn alert(&self, alert: Alert, n: u64) {
-        self.metrics.alert(alert, &self.target, n);
+        self.metrics.alert(alert, &self.table, n);
         alerts::raise(&mut self.alerts(), alert, n, now_ms());
     }
 
@@ -144,21 +144,21 @@ impl Poller {
                 last.cursor = Some(r.after.to_string());
                 last.walks = r.walks;
                 if r.outcome.appended() > 0 || r.rejected > 0 {
-                    tracing::info!(target = %self.target, appended = r.outcome.appended(),
+                    tracing::info!(target = %self.table, appended = r.outcome.appended(),
                         late = r.outcome.late, rejected = r.rejected, cursor = %r.after, "poll appended events");
                 }
             }
             Err(e) => {
                 last.error = Some(e.to_string());
-                tracing::warn!(target = %self.target, error = %e, "poll failed; the cursor did not move");
+                tracing::warn!(target = %self.table, error = %e, "poll failed; the cursor did not move");
             }
         }
     }
 
     pub(super) fn observe(&self, report: &PollReport, result: &Result<(), PollError>) {
-        use crate::metrics::{ErrorLabels, OpLabels, target_labels};
+        use crate::metrics::{ErrorLabels, OpLabels, table_labels};
         let m = &self.metrics;
-        let labels = target_labels(&self.target);
+        let labels = table_labels(&self.table);
         m.cursor
             .get_or_create(&labels)
             .set(report.after.stamp as i64);

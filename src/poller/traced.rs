@@ -44,8 +44,8 @@ impl Poller {
     /// root span, never the child of another, since its ids are derived.
     pub(super) fn begin_trace(&mut self, sweep: bool) -> std::sync::Arc<PollSpans> {
         let observed = now_ms();
-        let trace = PollTrace::of(&self.target.source, &self.target.resource, observed);
-        let (source, resource) = (&self.target.source, &self.target.resource);
+        let trace = PollTrace::of(&self.table.source, &self.table.resource, observed);
+        let (source, resource) = (&self.table.source, &self.table.resource);
         // Field values are built only when the span is on (not at `warn`).
         let poll = if sweep {
             tracing::info_span!(parent: None, "reconcile", %source, %resource, trace_id = %trace.trace_hex())

@@ -28,7 +28,7 @@ use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     events::now_ms,
-    store::{PollStatus, Store, Target},
+    store::{PollStatus, Store, Table},
 };
 
 /// Overdue tables are spread over a tenth of their interval, at most this.
@@ -38,13 +38,13 @@ const OVERDUE_SPREAD: Duration = Duration::from_secs(5);
 const READS: usize = 64;
 
 /// A table's first due time.
-pub(super) type Resumed = (Target, Instant);
+pub(super) type Resumed = (Table, Instant);
 
 /// Reads the last poll of each of `tables` (with its interval) and sends
 /// their due times to `tx`.
 pub(super) fn look_up(
     store: Arc<dyn Store>,
-    tables: Vec<(Target, Duration)>,
+    tables: Vec<(Table, Duration)>,
     tx: mpsc::UnboundedSender<Resumed>,
 ) {
     if tables.is_empty() {
@@ -78,7 +78,7 @@ pub(super) fn look_up(
 /// When `t` is first due, from its stored last poll, at `now_ms` (unix
 /// ms) which is `now`.
 fn due_at(
-    t: &Target,
+    t: &Table,
     status: Option<&PollStatus>,
     interval: Duration,
     now_ms: u64,
@@ -95,7 +95,7 @@ fn due_at(
 }
 
 /// A stable offset of `t` within `within`.
-pub(super) fn offset(t: &Target, within: Duration) -> Duration {
+pub(super) fn offset(t: &Table, within: Duration) -> Duration {
     let mut h = DefaultHasher::new();
     t.hash(&mut h);
     let nanos = within.as_nanos().max(1) as u64;
@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_table_is_due_at_its_last_poll_plus_its_interval() {
-        let t = Target::new("s", "patients");
+        let t = Table::new("s", "patients");
         let now = Instant::now();
         let minute = Duration::from_secs(60);
         let at = 1_000_000;

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::{AppendBatch, Refusal, Store, StoreError, Target};
+use super::{AppendBatch, Refusal, Store, StoreError, Table};
 use crate::{
     events::{AppendOutcome, Event, Op, StreamId},
     record::UpstreamRecord,
@@ -38,8 +38,8 @@ pub fn record(id: &str, stamp: u64) -> UpstreamRecord {
 
 /// Table `source/resource` with its epoch made and the lease held by `me`,
 /// for suites that append to the store directly; answers the epoch.
-pub async fn leased_table(store: &dyn Store, source: &str, resource: &str) -> (Target, String) {
-    let t = Target::new(source, resource);
+pub async fn leased_table(store: &dyn Store, source: &str, resource: &str) -> (Table, String) {
+    let t = Table::new(source, resource);
     let epoch = store.init_epoch(&t, "e1").await.unwrap();
     let leased = store.lease(&t, "me", Duration::from_secs(30));
     assert!(leased.await.unwrap(), "{t}: a new table's lease is free");
@@ -49,7 +49,7 @@ pub async fn leased_table(store: &dyn Store, source: &str, resource: &str) -> (T
 /// Appends `records` to `t` as `holder` under `epoch`, observed at 7 ms.
 pub async fn append_as(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     holder: &str,
     epoch: &str,
     records: &[UpstreamRecord],
@@ -83,13 +83,13 @@ fn id(stamp: u64, seq: u64) -> StreamId {
 }
 
 /// A table of this suite with its epoch and the lease held by `me`.
-async fn table(store: &dyn Store, name: &str) -> (Target, String) {
+async fn table(store: &dyn Store, name: &str) -> (Table, String) {
     leased_table(store, "contract", name).await
 }
 
 async fn append(
     store: &dyn Store,
-    t: &Target,
+    t: &Table,
     epoch: &str,
     records: &[UpstreamRecord],
 ) -> AppendOutcome {
@@ -188,7 +188,7 @@ async fn guards_refuse_as_data(store: &dyn Store) {
 async fn epochs_are_read_in_one_batch(store: &dyn Store) {
     let (a, ea) = table(store, "epochs-a").await;
     let (b, eb) = table(store, "epochs-b").await;
-    let never = Target::new("contract", "epochs-never");
+    let never = Table::new("contract", "epochs-never");
     let asked = [b.clone(), never.clone(), a.clone()];
     let got = store.epochs(&asked).await.unwrap();
     assert_eq!(got, vec![Some(eb), None, Some(ea)]);
@@ -225,7 +225,7 @@ async fn trims_remove_events_and_keep_the_index(store: &dyn Store) {
 /// One holder at a time: the holder extends, others wait for a release or
 /// the expiry.
 async fn leases_are_exclusive_until_released_or_expired(store: &dyn Store) {
-    let t = Target::new("contract", "leases");
+    let t = Table::new("contract", "leases");
     let short = Duration::from_millis(300);
     assert!(store.lease(&t, "a", short).await.unwrap());
     assert!(!store.lease(&t, "b", short).await.unwrap());
@@ -347,9 +347,9 @@ async fn subscriptions_compare_and_set(store: &dyn Store) {
     assert!(store.subscription("cas").await.unwrap().is_none());
 }
 
-fn dead_letter(t: &Target, at: StreamId) -> DeadLetter {
+fn dead_letter(t: &Table, at: StreamId) -> DeadLetter {
     DeadLetter {
-        target: t.to_string(),
+        table: t.to_string(),
         id: at.to_string(),
         event_id: format!("{}:{}:r:{}", t.source, t.resource, at.stamp),
         attempts: 3,

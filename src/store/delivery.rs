@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::{Refusal, StoreError, StoreResult, Target, UPDATE_TRIES};
+use super::{Refusal, StoreError, StoreResult, Table, UPDATE_TRIES};
 use crate::{
     events::{Event, StreamId},
     subscription::{
@@ -37,7 +37,7 @@ pub trait DeliveryStore: Send + Sync {
     /// change, also down (a store that lost it), means "list again".
     async fn subscriptions_version(&self) -> StoreResult<u64>;
 
-    // Delivery state of subscription `sub` on target `t`. Entries
+    // Delivery state of subscription `sub` on table `t`. Entries
     // move from the stream, past the subscription's position, into its
     // pending set; they leave it when delivered, filtered out, or dead.
 
@@ -47,18 +47,18 @@ pub trait DeliveryStore: Send + Sync {
     async fn claim(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         start: StreamId,
         count: usize,
     ) -> StoreResult<Vec<Event>>;
 
     /// The pending set with retry states, in stream order (after a restart).
-    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>>;
+    async fn pending(&self, sub_id: &str, t: &Table) -> StoreResult<Vec<(Event, RetryState)>>;
 
     async fn retry_later(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         id: StreamId,
         state: RetryState,
     ) -> StoreResult<()>;
@@ -68,27 +68,27 @@ pub trait DeliveryStore: Send + Sync {
     /// entries that failed together keep sharing a retry state (a batch
     /// stays one batch) and none loses its count of attempts. Answers how
     /// many entries were not due yet.
-    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64>;
+    async fn retry_now(&self, sub_id: &str, t: &Table, now_ms: u64) -> StoreResult<u64>;
 
     /// How many pending entries wait for a retry (failed at least once).
-    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64>;
+    async fn waiting_retries(&self, sub_id: &str, t: &Table) -> StoreResult<u64>;
 
     /// Removes entries from the pending set.
-    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+    async fn settle(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()>;
 
     /// Puts entries (back) into the pending set, due now: a redrive.
-    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()>;
+    async fn add_pending(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()>;
 
     /// Moves the position: the next claim returns entries after `after`.
-    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()>;
+    async fn reposition(&self, sub_id: &str, t: &Table, after: StreamId) -> StoreResult<()>;
 
     /// The position: the last entry claimed, none before the first claim.
-    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>>;
+    async fn position(&self, sub_id: &str, t: &Table) -> StoreResult<Option<StreamId>>;
 
     /// Removes what a deleted subscription left: its position and pending
     /// set on each of `targets`, its delivery leases there, its dead
     /// letters and its attempt log. Idempotent.
-    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()>;
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Table]) -> StoreResult<()>;
 
     async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()>;
 

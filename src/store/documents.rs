@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use super::{StoreError, StoreResult, Target};
+use super::{StoreError, StoreResult, Table};
 
 /// One stored document: its name, its version (1 after the first write,
 /// raised by every write) and its JSON.
@@ -46,7 +46,7 @@ pub trait Documents: Send + Sync {
     /// index, kept records, rejects, poll state, epoch, lease, and the
     /// delivery positions, pending sets and delivery leases of
     /// `subscriptions` on it (`DELETE /v1/sources/{name}?purge=true`).
-    async fn purge_table(&self, t: &Target, subscriptions: &[String]) -> StoreResult<()>;
+    async fn purge_table(&self, t: &Table, subscriptions: &[String]) -> StoreResult<()>;
 }
 
 /// Writes checked against a version, retried this often before giving up.

@@ -7,21 +7,21 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use super::Target;
+use super::Table;
 use crate::events::StreamId;
 
 #[derive(Debug, Default)]
-pub struct Highest(Mutex<HashMap<Target, (String, StreamId)>>);
+pub struct Highest(Mutex<HashMap<Table, (String, StreamId)>>);
 
 impl Highest {
     /// The highest ID appended to `t` under `epoch`, if any.
-    pub fn get(&self, t: &Target, epoch: &str) -> Option<StreamId> {
+    pub fn get(&self, t: &Table, epoch: &str) -> Option<StreamId> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.get(t).filter(|(e, _)| e == epoch).map(|(_, id)| *id)
     }
 
     /// Notes that `t`'s stream reached `id` under `epoch`.
-    pub fn raise(&self, t: &Target, epoch: &str, id: StreamId) {
+    pub fn raise(&self, t: &Table, epoch: &str, id: StreamId) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match map.get_mut(t) {
             Some((e, have)) if e == epoch => *have = (*have).max(id),
@@ -33,7 +33,7 @@ impl Highest {
 
     /// Sets `t`'s highest ID to `id`, lower or not: after a lost tail was
     /// reported, the stream's real end.
-    pub fn set(&self, t: &Target, epoch: &str, id: StreamId) {
+    pub fn set(&self, t: &Table, epoch: &str, id: StreamId) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(t.clone(), (epoch.to_string(), id));
     }

@@ -4,8 +4,8 @@
 //! in-memory database, for tests). `contract` states the promises once as a
 //! suite every engine runs.
 //!
-//! Invariant: the cursor of a target is the stamp part of its last event ID;
-//! no other state says how far a target has synced, so the two can never
+//! Invariant: the cursor of a table is the stamp part of its last event ID;
+//! no other state says how far a table has synced, so the two can never
 //! disagree.
 
 use std::{sync::Arc, time::Duration};
@@ -29,14 +29,14 @@ pub mod redis;
 pub mod sqlite;
 mod standing;
 
-/// Every store call names its target; re-exported here for the callers.
-pub use crate::target::Target;
+/// Every store call names its table; re-exported here for the callers.
+pub use crate::table::Table;
 pub use delivery::{ATTEMPTS_KEPT, DeliveryStore, update_subscription};
 pub(crate) use delivery::{decode_subscription, decode_subscriptions};
 pub use documents::{Document, Documents, update_document};
 pub use standing::{Standing, lag, position_or_start, standing};
 
-/// The last poll of a target as its lease holder saw it, kept in the store
+/// The last poll of a table as its lease holder saw it, kept in the store
 /// so every instance, the status page and `stamp-relay status` show the
 /// same facts whichever instance polls.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -112,10 +112,10 @@ pub enum StoreError {
     #[error("{0}")]
     Corrupt(String),
     /// The store refused the write on purpose: a fact the caller acts on.
-    #[error("{}", refusal.explain(target))]
+    #[error("{}", refusal.explain(what))]
     Refused {
         /// What was refused: a table, or a subscription.
-        target: String,
+        what: String,
         refusal: Refusal,
     },
 }
@@ -144,31 +144,31 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn explain(&self, target: &str) -> String {
+    fn explain(&self, what: &str) -> String {
         match self {
             Refusal::LeaseLost => {
-                format!("lease on {target} is held by another instance; this append was not made")
+                format!("lease on {what} is held by another instance; this append was not made")
             }
             Refusal::EpochChanged => format!(
-                "the store lost the data of {target} (its epoch changed) during this poll; this append was not made and the table reloads"
+                "the store lost the data of {what} (its epoch changed) during this poll; this append was not made and the table reloads"
             ),
             Refusal::Failover { top, highest } => format!(
-                "the store lost the newest events of {target}: its stream ends at {top}, below {highest}, which this relay appended \
+                "the store lost the newest events of {what}: its stream ends at {top}, below {highest}, which this relay appended \
                  (a failover to a replica that was behind, or an older copy of the store); this append was not made, and the \
                  lost versions are fetched again and appended above {highest}"
             ),
             Refusal::Raced => {
-                format!("{target} changed under {UPDATE_TRIES} updates in a row; try again")
+                format!("{what} changed under {UPDATE_TRIES} updates in a row; try again")
             }
         }
     }
 }
 
 impl StoreError {
-    /// The store's refusal of a write to `target`.
-    pub fn refused(target: impl std::fmt::Display, refusal: Refusal) -> StoreError {
+    /// The store's refusal of a write to `what`.
+    pub fn refused(what: impl std::fmt::Display, refusal: Refusal) -> StoreError {
         StoreError::Refused {
-            target: target.to_string(),
+            what: what.to_string(),
             refusal,
         }
     }
@@ -193,21 +193,21 @@ pub trait Store:
 
     async fn ping(&self) -> StoreResult<()>;
 
-    /// The ID of the last event of the target, or `0-0` for a new stream.
-    async fn last_id(&self, t: &Target) -> StoreResult<StreamId>;
+    /// The ID of the last event of the table, or `0-0` for a new stream.
+    async fn last_id(&self, t: &Table) -> StoreResult<StreamId>;
 
-    /// The highest ID the target's stream has issued: its last event's,
+    /// The highest ID the table's stream has issued: its last event's,
     /// or above it after a failover lost a tail whose IDs are never issued
     /// again (docs/sync.md, "Store failovers"). A reader may hold any
     /// position up to it.
-    async fn issued_id(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn issued_id(&self, t: &Table) -> StoreResult<StreamId> {
         self.last_id(t).await
     }
 
     /// Classifies each record against the index, appends the new versions
     /// and updates the index, all in one atomic step. Re-running a batch is
     /// a no-op.
-    async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome>;
+    async fn append(&self, t: &Table, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome>;
 
     /// The most records one [`Store::append`] should carry; a chunk grows
     /// past it only to keep one stamp's rows together.
@@ -215,10 +215,10 @@ pub trait Store:
         APPEND_CHUNK
     }
 
-    async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()>;
+    async fn reject(&self, t: &Table, raw: &str, reason: &str, observed: u64) -> StoreResult<()>;
 
     /// Events with IDs strictly after `after`, in order, at most `limit`.
-    async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>>;
+    async fn read(&self, t: &Table, after: StreamId, limit: usize) -> StoreResult<Vec<Event>>;
 
     /// As [`Store::read`], between two reads of `trimmed_through` (the one
     /// before and the one after it): what a reader needs to tell whether
@@ -226,7 +226,7 @@ pub trait Store:
     /// backend can pipeline them.
     async fn read_between_trims(
         &self,
-        t: &Target,
+        t: &Table,
         after: StreamId,
         limit: usize,
     ) -> StoreResult<(StreamId, Vec<Event>, StreamId)> {
@@ -236,23 +236,23 @@ pub trait Store:
         Ok((before, page, later))
     }
 
-    async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>>;
+    async fn rejects(&self, t: &Table, limit: usize) -> StoreResult<Vec<Rejected>>;
 
-    async fn stream_len(&self, t: &Target) -> StoreResult<u64>;
+    async fn stream_len(&self, t: &Table) -> StoreResult<u64>;
 
-    async fn index_len(&self, t: &Target) -> StoreResult<u64>;
+    async fn index_len(&self, t: &Table) -> StoreResult<u64>;
 
-    async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>>;
+    async fn index_entry(&self, t: &Table, record: &str) -> StoreResult<Option<IndexEntry>>;
 
     /// Every record id of the index with its entry (a reload after an
     /// upstream reset compares them with what the upstream returns).
-    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>>;
+    async fn index_all(&self, t: &Table) -> StoreResult<Vec<(String, IndexEntry)>>;
 
     /// Takes the lease for `holder`, or extends it if `holder` has it.
     /// Returns false while another holder's lease is alive.
-    async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool>;
+    async fn lease(&self, t: &Table, holder: &str, ttl: Duration) -> StoreResult<bool>;
 
-    async fn release(&self, t: &Target, holder: &str) -> StoreResult<()>;
+    async fn release(&self, t: &Table, holder: &str) -> StoreResult<()>;
 
     /// Writes `instance`'s heartbeat, alive for `ttl`, carrying `nonce`
     /// (new at every start), and forgets instances whose heartbeat expired.
@@ -262,7 +262,7 @@ pub trait Store:
     /// Takes or extends the lease (as [`Store::lease`]) and, when it is
     /// held, reads what a poll starts from. Redis answers in one script, so
     /// an idle poll costs one round trip before its upstream request.
-    async fn begin_poll(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
+    async fn begin_poll(&self, t: &Table, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
         if !self.lease(t, holder, ttl).await? {
             return Ok(PollStart::default());
         }
@@ -294,41 +294,41 @@ pub trait TableState: Send + Sync {
     /// Removes every event before `first_kept` and remembers the last one
     /// removed; returns how many went. Callers never pass an ID past the
     /// last event: the cursor is the last event's stamp.
-    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64>;
+    async fn trim(&self, t: &Table, first_kept: StreamId) -> StoreResult<u64>;
 
     /// The ID of the last event retention removed; `0-0` if none was.
-    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId>;
+    async fn trimmed_through(&self, t: &Table) -> StoreResult<StreamId>;
 
-    /// Marks a target's initial load as running (set before its first
+    /// Marks a table's initial load as running (set before its first
     /// append) or done (cleared by the first poll that succeeds), so a load
     /// a crash interrupted still says `snapshot=1` after the restart.
-    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()>;
+    async fn set_loading(&self, t: &Table, loading: bool) -> StoreResult<()>;
 
-    async fn loading(&self, t: &Target) -> StoreResult<bool>;
+    async fn loading(&self, t: &Table) -> StoreResult<bool>;
 
     /// The table's epoch: a random value written at its first use (none
     /// before). A store that lost its data shows none, or another one.
-    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>>;
+    async fn epoch(&self, t: &Table) -> StoreResult<Option<String>>;
 
     /// The epochs of `ts` in their order, in as few round trips as it can.
-    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>>;
+    async fn epochs(&self, ts: &[Table]) -> StoreResult<Vec<Option<String>>>;
 
     /// Writes `fresh` as the table's epoch unless it has one; returns the
     /// epoch the store holds afterwards (another instance may have won).
-    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String>;
+    async fn init_epoch(&self, t: &Table, fresh: &str) -> StoreResult<String>;
 
     /// Asks whichever instance polls the table for a reconcile sweep after
     /// its next poll (`sync --reconcile` while a relay serves the table).
-    async fn request_reconcile(&self, t: &Target) -> StoreResult<()>;
+    async fn request_reconcile(&self, t: &Table) -> StoreResult<()>;
 
     /// Whether a sweep was requested, clearing the request.
-    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool>;
+    async fn take_reconcile_request(&self, t: &Table) -> StoreResult<bool>;
 
-    /// Records the last poll of a target (written by its lease holder).
-    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()>;
+    /// Records the last poll of a table (written by its lease holder).
+    async fn put_poll_status(&self, t: &Table, s: &PollStatus) -> StoreResult<()>;
 
-    /// The last poll of a target, by whichever instance made it.
-    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>>;
+    /// The last poll of a table, by whichever instance made it.
+    async fn poll_status(&self, t: &Table) -> StoreResult<Option<PollStatus>>;
 }
 
 /// Records per append on Redis: an append is one script, and Redis serves

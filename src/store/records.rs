@@ -22,7 +22,7 @@
 
 use async_trait::async_trait;
 
-use super::{StoreResult, Target};
+use super::{StoreResult, Table};
 use crate::events::{Event, StreamId};
 
 /// A record's latest version.
@@ -71,7 +71,7 @@ pub trait RecordStore: Send + Sync {
     /// Whether appends to `t` keep the latest-record store (default: yes).
     /// Turning it off drops what was kept at the next append, so turning it
     /// on again fills it afresh rather than serving stale versions.
-    fn keep_records(&self, t: &Target, keep: bool);
+    fn keep_records(&self, t: &Table, keep: bool);
 
     /// Brings `t`'s record store in line with its setting: fills it when
     /// records were not kept before, drops it when they no longer are.
@@ -79,24 +79,24 @@ pub trait RecordStore: Send + Sync {
     /// (`Topology::ready_records`), and by the first append after a change
     /// of setting; once per table and setting in a process. Reads never
     /// write: they read what this left.
-    async fn ready_records(&self, t: &Target) -> StoreResult<()>;
+    async fn ready_records(&self, t: &Table) -> StoreResult<()>;
 
     /// The latest version of one record, none when the table never had it.
-    async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>>;
+    async fn record(&self, t: &Table, id: &str) -> StoreResult<Option<StoredRecord>>;
 
     /// Records whose latest stamp is in the query's range, in stamp order.
-    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage>;
+    async fn records(&self, t: &Table, q: RecordsQuery) -> StoreResult<RecordsPage>;
 
     /// Sets `before` on each event that replaced a version and lacks it:
     /// the version its `prev` names, when the table keeps records and still
     /// has it (none otherwise).
-    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()>;
+    async fn fill_previous(&self, t: &Table, events: &mut [Event]) -> StoreResult<()>;
 
     /// Events with IDs strictly before `before` (from the last event when
     /// none), newest first, at most `limit`: a table read backwards.
     async fn read_back(
         &self,
-        t: &Target,
+        t: &Table,
         before: Option<StreamId>,
         limit: usize,
     ) -> StoreResult<Vec<Event>>;
@@ -132,12 +132,12 @@ pub(crate) fn decode_value(id: &str, index_entry: &str, data: String) -> Option<
 /// or dropped) by this process.
 #[derive(Default)]
 pub(crate) struct KeepSet {
-    off: std::sync::Mutex<std::collections::HashSet<Target>>,
-    ready: std::sync::Mutex<std::collections::HashSet<Target>>,
+    off: std::sync::Mutex<std::collections::HashSet<Table>>,
+    ready: std::sync::Mutex<std::collections::HashSet<Table>>,
 }
 
 impl KeepSet {
-    pub fn set(&self, t: &Target, keep: bool) {
+    pub fn set(&self, t: &Table, keep: bool) {
         let mut off = self.off.lock().unwrap_or_else(|e| e.into_inner());
         if keep {
             off.remove(t);
@@ -150,7 +150,7 @@ impl KeepSet {
             .remove(t);
     }
 
-    pub fn keeps(&self, t: &Target) -> bool {
+    pub fn keeps(&self, t: &Table) -> bool {
         !self
             .off
             .lock()
@@ -160,7 +160,7 @@ impl KeepSet {
 
     /// True the first time per table (and after [`KeepSet::set`]): the
     /// caller fills or drops the table's records before appending.
-    pub fn first_use(&self, t: &Target) -> bool {
+    pub fn first_use(&self, t: &Table) -> bool {
         self.ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -168,7 +168,7 @@ impl KeepSet {
     }
 
     /// Undoes [`KeepSet::first_use`] after a fill failed, so the next append tries again.
-    pub fn not_ready(&self, t: &Target) {
+    pub fn not_ready(&self, t: &Table) {
         self.ready
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn keep_set_defaults_on_and_readies_once() {
         let k = KeepSet::default();
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         assert!(k.keeps(&t));
         assert!(k.first_use(&t));
         assert!(!k.first_use(&t));

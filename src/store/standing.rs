@@ -1,13 +1,13 @@
-//! Where a subscription stands on a target, read from its delivery state:
+//! Where a subscription stands on a table, read from its delivery state:
 //! what retention must keep and what the status surfaces call lag.
 
 use crate::{
     events::StreamId,
-    store::{Store, StoreResult, Target},
+    store::{Store, StoreResult, Table},
     subscription::Subscription,
 };
 
-/// Where a subscription stands on a target.
+/// Where a subscription stands on a table.
 pub enum Standing {
     /// Its oldest event claimed but not yet delivered.
     Pending(StreamId),
@@ -16,12 +16,12 @@ pub enum Standing {
     After(StreamId),
 }
 
-/// Where a subscription claims next on a target: after its position, or
+/// Where a subscription claims next on a table: after its position, or
 /// after its start point before its first claim.
 pub async fn position_or_start(
     store: &dyn Store,
     subscription: &Subscription,
-    t: &Target,
+    t: &Table,
 ) -> StoreResult<StreamId> {
     Ok(match store.position(&subscription.id, t).await? {
         Some(p) => p,
@@ -40,7 +40,7 @@ impl Standing {
         }
     }
 
-    /// How far this trails a target whose last ID is `top`, in stamps (see
+    /// How far this trails a table whose last ID is `top`, in stamps (see
     /// [`lag`]).
     pub fn lag(&self, top: StreamId) -> u64 {
         match *self {
@@ -54,7 +54,7 @@ impl Standing {
 pub async fn standing(
     store: &dyn Store,
     subscription: &Subscription,
-    t: &Target,
+    t: &Table,
 ) -> StoreResult<Standing> {
     let position = position_or_start(store, subscription, t).await?;
     let oldest = store
@@ -65,11 +65,11 @@ pub async fn standing(
     Ok(Standing::of(position, oldest))
 }
 
-/// How far a subscription trails a target, in stamps: from its oldest
-/// undelivered event to the target's last stamp; 0 when it has everything.
+/// How far a subscription trails a table, in stamps: from its oldest
+/// undelivered event to the table's last stamp; 0 when it has everything.
 /// Also right for a disabled subscription or one that has not started: its
 /// backlog is what it lacks.
-pub async fn lag(store: &dyn Store, subscription: &Subscription, t: &Target) -> StoreResult<u64> {
+pub async fn lag(store: &dyn Store, subscription: &Subscription, t: &Table) -> StoreResult<u64> {
     let top = store.last_id(t).await?;
     Ok(standing(store, subscription, t).await?.lag(top))
 }

@@ -1,13 +1,13 @@
 //! `start` (creation, and `[[subscriptions]]` in the configuration file) or
 //! `from` (replay) as written: a name, or stamps per `source/resource`,
-//! parsed against the subscription's targets into a [`Start`].
+//! parsed against the subscription's tables into a [`Start`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Invalid, Start};
-use crate::{events::MAX_STAMP, target::Target};
+use crate::{events::MAX_STAMP, table::Table};
 
 /// `start` (creation) or `from` (replay) as sent: a name, or stamps per
 /// `source/resource`.
@@ -22,7 +22,7 @@ impl StartSpec {
     /// The start this names over `targets`. `field` is its name in the body
     /// (for errors); `now` whether `"now"` is allowed (on creation, not in a
     /// replay).
-    pub fn parse(self, field: &str, targets: &[Target], now: bool) -> Result<Start, Invalid> {
+    pub fn parse(self, field: &str, targets: &[Table], now: bool) -> Result<Start, Invalid> {
         match self {
             StartSpec::Named(n) if n == "now" && now => Ok(Start::Now),
             StartSpec::Named(n) if n == "beginning" => Ok(Start::Beginning),
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn start_names_and_stamps_parse_against_the_targets() {
-        let t: Vec<Target> = vec!["pc/patients".parse().unwrap()];
+        let t: Vec<Table> = vec!["pc/patients".parse().unwrap()];
         let named = |n: &str| StartSpec::Named(n.into());
         assert_eq!(named("now").parse("start", &t, true), Ok(Start::Now));
         assert_eq!(

@@ -38,7 +38,8 @@ pub struct CorruptRetryState(pub String);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetter {
     /// `source/resource`.
-    pub target: String,
+    #[serde(rename = "target")]
+    pub table: String,
     /// The stream ID.
     pub id: String,
     /// The CloudEvents id.
@@ -51,12 +52,12 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// What the store keeps it under: one per event and subscription.
     pub fn key(&self) -> String {
-        Self::key_of(&self.target, &self.id)
+        Self::key_of(&self.table, &self.id)
     }
 
-    /// The key of the dead letter of event `id` on table `target`.
-    pub fn key_of(target: impl std::fmt::Display, id: impl std::fmt::Display) -> String {
-        format!("{target}/{id}")
+    /// The key of the dead letter of event `id` on `table`.
+    pub fn key_of(table: impl std::fmt::Display, id: impl std::fmt::Display) -> String {
+        format!("{table}/{id}")
     }
 }
 
@@ -65,7 +66,8 @@ impl DeadLetter {
 pub struct Attempt {
     pub at_ms: u64,
     /// `source/resource`; empty for a ping.
-    pub target: String,
+    #[serde(rename = "target")]
+    pub table: String,
     /// A test ping (`POST …/test`), not an event delivery.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ping: bool,

@@ -27,7 +27,7 @@ use stamp_relay::{
     app::Relay,
     config::{Config, Paging, SourceConfig, StoreConfig},
     events::{Event, StreamId},
-    store::{self, Store, Target},
+    store::{self, Store, Table},
 };
 use stamp_relay_simulator::{SimConfig, Simulator};
 use tempfile::TempDir;
@@ -229,7 +229,7 @@ pub fn relay(ts: &TestStore, sources: Vec<SourceConfig>) -> Relay {
     Relay::with_store(config(&ts.config, sources), ts.store.clone()).unwrap()
 }
 
-pub async fn all_events(store: &dyn Store, t: &Target) -> Vec<Event> {
+pub async fn all_events(store: &dyn Store, t: &Table) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     loop {
         let after = out.last().map(|e| e.id).unwrap_or_default();
@@ -241,10 +241,10 @@ pub async fn all_events(store: &dyn Store, t: &Target) -> Vec<Event> {
     }
 }
 
-/// Checks the exactly-once contract for one target against the simulator's
+/// Checks the exactly-once contract for one table against the simulator's
 /// ground truth: no (record, stamp) twice, stamps rising per record, and the
 /// last event per record carrying exactly the record's current JSON.
-pub async fn assert_rebuilds(store: &dyn Store, t: &Target, sim: &Simulator) {
+pub async fn assert_rebuilds(store: &dyn Store, t: &Table, sim: &Simulator) {
     let events = all_events(store, t).await;
     let mut pairs = HashSet::new();
     let mut last: HashMap<&str, &Event> = HashMap::new();
@@ -312,7 +312,7 @@ pub async fn poll_until_quiet(relay: &mut Relay, max: usize) {
             let r = p
                 .poll_once(&cancel)
                 .await
-                .unwrap_or_else(|e| panic!("{}: {e}", p.target));
+                .unwrap_or_else(|e| panic!("{}: {e}", p.table));
             appended += r.outcome.appended();
         }
         if appended == 0 {
@@ -383,8 +383,8 @@ struct Catching {
     upstream_records: usize,
 }
 
-/// Waits until the target's table of `sim` is fully in the stream.
-pub async fn wait_synced(store: &dyn Store, t: &Target, sim: &Simulator) {
+/// Waits until table `t` of `sim` is fully in the stream.
+pub async fn wait_synced(store: &dyn Store, t: &Table, sim: &Simulator) {
     let look = async || {
         let state = sim.state(&t.resource);
         let top = state.iter().filter_map(|r| r["update_stamp"].as_u64());

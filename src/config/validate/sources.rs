@@ -27,7 +27,7 @@ pub(super) fn validate_source(
     key: &dyn Fn(&str) -> String,
 ) -> Option<Source> {
     check_name(problems, &key("name"), &s.name);
-    if s.name == crate::target::RELAY_SOURCE {
+    if s.name == crate::table::RELAY_SOURCE {
         problems.push(format!(
             "{}: {:?} names the relay's own tables (_relay/health); choose another name",
             key("name"),

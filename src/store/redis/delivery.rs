@@ -8,7 +8,7 @@ use super::{Keys, RedisStore, entries::parse_packed, parse_entries};
 use crate::{
     events::{Event, StreamId},
     store::{
-        ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
+        ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Table, decode_json,
         decode_subscription, decode_subscriptions,
     },
     subscription::Subscription,
@@ -123,7 +123,7 @@ impl DeliveryStore for RedisStore {
     async fn claim(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         start: StreamId,
         count: usize,
     ) -> StoreResult<Vec<Event>> {
@@ -142,7 +142,7 @@ impl DeliveryStore for RedisStore {
         parse_packed(reply)
     }
 
-    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+    async fn pending(&self, sub_id: &str, t: &Table) -> StoreResult<Vec<(Event, RetryState)>> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
@@ -179,7 +179,7 @@ impl DeliveryStore for RedisStore {
     async fn retry_later(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         id: StreamId,
         state: RetryState,
     ) -> StoreResult<()> {
@@ -200,7 +200,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+    async fn retry_now(&self, sub_id: &str, t: &Table, now_ms: u64) -> StoreResult<u64> {
         // One script, so an entry settled meanwhile is never written back.
         let script = redis::Script::new(
             "local all = redis.call('HGETALL', KEYS[1]) local now = tonumber(ARGV[1]) \
@@ -224,7 +224,7 @@ impl DeliveryStore for RedisStore {
         Ok(waiting as u64)
     }
 
-    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64> {
+    async fn waiting_retries(&self, sub_id: &str, t: &Table) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
             .hgetall(self.keys(t).pending(sub_id))
@@ -238,7 +238,7 @@ impl DeliveryStore for RedisStore {
         Ok(waiting)
     }
 
-    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn settle(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -251,7 +251,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn add_pending(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -268,7 +268,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+    async fn reposition(&self, sub_id: &str, t: &Table, after: StreamId) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let group = Keys::group(sub_id);
@@ -293,7 +293,7 @@ impl DeliveryStore for RedisStore {
         Ok(())
     }
 
-    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+    async fn position(&self, sub_id: &str, t: &Table) -> StoreResult<Option<StreamId>> {
         let mut c = self.conn.clone();
         let group = Keys::group(sub_id);
         let last: Option<String> = GROUP_POSITION
@@ -309,7 +309,7 @@ impl DeliveryStore for RedisStore {
         .transpose()
     }
 
-    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Table]) -> StoreResult<()> {
         let mut c = self.conn.clone();
         // One key per command: on a cluster they live in different slots.
         for t in targets {

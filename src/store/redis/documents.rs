@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 
 use super::{Keys, RedisStore};
 use crate::store::{
-    StoreError, StoreResult, Target,
+    StoreError, StoreResult, Table,
     documents::{Document, Documents},
 };
 
@@ -124,7 +124,7 @@ impl Documents for RedisStore {
         Ok(v.unwrap_or(0))
     }
 
-    async fn purge_table(&self, t: &Target, subscriptions: &[String]) -> StoreResult<()> {
+    async fn purge_table(&self, t: &Table, subscriptions: &[String]) -> StoreResult<()> {
         let k = self.keys(t);
         let mut c = self.conn.clone();
         // One hash tag: one DEL (the consumer groups go with the stream).

@@ -12,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use super::RedisStore;
 use crate::{
     events::StreamId,
-    store::{StoreError, StoreResult, Target},
+    store::{StoreError, StoreResult, Table},
     subscription::state::RetryState,
 };
 
@@ -36,7 +36,7 @@ impl RedisStore {
     /// `first_kept`, whose events are gone, leave its pending set.
     pub(super) async fn drop_trimmed_pending(
         &self,
-        t: &Target,
+        t: &Table,
         first_kept: StreamId,
     ) -> StoreResult<()> {
         let mut c = self.conn.clone();
@@ -86,7 +86,7 @@ pub(super) static DESTROY_GROUP: LazyLock<Script> = LazyLock::new(|| {
 /// A field that does not read is an error naming it, never dropped or reset.
 pub(super) fn pending_entry(
     sub_id: &str,
-    t: &Target,
+    t: &Table,
     id: &str,
     st: &str,
 ) -> StoreResult<(StreamId, RetryState)> {
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn a_pending_field_that_does_not_read_is_an_error_naming_it() {
-        let t = Target::new("s", "patients");
+        let t = Table::new("s", "patients");
         let (id, st) = pending_entry("sub", &t, "5-1", "2:900").unwrap();
         assert_eq!(id, StreamId { stamp: 5, seq: 1 });
         assert_eq!(

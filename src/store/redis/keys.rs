@@ -2,9 +2,9 @@
 //! carries the table's hash tag `{source:resource}`, so one table's keys
 //! share a Redis Cluster slot.
 
-use crate::store::Target;
+use crate::store::Table;
 
-/// The key names of one target, defined in one place.
+/// The key names of one table, defined in one place.
 #[derive(Debug, Clone)]
 pub struct Keys {
     /// `P:{s:r}:events`, a stream with one entry per change.
@@ -14,7 +14,7 @@ pub struct Keys {
     pub index: String,
     /// `P:{s:r}:rejects`, a stream of records that could not become events.
     pub rejects: String,
-    /// `P:{s:r}:lease`, the holder polling this target, with a TTL.
+    /// `P:{s:r}:lease`, the holder polling this table, with a TTL.
     pub lease: String,
     /// `P:{s:r}:status`, the last poll (JSON), written by the lease holder.
     pub status: String,
@@ -44,7 +44,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &str, t: &Target) -> Keys {
+    pub fn new(prefix: &str, t: &Table) -> Keys {
         let base = format!("{prefix}:{{{}:{}}}", t.source, t.resource);
         Keys {
             events: format!("{base}:events"),

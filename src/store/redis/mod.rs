@@ -1,7 +1,7 @@
 //! The Redis backend: the public layout docs/redis-layout.md documents, on one Redis or a Redis Cluster (`connection.rs`).
 //!
-//! Every key of a target carries the hash tag `{source:resource}`, so a
-//! target's stream, index, rejects and lease live in one cluster slot and
+//! Every key of a table carries the hash tag `{source:resource}`, so a
+//! table's stream, index, rejects and lease live in one cluster slot and
 //! one Lua script can touch them all atomically.
 
 use std::time::Duration;
@@ -13,7 +13,7 @@ use self::connection::RedisConn;
 use self::entries::{field, parse_entries, parse_id};
 pub use self::keys::Keys;
 use super::records::RecordStore;
-use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, PollStart, Refusal, Store, StoreError, StoreResult, Table};
 use crate::config::StoreConfig;
 use crate::events::{AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
@@ -95,7 +95,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    pub fn keys(&self, t: &Target) -> Keys {
+    pub fn keys(&self, t: &Table) -> Keys {
         Keys::new(&self.prefix, t)
     }
 
@@ -154,7 +154,7 @@ impl RedisStore {
     }
 
     /// What a refused or failed append means, naming the table.
-    fn append_error(&self, e: redis::RedisError, t: &Target, epoch: &str) -> StoreError {
+    fn append_error(&self, e: redis::RedisError, t: &Table, epoch: &str) -> StoreError {
         let Some(refusal) = refusal(&e) else {
             return self.err(e);
         };
@@ -193,7 +193,7 @@ impl RedisStore {
     /// `to`, at most `limit`.
     async fn range(
         &self,
-        t: &Target,
+        t: &Table,
         (cmd, from, to): (&str, String, &str),
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
@@ -226,7 +226,7 @@ impl Store for RedisStore {
             .map_err(|e| self.err(e))
     }
 
-    async fn last_id(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn last_id(&self, t: &Table) -> StoreResult<StreamId> {
         let mut c = self.conn.clone();
         let reply: StreamRangeReply = c
             .xrevrange_count(self.keys(t).events, "+", "-", 1)
@@ -238,7 +238,7 @@ impl Store for RedisStore {
         }
     }
 
-    async fn issued_id(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn issued_id(&self, t: &Table) -> StoreResult<StreamId> {
         // A missing stream issued nothing: checked in the script rather
         // than told apart by the text of XINFO's error.
         static ISSUED: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
@@ -258,7 +258,7 @@ impl Store for RedisStore {
         parse_id(&id)
     }
 
-    async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
+    async fn append(&self, t: &Table, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
         if batch.records.is_empty() {
             return Ok(AppendOutcome::default());
         }
@@ -311,7 +311,7 @@ impl Store for RedisStore {
         })
     }
 
-    async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
+    async fn reject(&self, t: &Table, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: String = c
             .xadd(
@@ -328,14 +328,14 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
+    async fn read(&self, t: &Table, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
         let range = ("XRANGE", format!("({after}"), "+");
         self.range(t, range, limit).await
     }
 
     async fn read_between_trims(
         &self,
-        t: &Target,
+        t: &Table,
         after: StreamId,
         limit: usize,
     ) -> StoreResult<(StreamId, Vec<Event>, StreamId)> {
@@ -357,7 +357,7 @@ impl Store for RedisStore {
         Ok((trimmed(before)?, parse_entries(reply)?, trimmed(later)?))
     }
 
-    async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
+    async fn rejects(&self, t: &Table, limit: usize) -> StoreResult<Vec<Rejected>> {
         let mut c = self.conn.clone();
         let reply: StreamRangeReply = c
             .xrange_count(self.keys(t).rejects, "-", "+", limit)
@@ -376,17 +376,17 @@ impl Store for RedisStore {
             .collect()
     }
 
-    async fn stream_len(&self, t: &Target) -> StoreResult<u64> {
+    async fn stream_len(&self, t: &Table) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         c.xlen(self.keys(t).events).await.map_err(|e| self.err(e))
     }
 
-    async fn index_len(&self, t: &Target) -> StoreResult<u64> {
+    async fn index_len(&self, t: &Table) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         c.hlen(self.keys(t).index).await.map_err(|e| self.err(e))
     }
 
-    async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
+    async fn index_entry(&self, t: &Table, record: &str) -> StoreResult<Option<IndexEntry>> {
         let mut c = self.conn.clone();
         let v: Option<String> = c
             .hget(self.keys(t).index, record)
@@ -395,7 +395,7 @@ impl Store for RedisStore {
         Ok(v.as_deref().and_then(IndexEntry::decode))
     }
 
-    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+    async fn index_all(&self, t: &Table) -> StoreResult<Vec<(String, IndexEntry)>> {
         let mut c = self.conn.clone();
         let all: Vec<(String, String)> = c
             .hgetall(self.keys(t).index)
@@ -407,7 +407,7 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
+    async fn lease(&self, t: &Table, holder: &str, ttl: Duration) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let got: i64 = self
             .lease
@@ -420,7 +420,7 @@ impl Store for RedisStore {
         Ok(got >= 1)
     }
 
-    async fn begin_poll(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
+    async fn begin_poll(&self, t: &Table, holder: &str, ttl: Duration) -> StoreResult<PollStart> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let v: Vec<redis::Value> = self
@@ -455,7 +455,7 @@ impl Store for RedisStore {
         })
     }
 
-    async fn release(&self, t: &Target, holder: &str) -> StoreResult<()> {
+    async fn release(&self, t: &Table, holder: &str) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let _: i64 = self
             .release

@@ -31,7 +31,7 @@ use crate::events::{Event, StreamId};
 use crate::store::records::{
     RecordStore, RecordsPage, RecordsQuery, StoredRecord, decode_value, replaced,
 };
-use crate::store::{StoreResult, Target};
+use crate::store::{StoreResult, Table};
 
 static READS: LazyLock<Script> =
     LazyLock::new(|| super::lua::with_lib(include_str!("records.lua")));
@@ -41,7 +41,7 @@ const CHUNK: usize = 1000;
 
 impl RedisStore {
     /// The script with the table's keys, calling `function`.
-    fn reads(&self, t: &Target, function: &str) -> redis::ScriptInvocation<'static> {
+    fn reads(&self, t: &Table, function: &str) -> redis::ScriptInvocation<'static> {
         let keys = self.keys(t);
         let mut inv = READS.prepare_invoke();
         inv.key(keys.events)
@@ -55,7 +55,7 @@ impl RedisStore {
         inv
     }
 
-    async fn complete_or_drop(&self, t: &Target) -> StoreResult<()> {
+    async fn complete_or_drop(&self, t: &Table) -> StoreResult<()> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         if !self.keep.keeps(t) {
@@ -108,13 +108,13 @@ impl RedisStore {
     }
 
     /// Whether appends to `t` write the records: "1" or "0" for append.lua.
-    pub(super) fn keep_arg(&self, t: &Target) -> &'static str {
+    pub(super) fn keep_arg(&self, t: &Table) -> &'static str {
         if self.keep.keeps(t) { "1" } else { "0" }
     }
 
     /// Records whose latest stamp is in `(above, until]`, summed over
     /// short script calls (a long count never blocks Redis for long).
-    async fn count(&self, t: &Target, above: u64, until: u64) -> StoreResult<u64> {
+    async fn count(&self, t: &Table, above: u64, until: u64) -> StoreResult<u64> {
         let mut c = self.conn.clone();
         let (mut from, mut total) = (String::new(), 0u64);
         loop {
@@ -154,7 +154,7 @@ const PAGE_BUDGET: usize = 5000;
 impl RedisStore {
     /// A listing page from as many short calls as it takes: each reads the
     /// three sources up to a frontier stamp, the next goes on from there.
-    async fn page(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+    async fn page(&self, t: &Table, q: RecordsQuery) -> StoreResult<RecordsPage> {
         let mut c = self.conn.clone();
         let want = q.offset + q.limit.max(1);
         let (mut after, mut from) = (q.after.unwrap_or(q.above).max(q.above), String::new());
@@ -203,7 +203,7 @@ impl RedisStore {
 impl RecordStore for RedisStore {
     async fn read_back(
         &self,
-        t: &Target,
+        t: &Table,
         before: Option<StreamId>,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
@@ -211,14 +211,14 @@ impl RecordStore for RedisStore {
         self.range(t, ("XREVRANGE", from, "-"), limit).await
     }
 
-    fn keep_records(&self, t: &Target, keep: bool) {
+    fn keep_records(&self, t: &Table, keep: bool) {
         self.keep.set(t, keep);
     }
 
     /// Drops the record store of a table that no longer keeps records, or
     /// completes its sets when they are not (the `kept` marker is missing:
     /// records were off until now).
-    async fn ready_records(&self, t: &Target) -> StoreResult<()> {
+    async fn ready_records(&self, t: &Table) -> StoreResult<()> {
         if !self.keep.first_use(t) {
             return Ok(());
         }
@@ -229,7 +229,7 @@ impl RecordStore for RedisStore {
         done
     }
 
-    async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {
+    async fn record(&self, t: &Table, id: &str) -> StoreResult<Option<StoredRecord>> {
         if !self.keep.keeps(t) {
             return Ok(None);
         }
@@ -243,11 +243,11 @@ impl RecordStore for RedisStore {
         Ok(v.and_then(|(idx, data)| decode_value(id, &idx, data)))
     }
 
-    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+    async fn records(&self, t: &Table, q: RecordsQuery) -> StoreResult<RecordsPage> {
         self.page(t, q).await
     }
 
-    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()> {
+    async fn fill_previous(&self, t: &Table, events: &mut [Event]) -> StoreResult<()> {
         let wanted: Vec<(usize, u64, StreamId)> = (events.iter().enumerate())
             .filter_map(|(i, e)| replaced(e).map(|(stamp, at)| (i, stamp, at)))
             .collect();

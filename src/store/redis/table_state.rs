@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 use super::{RedisConn, RedisStore, parse_id};
 use crate::{
     events::StreamId,
-    store::{PollStatus, StoreError, StoreResult, TableState, Target, decode_json},
+    store::{PollStatus, StoreError, StoreResult, Table, TableState, decode_json},
 };
 
 /// Events trim.lua removes per call: a short script, so Redis serves
@@ -19,7 +19,7 @@ const EPOCHS_AT_ONCE: usize = 1000;
 
 #[async_trait]
 impl TableState for RedisStore {
-    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
+    async fn trim(&self, t: &Table, first_kept: StreamId) -> StoreResult<u64> {
         let keys = self.keys(t);
         let mut c = self.conn.clone();
         let mut total = 0;
@@ -49,7 +49,7 @@ impl TableState for RedisStore {
         }
     }
 
-    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
+    async fn set_loading(&self, t: &Table, loading: bool) -> StoreResult<()> {
         let mut c = self.conn.clone();
         let key = self.keys(t).loading;
         if loading {
@@ -60,21 +60,21 @@ impl TableState for RedisStore {
         .map_err(|e| self.err(e))
     }
 
-    async fn loading(&self, t: &Target) -> StoreResult<bool> {
+    async fn loading(&self, t: &Table) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         c.exists(self.keys(t).loading)
             .await
             .map_err(|e| self.err(e))
     }
 
-    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
+    async fn epoch(&self, t: &Table) -> StoreResult<Option<String>> {
         let mut c = self.conn.clone();
         c.get(self.keys(t).epoch).await.map_err(|e| self.err(e))
     }
 
     /// One MGET per [`EPOCHS_AT_ONCE`] tables on one node (a cluster
     /// spreads the keys over slots: one GET each there).
-    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
+    async fn epochs(&self, ts: &[Table]) -> StoreResult<Vec<Option<String>>> {
         let mut c = self.conn.clone();
         if matches!(c, RedisConn::Cluster(_)) {
             let mut out = Vec::with_capacity(ts.len());
@@ -96,7 +96,7 @@ impl TableState for RedisStore {
         Ok(out)
     }
 
-    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
+    async fn init_epoch(&self, t: &Table, fresh: &str) -> StoreResult<String> {
         let mut c = self.conn.clone();
         let key = self.keys(t).epoch;
         let (now,): (String,) = redis::pipe()
@@ -110,14 +110,14 @@ impl TableState for RedisStore {
         Ok(now)
     }
 
-    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+    async fn request_reconcile(&self, t: &Table) -> StoreResult<()> {
         let mut c = self.conn.clone();
         c.set(self.keys(t).reconcile, "1")
             .await
             .map_err(|e| self.err(e))
     }
 
-    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+    async fn take_reconcile_request(&self, t: &Table) -> StoreResult<bool> {
         let mut c = self.conn.clone();
         let v: Option<String> = c
             .get_del(self.keys(t).reconcile)
@@ -126,13 +126,13 @@ impl TableState for RedisStore {
         Ok(v.is_some())
     }
 
-    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn trimmed_through(&self, t: &Table) -> StoreResult<StreamId> {
         let mut c = self.conn.clone();
         let v: Option<String> = c.get(self.keys(t).trimmed).await.map_err(|e| self.err(e))?;
         v.map_or(Ok(StreamId::ZERO), |v| parse_id(&v))
     }
 
-    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
+    async fn put_poll_status(&self, t: &Table, s: &PollStatus) -> StoreResult<()> {
         let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut c = self.conn.clone();
         c.set(self.keys(t).status, json)
@@ -140,7 +140,7 @@ impl TableState for RedisStore {
             .map_err(|e| self.err(e))
     }
 
-    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
+    async fn poll_status(&self, t: &Table) -> StoreResult<Option<PollStatus>> {
         let mut c = self.conn.clone();
         let json: Option<String> = c.get(self.keys(t).status).await.map_err(|e| self.err(e))?;
         json.map(|j| decode_json("poll status", &j)).transpose()

@@ -25,7 +25,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Failed, Open, Target, check_fences, last_id, records};
+use super::{Failed, Open, Table, check_fences, last_id, records};
 use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
 use crate::store::{Refusal, StoreError};
 
@@ -64,7 +64,7 @@ pub(super) struct Deferred {
 /// commit may wait for more appends (see "Deferred commits" above).
 pub(super) fn append(
     open: &mut Open,
-    t: &Target,
+    t: &Table,
     batch: &Batch,
 ) -> Result<(AppendOutcome, StreamId), Failed> {
     if open.deferred.is_none() {
@@ -92,7 +92,7 @@ pub(super) fn append(
 /// the other appends of the transaction as they were).
 fn in_savepoint(
     c: &mut Connection,
-    t: &Target,
+    t: &Table,
     batch: &Batch,
 ) -> Result<(AppendOutcome, StreamId), Failed> {
     let sp = c.savepoint()?;
@@ -124,7 +124,7 @@ pub(super) fn commit_deferred(open: &mut Open) -> rusqlite::Result<()> {
 /// like `append.lua` after a failover.
 fn append_records(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     batch: &Batch,
 ) -> Result<(AppendOutcome, StreamId), Failed> {
     let mut top = last_id(c, t)?;
@@ -184,7 +184,7 @@ fn append_records(
 /// The index entry of `record`: its latest stamp and whether it is deleted.
 pub(super) fn index_entry(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     record: &str,
 ) -> rusqlite::Result<Option<IndexEntry>> {
     c.prepare_cached(
@@ -215,7 +215,7 @@ fn entry_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<IndexEntry> {
 /// than one lookup per record (the ids go in as one JSON array).
 fn index_entries(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     records: &[crate::record::UpstreamRecord],
 ) -> rusqlite::Result<HashMap<String, IndexEntry>> {
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
@@ -234,7 +234,7 @@ fn index_entries(
 }
 
 /// Every entry of the table's index, with its record id.
-pub(super) fn index_all(c: &Connection, t: &Target) -> rusqlite::Result<Vec<(String, IndexEntry)>> {
+pub(super) fn index_all(c: &Connection, t: &Table) -> rusqlite::Result<Vec<(String, IndexEntry)>> {
     let mut q = c.prepare_cached(
         "SELECT record, stamp, deleted FROM record_index WHERE source = ?1 AND resource = ?2",
     )?;
@@ -254,7 +254,7 @@ struct NewEvent {
 
 fn insert_event(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     batch: &Batch,
     r: &crate::record::UpstreamRecord,
     e: &NewEvent,
@@ -283,7 +283,7 @@ fn insert_event(
     Ok(())
 }
 
-fn put_index(c: &Connection, t: &Target, record: &str, e: IndexEntry) -> rusqlite::Result<()> {
+fn put_index(c: &Connection, t: &Table, record: &str, e: IndexEntry) -> rusqlite::Result<()> {
     let at = e.event_id();
     c.prepare_cached(
         "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

@@ -7,15 +7,15 @@ use super::{EVENT_COLUMNS, SqliteStore, event_row, id_at, read_after};
 use crate::{
     events::{Event, StreamId},
     store::{
-        ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Target, decode_json,
+        ATTEMPTS_KEPT, DeliveryStore, StoreError, StoreResult, Table, decode_json,
         decode_subscription, decode_subscriptions,
     },
     subscription::Subscription,
     subscription::state::{Attempt, DeadLetter, RetryState},
 };
 
-/// A subscription's delivery position on a target, none before its first claim.
-fn position(c: &Connection, sub_id: &str, t: &Target) -> rusqlite::Result<Option<StreamId>> {
+/// A subscription's delivery position on a table, none before its first claim.
+fn position(c: &Connection, sub_id: &str, t: &Table) -> rusqlite::Result<Option<StreamId>> {
     c.query_row(
         "SELECT stamp, seq FROM delivery_position WHERE sub = ?1 AND source = ?2 AND resource = ?3",
         params![sub_id, t.source, t.resource],
@@ -29,7 +29,7 @@ fn position(c: &Connection, sub_id: &str, t: &Target) -> rusqlite::Result<Option
 fn claim(
     c: &mut Connection,
     sub_id: &str,
-    t: &Target,
+    t: &Table,
     start: StreamId,
     count: usize,
 ) -> rusqlite::Result<Vec<Event>> {
@@ -49,7 +49,7 @@ fn claim(
     Ok(events)
 }
 
-fn add_pending(c: &Connection, sub_id: &str, t: &Target, id: StreamId) -> rusqlite::Result<()> {
+fn add_pending(c: &Connection, sub_id: &str, t: &Table, id: StreamId) -> rusqlite::Result<()> {
     c.prepare_cached(
         "INSERT INTO delivery_pending (sub, source, resource, stamp, seq, attempts, next_at) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0)
          ON CONFLICT (sub, source, resource, stamp, seq) DO UPDATE SET attempts = 0, next_at = 0",
@@ -140,7 +140,7 @@ impl DeliveryStore for SqliteStore {
     async fn claim(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         start: StreamId,
         count: usize,
     ) -> StoreResult<Vec<Event>> {
@@ -149,7 +149,7 @@ impl DeliveryStore for SqliteStore {
             .await
     }
 
-    async fn pending(&self, sub_id: &str, t: &Target) -> StoreResult<Vec<(Event, RetryState)>> {
+    async fn pending(&self, sub_id: &str, t: &Table) -> StoreResult<Vec<(Event, RetryState)>> {
         let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             let cols: Vec<String> = EVENT_COLUMNS.split(", ").map(|col| format!("e.{col}")).collect();
@@ -176,7 +176,7 @@ impl DeliveryStore for SqliteStore {
     async fn retry_later(
         &self,
         sub_id: &str,
-        t: &Target,
+        t: &Table,
         id: StreamId,
         state: RetryState,
     ) -> StoreResult<()> {
@@ -200,7 +200,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn retry_now(&self, sub_id: &str, t: &Target, now_ms: u64) -> StoreResult<u64> {
+    async fn retry_now(&self, sub_id: &str, t: &Table, now_ms: u64) -> StoreResult<u64> {
         let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -223,7 +223,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn waiting_retries(&self, sub_id: &str, t: &Target) -> StoreResult<u64> {
+    async fn waiting_retries(&self, sub_id: &str, t: &Table) -> StoreResult<u64> {
         let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             c.query_row(
@@ -237,7 +237,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn settle(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn settle(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()> {
         let (sub_id, t, ids) = (sub_id.to_string(), t.clone(), ids.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -254,7 +254,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn add_pending(&self, sub_id: &str, t: &Target, ids: &[StreamId]) -> StoreResult<()> {
+    async fn add_pending(&self, sub_id: &str, t: &Table, ids: &[StreamId]) -> StoreResult<()> {
         let (sub_id, t, ids) = (sub_id.to_string(), t.clone(), ids.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
@@ -266,7 +266,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn reposition(&self, sub_id: &str, t: &Target, after: StreamId) -> StoreResult<()> {
+    async fn reposition(&self, sub_id: &str, t: &Table, after: StreamId) -> StoreResult<()> {
         let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| {
             c.execute(
@@ -279,12 +279,12 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn position(&self, sub_id: &str, t: &Target) -> StoreResult<Option<StreamId>> {
+    async fn position(&self, sub_id: &str, t: &Table) -> StoreResult<Option<StreamId>> {
         let (sub_id, t) = (sub_id.to_string(), t.clone());
         self.with(move |c| position(c, &sub_id, &t)).await
     }
 
-    async fn forget_subscription(&self, sub_id: &str, targets: &[Target]) -> StoreResult<()> {
+    async fn forget_subscription(&self, sub_id: &str, targets: &[Table]) -> StoreResult<()> {
         let (sub_id, targets) = (sub_id.to_string(), targets.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;

@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::store::{
-    StoreResult, Target,
+    StoreResult, Table,
     documents::{Document, Documents},
 };
 
@@ -140,7 +140,7 @@ impl Documents for SqliteStore {
         .await
     }
 
-    async fn purge_table(&self, t: &Target, _subscriptions: &[String]) -> StoreResult<()> {
+    async fn purge_table(&self, t: &Table, _subscriptions: &[String]) -> StoreResult<()> {
         let t = t.clone();
         self.with(move |c| {
             let tx = c.transaction()?;

@@ -5,9 +5,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Failed;
 use crate::events;
-use crate::store::{Refusal, StoreError, Target};
+use crate::store::{Refusal, StoreError, Table};
 
-pub(super) fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<String>> {
+pub(super) fn epoch(c: &Connection, t: &Table) -> rusqlite::Result<Option<String>> {
     c.query_row(
         "SELECT epoch FROM epochs WHERE source = ?1 AND resource = ?2",
         params![t.source, t.resource],
@@ -20,7 +20,7 @@ pub(super) fn epoch(c: &Connection, t: &Target) -> rusqlite::Result<Option<Strin
 /// another epoch than `want` (the store lost the table since the poll began).
 pub(super) fn check_fences(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     holder: &str,
     want: &str,
 ) -> Result<(), Failed> {

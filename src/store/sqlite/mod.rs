@@ -19,7 +19,7 @@ use std::{
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AppendBatch, Store, StoreError, StoreResult, Target};
+use super::{AppendBatch, Store, StoreError, StoreResult, Table};
 use crate::events::{self, AppendOutcome, Event, IndexEntry, Rejected, StreamId};
 
 pub struct SqliteStore {
@@ -147,7 +147,7 @@ fn named(path: Option<&Path>) -> String {
     }
 }
 
-fn last_id(c: &Connection, t: &Target) -> rusqlite::Result<StreamId> {
+fn last_id(c: &Connection, t: &Table) -> rusqlite::Result<StreamId> {
     c.query_row(
         "SELECT stamp, seq FROM events WHERE source = ?1 AND resource = ?2
          ORDER BY stamp DESC, seq DESC LIMIT 1",
@@ -162,7 +162,7 @@ pub(super) const EVENT_COLUMNS: &str = "stamp, seq, op, record, record_stamp, pr
 
 fn read_after(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     after: StreamId,
     limit: usize,
 ) -> rusqlite::Result<Vec<Event>> {
@@ -223,41 +223,41 @@ impl Store for SqliteStore {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    async fn last_id(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn last_id(&self, t: &Table) -> StoreResult<StreamId> {
         let t = t.clone();
         self.with(move |c| last_id(c, &t)).await
     }
 
-    async fn append(&self, t: &Target, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
-        let (t, target) = (t.clone(), t.clone());
+    async fn append(&self, t: &Table, batch: AppendBatch<'_>) -> StoreResult<AppendOutcome> {
+        let (t, table) = (t.clone(), t.clone());
         let batch = Batch {
             holder: batch.holder.to_string(),
             epoch: batch.epoch.to_string(),
             snapshot: batch.snapshot,
             observed: batch.observed,
             records: batch.records.to_vec(),
-            keep: self.keep.keeps(&target),
-            first: self.keep.first_use(&target),
-            highest: self.highest.get(&target, batch.epoch),
-            issued: self.issued.get(&target, batch.epoch),
+            keep: self.keep.keeps(&table),
+            first: self.keep.first_use(&table),
+            highest: self.highest.get(&table, batch.epoch),
+            issued: self.issued.get(&table, batch.epoch),
             rebase: batch.rebase,
         };
         let (first, keep, epoch) = (batch.first, &self.keep, batch.epoch.clone());
         let out = self.run_open(move |open| append(open, &t, &batch)).await;
         if first && out.is_err() {
-            keep.not_ready(&target);
+            keep.not_ready(&table);
         }
         match out {
             Ok((out, last)) => {
-                self.highest.raise(&target, &epoch, last);
+                self.highest.raise(&table, &epoch, last);
                 Ok(out)
             }
             Err(e) => {
                 if let Some(super::Refusal::Failover { top, highest }) = e.refusal() {
                     // No ID up to `highest` is issued again; from now on the
                     // file's last entry is what this process appended.
-                    self.issued.raise(&target, &epoch, highest);
-                    self.highest.set(&target, &epoch, top);
+                    self.issued.raise(&table, &epoch, highest);
+                    self.highest.set(&table, &epoch, top);
                 }
                 Err(e)
             }
@@ -272,7 +272,7 @@ impl Store for SqliteStore {
         2000
     }
 
-    async fn reject(&self, t: &Target, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
+    async fn reject(&self, t: &Table, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
         let (t, raw, reason) = (t.clone(), raw.to_string(), reason.to_string());
         self.with(move |c| {
             c.execute(
@@ -284,12 +284,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn read(&self, t: &Target, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
+    async fn read(&self, t: &Table, after: StreamId, limit: usize) -> StoreResult<Vec<Event>> {
         let t = t.clone();
         self.with(move |c| read_after(c, &t, after, limit)).await
     }
 
-    async fn rejects(&self, t: &Target, limit: usize) -> StoreResult<Vec<Rejected>> {
+    async fn rejects(&self, t: &Table, limit: usize) -> StoreResult<Vec<Rejected>> {
         let t = t.clone();
         self.with(move |c| {
             let mut q = c.prepare_cached(
@@ -307,7 +307,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn stream_len(&self, t: &Target) -> StoreResult<u64> {
+    async fn stream_len(&self, t: &Table) -> StoreResult<u64> {
         let t = t.clone();
         self.with(move |c| {
             c.query_row(
@@ -319,7 +319,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn index_len(&self, t: &Target) -> StoreResult<u64> {
+    async fn index_len(&self, t: &Table) -> StoreResult<u64> {
         let t = t.clone();
         self.with(move |c| {
             c.query_row(
@@ -331,17 +331,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn index_entry(&self, t: &Target, record: &str) -> StoreResult<Option<IndexEntry>> {
+    async fn index_entry(&self, t: &Table, record: &str) -> StoreResult<Option<IndexEntry>> {
         let (t, record) = (t.clone(), record.to_string());
         self.with(move |c| index_entry(c, &t, &record)).await
     }
 
-    async fn index_all(&self, t: &Target) -> StoreResult<Vec<(String, IndexEntry)>> {
+    async fn index_all(&self, t: &Table) -> StoreResult<Vec<(String, IndexEntry)>> {
         let t = t.clone();
         self.with(move |c| append::index_all(c, &t)).await
     }
 
-    async fn lease(&self, t: &Target, holder: &str, ttl: Duration) -> StoreResult<bool> {
+    async fn lease(&self, t: &Table, holder: &str, ttl: Duration) -> StoreResult<bool> {
         let (t, holder) = (t.clone(), holder.to_string());
         self.with(move |c| {
             let now = events::now_ms() as i64;
@@ -356,7 +356,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release(&self, t: &Target, holder: &str) -> StoreResult<()> {
+    async fn release(&self, t: &Table, holder: &str) -> StoreResult<()> {
         let (t, holder) = (t.clone(), holder.to_string());
         self.with(move |c| {
             c.execute(

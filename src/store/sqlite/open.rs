@@ -261,7 +261,7 @@ pub(super) fn connect_in_memory() -> rusqlite::Result<Open> {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{Store, Target, sqlite::SqliteStore};
+    use crate::store::{Store, Table, sqlite::SqliteStore};
 
     /// A reopen that fails (a folder where the file was, then no folder at
     /// all) answers with the reason on every call, never from an empty
@@ -270,7 +270,7 @@ mod tests {
     async fn a_failed_reopen_errs_until_the_file_can_be_opened() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         store.last_id(&t).await.unwrap();
         let path = dir.path().join("stamp-relay.sqlite3");
         std::fs::remove_file(&path).unwrap();
@@ -316,7 +316,7 @@ mod tests {
         )
         .unwrap();
         drop(old);
-        let t = Target::new("s", "r");
+        let t = Table::new("s", "r");
         for _ in 0..2 {
             let store = SqliteStore::open(dir.path()).unwrap();
             let events = store

@@ -13,7 +13,7 @@ use super::{EVENT_COLUMNS, SqliteStore, event_row};
 use crate::events::{Event, IndexEntry, StreamId};
 use crate::record::UpstreamRecord;
 use crate::store::records::{RecordStore, RecordsPage, RecordsQuery, StoredRecord};
-use crate::store::{StoreResult, Target};
+use crate::store::{StoreResult, Table};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -54,7 +54,7 @@ pub(super) fn migrate(c: &Connection) -> rusqlite::Result<()> {
 /// deletion flag when it is the latest), over an older copy.
 pub(super) fn keep_trimmed(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     first_kept: StreamId,
     keep: bool,
 ) -> rusqlite::Result<()> {
@@ -87,7 +87,7 @@ pub(super) fn keep_trimmed(
 /// a reconcile sweep fills it in.
 pub(super) fn fill_duplicate(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     r: &UpstreamRecord,
     prev: Option<IndexEntry>,
     keep: bool,
@@ -119,7 +119,7 @@ pub(super) fn fill_duplicate(
 
 /// When a table is opened (or at the first append after a change of
 /// setting): drops the kept copies of a table that no longer keeps records.
-pub(super) fn fill_or_drop(c: &Connection, t: &Target, keep: bool) -> rusqlite::Result<()> {
+pub(super) fn fill_or_drop(c: &Connection, t: &Table, keep: bool) -> rusqlite::Result<()> {
     if !keep {
         c.execute(
             "DELETE FROM records WHERE source = ?1 AND resource = ?2",
@@ -149,7 +149,7 @@ fn stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
     })
 }
 
-fn page(c: &mut Connection, t: &Target, q: RecordsQuery) -> rusqlite::Result<RecordsPage> {
+fn page(c: &mut Connection, t: &Table, q: RecordsQuery) -> rusqlite::Result<RecordsPage> {
     let tx = c.transaction()?;
     let last_id: StreamId = super::last_id(&tx, t)?;
     let until = q.until.unwrap_or(last_id.stamp);
@@ -194,7 +194,7 @@ fn page(c: &mut Connection, t: &Target, q: RecordsQuery) -> rusqlite::Result<Rec
 impl RecordStore for SqliteStore {
     async fn read_back(
         &self,
-        t: &Target,
+        t: &Table,
         before: Option<StreamId>,
         limit: usize,
     ) -> StoreResult<Vec<Event>> {
@@ -219,23 +219,23 @@ impl RecordStore for SqliteStore {
         .await
     }
 
-    fn keep_records(&self, t: &Target, keep: bool) {
+    fn keep_records(&self, t: &Table, keep: bool) {
         self.keep.set(t, keep);
     }
 
-    async fn ready_records(&self, t: &Target) -> StoreResult<()> {
+    async fn ready_records(&self, t: &Table) -> StoreResult<()> {
         if !self.keep.first_use(t) {
             return Ok(());
         }
-        let (target, keep) = (t.clone(), self.keep.keeps(t));
-        let done = self.with(move |c| fill_or_drop(c, &target, keep)).await;
+        let (table, keep) = (t.clone(), self.keep.keeps(t));
+        let done = self.with(move |c| fill_or_drop(c, &table, keep)).await;
         if done.is_err() {
             self.keep.not_ready(t);
         }
         done
     }
 
-    async fn record(&self, t: &Target, id: &str) -> StoreResult<Option<StoredRecord>> {
+    async fn record(&self, t: &Table, id: &str) -> StoreResult<Option<StoredRecord>> {
         if !self.keep.keeps(t) {
             return Ok(None);
         }
@@ -251,12 +251,12 @@ impl RecordStore for SqliteStore {
         .await
     }
 
-    async fn records(&self, t: &Target, q: RecordsQuery) -> StoreResult<RecordsPage> {
+    async fn records(&self, t: &Table, q: RecordsQuery) -> StoreResult<RecordsPage> {
         let t = t.clone();
         self.with(move |c| page(c, &t, q)).await
     }
 
-    async fn fill_previous(&self, t: &Target, events: &mut [Event]) -> StoreResult<()> {
+    async fn fill_previous(&self, t: &Table, events: &mut [Event]) -> StoreResult<()> {
         let wanted: Vec<(usize, String, u64, StreamId)> = events
             .iter()
             .enumerate()
@@ -288,7 +288,7 @@ impl RecordStore for SqliteStore {
 /// or the kept copy once retention removed it.
 fn version(
     c: &Connection,
-    t: &Target,
+    t: &Table,
     record: &str,
     stamp: u64,
     at: StreamId,

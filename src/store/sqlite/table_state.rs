@@ -7,12 +7,12 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteStore;
 use crate::{
     events::StreamId,
-    store::{PollStatus, StoreError, StoreResult, TableState, Target, decode_json},
+    store::{PollStatus, StoreError, StoreResult, Table, TableState, decode_json},
 };
 
 #[async_trait]
 impl TableState for SqliteStore {
-    async fn trim(&self, t: &Target, first_kept: StreamId) -> StoreResult<u64> {
+    async fn trim(&self, t: &Table, first_kept: StreamId) -> StoreResult<u64> {
         let t = t.clone();
         let keep = self.keep.keeps(&t);
         self.with(move |c| {
@@ -53,7 +53,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn set_loading(&self, t: &Target, loading: bool) -> StoreResult<()> {
+    async fn set_loading(&self, t: &Table, loading: bool) -> StoreResult<()> {
         let t = t.clone();
         self.with(move |c| {
             let sql = if loading {
@@ -66,7 +66,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn loading(&self, t: &Target) -> StoreResult<bool> {
+    async fn loading(&self, t: &Table) -> StoreResult<bool> {
         let t = t.clone();
         self.with(move |c| {
             c.query_row(
@@ -78,12 +78,12 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn epoch(&self, t: &Target) -> StoreResult<Option<String>> {
+    async fn epoch(&self, t: &Table) -> StoreResult<Option<String>> {
         let t = t.clone();
         self.with(move |c| super::epoch(c, &t)).await
     }
 
-    async fn epochs(&self, ts: &[Target]) -> StoreResult<Vec<Option<String>>> {
+    async fn epochs(&self, ts: &[Table]) -> StoreResult<Vec<Option<String>>> {
         let mut out = Vec::with_capacity(ts.len());
         for t in ts {
             out.push(self.epoch(t).await?);
@@ -91,7 +91,7 @@ impl TableState for SqliteStore {
         Ok(out)
     }
 
-    async fn init_epoch(&self, t: &Target, fresh: &str) -> StoreResult<String> {
+    async fn init_epoch(&self, t: &Table, fresh: &str) -> StoreResult<String> {
         let (t, fresh) = (t.clone(), fresh.to_string());
         self.with(move |c| {
             c.execute(
@@ -103,7 +103,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn request_reconcile(&self, t: &Target) -> StoreResult<()> {
+    async fn request_reconcile(&self, t: &Table) -> StoreResult<()> {
         let t = t.clone();
         self.with(move |c| {
             c.execute(
@@ -115,7 +115,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn take_reconcile_request(&self, t: &Target) -> StoreResult<bool> {
+    async fn take_reconcile_request(&self, t: &Table) -> StoreResult<bool> {
         let t = t.clone();
         self.with(move |c| {
             c.execute(
@@ -127,7 +127,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn trimmed_through(&self, t: &Target) -> StoreResult<StreamId> {
+    async fn trimmed_through(&self, t: &Table) -> StoreResult<StreamId> {
         let t = t.clone();
         self.with(move |c| {
             c.query_row(
@@ -141,7 +141,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn put_poll_status(&self, t: &Target, s: &PollStatus) -> StoreResult<()> {
+    async fn put_poll_status(&self, t: &Table, s: &PollStatus) -> StoreResult<()> {
         let json = serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let t = t.clone();
         self.with(move |c| {
@@ -155,7 +155,7 @@ impl TableState for SqliteStore {
         .await
     }
 
-    async fn poll_status(&self, t: &Target) -> StoreResult<Option<PollStatus>> {
+    async fn poll_status(&self, t: &Table) -> StoreResult<Option<PollStatus>> {
         let t = t.clone();
         let json = self
             .with(move |c| {

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::delivery::subscribe_to;
@@ -88,7 +88,7 @@ async fn served_and_true_to_what_a_relay_sends() {
         component(&doc, "StreamEntry"),
     );
 
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let mut live = app
         .get("/v1/resources/sim/patients/events")
         .header("accept", "text/event-stream")

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use stamp_relay::{
     config::{DeclaredSchema, Paging},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Change, Op, SimConfig};
 
@@ -69,7 +69,7 @@ async fn the_catalog_validates_every_event_of_a_chaos_run() {
         c.sources[0].settings.schemas.insert("users".into(), users);
     })
     .await;
-    let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
+    let targets = [Table::new("sim", "patients"), Table::new("sim", "users")];
     let sync = async || {
         for t in &targets {
             wait_synced(ts.store.as_ref(), t, &sim.sim).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, value::RawValue};
 use stamp_relay::{
     config::{Paging, SourceConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{self as simulator, Change, Faults, Order, SimConfig};
 
@@ -76,7 +76,7 @@ async fn the_seed_example_through_the_relay(ts: TestStore) {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let b = sim
         .sim
@@ -149,7 +149,7 @@ async fn a_walk_after_chaos_matches_the_simulator(ts: TestStore) {
     })
     .await;
     let app = App::spawn(&ts, vec![chaotic_source(&sim)]).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     sim.sim.set_faults(Faults {
         error_rate: 0.1,
         truncate_rate: 0.05,
@@ -194,7 +194,7 @@ async fn a_walk_is_a_snapshot_while_appends_land(ts: TestStore) {
     })
     .await;
     let app = App::spawn(&ts, vec![chaotic_source(&sim)]).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let before = simulator_answer(&sim, "patients", 0).await;
 

@@ -6,7 +6,7 @@
 use serde_json::Value;
 use stamp_relay::{
     config::{AuthConfig, Paging},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -34,7 +34,7 @@ async fn an_oauth_client_reads_compat_with_a_token_it_exchanged(ts: TestStore) {
     .await;
     let src = source(&sim.base_url, &["patients"], Paging::Pages, 10);
     let first = App::spawn(&ts, vec![src]).await;
-    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
 
     let (status, body) = token(
         &first,
@@ -108,7 +108,7 @@ async fn an_oauth_client_reads_compat_with_a_token_it_exchanged(ts: TestStore) {
         token_url: None,
     };
     let second = App::spawn(&ts, vec![chained]).await;
-    let t = Target::new("chain", "patients");
+    let t = Table::new("chain", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
     second.stop().await;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::sse::read_sse;
@@ -47,7 +47,7 @@ async fn three_hundred_clients_each_get_every_event_in_order() {
         c.api.max_connections = 700;
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let top = ts.store.last_id(&t).await.unwrap();
     let mut clients = Vec::new();
@@ -115,7 +115,7 @@ async fn a_table_nobody_listens_to_costs_no_stream_reads() {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let client = redis::Client::open(ts.redis.as_ref().unwrap().url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -167,7 +167,7 @@ async fn a_stalled_client_is_cut_off_while_a_fast_one_gets_every_event() {
     let (mut stalled, mut stalled_buf) = connect(&app, "0-0").await;
     let (mut fast, mut fast_buf) = connect(&app, "0-0").await;
     let read = read_sse(&mut fast, &mut fast_buf, total, Duration::from_secs(120)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let want: Vec<String> = all_events(ts.store.as_ref(), &t)
         .await
         .into_iter()

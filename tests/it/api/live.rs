@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use stamp_relay::{app::Relay, config::Paging, store::Target};
+use stamp_relay::{app::Relay, config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +26,7 @@ async fn appends_on_one_instance_reach_every_live_client_of_another() {
     let src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
     // Instance A polls and appends.
     let a = App::spawn(&ts, vec![src.clone()]).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let top = ts.store.last_id(&t).await.unwrap();
     // Instance B only serves the API: no poll loop, so nothing it streams
@@ -106,7 +106,7 @@ async fn a_lagging_client_catches_up_from_the_store() {
     };
     let (mut lagging, mut lag_buf) = connect().await;
     let (mut steady, mut steady_buf) = connect().await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let read = read_sse(
         &mut steady,
         &mut steady_buf,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::store::Target;
+use stamp_relay::store::Table;
 
 use crate::harness::delivery::messages;
 use crate::harness::delivery::{subscribe_to, wait_delivered};
@@ -23,7 +23,7 @@ on_both_stores!(message_log_shows_states_attempts_and_retries_one_event);
 
 async fn message_log_shows_states_attempts_and_retries_one_event(ts: TestStore) {
     let (sim, app) = patients_relay(&ts, 5).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(3).await;
     let sub = subscribe_to(
@@ -134,7 +134,7 @@ on_both_stores!(secret_reveal_filter_preview_and_replay_from_a_time);
 
 async fn secret_reveal_filter_preview_and_replay_from_a_time(ts: TestStore) {
     let (sim, app) = patients_relay(&ts, 8).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let created: Value = app
         .post_json(
@@ -257,7 +257,7 @@ async fn a_refusal_shows_its_reason_and_a_retry_keeps_the_failures(ts: TestStore
         c.delivery.retry_schedule[0] = Duration::from_millis(10);
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let body = json!({"url": "https://hooks.example.com/x", "resources": ["sim/patients"],
         "start": "beginning", "enabled": false});

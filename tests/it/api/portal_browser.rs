@@ -13,7 +13,7 @@ use std::{process::Stdio, time::Duration};
 
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::delivery::messages;
@@ -172,7 +172,7 @@ async fn portal_manages_an_endpoint_in_chromium() {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let page = app
         .http

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, RetentionConfig, Secret, SubscriptionDecl},
     events::StreamId,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
@@ -26,7 +26,7 @@ on_both_stores!(
 const EVENTS: &str = "/v1/resources/sim/patients/events";
 
 /// A relay over `count` patients, synced, with `retention`.
-async fn synced(ts: &TestStore, count: usize, retention: RetentionConfig) -> (Sim, App, Target) {
+async fn synced(ts: &TestStore, count: usize, retention: RetentionConfig) -> (Sim, App, Table) {
     let sim = Sim::start(SimConfig {
         order: Order::Stamp,
         initial: vec![("patients".into(), count)],
@@ -35,7 +35,7 @@ async fn synced(ts: &TestStore, count: usize, retention: RetentionConfig) -> (Si
     .await;
     let sources = vec![source(&sim.base_url, &["patients"], Paging::Keyset, 50)];
     let app = App::spawn_with(ts, sources, |c| c.store.retention = retention).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     (sim, app, t)
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, events::StreamId, store::Target};
+use stamp_relay::{config::Paging, events::StreamId, store::Table};
 use stamp_relay_simulator::{Order, SimConfig};
 
 use crate::harness::openapi::{check_response, documented};
@@ -342,7 +342,7 @@ async fn replay_pages_match_the_stream(ts: TestStore) {
     })
     .await;
     let app = app(&ts, &sim).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     sim.sim.random_writes(Some("patients"), 150);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
@@ -406,7 +406,7 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     })
     .await;
     let app = app(&ts, &sim).await;
-    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     let path = "/v1/subscriptions";
     let r = app
         .post(
@@ -425,7 +425,7 @@ async fn subscriptions_crud_and_persistence(ts: TestStore) {
     assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
     let now = ts
         .store
-        .last_id(&Target::new("sim", "patients"))
+        .last_id(&Table::new("sim", "patients"))
         .await
         .unwrap();
     assert_eq!(
@@ -521,7 +521,7 @@ async fn live_stream_resumes_exactly(ts: TestStore) {
     })
     .await;
     let app = app(&ts, &sim).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let mut writer = {
         let sim = sim.sim.clone();

@@ -2,7 +2,7 @@
 //! moves past only what a later client's own catch-up from the store covers,
 //! and the next round broadcasts everything after it.
 
-use stamp_relay::{config::Paging, events::StreamId, store::Target, tail};
+use stamp_relay::{config::Paging, events::StreamId, store::Table, tail};
 use stamp_relay_simulator::SimConfig;
 use tokio::sync::broadcast;
 
@@ -22,7 +22,7 @@ async fn a_client_joining_between_rounds_misses_nothing(ts: TestStore) {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],
     );
     poll_until_quiet(&mut relay, 20).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let src = relay.event_sources()[&t].clone();
     let store = ts.store.as_ref();
     let (sender, first) = broadcast::channel(64);

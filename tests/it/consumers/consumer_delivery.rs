@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::store::Target;
+use stamp_relay::store::Table;
 
 use crate::harness::delivery::{subscribe_to, wait_delivered};
 use crate::harness::receiver::TestReceiver;
@@ -23,7 +23,7 @@ fn ids(rx: &TestReceiver) -> HashSet<String> {
 
 async fn narrowing_a_consumer_pauses_its_tables(ts: crate::harness::TestStore) {
     let (sim, app) = patients_relay(&ts, 3).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let care = json!({"name": "care", "resources": ["sim/patients"]});
     assert_eq!(

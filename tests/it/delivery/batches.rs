@@ -10,7 +10,7 @@ use std::{
 
 use axum::{Router, body::Bytes, extract::State, http::HeaderMap, http::StatusCode, routing::post};
 use serde_json::{Value, json};
-use stamp_relay::{delivery::signing, store::Target};
+use stamp_relay::{delivery::signing, store::Table};
 
 use crate::harness::{TestStore, all_events, patients_relay, wait_for};
 use crate::on_both_stores;
@@ -79,7 +79,7 @@ async fn a_retried_batch_keeps_its_webhook_id(ts: TestStore) {
     let created = app.post_json("/v1/subscriptions", &body).await;
     seen.lock().unwrap().secret = created["secret"].as_str().unwrap().to_string();
     let id = created["id"].as_str().unwrap();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     crate::harness::wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_eq!(app.set_enabled(id, true).await.status(), 200);
     // Changes while batches are retried: new events join the queue.

@@ -10,7 +10,7 @@ use figment::{Figment, providers::Format};
 use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, RawConfig, SubscriptionDecl},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
@@ -84,7 +84,7 @@ on_both_stores!(a_declared_subscription_delivers_and_follows_the_file);
 
 async fn a_declared_subscription_delivers_and_follows_the_file(ts: TestStore) {
     let sim = patients(80).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let rx = TestReceiver::start(41).await;
     rx.set_secrets(&[SECRET]);
     let app = start(&ts, &sim, declare(&entry(&rx.url, FEMALE), SECRET)).await;
@@ -221,7 +221,7 @@ async fn a_declared_subscription_comes_back_when_the_store_loses_it(ts: TestStor
     let rx = TestReceiver::start(43).await;
     rx.set_secrets(&[SECRET]);
     let app = start(&ts, &sim, declare(&entry(&rx.url, FEMALE), SECRET)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     crate::harness::wipe::wipe(&ts).await;
     eventually(

@@ -11,7 +11,7 @@ use stamp_relay::{
         backlog,
         worker::{Now, Step},
     },
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -47,7 +47,7 @@ fn patients_source(sim: &Sim) -> Vec<stamp_relay::config::SourceConfig> {
 async fn slow_receiver_gets_many_requests_but_one_per_record(ts: TestStore) {
     let sim = patients(30).await;
     let app = App::spawn(&ts, patients_source(&sim)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     // Records change again, so several records have more than one event.
     for _ in 0..2 {
         sim.sim.random_writes(Some("patients"), 15);
@@ -83,7 +83,7 @@ async fn refused_records_hold_back_nothing_else(ts: TestStore) {
         c.delivery.retry_schedule = vec![Duration::from_secs(3600)];
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(41).await;
     rx.set_mode(Mode::Refuse(0.4));
@@ -135,7 +135,7 @@ async fn the_waiting_retry_limit_pauses_claims_where_it_shows(ts: TestStore) {
         c.delivery.max_waiting_retries = 20;
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(61).await;
     rx.set_mode(Mode::Refuse(0.4));
@@ -217,7 +217,7 @@ async fn a_lost_lease_stops_sends_before_they_start(ts: TestStore) {
     let sim = patients(20).await;
     let mut relay = relay(&ts, patients_source(&sim));
     poll_until_quiet(&mut relay, 20).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let rx = TestReceiver::start(51).await;
     rx.set_secrets(&["whsec_dGVzdA=="]);
     let sub = subscription("sub_fenced", &rx.url);
@@ -263,7 +263,7 @@ async fn a_lost_lease_stops_sends_before_they_start(ts: TestStore) {
 async fn deleting_a_subscription_leaves_nothing_behind(ts: TestStore) {
     let sim = patients(30).await;
     let app = App::spawn(&ts, patients_source(&sim)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(61).await;
     // Half the records fail for good: pending entries, dead letters (after
@@ -347,7 +347,7 @@ async fn a_receiver_slower_than_the_lease() {
     let sim = patients(40).await;
     let a = App::spawn(&ts, patients_source(&sim)).await;
     let b = App::spawn(&ts, patients_source(&sim)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(71).await;
     rx.set_delay(ts.config.lease_ttl * 2);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::store::Target;
+use stamp_relay::store::Table;
 use stamp_relay_simulator::{self as simulator, Change};
 
 use crate::harness::delivery::{assert_record_order, subscribe_to};
@@ -17,7 +17,7 @@ on_both_stores!(a_redrive_drops_dead_letters_a_newer_version_superseded);
 
 async fn a_redrive_drops_dead_letters_a_newer_version_superseded(ts: TestStore) {
     let (sim, app) = patients_relay(&ts, 2).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(3).await;
     rx.set_mode(Mode::Flaky(1.0));
@@ -99,7 +99,7 @@ async fn a_redrive_drops_dead_letters_a_newer_version_superseded(ts: TestStore) 
 }
 
 /// The CloudEvents ids of every event of `t`.
-async fn event_ids(ts: &TestStore, t: &Target) -> Vec<String> {
+async fn event_ids(ts: &TestStore, t: &Table) -> Vec<String> {
     crate::harness::all_events(ts.store.as_ref(), t)
         .await
         .iter()

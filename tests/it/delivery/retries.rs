@@ -11,7 +11,7 @@ use stamp_relay::{
     config::{DeliveryConfig, Paging},
     delivery::worker::{Now, Step, Worker, WorkerState},
     events::now_ms,
-    store::Target,
+    store::Table,
     subscription::state::RetryState,
 };
 use stamp_relay_simulator::SimConfig;
@@ -53,8 +53,8 @@ async fn one_worker(
     (sim, relay, worker)
 }
 
-fn patients() -> Target {
-    Target::new("sim", "patients")
+fn patients() -> Table {
+    Table::new("sim", "patients")
 }
 
 /// One step at `wall_ms` on the test's clock.

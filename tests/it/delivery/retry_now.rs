@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{self as simulator, Change, SimConfig};
 
 use crate::harness::delivery::{assert_record_order, subscribe_to, wait_delivered};
@@ -21,8 +21,8 @@ on_both_stores!(
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn patients() -> Target {
-    Target::new("sim", "patients")
+fn patients() -> Table {
+    Table::new("sim", "patients")
 }
 
 /// A relay whose retries wait an hour, a receiver answering 500, and a

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::{Config, Paging},
     events::now_ms,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -30,7 +30,7 @@ async fn setup(
     let ts = TestStore::open(Backend::Sqlite).await.unwrap();
     let src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
     let app = App::spawn_with(&ts, vec![src], tweak).await;
-    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     let created = app
         .post_json(
             "/v1/subscriptions",

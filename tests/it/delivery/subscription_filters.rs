@@ -14,7 +14,7 @@ use crate::harness::openapi::check_response;
 use crate::harness::receiver::TestReceiver;
 use crate::harness::{App, Sim, TestStore, all_events, eventually, wait_synced};
 use crate::on_both_stores;
-use stamp_relay::{events::Event, store::Target};
+use stamp_relay::{events::Event, store::Table};
 
 on_both_stores!(subscriptions_filter_and_project);
 
@@ -133,7 +133,7 @@ async fn patched_filters_apply(
     // Right away: a worker reads the subscription's version around every
     // claim, so no event appended after the 200 goes out under the old
     // selection (here: none, whole records), however soon it comes.
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     sim.sim.random_writes(Some("patients"), 60);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let new = all_events(ts.store.as_ref(), &t).await.split_off(at.events);

@@ -14,7 +14,7 @@ use std::{
 use axum::{Router, http::StatusCode, routing::post};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde_json::json;
-use stamp_relay::{app::Relay, config::Paging, store::Target};
+use stamp_relay::{app::Relay, config::Paging, store::Table};
 use stamp_relay_simulator::{SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -186,7 +186,7 @@ async fn a_private_ca_is_trusted_where_configured(ts: TestStore) {
     trusted.tls_ca_file = Some(pki.ca.clone());
     let ca = pki.ca.clone();
     let app = App::spawn_with(&ts, vec![trusted], |c| c.delivery.tls_ca_file = Some(ca)).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim).await;
     let body = json!({"url": format!("https://{receiver}/hook"), "resources": ["*"], "start": "beginning"});
     let id = app.post_json("/v1/subscriptions", &body).await["id"]

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::delivery::{assert_record_order, subscribe, subscribe_to, wait_delivered};
@@ -43,7 +43,7 @@ async fn signed_deliveries_survive_a_secret_rotation(ts: TestStore) {
     let app = app(&ts, &sim).await;
     let id = subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
     let secret = rx.inner.lock().unwrap().secrets[0].clone();
-    let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
+    let targets = [Table::new("sim", "patients"), Table::new("sim", "users")];
     wait_delivered(ts.store.as_ref(), &rx, &targets, Duration::from_secs(30)).await;
 
     let r = app
@@ -106,7 +106,7 @@ async fn flaky_receiver_gets_everything_in_record_order(ts: TestStore) {
         sim.sim.random_writes(Some("patients"), 10);
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     wait_delivered(ts.store.as_ref(), &rx, &[t], Duration::from_secs(60)).await;
     let requests = rx.inner.lock().unwrap().requests;
@@ -277,7 +277,7 @@ async fn dead_letters_are_listed_and_redriven() {
     wait_delivered(
         ts.store.as_ref(),
         &rx,
-        &[Target::new("sim", "users")],
+        &[Table::new("sim", "users")],
         Duration::from_secs(30),
     )
     .await;
@@ -357,7 +357,7 @@ async fn redis_restart_mid_delivery_loses_nothing() {
         json!({"resources": ["sim/patients"], "start": "beginning", "max_in_flight": 1}),
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     eventually("20 deliveries", Duration::from_secs(20), async || {
         rx.event_ids().len() >= 20
     })
@@ -402,7 +402,7 @@ async fn batches_headers_ops_and_rate_limit() {
     })
     .await;
     let (ts, app) = sqlite_app(&sim).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
 
     let batched = TestReceiver::start(21).await;

@@ -18,7 +18,7 @@ use axum::{
     routing::get,
 };
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{Change, Op, SimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,7 @@ async fn odd_ids_are_delivered_safely_or_rejected_at_ingest(ts: TestStore) {
         )
         .await;
     rx.set_secrets(&[created["secret"].as_str().unwrap()]);
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     eventually(
         "the odd ids delivered",
         Duration::from_secs(30),
@@ -161,7 +161,7 @@ async fn poll(ts: &TestStore, r: &mut stamp_relay::app::Relay) -> Vec<String> {
         .poll_once(&CancellationToken::new())
         .await
         .unwrap();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     all_events(ts.store.as_ref(), &t)
         .await
         .into_iter()
@@ -183,7 +183,7 @@ async fn a_stamp_past_i64_is_rejected_and_later_changes_still_arrive(ts: TestSto
         ["a", "b"],
         "the cursor stayed reachable"
     );
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let rejects = ts.store.rejects(&t, 10).await.unwrap();
     assert_eq!(rejects.len(), 1, "{rejects:?}");
     assert!(
@@ -204,7 +204,7 @@ async fn a_stamp_past_max_stamp_jump_is_rejected(ts: TestStore) {
         .unwrap()
         .extend([("far".to_string(), 100_000), ("near".to_string(), 7)]);
     assert_eq!(poll(&ts, &mut r).await, ["a", "near"]);
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let rejects = format!("{:?}", ts.store.rejects(&t, 10).await.unwrap());
     assert!(rejects.contains("max_stamp_jump (1000)"), "{rejects}");
     records.lock().unwrap().push(("next".into(), 8));

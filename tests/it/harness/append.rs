@@ -4,7 +4,7 @@
 //! helpers of the store contract suite (`stamp_relay::store::contract`),
 //! over a test store.
 
-use stamp_relay::store::{Target, contract};
+use stamp_relay::store::{Table, contract};
 
 use super::TestStore;
 
@@ -12,14 +12,14 @@ pub use contract::record;
 
 /// Table `source/resource` with its epoch made and the lease held by `me`,
 /// for suites that append to the store directly; answers the epoch.
-pub async fn leased_table(ts: &TestStore, source: &str, resource: &str) -> (Target, String) {
+pub async fn leased_table(ts: &TestStore, source: &str, resource: &str) -> (Table, String) {
     contract::leased_table(&*ts.store, source, resource).await
 }
 
 /// Appends `records` to `t` as `holder` under `epoch`, observed at 7 ms.
 pub async fn append_as(
     ts: &TestStore,
-    t: &Target,
+    t: &Table,
     holder: &str,
     epoch: &str,
     records: &[stamp_relay::record::UpstreamRecord],

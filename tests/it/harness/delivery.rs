@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde_json::{Value, json};
 use stamp_relay::{
-    store::{Store, Target},
+    store::{Store, Table},
     subscription::Subscription,
 };
 
@@ -35,11 +35,11 @@ pub async fn subscribe_to(app: &App, rx: &TestReceiver, mut body: Value) -> Stri
     id
 }
 
-/// Waits until the receiver holds every event of the targets at least once.
+/// Waits until the receiver holds every event of the tables at least once.
 pub async fn wait_delivered(
     store: &dyn Store,
     rx: &TestReceiver,
-    targets: &[Target],
+    targets: &[Table],
     within: Duration,
 ) {
     let look = async || {

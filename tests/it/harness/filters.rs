@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
     events::{Event, Op},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
@@ -46,7 +46,7 @@ pub async fn synced_patients(
         vec![source(&sim.base_url, &["patients"], Paging::Keyset, 100)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     sim.sim.random_writes(Some("patients"), writes);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use stamp_relay::{
     config::Paging,
-    store::{AppendBatch, Refusal, Target},
+    store::{AppendBatch, Refusal, Table},
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ on_both_stores!(a_paused_instance_cannot_append_after_its_lease_was_taken);
 /// A's append (with A's name) is refused by the store itself, and B's lands.
 async fn a_paused_instance_cannot_append_after_its_lease_was_taken(ts: TestStore) {
     let store = ts.store.as_ref();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let epoch = store.init_epoch(&t, "epoch-1").await.unwrap();
     let ttl = Duration::from_millis(200);
     assert!(store.lease(&t, "instance-a", ttl).await.unwrap());
@@ -144,7 +144,7 @@ async fn last_error_shows_on_the_api_the_status_page_and_the_cli() {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     // A status no client retries: every poll from now on fails with it.
     sim.sim.set_faults(Faults {

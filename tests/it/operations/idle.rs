@@ -13,7 +13,7 @@ use serde_json::json;
 use stamp_relay::{
     config::Paging,
     delivery::{RELIST_EVERY, SUPERVISE_EVERY},
-    store::{self, Target},
+    store::{self, Table},
 };
 use stamp_relay_simulator::{Order, SimConfig};
 use tokio::{
@@ -236,28 +236,28 @@ async fn an_idle_poll_costs_at_most_six_commands_in_two_round_trips() {
         let ran = ran as f64 / IDLE_POLLS as f64;
         eprintln!(
             "{}: Redis ran {ran} commands per idle poll: {stats_after:?}",
-            poller.target
+            poller.table
         );
         assert!(
             ran <= 6.0,
             "{}: Redis ran {ran} commands per idle poll, scripts' included",
-            poller.target
+            poller.table
         );
         let commands = (after.commands - before.commands) as f64 / IDLE_POLLS as f64;
         let trips = (after.round_trips - before.round_trips) as f64 / IDLE_POLLS as f64;
         eprintln!(
             "{}: {commands} commands in {trips} round trips per idle poll",
-            poller.target
+            poller.table
         );
         assert!(
             commands <= 6.0,
             "{}: {commands} commands per idle poll",
-            poller.target
+            poller.table
         );
         assert!(
             trips <= 2.0,
             "{}: {trips} round trips per idle poll",
-            poller.target
+            poller.table
         );
     }
 }
@@ -274,7 +274,7 @@ async fn a_subscription_made_on_one_instance_is_delivered_by_another(ts: TestSto
         ..SimConfig::default()
     })
     .await;
-    let table = Target::new("sim", "patients");
+    let table = Table::new("sim", "patients");
     let second = App::spawn(
         &ts,
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 100)],

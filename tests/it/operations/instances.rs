@@ -11,7 +11,7 @@ use std::{
 use serde_json::{Value, json};
 use stamp_relay::{
     config::{AuthConfig, Paging, SourceConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 
@@ -197,8 +197,8 @@ async fn two_instances_share_work_and_survive_a_kill() {
         sim.sim.random_writes(None, 20);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let patients = Target::new("sim", "patients");
-    let users = Target::new("sim", "users");
+    let patients = Table::new("sim", "patients");
+    let users = Table::new("sim", "users");
     wait_synced(ts.store.as_ref(), &patients, &sim.sim).await;
     wait_synced(ts.store.as_ref(), &users, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &patients, &sim.sim).await;
@@ -309,7 +309,7 @@ async fn two_instances_load_through_pages_slower_than_the_lease(ts: TestStore) {
     };
     let a = App::spawn_with(&ts, vec![src.clone()], short_lease).await;
     let b = App::spawn_with(&ts, vec![src], short_lease).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
     let events = crate::harness::all_events(ts.store.as_ref(), &t).await;

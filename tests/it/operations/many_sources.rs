@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use stamp_relay::{
     config::{Paging, SourceConfig},
     health::{Health, State},
-    store::{PollStatus, Target},
+    store::{PollStatus, Table},
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 
@@ -185,7 +185,7 @@ async fn status_command_pages_two_thousand_sources() {
                 _ => health(State::Healthy, ""),
             };
             ts.store
-                .put_poll_status(&Target::new(name, *r), &status)
+                .put_poll_status(&Table::new(name, *r), &status)
                 .await
                 .unwrap();
         }

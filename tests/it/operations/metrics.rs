@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use serde_json::json;
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{Faults, SimConfig};
 
 use crate::harness::metrics::{parse, scrape};
@@ -26,7 +26,7 @@ async fn metrics_parse_and_count_what_happened() {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(41).await;
     let created: serde_json::Value = app

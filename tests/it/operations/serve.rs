@@ -8,7 +8,7 @@ use std::{
 
 use stamp_relay::{
     config::{Paging, SourceConfig},
-    store::{Store, Target, sqlite::SqliteStore},
+    store::{Store, Table, sqlite::SqliteStore},
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -52,7 +52,7 @@ async fn serve_polls_reports_ready_and_stops_on_sigterm() {
     assert!(parts.iter().all(|p| p["ready"] == true), "{body}");
 
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(&store, &t, &sim.sim).await;
     // Changes keep flowing while it serves.
     sim.sim.random_writes(Some("patients"), 25);
@@ -124,7 +124,7 @@ async fn sigterm_mid_load_and_mid_delivery_then_restart() {
         );
     };
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
 
     // 1. SIGTERM while the initial load is under way.
     let mut child = spawn();

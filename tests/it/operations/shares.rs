@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use stamp_relay::{
     config::{Paging, SourceConfig},
     events::now_ms,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -31,10 +31,10 @@ fn sources(sim: &Sim) -> Vec<SourceConfig> {
         .to_vec()
 }
 
-fn targets() -> Vec<Target> {
+fn targets() -> Vec<Table> {
     ["a", "b"]
         .iter()
-        .flat_map(|s| TABLES.iter().map(move |r| Target::new(*s, *r)))
+        .flat_map(|s| TABLES.iter().map(move |r| Table::new(*s, *r)))
         .collect()
 }
 
@@ -55,7 +55,7 @@ fn write_config_of(ts: &TestStore, sources: Vec<SourceConfig>, id: &str, ttl: Du
 }
 
 /// Who polled each table last, and when (unix ms).
-async fn holders(ts: &TestStore) -> BTreeMap<Target, (String, u64)> {
+async fn holders(ts: &TestStore) -> BTreeMap<Table, (String, u64)> {
     let mut out = BTreeMap::new();
     for t in targets() {
         if let Some(s) = ts.store.poll_status(&t).await.unwrap() {
@@ -88,9 +88,9 @@ fn numbered(sim: &Sim, n: usize, every: Duration) -> Vec<SourceConfig> {
         .collect()
 }
 
-fn targets_of(sources: &[SourceConfig]) -> Vec<Target> {
+fn targets_of(sources: &[SourceConfig]) -> Vec<Table> {
     (sources.iter())
-        .flat_map(|s| s.resources.iter().map(|r| Target::new(&s.name, r.as_str())))
+        .flat_map(|s| s.resources.iter().map(|r| Table::new(&s.name, r.as_str())))
         .collect()
 }
 
@@ -145,7 +145,7 @@ async fn a_restart_under_the_same_instance_id_reclaims_its_leases_at_once() {
     let ttl = Duration::from_secs(60);
     let cfg = write_config(&ts, &sim, "steady", ttl);
     let mut first = Proc(serve(&cfg).spawn().unwrap());
-    let t = Target::new("a", "patients");
+    let t = Table::new("a", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     first.kill().unwrap();
     first.wait().unwrap();
@@ -227,7 +227,7 @@ async fn two_live_instances_keep_their_tables_over_several_intervals() {
     let config = |id| write_config_of(&ts, many.clone(), id, ttl);
     let _one = Proc(serve(&config("one")).spawn().unwrap());
     let _two = Proc(serve(&config("two")).spawn().unwrap());
-    let holder_of = async |t: &Target| ts.store.poll_status(t).await.unwrap().map(|s| s.holder);
+    let holder_of = async |t: &Table| ts.store.poll_status(t).await.unwrap().map(|s| s.holder);
     eventually("every table polled", Duration::from_secs(60), async || {
         let mut polled = 0;
         for t in &tables {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{Faults, SimConfig};
 
 use crate::harness::delivery::subscribe_to;
@@ -65,7 +65,7 @@ async fn errors_and_refused_credentials_move_health_and_every_move_is_an_event(t
     let rx = TestReceiver::start(7).await;
     let body = json!({"resources": ["_relay/health"], "start": "beginning"});
     subscribe_to(&app, &rx, body).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     wait_state(&app, "healthy").await;
 

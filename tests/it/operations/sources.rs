@@ -2,7 +2,7 @@
 //! `/v1/sources` on both backends, the routes, sealed credentials, pause,
 //! resume, delete and purge, a second instance, and the nudge.
 
-use stamp_relay::store::{Target, update_document};
+use stamp_relay::store::{Table, update_document};
 
 use crate::harness::TestStore;
 use crate::on_both_stores;
@@ -64,7 +64,7 @@ async fn documents_compare_and_set_and_count_writes(ts: TestStore) {
     assert!(s.document("sources", "a").await.unwrap().is_none());
     assert_eq!(s.documents("other").await.unwrap().len(), 1);
     // A purge of a table that never existed is a no-op.
-    s.purge_table(&Target::new("nope", "r"), &["x".into()])
+    s.purge_table(&Table::new("nope", "r"), &["x".into()])
         .await
         .unwrap();
 }
@@ -158,7 +158,7 @@ async fn an_api_made_source_polls_pauses_resumes_and_goes(ts: TestStore) {
             .unwrap()
             .starts_with("nudge_")
     );
-    let t = Target::new("acme", "patients");
+    let t = Table::new("acme", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let shown = app.get_json("/v1/sources/acme").await;
     assert_eq!(shown["auth"]["kind"], "oauth");
@@ -229,7 +229,7 @@ async fn an_api_made_source_polls_pauses_resumes_and_goes(ts: TestStore) {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let g = Target::new("gone", "patients");
+    let g = Table::new("gone", "patients");
     wait_synced(ts.store.as_ref(), &g, &sim.sim).await;
     let r = app
         .delete("/v1/sources/gone?purge=true")
@@ -392,12 +392,7 @@ async fn a_second_instance_follows_api_made_sources(ts: TestStore) {
         async || listed(&b).await,
     )
     .await;
-    wait_synced(
-        ts.store.as_ref(),
-        &Target::new("acme", "patients"),
-        &sim.sim,
-    )
-    .await;
+    wait_synced(ts.store.as_ref(), &Table::new("acme", "patients"), &sim.sim).await;
     assert_eq!(
         a.delete("/v1/sources/acme").send().await.unwrap().status(),
         204
@@ -426,7 +421,7 @@ async fn a_nudge_polls_now_and_carries_no_data(ts: TestStore) {
     let mut other = body("other", &sim, "1h");
     other["paused"] = true.into();
     let other: Value = app.post_json("/v1/sources", &other).await;
-    let t = Target::new("acme", "patients");
+    let t = Table::new("acme", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let before = quiet(&sim, Duration::from_millis(100)).await;
     sim.sim.random_writes(Some("patients"), 3);
@@ -499,7 +494,7 @@ async fn api_made_credentials_never_reach_the_logs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let t = Target::new("acme", "patients");
+    let t = Table::new("acme", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let mut rotated = body("acme", &sim, "100ms");
     rotated["auth"]["client_secret"] = "wrong-secret-7781".into();

@@ -1,7 +1,7 @@
 //! The status page shows what the API shows, behind a token a browser can send.
 
 use serde_json::{Value, json};
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::SimConfig;
 
 use crate::harness::receiver::TestReceiver;
@@ -45,7 +45,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
     )
     .await;
     for r in ["patients", "users"] {
-        wait_synced(ts.store.as_ref(), &Target::new("sim", r), &sim.sim).await;
+        wait_synced(ts.store.as_ref(), &Table::new("sim", r), &sim.sim).await;
     }
     let off: Value = app.post_json("/v1/subscriptions", &json!({"url": "https://hooks.example.com/x", "resources": ["*"], "start": "beginning", "enabled": false})).await;
     // One that delivers everything, so its lag falls to 0.
@@ -56,7 +56,7 @@ async fn status_page_matches_the_api(ts: TestStore) {
         json!({"resources": ["*"], "start": "beginning"}),
     )
     .await;
-    let targets = [Target::new("sim", "patients"), Target::new("sim", "users")];
+    let targets = [Table::new("sim", "patients"), Table::new("sim", "users")];
     crate::harness::delivery::wait_delivered(
         ts.store.as_ref(),
         &rx,
@@ -276,7 +276,7 @@ async fn status_page_renders_in_chromium() {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 10)],
     )
     .await;
-    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     let profile = tempfile::TempDir::new().unwrap();
     let url = app
         .base

@@ -8,7 +8,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use stamp_relay::{
     config::SourceConfig,
-    store::{Store, Target},
+    store::{Store, Table},
 };
 use stamp_relay_simulator::{Order, SimConfig};
 
@@ -90,7 +90,7 @@ async fn kills_keep_record_order(ts: &TestStore, instances: usize) {
         children[i] = spawn(&cfgs[i]);
     }
     let store: Arc<dyn Store> = ts.store.clone();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(store.as_ref(), &t, &sim.sim).await;
     let within = Duration::from_secs(60);
     wait_delivered(store.as_ref(), &rx, std::slice::from_ref(&t), within).await;

@@ -6,7 +6,7 @@ use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use stamp_relay::{
     config::{Paging, Source},
-    store::Target,
+    store::Table,
     topology::Origin,
 };
 use stamp_relay_simulator::SimConfig;
@@ -97,7 +97,7 @@ async fn a_removed_source_stops_polling_and_keeps_its_stream(ts: TestStore) {
     let (_sim, app) = patients_relay(&ts, 3).await;
     let (clinic, added) = clinic(&ts, 5).await;
     app.topology.add_source(added, Origin::Config).unwrap();
-    let t = Target::new("clinic", "assessments");
+    let t = Table::new("clinic", "assessments");
     eventually(
         "the added source loaded",
         Duration::from_secs(20),
@@ -146,7 +146,7 @@ async fn a_nudge_polls_a_source_now(ts: TestStore) {
     // The scheduler spreads the tables it finds at its start over their
     // interval (an hour here); one added after that is due at once. Wait
     // until it has started, shown by the first table's load.
-    let patients = Target::new("sim", "patients");
+    let patients = Table::new("sim", "patients");
     eventually(
         "the scheduler started",
         Duration::from_secs(20),
@@ -155,7 +155,7 @@ async fn a_nudge_polls_a_source_now(ts: TestStore) {
     .await;
     let (clinic, added) = clinic_every(&ts, 4, Duration::from_secs(3600)).await;
     app.topology.add_source(added, Origin::Config).unwrap();
-    let t = Target::new("clinic", "assessments");
+    let t = Table::new("clinic", "assessments");
     eventually(
         "the added source loaded",
         Duration::from_secs(20),

@@ -12,7 +12,7 @@ use axum::{Json, Router, extract::State, routing::post};
 use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, TelemetryConfig},
-    store::Target,
+    store::Table,
     telemetry::Telemetry,
     trace::PollTrace,
 };
@@ -82,7 +82,7 @@ async fn one_change_is_one_connected_trace_from_poll_to_receiver() {
     let _subscriber =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(telemetry.layer()));
     let (sim, app) = patients_relay(&ts, 3).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(1).await;
     subscribe_to(
@@ -191,7 +191,7 @@ async fn without_an_exporter_the_derived_trace_still_reaches_receiver_and_upstre
     .await;
     let src = source(&sim.base_url, &["patients"], Paging::Pages, 500);
     let app = App::spawn(&ts, vec![src]).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let stored = all_events(ts.store.as_ref(), &t).await;
     assert!(

@@ -16,7 +16,7 @@ use stamp_relay::{
     config::{Paging, StoreConfig},
     events::StreamId,
     record::UpstreamRecord,
-    store::{self, AppendBatch, Refusal, StoreError, Target},
+    store::{self, AppendBatch, Refusal, StoreError, Table},
 };
 use stamp_relay_simulator::{Order, SimConfig};
 use tempfile::TempDir;
@@ -58,7 +58,7 @@ async fn master_killed_mid_load_is_replaced_and_the_stream_rebuilds_exactly() {
         ..SimConfig::default()
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let app = App::spawn(
         &ts,
         vec![source(&sim.base_url, &["patients"], Paging::Keyset, 100)],
@@ -83,7 +83,7 @@ async fn master_killed_mid_load_is_replaced_and_the_stream_rebuilds_exactly() {
     app.stop().await;
 }
 
-async fn append(ts: &TestStore, t: &Target, records: &[UpstreamRecord]) -> Result<u64, StoreError> {
+async fn append(ts: &TestStore, t: &Table, records: &[UpstreamRecord]) -> Result<u64, StoreError> {
     let epoch = ts.store.init_epoch(t, "test-epoch").await?;
     let batch = AppendBatch {
         holder: "me",
@@ -107,7 +107,7 @@ async fn a_tail_lost_in_a_failover_is_never_skipped() {
     let Some(ts) = TestStore::open(Backend::Cluster).await else {
         return;
     };
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     assert!(
         ts.store
             .lease(&t, "me", Duration::from_secs(30))
@@ -373,7 +373,7 @@ async fn tls_with_a_private_ca_and_an_acl_user_from_the_environment() {
     };
     let store: Arc<dyn stamp_relay::store::Store> = store::open(&config).await.unwrap();
     assert!(!store.describe().contains(password), "{}", store.describe());
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     assert_eq!(store.stream_len(&t).await.unwrap(), 500);
     assert_rebuilds(store.as_ref(), &t, &sim.sim).await;
 }

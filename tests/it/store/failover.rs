@@ -9,7 +9,7 @@
 use std::{collections::HashSet, time::Duration};
 
 use serde_json::json;
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{Change, Faults, Op, SimConfig};
 
 use crate::harness::delivery::{subscribe_to, wait_delivered};
@@ -118,7 +118,7 @@ async fn replay(app: &App, mut after: String, got: &mut HashSet<String>) -> Stri
 }
 
 /// The versions (CloudEvent ids) of the table's stream now.
-async fn versions(ts: &TestStore, t: &Target) -> HashSet<String> {
+async fn versions(ts: &TestStore, t: &Table) -> HashSet<String> {
     all_events(ts.store.as_ref(), t)
         .await
         .iter()
@@ -133,7 +133,7 @@ async fn a_lost_tail_reaches_every_reader_again(ts: TestStore) {
         ..SimConfig::default()
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let app = App::spawn(
         &ts,
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{self as simulator, Change, Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +89,7 @@ async fn the_redis_layout_is_as_documented() {
         .unwrap();
 
     // The same events as the store API reads them, entry by entry.
-    let events = all_events(ts.store.as_ref(), &Target::new("sim", "patients")).await;
+    let events = all_events(ts.store.as_ref(), &Table::new("sim", "patients")).await;
     assert_eq!(entries.len(), events.len());
     assert!(events.len() >= 4 + 4 + 3, "{}", events.len());
     let mut top = (0u64, 0u64);

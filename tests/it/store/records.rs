@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, RetentionConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{self as simulator, Change, Order, SimConfig};
 
@@ -30,12 +30,12 @@ fn change(op: simulator::Op, id: &str) -> Change {
     Change::new("patients", op).with_id(id)
 }
 
-async fn started(ts: &TestStore, keep: bool) -> (Sim, App, Target) {
+async fn started(ts: &TestStore, keep: bool) -> (Sim, App, Table) {
     let sim = Sim::start(SimConfig::default()).await;
     let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
     src.keep_records = keep;
     let app = App::spawn(ts, vec![src]).await;
-    (sim, app, Target::new("sim", "patients"))
+    (sim, app, Table::new("sim", "patients"))
 }
 
 async fn records_are_looked_up(ts: TestStore) {
@@ -138,7 +138,7 @@ async fn an_older_stream_fills_the_records(ts: TestStore) {
         ..SimConfig::default()
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 50);
     src.keep_records = false;
     let app = App::spawn(&ts, vec![src.clone()]).await;
@@ -280,7 +280,7 @@ async fn a_reader_past_retention_resyncs_without_a_gap(ts: TestStore) {
         };
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     sim.sim.random_writes(Some("patients"), 40);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;

@@ -5,7 +5,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use stamp_relay::{config::Paging, events::Op, store::Target};
+use stamp_relay::{config::Paging, events::Op, store::Table};
 use stamp_relay_simulator::{SimConfig, Simulator};
 
 use crate::harness::wipe::wipe;
@@ -46,7 +46,7 @@ async fn a_store_that_loses_its_data_is_reloaded_as_a_snapshot(ts: TestStore) {
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
     )
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     sim.sim.random_writes(Some("patients"), 10);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;

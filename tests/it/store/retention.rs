@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::{Paging, RetentionConfig},
     events::StreamId,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Change, Op, Order, SimConfig};
 
@@ -30,7 +30,7 @@ on_both_stores!(
 struct Setup {
     sim: Sim,
     app: App,
-    t: Target,
+    t: Table,
     rx: TestReceiver,
     sub: String,
 }
@@ -64,7 +64,7 @@ async fn setup(
     rx.set_mode(Mode::Flaky(1.0));
     let sub = subscribe_to(&app, &rx, json!({"resources": ["*"], "start": "beginning"})).await;
     create(&sim, 40);
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     Setup {
         sim,
@@ -82,14 +82,14 @@ fn create(sim: &Sim, n: usize) {
     }
 }
 
-async fn len(ts: &TestStore, t: &Target) -> u64 {
+async fn len(ts: &TestStore, t: &Table) -> u64 {
     ts.store.stream_len(t).await.unwrap()
 }
 
 /// Events appended after `after` are changes the index knew the record of:
 /// an update or delete carries the stamp it follows (a lost index would make
 /// them `created` again, with no `prev`).
-async fn assert_index_kept(ts: &TestStore, t: &Target, after: StreamId) {
+async fn assert_index_kept(ts: &TestStore, t: &Table, after: StreamId) {
     for e in all_events(ts.store.as_ref(), t).await {
         if e.id > after && e.op != stamp_relay::events::Op::Created {
             assert!(e.prev.is_some(), "{t}: {} {} lost its prev", e.op, e.id);

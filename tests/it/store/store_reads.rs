@@ -8,7 +8,7 @@
 use stamp_relay::{
     events::StreamId,
     record::UpstreamRecord,
-    store::{Refusal, Target, redis::Keys},
+    store::{Refusal, Table, redis::Keys},
     subscription::Subscription,
 };
 
@@ -24,7 +24,7 @@ on_both_stores!(
 /// Appends `records` as holder `me` under `epoch`; answers how many went in.
 async fn append(
     ts: &TestStore,
-    t: &Target,
+    t: &Table,
     epoch: &str,
     records: &[UpstreamRecord],
 ) -> Result<u64, stamp_relay::store::StoreError> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stamp_relay::store::Target;
+use stamp_relay::store::Table;
 
 use crate::harness::delivery::{subscribe_to, wait_delivered};
 use crate::harness::receiver::TestReceiver;
@@ -17,7 +17,7 @@ on_both_stores!(api_subscriptions_survive_a_store_reset);
 
 async fn api_subscriptions_survive_a_store_reset(ts: TestStore) {
     let (sim, app) = patients_relay(&ts, 5).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let rx = TestReceiver::start(7).await;
     let id = subscribe_to(

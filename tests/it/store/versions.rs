@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use stamp_relay::{
     config::Paging,
     events::{Event, StreamId},
-    store::{Store, Target, records::RecordsQuery},
+    store::{Store, Table, records::RecordsQuery},
 };
 use stamp_relay_simulator::{self as simulator, Change, Faults, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ fn pain_score(json: &str) -> Value {
 /// Every record whose latest stamp is above `sync`, read from the store a
 /// few records per page as the compatible API pages, checked for stamp
 /// order and count, as id -> JSON.
-async fn listing(store: &dyn Store, t: &Target, sync: u64) -> BTreeMap<String, String> {
+async fn listing(store: &dyn Store, t: &Table, sync: u64) -> BTreeMap<String, String> {
     let (mut out, mut after, mut until, mut count) = (BTreeMap::new(), None, None, None);
     let mut last = sync;
     loop {
@@ -74,7 +74,7 @@ fn upstream(sim: &Sim, sync: u64) -> BTreeMap<String, String> {
 }
 
 /// Lookups and listings (from 0 and from the middle) agree with the upstream.
-async fn agrees(store: &dyn Store, t: &Target, sim: &Sim) {
+async fn agrees(store: &dyn Store, t: &Table, sim: &Sim) {
     let want = upstream(sim, 0);
     for (id, json) in &want {
         let got = store.record(t, id).await.unwrap().unwrap();
@@ -106,14 +106,14 @@ async fn agrees(store: &dyn Store, t: &Target, sim: &Sim) {
 }
 
 /// The stream's events after `after` with the versions they replaced.
-async fn with_previous(store: &dyn Store, t: &Target, after: StreamId) -> Vec<Event> {
+async fn with_previous(store: &dyn Store, t: &Table, after: StreamId) -> Vec<Event> {
     let mut events = store.read(t, after, 100).await.unwrap();
     store.fill_previous(t, &mut events).await.unwrap();
     events
 }
 
 /// Trims every event but the last.
-async fn trim_all_but_last(store: &dyn Store, t: &Target) {
+async fn trim_all_but_last(store: &dyn Store, t: &Table) {
     let last = store.last_id(t).await.unwrap();
     store.trim(t, last).await.unwrap();
     assert_eq!(store.stream_len(t).await.unwrap(), 1);
@@ -167,7 +167,7 @@ async fn with_a_late_event(ts: &TestStore) -> (Sim, stamp_relay::app::Relay, Vec
 
 async fn late_and_trimmed_versions_are_found(ts: TestStore) {
     let (sim, mut relay, ids) = with_a_late_event(&ts).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let store = ts.store.as_ref();
     let update = |id: &str, n| update(&sim, id, n);
     let late = store.index_entry(&t, &ids[1]).await.unwrap().unwrap();
@@ -221,7 +221,7 @@ async fn a_long_history_lists_page_by_page(ts: TestStore) {
     .await;
     let src = source(&sim.base_url, &["patients"], Paging::Keyset, 1000);
     let mut relay = relay(&ts, vec![src]);
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     poll_until_quiet(&mut relay, 5).await;
     let ids: Vec<String> = upstream(&sim, 0).into_keys().collect();
     let cancel = CancellationToken::new();
@@ -254,7 +254,7 @@ async fn an_older_redis_layout_is_completed() {
         return;
     };
     let (sim, _relay, ids) = with_a_late_event(&ts).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let keys = stamp_relay::store::redis::Keys::new(&ts.config.key_prefix, &t);
     let client = redis::Client::open(ts.redis.as_ref().unwrap().url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();

@@ -4,7 +4,7 @@ use serde_json::json;
 use stamp_relay::{
     config::Paging,
     events::{Op, StreamId},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{self as simulator, Change, Faults, Order, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -57,7 +57,7 @@ async fn seed_example(ts: TestStore) {
     src.overlap = 0;
     let mut relay = relay(&ts, vec![src]);
     let cancel = CancellationToken::new();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let p = &mut relay.pollers[0];
 
     let r = p.poll_once(&cancel).await.unwrap();
@@ -120,7 +120,7 @@ async fn archived_records_load_as_deleted(ts: TestStore) {
         &ts,
         vec![source(&sim.base_url, &["patients"], Paging::Pages, 50)],
     );
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     poll_until_quiet(&mut relay, 5).await;
     let ops = |events: Vec<stamp_relay::events::Event>| -> Vec<_> {
         events
@@ -196,7 +196,7 @@ async fn deletes_restores_and_gaps(ts: TestStore) {
         "the test needs a stamp gap to prove anything: {stamps:?}"
     );
 
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let ops: Vec<_> = all_events(ts.store.as_ref(), &t)
         .await
         .iter()
@@ -213,13 +213,13 @@ async fn deletes_restores_and_gaps(ts: TestStore) {
             (Op::Restored, "p1".into())
         ]
     );
-    let users = all_events(ts.store.as_ref(), &Target::new("sim", "users")).await;
+    let users = all_events(ts.store.as_ref(), &Table::new("sim", "users")).await;
     assert_eq!(
         users.iter().map(|e| e.op).collect::<Vec<_>>(),
         [Op::Created, Op::Updated]
     );
     assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
-    assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "users"), &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &Table::new("sim", "users"), &sim.sim).await;
 }
 
 /// Offset paging over a name-ordered set that changes between page
@@ -257,7 +257,7 @@ async fn name_order_with_writes_between_pages(ts: TestStore) {
         sim.sim.set_faults(Faults::default());
         poll_until_quiet(&mut relay, 5).await;
         let store = relay.store.clone();
-        assert_rebuilds(store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+        assert_rebuilds(store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     }
     assert!(
         rewalks > 0,
@@ -305,7 +305,7 @@ async fn late_commits_with_overlap(ts: TestStore) {
     poll_until_quiet(&mut relay, 5).await;
     assert_rebuilds(
         ts.store.as_ref(),
-        &Target::new("sim", "assessments"),
+        &Table::new("sim", "assessments"),
         &sim.sim,
     )
     .await;
@@ -342,7 +342,7 @@ async fn keyset_paging_commits_each_page(ts: TestStore) {
     assert_eq!(asked, want);
     sim.sim.random_writes(Some("patients"), 20);
     poll_until_quiet(&mut relay, 5).await;
-    assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
 
     let unsorted = Sim::start(SimConfig {
         order: Order::Name,
@@ -376,7 +376,7 @@ async fn rejects_keep_raw_json(ts: TestStore) {
         vec![source(&sim.base_url, &["sites"], Paging::Pages, 3)],
     );
     poll_until_quiet(&mut relay, 3).await;
-    let t = Target::new("sim", "sites");
+    let t = Table::new("sim", "sites");
     let rejects = ts.store.rejects(&t, 10).await.unwrap();
     assert_eq!(rejects.len(), 2, "{rejects:?}");
     assert!(

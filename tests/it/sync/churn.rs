@@ -2,7 +2,7 @@
 //! a `pages` poll walks keep its union from ever holding the count the last
 //! page promised, yet every poll moves the cursor, and nothing is lost.
 
-use stamp_relay::{config::Paging, store::Target};
+use stamp_relay::{config::Paging, store::Table};
 use stamp_relay_simulator::{Faults, Order, SimConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -44,5 +44,5 @@ async fn the_cursor_advances_every_poll_under_steady_churn(ts: TestStore) {
     }
     sim.sim.set_faults(Faults::default());
     poll_until_quiet(&mut relay, 5).await;
-    assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
 }

@@ -12,7 +12,7 @@ use stamp_relay::{
     config::{HardDeletes, Paging},
     events::Op,
     record::UpstreamRecord,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 
@@ -56,7 +56,7 @@ async fn relay(
     let mut src = source(&sim.base_url, &["patients"], Paging::Pages, 10);
     tweak(&mut src);
     let app = App::spawn(ts, vec![src]).await;
-    wait_synced(ts.store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+    wait_synced(ts.store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     (sim, app)
 }
 
@@ -89,7 +89,7 @@ async fn a_record_shown_with_a_lower_stamp_is_reported(ts: TestStore) {
     assert!(n >= 1.0, "{line}");
     let entry = ts
         .store
-        .index_entry(&Target::new("sim", "patients"), id)
+        .index_entry(&Table::new("sim", "patients"), id)
         .await
         .unwrap();
     assert_eq!(
@@ -106,7 +106,7 @@ async fn removed_rows_are_reported_and_emitted_as_deleted(ts: TestStore) {
         s.reconcile_interval = Some(Duration::from_millis(300));
     })
     .await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let before: Vec<String> = sim.sim.state("patients")[..3]
         .iter()
         .map(|r| r["uuid"].as_str().unwrap().to_string())

@@ -11,7 +11,7 @@ use std::{
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use stamp_relay::{
     config::{Paging, SourceConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Order, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ async fn stream_total(ts: &TestStore) -> u64 {
     for table in ["patients", "assessments"] {
         len += ts
             .store
-            .stream_len(&Target::new("sim", table))
+            .stream_len(&Table::new("sim", table))
             .await
             .unwrap();
     }
@@ -148,7 +148,7 @@ async fn sigkill_during_load(ts: TestStore, paging: Paging) {
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
     for table in ["patients", "assessments"] {
-        let t = Target::new("sim", table);
+        let t = Table::new("sim", table);
         assert_rebuilds(ts.store.as_ref(), &t, &sim.sim).await;
         // Each initial record first reached the stream in the initial load,
         // which the kills interrupted: a restart mid-load (the stream no
@@ -197,7 +197,7 @@ async fn redis_restart_mid_load() {
     );
     let cancel = CancellationToken::new();
     let store = ts.store.clone();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let run = tokio::spawn(relay.run(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         cancel.clone(),
@@ -252,7 +252,7 @@ async fn redis_restart_mid_load() {
 /// stream and the index as they were (the AOF replays before Redis
 /// answers), not empty: the epoch is the same, so the relay goes on from
 /// where it was instead of reloading from 0.
-async fn restart_and_check_it_came_back_full(ts: &mut TestStore, t: &Target, acknowledged: u64) {
+async fn restart_and_check_it_came_back_full(ts: &mut TestStore, t: &Table, acknowledged: u64) {
     let store = ts.store.clone();
     let epoch = store.epoch(t).await.unwrap();
     let redis = ts.redis.as_mut().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use stamp_relay::{
     config::{AuthConfig, Paging},
     events::StreamId,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Faults, SimAuth, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ async fn failures_never_move_the_cursor(ts: TestStore) {
     src.max_attempts = 2;
     src.request_timeout = Duration::from_millis(300);
     let mut relay = relay(&ts, vec![src]);
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let cancel = CancellationToken::new();
     poll_until_quiet(&mut relay, 3).await;
     let before = ts.store.last_id(&t).await.unwrap();
@@ -185,5 +185,5 @@ async fn oauth_tokens_refresh(ts: TestStore) {
     assert_eq!(refused(&sim), 1, "no expired token sent");
     assert!(sim.sim.requests().len() > before);
 
-    assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "users"), &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &Table::new("sim", "users"), &sim.sim).await;
 }

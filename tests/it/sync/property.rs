@@ -19,7 +19,7 @@ use serde_json::Value;
 use stamp_relay::{
     app::Relay,
     config::{Paging, SourceConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Faults, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
@@ -196,7 +196,7 @@ async fn run_seed(ts: &TestStore, seed: u64) -> Tally {
     }
     snapshots.push(quiesce(&mut relay, &sim.sim, &mut tally).await);
     for table in TABLES {
-        assert_rebuilds(ts.store.as_ref(), &Target::new("sim", table), &sim.sim).await;
+        assert_rebuilds(ts.store.as_ref(), &Table::new("sim", table), &sim.sim).await;
     }
     tally.checked_versions = 0;
     check_versions(ts, &snapshots, &mut tally).await;
@@ -278,7 +278,7 @@ async fn quiesce(relay: &mut Relay, sim: &Simulator, tally: &mut Tally) -> Snaps
 /// it, and every event carries its own record's id and stamp.
 async fn check_versions(ts: &TestStore, snapshots: &[Snapshot], tally: &mut Tally) {
     for table in TABLES {
-        let t = Target::new("sim", table);
+        let t = Table::new("sim", table);
         let events = all_events(ts.store.as_ref(), &t).await;
         let mut by_version = HashMap::new();
         for e in &events {

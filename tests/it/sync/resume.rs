@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 use stamp_relay::{
     config::{Paging, SourceConfig},
     events::now_ms,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::SimConfig;
 
@@ -32,7 +32,7 @@ fn named(name: &str, sim: &Sim) -> SourceConfig {
 async fn polled(ts: &TestStore, source: &str) -> BTreeMap<&'static str, u64> {
     let mut out = BTreeMap::new();
     for r in TABLES {
-        let status = ts.store.poll_status(&Target::new(source, r)).await.unwrap();
+        let status = ts.store.poll_status(&Table::new(source, r)).await.unwrap();
         if let Some(s) = status.filter(|s| s.ok_ms.is_some()) {
             out.insert(r, s.finished_ms);
         }

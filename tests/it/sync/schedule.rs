@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stamp_relay::{
     config::{Paging, SourceConfig},
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Faults, SimConfig};
 
@@ -113,7 +113,7 @@ async fn a_rate_limited_host_holds_back_only_itself() {
         h1 - h0,
         l1 - l0
     );
-    let t = Target::new("healthy", "patients");
+    let t = Table::new("healthy", "patients");
     let written = healthy.sim.random_writes(Some("patients"), 3);
     let top = written.iter().map(|w| w.stamp).max().unwrap();
     eventually(
@@ -163,7 +163,7 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
     // As many polls at once as the noisy source has tables, plus one: its
     // slow polls fill the pool but for one slot the quiet sources share.
     let app = App::spawn_with(&ts, sources, |c| c.poll.max_concurrent = 6).await;
-    let loaded = Target::new("noisy", "patients");
+    let loaded = Table::new("noisy", "patients");
     eventually(
         "the noisy source loaded",
         Duration::from_secs(60),
@@ -177,13 +177,13 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
     });
     for round in 0..3 {
         let noisy_tops = tops(&noisy.sim.random_writes(None, 100));
-        let quiet_tops: Vec<(Target, u64)> = quiet
+        let quiet_tops: Vec<(Table, u64)> = quiet
             .iter()
             .enumerate()
             .map(|(i, sim)| {
                 let written = sim.sim.random_writes(Some("patients"), 10);
                 let top = written.iter().map(|w| w.stamp).max().unwrap();
-                (Target::new(format!("quiet{i}"), "patients"), top)
+                (Table::new(format!("quiet{i}"), "patients"), top)
             })
             .collect();
         let what = format!("round {round}: the quiet writes land");
@@ -191,9 +191,9 @@ async fn a_noisy_source_does_not_hold_quiet_ones_back() {
             reached(&ts, &quiet_tops).await
         })
         .await;
-        let noisy_tops: Vec<(Target, u64)> = noisy_tops
+        let noisy_tops: Vec<(Table, u64)> = noisy_tops
             .into_iter()
-            .map(|(r, top)| (Target::new("noisy", r), top))
+            .map(|(r, top)| (Table::new("noisy", r), top))
             .collect();
         assert!(
             !reached(&ts, &noisy_tops).await,
@@ -218,7 +218,7 @@ fn tops(written: &[stamp_relay_simulator::Applied]) -> Vec<(String, u64)> {
 }
 
 /// Whether every stream holds its write.
-async fn reached(ts: &TestStore, tops: &[(Target, u64)]) -> bool {
+async fn reached(ts: &TestStore, tops: &[(Table, u64)]) -> bool {
     for (t, top) in tops {
         let last = all_events(ts.store.as_ref(), t)
             .await

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use stamp_relay::{config::Paging, poller::PollError, store::Target};
+use stamp_relay::{config::Paging, poller::PollError, store::Table};
 use stamp_relay_simulator::{Change, Faults, Op, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +85,7 @@ async fn edits_in_place_during_slow_walks(ts: TestStore) {
         sim.sim.set_faults(Faults::default());
         poll_until_quiet(&mut relay, 5).await;
         let store = relay.store.clone();
-        assert_rebuilds(store.as_ref(), &Target::new("sim", "patients"), &sim.sim).await;
+        assert_rebuilds(store.as_ref(), &Table::new("sim", "patients"), &sim.sim).await;
     }
     assert!(settle_pages > 0, "no poll settled; the test proves nothing");
     drop(ts);
@@ -109,7 +109,7 @@ async fn reconcile_repairs_what_the_polls_missed(ts: TestStore) {
     poll_until_quiet(&mut relay, 5).await;
     assert_eq!(sim.sim.flush_late(), 3);
     poll_until_quiet(&mut relay, 5).await;
-    let t = Target::new("sim", "assessments");
+    let t = Table::new("sim", "assessments");
     let before = all_events(ts.store.as_ref(), &t).await.len();
 
     let cancel = CancellationToken::new();
@@ -158,7 +158,7 @@ async fn a_requested_sweep_runs_in_the_serving_relay(ts: TestStore) {
     let mut src = source(&sim.base_url, &["comments"], Paging::Pages, 10);
     src.overlap = 0;
     let app = App::spawn(&ts, vec![src]).await;
-    let t = Target::new("sim", "comments");
+    let t = Table::new("sim", "comments");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     hide_writes(&sim.sim, "comments", 2);
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
@@ -195,7 +195,7 @@ async fn keyset_pages_with_a_repeated_row(ts: TestStore) {
         .unwrap();
     assert_eq!(r.outcome.created, 5);
     poll_until_quiet(&mut relay, 3).await;
-    assert_rebuilds(ts.store.as_ref(), &Target::new("sim", "sites"), &sim.sim).await;
+    assert_rebuilds(ts.store.as_ref(), &Table::new("sim", "sites"), &sim.sim).await;
 }
 
 /// A keyset poll passes stamp 32 while it is uncommitted, and 32 commits
@@ -250,7 +250,7 @@ async fn a_keyset_poll_chasing_writes_keeps_a_late_commit(ts: TestStore) {
     polled.unwrap();
     sim.sim.set_faults(Faults::default());
     poll_until_quiet(&mut relay, 5).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let events = all_events(ts.store.as_ref(), &t).await;
     assert!(
         events.iter().any(|e| e.record == late.id && e.stamp == 32),
@@ -311,7 +311,7 @@ async fn a_sweep_after_the_load_repairs_counts_from_another_snapshot(ts: TestSto
             swept,
             "seed {seed}: a second sweep ran"
         );
-        let t = Target::new("sim", "patients");
+        let t = Table::new("sim", "patients");
         let events = all_events(relay.store.as_ref(), &t).await;
         let top = events.iter().map(|e| e.id.stamp).max().unwrap();
         let have: std::collections::HashSet<(&str, u64)> = events

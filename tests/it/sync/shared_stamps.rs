@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use stamp_relay::{app::Relay, config::Paging, store::Target};
+use stamp_relay::{app::Relay, config::Paging, store::Table};
 use stamp_relay_simulator::{Change, Faults, Op, Order, SimConfig, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +63,7 @@ async fn keyset_stamps_shared_across_a_page_boundary(ts: TestStore) {
         .unwrap();
     // Archived rows of a load are `deleted` (src/events.rs).
     assert_eq!(r.outcome.created + r.outcome.deleted, 4, "{r:?}");
-    assert_rebuilds(relay.store.as_ref(), &Target::new("sim", "sites"), &sim.sim).await;
+    assert_rebuilds(relay.store.as_ref(), &Table::new("sim", "sites"), &sim.sim).await;
 }
 
 /// More rows on one stamp than a page holds (4 rows at page size 3, 150 at
@@ -83,7 +83,7 @@ async fn keyset_a_stamp_with_more_rows_than_a_page(ts: TestStore) {
             sim.sim.apply(Change::new("sites", Op::Create)).unwrap();
         }
         poll_until_quiet(&mut relay, 5).await;
-        let t = Target::new("sim", "sites");
+        let t = Table::new("sim", "sites");
         assert_rebuilds(relay.store.as_ref(), &t, &sim.sim).await;
     }
 }
@@ -95,7 +95,7 @@ async fn keyset_groups_of_three_under_writes(ts: TestStore) {
     let mut relay = relay_for(&ts, &sim, "patients", (Paging::Keyset, 100), "threes").await;
     poll_while_writing(&mut relay, &sim.sim, "patients", 3).await;
     poll_until_quiet(&mut relay, 5).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     assert_rebuilds(relay.store.as_ref(), &t, &sim.sim).await;
 }
 
@@ -147,7 +147,7 @@ async fn pages_groups_of_five_with_overlap_zero(ts: TestStore) {
         }
         sim.sim.set_faults(Faults::default());
         poll_until_quiet(&mut relay, 5).await;
-        let t = Target::new("sim", "patients");
+        let t = Table::new("sim", "patients");
         assert_rebuilds(relay.store.as_ref(), &t, &sim.sim).await;
     }
 }

@@ -7,7 +7,7 @@ use stamp_relay::{
     app::Relay,
     config::{Auth, Paging, Secret, SourceConfig},
     poller::PollError,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Change, Faults, Order, SimAuth, SimConfig};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ async fn auth_is_sent(sim_auth: SimAuth, good: Auth, bad: Auth) {
     let mut wrong = relay_with(&ts, &sim, Paging::Pages, bad, |_| {}).await;
     let err = wrong.pollers[0].poll_once(&cancel).await.unwrap_err();
     assert!(err.to_string().contains("401"), "{err}");
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 0);
     // The refused relay's lease runs out before the right one polls.
     let mut right = relay_with(&ts, &sim, Paging::Pages, good, |_| {}).await;
@@ -99,7 +99,7 @@ async fn max_walks_bounds_a_poll_over_a_changing_set() {
     .await;
     let mut relay = relay_with(&ts, &sim, Paging::Pages, Auth::None, |s| s.max_walks = 1).await;
     let cancel = CancellationToken::new();
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let mut unstable = 0;
     for _ in 0..5 {
         let before = ts.store.stream_len(&t).await.unwrap();
@@ -144,7 +144,7 @@ async fn max_delta_records_refuses_a_larger_delta() {
         matches!(err, PollError::TooLarge { sync: 0, limit: 10 }),
         "{err}"
     );
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     assert_eq!(ts.store.stream_len(&t).await.unwrap(), 0);
 }
 
@@ -191,12 +191,12 @@ async fn simulate_serves_what_its_options_say() {
     assert_eq!(anon.status(), 401);
 }
 
-/// The `sync --once` row of `target`, split into its columns.
-fn summary_row(stdout: &str, target: &str) -> Vec<String> {
+/// The `sync --once` row of `table`, split into its columns.
+fn summary_row(stdout: &str, table: &str) -> Vec<String> {
     stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{target} ")))
-        .unwrap_or_else(|| panic!("no row for {target} in\n{stdout}"))
+        .find(|l| l.starts_with(&format!("{table} ")))
+        .unwrap_or_else(|| panic!("no row for {table} in\n{stdout}"))
         .split_whitespace()
         .map(str::to_string)
         .collect()

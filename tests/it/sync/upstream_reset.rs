@@ -10,7 +10,7 @@ use serde_json::json;
 use stamp_relay::{
     config::{OnUpstreamReset, Paging},
     events::Op,
-    store::Target,
+    store::Table,
 };
 use stamp_relay_simulator::{Change, Op as SimOp, Order, SimConfig};
 
@@ -40,7 +40,7 @@ async fn reset_upstream(
     let mut src = source(&sim.base_url, &["patients"], paging, 50);
     src.on_upstream_reset = on_reset;
     let app = App::spawn(ts, vec![src]).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
     let initial_top = ts.store.last_id(&t).await.unwrap().stamp;
     for i in 0..30 {
@@ -66,7 +66,7 @@ async fn a_reset_keyset_upstream_is_reloaded_and_later_changes_arrive(ts: TestSt
 
 async fn reloaded_and_later_changes_arrive(ts: TestStore, paging: Paging) {
     let (sim, app, initial_top) = reset_upstream(&ts, OnUpstreamReset::Resnapshot, paging).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let cursor = ts.store.last_id(&t).await.unwrap().stamp;
     assert!(
         cursor > initial_top + 50,
@@ -127,7 +127,7 @@ async fn reloaded_and_later_changes_arrive(ts: TestStore, paging: Paging) {
 
 async fn a_paused_table_appends_nothing_after_an_upstream_reset(ts: TestStore) {
     let (sim, app, _) = reset_upstream(&ts, OnUpstreamReset::Pause, Paging::Pages).await;
-    let t = Target::new("sim", "patients");
+    let t = Table::new("sim", "patients");
     let before = ts.store.stream_len(&t).await.unwrap();
     eventually("the pause reported", Duration::from_secs(30), async || {
         let r = app.get_json("/v1/resources").await;
