@@ -49,10 +49,10 @@ pub(super) struct Batch {
 }
 
 /// Records the open transaction holds, at most, before it is committed.
-const DEFER_RECORDS: usize = 20_000;
+const DEFER_RECORDS: usize = 50_000;
 /// How long, at most, an append waits in the open transaction for its
 /// commit while more appends follow.
-const DEFER_FOR: Duration = Duration::from_millis(250);
+const DEFER_FOR: Duration = Duration::from_millis(1000);
 
 /// Appends in the open write transaction, not yet committed.
 pub(super) struct Deferred {
