@@ -10,7 +10,8 @@
 //! and before any other call of the store runs (`SqliteStore::run`). No
 //! reader, on this connection or another, ever sees an uncommitted event,
 //! and the poll that appended always makes another call (its poll status)
-//! after its last append, so no deferral outlives a poll. A crash before
+//! after its last append, so no deferral outlives a poll; a task commits
+//! what is `DEFER_FOR` old even when no call comes. A crash before
 //! the commit rolls the appends back together with the cursor (the
 //! stream's last event), and the poller fetches them again, as after a
 //! power loss (docs/operations.md, "The embedded store"); a commit that
@@ -20,6 +21,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -103,6 +105,38 @@ fn in_savepoint(
     let out = append_records(&sp, t, batch)?;
     sp.commit()?;
     Ok(out)
+}
+
+/// Commits deferred appends once they are `DEFER_FOR` old even when no
+/// other call of the store comes (a walk cancelled between chunks, a relay
+/// gone quiet): a task that looks every `DEFER_FOR` while the store lives.
+/// Without a runtime (a store opened outside one) the calls alone commit.
+pub(super) fn commit_when_due(conn: &Arc<Mutex<Open>>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let conn = Arc::downgrade(conn);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(DEFER_FOR);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(conn) = conn.upgrade() else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if open
+                    .deferred
+                    .as_ref()
+                    .is_some_and(|d| d.since.elapsed() >= DEFER_FOR)
+                {
+                    let _ = commit_deferred(&mut open);
+                }
+            })
+            .await;
+        }
+    });
 }
 
 /// Commits the appends the open transaction holds, if any; when the commit
@@ -320,7 +354,8 @@ mod tests {
     /// An append after a table's first waits in the open transaction; any
     /// other call of the store commits it first, so no reader sees an event
     /// before it is in the file. A refused append undoes only its own
-    /// writes, and a store let go commits what it deferred.
+    /// writes, a deferral `DEFER_FOR` old is committed with no call, and a
+    /// store let go commits what it deferred.
     #[tokio::test]
     async fn deferred_appends_are_committed_before_any_other_call() {
         let dir = tempfile::tempdir().unwrap();
@@ -351,7 +386,15 @@ mod tests {
         assert_eq!(store.last_id(&t).await.unwrap().stamp, 4);
         assert_eq!(committed(dir.path()), 3, "a read commits first");
         append("me", "e", 5).await.unwrap();
+        assert_eq!(committed(dir.path()), 3);
+        tokio::time::sleep(super::DEFER_FOR * 2 + std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            committed(dir.path()),
+            4,
+            "what is old enough commits with no call"
+        );
+        append("me", "f", 6).await.unwrap();
         drop(store);
-        assert_eq!(committed(dir.path()), 4, "a store let go commits");
+        assert_eq!(committed(dir.path()), 5, "a store let go commits");
     }
 }

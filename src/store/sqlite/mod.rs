@@ -65,8 +65,10 @@ impl SqliteStore {
     }
 
     fn over(conn: Open, path: Option<PathBuf>) -> SqliteStore {
+        let conn = Arc::new(Mutex::new(conn));
+        append::commit_when_due(&conn);
         SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn,
             path,
             keep: Default::default(),
             highest: Default::default(),
