@@ -62,6 +62,19 @@ pub(super) struct Deferred {
     records: usize,
 }
 
+impl Deferred {
+    /// Whether the transaction has waited `DEFER_FOR` for its commit.
+    fn is_old(&self) -> bool {
+        self.since.elapsed() >= DEFER_FOR
+    }
+
+    /// Counts an append of `records`; whether the transaction is due.
+    fn add(&mut self, records: usize) -> bool {
+        self.records += records;
+        self.records >= DEFER_RECORDS || self.is_old()
+    }
+}
+
 /// Appends the batch; returns what it did and the stream's last ID. The
 /// commit may wait for more appends (see "Deferred commits" above).
 pub(super) fn append(
@@ -77,10 +90,10 @@ pub(super) fn append(
         });
     }
     let out = in_savepoint(&mut open.conn, t, batch);
-    let due = open.deferred.as_mut().is_none_or(|d| {
-        d.records += batch.records.len();
-        d.records >= DEFER_RECORDS || d.since.elapsed() >= DEFER_FOR
-    });
+    let due = open
+        .deferred
+        .as_mut()
+        .is_none_or(|d| d.add(batch.records.len()));
     if out.is_err() || batch.first || due {
         let committed = commit_deferred(open);
         let out = out?;
@@ -126,11 +139,7 @@ pub(super) fn commit_when_due(conn: &Arc<Mutex<Open>>) {
             };
             let _ = tokio::task::spawn_blocking(move || {
                 let mut open = conn.lock().unwrap_or_else(|p| p.into_inner());
-                if open
-                    .deferred
-                    .as_ref()
-                    .is_some_and(|d| d.since.elapsed() >= DEFER_FOR)
-                {
+                if open.deferred.as_ref().is_some_and(Deferred::is_old) {
                     let _ = commit_deferred(&mut open);
                 }
             })

@@ -89,9 +89,7 @@ impl Drop for Open {
     /// A store let go (the relay stopping) commits the appends it deferred
     /// rather than have them fetched again.
     fn drop(&mut self) {
-        if self.deferred.take().is_some() {
-            let _ = self.conn.execute_batch("COMMIT");
-        }
+        let _ = super::append::commit_deferred(self);
     }
 }
 
