@@ -213,10 +213,16 @@ mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
 
-    /// Writes events stamped `from..=to` straight into the embedded file.
-    fn put_events(dir: &std::path::Path, from: u64, to: u64) {
-        let c = rusqlite::Connection::open(dir.join("stamp-relay.sqlite3")).unwrap();
-        for s in from..=to {
+    /// Table `s/r` in an embedded store of its own, holding events stamped
+    /// `1..=n` written straight into the file (the folder lives as long as
+    /// the answer's first part).
+    async fn table_of(n: u64) -> (tempfile::TempDir, Arc<dyn Store>, Table) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let t = Table::new("s", "r");
+        store.last_id(&t).await.unwrap();
+        let c = rusqlite::Connection::open(dir.path().join("stamp-relay.sqlite3")).unwrap();
+        for s in 1..=n {
             c.execute(
                 "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, snapshot, observed, data)
                  VALUES ('s', 'r', ?1, 0, 'created', ?2, ?1, 0, 0, '{}')",
@@ -224,6 +230,7 @@ mod tests {
             )
             .unwrap();
         }
+        (dir, store, t)
     }
 
     fn stamps(read: &Checked) -> Vec<u64> {
@@ -234,11 +241,7 @@ mod tests {
     /// once; a request for another position or size reads for itself.
     #[tokio::test]
     async fn a_full_page_read_ahead_serves_the_next_request_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Table::new("s", "r");
-        store.last_id(&t).await.unwrap();
-        put_events(dir.path(), 1, 5);
+        let (_dir, store, t) = table_of(5).await;
         let ahead = Arc::new(ReadAhead::default());
         ahead.start(store.clone(), &t, StreamId::new(1, 0), 3, false);
         assert!(
@@ -269,11 +272,7 @@ mod tests {
     /// table may grow meanwhile, so the request reads what is there then.
     #[tokio::test]
     async fn a_short_page_read_ahead_is_not_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Table::new("s", "r");
-        store.last_id(&t).await.unwrap();
-        put_events(dir.path(), 1, 2);
+        let (_dir, store, t) = table_of(2).await;
         let ahead = Arc::new(ReadAhead::default());
         ahead.start(store.clone(), &t, StreamId::ZERO, 3, false);
         assert!(ahead.take(&t, StreamId::ZERO, 3, false).await.is_none());
@@ -283,11 +282,7 @@ mod tests {
     /// kept; a kept page counts until it is taken or dropped.
     #[tokio::test]
     async fn pages_past_the_budget_are_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let t = Table::new("s", "r");
-        store.last_id(&t).await.unwrap();
-        put_events(dir.path(), 1, 6);
+        let (_dir, store, t) = table_of(6).await;
         // Each event's data is `{}`: a page of 3 holds 6 bytes.
         let small = Arc::new(ReadAhead::with_budget(5));
         small.start(store.clone(), &t, StreamId::ZERO, 3, false);
