@@ -4,7 +4,7 @@
 //! first, then the shared tail; a lagging client catches up from the store
 //! again, so no client slows another and none misses an event.
 
-use std::{collections::VecDeque, convert::Infallible, sync::Arc, time::Duration};
+use std::{collections::VecDeque, convert::Infallible, pin::Pin, sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -13,6 +13,7 @@ use axum::{
 };
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{
     ApiState,
@@ -22,6 +23,7 @@ use super::{
 };
 use crate::{
     cloudevents::{EventSource, Writer},
+    config::LIVE_KEEP_ALIVE,
     events::StreamId,
     filter::Selection,
     store::Table,
@@ -64,6 +66,7 @@ struct Live {
     pending: VecDeque<Arc<LiveBatch>>,
     catching_up: bool,
     done: bool,
+    waits: Waits,
     /// One of `api.max_sse_clients`, given back when the stream ends.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -103,6 +106,7 @@ pub(super) async fn live(
         .clone()
         .map(|c| access_lost(s.clone(), c, t.clone()));
     let state = Live {
+        waits: Waits::new(&s.cancel),
         s,
         t,
         src,
@@ -186,23 +190,68 @@ fn live_stream(state: Live) -> impl Stream<Item = Result<Bytes, Infallible>> {
                 return None;
             }
             if let Some(chunk) = st.next_chunk() {
+                st.waits.sent();
                 return Some((Ok(chunk), st));
             }
             if st.catching_up {
                 if let Some(ev) = st.catch_up().await {
+                    st.waits.sent();
                     return Some((Ok(ev), st));
                 }
                 continue;
             }
             tokio::select! {
-                _ = st.s.cancel.cancelled() => return None,
-                _ = tokio::time::sleep(crate::config::LIVE_KEEP_ALIVE) => {
-                    return Some((Ok(Bytes::from_static(KEEP_ALIVE)), st));
+                _ = st.waits.stop.as_mut() => return None,
+                _ = st.waits.quiet.as_mut() => {
+                    if st.waits.quiet_until() {
+                        return Some((Ok(Bytes::from_static(KEEP_ALIVE)), st));
+                    }
                 }
                 r = st.rx.recv() => st.received(r).await,
             }
         }
     })
+}
+
+/// What a live stream waits on besides its tail, made once per stream
+/// rather than at every wait: the relay's end, and the keep-alive timer,
+/// moved on only when it fires after a chunk went out since it was set.
+struct Waits {
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    /// When the last chunk went out.
+    sent: tokio::time::Instant,
+}
+
+impl Waits {
+    fn new(cancel: &tokio_util::sync::CancellationToken) -> Waits {
+        let now = tokio::time::Instant::now();
+        Waits {
+            stop: Box::pin(cancel.clone().cancelled_owned()),
+            quiet: Box::pin(tokio::time::sleep_until(now + LIVE_KEEP_ALIVE)),
+            sent: now,
+        }
+    }
+
+    /// A chunk went out now.
+    fn sent(&mut self) {
+        self.sent = tokio::time::Instant::now();
+    }
+
+    /// The keep-alive timer fired: whether the stream has been quiet for
+    /// `LIVE_KEEP_ALIVE` (a keep-alive goes out and the timer starts
+    /// again), else the timer is set for that long after the last chunk.
+    fn quiet_until(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let due = self.sent + LIVE_KEEP_ALIVE;
+        if due > now {
+            self.quiet.as_mut().reset(due);
+            return false;
+        }
+        self.sent = now;
+        self.quiet.as_mut().reset(now + LIVE_KEEP_ALIVE);
+        true
+    }
 }
 
 impl Live {

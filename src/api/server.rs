@@ -72,6 +72,9 @@ pub async fn run(
         let Some(permit) = slot(&permits, &open, &limits, &cancel).await? else {
             break;
         };
+        // Live streams and pages go out as soon as they are written, not
+        // held back (Nagle) until the client acknowledges the last write.
+        let _ = stream.set_nodelay(true);
         // A socket that lost its peer already is about to fail anyway.
         let peer = stream
             .peer_addr()

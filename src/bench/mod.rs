@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Run only the webhook part, after loading --records into Redis.
     #[arg(long)]
     pub delivery_only: bool,
+    /// Run only the SSE fan-out, after loading --records into Redis: a
+    /// quick loop while working on the live path.
+    #[arg(long)]
+    pub sse_only: bool,
     /// Records of the table the churn figure writes to (0 skips it): the
     /// highest write rate at which every `pages` poll moves the cursor.
     #[arg(long, default_value_t = 5000)]
@@ -285,9 +289,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ..StoreConfig::default()
     };
 
-    if args.delivery_only {
+    if args.delivery_only || args.sse_only {
+        let part = if args.sse_only {
+            api::Part::Sse
+        } else {
+            api::Part::Delivery
+        };
         relay_load(redis_store.clone(), &base_url).await?;
-        api::run(redis_store, &base_url, args.sse_clients, true).await?;
+        api::run(redis_store, &base_url, args.sse_clients, part).await?;
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(());
     }
@@ -311,7 +320,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.churn_records > 0 {
         settle::churn(redis_store.clone(), args.churn_records).await?;
     }
-    api::run(redis_store, &base_url, args.sse_clients, false).await?;
+    api::run(redis_store, &base_url, args.sse_clients, api::Part::All).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
