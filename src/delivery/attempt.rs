@@ -55,7 +55,7 @@ pub struct Applied {
 
 impl Request {
     pub async fn send(self) -> Done {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let (body, content_type, id) = self.body();
         // The attempt's log lines carry the event (or first event of a batch)
         // and its trace: a child of the append span of that event's poll.
