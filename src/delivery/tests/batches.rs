@@ -44,7 +44,7 @@ async fn a_batch_never_holds_two_events_of_one_record() {
 async fn a_failed_batch_is_retried_as_the_same_batch() {
     let rig = Rig::new(
         |s, _| {
-            s.batch_size = 2;
+            s.batch_size = 3;
             s.max_in_flight = 1;
         },
         |_, n| Reply::Status(if n == 0 { 503 } else { 200 }),
