@@ -225,7 +225,7 @@ impl Supervisor {
     /// the next look starts their workers.
     async fn restore(&mut self, subs: &[Subscription]) {
         let (store, declared) = (self.store.as_ref(), self.declared.as_slice());
-        let known: Vec<Table> = self.topology.snapshot().targets();
+        let known: Vec<Table> = self.topology.snapshot().tables();
         let done = if self.apply_first {
             crate::declared::apply(store, declared, &known, self.secret_grace).await
         } else if declared.is_empty() {

@@ -242,7 +242,7 @@ impl Worker {
                 Ok(Step::Disabled) => break,
                 Ok(Step::LeaseLost) => self.lease_ttl / 2,
                 Err(e) => {
-                    tracing::warn!(target = %self.table, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
+                    tracing::warn!(table = %self.table, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
                     Duration::from_secs(1)
                 }
             };
@@ -263,7 +263,7 @@ impl Worker {
         st.answers().await;
         let subscription = self.subscription.borrow().clone();
         if let Err(e) = self.apply_finished(st, &subscription, Now::current()).await {
-            tracing::warn!(target = %self.table, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
+            tracing::warn!(table = %self.table, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
         }
     }
 
