@@ -125,7 +125,7 @@ impl Relay {
             source_sync,
         };
         let scheduler = relay.scheduler();
-        let tables = relay.topology.tables();
+        let tables = relay.topology.entries();
         relay.pollers = tables
             .iter()
             .filter_map(|t| scheduler.poller_of(t))
@@ -246,7 +246,7 @@ impl Relay {
         &mut self,
         cancel: &CancellationToken,
     ) -> Vec<(Table, Result<PollReport, PollError>)> {
-        self.each_target(cancel, |p, c| Box::pin(p.poll_once(c)))
+        self.each_table(cancel, |p, c| Box::pin(p.poll_once(c)))
             .await
     }
 
@@ -256,13 +256,13 @@ impl Relay {
         &mut self,
         cancel: &CancellationToken,
     ) -> Vec<(Table, Result<ReconcileReport, PollError>)> {
-        self.each_target(cancel, |p, c| Box::pin(p.reconcile_once(c)))
+        self.each_table(cancel, |p, c| Box::pin(p.reconcile_once(c)))
             .await
     }
 
     /// Runs `step` on every poller concurrently, then releases each lease,
     /// so the next relay on this store (or a serving one) goes on at once.
-    async fn each_target<R>(
+    async fn each_table<R>(
         &mut self,
         cancel: &CancellationToken,
         step: for<'a> fn(
@@ -304,8 +304,8 @@ impl Relay {
         if let Err(e) = self.topology.ready_records().await {
             tracing::warn!(error = %e, "cannot ready the record stores yet; each table's first append does");
         }
-        let targets = self.topology.snapshot().targets();
-        let applied = declared::apply(self.store.as_ref(), &self.declared, &targets, grace);
+        let tables = self.topology.snapshot().tables();
+        let applied = declared::apply(self.store.as_ref(), &self.declared, &tables, grace);
         if let Err(e) = applied.await {
             tracing::warn!(error = %e, "cannot write the [[subscriptions]] of the configuration file yet; delivery tries again");
             supervisor.apply_first = true;

@@ -36,17 +36,17 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Poll every target continuously and serve the HTTP API.
+    /// Poll every table continuously and serve the HTTP API.
     Serve {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Poll every target once, print a summary, exit non-zero on failure.
+    /// Poll every table once, print a summary, exit non-zero on failure.
     Sync {
         /// Required: `sync` always runs one pass (use `serve` to keep polling).
         #[arg(long)]
         once: bool,
-        /// Run one reconcile sweep per target instead: a full `sync=0` walk
+        /// Run one reconcile sweep per table instead: a full `sync=0` walk
         /// compared with the record index, appending what the polls missed.
         #[arg(long)]
         reconcile: bool,
@@ -166,9 +166,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let targets: usize = c.sources.iter().map(|s| s.settings.resources.len()).sum();
+    let tables: usize = c.sources.iter().map(|s| s.settings.resources.len()).sum();
     println!(
-        "ok: {} source(s), {targets} target(s), {} subscription(s) from the file",
+        "ok: {} source(s), {tables} target(s), {} subscription(s) from the file",
         c.sources.len(),
         c.subscriptions.len()
     );
@@ -200,7 +200,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot listen on {} (api.listen)", config.api.listen))?;
             let relay = Relay::build(config).await?;
             tracing::info!(store = %relay.store.describe(), listen = %listener.local_addr()?,
-                targets = relay.pollers.len(), "stamp-relay serving");
+                tables = relay.pollers.len(), "stamp-relay serving");
             relay.run(listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -143,7 +143,7 @@ async fn trimmed_start(
             continue;
         }
         if oldest_kept {
-            tracing::warn!(subscription = %s.id, target = %t, %through, "subscription starts at the oldest event kept: store.retention removed the events before it");
+            tracing::warn!(subscription = %s.id, table = %t, %through, "subscription starts at the oldest event kept: store.retention removed the events before it");
             continue;
         }
         let reason = format!(
@@ -152,7 +152,7 @@ async fn trimmed_start(
              (PATCH enabled: true), or set from_oldest_kept = true before it is first created; \
              to see every change, rebuild the receiver from the snapshot (docs/resync.md)"
         );
-        tracing::error!(subscription = %s.id, target = %t, %through, "subscription from the configuration file created disabled: {reason}");
+        tracing::error!(subscription = %s.id, table = %t, %through, "subscription from the configuration file created disabled: {reason}");
         return Ok(Some(reason));
     }
     Ok(None)

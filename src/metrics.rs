@@ -189,9 +189,9 @@ impl Metrics {
         }
     }
 
-    /// Removes every series of subscription `sub` (on each of `targets`), so
+    /// Removes every series of subscription `sub` (on each of `tables`), so
     /// `/metrics` stops showing a deleted subscription.
-    pub fn forget_subscription(&self, sub_id: &str, targets: &[crate::store::Table]) {
+    pub fn forget_subscription(&self, sub_id: &str, tables: &[crate::store::Table]) {
         let l = SubLabels {
             subscription: sub_id.to_string(),
         };
@@ -205,7 +205,7 @@ impl Metrics {
                 outcome: outcome.as_str().to_string(),
             });
         }
-        for t in targets {
+        for t in tables {
             let l = SubTableLabels {
                 subscription: sub_id.to_string(),
                 source: t.source.clone(),
@@ -221,14 +221,14 @@ impl Metrics {
 
     /// Notes the subscriptions a scrape shows and removes the series of
     /// those the previous scrape showed that are gone.
-    pub fn keep_subscriptions(&self, ids: &[String], targets: &[crate::store::Table]) {
+    pub fn keep_subscriptions(&self, ids: &[String], tables: &[crate::store::Table]) {
         let now: std::collections::HashSet<String> = ids.iter().cloned().collect();
         let before = std::mem::replace(
             &mut *self.scraped.lock().unwrap_or_else(|p| p.into_inner()),
             now.clone(),
         );
         for gone in before.difference(&now) {
-            self.forget_subscription(gone, targets);
+            self.forget_subscription(gone, tables);
         }
     }
 

@@ -43,19 +43,19 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval) => {}
         }
-        for table in topology.tables() {
+        for table in topology.entries() {
             let t = &table.table;
             if cancel.is_cancelled() || !table.status.holds_lease.load(Ordering::Relaxed) {
                 continue;
             }
-            match trim_target(store.as_ref(), t, &cfg, now_ms()).await {
+            match trim_table(store.as_ref(), t, &cfg, now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(target = %t, removed = n, "retention trimmed the stream");
+                    tracing::info!(table = %t, removed = n, "retention trimmed the stream");
                     metrics.trimmed.get_or_create(&table_labels(t)).inc_by(n);
                 }
                 Err(e) => {
-                    tracing::warn!(target = %t, error = %e, "retention could not trim the stream; it tries again later")
+                    tracing::warn!(table = %t, error = %e, "retention could not trim the stream; it tries again later")
                 }
             }
         }
@@ -63,7 +63,7 @@ pub async fn run(
 }
 
 /// Trims `t` once; returns how many events went.
-pub async fn trim_target(
+pub async fn trim_table(
     store: &dyn Store,
     t: &Table,
     cfg: &RetentionConfig,

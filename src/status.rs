@@ -95,9 +95,9 @@ async fn last_failure(store: &dyn Store, sub_id: &str) -> StoreResult<Option<Fai
     }))
 }
 
-pub async fn tables(store: &dyn Store, targets: &[Table]) -> StoreResult<Vec<TableView>> {
-    let mut out = Vec::with_capacity(targets.len());
-    for t in targets {
+pub async fn tables(store: &dyn Store, tables: &[Table]) -> StoreResult<Vec<TableView>> {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
         let poll = store.poll_status(t).await?.unwrap_or_default();
         out.push(table(store, t, poll).await?);
     }
@@ -236,18 +236,14 @@ pub fn pick(tables: Polls, query: &Query, page_size: usize, now: u64) -> (Overvi
     (overview, tables)
 }
 
-/// The sources `query` picks from `targets`: each table's poll status is
+/// The sources `query` picks from `tables`: each table's poll status is
 /// read for the counts, and the stream figures only for the page shown,
 /// so a page costs the same at 2,000 sources as at 20.
-pub async fn overview(
-    store: &dyn Store,
-    targets: &[Table],
-    query: &Query,
-) -> StoreResult<Overview> {
+pub async fn overview(store: &dyn Store, tables: &[Table], query: &Query) -> StoreResult<Overview> {
     // Reads in flight at once: thousands of tables cost a round trip per chunk.
     const AT_ONCE: usize = 32;
-    let mut polls = Vec::with_capacity(targets.len());
-    for chunk in targets.chunks(AT_ONCE) {
+    let mut polls = Vec::with_capacity(tables.len());
+    for chunk in tables.chunks(AT_ONCE) {
         let read = chunk.iter().map(|t| store.poll_status(t));
         let got = futures_util::future::try_join_all(read).await?;
         polls.extend(
@@ -257,8 +253,8 @@ pub async fn overview(
                 .zip(got.into_iter().map(Option::unwrap_or_default)),
         );
     }
-    let (mut overview, tables) = pick(polls, query, PAGE_SIZE, crate::events::now_ms());
-    for (view, ts) in overview.sources.iter_mut().zip(tables) {
+    let (mut overview, picked) = pick(polls, query, PAGE_SIZE, crate::events::now_ms());
+    for (view, ts) in overview.sources.iter_mut().zip(picked) {
         for (t, poll) in ts {
             view.tables.push(table(store, &t, poll).await?);
         }
@@ -268,7 +264,7 @@ pub async fn overview(
 
 pub async fn subscriptions(
     store: &dyn Store,
-    targets: &[Table],
+    tables: &[Table],
     max_waiting_retries: usize,
 ) -> StoreResult<Vec<SubscriptionView>> {
     let mut out = Vec::new();
@@ -283,7 +279,7 @@ pub async fn subscriptions(
             next_attempt_ms: None,
             subscription,
         };
-        for t in targets.iter().filter(|t| view.subscription.covers(t)) {
+        for t in tables.iter().filter(|t| view.subscription.covers(t)) {
             // One read of the pending set serves the lag and the counts.
             let position = position_or_start(store, &view.subscription, t).await?;
             let pending = store.pending(&view.subscription.id, t).await?;

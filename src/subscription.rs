@@ -141,7 +141,7 @@ impl Coverage {
     pub fn covers(&self, table: &Table) -> bool {
         match self {
             Coverage::All => !table.is_internal(),
-            Coverage::Only(targets) => targets.contains(table),
+            Coverage::Only(tables) => tables.contains(table),
         }
     }
 
@@ -153,7 +153,7 @@ impl Coverage {
     fn names(&self) -> Vec<String> {
         match self {
             Coverage::All => vec!["*".into()],
-            Coverage::Only(targets) => targets.iter().map(Table::to_string).collect(),
+            Coverage::Only(tables) => tables.iter().map(Table::to_string).collect(),
         }
     }
 
@@ -299,11 +299,11 @@ pub fn validate_fields_alone(previous: bool, fields: &Option<Vec<String>>) -> Re
 /// creation).
 pub fn resolve_start(
     start: &Start,
-    targets: &[Table],
+    tables: &[Table],
     now: &HashMap<Table, StreamId>,
 ) -> BTreeMap<Table, StreamId> {
     let now_of = |t: &Table| now.get(t).copied().unwrap_or_default();
-    targets
+    tables
         .iter()
         .map(|t| {
             let id = match start {
@@ -352,23 +352,23 @@ pub mod start_map {
 mod tests {
     use super::*;
 
-    fn targets() -> Vec<Table> {
+    fn tables() -> Vec<Table> {
         vec![Table::new("pc", "patients"), Table::new("pc", "users")]
     }
 
     #[test]
     fn resources_must_be_configured() {
         assert_eq!(
-            parse_resources(&["pc/patients".into()], &targets()),
-            Ok(Coverage::Only(vec![targets()[0].clone()]))
+            parse_resources(&["pc/patients".into()], &tables()),
+            Ok(Coverage::Only(vec![tables()[0].clone()]))
         );
         assert_eq!(
-            parse_resources(&["*".into(), "pc/users".into()], &targets()),
+            parse_resources(&["*".into(), "pc/users".into()], &tables()),
             Ok(Coverage::All)
         );
-        let e = parse_resources(&["pc/patients".into(), "pc/nope".into()], &targets()).unwrap_err();
+        let e = parse_resources(&["pc/patients".into(), "pc/nope".into()], &tables()).unwrap_err();
         assert_eq!(e.field, "resources[1]");
-        assert!(parse_resources(&[], &targets()).is_err());
+        assert!(parse_resources(&[], &tables()).is_err());
     }
 
     #[test]
@@ -386,8 +386,8 @@ mod tests {
     }
 
     #[test]
-    fn start_points_resolve_per_target() {
-        let t = targets();
+    fn start_points_resolve_per_table() {
+        let t = tables();
         let now: HashMap<Table, StreamId> = [(t[0].clone(), StreamId::new(9, 0))].into();
         let at = |m: &BTreeMap<Table, StreamId>, name: &str| m[&name.parse::<Table>().unwrap()];
         let s = resolve_start(&Start::Now, &t, &now);

@@ -252,7 +252,7 @@ pub async fn round(
         return match store.last_id(t).await {
             Ok(top) => top,
             Err(e) => {
-                tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+                tracing::warn!(table = %t, error = %e, "live tail cannot read the store; retrying");
                 after
             }
         };
@@ -273,7 +273,7 @@ pub async fn round(
                 }
             }
             Err(e) => {
-                tracing::warn!(target = %t, error = %e, "live tail cannot read the store; retrying");
+                tracing::warn!(table = %t, error = %e, "live tail cannot read the store; retrying");
                 break;
             }
         }

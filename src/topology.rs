@@ -99,7 +99,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Every table's key, in order.
-    pub fn targets(&self) -> Vec<Table> {
+    pub fn tables(&self) -> Vec<Table> {
         self.tables.keys().cloned().collect()
     }
 }
@@ -168,7 +168,7 @@ impl Topology {
     pub async fn ready_records(&self) -> crate::store::StoreResult<()> {
         use futures_util::{StreamExt, TryStreamExt};
         let store = &self.store;
-        futures_util::stream::iter(self.snapshot().targets())
+        futures_util::stream::iter(self.snapshot().tables())
             .map(Ok)
             .try_for_each_concurrent(
                 READY_AT_ONCE,
@@ -198,7 +198,8 @@ impl Topology {
         self.snapshot().sources.values().cloned().collect()
     }
 
-    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
+    /// Every table's entry, in order.
+    pub fn entries(&self) -> Vec<Arc<TableEntry>> {
         self.snapshot().tables.values().cloned().collect()
     }
 

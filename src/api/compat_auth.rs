@@ -61,7 +61,7 @@ fn issue_for(
     source: String,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> ApiResult<Json<Value>> {
-    if !s.shared.targets().iter().any(|t| t.source == source) {
+    if !s.shared.tables().iter().any(|t| t.source == source) {
         return Err(Problem::not_found(format!(
             "{source:?} is not a configured source; see GET /v1/resources"
         )));

@@ -14,7 +14,7 @@ use super::{
     principal::Principal,
     problem::{ApiResult, Problem},
     requests::StartSpec,
-    subscriptions::{known_targets, load},
+    subscriptions::{known_tables, load},
 };
 use crate::{
     delivery::sender::Message,
@@ -43,10 +43,10 @@ pub async fn replay(
     JsonBody(req): JsonBody<ReplayRequest>,
 ) -> ApiResult<Json<Value>> {
     let sub = load(&s, &who, &id).await?;
-    let targets = sub.resources.of(&known_targets(&s));
+    let tables = sub.resources.of(&known_tables(&s));
     let positions = match (req.from, req.from_time.as_deref()) {
-        (Some(from), None) => from_stamps(from, &targets)?,
-        (None, Some(time)) => from_time(&s, time, &targets).await?,
+        (Some(from), None) => from_stamps(from, &tables)?,
+        (None, Some(time)) => from_time(&s, time, &tables).await?,
         _ => {
             return Err(Problem::invalid(
                 "from",
@@ -61,7 +61,7 @@ pub async fn replay(
         warnings.extend(check_position(&s, t, *after, &field, oldest_kept).await?);
     }
     let mut moved = Vec::new();
-    for t in &targets {
+    for t in &tables {
         if let Some(after) = positions.get(t) {
             let old = s.shared.store.position(&sub.id, t).await?;
             s.shared.store.reposition(&sub.id, t, *after).await?;
@@ -94,12 +94,9 @@ pub async fn replay(
 }
 
 /// Where `from` puts each table: after its stamp, or at its start.
-fn from_stamps(from: StartSpec, targets: &[Table]) -> ApiResult<BTreeMap<Table, StreamId>> {
-    Ok(match from.parse("from", targets, false)? {
-        Start::Beginning => targets
-            .iter()
-            .map(|t| (t.clone(), StreamId::ZERO))
-            .collect(),
+fn from_stamps(from: StartSpec, tables: &[Table]) -> ApiResult<BTreeMap<Table, StreamId>> {
+    Ok(match from.parse("from", tables, false)? {
+        Start::Beginning => tables.iter().map(|t| (t.clone(), StreamId::ZERO)).collect(),
         Start::Stamps(m) => m
             .into_iter()
             .map(|(t, s)| (t, StreamId::new(s, 0)))
@@ -114,7 +111,7 @@ fn from_stamps(from: StartSpec, targets: &[Table]) -> ApiResult<BTreeMap<Table, 
 async fn from_time(
     s: &ApiState,
     time: &str,
-    targets: &[Table],
+    tables: &[Table],
 ) -> ApiResult<BTreeMap<Table, StreamId>> {
     let at = humantime::parse_rfc3339_weak(time)
         .map_err(|e| Problem::invalid("from_time", format!("{time:?} is not RFC 3339: {e}")))?;
@@ -123,7 +120,7 @@ async fn from_time(
         .map_or(0, |d| d.as_millis() as u64);
     let store = s.shared.store.as_ref();
     let mut out = BTreeMap::new();
-    for t in targets {
+    for t in tables {
         // Read back from the end to the last event observed before `at`,
         // however far back it lies.
         let whole = (None, StreamId::ZERO);
@@ -194,7 +191,7 @@ pub async fn retry(
     let sub = load(&s, &who, &id).await?;
     let now = now_ms();
     let mut due = 0;
-    for t in sub.resources.of(&known_targets(&s)) {
+    for t in sub.resources.of(&known_tables(&s)) {
         due += s.shared.store.retry_now(&sub.id, &t, now).await?;
     }
     crate::store::update_subscription(s.shared.store.as_ref(), &id, |cur| {

@@ -31,7 +31,7 @@ async fn parts(s: &ApiState) -> Vec<Part> {
         name: "store".into(),
         ready: s.shared.store.ping().await.is_ok(),
     }];
-    let tables = s.shared.tables();
+    let tables = s.shared.entries();
     // Paused tables and internal ones have no poll loop to be ready; an
     // upstream's health is never a part of readiness (docs/operations.md).
     parts.extend(tables.iter().filter(|t| t.polled()).map(|t| Part {

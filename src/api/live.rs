@@ -365,7 +365,7 @@ impl Live {
     /// a reader with a read token.
     fn store_failed(&mut self, e: crate::store::StoreError) -> Bytes {
         self.done = true;
-        tracing::error!(target = %self.t, error = %e, "a live stream's store read failed");
+        tracing::error!(table = %self.t, error = %e, "a live stream's store read failed");
         let msg = serde_json::json!({"code": "store_unavailable",
             "detail": "the store did not answer; reconnect with Last-Event-ID",
             "resume_after": self.cursor.to_string()});

@@ -19,7 +19,7 @@ use super::{
     extract::{PathParams, QueryParams},
     principal::Principal,
     problem::{ApiResult, Problem},
-    subscriptions::{known_targets, load},
+    subscriptions::{known_tables, load},
 };
 use crate::{
     cloudevents::EventSource,
@@ -160,7 +160,7 @@ pub async fn list(
     let sub = load(&s, &who, &id).await?;
     let store = s.shared.store.as_ref();
     let attempts = store.attempts(&sub.id, ATTEMPTS_READ).await?;
-    let tables = sub.resources.of(&known_targets(&s));
+    let tables = sub.resources.of(&known_tables(&s));
     let cursor = cursor_of(search.before.as_deref(), tables.len())?;
     let mut found = Vec::with_capacity(tables.len());
     for (t, before) in tables.iter().zip(cursor) {
@@ -453,7 +453,7 @@ async fn find_event(s: &ApiState, sub: &Subscription, event_id: &str) -> ApiResu
     let (record, stamp) = rest.rsplit_once(':').ok_or_else(missing)?;
     let stamp: u64 = stamp.parse().map_err(|_| missing())?;
     let t = Table::new(source, resource);
-    if !sub.resources.covers(&t) || !known_targets(s).contains(&t) {
+    if !sub.resources.covers(&t) || !known_tables(s).contains(&t) {
         return Err(missing());
     }
     let store = s.shared.store.as_ref();

@@ -65,13 +65,13 @@ pub struct Shared {
 
 impl Shared {
     /// Every table's key, in order.
-    pub fn targets(&self) -> Vec<Table> {
-        self.topology.snapshot().targets()
+    pub fn tables(&self) -> Vec<Table> {
+        self.topology.snapshot().tables()
     }
 
-    /// Every table, in order.
-    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
-        self.topology.tables()
+    /// Every table's entry, in order.
+    pub fn entries(&self) -> Vec<Arc<TableEntry>> {
+        self.topology.entries()
     }
 
     /// How `t`'s events look downstream; None for an unknown table.
@@ -84,7 +84,7 @@ impl Shared {
     /// Every table of a source, paused ones too, in order: what the status
     /// surfaces list (the relay's own `_relay/health` is read by replay).
     pub fn source_tables(&self) -> Vec<Arc<TableEntry>> {
-        let mut tables = self.tables();
+        let mut tables = self.entries();
         tables.retain(|t| t.source.is_some());
         tables
     }
@@ -388,7 +388,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<impl IntoResponse, Problem
     let m = &s.metrics;
     let subs = s.shared.store.subscriptions().await?;
     let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
-    m.keep_subscriptions(&ids, &s.shared.targets());
+    m.keep_subscriptions(&ids, &s.shared.tables());
     for sub in subs {
         let l = SubLabels {
             subscription: sub.id.clone(),

@@ -12,7 +12,7 @@ use super::{
     messages::{back, parse_limit},
     principal::Principal,
     problem::ApiResult,
-    subscriptions::known_targets,
+    subscriptions::known_tables,
 };
 use crate::{
     cloudevents::EventSource,
@@ -40,7 +40,7 @@ pub async fn preview(
     JsonBody(req): JsonBody<PreviewRequest>,
 ) -> ApiResult<Json<Value>> {
     // A table the caller may not see is named as unknown, as elsewhere.
-    let mut known = known_targets(&s);
+    let mut known = known_tables(&s);
     known.retain(|t| who.sees(t));
     let resources = sub::parse_resources(&req.resources, &known)?;
     let ops = sub::parse_ops(&req.ops)?;

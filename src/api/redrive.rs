@@ -80,11 +80,11 @@ async fn queue_again(
     dead: &[DeadLetter],
     done: &mut Redriven,
 ) -> ApiResult<()> {
-    let mut by_target: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
+    let mut by_table: BTreeMap<&str, Vec<&DeadLetter>> = BTreeMap::new();
     for d in dead {
-        by_target.entry(d.table.as_str()).or_default().push(d);
+        by_table.entry(d.table.as_str()).or_default().push(d);
     }
-    for (name, letters) in by_target {
+    for (name, letters) in by_table {
         let Some((source, resource)) = name.split_once('/') else {
             continue;
         };

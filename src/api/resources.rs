@@ -63,8 +63,8 @@ pub struct ResourceView {
 pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<serde_json::Value>> {
     let mut live = s.shared.source_tables();
     live.retain(|t| who.sees(&t.table));
-    let targets: Vec<_> = live.iter().map(|t| t.table.clone()).collect();
-    let tables = status::tables(s.shared.store.as_ref(), &targets).await?;
+    let keys: Vec<_> = live.iter().map(|t| t.table.clone()).collect();
+    let tables = status::tables(s.shared.store.as_ref(), &keys).await?;
     let out: Vec<ResourceView> = tables
         .into_iter()
         .zip(live.iter().map(|t| &t.status))
@@ -107,7 +107,7 @@ pub struct EventsQuery {
 
 /// The table and how its events look; the same 404 for a table `who` may
 /// not see as for one that does not exist.
-fn target_of(
+fn table_of(
     s: &ApiState,
     who: &Principal,
     source: String,
@@ -212,7 +212,7 @@ pub async fn events(
     QueryParams(q): QueryParams<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let (t, src) = target_of(&s, &who, source, resource)?;
+    let (t, src) = table_of(&s, &who, source, resource)?;
     let sel = crate::filter::from_query(q.filter.as_deref(), q.fields.as_deref(), &src.fields)?;
     let after = parse_after(q.after.as_deref(), "after")?;
     let previous = previous_flag(q.previous.as_deref(), &sel)?;

@@ -52,10 +52,10 @@ pub async fn page(
     let query = Query::parse(pq.q.as_deref(), pq.state.as_deref(), pq.page.as_deref())
         .map_err(|(field, detail)| Problem::invalid(field, detail))?;
     let tables = s.shared.source_tables();
-    let targets: Vec<_> = tables.iter().map(|t| t.table.clone()).collect();
+    let keys: Vec<_> = tables.iter().map(|t| t.table.clone()).collect();
     let store = s.shared.store.as_ref();
-    let overview = status::overview(store, &targets, &query).await?;
-    let mut subscriptions = status::subscriptions(store, &targets, s.max_waiting_retries).await?;
+    let overview = status::overview(store, &keys, &query).await?;
+    let mut subscriptions = status::subscriptions(store, &keys, s.max_waiting_retries).await?;
     let mut h = String::new();
     let _ = write!(
         h,

@@ -93,8 +93,8 @@ impl<'a> View<'a> {
     }
 }
 
-pub(super) fn known_targets(s: &ApiState) -> Vec<Table> {
-    s.shared.targets()
+pub(super) fn known_tables(s: &ApiState) -> Vec<Table> {
+    s.shared.tables()
 }
 
 /// Subscription `id` if `who` owns it; another consumer's answers 404, as
@@ -113,7 +113,7 @@ pub async fn create(
     who: Principal,
     JsonBody(req): JsonBody<CreateRequest>,
 ) -> ApiResult<Response> {
-    let known = known_targets(&s);
+    let known = known_tables(&s);
     let consumer = super::consumers::owner(&s, &who, req.consumer.as_deref()).await?;
     let url = subscription::WebhookUrl::parse(&req.url)?;
     at_the_door(&s, &url).await?;
@@ -127,14 +127,14 @@ pub async fn create(
     subscription::validate_rate(req.rate_limit)?;
     let description = req.description.unwrap_or_default();
     subscription::validate_description(&description)?;
-    let targets = resources.of(&known);
+    let tables = resources.of(&known);
     if req.previous == Some(true) {
-        all_kept(&s, &targets)?;
+        all_kept(&s, &tables)?;
     }
     let fields = crate::filter::subscription_fields(req.filters.as_ref(), req.fields.as_ref())?;
     subscription::validate_fields_alone(req.previous.unwrap_or(false), &fields)?;
     let oldest_kept = req.from_oldest_kept.unwrap_or(false);
-    let (start, warnings) = start_points(&s, req.start.clone(), &targets, oldest_kept).await?;
+    let (start, warnings) = start_points(&s, req.start.clone(), &tables, oldest_kept).await?;
     let at = now_ms();
     let subscription = Subscription {
         id: subscription::new_id(),
@@ -194,8 +194,8 @@ fn created(subscription: &Subscription, warnings: Vec<String>) -> ApiResult<Resp
 }
 
 /// `previous` needs the latest records of every table it covers.
-fn all_kept(s: &ApiState, targets: &[Table]) -> ApiResult<()> {
-    for t in targets {
+fn all_kept(s: &ApiState, tables: &[Table]) -> ApiResult<()> {
+    for t in tables {
         s.compat.kept(t)?;
     }
     Ok(())
@@ -207,18 +207,18 @@ fn all_kept(s: &ApiState, targets: &[Table]) -> ApiResult<()> {
 async fn start_points(
     s: &ApiState,
     spec: Option<super::requests::StartSpec>,
-    targets: &[Table],
+    tables: &[Table],
     oldest_kept: bool,
 ) -> ApiResult<(std::collections::BTreeMap<Table, StreamId>, Vec<String>)> {
     let mut now = HashMap::new();
-    for t in targets {
+    for t in tables {
         now.insert(t.clone(), s.shared.store.last_id(t).await?);
     }
     let chosen = match spec {
-        Some(spec) => spec.parse("start", targets, true)?,
+        Some(spec) => spec.parse("start", tables, true)?,
         None => subscription::Start::Now,
     };
-    let start = subscription::resolve_start(&chosen, targets, &now);
+    let start = subscription::resolve_start(&chosen, tables, &now);
     let mut warnings = Vec::new();
     if !matches!(chosen, subscription::Start::Now) {
         for (t, from) in &start {
@@ -234,7 +234,7 @@ pub async fn list(State(s): State<ApiState>, who: Principal) -> ApiResult<Json<s
     let all = s.shared.store.subscriptions().await?;
     let consumers = s.consumers.list().await?;
     let allow = |name: &str| consumers.iter().find(|c| c.name == name).map(|c| &c.allow);
-    let known = known_targets(&s);
+    let known = known_tables(&s);
     let views: Vec<View> = (all.iter().filter(|x| who.owns(x)))
         .map(|x| View::checked(x, allow(&x.consumer), &known))
         .collect();
@@ -248,7 +248,7 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let found = load(&s, &who, &id).await?;
     let allow = s.consumers.get(&found.consumer).await?.map(|c| c.allow);
-    let view = View::checked(&found, allow.as_ref(), &known_targets(&s));
+    let view = View::checked(&found, allow.as_ref(), &known_tables(&s));
     Ok(Json(view).into_response())
 }
 
@@ -258,7 +258,7 @@ pub async fn patch(
     PathParams(id): PathParams<String>,
     JsonBody(req): JsonBody<PatchRequest>,
 ) -> ApiResult<Response> {
-    let known = known_targets(&s);
+    let known = known_tables(&s);
     let owned = load(&s, &who, &id).await?;
     if let Some(r) = &req.resources {
         let consumer = super::consumers::owner(&s, &who, Some(&owned.consumer)).await?;
@@ -404,7 +404,7 @@ async fn resume_warnings(
             continue;
         };
         if p != crate::events::StreamId::ZERO && p < through {
-            tracing::warn!(subscription = %sub.id, target = %t, %through, "subscription resumes past events retention removed");
+            tracing::warn!(subscription = %sub.id, table = %t, %through, "subscription resumes past events retention removed");
             warnings.push(format!(
                 "{t}: store.retention removed the events up to {through} while this subscription \
                  did not hold them back; delivery resumes after them"
@@ -441,7 +441,7 @@ pub async fn delete(
         // (delivery::Supervisor), so nothing is left behind either way.
         s.shared
             .store
-            .forget_subscription(&id, &known_targets(&s))
+            .forget_subscription(&id, &known_tables(&s))
             .await?;
         tracing::info!(subscription = %id, "subscription deleted");
         Ok(StatusCode::NO_CONTENT)

@@ -226,7 +226,7 @@ async fn load_source(
         .sync_once(&CancellationToken::new())
         .await
         .pop()
-        .expect("one target");
+        .expect("one table");
     Ok((report?, started.elapsed().as_secs_f64()))
 }
 

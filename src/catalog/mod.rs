@@ -143,7 +143,7 @@ impl Catalog {
                 if p.seeded
                     && let Err(e) = self.catch_up(&table, &mut p).await
                 {
-                    tracing::debug!(target = %t, error = %e, "event catalog: catching up later");
+                    tracing::debug!(table = %t, error = %e, "event catalog: catching up later");
                 }
             }
         }
@@ -194,7 +194,7 @@ impl Catalog {
                 let new = p.schema.observe(&record);
                 if p.seeded {
                     for field in new {
-                        tracing::info!(target = %t, %field, event = %e.id,
+                        tracing::info!(table = %t, %field, event = %e.id,
                             "the upstream sent a field this table's records did not have before");
                         self.metrics
                             .schema_new_fields

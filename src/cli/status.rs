@@ -15,14 +15,14 @@ pub(super) async fn run(
     query: &Query,
 ) -> anyhow::Result<ExitCode> {
     let store = store::open(&config.store).await?;
-    let targets: Vec<Table> = config
+    let tables: Vec<Table> = config
         .sources
         .iter()
         .flat_map(|s| s.resources.iter().map(|r| Table::new(&s.name, r)))
         .collect();
-    let overview = crate::status::overview(store.as_ref(), &targets, query).await?;
+    let overview = crate::status::overview(store.as_ref(), &tables, query).await?;
     let limit = config.delivery.max_waiting_retries;
-    let subscriptions = crate::status::subscriptions(store.as_ref(), &targets, limit).await?;
+    let subscriptions = crate::status::subscriptions(store.as_ref(), &tables, limit).await?;
     println!("store: {}", store.describe());
     print_sources(&overview);
     print_tables(&overview);

@@ -84,9 +84,9 @@ pub(super) fn check(
     {
         note(e);
     }
-    let targets = resources.as_ref().map(|r| r.of(&known)).unwrap_or_default();
+    let tables = resources.as_ref().map(|r| r.of(&known)).unwrap_or_default();
     if c.previous {
-        for t in targets.iter().filter(|t| !keeps_records(sources, t)) {
+        for t in tables.iter().filter(|t| !keeps_records(sources, t)) {
             note(Invalid {
                 field: "previous".into(),
                 message: format!(
@@ -95,7 +95,7 @@ pub(super) fn check(
             });
         }
     }
-    let start = start_of(c.start.as_ref(), &targets).map_err(&mut note);
+    let start = start_of(c.start.as_ref(), &tables).map_err(&mut note);
     match (url, resources, ops, fields, start) {
         (Ok(url), Ok(resources), Ok(ops), Ok(fields), Ok(start)) if p.is_empty() => Ok(Declared {
             subscription: model(c, url, resources, ops, fields),
@@ -186,7 +186,7 @@ fn keeps_records(sources: &[SourceConfig], t: &Table) -> bool {
     sources.iter().any(|s| s.name == t.source && s.keep_records)
 }
 
-fn start_of(spec: Option<&serde_json::Value>, targets: &[Table]) -> Result<Start, Invalid> {
+fn start_of(spec: Option<&serde_json::Value>, tables: &[Table]) -> Result<Start, Invalid> {
     let Some(v) = spec else {
         return Ok(Start::Now);
     };
@@ -194,5 +194,5 @@ fn start_of(spec: Option<&serde_json::Value>, targets: &[Table]) -> Result<Start
         field: "start".into(),
         message: "must be \"now\", \"beginning\" or {\"source/resource\" = stamp, ...}".into(),
     })?;
-    spec.parse("start", targets, true)
+    spec.parse("start", tables, true)
 }

@@ -55,7 +55,7 @@ pub struct Applied {
 
 impl Request {
     pub async fn send(self) -> Done {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let (body, content_type, id) = self.body();
         // The attempt's log lines carry the event (or first event of a batch)
         // and its trace: a child of the append span of that event's poll.
@@ -186,7 +186,7 @@ impl Worker {
             _ => {
                 let records = events.iter().map(|e| e.record.as_str());
                 if let Some(said) = st.streak.failed(now, records, &reason(&done.sent)) {
-                    tracing::warn!(subscription = %subscription.id, target = %self.table, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
+                    tracing::warn!(subscription = %subscription.id, table = %self.table, url = %subscription.url.for_logs(), reason = %said.reason, unsaid_since_last = said.unsaid, "delivery failing; retrying on the schedule");
                 }
                 self.retry_or_bury(st, subscription, &done, now).await?;
                 let since = *st.failing_since.get_or_insert(now);
@@ -214,7 +214,7 @@ impl Worker {
     ) -> StoreResult<()> {
         let back = st.streak.delivered(now);
         if back.say {
-            tracing::warn!(subscription = %subscription.id, target = %self.table, url = %subscription.url.for_logs(), "delivery recovered");
+            tracing::warn!(subscription = %subscription.id, table = %self.table, url = %subscription.url.for_logs(), "delivery recovered");
         }
         let Some(q) = st.queue.as_mut().filter(|_| back.pull_forward) else {
             return Ok(());
@@ -224,7 +224,7 @@ impl Worker {
             self.store
                 .retry_now(&subscription.id, &self.table, now)
                 .await?;
-            tracing::info!(subscription = %subscription.id, target = %self.table, due, "the receiver answers again: its waiting retries are due now");
+            tracing::info!(subscription = %subscription.id, table = %self.table, due, "the receiver answers again: its waiting retries are due now");
         }
         Ok(())
     }

@@ -1,14 +1,17 @@
 //! One signed webhook POST and what came of it. Redirects are never
 //! followed (a 3xx is a failure), the SSRF guard checks every resolved and
 //! literal address, and at most 4 KiB of the answer is kept.
+//!
+//! [`WebhookClient`] checks the URL against the address policy, signs the
+//! request and reads the answer's status and `Retry-After`; the request
+//! itself goes out through a [`Transport`]: reqwest in production (with the
+//! guarded resolver), a scripted receiver in the fast tests
+//! (`delivery/tests`), which so see the signatures production makes.
 
-use std::{
-    collections::BTreeMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use tokio::time::Instant;
 
 use super::{
     signing,
@@ -20,9 +23,88 @@ use crate::subscription::state::Outcome;
 pub const RESPONSE_KEPT: usize = 4096;
 
 pub struct WebhookClient {
-    http: reqwest::Client,
+    transport: Box<dyn Transport>,
     policy: Arc<Policy>,
     timeout: Duration,
+}
+
+/// A built, signed request, as a [`Transport`] sends it.
+pub struct Post {
+    pub url: url::Url,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A receiver's answer: its status, its headers and at most
+/// [`RESPONSE_KEPT`] bytes of its body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A request that got no answer: refused by the address policy, timed out,
+/// or failed to connect.
+pub struct NoAnswer {
+    pub outcome: Outcome,
+    pub error: String,
+}
+
+impl NoAnswer {
+    /// No answer within `delivery.request_timeout`.
+    pub fn timed_out() -> NoAnswer {
+        NoAnswer {
+            outcome: Outcome::Failed,
+            error: "timed out (delivery.request_timeout)".into(),
+        }
+    }
+}
+
+/// Where a built request goes: the seam between delivery's rules and the
+/// network. It neither signs nor checks addresses ([`WebhookClient`] has
+/// done both); it gives up at the client's timeout.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    async fn post(&self, request: Post) -> Result<Answer, NoAnswer>;
+}
+
+/// The production transport: reqwest, redirects off, no proxy, every
+/// resolved address checked by the guarded resolver.
+struct Http(reqwest::Client);
+
+#[async_trait::async_trait]
+impl Transport for Http {
+    async fn post(&self, p: Post) -> Result<Answer, NoAnswer> {
+        let sending = self.0.post(p.url).headers(p.headers).body(p.body).send();
+        match sending.await {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let headers = std::mem::take(resp.headers_mut());
+                // Only what is kept is read: the rest of a huge answer never arrives.
+                let (body, _) = crate::http::read_prefix(resp, RESPONSE_KEPT)
+                    .await
+                    .unwrap_or_default();
+                Ok(Answer {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+            Err(e) if e.is_timeout() => Err(NoAnswer::timed_out()),
+            Err(e) => {
+                // The subscription's URL is known; repeating it here would
+                // copy any token in it into attempts and dead letters.
+                let error = crate::http::error_chain(&e.without_url());
+                // The guard speaks through the resolver's error.
+                let outcome = if error.contains("SSRF guard") {
+                    Outcome::Refused
+                } else {
+                    Outcome::Failed
+                };
+                Err(NoAnswer { outcome, error })
+            }
+        }
+    }
 }
 
 /// What to send (the test ping's form; workers prepare an [`Endpoint`] once).
@@ -157,10 +239,24 @@ impl WebhookClient {
             .pool_max_idle_per_host(crate::subscription::MAX_IN_FLIGHT as usize)
             .build()?;
         Ok(WebhookClient {
-            http,
+            transport: Box::new(Http(http)),
             policy,
             timeout,
         })
+    }
+
+    /// A client whose requests go through `transport` instead of HTTP: the
+    /// same address check, signing and reading of answers.
+    pub fn with_transport(
+        policy: Policy,
+        timeout: Duration,
+        transport: impl Transport + 'static,
+    ) -> WebhookClient {
+        WebhookClient {
+            transport: Box::new(transport),
+            policy: Arc::new(policy),
+            timeout,
+        }
     }
 
     /// The address policy its requests are held to.
@@ -188,62 +284,47 @@ impl WebhookClient {
         content_type: &'static str,
     ) -> Sent {
         let started = Instant::now();
-        let fail = |outcome, error: String| Sent {
-            outcome,
-            status: None,
-            retry_after: None,
-            latency: started.elapsed(),
-            response: String::new(),
-            error: Some(error),
-        };
         let url = endpoint.url.clone();
-        if let Err(e) = self.policy.check_url(&url) {
-            return fail(Outcome::Refused, e);
+        if let Err(error) = self.policy.check_url(&url) {
+            let refused = NoAnswer {
+                outcome: Outcome::Refused,
+                error,
+            };
+            return Sent::of(Err(refused), started);
         }
         let headers = endpoint.headers(id, &body, content_type);
-        match self.http.post(url).headers(headers).body(body).send().await {
-            Ok(resp) => answer(resp, started).await,
-            Err(e) => {
-                let msg = if e.is_timeout() {
-                    "timed out (delivery.request_timeout)".to_string()
-                } else {
-                    // The subscription's URL is known; repeating it here would
-                    // copy any token in it into attempts and dead letters.
-                    crate::http::error_chain(&e.without_url())
-                };
-                // The guard speaks through the resolver's error.
-                let refused = msg.contains("SSRF guard");
-                let outcome = if refused {
-                    Outcome::Refused
-                } else {
-                    Outcome::Failed
-                };
-                fail(outcome, msg)
-            }
-        }
+        let request = Post { url, headers, body };
+        Sent::of(self.transport.post(request).await, started)
     }
 }
 
-/// What a receiver's answer came to; at most `RESPONSE_KEPT` bytes of it
-/// are kept.
-async fn answer(resp: reqwest::Response, started: Instant) -> Sent {
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::http::retry_after);
-    // Only what is kept is read: the rest of a huge answer never arrives.
-    let (kept, _) = crate::http::read_prefix(resp, RESPONSE_KEPT)
-        .await
-        .unwrap_or_default();
-    Sent {
-        outcome: classify(status),
-        status: Some(status),
-        retry_after,
-        latency: started.elapsed(),
-        response: String::from_utf8_lossy(&kept).into_owned(),
-        error: None,
+impl Sent {
+    /// What a request that started at `started` came to.
+    fn of(answered: Result<Answer, NoAnswer>, started: Instant) -> Sent {
+        let latency = started.elapsed();
+        match answered {
+            Ok(a) => Sent {
+                outcome: classify(a.status),
+                status: Some(a.status),
+                retry_after: a
+                    .headers
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::http::retry_after),
+                latency,
+                response: String::from_utf8_lossy(&a.body[..a.body.len().min(RESPONSE_KEPT)])
+                    .into_owned(),
+                error: None,
+            },
+            Err(no) => Sent {
+                outcome: no.outcome,
+                status: None,
+                retry_after: None,
+                latency,
+                response: String::new(),
+                error: Some(no.error),
+            },
+        }
     }
 }
 

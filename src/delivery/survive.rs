@@ -59,7 +59,7 @@ impl Supervisor {
             let covered: Vec<Table> = self
                 .topology
                 .snapshot()
-                .targets()
+                .tables()
                 .into_iter()
                 .filter(|t| subscription.covers(t))
                 .collect();
@@ -88,11 +88,11 @@ impl Supervisor {
     /// call per table: this runs at every list, on every instance.
     async fn epochs_changed(&self, memory: &mut Memory) -> bool {
         let mut changed = false;
-        let targets = self.topology.snapshot().targets();
-        let Ok(epochs) = self.store.epochs(&targets).await else {
+        let tables = self.topology.snapshot().tables();
+        let Ok(epochs) = self.store.epochs(&tables).await else {
             return false;
         };
-        for (t, now) in targets.iter().zip(epochs) {
+        for (t, now) in tables.iter().zip(epochs) {
             match (memory.epochs.get(t), now) {
                 (Some(was), Some(now)) if *was == now => {}
                 (Some(_), now) => {

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     queue::Queue,
-    worker::{IDLE_WAIT, Now, TICK, WINDOW, Worker, WorkerState, flush},
+    worker::{IDLE_WAIT, Now, TICK, WINDOW, Worker, WorkerState, flush, monotonic},
 };
 use crate::{
     events::{Event, StreamId},
@@ -56,7 +56,7 @@ impl Worker {
                 q.insert(e, state);
             }
             st.queue = Some(q);
-            st.last_reload = Instant::now();
+            st.last_reload = monotonic();
         }
         let counts = st.queue.as_ref().expect("loaded above").counts();
         st.paused = counts.waiting >= self.schedule.max_waiting;
@@ -226,7 +226,7 @@ impl Worker {
             .map(|r| Duration::from_secs_f64(1.0 / f64::from(r)));
         let mut started = 0;
         for batch in due {
-            let at = now.at.max(Instant::now());
+            let at = now.at.max(monotonic());
             if let Some(next) = st.next_send.filter(|n| *n > at) {
                 return Ok((started, (next - at).min(TICK)));
             }

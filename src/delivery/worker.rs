@@ -82,9 +82,16 @@ impl Now {
     pub fn current() -> Now {
         Now {
             wall_ms: now_ms(),
-            at: Instant::now(),
+            at: monotonic(),
         }
     }
+}
+
+/// Delivery's monotonic clock: tokio's, which is the system's except in a
+/// test that pauses it (the fast tier, `delivery/tests`), where the lease,
+/// the rate limit and the cut-off of requests all move with the paused time.
+pub fn monotonic() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// What one step came to.
@@ -187,7 +194,7 @@ impl Worker {
             failing_since: None,
             streak: Streak::default(),
             next_send: None,
-            last_reload: Instant::now(),
+            last_reload: monotonic(),
             lease_until: None,
             sends: JoinSet::new(),
             finished: Vec::new(),
@@ -235,7 +242,7 @@ impl Worker {
                 Ok(Step::Disabled) => break,
                 Ok(Step::LeaseLost) => self.lease_ttl / 2,
                 Err(e) => {
-                    tracing::warn!(target = %self.table, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
+                    tracing::warn!(table = %self.table, subscription = %self.subscription.borrow().id, error = %e, "delivery step failed; retrying");
                     Duration::from_secs(1)
                 }
             };
@@ -256,7 +263,7 @@ impl Worker {
         st.answers().await;
         let subscription = self.subscription.borrow().clone();
         if let Err(e) = self.apply_finished(st, &subscription, Now::current()).await {
-            tracing::warn!(target = %self.table, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
+            tracing::warn!(table = %self.table, subscription = %subscription.id, error = %e, "cannot record delivery answers; those events will be sent again");
         }
     }
 
@@ -302,16 +309,16 @@ impl Worker {
                 }
             }
         }
-        if st.shown_at.is_none_or(|at| at.elapsed() >= SHOW_EVERY) {
+        if st.shown_at.is_none_or(|at| monotonic() - at >= SHOW_EVERY) {
             let counts = st.queue.as_ref().map(Queue::counts).unwrap_or_default();
             st.meters.show(&counts, st.paused);
-            st.shown_at = Some(Instant::now());
+            st.shown_at = Some(monotonic());
         }
         let (started, wait) = self.start_sends(st, &subscription, now).await?;
         if started > 0 || applied.answers > 0 {
             return Ok(Step::Busy);
         }
-        if st.last_reload.elapsed() >= IDLE_WAIT {
+        if monotonic() - st.last_reload >= IDLE_WAIT {
             // Idle: reload now and then to pick up redriven dead letters.
             st.stale = true;
         }
@@ -328,7 +335,7 @@ impl Worker {
             return Ok(true);
         }
         // Taken before the call: the store's TTL starts later, never earlier.
-        let asked = at.min(Instant::now());
+        let asked = at.min(monotonic());
         let ours = self
             .store
             .lease(&self.lease(), &self.holder, self.lease_ttl)

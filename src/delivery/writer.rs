@@ -39,7 +39,7 @@ pub async fn writer(store: Arc<dyn Store>, t: Table, mut writes: mpsc::Unbounded
             }
         }
         if let Err(e) = group.store(store.as_ref(), &t).await {
-            tracing::warn!(target = %t, error = %e, "cannot record delivery state; affected events may be sent again");
+            tracing::warn!(table = %t, error = %e, "cannot record delivery state; affected events may be sent again");
         }
         for done in flushes {
             let _ = done.send(());

@@ -81,12 +81,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
     let api = listener.local_addr()?;
     let relay = Relay::with_store(config, store.clone())?;
-    let targets: Vec<Table> = relay.pollers.iter().map(|p| p.table.clone()).collect();
+    let tables: Vec<Table> = relay.pollers.iter().map(|p| p.table.clone()).collect();
     banner(&args, &base_url, &store.describe(), api, &token, &hooks.url);
 
     let relay_task = tokio::spawn(relay.run(listener, cancel.clone()));
     subscribe(&format!("http://{api}"), &token, &hooks).await?;
-    let seen = feed(store.as_ref(), &targets, &cancel).await;
+    let seen = feed(store.as_ref(), &tables, &cancel).await;
     relay_task.await??;
     sim_task.await??;
     if temp {
@@ -188,14 +188,13 @@ async fn subscribe(api: &str, token: &str, hooks: &receiver::Receiver) -> anyhow
 /// Prints events of every table as they land, until cancelled.
 async fn feed(
     store: &dyn Store,
-    targets: &[Table],
+    tables: &[Table],
     cancel: &tokio_util::sync::CancellationToken,
 ) -> u64 {
-    let mut after: HashMap<&Table, StreamId> =
-        targets.iter().map(|t| (t, StreamId::ZERO)).collect();
+    let mut after: HashMap<&Table, StreamId> = tables.iter().map(|t| (t, StreamId::ZERO)).collect();
     let mut seen = 0;
     while !cancel.is_cancelled() {
-        for t in targets {
+        for t in tables {
             let from = after[t];
             match store.read(t, from, 1000).await {
                 Ok(events) => {
@@ -207,7 +206,7 @@ async fn feed(
                         after.insert(t, last.id);
                     }
                 }
-                Err(e) => tracing::warn!(target = %t, error = %e, "cannot read events"),
+                Err(e) => tracing::warn!(table = %t, error = %e, "cannot read events"),
             }
         }
         tokio::select! {

@@ -30,7 +30,7 @@ impl Poller {
     /// the same walks did: records were removed (they are never, by the
     /// contract), so their deletes will never show as `deleted`.
     pub(super) fn count_shrank(&self, sync: u64, count: u64, before: u64) {
-        tracing::warn!(target = %self.table, sync, count, before,
+        tracing::warn!(table = %self.table, sync, count, before,
             "the upstream's count for one sync shrank during a poll: rows were removed (hard deletes), which no \
              event announces; a reconcile sweep lists them (hard_deletes = \"emit\" sends them as deleted)");
         self.alert(Alert::CountShrank, 1);
@@ -51,7 +51,7 @@ impl Poller {
         }
         let some: Vec<&str> = gone.iter().take(5).map(|r| r.id.as_str()).collect();
         let emit = self.settings.hard_deletes == HardDeletes::Emit;
-        tracing::warn!(target = %self.table, gone = gone.len(), first = ?some, emit,
+        tracing::warn!(table = %self.table, gone = gone.len(), first = ?some, emit,
             "the reconcile sweep found records the upstream no longer returns (hard deletes, which no poll \
              can see); hard_deletes = \"emit\" appends a deleted event with stamp 0 for each");
         self.alert(Alert::HardDeletes, gone.len() as u64);
@@ -68,7 +68,7 @@ impl Poller {
     /// records (see [`sparse`]).
     pub(super) fn check_density(&self, sync: u64, top: u64, count: u64) {
         if sparse(sync, top, count) {
-            tracing::warn!(target = %self.table, sync, top, count,
+            tracing::warn!(table = %self.table, sync, top, count,
                 "the table's stamps are far sparser than its records: its stamp counter looks shared with other \
                  tables, which the per-table settle bounds do not expect (docs/sync.md, \"What the relay detects\")");
             self.alert(Alert::SparseStamps, 1);

@@ -57,7 +57,7 @@ impl Poller {
         } else {
             "holds another epoch"
         };
-        tracing::error!(target = %self.table, known, now, store = %self.store.describe(),
+        tracing::error!(table = %self.table, known, now, store = %self.store.describe(),
             "STORE RESET: the store {what} for this table; it lost the events and the record index \
              this relay wrote. Reloading the table as an initial load (snapshot=1); subscribers \
              should treat it as a fresh snapshot");
@@ -91,7 +91,7 @@ impl Poller {
     /// last ID) jumps to `highest`'s stamp at the first late event appended
     /// above it, so it cannot be trusted until then.
     pub(super) fn failover(&mut self, top: StreamId, highest: StreamId) {
-        tracing::error!(target = %self.table, %top, %highest, store = %self.store.describe(),
+        tracing::error!(table = %self.table, %top, %highest, store = %self.store.describe(),
             "STORE FAILOVER: the store lost the newest events this relay appended (its stream ends at {top}, \
              it had reached {highest}); a failover to a replica that was behind, or an older copy of the store. \
              Those IDs are not issued again: the lost versions are fetched again and appended as late events \

@@ -123,7 +123,7 @@ impl Poller {
         {
             status.health = Some(health);
             if let Err(e) = self.store.put_poll_status(&self.table, &status).await {
-                tracing::debug!(target = %self.table, error = %e, "cannot record the paused health");
+                tracing::debug!(table = %self.table, error = %e, "cannot record the paused health");
             }
         }
         if let Some(j) = self.judge.take() {
@@ -207,7 +207,7 @@ impl HealthWriter {
             };
             let Some(note) = note else { return };
             while let Err(e) = self.write(&note).await {
-                tracing::warn!(error = %e, target = %note.table, "cannot append a health transition to _relay/health; trying again");
+                tracing::warn!(error = %e, table = %note.table, "cannot append a health transition to _relay/health; trying again");
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}

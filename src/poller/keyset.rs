@@ -95,7 +95,7 @@ impl Poller {
             let (commit, next) = match plan(cap, &page.records, page.more) {
                 Step::Done(n) => {
                     if page.records.is_empty() && page.more {
-                        tracing::warn!(target = %self.table, sync, "a keyset page held no usable stamp; stopping this poll");
+                        tracing::warn!(table = %self.table, sync, "a keyset page held no usable stamp; stopping this poll");
                     }
                     (page.records[..n].to_vec(), None)
                 }

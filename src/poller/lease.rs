@@ -80,14 +80,14 @@ async fn renew(
             Ok(true) => renewed = Instant::now(),
             Ok(false) => break,
             Err(e) if renewed.elapsed() >= ttl => {
-                tracing::warn!(target = %table, error = %e, "cannot renew the poll lease; stopping this poll");
+                tracing::warn!(table = %table, error = %e, "cannot renew the poll lease; stopping this poll");
                 break;
             }
             Err(e) => {
-                tracing::debug!(target = %table, error = %e, "lease renewal failed; retrying")
+                tracing::debug!(table = %table, error = %e, "lease renewal failed; retrying")
             }
         }
     }
-    tracing::warn!(target = %table, "the poll lease was lost; this poll stops and appends nothing more");
+    tracing::warn!(table = %table, "the poll lease was lost; this poll stops and appends nothing more");
     lost.cancel();
 }

@@ -215,7 +215,7 @@ impl Poller {
             .begin_poll(&self.table, &self.holder, self.settings.lease_ttl)
             .await?;
         if !start.leased {
-            tracing::debug!(target = %self.table, "another instance holds the lease; not polling");
+            tracing::debug!(table = %self.table, "another instance holds the lease; not polling");
             return Ok(report);
         }
         self.keep_lease_renewed();
@@ -229,7 +229,7 @@ impl Poller {
         self.note_failover(&result);
         report.duration_ms = started.elapsed().as_millis() as u64;
         self.observe(&report, &result);
-        tracing::debug!(target = %self.table, sync = report.sync, pages = report.pages,
+        tracing::debug!(table = %self.table, sync = report.sync, pages = report.pages,
             settle_pages = report.settle_pages, fetched = report.fetched,
             appended = report.outcome.appended(), ok = result.is_ok(), "poll finished");
         self.status.polls.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +359,7 @@ impl Poller {
                 .appended
                 .fetch_add(out.appended(), Ordering::Relaxed);
             if out.regressions > 0 {
-                tracing::warn!(target = %self.table, regressions = out.regressions,
+                tracing::warn!(table = %self.table, regressions = out.regressions,
                     "the upstream showed records with a stamp below their last one (stamps from clocks? \
                      docs/sync.md, \"What the relay detects\"); those versions were not appended");
                 self.alert(
@@ -416,7 +416,7 @@ impl Poller {
         let mut h = DefaultHasher::new();
         r.raw.hash(&mut h);
         if self.rejected.insert(h.finish()) {
-            tracing::warn!(target = %self.table, reason = %r.reason, "record rejected; kept in the reject stream");
+            tracing::warn!(table = %self.table, reason = %r.reason, "record rejected; kept in the reject stream");
             self.store
                 .reject(&self.table, &r.raw, &r.reason, now_ms())
                 .await?;
@@ -476,7 +476,7 @@ impl Poller {
         self.status.running.store(true, Ordering::Relaxed);
         let _running = Running(self.status.clone());
         if self.settings.reconcile_after_load {
-            tracing::info!(target = %self.table,
+            tracing::info!(table = %self.table,
                 "paging = \"pages\": a reconcile sweep follows every initial load (reconcile_after_load = false turns it off)");
         }
         while !cancel.is_cancelled() {

@@ -106,7 +106,7 @@ impl Poller {
     ) -> Result<(), PollError> {
         let action = self.settings.on_upstream_reset;
         if !self.reset_seen {
-            tracing::error!(target = %self.table, %evidence, ?action,
+            tracing::error!(table = %self.table, %evidence, ?action,
                 "UPSTREAM RESET: the upstream went back in time (restored or reset); without action every \
                  later change would be dropped as older than the index. on_upstream_reset = \"resnapshot\" \
                  reloads the table as a snapshot, \"pause\" stops appending until the upstream shows the cursor again");
@@ -150,7 +150,7 @@ impl Poller {
         if !gone.is_empty() {
             self.alert(Alert::HardDeletes, gone.len() as u64);
         }
-        tracing::warn!(target = %self.table, reloaded = report.outcome.appended(), gone = gone.len(),
+        tracing::warn!(table = %self.table, reloaded = report.outcome.appended(), gone = gone.len(),
             cursor = set.floor, "reloaded the table after an upstream reset (snapshot=1)");
         self.era = Some(set.floor);
         report.top = set.floor;

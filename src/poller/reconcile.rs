@@ -59,7 +59,7 @@ impl Poller {
         self.lease = None;
         self.note_failover(&result);
         if out.repaired > 0 {
-            tracing::warn!(target = %self.table, repaired = out.repaired,
+            tracing::warn!(table = %self.table, repaired = out.repaired,
                 "the reconcile sweep found versions the polls missed; appended them as late events");
         }
         self.metrics
@@ -165,7 +165,7 @@ impl Poller {
             && match self.store.take_reconcile_request(&self.table).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(target = %self.table, error = %e, "cannot read the reconcile request");
+                    tracing::debug!(table = %self.table, error = %e, "cannot read the reconcile request");
                     false
                 }
             };
@@ -185,12 +185,12 @@ impl Poller {
         }
         match self.reconcile_once(cancel).await {
             Ok(r) if r.swept => {
-                tracing::info!(target = %self.table, pages = r.pages, compared = r.compared,
+                tracing::info!(table = %self.table, pages = r.pages, compared = r.compared,
                     repaired = r.repaired, "reconcile sweep finished");
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(target = %self.table, error = %e, "the reconcile sweep failed; the next one tries again")
+                tracing::warn!(table = %self.table, error = %e, "the reconcile sweep failed; the next one tries again")
             }
         }
     }

@@ -101,7 +101,7 @@ impl Poller {
             health,
         };
         if let Err(e) = self.store.put_poll_status(&self.table, &status).await {
-            tracing::debug!(target = %self.table, error = %e, "cannot record the poll status");
+            tracing::debug!(table = %self.table, error = %e, "cannot record the poll status");
         }
     }
 
@@ -144,13 +144,13 @@ impl Poller {
                 last.cursor = Some(r.after.to_string());
                 last.walks = r.walks;
                 if r.outcome.appended() > 0 || r.rejected > 0 {
-                    tracing::info!(target = %self.table, appended = r.outcome.appended(),
+                    tracing::info!(table = %self.table, appended = r.outcome.appended(),
                         late = r.outcome.late, rejected = r.rejected, cursor = %r.after, "poll appended events");
                 }
             }
             Err(e) => {
                 last.error = Some(e.to_string());
-                tracing::warn!(target = %self.table, error = %e, "poll failed; the cursor did not move");
+                tracing::warn!(table = %self.table, error = %e, "poll failed; the cursor did not move");
             }
         }
     }

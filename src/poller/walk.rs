@@ -177,7 +177,7 @@ impl Poller {
         }
         let mut records: Vec<UpstreamRecord> = all.into_values().collect();
         if let Some(floor) = unsettled {
-            tracing::warn!(target = %self.table, floor, settles = report.settles,
+            tracing::warn!(table = %self.table, floor, settles = report.settles,
                 "the upstream changed too fast to settle; committing up to the floor, the next poll continues");
             records.retain(|r| r.stamp <= floor);
             report.unsettled = true;
@@ -223,7 +223,7 @@ impl Poller {
             if walks >= max_walks {
                 return Err(PollError::Unstable { walks, seen, count });
             }
-            tracing::info!(target = %self.table, walk = walks, seen, count,
+            tracing::info!(table = %self.table, walk = walks, seen, count,
                 "rows shifted during the page walk; walking again");
         }
     }
@@ -274,7 +274,7 @@ impl Poller {
                     && other != r.id
                     && !self.shared_stamps
                 {
-                    tracing::info!(target = %self.table, stamp = r.stamp,
+                    tracing::info!(table = %self.table, stamp = r.stamp,
                         "two records share a stamp; the page count no longer bounds the top");
                     self.shared_stamps = true;
                 }

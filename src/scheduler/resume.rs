@@ -64,7 +64,7 @@ pub(super) fn look_up(
             let due = match status {
                 Ok(status) => due_at(&t, status.as_ref(), interval, now_ms(), Instant::now()),
                 Err(e) => {
-                    tracing::debug!(target = %t, error = %e, "cannot read the last poll; spreading the first over the interval");
+                    tracing::debug!(table = %t, error = %e, "cannot read the last poll; spreading the first over the interval");
                     Instant::now() + offset(&t, interval)
                 }
             };

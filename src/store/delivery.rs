@@ -86,9 +86,9 @@ pub trait DeliveryStore: Send + Sync {
     async fn position(&self, sub_id: &str, t: &Table) -> StoreResult<Option<StreamId>>;
 
     /// Removes what a deleted subscription left: its position and pending
-    /// set on each of `targets`, its delivery leases there, its dead
+    /// set on each of `tables`, its delivery leases there, its dead
     /// letters and its attempt log. Idempotent.
-    async fn forget_subscription(&self, sub_id: &str, targets: &[Table]) -> StoreResult<()>;
+    async fn forget_subscription(&self, sub_id: &str, tables: &[Table]) -> StoreResult<()>;
 
     async fn dead_letter(&self, sub_id: &str, d: &DeadLetter) -> StoreResult<()>;
 

@@ -19,10 +19,10 @@ pub enum StartSpec {
 }
 
 impl StartSpec {
-    /// The start this names over `targets`. `field` is its name in the body
+    /// The start this names over `tables`. `field` is its name in the body
     /// (for errors); `now` whether `"now"` is allowed (on creation, not in a
     /// replay).
-    pub fn parse(self, field: &str, targets: &[Table], now: bool) -> Result<Start, Invalid> {
+    pub fn parse(self, field: &str, tables: &[Table], now: bool) -> Result<Start, Invalid> {
         match self {
             StartSpec::Named(n) if n == "now" && now => Ok(Start::Now),
             StartSpec::Named(n) if n == "beginning" => Ok(Start::Beginning),
@@ -36,7 +36,7 @@ impl StartSpec {
             StartSpec::Stamps(m) => m
                 .into_iter()
                 .map(
-                    |(name, stamp)| match targets.iter().find(|t| t.to_string() == name) {
+                    |(name, stamp)| match tables.iter().find(|t| t.to_string() == name) {
                         Some(_) if stamp > MAX_STAMP => Err(Invalid {
                             field: format!("{field}.{name}"),
                             message: format!("is above {MAX_STAMP}, the largest stamp"),
@@ -59,7 +59,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_names_and_stamps_parse_against_the_targets() {
+    fn start_names_and_stamps_parse_against_the_tables() {
         let t: Vec<Table> = vec!["pc/patients".parse().unwrap()];
         let named = |n: &str| StartSpec::Named(n.into());
         assert_eq!(named("now").parse("start", &t, true), Ok(Start::Now));

@@ -284,8 +284,8 @@ impl DeliveryStore for SqliteStore {
         self.with(move |c| position(c, &sub_id, &t)).await
     }
 
-    async fn forget_subscription(&self, sub_id: &str, targets: &[Table]) -> StoreResult<()> {
-        let (sub_id, targets) = (sub_id.to_string(), targets.to_vec());
+    async fn forget_subscription(&self, sub_id: &str, tables: &[Table]) -> StoreResult<()> {
+        let (sub_id, tables) = (sub_id.to_string(), tables.to_vec());
         self.with(move |c| {
             let tx = c.transaction()?;
             for table in [
@@ -299,7 +299,7 @@ impl DeliveryStore for SqliteStore {
                     params![sub_id],
                 )?;
             }
-            for t in targets.iter().map(|t| t.delivery_lease(&sub_id)) {
+            for t in tables.iter().map(|t| t.delivery_lease(&sub_id)) {
                 tx.execute(
                     "DELETE FROM leases WHERE source = ?1 AND resource = ?2",
                     params![t.source, t.resource],
