@@ -300,17 +300,7 @@ async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow::Result<()
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or(0)
     );
-    let mut first: Vec<u64> = polls.values().map(|p| p.0).collect();
-    let mut spread: Vec<u64> = polls.values().map(|p| p.1 - p.0).collect();
-    (first.sort_unstable(), spread.sort_unstable());
-    println!(
-        "  per poll ({}): first client's lag (poll, append, tail) p50 {} ms  max {} ms; first to last client (fan-out) p50 {} ms  max {} ms",
-        polls.len(),
-        percentile(&first, 0.5),
-        first.last().copied().unwrap_or(0),
-        percentile(&spread, 0.5),
-        spread.last().copied().unwrap_or(0)
-    );
+    print_polls(&polls);
     println!(
         "  CPU of this process (relay and clients) per chunk a client received {:.1} us, per event {:.2} us",
         cpu.as_secs_f64() * 1e6 / chunks.max(1) as f64,
@@ -322,6 +312,23 @@ async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// Per poll: the first client's lag (poll, append, tail read) and how
+/// long the rest took after it (the fan-out), from `polls`' (first, last).
+fn print_polls(polls: &std::collections::BTreeMap<u64, (u64, u64)>) {
+    let mut first: Vec<u64> = polls.values().map(|p| p.0).collect();
+    let mut spread: Vec<u64> = polls.values().map(|p| p.1 - p.0).collect();
+    first.sort_unstable();
+    spread.sort_unstable();
+    println!(
+        "  per poll ({}): first client's lag (poll, append, tail) p50 {} ms  max {} ms; first to last client (fan-out) p50 {} ms  max {} ms",
+        polls.len(),
+        percentile(&first, 0.5),
+        first.last().copied().unwrap_or(0),
+        percentile(&spread, 0.5),
+        spread.last().copied().unwrap_or(0)
+    );
 }
 
 /// Rounds of the replay comparison: raw and REST alternate, and each
