@@ -84,6 +84,11 @@ impl RedisStore {
             Ok(plan) => plan,
             Err(lost) => return self.tail_lost(t, batch, &keys, &seen, lost).await,
         };
+        if plan.events.is_empty() && plan.keep.is_empty() {
+            // Nothing to write (a chunk the index holds already): the read
+            // checked the fences.
+            return Ok(Some(plan.outcome));
+        }
         let copies = self.kept_copies(&keys, batch.records, &plan).await?;
         let mut inv = guarded(&keys, batch, &seen);
         inv.arg("");

@@ -6,7 +6,6 @@
 //! never applied over a state the plan did not see.
 
 use stamp_relay::store::{
-    Store,
     contract::{append_as, leased_table, record},
     redis::Keys,
 };
