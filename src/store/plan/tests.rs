@@ -121,7 +121,7 @@ fn duplicates_and_regressions_are_counted_apart() {
     )
     .unwrap();
     assert_eq!(events(&p), [(2, id(9, 0), Op::Updated)]);
-    assert_eq!((p.outcome.duplicates, p.outcome.regressions), (2, 1));
+    assert_eq!((p.outcome.duplicates, p.outcome.regressions), (1, 1));
     assert_eq!(p.events[0].prev_stamp(), Some(8));
 }
 
