@@ -1,6 +1,7 @@
 //! The embedded store's append: a savepoint per chunk that checks the
-//! fences, classifies each record against the index, inserts the events
-//! and moves the index entries to point at them.
+//! fences and applies the append's plan (`store/plan.rs`, the rules both
+//! stores share): inserts the events and moves the index entries to point
+//! at them.
 //!
 //! Deferred commits. Most of an append's cost is its commit, which writes
 //! every page the chunk dirtied to the log, and the record index's pages
