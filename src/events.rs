@@ -1,8 +1,7 @@
 //! Change events: the operation set, stream IDs, the record index entry,
 //! and the classification rule of `docs/events.md` ("What the ops mean").
 //!
-//! The Redis store runs the same rule inside its Lua script (so the check
-//! and the append are atomic); the embedded store calls [`classify`].
+//! Both stores apply them through the append planner (`store/plan.rs`).
 
 use std::{fmt, str::FromStr};
 

@@ -24,6 +24,7 @@ pub mod contract;
 mod delivery;
 pub mod documents;
 mod highest;
+mod plan;
 pub mod records;
 pub mod redis;
 pub mod sqlite;

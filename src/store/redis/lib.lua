@@ -1,6 +1,6 @@
 -- The helpers the Redis scripts share, written once: src/store/redis/lua.rs
--- puts this file in front of each script that uses them (append.lua,
--- records.lua, trim.lua and the pending trim in groups.rs), so the grammar
+-- puts this file in front of each script that uses them (records.lua,
+-- trim.lua and the pending trim in groups.rs), so the grammar
 -- of stream IDs and of index entries has one reading in Lua (and one in
 -- Rust: src/events.rs, StreamId and IndexEntry).
 -- Only local functions: defining them costs a script nothing per record.

@@ -44,7 +44,6 @@ pub struct RedisStore {
     conn: RedisConn,
     prefix: String,
     shown_url: String,
-    append: Script,
     lease: Script,
     release: Script,
     heartbeat: Script,
@@ -52,7 +51,7 @@ pub struct RedisStore {
     claim: Script,
     trim: Script,
     /// Per table, the highest ID this process appended (or saw appended) and
-    /// the epoch it was under: `append.lua` finds a tail a failover lost by
+    /// the epoch it was under: the append finds a tail a failover lost by
     /// it (see [`super::highest`]).
     highest: super::highest::Highest,
     /// Which tables keep the latest-record store (`records.rs`).
@@ -79,7 +78,6 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             shown_url,
-            append: lua::with_lib(include_str!("append.lua")),
             lease: Script::new(LEASE_LUA),
             release: Script::new(RELEASE_LUA),
             heartbeat: Script::new(instances::HEARTBEAT_LUA),
@@ -153,37 +151,19 @@ impl RedisStore {
         }
     }
 
-    /// What a refused or failed append means, naming the table.
-    fn append_error(&self, e: redis::RedisError, t: &Table, epoch: &str) -> StoreError {
-        let Some(refusal) = refusal(&e) else {
-            return self.err(e);
-        };
-        if let Refusal::Failover { top, .. } = refusal {
-            // The stream's ID is raised again; from now on the stream's
-            // last entry is what this process appended.
-            self.highest.set(t, epoch, top);
-        }
-        StoreError::refused(t, refusal)
-    }
-
     fn err(&self, e: redis::RedisError) -> StoreError {
         StoreError::Unavailable(format!("redis at {}: {e}", self.shown_url))
     }
 }
 
 /// The refusal a script's error reply carries: its code (`LEASELOST`,
-/// `EPOCHCHANGED`, `TAILLOST <top> <highest>`), mapped here and nowhere else.
+/// `EPOCHCHANGED`, `RACED`), mapped here and nowhere else. (A lost tail,
+/// `Refusal::Failover`, is found by the append's plan in Rust.)
 fn refusal(e: &redis::RedisError) -> Option<Refusal> {
     match e.code()? {
         "LEASELOST" => Some(Refusal::LeaseLost),
         "EPOCHCHANGED" => Some(Refusal::EpochChanged),
-        "TAILLOST" => {
-            let mut ids = e.detail()?.split_whitespace().map(str::parse::<StreamId>);
-            Some(Refusal::Failover {
-                top: ids.next()?.ok()?,
-                highest: ids.next()?.ok()?,
-            })
-        }
+        "RACED" => Some(Refusal::Raced),
         _ => None,
     }
 }
@@ -263,52 +243,7 @@ impl Store for RedisStore {
             return Ok(AppendOutcome::default());
         }
         self.ready_records(t).await?;
-        let keys = self.keys(t);
-        let mut inv = self.append.prepare_invoke();
-        inv.key(&keys.events)
-            .key(&keys.index)
-            .key(&keys.lease)
-            .key(&keys.epoch)
-            .key(&keys.records)
-            .key(&keys.stamps)
-            .key(&keys.trimmed)
-            .key(&keys.late);
-        inv.arg(batch.holder)
-            .arg(if batch.snapshot { "1" } else { "0" })
-            .arg(batch.observed)
-            .arg(batch.epoch)
-            .arg(
-                self.highest
-                    .get(t, batch.epoch)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(self.keep_arg(t))
-            .arg(if batch.rebase { "1" } else { "0" });
-        for r in batch.records {
-            inv.arg(&r.id)
-                .arg(r.stamp)
-                .arg(if r.deleted { "1" } else { "0" })
-                .arg(r.raw.get());
-        }
-        let mut c = self.conn.clone();
-        let reply: redis::RedisResult<(u64, u64, u64, u64, u64, u64, String, u64)> =
-            inv.invoke_async(&mut c).await;
-        let (created, updated, deleted, restored, duplicates, late, last, regressions) = match reply
-        {
-            Ok(n) => n,
-            Err(e) => return Err(self.append_error(e, t, batch.epoch)),
-        };
-        self.highest.raise(t, batch.epoch, parse_id(&last)?);
-        Ok(AppendOutcome {
-            created,
-            updated,
-            deleted,
-            restored,
-            duplicates,
-            regressions,
-            late,
-        })
+        self.append_planned(t, &batch).await
     }
 
     async fn reject(&self, t: &Table, raw: &str, reason: &str, observed: u64) -> StoreResult<()> {
@@ -477,6 +412,7 @@ impl Store for RedisStore {
     }
 }
 
+mod append;
 mod connection;
 mod delivery;
 mod documents;

@@ -7,8 +7,9 @@
 -- script). Listings in stamp order merge three ordered sources:
 -- stream entries `<stamp>-0` that are their record's latest version, the
 -- late set (latest versions that are late events) and the stamps set
--- (latest versions whose events were trimmed); append.lua and trim.lua
--- keep each record in exactly one of them.
+-- (latest versions whose events were trimmed); the append (its plan,
+-- src/store/plan.rs, applied by append_apply.lua) and trim.lua keep each
+-- record in exactly one of them.
 -- KEYS: events, index, records, stamps, late, trimmed marker, kept marker
 -- (one hash tag).
 

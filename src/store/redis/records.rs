@@ -107,7 +107,7 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Whether appends to `t` write the records: "1" or "0" for append.lua.
+    /// Whether `t` keeps the records: "1" or "0" for the scripts.
     pub(super) fn keep_arg(&self, t: &Table) -> &'static str {
         if self.keep.keeps(t) { "1" } else { "0" }
     }

@@ -1,6 +1,7 @@
 //! The embedded store's append: a savepoint per chunk that checks the
-//! fences, classifies each record against the index, inserts the events
-//! and moves the index entries to point at them.
+//! fences and applies the append's plan (`store/plan.rs`, the rules both
+//! stores share): inserts the events and moves the index entries to point
+//! at them.
 //!
 //! Deferred commits. Most of an append's cost is its commit, which writes
 //! every page the chunk dirtied to the log, and the record index's pages
@@ -20,7 +21,7 @@
 //! to the stream's last event rather than append past a gap.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,8 +29,9 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Failed, Open, Table, check_fences, last_id, records};
-use crate::events::{self, AppendOutcome, IndexEntry, StreamId};
-use crate::store::{Refusal, StoreError};
+use crate::events::{AppendOutcome, IndexEntry, StreamId};
+use crate::store::StoreError;
+use crate::store::plan::{self, Held, Keep, PlannedEvent, Rules};
 
 /// An [`AppendBatch`] owned, to move into the blocking task.
 pub(super) struct Batch {
@@ -161,67 +163,57 @@ pub(super) fn commit_deferred(open: &mut Open) -> rusqlite::Result<()> {
     })
 }
 
-/// Appends each record of the batch that changes its record (the rest count
-/// as duplicates), inside the caller's transaction. Refuses when the file
-/// lost events this process appended (an older copy put in its place),
-/// like `append.lua` after a failover.
+/// Appends the batch as the store's planner decides (`store::plan`: the
+/// lost-tail fence, each version's op and stream ID, the index entries,
+/// the kept copies), inside the caller's transaction.
 fn append_records(
     c: &Connection,
     t: &Table,
     batch: &Batch,
 ) -> Result<(AppendOutcome, StreamId), Failed> {
-    let mut top = last_id(c, t)?;
-    if let Some(highest) = batch.highest.filter(|h| *h > top) {
-        return Err(Failed::Store(StoreError::refused(
-            t,
-            Refusal::Failover { top, highest },
-        )));
+    let found = index_entries(c, t, &batch.records)?;
+    let index: Vec<Option<IndexEntry>> = batch
+        .records
+        .iter()
+        .map(|r| found.get(r.id.as_str()).copied())
+        .collect();
+    let top = last_id(c, t)?;
+    let held = Held {
+        index: &index,
+        top,
+        issued: batch.issued.unwrap_or_default(),
+        trimmed: super::table_state::trimmed(c, t)?,
+    };
+    let rules = Rules {
+        highest: batch.highest,
+        rebase: batch.rebase,
+        keep: batch.keep,
+    };
+    let plan = plan::plan(&batch.records, held, rules)
+        .map_err(|lost| Failed::Store(StoreError::refused(t, lost.refusal())))?;
+    for e in &plan.events {
+        insert_event(c, t, batch, &batch.records[e.record], e)?;
     }
-    let mut last = top;
-    top = top.max(batch.issued.unwrap_or_default());
-    let mut out = AppendOutcome::default();
-    let mut index = index_entries(c, t, &batch.records)?;
-    // The index entries to write, one per record and in key order: the
-    // index's pages are then visited once each, in order, rather than once
-    // per version in stamp order (random pages of the index B-tree).
-    let mut writes: BTreeMap<&str, IndexEntry> = BTreeMap::new();
-    for r in &batch.records {
-        let prev = index.get(r.id.as_str()).copied();
-        let op = if batch.rebase {
-            events::reclassify(prev, r.stamp, r.deleted)
-        } else {
-            events::classify(prev, r.stamp, r.deleted)
-        };
-        let Some(op) = op else {
-            // Not appended: the same version again, or an older one.
-            match prev {
-                Some(p) if r.stamp < p.stamp => out.regressions += 1,
-                _ => out.duplicates += 1,
-            }
-            records::fill_duplicate(c, t, r, prev, batch.keep)?;
-            continue;
-        };
-        let id = events::next_id(top, r.stamp);
-        if id.seq > 0 {
-            out.late += 1;
-        }
-        let event = NewEvent { id, op, prev };
-        insert_event(c, t, batch, r, &event)?;
-        // A later version of the record in this chunk finds this one.
-        let entry = IndexEntry {
-            stamp: r.stamp,
-            deleted: r.deleted,
-            at: Some(id),
-        };
-        index.insert(r.id.clone(), entry);
-        writes.insert(r.id.as_str(), entry);
-        (top, last) = (id, id);
-        out.count(op);
-    }
+    // The index entries in key order: the index's pages are then visited
+    // once each, in order, rather than once per version in stamp order
+    // (random pages of the index B-tree).
+    let mut writes: Vec<(&str, IndexEntry)> = plan
+        .index
+        .iter()
+        .map(|&(i, e)| (batch.records[i].id.as_str(), e))
+        .collect();
+    writes.sort_unstable_by_key(|&(record, _)| record);
     for (record, entry) in writes {
         put_index(c, t, record, entry)?;
     }
-    Ok((out, last))
+    // The embedded store lists latest versions through the index, so of
+    // the bookkeeping only the copies of trimmed versions are its own.
+    for fact in &plan.keep {
+        if let Keep::DuplicateOfTrimmed { record, entry } = *fact {
+            records::fill_duplicate(c, t, &batch.records[record], entry)?;
+        }
+    }
+    Ok((plan.outcome, plan.last))
 }
 
 /// The index entry of `record`: its latest stamp and whether it is deleted.
@@ -288,22 +280,14 @@ pub(super) fn index_all(c: &Connection, t: &Table) -> rusqlite::Result<Vec<(Stri
     .collect()
 }
 
-/// What [`append_records`] decided for one record, to write as an event.
-struct NewEvent {
-    id: StreamId,
-    op: events::Op,
-    prev: Option<IndexEntry>,
-}
-
 fn insert_event(
     c: &Connection,
     t: &Table,
     batch: &Batch,
     r: &crate::record::UpstreamRecord,
-    e: &NewEvent,
+    e: &PlannedEvent,
 ) -> rusqlite::Result<()> {
-    // Where the replaced version's event is, when it is not `<prev>-0`.
-    let prev_at = e.prev.and_then(|p| p.at).filter(|a| a.seq > 0);
+    let prev_at = e.prev_id();
     c.prepare_cached(
         "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, prev_at_stamp, prev_at_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -316,7 +300,7 @@ fn insert_event(
         e.op.as_str(),
         r.id,
         r.stamp as i64,
-        e.prev.map(|p| p.stamp as i64),
+        e.prev_stamp().map(|p| p as i64),
         batch.snapshot,
         batch.observed as i64,
         r.raw.get(),

@@ -82,19 +82,15 @@ pub(super) fn keep_trimmed(
     .map(|_| ())
 }
 
-/// A duplicate of the version the index holds whose event is gone and
-/// that `records` lacks (retention removed it before records were kept):
-/// a reconcile sweep fills it in.
+/// A duplicate of the version the index holds, `p`, whose event is gone
+/// and that `records` lacks (retention removed it before records were
+/// kept): a reconcile sweep fills it in (`plan::Keep::DuplicateOfTrimmed`).
 pub(super) fn fill_duplicate(
     c: &Connection,
     t: &Table,
     r: &UpstreamRecord,
-    prev: Option<IndexEntry>,
-    keep: bool,
+    p: IndexEntry,
 ) -> rusqlite::Result<()> {
-    let Some(p) = prev.filter(|p| keep && p.stamp == r.stamp) else {
-        return Ok(());
-    };
     let at = p.event_id();
     c.prepare_cached(
         "INSERT INTO records (source, resource, record, stamp, deleted, data)

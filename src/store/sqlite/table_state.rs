@@ -2,7 +2,7 @@
 //! `poll_status`, `loading`, `trimmed`, `epochs` and `reconcile_requests`, and retention's delete.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::{
@@ -129,16 +129,7 @@ impl TableState for SqliteStore {
 
     async fn trimmed_through(&self, t: &Table) -> StoreResult<StreamId> {
         let t = t.clone();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT stamp, seq FROM trimmed WHERE source = ?1 AND resource = ?2",
-                params![t.source, t.resource],
-                |r| super::id_at(r, 0),
-            )
-            .optional()
-            .map(Option::unwrap_or_default)
-        })
-        .await
+        self.with(move |c| trimmed(c, &t)).await
     }
 
     async fn put_poll_status(&self, t: &Table, s: &PollStatus) -> StoreResult<()> {
@@ -169,4 +160,15 @@ impl TableState for SqliteStore {
             .await?;
         json.map(|j| decode_json("poll status", &j)).transpose()
     }
+}
+
+/// The last event retention removed from `t` (`0-0` for none).
+pub(super) fn trimmed(c: &Connection, t: &Table) -> rusqlite::Result<StreamId> {
+    c.query_row(
+        "SELECT stamp, seq FROM trimmed WHERE source = ?1 AND resource = ?2",
+        params![t.source, t.resource],
+        |r| super::id_at(r, 0),
+    )
+    .optional()
+    .map(Option::unwrap_or_default)
 }

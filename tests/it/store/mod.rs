@@ -5,6 +5,7 @@
 //! relay (wiped, or failed over to an older copy) with the subscriptions that
 //! survive it.
 
+mod append_guard;
 mod cluster;
 mod failover;
 mod layout;

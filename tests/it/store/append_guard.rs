@@ -1,0 +1,100 @@
+//! The Redis append reads, plans in Rust and applies the plan under a
+//! guard (`src/store/redis/append_apply.lua`): the plan is written only
+//! while the lease and the epoch hold and the stream's last generated ID
+//! and the trimmed marker are what the read saw. A trim between the read
+//! and the apply is refused as `RACED` (the store reads and plans again),
+//! never applied over a state the plan did not see.
+
+use stamp_relay::store::{
+    contract::{append_as, leased_table, record},
+    redis::Keys,
+};
+
+use crate::harness::{Backend, TestStore};
+
+/// `append_apply.lua` with the guard `(issued, trimmed)` and one planned
+/// event `3-0` creating record `c`, as the table's lease holder `holder`.
+fn apply(keys: &Keys, holder: &str, epoch: &str, issued: &str, trimmed: &str) -> redis::Cmd {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(include_str!("../../../src/store/redis/append_apply.lua"))
+        .arg(8)
+        .arg(&keys.events)
+        .arg(&keys.index)
+        .arg(&keys.lease)
+        .arg(&keys.epoch)
+        .arg(&keys.trimmed)
+        .arg(&keys.records)
+        .arg(&keys.stamps)
+        .arg(&keys.late);
+    eval.arg(holder).arg(epoch).arg(issued).arg(trimmed).arg("");
+    eval.arg("0").arg("7").arg(1).arg(1);
+    eval.arg("3-0")
+        .arg("created")
+        .arg("c")
+        .arg(3)
+        .arg("")
+        .arg("")
+        .arg("{}");
+    eval.arg("c").arg("3");
+    eval
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_is_applied_only_over_the_state_it_was_made_from() {
+    let Some(ts) = TestStore::open(Backend::Redis).await else {
+        return;
+    };
+    let store = &*ts.store;
+    let (t, epoch) = leased_table(store, "s", "r").await;
+    append_as(store, &t, "me", &epoch, &[record("a", 1), record("b", 2)])
+        .await
+        .unwrap();
+    let keys = Keys::new(&ts.config.key_prefix, &t);
+    let mut c = redis::Client::open(ts.redis.as_ref().unwrap().url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // What a read before the trim saw: issued 2-0, no trimmed marker.
+    let stale = apply(&keys, "me", &epoch, "2-0", "");
+    store.trim(&t, "2-0".parse().unwrap()).await.unwrap();
+    let code = |r: redis::RedisResult<i64>| r.unwrap_err().code().map(str::to_string);
+    let raced = stale.query_async::<i64>(&mut c).await;
+    assert_eq!(
+        code(raced).as_deref(),
+        Some("RACED"),
+        "a trim moved the marker"
+    );
+    let raced = apply(&keys, "me", &epoch, "1-0", "1-0")
+        .query_async::<i64>(&mut c)
+        .await;
+    assert_eq!(code(raced).as_deref(), Some("RACED"), "the stream moved");
+    let lost = apply(&keys, "other", &epoch, "2-0", "1-0")
+        .query_async::<i64>(&mut c)
+        .await;
+    assert_eq!(code(lost).as_deref(), Some("LEASELOST"));
+    let moved = apply(&keys, "me", "e0", "2-0", "1-0")
+        .query_async::<i64>(&mut c)
+        .await;
+    assert_eq!(code(moved).as_deref(), Some("EPOCHCHANGED"));
+    assert_eq!(store.stream_len(&t).await.unwrap(), 1, "nothing applied");
+    assert_eq!(store.index_entry(&t, "c").await.unwrap(), None);
+    // The same plan over what the store now holds is applied.
+    let applied: i64 = apply(&keys, "me", &epoch, "2-0", "1-0")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+    assert_eq!(store.last_id(&t).await.unwrap().to_string(), "3-0");
+    assert_eq!(
+        store.index_entry(&t, "c").await.unwrap().map(|e| e.stamp),
+        Some(3)
+    );
+    // The store reads and plans again after the trim: its next append
+    // goes above the applied one.
+    let out = append_as(store, &t, "me", &epoch, &[record("d", 2)])
+        .await
+        .unwrap();
+    assert_eq!(out.late, 1);
+    assert_eq!(store.last_id(&t).await.unwrap().to_string(), "3-1");
+}
