@@ -494,3 +494,6 @@ impl Poller {
         let _ = self.store.release(&self.table, &self.holder).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
