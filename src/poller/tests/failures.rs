@@ -18,14 +18,7 @@ const IDS: &str = "l k j i h g f e d c b a";
 async fn a_failed_page_moves_no_cursor() {
     let mut rig = Rig::new(Paging::Pages, Order::Name, 0);
     rig.model.data().write_all(IDS);
-    let mut failed = false;
-    rig.model.on_request(move |_, r| {
-        if r.page == 2 && !failed {
-            failed = true;
-            return Answer::Fail(503);
-        }
-        Answer::Serve
-    });
+    rig.model.once(|r| r.page == 2, |_| Answer::Fail(503));
     let err = rig.poll().await.unwrap_err();
     assert!(matches!(err, PollError::Upstream(_)), "{err}");
     assert!(err.to_string().contains("page=2"), "{err}");
@@ -42,14 +35,7 @@ async fn a_failed_page_moves_no_cursor() {
 async fn a_failed_keyset_page_leaves_the_pages_before_it() {
     let mut rig = Rig::new(Paging::Keyset, Order::Stamp, 0);
     rig.model.data().write_all(IDS);
-    let mut failed = false;
-    rig.model.on_request(move |_, r| {
-        if r.sync >= 5 && !failed {
-            failed = true;
-            return Answer::Fail(500);
-        }
-        Answer::Serve
-    });
+    rig.model.once(|r| r.sync >= 5, |_| Answer::Fail(500));
     let err = rig.poll().await.unwrap_err();
     assert!(err.to_string().contains("sync=6"), "{err}");
     let expected = numbered(IDS);

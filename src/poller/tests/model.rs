@@ -220,6 +220,20 @@ impl Model {
         *self.rule.lock().unwrap() = Box::new(rule);
     }
 
+    /// `act` on the first request `when` holds of; every other request
+    /// is served.
+    pub fn once(
+        &self,
+        when: impl Fn(Request) -> bool + Send + 'static,
+        act: impl FnOnce(&mut Data) -> Answer + Send + 'static,
+    ) {
+        let mut act = Some(act);
+        self.on_request(move |data, r| match act.take_if(|_| when(r)) {
+            Some(act) => act(data),
+            None => Answer::Serve,
+        });
+    }
+
     /// Every request so far, with the (paused) time it came.
     pub fn requests(&self) -> Vec<(Request, tokio::time::Instant)> {
         self.requests.lock().unwrap().clone()

@@ -2,7 +2,10 @@
 //! under way (the settle), a row leaving a shared stamp during a `keyset`
 //! walk, and a late commit caught by the overlap window.
 
-use super::{Order, Rig, model::Answer};
+use super::{
+    Order, Rig,
+    model::{Answer, Request},
+};
 use crate::config::Paging;
 
 /// After page 1 was answered, `a` (on page 1) and then `k` (on page 3)
@@ -14,12 +17,9 @@ use crate::config::Paging;
 async fn an_edit_behind_a_pages_walk_is_neither_lost_nor_duplicated() {
     let mut rig = Rig::new(Paging::Pages, Order::Name, 0);
     rig.model.data().write_all("h c k a f l b j e i d g");
-    let mut edited = false;
-    rig.model.on_request(move |data, r| {
-        if (r.sync, r.page) == (0, 2) && !edited {
-            edited = true;
-            assert_eq!((data.write("a"), data.write("k")), (13, 14));
-        }
+    let page_2 = |r: Request| (r.sync, r.page) == (0, 2);
+    rig.model.once(page_2, |data| {
+        assert_eq!((data.write("a"), data.write("k")), (13, 14));
         Answer::Serve
     });
     let report = rig.polled().await;
@@ -41,12 +41,9 @@ async fn an_edit_behind_a_pages_walk_is_neither_lost_nor_duplicated() {
 async fn a_row_leaving_a_shared_stamp_during_a_keyset_walk_loses_nothing() {
     let mut rig = Rig::new(Paging::Keyset, Order::Stamp, 0);
     rig.model.data().bulk("a b c d e f g h i");
-    let mut edited = false;
-    rig.model.on_request(move |data, r| {
-        if (r.sync, r.page) == (0, 2) && r.nth > 2 && !edited {
-            edited = true;
-            assert_eq!(data.write("b"), 2);
-        }
+    let page_2 = |r: Request| (r.sync, r.page) == (0, 2);
+    rig.model.once(page_2, |data| {
+        assert_eq!(data.write("b"), 2);
         Answer::Serve
     });
     rig.polled().await;
