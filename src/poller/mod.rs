@@ -22,7 +22,6 @@ use crate::{
     http::backoff,
     record::{RejectedRecord, UpstreamRecord},
     store::{AppendBatch, Refusal, Store, StoreError, Table},
-    upstream::Upstream,
 };
 
 mod breaks;
@@ -33,6 +32,7 @@ mod idle;
 mod keyset;
 mod lease;
 mod paging;
+pub use paging::Pages;
 mod rebase;
 mod reconcile;
 mod table_status;
@@ -77,7 +77,8 @@ pub struct PollReport {
 pub struct Poller {
     pub table: Table,
     store: Arc<dyn Store>,
-    upstream: Arc<Upstream>,
+    /// The upstream client in production (paging.rs).
+    upstream: Arc<dyn Pages>,
     holder: String,
     settings: PollSettings,
     lease: Option<lease::LeaseKeeper>,
@@ -130,7 +131,7 @@ impl Poller {
     pub fn new(
         table: Table,
         store: Arc<dyn Store>,
-        upstream: Arc<Upstream>,
+        upstream: Arc<dyn Pages>,
         holder: &str,
         settings: PollSettings,
         metrics: Arc<crate::metrics::Metrics>,
@@ -493,3 +494,6 @@ impl Poller {
         let _ = self.store.release(&self.table, &self.holder).await;
     }
 }
+
+#[cfg(test)]
+mod tests;

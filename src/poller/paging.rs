@@ -1,14 +1,56 @@
 //! Fetching pages, and cutting stamp-sorted records into commit chunks;
 //! the strategies are in keyset.rs and walk.rs.
+//!
+//! The poller reaches the upstream only here, through [`Pages`]: the
+//! upstream client ([`Upstream`]: HTTP, auth, retries, budget) in
+//! production, a model upstream in the poller's fast tests
+//! (`poller/tests`).
 
 use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use super::{PollError, Poller};
 use crate::config::FieldNames;
 use crate::record::{Page, RejectedRecord, UpstreamRecord, parse_record};
 use crate::store::{Refusal, StoreError};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Where a poller gets its pages: one list page of the delta since `sync`,
+/// and its URL (for error messages).
+#[async_trait::async_trait]
+pub trait Pages: Send + Sync {
+    /// Page `page` of the records above `sync`; transient failures are
+    /// retried inside, so an error here fails the poll.
+    async fn page(
+        &self,
+        resource: &str,
+        sync: u64,
+        page: u32,
+        cancel: &CancellationToken,
+    ) -> Result<Page, UpstreamError>;
+
+    /// The list URL of one page.
+    fn page_url(&self, resource: &str, sync: u64, page: u32) -> Url;
+}
+
+#[async_trait::async_trait]
+impl Pages for Upstream {
+    async fn page(
+        &self,
+        resource: &str,
+        sync: u64,
+        page: u32,
+        cancel: &CancellationToken,
+    ) -> Result<Page, UpstreamError> {
+        Upstream::page(self, resource, sync, page, cancel).await
+    }
+
+    fn page_url(&self, resource: &str, sync: u64, page: u32) -> Url {
+        Upstream::page_url(self, resource, sync, page)
+    }
+}
 
 /// The most pages one walk fetches: what `count` records fill at
 /// `page_size` (as many as the page came with, at most the one asked
@@ -25,7 +67,7 @@ fn most_pages(count: u64, page_size: u32) -> u32 {
 pub(super) struct Ahead {
     sync: u64,
     page: u32,
-    task: tokio_util::task::AbortOnDropHandle<Result<Parsed, crate::upstream::UpstreamError>>,
+    task: tokio_util::task::AbortOnDropHandle<Result<Parsed, UpstreamError>>,
 }
 
 /// A page with each of its records parsed (or rejected, with the reason).
@@ -101,7 +143,7 @@ impl Poller {
         let taken = async {
             a.task.await.unwrap_or_else(|e| {
                 let url = self.upstream.page_url(&self.table.resource, sync, page);
-                Err(crate::upstream::UpstreamError::Transport {
+                Err(UpstreamError::Transport {
                     url: url.to_string(),
                     detail: format!("the page's fetch failed: {e}"),
                 })
@@ -117,7 +159,7 @@ impl Poller {
     /// walk stops at once.
     async fn unless_lease_lost<T>(
         &self,
-        request: impl std::future::Future<Output = Result<T, crate::upstream::UpstreamError>>,
+        request: impl std::future::Future<Output = Result<T, UpstreamError>>,
     ) -> Result<T, PollError> {
         Ok(match &self.lease {
             Some(lease) => tokio::select! {
