@@ -110,6 +110,21 @@ pub struct IndexEntry {
     pub at: Option<StreamId>,
 }
 
+/// The index entry's grammar, `<stamp>[:deleted][@<stream ID>]` (the
+/// `@` part only for a version whose event is not `<stamp>-0`).
+impl std::fmt::Display for IndexEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.stamp)?;
+        if self.deleted {
+            f.write_str(":deleted")?;
+        }
+        match self.at.filter(|at| *at != StreamId::new(self.stamp, 0)) {
+            Some(at) => write!(f, "@{at}"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl IndexEntry {
     pub fn new(stamp: u64, deleted: bool) -> IndexEntry {
         IndexEntry {
@@ -125,14 +140,7 @@ impl IndexEntry {
     }
 
     pub fn encode(&self) -> String {
-        let mut s = self.stamp.to_string();
-        if self.deleted {
-            s.push_str(":deleted");
-        }
-        if let Some(at) = self.at.filter(|at| *at != StreamId::new(self.stamp, 0)) {
-            s.push_str(&format!("@{at}"));
-        }
-        s
+        self.to_string()
     }
 
     pub fn decode(s: &str) -> Option<IndexEntry> {

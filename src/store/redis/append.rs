@@ -5,10 +5,21 @@
 //! the stream's last generated ID and the trimmed marker are what the read
 //! saw. The lease holder is the only appender, so only a trim can move
 //! them in between: then the append reads and plans again.
+//!
+//! Bulk loads skip the read. After a chunk whose records were all new to
+//! the index, the store remembers the stream as it left it ([`Fresh`]);
+//! the table's next chunk is planned on that, with its records assumed new
+//! too, and the apply checks, under the same guard, that none of them is
+//! in the index. So a first load or a new source's snapshot costs one
+//! round trip a chunk; a chunk that updates records (the steady state)
+//! reads first as above, and a failed check reads and plans again.
 
-use std::sync::LazyLock;
+use std::{
+    collections::HashMap,
+    sync::{LazyLock, Mutex},
+};
 
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, RedisWrite, Script};
 
 use super::{Keys, RedisStore, entries::parse_id, refusal};
 use crate::events::{AppendOutcome, IndexEntry, StreamId};
@@ -35,20 +46,113 @@ struct Seen {
     index: Vec<Option<IndexEntry>>,
 }
 
+/// A table's stream as this process's last append left it, when that
+/// append's records were all new to the index: what the next chunk of a
+/// bulk load is planned on without a read (see the module's docs).
+#[derive(Debug, Clone)]
+pub(super) struct Fresh {
+    issued: String,
+    trimmed: String,
+}
+
+/// [`Fresh`] per table; a table whose last append updated a record (or
+/// failed) has none.
+#[derive(Debug, Default)]
+pub(super) struct FreshTables(Mutex<HashMap<Table, Fresh>>);
+
+impl FreshTables {
+    fn take(&self, t: &Table) -> Option<Fresh> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(t)
+    }
+
+    fn put(&self, t: &Table, fresh: Fresh) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(t.clone(), fresh);
+    }
+}
+
 impl RedisStore {
-    /// Appends the chunk, reading and planning again (at most `TRIES`
-    /// times) when a trim raced it.
+    /// Appends the chunk: without a read when the table's last append
+    /// found its records all new, else reading and planning again (at most
+    /// `TRIES` times) when a trim raced it.
     pub(super) async fn append_planned(
         &self,
         t: &Table,
         batch: &AppendBatch<'_>,
     ) -> StoreResult<AppendOutcome> {
+        if let Some(out) = self.try_fresh(t, batch).await? {
+            return Ok(out);
+        }
         for _ in 0..TRIES {
             if let Some(out) = self.try_append(t, batch).await? {
                 return Ok(out);
             }
         }
         Err(StoreError::refused(t, Refusal::Raced))
+    }
+
+    /// The append planned on the table's [`Fresh`] state, its records
+    /// assumed new; `None` when there is none, or when the plan needs what
+    /// only a read gives (a lost tail, nothing to write), or when the apply
+    /// found the stream moved or a record in the index: then the caller
+    /// reads. A refusal by the fences is final.
+    async fn try_fresh(
+        &self,
+        t: &Table,
+        batch: &AppendBatch<'_>,
+    ) -> StoreResult<Option<AppendOutcome>> {
+        let Some(fresh) = self.fresh.take(t) else {
+            return Ok(None);
+        };
+        let issued = parse_id(&fresh.issued)?;
+        let index = vec![None; batch.records.len()];
+        let held = Held {
+            index: &index,
+            top: issued,
+            issued,
+            trimmed: trimmed_mark(&fresh.trimmed)?,
+        };
+        let Ok(plan) = plan::plan(batch.records, held, self.rules(t, batch)) else {
+            return Ok(None);
+        };
+        if plan.events.is_empty() {
+            return Ok(None);
+        }
+        let keys = self.keys(t);
+        let mut inv = guarded(&keys, batch, &fresh.issued, &fresh.trimmed);
+        inv.arg("");
+        plan_args(&mut inv, batch, &plan, &[], true);
+        if !self.apply(t, inv).await? {
+            return Ok(None);
+        }
+        self.applied(t, batch, &plan, (true, fresh.trimmed));
+        Ok(Some(plan.outcome))
+    }
+
+    /// Notes a plan applied: the table's highest ID, and its [`Fresh`]
+    /// state when the plan wrote events and `all_new`, none of the chunk's
+    /// records was in the index.
+    fn applied(
+        &self,
+        t: &Table,
+        batch: &AppendBatch<'_>,
+        plan: &Plan,
+        (all_new, trimmed): (bool, String),
+    ) {
+        self.highest.raise(t, batch.epoch, plan.last);
+        // Event IDs rise in the plan's order (each XADD goes above the last).
+        if let (true, Some(last)) = (all_new, plan.events.last()) {
+            let issued = last.id.to_string();
+            self.fresh.put(t, Fresh { issued, trimmed });
+        }
+    }
+
+    fn rules(&self, t: &Table, batch: &AppendBatch<'_>) -> Rules {
+        Rules {
+            highest: self.highest.get(t, batch.epoch),
+            rebase: batch.rebase,
+            keep: self.keep.keeps(t),
+        }
     }
 
     /// One read, plan and apply; `None` when the guard found the stream
@@ -70,17 +174,9 @@ impl RedisStore {
             index: &seen.index,
             top: seen.top,
             issued: parse_id(&seen.issued)?,
-            trimmed: match seen.trimmed.as_str() {
-                "" => StreamId::ZERO,
-                mark => parse_id(mark)?,
-            },
+            trimmed: trimmed_mark(&seen.trimmed)?,
         };
-        let rules = Rules {
-            highest: self.highest.get(t, batch.epoch),
-            rebase: batch.rebase,
-            keep: self.keep.keeps(t),
-        };
-        let plan = match plan::plan(batch.records, held, rules) {
+        let plan = match plan::plan(batch.records, held, self.rules(t, batch)) {
             Ok(plan) => plan,
             Err(lost) => return self.tail_lost(t, batch, &keys, &seen, lost).await,
         };
@@ -90,13 +186,14 @@ impl RedisStore {
             return Ok(Some(plan.outcome));
         }
         let copies = self.kept_copies(&keys, batch.records, &plan).await?;
-        let mut inv = guarded(&keys, batch, &seen);
+        let mut inv = guarded(&keys, batch, &seen.issued, &seen.trimmed);
         inv.arg("");
-        plan_args(&mut inv, batch, &plan, &copies);
+        plan_args(&mut inv, batch, &plan, &copies, false);
         if !self.apply(t, inv).await? {
             return Ok(None);
         }
-        self.highest.raise(t, batch.epoch, plan.last);
+        let all_new = seen.index.iter().all(Option::is_none);
+        self.applied(t, batch, &plan, (all_new, seen.trimmed));
         Ok(Some(plan.outcome))
     }
 
@@ -180,7 +277,7 @@ impl RedisStore {
         lost: TailLost,
     ) -> StoreResult<Option<AppendOutcome>> {
         if lost.raise {
-            let mut inv = guarded(keys, batch, seen);
+            let mut inv = guarded(keys, batch, &seen.issued, &seen.trimmed);
             inv.arg(lost.highest.to_string());
             if !self.apply(t, inv).await? {
                 return Ok(None);
@@ -192,10 +289,17 @@ impl RedisStore {
         Err(StoreError::refused(t, lost.refusal()))
     }
 
-    /// Runs `append_apply.lua`; false when its guard found the stream moved.
-    async fn apply(&self, t: &Table, inv: redis::ScriptInvocation<'_>) -> StoreResult<bool> {
+    /// Runs `append_apply.lua` (loading it first when the server lacks
+    /// it); false when its guard found the stream moved.
+    async fn apply(&self, t: &Table, inv: redis::Cmd) -> StoreResult<bool> {
         let mut c = self.conn.clone();
-        match inv.invoke_async::<i64>(&mut c).await {
+        let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+        let mut answer = inv.query_async::<i64>(&mut c).await;
+        if answer.as_ref().is_err_and(|e| e.kind() == no_script) {
+            APPLY.load_async(&mut c).await.map_err(|e| self.err(e))?;
+            answer = inv.query_async::<i64>(&mut c).await;
+        }
+        match answer {
             Ok(_) => Ok(true),
             Err(e) => match refusal(&e) {
                 Some(Refusal::Raced) => Ok(false),
@@ -206,50 +310,73 @@ impl RedisStore {
     }
 }
 
-/// `append_apply.lua` with the table's keys and its guard: the fences and
-/// what the read saw.
-fn guarded(keys: &Keys, batch: &AppendBatch<'_>, seen: &Seen) -> redis::ScriptInvocation<'static> {
-    let mut inv = APPLY.prepare_invoke();
-    inv.key(&keys.events)
-        .key(&keys.index)
-        .key(&keys.lease)
-        .key(&keys.epoch)
-        .key(&keys.trimmed)
-        .key(&keys.records)
-        .key(&keys.stamps)
-        .key(&keys.late);
+/// The trimmed marker as read (`""` for none).
+fn trimmed_mark(mark: &str) -> StoreResult<StreamId> {
+    match mark {
+        "" => Ok(StreamId::ZERO),
+        mark => parse_id(mark),
+    }
+}
+
+/// `append_apply.lua` with the table's keys and its guard: the fences, and
+/// the last generated ID and the trimmed marker the plan was made on. It
+/// is one `EVALSHA` command whose arguments are written straight into its
+/// buffer (a chunk's records are most of a megabyte; a
+/// `ScriptInvocation` holds each argument apart and copies them all again).
+fn guarded(keys: &Keys, batch: &AppendBatch<'_>, issued: &str, trimmed: &str) -> redis::Cmd {
+    let mut inv = redis::cmd("EVALSHA");
+    inv.arg(APPLY.get_hash())
+        .arg(8)
+        .arg(&keys.events)
+        .arg(&keys.index)
+        .arg(&keys.lease)
+        .arg(&keys.epoch)
+        .arg(&keys.trimmed)
+        .arg(&keys.records)
+        .arg(&keys.stamps)
+        .arg(&keys.late);
     inv.arg(batch.holder)
         .arg(batch.epoch)
-        .arg(&seen.issued)
-        .arg(&seen.trimmed);
+        .arg(issued)
+        .arg(trimmed);
     inv
 }
 
 /// The plan's writes as `append_apply.lua` takes them, after its raise
-/// argument: compact and positional.
+/// argument: compact and positional. `assumed_new`: the plan took every
+/// record as new without reading the index, which the apply checks.
 fn plan_args(
-    inv: &mut redis::ScriptInvocation<'_>,
+    inv: &mut redis::Cmd,
     batch: &AppendBatch<'_>,
     plan: &Plan,
     copies: &[Option<String>],
+    assumed_new: bool,
 ) {
-    let text = |v: Option<StreamId>| v.map(|v| v.to_string()).unwrap_or_default();
     inv.arg(if batch.snapshot { "1" } else { "0" })
         .arg(batch.observed)
         .arg(plan.events.len())
         .arg(plan.index.len());
+    let absent = if assumed_new { batch.records } else { &[] };
+    inv.arg(absent.len());
+    for r in absent {
+        inv.arg(&r.id);
+    }
     for e in &plan.events {
         let r = &batch.records[e.record];
-        inv.arg(e.id.to_string())
-            .arg(e.op.as_str())
-            .arg(&r.id)
-            .arg(r.stamp)
-            .arg(e.prev_stamp().map(|s| s.to_string()).unwrap_or_default())
-            .arg(text(e.prev_id()))
-            .arg(r.raw.get());
+        inv.write_arg_fmt(e.id);
+        inv.arg(e.op.as_str()).arg(&r.id).arg(r.stamp);
+        match e.prev_stamp() {
+            Some(stamp) => inv.arg(stamp),
+            None => inv.arg(""),
+        };
+        match e.prev_id() {
+            Some(id) => inv.write_arg_fmt(id),
+            None => inv.write_arg(b""),
+        };
+        inv.arg(r.raw.get());
     }
     for (i, entry) in &plan.index {
-        inv.arg(&batch.records[*i].id).arg(entry.encode());
+        inv.arg(&batch.records[*i].id).write_arg_fmt(entry);
     }
     let mut copies = copies.iter();
     for k in &plan.keep {

@@ -7,14 +7,16 @@
 --       read saw them ('' for none), the ID to raise the stream's last
 --       generated ID to ('' for none; then nothing else is written),
 --       snapshot, observed, the number of events n and of index entries m,
---       then 7 per event: ID, op, record, stamp, prev, previd ('' for
+--       the number k of records the plan took as new without reading the
+--       index (0 when it read it) and their ids, then 7 per event: ID, op, record, stamp, prev, previd ('' for
 --       none), data; then 2 per index entry: record, entry; then 4 per
 --       write of the latest-record store: code, record, a, b, where `S`
 --       takes the record out of the stamps set, `L` puts it in the late set
 --       at stamp a, `l` takes it out, and `K` keeps the copy a at stamp b.
 -- Refuses with LEASELOST or EPOCHCHANGED (the fences), or RACED when the
--- stream's last generated ID or the trimmed marker moved since the read
--- (the caller reads and plans again). Returns 1.
+-- stream's last generated ID or the trimmed marker moved since the read,
+-- or one of the k records is in the index (the caller reads and plans
+-- again). Returns 1.
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('LEASELOST the lease is held by another instance')
 end
@@ -41,8 +43,17 @@ if ARGV[5] ~= '' then
   end
   return 1
 end
+local k = tonumber(ARGV[10])
+for from = 11, 10 + k, 500 do
+  local got = redis.call('HMGET', KEYS[2], unpack(ARGV, from, math.min(from + 499, 10 + k)))
+  for j = 1, #got do
+    if got[j] then
+      return redis.error_reply('RACED a record the append took as new is in the index')
+    end
+  end
+end
 local snapshot, observed = ARGV[6], ARGV[7]
-local i = 10
+local i = 11 + k
 for _ = 1, tonumber(ARGV[8]) do
   local id, op, rid, stamp, prev, previd, data = unpack(ARGV, i, i + 6)
   if previd ~= '' then

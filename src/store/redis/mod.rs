@@ -56,6 +56,9 @@ pub struct RedisStore {
     highest: super::highest::Highest,
     /// Which tables keep the latest-record store (`records.rs`).
     keep: super::records::KeepSet,
+    /// Per table, the stream as a bulk load's last chunk left it
+    /// (`append.rs`).
+    fresh: append::FreshTables,
 }
 
 impl RedisStore {
@@ -86,6 +89,7 @@ impl RedisStore {
             trim: lua::with_lib(include_str!("trim.lua")),
             highest: Default::default(),
             keep: Default::default(),
+            fresh: Default::default(),
         };
         store.ping().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         store.check_layout().await?;
