@@ -118,11 +118,12 @@ impl RedisStore {
         if plan.events.is_empty() {
             return Ok(None);
         }
+        let guard = (fresh.issued.as_str(), fresh.trimmed.as_str());
         let keys = self.keys(t);
-        let mut inv = guarded(&keys, batch, &fresh.issued, &fresh.trimmed);
-        inv.arg("");
-        plan_args(&mut inv, batch, &plan, &[], true);
-        if !self.apply(t, inv).await? {
+        if !self
+            .write_plan(t, &keys, batch, guard, &plan, (&[], true))
+            .await?
+        {
             return Ok(None);
         }
         self.applied(t, batch, &plan, (true, fresh.trimmed));
@@ -186,10 +187,11 @@ impl RedisStore {
             return Ok(Some(plan.outcome));
         }
         let copies = self.kept_copies(&keys, batch.records, &plan).await?;
-        let mut inv = guarded(&keys, batch, &seen.issued, &seen.trimmed);
-        inv.arg("");
-        plan_args(&mut inv, batch, &plan, &copies, false);
-        if !self.apply(t, inv).await? {
+        let guard = (seen.issued.as_str(), seen.trimmed.as_str());
+        if !self
+            .write_plan(t, &keys, batch, guard, &plan, (&copies, false))
+            .await?
+        {
             return Ok(None);
         }
         let all_new = seen.index.iter().all(Option::is_none);
@@ -199,11 +201,9 @@ impl RedisStore {
 
     async fn read_chunk(&self, keys: &Keys, records: &[UpstreamRecord]) -> StoreResult<Seen> {
         let mut inv = READ.prepare_invoke();
-        inv.key(&keys.events)
-            .key(&keys.index)
-            .key(&keys.lease)
-            .key(&keys.epoch)
-            .key(&keys.trimmed);
+        for key in &keys.append()[..5] {
+            inv.key(*key);
+        }
         for r in records {
             inv.arg(&r.id);
         }
@@ -289,6 +289,25 @@ impl RedisStore {
         Err(StoreError::refused(t, lost.refusal()))
     }
 
+    /// Applies `plan` under the guard `(issued, trimmed)`, with the kept
+    /// copies it needs and whether it took every record as new
+    /// ([`plan_args`]); false when the guard found the stream moved.
+    async fn write_plan(
+        &self,
+        t: &Table,
+        keys: &Keys,
+        batch: &AppendBatch<'_>,
+        (issued, trimmed): (&str, &str),
+        plan: &Plan,
+        (copies, assumed_new): (&[Option<String>], bool),
+    ) -> StoreResult<bool> {
+        let mut inv = guarded(keys, batch, issued, trimmed);
+        // No ID to raise: the plan's writes follow.
+        inv.arg("");
+        plan_args(&mut inv, batch, plan, copies, assumed_new);
+        self.apply(t, inv).await
+    }
+
     /// Runs `append_apply.lua` (loading it first when the server lacks
     /// it); false when its guard found the stream moved.
     async fn apply(&self, t: &Table, inv: redis::Cmd) -> StoreResult<bool> {
@@ -325,16 +344,8 @@ fn trimmed_mark(mark: &str) -> StoreResult<StreamId> {
 /// `ScriptInvocation` holds each argument apart and copies them all again).
 fn guarded(keys: &Keys, batch: &AppendBatch<'_>, issued: &str, trimmed: &str) -> redis::Cmd {
     let mut inv = redis::cmd("EVALSHA");
-    inv.arg(APPLY.get_hash())
-        .arg(8)
-        .arg(&keys.events)
-        .arg(&keys.index)
-        .arg(&keys.lease)
-        .arg(&keys.epoch)
-        .arg(&keys.trimmed)
-        .arg(&keys.records)
-        .arg(&keys.stamps)
-        .arg(&keys.late);
+    let append = keys.append();
+    inv.arg(APPLY.get_hash()).arg(append.len()).arg(&append[..]);
     inv.arg(batch.holder)
         .arg(batch.epoch)
         .arg(issued)

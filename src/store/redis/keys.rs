@@ -44,6 +44,21 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The keys of `append_apply.lua`, in its `KEYS` order; the first five
+    /// are `append_read.lua`'s.
+    pub fn append(&self) -> [&str; 8] {
+        [
+            &self.events,
+            &self.index,
+            &self.lease,
+            &self.epoch,
+            &self.trimmed,
+            &self.records,
+            &self.stamps,
+            &self.late,
+        ]
+    }
+
     pub fn new(prefix: &str, t: &Table) -> Keys {
         let base = format!("{prefix}:{{{}:{}}}", t.source, t.resource);
         Keys {

@@ -17,16 +17,10 @@ use crate::harness::{Backend, TestStore};
 /// event `3-0` creating record `c`, as the table's lease holder `holder`.
 fn apply(keys: &Keys, holder: &str, epoch: &str, issued: &str, trimmed: &str) -> redis::Cmd {
     let mut eval = redis::cmd("EVAL");
+    let append = keys.append();
     eval.arg(include_str!("../../../src/store/redis/append_apply.lua"))
-        .arg(8)
-        .arg(&keys.events)
-        .arg(&keys.index)
-        .arg(&keys.lease)
-        .arg(&keys.epoch)
-        .arg(&keys.trimmed)
-        .arg(&keys.records)
-        .arg(&keys.stamps)
-        .arg(&keys.late);
+        .arg(append.len())
+        .arg(&append[..]);
     eval.arg(holder).arg(epoch).arg(issued).arg(trimmed).arg("");
     eval.arg("0").arg("7").arg(1).arg(1).arg(0);
     eval.arg("3-0")
