@@ -27,6 +27,7 @@ mod records;
 mod rss;
 mod settle;
 pub mod sources;
+mod sse;
 
 use crate::{
     app::Relay,
