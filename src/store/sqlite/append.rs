@@ -1,7 +1,7 @@
-//! The embedded store's append: a savepoint per chunk that checks the
-//! fences and applies the append's plan (`store/plan.rs`, the rules both
-//! stores share): inserts the events and moves the index entries to point
-//! at them.
+//! The embedded store's append: checks the fences, reads the chunk's index
+//! entries and plans the append (`store/plan.rs`, the rules both stores
+//! share) before it writes anything, then inserts the events and moves the
+//! index entries to point at them.
 //!
 //! Deferred commits. Most of an append's cost is its commit, which writes
 //! every page the chunk dirtied to the log, and the record index's pages
@@ -19,6 +19,14 @@
 //! fails rolls them back likewise, and the next append to each table is
 //! refused as a lost tail (`Refusal::Failover`), so its poller goes back
 //! to the stream's last event rather than append past a gap.
+//!
+//! All or nothing per chunk. A refused append (fences, a lost tail) is
+//! refused before it writes, so the other appends of the transaction stay
+//! and are committed. An append whose writes fail or panic part way rolls
+//! back the whole transaction, as a failed commit does, rather than undo
+//! only its own writes: a savepoint per append, which could, copied every
+//! page the append changed before changing it, a third of the append's
+//! cost, for a failure that should never come (docs/benchmarks.md).
 
 use std::{
     collections::HashMap,
@@ -91,7 +99,12 @@ pub(super) fn append(
             records: 0,
         });
     }
-    let out = in_savepoint(&mut open.conn, t, batch);
+    // Checked and planned before anything is written: a refusal leaves
+    // the other appends of the transaction as they were.
+    let out = match checked(&open.conn, t, batch) {
+        Ok(plan) => Writes::new(open).apply(t, batch, &plan),
+        Err(e) => Err(e),
+    };
     let due = open
         .deferred
         .as_mut()
@@ -105,21 +118,70 @@ pub(super) fn append(
     out
 }
 
-/// The append's own writes, undone alone when it fails (a refusal leaves
-/// the other appends of the transaction as they were).
-fn in_savepoint(
-    c: &mut Connection,
-    t: &Table,
-    batch: &Batch,
-) -> Result<(AppendOutcome, StreamId), Failed> {
-    let sp = c.savepoint()?;
-    if batch.first {
-        records::fill_or_drop(&sp, t, batch.keep)?;
+/// The fences and the plan of the batch, read in the open transaction;
+/// writes nothing.
+fn checked(c: &Connection, t: &Table, batch: &Batch) -> Result<plan::Plan, Failed> {
+    check_fences(c, t, &batch.holder, &batch.epoch)?;
+    let found = index_entries(c, t, &batch.records)?;
+    let index: Vec<Option<IndexEntry>> = batch
+        .records
+        .iter()
+        .map(|r| found.get(r.id.as_str()).copied())
+        .collect();
+    let held = Held {
+        index: &index,
+        top: last_id(c, t)?,
+        issued: batch.issued.unwrap_or_default(),
+        trimmed: super::table_state::trimmed(c, t)?,
+    };
+    let rules = Rules {
+        highest: batch.highest,
+        rebase: batch.rebase,
+        keep: batch.keep,
+    };
+    plan::plan(&batch.records, held, rules)
+        .map_err(|lost| Failed::Store(StoreError::refused(t, lost.refusal())))
+}
+
+/// One append's writes into the open transaction. They have no savepoint
+/// of their own: its undo copy of every page it changes cost more than a
+/// third of an append (docs/benchmarks.md). Instead, writes that fail or
+/// panic part way roll back the whole transaction, as a failed commit does
+/// (see "Deferred commits" above), so no part of a chunk is ever committed.
+struct Writes<'o> {
+    open: &'o mut Open,
+    done: bool,
+}
+
+impl<'o> Writes<'o> {
+    fn new(open: &'o mut Open) -> Writes<'o> {
+        Writes { open, done: false }
     }
-    check_fences(&sp, t, &batch.holder, &batch.epoch)?;
-    let out = append_records(&sp, t, batch)?;
-    sp.commit()?;
-    Ok(out)
+
+    /// Writes what `plan` decided: the events, the index entries, the kept
+    /// copies; on an error the transaction is rolled back.
+    fn apply(
+        mut self,
+        t: &Table,
+        batch: &Batch,
+        plan: &plan::Plan,
+    ) -> Result<(AppendOutcome, StreamId), Failed> {
+        let c = &self.open.conn;
+        if batch.first {
+            records::fill_or_drop(c, t, batch.keep)?;
+        }
+        write_plan(c, t, batch, plan)?;
+        self.done = true;
+        Ok((plan.outcome, plan.last))
+    }
+}
+
+impl Drop for Writes<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            roll_back(self.open, "its writes failed part way");
+        }
+    }
 }
 
 /// Commits deferred appends once they are `DEFER_FOR` old even when no
@@ -153,46 +215,38 @@ pub(super) fn commit_when_due(conn: &Arc<Mutex<Open>>) {
 /// Commits the appends the open transaction holds, if any; when the commit
 /// fails they are rolled back (see "Deferred commits" above).
 pub(super) fn commit_deferred(open: &mut Open) -> rusqlite::Result<()> {
-    let Some(deferred) = open.deferred.take() else {
+    if open.deferred.is_none() {
         return Ok(());
-    };
-    open.conn.execute_batch("COMMIT").inspect_err(|e| {
-        let _ = open.conn.execute_batch("ROLLBACK");
-        tracing::error!(error = %e, records = deferred.records,
-            "the embedded store could not commit its latest appends; they are rolled back and fetched again");
-    })
+    }
+    let committed = open.conn.execute_batch("COMMIT");
+    match &committed {
+        Ok(()) => open.deferred = None,
+        Err(_) => roll_back(open, "the commit failed"),
+    }
+    committed
 }
 
-/// Appends the batch as the store's planner decides (`store::plan`: the
-/// lost-tail fence, each version's op and stream ID, the index entries,
-/// the kept copies), inside the caller's transaction.
-fn append_records(
-    c: &Connection,
-    t: &Table,
-    batch: &Batch,
-) -> Result<(AppendOutcome, StreamId), Failed> {
-    let found = index_entries(c, t, &batch.records)?;
-    let index: Vec<Option<IndexEntry>> = batch
-        .records
-        .iter()
-        .map(|r| found.get(r.id.as_str()).copied())
-        .collect();
-    let top = last_id(c, t)?;
-    let held = Held {
-        index: &index,
-        top,
-        issued: batch.issued.unwrap_or_default(),
-        trimmed: super::table_state::trimmed(c, t)?,
+/// Rolls back the appends the open transaction holds, if any. Their
+/// tables' next appends are then refused as a lost tail
+/// (`Refusal::Failover`, from `highest`), and their pollers fetch them again.
+fn roll_back(open: &mut Open, why: &str) {
+    let Some(deferred) = open.deferred.take() else {
+        return;
     };
-    let rules = Rules {
-        highest: batch.highest,
-        rebase: batch.rebase,
-        keep: batch.keep,
-    };
-    let plan = plan::plan(&batch.records, held, rules)
-        .map_err(|lost| Failed::Store(StoreError::refused(t, lost.refusal())))?;
+    let _ = open.conn.execute_batch("ROLLBACK");
+    tracing::error!(
+        records = deferred.records,
+        why,
+        "the embedded store rolled back its latest appends; they are fetched again"
+    );
+}
+
+/// Writes what the planner decided (`store::plan`: each version's op and
+/// stream ID, the index entries, the kept copies).
+fn write_plan(c: &Connection, t: &Table, batch: &Batch, plan: &plan::Plan) -> Result<(), Failed> {
+    let mut insert = c.prepare_cached(INSERT_EVENT)?;
     for e in &plan.events {
-        insert_event(c, t, batch, &batch.records[e.record], e)?;
+        insert_event(&mut insert, t, batch, &batch.records[e.record], e)?;
     }
     // The index entries in key order: the index's pages are then visited
     // once each, in order, rather than once per version in stamp order
@@ -203,8 +257,9 @@ fn append_records(
         .map(|&(i, e)| (batch.records[i].id.as_str(), e))
         .collect();
     writes.sort_unstable_by_key(|&(record, _)| record);
+    let mut put = c.prepare_cached(PUT_INDEX)?;
     for (record, entry) in writes {
-        put_index(c, t, record, entry)?;
+        put_index(&mut put, t, record, entry)?;
     }
     // The embedded store lists latest versions through the index, so of
     // the bookkeeping only the copies of trimmed versions are its own.
@@ -213,7 +268,7 @@ fn append_records(
             records::fill_duplicate(c, t, &batch.records[record], entry)?;
         }
     }
-    Ok((plan.outcome, plan.last))
+    Ok(())
 }
 
 /// The index entry of `record`: its latest stamp and whether it is deleted.
@@ -280,19 +335,18 @@ pub(super) fn index_all(c: &Connection, t: &Table) -> rusqlite::Result<Vec<(Stri
     .collect()
 }
 
+const INSERT_EVENT: &str = "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, prev_at_stamp, prev_at_seq)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
 fn insert_event(
-    c: &Connection,
+    insert: &mut rusqlite::CachedStatement<'_>,
     t: &Table,
     batch: &Batch,
     r: &crate::record::UpstreamRecord,
     e: &PlannedEvent,
 ) -> rusqlite::Result<()> {
     let prev_at = e.prev_id();
-    c.prepare_cached(
-        "INSERT INTO events (source, resource, stamp, seq, op, record, record_stamp, prev, snapshot, observed, data, prev_at_stamp, prev_at_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
+    insert.execute(params![
         t.source,
         t.resource,
         e.id.stamp as i64,
@@ -310,14 +364,18 @@ fn insert_event(
     Ok(())
 }
 
-fn put_index(c: &Connection, t: &Table, record: &str, e: IndexEntry) -> rusqlite::Result<()> {
+const PUT_INDEX: &str = "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (source, resource, record) DO UPDATE
+     SET stamp = excluded.stamp, deleted = excluded.deleted, at_stamp = excluded.at_stamp, at_seq = excluded.at_seq";
+
+fn put_index(
+    put: &mut rusqlite::CachedStatement<'_>,
+    t: &Table,
+    record: &str,
+    e: IndexEntry,
+) -> rusqlite::Result<()> {
     let at = e.event_id();
-    c.prepare_cached(
-        "INSERT INTO record_index (source, resource, record, stamp, deleted, at_stamp, at_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (source, resource, record) DO UPDATE
-         SET stamp = excluded.stamp, deleted = excluded.deleted, at_stamp = excluded.at_stamp, at_seq = excluded.at_seq",
-    )?
-    .execute(params![
+    put.execute(params![
         t.source,
         t.resource,
         record,
@@ -389,5 +447,54 @@ mod tests {
         append("me", "f", 6).await.unwrap();
         drop(store);
         assert_eq!(committed(dir.path()), 5, "a store let go commits");
+    }
+
+    /// An append whose writes fail part way (here a trigger refuses its
+    /// second index entry, after its events went in) leaves nothing of
+    /// itself and rolls back the appends deferred with it; the table's
+    /// next append is refused as a lost tail, and the poller's append again
+    /// from the stream's last event lands every version once.
+    #[tokio::test]
+    async fn writes_failing_part_way_roll_back_the_whole_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let (t, epoch) = leased_table(&store, "s", "r").await;
+        let other = rusqlite::Connection::open(dir.path().join("stamp-relay.sqlite3")).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON record_index WHEN NEW.record = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
+        let append = |records: Vec<crate::record::UpstreamRecord>| {
+            let (store, t, epoch) = (&store, t.clone(), epoch.clone());
+            async move { append_as(store, &t, "me", &epoch, &records).await }
+        };
+        append(vec![record("a", 1)]).await.unwrap();
+        append(vec![record("b", 2)]).await.unwrap();
+        assert_eq!(committed(dir.path()), 1, "b waits in the open transaction");
+        let failed = append(vec![record("c", 3), record("boom", 4)]).await;
+        assert!(
+            failed.unwrap_err().refusal().is_none(),
+            "a failure, not a refusal"
+        );
+        assert_eq!(committed(dir.path()), 1, "neither b nor c is committed");
+        other.execute_batch("DROP TRIGGER boom").unwrap();
+        assert_eq!(store.last_id(&t).await.unwrap().stamp, 1);
+        let lost = append(vec![record("d", 5)]).await.unwrap_err();
+        assert!(
+            matches!(lost.refusal(), Some(crate::store::Refusal::Failover { .. })),
+            "b's append was lost: {lost}"
+        );
+        let again = [
+            record("b", 2),
+            record("c", 3),
+            record("boom", 4),
+            record("d", 5),
+        ];
+        let out = append(again.to_vec()).await.unwrap();
+        assert_eq!(out.appended(), 4);
+        assert_eq!(store.last_id(&t).await.unwrap().stamp, 5);
+        assert_eq!(committed(dir.path()), 5, "every version once");
     }
 }

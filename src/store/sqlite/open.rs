@@ -235,9 +235,9 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Open> {
     // see docs/operations.md ("The embedded store").
     conn.pragma_update(None, "cache_size", -65536)?;
     conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
-    // Each append runs in a savepoint of the open transaction (append.rs),
-    // whose undo copies of the pages it changes go to a temporary journal:
-    // kept in memory rather than in a file written and thrown away.
+    // Temporary tables and indexes (the `json_each` of a chunk's record
+    // ids, sorts) are kept in memory rather than in a file written and
+    // thrown away.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrate(&conn)?;
     Ok(Open {
