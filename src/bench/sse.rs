@@ -16,10 +16,14 @@ use tokio_util::sync::CancellationToken;
 use super::api::{TOKEN, percentile};
 use crate::events::now_ms;
 
-/// User and system CPU time this process has used (`/proc/self/stat`,
-/// in the kernel's 100 ticks a second); zero where there is no `/proc`.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// User and system CPU time this process (`/proc/self/stat`) or the
+/// calling thread (`/proc/thread-self/stat`) has used, in the kernel's 100
+/// ticks a second; zero where there is no `/proc`.
+const PROCESS: &str = "/proc/self/stat";
+const CLIENTS: &str = "/proc/thread-self/stat";
+
+fn cpu_time(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let ticks: u64 = rest
@@ -154,7 +158,30 @@ fn frame_lags(buf: &[u8], now: u64) -> (Vec<u64>, usize) {
 
 /// `clients` live streams on one table while the simulator writes; prints
 /// how long each event took from append to each client.
+///
+/// The clients run on a thread and runtime of their own, as the relay's
+/// clients would in processes of their own: they still share the 2 cores
+/// (their CPU is in the figure below), but not the relay's task queues,
+/// where a client's read would wait behind the relay's writes to the
+/// other clients and the relay's writes behind the clients' reads.
 pub(super) async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow::Result<()> {
+    let (base, sim_url) = (base.to_owned(), sim_url.to_owned());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-sse-clients".into())
+        .spawn(move || {
+            let measured = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(measure(&base, &sim_url, clients)));
+            let _ = tx.send(measured);
+        })?;
+    rx.await?
+}
+
+/// What [`fan_out`] runs on the clients' own runtime.
+async fn measure(base: &str, sim_url: &str, clients: usize) -> anyhow::Result<()> {
     let connected = Arc::new(AtomicUsize::new(0));
     let stop = CancellationToken::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, u64, Vec<u64>)>();
@@ -170,7 +197,8 @@ pub(super) async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let refused = clients - connected.load(Ordering::Relaxed);
-    let cpu_before = cpu_time();
+    // The clients' thread is this one: the rest of the process is the relay.
+    let (cpu_before, clients_before) = (cpu_time(PROCESS), cpu_time(CLIENTS));
     super::upstream_writes(sim_url).await?;
     let mut lags = Vec::new();
     let mut per_client = vec![0usize; clients];
@@ -191,7 +219,8 @@ pub(super) async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow
         lags.extend(got);
     }
     // Less the three quiet seconds' share, which costs next to nothing.
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu = cpu_time(PROCESS).saturating_sub(cpu_before);
+    let clients_cpu = cpu_time(CLIENTS).saturating_sub(clients_before);
     stop.cancel();
     lags.sort_unstable();
     let (min, max) = (
@@ -211,17 +240,29 @@ pub(super) async fn fan_out(base: &str, sim_url: &str, clients: usize) -> anyhow
         lags.last().copied().unwrap_or(0)
     );
     print_polls(&polls);
-    println!(
-        "  CPU of this process (relay and clients) per chunk a client received {:.1} us, per event {:.2} us",
-        cpu.as_secs_f64() * 1e6 / chunks.max(1) as f64,
-        cpu.as_secs_f64() * 1e6 / lags.len().max(1) as f64
-    );
+    print_cpu(cpu, clients_cpu, chunks, lags.len());
     if min != max || min == 0 {
         println!(
             "  clients received different event counts ({min}..{max}): some events were missed"
         );
     }
     Ok(())
+}
+
+/// The CPU the fan-out took per chunk a client received and per event
+/// delivered: the process's, and of it the relay's (the rest of the
+/// process) and the clients' (their thread).
+fn print_cpu(cpu: Duration, clients: Duration, chunks: usize, events: usize) {
+    let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let relay = cpu.saturating_sub(clients);
+    println!(
+        "  CPU per chunk a client received {:.1} us (relay {:.1}, clients {:.1}), per event {:.2} us (relay {:.2})",
+        per(cpu, chunks),
+        per(relay, chunks),
+        per(clients, chunks),
+        per(cpu, events),
+        per(relay, events)
+    );
 }
 
 /// Per poll: the first client's lag (poll, append, tail read) and how
