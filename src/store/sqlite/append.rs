@@ -167,19 +167,32 @@ impl<'o> Writes<'o> {
         plan: &plan::Plan,
     ) -> Result<(AppendOutcome, StreamId), Failed> {
         let c = &self.open.conn;
-        if batch.first {
-            records::fill_or_drop(c, t, batch.keep)?;
+        let written = if batch.first {
+            records::fill_or_drop(c, t, batch.keep).map_err(Failed::from)
+        } else {
+            Ok(())
         }
-        write_plan(c, t, batch, plan)?;
+        .and_then(|()| write_plan(c, t, batch, plan));
         self.done = true;
-        Ok((plan.outcome, plan.last))
+        match written {
+            Ok(()) => Ok((plan.outcome, plan.last)),
+            Err(e) => {
+                let why = match &e {
+                    Failed::Sql(e) => format!("an append's writes failed part way: {e}"),
+                    Failed::Store(e) => format!("an append's writes failed part way: {e}"),
+                };
+                roll_back(self.open, &why);
+                Err(e)
+            }
+        }
     }
 }
 
 impl Drop for Writes<'_> {
+    /// Writes that never finished: a panic part way.
     fn drop(&mut self) {
         if !self.done {
-            roll_back(self.open, "its writes failed part way");
+            roll_back(self.open, "an append panicked part way");
         }
     }
 }
@@ -221,7 +234,7 @@ pub(super) fn commit_deferred(open: &mut Open) -> rusqlite::Result<()> {
     let committed = open.conn.execute_batch("COMMIT");
     match &committed {
         Ok(()) => open.deferred = None,
-        Err(_) => roll_back(open, "the commit failed"),
+        Err(e) => roll_back(open, &format!("the commit failed: {e}")),
     }
     committed
 }
