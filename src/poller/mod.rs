@@ -223,7 +223,7 @@ impl Poller {
         report.leased = true;
         let result = self.leased_poll(&mut report, start, cancel).await;
         match (&result, &self.epoch) {
-            (Ok(()), Some(epoch)) => self.known.end(report.after, epoch),
+            (Ok(()), Some(epoch)) => self.known.end(report.after, epoch, &self.table),
             _ => self.known.forget(),
         }
         self.lease = None;
@@ -368,9 +368,7 @@ impl Poller {
                     out.regressions,
                 );
             }
-            if out.regressions == 0 {
-                self.known.note(chunk, out.appended());
-            }
+            self.known.note(chunk, out.appended(), out.regressions == 0);
             report.outcome.add(&out);
             // Chunks are in stamp order; stamp 0 marks records found gone.
             report.top = report.top.max(chunk.last().map_or(0, |r| r.stamp));

@@ -23,10 +23,13 @@
 //! All or nothing per chunk. A refused append (fences, a lost tail) is
 //! refused before it writes, so the other appends of the transaction stay
 //! and are committed. An append whose writes fail or panic part way rolls
-//! back the whole transaction, as a failed commit does, rather than undo
-//! only its own writes: a savepoint per append, which could, copied every
-//! page the append changed before changing it, a third of the append's
-//! cost, for a failure that should never come (docs/benchmarks.md).
+//! back the whole transaction, every table's uncommitted appends, as a
+//! failed commit does, rather than undo only its own writes. Undoing only
+//! its own would take a savepoint per append, which copies every page the
+//! append changes before changing it: a third of the append's cost, paid
+//! on every append for a failure that should not come (docs/benchmarks.md).
+//! The pollers of the tables rolled back notice (poller/idle.rs) and their
+//! next appends are refused as a lost tail.
 
 use std::{
     collections::HashMap,
@@ -173,15 +176,18 @@ impl<'o> Writes<'o> {
             Ok(())
         }
         .and_then(|()| write_plan(c, t, batch, plan));
-        self.done = true;
         match written {
-            Ok(()) => Ok((plan.outcome, plan.last)),
+            Ok(()) => {
+                self.done = true;
+                Ok((plan.outcome, plan.last))
+            }
             Err(e) => {
                 let why = match &e {
                     Failed::Sql(e) => format!("an append's writes failed part way: {e}"),
                     Failed::Store(e) => format!("an append's writes failed part way: {e}"),
                 };
                 roll_back(self.open, &why);
+                self.done = true;
                 Err(e)
             }
         }
@@ -247,6 +253,11 @@ fn roll_back(open: &mut Open, why: &str) {
         return;
     };
     let _ = open.conn.execute_batch("ROLLBACK");
+    if !open.conn.is_autocommit() {
+        tracing::error!(
+            "the embedded store could not roll back its open transaction; restart the relay"
+        );
+    }
     tracing::error!(
         records = deferred.records,
         why,
@@ -417,9 +428,9 @@ mod tests {
 
     /// An append after a table's first waits in the open transaction; any
     /// other call of the store commits it first, so no reader sees an event
-    /// before it is in the file. A refused append undoes only its own
-    /// writes, a deferral `DEFER_FOR` old is committed with no call, and a
-    /// store let go commits what it deferred.
+    /// before it is in the file. A refused append writes nothing and the
+    /// others are committed, a deferral `DEFER_FOR` old is committed with no
+    /// call, and a store let go commits what it deferred.
     #[tokio::test]
     async fn deferred_appends_are_committed_before_any_other_call() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,19 +474,21 @@ mod tests {
     }
 
     /// An append whose writes fail part way (here a trigger refuses its
-    /// second index entry, after its events went in) leaves nothing of
-    /// itself and rolls back the appends deferred with it; the table's
-    /// next append is refused as a lost tail, and the poller's append again
-    /// from the stream's last event lands every version once.
+    /// second index entry, after its events and its first entry went in)
+    /// leaves nothing of itself and rolls back the appends deferred with
+    /// it, another table's too; each table's next append is refused as a
+    /// lost tail, and the poller's append again from the stream's last
+    /// event lands every version once.
     #[tokio::test]
     async fn writes_failing_part_way_roll_back_the_whole_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         let (t, epoch) = leased_table(&store, "s", "r").await;
+        let (t2, epoch2) = leased_table(&store, "s", "r2").await;
         let other = rusqlite::Connection::open(dir.path().join("stamp-relay.sqlite3")).unwrap();
         other
             .execute_batch(
-                "CREATE TRIGGER boom BEFORE INSERT ON record_index WHEN NEW.record = 'boom'
+                "CREATE TRIGGER boom BEFORE INSERT ON record_index WHEN NEW.record = 'zboom'
                  BEGIN SELECT RAISE(ABORT, 'injected'); END;",
             )
             .unwrap();
@@ -484,14 +497,20 @@ mod tests {
             async move { append_as(store, &t, "me", &epoch, &records).await }
         };
         append(vec![record("a", 1)]).await.unwrap();
+        append_as(&store, &t2, "me", &epoch2, &[record("x", 1)])
+            .await
+            .unwrap();
         append(vec![record("b", 2)]).await.unwrap();
-        assert_eq!(committed(dir.path()), 1, "b waits in the open transaction");
-        let failed = append(vec![record("c", 3), record("boom", 4)]).await;
+        append_as(&store, &t2, "me", &epoch2, &[record("y", 2)])
+            .await
+            .unwrap();
+        assert_eq!(committed(dir.path()), 2, "b and y wait in the transaction");
+        let failed = append(vec![record("c", 3), record("zboom", 4)]).await;
         assert!(
             failed.unwrap_err().refusal().is_none(),
             "a failure, not a refusal"
         );
-        assert_eq!(committed(dir.path()), 1, "neither b nor c is committed");
+        assert_eq!(committed(dir.path()), 2, "neither b, y nor c is committed");
         other.execute_batch("DROP TRIGGER boom").unwrap();
         assert_eq!(store.last_id(&t).await.unwrap().stamp, 1);
         let lost = append(vec![record("d", 5)]).await.unwrap_err();
@@ -502,12 +521,19 @@ mod tests {
         let again = [
             record("b", 2),
             record("c", 3),
-            record("boom", 4),
+            record("zboom", 4),
             record("d", 5),
         ];
         let out = append(again.to_vec()).await.unwrap();
         assert_eq!(out.appended(), 4);
         assert_eq!(store.last_id(&t).await.unwrap().stamp, 5);
-        assert_eq!(committed(dir.path()), 5, "every version once");
+        assert_eq!(committed(dir.path()), 6, "every version once");
+        // The other table's deferred append went too: refused the same way.
+        let lost = append_as(&store, &t2, "me", &epoch2, &[record("z", 3)]).await;
+        assert!(matches!(
+            lost.unwrap_err().refusal(),
+            Some(crate::store::Refusal::Failover { .. })
+        ));
+        assert_eq!(store.last_id(&t2).await.unwrap().stamp, 1);
     }
 }
