@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use super::api::{TOKEN, percentile};
 use crate::events::now_ms;
 
-/// User and system CPU time this process (`/proc/self/stat`) or the
-/// calling thread (`/proc/thread-self/stat`) has used, in the kernel's 100
-/// ticks a second; zero where there is no `/proc`.
+/// This process's figures in `/proc`.
 const PROCESS: &str = "/proc/self/stat";
+/// The calling thread's: in `fan_out`, the clients' thread.
 const CLIENTS: &str = "/proc/thread-self/stat";
 
+/// User and system CPU time this process ([`PROCESS`]) or the calling
+/// thread ([`CLIENTS`]) has used, in the kernel's 100 ticks a second; zero
+/// where there is no `/proc`.
 fn cpu_time(stat: &str) -> Duration {
     let stat = std::fs::read_to_string(stat).unwrap_or_default();
     // The fields after the command name, which is in parentheses.
