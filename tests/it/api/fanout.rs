@@ -73,31 +73,21 @@ async fn three_hundred_clients_each_get_every_event_in_order() {
     app.stop().await;
 }
 
-/// XRANGE and XREAD calls the Redis server has answered so far.
-async fn stream_reads(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
+/// XRANGE and XREAD calls the Redis server at `url` has answered so far.
+async fn stream_reads(url: &str) -> u64 {
+    let stats = stamp_relay::bench::sources::commandstats(url)
         .await
         .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_xrange:") || l.starts_with("cmdstat_xread:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    ["xrange", "xread"]
+        .iter()
+        .filter_map(|c| stats.get(*c))
         .sum()
 }
 
-/// Stream reads over a quiet second (nothing appended meanwhile).
-async fn reads_over_a_quiet_second(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let before = stream_reads(c).await;
+async fn reads_over_a_quiet_second(url: &str) -> u64 {
+    let before = stream_reads(url).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stream_reads(c).await - before
+    stream_reads(url).await - before
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,17 +107,13 @@ async fn a_table_nobody_listens_to_costs_no_stream_reads() {
     .await;
     let t = Table::new("sim", "patients");
     wait_synced(ts.store.as_ref(), &t, &sim.sim).await;
-    let client = redis::Client::open(ts.redis.as_ref().unwrap().url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    assert_eq!(reads_over_a_quiet_second(&mut c).await, 0, "nobody listens");
+    let url = ts.redis.as_ref().unwrap().url();
+    assert_eq!(reads_over_a_quiet_second(&url).await, 0, "nobody listens");
 
     // A listener: its table's tail reads the stream every tick.
     let top = ts.store.last_id(&t).await.unwrap();
     let (resp, _) = connect(&app, &top.to_string()).await;
-    assert!(
-        reads_over_a_quiet_second(&mut c).await > 0,
-        "someone listens"
-    );
+    assert!(reads_over_a_quiet_second(&url).await > 0, "someone listens");
 
     // The last listener gone, the tail stops (after the round it may be in).
     drop(resp);
@@ -137,7 +123,7 @@ async fn a_table_nobody_listens_to_costs_no_stream_reads() {
     .await;
     tokio::time::sleep(2 * stamp_relay::tail::TICK).await;
     assert_eq!(
-        reads_over_a_quiet_second(&mut c).await,
+        reads_over_a_quiet_second(&url).await,
         0,
         "nobody listens again"
     );

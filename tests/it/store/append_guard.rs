@@ -34,8 +34,9 @@ fn apply(keys: &Keys, holder: &str, epoch: &str, issued: &str, trimmed: &str) ->
     eval
 }
 
-/// A Redis store with table `s/r` leased to `me`, the table's keys and a
-/// connection of the test's own to the server.
+/// A Redis store with table `s/r` leased to `me` and holding `a` at 1 and
+/// `b` at 2 (one append of records new to the index), the table's keys
+/// and a connection of the test's own to the server.
 async fn leased() -> Option<(
     TestStore,
     Table,
@@ -45,6 +46,15 @@ async fn leased() -> Option<(
 )> {
     let ts = TestStore::open(Backend::Redis).await?;
     let (t, epoch) = leased_table(&*ts.store, "s", "r").await;
+    append_as(
+        &*ts.store,
+        &t,
+        "me",
+        &epoch,
+        &[record("a", 1), record("b", 2)],
+    )
+    .await
+    .unwrap();
     let keys = Keys::new(&ts.config.key_prefix, &t);
     let c = redis::Client::open(ts.redis.as_ref().unwrap().url())
         .unwrap()
@@ -60,9 +70,6 @@ async fn a_plan_is_applied_only_over_the_state_it_was_made_from() {
         return;
     };
     let store = &*ts.store;
-    append_as(store, &t, "me", &epoch, &[record("a", 1), record("b", 2)])
-        .await
-        .unwrap();
     // What a read before the trim saw: issued 2-0, no trimmed marker.
     let stale = apply(&keys, "me", &epoch, "2-0", "");
     store.trim(&t, "2-0".parse().unwrap()).await.unwrap();
@@ -107,19 +114,12 @@ async fn a_plan_is_applied_only_over_the_state_it_was_made_from() {
     assert_eq!(store.last_id(&t).await.unwrap().to_string(), "3-1");
 }
 
-/// The number of `EVALSHA` calls the server has run.
-async fn script_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(c)
+/// The number of `EVALSHA` calls the server at `url` has run.
+async fn script_calls(url: &str) -> u64 {
+    let stats = stamp_relay::bench::sources::commandstats(url)
         .await
         .unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .expect("EVALSHA ran");
-    let calls = line.split(['=', ',']).nth(1).unwrap();
-    calls.parse().unwrap()
+    stats.get("evalsha").copied().expect("EVALSHA ran")
 }
 
 /// After a chunk of records all new to the index, the table's next chunk
@@ -133,17 +133,15 @@ async fn a_bulk_load_chunk_skips_the_read_and_reads_when_a_record_is_held() {
     let Some((ts, t, epoch, keys, mut c)) = leased().await else {
         return;
     };
+    let url = ts.redis.as_ref().unwrap().url();
     let store = &*ts.store;
-    append_as(store, &t, "me", &epoch, &[record("a", 1), record("b", 2)])
-        .await
-        .unwrap();
-    let before = script_calls(&mut c).await;
+    let before = script_calls(&url).await;
     let out = append_as(store, &t, "me", &epoch, &[record("c", 3), record("d", 4)])
         .await
         .unwrap();
     assert_eq!(out.created, 2);
     assert_eq!(
-        script_calls(&mut c).await - before,
+        script_calls(&url).await - before,
         1,
         "an all-new chunk after an all-new chunk is one round trip"
     );
